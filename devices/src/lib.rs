@@ -1,0 +1,1 @@
+//! vhost-user device backends (block, net, console): filled in by the device issues.

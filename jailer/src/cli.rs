@@ -1,0 +1,122 @@
+//! The command line of `bulkhead`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use bulkhead_vmm::config::SerialOutput;
+
+/// bulkhead: a microVM monitor whose devices run in separate, confined processes.
+#[derive(Parser, Debug)]
+#[command(name = "bulkhead", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a microVM (the built-in test guest when no --kernel is given).
+    ///
+    /// Exits with the guest's status: what it wrote to the exit port (the test guest: 0 when
+    /// every check passed), 0 when it reset or powered off, 125 when bulkhead itself failed
+    /// or the guest crashed (triple fault, KVM error).
+    Run(RunArgs),
+    /// Report whether this host can run bulkhead: KVM, virtualisation kind, confinement.
+    Check,
+    /// Measure start-up time and memory overhead over several runs.
+    Bench(BenchArgs),
+}
+
+/// The default kernel command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+
+/// `bulkhead run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Kernel image: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 256)]
+    pub memory: u64,
+    /// Number of vCPUs (1 to 254).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u64,
+    /// Serial console (8250 at 0x3f8): stdio, file=PATH, or off.
+    #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialOutput,
+    /// Print the vmm's memory use on exit (used by `bulkhead bench`).
+    #[arg(long, hide = true)]
+    pub report_memory: bool,
+}
+
+/// `bulkhead bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// How many boots to measure.
+    #[arg(long, default_value_t = 10)]
+    pub runs: u32,
+    /// Kernel to boot (default: the built-in test guest).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 256)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u64,
+}
+
+fn parse_serial(s: &str) -> Result<SerialOutput, String> {
+    match s {
+        "stdio" => Ok(SerialOutput::Stdio),
+        "off" => Ok(SerialOutput::Off),
+        _ => match s.strip_prefix("file=") {
+            Some("") => Err("file= needs a path".into()),
+            Some(path) => Ok(SerialOutput::File(PathBuf::from(path))),
+            None => Err(format!("{s:?}: expected stdio, file=PATH or off")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_values() {
+        assert_eq!(parse_serial("stdio"), Ok(SerialOutput::Stdio));
+        assert_eq!(parse_serial("off"), Ok(SerialOutput::Off));
+        assert_eq!(
+            parse_serial("file=/tmp/x"),
+            Ok(SerialOutput::File("/tmp/x".into()))
+        );
+        assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn run_defaults() {
+        let cli = Cli::try_parse_from(["bulkhead", "run"]).unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!((a.memory, a.cpus, a.kernel), (256, 1, None));
+        assert_eq!(a.cmdline, DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn bad_flags_are_rejected() {
+        assert!(Cli::try_parse_from(["bulkhead", "run", "--memory", "lots"]).is_err());
+        assert!(Cli::try_parse_from(["bulkhead", "run", "--bogus"]).is_err());
+    }
+}

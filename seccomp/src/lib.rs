@@ -1,0 +1,1 @@
+//! Seccomp filters per process role: filled in by the confinement issue.

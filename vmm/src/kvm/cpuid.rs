@@ -1,0 +1,181 @@
+//! CPUID for each vCPU: what KVM supports, filtered, with per-vCPU topology.
+//!
+//! Starting from `KVM_GET_SUPPORTED_CPUID`, each vCPU gets its APIC id (leaves 0x1, 0xb,
+//! 0x1f), a topology of one socket with one thread per core and `cpus` cores (leaves 0x4,
+//! 0xb, 0x1f, 0x8000_0008), the hypervisor bit, and no thermal/power-management or
+//! performance-monitoring features (leaves 0x6, 0xa), which the VMM does not emulate.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
+
+/// Leaf 0x1 ECX: running under a hypervisor.
+const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 0x1 ECX: performance/debug capability MSR (not emulated).
+const ECX_PDCM: u32 = 1 << 15;
+/// Leaf 0x1 EDX: more than one logical processor per package.
+const EDX_HTT: u32 = 1 << 28;
+/// Topology level types of leaves 0xb and 0x1f.
+const LEVEL_SMT: u32 = 1;
+const LEVEL_CORE: u32 = 2;
+
+/// Bits needed to number `n` items (x2APIC id shift).
+fn bits_for(n: u32) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
+}
+
+/// Rewrites `entries` (KVM's supported CPUID) for vCPU `index` of `cpus`.
+pub fn filter(entries: &mut [kvm_cpuid_entry2], index: u32, cpus: u32) {
+    let apic_id = index;
+    let core_shift = bits_for(cpus);
+    for e in entries.iter_mut() {
+        match e.function {
+            0x1 => {
+                e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((cpus.min(255)) << 16);
+                e.ecx = (e.ecx | ECX_HYPERVISOR) & !ECX_PDCM;
+                if cpus > 1 {
+                    e.edx |= EDX_HTT;
+                } else {
+                    e.edx &= !EDX_HTT;
+                }
+            }
+            0x4 => {
+                // Deterministic cache parameters: cores per package in 31:26, threads
+                // sharing this cache in 25:14 (L3 shared by all, lower levels per core).
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { cpus - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | ((cpus - 1).min(63) << 26) | (sharing.min(0xfff) << 14);
+            }
+            0x6 | 0xa => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
+            0xb | 0x1f => {
+                e.edx = apic_id;
+                match e.index {
+                    0 => {
+                        e.eax = 0;
+                        e.ebx = 1;
+                        e.ecx = (LEVEL_SMT << 8) | e.index;
+                    }
+                    1 => {
+                        e.eax = core_shift;
+                        e.ebx = cpus;
+                        e.ecx = (LEVEL_CORE << 8) | e.index;
+                    }
+                    _ => {
+                        e.eax = 0;
+                        e.ebx = 0;
+                        e.ecx = e.index;
+                    }
+                }
+            }
+            0x8000_0008 => {
+                // AMD: number of cores - 1 and the APIC id size.
+                e.ecx = (e.ecx & !0xf0ff) | (core_shift << 12) | (cpus - 1).min(255);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The CPUID of vCPU `index` of `cpus`, from KVM's supported set.
+pub fn for_vcpu(kvm: &kvm_ioctls::Kvm, index: u32, cpus: u32) -> Result<CpuId, kvm_ioctls::Error> {
+    let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+    filter(cpuid.as_mut_slice(), index, cpus);
+    Ok(cpuid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(
+        function: u32,
+        index: u32,
+        eax: u32,
+        ebx: u32,
+        ecx: u32,
+        edx: u32,
+    ) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
+        let mut e = vec![entry(1, 0, 0x906ea, 0x0010_0800, ECX_PDCM, 0)];
+        filter(&mut e, 3, 4);
+        assert_eq!(e[0].ebx >> 24, 3);
+        assert_eq!((e[0].ebx >> 16) & 0xff, 4);
+        assert_eq!(e[0].ebx & 0xffff, 0x0800, "CLFLUSH size kept");
+        assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
+        assert_eq!(e[0].ecx & ECX_PDCM, 0);
+        assert_ne!(e[0].edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn single_cpu_has_no_htt() {
+        let mut e = vec![entry(1, 0, 0, 0, 0, EDX_HTT)];
+        filter(&mut e, 0, 1);
+        assert_eq!(e[0].edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn extended_topology_per_vcpu() {
+        let mut e = vec![
+            entry(0xb, 0, 9, 9, 9, 9),
+            entry(0xb, 1, 9, 9, 9, 9),
+            entry(0xb, 2, 9, 9, 9, 9),
+        ];
+        filter(&mut e, 5, 6);
+        assert_eq!((e[0].eax, e[0].ebx, e[0].ecx, e[0].edx), (0, 1, 0x100, 5));
+        assert_eq!((e[1].eax, e[1].ebx, e[1].ecx, e[1].edx), (3, 6, 0x201, 5));
+        assert_eq!((e[2].eax, e[2].ebx, e[2].ecx & 0xff00), (0, 0, 0));
+    }
+
+    #[test]
+    fn pmu_and_thermal_leaves_are_hidden() {
+        let mut e = vec![entry(0xa, 0, 0x0703_0804, 1, 2, 3), entry(6, 0, 4, 5, 6, 7)];
+        filter(&mut e, 0, 1);
+        for x in e {
+            assert_eq!((x.eax, x.ebx, x.ecx, x.edx), (0, 0, 0, 0));
+        }
+    }
+
+    #[test]
+    fn cache_leaf_counts_cores() {
+        let l1 = (1 << 5) | 1;
+        let l3 = (3 << 5) | 3;
+        let mut e = vec![entry(4, 0, l1, 0, 0, 0), entry(4, 3, l3, 0, 0, 0)];
+        filter(&mut e, 0, 4);
+        assert_eq!(e[0].eax >> 26, 3);
+        assert_eq!((e[0].eax >> 14) & 0xfff, 0);
+        assert_eq!((e[1].eax >> 14) & 0xfff, 3);
+    }
+
+    #[test]
+    fn bits_for_counts() {
+        assert_eq!(
+            [
+                bits_for(1),
+                bits_for(2),
+                bits_for(3),
+                bits_for(4),
+                bits_for(5)
+            ],
+            [0, 1, 2, 2, 3]
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! KVM state: the VM, its vCPUs, CPUID and MSRs, and the vCPU run loop.
+
+pub mod cpuid;
+pub mod msrs;
+pub mod run_loop;
+pub mod vcpu;
+pub mod vm;

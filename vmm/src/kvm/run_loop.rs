@@ -1,0 +1,227 @@
+//! The vCPU threads: each runs `KVM_RUN` until the VM stops, handing exits to
+//! [`handle_exit`], a free function that tests call with made-up exits.
+//!
+//! Stopping: the main thread sets the shared stop flag and sends [`kick_signal`] to each
+//! vCPU thread until it has finished; the signal's no-op handler makes a `KVM_RUN` in
+//! progress return `EINTR`, and the loop sees the flag before it enters again.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::devices::bus::Bus;
+use crate::devices::VmStop;
+
+/// The port and MMIO buses the vCPUs dispatch to.
+#[derive(Default, Clone)]
+pub struct IoBuses {
+    /// Port I/O.
+    pub pio: Bus,
+    /// Memory-mapped I/O.
+    pub mmio: Bus,
+}
+
+/// What the run loop does after an exit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Enter the guest again.
+    Continue,
+    /// Stop the VM.
+    Stop(VmStop),
+}
+
+/// The state of a vCPU's run loop.
+enum VcpuState {
+    Running,
+    Finished,
+}
+
+/// Handles one exit of vCPU `index`.
+pub fn handle_exit(index: u32, exit: VcpuExit<'_>, io: &IoBuses) -> ExitAction {
+    match exit {
+        VcpuExit::IoOut(port, data) => match io.pio.write(u64::from(port), data) {
+            Ok(Some(stop)) => ExitAction::Stop(stop),
+            Ok(None) => ExitAction::Continue,
+            Err(_unclaimed) => {
+                log::trace!("vcpu{index}: write to unclaimed port {port:#x} ignored");
+                ExitAction::Continue
+            }
+        },
+        VcpuExit::IoIn(port, data) => {
+            io.pio.read(u64::from(port), data);
+            ExitAction::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => match io.mmio.write(addr, data) {
+            Ok(Some(stop)) => ExitAction::Stop(stop),
+            Ok(None) => ExitAction::Continue,
+            Err(_unclaimed) => {
+                log::debug!("vcpu{index}: write to unclaimed MMIO address {addr:#x} ignored");
+                ExitAction::Continue
+            }
+        },
+        VcpuExit::MmioRead(addr, data) => {
+            if !io.mmio.read(addr, data) {
+                log::debug!("vcpu{index}: read of unclaimed MMIO address {addr:#x}");
+            }
+            ExitAction::Continue
+        }
+        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => ExitAction::Continue,
+        VcpuExit::Shutdown => ExitAction::Stop(VmStop::TripleFault { vcpu: index }),
+        VcpuExit::InternalError => ExitAction::Stop(VmStop::Error {
+            vcpu: index,
+            what: "KVM internal error (KVM_EXIT_INTERNAL_ERROR; on hosts without hardware \
+                   virtualisation often an instruction KVM cannot emulate)"
+                .into(),
+        }),
+        VcpuExit::FailEntry(reason, cpu) => ExitAction::Stop(VmStop::Error {
+            vcpu: index,
+            what: format!(
+                "KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY, reason {reason:#x}, host cpu {cpu})"
+            ),
+        }),
+        VcpuExit::SystemEvent(kind, _) => {
+            log::info!("vcpu{index}: system event {kind}: stopping");
+            ExitAction::Stop(VmStop::Reset)
+        }
+        other => ExitAction::Stop(VmStop::Error {
+            vcpu: index,
+            what: format!("unexpected exit {other:?}"),
+        }),
+    }
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (process-wide) no-op handler for [`kick_signal`].
+pub fn install_kick_handler() -> io::Result<()> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop_handler)
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Starts vCPU `index` on a thread named `vcpu<index>`. The first [`VmStop`] it decides on
+/// is sent on `events`.
+pub fn spawn(
+    index: u32,
+    mut vcpu: VcpuFd,
+    io: Arc<IoBuses>,
+    stop: Arc<AtomicBool>,
+    events: Sender<VmStop>,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("vcpu{index}"))
+        .spawn(move || {
+            let mut state = VcpuState::Running;
+            while let VcpuState::Running = state {
+                state = step(index, &mut vcpu, &io, &stop, &events);
+            }
+        })
+}
+
+fn step(
+    index: u32,
+    vcpu: &mut VcpuFd,
+    io: &IoBuses,
+    stop: &AtomicBool,
+    events: &Sender<VmStop>,
+) -> VcpuState {
+    if stop.load(Ordering::Acquire) {
+        return VcpuState::Finished;
+    }
+    let action = match vcpu.run() {
+        Ok(exit) => handle_exit(index, exit, io),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,
+        Err(e) => ExitAction::Stop(VmStop::Error {
+            vcpu: index,
+            what: format!("KVM_RUN failed: {e}"),
+        }),
+    };
+    match action {
+        ExitAction::Continue => VcpuState::Running,
+        ExitAction::Stop(reason) => {
+            let reason = match reason {
+                VmStop::Error { vcpu: v, what } => VmStop::Error {
+                    vcpu: v,
+                    what: with_rip(vcpu, what),
+                },
+                r => r,
+            };
+            // The receiver is gone only when the VM is already stopping.
+            let _ = events.send(reason);
+            VcpuState::Finished
+        }
+    }
+}
+
+fn with_rip(vcpu: &VcpuFd, what: String) -> String {
+    match vcpu.get_regs() {
+        Ok(r) => format!("{what} at rip {:#x}", r.rip),
+        Err(_) => what,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::exit_port::{ExitPort, EXIT_PORT};
+    use std::sync::Mutex;
+
+    fn buses() -> IoBuses {
+        let mut io = IoBuses::default();
+        io.pio
+            .insert(EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort)))
+            .unwrap();
+        io
+    }
+
+    #[test]
+    fn exit_port_write_stops_with_status() {
+        let a = handle_exit(0, VcpuExit::IoOut(0xf4, &[3]), &buses());
+        assert_eq!(a, ExitAction::Stop(VmStop::GuestStatus(3)));
+    }
+
+    #[test]
+    fn unclaimed_io_is_harmless() {
+        let io = buses();
+        assert_eq!(
+            handle_exit(0, VcpuExit::IoOut(0x80, &[1]), &io),
+            ExitAction::Continue
+        );
+        let mut d = [0u8; 2];
+        assert_eq!(
+            handle_exit(0, VcpuExit::IoIn(0x61, &mut d), &io),
+            ExitAction::Continue
+        );
+        assert_eq!(d, [0xff, 0xff]);
+        let mut d = [0u8; 4];
+        assert_eq!(
+            handle_exit(1, VcpuExit::MmioRead(0xd000_0000, &mut d), &io),
+            ExitAction::Continue
+        );
+        assert_eq!(
+            handle_exit(1, VcpuExit::MmioWrite(0xd000_0000, &d), &io),
+            ExitAction::Continue
+        );
+    }
+
+    #[test]
+    fn triple_fault_and_internal_error_stop() {
+        let io = buses();
+        assert_eq!(
+            handle_exit(2, VcpuExit::Shutdown, &io),
+            ExitAction::Stop(VmStop::TripleFault { vcpu: 2 })
+        );
+        assert!(matches!(
+            handle_exit(1, VcpuExit::InternalError, &io),
+            ExitAction::Stop(VmStop::Error { vcpu: 1, .. })
+        ));
+    }
+}
