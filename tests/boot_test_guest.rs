@@ -1,0 +1,135 @@
+//! End to end: `bulkhead run` boots the built-in test guest, which reports on the serial
+//! console and powers off with its status.
+
+mod common;
+
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn run(args: &[&str]) -> common::Output {
+    let mut cmd = common::bulkhead();
+    cmd.arg("run").args(args);
+    let out = common::run(cmd, DEADLINE);
+    out.assert_no_panic();
+    out
+}
+
+#[test]
+fn default_self_test_passes() {
+    require_kvm!();
+    let out = run(&[]);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    out.assert_line("bulkhead-guest: ready cpus=1 mem=256M");
+    out.assert_line("bulkhead-guest: PASS cpus");
+    out.assert_line("bulkhead-guest: PASS memory");
+    out.assert_line("bulkhead-guest: done status=0");
+    assert!(!out.stdout.contains("FAIL"), "{}", out.stdout);
+}
+
+#[test]
+fn guest_sees_the_command_line() {
+    require_kvm!();
+    let out = run(&["--cmdline", "console=ttyS0 bulkhead.test=cpus marker=42"]);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    out.assert_line(r#"bulkhead-guest: boot cmdline="console=ttyS0 bulkhead.test=cpus marker=42""#);
+    out.assert_line("bulkhead-guest: PASS cpus");
+    assert!(
+        !out.stdout.contains("PASS memory"),
+        "only the named scenario runs"
+    );
+}
+
+#[test]
+fn every_vcpu_reports_in() {
+    require_kvm!();
+    for cpus in ["2", "4"] {
+        let out = run(&[
+            "--cpus",
+            cpus,
+            "--cmdline",
+            &format!("bulkhead.cpus={cpus}"),
+        ]);
+        assert_eq!(out.code(), 0, "{out:#?}");
+        out.assert_line(&format!("bulkhead-guest: ready cpus={cpus} mem=256M"));
+        out.assert_line("bulkhead-guest: PASS cpus");
+    }
+}
+
+#[test]
+fn memory_size_reaches_the_guest() {
+    require_kvm!();
+    let out = run(&["--memory", "64"]);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    out.assert_line("bulkhead-guest: ready cpus=1 mem=64M");
+    // Above the 3 GiB MMIO gap, RAM continues at 4 GiB.
+    let out = run(&["--memory", "4096", "--cmdline", "bulkhead.test=memory"]);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    out.assert_line("bulkhead-guest: ready cpus=1 mem=4096M");
+    out.assert_line("bulkhead-guest: PASS memory");
+}
+
+#[test]
+fn failing_scenario_sets_the_exit_status() {
+    require_kvm!();
+    let out = run(&["--cmdline", "bulkhead.test=fail"]);
+    assert_eq!(out.code(), 1, "{out:#?}");
+    assert!(
+        out.stdout.contains("bulkhead-guest: FAIL fail"),
+        "{}",
+        out.stdout
+    );
+    out.assert_line("bulkhead-guest: done status=1");
+}
+
+#[test]
+fn unknown_scenario_is_a_command_line_error() {
+    require_kvm!();
+    let out = run(&["--cmdline", "bulkhead.test=nonsense"]);
+    assert_eq!(out.code(), 2, "{out:#?}");
+    assert!(
+        out.stdout
+            .contains(r#"FAIL cmdline: unknown scenario "nonsense""#),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn guest_exception_is_reported() {
+    require_kvm!();
+    let out = run(&["--cmdline", "bulkhead.test=exception"]);
+    assert_eq!(out.code(), 3, "{out:#?}");
+    assert!(
+        out.stdout
+            .contains("bulkhead-guest: FAIL exception vector="),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn serial_to_a_file() {
+    require_kvm!();
+    let path = std::env::temp_dir().join(format!("bulkhead-serial-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let arg = format!("file={}", path.display());
+    let out = run(&["--serial", &arg]);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert!(
+        !out.stdout.contains("bulkhead-guest"),
+        "output went to stdout: {}",
+        out.stdout
+    );
+    let log = std::fs::read_to_string(&path).expect("serial log written");
+    assert!(log.contains("bulkhead-guest: done status=0"), "{log}");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn serial_off_still_reports_the_status() {
+    require_kvm!();
+    let out = run(&["--serial", "off", "--cmdline", "bulkhead.test=fail"]);
+    assert_eq!(out.code(), 1, "{out:#?}");
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
