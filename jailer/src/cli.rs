@@ -54,9 +54,9 @@ pub struct RunArgs {
     /// Serial console (8250 at 0x3f8): stdio, file=PATH, or off.
     #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialOutput,
-    /// Print the vmm's memory use on exit (used by `bulkhead bench`).
+    /// Print the vmm's memory use and guest-entry time on exit (used by `bulkhead bench`).
     #[arg(long, hide = true)]
-    pub report_memory: bool,
+    pub report_stats: bool,
 }
 
 /// `bulkhead bench`.

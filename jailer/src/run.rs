@@ -39,11 +39,7 @@ pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
 
 /// Runs `bulkhead run`; returns the process exit status.
 pub fn main(args: RunArgs) -> i32 {
-    let code = run(&args);
-    if args.report_memory {
-        report_memory();
-    }
-    code
+    run(&args)
 }
 
 fn run(args: &RunArgs) -> i32 {
@@ -57,11 +53,16 @@ fn run(args: &RunArgs) -> i32 {
         config.memory_mib,
         config.cpus
     );
-    let vm = match builder::build(&config) {
+    let mut vm = match builder::build(&config) {
         Ok(vm) => vm,
         Err(e) => return fail(&e),
     };
-    match vm.run() {
+    let result = vm.run();
+    if args.report_stats {
+        report_stats();
+    }
+    drop(vm);
+    match result {
         Ok(stop) => exit_status(&stop),
         Err(e) => fail(&e),
     }
@@ -105,8 +106,14 @@ pub fn fail(e: &dyn std::error::Error) -> i32 {
     EXIT_BULKHEAD_FAILED
 }
 
-/// Prints this process's memory figures from /proc/self/status, for `bulkhead bench`.
-fn report_memory() {
+/// Prints this process's memory figures (from /proc/self/status) and when the guest was
+/// first entered (CLOCK_MONOTONIC), for `bulkhead bench`.
+fn report_stats() {
+    use bulkhead_vmm::kvm::run_loop::FIRST_ENTRY_NS;
+    eprintln!(
+        "bulkhead-stats: first_entry_monotonic_ns={}",
+        FIRST_ENTRY_NS.load(std::sync::atomic::Ordering::Relaxed)
+    );
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return;
     };
@@ -118,7 +125,7 @@ fn report_memory() {
             .unwrap_or(0)
     };
     eprintln!(
-        "bulkhead-memory: vm_hwm_kib={} rss_anon_kib={} rss_file_kib={} rss_shmem_kib={}",
+        "bulkhead-stats: vm_hwm_kib={} rss_anon_kib={} rss_file_kib={} rss_shmem_kib={}",
         field("VmHWM:"),
         field("RssAnon:"),
         field("RssFile:"),

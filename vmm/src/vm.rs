@@ -24,8 +24,9 @@ pub enum RunError {
 }
 
 impl Vm {
-    /// Runs the vCPUs until the guest or a vCPU stops the VM; returns why.
-    pub fn run(self) -> Result<VmStop, RunError> {
+    /// Runs the vCPUs until the guest or a vCPU stops the VM; returns why. Guest memory
+    /// stays mapped until the `Vm` is dropped (so its size can still be measured).
+    pub fn run(&mut self) -> Result<VmStop, RunError> {
         run_loop::install_kick_handler()
             .map_err(|e| RunError::Thread("signal handler".into(), e))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -36,7 +37,7 @@ impl Vm {
                 .map_err(|e| RunError::Thread("serial-in".into(), e))?;
         }
         let mut threads = Vec::with_capacity(self.vcpus.len());
-        for (i, vcpu) in self.vcpus.into_iter().enumerate() {
+        for (i, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let t = run_loop::spawn(i as u32, vcpu, self.io.clone(), stop.clone(), tx.clone())
                 .map_err(|e| RunError::Thread(format!("vcpu{i}"), e));
             match t {
@@ -53,7 +54,6 @@ impl Vm {
             what: "every vCPU thread ended without a reason".into(),
         });
         stop_vcpus(&stop, threads);
-        drop(self.vm_fd);
         Ok(reason)
     }
 }

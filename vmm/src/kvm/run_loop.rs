@@ -6,7 +6,7 @@
 //! progress return `EINTR`, and the loop sees the flag before it enters again.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,6 +32,21 @@ pub enum ExitAction {
     Continue,
     /// Stop the VM.
     Stop(VmStop),
+}
+
+/// CLOCK_MONOTONIC time (ns) at which the first vCPU first entered the guest; 0 before.
+/// Read by `bulkhead bench` through `bulkhead run --report-stats`.
+pub static FIRST_ENTRY_NS: AtomicU64 = AtomicU64::new(0);
+
+/// The current CLOCK_MONOTONIC time in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The state of a vCPU's run loop.
@@ -135,6 +150,14 @@ fn step(
 ) -> VcpuState {
     if stop.load(Ordering::Acquire) {
         return VcpuState::Finished;
+    }
+    if FIRST_ENTRY_NS.load(Ordering::Relaxed) == 0 {
+        let _ = FIRST_ENTRY_NS.compare_exchange(
+            0,
+            monotonic_ns(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
     let action = match vcpu.run() {
         Ok(exit) => handle_exit(index, exit, io),
