@@ -29,3 +29,11 @@ pub fn elf_with_segment(paddr: u64, filesz: u64, memsz: u64, file_len: usize) ->
     f.truncate(file_len);
     f
 }
+
+/// An ELF64 executable whose one segment, loaded and entered at `paddr`, is `code`.
+pub fn elf_with_code(paddr: u64, code: &[u8]) -> Vec<u8> {
+    let len = code.len() as u64;
+    let mut f = elf_with_segment(paddr, len, len, 0x1000 + code.len());
+    f[0x1000..].copy_from_slice(code);
+    f
+}
