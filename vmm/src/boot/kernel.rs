@@ -178,7 +178,7 @@ pub fn load(
     if head.starts_with(ELF_MAGIC) {
         load_elf(mem, path, &mut file, len, ram_end)
     } else if is_bzimage(&head) {
-        load_bzimage(mem, path, &mut file, ram_end)
+        load_bzimage(mem, path, &mut file, &head, len, ram_end)
     } else {
         Err(KernelError::NotAKernel(path.to_owned()))
     }
@@ -329,17 +329,27 @@ fn load_bzimage(
     mem: &GuestMemoryMmap,
     path: &Path,
     file: &mut File,
+    head: &[u8],
+    len: u64,
     ram_end: u64,
 ) -> Result<LoadedKernel, KernelError> {
+    // Check the fit first, from the header: the protected-mode code loads at code32_start,
+    // and its decompressor needs init_size bytes from there to run in place.
+    let setup_sects = match head.get(0x1f1).copied().unwrap_or(0) {
+        0 => 4,
+        n => u64::from(n),
+    };
+    let code32_start = u64::from(u32_at(head, 0x214));
+    let init_size = u64::from(u32_at(head, 0x260));
+    let kernel_size = len.saturating_sub((setup_sects + 1) * 512);
+    let need_end = code32_start.saturating_add(kernel_size.max(init_size));
+    if need_end > ram_end {
+        return Err(too_small(path, need_end, ram_end));
+    }
     let result = BzImage::load(mem, None, file, Some(GuestAddress(layout::HIMEM_START))).map_err(
-        |source| match source {
-            linux_loader::loader::Error::Bzimage(
-                linux_loader::loader::bzimage::Error::ReadBzImageCompressedKernel,
-            ) => too_small(path, u64::MAX, ram_end),
-            source => KernelError::Load {
-                path: path.to_owned(),
-                source,
-            },
+        |source| KernelError::Load {
+            path: path.to_owned(),
+            source,
         },
     )?;
     let hdr = result
@@ -347,13 +357,6 @@ fn load_bzimage(
         .ok_or_else(|| KernelError::NotAKernel(path.to_owned()))?;
     if hdr.xloadflags & XLF_KERNEL_64 == 0 {
         return Err(KernelError::No64BitEntry(path.to_owned()));
-    }
-    // The decompressor needs init_size bytes from the load address to run in place.
-    let need_end = result.kernel_load.0.saturating_add(
-        u64::from(hdr.init_size).max(result.kernel_end.saturating_sub(result.kernel_load.0)),
-    );
-    if need_end > ram_end {
-        return Err(too_small(path, need_end, ram_end));
     }
     Ok(LoadedKernel {
         entry: GuestAddress(result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
@@ -363,16 +366,24 @@ fn load_bzimage(
     })
 }
 
+/// Little-endian integers from header bytes; missing bytes (a short file) read as 0.
 fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
+    u16::from_le_bytes([byte(b, off), byte(b, off + 1)])
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+    u32::from_le_bytes([
+        byte(b, off),
+        byte(b, off + 1),
+        byte(b, off + 2),
+        byte(b, off + 3),
+    ])
+}
+
+fn byte(b: &[u8], off: usize) -> u8 {
+    b.get(off).copied().unwrap_or(0)
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
+    u64::from(u32_at(b, off)) | (u64::from(u32_at(b, off + 4)) << 32)
 }
