@@ -1,0 +1,117 @@
+//! bulkhead-guest: a freestanding x86-64 test guest for the bulkhead VMM.
+//!
+//! Booted like a Linux `vmlinux` (64-bit boot protocol: long mode, RSI = zero page), it
+//! sets itself up at CPL0 in a few dozen assembly instructions (`entry.rs`), then does all
+//! real work in Rust at CPL3, where the development hosts run it natively: reads the zero
+//! page, builds its page tables, starts every CPU the MP table lists, runs the scenarios the
+//! command line asks for, prints one line per result on COM1 and powers off with an exit
+//! status. See README.md for the boot contract, the line format and the scenarios.
+
+#![no_std]
+#![no_main]
+
+mod bootparams;
+mod cmdline;
+mod entry;
+mod exceptions;
+mod frames;
+mod gates;
+mod gdt;
+mod idt;
+mod lapic;
+mod layout;
+mod machine;
+mod mem;
+mod mptable;
+mod paging;
+mod phys;
+mod scenarios;
+mod serial;
+mod smp;
+mod status;
+mod sync;
+mod time;
+
+use core::fmt::Display;
+use frames::Frames;
+use machine::Machine;
+use serial::Escaped;
+use status::{finish, Status};
+
+/// Where the boot CPU arrives at CPL3 (from `entry.rs`), `.bss` cleared.
+pub extern "C" fn bsp_main(zero_page: u64) -> ! {
+    idt::init();
+    serial::init();
+    let boot = bootparams::read(zero_page).unwrap_or_else(|e| boot_failed(e));
+    let mut frames = Frames::new(&boot.e820).unwrap_or_else(|e| boot_failed(e));
+    paging::build(&boot.e820, &mut frames).unwrap_or_else(|e| boot_failed(e));
+    let line = cmdline::copy(&boot.e820, boot.cmdline).unwrap_or_else(|e| boot_failed(e));
+    say!("boot cmdline=\"{}\"", Escaped(line));
+    let config = cmdline::parse(line).unwrap_or_else(|e| {
+        say!("FAIL cmdline: {e}");
+        finish(Status::BadCommandLine)
+    });
+
+    smp::init_bsp();
+    let mp = mptable::find(&boot.e820);
+    let smp = match &mp {
+        Ok(mp) => smp::start_aps(mp, &mut frames, &boot.e820),
+        Err(_) => Ok(()),
+    };
+    say!(
+        "ready cpus={} mem={}M",
+        smp::online(),
+        machine::mib_rounded_up(boot.e820.ram_total())
+    );
+
+    let mut machine = Machine {
+        e820: boot.e820,
+        config,
+        mp,
+        smp,
+        frames,
+    };
+    let list = machine.config.scenarios.take();
+    let scenarios = list
+        .as_ref()
+        .map_or(&scenarios::DEFAULT[..], |l| l.as_slice());
+    let mut status = Status::Pass;
+    for &scenario in scenarios {
+        match scenarios::run(scenario, &mut machine) {
+            Ok(()) => say!("PASS {}", scenario.name()),
+            Err(why) => {
+                say!("FAIL {}: {why}", scenario.name());
+                status = Status::Fail;
+            }
+        }
+    }
+    finish(status)
+}
+
+/// The VMM broke the boot contract: say how, exit with status 1.
+fn boot_failed(why: impl Display) -> ! {
+    say!("FAIL boot: {why}");
+    finish(Status::Fail)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    if !exceptions::claim_fatal() {
+        gates::power_off(Status::Crash as u8);
+    }
+    match info.location() {
+        Some(at) => serial::line_fatal(format_args!(
+            "FAIL panic: {} at {}:{}",
+            info.message(),
+            at.file(),
+            at.line()
+        )),
+        None => serial::line_fatal(format_args!("FAIL panic: {}", info.message())),
+    }
+    status::finish_fatal(Status::Crash)
+}
+
+/// Personality routine that the prebuilt `core` (compiled for unwinding) refers to from
+/// its unwind tables. Never called: with `panic = "abort"` nothing unwinds.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}
