@@ -6,6 +6,7 @@
 
 pub mod debian_kernel;
 pub mod elf;
+pub mod initramfs;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
