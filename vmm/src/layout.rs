@@ -8,8 +8,10 @@
 //! 0x0000_8ff0  boot stack (grows down)
 //! 0x0000_9000  boot page tables (PML4, PDPT, PD: identity map of the first 1 GiB)
 //! 0x0002_0000  kernel command line
-//! 0x0009_fc00  EBDA: MP table (reserved in e820)
+//! 0x0009_fc00  EBDA: from here to 1 MiB is reserved in e820
 //! 0x000a_0000  legacy VGA / ROM hole (not RAM)
+//! 0x000e_0000  ACPI tables: RSDP, then DSDT, FADT, MADT, XSDT
+//! 0x000f_0000  MP table
 //! 0x0010_0000  high memory: kernel, initrd (RAM up to the MMIO gap)
 //! 0xc000_0000  32-bit MMIO gap: virtio-mmio devices, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
 //! 0x1_0000_0000 RAM above 4 GiB when the guest has more than 3 GiB
@@ -35,10 +37,18 @@ pub const PDE_START: u64 = 0xb000;
 pub const CMDLINE_START: u64 = 0x20000;
 /// Largest command line (including the NUL) for an ELF or PVH kernel: x86 COMMAND_LINE_SIZE.
 pub const CMDLINE_MAX_SIZE: usize = 2048;
-/// Start of the EBDA, where the MP table lives.
+/// Start of the EBDA: from here to [`HIMEM_START`] is reserved in e820 (the ACPI tables and
+/// the MP table live in this range).
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of conventional memory below 1 MiB.
 pub const EBDA_END: u64 = 0xa0000;
+/// The ACPI tables, starting with the RSDP (16-byte aligned, and inside 0xe0000..0x100000,
+/// the range Linux scans for it when the boot protocol does not say where it is).
+pub const ACPI_START: u64 = 0xe_0000;
+/// The MP floating pointer and configuration table.
+pub const MPTABLE_START: u64 = 0xf_0000;
+/// Room for the ACPI tables: up to the MP table.
+pub const ACPI_MAX_SIZE: u64 = MPTABLE_START - ACPI_START;
 /// First address of high memory: kernels load at or above it.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap.
@@ -62,6 +72,11 @@ const _: () = {
     assert!(BOOT_STACK_POINTER < PML4_START);
     assert!(PDE_START + 0x1000 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    // ACPI tables and MP table: inside the e820-reserved range, in this order, disjoint.
+    assert!(EBDA_END <= ACPI_START);
+    assert!(ACPI_START >= 0xe_0000 && ACPI_START % 16 == 0);
+    assert!(ACPI_START + ACPI_MAX_SIZE <= MPTABLE_START);
+    assert!(MPTABLE_START < HIMEM_START);
     assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 == KVM_TSS_ADDRESS);
     assert!(KVM_TSS_ADDRESS > APIC_START);
 };

@@ -1,9 +1,11 @@
 //! Booting: kernel, initrd, command line, and the tables the guest reads at entry.
 //!
-//! [`load`] writes everything into guest memory and returns the [`BootEntry`] the vCPUs
+//! [`load`] writes everything (kernel, initrd, command line, MP table, ACPI tables, zero page
+//! or PVH start info) into guest memory and returns the [`BootEntry`] the vCPUs
 //! are set up from. Formats: ELF vmlinux (PVH or 64-bit boot protocol) and bzImage
 //! (64-bit boot protocol); see [`kernel`].
 
+pub mod acpi;
 pub mod cmdline;
 pub mod cpu_tables;
 pub mod e820;
@@ -71,9 +73,19 @@ pub enum BootError {
         /// Room available.
         room: u64,
     },
-    /// A CPU count the MP table cannot describe.
-    #[error("{0} vCPUs cannot be described by an MP table (1 to 254)")]
+    /// A CPU count the MP and ACPI tables cannot describe.
+    #[error("{0} vCPUs cannot be described by the MP and ACPI tables (1 to 254)")]
     BadCpuCount(u32),
+    /// The ACPI tables do not fit below the MP table.
+    #[error("the ACPI tables for {cpus} vCPUs take {size} bytes but only {room} bytes are reserved for them")]
+    AcpiTablesTooBig {
+        /// The vCPU count.
+        cpus: u8,
+        /// Size of the tables.
+        size: usize,
+        /// Room reserved for them.
+        room: u64,
+    },
     /// More memory-map entries than the boot protocol holds.
     #[error("{0} e820 entries do not fit in the boot protocol's table")]
     TooManyE820Entries(usize),
@@ -82,8 +94,8 @@ pub enum BootError {
     GuestWrite(&'static str, #[source] vm_memory::GuestMemoryError),
 }
 
-/// Loads the kernel and initrd, writes the command line, e820 map, MP table and the
-/// protocol's boot information into `mem` (`mem_size` bytes of RAM, `cpus` vCPUs).
+/// Loads the kernel and initrd, writes the command line, e820 map, MP table, ACPI tables and
+/// the protocol's boot information into `mem` (`mem_size` bytes of RAM, `cpus` vCPUs).
 pub fn load(
     mem: &GuestMemoryMmap,
     mem_size: u64,
@@ -108,6 +120,7 @@ pub fn load(
     };
     let e820 = e820::memory_map(mem_size);
     mptable::write(mem, cpus)?;
+    let rsdp = acpi::write(mem, cpus)?;
     let boot_info = match kernel.protocol {
         EntryProtocol::Linux64 => {
             let params = zero_page::build(
@@ -116,10 +129,11 @@ pub fn load(
                 cfg.cmdline.len() + 1,
                 initrd,
                 &e820,
+                rsdp,
             )?;
             zero_page::write(mem, params)?
         }
-        EntryProtocol::Pvh => pvh::write(mem, cmdline_addr, initrd, &e820)?,
+        EntryProtocol::Pvh => pvh::write(mem, cmdline_addr, initrd, &e820, rsdp)?,
     };
     Ok(BootEntry {
         entry: kernel.entry,
@@ -133,5 +147,40 @@ fn initrd_limit(kernel: &kernel::LoadedKernel, ram_end: u64) -> u64 {
     match &kernel.setup_header {
         Some(hdr) if hdr.initrd_addr_max != 0 => ram_end.min(u64::from(hdr.initrd_addr_max) + 1),
         _ => ram_end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn load_writes_the_acpi_tables_and_tells_the_kernel_where() {
+        let mem_size = 64 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).unwrap();
+        let cfg = BootConfig {
+            kernel: KernelImage::Embedded("test guest", crate::TEST_GUEST),
+            initrd: None,
+            cmdline: "console=ttyS0".to_string(),
+        };
+        let entry = load(&mem, mem_size, 4, &cfg).unwrap();
+        // The test guest uses the 64-bit protocol: acpi_rsdp_addr is at 0x070 of the zero page.
+        assert_eq!(entry.protocol, EntryProtocol::Linux64);
+        let rsdp: u64 = mem
+            .read_obj(GuestAddress(entry.boot_info.0 + 0x70))
+            .unwrap();
+        assert_eq!(rsdp, layout::ACPI_START);
+        let tables = acpi::build(4).unwrap();
+        let mut written = vec![0; tables.len()];
+        mem.read_slice(&mut written, GuestAddress(rsdp)).unwrap();
+        assert_eq!(written, tables);
+        // The MP table is still there, untouched by the ACPI tables.
+        let mp = mptable::build(4).unwrap();
+        let mut written = vec![0; mp.len()];
+        mem.read_slice(&mut written, GuestAddress(mptable::MPTABLE_START))
+            .unwrap();
+        assert_eq!(written, mp);
     }
 }

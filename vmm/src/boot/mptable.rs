@@ -10,12 +10,17 @@ use super::BootError;
 use crate::layout;
 
 /// Guest-physical address of the MP floating pointer structure.
-pub const MPTABLE_START: u64 = 0xf_0000;
+pub use crate::layout::MPTABLE_START;
 /// Highest APIC id an MP table can name is 254 (0xff is broadcast); the IOAPIC takes the
 /// id after the last CPU.
 pub const MAX_CPUS: u8 = 254;
-/// IRQ lines routed to IOAPIC pins, one for one.
+/// IOAPIC pins. IRQ lines are routed to them one for one, except ISA IRQ 0 (the PIT).
 const IOAPIC_PINS: u8 = 24;
+/// KVM's default GSI routing sends the PIT's IRQ 0 to IOAPIC pin 2 (where a PC's IOAPIC has
+/// it); the ACPI MADT says the same with an interrupt source override.
+pub const PIT_IOAPIC_PIN: u8 = 2;
+/// The 8259 cascade: never raised, and its pin is the PIT's.
+const ISA_CASCADE_IRQ: u8 = 2;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 const CPU_ENABLED: u8 = 1;
@@ -54,10 +59,13 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, BootError> {
     entries.extend_from_slice(b"ISA   ");
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
-    for irq in 0..IOAPIC_PINS {
+    let mut irq_entries: u16 = 0;
+    for irq in (0..IOAPIC_PINS).filter(|&irq| irq != ISA_CASCADE_IRQ) {
+        let pin = if irq == 0 { PIT_IOAPIC_PIN } else { irq };
         // type, interrupt type, flags (bus default polarity/trigger), source bus, source
         // IRQ, destination IOAPIC, destination pin.
-        entries.extend_from_slice(&[ENTRY_IOINTSRC, INT_TYPE_INT, 0, 0, 0, irq, ioapic_id, irq]);
+        entries.extend_from_slice(&[ENTRY_IOINTSRC, INT_TYPE_INT, 0, 0, 0, irq, ioapic_id, pin]);
+        irq_entries += 1;
     }
     // Local interrupts: ExtINT to every LAPIC's LINT0, NMI to LINT1.
     entries.extend_from_slice(&[ENTRY_LINTSRC, INT_TYPE_EXTINT, 0, 0, 0, 0, 0xff, 0]);
@@ -73,7 +81,8 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, BootError> {
     header.extend_from_slice(b"VIRTUAL-VM  ");
     header.extend_from_slice(&[0u8; 4]); // OEM table pointer
     header.extend_from_slice(&[0u8; 2]); // OEM table size
-    header.extend_from_slice(&(u16::from(cpus) + 2 + u16::from(IOAPIC_PINS) + 2).to_le_bytes());
+                                         // Entry count: processors, bus, IOAPIC, I/O interrupts, two local interrupts.
+    header.extend_from_slice(&(u16::from(cpus) + 2 + irq_entries + 2).to_le_bytes());
     header.extend_from_slice(&(layout::APIC_START as u32).to_le_bytes());
     header.extend_from_slice(&[0u8; 4]);
     let mut table = header;
@@ -148,6 +157,60 @@ mod tests {
             assert_ne!(e[3] & CPU_ENABLED, 0);
         }
         assert_eq!(entries[60], ENTRY_BUS);
+    }
+
+    /// The table's entries after the processors, as 8-byte records, checked against the
+    /// header's entry count.
+    fn other_entries(t: &[u8], cpus: u8) -> Vec<[u8; 8]> {
+        let table = &t[16..];
+        let count = u16::from_le_bytes(table[34..36].try_into().unwrap()) as usize;
+        let rest = &table[HEADER_LEN + usize::from(cpus) * 20..];
+        assert_eq!(rest.len() % 8, 0);
+        let entries: Vec<[u8; 8]> = rest.chunks(8).map(|c| c.try_into().unwrap()).collect();
+        assert_eq!(usize::from(cpus) + entries.len(), count, "entry count");
+        entries
+    }
+
+    #[test]
+    fn isa_irq0_goes_to_pin_2_and_the_rest_one_for_one() {
+        let cpus = 4;
+        let ioapic_id = cpus;
+        let routes: Vec<(u8, u8)> = other_entries(&build(cpus).unwrap(), cpus)
+            .iter()
+            .filter(|e| e[0] == ENTRY_IOINTSRC)
+            .map(|e| {
+                assert_eq!((e[1], e[2], e[4], e[6]), (INT_TYPE_INT, 0, 0, ioapic_id));
+                (e[5], e[7])
+            })
+            .collect();
+        let mut want = vec![(0, PIT_IOAPIC_PIN)];
+        want.extend((1..IOAPIC_PINS).filter(|&i| i != 2).map(|i| (i, i)));
+        assert_eq!(routes, want);
+        // Every pin has at most one source.
+        let mut pins: Vec<u8> = routes.iter().map(|r| r.1).collect();
+        pins.sort_unstable();
+        pins.dedup();
+        assert_eq!(pins.len(), routes.len());
+    }
+
+    #[test]
+    fn bus_ioapic_and_local_interrupts() {
+        let e = other_entries(&build(2).unwrap(), 2);
+        assert_eq!(
+            &e[0][..],
+            &[ENTRY_BUS, 0, b'I', b'S', b'A', b' ', b' ', b' ']
+        );
+        assert_eq!(&e[1][..4], &[ENTRY_IOAPIC, 2, IOAPIC_VERSION, 1]);
+        assert_eq!(
+            u32::from_le_bytes(e[1][4..].try_into().unwrap()),
+            0xfec0_0000
+        );
+        let n = e.len();
+        assert_eq!(
+            e[n - 2],
+            [ENTRY_LINTSRC, INT_TYPE_EXTINT, 0, 0, 0, 0, 0xff, 0]
+        );
+        assert_eq!(e[n - 1], [ENTRY_LINTSRC, INT_TYPE_NMI, 0, 0, 0, 0, 0xff, 1]);
     }
 
     #[test]

@@ -16,12 +16,14 @@ const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
 const START_INFO_VERSION: u32 = 1;
 
 /// Writes the start info, the module list (initrd) and the memory map at
-/// [`layout::PVH_INFO_START`]; returns the start info's address (for EBX).
+/// [`layout::PVH_INFO_START`], with `acpi_rsdp` as the ACPI RSDP's address; returns the start
+/// info's address (for EBX).
 pub fn write(
     mem: &GuestMemoryMmap,
     cmdline_addr: GuestAddress,
     initrd: Option<InitrdPlacement>,
     e820: &[E820Entry],
+    acpi_rsdp: GuestAddress,
 ) -> Result<GuestAddress, BootError> {
     let info_addr = GuestAddress(layout::PVH_INFO_START);
     let modlist_addr = info_addr.0 + std::mem::size_of::<hvm_start_info>() as u64;
@@ -37,6 +39,7 @@ pub fn write(
         cmdline_paddr: cmdline_addr.0,
         memmap_paddr: memmap_addr,
         memmap_entries: e820.len() as u32,
+        rsdp_paddr: acpi_rsdp.0,
         ..Default::default()
     };
     if let Some(rd) = initrd {
@@ -77,11 +80,16 @@ mod tests {
             addr: 0x800_0000,
             size: 4096,
         };
-        let at = write(&m, GuestAddress(0x20000), Some(rd), &map).unwrap();
+        let rsdp = GuestAddress(0xe_0000);
+        let at = write(&m, GuestAddress(0x20000), Some(rd), &map, rsdp).unwrap();
         let info: hvm_start_info = m.read_obj(at).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(info.cmdline_paddr, 0x20000);
         assert_eq!(info.memmap_entries, 3);
+        assert_eq!(info.rsdp_paddr, 0xe_0000);
+        // The ABI offset of rsdp_paddr in struct hvm_start_info.
+        let raw: u64 = m.read_obj(GuestAddress(at.0 + 32)).unwrap();
+        assert_eq!(raw, 0xe_0000);
         assert_eq!(info.nr_modules, 1);
         let module: hvm_modlist_entry = m.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (0x800_0000, 4096));

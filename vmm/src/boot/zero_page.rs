@@ -34,13 +34,14 @@ pub struct InitrdPlacement {
     pub size: u64,
 }
 
-/// Builds the zero page.
+/// Builds the zero page; `acpi_rsdp` is where the ACPI RSDP is.
 pub fn build(
     header: Option<setup_header>,
     cmdline_addr: GuestAddress,
     cmdline_len: usize,
     initrd: Option<InitrdPlacement>,
     e820: &[E820Entry],
+    acpi_rsdp: GuestAddress,
 ) -> Result<boot_params, BootError> {
     let mut params = boot_params::default();
     if let Some(hdr) = header {
@@ -73,6 +74,7 @@ pub fn build(
     }
     params.e820_table = table;
     params.e820_entries = e820.len() as u8;
+    params.acpi_rsdp_addr = acpi_rsdp.0;
     Ok(params)
 }
 
@@ -96,7 +98,8 @@ mod tests {
             addr: 0x0f00_0000,
             size: 0x1234,
         };
-        let params = build(None, GuestAddress(0x20000), 42, Some(rd), &map).unwrap();
+        let rsdp = GuestAddress(0xe_0000);
+        let params = build(None, GuestAddress(0x20000), 42, Some(rd), &map, rsdp).unwrap();
         let bytes = BootParams(params);
         let b = bytes.as_slice();
         assert_eq!(b.len(), 4096);
@@ -105,6 +108,7 @@ mod tests {
         assert_eq!(b[0x1e8], 3, "e820_entries");
         assert_eq!(u32_at(0x228), 0x20000, "cmd_line_ptr");
         assert_eq!(u32_at(0x238), 42, "cmdline_size");
+        assert_eq!(u64_at(0x070), 0xe_0000, "acpi_rsdp_addr");
         assert_eq!(u32_at(0x218), 0x0f00_0000, "ramdisk_image");
         assert_eq!(u32_at(0x21c), 0x1234, "ramdisk_size");
         assert_eq!(b[0x210], 0xff, "type_of_loader");
@@ -126,7 +130,15 @@ mod tests {
             init_size: 0x1000,
             ..Default::default()
         };
-        let p = build(Some(hdr), GuestAddress(0x20000), 1, None, &[]).unwrap();
+        let p = build(
+            Some(hdr),
+            GuestAddress(0x20000),
+            1,
+            None,
+            &[],
+            GuestAddress(0),
+        )
+        .unwrap();
         assert_eq!({ p.hdr.setup_sects }, 27);
         assert_eq!({ p.hdr.version }, 0x020f);
         assert_eq!({ p.hdr.type_of_loader }, KERNEL_LOADER_OTHER);
@@ -143,7 +155,7 @@ mod tests {
             200
         ];
         assert!(matches!(
-            build(None, GuestAddress(0), 0, None, &map),
+            build(None, GuestAddress(0), 0, None, &map, GuestAddress(0)),
             Err(BootError::TooManyE820Entries(200))
         ));
     }
