@@ -13,7 +13,7 @@ use crate::machine::Machine;
 use core::fmt;
 
 /// Free RAM tested above the allocations.
-const FREE_TEST: u64 = 4 << 20;
+const FREE_TEST: u64 = 2 << 20;
 /// RAM tested at each edge of each RAM entry.
 const EDGE_TEST: u64 = 1 << 20;
 
