@@ -1,7 +1,7 @@
 //! The zero page (Linux `struct boot_params`) and the e820 memory map it carries.
 //!
 //! Offsets are those of Linux's `arch/x86/include/uapi/asm/bootparam.h`. Everything read
-//! here comes from the VMM and is checked before use.
+//! here comes from the VMM and is checked before use; the caller finds the page (RSI).
 
 use crate::layout;
 use core::fmt;
@@ -19,7 +19,7 @@ const E820_ENTRY_SIZE: usize = 20;
 /// Entries that fit in the zero page's table (`E820_MAX_ENTRIES_ZEROPAGE`).
 pub const E820_MAX: usize = 128;
 /// Size of the zero page.
-const ZERO_PAGE_SIZE: u64 = 4096;
+pub const ZERO_PAGE_SIZE: usize = 4096;
 /// e820 type of usable RAM.
 pub const E820_RAM: u32 = 1;
 
@@ -112,8 +112,9 @@ impl E820 {
         self.ram().find(|e| e.addr <= addr && addr < e.end())
     }
 
-    /// Check that the map is one the guest (and a Linux kernel) can live with.
-    pub fn check(&self) -> Result<(), E820Problem> {
+    /// Check that the map is one the guest (and a Linux kernel) can live with; the guest
+    /// image occupies `image.0..image.1`.
+    pub fn check(&self, image: (u64, u64)) -> Result<(), E820Problem> {
         if self.len == 0 {
             return Err(E820Problem::Empty);
         }
@@ -143,7 +144,7 @@ impl E820 {
         if !self.ram().any(|e| e.addr < layout::LEGACY_HOLE_START) {
             return Err(E820Problem::NoLowRam);
         }
-        if !self.is_ram(layout::IMAGE_BASE, layout::image_end()) {
+        if !self.is_ram(image.0, image.1) {
             return Err(E820Problem::ImageNotInRam);
         }
         Ok(())
@@ -158,11 +159,11 @@ pub struct BootParams {
     pub cmdline: u64,
 }
 
-/// Why the zero page could not be read.
-#[derive(Debug)]
+/// Why the zero page could not be parsed.
+#[derive(Debug, PartialEq, Eq)]
 pub enum BootParamsError {
-    /// RSI did not point at a page the boot page tables map.
-    BadAddress(u64),
+    /// Fewer bytes than a zero page.
+    Short(usize),
     /// `e820_entries` is larger than the table in the zero page.
     TooManyE820Entries(u8),
 }
@@ -170,7 +171,7 @@ pub enum BootParamsError {
 impl fmt::Display for BootParamsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::BadAddress(a) => write!(f, "zero page address {a:#x} (RSI) is not usable"),
+            Self::Short(n) => write!(f, "zero page is {n} bytes, not {ZERO_PAGE_SIZE}"),
             Self::TooManyE820Entries(n) => {
                 write!(f, "zero page has {n} e820 entries, at most {E820_MAX} fit")
             }
@@ -178,23 +179,21 @@ impl fmt::Display for BootParamsError {
     }
 }
 
-/// Copy what the guest needs out of the zero page at `zero_page`.
-///
-/// Runs on the boot page tables, which map the first 1 GiB.
-pub fn read(zero_page: u64) -> Result<BootParams, BootParamsError> {
-    const BOOT_MAP_END: u64 = 1 << 30;
-    if !(layout::LOW_WINDOW_START..=BOOT_MAP_END - ZERO_PAGE_SIZE).contains(&zero_page) {
-        return Err(BootParamsError::BadAddress(zero_page));
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from(u32_at(b, at)) | u64::from(u32_at(b, at + 4)) << 32
+}
+
+/// Take what the guest needs from the zero page's bytes.
+pub fn parse(zero_page: &[u8]) -> Result<BootParams, BootParamsError> {
+    if zero_page.len() < ZERO_PAGE_SIZE {
+        return Err(BootParamsError::Short(zero_page.len()));
     }
-    let base = zero_page as *const u8;
-    // SAFETY: [zero_page, zero_page + 4096) is inside the boot identity map (checked
-    // above) and every offset read below is smaller than 4096; the zero page is not
-    // written by anyone while the boot CPU reads it. Reads are unaligned-safe.
-    let read_u32 = |offset: usize| unsafe { base.add(offset).cast::<u32>().read_unaligned() };
-    // SAFETY: as above.
-    let read_u64 = |offset: usize| unsafe { base.add(offset).cast::<u64>().read_unaligned() };
-    // SAFETY: as above.
-    let count = unsafe { base.add(E820_ENTRIES).read() };
+    // Every offset below is under ZERO_PAGE_SIZE: 0x2d0 + 128 * 20 = 0xcd0.
+    let count = zero_page[E820_ENTRIES];
     if usize::from(count) > E820_MAX {
         return Err(BootParamsError::TooManyE820Entries(count));
     }
@@ -203,13 +202,141 @@ pub fn read(zero_page: u64) -> Result<BootParams, BootParamsError> {
         len: usize::from(count),
     };
     for (i, entry) in e820.entries[..usize::from(count)].iter_mut().enumerate() {
-        let offset = E820_TABLE + i * E820_ENTRY_SIZE;
+        let at = E820_TABLE + i * E820_ENTRY_SIZE;
         *entry = E820Entry {
-            addr: read_u64(offset),
-            size: read_u64(offset + 8),
-            kind: read_u32(offset + 16),
+            addr: u64_at(zero_page, at),
+            size: u64_at(zero_page, at + 8),
+            kind: u32_at(zero_page, at + 16),
         };
     }
-    let cmdline = u64::from(read_u32(CMD_LINE_PTR)) | u64::from(read_u32(EXT_CMD_LINE_PTR)) << 32;
+    let cmdline = u64::from(u32_at(zero_page, CMD_LINE_PTR))
+        | u64::from(u32_at(zero_page, EXT_CMD_LINE_PTR)) << 32;
     Ok(BootParams { e820, cmdline })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IMAGE: (u64, u64) = (0x20_0000, 0x24_0000);
+
+    /// `(addr, size, type)` of each entry.
+    type Entries<'a> = &'a [(u64, u64, u32)];
+
+    fn zero_page(entries: &[(u64, u64, u32)], cmdline: u64) -> Vec<u8> {
+        let mut page = vec![0u8; ZERO_PAGE_SIZE];
+        page[E820_ENTRIES] = entries.len() as u8;
+        for (i, &(addr, size, kind)) in entries.iter().enumerate() {
+            let at = E820_TABLE + i * E820_ENTRY_SIZE;
+            page[at..at + 8].copy_from_slice(&addr.to_le_bytes());
+            page[at + 8..at + 16].copy_from_slice(&size.to_le_bytes());
+            page[at + 16..at + 20].copy_from_slice(&kind.to_le_bytes());
+        }
+        page[CMD_LINE_PTR..CMD_LINE_PTR + 4].copy_from_slice(&(cmdline as u32).to_le_bytes());
+        page[EXT_CMD_LINE_PTR..EXT_CMD_LINE_PTR + 4]
+            .copy_from_slice(&((cmdline >> 32) as u32).to_le_bytes());
+        page
+    }
+
+    /// The map bulkhead and Firecracker give a 256 MiB guest.
+    fn vmm_map() -> Vec<(u64, u64, u32)> {
+        vec![
+            (0, 0x9_fc00, 1),
+            (0x9_fc00, 0x6_0400, 2),
+            (0x10_0000, (256 << 20) - 0x10_0000, 1),
+        ]
+    }
+
+    fn e820(entries: &[(u64, u64, u32)]) -> E820 {
+        parse(&zero_page(entries, 0)).expect("valid zero page").e820
+    }
+
+    #[test]
+    fn parses_e820_and_command_line_pointer() {
+        let boot = parse(&zero_page(&vmm_map(), 0x1_2002_0000)).unwrap();
+        assert_eq!(boot.cmdline, 0x1_2002_0000);
+        assert_eq!(boot.e820.entries().len(), 3);
+        assert_eq!(
+            boot.e820.entries()[2],
+            E820Entry {
+                addr: 0x10_0000,
+                size: (256 << 20) - 0x10_0000,
+                kind: 1
+            }
+        );
+        assert_eq!(boot.e820.ram_total(), (256 << 20) - 0x6_0400);
+        assert_eq!(boot.e820.check(IMAGE), Ok(()));
+    }
+
+    #[test]
+    fn rejects_short_pages_and_too_many_entries() {
+        assert_eq!(parse(&[0; 100]).err(), Some(BootParamsError::Short(100)));
+        let mut page = zero_page(&[], 0);
+        page[E820_ENTRIES] = 129;
+        assert_eq!(
+            parse(&page).err(),
+            Some(BootParamsError::TooManyE820Entries(129))
+        );
+    }
+
+    #[test]
+    fn ram_queries() {
+        let map = e820(&vmm_map());
+        assert!(map.is_ram(0x8000, 0x9000));
+        assert!(
+            !map.is_ram(0x9_f000, 0xa_1000),
+            "crosses into the reserved EBDA"
+        );
+        assert!(!map.is_ram(0x5000, 0x5000), "empty range");
+        assert_eq!(
+            map.ram_containing(0x20_0000).map(|e| e.addr),
+            Some(0x10_0000)
+        );
+        assert!(map.ram_containing(0xa_0000).is_none());
+    }
+
+    #[test]
+    fn insane_maps_are_caught() {
+        let cases: [(Entries, E820Problem); 7] = [
+            (&[], E820Problem::Empty),
+            (
+                &[(0, 0x9_fc00, 1), (0x10_0000, 0, 1)],
+                E820Problem::ZeroSize(1),
+            ),
+            (
+                &[(0, 0x9_fc00, 1), (u64::MAX - 5, 10, 2)],
+                E820Problem::Overflow(1),
+            ),
+            (
+                &[
+                    (0, 0x9_fc00, 1),
+                    (0x10_0000, 8 << 20, 1),
+                    (0x20_0000, 1 << 20, 1),
+                ],
+                E820Problem::Overlap(1, 2),
+            ),
+            (&[(0, 0xb_0000, 1)], E820Problem::RamInHole(0)),
+            (
+                &[(0, 0x9_fc00, 1), (0x10_0000, 4 << 30, 1)],
+                E820Problem::RamInHole(1),
+            ),
+            (&[(0x10_0000, 8 << 20, 1)], E820Problem::NoLowRam),
+        ];
+        for (entries, problem) in cases {
+            assert_eq!(e820(entries).check(IMAGE), Err(problem), "{entries:x?}");
+        }
+        let small = e820(&[(0, 0x9_fc00, 1), (0x10_0000, 0x12_0000, 1)]);
+        assert_eq!(small.check(IMAGE), Err(E820Problem::ImageNotInRam));
+    }
+
+    #[test]
+    fn reserved_entries_may_overlap_and_sit_in_holes() {
+        let map = e820(&[
+            (0, 0x9_fc00, 1),
+            (0x9_f000, 0x6_1000, 2),
+            (0x10_0000, 8 << 20, 1),
+            (0xfec0_0000, 0x1000, 2),
+        ]);
+        assert_eq!(map.check(IMAGE), Ok(()));
+    }
 }

@@ -4,49 +4,12 @@
 //! (repeatable; the scenarios run in the order given) and `bulkhead.cpus=<n>`, and ignores
 //! every other token (`console=ttyS0`, `virtio_mmio.device=...`, ...).
 
-use crate::bootparams::E820;
-use crate::phys;
-use crate::scenarios::{Scenario, ScenarioList};
-use crate::serial::Escaped;
-use crate::sync::RawCell;
+use crate::escape::Escaped;
+use crate::scenario::{Scenario, ScenarioList};
 use core::fmt;
 
 /// Longest command line, NUL included (x86 `COMMAND_LINE_SIZE`).
 pub const MAX_LEN: usize = 2048;
-
-static COPY: RawCell<[u8; MAX_LEN]> = RawCell::new([0; MAX_LEN]);
-
-/// Why the command line could not be read (the VMM broke the boot contract).
-#[derive(Debug)]
-pub struct Unreadable(pub u64);
-
-impl fmt::Display for Unreadable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "command line at {:#x} is not in mapped memory", self.0)
-    }
-}
-
-/// Copy the NUL-terminated command line at `addr` (0: none) and return it without the NUL.
-/// At most [`MAX_LEN`] bytes are kept: a longer line is cut there.
-///
-/// Called once, by the boot CPU.
-pub fn copy(e820: &E820, addr: u64) -> Result<&'static [u8], Unreadable> {
-    if addr == 0 {
-        return Ok(&[]);
-    }
-    let readable = phys::readable_len(e820, addr, MAX_LEN);
-    let source = phys::bytes(e820, addr, readable)
-        .filter(|s| !s.is_empty())
-        .ok_or(Unreadable(addr))?;
-    let len = source.iter().position(|&b| b == 0).unwrap_or(source.len());
-    // SAFETY: only the boot CPU calls this, once, before anything reads `COPY`; `len` is
-    // at most `MAX_LEN`. The returned slice is never written again.
-    unsafe {
-        let copy = &mut *COPY.get();
-        copy[..len].copy_from_slice(&source[..len]);
-        Ok(&(&*COPY.get())[..len])
-    }
-}
 
 /// What the command line asks of the guest.
 pub struct Config {
@@ -57,17 +20,17 @@ pub struct Config {
 }
 
 /// A command line the guest cannot act on (exit status 2).
-#[derive(Debug)]
-pub enum CmdlineError {
+#[derive(Debug, PartialEq, Eq)]
+pub enum CmdlineError<'a> {
     /// A `bulkhead.test` name that is not a scenario.
-    UnknownScenario(&'static [u8]),
+    UnknownScenario(&'a [u8]),
     /// A `bulkhead.cpus` value that is not a decimal number.
-    BadCpus(&'static [u8]),
+    BadCpus(&'a [u8]),
     /// More scenario names than [`ScenarioList`] holds.
     TooManyScenarios,
 }
 
-impl fmt::Display for CmdlineError {
+impl fmt::Display for CmdlineError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownScenario(name) => write!(f, "unknown scenario \"{}\"", Escaped(name)),
@@ -92,7 +55,7 @@ fn parse_decimal(s: &[u8]) -> Option<u32> {
 }
 
 /// Parse the command line.
-pub fn parse(line: &'static [u8]) -> Result<Config, CmdlineError> {
+pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
     let mut config = Config {
         scenarios: None,
         cpus: None,
@@ -114,4 +77,87 @@ pub fn parse(line: &'static [u8]) -> Result<Config, CmdlineError> {
         }
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenarios(line: &str) -> Option<Vec<Scenario>> {
+        let config = parse(line.as_bytes()).expect("valid command line");
+        config.scenarios.map(|l| l.as_slice().to_vec())
+    }
+
+    #[test]
+    fn no_bulkhead_test_means_the_default() {
+        assert_eq!(scenarios(""), None);
+        assert_eq!(scenarios("console=ttyS0 reboot=k panic=1 pci=off"), None);
+        assert_eq!(parse(b"console=ttyS0").unwrap().cpus, None);
+    }
+
+    #[test]
+    fn scenarios_in_order_across_tokens() {
+        assert_eq!(
+            scenarios("a=b bulkhead.test=memory,fail\tbulkhead.test=cpus x"),
+            Some(vec![Scenario::Memory, Scenario::Fail, Scenario::Cpus])
+        );
+        assert_eq!(
+            scenarios("bulkhead.test=cpus,cpus"),
+            Some(vec![Scenario::Cpus, Scenario::Cpus])
+        );
+    }
+
+    #[test]
+    fn cpus_is_decimal() {
+        assert_eq!(parse(b"bulkhead.cpus=4").unwrap().cpus, Some(4));
+        assert_eq!(
+            parse(b"bulkhead.cpus=254 bulkhead.cpus=2").unwrap().cpus,
+            Some(2)
+        );
+        for bad in [
+            "bulkhead.cpus=",
+            "bulkhead.cpus=x2",
+            "bulkhead.cpus=-1",
+            "bulkhead.cpus=99999999999",
+        ] {
+            let value = &bad.as_bytes()["bulkhead.cpus=".len()..];
+            assert_eq!(
+                parse(bad.as_bytes()).err(),
+                Some(CmdlineError::BadCpus(value)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_and_empty_names_are_errors() {
+        let e = parse(b"console=ttyS0 bulkhead.test=cpus,bogus")
+            .err()
+            .unwrap();
+        assert_eq!(e, CmdlineError::UnknownScenario(b"bogus"));
+        assert_eq!(e.to_string(), r#"unknown scenario "bogus""#);
+        let e = parse(b"bulkhead.test=").err().unwrap();
+        assert_eq!(e.to_string(), r#"unknown scenario """#);
+        let e = parse(b"bulkhead.test=a\"b").err().unwrap();
+        assert_eq!(e.to_string(), r#"unknown scenario "a\x22b""#);
+    }
+
+    #[test]
+    fn the_list_has_a_limit() {
+        let mut line = String::from("bulkhead.test=fail");
+        for _ in 1..ScenarioList::CAPACITY {
+            line.push_str(",fail");
+        }
+        assert!(parse(line.as_bytes()).is_ok());
+        line.push_str(",fail");
+        assert_eq!(
+            parse(line.as_bytes()).err(),
+            Some(CmdlineError::TooManyScenarios)
+        );
+    }
+
+    #[test]
+    fn similar_prefixes_are_not_ours() {
+        assert_eq!(scenarios("xbulkhead.test=bogus bulkhead.tests=bogus"), None);
+    }
 }

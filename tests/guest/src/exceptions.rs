@@ -47,7 +47,9 @@ global_asm!(
     "exception_stubs:",
     ".set vec, 0",
     ".rept 32",
-    ".balign 16",
+    // `idt::init` finds vector n's stub at 16 n; `.org` fails the build if a stub outgrew
+    // its 16 bytes (it cannot move backwards).
+    ".org exception_stubs + vec * 16",
     // Vectors with a CPU-pushed error code: #DF 8, #TS 10, #NP 11, #SS 12, #GP 13, #PF 14,
     // #AC 17, #CP 21, #VC 29, #SX 30.
     ".if (vec - 8) && (vec - 10) && (vec - 11) && (vec - 12) && (vec - 13) && (vec - 14) && (vec - 17) && (vec - 21) && (vec - 29) && (vec - 30)",

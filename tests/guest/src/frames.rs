@@ -35,6 +35,17 @@ impl fmt::Display for NoFreeRam {
     }
 }
 
+extern "C" {
+    /// End of the image (`.bss` included), defined by the linker.
+    static _end: u8;
+}
+
+/// First byte after the guest image.
+pub fn image_end() -> u64 {
+    // Only the address of the linker-defined symbol is taken, never its contents.
+    core::ptr::addr_of!(_end) as u64
+}
+
 /// Round `value` up to a multiple of `align` (a power of two); `None` on overflow.
 pub fn align_up(value: u64, align: u64) -> Option<u64> {
     Some(value.checked_add(align - 1)? & !(align - 1))
@@ -43,14 +54,12 @@ pub fn align_up(value: u64, align: u64) -> Option<u64> {
 impl Frames {
     /// An allocator over the RAM after the image, in the e820 entry that holds the image.
     pub fn new(e820: &E820) -> Result<Self, NoFreeRam> {
-        let image_end = layout::image_end();
-        let err = NoFreeRam { image_end };
-        let entry = e820
-            .ram_containing(layout::IMAGE_BASE)
-            .ok_or(NoFreeRam { image_end })?;
-        let next = align_up(image_end, PAGE).ok_or(NoFreeRam { image_end })?;
+        let image_end = image_end();
+        let err = || NoFreeRam { image_end };
+        let entry = e820.ram_containing(layout::IMAGE_BASE).ok_or_else(err)?;
+        let next = align_up(image_end, PAGE).ok_or_else(err)?;
         if entry.end() <= next || image_end > entry.end() {
-            return Err(err);
+            return Err(err());
         }
         Ok(Self {
             next,

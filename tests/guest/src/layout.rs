@@ -59,14 +59,3 @@ pub mod cr {
 pub const LOW_WINDOW_START: u64 = 0x1000;
 /// End of that window.
 pub const LOW_WINDOW_END: u64 = 0x20_0000;
-
-extern "C" {
-    /// End of the image (`.bss` included), defined by the linker.
-    static _end: u8;
-}
-
-/// First byte after the guest image.
-pub fn image_end() -> u64 {
-    // Only the address of the linker-defined symbol is taken, never its contents.
-    core::ptr::addr_of!(_end) as u64
-}

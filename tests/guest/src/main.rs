@@ -10,8 +10,6 @@
 #![no_std]
 #![no_main]
 
-mod bootparams;
-mod cmdline;
 mod entry;
 mod exceptions;
 mod frames;
@@ -19,10 +17,8 @@ mod gates;
 mod gdt;
 mod idt;
 mod lapic;
-mod layout;
 mod machine;
 mod mem;
-mod mptable;
 mod paging;
 mod phys;
 mod scenarios;
@@ -32,20 +28,24 @@ mod status;
 mod sync;
 mod time;
 
+// The host-testable half of the guest (src/lib.rs), used here as if it were local modules.
+use bulkhead_guest::{bootparams, cmdline, escape, layout, mptable, scenario};
+
 use core::fmt::Display;
+use escape::Escaped;
 use frames::Frames;
 use machine::Machine;
-use serial::Escaped;
 use status::{finish, Status};
 
 /// Where the boot CPU arrives at CPL3 (from `entry.rs`), `.bss` cleared.
 pub extern "C" fn bsp_main(zero_page: u64) -> ! {
     idt::init();
     serial::init();
-    let boot = bootparams::read(zero_page).unwrap_or_else(|e| boot_failed(e));
+    let page = phys::zero_page(zero_page).unwrap_or_else(|e| boot_failed(e));
+    let boot = bootparams::parse(page).unwrap_or_else(|e| boot_failed(e));
     let mut frames = Frames::new(&boot.e820).unwrap_or_else(|e| boot_failed(e));
     paging::build(&boot.e820, &mut frames).unwrap_or_else(|e| boot_failed(e));
-    let line = cmdline::copy(&boot.e820, boot.cmdline).unwrap_or_else(|e| boot_failed(e));
+    let line = phys::command_line(&boot.e820, boot.cmdline).unwrap_or_else(|e| boot_failed(e));
     say!("boot cmdline=\"{}\"", Escaped(line));
     let config = cmdline::parse(line).unwrap_or_else(|e| {
         say!("FAIL cmdline: {e}");
@@ -53,7 +53,7 @@ pub extern "C" fn bsp_main(zero_page: u64) -> ! {
     });
 
     smp::init_bsp();
-    let mp = mptable::find(&boot.e820);
+    let mp = mptable::find(|addr, len| phys::bytes(&boot.e820, addr, len));
     let smp = match &mp {
         Ok(mp) => smp::start_aps(mp, &mut frames, &boot.e820),
         Err(_) => Ok(()),
@@ -74,7 +74,7 @@ pub extern "C" fn bsp_main(zero_page: u64) -> ! {
     let list = machine.config.scenarios.take();
     let scenarios = list
         .as_ref()
-        .map_or(&scenarios::DEFAULT[..], |l| l.as_slice());
+        .map_or(&scenario::DEFAULT[..], |l| l.as_slice());
     let mut status = Status::Pass;
     for &scenario in scenarios {
         match scenarios::run(scenario, &mut machine) {

@@ -4,11 +4,10 @@
 //! The floating pointer structure (`_MP_`, 16-byte aligned) is searched for in the last
 //! KiB of conventional memory (0x9fc00..0xa0000) and the BIOS area (0xf0000..0x100000);
 //! it points at the configuration table (`PCMP`) whose processor entries list the CPUs.
-//! Both checksums are verified and every read is bounds-checked.
+//! Both checksums are verified and every read is bounds-checked. Guest memory is read
+//! through a function `read(address, length)` that returns `None` for unmapped ranges.
 
-use crate::bootparams::E820;
 use crate::layout::{LAPIC_BASE, MAX_CPUS};
-use crate::phys;
 use core::fmt;
 
 const SEARCH_WINDOWS: [(u64, u64); 2] = [(0x9_fc00, 0xa_0000), (0xf_0000, 0x10_0000)];
@@ -41,7 +40,7 @@ impl MpTable {
 }
 
 /// Why there is no usable MP table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MpError {
     /// No floating pointer structure in either window.
     NotFound,
@@ -105,11 +104,11 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 /// Find the floating pointer: the address of the configuration table.
-fn find_floating(e820: &E820) -> Result<u32, MpError> {
+fn find_floating<'a>(read: &impl Fn(u64, usize) -> Option<&'a [u8]>) -> Result<u32, MpError> {
     let mut bad = None;
     for (start, end) in SEARCH_WINDOWS {
         for addr in (start..end).step_by(16) {
-            let Some(fp) = phys::bytes(e820, addr, FLOATING_LEN) else {
+            let Some(fp) = read(addr, FLOATING_LEN) else {
                 continue;
             };
             if &fp[..4] != b"_MP_" {
@@ -128,15 +127,15 @@ fn find_floating(e820: &E820) -> Result<u32, MpError> {
     Err(bad.map_or(MpError::NotFound, MpError::BadFloatingChecksum))
 }
 
-/// Find and parse the MP table.
-pub fn find(e820: &E820) -> Result<MpTable, MpError> {
-    let at = u64::from(find_floating(e820)?);
-    let header = phys::bytes(e820, at, HEADER_LEN).ok_or(MpError::ConfigUnreadable(at))?;
+/// Find and parse the MP table in the memory `read` gives access to.
+pub fn find<'a>(read: impl Fn(u64, usize) -> Option<&'a [u8]>) -> Result<MpTable, MpError> {
+    let at = u64::from(find_floating(&read)?);
+    let header = read(at, HEADER_LEN).ok_or(MpError::ConfigUnreadable(at))?;
     if &header[..4] != b"PCMP" {
         return Err(MpError::BadConfigSignature(at));
     }
     let len = usize::from(u16_at(header, 4));
-    let table = phys::bytes(e820, at, len)
+    let table = read(at, len)
         .filter(|_| len >= HEADER_LEN)
         .ok_or(MpError::ConfigUnreadable(at))?;
     if !sums_to_zero(table) {
@@ -182,4 +181,140 @@ pub fn find(e820: &E820) -> Result<MpTable, MpError> {
         return Err(MpError::BspCount(bsps));
     }
     Ok(mp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEMORY: usize = 0x10_0000;
+    const TABLE: usize = 0xf_0000;
+
+    fn checksum(bytes: &mut [u8], at: usize) {
+        bytes[at] = 0;
+        let sum = bytes.iter().fold(0u8, |s, &b| s.wrapping_add(b));
+        bytes[at] = sum.wrapping_neg();
+    }
+
+    /// A table like the VMMs write: processors (APIC id, flags), a bus, an IOAPIC.
+    fn table(cpus: &[(u8, u8)]) -> Vec<u8> {
+        let mut entries = Vec::new();
+        for &(id, flags) in cpus {
+            entries.extend_from_slice(&[
+                0, id, 0x14, flags, 0, 6, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ]);
+        }
+        entries.extend_from_slice(&[1, 0, b'I', b'S', b'A', b' ', b' ', b' ']);
+        entries.extend_from_slice(&[2, 9, 0x11, 1, 0, 0, 0xc0, 0xfe]);
+        let mut config = vec![0u8; HEADER_LEN];
+        config[..4].copy_from_slice(b"PCMP");
+        config[4..6].copy_from_slice(&((HEADER_LEN + entries.len()) as u16).to_le_bytes());
+        config[6] = 4;
+        config[34..36].copy_from_slice(&(cpus.len() as u16 + 2).to_le_bytes());
+        config[36..40].copy_from_slice(&0xfee0_0000u32.to_le_bytes());
+        config.extend_from_slice(&entries);
+        checksum(&mut config, 7);
+        let mut floating = vec![0u8; FLOATING_LEN];
+        floating[..4].copy_from_slice(b"_MP_");
+        floating[4..8].copy_from_slice(&((TABLE + FLOATING_LEN) as u32).to_le_bytes());
+        floating[8] = 1;
+        floating[9] = 4;
+        checksum(&mut floating, 10);
+        let mut memory = vec![0u8; MEMORY];
+        memory[TABLE..TABLE + FLOATING_LEN].copy_from_slice(&floating);
+        memory[TABLE + FLOATING_LEN..TABLE + FLOATING_LEN + config.len()].copy_from_slice(&config);
+        memory
+    }
+
+    fn find_in(memory: &[u8]) -> Result<MpTable, MpError> {
+        find(|addr, len| {
+            memory
+                .get(usize::try_from(addr).ok()?..)
+                .and_then(|m| m.get(..len))
+        })
+    }
+
+    #[test]
+    fn lists_enabled_processors_and_the_bsp() {
+        let mp = find_in(&table(&[(0, 3), (1, 1), (2, 0), (5, 1)])).unwrap();
+        assert_eq!(
+            mp.apic_ids(),
+            &[0, 1, 5],
+            "disabled processor 2 is left out"
+        );
+        assert_eq!(mp.bsp(), 0);
+    }
+
+    #[test]
+    fn found_in_the_ebda_too() {
+        let mut memory = table(&[(0, 3)]);
+        let floating: Vec<u8> = memory[TABLE..TABLE + FLOATING_LEN].to_vec();
+        memory[TABLE..TABLE + FLOATING_LEN].fill(0);
+        memory[0x9_fc00..0x9_fc00 + FLOATING_LEN].copy_from_slice(&floating);
+        assert_eq!(find_in(&memory).unwrap().apic_ids(), &[0]);
+    }
+
+    #[test]
+    fn bad_tables_are_errors_not_panics() {
+        let good = table(&[(0, 3), (1, 1)]);
+        assert_eq!(find_in(&vec![0u8; MEMORY]).err(), Some(MpError::NotFound));
+
+        let mut m = good.clone();
+        m[TABLE + 10] ^= 1;
+        assert_eq!(
+            find_in(&m).err(),
+            Some(MpError::BadFloatingChecksum(TABLE as u64))
+        );
+
+        let mut m = good.clone();
+        m[TABLE + FLOATING_LEN + 20] ^= 1;
+        assert_eq!(find_in(&m).err(), Some(MpError::BadConfigChecksum));
+
+        let mut m = good.clone();
+        m[TABLE + 4..TABLE + 8].copy_from_slice(&0x4000_0000u32.to_le_bytes());
+        checksum(&mut m[TABLE..TABLE + FLOATING_LEN], 10);
+        assert_eq!(
+            find_in(&m).err(),
+            Some(MpError::ConfigUnreadable(0x4000_0000))
+        );
+
+        let mut m = good.clone();
+        m[TABLE + 4..TABLE + 8].copy_from_slice(&0u32.to_le_bytes());
+        checksum(&mut m[TABLE..TABLE + FLOATING_LEN], 10);
+        assert_eq!(find_in(&m).err(), Some(MpError::NoConfigTable));
+
+        let config = TABLE + FLOATING_LEN;
+        let mut m = good.clone();
+        m[config + 34] += 1; // one entry more than the table holds
+        checksum(&mut m[config..config + 100], 7);
+        assert_eq!(find_in(&m).err(), Some(MpError::Truncated));
+
+        let mut m = good.clone();
+        m[config + HEADER_LEN] = 9;
+        checksum(&mut m[config..config + 100], 7);
+        assert_eq!(find_in(&m).err(), Some(MpError::UnknownEntry(9)));
+
+        let mut m = good.clone();
+        m[config + 4..config + 6].copy_from_slice(&0xffffu16.to_le_bytes());
+        assert_eq!(
+            find_in(&m[..config + 200]).err(),
+            Some(MpError::ConfigUnreadable(config as u64))
+        );
+    }
+
+    #[test]
+    fn processor_list_is_checked() {
+        assert_eq!(
+            find_in(&table(&[(0, 3), (0, 1)])).err(),
+            Some(MpError::DuplicateApicId(0))
+        );
+        assert_eq!(
+            find_in(&table(&[(0, 1), (1, 1)])).err(),
+            Some(MpError::BspCount(0))
+        );
+        assert_eq!(
+            find_in(&table(&[(0, 3), (1, 3)])).err(),
+            Some(MpError::BspCount(2))
+        );
+    }
 }

@@ -106,20 +106,3 @@ macro_rules! say {
         $crate::serial::line(format_args!($($arg)*))
     };
 }
-
-/// Displays bytes as printable ASCII, with `"`, `\` and anything unprintable escaped as
-/// `\xNN`, so that a quoted value stays on one line and can be parsed back.
-pub struct Escaped<'a>(pub &'a [u8]);
-
-impl fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for &b in self.0 {
-            if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
-                f.write_char(char::from(b))?;
-            } else {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        Ok(())
-    }
-}

@@ -66,7 +66,10 @@ fn test_range(start: u64, end: u64) -> Result<(), Error> {
 
 /// Run the scenario.
 pub fn run(machine: &mut Machine) -> Result<(), Error> {
-    machine.e820.check().map_err(Error::E820)?;
+    machine
+        .e820
+        .check((layout::IMAGE_BASE, crate::frames::image_end()))
+        .map_err(Error::E820)?;
     let free_start = machine.frames.free_start();
     let free_end = machine.frames.free_end();
     test_range(free_start, free_end.min(free_start + FREE_TEST))?;

@@ -1,0 +1,121 @@
+//! The test scenarios by name: what `bulkhead.test=` may list, and the default set.
+//! Their implementations are in the binary (`src/scenarios/`).
+
+/// A test scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Every CPU in the MP table (and `bulkhead.cpus`, if given) came up and runs jobs.
+    Cpus,
+    /// The e820 map is sane and RAM holds what is written to it.
+    Memory,
+    /// Always fails.
+    Fail,
+    /// Takes a page fault at CPL3.
+    Exception,
+    /// Panics.
+    Panic,
+}
+
+/// All scenarios, with their command-line names.
+const NAMES: [(Scenario, &str); 5] = [
+    (Scenario::Cpus, "cpus"),
+    (Scenario::Memory, "memory"),
+    (Scenario::Fail, "fail"),
+    (Scenario::Exception, "exception"),
+    (Scenario::Panic, "panic"),
+];
+
+/// What runs without `bulkhead.test`: every scenario that is harmless to the devices found.
+pub const DEFAULT: [Scenario; 2] = [Scenario::Cpus, Scenario::Memory];
+
+impl Scenario {
+    /// Name on the command line and in PASS/FAIL lines.
+    pub fn name(self) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or("?", |(_, name)| name)
+    }
+
+    /// The scenario called `name`.
+    pub fn from_name(name: &[u8]) -> Option<Self> {
+        NAMES
+            .iter()
+            .find(|(_, n)| n.as_bytes() == name)
+            .map(|(s, _)| *s)
+    }
+}
+
+/// Scenarios to run, in command-line order.
+pub struct ScenarioList {
+    items: [Scenario; Self::CAPACITY],
+    len: usize,
+}
+
+/// The list is full.
+#[derive(Debug)]
+pub struct ListFull;
+
+impl ScenarioList {
+    /// Most scenarios one command line can ask for.
+    pub const CAPACITY: usize = 32;
+
+    /// An empty list.
+    pub fn new() -> Self {
+        Self {
+            items: [Scenario::Fail; Self::CAPACITY],
+            len: 0,
+        }
+    }
+
+    /// Append a scenario.
+    pub fn push(&mut self, s: Scenario) -> Result<(), ListFull> {
+        *self.items.get_mut(self.len).ok_or(ListFull)? = s;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// The scenarios.
+    pub fn as_slice(&self) -> &[Scenario] {
+        &self.items[..self.len]
+    }
+}
+
+impl Default for ScenarioList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for (scenario, name) in NAMES {
+            assert_eq!(scenario.name(), name);
+            assert_eq!(Scenario::from_name(name.as_bytes()), Some(scenario));
+        }
+        assert_eq!(Scenario::from_name(b"CPUS"), None);
+        assert_eq!(Scenario::from_name(b""), None);
+    }
+
+    #[test]
+    fn default_is_the_harmless_ones() {
+        assert_eq!(DEFAULT, [Scenario::Cpus, Scenario::Memory]);
+    }
+
+    #[test]
+    fn list_keeps_order_up_to_capacity() {
+        let mut list = ScenarioList::new();
+        list.push(Scenario::Memory).unwrap();
+        list.push(Scenario::Cpus).unwrap();
+        assert_eq!(list.as_slice(), &[Scenario::Memory, Scenario::Cpus]);
+        for _ in 2..ScenarioList::CAPACITY {
+            list.push(Scenario::Fail).unwrap();
+        }
+        assert!(list.push(Scenario::Fail).is_err());
+        assert_eq!(list.as_slice().len(), ScenarioList::CAPACITY);
+    }
+}
