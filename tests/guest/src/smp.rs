@@ -151,9 +151,15 @@ pub fn apic_id(cpu: usize) -> Option<u32> {
         .then(|| slot.apic_id.load(Ordering::Relaxed))
 }
 
+/// The CPUs that are up: `(CPU number, APIC id)`, by CPU number. (Numbers are handed out
+/// as APs arrive, so while APs are still starting there can be gaps.)
+pub fn up() -> impl Iterator<Item = (usize, u32)> {
+    (0..MAX_CPUS).filter_map(|cpu| Some((cpu, apic_id(cpu)?)))
+}
+
 /// Is the CPU with this APIC id up?
 pub fn is_up(apic: u32) -> bool {
-    (0..online()).any(|cpu| apic_id(cpu) == Some(apic))
+    up().any(|(_, id)| id == apic)
 }
 
 /// Register the boot CPU as CPU 0. Before any other function here.

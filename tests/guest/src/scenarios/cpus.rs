@@ -73,11 +73,10 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
             if let Some(&id) = mp.apic_ids().iter().find(|&&id| !smp::is_up(u32::from(id))) {
                 return Err(Error::Missing(id));
             }
-            for cpu in 0..smp::online() {
-                let id = smp::apic_id(cpu).ok_or(Error::Job(RunError::NotOnline(cpu)))?;
-                if !mp.apic_ids().iter().any(|&listed| u32::from(listed) == id) {
-                    return Err(Error::Unlisted(id));
-                }
+            if let Some((_, id)) =
+                smp::up().find(|&(_, id)| !mp.apic_ids().iter().any(|&l| u32::from(l) == id))
+            {
+                return Err(Error::Unlisted(id));
             }
         }
         Err(MpError::NotFound) => {}
@@ -89,8 +88,7 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
             return Err(Error::Count { expected, up });
         }
     }
-    for cpu in 1..up {
-        let expected = smp::apic_id(cpu).ok_or(Error::Job(RunError::NotOnline(cpu)))?;
+    for (cpu, expected) in smp::up().skip(1) {
         let got = smp::run_on(cpu, own_apic_id).map_err(Error::Job)?;
         if got != u64::from(expected) {
             return Err(Error::JobApicId { cpu, expected, got });
