@@ -41,8 +41,7 @@ use status::{finish, Status};
 pub extern "C" fn bsp_main(zero_page: u64) -> ! {
     idt::init();
     serial::init();
-    let page = phys::zero_page(zero_page).unwrap_or_else(|e| boot_failed(e));
-    let boot = bootparams::parse(page).unwrap_or_else(|e| boot_failed(e));
+    let boot = phys::boot_params(zero_page).unwrap_or_else(|e| boot_failed(e));
     let mut frames = Frames::new(&boot.e820).unwrap_or_else(|e| boot_failed(e));
     paging::build(&boot.e820, &mut frames).unwrap_or_else(|e| boot_failed(e));
     let line = phys::command_line(&boot.e820, boot.cmdline).unwrap_or_else(|e| boot_failed(e));

@@ -2,7 +2,7 @@
 //! zero page (on the boot page tables), then the command line and the MP table (on the
 //! final page tables, which map the low window below 2 MiB except page 0, and e820 RAM).
 
-use crate::bootparams::{E820, ZERO_PAGE_SIZE};
+use crate::bootparams::{self, BootParams, BootParamsError, E820, ZERO_PAGE_SIZE};
 use crate::cmdline;
 use crate::layout;
 use crate::sync::RawCell;
@@ -11,30 +11,35 @@ use core::fmt;
 /// End of what the boot page tables map.
 const BOOT_MAP_END: u64 = 1 << 30;
 
-/// The zero page address (RSI) is not one the guest can read.
+/// Why the zero page could not be read.
 #[derive(Debug)]
-pub struct BadZeroPage(pub u64);
+pub enum ZeroPageError {
+    /// RSI does not point into the boot page tables' 0x1000..1 GiB.
+    Address(u64),
+    /// Its contents are not usable.
+    Parse(BootParamsError),
+}
 
-impl fmt::Display for BadZeroPage {
+impl fmt::Display for ZeroPageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "zero page address {:#x} (RSI) is not in 0x1000..1 GiB",
-            self.0
-        )
+        match self {
+            Self::Address(a) => write!(f, "zero page address {a:#x} (RSI) is not in 0x1000..1 GiB"),
+            Self::Parse(e) => write!(f, "{e}"),
+        }
     }
 }
 
-/// The zero page at `addr`, read on the boot page tables (first 1 GiB mapped).
-pub fn zero_page(addr: u64) -> Result<&'static [u8], BadZeroPage> {
+/// Read the zero page at `addr`, on the boot page tables (first 1 GiB mapped).
+pub fn boot_params(addr: u64) -> Result<BootParams, ZeroPageError> {
     let size = ZERO_PAGE_SIZE as u64;
     if !(layout::LOW_WINDOW_START..=BOOT_MAP_END - size).contains(&addr) {
-        return Err(BadZeroPage(addr));
+        return Err(ZeroPageError::Address(addr));
     }
     // SAFETY: [addr, addr + 4096) is inside the boot identity map (checked above), which
-    // stays mapped by the final tables too (the low window or e820 RAM, where the VMM puts
-    // it); nobody writes the zero page while the guest runs.
-    Ok(unsafe { core::slice::from_raw_parts(addr as *const u8, ZERO_PAGE_SIZE) })
+    // is active now; nobody writes the zero page while the guest runs; `parse` copies what
+    // it needs, so the slice does not outlive this call.
+    let page = unsafe { core::slice::from_raw_parts(addr as *const u8, ZERO_PAGE_SIZE) };
+    bootparams::parse(page).map_err(ZeroPageError::Parse)
 }
 
 /// How many bytes from `addr` on (at most `max`) are mapped and readable as boot data:
