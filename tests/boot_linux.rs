@@ -82,28 +82,30 @@ fn boots_to_e820(
 ) {
     let cmdline = "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1 pci=off nokaslr bulkhead.test-marker=e820check";
     let mut cmd = common::bulkhead();
-    cmd.arg("run").arg("--kernel").arg(kernel).args([
-        "--memory",
-        &MEMORY_MIB.to_string(),
-        "--cmdline",
-        cmdline,
-    ]);
-    let e820 = expected_e820();
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(kernel)
+        .args(["--memory", &MEMORY_MIB.to_string()])
+        .args(["--cpus", &cpus.to_string()])
+        .args(["--cmdline", cmdline]);
+    let mut wanted = expected_e820();
+    wanted.extend(extra.iter().map(|s| s.to_string()));
     let want_cmdline = format!("Command line: {cmdline}");
     let seen = |lines: &[String], needle: &str| lines.iter().any(|l| l.contains(needle));
     let started = std::time::Instant::now();
     let (lines, ok, stderr) = common::run_until(cmd, deadline, |lines| {
-        seen(lines, banner) && seen(lines, &want_cmdline) && e820.iter().all(|e| seen(lines, e))
+        seen(lines, banner) && seen(lines, &want_cmdline) && wanted.iter().all(|e| seen(lines, e))
     });
     assert!(
         ok,
-        "within {deadline:?} the console of {} did not show {banner:?}, {want_cmdline:?} and all of {e820:#?}.\nconsole:\n{}\nstderr:\n{stderr}",
+        "within {deadline:?} the console of {} did not show {banner:?}, {want_cmdline:?} and all of {wanted:#?}.\nconsole:\n{}\nstderr:\n{stderr}",
         kernel.display(),
         lines.join("\n")
     );
     eprintln!(
-        "{}: banner, command line and e820 map after {:.1?}",
+        "{}: banner, command line, e820 map and {} more lines after {:.1?}",
         kernel.display(),
+        extra.len(),
         started.elapsed()
     );
     // Nothing else claims to be RAM: exactly our three entries.
