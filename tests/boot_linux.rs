@@ -28,12 +28,8 @@ fn expected_e820() -> Vec<String> {
 #[test]
 fn stock_kernel_prints_banner_cmdline_and_e820() {
     require_kvm!();
-    let kernel = match common::debian_kernel::debian_vmlinux() {
-        Ok(k) => k,
-        Err(why) => {
-            eprintln!("SKIPPED: no stock kernel: {why}");
-            return;
-        }
+    let Some(kernel) = stock_kernel() else {
+        return;
     };
     // An ELF vmlinux with a PVH note: entered through PVH. Debian's kernel has no MP-table
     // support, so it counts its CPUs from our ACPI MADT.
@@ -52,12 +48,8 @@ fn stock_kernel_prints_banner_cmdline_and_e820() {
 #[test]
 fn stock_bzimage_decompresses_and_boots() {
     require_kvm!();
-    let kernel = match common::debian_kernel::debian_vmlinux() {
-        Ok(k) => k,
-        Err(why) => {
-            eprintln!("SKIPPED: no stock kernel: {why}");
-            return;
-        }
+    let Some(kernel) = stock_kernel() else {
+        return;
     };
     let Some(bzimage) = &kernel.bzimage else {
         eprintln!(
@@ -69,6 +61,17 @@ fn stock_bzimage_decompresses_and_boots() {
     // A bzImage: entered at startup_64 through the 64-bit boot protocol; its decompressor
     // (emulated here, so slow) unpacks the kernel before the banner.
     boots_to_e820(bzimage, 1, &kernel.banner_prefix(), &[], BZIMAGE_DEADLINE);
+}
+
+/// Debian's kernel, or `None` after printing why the test skips.
+fn stock_kernel() -> Option<common::debian_kernel::DebianKernel> {
+    match common::debian_kernel::debian_vmlinux() {
+        Ok(k) => Some(k),
+        Err(why) => {
+            eprintln!("SKIPPED: no stock kernel: {why}");
+            None
+        }
+    }
 }
 
 /// Boots `kernel` with `cpus` vCPUs and waits for the banner, our command line, our e820
@@ -124,12 +127,8 @@ fn stock_kernel_boots_to_an_initramfs_shell() {
         );
         return;
     }
-    let kernel = match common::debian_kernel::debian_vmlinux() {
-        Ok(k) => k,
-        Err(why) => {
-            eprintln!("SKIPPED: no stock kernel: {why}");
-            return;
-        }
+    let Some(kernel) = stock_kernel() else {
+        return;
     };
     let archive = match common::initramfs::build(std::path::Path::new(common::initramfs::BUSYBOX)) {
         Ok(a) => a,

@@ -30,7 +30,7 @@ use zerocopy::byteorder::little_endian::{U16, U32};
 use zerocopy::{Immutable, IntoBytes};
 
 use super::mptable::{MAX_CPUS, PIT_IOAPIC_PIN};
-use super::BootError;
+use super::{checksum, BootError};
 use crate::layout;
 
 /// OEM id of every table (and the RSDP).
@@ -257,14 +257,6 @@ fn madt(cpus: u8) -> Vec<u8> {
     bytes[SDT_CHECKSUM_OFFSET] = 0;
     bytes[SDT_CHECKSUM_OFFSET] = checksum(&bytes);
     bytes
-}
-
-/// The byte that makes `bytes` sum to zero.
-fn checksum(bytes: &[u8]) -> u8 {
-    bytes
-        .iter()
-        .fold(0u8, |sum, b| sum.wrapping_add(*b))
-        .wrapping_neg()
 }
 
 #[cfg(test)]

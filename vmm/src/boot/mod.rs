@@ -142,6 +142,14 @@ pub fn load(
     })
 }
 
+/// The byte that makes `bytes` sum to zero: the checksum of BIOS-era tables (MP, ACPI).
+pub(crate) fn checksum(bytes: &[u8]) -> u8 {
+    bytes
+        .iter()
+        .fold(0u8, |sum, b| sum.wrapping_add(*b))
+        .wrapping_neg()
+}
+
 /// The initrd must end below the kernel's `initrd_addr_max` (bzImage) and RAM's end.
 fn initrd_limit(kernel: &kernel::LoadedKernel, ram_end: u64) -> u64 {
     match &kernel.setup_header {

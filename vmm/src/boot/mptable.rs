@@ -6,7 +6,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::BootError;
+use super::{checksum, BootError};
 use crate::layout;
 
 /// Guest-physical address of the MP floating pointer structure.
@@ -111,14 +111,6 @@ pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), BootError> {
     }
     mem.write_slice(&bytes, GuestAddress(MPTABLE_START))
         .map_err(|e| BootError::GuestWrite("MP table", e))
-}
-
-/// The byte that makes `bytes` sum to zero.
-fn checksum(bytes: &[u8]) -> u8 {
-    bytes
-        .iter()
-        .fold(0u8, |sum, b| sum.wrapping_add(*b))
-        .wrapping_neg()
 }
 
 #[cfg(test)]
