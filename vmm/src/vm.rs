@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::Killable;
 
@@ -12,8 +12,11 @@ use crate::devices::serial_input;
 use crate::devices::VmStop;
 use crate::kvm::run_loop;
 
-/// How often a stopping vCPU thread is kicked again until it has left `KVM_RUN`.
+/// How often stopping vCPU threads are kicked again until they have left `KVM_RUN` (a kick
+/// can land just before a thread enters it).
 const KICK_INTERVAL: Duration = Duration::from_millis(2);
+/// How often the stopping thread looks whether the vCPU threads have finished.
+const POLL_INTERVAL: Duration = Duration::from_micros(100);
 
 /// Errors while starting the VM's threads.
 #[derive(Debug, thiserror::Error)]
@@ -58,17 +61,22 @@ impl Vm {
     }
 }
 
-/// Sets the stop flag and kicks each vCPU thread until it has finished.
+/// Sets the stop flag and kicks every vCPU thread out of `KVM_RUN` until all have finished.
 fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
     stop.store(true, Ordering::Release);
-    for t in threads {
-        while !t.is_finished() {
-            if let Err(e) = t.kill(run_loop::kick_signal()) {
-                log::warn!("kicking a vCPU thread: {e}");
-                break;
+    let mut last_kick: Option<Instant> = None;
+    while threads.iter().any(|t| !t.is_finished()) {
+        if last_kick.is_none_or(|t| t.elapsed() >= KICK_INTERVAL) {
+            for t in threads.iter().filter(|t| !t.is_finished()) {
+                if let Err(e) = t.kill(run_loop::kick_signal()) {
+                    log::warn!("kicking a vCPU thread: {e}");
+                }
             }
-            std::thread::sleep(KICK_INTERVAL);
+            last_kick = Some(Instant::now());
         }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    for t in threads {
         if t.join().is_err() {
             log::error!("a vCPU thread panicked");
         }
