@@ -6,6 +6,8 @@
 mod bench;
 mod check;
 mod cli;
+mod disk_arg;
+mod launch;
 mod run;
 
 use clap::Parser;

@@ -8,12 +8,22 @@ use bulkhead_vmm::config::{ConfigError, VmConfig};
 use bulkhead_vmm::devices::VmStop;
 use bulkhead_vmm::{builder, TEST_GUEST, TEST_GUEST_NAME};
 
+use std::os::unix::process::ExitStatusExt;
+
+use bulkhead_vmm::config::VirtioDeviceConfig;
+use bulkhead_vmm::virtio::vhost_user::BackendSocket;
+
 use crate::cli::RunArgs;
+use crate::disk_arg::{DiskArg, DiskBackend};
+use crate::launch::{self, DeviceProcess};
+
+/// Virtio device id of a block device.
+const VIRTIO_ID_BLOCK: u32 = 2;
 
 /// Exit status when bulkhead itself fails or the guest crashed (as `docker run` does).
 pub const EXIT_BULKHEAD_FAILED: i32 = 125;
 
-/// Builds the VM configuration from the command line.
+/// Builds the VM configuration from the command line (without devices).
 pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
     let cpus = u8::try_from(args.cpus)
         .ok()
@@ -32,6 +42,7 @@ pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
             cmdline: args.cmdline.clone(),
         },
         serial: args.serial.clone(),
+        devices: Vec::new(),
     };
     config.validate()?;
     Ok(config)
@@ -53,18 +64,101 @@ fn run(args: &RunArgs) -> i32 {
         config.memory_mib,
         config.cpus
     );
-    let mut vm = match builder::build(&config) {
+    let mut config = config;
+    let mut processes = Vec::new();
+    for (i, disk) in args.disk.iter().enumerate() {
+        match disk_device(&format!("disk{i}"), disk) {
+            Ok((device, process)) => {
+                config.devices.push(device);
+                processes.extend(process);
+            }
+            Err(e) => {
+                stop_devices(processes);
+                return fail(&e);
+            }
+        }
+    }
+    let mut vm = match builder::build(config) {
         Ok(vm) => vm,
-        Err(e) => return fail(&e),
+        Err(e) => {
+            stop_devices(processes);
+            return fail(&e);
+        }
     };
     let result = vm.run();
     if args.report_stats {
         report_stats();
     }
     drop(vm);
-    match result {
-        Ok(stop) => exit_status(&stop),
-        Err(e) => fail(&e),
+    let code = match &result {
+        Ok(VmStop::DeviceFailed { device, why }) => device_failed(device, why, &mut processes),
+        Ok(stop) => exit_status(stop),
+        Err(e) => fail(e),
+    };
+    stop_devices(processes);
+    code
+}
+
+/// The vmm's side of disk `name`, and the process serving it when bulkhead starts one.
+fn disk_device(
+    name: &str,
+    disk: &DiskArg,
+) -> Result<(VirtioDeviceConfig, Option<DeviceProcess>), launch::LaunchError> {
+    let (socket, process) = match &disk.backend {
+        DiskBackend::Image {
+            path,
+            readonly,
+            serial,
+        } => {
+            let (process, socket) =
+                launch::start_blk(name, path, *readonly, serial.as_deref(), disk.queues)?;
+            (BackendSocket::Connected(socket), Some(process))
+        }
+        DiskBackend::Socket(path) => (BackendSocket::Path(path.clone()), None),
+    };
+    let device = VirtioDeviceConfig {
+        name: name.to_owned(),
+        device_type: VIRTIO_ID_BLOCK,
+        queues: disk.queues,
+        socket,
+    };
+    Ok((device, process))
+}
+
+/// Reports a failed device, with how its process ended when bulkhead started it.
+fn device_failed(device: &str, why: &str, processes: &mut [DeviceProcess]) -> i32 {
+    let process = processes.iter_mut().find(|p| p.name == device);
+    let ended = process.and_then(|p| {
+        // The hang-up may arrive a moment before the process is reapable.
+        for _ in 0..100 {
+            if let Some(s) = p.exited() {
+                return Some(format!(
+                    "{} (pid {}) {}",
+                    p.program,
+                    p.pid(),
+                    launch::describe(s)
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        None
+    });
+    match ended {
+        Some(how) => eprintln!("bulkhead: {device} failed: {how}; VM stopped"),
+        None => eprintln!("bulkhead: {device} failed: {why}; VM stopped"),
+    }
+    EXIT_BULKHEAD_FAILED
+}
+
+/// Stops every device process, reporting any that had already ended badly.
+fn stop_devices(processes: Vec<DeviceProcess>) {
+    for p in processes {
+        let (name, program, pid) = (p.name.clone(), p.program.clone(), p.pid());
+        match p.stop() {
+            Some(s) if s.success() || s.signal() == Some(libc::SIGTERM) => {}
+            Some(s) => log::warn!("{name}: {program} (pid {pid}) {}", launch::describe(s)),
+            None => log::warn!("{name}: {program} (pid {pid}) could not be reaped"),
+        }
     }
 }
 
@@ -84,6 +178,10 @@ pub fn exit_status(stop: &VmStop) -> i32 {
             eprintln!(
                 "bulkhead: vcpu{vcpu}: the guest triple-faulted (KVM_EXIT_SHUTDOWN); VM stopped"
             );
+            EXIT_BULKHEAD_FAILED
+        }
+        VmStop::DeviceFailed { device, why } => {
+            eprintln!("bulkhead: {device} failed: {why}; VM stopped");
             EXIT_BULKHEAD_FAILED
         }
         VmStop::Error { vcpu, what } => {

@@ -6,7 +6,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootEntry};
-use crate::config::{ConfigError, SerialOutput, VmConfig};
+use crate::config::{ConfigError, SerialOutput, VirtioDeviceConfig, VmConfig};
 use crate::devices::bus::BusError;
 use crate::devices::exit_port::{ExitPort, EXIT_PORT};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
@@ -15,6 +15,10 @@ use crate::kvm::run_loop::IoBuses;
 use crate::kvm::vcpu::{self, VcpuError};
 use crate::kvm::vm::{self as kvm_vm, VmError};
 use crate::memory::{GuestMemory, MemoryError};
+use crate::virtio::vhost_user::{SharedMemory, VhostUserDevice, VhostUserError};
+use crate::virtio::{self, mmio::MmioTransport, monitor::Watched};
+use kvm_ioctls::IoEventAddress;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// A VM ready to run.
 pub struct Vm {
@@ -32,6 +36,8 @@ pub struct Vm {
     pub vcpus: Vec<VcpuFd>,
     /// How the guest was entered.
     pub boot: BootEntry,
+    /// Backend connections to watch for hang-ups while the VM runs.
+    pub watched: Vec<crate::virtio::monitor::Watched>,
 }
 
 /// Errors while building a VM; each names its step.
@@ -61,19 +67,40 @@ pub enum BuildError {
     /// Devices overlap on a bus (a bug).
     #[error("placing devices")]
     Bus(#[from] BusError),
+    /// A virtio device could not be set up.
+    #[error("{name}: {what}")]
+    VirtioDevice {
+        /// Device name.
+        name: String,
+        /// What failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A vhost-user backend could not be reached or refused the handshake.
+    #[error(transparent)]
+    VhostUser(#[from] VhostUserError),
     /// A vCPU could not be set up.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
 }
 
-/// Builds the VM described by `config`.
-pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
+/// Builds the VM described by `config` (its backend sockets move into the VM).
+pub fn build(mut config: VmConfig) -> Result<Vm, BuildError> {
     config.validate()?;
     let kvm = kvm_vm::open_kvm()?;
-    let memory = create_memory(config)?;
+    let memory = create_memory(&config)?;
     let vm_fd = kvm_vm::create(&kvm, &memory.mem)?;
-    let boot = boot::load(&memory.mem, memory.size, config.cpus, &config.boot)?;
-    let (io, serial) = create_legacy_devices(&vm_fd, &config.serial)?;
+    let (mut io, serial) = create_legacy_devices(&vm_fd, &config.serial)?;
+    let devices = std::mem::take(&mut config.devices);
+    let virtio = create_virtio_devices(&vm_fd, &memory, devices, &mut io)?;
+    let mut boot_config = config.boot.clone();
+    for token in &virtio.cmdline {
+        boot_config.cmdline.push(' ');
+        boot_config.cmdline.push_str(token);
+    }
+    let boot = boot::load(&memory.mem, memory.size, config.cpus, &boot_config)?;
     let vcpus = create_vcpus(&kvm, &vm_fd, &memory, config.cpus, &boot)?;
     Ok(Vm {
         vm_fd,
@@ -83,7 +110,97 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         serial_stdin: config.serial == SerialOutput::Stdio,
         vcpus,
         boot,
+        watched: virtio.watched,
     })
+}
+
+/// What creating the virtio devices produced besides bus entries.
+struct VirtioDevices {
+    /// Kernel command-line tokens announcing them.
+    cmdline: Vec<String>,
+    /// Their backend sockets, to watch.
+    watched: Vec<Watched>,
+}
+
+fn create_virtio_devices(
+    vm_fd: &VmFd,
+    memory: &GuestMemory,
+    devices: Vec<VirtioDeviceConfig>,
+    io: &mut IoBuses,
+) -> Result<VirtioDevices, BuildError> {
+    let mut out = VirtioDevices {
+        cmdline: Vec::new(),
+        watched: Vec::new(),
+    };
+    let shared = SharedMemory {
+        mem: memory.mem.clone(),
+        memfd: memory.file.as_raw_fd(),
+    };
+    for (index, dev) in devices.into_iter().enumerate() {
+        let (base, irq) = virtio::slot(index).ok_or(ConfigError::TooManyDevices(index + 1))?;
+        let name = dev.name.clone();
+        let device_err = |what: &'static str| {
+            let name = name.clone();
+            move |e: std::io::Error| BuildError::VirtioDevice {
+                name: name.clone(),
+                what,
+                source: e,
+            }
+        };
+        let call = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(device_err("creating its interrupt eventfd"))?;
+        vm_fd
+            .register_irqfd(&call, irq)
+            .map_err(|e| device_err("registering its irqfd")(e.into()))?;
+        let mut kicks = Vec::new();
+        for queue in 0..u32::from(dev.queues) {
+            let kick =
+                EventFd::new(libc::EFD_NONBLOCK).map_err(device_err("creating a kick eventfd"))?;
+            vm_fd
+                .register_ioevent(
+                    &kick,
+                    &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                    queue,
+                )
+                .map_err(|e| device_err("registering a queue-notify ioeventfd")(e.into()))?;
+            kicks.push(kick);
+        }
+        let device = VhostUserDevice::connect(
+            &dev.name,
+            dev.device_type,
+            dev.socket,
+            kicks,
+            call,
+            shared.clone(),
+        )?;
+        let socket = dup_fd(device.as_raw_fd()).map_err(device_err("duplicating its socket"))?;
+        out.watched.push(Watched {
+            name: dev.name.clone(),
+            socket,
+        });
+        io.mmio.insert(
+            base,
+            virtio::MMIO_SIZE,
+            Arc::new(Mutex::new(MmioTransport::new(Box::new(device)))),
+        )?;
+        out.cmdline.push(virtio::cmdline_token(base, irq));
+        log::info!("{}: virtio-mmio at {base:#x}, irq {irq}", dev.name);
+    }
+    Ok(out)
+}
+
+/// Offset of QueueNotify in a virtio-mmio window.
+const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+
+fn dup_fd(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an fd this process owns returns a new fd or -1; it
+    // touches no memory.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh fd nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 fn create_memory(config: &VmConfig) -> Result<GuestMemory, BuildError> {

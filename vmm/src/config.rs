@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::boot::BootConfig;
+use crate::virtio::vhost_user::BackendSocket;
 
 /// Where the 8250 UART's output goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,8 +17,21 @@ pub enum SerialOutput {
     Off,
 }
 
+/// A virtio device served by a vhost-user backend process.
+#[derive(Debug)]
+pub struct VirtioDeviceConfig {
+    /// Name for messages (`disk0`).
+    pub name: String,
+    /// Virtio device id (2 = block).
+    pub device_type: u32,
+    /// Number of queues to offer.
+    pub queues: u16,
+    /// How to reach the backend.
+    pub socket: BackendSocket,
+}
+
 /// A VM's configuration.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct VmConfig {
     /// Guest RAM in MiB.
     pub memory_mib: u64,
@@ -27,6 +41,8 @@ pub struct VmConfig {
     pub boot: BootConfig,
     /// Serial console.
     pub serial: SerialOutput,
+    /// Virtio devices, in the order they get MMIO slots.
+    pub devices: Vec<VirtioDeviceConfig>,
 }
 
 /// Smallest guest RAM bulkhead accepts: room for the boot structures and a small kernel.
@@ -40,6 +56,12 @@ pub enum ConfigError {
     /// vCPU count out of range.
     #[error("--cpus {0}: must be between 1 and {max}", max = crate::boot::mptable::MAX_CPUS)]
     Cpus(u64),
+    /// More virtio devices than interrupt lines.
+    #[error("{0} virtio devices: at most {max} fit", max = crate::virtio::LAST_IRQ - crate::virtio::FIRST_IRQ + 1)]
+    TooManyDevices(usize),
+    /// A device with no queue.
+    #[error("{0}: a device needs at least one queue")]
+    NoQueues(String),
     /// Memory size out of range.
     #[error("--memory {0}: must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB")]
     Memory(u64),
@@ -53,6 +75,12 @@ impl VmConfig {
         }
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(ConfigError::Memory(self.memory_mib));
+        }
+        if crate::virtio::slot(self.devices.len().saturating_sub(1)).is_none() {
+            return Err(ConfigError::TooManyDevices(self.devices.len()));
+        }
+        if let Some(d) = self.devices.iter().find(|d| d.queues == 0) {
+            return Err(ConfigError::NoQueues(d.name.clone()));
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod virtio;
 pub mod vm;
 
 /// The freestanding test guest (tests/guest), booted when no kernel is given.

@@ -11,6 +11,8 @@ use crate::builder::Vm;
 use crate::devices::serial_input;
 use crate::devices::VmStop;
 use crate::kvm::run_loop;
+use crate::virtio::monitor;
+use vmm_sys_util::eventfd::EventFd;
 
 /// How often stopping vCPU threads are kicked again until they have left `KVM_RUN` (a kick
 /// can land just before a thread enters it).
@@ -51,12 +53,30 @@ impl Vm {
                 }
             }
         }
+        let monitor_exit =
+            EventFd::new(0).map_err(|e| RunError::Thread("vhost-monitor".into(), e))?;
+        let monitor = if self.watched.is_empty() {
+            None
+        } else {
+            let exit = monitor_exit
+                .try_clone()
+                .map_err(|e| RunError::Thread("vhost-monitor".into(), e))?;
+            let watched = std::mem::take(&mut self.watched);
+            Some(
+                monitor::spawn(watched, exit, tx.clone())
+                    .map_err(|e| RunError::Thread("vhost-monitor".into(), e))?,
+            )
+        };
         drop(tx);
         let reason = rx.recv().unwrap_or(VmStop::Error {
             vcpu: 0,
             what: "every vCPU thread ended without a reason".into(),
         });
         stop_vcpus(&stop, threads);
+        if let Some(m) = monitor {
+            let _ = monitor_exit.write(1);
+            let _ = m.join();
+        }
         Ok(reason)
     }
 }

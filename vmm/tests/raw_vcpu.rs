@@ -135,8 +135,9 @@ fn boot_elf(code: &[u8], cpus: u8) -> VmStop {
             cmdline: "raw".into(),
         },
         serial: SerialOutput::Off,
+        devices: Vec::new(),
     };
-    let mut vm = builder::build(&config).expect("building the VM");
+    let mut vm = builder::build(config).expect("building the VM");
     vm.run().expect("running the VM")
 }
 

@@ -18,6 +18,13 @@ pub enum VmStop {
         /// The vCPU.
         vcpu: u32,
     },
+    /// A device's backend failed (its process died or hung up).
+    DeviceFailed {
+        /// The device (e.g. `disk0`).
+        device: String,
+        /// What happened.
+        why: String,
+    },
     /// A vCPU failed.
     Error {
         /// The vCPU.

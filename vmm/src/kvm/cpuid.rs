@@ -83,11 +83,43 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], index: u32, cpus: u32) {
     }
 }
 
-/// The CPUID of vCPU `index` of `cpus`, from KVM's supported set.
-pub fn for_vcpu(kvm: &kvm_ioctls::Kvm, index: u32, cpus: u32) -> Result<CpuId, kvm_ioctls::Error> {
-    let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
-    filter(cpuid.as_mut_slice(), index, cpus);
-    Ok(cpuid)
+/// The hypervisor timing leaf (as VMware and Cloud Hypervisor define it): TSC and APIC bus
+/// frequencies in kHz, so a guest can time things without calibrating.
+pub const TIMING_LEAF: u32 = 0x4000_0010;
+/// The hypervisor vendor leaf; its EAX is the highest hypervisor leaf.
+const HYPERVISOR_LEAF: u32 = 0x4000_0000;
+/// KVM's local APIC timer runs at 1 GHz.
+const APIC_BUS_KHZ: u32 = 1_000_000;
+
+/// Adds the timing leaf for a TSC of `tsc_khz` (raising the highest hypervisor leaf to it).
+pub fn add_timing_leaf(entries: &mut Vec<kvm_cpuid_entry2>, tsc_khz: u32) {
+    entries.retain(|e| e.function != TIMING_LEAF);
+    for e in entries.iter_mut().filter(|e| e.function == HYPERVISOR_LEAF) {
+        e.eax = e.eax.max(TIMING_LEAF);
+    }
+    entries.push(kvm_cpuid_entry2 {
+        function: TIMING_LEAF,
+        eax: tsc_khz,
+        ebx: APIC_BUS_KHZ,
+        ..Default::default()
+    });
+}
+
+/// The CPUID of vCPU `index` of `cpus`, from KVM's supported set; with the timing leaf when
+/// the TSC frequency is known.
+pub fn for_vcpu(
+    kvm: &kvm_ioctls::Kvm,
+    index: u32,
+    cpus: u32,
+    tsc_khz: Option<u32>,
+) -> Result<CpuId, kvm_ioctls::Error> {
+    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+    let mut entries = supported.as_slice().to_vec();
+    filter(&mut entries, index, cpus);
+    if let Some(khz) = tsc_khz {
+        add_timing_leaf(&mut entries, khz);
+    }
+    CpuId::from_entries(&entries).map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))
 }
 
 #[cfg(test)]
@@ -163,6 +195,26 @@ mod tests {
         assert_eq!(e[0].eax >> 26, 3);
         assert_eq!((e[0].eax >> 14) & 0xfff, 0);
         assert_eq!((e[1].eax >> 14) & 0xfff, 3);
+    }
+
+    #[test]
+    fn timing_leaf_is_added_once_and_announced() {
+        let mut e = vec![entry(
+            0x4000_0000,
+            0,
+            0x4000_0001,
+            0x4b4d_564b,
+            0x564b_4d56,
+            0x4d,
+        )];
+        add_timing_leaf(&mut e, 2_600_000);
+        add_timing_leaf(&mut e, 2_600_000);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].eax, TIMING_LEAF);
+        assert_eq!(
+            (e[1].function, e[1].eax, e[1].ebx),
+            (TIMING_LEAF, 2_600_000, 1_000_000)
+        );
     }
 
     #[test]

@@ -86,7 +86,12 @@ pub fn create(
     let vcpu = vm
         .create_vcpu(u64::from(index))
         .map_err(ioctl("creating the vCPU"))?;
-    let cpuid = cpuid::for_vcpu(kvm, index, cpus).map_err(ioctl("getting supported CPUID"))?;
+    let tsc_khz = match vcpu.get_tsc_khz() {
+        Ok(khz) if khz > 0 => Some(khz),
+        _ => None,
+    };
+    let cpuid =
+        cpuid::for_vcpu(kvm, index, cpus, tsc_khz).map_err(ioctl("getting supported CPUID"))?;
     vcpu.set_cpuid2(&cpuid).map_err(ioctl("setting CPUID"))?;
     let msrs = msrs::boot_msrs().map_err(|source| VcpuError::Fam { index, source })?;
     let set = vcpu.set_msrs(&msrs).map_err(ioctl("setting MSRs"))?;

@@ -1,0 +1,142 @@
+//! `--disk` values: `path=PATH[,readonly=on|off][,serial=ID][,queues=N]` for a disk served by
+//! a `bulkhead-blk` process bulkhead starts, or `socket=PATH[,queues=N]` for a vhost-user-blk
+//! backend someone else started (qemu-storage-daemon, for one).
+
+use std::path::PathBuf;
+
+/// Longest serial a virtio-blk GET_ID answer holds.
+pub const MAX_SERIAL: usize = 20;
+
+/// Where a disk's backend comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskBackend {
+    /// bulkhead starts `bulkhead-blk` on this image.
+    Image {
+        /// Image file or block device.
+        path: PathBuf,
+        /// Refuse writes.
+        readonly: bool,
+        /// GET_ID answer.
+        serial: Option<String>,
+    },
+    /// An external vhost-user-blk backend listening on this socket.
+    Socket(PathBuf),
+}
+
+/// One `--disk`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskArg {
+    /// The backend.
+    pub backend: DiskBackend,
+    /// Queues to offer the guest.
+    pub queues: u16,
+}
+
+/// Parses a `--disk` value.
+pub fn parse(s: &str) -> Result<DiskArg, String> {
+    let (mut path, mut socket, mut readonly, mut serial, mut queues) =
+        (None, None, false, None, 1u16);
+    for part in s.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected key=value"))?;
+        match key {
+            "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
+            "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
+            "readonly" | "ro" => {
+                readonly = match value {
+                    "on" | "true" | "yes" => true,
+                    "off" | "false" | "no" => false,
+                    _ => return Err(format!("readonly={value}: expected on or off")),
+                }
+            }
+            "serial" => {
+                if value.len() > MAX_SERIAL || !value.is_ascii() {
+                    return Err(format!(
+                        "serial={value}: at most {MAX_SERIAL} ASCII characters"
+                    ));
+                }
+                serial = Some(value.to_owned());
+            }
+            "queues" => {
+                queues = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| format!("queues={value}: expected 1 to 64"))?;
+            }
+            "path" | "socket" => return Err(format!("{key}= needs a value")),
+            _ => {
+                return Err(format!(
+                    "unknown key {key:?} (expected path, socket, readonly, serial, queues)"
+                ))
+            }
+        }
+    }
+    let backend = match (path, socket) {
+        (Some(path), None) => DiskBackend::Image {
+            path,
+            readonly,
+            serial,
+        },
+        (None, Some(sock)) => {
+            if readonly || serial.is_some() {
+                return Err(
+                    "readonly= and serial= belong to the backend when socket= is used".into(),
+                );
+            }
+            DiskBackend::Socket(sock)
+        }
+        (Some(_), Some(_)) => return Err("give path= or socket=, not both".into()),
+        (None, None) => return Err("needs path=IMAGE or socket=PATH".into()),
+    };
+    Ok(DiskArg { backend, queues })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_disks() {
+        assert_eq!(
+            parse("path=/d.img,readonly=on,serial=abc,queues=4"),
+            Ok(DiskArg {
+                backend: DiskBackend::Image {
+                    path: "/d.img".into(),
+                    readonly: true,
+                    serial: Some("abc".into())
+                },
+                queues: 4
+            })
+        );
+        assert_eq!(parse("path=/d.img").unwrap().queues, 1);
+    }
+
+    #[test]
+    fn socket_disks() {
+        assert_eq!(
+            parse("socket=/run/qsd.sock").unwrap().backend,
+            DiskBackend::Socket("/run/qsd.sock".into())
+        );
+        assert!(parse("socket=/s,readonly=on").is_err());
+    }
+
+    #[test]
+    fn bad_values() {
+        for bad in [
+            "",
+            "path=",
+            "path=/a,socket=/b",
+            "readonly=on",
+            "path=/a,readonly=maybe",
+            "path=/a,colour=red",
+            "path=/a,queues=0",
+            "path=/a,queues=x",
+            "path=/a,serial=123456789012345678901",
+            "path",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! The virtio-mmio transport (virtio 1.x, register layout version 2).
+//!
+//! ## The interrupt-status register
+//! The backend signals used buffers by writing its call fd, which is an irqfd: the interrupt
+//! reaches the guest without passing through the vmm, so the vmm cannot know whether a
+//! used-buffer notification is pending. InterruptStatus therefore always reads with
+//! `VIRTIO_MMIO_INT_VRING` set (plus `VIRTIO_MMIO_INT_CONFIG` while a config change the vmm
+//! raised is unacknowledged), and InterruptACK only clears the config bit. A driver that
+//! reads the status on a spurious interrupt finds nothing new in its used rings, which the
+//! virtio spec allows; Linux's virtio_mmio driver handles it the same way as a shared line.
+//! Firecracker and Cloud Hypervisor answer the register the same way for vhost-user devices.
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+use super::backend::{QueueConfig, VirtioBackend};
+use crate::devices::bus::BusDevice;
+use crate::devices::VmStop;
+
+/// "virt" in little endian.
+const MAGIC: u32 = 0x7472_6976;
+/// Register layout version 2: virtio 1.x ("modern").
+const VERSION: u32 = 2;
+/// Vendor id: "BKHD".
+const VENDOR_ID: u32 = 0x4448_4b42;
+
+/// Transport features the vmm can offer on top of device-specific bits 0..=23.
+const TRANSPORT_FEATURES: u64 =
+    (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_F_VERSION_1);
+/// Device-specific feature bits.
+const DEVICE_FEATURES_MASK: u64 = (1 << 24) - 1;
+
+/// The features of `offered` that the transport passes on to a guest.
+pub fn transport_filter(offered: u64) -> u64 {
+    offered & (DEVICE_FEATURES_MASK | TRANSPORT_FEATURES)
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Queue {
+    max_size: u16,
+    size: u16,
+    ready: bool,
+    desc: u64,
+    avail: u64,
+    used: u64,
+}
+
+/// A virtio device on the MMIO bus.
+pub struct MmioTransport {
+    backend: Box<dyn VirtioBackend>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    queues: Vec<Queue>,
+    status: u32,
+    config_generation: u32,
+    /// Interrupt bits the vmm itself raised (config change).
+    interrupt_status: u32,
+}
+
+impl MmioTransport {
+    /// Puts `backend` behind a virtio-mmio register window.
+    pub fn new(backend: Box<dyn VirtioBackend>) -> Self {
+        let queues = backend
+            .queue_max_sizes()
+            .iter()
+            .map(|&max_size| Queue {
+                max_size,
+                size: max_size,
+                ..Default::default()
+            })
+            .collect();
+        MmioTransport {
+            backend,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            queues,
+            status: 0,
+            config_generation: 0,
+            interrupt_status: 0,
+        }
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        self.backend.name()
+    }
+
+    fn offered_features(&self) -> u64 {
+        transport_filter(self.backend.features())
+    }
+
+    fn queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn read_register(&mut self, offset: u32) -> u32 {
+        match offset {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.backend.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
+                _ => 0,
+            },
+            VIRTIO_MMIO_QUEUE_NUM_MAX => self.queue().map(|q| u32::from(q.max_size)).unwrap_or(0),
+            VIRTIO_MMIO_QUEUE_READY => self.queue().map(|q| u32::from(q.ready)).unwrap_or(0),
+            VIRTIO_MMIO_INTERRUPT_STATUS => VIRTIO_MMIO_INT_VRING | self.interrupt_status,
+            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX, // no shared memory
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            _ => {
+                log::debug!("{}: read of register {offset:#x}", self.name());
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u32, value: u32) {
+        let set_low = |field: &mut u64| *field = (*field & !0xffff_ffff) | u64::from(value);
+        let set_high = |field: &mut u64| *field = (*field & 0xffff_ffff) | (u64::from(value) << 32);
+        let configuring_queue = self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0;
+        match offset {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => {
+                if self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+                    log::warn!(
+                        "{}: driver changed features after FEATURES_OK; ignored",
+                        self.name()
+                    );
+                    return;
+                }
+                match self.driver_features_sel {
+                    0 => set_low(&mut self.driver_features),
+                    1 => set_high(&mut self.driver_features),
+                    _ => {}
+                }
+            }
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = value,
+            VIRTIO_MMIO_QUEUE_NUM if configuring_queue => {
+                if let Some(q) = self.queue() {
+                    q.size = value.min(u32::from(u16::MAX)) as u16;
+                }
+            }
+            VIRTIO_MMIO_QUEUE_READY if configuring_queue => {
+                if let Some(q) = self.queue() {
+                    q.ready = value == 1;
+                }
+            }
+            VIRTIO_MMIO_QUEUE_DESC_LOW if configuring_queue => {
+                self.with_queue(|q| set_low(&mut q.desc))
+            }
+            VIRTIO_MMIO_QUEUE_DESC_HIGH if configuring_queue => {
+                self.with_queue(|q| set_high(&mut q.desc))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW if configuring_queue => {
+                self.with_queue(|q| set_low(&mut q.avail))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH if configuring_queue => {
+                self.with_queue(|q| set_high(&mut q.avail))
+            }
+            VIRTIO_MMIO_QUEUE_USED_LOW if configuring_queue => {
+                self.with_queue(|q| set_low(&mut q.used))
+            }
+            VIRTIO_MMIO_QUEUE_USED_HIGH if configuring_queue => {
+                self.with_queue(|q| set_high(&mut q.used))
+            }
+            VIRTIO_MMIO_QUEUE_NOTIFY => {
+                // Normally an ioeventfd catches this before it exits to the vmm.
+                log::debug!("{}: queue notify {value} reached the vmm", self.name());
+            }
+            VIRTIO_MMIO_INTERRUPT_ACK => {
+                self.interrupt_status &= !value;
+            }
+            VIRTIO_MMIO_STATUS => self.set_status(value),
+            VIRTIO_MMIO_SHM_SEL => {}
+            _ => log::debug!(
+                "{}: write {value:#x} to register {offset:#x} ignored",
+                self.name()
+            ),
+        }
+    }
+
+    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if let Some(q) = self.queue() {
+            f(q);
+        }
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let new_bits = value & !self.status;
+        if new_bits & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.features_acceptable() {
+            log::warn!(
+                "{}: driver features {:#x} not acceptable (offered {:#x}); FEATURES_OK refused",
+                self.name(),
+                self.driver_features,
+                self.offered_features()
+            );
+            self.status = value & !VIRTIO_CONFIG_S_FEATURES_OK;
+            return;
+        }
+        self.status = value;
+        if new_bits & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            self.activate();
+        }
+    }
+
+    fn features_acceptable(&self) -> bool {
+        let extra = self.driver_features & !self.offered_features();
+        extra == 0 && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
+    }
+
+    fn activate(&mut self) {
+        let required =
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+        if self.status & required != required {
+            log::warn!(
+                "{}: DRIVER_OK without ACKNOWLEDGE/DRIVER/FEATURES_OK",
+                self.name()
+            );
+            self.status |= VIRTIO_CONFIG_S_FAILED;
+            return;
+        }
+        let queues: Vec<Option<QueueConfig>> = self
+            .queues
+            .iter()
+            .map(|q| {
+                q.ready.then_some(QueueConfig {
+                    size: q.size,
+                    desc: q.desc,
+                    avail: q.avail,
+                    used: q.used,
+                })
+            })
+            .collect();
+        if let Err(e) = self.backend.activate(self.driver_features, &queues) {
+            log::error!("starting virtio device {e}");
+            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            self.backend.reset();
+        }
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        for q in &mut self.queues {
+            *q = Queue {
+                max_size: q.max_size,
+                size: q.max_size,
+                ..Default::default()
+            };
+        }
+        self.interrupt_status = 0;
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            self.backend
+                .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            return;
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            log::debug!(
+                "{}: {}-byte read at {offset:#x} ignored",
+                self.name(),
+                data.len()
+            );
+            data.fill(0);
+            return;
+        }
+        let value = self.read_register(offset as u32);
+        data.copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<VmStop> {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            self.backend
+                .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            self.config_generation = self.config_generation.wrapping_add(1);
+            return None;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            log::debug!(
+                "{}: {}-byte write at {offset:#x} ignored",
+                self.name(),
+                data.len()
+            );
+            return None;
+        };
+        if offset % 4 == 0 {
+            self.write_register(offset as u32, u32::from_le_bytes(bytes));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::backend::ActivateError;
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Log {
+        activated: Option<(u64, Vec<Option<QueueConfig>>)>,
+        resets: u32,
+        config_writes: Vec<(u64, Vec<u8>)>,
+    }
+
+    struct Fake {
+        log: Arc<Mutex<Log>>,
+        sizes: Vec<u16>,
+        fail: bool,
+    }
+
+    impl VirtioBackend for Fake {
+        fn name(&self) -> &str {
+            "fake0"
+        }
+        fn device_type(&self) -> u32 {
+            2
+        }
+        fn features(&self) -> u64 {
+            // VERSION_1, EVENT_IDX, bit 30 (vhost-user protocol features), packed ring (34)
+            (1 << 32) | (1 << 29) | (1 << 30) | (1 << 34) | 0x42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.sizes
+        }
+        fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = (offset as u8).wrapping_add(i as u8);
+            }
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            self.log
+                .lock()
+                .unwrap()
+                .config_writes
+                .push((offset, data.to_vec()));
+        }
+        fn activate(
+            &mut self,
+            features: u64,
+            queues: &[Option<QueueConfig>],
+        ) -> Result<(), ActivateError> {
+            if self.fail {
+                return Err(ActivateError {
+                    device: "fake0".into(),
+                    what: "no".into(),
+                });
+            }
+            self.log.lock().unwrap().activated = Some((features, queues.to_vec()));
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.log.lock().unwrap().resets += 1;
+        }
+    }
+
+    fn transport(fail: bool) -> (MmioTransport, Arc<Mutex<Log>>) {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let fake = Fake {
+            log: log.clone(),
+            sizes: vec![256, 128],
+            fail,
+        };
+        (MmioTransport::new(Box::new(fake)), log)
+    }
+
+    fn rd(t: &mut MmioTransport, off: u32) -> u32 {
+        let mut d = [0u8; 4];
+        t.read(u64::from(off), &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn wr(t: &mut MmioTransport, off: u32, v: u32) {
+        t.write(u64::from(off), &v.to_le_bytes());
+    }
+
+    /// The driver handshake of the virtio spec, section 3.1.1.
+    fn bring_up(t: &mut MmioTransport, features: u64) {
+        wr(t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        wr(
+            t,
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        wr(t, VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
+        wr(t, VIRTIO_MMIO_STATUS, 0xb);
+        wr(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        wr(t, VIRTIO_MMIO_QUEUE_NUM, 64);
+        wr(t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000);
+        wr(t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 1);
+        wr(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x2000);
+        wr(t, VIRTIO_MMIO_QUEUE_USED_LOW, 0x3000);
+        wr(t, VIRTIO_MMIO_QUEUE_READY, 1);
+        wr(t, VIRTIO_MMIO_STATUS, 0xf);
+    }
+
+    #[test]
+    fn identification_registers() {
+        let (mut t, _) = transport(false);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_MAGIC_VALUE), MAGIC);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_DEVICE_ID), 2);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX), 128);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_SEL, 7);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0, "no such queue");
+    }
+
+    #[test]
+    fn vhost_user_and_unsupported_transport_bits_are_hidden() {
+        let (mut t, _) = transport(false);
+        wr(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), (1 << 29) | 0x42);
+        wr(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            rd(&mut t, VIRTIO_MMIO_DEVICE_FEATURES),
+            1,
+            "VERSION_1 only, no packed ring"
+        );
+    }
+
+    #[test]
+    fn driver_ok_activates_with_the_queue_addresses() {
+        let (mut t, log) = transport(false);
+        bring_up(&mut t, (1 << 32) | 0x2);
+        let (features, queues) = log.lock().unwrap().activated.clone().expect("activated");
+        assert_eq!(features, (1 << 32) | 0x2);
+        assert_eq!(
+            queues[0],
+            Some(QueueConfig {
+                size: 64,
+                desc: 0x1_0000_1000,
+                avail: 0x2000,
+                used: 0x3000
+            })
+        );
+        assert_eq!(queues[1], None);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), 0xf);
+    }
+
+    #[test]
+    fn features_not_offered_are_refused() {
+        let (mut t, log) = transport(false);
+        bring_up(&mut t, (1 << 32) | (1 << 30));
+        assert_eq!(
+            rd(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK,
+            0
+        );
+        assert!(log.lock().unwrap().activated.is_none());
+        let (mut t, log) = transport(false);
+        bring_up(&mut t, 0x2); // no VERSION_1: legacy drivers are not served
+        assert!(log.lock().unwrap().activated.is_none());
+    }
+
+    #[test]
+    fn failed_activation_asks_for_reset_and_reset_stops_the_backend() {
+        let (mut t, log) = transport(true);
+        bring_up(&mut t, 1 << 32);
+        assert_ne!(
+            rd(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            0
+        );
+        wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), 0);
+        assert_eq!(log.lock().unwrap().resets, 1);
+        let (mut t, log) = transport(false);
+        wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(
+            log.lock().unwrap().resets,
+            0,
+            "nothing to stop before DRIVER_OK"
+        );
+    }
+
+    #[test]
+    fn queue_registers_are_frozen_after_driver_ok() {
+        let (mut t, _) = transport(false);
+        bring_up(&mut t, 1 << 32);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0xdead);
+        assert_eq!(t.queues[0].desc, 0x1_0000_1000);
+    }
+
+    #[test]
+    fn interrupt_status_always_reports_the_vring() {
+        let (mut t, _) = transport(false);
+        assert_eq!(
+            rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
+            VIRTIO_MMIO_INT_VRING
+        );
+        t.interrupt_status = VIRTIO_MMIO_INT_CONFIG;
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 3);
+        wr(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, 3);
+        assert_eq!(
+            rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
+            VIRTIO_MMIO_INT_VRING
+        );
+    }
+
+    #[test]
+    fn config_space_goes_to_the_backend() {
+        let (mut t, log) = transport(false);
+        let mut d = [0u8; 8];
+        t.read(0x104, &mut d);
+        assert_eq!(d, [4, 5, 6, 7, 8, 9, 10, 11]);
+        let g = rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION);
+        t.write(0x110, &[1, 2]);
+        assert_eq!(log.lock().unwrap().config_writes, vec![(0x10, vec![1, 2])]);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), g.wrapping_add(1));
+    }
+
+    #[test]
+    fn odd_sized_register_accesses_are_harmless() {
+        let (mut t, _) = transport(false);
+        let mut d = [0xffu8; 2];
+        t.read(0x70, &mut d);
+        assert_eq!(d, [0, 0]);
+        assert_eq!(t.write(0x70, &[0xf]), None);
+        assert_eq!(t.status, 0);
+        t.read(0x71, &mut [0u8; 4]);
+    }
+}

@@ -1,0 +1,362 @@
+//! The vhost-user frontend: a virtio device whose queues are served by another process.
+//!
+//! At build time [`VhostUserDevice::connect`] does the handshake (owner, features,
+//! protocol features, queue count). When the driver sets DRIVER_OK, [`activate`] sends the
+//! memory table (the guest memfd), the negotiated features, and per queue its size, ring
+//! addresses (translated to this process's virtual addresses, as the protocol wants), base,
+//! kick fd (the queue's ioeventfd) and call fd (the device's irqfd), then enables the rings.
+//! Config space reads and writes become GET_CONFIG/SET_CONFIG. Every reply is awaited with
+//! a timeout, so a backend that stops answering fails the operation instead of hanging a
+//! vCPU.
+//!
+//! [`activate`]: VirtioBackend::activate
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::{ActivateError, QueueConfig, VirtioBackend};
+
+/// How long to wait for any reply from a backend.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bit 30 of the virtio features: the backend speaks vhost-user protocol features. Never
+/// offered to the guest.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// Queue size the vmm offers the driver.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest config space read or write forwarded (the vhost-user limit is 256 bytes).
+const MAX_CONFIG: usize = 256;
+
+/// Errors while connecting to a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserError {
+    /// The socket could not be connected or set up.
+    #[error("{name}: connecting to the vhost-user backend at {path}")]
+    Connect {
+        /// Device name.
+        name: String,
+        /// Socket path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A vhost-user request failed (backend gone, refused, malformed reply or timeout).
+    #[error("{name}: vhost-user {what}")]
+    Protocol {
+        /// Device name.
+        name: String,
+        /// The request.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: vhost::Error,
+    },
+    /// The backend lacks something required.
+    #[error("{name}: the vhost-user backend {what}")]
+    Unsuitable {
+        /// Device name.
+        name: String,
+        /// What it lacks.
+        what: String,
+    },
+}
+
+/// How to reach a backend.
+#[derive(Debug)]
+pub enum BackendSocket {
+    /// A Unix socket path a backend listens on (e.g. qemu-storage-daemon's export).
+    Path(std::path::PathBuf),
+    /// An already-connected socket (the launcher's socketpair end).
+    Connected(UnixStream),
+}
+
+/// The host-side facts about guest memory a backend needs to map it.
+#[derive(Clone)]
+pub struct SharedMemory {
+    /// The guest memory as mapped here.
+    pub mem: GuestMemoryMmap,
+    /// The memfd's raw fd (owned by the VM's `GuestMemory`, alive as long as the VM).
+    pub memfd: std::os::fd::RawFd,
+}
+
+/// A virtio device served by a vhost-user backend.
+pub struct VhostUserDevice {
+    name: String,
+    device_type: u32,
+    frontend: Frontend,
+    backend_features: u64,
+    protocol_features: VhostUserProtocolFeatures,
+    queue_sizes: Vec<u16>,
+    kicks: Vec<EventFd>,
+    call: EventFd,
+    memory: SharedMemory,
+    active: bool,
+}
+
+impl VhostUserDevice {
+    /// Connects to a backend and does the handshake. `kicks` (one per queue) and `call`
+    /// are already registered as ioeventfds and irqfd.
+    pub fn connect(
+        name: &str,
+        device_type: u32,
+        socket: BackendSocket,
+        kicks: Vec<EventFd>,
+        call: EventFd,
+        memory: SharedMemory,
+    ) -> Result<Self, VhostUserError> {
+        let stream = open(name, socket)?;
+        let proto = |what| {
+            let name = name.to_owned();
+            move |source| VhostUserError::Protocol { name, what, source }
+        };
+        let mut frontend = Frontend::from_stream(stream, kicks.len() as u64);
+        frontend.set_owner().map_err(proto("SET_OWNER"))?;
+        let backend_features = frontend.get_features().map_err(proto("GET_FEATURES"))?;
+        if backend_features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
+            return Err(VhostUserError::Unsuitable {
+                name: name.to_owned(),
+                what: "does not offer VHOST_USER_F_PROTOCOL_FEATURES".into(),
+            });
+        }
+        let offered = frontend
+            .get_protocol_features()
+            .map_err(proto("GET_PROTOCOL_FEATURES"))?;
+        let wanted = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK;
+        let protocol_features = offered & wanted;
+        frontend
+            .set_protocol_features(protocol_features)
+            .map_err(proto("SET_PROTOCOL_FEATURES"))?;
+        if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        if !protocol_features.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(VhostUserError::Unsuitable {
+                name: name.to_owned(),
+                what: "does not offer the CONFIG protocol feature (config space)".into(),
+            });
+        }
+        if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
+            let max = frontend.get_queue_num().map_err(proto("GET_QUEUE_NUM"))?;
+            if (max as usize) < kicks.len() {
+                return Err(VhostUserError::Unsuitable {
+                    name: name.to_owned(),
+                    what: format!("serves {max} queues, {} were asked for", kicks.len()),
+                });
+            }
+        } else if kicks.len() > 1 {
+            return Err(VhostUserError::Unsuitable {
+                name: name.to_owned(),
+                what: "does not offer the MQ protocol feature but several queues were asked for"
+                    .into(),
+            });
+        }
+        Ok(VhostUserDevice {
+            name: name.to_owned(),
+            device_type,
+            frontend,
+            backend_features,
+            protocol_features,
+            queue_sizes: vec![QUEUE_SIZE; kicks.len()],
+            kicks,
+            call,
+            memory,
+            active: false,
+        })
+    }
+
+    fn regions(&self) -> Result<Vec<VhostUserMemoryRegionInfo>, String> {
+        let mut out = Vec::new();
+        for region in self.memory.mem.iter() {
+            let file_offset = region
+                .file_offset()
+                .ok_or("guest memory is not file-backed")?
+                .start();
+            let host = self
+                .memory
+                .mem
+                .get_host_address(region.start_addr())
+                .map_err(|e| format!("locating guest memory: {e}"))?;
+            out.push(VhostUserMemoryRegionInfo {
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                mmap_offset: file_offset,
+                mmap_handle: self.memory.memfd,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A guest-physical address as a host virtual address of this process (what
+    /// SET_VRING_ADDR carries).
+    fn host_addr(&self, gpa: u64, what: &str) -> Result<u64, String> {
+        self.memory
+            .mem
+            .get_host_address(GuestAddress(gpa))
+            .map(|p| p as u64)
+            .map_err(|_| format!("the driver put the {what} at {gpa:#x}, outside guest memory"))
+    }
+
+    fn start(&mut self, features: u64, queues: &[Option<QueueConfig>]) -> Result<(), String> {
+        let fail = |what: &'static str| move |e: vhost::Error| format!("{what}: {e}");
+        let regions = self.regions()?;
+        self.frontend
+            .set_features(features | (self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES))
+            .map_err(fail("SET_FEATURES"))?;
+        self.frontend
+            .set_mem_table(&regions)
+            .map_err(fail("SET_MEM_TABLE"))?;
+        for (i, q) in queues.iter().enumerate() {
+            let Some(q) = q else { continue };
+            if q.size == 0 || q.size > QUEUE_SIZE || !q.size.is_power_of_two() {
+                return Err(format!("queue {i}: bad size {}", q.size));
+            }
+            let config = VringConfigData {
+                queue_max_size: QUEUE_SIZE,
+                queue_size: q.size,
+                flags: 0,
+                desc_table_addr: self.host_addr(q.desc, "descriptor table")?,
+                used_ring_addr: self.host_addr(q.used, "used ring")?,
+                avail_ring_addr: self.host_addr(q.avail, "available ring")?,
+                log_addr: None,
+            };
+            self.frontend
+                .set_vring_num(i, q.size)
+                .map_err(fail("SET_VRING_NUM"))?;
+            self.frontend
+                .set_vring_addr(i, &config)
+                .map_err(fail("SET_VRING_ADDR"))?;
+            self.frontend
+                .set_vring_base(i, 0)
+                .map_err(fail("SET_VRING_BASE"))?;
+            self.frontend
+                .set_vring_call(i, &self.call)
+                .map_err(fail("SET_VRING_CALL"))?;
+            self.frontend
+                .set_vring_kick(i, &self.kicks[i])
+                .map_err(fail("SET_VRING_KICK"))?;
+            self.frontend
+                .set_vring_enable(i, true)
+                .map_err(fail("SET_VRING_ENABLE"))?;
+        }
+        Ok(())
+    }
+}
+
+fn open(name: &str, socket: BackendSocket) -> Result<UnixStream, VhostUserError> {
+    let (stream, path) = match socket {
+        BackendSocket::Connected(s) => (Ok(s), "a socket passed in".to_owned()),
+        BackendSocket::Path(p) => (UnixStream::connect(&p), path_str(&p)),
+    };
+    let err = |source| VhostUserError::Connect {
+        name: name.to_owned(),
+        path: path.clone(),
+        source,
+    };
+    let stream = stream.map_err(err)?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(err)?;
+    stream.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(err)?;
+    Ok(stream)
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+impl VirtioBackend for VhostUserDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn device_type(&self) -> u32 {
+        self.device_type
+    }
+
+    fn features(&self) -> u64 {
+        self.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let (Ok(off), true) = (
+            u32::try_from(offset),
+            offset as usize + data.len() <= MAX_CONFIG,
+        ) else {
+            return;
+        };
+        match self
+            .frontend
+            .get_config(off, data.len() as u32, VhostUserConfigFlags::WRITABLE, data)
+        {
+            Ok((_, payload)) if payload.len() == data.len() => data.copy_from_slice(&payload),
+            Ok(_) => log::warn!("{}: GET_CONFIG reply of the wrong size", self.name),
+            Err(e) => log::warn!("{}: reading config space at {offset:#x}: {e}", self.name),
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let Ok(off) = u32::try_from(offset) else {
+            return;
+        };
+        if let Err(e) = self
+            .frontend
+            .set_config(off, VhostUserConfigFlags::WRITABLE, data)
+        {
+            log::warn!("{}: writing config space at {offset:#x}: {e}", self.name);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        features: u64,
+        queues: &[Option<QueueConfig>],
+    ) -> Result<(), ActivateError> {
+        self.start(features, queues).map_err(|what| ActivateError {
+            device: self.name.clone(),
+            what,
+        })?;
+        self.active = true;
+        log::info!(
+            "{}: started, features {features:#x}, protocol features {:#x}",
+            self.name,
+            self.protocol_features.bits()
+        );
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if !self.active {
+            return;
+        }
+        // Stop every ring: GET_VRING_BASE makes the backend stop processing it.
+        for i in 0..self.kicks.len() {
+            if let Err(e) = self.frontend.set_vring_enable(i, false) {
+                log::warn!("{}: disabling queue {i}: {e}", self.name);
+            }
+            if let Err(e) = self.frontend.get_vring_base(i) {
+                log::warn!("{}: stopping queue {i}: {e}", self.name);
+            }
+        }
+        self.active = false;
+    }
+}
+
+impl AsRawFd for VhostUserDevice {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.frontend.as_raw_fd()
+    }
+}
