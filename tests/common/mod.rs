@@ -5,8 +5,10 @@
 #![allow(dead_code)]
 
 pub mod debian_kernel;
+pub mod disk;
 pub mod elf;
 pub mod initramfs;
+pub mod qsd;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;

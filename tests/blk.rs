@@ -1,0 +1,133 @@
+//! End to end: the guest's disk I/O through the virtio-mmio transport and a vhost-user-blk
+//! backend in its own process, checked in the image file on the host.
+
+mod common;
+
+use std::time::Duration;
+
+use common::disk::{assert_pattern_only, Image};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const IMAGE_SIZE: usize = 16 << 20;
+
+fn run(disks: &[String], cmdline: &str) -> common::Output {
+    let mut cmd = common::bulkhead();
+    cmd.arg("run");
+    for d in disks {
+        cmd.arg("--disk").arg(d);
+    }
+    cmd.args(["--cmdline", cmdline]);
+    let out = common::run(cmd, DEADLINE);
+    out.assert_no_panic();
+    out
+}
+
+#[test]
+fn guest_writes_land_in_the_image_and_nothing_else_changes() {
+    require_kvm!();
+    let img = Image::new("blk-rw", IMAGE_SIZE);
+    let out = run(
+        &[img.disk_arg(",serial=bulkhead-disk0")],
+        "bulkhead.test=blk-identify,blk-rw,blk-flush bulkhead.blk.rw=2048:64 \
+         bulkhead.blk.serial=bulkhead-disk0 bulkhead.blk.capacity=32768 bulkhead.blk.ro=0",
+    );
+    assert_eq!(out.code(), 0, "{out:#?}");
+    out.assert_line("bulkhead-guest: PASS blk-identify");
+    out.assert_line("bulkhead-guest: PASS blk-rw");
+    out.assert_line("bulkhead-guest: PASS blk-flush");
+    assert_pattern_only(&img.path, &img.original, &img.read(), 2048, 64);
+}
+
+#[test]
+fn read_only_disk_refuses_writes() {
+    require_kvm!();
+    let img = Image::new("blk-ro", IMAGE_SIZE);
+    let out = run(
+        &[img.disk_arg(",readonly=on")],
+        "bulkhead.test=blk-identify,blk-readonly bulkhead.blk.ro=1",
+    );
+    assert_eq!(out.code(), 0, "{out:#?}");
+    out.assert_line("bulkhead-guest: PASS blk-readonly");
+    assert!(img.read() == img.original, "read-only image changed");
+}
+
+#[test]
+fn interrupts_reach_the_guest_through_the_irqfd() {
+    require_kvm!();
+    let img = Image::new("blk-irq", IMAGE_SIZE);
+    let out = run(&[img.disk_arg("")], "bulkhead.test=blk-irq");
+    assert_eq!(out.code(), 0, "{out:#?}");
+    out.assert_line("bulkhead-guest: PASS blk-irq");
+}
+
+#[test]
+fn discard_and_write_zeroes_read_back_as_zeros() {
+    require_kvm!();
+    let img = Image::new("blk-discard", IMAGE_SIZE);
+    let out = run(
+        &[img.disk_arg("")],
+        "bulkhead.test=blk-discard bulkhead.blk.discard=4096:16",
+    );
+    assert_eq!(out.code(), 0, "{out:#?}");
+    out.assert_line("bulkhead-guest: PASS blk-discard");
+    let now = img.read();
+    assert!(
+        now[4096 * 512..4112 * 512].iter().all(|b| *b == 0),
+        "discarded range not zero in the file"
+    );
+}
+
+#[test]
+fn hostile_requests_do_not_stop_the_device() {
+    require_kvm!();
+    let img = Image::new("blk-hostile", IMAGE_SIZE);
+    let out = run(
+        &[img.disk_arg("")],
+        "bulkhead.test=blk-hostile,blk-rw bulkhead.blk.rw=100:8",
+    );
+    assert_eq!(out.code(), 0, "{out:#?}");
+    out.assert_line("bulkhead-guest: PASS blk-hostile");
+    out.assert_line("bulkhead-guest: PASS blk-rw");
+    assert_pattern_only(&img.path, &img.original, &img.read(), 100, 8);
+}
+
+#[test]
+fn two_disks_are_two_processes() {
+    require_kvm!();
+    let a = Image::new("blk-two-a", IMAGE_SIZE);
+    let b = Image::new("blk-two-b", IMAGE_SIZE);
+    let out = run(
+        &[a.disk_arg(""), b.disk_arg("")],
+        "bulkhead.test=blk-rw bulkhead.blk.disk=1 bulkhead.blk.rw=10:4",
+    );
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert!(a.read() == a.original, "the first disk was written");
+    assert_pattern_only(&b.path, &b.original, &b.read(), 10, 4);
+}
+
+#[test]
+fn missing_image_is_named_before_the_guest_starts() {
+    let out = run(&["path=/nonexistent/disk.img".into()], "");
+    assert_eq!(out.code(), 125, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("disk0: opening disk image /nonexistent/disk.img"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn image_not_a_multiple_of_512_is_refused() {
+    require_kvm!();
+    let path = std::env::temp_dir().join(format!("bulkhead-odd-{}.img", std::process::id()));
+    std::fs::write(&path, vec![0u8; 1000]).unwrap();
+    let out = run(&[format!("path={}", path.display())], "");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.code(), 125, "{out:#?}");
+    assert!(
+        out.stderr.contains("1000"),
+        "the size is named: {}",
+        out.stderr
+    );
+}
