@@ -26,7 +26,7 @@ pub enum Command {
     Run(RunArgs),
     /// Report whether this host can run bulkhead: KVM, virtualisation kind, confinement.
     Check,
-    /// Measure start-up time and memory overhead over several runs.
+    /// Benchmarks: start-up time and memory (boot), guest block I/O (blk).
     Bench(BenchArgs),
 }
 
@@ -67,6 +67,41 @@ pub struct RunArgs {
 /// `bulkhead bench`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// Which benchmark.
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+/// The benchmarks.
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchWhat {
+    /// Time from start to guest entry, first console byte and power-off; vmm RSS overhead.
+    Boot(BootBenchArgs),
+    /// Guest 4 KiB random and 128 KiB sequential I/O at depth 1 and 32 through bulkhead-blk,
+    /// through qemu-storage-daemon, and the host's own pread/pwrite on the same file.
+    Blk(BlkBenchArgs),
+}
+
+/// `bulkhead bench blk`.
+#[derive(Args, Debug, Clone)]
+pub struct BlkBenchArgs {
+    /// Image to run on (its contents are overwritten); default: a scratch file.
+    #[arg(long, value_name = "PATH")]
+    pub image: Option<PathBuf>,
+    /// Size of the scratch image in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 256)]
+    pub size: u64,
+    /// Milliseconds per test.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub ms: u64,
+    /// Skip the qemu-storage-daemon run.
+    #[arg(long)]
+    pub no_qsd: bool,
+}
+
+/// `bulkhead bench boot`.
+#[derive(Args, Debug, Clone)]
+pub struct BootBenchArgs {
     /// How many boots to measure.
     #[arg(long, default_value_t = 10)]
     pub runs: u32,

@@ -207,10 +207,14 @@ pub fn fail(e: &dyn std::error::Error) -> i32 {
 /// Prints this process's memory figures (from /proc/self/status) and when the guest was
 /// first entered (CLOCK_MONOTONIC), for `bulkhead bench`.
 fn report_stats() {
-    use bulkhead_vmm::kvm::run_loop::FIRST_ENTRY_NS;
+    use bulkhead_vmm::kvm::run_loop::{EXIT_COUNTS, FIRST_ENTRY_NS};
+    use std::sync::atomic::Ordering::Relaxed;
     eprintln!(
-        "bulkhead-stats: first_entry_monotonic_ns={}",
-        FIRST_ENTRY_NS.load(std::sync::atomic::Ordering::Relaxed)
+        "bulkhead-stats: first_entry_monotonic_ns={} exits_pio={} exits_mmio={} exits_other={}",
+        FIRST_ENTRY_NS.load(Relaxed),
+        EXIT_COUNTS.pio.load(Relaxed),
+        EXIT_COUNTS.mmio.load(Relaxed),
+        EXIT_COUNTS.other.load(Relaxed),
     );
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return;

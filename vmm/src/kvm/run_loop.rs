@@ -38,6 +38,39 @@ pub enum ExitAction {
 /// Read by `bulkhead bench` through `bulkhead run --report-stats`.
 pub static FIRST_ENTRY_NS: AtomicU64 = AtomicU64::new(0);
 
+/// Exits handled in user space since the process started, by kind (for `bulkhead bench`:
+/// the block data path should cause none).
+pub static EXIT_COUNTS: ExitCounts = ExitCounts::new();
+
+/// Counters of vCPU exits to the vmm.
+pub struct ExitCounts {
+    /// Port I/O exits.
+    pub pio: AtomicU64,
+    /// MMIO exits.
+    pub mmio: AtomicU64,
+    /// Every other exit.
+    pub other: AtomicU64,
+}
+
+impl ExitCounts {
+    const fn new() -> Self {
+        ExitCounts {
+            pio: AtomicU64::new(0),
+            mmio: AtomicU64::new(0),
+            other: AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self, exit: &VcpuExit<'_>) {
+        let counter = match exit {
+            VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => &self.pio,
+            VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => &self.mmio,
+            _ => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The current CLOCK_MONOTONIC time in nanoseconds.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -160,7 +193,10 @@ fn step(
         );
     }
     let action = match vcpu.run() {
-        Ok(exit) => handle_exit(index, exit, io),
+        Ok(exit) => {
+            EXIT_COUNTS.count(&exit);
+            handle_exit(index, exit, io)
+        }
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,
         Err(e) => ExitAction::Stop(VmStop::Error {
             vcpu: index,

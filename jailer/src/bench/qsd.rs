@@ -1,10 +1,12 @@
-//! qemu-storage-daemon as an independent vhost-user-blk backend for interoperability tests.
+//! qemu-storage-daemon as an independent vhost-user-blk backend, for the block benchmark
+//! and the interoperability tests (which include this file): it exports one raw image on a
+//! Unix socket and is killed, by pid, when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running qemu-storage-daemon exporting one image; killed (by pid) when dropped.
+/// A running qemu-storage-daemon.
 pub struct Qsd {
     child: Child,
     /// Its vhost-user socket.
@@ -19,8 +21,8 @@ impl Drop for Qsd {
     }
 }
 
-/// Starts qemu-storage-daemon exporting `image` (raw, writable unless `readonly`) as a
-/// vhost-user-blk socket; `Err` says why it cannot (print it and skip).
+/// Starts qemu-storage-daemon exporting `image` (writable unless `readonly`) on a socket
+/// named after `tag`; `Err` says why it could not.
 pub fn start(image: &Path, readonly: bool, tag: &str) -> Result<Qsd, String> {
     let socket =
         std::env::temp_dir().join(format!("bulkhead-qsd-{tag}-{}.sock", std::process::id()));
@@ -28,7 +30,7 @@ pub fn start(image: &Path, readonly: bool, tag: &str) -> Result<Qsd, String> {
     let child = Command::new("qemu-storage-daemon")
         .arg("--blockdev")
         .arg(format!(
-            "driver=file,node-name=file0,filename={},cache.direct=off",
+            "driver=file,node-name=file0,filename={}",
             image.display()
         ))
         .arg("--export")

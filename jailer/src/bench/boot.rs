@@ -1,4 +1,5 @@
-//! `bulkhead bench`: start-up time and memory overhead of `bulkhead run`, over several runs.
+//! `bulkhead bench boot`: start-up time and memory overhead of `bulkhead run`, over several
+//! runs.
 //!
 //! Each run starts `bulkhead run --report-stats` as a child and measures, from just before
 //! the spawn (CLOCK_MONOTONIC): the first guest entry (reported by the child), the first
@@ -13,7 +14,8 @@ use std::process::{Command, Stdio};
 
 use bulkhead_vmm::kvm::run_loop::monotonic_ns;
 
-use crate::cli::BenchArgs;
+use super::median;
+use crate::cli::BootBenchArgs as BenchArgs;
 
 /// One boot's figures, in microseconds and KiB.
 #[derive(Debug, Default, Clone, Copy)]
@@ -179,26 +181,4 @@ fn boot_once(exe: &PathBuf, args: &BenchArgs) -> Result<Sample, String> {
         overhead_kib: peak.saturating_sub(shmem),
         peak_kib: peak,
     })
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median(&[]), 0.0);
-    }
 }
