@@ -2,3 +2,4 @@
 //! to come). Device logic knows nothing of vhost and is tested with mock queues.
 
 pub mod block;
+pub mod daemon;

@@ -1,7 +1,155 @@
-//! The vhost-user-blk backend (being written).
+//! `bulkhead-blk`, the vhost-user-blk backend: one raw disk image (a regular file or a
+//! block device) served to one frontend.
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `config.rs` | command line → [`Config`] |
+//! | `disk.rs` | the image: size checks, positional vectored I/O, flush, discard, zeroing |
+//! | `virtio.rs` | virtio-blk constants, header, configuration space bytes |
+//! | `request.rs` | a descriptor chain → a request, trusting nothing in it |
+//! | `iovec.rs` | guest buffers as iovecs (zero-copy I/O), the `O_DIRECT` bounce buffer |
+//! | `execute.rs` | a request → disk I/O and a status |
+//! | `device.rs` | a virtqueue drained, statuses and used entries written, interrupts decided |
+//! | `backend.rs` | the `vhost-user-backend` glue: features, config space, queue threads |
+//!
+//! Everything up to `device.rs` knows nothing of vhost-user and is tested with
+//! `virtio_queue::mock` queues.
 
-/// Runs `bulkhead-blk`; returns the process exit status.
+mod backend;
+mod config;
+mod device;
+mod disk;
+mod execute;
+mod iovec;
+mod request;
+mod virtio;
+
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use clap::Parser;
+
+pub use backend::{features, protocol_features, BlockBackend, SharedMemory};
+pub use config::{Args, Config, ConfigError, Image, CAPABILITIES};
+pub use device::QueueWorker;
+pub use disk::{Disk, DiskError, DiskOptions};
+pub use virtio::{ConfigSpace, CONFIG_SPACE_SIZE, MAX_QUEUE_SIZE, SEG_MAX};
+
+use crate::daemon::{self, DaemonError, Ended, Termination};
+
+/// Guest memory as this backend maps it (no dirty-page bitmap: we don't offer
+/// `LOG_SHMFD`, i.e. live migration, so there is no dirty log to keep).
+pub type GuestRam = vm_memory::GuestMemoryMmap<()>;
+
+/// Everything that can stop `bulkhead-blk` from serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command line.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The image.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// `--disk-fd` not usable.
+    #[error("--disk-fd {fd}: {source}")]
+    DiskFd {
+        /// The descriptor.
+        fd: i32,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Setting up signal handling.
+    #[error("setting up SIGTERM handling: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The socket or the daemon.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+}
+
+/// Runs `bulkhead-blk` with the process's arguments; returns the exit status.
 pub fn main() -> i32 {
-    eprintln!("bulkhead-blk: not implemented yet");
-    1
+    main_with_args(std::env::args_os())
+}
+
+/// Runs `bulkhead-blk` with the given arguments (the first is the program name); returns
+/// the exit status: 0 when the frontend disconnected or a termination signal came, 1 on
+/// any error (reported on stderr in one line), 0 for `--help`/`--version`.
+pub fn main_with_args<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 1 } else { 0 };
+        }
+    };
+    // A second initialisation (several daemons in one test process) is harmless.
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .try_init();
+    if args.print_capabilities {
+        println!("{CAPABILITIES}");
+        return 0;
+    }
+    match Config::try_from(args).map_err(Error::from).and_then(run) {
+        Ok(ended) => {
+            log::info!("exiting: {ended:?}");
+            0
+        }
+        Err(e) => {
+            eprintln!("bulkhead-blk: {e}");
+            1
+        }
+    }
+}
+
+/// Opens the image and serves it until the frontend disconnects or SIGTERM/SIGINT.
+pub fn run(config: Config) -> Result<Ended, Error> {
+    // First, before any thread exists, so every thread inherits the blocked signals.
+    let termination = Termination::install().map_err(Error::Signals)?;
+    run_with(config, &termination)
+}
+
+/// As [`run`], with termination under the caller's control.
+pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Error> {
+    let options = DiskOptions {
+        read_only: config.read_only,
+        direct: config.direct,
+        logical_block_size: config.logical_block_size,
+    };
+    let disk = match &config.image {
+        Image::Path(path) => Disk::open(path, options)?,
+        Image::Fd(fd) => {
+            let owned = daemon::connection::take_fd(*fd)
+                .map_err(|source| Error::DiskFd { fd: *fd, source })?;
+            Disk::from_fd(owned, format!("fd {fd}"), options)?
+        }
+    };
+    log::info!(
+        "serving {} ({} bytes{}{})",
+        disk.name(),
+        disk.size(),
+        if disk.read_only() { ", read-only" } else { "" },
+        if disk.direct_alignment().is_some() {
+            ", O_DIRECT"
+        } else {
+            ""
+        },
+    );
+    let backend = Arc::new(BlockBackend::new(
+        Arc::new(disk),
+        config.serial,
+        config.queues,
+        config.logical_block_size,
+    ));
+    Ok(daemon::serve(
+        "bulkhead-blk",
+        backend,
+        &config.endpoint,
+        termination,
+    )?)
 }

@@ -1,0 +1,199 @@
+//! A queue's worth of virtio-blk: draining a virtqueue, parsing and executing each request,
+//! writing status bytes and used-ring entries, and deciding whether the driver needs an
+//! interrupt. Knows nothing of vhost-user: it works on a `virtio_queue::Queue` and guest
+//! memory, so tests drive it with `virtio_queue::mock` queues.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::disk::Disk;
+use super::execute::Executor;
+use super::request::ChainParser;
+use super::virtio::{ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
+use super::GuestRam;
+
+/// Sizes of the split-ring parts (virtio 1.2, 2.7): flags + idx + ring + event word.
+const DESC_SIZE: u64 = 16;
+const AVAIL_FIXED: u64 = 6;
+const AVAIL_ENTRY: u64 = 2;
+const USED_FIXED: u64 = 6;
+const USED_ENTRY: u64 = 8;
+
+/// One queue's request processor. Each worker thread owns one (behind a lock it alone
+/// takes), with scratch space reused from request to request.
+#[derive(Debug)]
+pub struct QueueWorker {
+    parser: ChainParser,
+    executor: Executor,
+    log: LogLimiter,
+}
+
+impl QueueWorker {
+    /// A worker serving `disk`, answering GET_ID with `serial`.
+    pub fn new(disk: Arc<Disk>, serial: [u8; ID_BYTES]) -> Self {
+        QueueWorker {
+            parser: ChainParser::default(),
+            executor: Executor::new(disk, serial),
+            log: LogLimiter::default(),
+        }
+    }
+
+    /// Serves every request the driver has made available, and keeps going while more
+    /// arrive: notifications from the driver are off while draining and are switched back
+    /// on only once the ring is seen empty with them on (`enable_notification` re-reads the
+    /// available index after a full barrier), so no kick is lost. Returns whether the driver
+    /// must be interrupted: once per batch, as EVENT_IDX's `used_event` asks (always, without
+    /// EVENT_IDX).
+    pub fn process_queue(&mut self, queue: &mut Queue, mem: &GuestRam) -> bool {
+        if !queue.ready() {
+            return false;
+        }
+        if !rings_in_memory(queue, mem) {
+            self.log.warn(format_args!(
+                "queue rings are outside guest memory; not serving the queue"
+            ));
+            return false;
+        }
+        let mut completed = false;
+        loop {
+            if let Err(e) = queue.disable_notification(mem) {
+                self.log
+                    .warn(format_args!("disabling queue notifications: {e}"));
+                break;
+            }
+            if !self.drain(queue, mem, &mut completed) {
+                break;
+            }
+            match queue.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    self.log
+                        .warn(format_args!("enabling queue notifications: {e}"));
+                    break;
+                }
+            }
+        }
+        completed && queue.needs_notification(mem).unwrap_or(true)
+    }
+
+    /// Serves available chains until there are none. Returns false if the available ring is
+    /// unusable (an index further ahead than the queue is long), which ends the batch.
+    fn drain(&mut self, queue: &mut Queue, mem: &GuestRam, completed: &mut bool) -> bool {
+        loop {
+            let chain = match queue.iter(mem) {
+                Ok(mut iter) => iter.next(),
+                Err(e) => {
+                    self.log.warn(format_args!("available ring unusable: {e}"));
+                    return false;
+                }
+            };
+            let Some(chain) = chain else {
+                return true;
+            };
+            let head = chain.head_index();
+            let used_len = self.serve_chain(chain, mem);
+            match queue.add_used(mem, head, used_len) {
+                Ok(()) => *completed = true,
+                Err(e) => self
+                    .log
+                    .warn(format_args!("completing descriptor {head}: {e}")),
+            }
+        }
+    }
+
+    /// Parses and executes one chain and writes its status byte. Returns the used length:
+    /// bytes written into the chain's writable buffers, status included; 0 when the chain
+    /// has no usable status byte (it is completed and otherwise dropped).
+    pub fn serve_chain(&mut self, chain: DescriptorChain<&GuestRam>, mem: &GuestRam) -> u32 {
+        let head = chain.head_index();
+        let (status_addr, status, written): (Option<GuestAddress>, u8, u32) =
+            match self.parser.parse(chain, mem) {
+                Ok(req) => match self.executor.execute(mem, &req) {
+                    Ok(written) => (Some(req.status), VIRTIO_BLK_S_OK as u8, written),
+                    Err(e) => {
+                        if e.is_host_error() {
+                            self.log.warn(format_args!("request {head}: {e}"));
+                        } else {
+                            debug!("request {head}: {e}");
+                        }
+                        (Some(req.status), e.status(), 0)
+                    }
+                },
+                Err(rejected) => {
+                    self.log.warn(format_args!(
+                        "malformed descriptor chain {head}: {}{}",
+                        rejected.error,
+                        if rejected.status.is_some() {
+                            ""
+                        } else {
+                            "; no status byte, dropped"
+                        }
+                    ));
+                    (rejected.status, VIRTIO_BLK_S_IOERR as u8, 0)
+                }
+            };
+        let Some(addr) = status_addr else {
+            return 0;
+        };
+        match mem.write_obj(status, addr) {
+            Ok(()) => written.saturating_add(1),
+            Err(e) => {
+                self.log.warn(format_args!("writing status of {head}: {e}"));
+                0
+            }
+        }
+    }
+}
+
+/// Whether the descriptor table, available ring and used ring lie in guest memory. Checked
+/// before each batch: with them in memory, walking the available ring always progresses,
+/// so the drain loop can't spin on a ring it can't read.
+fn rings_in_memory(queue: &Queue, mem: &GuestRam) -> bool {
+    let size = u64::from(queue.size());
+    let fits = |addr: u64, len: u64| mem.check_range(GuestAddress(addr), len as usize);
+    fits(queue.desc_table(), DESC_SIZE * size)
+        && fits(queue.avail_ring(), AVAIL_FIXED + AVAIL_ENTRY * size)
+        && fits(queue.used_ring(), USED_FIXED + USED_ENTRY * size)
+}
+
+/// Warnings a guest can trigger at will, limited to a few a second per queue; the rest go
+/// to the debug log and are counted.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    window: Option<Instant>,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const PER_WINDOW: u32 = 5;
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    fn warn(&mut self, message: fmt::Arguments<'_>) {
+        let now = Instant::now();
+        let expired = self
+            .window
+            .is_none_or(|start| now.duration_since(start) >= Self::WINDOW);
+        if expired {
+            if self.suppressed > 0 {
+                warn!("{} similar messages suppressed", self.suppressed);
+            }
+            self.window = Some(now);
+            self.in_window = 0;
+            self.suppressed = 0;
+        }
+        if self.in_window < Self::PER_WINDOW {
+            self.in_window += 1;
+            warn!("{message}");
+        } else {
+            self.suppressed += 1;
+            debug!("{message}");
+        }
+    }
+}

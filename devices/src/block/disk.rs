@@ -1,0 +1,772 @@
+//! The disk image: a raw regular file or a block device, opened by path or handed over as
+//! an inherited descriptor, with positional vectored I/O, `fdatasync`, and `fallocate` for
+//! DISCARD and WRITE_ZEROES.
+//!
+//! All I/O is positional (`preadv`/`pwritev`), so queues on different threads share one
+//! descriptor without a file offset to fight over.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+use vmm_sys_util::ioctl::ioctl_with_mut_ref;
+use vmm_sys_util::ioctl_ior_nr;
+
+use super::virtio::SECTOR_SIZE;
+
+// BLKGETSIZE64: the size of a block device in bytes (<linux/fs.h>: _IOR(0x12, 114, size_t)).
+ioctl_ior_nr!(BLKGETSIZE64, 0x12, 114, u64);
+
+/// Most iovecs one `preadv`/`pwritev` call takes (Linux's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
+/// How to open the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// Refuse every write; open read-only.
+    pub read_only: bool,
+    /// Bypass the host page cache (`O_DIRECT`).
+    pub direct: bool,
+    /// Logical block size the guest is told about (512 or 4096).
+    pub logical_block_size: u32,
+}
+
+/// Alignment `O_DIRECT` I/O on this image needs, from `statx(STATX_DIOALIGN)` or, for
+/// block devices on kernels without it, `BLKSSZGET`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectAlignment {
+    /// Buffer addresses and lengths must be multiples of this.
+    pub memory: usize,
+    /// File offsets and lengths must be multiples of this.
+    pub offset: u64,
+}
+
+/// Why the image can't be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// `open(2)` failed.
+    #[error("opening disk image {name}: {source}")]
+    Open {
+        /// The path.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `fstat`, `ioctl` or `fcntl` on the image failed.
+    #[error("inspecting disk image {name}: {source}")]
+    Inspect {
+        /// The path or `fd N`.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Neither a regular file nor a block device.
+    #[error("disk image {name} is neither a regular file nor a block device")]
+    NotADisk {
+        /// The path or `fd N`.
+        name: String,
+    },
+    /// Zero bytes long.
+    #[error("disk image {name} is empty (0 bytes)")]
+    Empty {
+        /// The path or `fd N`.
+        name: String,
+    },
+    /// Not a whole number of 512-byte sectors (or of logical blocks).
+    #[error(
+        "disk image {name} is {size} bytes, not a multiple of {multiple} \
+         (the image must be a whole number of {multiple}-byte blocks)"
+    )]
+    Misaligned {
+        /// The path or `fd N`.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// What it must be a multiple of.
+        multiple: u64,
+    },
+    /// A read-write disk on a descriptor opened read-only.
+    #[error("disk image {name} was opened read-only; pass --read-only to serve it read-only")]
+    FdReadOnly {
+        /// `fd N`.
+        name: String,
+    },
+    /// `--direct` asked for, but the alignment can't be found or doesn't fit.
+    #[error("--direct on disk image {name}: {reason}")]
+    Direct {
+        /// The path or `fd N`.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// An open disk image.
+#[derive(Debug)]
+pub struct Disk {
+    file: File,
+    name: String,
+    size: u64,
+    read_only: bool,
+    block_device: bool,
+    direct: Option<DirectAlignment>,
+}
+
+impl Disk {
+    /// Opens the image at `path`.
+    pub fn open(path: &Path, options: DiskOptions) -> Result<Disk, DiskError> {
+        let name = path.display().to_string();
+        let mut flags = libc::O_CLOEXEC;
+        if options.direct {
+            flags |= libc::O_DIRECT;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!options.read_only)
+            .custom_flags(flags)
+            .open(path)
+            .map_err(|source| DiskError::Open {
+                name: name.clone(),
+                source,
+            })?;
+        Disk::new(file, name, options)
+    }
+
+    /// Takes over an image descriptor opened by whoever started us (`--disk-fd`). `name`
+    /// is what messages call it. `O_DIRECT` is set on it when asked for.
+    pub fn from_fd(fd: OwnedFd, name: String, options: DiskOptions) -> Result<Disk, DiskError> {
+        let file = File::from(fd);
+        let inspect = |source| DiskError::Inspect {
+            name: name.clone(),
+            source,
+        };
+        // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
+        let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        if fl < 0 {
+            return Err(inspect(io::Error::last_os_error()));
+        }
+        if !options.read_only && fl & libc::O_ACCMODE == libc::O_RDONLY {
+            return Err(DiskError::FdReadOnly { name });
+        }
+        if options.direct && fl & libc::O_DIRECT == 0 {
+            // SAFETY: F_SETFL with an integer flag set on a descriptor we own.
+            if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_DIRECT) } < 0 {
+                return Err(DiskError::Direct {
+                    name,
+                    reason: format!(
+                        "setting O_DIRECT: {} (the file system may not support direct I/O)",
+                        io::Error::last_os_error()
+                    ),
+                });
+            }
+        }
+        Disk::new(file, name, options)
+    }
+
+    fn new(file: File, name: String, options: DiskOptions) -> Result<Disk, DiskError> {
+        let inspect = |source| DiskError::Inspect {
+            name: name.clone(),
+            source,
+        };
+        let file_type = file.metadata().map_err(inspect)?.file_type();
+        let block_device = file_type.is_block_device();
+        let size = if file_type.is_file() {
+            file.metadata().map_err(inspect)?.len()
+        } else if block_device {
+            let mut size = 0u64;
+            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `size`.
+            if unsafe { ioctl_with_mut_ref(&file, BLKGETSIZE64(), &mut size) } < 0 {
+                return Err(inspect(io::Error::last_os_error()));
+            }
+            size
+        } else {
+            return Err(DiskError::NotADisk { name });
+        };
+        if size == 0 {
+            return Err(DiskError::Empty { name });
+        }
+        let multiple = SECTOR_SIZE.max(u64::from(options.logical_block_size));
+        if size % multiple != 0 {
+            return Err(DiskError::Misaligned {
+                name,
+                size,
+                multiple,
+            });
+        }
+        let direct = if options.direct {
+            let alignment =
+                direct_alignment(&file, block_device).map_err(|reason| DiskError::Direct {
+                    name: name.clone(),
+                    reason,
+                })?;
+            if alignment.offset > u64::from(options.logical_block_size) {
+                return Err(DiskError::Direct {
+                    name,
+                    reason: format!(
+                        "the image needs {}-byte aligned I/O, larger than the logical block \
+                         size {}; pass --logical-block-size {}",
+                        alignment.offset, options.logical_block_size, alignment.offset
+                    ),
+                });
+            }
+            Some(alignment)
+        } else {
+            None
+        };
+        Ok(Disk {
+            file,
+            name,
+            size,
+            read_only: options.read_only,
+            block_device,
+            direct,
+        })
+    }
+
+    /// What messages call the image (its path, or `fd N`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Size in bytes (a multiple of 512).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Size in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.size / SECTOR_SIZE
+    }
+
+    /// Whether writes are refused.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether the image is a block device (rather than a regular file).
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    /// The `O_DIRECT` alignment, when the image is open with `O_DIRECT`.
+    pub fn direct_alignment(&self) -> Option<DirectAlignment> {
+        self.direct
+    }
+
+    /// Reads exactly the bytes the iovecs describe, from `offset` on. `iovs` is consumed
+    /// (advanced past what was transferred). A read that reaches the end of the file early
+    /// fails with `UnexpectedEof`.
+    ///
+    /// # Safety
+    /// Each iovec must describe memory that is valid for writes of `iov_len` bytes for the
+    /// duration of the call and that no Rust reference aliases.
+    pub unsafe fn read_exact_vectored_at(
+        &self,
+        iovs: &mut [libc::iovec],
+        offset: u64,
+    ) -> io::Result<()> {
+        // SAFETY: the caller's contract covers the buffers; preadv only writes into them.
+        unsafe { self.transfer(iovs, offset, false) }
+    }
+
+    /// Writes exactly the bytes the iovecs describe, at `offset`. `iovs` is consumed.
+    ///
+    /// # Safety
+    /// Each iovec must describe memory that is valid for reads of `iov_len` bytes for the
+    /// duration of the call.
+    pub unsafe fn write_all_vectored_at(
+        &self,
+        iovs: &mut [libc::iovec],
+        offset: u64,
+    ) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        // SAFETY: the caller's contract covers the buffers; pwritev only reads them.
+        unsafe { self.transfer(iovs, offset, true) }
+    }
+
+    /// The loop behind both directions: short transfers are resumed, `EINTR` retried.
+    ///
+    /// # Safety
+    /// As for the two public callers, for the direction given by `write`.
+    unsafe fn transfer(
+        &self,
+        iovs: &mut [libc::iovec],
+        offset: u64,
+        write: bool,
+    ) -> io::Result<()> {
+        let mut first = 0;
+        let mut offset = offset;
+        while first < iovs.len() {
+            if iovs[first].iov_len == 0 {
+                first += 1;
+                continue;
+            }
+            let batch = &iovs[first..iovs.len().min(first + IOV_MAX)];
+            let file_offset = libc::off64_t::try_from(offset)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            // The batch is at most IOV_MAX long, so the count fits in a c_int.
+            let count = batch.len() as libc::c_int;
+            let done = if write {
+                // SAFETY: the iovecs describe readable memory (caller's contract) and the
+                // count matches the slice; the descriptor is ours.
+                unsafe {
+                    libc::pwritev64(self.file.as_raw_fd(), batch.as_ptr(), count, file_offset)
+                }
+            } else {
+                // SAFETY: the iovecs describe writable, unaliased memory (caller's contract)
+                // and the count matches the slice; the descriptor is ours.
+                unsafe { libc::preadv64(self.file.as_raw_fd(), batch.as_ptr(), count, file_offset) }
+            };
+            if done < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if done == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            // `done` is positive and at most the batch's total length.
+            let mut left = done as usize;
+            offset += left as u64;
+            while left > 0 && first < iovs.len() {
+                let iov = &mut iovs[first];
+                let step = left.min(iov.iov_len);
+                // Advancing within the buffer the caller described: stays in bounds.
+                iov.iov_base = iov.iov_base.cast::<u8>().wrapping_add(step).cast();
+                iov.iov_len -= step;
+                left -= step;
+                if iov.iov_len == 0 {
+                    first += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads into a plain buffer (used for bounce buffers).
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        // SAFETY: the iovec is `buf`, which we borrow mutably for the call.
+        unsafe { self.read_exact_vectored_at(&mut iov, offset) }
+    }
+
+    /// Writes a plain buffer (used for bounce buffers).
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut iov = [libc::iovec {
+            iov_base: buf.as_ptr().cast_mut().cast(),
+            iov_len: buf.len(),
+        }];
+        // SAFETY: the iovec is `buf`, borrowed for the call; pwritev only reads it.
+        unsafe { self.write_all_vectored_at(&mut iov, offset) }
+    }
+
+    /// Makes written data durable (`fdatasync`).
+    pub fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Deallocates `[offset, offset + len)` (`FALLOC_FL_PUNCH_HOLE`); it reads back as
+    /// zeros. Discard is a hint, so an image whose file system can't punch holes succeeds
+    /// without doing anything.
+    pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len) {
+            Err(e) if unsupported(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Makes `[offset, offset + len)` read as zeros: `FALLOC_FL_PUNCH_HOLE` when `unmap`
+    /// (the guest allows deallocation), else `FALLOC_FL_ZERO_RANGE`; when the file system
+    /// refuses both, by writing zeros.
+    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        if unmap {
+            match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len) {
+                Err(e) if unsupported(&e) => {}
+                other => return other,
+            }
+        }
+        match self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len) {
+            Err(e) if unsupported(&e) => self.write_zero_bytes(offset, len),
+            other => other,
+        }
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(off), Ok(len)) = (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(len),
+        ) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        loop {
+            // SAFETY: fallocate on a descriptor we own, with integer arguments only.
+            let ret = unsafe {
+                libc::fallocate64(
+                    self.file.as_raw_fd(),
+                    mode | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    len,
+                )
+            };
+            if ret == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Writes zeros from a static, page-aligned zero buffer, 1 MiB per system call.
+    fn write_zero_bytes(&self, offset: u64, len: u64) -> io::Result<()> {
+        const PER_CALL: usize = 16;
+        let chunk = ZEROS.0.len() as u64;
+        let mut iovs = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; PER_CALL];
+        let mut done = 0u64;
+        while done < len {
+            let mut n = 0;
+            let mut batch = 0u64;
+            while n < PER_CALL && done + batch < len {
+                let this = chunk.min(len - done - batch);
+                iovs[n] = libc::iovec {
+                    // pwritev only reads through this pointer (a static, never written).
+                    iov_base: ZEROS.0.as_ptr().cast_mut().cast(),
+                    iov_len: this as usize,
+                };
+                batch += this;
+                n += 1;
+            }
+            // SAFETY: every iovec points into the static zero buffer and is no longer
+            // than it; pwritev only reads them.
+            unsafe { self.write_all_vectored_at(&mut iovs[..n], offset + done)? };
+            done += batch;
+        }
+        Ok(())
+    }
+}
+
+/// 64 KiB of zeros, 4 KiB aligned so it also serves `O_DIRECT` images.
+#[repr(C, align(4096))]
+struct Zeros([u8; 65536]);
+static ZEROS: Zeros = Zeros([0; 65536]);
+
+/// Errors meaning "this file system or device can't do that operation".
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::ENOSYS) | Some(libc::EINVAL)
+    )
+}
+
+/// Finds the `O_DIRECT` alignment: `statx(STATX_DIOALIGN)` (Linux 6.1+), or the logical
+/// sector size of a block device (`BLKSSZGET`). When neither answers, `--direct` is refused
+/// rather than guessed, because a wrong guess fails every request with `EINVAL`.
+fn direct_alignment(file: &File, block_device: bool) -> Result<DirectAlignment, String> {
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx with AT_EMPTY_PATH on our descriptor writes one `struct statx` into
+    // `stx`, which is sized for it; the path is a NUL-terminated empty string.
+    let ret = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            stx.as_mut_ptr(),
+        )
+    };
+    if ret == 0 {
+        // SAFETY: statx succeeded, so it filled the structure (and it was zeroed before).
+        let stx = unsafe { stx.assume_init() };
+        if stx.stx_mask & libc::STATX_DIOALIGN != 0 {
+            if stx.stx_dio_mem_align == 0 || stx.stx_dio_offset_align == 0 {
+                return Err("its file system does not support direct I/O".into());
+            }
+            return Ok(DirectAlignment {
+                memory: stx.stx_dio_mem_align as usize,
+                offset: u64::from(stx.stx_dio_offset_align),
+            });
+        }
+    }
+    if block_device {
+        let mut sector: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int through the pointer, which points at `sector`.
+        if unsafe { ioctl_with_mut_ref(file, libc::BLKSSZGET as libc::c_ulong, &mut sector) } == 0
+            && sector > 0
+        {
+            return Ok(DirectAlignment {
+                memory: sector as usize,
+                offset: sector as u64,
+            });
+        }
+    }
+    Err(
+        "cannot determine the alignment direct I/O needs (statx STATX_DIOALIGN is not \
+         reported; Linux 6.1 or later reports it); run without --direct"
+            .into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    use vmm_sys_util::tempfile::TempFile;
+
+    fn options() -> DiskOptions {
+        DiskOptions {
+            read_only: false,
+            direct: false,
+            logical_block_size: 512,
+        }
+    }
+
+    fn image(size: u64) -> TempFile {
+        let f = TempFile::new().unwrap();
+        f.as_file().set_len(size).unwrap();
+        f
+    }
+
+    #[test]
+    fn pattern_write_then_read_back() {
+        let img = image(1 << 20);
+        let disk = Disk::open(img.as_path(), options()).unwrap();
+        assert_eq!(disk.capacity_sectors(), 2048);
+        let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+        disk.write_all_at(&pattern, 4096).unwrap();
+        let mut back = vec![0u8; 8192];
+        disk.read_exact_at(&mut back, 4096).unwrap();
+        assert_eq!(back, pattern);
+        disk.flush().unwrap();
+        let raw = std::fs::read(img.as_path()).unwrap();
+        assert_eq!(&raw[4096..4096 + 8192], &pattern[..]);
+        assert!(raw[..4096].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn vectored_io_spans_buffers() {
+        let img = image(65536);
+        let disk = Disk::open(img.as_path(), options()).unwrap();
+        let a = vec![0xaau8; 512];
+        let b = vec![0xbbu8; 1024];
+        let mut iovs = [
+            libc::iovec {
+                iov_base: a.as_ptr().cast_mut().cast(),
+                iov_len: a.len(),
+            },
+            libc::iovec {
+                iov_base: b.as_ptr().cast_mut().cast(),
+                iov_len: b.len(),
+            },
+        ];
+        // SAFETY: the iovecs describe `a` and `b`, alive for the call.
+        unsafe { disk.write_all_vectored_at(&mut iovs, 512).unwrap() };
+        let mut x = vec![0u8; 1536];
+        disk.read_exact_at(&mut x, 512).unwrap();
+        assert!(x[..512].iter().all(|&v| v == 0xaa));
+        assert!(x[512..].iter().all(|&v| v == 0xbb));
+    }
+
+    #[test]
+    fn reading_past_the_end_fails() {
+        let img = image(4096);
+        let disk = Disk::open(img.as_path(), options()).unwrap();
+        let mut buf = vec![0u8; 1024];
+        let err = disk.read_exact_at(&mut buf, 3584).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn discard_makes_a_hole() {
+        let img = image(1 << 20);
+        let disk = Disk::open(img.as_path(), options()).unwrap();
+        disk.write_all_at(&vec![0x5a; 1 << 20], 0).unwrap();
+        disk.flush().unwrap();
+        let before = img.as_file().metadata().unwrap().blocks();
+        disk.discard(256 << 10, 512 << 10).unwrap();
+        let after = img.as_file().metadata().unwrap().blocks();
+        assert!(after < before, "blocks {before} -> {after}");
+        // SEEK_HOLE finds the hole where we punched it.
+        // SAFETY: lseek on the temp file's descriptor.
+        let hole = unsafe { libc::lseek(img.as_file().as_raw_fd(), 0, libc::SEEK_HOLE) } as u64;
+        assert_eq!(hole, 256 << 10);
+        let mut back = vec![1u8; 512 << 10];
+        disk.read_exact_at(&mut back, 256 << 10).unwrap();
+        assert!(back.iter().all(|&b| b == 0));
+        assert_eq!(disk.size(), 1 << 20, "size kept");
+    }
+
+    #[test]
+    fn write_zeroes_with_and_without_unmap() {
+        let img = image(1 << 20);
+        let disk = Disk::open(img.as_path(), options()).unwrap();
+        disk.write_all_at(&vec![0xff; 1 << 20], 0).unwrap();
+        disk.write_zeroes(4096, 8192, false).unwrap();
+        disk.write_zeroes(65536, 65536, true).unwrap();
+        let raw = std::fs::read(img.as_path()).unwrap();
+        assert_eq!(raw.len(), 1 << 20);
+        assert!(raw[..4096].iter().all(|&b| b == 0xff));
+        assert!(raw[4096..12288].iter().all(|&b| b == 0));
+        assert!(raw[12288..65536].iter().all(|&b| b == 0xff));
+        assert!(raw[65536..131072].iter().all(|&b| b == 0));
+        assert!(raw[131072..].iter().all(|&b| b == 0xff));
+    }
+
+    #[test]
+    fn zero_fallback_writes_zeros() {
+        let img = image(3 << 20);
+        let disk = Disk::open(img.as_path(), options()).unwrap();
+        disk.write_all_at(&vec![0x11; 3 << 20], 0).unwrap();
+        disk.write_zero_bytes(512, (2 << 20) + 1024).unwrap();
+        let raw = std::fs::read(img.as_path()).unwrap();
+        assert!(raw[..512].iter().all(|&b| b == 0x11));
+        assert!(raw[512..512 + (2 << 20) + 1024].iter().all(|&b| b == 0));
+        assert!(raw[512 + (2 << 20) + 1024..].iter().all(|&b| b == 0x11));
+    }
+
+    #[test]
+    fn read_only_refuses_writes_and_leaves_the_file() {
+        let img = image(8192);
+        img.as_file().write_all(&[7u8; 8192]).unwrap();
+        let disk = Disk::open(
+            img.as_path(),
+            DiskOptions {
+                read_only: true,
+                ..options()
+            },
+        )
+        .unwrap();
+        assert!(disk.read_only());
+        assert_eq!(
+            disk.write_all_at(&[0; 512], 0).unwrap_err().raw_os_error(),
+            Some(libc::EROFS)
+        );
+        assert!(disk.discard(0, 4096).is_err());
+        assert!(disk.write_zeroes(0, 4096, true).is_err());
+        assert_eq!(std::fs::read(img.as_path()).unwrap(), vec![7u8; 8192]);
+    }
+
+    #[test]
+    fn size_not_a_multiple_of_512_is_rejected() {
+        let img = image(1000);
+        let err = Disk::open(img.as_path(), options()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, DiskError::Misaligned { size: 1000, .. }));
+        assert!(msg.contains(&img.as_path().display().to_string()), "{msg}");
+        assert!(msg.contains("1000 bytes"), "{msg}");
+    }
+
+    #[test]
+    fn size_not_a_multiple_of_the_logical_block_is_rejected() {
+        let img = image(4096 + 512);
+        let err = Disk::open(
+            img.as_path(),
+            DiskOptions {
+                logical_block_size: 4096,
+                ..options()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, DiskError::Misaligned { multiple: 4096, .. }));
+    }
+
+    #[test]
+    fn empty_image_is_rejected() {
+        let img = image(0);
+        let err = Disk::open(img.as_path(), options()).unwrap_err();
+        assert!(matches!(err, DiskError::Empty { .. }), "{err}");
+        assert!(err.to_string().contains("empty"));
+    }
+
+    #[test]
+    fn missing_image_names_the_path_and_the_os_error() {
+        let err = Disk::open(Path::new("/nonexistent/x.img"), options()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "opening disk image /nonexistent/x.img: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn directory_is_not_a_disk() {
+        let err = Disk::open(Path::new("/"), {
+            DiskOptions {
+                read_only: true,
+                ..options()
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(err, DiskError::NotADisk { .. }), "{err}");
+    }
+
+    #[test]
+    fn read_only_fd_needs_read_only_flag() {
+        let img = image(4096);
+        let ro = File::open(img.as_path()).unwrap();
+        let err = Disk::from_fd(ro.into(), "fd 9".into(), options()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "disk image fd 9 was opened read-only; pass --read-only to serve it read-only"
+        );
+        let ro = File::open(img.as_path()).unwrap();
+        let disk = Disk::from_fd(
+            ro.into(),
+            "fd 9".into(),
+            DiskOptions {
+                read_only: true,
+                ..options()
+            },
+        )
+        .unwrap();
+        assert_eq!(disk.size(), 4096);
+    }
+
+    #[test]
+    fn direct_io_alignment_found_on_this_file_system() {
+        let img = image(1 << 20);
+        match Disk::open(
+            img.as_path(),
+            DiskOptions {
+                direct: true,
+                logical_block_size: 4096,
+                ..options()
+            },
+        ) {
+            Ok(disk) => {
+                let a = disk.direct_alignment().unwrap();
+                assert!(a.memory > 0 && a.offset > 0);
+                // An aligned buffer works straight through O_DIRECT.
+                let buf = &ZEROS.0[..4096];
+                disk.write_all_at(buf, 8192).unwrap();
+            }
+            // Some file systems (tmpfs before 6.6, overlayfs) refuse O_DIRECT: then the
+            // error must say so rather than fail later.
+            Err(e) => assert!(
+                matches!(e, DiskError::Direct { .. } | DiskError::Open { .. }),
+                "{e}"
+            ),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Start-up shared by every backend process: reach the frontend (`--socket-path`, or an
+//! inherited `--fd` that is listening or already connected), serve it with
+//! `vhost-user-backend`'s daemon until it disconnects or SIGTERM/SIGINT arrives, and stop
+//! the queue threads.
+//!
+//! One frontend per process: when it goes, the process exits (status 0). Reconnecting is
+//! the launcher's job (start a fresh process), as vhost-user's "backend program
+//! conventions" have it.
+
+pub mod connection;
+pub mod relay;
+pub mod signals;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use log::info;
+use vhost::vhost_user::Error as ProtocolError;
+use vhost_user_backend::bitmap::BitmapReplace;
+use vhost_user_backend::{Error as LibError, VhostUserBackend, VhostUserDaemon};
+use vm_memory::mmap::NewBitmap;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+pub use connection::{Connection, ConnectionError, Endpoint};
+pub use relay::RelayError;
+pub use signals::Termination;
+
+/// How serving ended, when it ended well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The frontend closed the connection.
+    Disconnected,
+    /// SIGTERM or SIGINT.
+    Terminated,
+}
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The socket could not be opened.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The relay for a connected socket could not be set up.
+    #[error("{endpoint}: {source}")]
+    Relay {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// What failed.
+        #[source]
+        source: RelayError,
+    },
+    /// `vhost-user-backend` could not create its handler or queue threads.
+    #[error("starting the vhost-user daemon: {error}")]
+    Start {
+        /// The library's error.
+        error: LibError,
+    },
+    /// Accepting the frontend failed.
+    #[error("accepting a frontend on {endpoint}: {error}")]
+    Accept {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// The library's error.
+        error: LibError,
+    },
+    /// The frontend sent something the library refused (it drops the connection).
+    #[error("serving the frontend on {endpoint}: {error}")]
+    Serve {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// The library's error.
+        error: LibError,
+    },
+}
+
+/// Serves one frontend on `endpoint` with `backend` until it disconnects or `termination`
+/// fires. Install `termination` before anything starts threads (so they inherit its signal
+/// mask); this function starts the queue threads.
+pub fn serve<T>(
+    name: &str,
+    backend: T,
+    endpoint: &Endpoint,
+    termination: &Termination,
+) -> Result<Ended, DaemonError>
+where
+    T: VhostUserBackend + Clone + 'static,
+    T::Bitmap: BitmapReplace + NewBitmap + Clone + Send + Sync,
+    T::Vring: Clone + Send + Sync,
+{
+    let connection = Connection::open(endpoint)?;
+    let mut daemon = VhostUserDaemon::new(
+        name.to_string(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|error| DaemonError::Start { error })?;
+
+    let relay = match connection {
+        Connection::Listening(mut listener) => {
+            info!("waiting for a frontend on {endpoint}");
+            // Shutting a listening socket down wakes a blocked accept with an error.
+            // SAFETY: dup of a descriptor the listener owns; the copy is owned by the OwnedFd.
+            let dup = unsafe { libc::dup(listener.as_raw_fd()) };
+            if dup >= 0 {
+                // SAFETY: `dup` is a fresh descriptor that nothing else owns.
+                let wake = unsafe { OwnedFd::from_raw_fd(dup) };
+                termination.on_signal(move || {
+                    // SAFETY: shutdown on a descriptor we own; no memory is passed.
+                    unsafe { libc::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
+                });
+            }
+            let accepted = daemon.start(&mut listener);
+            if termination.signalled() {
+                stop_queues(&daemon);
+                return Ok(Ended::Terminated);
+            }
+            accepted.map_err(|error| DaemonError::Accept {
+                endpoint: endpoint.clone(),
+                error,
+            })?;
+            None
+        }
+        Connection::Connected(stream) => {
+            let relay_error = |source| DaemonError::Relay {
+                endpoint: endpoint.clone(),
+                source,
+            };
+            let mut pending = relay::prepare().map_err(relay_error)?;
+            // Our end is already queued on the private listener: this accept can't block.
+            daemon
+                .start(&mut pending.listener)
+                .map_err(|error| DaemonError::Accept {
+                    endpoint: endpoint.clone(),
+                    error,
+                })?;
+            Some(pending.start(stream).map_err(relay_error)?)
+        }
+    };
+    info!("serving a frontend on {endpoint}");
+    if let Some(handle) = daemon.shutdown_handle() {
+        termination.on_signal(move || handle.shutdown());
+    }
+    let result = daemon.wait();
+    stop_queues(&daemon);
+    if let Some(relay) = relay {
+        relay.stop();
+    }
+    if termination.signalled() {
+        return Ok(Ended::Terminated);
+    }
+    match result {
+        Ok(())
+        | Err(LibError::HandleRequest(
+            ProtocolError::Disconnected
+            | ProtocolError::PartialMessage
+            | ProtocolError::SocketBroken(_),
+        )) => {
+            info!("the frontend on {endpoint} disconnected");
+            Ok(Ended::Disconnected)
+        }
+        Err(error) => Err(DaemonError::Serve {
+            endpoint: endpoint.clone(),
+            error,
+        }),
+    }
+}
+
+/// Tells every queue thread to exit.
+fn stop_queues<T>(daemon: &VhostUserDaemon<T>)
+where
+    T: VhostUserBackend + Clone + 'static,
+    T::Bitmap: BitmapReplace + NewBitmap + Clone + Send + Sync,
+    T::Vring: Clone + Send + Sync,
+{
+    for handler in daemon.get_epoll_handlers() {
+        handler.send_exit_event();
+    }
+}

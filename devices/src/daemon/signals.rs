@@ -1,0 +1,139 @@
+//! SIGTERM and SIGINT end a daemon cleanly: the signals are blocked in every thread and a
+//! dedicated thread `sigwait`s for them, then runs whatever stops the daemon at that moment
+//! (shutting the listening socket while waiting for a frontend, shutting the connection
+//! once one is served), so the main thread returns and the process exits with status 0.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+
+use log::info;
+
+type Action = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct State {
+    signalled: AtomicBool,
+    action: Mutex<Option<Action>>,
+}
+
+/// The termination watcher.
+#[derive(Clone)]
+pub struct Termination {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Termination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Termination")
+            .field("signalled", &self.signalled())
+            .finish()
+    }
+}
+
+fn termination_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set it is given; sigaddset adds valid signals.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+impl Termination {
+    /// Blocks SIGTERM and SIGINT in the calling thread, so that every thread started from
+    /// it afterwards inherits the block (call it before starting any), and starts the thread
+    /// that waits for them.
+    pub fn install() -> io::Result<Termination> {
+        let set = termination_set();
+        // SAFETY: pthread_sigmask reads the set we pass and changes this thread's mask.
+        let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if ret != 0 {
+            return Err(io::Error::from_raw_os_error(ret));
+        }
+        let termination = Termination {
+            state: Arc::default(),
+        };
+        let watcher = termination.clone();
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let mut signal = 0;
+                // SAFETY: sigwait reads the set and writes the signal number to `signal`.
+                if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                    info!("signal {signal} received: shutting down");
+                    watcher.trigger();
+                }
+            })?;
+        Ok(termination)
+    }
+
+    /// A watcher with no signal handling, triggered only by [`trigger`](Self::trigger) (for
+    /// tests and for embedding a daemon in a process that handles signals itself).
+    pub fn manual() -> Termination {
+        Termination {
+            state: Arc::default(),
+        }
+    }
+
+    /// Whether termination was asked for.
+    pub fn signalled(&self) -> bool {
+        self.state.signalled.load(Ordering::SeqCst)
+    }
+
+    /// Asks for termination: runs the current action (once).
+    pub fn trigger(&self) {
+        self.state.signalled.store(true, Ordering::SeqCst);
+        let action = self
+            .state
+            .action
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(action) = action {
+            action();
+        }
+    }
+
+    /// Sets what stops the daemon now, replacing the previous action; runs it at once if
+    /// termination was already asked for.
+    pub fn on_signal(&self, action: impl FnOnce() + Send + 'static) {
+        *self
+            .state
+            .action
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(action));
+        if self.signalled() {
+            self.trigger();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn action_runs_once_and_late_actions_run_at_once() {
+        let t = Termination::manual();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        t.on_signal(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(!t.signalled());
+        t.trigger();
+        t.trigger();
+        assert!(t.signalled());
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        let r = runs.clone();
+        t.on_signal(move || {
+            r.fetch_add(10, Ordering::SeqCst);
+        });
+        assert_eq!(runs.load(Ordering::SeqCst), 11);
+    }
+}
