@@ -1,15 +1,22 @@
 //! The kernel command line: copied out of guest memory, then parsed.
 //!
 //! Tokens are separated by spaces; the guest reads `bulkhead.test=<name>[,<name>...]`
-//! (repeatable; the scenarios run in the order given) and `bulkhead.cpus=<n>`, and ignores
-//! every other token (`console=ttyS0`, `virtio_mmio.device=...`, ...).
+//! (repeatable; the scenarios run in the order given), `bulkhead.cpus=<n>`, the
+//! `bulkhead.blk.*` options of the block scenarios ([`BlkOptions`]) and the
+//! `virtio_mmio.device=<size>@<base>:<irq>` devices, and ignores every other token
+//! (`console=ttyS0`, ...). Numbers are decimal, or hexadecimal with `0x`.
 
 use crate::escape::Escaped;
 use crate::scenario::{Scenario, ScenarioList};
+use crate::virtio::blk::ID_BYTES;
+use crate::virtio::mmio::{parse_device, DeviceSpec};
 use core::fmt;
 
 /// Longest command line, NUL included (x86 `COMMAND_LINE_SIZE`).
 pub const MAX_LEN: usize = 2048;
+
+/// Most virtio-mmio devices the guest keeps track of.
+pub const MAX_DEVICES: usize = 16;
 
 /// What the command line asks of the guest.
 pub struct Config {
@@ -17,6 +24,122 @@ pub struct Config {
     pub scenarios: Option<ScenarioList>,
     /// `bulkhead.cpus=`: how many CPUs must come up.
     pub cpus: Option<u32>,
+    /// `virtio_mmio.device=`: the virtio-mmio devices, in command-line order.
+    pub devices: DeviceList,
+    /// `bulkhead.blk.*`.
+    pub blk: BlkOptions,
+}
+
+/// Sectors `first..first + count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SectorRange {
+    /// First sector.
+    pub first: u64,
+    /// Number of sectors (at least 1).
+    pub count: u64,
+}
+
+impl SectorRange {
+    /// One past the last sector (`None` on overflow).
+    pub fn end(&self) -> Option<u64> {
+        self.first.checked_add(self.count)
+    }
+}
+
+/// A serial number as GET_ID returns it: at most 20 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Serial {
+    bytes: [u8; ID_BYTES as usize],
+    len: usize,
+}
+
+impl Serial {
+    /// `s`, if it fits.
+    pub fn new(s: &[u8]) -> Option<Self> {
+        let mut bytes = [0; ID_BYTES as usize];
+        bytes.get_mut(..s.len())?.copy_from_slice(s);
+        Some(Self {
+            bytes,
+            len: s.len(),
+        })
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Options of the block scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlkOptions {
+    /// `bulkhead.blk.disk=N`: which virtio-blk device (0 = the first) the scenarios use.
+    pub disk: usize,
+    /// `bulkhead.blk.capacity=N`: the capacity, in sectors, `blk-identify` must see.
+    pub capacity: Option<u64>,
+    /// `bulkhead.blk.serial=S`: the serial `blk-identify` must see.
+    pub serial: Option<Serial>,
+    /// `bulkhead.blk.ro=0|1`: whether `blk-identify` must see a read-only disk.
+    pub ro: Option<bool>,
+    /// `bulkhead.blk.rw=<first>:<count>`: where `blk-rw` writes (default 2048:64).
+    pub rw: SectorRange,
+    /// `bulkhead.blk.discard=<first>:<count>`: where `blk-discard` works (default 4096:16).
+    pub discard: SectorRange,
+    /// `bulkhead.blk.bench=<first>:<count>`: where `blk-bench` works (default: whole disk).
+    pub bench: Option<SectorRange>,
+    /// `bulkhead.blk.bench-ms=<ms>`: how long each `blk-bench` run lasts (default 1000).
+    pub bench_ms: u64,
+}
+
+impl Default for BlkOptions {
+    fn default() -> Self {
+        Self {
+            disk: 0,
+            capacity: None,
+            serial: None,
+            ro: None,
+            rw: SectorRange {
+                first: 2048,
+                count: 64,
+            },
+            discard: SectorRange {
+                first: 4096,
+                count: 16,
+            },
+            bench: None,
+            bench_ms: 1000,
+        }
+    }
+}
+
+/// The virtio-mmio devices of the command line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceList {
+    items: [Option<DeviceSpec>; MAX_DEVICES],
+    len: usize,
+}
+
+impl DeviceList {
+    /// The devices, in command-line order.
+    pub fn iter(&self) -> impl Iterator<Item = DeviceSpec> + '_ {
+        self.items[..self.len].iter().flatten().copied()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// None at all?
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, d: DeviceSpec) -> Result<(), ()> {
+        *self.items.get_mut(self.len).ok_or(())? = Some(d);
+        self.len += 1;
+        Ok(())
+    }
 }
 
 /// A command line the guest cannot act on (exit status 2).
@@ -24,34 +147,62 @@ pub struct Config {
 pub enum CmdlineError<'a> {
     /// A `bulkhead.test` name that is not a scenario.
     UnknownScenario(&'a [u8]),
-    /// A `bulkhead.cpus` value that is not a decimal number.
-    BadCpus(&'a [u8]),
+    /// A value the key does not take.
+    BadValue {
+        /// The key, without `=`.
+        key: &'static str,
+        /// The value.
+        value: &'a [u8],
+    },
     /// More scenario names than [`ScenarioList`] holds.
     TooManyScenarios,
+    /// More `virtio_mmio.device` tokens than [`MAX_DEVICES`].
+    TooManyDevices,
 }
 
 impl fmt::Display for CmdlineError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownScenario(name) => write!(f, "unknown scenario \"{}\"", Escaped(name)),
-            Self::BadCpus(v) => write!(f, "bad bulkhead.cpus value \"{}\"", Escaped(v)),
+            Self::BadValue { key, value } => {
+                write!(f, "bad {key} value \"{}\"", Escaped(value))
+            }
             Self::TooManyScenarios => write!(
                 f,
                 "more than {} scenarios in bulkhead.test",
                 ScenarioList::CAPACITY
             ),
+            Self::TooManyDevices => {
+                write!(f, "more than {MAX_DEVICES} virtio_mmio.device tokens")
+            }
         }
     }
 }
 
-fn parse_decimal(s: &[u8]) -> Option<u32> {
-    if s.is_empty() {
+/// A number: decimal, or hexadecimal after `0x`.
+fn parse_number(s: &[u8]) -> Option<u64> {
+    let (radix, digits) = match s.strip_prefix(b"0x") {
+        Some(hex) => (16, hex),
+        None => (10, s),
+    };
+    if digits.is_empty() {
         return None;
     }
-    s.iter().try_fold(0u32, |n, &c| {
-        let digit = char::from(c).to_digit(10)?;
-        n.checked_mul(10)?.checked_add(digit)
+    digits.iter().try_fold(0u64, |n, &c| {
+        let digit = char::from(c).to_digit(radix)?;
+        n.checked_mul(u64::from(radix))?
+            .checked_add(u64::from(digit))
     })
+}
+
+/// `<first>:<count>`, count at least 1, end not overflowing.
+fn parse_range(s: &[u8]) -> Option<SectorRange> {
+    let colon = s.iter().position(|&c| c == b':')?;
+    let range = SectorRange {
+        first: parse_number(&s[..colon])?,
+        count: parse_number(&s[colon + 1..])?,
+    };
+    (range.count > 0 && range.end().is_some()).then_some(range)
 }
 
 /// Parse the command line.
@@ -59,21 +210,72 @@ pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
     let mut config = Config {
         scenarios: None,
         cpus: None,
+        devices: DeviceList::default(),
+        blk: BlkOptions::default(),
     };
     for token in line
         .split(|c| c.is_ascii_whitespace())
         .filter(|t| !t.is_empty())
     {
-        if let Some(names) = token.strip_prefix(b"bulkhead.test=") {
-            let list = config.scenarios.get_or_insert_with(ScenarioList::new);
-            for name in names.split(|&c| c == b',') {
-                let scenario =
-                    Scenario::from_name(name).ok_or(CmdlineError::UnknownScenario(name))?;
-                list.push(scenario)
-                    .map_err(|_| CmdlineError::TooManyScenarios)?;
+        let Some(eq) = token.iter().position(|&c| c == b'=') else {
+            continue;
+        };
+        let (key, value) = (&token[..eq], &token[eq + 1..]);
+        let blk = &mut config.blk;
+        macro_rules! value {
+            ($key:literal, $parse:expr) => {
+                $parse(value).ok_or(CmdlineError::BadValue { key: $key, value })?
+            };
+        }
+        match key {
+            b"bulkhead.test" => {
+                let list = config.scenarios.get_or_insert_with(ScenarioList::new);
+                for name in value.split(|&c| c == b',') {
+                    let scenario =
+                        Scenario::from_name(name).ok_or(CmdlineError::UnknownScenario(name))?;
+                    list.push(scenario)
+                        .map_err(|_| CmdlineError::TooManyScenarios)?;
+                }
             }
-        } else if let Some(value) = token.strip_prefix(b"bulkhead.cpus=") {
-            config.cpus = Some(parse_decimal(value).ok_or(CmdlineError::BadCpus(value))?);
+            b"bulkhead.cpus" => {
+                let cpus = value!("bulkhead.cpus", |v| parse_number(v)
+                    .and_then(|n| u32::try_from(n).ok()));
+                config.cpus = Some(cpus);
+            }
+            b"virtio_mmio.device" => {
+                let device = value!("virtio_mmio.device", parse_device);
+                config
+                    .devices
+                    .push(device)
+                    .map_err(|()| CmdlineError::TooManyDevices)?;
+            }
+            b"bulkhead.blk.disk" => {
+                blk.disk = value!("bulkhead.blk.disk", |v| parse_number(v)
+                    .and_then(|n| usize::try_from(n).ok()));
+            }
+            b"bulkhead.blk.capacity" => {
+                blk.capacity = Some(value!("bulkhead.blk.capacity", parse_number));
+            }
+            b"bulkhead.blk.serial" => {
+                blk.serial = Some(value!("bulkhead.blk.serial", Serial::new));
+            }
+            b"bulkhead.blk.ro" => {
+                blk.ro = Some(value!("bulkhead.blk.ro", |v: &[u8]| match v {
+                    b"0" => Some(false),
+                    b"1" => Some(true),
+                    _ => None,
+                }));
+            }
+            b"bulkhead.blk.rw" => blk.rw = value!("bulkhead.blk.rw", parse_range),
+            b"bulkhead.blk.discard" => {
+                blk.discard = value!("bulkhead.blk.discard", parse_range);
+            }
+            b"bulkhead.blk.bench" => blk.bench = Some(value!("bulkhead.blk.bench", parse_range)),
+            b"bulkhead.blk.bench-ms" => {
+                blk.bench_ms = value!("bulkhead.blk.bench-ms", |v| parse_number(v)
+                    .filter(|&ms| ms > 0 && ms <= 3_600_000));
+            }
+            _ => {}
         }
     }
     Ok(config)
@@ -121,9 +323,140 @@ mod tests {
             "bulkhead.cpus=99999999999",
         ] {
             let value = &bad.as_bytes()["bulkhead.cpus=".len()..];
+            let e = parse(bad.as_bytes()).err().unwrap();
+            assert_eq!(
+                e,
+                CmdlineError::BadValue {
+                    key: "bulkhead.cpus",
+                    value
+                },
+                "{bad}"
+            );
+            assert!(e.to_string().starts_with("bad bulkhead.cpus value \""));
+        }
+    }
+
+    #[test]
+    fn virtio_devices_in_order() {
+        let c = parse(
+            b"console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=0x1000@0xd0001000:6",
+        )
+        .unwrap();
+        let devices: Vec<_> = c.devices.iter().collect();
+        assert_eq!(
+            devices,
+            vec![
+                DeviceSpec {
+                    base: 0xd000_0000,
+                    size: 4096,
+                    irq: 5
+                },
+                DeviceSpec {
+                    base: 0xd000_1000,
+                    size: 4096,
+                    irq: 6
+                }
+            ]
+        );
+        assert!(parse(b"").unwrap().devices.is_empty());
+        let e = parse(b"virtio_mmio.device=4K@0xd0000000").err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            r#"bad virtio_mmio.device value "4K@0xd0000000""#
+        );
+        let mut line = String::new();
+        for i in 0..MAX_DEVICES {
+            line.push_str(&format!(
+                "virtio_mmio.device=4K@{:#x}:{} ",
+                0xd000_0000 + i * 4096,
+                5 + i
+            ));
+        }
+        assert_eq!(parse(line.as_bytes()).unwrap().devices.len(), MAX_DEVICES);
+        line.push_str("virtio_mmio.device=4K@0xd0100000:5");
+        assert_eq!(
+            parse(line.as_bytes()).err(),
+            Some(CmdlineError::TooManyDevices)
+        );
+    }
+
+    #[test]
+    fn blk_options_and_defaults() {
+        let d = parse(b"").unwrap().blk;
+        assert_eq!(d, BlkOptions::default());
+        assert_eq!((d.rw.first, d.rw.count), (2048, 64));
+        assert_eq!((d.discard.first, d.discard.count), (4096, 16));
+        assert_eq!((d.bench, d.bench_ms, d.disk), (None, 1000, 0));
+        let c = parse(
+            b"bulkhead.blk.disk=1 bulkhead.blk.capacity=0x20000 bulkhead.blk.serial=abc-1 \
+              bulkhead.blk.ro=1 bulkhead.blk.rw=100:8 bulkhead.blk.discard=0x10:4 \
+              bulkhead.blk.bench=0:1000 bulkhead.blk.bench-ms=250",
+        )
+        .unwrap()
+        .blk;
+        assert_eq!(c.disk, 1);
+        assert_eq!(c.capacity, Some(0x20000));
+        assert_eq!(c.serial.unwrap().as_bytes(), b"abc-1");
+        assert_eq!(c.ro, Some(true));
+        assert_eq!(
+            c.rw,
+            SectorRange {
+                first: 100,
+                count: 8
+            }
+        );
+        assert_eq!(
+            c.discard,
+            SectorRange {
+                first: 16,
+                count: 4
+            }
+        );
+        assert_eq!(
+            c.bench,
+            Some(SectorRange {
+                first: 0,
+                count: 1000
+            })
+        );
+        assert_eq!(c.bench_ms, 250);
+        assert_eq!(parse(b"bulkhead.blk.ro=0").unwrap().blk.ro, Some(false));
+        let twenty = "bulkhead.blk.serial=01234567890123456789";
+        assert_eq!(
+            parse(twenty.as_bytes())
+                .unwrap()
+                .blk
+                .serial
+                .unwrap()
+                .as_bytes()
+                .len(),
+            20
+        );
+    }
+
+    #[test]
+    fn bad_blk_options() {
+        for (bad, key) in [
+            ("bulkhead.blk.disk=x", "bulkhead.blk.disk"),
+            ("bulkhead.blk.capacity=", "bulkhead.blk.capacity"),
+            (
+                "bulkhead.blk.serial=012345678901234567890",
+                "bulkhead.blk.serial",
+            ),
+            ("bulkhead.blk.ro=yes", "bulkhead.blk.ro"),
+            ("bulkhead.blk.rw=100", "bulkhead.blk.rw"),
+            ("bulkhead.blk.rw=100:0", "bulkhead.blk.rw"),
+            ("bulkhead.blk.rw=:4", "bulkhead.blk.rw"),
+            ("bulkhead.blk.rw=18446744073709551615:2", "bulkhead.blk.rw"),
+            ("bulkhead.blk.discard=1:2:3", "bulkhead.blk.discard"),
+            ("bulkhead.blk.bench=0x:1", "bulkhead.blk.bench"),
+            ("bulkhead.blk.bench-ms=0", "bulkhead.blk.bench-ms"),
+            ("bulkhead.blk.bench-ms=1s", "bulkhead.blk.bench-ms"),
+        ] {
+            let value = &bad.as_bytes()[key.len() + 1..];
             assert_eq!(
                 parse(bad.as_bytes()).err(),
-                Some(CmdlineError::BadCpus(value)),
+                Some(CmdlineError::BadValue { key, value }),
                 "{bad}"
             );
         }

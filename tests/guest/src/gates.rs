@@ -17,14 +17,25 @@
 //! | 3 | wait | `hlt` with interrupts on if the u32 at RDI still equals ESI |
 //! | 4 | port in (byte) | EDI port; result in EAX |
 //! | 5 | port out (byte) | EDI port, ESI value |
+//! | 6 | interrupts on | sets IF in the caller's RFLAGS: CPL3 code runs interruptible |
+//! | 7 | interrupts off | clears it again |
 //!
 //! An out-of-range EAX (a stray `int3`) is reported as exception 3. The gate is an
 //! interrupt gate (IF clear inside) and runs on the CPU's TSS.RSP0 stack, so the CPL3
 //! stack is untouched (`nostack` below). The hardware-interrupt handlers live here too.
+//!
+//! IF at CPL3: the host does not honour IOPL, so CPL3 code cannot `sti`/`cli` itself;
+//! functions 6 and 7 change IF in the RFLAGS image that the gate's `iretq` restores.
+//! Only the interrupt test (`blk-irq`) runs with interrupts on; everything else polls.
 
 use crate::idt::vector;
 use core::arch::{asm, global_asm};
 use core::sync::atomic::AtomicU32;
+
+/// Interrupts taken on the virtio vector ([`vector::VIRTIO`]), counted by its handler.
+pub static VIRTIO_IRQS: AtomicU32 = AtomicU32::new(0);
+/// Those of them that interrupted CPL3 code (the rest arrived in a CPL0 `hlt`).
+pub static VIRTIO_IRQS_AT_CPL3: AtomicU32 = AtomicU32::new(0);
 
 /// COM1 transmit holding register.
 const COM1: u16 = 0x3f8;
@@ -43,8 +54,10 @@ mod function {
     pub const WAIT: u32 = 3;
     pub const PORT_IN: u32 = 4;
     pub const PORT_OUT: u32 = 5;
+    pub const INTERRUPTS_ON: u32 = 6;
+    pub const INTERRUPTS_OFF: u32 = 7;
     /// Number of functions.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
 }
 
 global_asm!(
@@ -111,6 +124,27 @@ global_asm!(
     "    mov eax, esi",
     "    out dx, al",
     "    iretq",
+    // Interrupt frame: [rsp] RIP, +8 CS, +16 RFLAGS, +24 RSP, +32 SS. IF is bit 9.
+    "gate_interrupts_on:",
+    "    or qword ptr [rsp + 16], 0x200",
+    "    iretq",
+    "gate_interrupts_off:",
+    "    and qword ptr [rsp + 16], -0x201",
+    "    iretq",
+    // Virtio device interrupt (IOAPIC, edge): count it, and whether it interrupted CPL3
+    // (the CS image's RPL), then EOI. The driver looks at its used ring itself.
+    ".balign 16",
+    ".global interrupt_virtio",
+    "interrupt_virtio:",
+    "    lock inc dword ptr [rip + {virtio_irqs}]",
+    "    test byte ptr [rsp + 8], 3",
+    "    jz 8f",
+    "    lock inc dword ptr [rip + {virtio_irqs_cpl3}]",
+    "8:  push rax",
+    "    movabs rax, {eoi}",
+    "    mov dword ptr [rax], 0",
+    "    pop rax",
+    "    iretq",
     // Wake-up IPI: its only job is to end a `hlt`; acknowledge it at the LAPIC.
     ".balign 16",
     ".global interrupt_wake",
@@ -135,6 +169,8 @@ global_asm!(
     "    .quad gate_wait",
     "    .quad gate_port_in",
     "    .quad gate_port_out",
+    "    .quad gate_interrupts_on",
+    "    .quad gate_interrupts_off",
     ".popsection",
     count = const function::COUNT,
     bp = const vector::GATE,
@@ -142,12 +178,15 @@ global_asm!(
     com1 = const COM1,
     power_off = const POWER_OFF_PORT,
     eoi = const LAPIC_EOI,
+    virtio_irqs = sym VIRTIO_IRQS,
+    virtio_irqs_cpl3 = sym VIRTIO_IRQS_AT_CPL3,
 );
 
 extern "C" {
     fn gate_dispatch();
     fn interrupt_wake();
     fn interrupt_spurious();
+    fn interrupt_virtio();
 }
 
 /// The gate's entry point, for the IDT.
@@ -156,10 +195,11 @@ pub fn dispatcher() -> usize {
 }
 
 /// The hardware-interrupt handlers (DPL 0), for the IDT.
-pub fn interrupt_handlers() -> [(u8, usize); 2] {
+pub fn interrupt_handlers() -> [(u8, usize); 3] {
     [
         (vector::WAKE, interrupt_wake as *const () as usize),
         (vector::SPURIOUS, interrupt_spurious as *const () as usize),
+        (vector::VIRTIO, interrupt_virtio as *const () as usize),
     ]
 }
 
@@ -262,6 +302,33 @@ pub fn outb(port: u16, value: u8) {
             out("edx") _,
             out("r11") _,
             options(nostack, nomem, preserves_flags)
+        );
+    }
+}
+
+/// Let interrupts in while this CPU runs CPL3 code (IF set on the gate's return).
+pub fn interrupts_on() {
+    // SAFETY: the gate only sets IF in its own interrupt frame; every vector that can
+    // then arrive has a handler (`idt::init`) that returns to the interrupted code.
+    unsafe {
+        asm!(
+            "int3",
+            inout("eax") function::INTERRUPTS_ON => _,
+            out("r11") _,
+            options(nostack, nomem)
+        );
+    }
+}
+
+/// Keep interrupts out of CPL3 code again (the default).
+pub fn interrupts_off() {
+    // SAFETY: the gate only clears IF in its own interrupt frame.
+    unsafe {
+        asm!(
+            "int3",
+            inout("eax") function::INTERRUPTS_OFF => _,
+            out("r11") _,
+            options(nostack, nomem)
         );
     }
 }

@@ -1,4 +1,5 @@
-//! The interrupt descriptor table: CPU exceptions, the CPL0 service gate, the wake-up IPI.
+//! The interrupt descriptor table: CPU exceptions, the CPL0 service gate, the wake-up IPI,
+//! virtio interrupts.
 //!
 //! The entry assembly only loads the IDT register; the boot CPU fills the table in at
 //! CPL3 (it is ordinary user-accessible memory), first thing in `bsp_main`, before any
@@ -15,7 +16,10 @@ pub mod vector {
     /// The CPL0 service gate (`gates.rs`): `int3`, the only software interrupt that
     /// reaches a DPL 3 gate on the development hosts (`int n` raises #UD there).
     pub const GATE: u8 = 3;
-    /// Inter-processor interrupt that wakes a parked CPU.
+    /// Virtio devices' interrupt lines, routed here through the IOAPIC (by `blk-irq`).
+    pub const VIRTIO: u8 = 0x40;
+    /// Inter-processor interrupt that wakes a parked CPU; also the LAPIC timer's vector
+    /// when it bounds a wait.
     pub const WAKE: u8 = 0xf0;
     /// LAPIC spurious-interrupt vector.
     pub const SPURIOUS: u8 = 0xff;

@@ -7,6 +7,16 @@ const ID: u64 = 0x20;
 const SPURIOUS: u64 = 0xf0;
 const ICR_LOW: u64 = 0x300;
 const ICR_HIGH: u64 = 0x310;
+const LVT_TIMER: u64 = 0x320;
+const TIMER_INITIAL_COUNT: u64 = 0x380;
+const TIMER_DIVIDE: u64 = 0x3e0;
+
+/// LVT: masked.
+const LVT_MASKED: u32 = 1 << 16;
+/// LVT timer mode: periodic.
+const TIMER_PERIODIC: u32 = 1 << 17;
+/// Divide configuration: by 1.
+const DIVIDE_BY_1: u32 = 0xb;
 
 /// SVR bit 8: APIC software-enabled.
 const SVR_ENABLE: u32 = 1 << 8;
@@ -66,4 +76,19 @@ pub fn send_startup(apic_id: u32, page: u8) {
 /// Send the wake-up IPI to `apic_id`.
 pub fn send_wake(apic_id: u32) {
     send(apic_id, ICR_FIXED | u32::from(vector::WAKE));
+}
+
+/// Start this CPU's LAPIC timer, periodic, on the wake-up vector (EOI only): a `hlt`
+/// then ends at least every `count` timer ticks (1 ns each in KVM's LAPIC), so a wait for
+/// an interrupt can check its deadline.
+pub fn start_wake_timer(count: u32) {
+    write(TIMER_DIVIDE, DIVIDE_BY_1);
+    write(LVT_TIMER, TIMER_PERIODIC | u32::from(vector::WAKE));
+    write(TIMER_INITIAL_COUNT, count);
+}
+
+/// Stop this CPU's LAPIC timer.
+pub fn stop_wake_timer() {
+    write(TIMER_INITIAL_COUNT, 0);
+    write(LVT_TIMER, LVT_MASKED | u32::from(vector::WAKE));
 }

@@ -24,6 +24,8 @@ pub const TRAMPOLINE: u64 = 0x8000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// End of the 32-bit MMIO hole (4 GiB).
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// IOAPIC registers.
+pub const IOAPIC_BASE: u64 = 0xfec0_0000;
 /// Local APIC registers.
 pub const LAPIC_BASE: u64 = 0xfee0_0000;
 /// Start of the legacy VGA / ROM area, never RAM.

@@ -11,3 +11,4 @@ pub mod escape;
 pub mod layout;
 pub mod mptable;
 pub mod scenario;
+pub mod virtio;

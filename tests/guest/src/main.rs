@@ -10,15 +10,18 @@
 #![no_std]
 #![no_main]
 
+mod disks;
 mod entry;
 mod exceptions;
 mod frames;
 mod gates;
 mod gdt;
 mod idt;
+mod ioapic;
 mod lapic;
 mod machine;
 mod mem;
+mod mmio;
 mod paging;
 mod phys;
 mod scenarios;
@@ -29,7 +32,7 @@ mod sync;
 mod time;
 
 // The host-testable half of the guest (src/lib.rs), used here as if it were local modules.
-use bulkhead_guest::{bootparams, cmdline, escape, layout, mptable, scenario};
+use bulkhead_guest::{bootparams, cmdline, escape, layout, mptable, scenario, virtio};
 
 use core::fmt::Display;
 use escape::Escaped;
@@ -41,6 +44,7 @@ use status::{finish, Status};
 pub extern "C" fn bsp_main(zero_page: u64) -> ! {
     idt::init();
     serial::init();
+    time::init();
     let boot = phys::boot_params(zero_page).unwrap_or_else(|e| boot_failed(e));
     let mut frames = Frames::new(&boot.e820).unwrap_or_else(|e| boot_failed(e));
     paging::build(&boot.e820, &mut frames).unwrap_or_else(|e| boot_failed(e));

@@ -14,19 +14,46 @@ pub enum Scenario {
     Exception,
     /// Panics.
     Panic,
+    /// Identifies every virtio-blk device and reads its first sectors (non-destructive).
+    BlkProbe,
+    /// Capacity, serial, read-only flag, limits and features of one virtio-blk device.
+    BlkIdentify,
+    /// Writes a pattern over a sector range, reads it back.
+    BlkRw,
+    /// FLUSH.
+    BlkFlush,
+    /// On a read-only disk: writes fail with IOERR, reads work.
+    BlkReadonly,
+    /// A request completes through the interrupt path (irqfd, IOAPIC, LAPIC).
+    BlkIrq,
+    /// DISCARD and WRITE_ZEROES, then zeroes read back.
+    BlkDiscard,
+    /// Random and sequential reads and writes at queue depth 1 and 32.
+    BlkBench,
+    /// Malformed requests; the device keeps serving.
+    BlkHostile,
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 5] = [
+const NAMES: [(Scenario, &str); 14] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
     (Scenario::Exception, "exception"),
     (Scenario::Panic, "panic"),
+    (Scenario::BlkProbe, "blk-probe"),
+    (Scenario::BlkIdentify, "blk-identify"),
+    (Scenario::BlkRw, "blk-rw"),
+    (Scenario::BlkFlush, "blk-flush"),
+    (Scenario::BlkReadonly, "blk-readonly"),
+    (Scenario::BlkIrq, "blk-irq"),
+    (Scenario::BlkDiscard, "blk-discard"),
+    (Scenario::BlkBench, "blk-bench"),
+    (Scenario::BlkHostile, "blk-hostile"),
 ];
 
 /// What runs without `bulkhead.test`: every scenario that is harmless to the devices found.
-pub const DEFAULT: [Scenario; 2] = [Scenario::Cpus, Scenario::Memory];
+pub const DEFAULT: [Scenario; 3] = [Scenario::Cpus, Scenario::Memory, Scenario::BlkProbe];
 
 impl Scenario {
     /// Name on the command line and in PASS/FAIL lines.
@@ -103,7 +130,10 @@ mod tests {
 
     #[test]
     fn default_is_the_harmless_ones() {
-        assert_eq!(DEFAULT, [Scenario::Cpus, Scenario::Memory]);
+        assert_eq!(
+            DEFAULT,
+            [Scenario::Cpus, Scenario::Memory, Scenario::BlkProbe]
+        );
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! Each scenario is a module with `run(&mut Machine) -> Result<(), Error>`; a failure
 //! becomes `FAIL <scenario>: <error>`. The `exception` and `panic` scenarios do not return:
-//! they end the run through the fatal-error path (exit status 3).
+//! they end the run through the fatal-error path (exit status 3). The virtio-blk scenarios
+//! (`blk-*`) live in `blk/` and share one error type.
 
+mod blk;
 mod cpus;
 mod exception;
 mod fail;
@@ -21,6 +23,8 @@ pub enum Failure {
     Cpus(cpus::Error),
     /// See `memory.rs`.
     Memory(memory::Error),
+    /// See `blk/mod.rs`.
+    Blk(blk::Error),
     /// The `fail` scenario.
     Fail,
 }
@@ -30,6 +34,7 @@ impl fmt::Display for Failure {
         match self {
             Self::Cpus(e) => e.fmt(f),
             Self::Memory(e) => e.fmt(f),
+            Self::Blk(e) => e.fmt(f),
             Self::Fail => write!(f, "this scenario always fails"),
         }
     }
@@ -43,5 +48,14 @@ pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
         Scenario::Fail => fail::run(),
         Scenario::Exception => exception::run(),
         Scenario::Panic => panic::run(),
+        Scenario::BlkProbe => blk::probe::run(machine).map_err(Failure::Blk),
+        Scenario::BlkIdentify => blk::identify::run(machine).map_err(Failure::Blk),
+        Scenario::BlkRw => blk::rw::run(machine).map_err(Failure::Blk),
+        Scenario::BlkFlush => blk::flush::run(machine).map_err(Failure::Blk),
+        Scenario::BlkReadonly => blk::readonly::run(machine).map_err(Failure::Blk),
+        Scenario::BlkIrq => blk::irq::run(machine).map_err(Failure::Blk),
+        Scenario::BlkDiscard => blk::discard::run(machine).map_err(Failure::Blk),
+        Scenario::BlkBench => blk::bench::run(machine).map_err(Failure::Blk),
+        Scenario::BlkHostile => blk::hostile::run(machine).map_err(Failure::Blk),
     }
 }
