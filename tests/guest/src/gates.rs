@@ -19,6 +19,7 @@
 //! | 5 | port out (byte) | EDI port, ESI value |
 //! | 6 | interrupts on | sets IF in the caller's RFLAGS: CPL3 code runs interruptible |
 //! | 7 | interrupts off | clears it again |
+//! | 8 | CPUID | EDI leaf, ESI subleaf; result in EAX, EBX, ECX, EDX |
 //!
 //! An out-of-range EAX (a stray `int3`) is reported as exception 3. The gate is an
 //! interrupt gate (IF clear inside) and runs on the CPU's TSS.RSP0 stack, so the CPL3
@@ -56,8 +57,9 @@ mod function {
     pub const PORT_OUT: u32 = 5;
     pub const INTERRUPTS_ON: u32 = 6;
     pub const INTERRUPTS_OFF: u32 = 7;
+    pub const CPUID: u32 = 8;
     /// Number of functions.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 global_asm!(
@@ -131,6 +133,13 @@ global_asm!(
     "gate_interrupts_off:",
     "    and qword ptr [rsp + 16], -0x201",
     "    iretq",
+    // CPUID at CPL0: on the development hosts CPL3 code runs natively and its CPUID is
+    // not intercepted, so it sees the host's CPUID, not the VMM's.
+    "gate_cpuid:",
+    "    mov eax, edi",
+    "    mov ecx, esi",
+    "    cpuid",
+    "    iretq",
     // Virtio device interrupt (IOAPIC, edge): count it, and whether it interrupted CPL3
     // (the CS image's RPL), then EOI. The driver looks at its used ring itself.
     ".balign 16",
@@ -171,6 +180,7 @@ global_asm!(
     "    .quad gate_port_out",
     "    .quad gate_interrupts_on",
     "    .quad gate_interrupts_off",
+    "    .quad gate_cpuid",
     ".popsection",
     count = const function::COUNT,
     bp = const vector::GATE,
@@ -331,4 +341,28 @@ pub fn interrupts_off() {
             options(nostack, nomem)
         );
     }
+}
+
+/// CPUID as the VMM defines it (executed at CPL0): (EAX, EBX, ECX, EDX) of `leaf`,
+/// `subleaf`.
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let (eax, ebx, ecx, edx): (u32, u64, u32, u32);
+    // SAFETY: the gate runs CPUID, which only writes EAX-EDX; RBX (reserved by the
+    // compiler) is saved in a scratch register around the call and swapped back.
+    unsafe {
+        asm!(
+            "mov {saved}, rbx",
+            "int3",
+            "xchg {saved}, rbx",
+            saved = out(reg) ebx,
+            inout("eax") function::CPUID => eax,
+            in("edi") leaf,
+            in("esi") subleaf,
+            out("ecx") ecx,
+            out("edx") edx,
+            out("r11") _,
+            options(nostack, nomem, preserves_flags)
+        );
+    }
+    [eax, ebx as u32, ecx, edx]
 }

@@ -2,11 +2,12 @@
 //!
 //! The TSC frequency comes from the hypervisor's CPUID leaf 0x4000_0010 (EAX = TSC kHz;
 //! the convention VMware started and KVM-based VMMs follow) when leaf 1 flags a
-//! hypervisor and leaf 0x4000_0000 says the leaf exists. Otherwise the guest assumes
+//! hypervisor and leaf 0x4000_0000 says the leaf exists. CPUID goes through the gate: on
+//! the development hosts a CPL3 CPUID runs natively and answers with the host's leaves. Otherwise the guest assumes
 //! 4 GHz ([`SECOND`]): timeouts then last longer on slower TSCs, which only matters when
 //! something has already failed, and benchmark figures say `tsc=assumed`.
 
-use core::arch::x86_64::__cpuid;
+use crate::gates::cpuid;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// One nominal second when the frequency is unknown: 4e9 TSC cycles.
@@ -24,17 +25,15 @@ static CPUID_KHZ: AtomicU64 = AtomicU64::new(0);
 
 /// Read the TSC frequency from CPUID, if the hypervisor tells it. Boot CPU, once, early.
 pub fn init() {
-    // CPUID is safe to execute (it traps to the hypervisor, which answers).
-    let leaf1 = __cpuid(1);
-    if leaf1.ecx & HYPERVISOR_BIT == 0 {
+    if cpuid(1, 0)[2] & HYPERVISOR_BIT == 0 {
         return;
     }
     // Leaves from 0x4000_0000 on are reserved for hypervisors.
-    let max = __cpuid(HYPERVISOR_LEAF).eax;
+    let max = cpuid(HYPERVISOR_LEAF, 0)[0];
     if !(TIMING_LEAF..HYPERVISOR_LEAF + 0x1_0000).contains(&max) {
         return;
     }
-    let khz = __cpuid(TIMING_LEAF).eax;
+    let khz = cpuid(TIMING_LEAF, 0)[0];
     CPUID_KHZ.store(u64::from(khz), Ordering::Relaxed);
 }
 
