@@ -181,6 +181,12 @@ impl MockQueue {
 
     /// Return a chain; says whether the device would interrupt.
     pub fn complete(&mut self, head: u16, len: u32) -> bool {
+        self.complete_late(head, len, || {})
+    }
+
+    /// Return a chain, let `between` run (the driver) before the device checks whether to
+    /// interrupt; says whether it would.
+    pub fn complete_late(&mut self, head: u16, len: u32, between: impl FnOnce()) -> bool {
         let slot = self.used_idx % self.size;
         let entry = self.mem.used + 4 + 8 * u64::from(slot);
         write(entry, u32::from(head));
@@ -188,6 +194,7 @@ impl MockQueue {
         let old = self.used_idx;
         self.used_idx = self.used_idx.wrapping_add(1);
         write(self.mem.used + 2, self.used_idx);
+        between();
         if self.event_idx {
             let event: u16 = read(self.mem.avail + 4 + 2 * u64::from(self.size));
             need_event(event, self.used_idx, old)

@@ -42,6 +42,10 @@ enum Wait {
 
 /// One read with interrupts wanted; returns when the interrupt came and the request is
 /// back.
+///
+/// The used entry is only looked at, not taken, until the interrupt has come: taking it
+/// moves `used_event` past it (as Linux does), and a device that checks `used_event` a
+/// moment after publishing the entry may then rightly decide that no interrupt is due.
 fn round(disk: &mut Disk, line: u32, wait: Wait) -> Result<(), Error> {
     let seen = VIRTIO_IRQS.load(Ordering::SeqCst);
     disk.blk.queue.set_interrupts(true);
@@ -49,13 +53,10 @@ fn round(disk: &mut Disk, line: u32, wait: Wait) -> Result<(), Error> {
     disk.submit(0, &req)?;
     disk.kick();
     let deadline = Deadline::after_ms(REQUEST_TIMEOUT_MS);
-    let mut completed = None;
     loop {
-        if completed.is_none() {
-            completed = disk.poll()?;
-        }
+        let back = disk.blk.queue.has_used();
         let interrupted = VIRTIO_IRQS.load(Ordering::SeqCst) != seen;
-        if interrupted && completed.is_some() {
+        if interrupted && back {
             break;
         }
         if deadline.passed() {
@@ -64,18 +65,17 @@ fn round(disk: &mut Disk, line: u32, wait: Wait) -> Result<(), Error> {
             } else {
                 Error::NoInterrupt {
                     line,
-                    completed: completed.is_some(),
+                    completed: back,
                 }
             });
         }
         match wait {
-            Wait::Spin => core::hint::spin_loop(),
             Wait::Halt if !interrupted => gates::wait_while_equal(&VIRTIO_IRQS, seen),
-            // The interrupt came first: the used entry is about to be visible.
-            Wait::Halt => core::hint::spin_loop(),
+            // Spinning, or the interrupt came first: the used entry is about to be visible.
+            _ => core::hint::spin_loop(),
         }
     }
-    let done = completed.expect("loop ends with the request back");
+    let done = disk.wait(deadline)?;
     if done.status != status::OK {
         return Err(Error::Status {
             request: req,
@@ -83,6 +83,14 @@ fn round(disk: &mut Disk, line: u32, wait: Wait) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// Spin for `ms` (interrupts, if on, still come in).
+fn quiet(ms: u64) {
+    let end = Deadline::after(time::ms(ms));
+    while !end.passed() {
+        core::hint::spin_loop();
+    }
 }
 
 /// The rounds, with interrupts on at CPL3; the caller turns everything off again.
@@ -93,14 +101,12 @@ fn rounds(disk: &mut Disk, line: u32) -> Result<(u32, u32), Error> {
     disk.blk.transport().interrupt_ack(interrupt_status);
     round(disk, line, Wait::Halt)?;
     round(disk, line, Wait::Halt)?;
-    // Suppressed: poll to completion, then watch a little longer.
+    // Suppressed: let stragglers in first, then poll to completion and watch a little.
     disk.blk.queue.set_interrupts(false);
+    quiet(QUIET_MS);
     let before = VIRTIO_IRQS.load(Ordering::SeqCst);
     super::run_ok(disk, &Request::read(0, 1))?;
-    let quiet = Deadline::after(time::ms(QUIET_MS));
-    while !quiet.passed() {
-        core::hint::spin_loop();
-    }
+    quiet(QUIET_MS);
     let suppressed = VIRTIO_IRQS.load(Ordering::SeqCst).wrapping_sub(before);
     Ok((interrupt_status, suppressed))
 }
