@@ -45,6 +45,28 @@ impl fmt::Display for Waiting {
     }
 }
 
+/// What is wrong with a device the command line announced.
+#[derive(Debug, Clone, Copy)]
+pub enum Announced {
+    /// It lies outside the MMIO hole the guest maps.
+    Unreachable(DeviceSpec),
+    /// It is not a (modern) virtio-mmio device.
+    Probe(DeviceSpec, ProbeError),
+}
+
+impl fmt::Display for Announced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable(d) => write!(
+                f,
+                "virtio-mmio device at {:#x} (size {:#x}) is outside the MMIO hole 0xc0000000..4G",
+                d.base, d.size
+            ),
+            Self::Probe(d, e) => write!(f, "virtio-mmio device at {:#x}: {e}", d.base),
+        }
+    }
+}
+
 /// Why a disk could not be used.
 #[derive(Debug, Clone, Copy)]
 pub enum DiskError {
@@ -54,11 +76,11 @@ pub enum DiskError {
         wanted: usize,
         /// Block devices found.
         found: usize,
+        /// The first announced device that is not usable, if any.
+        problem: Option<Announced>,
     },
-    /// A device outside the MMIO hole the guest maps.
-    Unreachable(DeviceSpec),
-    /// A device that is not a (modern) virtio-mmio device.
-    Probe(DeviceSpec, ProbeError),
+    /// An announced device is not usable.
+    Announced(Announced),
     /// The driver could not set it up.
     Init(usize, BlkInitError),
     /// RAM ran out for queue or buffer memory.
@@ -75,18 +97,21 @@ impl fmt::Display for DiskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoDevice {
-                wanted: 0,
-                found: 0,
-            } => write!(f, "no virtio-blk device"),
-            Self::NoDevice { wanted, found } => {
-                write!(f, "no virtio-blk device {wanted} ({found} found)")
+                wanted,
+                found,
+                problem,
+            } => {
+                if *found == 0 {
+                    write!(f, "no virtio-blk device")?;
+                } else {
+                    write!(f, "no virtio-blk device {wanted} ({found} found)")?;
+                }
+                match problem {
+                    Some(p) => write!(f, "; {p}"),
+                    None => Ok(()),
+                }
             }
-            Self::Unreachable(d) => write!(
-                f,
-                "virtio-mmio device at {:#x} (size {:#x}) is outside the MMIO hole 0xc0000000..4G",
-                d.base, d.size
-            ),
-            Self::Probe(d, e) => write!(f, "virtio-mmio device at {:#x}: {e}", d.base),
+            Self::Announced(a) => a.fmt(f),
             Self::Init(n, e) => write!(f, "setting up blk{n}: {e}"),
             Self::OutOfMemory(what) => write!(f, "out of RAM for {what}"),
             Self::Submit(r, e) => write!(f, "queueing {r}: {e}"),
@@ -315,7 +340,7 @@ struct Found {
 pub struct Registry {
     probed: bool,
     found: [Option<Found>; crate::cmdline::MAX_DEVICES],
-    problems: [Option<DiskError>; crate::cmdline::MAX_DEVICES],
+    problems: [Option<Announced>; crate::cmdline::MAX_DEVICES],
     disks: [Option<Disk>; MAX_DISKS],
     queue_memory: [Option<QueueMemory>; MAX_DISKS],
 }
@@ -348,9 +373,9 @@ impl Registry {
                 let regs = unsafe { Mmio::new(spec.base) };
                 Transport::probe(regs)
                     .map(|t| t.device_id())
-                    .map_err(|e| DiskError::Probe(spec, e))
+                    .map_err(|e| Announced::Probe(spec, e))
             } else {
-                Err(DiskError::Unreachable(spec))
+                Err(Announced::Unreachable(spec))
             };
             match result {
                 Ok(device_id) => self.found[i] = Some(Found { spec, device_id }),
@@ -363,7 +388,7 @@ impl Registry {
     }
 
     /// The announced devices that are not usable, after probing.
-    pub fn problems(&mut self, devices: &DeviceList) -> impl Iterator<Item = &DiskError> {
+    pub fn problems(&mut self, devices: &DeviceList) -> impl Iterator<Item = &Announced> {
         self.probe(devices);
         self.problems.iter().flatten()
     }
@@ -397,11 +422,16 @@ impl Registry {
             .filter(|f| f.device_id == device_id::BLOCK)
             .nth(n)
             .map(|f| f.spec)
-            .ok_or(DiskError::NoDevice { wanted: n, found })?;
+            .ok_or(DiskError::NoDevice {
+                wanted: n,
+                found,
+                problem: self.problems.iter().flatten().next().copied(),
+            })?;
         if n >= MAX_DISKS {
             return Err(DiskError::NoDevice {
                 wanted: n,
                 found: MAX_DISKS,
+                problem: None,
             });
         }
         if self.disks[n].is_none() {
@@ -415,7 +445,8 @@ impl Registry {
             };
             // SAFETY: probed above: reachable, and only this registry drives it.
             let regs = unsafe { Mmio::new(spec.base) };
-            let transport = Transport::probe(regs).map_err(|e| DiskError::Probe(spec, e))?;
+            let transport = Transport::probe(regs)
+                .map_err(|e| DiskError::Announced(Announced::Probe(spec, e)))?;
             // SAFETY: `mem` is this disk's own queue memory, sized for MAX_SIZE, used by
             // no one else, kept forever.
             let blk = unsafe { Blk::init(transport, mem, blk::WANTED) }

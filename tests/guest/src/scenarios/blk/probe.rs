@@ -18,7 +18,7 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
     let devices = machine.config.devices;
     if let Some(problem) = registry.problems(&devices).next() {
         // The VMM announced something that is not there: a broken contract.
-        return Err(Error::Disk(*problem));
+        return Err(Error::Disk(disks::DiskError::Announced(*problem)));
     }
     for (spec, id) in registry.found(&devices) {
         if id != device_id::BLOCK {
