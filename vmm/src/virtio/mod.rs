@@ -6,6 +6,7 @@
 //! set-up (feature negotiation, queue addresses), config space and reset.
 
 pub mod backend;
+pub mod config_size;
 pub mod mmio;
 pub mod monitor;
 pub mod vhost_user;

@@ -23,6 +23,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Gues
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{ActivateError, QueueConfig, VirtioBackend};
+use super::config_size::config_size;
 
 /// How long to wait for any reply from a backend.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,6 +99,7 @@ pub struct VhostUserDevice {
     kicks: Vec<EventFd>,
     call: EventFd,
     memory: SharedMemory,
+    config_size: usize,
     active: bool,
 }
 
@@ -170,6 +172,7 @@ impl VhostUserDevice {
             kicks,
             call,
             memory,
+            config_size: config_size(device_type, backend_features).min(MAX_CONFIG),
             active: false,
         })
     }
@@ -292,19 +295,31 @@ impl VirtioBackend for VhostUserDevice {
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let (Ok(off), true) = (
-            u32::try_from(offset),
-            offset as usize + data.len() <= MAX_CONFIG,
-        ) else {
+        // The whole config space from offset 0: see config_size.rs for why.
+        let size = self.config_size;
+        let Some(end) = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(data.len()))
+        else {
             return;
         };
+        if end > size {
+            log::debug!(
+                "{}: config read at {offset:#x} past its {size} bytes",
+                self.name
+            );
+            return;
+        }
+        let request = vec![0u8; size];
         match self
             .frontend
-            .get_config(off, data.len() as u32, VhostUserConfigFlags::WRITABLE, data)
+            .get_config(0, size as u32, VhostUserConfigFlags::WRITABLE, &request)
         {
-            Ok((_, payload)) if payload.len() == data.len() => data.copy_from_slice(&payload),
+            Ok((_, payload)) if payload.len() == size => {
+                data.copy_from_slice(&payload[offset as usize..end]);
+            }
             Ok(_) => log::warn!("{}: GET_CONFIG reply of the wrong size", self.name),
-            Err(e) => log::warn!("{}: reading config space at {offset:#x}: {e}", self.name),
+            Err(e) => log::warn!("{}: reading config space: {e}", self.name),
         }
     }
 
