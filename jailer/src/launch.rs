@@ -59,6 +59,8 @@ pub struct DeviceProcess {
     pub name: String,
     /// Program name for messages.
     pub program: String,
+    /// Whether its failure was already reported to the user.
+    pub reported: bool,
     child: Child,
 }
 
@@ -173,7 +175,10 @@ fn spawn(
     mut cmd: Command,
     disk: File,
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let spawn_err = |source| LaunchError::Spawn {
         name: name.to_owned(),
         program: program.clone(),
@@ -203,6 +208,7 @@ fn spawn(
         DeviceProcess {
             name: name.to_owned(),
             program,
+            reported: false,
             child,
         },
         ours,

@@ -153,8 +153,10 @@ fn device_failed(device: &str, why: &str, processes: &mut [DeviceProcess]) -> i3
 /// Stops every device process, reporting any that had already ended badly.
 fn stop_devices(processes: Vec<DeviceProcess>) {
     for p in processes {
-        let (name, program, pid) = (p.name.clone(), p.program.clone(), p.pid());
+        let (name, program, pid, reported) =
+            (p.name.clone(), p.program.clone(), p.pid(), p.reported);
         match p.stop() {
+            _ if reported => {}
             Some(s) if s.success() || s.signal() == Some(libc::SIGTERM) => {}
             Some(s) => log::warn!("{name}: {program} (pid {pid}) {}", launch::describe(s)),
             None => log::warn!("{name}: {program} (pid {pid}) could not be reaped"),
