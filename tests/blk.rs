@@ -131,3 +131,60 @@ fn image_not_a_multiple_of_512_is_refused() {
         out.stderr
     );
 }
+
+#[test]
+fn several_queues_are_offered() {
+    require_kvm!();
+    let img = Image::new("blk-mq", IMAGE_SIZE);
+    let out = run(
+        &[img.disk_arg(",queues=4")],
+        "bulkhead.test=blk-identify,blk-rw bulkhead.blk.rw=64:8",
+    );
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert!(out.stdout.contains(" queues=4 "), "{}", out.stdout);
+    out.assert_line("bulkhead-guest: PASS blk-rw");
+    assert_pattern_only(&img.path, &img.original, &img.read(), 64, 8);
+}
+
+/// bulkhead-blk started by hand, QEMU-style, on a socket path; bulkhead connects to it.
+#[test]
+fn standalone_backend_on_a_socket_path() {
+    require_kvm!();
+    let img = Image::new("blk-standalone", IMAGE_SIZE);
+    let socket = std::env::temp_dir().join(format!(
+        "bulkhead-blk-standalone-{}.sock",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&socket);
+    let mut backend = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead-blk"))
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--blk-file")
+        .arg(&img.path)
+        .args(["--serial", "by-hand"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("starting bulkhead-blk");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = run(
+        &[format!("socket={}", socket.display())],
+        "bulkhead.test=blk-identify,blk-rw bulkhead.blk.rw=300:4 bulkhead.blk.serial=by-hand",
+    );
+    // It serves one frontend and exits 0 when that one disconnects.
+    let status = common::wait_until(
+        &mut backend,
+        std::time::Instant::now() + Duration::from_secs(10),
+    );
+    let _ = std::fs::remove_file(&socket);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    out.assert_line("bulkhead-guest: PASS blk-identify");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "bulkhead-blk did not exit cleanly"
+    );
+    assert_pattern_only(&img.path, &img.original, &img.read(), 300, 4);
+}
