@@ -31,7 +31,8 @@ use core::arch::global_asm;
 pub struct Stack<const N: usize>([u8; N]);
 
 impl<const N: usize> Stack<N> {
-    const fn new() -> Self {
+    /// A zeroed stack.
+    pub const fn new() -> Self {
         Self([0; N])
     }
 }

@@ -8,6 +8,7 @@
 //! flag was already taken (a second exception while reporting, or a panic being reported),
 //! it powers off with status 3 at once.
 
+use crate::entry::Stack;
 use crate::gdt::{USER_CODE, USER_DATA};
 use crate::status::{self, Status};
 use crate::sync::RawCell;
@@ -35,9 +36,11 @@ pub static EXCEPTION: RawCell<ExceptionInfo> = RawCell::new(ExceptionInfo {
 /// is, a later one powers off straight away.
 pub static FATAL: AtomicU32 = AtomicU32::new(0);
 
-/// Stack for [`report`], distinct from every stack that may have faulted.
+/// Stack for [`report`], distinct from every stack that may have faulted. 16-byte aligned
+/// (`Stack`): the compiler's SSE spills to the stack need it, and a byte array could land
+/// anywhere (a misaligned report stack turned every exception report into a second fault).
 const REPORT_STACK_SIZE: usize = 32 * 1024;
-static REPORT_STACK: RawCell<[u8; REPORT_STACK_SIZE]> = RawCell::new([0; REPORT_STACK_SIZE]);
+static REPORT_STACK: RawCell<Stack<REPORT_STACK_SIZE>> = RawCell::new(Stack::new());
 
 global_asm!(
     ".pushsection .text.exceptions, \"ax\"",
