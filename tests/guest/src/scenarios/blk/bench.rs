@@ -19,6 +19,7 @@ use crate::disks::{self, Disk, REQUEST_TIMEOUT_MS};
 use crate::machine::Machine;
 use crate::time::{self, Deadline};
 use crate::virtio::blk::{status, Request, SECTOR};
+use crate::virtio::feature::INDIRECT_DESC;
 
 /// Deepest queue.
 const MAX_DEPTH: usize = 32;
@@ -103,22 +104,32 @@ struct Figures {
     kicks: u64,
 }
 
-fn request(run: &Run, sector: u64) -> Request {
+fn request(run: &Run, sector: u64, indirect: bool) -> Request {
     let sectors = (u64::from(run.block) / SECTOR) as u32;
-    if run.write {
+    let req = if run.write {
         Request::write(sector, sectors)
     } else {
         Request::read(sector, sectors)
+    };
+    if indirect {
+        req.indirect()
+    } else {
+        req
     }
 }
 
 fn measure(disk: &mut Disk, range: SectorRange, run: &Run, ms: u64) -> Result<Figures, Error> {
     let mut offsets = Offsets::new(range, run);
+    // A SIZE_MAX that splits a block into many descriptors would fill the queue at depth
+    // 32: then one descriptor per request, behind an indirect table.
+    let size_max = disk.blk.config.size_max;
+    let indirect = size_max != 0 && run.block > size_max && disk.blk.has(INDIRECT_DESC);
+    let request = |sector| request(run, sector, indirect);
     let kicks = disk.blk.kicks();
     let start = time::now();
     let stop = start.saturating_add(time::ms(ms));
     for i in 0..run.depth {
-        disk.submit(i, &request(run, offsets.next()))?;
+        disk.submit(i, &request(offsets.next()))?;
     }
     disk.kick();
     let mut ios = 0u64;
@@ -136,7 +147,7 @@ fn measure(disk: &mut Disk, range: SectorRange, run: &Run, ms: u64) -> Result<Fi
             ios += 1;
             last = time::now();
             if last < stop {
-                disk.submit(done.slot, &request(run, offsets.next()))?;
+                disk.submit(done.slot, &request(offsets.next()))?;
                 resubmitted = true;
             }
         }
