@@ -488,3 +488,32 @@ fn start_up_errors_exit_with_status_1() {
     assert_eq!(main_with_args(["bulkhead-blk", "--print-capabilities"]), 0);
     assert_eq!(main_with_args(["bulkhead-blk", "--help"]), 0);
 }
+
+#[test]
+fn termination_while_serving_exits_cleanly() {
+    use bulkhead_devices::block::{run_with, Config, Image};
+    use bulkhead_devices::daemon::{Ended, Endpoint, Termination};
+    let img = image();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let config = Config {
+        endpoint: Endpoint::Fd(theirs.into_raw_fd()),
+        image: Image::Path(img.as_path().to_owned()),
+        read_only: false,
+        serial: [0; 20],
+        queues: 1,
+        direct: false,
+        logical_block_size: 512,
+    };
+    let termination = Termination::manual();
+    let t = termination.clone();
+    let d = thread::spawn(move || run_with(config, &t));
+    let mut fe = Frontend::from_stream(ours, 1);
+    let (mem, memfd) = guest_memory();
+    negotiate(&mut fe, &mem, &memfd);
+    let mut q = Ring::new(0, 0);
+    q.set_up(&mut fe, &mem);
+    termination.trigger();
+    assert_eq!(d.join().unwrap().unwrap(), Ended::Terminated);
+    // The frontend sees the connection go.
+    assert!(fe.get_features().is_err());
+}
