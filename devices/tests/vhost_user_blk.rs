@@ -510,7 +510,7 @@ fn termination_while_serving_exits_cleanly() {
     let mut fe = Frontend::from_stream(ours, 1);
     let (mem, memfd) = guest_memory();
     negotiate(&mut fe, &mem, &memfd);
-    let mut q = Ring::new(0, 0);
+    let q = Ring::new(0, 0);
     q.set_up(&mut fe, &mem);
     termination.trigger();
     assert_eq!(d.join().unwrap().unwrap(), Ended::Terminated);
