@@ -503,6 +503,7 @@ fn termination_while_serving_exits_cleanly() {
         queues: 1,
         direct: false,
         logical_block_size: 512,
+        poll: Duration::from_micros(32),
     };
     let termination = Termination::manual();
     let t = termination.clone();

@@ -12,6 +12,7 @@
 use std::cell::Cell;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -50,13 +51,15 @@ pub struct BlockBackend {
 
 impl BlockBackend {
     /// A backend serving `disk` on `num_queues` queues (1 to 64), answering GET_ID with
-    /// `serial`, telling the guest its logical block size is `logical_block_size`. Guest
-    /// memory arrives later, with the frontend's memory table.
+    /// `serial`, telling the guest its logical block size is `logical_block_size`, polling
+    /// an idle queue for `poll` before sleeping. Guest memory arrives later, with the
+    /// frontend's memory table.
     pub fn new(
         disk: Arc<Disk>,
         serial: [u8; ID_BYTES],
         num_queues: u16,
         logical_block_size: u32,
+        poll: Duration,
     ) -> Self {
         let num_queues = num_queues.max(1);
         let config = ConfigSpace::new(ConfigInfo {
@@ -65,7 +68,7 @@ impl BlockBackend {
             num_queues,
         });
         let workers = (0..num_queues)
-            .map(|_| Mutex::new(QueueWorker::new(Arc::clone(&disk), serial)))
+            .map(|_| Mutex::new(QueueWorker::new(Arc::clone(&disk), serial, poll)))
             .collect();
         BlockBackend {
             features: features(disk.read_only(), num_queues),
@@ -219,9 +222,15 @@ impl VhostUserBackend for BlockBackend {
         let atomic = self.memory();
         let mem = atomic.memory();
         let mut state = vring.get_mut();
-        if worker.process_queue(state.get_queue_mut(), &mem) {
-            if let Err(e) = state.signal_used_queue() {
-                warn!("queue {thread_id}: signalling the call eventfd: {e}");
+        loop {
+            let round = worker.serve_round(state.get_queue_mut(), &mem);
+            if round.interrupt {
+                if let Err(e) = state.signal_used_queue() {
+                    warn!("queue {thread_id}: signalling the call eventfd: {e}");
+                }
+            }
+            if !round.again {
+                break;
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! memory, so tests drive it with `virtio_queue::mock` queues.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,62 +25,117 @@ const AVAIL_ENTRY: u64 = 2;
 const USED_FIXED: u64 = 6;
 const USED_ENTRY: u64 = 8;
 
+/// What a round of [`QueueWorker::serve_round`] asks of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Round {
+    /// Signal the driver now (the call eventfd): requests were completed and EVENT_IDX's
+    /// `used_event` (or its absence) says the driver wants to know. At most once a round,
+    /// and before any polling, so completions are never held back.
+    pub interrupt: bool,
+    /// More requests are available: run another round.
+    pub again: bool,
+}
+
 /// One queue's request processor. Each worker thread owns one (behind a lock it alone
 /// takes), with scratch space reused from request to request.
 #[derive(Debug)]
 pub struct QueueWorker {
     parser: ChainParser,
     executor: Executor,
+    poll: Duration,
     log: LogLimiter,
 }
 
 impl QueueWorker {
-    /// A worker serving `disk`, answering GET_ID with `serial`.
-    pub fn new(disk: Arc<Disk>, serial: [u8; ID_BYTES]) -> Self {
+    /// A worker serving `disk`, answering GET_ID with `serial`, polling an idle queue for
+    /// `poll` before sleeping.
+    pub fn new(disk: Arc<Disk>, serial: [u8; ID_BYTES], poll: Duration) -> Self {
         QueueWorker {
             parser: ChainParser::default(),
             executor: Executor::new(disk, serial),
+            poll,
             log: LogLimiter::default(),
         }
     }
 
     /// Serves every request the driver has made available, and keeps going while more
-    /// arrive: notifications from the driver are off while draining and are switched back
-    /// on only once the ring is seen empty with them on (`enable_notification` re-reads the
-    /// available index after a full barrier), so no kick is lost. Returns whether the driver
-    /// must be interrupted: once per batch, as EVENT_IDX's `used_event` asks (always, without
-    /// EVENT_IDX).
-    pub fn process_queue(&mut self, queue: &mut Queue, mem: &GuestRam) -> bool {
+    /// arrive, calling `interrupt` whenever the driver must be told (see [`Round`]).
+    pub fn process_queue(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestRam,
+        mut interrupt: impl FnMut(),
+    ) {
+        loop {
+            let round = self.serve_round(queue, mem);
+            if round.interrupt {
+                interrupt();
+            }
+            if !round.again {
+                return;
+            }
+        }
+    }
+
+    /// One round: drains the available ring with driver notifications (kicks) off, decides
+    /// whether to interrupt the driver, then looks for more work: first by polling the ring
+    /// for up to the worker's poll time (a driver with requests in flight usually adds the
+    /// next one within microseconds; catching it here saves it a kick and us a wake-up, as
+    /// QEMU's iothreads do), then by switching notifications back on, which re-reads the
+    /// available index after a full barrier, so no kick is lost between the two.
+    pub fn serve_round(&mut self, queue: &mut Queue, mem: &GuestRam) -> Round {
+        let done = Round {
+            interrupt: false,
+            again: false,
+        };
         if !queue.ready() {
-            return false;
+            return done;
         }
         if !rings_in_memory(queue, mem) {
             self.log.warn(format_args!(
                 "queue rings are outside guest memory; not serving the queue"
             ));
-            return false;
+            return done;
+        }
+        if let Err(e) = queue.disable_notification(mem) {
+            self.log
+                .warn(format_args!("disabling queue notifications: {e}"));
+            return done;
         }
         let mut completed = false;
+        let usable = self.drain(queue, mem, &mut completed);
+        let interrupt = completed && queue.needs_notification(mem).unwrap_or(true);
+        let again = usable
+            && (self.poll_for_more(queue, mem)
+                || match queue.enable_notification(mem) {
+                    Ok(more) => more,
+                    Err(e) => {
+                        self.log
+                            .warn(format_args!("enabling queue notifications: {e}"));
+                        false
+                    }
+                });
+        Round { interrupt, again }
+    }
+
+    /// Spins for up to the poll time waiting for the driver to make a request available.
+    fn poll_for_more(&self, queue: &Queue, mem: &GuestRam) -> bool {
+        if self.poll.is_zero() {
+            return false;
+        }
+        let start = Instant::now();
         loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                self.log
-                    .warn(format_args!("disabling queue notifications: {e}"));
-                break;
-            }
-            if !self.drain(queue, mem, &mut completed) {
-                break;
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    self.log
-                        .warn(format_args!("enabling queue notifications: {e}"));
-                    break;
+            for _ in 0..32 {
+                match queue.avail_idx(mem, Ordering::Acquire) {
+                    Ok(idx) if idx.0 != queue.next_avail() => return true,
+                    Ok(_) => std::hint::spin_loop(),
+                    Err(_) => return false,
                 }
             }
+            if start.elapsed() >= self.poll {
+                return false;
+            }
         }
-        completed && queue.needs_notification(mem).unwrap_or(true)
     }
 
     /// Serves available chains until there are none. Returns false if the available ring is
@@ -294,7 +350,7 @@ mod tests {
                 mem,
                 vq,
                 queue,
-                worker: QueueWorker::new(Arc::clone(disk), serial),
+                worker: QueueWorker::new(Arc::clone(disk), serial, Duration::ZERO),
                 next_desc: 0,
                 seen_used: 0,
             }
@@ -361,7 +417,11 @@ mod tests {
         /// Runs the worker; returns the new used entries (id, len) and whether the driver
         /// would be interrupted.
         fn run(&mut self) -> (Vec<(u32, u32)>, bool) {
-            let notify = self.worker.process_queue(&mut self.queue, self.mem);
+            let mut interrupts = 0;
+            self.worker
+                .process_queue(&mut self.queue, self.mem, || interrupts += 1);
+            assert!(interrupts <= 1, "one interrupt per batch");
+            let notify = interrupts == 1;
             let used_idx = self.vq.used().idx().load();
             let mut out = Vec::new();
             while self.seen_used != used_idx {
@@ -1005,7 +1065,10 @@ mod tests {
         h.queue
             .try_set_used_ring_address(GuestAddress(MEM_SIZE - 8))
             .unwrap();
-        assert!(!h.worker.process_queue(&mut h.queue, &mem));
+        let mut interrupted = false;
+        h.worker
+            .process_queue(&mut h.queue, &mem, || interrupted = true);
+        assert!(!interrupted);
         assert_eq!(h.status(), 0xaa, "nothing served");
     }
 }

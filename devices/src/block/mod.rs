@@ -31,7 +31,7 @@ use clap::Parser;
 
 pub use backend::{features, protocol_features, BlockBackend, SharedMemory};
 pub use config::{Args, Config, ConfigError, Image, CAPABILITIES};
-pub use device::QueueWorker;
+pub use device::{QueueWorker, Round};
 pub use disk::{Disk, DiskError, DiskOptions};
 pub use virtio::{ConfigSpace, CONFIG_SPACE_SIZE, MAX_QUEUE_SIZE, SEG_MAX};
 
@@ -145,6 +145,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         config.serial,
         config.queues,
         config.logical_block_size,
+        config.poll,
     ));
     Ok(daemon::serve(
         "bulkhead-blk",
