@@ -6,8 +6,9 @@
 //! [`queues_per_thread`](VhostUserBackend::queues_per_thread); we ask for one per queue,
 //! so queue *n* is served by thread *n* (named `blk-q<n>` on its first event) and queues
 //! never share a lock. Requests are executed synchronously on that thread, which holds the
-//! vring's lock for the whole batch; `GET_VRING_BASE` therefore waits for the batch in
-//! progress and returns an index with nothing in flight.
+//! vring's lock for a round (at most a queue's worth of requests, then at most the poll
+//! time); `GET_VRING_BASE` therefore waits for the round in progress, stops the next, and
+//! returns an index with nothing in flight.
 
 use std::cell::Cell;
 use std::io;
@@ -221,8 +222,10 @@ impl VhostUserBackend for BlockBackend {
         let mut worker = worker.lock().unwrap_or_else(PoisonError::into_inner);
         let atomic = self.memory();
         let mem = atomic.memory();
-        let mut state = vring.get_mut();
+        // The vring lock is held for one round at a time (a bounded amount of work), so
+        // control messages such as GET_VRING_BASE get in between rounds.
         loop {
+            let mut state = vring.get_mut();
             let round = worker.serve_round(state.get_queue_mut(), &mem);
             if round.interrupt {
                 if let Err(e) = state.signal_used_queue() {

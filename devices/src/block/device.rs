@@ -36,6 +36,22 @@ pub struct Round {
     pub again: bool,
 }
 
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DrainEnd {
+    /// Nothing more available.
+    Empty,
+    /// A queue's worth served; more may be waiting.
+    Budget,
+    /// The available ring can't be used (an index further ahead than the queue is long).
+    Unusable,
+}
+
+struct Drained {
+    completed: bool,
+    end: DrainEnd,
+}
+
 /// One queue's request processor. Each worker thread owns one (behind a lock it alone
 /// takes), with scratch space reused from request to request.
 #[derive(Debug)]
@@ -77,12 +93,14 @@ impl QueueWorker {
         }
     }
 
-    /// One round: drains the available ring with driver notifications (kicks) off, decides
-    /// whether to interrupt the driver, then looks for more work: first by polling the ring
-    /// for up to the worker's poll time (a driver with requests in flight usually adds the
-    /// next one within microseconds; catching it here saves it a kick and us a wake-up, as
-    /// QEMU's iothreads do), then by switching notifications back on, which re-reads the
-    /// available index after a full barrier, so no kick is lost between the two.
+    /// One round: serves what the driver has made available (at most a queue's worth, so
+    /// a driver that never stops submitting can't keep a round, and the vring lock the
+    /// caller holds for it, forever), decides whether to interrupt the driver, then looks
+    /// for more work: first by polling the ring for up to the worker's poll time (a driver
+    /// with requests in flight usually adds the next one within microseconds; catching it
+    /// here saves it a kick and us a wake-up, as QEMU's iothreads do), then by switching
+    /// driver notifications (kicks) back on, which re-reads the available index after a
+    /// full barrier, so no kick is lost between the two.
     pub fn serve_round(&mut self, queue: &mut Queue, mem: &GuestRam) -> Round {
         let done = Round {
             interrupt: false,
@@ -102,19 +120,23 @@ impl QueueWorker {
                 .warn(format_args!("disabling queue notifications: {e}"));
             return done;
         }
-        let mut completed = false;
-        let usable = self.drain(queue, mem, &mut completed);
-        let interrupt = completed && queue.needs_notification(mem).unwrap_or(true);
-        let again = usable
-            && (self.poll_for_more(queue, mem)
-                || match queue.enable_notification(mem) {
-                    Ok(more) => more,
-                    Err(e) => {
-                        self.log
-                            .warn(format_args!("enabling queue notifications: {e}"));
-                        false
+        let drained = self.drain(queue, mem);
+        let interrupt = drained.completed && queue.needs_notification(mem).unwrap_or(true);
+        let again = match drained.end {
+            DrainEnd::Unusable => false,
+            DrainEnd::Budget => true,
+            DrainEnd::Empty => {
+                self.poll_for_more(queue, mem)
+                    || match queue.enable_notification(mem) {
+                        Ok(more) => more,
+                        Err(e) => {
+                            self.log
+                                .warn(format_args!("enabling queue notifications: {e}"));
+                            false
+                        }
                     }
-                });
+            }
+        };
         Round { interrupt, again }
     }
 
@@ -138,28 +160,38 @@ impl QueueWorker {
         }
     }
 
-    /// Serves available chains until there are none. Returns false if the available ring is
-    /// unusable (an index further ahead than the queue is long), which ends the batch.
-    fn drain(&mut self, queue: &mut Queue, mem: &GuestRam, completed: &mut bool) -> bool {
-        loop {
+    /// Serves available chains until there are none, or a queue's worth has been served.
+    fn drain(&mut self, queue: &mut Queue, mem: &GuestRam) -> Drained {
+        let mut completed = false;
+        for _ in 0..queue.size() {
             let chain = match queue.iter(mem) {
                 Ok(mut iter) => iter.next(),
                 Err(e) => {
                     self.log.warn(format_args!("available ring unusable: {e}"));
-                    return false;
+                    return Drained {
+                        completed,
+                        end: DrainEnd::Unusable,
+                    };
                 }
             };
             let Some(chain) = chain else {
-                return true;
+                return Drained {
+                    completed,
+                    end: DrainEnd::Empty,
+                };
             };
             let head = chain.head_index();
             let used_len = self.serve_chain(chain, mem);
             match queue.add_used(mem, head, used_len) {
-                Ok(()) => *completed = true,
+                Ok(()) => completed = true,
                 Err(e) => self
                     .log
                     .warn(format_args!("completing descriptor {head}: {e}")),
             }
+        }
+        Drained {
+            completed,
+            end: DrainEnd::Budget,
         }
     }
 
@@ -619,6 +651,31 @@ mod tests {
         assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 6);
         // Nothing new: no interrupt.
         assert_eq!(h.run(), (vec![], false));
+    }
+
+    #[test]
+    fn a_round_serves_at_most_a_queue_worth() {
+        let img = image(false);
+        let mem = memory();
+        let mut h = Harness::new(&mem, &img.disk);
+        h.header(VIRTIO_BLK_T_FLUSH, 0);
+        // More entries than the queue is long, made available one after another as a
+        // driver that keeps submitting would: all the same two descriptors.
+        h.chain(&[(HDR, 16, R), (STATUS, 1, W)]);
+        for _ in 1..QUEUE_SIZE + 10 {
+            h.push_avail(0);
+            // Keep the available index within a queue of what was consumed so far.
+            if h.vq.avail().idx().load().wrapping_sub(h.queue.next_avail()) >= QUEUE_SIZE {
+                let round = h.worker.serve_round(&mut h.queue, &mem);
+                assert!(
+                    round.again,
+                    "a full queue's worth leaves the round wanting more"
+                );
+            }
+        }
+        let round = h.worker.serve_round(&mut h.queue, &mem);
+        assert!(!round.again);
+        assert_eq!(h.queue.next_avail(), QUEUE_SIZE + 10);
     }
 
     #[test]

@@ -743,6 +743,46 @@ mod tests {
         assert_eq!(disk.size(), 4096);
     }
 
+    /// A loop device over a temporary file, detached on drop.
+    struct Loop(String);
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+
+    #[test]
+    fn block_device_size_comes_from_the_ioctl() {
+        let backing = image(8 << 20);
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(backing.as_path())
+            .output();
+        let dev = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            // Not root, or no loop devices here: nothing to test with.
+            _ => {
+                eprintln!("skipped: cannot set up a loop device");
+                return;
+            }
+        };
+        let _detach = Loop(dev.clone());
+        let disk = Disk::open(Path::new(&dev), options()).unwrap();
+        assert!(disk.is_block_device());
+        assert_eq!(disk.size(), 8 << 20);
+        disk.write_all_at(&[0x42; 4096], 1 << 20).unwrap();
+        let mut back = [0u8; 4096];
+        disk.read_exact_at(&mut back, 1 << 20).unwrap();
+        assert_eq!(back, [0x42; 4096]);
+        disk.write_zeroes(1 << 20, 4096, false).unwrap();
+        disk.discard(2 << 20, 1 << 20).unwrap();
+        disk.read_exact_at(&mut back, 1 << 20).unwrap();
+        assert_eq!(back, [0; 4096]);
+        disk.flush().unwrap();
+    }
+
     #[test]
     fn direct_io_alignment_found_on_this_file_system() {
         let img = image(1 << 20);

@@ -22,10 +22,10 @@ pub struct IoVecs {
     guards: Vec<PtrGuardMut>,
 }
 
-// SAFETY: the raw pointers inside are only created, used and dropped by the thread that
-// holds the worker's lock, within one request (`clear` runs before `fill` returns control
-// to the caller's next request); between requests the vectors hold no pointer that is ever
-// dereferenced. Moving the (empty or stale) vectors between threads is therefore harmless.
+// SAFETY: the raw pointers inside are created, used and dropped within one request by the
+// thread that holds the queue worker's lock (the executor clears them when the request's
+// I/O is done); between requests the vectors are empty. Moving them between threads moves
+// no live pointer.
 unsafe impl Send for IoVecs {}
 
 impl IoVecs {
