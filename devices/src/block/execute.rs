@@ -295,7 +295,10 @@ impl Executor {
         if len == 0 {
             return Ok(());
         }
-        self.iovecs.fill(mem, segs)?;
+        if let Err(e) = self.iovecs.fill(mem, segs) {
+            self.iovecs.clear();
+            return Err(e.into());
+        }
         let result = if self.needs_bounce() {
             self.iovecs.clear();
             self.bounce_read(mem, segs, len, offset)
@@ -323,7 +326,10 @@ impl Executor {
         if len == 0 {
             return Ok(());
         }
-        self.iovecs.fill(mem, segs)?;
+        if let Err(e) = self.iovecs.fill(mem, segs) {
+            self.iovecs.clear();
+            return Err(e.into());
+        }
         let result = if self.needs_bounce() {
             self.iovecs.clear();
             self.bounce_write(mem, segs, len, offset)
