@@ -40,6 +40,18 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    /// The image's size cannot be served.
+    #[error("{name}: disk image {path} is {size} bytes, {why}")]
+    BadImage {
+        /// Device name.
+        name: String,
+        /// The image.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// Creating the socket pair or the process failed.
     #[error("{name}: starting {program}")]
     Spawn {
@@ -153,6 +165,7 @@ pub fn start_blk(
             path: path.to_owned(),
             source,
         })?;
+    check_image_size(name, path, &disk)?;
     let mut cmd = Command::new(&program);
     cmd.args([
         "--fd",
@@ -168,6 +181,33 @@ pub fn start_blk(
         cmd.args(["--serial", s]);
     }
     spawn(name, cmd, disk)
+}
+
+/// Refuses, naming the file, an image the block backend would refuse by its fd alone.
+fn check_image_size(name: &str, path: &Path, mut disk: &File) -> Result<(), LaunchError> {
+    use std::io::Seek;
+    // Seeking to the end gives the size of block devices too.
+    let size = disk
+        .seek(std::io::SeekFrom::End(0))
+        .and_then(|size| disk.rewind().map(|()| size))
+        .map_err(|source| LaunchError::OpenDisk {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+    let why = if size == 0 {
+        "empty"
+    } else if size % 512 != 0 {
+        "not a multiple of 512 (the image must be a whole number of 512-byte sectors)"
+    } else {
+        return Ok(());
+    };
+    Err(LaunchError::BadImage {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        size,
+        why,
+    })
 }
 
 fn spawn(

@@ -81,8 +81,19 @@ fn run(args: &RunArgs) -> i32 {
     let mut vm = match builder::build(config) {
         Ok(vm) => vm,
         Err(e) => {
+            // A backend that failed at start-up shows up here as a broken socket: say how
+            // its process ended, which names the real cause.
+            let code = match exited_device(&mut processes) {
+                Some((device, how)) => {
+                    eprintln!(
+                        "bulkhead: error: {device}: {how}; it could not serve the disk ({e})"
+                    );
+                    EXIT_BULKHEAD_FAILED
+                }
+                None => fail(&e),
+            };
             stop_devices(processes);
-            return fail(&e);
+            return code;
         }
     };
     let result = vm.run();
@@ -123,6 +134,24 @@ fn disk_device(
         socket,
     };
     Ok((device, process))
+}
+
+/// The first device process that has ended (waiting briefly for one that is ending), with
+/// how it ended; marks it reported.
+fn exited_device(processes: &mut [DeviceProcess]) -> Option<(String, String)> {
+    for _ in 0..50 {
+        for p in processes.iter_mut() {
+            if let Some(s) = p.exited() {
+                p.reported = true;
+                return Some((
+                    p.name.clone(),
+                    format!("{} (pid {}) {}", p.program, p.pid(), launch::describe(s)),
+                ));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    None
 }
 
 /// Reports a failed device, with how its process ended when bulkhead started it.
