@@ -188,3 +188,21 @@ fn standalone_backend_on_a_socket_path() {
     );
     assert_pattern_only(&img.path, &img.original, &img.read(), 300, 4);
 }
+
+#[test]
+fn direct_io_disk() {
+    require_kvm!();
+    // O_DIRECT needs a real filesystem (tmpfs refuses it): the image goes in the target dir.
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("direct-{}.img", std::process::id()));
+    let original = vec![0x11u8; IMAGE_SIZE];
+    std::fs::write(&path, &original).unwrap();
+    let out = run(
+        &[format!("path={},direct=on", path.display())],
+        "bulkhead.test=blk-rw bulkhead.blk.rw=512:32",
+    );
+    let now = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert_pattern_only(&path, &original, &now, 512, 32);
+}

@@ -54,8 +54,8 @@ pub struct RunArgs {
     /// Serial console (8250 at 0x3f8): stdio, file=PATH, or off.
     #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialOutput,
-    /// A virtio-blk disk (repeatable): path=IMAGE[,readonly=on][,serial=ID][,queues=N] runs a
-    /// bulkhead-blk process on the image; socket=PATH[,queues=N] uses a vhost-user-blk
+    /// A virtio-blk disk (repeatable): path=IMAGE[,readonly=on][,serial=ID][,queues=N][,direct=on]
+    /// runs a bulkhead-blk process on the image (direct=on: O_DIRECT, bypassing the page cache); socket=PATH[,queues=N] uses a vhost-user-blk
     /// backend already listening there (e.g. qemu-storage-daemon).
     #[arg(long, value_name = "path=IMAGE[,readonly=on][,serial=ID][,queues=N]|socket=PATH", value_parser = crate::disk_arg::parse)]
     pub disk: Vec<crate::disk_arg::DiskArg>,

@@ -1,4 +1,4 @@
-//! `--disk` values: `path=PATH[,readonly=on|off][,serial=ID][,queues=N]` for a disk served by
+//! `--disk` values: `path=PATH[,readonly=on|off][,serial=ID][,queues=N][,direct=on]` for a disk served by
 //! a `bulkhead-blk` process bulkhead starts, or `socket=PATH[,queues=N]` for a vhost-user-blk
 //! backend someone else started (qemu-storage-daemon, for one).
 
@@ -18,6 +18,8 @@ pub enum DiskBackend {
         readonly: bool,
         /// GET_ID answer.
         serial: Option<String>,
+        /// Bypass the host page cache (O_DIRECT).
+        direct: bool,
     },
     /// An external vhost-user-blk backend listening on this socket.
     Socket(PathBuf),
@@ -36,6 +38,7 @@ pub struct DiskArg {
 pub fn parse(s: &str) -> Result<DiskArg, String> {
     let (mut path, mut socket, mut readonly, mut serial, mut queues) =
         (None, None, false, None, 1u16);
+    let mut direct = false;
     for part in s.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -43,13 +46,8 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
         match key {
             "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
             "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
-            "readonly" | "ro" => {
-                readonly = match value {
-                    "on" | "true" | "yes" => true,
-                    "off" | "false" | "no" => false,
-                    _ => return Err(format!("readonly={value}: expected on or off")),
-                }
-            }
+            "readonly" | "ro" => readonly = on_off(key, value)?,
+            "direct" => direct = on_off(key, value)?,
             "serial" => {
                 if value.len() > MAX_SERIAL || !value.is_ascii() {
                     return Err(format!(
@@ -78,11 +76,13 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
             path,
             readonly,
             serial,
+            direct,
         },
         (None, Some(sock)) => {
-            if readonly || serial.is_some() {
+            if readonly || direct || serial.is_some() {
                 return Err(
-                    "readonly= and serial= belong to the backend when socket= is used".into(),
+                    "readonly=, direct= and serial= belong to the backend when socket= is used"
+                        .into(),
                 );
             }
             DiskBackend::Socket(sock)
@@ -91,6 +91,14 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
         (None, None) => return Err("needs path=IMAGE or socket=PATH".into()),
     };
     Ok(DiskArg { backend, queues })
+}
+
+fn on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{key}={value}: expected on or off")),
+    }
 }
 
 #[cfg(test)]

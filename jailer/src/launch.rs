@@ -148,6 +148,7 @@ pub fn start_blk(
     readonly: bool,
     serial: Option<&str>,
     queues: u16,
+    direct: bool,
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
     let program = backend_program("bulkhead-blk");
     if !program.exists() {
@@ -176,6 +177,9 @@ pub fn start_blk(
     cmd.arg("--queues").arg(queues.to_string());
     if readonly {
         cmd.arg("--read-only");
+    }
+    if direct {
+        cmd.arg("--direct");
     }
     if let Some(s) = serial {
         cmd.args(["--serial", s]);
@@ -299,7 +303,15 @@ mod tests {
 
     #[test]
     fn missing_image_is_named() {
-        let e = start_blk("disk0", Path::new("/nonexistent/d.img"), false, None, 1).err();
+        let e = start_blk(
+            "disk0",
+            Path::new("/nonexistent/d.img"),
+            false,
+            None,
+            1,
+            false,
+        )
+        .err();
         if let Some(LaunchError::OpenDisk { path, .. }) = e {
             assert_eq!(path, Path::new("/nonexistent/d.img"));
         }

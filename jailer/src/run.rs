@@ -120,9 +120,16 @@ fn disk_device(
             path,
             readonly,
             serial,
+            direct,
         } => {
-            let (process, socket) =
-                launch::start_blk(name, path, *readonly, serial.as_deref(), disk.queues)?;
+            let (process, socket) = launch::start_blk(
+                name,
+                path,
+                *readonly,
+                serial.as_deref(),
+                disk.queues,
+                *direct,
+            )?;
             (BackendSocket::Connected(socket), Some(process))
         }
         DiskBackend::Socket(path) => (BackendSocket::Path(path.clone()), None),
