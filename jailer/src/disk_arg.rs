@@ -108,12 +108,13 @@ mod tests {
     #[test]
     fn image_disks() {
         assert_eq!(
-            parse("path=/d.img,readonly=on,serial=abc,queues=4"),
+            parse("path=/d.img,readonly=on,serial=abc,queues=4,direct=on"),
             Ok(DiskArg {
                 backend: DiskBackend::Image {
                     path: "/d.img".into(),
                     readonly: true,
-                    serial: Some("abc".into())
+                    serial: Some("abc".into()),
+                    direct: true,
                 },
                 queues: 4
             })
@@ -128,6 +129,7 @@ mod tests {
             DiskBackend::Socket("/run/qsd.sock".into())
         );
         assert!(parse("socket=/s,readonly=on").is_err());
+        assert!(parse("socket=/s,direct=on").is_err());
     }
 
     #[test]
