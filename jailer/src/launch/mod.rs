@@ -1,8 +1,12 @@
 //! Starting the device processes and stopping them again: the one place where bulkhead
-//! spawns a backend, so confinement (the jailer) can be added here.
+//! spawns a backend, so confinement (the jailer) can be added here. One file per kind of
+//! backend says what it is given.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, RawFd};
+mod blk;
+
+pub use blk::start_blk;
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -11,8 +15,10 @@ use std::time::{Duration, Instant};
 
 /// The fd a backend finds its vhost-user socket on.
 pub const SOCKET_FD: RawFd = 3;
-/// The fd a block backend finds its disk image on.
-pub const DISK_FD: RawFd = 4;
+/// The first fd of the resources passed to a backend (disk image, TAP queues, stream).
+pub const FIRST_EXTRA_FD: RawFd = 4;
+/// Most fds passed to one backend (socket included).
+pub const MAX_PASSED_FDS: usize = 16;
 /// How long a backend gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -131,94 +137,39 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// Where the backend programs are: beside the running `bulkhead`.
-pub fn backend_program(program: &str) -> PathBuf {
-    std::env::current_exe()
+/// The backend `program` for device `name`: beside the running `bulkhead`.
+pub fn backend_program(name: &str, program: &str) -> Result<PathBuf, LaunchError> {
+    let path = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join(program)))
-        .unwrap_or_else(|| PathBuf::from(program))
-}
-
-/// Starts `bulkhead-blk` on the image at `path`: the launcher opens the image (so the
-/// backend needs no access to the filesystem) and hands it over as fd 4, with its end of a
-/// socket pair as fd 3. Returns the process and the vmm's end of the socket.
-pub fn start_blk(
-    name: &str,
-    path: &Path,
-    readonly: bool,
-    serial: Option<&str>,
-    queues: u16,
-    direct: bool,
-) -> Result<(DeviceProcess, UnixStream), LaunchError> {
-    let program = backend_program("bulkhead-blk");
-    if !program.exists() {
-        return Err(LaunchError::Missing {
-            name: name.to_owned(),
-            path: program,
-        });
-    }
-    let disk = OpenOptions::new()
-        .read(true)
-        .write(!readonly)
-        .open(path)
-        .map_err(|source| LaunchError::OpenDisk {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
-    check_image_size(name, path, &disk)?;
-    let mut cmd = Command::new(&program);
-    cmd.args([
-        "--fd",
-        &SOCKET_FD.to_string(),
-        "--disk-fd",
-        &DISK_FD.to_string(),
-    ]);
-    cmd.arg("--queues").arg(queues.to_string());
-    if readonly {
-        cmd.arg("--read-only");
-    }
-    if direct {
-        cmd.arg("--direct");
-    }
-    if let Some(s) = serial {
-        cmd.args(["--serial", s]);
-    }
-    spawn(name, cmd, disk)
-}
-
-/// Refuses, naming the file, an image the block backend would refuse by its fd alone.
-fn check_image_size(name: &str, path: &Path, mut disk: &File) -> Result<(), LaunchError> {
-    use std::io::Seek;
-    // Seeking to the end gives the size of block devices too.
-    let size = disk
-        .seek(std::io::SeekFrom::End(0))
-        .and_then(|size| disk.rewind().map(|()| size))
-        .map_err(|source| LaunchError::OpenDisk {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
-    let why = if size == 0 {
-        "empty"
-    } else if size % 512 != 0 {
-        "not a multiple of 512 (the image must be a whole number of 512-byte sectors)"
+        .unwrap_or_else(|| PathBuf::from(program));
+    if path.exists() {
+        Ok(path)
     } else {
-        return Ok(());
-    };
-    Err(LaunchError::BadImage {
-        name: name.to_owned(),
-        path: path.to_owned(),
-        size,
-        why,
-    })
+        Err(LaunchError::Missing {
+            name: name.to_owned(),
+            path,
+        })
+    }
 }
 
-fn spawn(
+/// Starts `cmd` as the backend of device `name`: its end of a new socket pair becomes fd 3
+/// (`SOCKET_FD`), `fds` become 4, 5, ... in order; it dies with the launcher. Standard input
+/// is inherited when `inherit_stdin`, else /dev/null. Returns the process and the vmm's end
+/// of the socket.
+pub(crate) fn spawn(
     name: &str,
     mut cmd: Command,
-    disk: File,
+    fds: Vec<OwnedFd>,
+    inherit_stdin: bool,
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
+    if fds.len() + 1 > MAX_PASSED_FDS {
+        return Err(LaunchError::Spawn {
+            name: name.to_owned(),
+            program: format!("{:?}", cmd.get_program()),
+            source: std::io::Error::from_raw_os_error(libc::E2BIG),
+        });
+    }
     let program = Path::new(cmd.get_program())
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -229,14 +180,21 @@ fn spawn(
         source,
     };
     let (ours, theirs) = UnixStream::pair().map_err(spawn_err)?;
-    let (sock_fd, disk_fd) = (theirs.as_raw_fd(), disk.as_raw_fd());
-    cmd.stdin(Stdio::null());
+    let mut pairs = vec![(theirs.as_raw_fd(), SOCKET_FD)];
+    pairs.extend(
+        fds.iter()
+            .zip(FIRST_EXTRA_FD..)
+            .map(|(f, to)| (f.as_raw_fd(), to)),
+    );
+    if !inherit_stdin {
+        cmd.stdin(Stdio::null());
+    }
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe calls (fcntl, dup2, prctl, getppid) on fds the parent keeps open
     // until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
-            place_fds(&[(sock_fd, SOCKET_FD), (disk_fd, DISK_FD)])?;
+            place_fds(&pairs)?;
             // Die with the launcher; if it is already gone, do not run at all.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() == 1 {
                 return Err(std::io::Error::last_os_error());
@@ -246,7 +204,7 @@ fn spawn(
     };
     let child = cmd.spawn().map_err(spawn_err)?;
     drop(theirs);
-    drop(disk);
+    drop(fds);
     log::info!("{name}: started {program} (pid {})", child.id());
     Ok((
         DeviceProcess {
@@ -263,7 +221,7 @@ fn spawn(
 /// through temporary copies so that a `from` equal to another pair's `to` is not clobbered.
 fn place_fds(pairs: &[(RawFd, RawFd)]) -> std::io::Result<()> {
     const TEMP_BASE: RawFd = 100;
-    let mut temps = [0 as RawFd; 4];
+    let mut temps = [0 as RawFd; MAX_PASSED_FDS];
     if pairs.len() > temps.len() {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -302,6 +260,26 @@ mod tests {
     }
 
     #[test]
+    fn fds_land_where_promised() {
+        // The child checks that fd 3 is a socket and fd 4 the file it was given.
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "test -S /proc/self/fd/3 && test -f /proc/self/fd/4 && ! test -e /proc/self/fd/5",
+        ]);
+        let (mut process, _sock) = spawn("test0", cmd, vec![OwnedFd::from(file)], false).unwrap();
+        let status = loop {
+            if let Some(s) = process.exited() {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(status.success(), "{status:?}");
+        assert_eq!(process.program, "sh");
+    }
+
+    #[test]
     fn missing_image_is_named() {
         let e = start_blk(
             "disk0",
@@ -312,8 +290,6 @@ mod tests {
             false,
         )
         .err();
-        if let Some(LaunchError::OpenDisk { path, .. }) = e {
-            assert_eq!(path, Path::new("/nonexistent/d.img"));
-        }
+        assert!(matches!(e, Some(LaunchError::OpenDisk { .. })), "{e:?}");
     }
 }

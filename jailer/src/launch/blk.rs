@@ -1,0 +1,78 @@
+//! Starting `bulkhead-blk`.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+
+use super::{backend_program, spawn, DeviceProcess, LaunchError, FIRST_EXTRA_FD, SOCKET_FD};
+
+/// Starts `bulkhead-blk` on the image at `path`: the launcher opens the image (so the
+/// backend needs no access to the filesystem) and hands it over as fd 4, with its end of a
+/// socket pair as fd 3. Returns the process and the vmm's end of the socket.
+pub fn start_blk(
+    name: &str,
+    path: &Path,
+    readonly: bool,
+    serial: Option<&str>,
+    queues: u16,
+    direct: bool,
+) -> Result<(DeviceProcess, UnixStream), LaunchError> {
+    let disk = OpenOptions::new()
+        .read(true)
+        .write(!readonly)
+        .open(path)
+        .map_err(|source| LaunchError::OpenDisk {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+    check_image_size(name, path, &disk)?;
+    let program = backend_program(name, "bulkhead-blk")?;
+    let mut cmd = Command::new(&program);
+    cmd.args([
+        "--fd",
+        &SOCKET_FD.to_string(),
+        "--disk-fd",
+        &FIRST_EXTRA_FD.to_string(),
+    ]);
+    cmd.arg("--queues").arg(queues.to_string());
+    if readonly {
+        cmd.arg("--read-only");
+    }
+    if direct {
+        cmd.arg("--direct");
+    }
+    if let Some(s) = serial {
+        cmd.args(["--serial", s]);
+    }
+    spawn(name, cmd, vec![OwnedFd::from(disk)], false)
+}
+
+/// Refuses, naming the file, an image the block backend would refuse by its fd alone.
+fn check_image_size(name: &str, path: &Path, mut disk: &File) -> Result<(), LaunchError> {
+    use std::io::Seek;
+    // Seeking to the end gives the size of block devices too.
+    let size = disk
+        .seek(std::io::SeekFrom::End(0))
+        .and_then(|size| disk.rewind().map(|()| size))
+        .map_err(|source| LaunchError::OpenDisk {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+    let why = if size == 0 {
+        "empty"
+    } else if size % 512 != 0 {
+        "not a multiple of 512 (the image must be a whole number of 512-byte sectors)"
+    } else {
+        return Ok(());
+    };
+    Err(LaunchError::BadImage {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        size,
+        why,
+    })
+}
