@@ -10,5 +10,6 @@ pub mod cmdline;
 pub mod escape;
 pub mod layout;
 pub mod mptable;
+pub mod net;
 pub mod scenario;
 pub mod virtio;

@@ -355,6 +355,21 @@ impl MockBlk {
     }
 }
 
+/// Registers of a queue other than 0.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FakeQueueRegs {
+    /// QueueNum.
+    pub num: u32,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Avail ring.
+    pub driver: u64,
+    /// Used ring.
+    pub device: u64,
+    /// QueueReady.
+    pub ready: bool,
+}
+
 /// The state behind [`FakeRegs`].
 pub struct FakeState {
     /// MagicValue.
@@ -398,6 +413,8 @@ pub struct FakeState {
     pub config_widths: Vec<(u32, u8)>,
     /// Queue indexes written to QueueNotify.
     pub notifies: Vec<u32>,
+    /// Queues 1.. (queue 0 is the fields above).
+    pub extra_queues: Vec<FakeQueueRegs>,
 }
 
 /// A fake virtio-mmio register block.
@@ -452,8 +469,45 @@ impl FakeRegs {
                 generation_bumps: 0,
                 config_widths: Vec::new(),
                 notifies: Vec::new(),
+                extra_queues: Vec::new(),
             }),
         }
+    }
+
+    /// A virtio-net device with MAC `mac`, link up, 4 queue pairs, MTU 1500, offering
+    /// what the contract says bulkhead-net offers; two queues.
+    pub fn net(mac: [u8; 6]) -> Self {
+        let regs = Self::blk(0);
+        {
+            let mut s = regs.state.borrow_mut();
+            s.device_id = 1;
+            let mut config = vec![0u8; 16];
+            config[0..6].copy_from_slice(&mac);
+            config[6..8].copy_from_slice(&1u16.to_le_bytes());
+            config[8..10].copy_from_slice(&4u16.to_le_bytes());
+            config[10..12].copy_from_slice(&1500u16.to_le_bytes());
+            s.config = config;
+            s.features = feature::VERSION_1 | feature::EVENT_IDX | 1 << 5 | 1 << 15 | 1 << 16;
+            s.extra_queues = vec![FakeQueueRegs::default()];
+        }
+        regs
+    }
+
+    /// A virtio-console device of `cols` x `rows`, offering SIZE; two queues.
+    pub fn console(cols: u16, rows: u16) -> Self {
+        let regs = Self::blk(0);
+        {
+            let mut s = regs.state.borrow_mut();
+            s.device_id = 3;
+            let mut config = vec![0u8; 12];
+            config[0..2].copy_from_slice(&cols.to_le_bytes());
+            config[2..4].copy_from_slice(&rows.to_le_bytes());
+            config[4..8].copy_from_slice(&1u32.to_le_bytes());
+            s.config = config;
+            s.features = feature::VERSION_1 | feature::EVENT_IDX | 1;
+            s.extra_queues = vec![FakeQueueRegs::default()];
+        }
+        regs
     }
 
     fn config_read(&self, offset: u32, width: u8) -> u64 {
@@ -479,6 +533,16 @@ impl Regs for FakeRegs {
         }
         let s = self.state.borrow();
         let q0 = s.queue_sel == 0;
+        if let Some(q) = (s.queue_sel as usize)
+            .checked_sub(1)
+            .and_then(|i| s.extra_queues.get(i))
+        {
+            match offset {
+                reg::QUEUE_NUM_MAX => return 256,
+                reg::QUEUE_READY => return u32::from(q.ready),
+                _ => {}
+            }
+        }
         match offset {
             reg::MAGIC => s.magic,
             reg::VERSION => s.version,
@@ -497,6 +561,20 @@ impl Regs for FakeRegs {
     fn write32(&self, offset: u32, value: u32) {
         let mut s = self.state.borrow_mut();
         let q0 = s.queue_sel == 0;
+        let extra = (s.queue_sel as usize).checked_sub(1);
+        if let Some(q) = extra.and_then(|i| s.extra_queues.get_mut(i)) {
+            match offset {
+                reg::QUEUE_NUM => return q.num = value,
+                reg::QUEUE_READY => return q.ready = value == 1,
+                reg::QUEUE_DESC_LOW => return set_half(&mut q.desc, 0, value),
+                reg::QUEUE_DESC_HIGH => return set_half(&mut q.desc, 1, value),
+                reg::QUEUE_DRIVER_LOW => return set_half(&mut q.driver, 0, value),
+                reg::QUEUE_DRIVER_HIGH => return set_half(&mut q.driver, 1, value),
+                reg::QUEUE_DEVICE_LOW => return set_half(&mut q.device, 0, value),
+                reg::QUEUE_DEVICE_HIGH => return set_half(&mut q.device, 1, value),
+                _ => {}
+            }
+        }
         match offset {
             reg::DEVICE_FEATURES_SEL => s.device_sel = value,
             reg::DRIVER_FEATURES_SEL => s.driver_sel = value,
@@ -519,6 +597,9 @@ impl Regs for FakeRegs {
                 if value == 0 {
                     s.status = 0;
                     s.queue_ready = false;
+                    for q in s.extra_queues.iter_mut() {
+                        q.ready = false;
+                    }
                     s.driver_features = 0;
                 } else if s.refuse_features {
                     s.status = value & !status::FEATURES_OK;

@@ -6,7 +6,10 @@
 //! - [`queue`]: a split virtqueue in memory the caller provides (descriptor table, avail
 //!   and used rings), with a free list, event-index notification suppression and polling
 //!   of the used ring;
-//! - [`blk`]: virtio-blk requests (header, data, status) on top of both.
+//! - [`blk`]: virtio-blk requests (header, data, status) on top of both;
+//! - [`bufs`]: fixed-size receive and transmit buffers on a queue, which
+//!   [`net`] (virtio-net: frames behind a 12-byte header) and [`console`] (virtio-console
+//!   port 0: bytes) use.
 //!
 //! The guest binary supplies the real [`Regs`] (volatile accesses to the device's
 //! registers, `src/mmio.rs`), the memory (frames from its allocator; the guest identity-maps
@@ -15,7 +18,10 @@
 //! virtio-blk device (`mock`) that serves the queue from the same memory.
 
 pub mod blk;
+pub mod bufs;
+pub mod console;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 
 #[cfg(test)]
@@ -91,6 +97,8 @@ pub mod device_id {
     pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
+    /// Console.
+    pub const CONSOLE: u32 = 3;
 
     /// A short name for messages.
     pub fn name(id: u32) -> &'static str {
@@ -98,7 +106,7 @@ pub mod device_id {
             0 => "none",
             NET => "net",
             BLOCK => "block",
-            3 => "console",
+            CONSOLE => "console",
             4 => "entropy",
             5 => "balloon",
             8 => "scsi",
