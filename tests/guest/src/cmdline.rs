@@ -7,6 +7,7 @@
 //! (`console=ttyS0`, ...). Numbers are decimal, or hexadecimal with `0x`.
 
 use crate::escape::Escaped;
+use crate::net::{parse_cidr, parse_ip, parse_mac, Ip, Mac, MAX_UDP_PAYLOAD};
 use crate::scenario::{Scenario, ScenarioList};
 use crate::virtio::blk::ID_BYTES;
 use crate::virtio::mmio::{parse_device, DeviceSpec};
@@ -28,6 +29,111 @@ pub struct Config {
     pub devices: DeviceList,
     /// `bulkhead.blk.*`.
     pub blk: BlkOptions,
+    /// `bulkhead.net.*`.
+    pub net: NetOptions,
+    /// `bulkhead.console.*`.
+    pub console: ConsoleOptions,
+}
+
+/// Most sizes in `bulkhead.net.sizes`.
+pub const MAX_SIZES: usize = 8;
+
+/// Options of the network scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetOptions {
+    /// `bulkhead.net.nic=N`: which virtio-net device (0 = the first) the scenarios use.
+    pub nic: usize,
+    /// `bulkhead.net.ip=A.B.C.D/NN`: our address (default 10.0.2.2/24).
+    pub ip: Ip,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// `bulkhead.net.peer=A.B.C.D`: the host's address (default 10.0.2.1).
+    pub peer: Ip,
+    /// `bulkhead.net.mac=xx:..`: the MAC the device must report (`net-identify`), and ours
+    /// when the device offers none.
+    pub mac: Option<Mac>,
+    /// `bulkhead.net.serve-ms=N`: how long `net-serve` serves (default 10000).
+    pub serve_ms: u64,
+    /// `bulkhead.net.echo-port=N`: the UDP port `net-serve` echoes (default 7).
+    pub echo_port: u16,
+    /// `bulkhead.net.port=N`: the peer's UDP port for `net-send` / `net-bench`, and ours
+    /// (default 5555).
+    pub port: u16,
+    /// `bulkhead.net.sizes=a,b,..`: payload sizes `net-send` sends (default 64,512,1472).
+    pub sizes: [u16; MAX_SIZES],
+    /// How many of `sizes` are used.
+    pub num_sizes: usize,
+    /// `bulkhead.net.bench-ms=N`: each `net-bench` run (default 1000).
+    pub bench_ms: u64,
+}
+
+impl NetOptions {
+    /// The payload sizes of `net-send`.
+    pub fn sizes(&self) -> &[u16] {
+        &self.sizes[..self.num_sizes]
+    }
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        let mut sizes = [0; MAX_SIZES];
+        sizes[..3].copy_from_slice(&[64, 512, 1472]);
+        Self {
+            nic: 0,
+            ip: [10, 0, 2, 2],
+            prefix: 24,
+            peer: [10, 0, 2, 1],
+            mac: None,
+            serve_ms: 10_000,
+            echo_port: 7,
+            port: 5555,
+            sizes,
+            num_sizes: 3,
+            bench_ms: 1000,
+        }
+    }
+}
+
+/// Options of the console scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsoleOptions {
+    /// `bulkhead.console.lines=N`: lines `console-write` writes (default 3).
+    pub lines: u32,
+    /// `bulkhead.console.echo-ms=N`: how long `console-echo` echoes (default 5000).
+    pub echo_ms: u64,
+}
+
+impl Default for ConsoleOptions {
+    fn default() -> Self {
+        Self {
+            lines: 3,
+            echo_ms: 5000,
+        }
+    }
+}
+
+/// `a,b,c`: 1 to [`MAX_SIZES`] UDP payload sizes, each at most 1472.
+fn parse_sizes(s: &[u8]) -> Option<([u16; MAX_SIZES], usize)> {
+    let mut sizes = [0u16; MAX_SIZES];
+    let mut n = 0;
+    for part in s.split(|&c| c == b',') {
+        let size = parse_number(part).filter(|&v| v <= MAX_UDP_PAYLOAD as u64)?;
+        *sizes.get_mut(n)? = size as u16;
+        n += 1;
+    }
+    Some((sizes, n))
+}
+
+/// A duration in ms, 1..=3600000.
+fn parse_ms(s: &[u8]) -> Option<u64> {
+    parse_number(s).filter(|&ms| ms > 0 && ms <= 3_600_000)
+}
+
+/// A UDP port, 1..=65535.
+fn parse_port(s: &[u8]) -> Option<u16> {
+    parse_number(s)
+        .and_then(|n| u16::try_from(n).ok())
+        .filter(|&p| p != 0)
 }
 
 /// Sectors `first..first + count`.
@@ -212,6 +318,8 @@ pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
         cpus: None,
         devices: DeviceList::default(),
         blk: BlkOptions::default(),
+        net: NetOptions::default(),
+        console: ConsoleOptions::default(),
     };
     for token in line
         .split(|c| c.is_ascii_whitespace())
@@ -222,6 +330,7 @@ pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
         };
         let (key, value) = (&token[..eq], &token[eq + 1..]);
         let blk = &mut config.blk;
+        let net = &mut config.net;
         macro_rules! value {
             ($key:literal, $parse:expr) => {
                 $parse(value).ok_or(CmdlineError::BadValue { key: $key, value })?
@@ -274,6 +383,32 @@ pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
             b"bulkhead.blk.bench-ms" => {
                 blk.bench_ms = value!("bulkhead.blk.bench-ms", |v| parse_number(v)
                     .filter(|&ms| ms > 0 && ms <= 3_600_000));
+            }
+            b"bulkhead.net.nic" => {
+                net.nic = value!("bulkhead.net.nic", |v| parse_number(v)
+                    .and_then(|n| usize::try_from(n).ok()));
+            }
+            b"bulkhead.net.ip" => {
+                (net.ip, net.prefix) = value!("bulkhead.net.ip", parse_cidr);
+            }
+            b"bulkhead.net.peer" => net.peer = value!("bulkhead.net.peer", parse_ip),
+            b"bulkhead.net.mac" => net.mac = Some(value!("bulkhead.net.mac", parse_mac)),
+            b"bulkhead.net.serve-ms" => net.serve_ms = value!("bulkhead.net.serve-ms", parse_ms),
+            b"bulkhead.net.echo-port" => {
+                net.echo_port = value!("bulkhead.net.echo-port", parse_port);
+            }
+            b"bulkhead.net.port" => net.port = value!("bulkhead.net.port", parse_port),
+            b"bulkhead.net.sizes" => {
+                (net.sizes, net.num_sizes) = value!("bulkhead.net.sizes", parse_sizes);
+            }
+            b"bulkhead.net.bench-ms" => net.bench_ms = value!("bulkhead.net.bench-ms", parse_ms),
+            b"bulkhead.console.lines" => {
+                config.console.lines = value!("bulkhead.console.lines", |v| parse_number(v)
+                    .filter(|&n| n <= 100_000)
+                    .map(|n| n as u32));
+            }
+            b"bulkhead.console.echo-ms" => {
+                config.console.echo_ms = value!("bulkhead.console.echo-ms", parse_ms);
             }
             _ => {}
         }
@@ -487,6 +622,62 @@ mod tests {
             parse(line.as_bytes()).err(),
             Some(CmdlineError::TooManyScenarios)
         );
+    }
+
+    #[test]
+    fn net_and_console_options_and_defaults() {
+        let c = parse(b"").unwrap();
+        assert_eq!(c.net, NetOptions::default());
+        assert_eq!(c.net.sizes(), &[64, 512, 1472]);
+        assert_eq!(
+            (c.net.ip, c.net.prefix, c.net.peer),
+            ([10, 0, 2, 2], 24, [10, 0, 2, 1])
+        );
+        assert_eq!(
+            (c.net.serve_ms, c.net.echo_port, c.net.port),
+            (10_000, 7, 5555)
+        );
+        assert_eq!((c.console.lines, c.console.echo_ms), (3, 5000));
+        let c = parse(
+            b"bulkhead.net.ip=192.168.5.9/28 bulkhead.net.peer=192.168.5.1 \
+              bulkhead.net.mac=52:54:00:ab:cd:ef bulkhead.net.serve-ms=250 \
+              bulkhead.net.echo-port=7007 bulkhead.net.port=9000 bulkhead.net.sizes=0,1472 \
+              bulkhead.net.bench-ms=100 bulkhead.net.nic=1 bulkhead.console.lines=0 \
+              bulkhead.console.echo-ms=20",
+        )
+        .unwrap();
+        let n = c.net;
+        assert_eq!(
+            (n.ip, n.prefix, n.peer),
+            ([192, 168, 5, 9], 28, [192, 168, 5, 1])
+        );
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]));
+        assert_eq!(
+            (n.serve_ms, n.echo_port, n.port, n.bench_ms, n.nic),
+            (250, 7007, 9000, 100, 1)
+        );
+        assert_eq!(n.sizes(), &[0, 1472]);
+        assert_eq!((c.console.lines, c.console.echo_ms), (0, 20));
+        for (bad, key) in [
+            ("bulkhead.net.ip=10.0.2", "bulkhead.net.ip"),
+            ("bulkhead.net.ip=10.0.2.2/32", "bulkhead.net.ip"),
+            ("bulkhead.net.peer=x", "bulkhead.net.peer"),
+            ("bulkhead.net.mac=52:54:00:ab:cd", "bulkhead.net.mac"),
+            ("bulkhead.net.serve-ms=0", "bulkhead.net.serve-ms"),
+            ("bulkhead.net.echo-port=65536", "bulkhead.net.echo-port"),
+            ("bulkhead.net.port=0", "bulkhead.net.port"),
+            ("bulkhead.net.sizes=64,1473", "bulkhead.net.sizes"),
+            ("bulkhead.net.sizes=1,2,3,4,5,6,7,8,9", "bulkhead.net.sizes"),
+            ("bulkhead.net.sizes=", "bulkhead.net.sizes"),
+            ("bulkhead.console.echo-ms=x", "bulkhead.console.echo-ms"),
+        ] {
+            let value = &bad.as_bytes()[key.len() + 1..];
+            assert_eq!(
+                parse(bad.as_bytes()).err(),
+                Some(CmdlineError::BadValue { key, value }),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

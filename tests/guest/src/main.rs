@@ -22,6 +22,7 @@ mod lapic;
 mod machine;
 mod mem;
 mod mmio;
+mod nics;
 mod paging;
 mod phys;
 mod scenarios;
@@ -32,7 +33,7 @@ mod sync;
 mod time;
 
 // The host-testable half of the guest (src/lib.rs), used here as if it were local modules.
-use bulkhead_guest::{bootparams, cmdline, escape, layout, mptable, scenario, virtio};
+use bulkhead_guest::{bootparams, cmdline, escape, layout, mptable, net, scenario, virtio};
 
 use core::fmt::Display;
 use escape::Escaped;

@@ -32,10 +32,24 @@ pub enum Scenario {
     BlkBench,
     /// Malformed requests; the device keeps serving.
     BlkHostile,
+    /// Identifies every virtio-net and virtio-console device (non-destructive).
+    NetProbe,
+    /// MAC, link status, MTU and features of one virtio-net device.
+    NetIdentify,
+    /// Answers ARP, ICMP echo and UDP echo for a while.
+    NetServe,
+    /// Resolves the peer by ARP and sends it UDP datagrams of several sizes.
+    NetSend,
+    /// UDP throughput, both ways.
+    NetBench,
+    /// Writes lines on the virtio console.
+    ConsoleWrite,
+    /// Echoes what the virtio console receives.
+    ConsoleEcho,
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 14] = [
+const NAMES: [(Scenario, &str); 21] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -50,10 +64,22 @@ const NAMES: [(Scenario, &str); 14] = [
     (Scenario::BlkDiscard, "blk-discard"),
     (Scenario::BlkBench, "blk-bench"),
     (Scenario::BlkHostile, "blk-hostile"),
+    (Scenario::NetProbe, "net-probe"),
+    (Scenario::NetIdentify, "net-identify"),
+    (Scenario::NetServe, "net-serve"),
+    (Scenario::NetSend, "net-send"),
+    (Scenario::NetBench, "net-bench"),
+    (Scenario::ConsoleWrite, "console-write"),
+    (Scenario::ConsoleEcho, "console-echo"),
 ];
 
 /// What runs without `bulkhead.test`: every scenario that is harmless to the devices found.
-pub const DEFAULT: [Scenario; 3] = [Scenario::Cpus, Scenario::Memory, Scenario::BlkProbe];
+pub const DEFAULT: [Scenario; 4] = [
+    Scenario::Cpus,
+    Scenario::Memory,
+    Scenario::BlkProbe,
+    Scenario::NetProbe,
+];
 
 impl Scenario {
     /// Name on the command line and in PASS/FAIL lines.
@@ -132,7 +158,12 @@ mod tests {
     fn default_is_the_harmless_ones() {
         assert_eq!(
             DEFAULT,
-            [Scenario::Cpus, Scenario::Memory, Scenario::BlkProbe]
+            [
+                Scenario::Cpus,
+                Scenario::Memory,
+                Scenario::BlkProbe,
+                Scenario::NetProbe
+            ]
         );
     }
 

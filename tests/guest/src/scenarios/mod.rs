@@ -6,10 +6,12 @@
 //! (`blk-*`) live in `blk/` and share one error type.
 
 mod blk;
+pub mod console;
 mod cpus;
 mod exception;
 mod fail;
 mod memory;
+pub mod net;
 mod panic;
 
 use crate::machine::Machine;
@@ -25,6 +27,8 @@ pub enum Failure {
     Memory(memory::Error),
     /// See `blk/mod.rs`.
     Blk(blk::Error),
+    /// See `net/mod.rs` (the console scenarios too).
+    Net(net::Error),
     /// The `fail` scenario.
     Fail,
 }
@@ -35,6 +39,7 @@ impl fmt::Display for Failure {
             Self::Cpus(e) => e.fmt(f),
             Self::Memory(e) => e.fmt(f),
             Self::Blk(e) => e.fmt(f),
+            Self::Net(e) => e.fmt(f),
             Self::Fail => write!(f, "this scenario always fails"),
         }
     }
@@ -57,5 +62,12 @@ pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
         Scenario::BlkDiscard => blk::discard::run(machine).map_err(Failure::Blk),
         Scenario::BlkBench => blk::bench::run(machine).map_err(Failure::Blk),
         Scenario::BlkHostile => blk::hostile::run(machine).map_err(Failure::Blk),
+        Scenario::NetProbe => net::probe::run(machine).map_err(Failure::Net),
+        Scenario::NetIdentify => net::identify::run(machine).map_err(Failure::Net),
+        Scenario::NetServe => net::serve::run(machine).map_err(Failure::Net),
+        Scenario::NetSend => net::send::run(machine).map_err(Failure::Net),
+        Scenario::NetBench => net::bench::run(machine).map_err(Failure::Net),
+        Scenario::ConsoleWrite => console::write(machine).map_err(Failure::Net),
+        Scenario::ConsoleEcho => console::echo(machine).map_err(Failure::Net),
     }
 }

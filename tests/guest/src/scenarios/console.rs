@@ -1,0 +1,129 @@
+//! The virtio-console scenarios, on the first virtio-console device (port 0).
+//!
+//! - `console-write`: writes `bulkhead-guest console: hello <n>\n` for n = 0 ..
+//!   `bulkhead.console.lines` (default 3), one chain per line, to the console (not the
+//!   serial port), waits until the device consumed them, prints `console0 wrote <n> lines`.
+//! - `console-echo`: prints `console0 echoing ms=<ms>`, then for `bulkhead.console.echo-ms`
+//!   (default 5000) writes every byte read back (one chain per buffer received), ending
+//!   early at a byte 0x04 (Ctrl-D; neither it nor what follows it in the same buffer is
+//!   echoed), and prints `console echoed <n> bytes`.
+
+use super::net::Error;
+use crate::machine::Machine;
+use crate::nics::{self, Cons};
+use crate::time::Deadline;
+use crate::virtio::console::RX_BUF;
+use core::fmt::Write;
+
+/// How long the device may take to consume what was written.
+const FLUSH_TIMEOUT_MS: u64 = 5000;
+
+/// The identify line.
+pub fn identify(cons: &Cons) {
+    let c = cons.console.config;
+    let t = cons.console.transport();
+    crate::say!(
+        "console0 cols={} rows={} max_nr_ports={} features={:#x} accepted={:#x} rx_queue={} tx_queue={} base={:#x} irq={}",
+        c.cols,
+        c.rows,
+        c.max_nr_ports,
+        t.offered(),
+        t.accepted(),
+        cons.console.rx.queue.size(),
+        cons.console.tx.queue.size(),
+        cons.spec.base,
+        cons.spec.irq
+    );
+}
+
+/// Queue `bytes` as one chain, waiting for a free buffer until `deadline`.
+fn write_all(cons: &mut Cons, bytes: &[u8], deadline: Deadline) -> Result<(), Error> {
+    while !cons.console.write(bytes)? {
+        if deadline.passed() {
+            return Err(Error::Timeout("a free console transmit buffer"));
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+fn flush(cons: &mut Cons) -> Result<(), Error> {
+    let deadline = Deadline::after_ms(FLUSH_TIMEOUT_MS);
+    while !cons.console.flushed()? {
+        if deadline.passed() {
+            return Err(Error::Timeout("the console to take what was written"));
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// A line in a fixed buffer.
+struct Line {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(core::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// `console-write`.
+pub fn write(machine: &mut Machine) -> Result<(), Error> {
+    let lines = machine.config.console.lines;
+    let mut registry = nics::lock();
+    let cons = registry.console(&machine.config.devices, &mut machine.frames)?;
+    let deadline = Deadline::after_ms(FLUSH_TIMEOUT_MS);
+    for n in 0..lines {
+        let mut line = Line {
+            buf: [0; 96],
+            len: 0,
+        };
+        // Cannot overflow: the text is under 50 bytes.
+        let _ = writeln!(line, "bulkhead-guest console: hello {n}");
+        write_all(cons, &line.buf[..line.len], deadline)?;
+    }
+    flush(cons)?;
+    crate::say!("console0 wrote {lines} lines");
+    Ok(())
+}
+
+/// `console-echo`.
+pub fn echo(machine: &mut Machine) -> Result<(), Error> {
+    let ms = machine.config.console.echo_ms;
+    let mut registry = nics::lock();
+    let cons = registry.console(&machine.config.devices, &mut machine.frames)?;
+    crate::say!("console0 echoing ms={ms}");
+    let deadline = Deadline::after_ms(ms);
+    let mut echoed = 0u64;
+    let mut buf = [0u8; RX_BUF as usize];
+    'outer: while !deadline.passed() {
+        let n = cons.console.read(&mut buf)?;
+        if n == 0 {
+            core::hint::spin_loop();
+            continue;
+        }
+        let (data, end) = match buf[..n].iter().position(|&b| b == 0x04) {
+            Some(at) => (&buf[..at], true),
+            None => (&buf[..n], false),
+        };
+        if !data.is_empty() {
+            write_all(cons, data, Deadline::after_ms(FLUSH_TIMEOUT_MS))?;
+            echoed += data.len() as u64;
+        }
+        if end {
+            break 'outer;
+        }
+    }
+    flush(cons)?;
+    crate::say!("console echoed {echoed} bytes");
+    Ok(())
+}
