@@ -59,6 +59,15 @@ pub struct RunArgs {
     /// backend already listening there (e.g. qemu-storage-daemon).
     #[arg(long, value_name = "path=IMAGE[,readonly=on][,serial=ID][,queues=N]|socket=PATH", value_parser = crate::disk_arg::parse)]
     pub disk: Vec<crate::disk_arg::DiskArg>,
+    /// A virtio-net device (repeatable): tap=NAME[,mac=MAC][,queues=N] uses (or creates) a
+    /// TAP; auto[,mac=MAC][,host-ip=CIDR][,guest-ip=CIDR][,queues=N] creates a TAP in a new
+    /// network namespace with the host side addressed (default 10.0.2.1/24), removed at exit.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]|auto[,...]", value_parser = crate::net_arg::parse)]
+    pub net: Vec<crate::net_arg::NetArg>,
+    /// The virtio console: stdio (this terminal), socket=PATH (a Unix socket to connect to),
+    /// pty (a new pseudo-terminal), file=PATH (output only) or off.
+    #[arg(long, value_name = "stdio|socket=PATH|pty|file=PATH|off", value_parser = crate::launch::console::parse)]
+    pub console: Option<Option<crate::launch::console::ConsoleStream>>,
     /// Print the vmm's memory use and guest-entry time on exit (used by `bulkhead bench`).
     #[arg(long, hide = true)]
     pub report_stats: bool,

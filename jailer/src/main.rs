@@ -6,9 +6,13 @@
 mod bench;
 mod check;
 mod cli;
+mod devices;
 mod disk_arg;
 mod launch;
+mod net_arg;
+mod netns;
 mod run;
+mod tap;
 
 use clap::Parser;
 

@@ -8,17 +8,9 @@ use bulkhead_vmm::config::{ConfigError, VmConfig};
 use bulkhead_vmm::devices::VmStop;
 use bulkhead_vmm::{builder, TEST_GUEST, TEST_GUEST_NAME};
 
-use std::os::unix::process::ExitStatusExt;
-
-use bulkhead_vmm::config::VirtioDeviceConfig;
-use bulkhead_vmm::virtio::vhost_user::BackendSocket;
-
 use crate::cli::RunArgs;
-use crate::disk_arg::{DiskArg, DiskBackend};
-use crate::launch::{self, DeviceProcess};
-
-/// Virtio device id of a block device.
-const VIRTIO_ID_BLOCK: u32 = 2;
+use crate::devices::Devices;
+use crate::launch::console::ConsoleStream;
 
 /// Exit status when bulkhead itself fails or the guest crashed (as `docker run` does).
 pub const EXIT_BULKHEAD_FAILED: i32 = 125;
@@ -42,6 +34,7 @@ pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
             cmdline: args.cmdline.clone(),
         },
         serial: args.serial.clone(),
+        serial_input: true,
         devices: Vec::new(),
     };
     config.validate()?;
@@ -65,34 +58,29 @@ fn run(args: &RunArgs) -> i32 {
         config.cpus
     );
     let mut config = config;
-    let mut processes = Vec::new();
-    for (i, disk) in args.disk.iter().enumerate() {
-        match disk_device(&format!("disk{i}"), disk) {
-            Ok((device, process)) => {
-                config.devices.push(device);
-                processes.extend(process);
-            }
-            Err(e) => {
-                stop_devices(processes);
-                return fail(&e);
-            }
-        }
-    }
+    let console = args.console.clone().flatten();
+    let mut devices = match Devices::start(&args.disk, &args.net, console.as_ref()) {
+        Ok(d) => d,
+        Err(e) => return fail(&e),
+    };
+    config.devices = std::mem::take(&mut devices.configs);
+    // The virtio console on the terminal owns its input; the serial console only prints.
+    config.serial_input = console != Some(ConsoleStream::Stdio);
     let mut vm = match builder::build(config) {
         Ok(vm) => vm,
         Err(e) => {
             // A backend that failed at start-up shows up here as a broken socket: say how
             // its process ended, which names the real cause.
-            let code = match exited_device(&mut processes) {
+            let code = match devices.exited() {
                 Some((device, how)) => {
                     eprintln!(
-                        "bulkhead: error: {device}: {how}; it could not serve the disk ({e})"
+                        "bulkhead: error: {device}: {how}; it could not serve the device ({e})"
                     );
                     EXIT_BULKHEAD_FAILED
                 }
                 None => fail(&e),
             };
-            stop_devices(processes);
+            devices.stop();
             return code;
         }
     };
@@ -102,102 +90,19 @@ fn run(args: &RunArgs) -> i32 {
     }
     drop(vm);
     let code = match &result {
-        Ok(VmStop::DeviceFailed { device, why }) => device_failed(device, why, &mut processes),
+        Ok(VmStop::DeviceFailed { device, why }) => {
+            let how = devices.how_it_ended(device);
+            eprintln!(
+                "bulkhead: {device} failed: {}; VM stopped",
+                how.as_deref().unwrap_or(why)
+            );
+            EXIT_BULKHEAD_FAILED
+        }
         Ok(stop) => exit_status(stop),
         Err(e) => fail(e),
     };
-    stop_devices(processes);
+    devices.stop();
     code
-}
-
-/// The vmm's side of disk `name`, and the process serving it when bulkhead starts one.
-fn disk_device(
-    name: &str,
-    disk: &DiskArg,
-) -> Result<(VirtioDeviceConfig, Option<DeviceProcess>), launch::LaunchError> {
-    let (socket, process) = match &disk.backend {
-        DiskBackend::Image {
-            path,
-            readonly,
-            serial,
-            direct,
-        } => {
-            let (process, socket) = launch::start_blk(
-                name,
-                path,
-                *readonly,
-                serial.as_deref(),
-                disk.queues,
-                *direct,
-            )?;
-            (BackendSocket::Connected(socket), Some(process))
-        }
-        DiskBackend::Socket(path) => (BackendSocket::Path(path.clone()), None),
-    };
-    let device = VirtioDeviceConfig {
-        name: name.to_owned(),
-        device_type: VIRTIO_ID_BLOCK,
-        queues: disk.queues,
-        socket,
-    };
-    Ok((device, process))
-}
-
-/// The first device process that has ended (waiting briefly for one that is ending), with
-/// how it ended; marks it reported.
-fn exited_device(processes: &mut [DeviceProcess]) -> Option<(String, String)> {
-    for _ in 0..50 {
-        for p in processes.iter_mut() {
-            if let Some(s) = p.exited() {
-                p.reported = true;
-                return Some((
-                    p.name.clone(),
-                    format!("{} (pid {}) {}", p.program, p.pid(), launch::describe(s)),
-                ));
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    None
-}
-
-/// Reports a failed device, with how its process ended when bulkhead started it.
-fn device_failed(device: &str, why: &str, processes: &mut [DeviceProcess]) -> i32 {
-    let process = processes.iter_mut().find(|p| p.name == device);
-    let ended = process.and_then(|p| {
-        // The hang-up may arrive a moment before the process is reapable.
-        for _ in 0..100 {
-            if let Some(s) = p.exited() {
-                return Some(format!(
-                    "{} (pid {}) {}",
-                    p.program,
-                    p.pid(),
-                    launch::describe(s)
-                ));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        None
-    });
-    match ended {
-        Some(how) => eprintln!("bulkhead: {device} failed: {how}; VM stopped"),
-        None => eprintln!("bulkhead: {device} failed: {why}; VM stopped"),
-    }
-    EXIT_BULKHEAD_FAILED
-}
-
-/// Stops every device process, reporting any that had already ended badly.
-fn stop_devices(processes: Vec<DeviceProcess>) {
-    for p in processes {
-        let (name, program, pid, reported) =
-            (p.name.clone(), p.program.clone(), p.pid(), p.reported);
-        match p.stop() {
-            _ if reported => {}
-            Some(s) if s.success() || s.signal() == Some(libc::SIGTERM) => {}
-            Some(s) => log::warn!("{name}: {program} (pid {pid}) {}", launch::describe(s)),
-            None => log::warn!("{name}: {program} (pid {pid}) could not be reaped"),
-        }
-    }
 }
 
 /// The exit status for why the VM stopped; says so on stderr when it is not the guest's

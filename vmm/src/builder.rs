@@ -107,7 +107,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm, BuildError> {
         memory,
         io: Arc::new(io),
         serial,
-        serial_stdin: config.serial == SerialOutput::Stdio,
+        serial_stdin: config.serial == SerialOutput::Stdio && config.serial_input,
         vcpus,
         boot,
         watched: virtio.watched,

@@ -41,6 +41,9 @@ pub struct VmConfig {
     pub boot: BootConfig,
     /// Serial console.
     pub serial: SerialOutput,
+    /// Whether the serial console reads standard input (with `SerialOutput::Stdio`; off when
+    /// something else, such as a virtio console, owns the terminal's input).
+    pub serial_input: bool,
     /// Virtio devices, in the order they get MMIO slots.
     pub devices: Vec<VirtioDeviceConfig>,
 }

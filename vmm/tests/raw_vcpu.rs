@@ -135,6 +135,7 @@ fn boot_elf(code: &[u8], cpus: u8) -> VmStop {
             cmdline: "raw".into(),
         },
         serial: SerialOutput::Off,
+        serial_input: false,
         devices: Vec::new(),
     };
     let mut vm = builder::build(config).expect("building the VM");

@@ -24,6 +24,7 @@ pub fn start_blk(
         .write(!readonly)
         .open(path)
         .map_err(|source| LaunchError::OpenDisk {
+            what: "disk image",
             name: name.to_owned(),
             path: path.to_owned(),
             source,
@@ -58,6 +59,7 @@ fn check_image_size(name: &str, path: &Path, mut disk: &File) -> Result<(), Laun
         .seek(std::io::SeekFrom::End(0))
         .and_then(|size| disk.rewind().map(|()| size))
         .map_err(|source| LaunchError::OpenDisk {
+            what: "disk image",
             name: name.to_owned(),
             path: path.to_owned(),
             source,

@@ -3,8 +3,12 @@
 //! backend says what it is given.
 
 mod blk;
+pub mod console;
+mod net;
 
 pub use blk::start_blk;
+pub use console::start_console;
+pub use net::start_net;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -35,9 +39,11 @@ pub enum LaunchError {
         /// Where it was looked for.
         path: PathBuf,
     },
-    /// The disk image cannot be opened.
-    #[error("{name}: opening disk image {path}")]
+    /// The disk image (or console file) cannot be opened.
+    #[error("{name}: opening {what} {path}")]
     OpenDisk {
+        /// What the file is for ("disk image", "console file").
+        what: &'static str,
         /// Device name.
         name: String,
         /// The image.

@@ -1,0 +1,249 @@
+//! The devices of `bulkhead run`: for each `--disk`, `--net` and `--console`, the process
+//! that serves it (started through `launch`) and the vmm's side of its connection, in the
+//! order they get virtio-mmio slots (disks, network devices, then the console).
+
+use std::os::unix::process::ExitStatusExt;
+
+use bulkhead_vmm::config::VirtioDeviceConfig;
+use bulkhead_vmm::virtio::vhost_user::BackendSocket;
+
+use crate::disk_arg::{DiskArg, DiskBackend};
+use crate::launch::console::ConsoleStream;
+use crate::launch::{self, DeviceProcess, LaunchError};
+use crate::net_arg::{format_mac, random_mac, NetArg, NetBackend};
+use crate::netns::{NetNs, NetNsError};
+use crate::tap::TapError;
+
+/// Virtio device ids.
+const VIRTIO_ID_NET: u32 = 1;
+const VIRTIO_ID_BLOCK: u32 = 2;
+const VIRTIO_ID_CONSOLE: u32 = 3;
+/// Name of the TAP bulkhead creates in its own namespace (`--net auto`).
+const AUTO_TAP: &str = "tap0";
+
+/// Errors while starting devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A backend process could not be started.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// A TAP could not be opened.
+    #[error("{device}: {source}")]
+    Tap {
+        /// Device name.
+        device: String,
+        /// The cause.
+        #[source]
+        source: TapError,
+    },
+    /// `--net auto`'s namespace could not be set up.
+    #[error("{device}: {source}")]
+    NetNs {
+        /// Device name.
+        device: String,
+        /// The cause.
+        #[source]
+        source: NetNsError,
+    },
+}
+
+/// The started devices; call [`Devices::stop`] when the VM has ended.
+#[derive(Default)]
+pub struct Devices {
+    /// The vmm's side, in slot order.
+    pub configs: Vec<VirtioDeviceConfig>,
+    /// The backend processes bulkhead started.
+    pub processes: Vec<DeviceProcess>,
+    /// Namespaces to delete after the processes are gone.
+    namespaces: Vec<NetNs>,
+}
+
+impl Devices {
+    /// Starts every device; on error, stops what was started.
+    pub fn start(
+        disks: &[DiskArg],
+        nets: &[NetArg],
+        console: Option<&ConsoleStream>,
+    ) -> Result<Devices, DeviceError> {
+        let mut devices = Devices::default();
+        match devices.start_all(disks, nets, console) {
+            Ok(()) => Ok(devices),
+            Err(e) => {
+                devices.stop();
+                Err(e)
+            }
+        }
+    }
+
+    fn start_all(
+        &mut self,
+        disks: &[DiskArg],
+        nets: &[NetArg],
+        console: Option<&ConsoleStream>,
+    ) -> Result<(), DeviceError> {
+        for (i, disk) in disks.iter().enumerate() {
+            self.start_disk(&format!("disk{i}"), disk)?;
+        }
+        for (i, net) in nets.iter().enumerate() {
+            self.start_net(&format!("net{i}"), net)?;
+        }
+        if let Some(stream) = console {
+            let (process, socket) = launch::start_console("console0", stream)?;
+            self.add(
+                "console0",
+                VIRTIO_ID_CONSOLE,
+                2,
+                BackendSocket::Connected(socket),
+                Some(process),
+            );
+        }
+        Ok(())
+    }
+
+    fn add(
+        &mut self,
+        name: &str,
+        device_type: u32,
+        queues: u16,
+        socket: BackendSocket,
+        process: Option<DeviceProcess>,
+    ) {
+        self.configs.push(VirtioDeviceConfig {
+            name: name.to_owned(),
+            device_type,
+            queues,
+            socket,
+        });
+        self.processes.extend(process);
+    }
+
+    fn start_disk(&mut self, name: &str, disk: &DiskArg) -> Result<(), DeviceError> {
+        match &disk.backend {
+            DiskBackend::Image {
+                path,
+                readonly,
+                serial,
+                direct,
+            } => {
+                let (process, socket) = launch::start_blk(
+                    name,
+                    path,
+                    *readonly,
+                    serial.as_deref(),
+                    disk.queues,
+                    *direct,
+                )?;
+                self.add(
+                    name,
+                    VIRTIO_ID_BLOCK,
+                    disk.queues,
+                    BackendSocket::Connected(socket),
+                    Some(process),
+                );
+            }
+            DiskBackend::Socket(path) => {
+                self.add(
+                    name,
+                    VIRTIO_ID_BLOCK,
+                    disk.queues,
+                    BackendSocket::Path(path.clone()),
+                    None,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn start_net(&mut self, name: &str, net: &NetArg) -> Result<(), DeviceError> {
+        let mac = net.mac.unwrap_or_else(random_mac);
+        let tap_err = |source| DeviceError::Tap {
+            device: name.to_owned(),
+            source,
+        };
+        let ns_err = |source| DeviceError::NetNs {
+            device: name.to_owned(),
+            source,
+        };
+        let taps = match &net.backend {
+            NetBackend::Tap(tap) => crate::tap::open(tap, net.queues).map_err(tap_err)?,
+            NetBackend::Auto { host_ip, guest_ip } => {
+                let ns = NetNs::create(&format!("bulkhead-{}-{name}", std::process::id()))
+                    .map_err(ns_err)?;
+                let ns_name = ns.name.clone();
+                self.namespaces.push(ns);
+                let ns = self.namespaces.last().expect("just pushed");
+                let taps = ns.open_tap(AUTO_TAP, net.queues).map_err(ns_err)?;
+                ns.configure(AUTO_TAP, host_ip).map_err(ns_err)?;
+                let guest = guest_ip.split('/').next().unwrap_or(guest_ip);
+                eprintln!(
+                    "bulkhead: {name}: {AUTO_TAP} in network namespace {ns_name}, host side {host_ip}, guest MAC {}; \
+                     reach the guest at {guest} with `ip netns exec {ns_name} ...`",
+                    format_mac(&mac)
+                );
+                taps
+            }
+        };
+        let (process, socket) = launch::start_net(name, taps, &mac)?;
+        self.add(
+            name,
+            VIRTIO_ID_NET,
+            2 * net.queues,
+            BackendSocket::Connected(socket),
+            Some(process),
+        );
+        Ok(())
+    }
+
+    /// The first backend process that has ended (waiting briefly for one that is ending),
+    /// with how it ended; marks it reported.
+    pub fn exited(&mut self) -> Option<(String, String)> {
+        for _ in 0..50 {
+            for p in self.processes.iter_mut() {
+                if let Some(s) = p.exited() {
+                    p.reported = true;
+                    return Some((
+                        p.name.clone(),
+                        format!("{} (pid {}) {}", p.program, p.pid(), launch::describe(s)),
+                    ));
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        None
+    }
+
+    /// How device `name`'s process ended, if bulkhead started it and it has (waiting
+    /// briefly: a hang-up can arrive a moment before the process is reapable).
+    pub fn how_it_ended(&mut self, name: &str) -> Option<String> {
+        let p = self.processes.iter_mut().find(|p| p.name == name)?;
+        for _ in 0..100 {
+            if let Some(s) = p.exited() {
+                p.reported = true;
+                return Some(format!(
+                    "{} (pid {}) {}",
+                    p.program,
+                    p.pid(),
+                    launch::describe(s)
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        None
+    }
+
+    /// Stops every backend process (reporting any that had ended badly and was not
+    /// reported yet), then deletes bulkhead's network namespaces.
+    pub fn stop(&mut self) {
+        for p in self.processes.drain(..) {
+            let (name, program, pid, reported) =
+                (p.name.clone(), p.program.clone(), p.pid(), p.reported);
+            match p.stop() {
+                _ if reported => {}
+                Some(s) if s.success() || s.signal() == Some(libc::SIGTERM) => {}
+                Some(s) => log::warn!("{name}: {program} (pid {pid}) {}", launch::describe(s)),
+                None => log::warn!("{name}: {program} (pid {pid}) could not be reaped"),
+            }
+        }
+        self.namespaces.clear();
+    }
+}

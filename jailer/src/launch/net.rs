@@ -1,0 +1,27 @@
+//! Starting `bulkhead-net`: its TAP queue fds (opened by the launcher) from fd 4 on.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+
+use super::{backend_program, spawn, DeviceProcess, LaunchError, FIRST_EXTRA_FD, SOCKET_FD};
+use crate::net_arg::{format_mac, Mac};
+
+/// Starts `bulkhead-net` for device `name` on the TAP queues `taps`, with `mac`.
+pub fn start_net(
+    name: &str,
+    taps: Vec<OwnedFd>,
+    mac: &Mac,
+) -> Result<(DeviceProcess, UnixStream), LaunchError> {
+    let program = backend_program(name, "bulkhead-net")?;
+    let tap_fds: Vec<String> = (FIRST_EXTRA_FD..)
+        .take(taps.len())
+        .map(|fd| fd.to_string())
+        .collect();
+    let mut cmd = Command::new(&program);
+    cmd.args(["--fd", &SOCKET_FD.to_string()])
+        .args(["--tap-fd", &tap_fds.join(",")])
+        .args(["--mac", &format_mac(mac)])
+        .args(["--queue-pairs", &taps.len().to_string()]);
+    spawn(name, cmd, taps, false)
+}
