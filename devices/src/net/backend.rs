@@ -1,0 +1,501 @@
+//! The vhost-user side of the net device: features, configuration space, queue layout,
+//! offloads set on the TAP when the driver's features arrive, and the threads.
+//!
+//! Queues: RX of pair *i* is queue 2*i*, TX is 2*i*+1. Threads: `vhost-user-backend` runs
+//! one worker per queue pair (named `net-q<i>`), which sends TX chains to the TAP when TX
+//! is kicked and passes RX kicks on; each pair also has an RX thread (`net-rx<i>`, started
+//! on the first RX kick) that waits for the TAP to be readable and fills RX buffers. While
+//! the driver has no RX buffers it stops watching the TAP until the next RX kick, so frames
+//! wait in the TAP's queue (the kernel drops and counts beyond its length).
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+
+use log::{debug, error, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::device::{Counters, RxEnd, RxWorker, TapGone, TxWorker};
+use super::tap::{offloads_for, set_offload, Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+use super::virtio::*;
+use super::GuestRam;
+use crate::daemon::Termination;
+
+/// Guest memory as `vhost-user-backend` shares it with us.
+pub type SharedMemory = GuestMemoryAtomic<GuestRam>;
+type Vring = VringRwLock<SharedMemory>;
+
+/// What the backend and its RX threads share.
+#[derive(Debug)]
+struct Shared {
+    mem: RwLock<SharedMemory>,
+    counters: Arc<Counters>,
+    tap_name: String,
+    fatal: Mutex<Option<String>>,
+    termination: Termination,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn memory(&self) -> SharedMemory {
+        self.mem
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The TAP has gone: say so once and stop serving.
+    fn fail(&self, gone: &TapGone) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(PoisonError::into_inner);
+        if fatal.is_none() {
+            let message = format!("TAP {}: {gone}", self.tap_name);
+            error!("{message}; stopping");
+            *fatal = Some(message);
+            drop(fatal);
+            self.termination.trigger();
+        }
+    }
+}
+
+/// One queue pair's RX side.
+struct RxPair {
+    index: usize,
+    tap: Arc<OwnedFd>,
+    worker: Mutex<RxWorker>,
+    vring: Mutex<Option<Vring>>,
+    wake: EventFd,
+    started: AtomicBool,
+}
+
+impl std::fmt::Debug for RxPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxPair")
+            .field("index", &self.index)
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The vhost-user-net backend.
+#[derive(Debug)]
+pub struct NetBackend {
+    features: u64,
+    config: ConfigSpace,
+    queue_pairs: usize,
+    mtu: u16,
+    shared: Arc<Shared>,
+    tx: Vec<Mutex<TxWorker>>,
+    rx: Vec<Arc<RxPair>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl NetBackend {
+    /// A backend on `tap` (one descriptor per queue pair), telling the driver `mac` and
+    /// `mtu`; a TAP that goes away triggers `termination`.
+    pub fn new(tap: Tap, mac: [u8; 6], mtu: u16, termination: Termination) -> io::Result<Self> {
+        let offloads = tap.offloads();
+        let tap_name = tap.name().to_string();
+        let fds: Vec<Arc<OwnedFd>> = tap.into_fds().into_iter().map(Arc::new).collect();
+        let queue_pairs = fds.len().max(1);
+        let counters = Arc::new(Counters::default());
+        let tx = fds
+            .iter()
+            .map(|fd| Mutex::new(TxWorker::new(Arc::clone(fd), Arc::clone(&counters))))
+            .collect();
+        let rx = fds
+            .iter()
+            .enumerate()
+            .map(|(index, fd)| {
+                Ok(Arc::new(RxPair {
+                    index,
+                    tap: Arc::clone(fd),
+                    worker: Mutex::new(RxWorker::new(Arc::clone(fd), Arc::clone(&counters))),
+                    vring: Mutex::new(None),
+                    wake: EventFd::new(EFD_NONBLOCK)?,
+                    started: AtomicBool::new(false),
+                }))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(NetBackend {
+            features: features(offloads, queue_pairs as u16),
+            config: ConfigSpace::new(mac, queue_pairs as u16, mtu),
+            queue_pairs,
+            mtu,
+            shared: Arc::new(Shared {
+                mem: RwLock::new(SharedMemory::new(GuestRam::new())),
+                counters,
+                tap_name,
+                fatal: Mutex::new(None),
+                termination,
+                stop: AtomicBool::new(false),
+            }),
+            tx,
+            rx,
+            threads: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The data path's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Why the backend stopped itself (the TAP went away), if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.shared
+            .fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops and joins the RX threads.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for pair in &self.rx {
+            let _ = pair.wake.write(1);
+        }
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    fn kick_rx(&self, pair: &Arc<RxPair>, vring: &Vring) {
+        {
+            let mut slot = pair.vring.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = Some(vring.clone());
+            }
+        }
+        if !pair.started.swap(true, Ordering::SeqCst) {
+            let (shared, p) = (Arc::clone(&self.shared), Arc::clone(pair));
+            match std::thread::Builder::new()
+                .name(format!("net-rx{}", pair.index))
+                .spawn(move || rx_thread(&shared, &p))
+            {
+                Ok(t) => self
+                    .threads
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(t),
+                Err(e) => {
+                    warn!("starting RX thread {}: {e}", pair.index);
+                    pair.started.store(false, Ordering::SeqCst);
+                }
+            }
+        }
+        if let Err(e) = pair.wake.write(1) {
+            warn!("waking RX thread {}: {e}", pair.index);
+        }
+    }
+
+    fn serve_tx(&self, pair: usize, vring: &Vring) {
+        let Some(worker) = self.tx.get(pair) else {
+            return;
+        };
+        let mut worker = worker.lock().unwrap_or_else(PoisonError::into_inner);
+        let atomic = self.shared.memory();
+        let mem = atomic.memory();
+        loop {
+            let mut state = vring.get_mut();
+            let round = match worker.serve_round(state.get_queue_mut(), &mem) {
+                Ok(round) => round,
+                Err(gone) => {
+                    let _ = state.signal_used_queue();
+                    self.shared.fail(&gone);
+                    return;
+                }
+            };
+            if round.interrupt {
+                if let Err(e) = state.signal_used_queue() {
+                    warn!(
+                        "TX queue {}: signalling the call eventfd: {e}",
+                        2 * pair + 1
+                    );
+                }
+            }
+            if !round.again {
+                return;
+            }
+        }
+    }
+}
+
+/// The RX thread of one queue pair.
+fn rx_thread(shared: &Shared, pair: &RxPair) {
+    let mut starved = false;
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: pair.tap.as_raw_fd(),
+                events: if starved { 0 } else { libc::POLLIN },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: pair.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is an array of two pollfds valid for the call.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            warn!("RX thread {}: poll: {e}", pair.index);
+            return;
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            let _ = pair.wake.read();
+            starved = false;
+        }
+        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 && starved {
+            // Readable or not, an error or hang-up on the TAP would wake us at once
+            // forever: it has gone.
+            shared.fail(&TapGone {
+                op: "polling",
+                source: io::Error::from_raw_os_error(libc::EBADFD),
+            });
+            return;
+        }
+        if starved {
+            continue;
+        }
+        let vring = pair
+            .vring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(vring) = vring else {
+            starved = true;
+            continue;
+        };
+        let atomic = shared.memory();
+        let mem = atomic.memory();
+        let mut worker = pair.worker.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let mut state = vring.get_mut();
+            if !state.is_enabled() {
+                starved = true;
+                break;
+            }
+            let round = match worker.serve(state.get_queue_mut(), &mem) {
+                Ok(round) => round,
+                Err(gone) => {
+                    let _ = state.signal_used_queue();
+                    drop(state);
+                    shared.fail(&gone);
+                    return;
+                }
+            };
+            if round.interrupt {
+                if let Err(e) = state.signal_used_queue() {
+                    warn!(
+                        "RX queue {}: signalling the call eventfd: {e}",
+                        2 * pair.index
+                    );
+                }
+            }
+            match round.end {
+                RxEnd::Budget => continue,
+                RxEnd::TapEmpty => break,
+                RxEnd::NoBuffers | RxEnd::NotReady => {
+                    starved = true;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The virtio features offered, given the `TUN_F_*` offloads the TAP accepted.
+pub fn features(offloads: u32, queue_pairs: u16) -> u64 {
+    let mut bits = vec![
+        VIRTIO_F_VERSION_1,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_NET_F_MAC,
+        VIRTIO_NET_F_STATUS,
+        VIRTIO_NET_F_MRG_RXBUF,
+        VIRTIO_NET_F_MTU,
+        // The TAP takes partial checksums and GSO frames from us whatever its offloads.
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+    ];
+    if offloads & TUN_F_CSUM != 0 {
+        bits.push(VIRTIO_NET_F_GUEST_CSUM);
+        if offloads & TUN_F_TSO4 != 0 {
+            bits.push(VIRTIO_NET_F_GUEST_TSO4);
+        }
+        if offloads & TUN_F_TSO6 != 0 {
+            bits.push(VIRTIO_NET_F_GUEST_TSO6);
+        }
+    }
+    if queue_pairs > 1 {
+        bits.push(VIRTIO_NET_F_MQ);
+    }
+    bits.iter().fold(0u64, |acc, bit| acc | 1 << bit)
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+}
+
+/// The vhost-user protocol features offered.
+pub fn protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+}
+
+thread_local! {
+    static NAMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Names the calling worker thread `net-q<n>` (once); they are all spawned `vring_worker`.
+fn name_worker_thread(index: usize) {
+    if NAMED.with(|n| n.replace(true)) {
+        return;
+    }
+    let name = format!("net-q{index}\0");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 16 bytes by the
+    // kernel) from a pointer valid for the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        2 * self.queue_pairs
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(MAX_QUEUE_SIZE)
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn acked_features(&self, features: u64) {
+        let flags = offloads_for(features);
+        if let Some(pair) = self.rx.first() {
+            if let Err(e) = set_offload(pair.tap.as_raw_fd(), flags) {
+                warn!(
+                    "TUNSETOFFLOAD {flags:#x} on TAP {}: {e}",
+                    self.shared.tap_name
+                );
+            }
+        }
+        let has = |bit: u32| features & (1u64 << bit) != 0;
+        let gso = has(VIRTIO_NET_F_GUEST_TSO4)
+            || has(VIRTIO_NET_F_GUEST_TSO6)
+            || has(VIRTIO_NET_F_GUEST_UFO);
+        let max_frame = if gso {
+            MAX_FRAME
+        } else {
+            // Ethernet header and one VLAN tag on top of the MTU.
+            usize::from(self.mtu) + 18
+        };
+        for pair in &self.rx {
+            pair.worker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set_features(has(VIRTIO_NET_F_MRG_RXBUF), max_frame);
+        }
+        debug!("driver features {features:#x}; TAP offloads {flags:#x}");
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        protocol_features()
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        debug!("event index {}", if enabled { "on" } else { "off" });
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        self.config.read(offset, size)
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Nothing is writable (no CTRL_MAC_ADDR, no legacy interface); refusing would
+        // drop the connection, so ignore the write.
+        debug!("ignoring a {}-byte config write at {offset}", buf.len());
+        Ok(())
+    }
+
+    fn update_memory(&self, mem: SharedMemory) -> io::Result<()> {
+        *self
+            .shared
+            .mem
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = mem;
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.queue_pairs).map(|p| 0b11u64 << (2 * p)).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                warn!("creating a worker exit event: {e}");
+                None
+            }
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Self::Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        // An error would end this worker thread: ignore what isn't a kick of our queues.
+        if evset != EventSet::IN {
+            return Ok(());
+        }
+        let queue = usize::from(device_event);
+        let (Some(vring), Some(pair)) = (vrings.get(queue), self.rx.get(queue / 2)) else {
+            debug!("queue thread {thread_id}: ignoring event {device_event}");
+            return Ok(());
+        };
+        name_worker_thread(thread_id);
+        if queue % 2 == 0 {
+            self.kick_rx(pair, vring);
+        } else {
+            self.serve_tx(queue / 2, vring);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NetBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

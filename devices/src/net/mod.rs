@@ -1,0 +1,182 @@
+//! `bulkhead-net`, the vhost-user-net backend: a virtio-net device bridged to one TAP
+//! interface (one descriptor per queue pair), served to one frontend.
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `config.rs` | command line → [`Config`] |
+//! | `tap.rs` | the TAP: opening, header size, offloads, "has it gone" |
+//! | `virtio.rs` | virtio-net constants and configuration space bytes |
+//! | `device.rs` | TX chains → TAP and TAP → RX buffers, zero-copy; hostile input counted |
+//! | `backend.rs` | the `vhost-user-backend` glue: features, config space, threads |
+//!
+//! `device.rs` knows nothing of vhost-user and is tested with `virtio_queue::mock` queues
+//! and a socketpair standing in for the TAP.
+
+mod backend;
+mod config;
+mod device;
+mod tap;
+mod virtio;
+
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use clap::Parser;
+
+pub use backend::{features, protocol_features, NetBackend, SharedMemory};
+pub use config::{format_mac, parse_mac, Args, Config, ConfigError, TapSource, CAPABILITIES};
+pub use device::{
+    ChainError, CounterSnapshot, Counters, RxEnd, RxRound, RxWorker, TapGone, TxRound, TxWorker,
+};
+pub use tap::{Tap, TapError};
+pub use virtio::{ConfigSpace, CONFIG_SPACE_SIZE, MAX_FRAME, MAX_QUEUE_SIZE, NET_HDR_SIZE};
+
+use crate::daemon::{self, DaemonError, Ended, Termination};
+
+/// Guest memory as this backend maps it (no dirty log: no live migration).
+pub type GuestRam = vm_memory::GuestMemoryMmap<()>;
+
+/// Everything that can stop `bulkhead-net` from serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command line.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The TAP could not be set up.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// `--tap-fd` not usable.
+    #[error("--tap-fd {fd}: {source}")]
+    TapFd {
+        /// The descriptor.
+        fd: i32,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TAP went away while serving.
+    #[error("{0}")]
+    TapGone(String),
+    /// Creating the backend's event descriptors.
+    #[error("creating the backend's eventfds: {0}")]
+    Backend(#[source] std::io::Error),
+    /// No randomness for a MAC address.
+    #[error("getting random bytes for a MAC address: {0}")]
+    Random(#[source] std::io::Error),
+    /// Setting up signal handling.
+    #[error("setting up SIGTERM handling: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The socket or the daemon.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+}
+
+/// Runs `bulkhead-net` with the process's arguments; returns the exit status.
+pub fn main() -> i32 {
+    main_with_args(std::env::args_os())
+}
+
+/// Runs `bulkhead-net` with the given arguments (the first is the program name); returns
+/// the exit status: 0 when the frontend disconnected or a termination signal came, 1 on
+/// any error (one line on stderr, naming the TAP when it went away).
+pub fn main_with_args<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 1 } else { 0 };
+        }
+    };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .try_init();
+    if args.print_capabilities {
+        println!("{CAPABILITIES}");
+        return 0;
+    }
+    match Config::try_from(args).map_err(Error::from).and_then(run) {
+        Ok(ended) => {
+            log::info!("exiting: {ended:?}");
+            0
+        }
+        Err(e) => {
+            eprintln!("bulkhead-net: {e}");
+            1
+        }
+    }
+}
+
+/// A random locally administered unicast MAC address.
+pub fn random_mac() -> std::io::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`, valid for the call.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        return Err(std::io::Error::last_os_error());
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
+}
+
+/// Opens the TAP and serves it until the frontend disconnects, SIGTERM/SIGINT, or the TAP
+/// goes away (an error).
+pub fn run(config: Config) -> Result<Ended, Error> {
+    // First, before any thread exists, so every thread inherits the blocked signals.
+    let termination = Termination::install().map_err(Error::Signals)?;
+    run_with(config, &termination)
+}
+
+/// As [`run`], with termination under the caller's control.
+pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Error> {
+    let tap = match &config.tap {
+        TapSource::Name(name) => Tap::open(name, config.queue_pairs)?,
+        TapSource::Fds(fds) => {
+            let owned = fds
+                .iter()
+                .map(|&fd| {
+                    daemon::connection::take_fd(fd).map_err(|source| Error::TapFd { fd, source })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Tap::from_fds(owned, format!("fd {}", fds[0]))?
+        }
+    };
+    let mac = match config.mac {
+        Some(mac) => mac,
+        None => {
+            let mac = random_mac().map_err(Error::Random)?;
+            log::warn!(
+                "no --mac given: the guest's MAC address is {}",
+                format_mac(&mac)
+            );
+            mac
+        }
+    };
+    log::info!(
+        "serving TAP {} ({} queue pair{}, MAC {}, MTU {}, TAP offloads {:#x})",
+        tap.name(),
+        config.queue_pairs,
+        if config.queue_pairs == 1 { "" } else { "s" },
+        format_mac(&mac),
+        config.mtu,
+        tap.offloads(),
+    );
+    let backend = Arc::new(
+        NetBackend::new(tap, mac, config.mtu, termination.clone()).map_err(Error::Backend)?,
+    );
+    let served = daemon::serve(
+        "bulkhead-net",
+        Arc::clone(&backend),
+        &config.endpoint,
+        termination,
+    );
+    backend.stop();
+    log::debug!("counters at exit: {:?}", backend.counters().snapshot());
+    if let Some(message) = backend.fatal() {
+        return Err(Error::TapGone(message));
+    }
+    Ok(served?)
+}
