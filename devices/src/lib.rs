@@ -2,5 +2,6 @@
 //! to come). Device logic knows nothing of vhost and is tested with mock queues.
 
 pub mod block;
+pub mod console;
 pub mod daemon;
 pub mod net;

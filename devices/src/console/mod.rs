@@ -1,0 +1,140 @@
+//! `bulkhead-console`, the vhost-user virtio-console backend: port 0 of a console (device
+//! id 3; receiveq and transmitq, no MULTIPORT) bridged to one stream: the process's
+//! stdin/stdout, a Unix socket's client, a pty, a file (output only) or an inherited
+//! descriptor.
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `config.rs` | command line → [`Config`] |
+//! | `virtio.rs` | virtio-console constants, configuration space bytes |
+//! | `device.rs` | transmitq → stream, stream → receiveq, trusting nothing in a chain |
+//! | `stream.rs` | opening the stream; the shared output half ([`Port`]); raw terminals |
+//! | `io.rs` | the thread that waits for input (and socket clients) |
+//! | `backend.rs` | the `vhost-user-backend` glue: features, config space, events |
+//!
+//! `device.rs` knows nothing of vhost-user and is tested with `virtio_queue::mock` queues.
+
+mod backend;
+mod config;
+mod device;
+mod io;
+mod stream;
+mod virtio;
+
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use clap::Parser;
+
+pub use backend::{features, protocol_features, ConsoleBackend, SharedMemory};
+pub use config::{Args, Config, ConfigError, StreamSpec, CAPABILITIES};
+pub use device::{Counters, Output, Receiver, RxEnd, Transmitter};
+pub use stream::{Port, StreamError};
+pub use virtio::{ConfigSpace, CONFIG_SPACE_SIZE, MAX_QUEUE_SIZE, VIRTIO_ID_CONSOLE};
+
+use crate::daemon::{self, DaemonError, Ended, Termination};
+
+/// Guest memory as this backend maps it (no dirty-page bitmap: no live migration).
+pub type GuestRam = vm_memory::GuestMemoryMmap<()>;
+
+/// Everything that can stop `bulkhead-console` from serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command line.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The stream.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// Setting up signal handling.
+    #[error("setting up SIGTERM handling: {0}")]
+    Signals(#[source] std::io::Error),
+    /// Creating the backend's eventfd or the I/O thread.
+    #[error("starting the console I/O thread: {0}")]
+    Io(#[source] std::io::Error),
+    /// The socket or the daemon.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+}
+
+/// Runs `bulkhead-console` with the process's arguments; returns the exit status.
+pub fn main() -> i32 {
+    main_with_args(std::env::args_os())
+}
+
+/// Runs `bulkhead-console` with the given arguments (the first is the program name);
+/// returns the exit status: 0 when the frontend disconnected or a termination signal came
+/// (or for `--help`, `--version`, `--print-capabilities`), 1 on any error (one line on
+/// stderr).
+pub fn main_with_args<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 1 } else { 0 };
+        }
+    };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .try_init();
+    if args.print_capabilities {
+        println!("{CAPABILITIES}");
+        return 0;
+    }
+    match Config::try_from(args).map_err(Error::from).and_then(run) {
+        Ok(ended) => {
+            log::info!("exiting: {ended:?}");
+            0
+        }
+        Err(e) => {
+            eprintln!("bulkhead-console: {e}");
+            1
+        }
+    }
+}
+
+/// Opens the stream and serves the console until the frontend disconnects or
+/// SIGTERM/SIGINT.
+pub fn run(config: Config) -> Result<Ended, Error> {
+    // First, before any thread exists, so every thread inherits the blocked signals.
+    let termination = Termination::install().map_err(Error::Signals)?;
+    run_with(config, &termination)
+}
+
+/// As [`run`], with termination under the caller's control.
+pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Error> {
+    let opened = stream::open(&config.stream)?;
+    if let stream::Source::Pty { name, .. } = &opened.source {
+        // The launcher (or the user) reads this line to find the terminal to open.
+        eprintln!("bulkhead-console: pty {name}");
+    }
+    // Restores a raw terminal however this function ends.
+    let _raw = opened.raw;
+    if let Some((cols, rows)) = opened.size {
+        log::info!("console size {cols}x{rows}");
+    }
+    let port = Arc::new(Port::new(opened.output));
+    let backend = Arc::new(ConsoleBackend::new(port, opened.size).map_err(Error::Io)?);
+    let io = io::IoThread::spawn(Arc::clone(&backend), opened.source).map_err(Error::Io)?;
+    let result = daemon::serve(
+        "bulkhead-console",
+        Arc::clone(&backend),
+        &config.endpoint,
+        termination,
+    );
+    io.stop();
+    let c = &backend.counters;
+    let p = backend.port();
+    log::info!(
+        "bad transmit chains {}, bad receive chains {}, output bytes dropped {}, write errors {}",
+        c.bad_tx_chains.load(std::sync::atomic::Ordering::Relaxed),
+        c.bad_rx_chains.load(std::sync::atomic::Ordering::Relaxed),
+        p.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        p.write_errors.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    Ok(result?)
+}

@@ -1,0 +1,456 @@
+//! The console's stream: opened from a [`StreamSpec`], split into the output half that the
+//! transmit thread writes ([`Port`]) and the input side that the I/O thread reads
+//! ([`Source`]); terminal handling (raw mode, size).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use log::warn;
+
+use super::config::StreamSpec;
+use super::device::Output;
+use crate::daemon::connection::take_fd;
+
+/// Why the stream can't be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// `--stream-fd` is not an open descriptor.
+    #[error("--stream-fd {fd}: {source}")]
+    BadFd {
+        /// The descriptor.
+        fd: RawFd,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Opening the file, socket or pty failed.
+    #[error("{what}: {source}")]
+    Open {
+        /// What was being opened.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn open_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StreamError {
+    let what = what.into();
+    move |source| StreamError::Open { what, source }
+}
+
+/// The output half, shared by the transmit thread (which writes guest output) and the I/O
+/// thread (which swaps the client in and out in socket mode).
+#[derive(Debug, Default)]
+pub struct Port {
+    state: Mutex<OutState>,
+    /// Guest output bytes that could not be delivered (no client, or a write error).
+    pub dropped: AtomicU64,
+    /// Failed writes.
+    pub write_errors: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct OutState {
+    out: Option<File>,
+    failing: bool,
+}
+
+impl Port {
+    /// A port writing to `out` (none: output is dropped and counted).
+    pub fn new(out: Option<File>) -> Port {
+        Port {
+            state: Mutex::new(OutState {
+                out,
+                failing: false,
+            }),
+            ..Port::default()
+        }
+    }
+
+    /// Replaces the output (a client connected or went away).
+    pub fn set_output(&self, out: Option<File>) {
+        let mut state = self.lock();
+        state.out = out;
+        state.failing = false;
+    }
+
+    /// The writer for one transmit round.
+    pub fn writer(&self) -> PortWriter<'_> {
+        PortWriter {
+            state: self.lock(),
+            port: self,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Holds the output for a transmit round.
+pub struct PortWriter<'a> {
+    state: MutexGuard<'a, OutState>,
+    port: &'a Port,
+}
+
+impl Output for PortWriter<'_> {
+    fn output(&mut self, bytes: &[u8]) {
+        let len = bytes.len() as u64;
+        let state = &mut *self.state;
+        let Some(out) = state.out.as_mut() else {
+            self.port.dropped.fetch_add(len, Ordering::Relaxed);
+            return;
+        };
+        match out.write_all(bytes) {
+            Ok(()) => state.failing = false,
+            Err(e) => {
+                // Logged once per outage: a stream that keeps failing would otherwise log
+                // every byte the guest prints.
+                if !std::mem::replace(&mut state.failing, true) {
+                    warn!("writing guest output to the console stream: {e}; dropping output until a write succeeds");
+                }
+                self.port.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.port.dropped.fetch_add(len, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Where input comes from, as the I/O thread sees it.
+#[derive(Debug)]
+pub enum Source {
+    /// A fixed input, or none (a file: output only).
+    Fixed(Option<File>),
+    /// A listening socket and the client being served, if any.
+    Listener {
+        /// The listener.
+        listener: UnixListener,
+        /// The client.
+        client: Option<UnixStream>,
+    },
+    /// A pty master (we also hold a slave descriptor so the master never sees a hang-up:
+    /// closing the terminal program and reopening `/dev/pts/N` just works).
+    Pty {
+        /// The slave's path, `/dev/pts/N`.
+        name: String,
+        /// The master.
+        master: File,
+        /// Our slave descriptor.
+        _slave: File,
+    },
+}
+
+/// An opened stream.
+#[derive(Debug)]
+pub struct Opened {
+    /// The input side.
+    pub source: Source,
+    /// The output, if there is one from the start.
+    pub output: Option<File>,
+    /// Terminal size (cols, rows), if the stream is a terminal.
+    pub size: Option<(u16, u16)>,
+    /// Restores the terminal when dropped.
+    pub raw: Option<RawMode>,
+}
+
+/// Opens the stream. Call before the daemon starts, so that `--socket` already listens
+/// when the frontend connects.
+pub fn open(spec: &StreamSpec) -> Result<Opened, StreamError> {
+    match spec {
+        StreamSpec::File(path) => {
+            let f = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .map_err(open_error(format!("opening {} for append", path.display())))?;
+            Ok(fixed(None, Some(f), None, None))
+        }
+        StreamSpec::Fd(fd) => {
+            let owned = take_fd(*fd).map_err(|source| StreamError::BadFd { fd: *fd, source })?;
+            from_fd(owned, *fd)
+        }
+        StreamSpec::Stdio => {
+            let dup = |fd: RawFd, name: &str| {
+                // SAFETY: dup of a standard descriptor; the copy is owned by the File below.
+                let n = unsafe { libc::dup(fd) };
+                if n < 0 {
+                    return Err(open_error(format!("duplicating {name}"))(
+                        io::Error::last_os_error(),
+                    ));
+                }
+                // SAFETY: `n` is a fresh descriptor nothing else owns.
+                Ok(unsafe { File::from_raw_fd(n) })
+            };
+            let input = dup(0, "stdin")?;
+            let output = dup(1, "stdout")?;
+            let raw = if is_tty(&input) {
+                Some(RawMode::enter(&input).map_err(open_error("putting stdin in raw mode"))?)
+            } else {
+                None
+            };
+            let size = winsize(&output).or_else(|| winsize(&input));
+            Ok(fixed(Some(input), Some(output), size, raw))
+        }
+        StreamSpec::Socket(path) => listen(path),
+        StreamSpec::Pty => open_pty(),
+    }
+}
+
+fn fixed(
+    input: Option<File>,
+    output: Option<File>,
+    size: Option<(u16, u16)>,
+    raw: Option<RawMode>,
+) -> Opened {
+    Opened {
+        source: Source::Fixed(input),
+        output,
+        size,
+        raw,
+    }
+}
+
+/// An inherited descriptor: a regular file or a write-only descriptor is output only, a
+/// read-only one input only, anything else (socket, terminal, pipe end opened O_RDWR) both.
+fn from_fd(owned: OwnedFd, fd: RawFd) -> Result<Opened, StreamError> {
+    let bad = |source| StreamError::BadFd { fd, source };
+    let file = File::from(owned);
+    let meta = file.metadata().map_err(bad)?;
+    // SAFETY: F_GETFL only queries the descriptor's status flags.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(bad(io::Error::last_os_error()));
+    }
+    let size = winsize(&file);
+    if meta.file_type().is_file() || flags & libc::O_ACCMODE == libc::O_WRONLY {
+        return Ok(fixed(None, Some(file), size, None));
+    }
+    if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        return Ok(fixed(Some(file), None, size, None));
+    }
+    let output = file.try_clone().map_err(bad)?;
+    Ok(fixed(Some(file), Some(output), size, None))
+}
+
+fn listen(path: &PathBuf) -> Result<Opened, StreamError> {
+    // A socket left by an earlier run would make bind fail; anything else at the path is
+    // left alone (and bind reports it).
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(open_error(format!(
+        "listening on console socket {}",
+        path.display()
+    )))?;
+    Ok(Opened {
+        source: Source::Listener {
+            listener,
+            client: None,
+        },
+        output: None,
+        size: None,
+        raw: None,
+    })
+}
+
+fn open_pty() -> Result<Opened, StreamError> {
+    let err = |what: &str| open_error(format!("opening a pty: {what}"))(io::Error::last_os_error());
+    // SAFETY: posix_openpt returns a new descriptor or -1.
+    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(err("posix_openpt"));
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let master = unsafe { File::from_raw_fd(fd) };
+    // SAFETY: grantpt/unlockpt on the master we own.
+    if unsafe { libc::grantpt(fd) } != 0 || unsafe { libc::unlockpt(fd) } != 0 {
+        return Err(err("unlockpt"));
+    }
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: ptsname_r writes a NUL-terminated name of at most `name.len()` bytes.
+    if unsafe { libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) } != 0 {
+        return Err(err("ptsname_r"));
+    }
+    // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let slave = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&name)
+        .map_err(open_error(format!("opening {name}")))?;
+    // A console pty is raw: no echo of guest output back to us, no line editing.
+    set_raw(&slave).map_err(open_error(format!("setting {name} raw")))?;
+    // Non-blocking master: with nobody reading the slave, guest output fills the pty's
+    // buffer; then writes fail (EAGAIN: output dropped and counted) instead of blocking
+    // the transmit queue.
+    // SAFETY: F_SETFL with an integer flag on the master we own.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+    let output = master
+        .try_clone()
+        .map_err(open_error("duplicating the pty master"))?;
+    Ok(Opened {
+        source: Source::Pty {
+            name,
+            master,
+            _slave: slave,
+        },
+        output: Some(output),
+        size: None,
+        raw: None,
+    })
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+fn is_tty(f: &File) -> bool {
+    // SAFETY: isatty only queries the descriptor.
+    unsafe { libc::isatty(f.as_raw_fd()) == 1 }
+}
+
+/// The terminal size (cols, rows) of `f`, if it is a terminal that knows it.
+pub fn winsize(f: &impl AsRawFd) -> Option<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into `ws`.
+    let ret = unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (ret == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
+}
+
+fn set_raw(f: &File) -> io::Result<libc::termios> {
+    // SAFETY: termios is plain data; tcgetattr fills it.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr writes one termios.
+    if unsafe { libc::tcgetattr(f.as_raw_fd(), &mut t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let saved = t;
+    // SAFETY: cfmakeraw edits the termios we own.
+    unsafe { libc::cfmakeraw(&mut t) };
+    // SAFETY: tcsetattr reads one termios.
+    if unsafe { libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(saved)
+}
+
+/// A terminal in raw mode; dropping it restores the previous settings (on every way out
+/// of `run`, SIGTERM included: the signal ends the daemon, `run` returns, this drops).
+#[derive(Debug)]
+pub struct RawMode {
+    fd: File,
+    saved: libc::termios,
+}
+
+impl RawMode {
+    fn enter(f: &File) -> io::Result<RawMode> {
+        let fd = f.try_clone()?;
+        let saved = set_raw(&fd)?;
+        Ok(RawMode { fd, saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: tcsetattr reads the termios saved when entering raw mode.
+        unsafe { libc::tcsetattr(self.fd.as_raw_fd(), libc::TCSANOW, &self.saved) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn port_drops_and_counts_without_output_and_after_errors() {
+        let port = Port::new(None);
+        port.writer().output(b"lost");
+        assert_eq!(port.dropped.load(Ordering::Relaxed), 4);
+
+        let (a, mut b) = UnixStream::pair().unwrap();
+        port.set_output(Some(File::from(OwnedFd::from(a))));
+        port.writer().output(b"seen");
+        let mut got = [0u8; 4];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"seen");
+        drop(b);
+        // Peer gone: EPIPE (SIGPIPE is ignored in Rust programs), counted, logged once.
+        port.writer().output(b"12");
+        port.writer().output(b"345");
+        assert_eq!(port.dropped.load(Ordering::Relaxed), 9);
+        assert_eq!(port.write_errors.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn regular_file_fd_is_output_only_and_socket_fd_is_both() {
+        let f = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        let n = f.into_file().into_raw_fd();
+        let o = open(&StreamSpec::Fd(n)).unwrap();
+        assert!(matches!(o.source, Source::Fixed(None)));
+        assert!(o.output.is_some());
+
+        let (a, _b) = UnixStream::pair().unwrap();
+        let o = open(&StreamSpec::Fd(a.into_raw_fd())).unwrap();
+        assert!(matches!(o.source, Source::Fixed(Some(_))));
+        assert!(o.output.is_some());
+        assert_eq!(o.size, None);
+
+        let err = open(&StreamSpec::Fd(987_655)).unwrap_err();
+        assert!(err.to_string().starts_with("--stream-fd 987655: "), "{err}");
+    }
+
+    #[test]
+    fn pty_carries_bytes_and_survives_its_terminal_closing() {
+        let o = open(&StreamSpec::Pty).unwrap();
+        let Source::Pty {
+            name, mut master, ..
+        } = o.source
+        else {
+            panic!("not a pty");
+        };
+        let port = Port::new(o.output);
+        for round in 0..2 {
+            // A terminal program opens the slave, sees guest output, types.
+            let mut term = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(&name)
+                .unwrap();
+            port.writer().output(b"out\n");
+            let mut got = [0u8; 4];
+            term.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"out\n", "round {round}: raw, no echo, no CR added");
+            term.write_all(b"in").unwrap();
+            let mut pfd = libc::pollfd {
+                fd: master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd, 5 s timeout.
+            assert_eq!(unsafe { libc::poll(&mut pfd, 1, 5000) }, 1);
+            let mut got = [0u8; 2];
+            master.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"in");
+            // The terminal closes; the next round reopens it.
+        }
+        assert_eq!(port.dropped.load(Ordering::Relaxed), 0);
+    }
+}
