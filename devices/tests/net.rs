@@ -1,0 +1,439 @@
+//! `bulkhead-net` end to end, without a VMM: the real daemon (`main_with_args`, as the
+//! binary runs it) on one end of a socketpair and vhost's frontend on the other, serving a
+//! real TAP in a network namespace the test makes for itself (`unshare(CLONE_NEWNET)` on a
+//! thread of its own: the namespace, and the TAP with it, go when that thread and the
+//! descriptors end). A frame the "guest" puts on TX is read on the TAP with an AF_PACKET
+//! socket; a frame sent into the TAP turns up in an RX buffer behind a valid header; then
+//! the TAP is deleted and the backend exits with status 1 naming it.
+//!
+//! Needs root and /dev/net/tun; prints SKIPPED with the reason otherwise.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bulkhead_devices::net::{main_with_args, CONFIG_SPACE_SIZE, NET_HDR_SIZE};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+type Mem = GuestMemoryMmap<()>;
+
+const MEM_SIZE: usize = 4 << 20;
+const QUEUE_SIZE: u16 = 64;
+const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
+const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+const TAP_NAME: &str = "bhnet0";
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+/// IEEE 802 "local experimental" ethertype: nothing else on the TAP uses it.
+const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+fn ifreq(flags: libc::c_short) -> IfReq {
+    let mut req = IfReq {
+        name: [0; 16],
+        flags,
+        _pad: [0; 22],
+    };
+    req.name[..TAP_NAME.len()].copy_from_slice(TAP_NAME.as_bytes());
+    req
+}
+
+/// Why this host can't run the test, if it can't.
+fn unsupported() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    None
+}
+
+/// Moves the calling thread into a new network namespace.
+fn new_netns() -> std::io::Result<()> {
+    // SAFETY: unshare takes flags only; CLONE_NEWNET moves just this thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Creates the TAP as the launcher does; returns its descriptor.
+fn create_tap() -> OwnedFd {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    let mut req = ifreq(0x0002 | 0x1000 | 0x4000); // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+                                                   // SAFETY: TUNSETIFF reads and writes an ifreq, valid for the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+    assert_eq!(r, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+    OwnedFd::from(file)
+}
+
+/// Brings the TAP up (SIOCSIFFLAGS IFF_UP).
+fn link_up() {
+    // SAFETY: a new socket, owned below.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(s >= 0);
+    // SAFETY: fresh descriptor.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    let mut req = ifreq(0);
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq, valid for the call.
+    unsafe {
+        assert_eq!(libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req), 0);
+        req.flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req), 0);
+    }
+}
+
+/// An AF_PACKET socket bound to the TAP, seeing every frame on it.
+fn packet_socket() -> OwnedFd {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: a new socket, owned below.
+    let s = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    assert!(
+        s >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fresh descriptor.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    let name = std::ffi::CString::new(TAP_NAME).unwrap();
+    // SAFETY: a NUL-terminated name valid for the call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(ifindex, 0);
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: binds to an address valid for the call, of the size given.
+    let r = unsafe {
+        libc::bind(
+            s.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(r, 0);
+    s
+}
+
+/// The next frame with our ethertype on `s`, within 5 s.
+fn recv_ours(s: &OwnedFd) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "our frame never showed up on the TAP");
+        let mut pfd = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd valid for the call.
+        if unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) } != 1 {
+            continue;
+        }
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 14 && buf[12..14] == ETHERTYPE {
+            return buf[..n as usize].to_vec();
+        }
+    }
+}
+
+fn guest_memory() -> (Mem, File) {
+    // SAFETY: memfd_create with a NUL-terminated name; returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh descriptor we own.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(MEM_SIZE as u64).unwrap();
+    let mem = Mem::from_ranges_with_files(&[(
+        GuestAddress(0),
+        MEM_SIZE,
+        Some(FileOffset::new(file.try_clone().unwrap(), 0)),
+    )])
+    .unwrap();
+    (mem, file)
+}
+
+fn host_addr(mem: &Mem, gpa: u64) -> u64 {
+    mem.get_host_address(GuestAddress(gpa)).unwrap() as u64
+}
+
+/// One split virtqueue in guest memory, driven by the test.
+struct Ring {
+    index: usize,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    next_desc: u16,
+    avail_idx: u16,
+    used_seen: u16,
+    kick: EventFd,
+    call: EventFd,
+}
+
+impl Ring {
+    fn new(index: usize, base: u64) -> Ring {
+        let desc = base;
+        let avail = desc + 16 * u64::from(QUEUE_SIZE);
+        let used = (avail + 6 + 2 * u64::from(QUEUE_SIZE) + 3) & !3;
+        Ring {
+            index,
+            desc,
+            avail,
+            used,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
+            kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        }
+    }
+
+    fn set_up(&self, fe: &mut Frontend, mem: &Mem) {
+        fe.set_vring_num(self.index, QUEUE_SIZE).unwrap();
+        fe.set_vring_addr(
+            self.index,
+            &VringConfigData {
+                queue_max_size: QUEUE_SIZE,
+                queue_size: QUEUE_SIZE,
+                flags: 0,
+                desc_table_addr: host_addr(mem, self.desc),
+                used_ring_addr: host_addr(mem, self.used),
+                avail_ring_addr: host_addr(mem, self.avail),
+                log_addr: None,
+            },
+        )
+        .unwrap();
+        fe.set_vring_base(self.index, 0).unwrap();
+        fe.set_vring_call(self.index, &self.call).unwrap();
+        fe.set_vring_kick(self.index, &self.kick).unwrap();
+        fe.set_vring_enable(self.index, true).unwrap();
+    }
+
+    /// Makes one single-descriptor chain available; returns its head.
+    fn add(&mut self, mem: &Mem, addr: u64, len: u32, write: bool) -> u16 {
+        let head = self.next_desc;
+        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+        let d = RawDescriptor::from(Descriptor::new(addr, len, flags, 0));
+        mem.write_obj(d, GuestAddress(self.desc + 16 * u64::from(head)))
+            .unwrap();
+        self.next_desc += 1;
+        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
+        mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .unwrap();
+        head
+    }
+
+    /// Waits (5 s at most) for one new used entry.
+    fn wait_used(&mut self, mem: &Mem) -> (u32, u32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let used_idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+            if used_idx != self.used_seen {
+                let at = self.used + 4 + 8 * u64::from(self.used_seen % QUEUE_SIZE);
+                let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
+                let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
+                self.used_seen = self.used_seen.wrapping_add(1);
+                return (id, len);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "queue {}: nothing used within 5 s",
+                self.index
+            );
+            let mut pfd = libc::pollfd {
+                fd: self.call.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd valid for the call.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
+            let _ = self.call.read();
+        }
+    }
+}
+
+fn negotiate(fe: &mut Frontend, mem: &Mem, memfd: &File) -> u64 {
+    fe.set_owner().unwrap();
+    let offered = fe.get_features().unwrap();
+    let want = (1 << VIRTIO_F_VERSION_1) | VIRTIO_NET_F_MAC | PROTOCOL_FEATURES_BIT;
+    assert_eq!(offered & want, want, "offered {offered:#x}");
+    assert_ne!(offered & VIRTIO_NET_F_MRG_RXBUF, 0);
+    let protocol = fe.get_protocol_features().unwrap();
+    let needed = VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK;
+    assert!(protocol.contains(needed), "{protocol:?}");
+    fe.set_protocol_features(needed).unwrap();
+    fe.set_features(want).unwrap();
+    let region = mem.iter().next().unwrap();
+    fe.set_mem_table(&[VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: region.len(),
+        userspace_addr: host_addr(mem, 0),
+        mmap_offset: 0,
+        mmap_handle: memfd.as_raw_fd(),
+    }])
+    .unwrap();
+    offered
+}
+
+fn our_frame(src: [u8; 6], payload: u8, len: usize) -> Vec<u8> {
+    let mut f = vec![0xff; 6]; // broadcast
+    f.extend(src);
+    f.extend(ETHERTYPE);
+    f.extend((0..len - 14).map(|i| payload ^ i as u8));
+    f
+}
+
+fn run_in_netns() {
+    if let Err(e) = new_netns() {
+        println!("SKIPPED: unshare(CLONE_NEWNET): {e}");
+        return;
+    }
+    let tap = create_tap();
+    link_up();
+    let sniffer = packet_socket();
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let (sock_fd, tap_fd) = (theirs.into_raw_fd(), tap.into_raw_fd());
+    let (done_tx, done_rx) = mpsc::channel();
+    let stderr_hint = thread::spawn(move || {
+        let status = main_with_args([
+            "bulkhead-net".to_string(),
+            "--fd".into(),
+            sock_fd.to_string(),
+            "--tap-fd".into(),
+            tap_fd.to_string(),
+            "--mac".into(),
+            "52:54:00:12:34:56".into(),
+        ]);
+        let _ = done_tx.send(status);
+    });
+
+    let mut fe = Frontend::from_stream(ours, 2);
+    let (mem, memfd) = guest_memory();
+    negotiate(&mut fe, &mem, &memfd);
+    assert_eq!(fe.get_queue_num().unwrap(), 2);
+    let (_, cfg) = fe
+        .get_config(
+            0,
+            CONFIG_SPACE_SIZE as u32,
+            VhostUserConfigFlags::WRITABLE,
+            &[0u8; CONFIG_SPACE_SIZE],
+        )
+        .unwrap();
+    assert_eq!(cfg[..6], MAC);
+    assert_eq!(
+        cfg[6..12],
+        [1, 0, 1, 0, 0xdc, 0x05],
+        "link up, 1 pair, MTU 1500"
+    );
+
+    let mut rx = Ring::new(0, 0);
+    let mut tx = Ring::new(1, 0x8000);
+    rx.set_up(&mut fe, &mem);
+    tx.set_up(&mut fe, &mem);
+
+    // TX: header (all zero: no offload) + frame.
+    let frame = our_frame(MAC, 0x5a, 200);
+    let at = 0x10_0000u64;
+    mem.write_slice(&[0u8; NET_HDR_SIZE], GuestAddress(at))
+        .unwrap();
+    mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
+        .unwrap();
+    let head = tx.add(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
+    tx.kick.write(1).unwrap();
+    assert_eq!(tx.wait_used(&mem), (u32::from(head), 0));
+    assert_eq!(recv_ours(&sniffer), frame, "the guest's frame on the TAP");
+
+    // RX: buffers for whatever the host sends (IPv6 autoconfiguration may come first).
+    for i in 0..16u64 {
+        rx.add(&mem, 0x20_0000 + i * 0x1000, 2048, true);
+    }
+    rx.kick.write(1).unwrap();
+    let host_frame = our_frame([0x02, 0, 0, 0, 0, 1], 0xa5, 300);
+    // SAFETY: `host_frame` is valid for reads of its length.
+    let n = unsafe {
+        libc::send(
+            sniffer.as_raw_fd(),
+            host_frame.as_ptr().cast(),
+            host_frame.len(),
+            0,
+        )
+    };
+    assert_eq!(n, host_frame.len() as isize);
+    let found = (0..16).find_map(|_| {
+        let (id, len) = rx.wait_used(&mem);
+        let base = 0x20_0000 + u64::from(id) * 0x1000;
+        let mut buf = vec![0u8; len as usize];
+        mem.read_slice(&mut buf, GuestAddress(base)).unwrap();
+        (buf.len() >= NET_HDR_SIZE + 14 && buf[NET_HDR_SIZE + 12..NET_HDR_SIZE + 14] == ETHERTYPE)
+            .then_some(buf)
+    });
+    let buf = found.expect("the host's frame in an RX buffer");
+    assert_eq!(buf[NET_HDR_SIZE..], host_frame[..], "frame intact");
+    assert_eq!(buf[1], 0, "gso_type NONE");
+    assert_eq!(buf[10..12], [1, 0], "num_buffers 1");
+
+    // The TAP disappears: the backend says so and exits with status 1.
+    let deleted = std::process::Command::new("ip")
+        .args(["link", "delete", TAP_NAME])
+        .status();
+    match deleted {
+        Ok(s) if s.success() => {
+            let status = done_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the backend did not exit within 10 s of its TAP being deleted");
+            assert_eq!(status, 1);
+            let _ = stderr_hint.join();
+        }
+        other => {
+            println!("SKIPPED the TAP-deletion part: `ip link delete` gave {other:?}");
+            drop(fe); // the backend ends when its frontend goes
+            let status = done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(status, 0);
+        }
+    }
+}
+
+#[test]
+fn frames_cross_a_real_tap_in_a_private_namespace() {
+    if let Some(reason) = unsupported() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    // A thread of our own, so the namespace is its alone and goes when it ends.
+    thread::spawn(run_in_netns).join().unwrap();
+}
