@@ -7,7 +7,7 @@
 //! computes every checksum). Receive buffers are [`RX_BUF`] bytes each, all posted at
 //! start and reposted as soon as their frame was looked at: a frame of up to 1514 bytes
 //! fits one buffer, so with MRG_RXBUF `num_buffers` must be 1; a frame spread over more
-//! buffers is dropped (and its buffers reposted).
+//! buffers is dropped, the `num_buffers - 1` buffers after its first with it (all reposted).
 
 use super::bufs::{Filled, RingError, RxRing, TxRing};
 use super::mmio::{InitError, Transport};
@@ -154,6 +154,8 @@ pub enum RxDrop {
     Short(u32),
     /// `num_buffers` other than 1 (a frame bigger than one buffer).
     Merged(u16),
+    /// A further buffer of such a frame.
+    Continuation,
 }
 
 /// Set up a queue for `index`: the largest power of two the device allows, in `mem`.
@@ -188,6 +190,8 @@ pub struct Net<R> {
     pub config: NetConfig,
     /// Notifications sent (both queues).
     pub kicks: u64,
+    /// Buffers still to come of a frame dropped because it spans several.
+    skip_rx: u16,
 }
 
 impl<R: Regs> Net<R> {
@@ -224,6 +228,7 @@ impl<R: Regs> Net<R> {
             tx,
             config,
             kicks: 0,
+            skip_rx: 0,
         };
         net.rx.post_all().map_err(NetInitError::Ring)?;
         net.kick_rx();
@@ -267,11 +272,18 @@ impl<R: Regs> Net<R> {
             return Ok(None);
         };
         let data = self.rx.data(&buf);
-        let why = if data.len() < HDR_LEN {
+        let why = if self.skip_rx > 0 {
+            // The rest of a frame merged over several buffers: no header of its own.
+            self.skip_rx -= 1;
+            Some(RxDrop::Continuation)
+        } else if data.len() < HDR_LEN {
             Some(RxDrop::Short(buf.len))
         } else {
             let num_buffers = u16::from_le_bytes([data[10], data[11]]);
             let merged = self.features() & feature::MRG_RXBUF != 0;
+            if merged && num_buffers > 1 {
+                self.skip_rx = num_buffers - 1;
+            }
             (merged && num_buffers != 1).then_some(RxDrop::Merged(num_buffers))
         };
         match why {
@@ -436,8 +448,21 @@ mod tests {
         assert_eq!(rig.net.rx.queue.outstanding(), 256);
         assert_eq!(rig.net.poll_rx().unwrap(), None);
         // A frame merged over two buffers and a runt are dropped, their buffers reposted.
-        deliver(&mut rig, &frame, 2);
-        assert_eq!(rig.net.poll_rx().unwrap(), Some(Err(RxDrop::Merged(2))));
+        deliver(&mut rig, &frame, 3);
+        deliver(&mut rig, &[0xff; 40], 0xffff);
+        deliver(&mut rig, &[0xff; 40], 0xffff);
+        assert_eq!(rig.net.poll_rx().unwrap(), Some(Err(RxDrop::Merged(3))));
+        for _ in 0..2 {
+            assert_eq!(rig.net.poll_rx().unwrap(), Some(Err(RxDrop::Continuation)));
+        }
+        deliver(&mut rig, &frame, 1);
+        let rx = rig.net.poll_rx().unwrap().unwrap().unwrap();
+        assert_eq!(
+            rig.net.frame(&rx),
+            &frame[..],
+            "back in step after the merged frame"
+        );
+        rig.net.recycle(rx).unwrap();
         let chain = rig.rxdev.next_chain().unwrap();
         rig.rxdev.complete(chain.head, 5);
         assert_eq!(rig.net.poll_rx().unwrap(), Some(Err(RxDrop::Short(5))));
