@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::thread::{self, JoinHandle};
@@ -32,6 +33,7 @@ type Mem = GuestMemoryMmap<()>;
 const MEM_SIZE: usize = 1 << 20;
 const QUEUE_SIZE: u16 = 64;
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
+const SIZE_BIT: u64 = 1 << 0;
 const RX: usize = 0;
 const TX: usize = 1;
 
@@ -179,13 +181,24 @@ struct Guest {
 
 impl Guest {
     fn connect(fe_end: UnixStream) -> Guest {
+        Guest::connect_sized(fe_end, None)
+    }
+
+    /// As `connect`, expecting the terminal size (cols, rows) and VIRTIO_CONSOLE_F_SIZE.
+    fn connect_sized(fe_end: UnixStream, size: Option<(u16, u16)>) -> Guest {
         let mut fe = Frontend::from_stream(fe_end, 2);
         let (mem, memfd) = guest_memory();
         fe.set_owner().unwrap();
         let offered = fe.get_features().unwrap();
-        let want =
+        let mut want =
             (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | PROTOCOL_FEATURES_BIT;
         assert_eq!(offered & want, want, "offered {offered:#x}");
+        assert_eq!(
+            offered & SIZE_BIT != 0,
+            size.is_some(),
+            "offered {offered:#x}"
+        );
+        want |= offered & SIZE_BIT;
         let protocol = fe.get_protocol_features().unwrap();
         let needed = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK;
         assert!(protocol.contains(needed), "{protocol:?}");
@@ -208,11 +221,12 @@ impl Guest {
                 &[0u8; CONFIG_SPACE_SIZE],
             )
             .unwrap();
-        assert_eq!(
-            cfg,
-            [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
-            "no size, one port"
-        );
+        let (cols, rows) = size.unwrap_or((0, 0));
+        let mut want_cfg = [0u8; CONFIG_SPACE_SIZE];
+        want_cfg[0..2].copy_from_slice(&cols.to_le_bytes());
+        want_cfg[2..4].copy_from_slice(&rows.to_le_bytes());
+        want_cfg[4] = 1;
+        assert_eq!(cfg, want_cfg, "size, then one port");
         let rx = Ring::new(RX, 0);
         let tx = Ring::new(TX, 0x4000);
         rx.set_up(&mut fe, &mem);
@@ -308,6 +322,69 @@ fn stream_fd_may_be_a_file_for_output_only() {
     g.write(0x10000, b"line one\n");
     g.write(0x10000, b"line two\n");
     assert_eq!(std::fs::read(&path).unwrap(), b"line one\nline two\n");
+    drop(g);
+    assert_eq!(d.join().unwrap(), 0);
+}
+
+/// A pseudo-terminal pair (master, slave) with the given size.
+fn pty(cols: u16, rows: u16) -> (File, File) {
+    // SAFETY: posix_openpt returns a new descriptor or -1.
+    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh descriptor we own.
+    let master = unsafe { File::from_raw_fd(fd) };
+    // SAFETY: grantpt on the master we own.
+    assert_eq!(unsafe { libc::grantpt(fd) }, 0);
+    // SAFETY: unlockpt on the master we own.
+    assert_eq!(unsafe { libc::unlockpt(fd) }, 0);
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: ptsname_r writes a NUL-terminated name of at most `name.len()` bytes.
+    let ret = unsafe { libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) };
+    assert_eq!(ret, 0);
+    // SAFETY: NUL-terminated by ptsname_r.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }, 0);
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(name)
+        .unwrap();
+    (master, slave)
+}
+
+#[test]
+fn a_terminal_stream_fd_is_raw_and_its_size_reaches_the_config_space() {
+    let (mut master, slave) = pty(132, 43);
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let d = daemon(vec![
+        "--fd".into(),
+        theirs.into_raw_fd().to_string(),
+        "--stream-fd".into(),
+        slave.into_raw_fd().to_string(),
+    ]);
+    let mut g = Guest::connect_sized(ours, Some((132, 43)));
+    // Raw: no CR added to the newline, and input is neither line-buffered nor echoed.
+    g.write(0x10000, b"login: \n");
+    assert_eq!(read_exactly(&mut master, 8), b"login: \n");
+    master.write_all(b"ab").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(g.read(0x20000, 16));
+    }
+    assert_eq!(got, b"ab");
+    g.write(0x10000, b"!");
+    assert_eq!(read_exactly(&mut master, 1), b"!", "no echo came first");
     drop(g);
     assert_eq!(d.join().unwrap(), 0);
 }

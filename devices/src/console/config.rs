@@ -54,7 +54,8 @@ pub struct Args {
     pub file: Option<PathBuf>,
 
     /// The stream is inherited descriptor N: a socket, a terminal or a pipe (read and
-    /// written), or a regular file or write-only descriptor (output only).
+    /// written), or a regular file or write-only descriptor (output only). A terminal is
+    /// put in raw mode (restored on exit) and its size is given to the guest.
     #[arg(long, value_name = "N")]
     pub stream_fd: Option<RawFd>,
 }

@@ -219,6 +219,7 @@ fn fixed(
 
 /// An inherited descriptor: a regular file or a write-only descriptor is output only, a
 /// read-only one input only, anything else (socket, terminal, pipe end opened O_RDWR) both.
+/// A terminal is put in raw mode and its size reported.
 fn from_fd(owned: OwnedFd, fd: RawFd) -> Result<Opened, StreamError> {
     let bad = |source| StreamError::BadFd { fd, source };
     let file = File::from(owned);
@@ -229,14 +230,21 @@ fn from_fd(owned: OwnedFd, fd: RawFd) -> Result<Opened, StreamError> {
         return Err(bad(io::Error::last_os_error()));
     }
     let size = winsize(&file);
+    // A terminal (the user's, or a pty either side) carries a console's bytes untouched:
+    // raw mode, as for --stdio, restored on exit.
+    let raw = if is_tty(&file) {
+        Some(RawMode::enter(&file).map_err(bad)?)
+    } else {
+        None
+    };
     if meta.file_type().is_file() || flags & libc::O_ACCMODE == libc::O_WRONLY {
-        return Ok(fixed(None, Some(file), size, None));
+        return Ok(fixed(None, Some(file), size, raw));
     }
     if flags & libc::O_ACCMODE == libc::O_RDONLY {
-        return Ok(fixed(Some(file), None, size, None));
+        return Ok(fixed(Some(file), None, size, raw));
     }
     let output = file.try_clone().map_err(bad)?;
-    Ok(fixed(Some(file), Some(output), size, None))
+    Ok(fixed(Some(file), Some(output), size, raw))
 }
 
 fn listen(path: &PathBuf) -> Result<Opened, StreamError> {
