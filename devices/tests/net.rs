@@ -38,6 +38,8 @@ const TAP_NAME: &str = "bhnet0";
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 /// IEEE 802 "local experimental" ethertype: nothing else on the TAP uses it.
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+const MQ_TAP_NAME: &str = "bhmq0";
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 #[repr(C)]
@@ -47,13 +49,13 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-fn ifreq(flags: libc::c_short) -> IfReq {
+fn ifreq(name: &str, flags: libc::c_short) -> IfReq {
     let mut req = IfReq {
         name: [0; 16],
         flags,
         _pad: [0; 22],
     };
-    req.name[..TAP_NAME.len()].copy_from_slice(TAP_NAME.as_bytes());
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
     req
 }
 
@@ -85,21 +87,22 @@ fn create_tap() -> OwnedFd {
         .write(true)
         .open("/dev/net/tun")
         .unwrap();
-    let mut req = ifreq(0x0002 | 0x1000 | 0x4000); // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
-                                                   // SAFETY: TUNSETIFF reads and writes an ifreq, valid for the call.
+    // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+    let mut req = ifreq(TAP_NAME, 0x0002 | 0x1000 | 0x4000);
+    // SAFETY: TUNSETIFF reads and writes an ifreq, valid for the call.
     let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
     assert_eq!(r, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
     OwnedFd::from(file)
 }
 
 /// Brings the TAP up (SIOCSIFFLAGS IFF_UP).
-fn link_up() {
+fn link_up(name: &str) {
     // SAFETY: a new socket, owned below.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     assert!(s >= 0);
     // SAFETY: fresh descriptor.
     let s = unsafe { OwnedFd::from_raw_fd(s) };
-    let mut req = ifreq(0);
+    let mut req = ifreq(name, 0);
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq, valid for the call.
     unsafe {
         assert_eq!(libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req), 0);
@@ -109,7 +112,7 @@ fn link_up() {
 }
 
 /// An AF_PACKET socket bound to the TAP, seeing every frame on it.
-fn packet_socket() -> OwnedFd {
+fn packet_socket(name: &str) -> OwnedFd {
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: a new socket, owned below.
     let s = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
@@ -120,7 +123,7 @@ fn packet_socket() -> OwnedFd {
     );
     // SAFETY: fresh descriptor.
     let s = unsafe { OwnedFd::from_raw_fd(s) };
-    let name = std::ffi::CString::new(TAP_NAME).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
     // SAFETY: a NUL-terminated name valid for the call.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
     assert_ne!(ifindex, 0);
@@ -284,10 +287,10 @@ impl Ring {
     }
 }
 
-fn negotiate(fe: &mut Frontend, mem: &Mem, memfd: &File) -> u64 {
+fn negotiate(fe: &mut Frontend, mem: &Mem, memfd: &File, extra: u64) -> u64 {
     fe.set_owner().unwrap();
     let offered = fe.get_features().unwrap();
-    let want = (1 << VIRTIO_F_VERSION_1) | VIRTIO_NET_F_MAC | PROTOCOL_FEATURES_BIT;
+    let want = (1 << VIRTIO_F_VERSION_1) | VIRTIO_NET_F_MAC | PROTOCOL_FEATURES_BIT | extra;
     assert_eq!(offered & want, want, "offered {offered:#x}");
     assert_ne!(offered & VIRTIO_NET_F_MRG_RXBUF, 0);
     let protocol = fe.get_protocol_features().unwrap();
@@ -323,8 +326,8 @@ fn run_in_netns() {
         return;
     }
     let tap = create_tap();
-    link_up();
-    let sniffer = packet_socket();
+    link_up(TAP_NAME);
+    let sniffer = packet_socket(TAP_NAME);
 
     let (ours, theirs) = UnixStream::pair().unwrap();
     let (sock_fd, tap_fd) = (theirs.into_raw_fd(), tap.into_raw_fd());
@@ -344,7 +347,7 @@ fn run_in_netns() {
 
     let mut fe = Frontend::from_stream(ours, 2);
     let (mem, memfd) = guest_memory();
-    negotiate(&mut fe, &mem, &memfd);
+    negotiate(&mut fe, &mem, &memfd, 0);
     assert_eq!(fe.get_queue_num().unwrap(), 2);
     let (_, cfg) = fe
         .get_config(
@@ -426,6 +429,128 @@ fn run_in_netns() {
             assert_eq!(status, 0);
         }
     }
+}
+
+/// Sends `frame` into the TAP from the host side.
+fn host_send(sniffer: &OwnedFd, frame: &[u8]) {
+    // SAFETY: `frame` is valid for reads of its length.
+    let n = unsafe { libc::send(sniffer.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+    assert_eq!(n, frame.len() as isize);
+}
+
+/// Whether an RX buffer of `len` bytes at `base` holds `frame` behind a header.
+fn rx_holds(mem: &Mem, base: u64, len: u32, frame: &[u8]) -> bool {
+    let mut buf = vec![0u8; len as usize];
+    mem.read_slice(&mut buf, GuestAddress(base)).unwrap();
+    buf.len() == NET_HDR_SIZE + frame.len() && buf[NET_HDR_SIZE..] == *frame
+}
+
+/// `--tap NAME --queue-pairs 2`: the backend opens a multi-queue TAP, offers MQ, and both
+/// pairs carry frames.
+fn multiqueue_in_netns() {
+    if let Err(e) = new_netns() {
+        println!("SKIPPED: unshare(CLONE_NEWNET): {e}");
+        return;
+    }
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let sock_fd = theirs.into_raw_fd();
+    let (done_tx, done_rx) = mpsc::channel();
+    let daemon = thread::spawn(move || {
+        let status = main_with_args([
+            "bulkhead-net".to_string(),
+            "--fd".into(),
+            sock_fd.to_string(),
+            "--tap".into(),
+            MQ_TAP_NAME.into(),
+            "--queue-pairs".into(),
+            "2".into(),
+        ]);
+        let _ = done_tx.send(status);
+    });
+    let mut fe = Frontend::from_stream(ours, 4);
+    let (mem, memfd) = guest_memory();
+    let offered = negotiate(&mut fe, &mem, &memfd, VIRTIO_NET_F_MQ);
+    assert_ne!(offered & VIRTIO_NET_F_MQ, 0);
+    assert_eq!(fe.get_queue_num().unwrap(), 4);
+    let (_, cfg) = fe
+        .get_config(
+            0,
+            CONFIG_SPACE_SIZE as u32,
+            VhostUserConfigFlags::WRITABLE,
+            &[0u8; CONFIG_SPACE_SIZE],
+        )
+        .unwrap();
+    assert_eq!(cfg[0] & 3, 2, "a random locally administered unicast MAC");
+    assert_eq!(cfg[8..10], [2, 0], "max_virtqueue_pairs");
+    // The backend has set the TAP up by now (features negotiated): bring the link up.
+    link_up(MQ_TAP_NAME);
+    let sniffer = packet_socket(MQ_TAP_NAME);
+
+    let mut rings: Vec<Ring> = (0..4).map(|i| Ring::new(i, 0x8000 * i as u64)).collect();
+    for r in &rings {
+        r.set_up(&mut fe, &mem);
+    }
+    // TX on each pair.
+    for (pair, tx) in [(0u8, 1usize), (1, 3)] {
+        let frame = our_frame(MAC, 0x30 + pair, 100 + usize::from(pair));
+        let at = 0x10_0000 + 0x1000 * u64::from(pair);
+        mem.write_slice(&[0u8; NET_HDR_SIZE], GuestAddress(at))
+            .unwrap();
+        mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
+            .unwrap();
+        let ring = &mut rings[tx];
+        let head = ring.add(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
+        ring.kick.write(1).unwrap();
+        assert_eq!(ring.wait_used(&mem), (u32::from(head), 0));
+        assert_eq!(recv_ours(&sniffer), frame, "TX of pair {pair}");
+    }
+    // RX: buffers on both pairs; the TAP picks a queue by flow hash.
+    for rx in [0usize, 2] {
+        for i in 0..8u64 {
+            rings[rx].add(
+                &mem,
+                0x20_0000 + 0x8_0000 * rx as u64 + i * 0x1000,
+                2048,
+                true,
+            );
+        }
+        rings[rx].kick.write(1).unwrap();
+    }
+    let host_frame = our_frame([0x02, 0, 0, 0, 0, 1], 0x77, 120);
+    host_send(&sniffer, &host_frame);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut found = false;
+    while !found && Instant::now() < deadline {
+        for rx in [0usize, 2] {
+            let used_idx: u16 = mem.read_obj(GuestAddress(rings[rx].used + 2)).unwrap();
+            while rings[rx].used_seen != used_idx {
+                let r = &mut rings[rx];
+                let at = r.used + 4 + 8 * u64::from(r.used_seen % QUEUE_SIZE);
+                let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
+                let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
+                r.used_seen = r.used_seen.wrapping_add(1);
+                let base = 0x20_0000 + 0x8_0000 * rx as u64 + u64::from(id) * 0x1000;
+                found |= rx_holds(&mem, base, len, &host_frame);
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(found, "the host's frame in an RX buffer of either pair");
+    drop(fe);
+    let status = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the backend did not exit within 10 s of its frontend leaving");
+    assert_eq!(status, 0);
+    let _ = daemon.join();
+}
+
+#[test]
+fn multiqueue_tap_opened_by_name() {
+    if let Some(reason) = unsupported() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    thread::spawn(multiqueue_in_netns).join().unwrap();
 }
 
 #[test]

@@ -479,16 +479,20 @@ impl VhostUserBackend for NetBackend {
         if evset != EventSet::IN {
             return Ok(());
         }
-        let queue = usize::from(device_event);
-        let (Some(vring), Some(pair)) = (vrings.get(queue), self.rx.get(queue / 2)) else {
+        // vhost-user-backend numbers events within the thread's own vrings: thread *p*
+        // serves pair *p*, whose event 0 is its RX queue and event 1 its TX queue.
+        let (Some(vring), Some(pair)) = (
+            vrings.get(usize::from(device_event)),
+            self.rx.get(thread_id),
+        ) else {
             debug!("queue thread {thread_id}: ignoring event {device_event}");
             return Ok(());
         };
         name_worker_thread(thread_id);
-        if queue % 2 == 0 {
-            self.kick_rx(pair, vring);
-        } else {
-            self.serve_tx(queue / 2, vring);
+        match device_event {
+            0 => self.kick_rx(pair, vring),
+            1 => self.serve_tx(thread_id, vring),
+            _ => debug!("queue thread {thread_id}: ignoring event {device_event}"),
         }
         Ok(())
     }
