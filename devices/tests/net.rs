@@ -369,6 +369,19 @@ fn run_in_netns() {
     rx.set_up(&mut fe, &mem);
     tx.set_up(&mut fe, &mem);
 
+    // A bad virtio-net header (an unknown GSO type): the TAP refuses the frame, the
+    // chain comes back, and the queue goes on.
+    let bad = our_frame(MAC, 0xbd, 200);
+    let at = 0x18_0000u64;
+    let mut hdr = [0u8; NET_HDR_SIZE];
+    hdr[1] = 0x55;
+    mem.write_slice(&hdr, GuestAddress(at)).unwrap();
+    mem.write_slice(&bad, GuestAddress(at + NET_HDR_SIZE as u64))
+        .unwrap();
+    let head = tx.add(&mem, at, (NET_HDR_SIZE + bad.len()) as u32, false);
+    tx.kick.write(1).unwrap();
+    assert_eq!(tx.wait_used(&mem), (u32::from(head), 0));
+
     // TX: header (all zero: no offload) + frame.
     let frame = our_frame(MAC, 0x5a, 200);
     let at = 0x10_0000u64;

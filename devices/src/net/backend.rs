@@ -503,3 +503,57 @@ impl Drop for NetBackend {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_follow_the_tap_and_the_queue_pairs() {
+        let bit = |b: u32| 1u64 << b;
+        let plain = features(0, 1);
+        for b in [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_RING_F_EVENT_IDX,
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_STATUS,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_NET_F_MTU,
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+        ] {
+            assert_ne!(plain & bit(b), 0, "bit {b}");
+        }
+        assert_ne!(plain & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
+        for b in [
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_MQ,
+        ] {
+            assert_eq!(plain & bit(b), 0, "bit {b}");
+        }
+        // TSO without checksum offload is meaningless: not offered.
+        assert_eq!(features(TUN_F_TSO4, 1) & bit(VIRTIO_NET_F_GUEST_TSO4), 0);
+        let all = features(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, 4);
+        for b in [
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_MQ,
+        ] {
+            assert_ne!(all & bit(b), 0, "bit {b}");
+        }
+    }
+
+    #[test]
+    fn protocol_features_are_config_mq_reply_ack() {
+        assert_eq!(
+            protocol_features(),
+            VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::REPLY_ACK
+        );
+    }
+}

@@ -391,3 +391,28 @@ fn rx_from_a_vanished_tap_is_fatal_and_buffers_are_kept() {
     assert!(h.rx(&mut rx).is_err());
     assert!(h.used().is_empty());
 }
+
+#[test]
+fn rx_starved_with_event_idx_asks_for_a_kick_on_the_next_buffer() {
+    let mem = memory();
+    let mut h = Harness::new(&mem);
+    h.queue.set_event_idx(true);
+    let (tap, far) = fake_tap();
+    let mut rx = RxWorker::new(tap, Arc::clone(&h.counters));
+    rx.set_features(true, 1518);
+    // Not enough for a full-sized frame: nothing is read, the chain stays available.
+    let first = h.chain(&[(BUF, 1000, W)]);
+    send(&far, &packet(50));
+    let (end, used) = h.rx(&mut rx).unwrap();
+    assert_eq!((end, used.len()), (RxEnd::NoBuffers, 0));
+    // avail_event is the driver's index (1), so its next buffer kicks us; virtio-queue's
+    // own choice (our next index, 0) would never be crossed again.
+    let avail_event_addr =
+        h.vq.used_addr()
+            .unchecked_add(4 + 8 * u64::from(QUEUE_SIZE));
+    let avail_event: u16 = mem.read_obj(avail_event_addr).unwrap();
+    assert_eq!(avail_event, 1);
+    h.chain(&[(BUF + 0x1000, 1000, W)]);
+    let (_, used) = h.rx(&mut rx).unwrap();
+    assert_eq!(used, [(u32::from(first), 62)]);
+}
