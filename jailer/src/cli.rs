@@ -67,7 +67,7 @@ pub struct RunArgs {
     /// The virtio console: stdio (this terminal), socket=PATH (a Unix socket to connect to),
     /// pty (a new pseudo-terminal), file=PATH (output only) or off.
     #[arg(long, value_name = "stdio|socket=PATH|pty|file=PATH|off", value_parser = crate::launch::console::parse)]
-    pub console: Option<Option<crate::launch::console::ConsoleStream>>,
+    pub console: Option<crate::launch::console::ConsoleChoice>,
     /// Print the vmm's memory use and guest-entry time on exit (used by `bulkhead bench`).
     #[arg(long, hide = true)]
     pub report_stats: bool,
@@ -151,6 +151,27 @@ mod tests {
         );
         assert!(parse_serial("file=").is_err());
         assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        for console in [
+            "off",
+            "stdio",
+            "pty",
+            "file=/tmp/c.log",
+            "socket=/tmp/c.sock",
+        ] {
+            assert!(
+                Cli::try_parse_from(["bulkhead", "run", "--console", console]).is_ok(),
+                "{console}"
+            );
+        }
+        assert!(
+            Cli::try_parse_from(["bulkhead", "run", "--net", "auto", "--net", "tap=tap1"]).is_ok()
+        );
     }
 
     #[test]

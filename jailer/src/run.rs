@@ -58,7 +58,7 @@ fn run(args: &RunArgs) -> i32 {
         config.cpus
     );
     let mut config = config;
-    let console = args.console.clone().flatten();
+    let console = args.console.clone().and_then(|c| c.0);
     let mut devices = match Devices::start(&args.disk, &args.net, console.as_ref()) {
         Ok(d) => d,
         Err(e) => return fail(&e),

@@ -21,8 +21,16 @@ pub enum ConsoleStream {
     File(PathBuf),
 }
 
-/// Parses a `--console` value; `None` for `off`.
-pub fn parse(s: &str) -> Result<Option<ConsoleStream>, String> {
+/// A `--console` value: a stream, or `None` for `off`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleChoice(pub Option<ConsoleStream>);
+
+/// Parses a `--console` value.
+pub fn parse(s: &str) -> Result<ConsoleChoice, String> {
+    parse_stream(s).map(ConsoleChoice)
+}
+
+fn parse_stream(s: &str) -> Result<Option<ConsoleStream>, String> {
     Ok(Some(match s {
         "off" => return Ok(None),
         "stdio" => ConsoleStream::Stdio,
@@ -82,14 +90,14 @@ mod tests {
 
     #[test]
     fn console_values() {
-        assert_eq!(parse("off"), Ok(None));
-        assert_eq!(parse("stdio"), Ok(Some(ConsoleStream::Stdio)));
+        assert_eq!(parse("off"), Ok(ConsoleChoice(None)));
+        assert_eq!(parse_stream("stdio"), Ok(Some(ConsoleStream::Stdio)));
         assert_eq!(
-            parse("socket=/run/c.sock"),
+            parse_stream("socket=/run/c.sock"),
             Ok(Some(ConsoleStream::Socket("/run/c.sock".into())))
         );
         assert_eq!(
-            parse("file=/tmp/c.log"),
+            parse_stream("file=/tmp/c.log"),
             Ok(Some(ConsoleStream::File("/tmp/c.log".into())))
         );
         for bad in ["", "tty", "socket=", "file="] {
