@@ -147,6 +147,8 @@ impl VhostUserDevice {
                 what: "does not offer the CONFIG protocol feature (config space)".into(),
             });
         }
+        // Without MQ a backend serves its device type's usual queues (one for block, a pair
+        // for net and console), which is what is asked for then.
         if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
             let max = frontend.get_queue_num().map_err(proto("GET_QUEUE_NUM"))?;
             if (max as usize) < kicks.len() {
@@ -155,12 +157,6 @@ impl VhostUserDevice {
                     what: format!("serves {max} queues, {} were asked for", kicks.len()),
                 });
             }
-        } else if kicks.len() > 1 {
-            return Err(VhostUserError::Unsuitable {
-                name: name.to_owned(),
-                what: "does not offer the MQ protocol feature but several queues were asked for"
-                    .into(),
-            });
         }
         Ok(VhostUserDevice {
             name: name.to_owned(),
