@@ -82,13 +82,17 @@ fn new_netns() -> std::io::Result<()> {
 
 /// Creates the TAP as the launcher does; returns its descriptor.
 fn create_tap() -> OwnedFd {
+    // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+    create_tap_with(0x0002 | 0x1000 | 0x4000)
+}
+
+fn create_tap_with(flags: libc::c_short) -> OwnedFd {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/net/tun")
         .unwrap();
-    // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
-    let mut req = ifreq(TAP_NAME, 0x0002 | 0x1000 | 0x4000);
+    let mut req = ifreq(TAP_NAME, flags);
     // SAFETY: TUNSETIFF reads and writes an ifreq, valid for the call.
     let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
     assert_eq!(r, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
@@ -574,4 +578,27 @@ fn frames_cross_a_real_tap_in_a_private_namespace() {
     }
     // A thread of our own, so the namespace is its alone and goes when it ends.
     thread::spawn(run_in_netns).join().unwrap();
+}
+
+#[test]
+fn a_tap_without_vnet_headers_is_refused() {
+    if let Some(reason) = unsupported() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let status = thread::spawn(|| {
+        new_netns().unwrap();
+        let tap = create_tap_with(0x0002 | 0x1000); // IFF_TAP | IFF_NO_PI only
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        main_with_args([
+            "bulkhead-net".to_string(),
+            "--fd".into(),
+            theirs.into_raw_fd().to_string(),
+            "--tap-fd".into(),
+            tap.into_raw_fd().to_string(),
+        ])
+    })
+    .join()
+    .unwrap();
+    assert_eq!(status, 1);
 }

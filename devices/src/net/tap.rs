@@ -64,6 +64,14 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
+    /// An inherited TAP descriptor opened without the flags we need.
+    #[error("TAP {name} was opened with flags {flags:#x}: IFF_TAP, IFF_NO_PI and IFF_VNET_HDR are needed")]
+    Flags {
+        /// The interface.
+        name: String,
+        /// Its `IFF_*` flags.
+        flags: u16,
+    },
     /// An inherited descriptor is not usable.
     #[error("--tap-fd {fd}: {source}")]
     Fd {
@@ -128,9 +136,22 @@ impl Tap {
     pub fn from_fds(fds: Vec<OwnedFd>, name: String) -> Result<Tap, TapError> {
         let name = fds
             .first()
-            .and_then(|fd| interface_name(fd.as_raw_fd()))
+            .and_then(|fd| interface(fd.as_raw_fd()))
+            .map(|(name, _)| name)
             .unwrap_or(name);
         for fd in &fds {
+            // Without IFF_VNET_HDR every frame would lose (TX) or lack (RX) its header;
+            // without IFF_NO_PI each would carry 4 more bytes: refuse rather than garble.
+            if let Some((_, flags)) = interface(fd.as_raw_fd()) {
+                if flags & (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+                    != IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+                {
+                    return Err(TapError::Flags {
+                        name,
+                        flags: flags as u16,
+                    });
+                }
+            }
             set_nonblocking(fd.as_raw_fd()).map_err(|source| TapError::Fd {
                 fd: fd.as_raw_fd(),
                 source,
@@ -211,8 +232,8 @@ pub fn set_offload(fd: RawFd, flags: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// The interface a TAP descriptor is attached to, if the kernel says.
-fn interface_name(fd: RawFd) -> Option<String> {
+/// The interface a TAP descriptor is attached to and its `IFF_*` flags, if the kernel says.
+fn interface(fd: RawFd) -> Option<(String, libc::c_short)> {
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
         flags: 0,
@@ -227,7 +248,10 @@ fn interface_name(fd: RawFd) -> Option<String> {
         .iter()
         .position(|&b| b == 0)
         .unwrap_or(req.name.len());
-    Some(String::from_utf8_lossy(&req.name[..end]).into_owned())
+    Some((
+        String::from_utf8_lossy(&req.name[..end]).into_owned(),
+        req.flags,
+    ))
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
