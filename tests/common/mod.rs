@@ -8,6 +8,7 @@ pub mod debian_kernel;
 pub mod disk;
 pub mod elf;
 pub mod initramfs;
+pub mod netns;
 #[path = "../../jailer/src/bench/qsd.rs"]
 pub mod qsd;
 

@@ -1,0 +1,172 @@
+//! End to end: the guest's network device is a separate `bulkhead-net` process on a TAP in
+//! a network namespace bulkhead creates (`--net auto`); the host's own ping and sockets
+//! reach the guest through it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::UdpSocket;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const GUEST_MAC: &str = "02:00:00:aa:bb:01";
+
+/// A running bulkhead whose guest serves the network, and the namespace it lives in.
+struct Vm {
+    child: Child,
+    ns: String,
+    console: std::sync::mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Vm {
+    fn start(cmdline: &str) -> Vm {
+        let mut child = common::bulkhead()
+            .arg("run")
+            .args([
+                "--net",
+                &format!("auto,mac={GUEST_MAC},host-ip=10.0.2.1/24,guest-ip=10.0.2.2/24"),
+            ])
+            .args(["--cmdline", cmdline])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting bulkhead");
+        let ns = format!("bulkhead-{}-net0", child.id());
+        let stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let (tx, console) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        Vm {
+            child,
+            ns,
+            console,
+            stderr,
+        }
+    }
+
+    /// Waits for a console line starting with `prefix`; panics with the console so far.
+    fn wait_for(&self, prefix: &str, seen: &mut Vec<String>) -> String {
+        let end = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < end {
+            if let Ok(line) = self.console.recv_timeout(Duration::from_millis(100)) {
+                seen.push(line.clone());
+                if line.starts_with(prefix) {
+                    return line;
+                }
+            }
+        }
+        panic!("no line starting {prefix:?}; console:\n{}", seen.join("\n"));
+    }
+
+    fn finish(mut self) -> (Option<i32>, String) {
+        let status = common::wait_until(&mut self.child, Instant::now() + Duration::from_secs(60));
+        let stderr = self.stderr.join().unwrap_or_default();
+        (status.and_then(|s| s.code()), stderr)
+    }
+}
+
+fn namespace_exists(name: &str) -> bool {
+    std::path::Path::new("/run/netns").join(name).exists()
+}
+
+#[test]
+fn host_pings_the_guest_and_arp_resolves_its_mac() {
+    require_kvm!();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let vm =
+        Vm::start("bulkhead.test=net-serve bulkhead.net.ip=10.0.2.2/24 bulkhead.net.serve-ms=8000");
+    let mut seen = Vec::new();
+    vm.wait_for("bulkhead-guest: net0 serving", &mut seen);
+    let ping = common::netns::exec(
+        &vm.ns,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.2.2"],
+    );
+    let ping_out = String::from_utf8_lossy(&ping.stdout).into_owned();
+    let neigh = common::netns::exec(&vm.ns, &["ip", "neigh", "show", "10.0.2.2"]);
+    let neigh_out = String::from_utf8_lossy(&neigh.stdout).into_owned();
+    let ns = vm.ns.clone();
+    let (code, stderr) = vm.finish();
+    assert!(ping.status.success(), "ping failed:\n{ping_out}\n{stderr}");
+    assert!(ping_out.contains("3 received"), "{ping_out}");
+    assert!(
+        neigh_out.contains(GUEST_MAC),
+        "ARP did not resolve the guest's MAC: {neigh_out:?}"
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!namespace_exists(&ns), "namespace {ns} left behind");
+}
+
+#[test]
+fn udp_both_ways_with_payloads_intact() {
+    require_kvm!();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    // Guest to host: the guest first serves for 2 s, so the host's socket is bound (after
+    // the first "serving" line) before the guest sends; then it serves again for the echo.
+    let vm = Vm::start(
+        "bulkhead.test=net-serve,net-send,net-serve bulkhead.net.ip=10.0.2.2/24 bulkhead.net.peer=10.0.2.1 \
+         bulkhead.net.port=5555 bulkhead.net.sizes=64,512,1472 bulkhead.net.serve-ms=2000 bulkhead.net.echo-port=7",
+    );
+    let ns = vm.ns.clone();
+    let mut seen = Vec::new();
+    vm.wait_for("bulkhead-guest: net0 serving", &mut seen);
+    let received = common::netns::in_netns(&ns, || {
+        let sock = UdpSocket::bind("10.0.2.1:5555")?;
+        sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while got.len() < 3 {
+            let (n, _) = sock.recv_from(&mut buf)?;
+            got.push(buf[..n].to_vec());
+        }
+        Ok::<_, std::io::Error>(got)
+    })
+    .expect("entering the namespace")
+    .expect("receiving the guest's datagrams");
+    for (payload, size) in received.iter().zip([64usize, 512, 1472]) {
+        assert_eq!(payload.len(), size);
+        assert!(
+            payload
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == (i * 7 + size) as u8),
+            "payload of {size} corrupted"
+        );
+    }
+    // Host to guest and back: the guest echoes (in its second serving period).
+    vm.wait_for("bulkhead-guest: net0 sent", &mut seen);
+    vm.wait_for("bulkhead-guest: net0 serving", &mut seen);
+    let echoed = common::netns::in_netns(&ns, || {
+        let sock = UdpSocket::bind("10.0.2.1:0")?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut ok = Vec::new();
+        for size in [1usize, 100, 1000, 1472] {
+            let payload: Vec<u8> = (0..size).map(|i| (i * 13 + 5) as u8).collect();
+            sock.send_to(&payload, "10.0.2.2:7")?;
+            let mut buf = [0u8; 2048];
+            let (n, _) = sock.recv_from(&mut buf)?;
+            ok.push(buf[..n] == payload[..]);
+        }
+        Ok::<_, std::io::Error>(ok)
+    })
+    .expect("entering the namespace")
+    .expect("echo over UDP");
+    let (code, stderr) = vm.finish();
+    assert_eq!(echoed, vec![true; 4], "echoed payloads differ");
+    assert_eq!(code, Some(0), "{stderr}");
+}
