@@ -279,7 +279,18 @@ impl TxWorker {
         let mut result = Ok(());
         let mut empty = false;
         for _ in 0..queue.size() {
-            let Some(chain) = queue.iter(mem).ok().and_then(|mut it| it.next()) else {
+            let chain = match queue.iter(mem) {
+                Ok(mut iter) => iter.next(),
+                Err(e) => {
+                    // An available index further ahead than the queue is long: nothing
+                    // can be served until the driver fixes it, and looking again at once
+                    // would spin. Wait for the next kick.
+                    debug!("TX available ring unusable: {e}");
+                    round.interrupt = completed && queue.needs_notification(mem).unwrap_or(true);
+                    return result.map(|()| round);
+                }
+            };
+            let Some(chain) = chain else {
                 empty = true;
                 break;
             };

@@ -416,3 +416,15 @@ fn rx_starved_with_event_idx_asks_for_a_kick_on_the_next_buffer() {
     let (_, used) = h.rx(&mut rx).unwrap();
     assert_eq!(used, [(u32::from(first), 62)]);
 }
+
+#[test]
+fn tx_with_a_bogus_available_index_waits_for_the_next_kick() {
+    let mem = memory();
+    let mut h = Harness::new(&mem);
+    let (tap, _far) = fake_tap();
+    let mut tx = TxWorker::new(tap, Arc::clone(&h.counters));
+    let idx_addr = h.vq.avail_addr().unchecked_add(2);
+    mem.write_obj(QUEUE_SIZE + 1, idx_addr).unwrap();
+    let round = tx.serve_round(&mut h.queue, &mem).unwrap();
+    assert!(!round.again && !round.interrupt);
+}
