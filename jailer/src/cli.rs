@@ -89,6 +89,17 @@ pub enum BenchWhat {
     /// Guest 4 KiB random and 128 KiB sequential I/O at depth 1 and 32 through bulkhead-blk,
     /// through qemu-storage-daemon, and the host's own pread/pwrite on the same file.
     Blk(BlkBenchArgs),
+    /// Guest UDP throughput both ways at 64 and 1400 bytes through bulkhead-net (--net auto)
+    /// beside the host's own over a veth pair between two namespaces.
+    Net(NetBenchArgs),
+}
+
+/// `bulkhead bench net`.
+#[derive(Args, Debug, Clone)]
+pub struct NetBenchArgs {
+    /// Milliseconds per test.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub ms: u64,
 }
 
 /// `bulkhead bench blk`.

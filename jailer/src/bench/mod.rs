@@ -5,6 +5,7 @@
 mod blk;
 mod boot;
 mod host_io;
+mod net;
 mod qsd;
 
 use crate::cli::{BenchArgs, BenchWhat};
@@ -14,6 +15,7 @@ pub fn main(args: BenchArgs) -> i32 {
     match args.what {
         BenchWhat::Boot(a) => boot::main(a),
         BenchWhat::Blk(a) => blk::main(a),
+        BenchWhat::Net(a) => net::main(a),
     }
 }
 
