@@ -34,6 +34,9 @@ impl Rate {
     }
 }
 
+/// Rates by payload size.
+type Rates = HashMap<usize, Rate>;
+
 /// Runs the benchmark; returns the exit status.
 pub fn main(args: NetBenchArgs) -> i32 {
     match run(&args) {
@@ -83,7 +86,7 @@ fn run(args: &NetBenchArgs) -> Result<(), String> {
 }
 
 /// Boots the guest's `net-bench`: returns (guest->host, host->guest) rates per size.
-fn guest_run(ms: u64) -> Result<(HashMap<usize, Rate>, HashMap<usize, Rate>), String> {
+fn guest_run(ms: u64) -> Result<(Rates, Rates), String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding bulkhead: {e}"))?;
     let mut child = Command::new(exe)
         .args(["run", "--memory", "512"])
