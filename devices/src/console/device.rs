@@ -204,6 +204,9 @@ pub enum RxEnd {
     Eof,
     /// Reading the stream failed; nothing was taken from the queue.
     Error(io::Error),
+    /// A queue's worth of bad buffers was skipped and nothing read: call again (bounded
+    /// work per call, so a hostile guest can't keep the vring lock).
+    Skipped,
     /// The queue is not set up or its rings can't be read.
     Unusable,
 }
@@ -314,7 +317,7 @@ impl Receiver {
             self.complete(queue, mem, head, n as u32, completed);
             return RxEnd::Delivered(n);
         }
-        RxEnd::NoBuffers
+        RxEnd::Skipped
     }
 
     fn copy_in(&self, mem: &GuestRam, n: usize) {

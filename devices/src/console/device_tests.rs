@@ -267,3 +267,23 @@ fn hostile_receive_buffers_are_skipped_with_length_zero() {
     );
     assert_eq!(h.counters.bad_rx_chains.load(Ordering::Relaxed), 4);
 }
+
+#[test]
+fn a_queue_full_of_bad_receive_buffers_is_skipped_in_bounded_steps() {
+    let mem = memory();
+    let mut h = Harness::new(&mem);
+    let mut rx = Receiver::default();
+    for _ in 0..QUEUE_SIZE {
+        h.raw(&[(0x1_0000, 8, R, 0)]);
+    }
+    let mut input = Cursor::new(b"kept".to_vec());
+    let r = h.receive(&mut rx, &mut input);
+    assert!(r.interrupt);
+    assert!(matches!(r.end, RxEnd::NoBuffers | RxEnd::Skipped), "{r:?}");
+    assert_eq!(input.position(), 0, "no byte taken without a buffer for it");
+    assert_eq!(h.used().len(), usize::from(QUEUE_SIZE));
+    assert_eq!(
+        h.counters.bad_rx_chains.load(Ordering::Relaxed),
+        u64::from(QUEUE_SIZE)
+    );
+}

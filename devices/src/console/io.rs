@@ -173,7 +173,7 @@ impl Loop {
             self.backend.receive(reader)
         };
         match end {
-            RxEnd::Delivered(_) => {}
+            RxEnd::Delivered(_) | RxEnd::Skipped => {}
             RxEnd::NoBuffers | RxEnd::Unusable => self.want_input = false,
             RxEnd::Error(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             RxEnd::Eof => self.input_ended(None),

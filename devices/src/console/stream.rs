@@ -54,6 +54,9 @@ pub struct Port {
     pub dropped: AtomicU64,
     /// Failed writes.
     pub write_errors: AtomicU64,
+    /// Warnings logged about failed writes: one per outage (a run of failures ended by a
+    /// successful write or a new client), however many writes fail.
+    pub write_error_reports: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +117,9 @@ impl Output for PortWriter<'_> {
                 // Logged once per outage: a stream that keeps failing would otherwise log
                 // every byte the guest prints.
                 if !std::mem::replace(&mut state.failing, true) {
+                    self.port
+                        .write_error_reports
+                        .fetch_add(1, Ordering::Relaxed);
                     warn!("writing guest output to the console stream: {e}; dropping output until a write succeeds");
                 }
                 self.port.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -404,6 +410,18 @@ mod tests {
         port.writer().output(b"345");
         assert_eq!(port.dropped.load(Ordering::Relaxed), 9);
         assert_eq!(port.write_errors.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            port.write_error_reports.load(Ordering::Relaxed),
+            1,
+            "logged once"
+        );
+        // A new output ends the outage: output flows again.
+        let (a, mut b) = UnixStream::pair().unwrap();
+        port.set_output(Some(File::from(OwnedFd::from(a))));
+        port.writer().output(b"back");
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"back");
+        assert_eq!(port.dropped.load(Ordering::Relaxed), 9);
     }
 
     #[test]
