@@ -170,3 +170,76 @@ fn udp_both_ways_with_payloads_intact() {
     assert_eq!(echoed, vec![true; 4], "echoed payloads differ");
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// `--net tap=NAME`: bulkhead creates (or attaches to) a TAP in its own namespace. The test
+/// runs bulkhead inside a namespace it made, addresses the TAP there and pings the guest.
+#[test]
+fn named_tap_in_the_callers_namespace() {
+    require_kvm!();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let ns = format!("bulkhead-test-{}", std::process::id());
+    assert!(std::process::Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .unwrap()
+        .success());
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _cleanup = Cleanup(ns.clone());
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_bulkhead"), "run"])
+        .args(["--net", &format!("tap=bh-tap0,mac={GUEST_MAC}")])
+        .args([
+            "--cmdline",
+            "bulkhead.test=net-serve bulkhead.net.ip=10.0.7.2/24 bulkhead.net.serve-ms=6000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting bulkhead in the namespace");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let serving = rx
+        .iter()
+        .take(50)
+        .any(|l| l.starts_with("bulkhead-guest: net0 serving"));
+    assert!(serving, "the guest never served");
+    for args in [
+        ["addr", "add", "10.0.7.1/24", "dev", "bh-tap0"].as_slice(),
+        ["link", "set", "bh-tap0", "up"].as_slice(),
+    ] {
+        let ok = std::process::Command::new("ip")
+            .args(["-n", &ns])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args:?}");
+    }
+    let ping = common::netns::exec(
+        &ns,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.0.7.2"],
+    );
+    let status = common::wait_until(&mut child, Instant::now() + Duration::from_secs(30));
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
