@@ -39,6 +39,7 @@ const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 /// IEEE 802 "local experimental" ethertype: nothing else on the TAP uses it.
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 const MQ_TAP_NAME: &str = "bhmq0";
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
@@ -255,6 +256,10 @@ impl Ring {
         let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
         mem.write_obj(head, GuestAddress(slot)).unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
+        // used_event (read only with EVENT_IDX): interrupt us past what we have seen.
+        let used_event = self.avail + 4 + 2 * u64::from(QUEUE_SIZE);
+        mem.write_obj(self.used_seen, GuestAddress(used_event))
+            .unwrap();
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
             .unwrap();
@@ -601,4 +606,97 @@ fn a_tap_without_vnet_headers_is_refused() {
     .join()
     .unwrap();
     assert_eq!(status, 1);
+}
+
+/// The configuration Linux guests use: mergeable RX buffers and event indexes. A frame
+/// larger than one buffer spreads over two, the first header saying so.
+fn mergeable_in_netns() {
+    new_netns().unwrap();
+    let tap = create_tap();
+    link_up(TAP_NAME);
+    let sniffer = packet_socket(TAP_NAME);
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let (sock_fd, tap_fd) = (theirs.into_raw_fd(), tap.into_raw_fd());
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done_tx.send(main_with_args([
+            "bulkhead-net".to_string(),
+            "--fd".into(),
+            sock_fd.to_string(),
+            "--tap-fd".into(),
+            tap_fd.to_string(),
+            "--mac".into(),
+            "52:54:00:12:34:56".into(),
+        ]));
+    });
+    let mut fe = Frontend::from_stream(ours, 2);
+    let (mem, memfd) = guest_memory();
+    negotiate(
+        &mut fe,
+        &mem,
+        &memfd,
+        VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX,
+    );
+    let mut rx = Ring::new(0, 0);
+    let mut tx = Ring::new(1, 0x8000);
+    rx.set_up(&mut fe, &mem);
+    tx.set_up(&mut fe, &mem);
+
+    for i in 0..16u64 {
+        rx.add(&mem, 0x20_0000 + i * 0x1000, 1024, true);
+    }
+    rx.kick.write(1).unwrap();
+    let host_frame = our_frame([0x02, 0, 0, 0, 0, 1], 0x3c, 1400);
+    host_send(&sniffer, &host_frame);
+    let mut found = false;
+    for _ in 0..16 {
+        let (id, len) = rx.wait_used(&mem);
+        let base = 0x20_0000 + u64::from(id) * 0x1000;
+        let mut head = vec![0u8; len as usize];
+        mem.read_slice(&mut head, GuestAddress(base)).unwrap();
+        let num_buffers = u16::from_le_bytes([head[10], head[11]]);
+        let mut frame = head[NET_HDR_SIZE..].to_vec();
+        for _ in 1..num_buffers {
+            let (id, len) = rx.wait_used(&mem);
+            let mut more = vec![0u8; len as usize];
+            mem.read_slice(&mut more, GuestAddress(0x20_0000 + u64::from(id) * 0x1000))
+                .unwrap();
+            frame.extend(more);
+        }
+        if frame.len() >= 14 && frame[12..14] == ETHERTYPE {
+            assert_eq!((len, num_buffers), (1024, 2), "split over two buffers");
+            assert_eq!(frame, host_frame, "frame intact");
+            found = true;
+            break;
+        }
+    }
+    assert!(found, "the host's frame in the RX buffers");
+
+    // TX still works with event indexes, twice (the second kick must be noticed too).
+    for n in 0..2u8 {
+        let frame = our_frame(MAC, 0x40 + n, 300);
+        let at = 0x10_0000 + 0x1000 * u64::from(n);
+        mem.write_slice(&[0u8; NET_HDR_SIZE], GuestAddress(at))
+            .unwrap();
+        mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
+            .unwrap();
+        let head = tx.add(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
+        tx.kick.write(1).unwrap();
+        assert_eq!(tx.wait_used(&mem), (u32::from(head), 0));
+        assert_eq!(recv_ours(&sniffer), frame);
+    }
+    drop(fe);
+    let status = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the backend did not exit within 10 s of its frontend leaving");
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn mergeable_buffers_and_event_idx_on_a_real_tap() {
+    if let Some(reason) = unsupported() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    thread::spawn(mergeable_in_netns).join().unwrap();
 }
