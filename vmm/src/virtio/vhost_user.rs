@@ -32,6 +32,10 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// Queue size the vmm offers the driver.
 pub const QUEUE_SIZE: u16 = 256;
+/// virtio-net: the device type, and its control-queue and multiqueue feature bits.
+const VIRTIO_ID_NET: u32 = 1;
+const VIRTIO_NET_F_CTRL_VQ: u32 = 17;
+const VIRTIO_NET_F_MQ: u32 = 22;
 /// Largest config space read or write forwarded (the vhost-user limit is 256 bytes).
 const MAX_CONFIG: usize = 256;
 
@@ -282,7 +286,13 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn features(&self) -> u64 {
-        self.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES
+        let mut features = self.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES;
+        // virtio-net's MQ requires CTRL_VQ (the driver enables queue pairs through it); a
+        // backend without a control queue cannot give the guest more than one pair.
+        if self.device_type == VIRTIO_ID_NET && features & (1 << VIRTIO_NET_F_CTRL_VQ) == 0 {
+            features &= !(1 << VIRTIO_NET_F_MQ);
+        }
+        features
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
