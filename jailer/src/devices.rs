@@ -169,11 +169,11 @@ impl Devices {
             NetBackend::Auto { host_ip, guest_ip } => {
                 let ns = NetNs::create(&format!("bulkhead-{}-{name}", std::process::id()))
                     .map_err(ns_err)?;
-                let ns_name = ns.name.clone();
-                self.namespaces.push(ns);
-                let ns = self.namespaces.last().expect("just pushed");
+                // On an error below, dropping `ns` deletes the namespace again.
                 let taps = ns.open_tap(AUTO_TAP, net.queues).map_err(ns_err)?;
                 ns.configure(AUTO_TAP, host_ip).map_err(ns_err)?;
+                let ns_name = ns.name.clone();
+                self.namespaces.push(ns);
                 let guest = guest_ip.split('/').next().unwrap_or(guest_ip);
                 eprintln!(
                     "bulkhead: {name}: {AUTO_TAP} in network namespace {ns_name}, host side {host_ip}, guest MAC {}; \
