@@ -24,8 +24,6 @@ mod virtio;
 use std::ffi::OsString;
 use std::sync::Arc;
 
-use clap::Parser;
-
 pub use backend::{features, protocol_features, ConsoleBackend, SharedMemory};
 pub use config::{Args, Config, ConfigError, StreamSpec, CAPABILITIES};
 pub use device::{Counters, Output, Receiver, RxEnd, Transmitter};
@@ -71,30 +69,15 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args = match Args::try_parse_from(args) {
-        Ok(args) => args,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 1 } else { 0 };
-        }
-    };
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp_millis()
-        .try_init();
-    if args.print_capabilities {
-        println!("{CAPABILITIES}");
-        return 0;
-    }
-    match Config::try_from(args).map_err(Error::from).and_then(run) {
-        Ok(ended) => {
-            log::info!("exiting: {ended:?}");
-            0
-        }
-        Err(e) => {
-            eprintln!("bulkhead-console: {e}");
-            1
-        }
-    }
+    daemon::main::backend_main(
+        daemon::main::Backend {
+            program: "bulkhead-console",
+            capabilities: CAPABILITIES,
+        },
+        args,
+        |args: &Args| args.print_capabilities,
+        |args| Config::try_from(args).map_err(Error::from).and_then(run),
+    )
 }
 
 /// Opens the stream and serves the console until the frontend disconnects or

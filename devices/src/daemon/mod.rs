@@ -8,6 +8,7 @@
 //! conventions" have it.
 
 pub mod connection;
+pub mod main;
 pub mod relay;
 pub mod signals;
 

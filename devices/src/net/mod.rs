@@ -21,8 +21,6 @@ mod virtio;
 use std::ffi::OsString;
 use std::sync::Arc;
 
-use clap::Parser;
-
 pub use backend::{features, protocol_features, NetBackend, SharedMemory};
 pub use config::{format_mac, parse_mac, Args, Config, ConfigError, TapSource, CAPABILITIES};
 pub use device::{
@@ -84,30 +82,15 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args = match Args::try_parse_from(args) {
-        Ok(args) => args,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 1 } else { 0 };
-        }
-    };
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp_millis()
-        .try_init();
-    if args.print_capabilities {
-        println!("{CAPABILITIES}");
-        return 0;
-    }
-    match Config::try_from(args).map_err(Error::from).and_then(run) {
-        Ok(ended) => {
-            log::info!("exiting: {ended:?}");
-            0
-        }
-        Err(e) => {
-            eprintln!("bulkhead-net: {e}");
-            1
-        }
-    }
+    daemon::main::backend_main(
+        daemon::main::Backend {
+            program: "bulkhead-net",
+            capabilities: CAPABILITIES,
+        },
+        args,
+        |args: &Args| args.print_capabilities,
+        |args| Config::try_from(args).map_err(Error::from).and_then(run),
+    )
 }
 
 /// A random locally administered unicast MAC address.
