@@ -46,4 +46,7 @@ pub trait VirtioBackend: Send {
     ) -> Result<(), ActivateError>;
     /// Stops the device (driver reset); it may be activated again.
     fn reset(&mut self);
+    /// The driver notified queue `queue` and no ioeventfd caught it (queues the vmm serves
+    /// itself, such as virtio-net's control queue).
+    fn notify(&mut self, _queue: u32) {}
 }

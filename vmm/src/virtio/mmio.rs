@@ -177,8 +177,11 @@ impl MmioTransport {
                 self.with_queue(|q| set_high(&mut q.used))
             }
             VIRTIO_MMIO_QUEUE_NOTIFY => {
-                // Normally an ioeventfd catches this before it exits to the vmm.
-                log::debug!("{}: queue notify {value} reached the vmm", self.name());
+                // Queues served by a backend have an ioeventfd that catches this before it
+                // exits; the ones that reach the vmm are served here.
+                if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+                    self.backend.notify(value);
+                }
             }
             VIRTIO_MMIO_INTERRUPT_ACK => {
                 self.interrupt_status &= !value;
@@ -327,6 +330,7 @@ mod tests {
         activated: Option<(u64, Vec<Option<QueueConfig>>)>,
         resets: u32,
         config_writes: Vec<(u64, Vec<u8>)>,
+        notified: Vec<u32>,
     }
 
     struct Fake {
@@ -377,6 +381,9 @@ mod tests {
         }
         fn reset(&mut self) {
             self.log.lock().unwrap().resets += 1;
+        }
+        fn notify(&mut self, queue: u32) {
+            self.log.lock().unwrap().notified.push(queue);
         }
     }
 
@@ -535,6 +542,19 @@ mod tests {
         t.write(0x110, &[1, 2]);
         assert_eq!(log.lock().unwrap().config_writes, vec![(0x10, vec![1, 2])]);
         assert_eq!(rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), g.wrapping_add(1));
+    }
+
+    #[test]
+    fn notifies_that_reach_the_vmm_go_to_the_backend_once_running() {
+        let (mut t, log) = transport(false);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+        assert!(
+            log.lock().unwrap().notified.is_empty(),
+            "not before DRIVER_OK"
+        );
+        bring_up(&mut t, 1 << 32);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+        assert_eq!(log.lock().unwrap().notified, vec![1]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config_size;
 pub mod mmio;
 pub mod monitor;
+pub mod net_ctrl;
 pub mod vhost_user;
 
 pub use backend::{QueueConfig, VirtioBackend};

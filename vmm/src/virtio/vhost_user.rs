@@ -24,6 +24,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{ActivateError, QueueConfig, VirtioBackend};
 use super::config_size::config_size;
+use super::net_ctrl::{CtrlQueue, CTRL_QUEUE_SIZE, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
 
 /// How long to wait for any reply from a backend.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,10 +33,8 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// Queue size the vmm offers the driver.
 pub const QUEUE_SIZE: u16 = 256;
-/// virtio-net: the device type, and its control-queue and multiqueue feature bits.
+/// virtio-net's device type.
 const VIRTIO_ID_NET: u32 = 1;
-const VIRTIO_NET_F_CTRL_VQ: u32 = 17;
-const VIRTIO_NET_F_MQ: u32 = 22;
 /// Largest config space read or write forwarded (the vhost-user limit is 256 bytes).
 const MAX_CONFIG: usize = 256;
 
@@ -105,6 +104,17 @@ pub struct VhostUserDevice {
     memory: SharedMemory,
     config_size: usize,
     active: bool,
+    /// virtio-net with several queue pairs: the vmm serves the control queue (the last
+    /// queue) and enables pairs as the driver asks.
+    net_ctrl: Option<NetCtrl>,
+}
+
+/// The vmm-served control queue of a multiqueue net device.
+struct NetCtrl {
+    /// Its queue index (after the data queues).
+    index: u32,
+    /// Set up at activation when the driver enabled it.
+    queue: Option<CtrlQueue>,
 }
 
 impl VhostUserDevice {
@@ -162,18 +172,31 @@ impl VhostUserDevice {
                 });
             }
         }
+        // virtio-net with more than one pair: a control queue the vmm serves (MQ needs it).
+        let multiqueue_net = device_type == VIRTIO_ID_NET
+            && kicks.len() > 2
+            && backend_features & (1 << VIRTIO_NET_F_MQ) != 0;
+        let mut queue_sizes = vec![QUEUE_SIZE; kicks.len()];
+        let net_ctrl = multiqueue_net.then(|| {
+            queue_sizes.push(CTRL_QUEUE_SIZE);
+            NetCtrl {
+                index: kicks.len() as u32,
+                queue: None,
+            }
+        });
         Ok(VhostUserDevice {
             name: name.to_owned(),
             device_type,
             frontend,
             backend_features,
             protocol_features,
-            queue_sizes: vec![QUEUE_SIZE; kicks.len()],
+            queue_sizes,
             kicks,
             call,
             memory,
             config_size: config_size(device_type, backend_features).min(MAX_CONFIG),
             active: false,
+            net_ctrl,
         })
     }
 
@@ -219,7 +242,15 @@ impl VhostUserDevice {
         self.frontend
             .set_mem_table(&regions)
             .map_err(fail("SET_MEM_TABLE"))?;
-        for (i, q) in queues.iter().enumerate() {
+        let data_queues = self.kicks.len();
+        // A multiqueue net device starts on its first pair; the driver asks for more on the
+        // control queue (only if it negotiated MQ).
+        let enabled = if self.net_ctrl.is_some() {
+            2
+        } else {
+            data_queues
+        };
+        for (i, q) in queues.iter().enumerate().take(data_queues) {
             let Some(q) = q else { continue };
             if q.size == 0 || q.size > QUEUE_SIZE || !q.size.is_power_of_two() {
                 return Err(format!("queue {i}: bad size {}", q.size));
@@ -249,8 +280,14 @@ impl VhostUserDevice {
                 .set_vring_kick(i, &self.kicks[i])
                 .map_err(fail("SET_VRING_KICK"))?;
             self.frontend
-                .set_vring_enable(i, true)
+                .set_vring_enable(i, i < enabled)
                 .map_err(fail("SET_VRING_ENABLE"))?;
+        }
+        if let Some(ctrl) = &mut self.net_ctrl {
+            ctrl.queue = match queues.get(ctrl.index as usize) {
+                Some(Some(q)) => Some(CtrlQueue::new(q, features).map_err(|e| e.to_string())?),
+                _ => None,
+            };
         }
         Ok(())
     }
@@ -287,9 +324,11 @@ impl VirtioBackend for VhostUserDevice {
 
     fn features(&self) -> u64 {
         let mut features = self.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES;
-        // virtio-net's MQ requires CTRL_VQ (the driver enables queue pairs through it); a
-        // backend without a control queue cannot give the guest more than one pair.
-        if self.device_type == VIRTIO_ID_NET && features & (1 << VIRTIO_NET_F_CTRL_VQ) == 0 {
+        if self.net_ctrl.is_some() {
+            // The vmm serves the control queue MQ needs.
+            features |= 1 << VIRTIO_NET_F_CTRL_VQ;
+        } else if self.device_type == VIRTIO_ID_NET && features & (1 << VIRTIO_NET_F_CTRL_VQ) == 0 {
+            // virtio-net's MQ requires CTRL_VQ: without one, one pair only.
             features &= !(1 << VIRTIO_NET_F_MQ);
         }
         features
@@ -359,7 +398,40 @@ impl VirtioBackend for VhostUserDevice {
         Ok(())
     }
 
+    fn notify(&mut self, queue: u32) {
+        let Some(ctrl) = &mut self.net_ctrl else {
+            log::debug!("{}: queue notify {queue} reached the vmm", self.name);
+            return;
+        };
+        let (Some(cq), true) = (ctrl.queue.as_mut(), queue == ctrl.index) else {
+            return;
+        };
+        let pairs_max = (self.kicks.len() / 2) as u16;
+        let (frontend, name) = (&mut self.frontend, &self.name);
+        let interrupt = cq.process(&self.memory.mem, |pairs| {
+            if pairs == 0 || pairs > pairs_max {
+                return false;
+            }
+            for i in 0..usize::from(pairs_max) * 2 {
+                if let Err(e) = frontend.set_vring_enable(i, i < usize::from(pairs) * 2) {
+                    log::warn!("{name}: enabling queue {i}: {e}");
+                    return false;
+                }
+            }
+            log::info!("{name}: the driver uses {pairs} queue pairs");
+            true
+        });
+        if interrupt {
+            if let Err(e) = self.call.write(1) {
+                log::warn!("{}: control queue interrupt: {e}", self.name);
+            }
+        }
+    }
+
     fn reset(&mut self) {
+        if let Some(ctrl) = &mut self.net_ctrl {
+            ctrl.queue = None;
+        }
         if !self.active {
             return;
         }
