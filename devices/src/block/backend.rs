@@ -10,7 +10,7 @@
 //! time); `GET_VRING_BASE` therefore waits for the round in progress, stops the next, and
 //! returns an index with nothing in flight.
 
-use std::cell::Cell;
+use crate::daemon::thread_name::name_worker_thread;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -126,22 +126,6 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::RESET_DEVICE
 }
 
-thread_local! {
-    static NAMED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Names the calling worker thread `blk-q<n>` (once): `vhost-user-backend` spawns them all
-/// as `vring_worker`, and per-queue names make `top -H`, logs and seccomp policy readable.
-fn name_worker_thread(index: usize) {
-    if NAMED.with(|n| n.replace(true)) {
-        return;
-    }
-    let name = format!("blk-q{index}\0");
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes (longer ones are
-    // truncated by the kernel) from a pointer that stays valid for the call.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
-}
-
 impl VhostUserBackend for BlockBackend {
     type Bitmap = ();
     type Vring = VringRwLock<SharedMemory>;
@@ -218,7 +202,7 @@ impl VhostUserBackend for BlockBackend {
             debug!("queue thread {thread_id}: ignoring event {device_event}");
             return Ok(());
         };
-        name_worker_thread(thread_id);
+        name_worker_thread(|| format!("blk-q{thread_id}"));
         let mut worker = worker.lock().unwrap_or_else(PoisonError::into_inner);
         let atomic = self.memory();
         let mem = atomic.memory();

@@ -8,6 +8,7 @@
 //! queue's kick descriptor (`SET_VRING_KICK`), before any guest kick, so the backend keeps
 //! the vrings it is given then.
 
+use crate::daemon::thread_name::name_worker_thread;
 use std::io::{self, Read};
 use std::sync::{Mutex, PoisonError, RwLock};
 
@@ -157,21 +158,6 @@ impl ConsoleBackend {
     }
 }
 
-thread_local! {
-    static NAMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Names the queue thread `console-q` (once): `vhost-user-backend` spawns it as
-/// `vring_worker`, and a device name makes `top -H`, logs and seccomp policy readable.
-fn name_worker_thread() {
-    if NAMED.with(|n| n.replace(true)) {
-        return;
-    }
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from a pointer
-    // that stays valid for the call.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"console-q".as_ptr()) };
-}
-
 impl VhostUserBackend for ConsoleBackend {
     type Bitmap = ();
     type Vring = Vring;
@@ -239,7 +225,7 @@ impl VhostUserBackend for ConsoleBackend {
                 *kept = vrings.to_vec();
             }
         }
-        name_worker_thread();
+        name_worker_thread(|| "console-q".to_owned());
         match device_event {
             RX_QUEUE => {
                 if let Err(e) = self.wake.write(1) {

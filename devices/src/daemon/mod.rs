@@ -11,6 +11,7 @@ pub mod connection;
 pub mod main;
 pub mod relay;
 pub mod signals;
+pub mod thread_name;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 

@@ -8,7 +8,7 @@
 //! the driver has no RX buffers it stops watching the TAP until the next RX kick, so frames
 //! wait in the TAP's queue (the kernel drops and counts beyond its length).
 
-use std::cell::Cell;
+use crate::daemon::thread_name::name_worker_thread;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -366,21 +366,6 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::REPLY_ACK
 }
 
-thread_local! {
-    static NAMED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Names the calling worker thread `net-q<n>` (once); they are all spawned `vring_worker`.
-fn name_worker_thread(index: usize) {
-    if NAMED.with(|n| n.replace(true)) {
-        return;
-    }
-    let name = format!("net-q{index}\0");
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 16 bytes by the
-    // kernel) from a pointer valid for the call.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
-}
-
 impl VhostUserBackend for NetBackend {
     type Bitmap = ();
     type Vring = Vring;
@@ -488,7 +473,7 @@ impl VhostUserBackend for NetBackend {
             debug!("queue thread {thread_id}: ignoring event {device_event}");
             return Ok(());
         };
-        name_worker_thread(thread_id);
+        name_worker_thread(|| format!("net-q{thread_id}"));
         match device_event {
             0 => self.kick_rx(pair, vring),
             1 => self.serve_tx(thread_id, vring),
