@@ -8,30 +8,24 @@
 //!
 //! Needs root and /dev/net/tun; prints SKIPPED with the reason otherwise.
 
+mod common;
+
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bulkhead_devices::net::{main_with_args, CONFIG_SPACE_SIZE, NET_HDR_SIZE};
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use common::{config, guest_memory, Mem, Ring, PROTOCOL_FEATURES_BIT};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
-use vmm_sys_util::eventfd::EventFd;
-
-type Mem = GuestMemoryMmap<()>;
+use vm_memory::{Bytes, GuestAddress};
 
 const MEM_SIZE: usize = 4 << 20;
 const QUEUE_SIZE: u16 = 64;
-const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 const TAP_NAME: &str = "bhnet0";
@@ -173,152 +167,20 @@ fn recv_ours(s: &OwnedFd) -> Vec<u8> {
     }
 }
 
-fn guest_memory() -> (Mem, File) {
-    // SAFETY: memfd_create with a NUL-terminated name; returns a new descriptor or -1.
-    let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: a fresh descriptor we own.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(MEM_SIZE as u64).unwrap();
-    let mem = Mem::from_ranges_with_files(&[(
-        GuestAddress(0),
-        MEM_SIZE,
-        Some(FileOffset::new(file.try_clone().unwrap(), 0)),
-    )])
-    .unwrap();
-    (mem, file)
-}
-
-fn host_addr(mem: &Mem, gpa: u64) -> u64 {
-    mem.get_host_address(GuestAddress(gpa)).unwrap() as u64
-}
-
-/// One split virtqueue in guest memory, driven by the test.
-struct Ring {
-    index: usize,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
-    kick: EventFd,
-    call: EventFd,
-}
-
-impl Ring {
-    fn new(index: usize, base: u64) -> Ring {
-        let desc = base;
-        let avail = desc + 16 * u64::from(QUEUE_SIZE);
-        let used = (avail + 6 + 2 * u64::from(QUEUE_SIZE) + 3) & !3;
-        Ring {
-            index,
-            desc,
-            avail,
-            used,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-            kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        }
-    }
-
-    fn set_up(&self, fe: &mut Frontend, mem: &Mem) {
-        fe.set_vring_num(self.index, QUEUE_SIZE).unwrap();
-        fe.set_vring_addr(
-            self.index,
-            &VringConfigData {
-                queue_max_size: QUEUE_SIZE,
-                queue_size: QUEUE_SIZE,
-                flags: 0,
-                desc_table_addr: host_addr(mem, self.desc),
-                used_ring_addr: host_addr(mem, self.used),
-                avail_ring_addr: host_addr(mem, self.avail),
-                log_addr: None,
-            },
-        )
-        .unwrap();
-        fe.set_vring_base(self.index, 0).unwrap();
-        fe.set_vring_call(self.index, &self.call).unwrap();
-        fe.set_vring_kick(self.index, &self.kick).unwrap();
-        fe.set_vring_enable(self.index, true).unwrap();
-    }
-
-    /// Makes one single-descriptor chain available; returns its head.
-    fn add(&mut self, mem: &Mem, addr: u64, len: u32, write: bool) -> u16 {
-        let head = self.next_desc;
-        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-        let d = RawDescriptor::from(Descriptor::new(addr, len, flags, 0));
-        mem.write_obj(d, GuestAddress(self.desc + 16 * u64::from(head)))
-            .unwrap();
-        self.next_desc += 1;
-        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        // used_event (read only with EVENT_IDX): interrupt us past what we have seen.
-        let used_event = self.avail + 4 + 2 * u64::from(QUEUE_SIZE);
-        mem.write_obj(self.used_seen, GuestAddress(used_event))
-            .unwrap();
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-            .unwrap();
-        head
-    }
-
-    /// Waits (5 s at most) for one new used entry.
-    fn wait_used(&mut self, mem: &Mem) -> (u32, u32) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let used_idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-            if used_idx != self.used_seen {
-                let at = self.used + 4 + 8 * u64::from(self.used_seen % QUEUE_SIZE);
-                let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
-                let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
-                self.used_seen = self.used_seen.wrapping_add(1);
-                return (id, len);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "queue {}: nothing used within 5 s",
-                self.index
-            );
-            let mut pfd = libc::pollfd {
-                fd: self.call.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one pollfd valid for the call.
-            unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
-            let _ = self.call.read();
-        }
-    }
+/// Starts the daemon in a thread; returns the thread and a channel its exit status comes on.
+fn daemon(args: Vec<String>) -> (JoinHandle<()>, mpsc::Receiver<i32>) {
+    common::daemon_reporting("bulkhead-net", main_with_args, args)
 }
 
 fn negotiate(fe: &mut Frontend, mem: &Mem, memfd: &File, extra: u64) -> u64 {
-    fe.set_owner().unwrap();
-    let offered = fe.get_features().unwrap();
     let want = (1 << VIRTIO_F_VERSION_1) | VIRTIO_NET_F_MAC | PROTOCOL_FEATURES_BIT | extra;
-    assert_eq!(offered & want, want, "offered {offered:#x}");
-    assert_ne!(offered & VIRTIO_NET_F_MRG_RXBUF, 0);
-    let protocol = fe.get_protocol_features().unwrap();
     let needed = VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK;
-    assert!(protocol.contains(needed), "{protocol:?}");
-    fe.set_protocol_features(needed).unwrap();
-    fe.set_features(want).unwrap();
-    let region = mem.iter().next().unwrap();
-    fe.set_mem_table(&[VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: region.len(),
-        userspace_addr: host_addr(mem, 0),
-        mmap_offset: 0,
-        mmap_handle: memfd.as_raw_fd(),
-    }])
-    .unwrap();
-    offered
+    common::negotiate(fe, mem, memfd, want, needed, |offered| {
+        assert_ne!(offered & VIRTIO_NET_F_MRG_RXBUF, 0);
+        want
+    })
 }
 
 fn our_frame(src: [u8; 6], payload: u8, len: usize) -> Vec<u8> {
@@ -340,32 +202,20 @@ fn run_in_netns() {
 
     let (ours, theirs) = UnixStream::pair().unwrap();
     let (sock_fd, tap_fd) = (theirs.into_raw_fd(), tap.into_raw_fd());
-    let (done_tx, done_rx) = mpsc::channel();
-    let stderr_hint = thread::spawn(move || {
-        let status = main_with_args([
-            "bulkhead-net".to_string(),
-            "--fd".into(),
-            sock_fd.to_string(),
-            "--tap-fd".into(),
-            tap_fd.to_string(),
-            "--mac".into(),
-            "52:54:00:12:34:56".into(),
-        ]);
-        let _ = done_tx.send(status);
-    });
+    let (stderr_hint, done_rx) = daemon(vec![
+        "--fd".into(),
+        sock_fd.to_string(),
+        "--tap-fd".into(),
+        tap_fd.to_string(),
+        "--mac".into(),
+        "52:54:00:12:34:56".into(),
+    ]);
 
     let mut fe = Frontend::from_stream(ours, 2);
-    let (mem, memfd) = guest_memory();
+    let (mem, memfd) = guest_memory(MEM_SIZE);
     negotiate(&mut fe, &mem, &memfd, 0);
     assert_eq!(fe.get_queue_num().unwrap(), 2);
-    let (_, cfg) = fe
-        .get_config(
-            0,
-            CONFIG_SPACE_SIZE as u32,
-            VhostUserConfigFlags::WRITABLE,
-            &[0u8; CONFIG_SPACE_SIZE],
-        )
-        .unwrap();
+    let cfg = config(&mut fe, CONFIG_SPACE_SIZE);
     assert_eq!(cfg[..6], MAC);
     assert_eq!(
         cfg[6..12],
@@ -373,8 +223,8 @@ fn run_in_netns() {
         "link up, 1 pair, MTU 1500"
     );
 
-    let mut rx = Ring::new(0, 0);
-    let mut tx = Ring::new(1, 0x8000);
+    let mut rx = Ring::new(0, 0, QUEUE_SIZE);
+    let mut tx = Ring::new(1, 0x8000, QUEUE_SIZE);
     rx.set_up(&mut fe, &mem);
     tx.set_up(&mut fe, &mem);
 
@@ -387,9 +237,9 @@ fn run_in_netns() {
     mem.write_slice(&hdr, GuestAddress(at)).unwrap();
     mem.write_slice(&bad, GuestAddress(at + NET_HDR_SIZE as u64))
         .unwrap();
-    let head = tx.add(&mem, at, (NET_HDR_SIZE + bad.len()) as u32, false);
-    tx.kick.write(1).unwrap();
-    assert_eq!(tx.wait_used(&mem), (u32::from(head), 0));
+    let head = tx.add_one(&mem, at, (NET_HDR_SIZE + bad.len()) as u32, false);
+    tx.kick();
+    assert_eq!(tx.wait_one_used(&mem), (u32::from(head), 0));
 
     // TX: header (all zero: no offload) + frame.
     let frame = our_frame(MAC, 0x5a, 200);
@@ -398,16 +248,16 @@ fn run_in_netns() {
         .unwrap();
     mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
         .unwrap();
-    let head = tx.add(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
-    tx.kick.write(1).unwrap();
-    assert_eq!(tx.wait_used(&mem), (u32::from(head), 0));
+    let head = tx.add_one(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
+    tx.kick();
+    assert_eq!(tx.wait_one_used(&mem), (u32::from(head), 0));
     assert_eq!(recv_ours(&sniffer), frame, "the guest's frame on the TAP");
 
     // RX: buffers for whatever the host sends (IPv6 autoconfiguration may come first).
     for i in 0..16u64 {
-        rx.add(&mem, 0x20_0000 + i * 0x1000, 2048, true);
+        rx.add_one(&mem, 0x20_0000 + i * 0x1000, 2048, true);
     }
-    rx.kick.write(1).unwrap();
+    rx.kick();
     let host_frame = our_frame([0x02, 0, 0, 0, 0, 1], 0xa5, 300);
     // SAFETY: `host_frame` is valid for reads of its length.
     let n = unsafe {
@@ -420,7 +270,7 @@ fn run_in_netns() {
     };
     assert_eq!(n, host_frame.len() as isize);
     let found = (0..16).find_map(|_| {
-        let (id, len) = rx.wait_used(&mem);
+        let (id, len) = rx.wait_one_used(&mem);
         let base = 0x20_0000 + u64::from(id) * 0x1000;
         let mut buf = vec![0u8; len as usize];
         mem.read_slice(&mut buf, GuestAddress(base)).unwrap();
@@ -476,39 +326,29 @@ fn multiqueue_in_netns() {
     }
     let (ours, theirs) = UnixStream::pair().unwrap();
     let sock_fd = theirs.into_raw_fd();
-    let (done_tx, done_rx) = mpsc::channel();
-    let daemon = thread::spawn(move || {
-        let status = main_with_args([
-            "bulkhead-net".to_string(),
-            "--fd".into(),
-            sock_fd.to_string(),
-            "--tap".into(),
-            MQ_TAP_NAME.into(),
-            "--queue-pairs".into(),
-            "2".into(),
-        ]);
-        let _ = done_tx.send(status);
-    });
+    let (daemon, done_rx) = daemon(vec![
+        "--fd".into(),
+        sock_fd.to_string(),
+        "--tap".into(),
+        MQ_TAP_NAME.into(),
+        "--queue-pairs".into(),
+        "2".into(),
+    ]);
     let mut fe = Frontend::from_stream(ours, 4);
-    let (mem, memfd) = guest_memory();
+    let (mem, memfd) = guest_memory(MEM_SIZE);
     let offered = negotiate(&mut fe, &mem, &memfd, VIRTIO_NET_F_MQ);
     assert_ne!(offered & VIRTIO_NET_F_MQ, 0);
     assert_eq!(fe.get_queue_num().unwrap(), 4);
-    let (_, cfg) = fe
-        .get_config(
-            0,
-            CONFIG_SPACE_SIZE as u32,
-            VhostUserConfigFlags::WRITABLE,
-            &[0u8; CONFIG_SPACE_SIZE],
-        )
-        .unwrap();
+    let cfg = config(&mut fe, CONFIG_SPACE_SIZE);
     assert_eq!(cfg[0] & 3, 2, "a random locally administered unicast MAC");
     assert_eq!(cfg[8..10], [2, 0], "max_virtqueue_pairs");
     // The backend has set the TAP up by now (features negotiated): bring the link up.
     link_up(MQ_TAP_NAME);
     let sniffer = packet_socket(MQ_TAP_NAME);
 
-    let mut rings: Vec<Ring> = (0..4).map(|i| Ring::new(i, 0x8000 * i as u64)).collect();
+    let mut rings: Vec<Ring> = (0..4)
+        .map(|i| Ring::new(i, 0x8000 * i as u64, QUEUE_SIZE))
+        .collect();
     for r in &rings {
         r.set_up(&mut fe, &mem);
     }
@@ -521,22 +361,22 @@ fn multiqueue_in_netns() {
         mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
             .unwrap();
         let ring = &mut rings[tx];
-        let head = ring.add(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
-        ring.kick.write(1).unwrap();
-        assert_eq!(ring.wait_used(&mem), (u32::from(head), 0));
+        let head = ring.add_one(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
+        ring.kick();
+        assert_eq!(ring.wait_one_used(&mem), (u32::from(head), 0));
         assert_eq!(recv_ours(&sniffer), frame, "TX of pair {pair}");
     }
     // RX: buffers on both pairs; the TAP picks a queue by flow hash.
     for rx in [0usize, 2] {
         for i in 0..8u64 {
-            rings[rx].add(
+            rings[rx].add_one(
                 &mem,
                 0x20_0000 + 0x8_0000 * rx as u64 + i * 0x1000,
                 2048,
                 true,
             );
         }
-        rings[rx].kick.write(1).unwrap();
+        rings[rx].kick();
     }
     let host_frame = our_frame([0x02, 0, 0, 0, 0, 1], 0x77, 120);
     host_send(&sniffer, &host_frame);
@@ -544,13 +384,9 @@ fn multiqueue_in_netns() {
     let mut found = false;
     while !found && Instant::now() < deadline {
         for rx in [0usize, 2] {
-            let used_idx: u16 = mem.read_obj(GuestAddress(rings[rx].used + 2)).unwrap();
+            let used_idx = rings[rx].used_idx(&mem);
             while rings[rx].used_seen != used_idx {
-                let r = &mut rings[rx];
-                let at = r.used + 4 + 8 * u64::from(r.used_seen % QUEUE_SIZE);
-                let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
-                let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
-                r.used_seen = r.used_seen.wrapping_add(1);
+                let (id, len) = rings[rx].pop_used(&mem);
                 let base = 0x20_0000 + 0x8_0000 * rx as u64 + u64::from(id) * 0x1000;
                 found |= rx_holds(&mem, base, len, &host_frame);
             }
@@ -617,47 +453,43 @@ fn mergeable_in_netns() {
     let sniffer = packet_socket(TAP_NAME);
     let (ours, theirs) = UnixStream::pair().unwrap();
     let (sock_fd, tap_fd) = (theirs.into_raw_fd(), tap.into_raw_fd());
-    let (done_tx, done_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = done_tx.send(main_with_args([
-            "bulkhead-net".to_string(),
-            "--fd".into(),
-            sock_fd.to_string(),
-            "--tap-fd".into(),
-            tap_fd.to_string(),
-            "--mac".into(),
-            "52:54:00:12:34:56".into(),
-        ]));
-    });
+    let (_daemon, done_rx) = daemon(vec![
+        "--fd".into(),
+        sock_fd.to_string(),
+        "--tap-fd".into(),
+        tap_fd.to_string(),
+        "--mac".into(),
+        "52:54:00:12:34:56".into(),
+    ]);
     let mut fe = Frontend::from_stream(ours, 2);
-    let (mem, memfd) = guest_memory();
+    let (mem, memfd) = guest_memory(MEM_SIZE);
     negotiate(
         &mut fe,
         &mem,
         &memfd,
         VIRTIO_NET_F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX,
     );
-    let mut rx = Ring::new(0, 0);
-    let mut tx = Ring::new(1, 0x8000);
+    let mut rx = Ring::new(0, 0, QUEUE_SIZE);
+    let mut tx = Ring::new(1, 0x8000, QUEUE_SIZE);
     rx.set_up(&mut fe, &mem);
     tx.set_up(&mut fe, &mem);
 
     for i in 0..16u64 {
-        rx.add(&mem, 0x20_0000 + i * 0x1000, 1024, true);
+        rx.add_one(&mem, 0x20_0000 + i * 0x1000, 1024, true);
     }
-    rx.kick.write(1).unwrap();
+    rx.kick();
     let host_frame = our_frame([0x02, 0, 0, 0, 0, 1], 0x3c, 1400);
     host_send(&sniffer, &host_frame);
     let mut found = false;
     for _ in 0..16 {
-        let (id, len) = rx.wait_used(&mem);
+        let (id, len) = rx.wait_one_used(&mem);
         let base = 0x20_0000 + u64::from(id) * 0x1000;
         let mut head = vec![0u8; len as usize];
         mem.read_slice(&mut head, GuestAddress(base)).unwrap();
         let num_buffers = u16::from_le_bytes([head[10], head[11]]);
         let mut frame = head[NET_HDR_SIZE..].to_vec();
         for _ in 1..num_buffers {
-            let (id, len) = rx.wait_used(&mem);
+            let (id, len) = rx.wait_one_used(&mem);
             let mut more = vec![0u8; len as usize];
             mem.read_slice(&mut more, GuestAddress(0x20_0000 + u64::from(id) * 0x1000))
                 .unwrap();
@@ -680,9 +512,9 @@ fn mergeable_in_netns() {
             .unwrap();
         mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
             .unwrap();
-        let head = tx.add(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
-        tx.kick.write(1).unwrap();
-        assert_eq!(tx.wait_used(&mem), (u32::from(head), 0));
+        let head = tx.add_one(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
+        tx.kick();
+        assert_eq!(tx.wait_one_used(&mem), (u32::from(head), 0));
         assert_eq!(recv_ours(&sniffer), frame);
     }
     drop(fe);

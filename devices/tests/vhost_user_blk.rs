@@ -4,39 +4,35 @@
 //! memory, lays out split virtqueues in it, kicks, waits for the call eventfd, and checks
 //! the used ring, the status bytes and the image file's bytes.
 
+mod common;
+
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::IntoRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use bulkhead_devices::block::{main_with_args, CONFIG_SPACE_SIZE, SEG_MAX};
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use common::{guest_memory, Mem, Ring, PROTOCOL_FEATURES_BIT};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::VhostBackend;
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
-use vmm_sys_util::eventfd::EventFd;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::tempdir::TempDir;
 use vmm_sys_util::tempfile::TempFile;
-
-type Mem = GuestMemoryMmap<()>;
 
 const MEM_SIZE: usize = 4 << 20;
 const QUEUE_SIZE: u16 = 256;
 const DISK_SIZE: u64 = 1 << 20;
-const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
 
 fn pattern(i: u64) -> u8 {
     (i as u8) ^ ((i >> 9) as u8).wrapping_mul(13)
@@ -51,139 +47,7 @@ fn image() -> TempFile {
 
 /// Starts the daemon in a thread, as the process would run; returns its exit status.
 fn daemon(args: Vec<String>) -> JoinHandle<i32> {
-    thread::spawn(move || {
-        let mut argv = vec!["bulkhead-blk".to_string()];
-        argv.extend(args);
-        main_with_args(argv)
-    })
-}
-
-/// Guest memory backed by a memfd, as the VMM shares it.
-fn guest_memory() -> (Mem, File) {
-    // SAFETY: memfd_create with a NUL-terminated name; returns a new descriptor or -1.
-    let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: a fresh descriptor we own.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(MEM_SIZE as u64).unwrap();
-    let mem = Mem::from_ranges_with_files(&[(
-        GuestAddress(0),
-        MEM_SIZE,
-        Some(FileOffset::new(file.try_clone().unwrap(), 0)),
-    )])
-    .unwrap();
-    (mem, file)
-}
-
-fn host_addr(mem: &Mem, gpa: u64) -> u64 {
-    mem.get_host_address(GuestAddress(gpa)).unwrap() as u64
-}
-
-/// One split virtqueue laid out in guest memory, driven by the test.
-struct Ring {
-    index: usize,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
-    kick: EventFd,
-    call: EventFd,
-}
-
-impl Ring {
-    fn new(index: usize, base: u64) -> Ring {
-        let desc = base;
-        let avail = desc + 16 * u64::from(QUEUE_SIZE);
-        let used = (avail + 6 + 2 * u64::from(QUEUE_SIZE) + 3) & !3;
-        Ring {
-            index,
-            desc,
-            avail,
-            used,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-            kick: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        }
-    }
-
-    fn set_up(&self, fe: &mut Frontend, mem: &Mem) {
-        fe.set_vring_num(self.index, QUEUE_SIZE).unwrap();
-        fe.set_vring_addr(
-            self.index,
-            &VringConfigData {
-                queue_max_size: QUEUE_SIZE,
-                queue_size: QUEUE_SIZE,
-                flags: 0,
-                desc_table_addr: host_addr(mem, self.desc),
-                used_ring_addr: host_addr(mem, self.used),
-                avail_ring_addr: host_addr(mem, self.avail),
-                log_addr: None,
-            },
-        )
-        .unwrap();
-        fe.set_vring_base(self.index, 0).unwrap();
-        fe.set_vring_call(self.index, &self.call).unwrap();
-        fe.set_vring_kick(self.index, &self.kick).unwrap();
-        fe.set_vring_enable(self.index, true).unwrap();
-    }
-
-    /// Adds a chain of (gpa, len, device-writable) and makes it available; returns the head.
-    fn add(&mut self, mem: &Mem, parts: &[(u64, u32, bool)]) -> u16 {
-        let head = self.next_desc;
-        for (i, &(addr, len, write)) in parts.iter().enumerate() {
-            let idx = head + i as u16;
-            let last = i + 1 == parts.len();
-            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-            if !last {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
-            let d = RawDescriptor::from(Descriptor::new(addr, len, flags, idx + 1));
-            mem.write_obj(d, GuestAddress(self.desc + 16 * u64::from(idx)))
-                .unwrap();
-        }
-        self.next_desc += parts.len() as u16;
-        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        // used_event: interrupt us when the used index moves past what we have seen.
-        let used_event = self.avail + 4 + 2 * u64::from(QUEUE_SIZE);
-        mem.write_obj(self.used_seen, GuestAddress(used_event))
-            .unwrap();
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-            .unwrap();
-        head
-    }
-
-    /// Kicks and waits for the call eventfd; returns the new used entries (id, len).
-    fn kick_and_wait(&mut self, mem: &Mem, expect: usize) -> Vec<(u32, u32)> {
-        self.kick.write(1).unwrap();
-        let mut out = Vec::new();
-        while out.len() < expect {
-            let mut pfd = libc::pollfd {
-                fd: self.call.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one pollfd, 5 s timeout.
-            let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
-            assert_eq!(n, 1, "no interrupt from the backend within 5 s");
-            let _ = self.call.read();
-            let used_idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-            while self.used_seen != used_idx {
-                let at = self.used + 4 + 8 * u64::from(self.used_seen % QUEUE_SIZE);
-                let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
-                let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
-                out.push((id, len));
-                self.used_seen = self.used_seen.wrapping_add(1);
-            }
-        }
-        out
-    }
+    common::daemon("bulkhead-blk", main_with_args, args)
 }
 
 fn header(mem: &Mem, at: u64, request_type: u32, sector: u64) {
@@ -194,44 +58,21 @@ fn header(mem: &Mem, at: u64, request_type: u32, sector: u64) {
 
 /// SET_OWNER, features, protocol features, memory table: what every frontend does first.
 fn negotiate(fe: &mut Frontend, mem: &Mem, memfd: &File) -> u64 {
-    fe.set_owner().unwrap();
-    let offered = fe.get_features().unwrap();
     let want = (1 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_RING_F_EVENT_IDX)
         | (1 << VIRTIO_RING_F_INDIRECT_DESC)
         | (1 << VIRTIO_BLK_F_FLUSH)
         | PROTOCOL_FEATURES_BIT;
-    assert_eq!(offered & want, want, "offered {offered:#x}");
-    let protocol = fe.get_protocol_features().unwrap();
     let needed = VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK;
-    assert!(protocol.contains(needed), "{protocol:?}");
-    fe.set_protocol_features(needed).unwrap();
-    fe.set_features(offered & (want | (1 << VIRTIO_BLK_F_MQ)))
-        .unwrap();
-    let region = mem.iter().next().unwrap();
-    fe.set_mem_table(&[VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: region.len(),
-        userspace_addr: host_addr(mem, 0),
-        mmap_offset: 0,
-        mmap_handle: memfd.as_raw_fd(),
-    }])
-    .unwrap();
-    offered
+    common::negotiate(fe, mem, memfd, want, needed, |offered| {
+        offered & (want | (1 << VIRTIO_BLK_F_MQ))
+    })
 }
 
 fn config(fe: &mut Frontend) -> Vec<u8> {
-    let (_, bytes) = fe
-        .get_config(
-            0,
-            CONFIG_SPACE_SIZE as u32,
-            VhostUserConfigFlags::WRITABLE,
-            &[0u8; CONFIG_SPACE_SIZE],
-        )
-        .unwrap();
-    bytes
+    common::config(fe, CONFIG_SPACE_SIZE)
 }
 
 #[test]
@@ -250,7 +91,7 @@ fn serves_a_guest_over_a_connected_socketpair() {
         "2".into(),
     ]);
     let mut fe = Frontend::from_stream(ours, 2);
-    let (mem, memfd) = guest_memory();
+    let (mem, memfd) = guest_memory(MEM_SIZE);
     let offered = negotiate(&mut fe, &mem, &memfd);
     assert_ne!(offered & (1 << VIRTIO_BLK_F_MQ), 0, "two queues offer MQ");
     assert_eq!(offered & (1 << VIRTIO_BLK_F_RO), 0);
@@ -266,8 +107,8 @@ fn serves_a_guest_over_a_connected_socketpair() {
     assert_eq!(u32::from_le_bytes(cfg[20..24].try_into().unwrap()), 512);
     assert_eq!(u16::from_le_bytes(cfg[34..36].try_into().unwrap()), 2);
 
-    let mut q0 = Ring::new(0, 0);
-    let mut q1 = Ring::new(1, 0x8000);
+    let mut q0 = Ring::new(0, 0, QUEUE_SIZE);
+    let mut q1 = Ring::new(1, 0x8000, QUEUE_SIZE);
     q0.set_up(&mut fe, &mem);
     q1.set_up(&mut fe, &mem);
 
@@ -380,11 +221,11 @@ fn read_only_over_a_listening_fd() {
         "--read-only".into(),
     ]);
     let mut fe = Frontend::connect(&path, 1).unwrap();
-    let (mem, memfd) = guest_memory();
+    let (mem, memfd) = guest_memory(MEM_SIZE);
     let offered = negotiate(&mut fe, &mem, &memfd);
     assert_ne!(offered & (1 << VIRTIO_BLK_F_RO), 0);
     assert_eq!(offered & (1 << VIRTIO_BLK_F_MQ), 0);
-    let mut q = Ring::new(0, 0);
+    let mut q = Ring::new(0, 0, QUEUE_SIZE);
     q.set_up(&mut fe, &mem);
     mem.write_slice(&[0u8; 512], GuestAddress(0x20000)).unwrap();
     header(&mem, 0x10000, VIRTIO_BLK_T_OUT, 0);
@@ -509,9 +350,9 @@ fn termination_while_serving_exits_cleanly() {
     let t = termination.clone();
     let d = thread::spawn(move || run_with(config, &t));
     let mut fe = Frontend::from_stream(ours, 1);
-    let (mem, memfd) = guest_memory();
+    let (mem, memfd) = guest_memory(MEM_SIZE);
     negotiate(&mut fe, &mem, &memfd);
-    let q = Ring::new(0, 0);
+    let q = Ring::new(0, 0, QUEUE_SIZE);
     q.set_up(&mut fe, &mem);
     termination.trigger();
     assert_eq!(d.join().unwrap().unwrap(), Ended::Terminated);
