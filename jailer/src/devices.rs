@@ -197,38 +197,19 @@ impl Devices {
     /// The first backend process that has ended (waiting briefly for one that is ending),
     /// with how it ended; marks it reported.
     pub fn exited(&mut self) -> Option<(String, String)> {
-        for _ in 0..50 {
-            for p in self.processes.iter_mut() {
-                if let Some(s) = p.exited() {
-                    p.reported = true;
-                    return Some((
-                        p.name.clone(),
-                        format!("{} (pid {}) {}", p.program, p.pid(), launch::describe(s)),
-                    ));
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        None
+        wait_briefly(50, || {
+            self.processes
+                .iter_mut()
+                .find_map(|p| ended(p).map(|how| (p.name.clone(), how)))
+        })
     }
 
     /// How device `name`'s process ended, if bulkhead started it and it has (waiting
-    /// briefly: a hang-up can arrive a moment before the process is reapable).
+    /// briefly: a hang-up can arrive a moment before the process is reapable); marks it
+    /// reported.
     pub fn how_it_ended(&mut self, name: &str) -> Option<String> {
         let p = self.processes.iter_mut().find(|p| p.name == name)?;
-        for _ in 0..100 {
-            if let Some(s) = p.exited() {
-                p.reported = true;
-                return Some(format!(
-                    "{} (pid {}) {}",
-                    p.program,
-                    p.pid(),
-                    launch::describe(s)
-                ));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        None
+        wait_briefly(100, || ended(p))
     }
 
     /// Stops every backend process (reporting any that had ended badly and was not
@@ -246,4 +227,27 @@ impl Devices {
         }
         self.namespaces.clear();
     }
+}
+
+/// How `p` ended, if it has; marks it reported.
+fn ended(p: &mut DeviceProcess) -> Option<String> {
+    let status = p.exited()?;
+    p.reported = true;
+    Some(format!(
+        "{} (pid {}) {}",
+        p.program,
+        p.pid(),
+        launch::describe(status)
+    ))
+}
+
+/// Calls `f` up to `attempts` times, 2 ms apart, until it gives an answer.
+fn wait_briefly<T>(attempts: u32, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..attempts {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    None
 }

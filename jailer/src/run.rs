@@ -90,14 +90,12 @@ fn run(args: &RunArgs) -> i32 {
     }
     drop(vm);
     let code = match &result {
-        Ok(VmStop::DeviceFailed { device, why }) => {
-            let how = devices.how_it_ended(device);
-            eprintln!(
-                "bulkhead: {device} failed: {}; VM stopped",
-                how.as_deref().unwrap_or(why)
-            );
-            EXIT_BULKHEAD_FAILED
-        }
+        // A device's hang-up is best explained by how its process ended, when bulkhead
+        // started it.
+        Ok(VmStop::DeviceFailed { device, why }) => exit_status(&VmStop::DeviceFailed {
+            why: devices.how_it_ended(device).unwrap_or_else(|| why.clone()),
+            device: device.clone(),
+        }),
         Ok(stop) => exit_status(stop),
         Err(e) => fail(e),
     };
