@@ -40,7 +40,8 @@ pub struct NetNs {
     pub name: String,
 }
 
-fn ip(what: &str, args: &[&str]) -> Result<(), NetNsError> {
+/// Runs `ip ARGS`; `what` says what for, in the error.
+pub fn ip(what: &str, args: &[&str]) -> Result<(), NetNsError> {
     let command = format!("ip {}", args.join(" "));
     let out = Command::new("ip")
         .args(args)
@@ -76,19 +77,9 @@ impl NetNs {
         let path = format!("/run/netns/{}", self.name);
         let name = self.name.clone();
         let tap = tap.to_owned();
+        // The thread ends right after opening the TAP.
         let enter = move || -> Result<Vec<OwnedFd>, NetNsError> {
-            let ns = std::fs::File::open(&path).map_err(|source| NetNsError::Enter {
-                name: name.clone(),
-                source,
-            })?;
-            // SAFETY: setns on an fd we own, for this thread only (CLONE_NEWNET); the
-            // thread ends right after opening the TAP.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(NetNsError::Enter {
-                    name,
-                    source: std::io::Error::last_os_error(),
-                });
-            }
+            enter_thread(&path).map_err(|source| NetNsError::Enter { name, source })?;
             Ok(tap::open(&tap, queues)?)
         };
         std::thread::spawn(enter).join().unwrap_or_else(|_| {
@@ -112,6 +103,18 @@ impl NetNs {
         )?;
         ip("bringing up the TAP", &["-n", ns, "link", "set", tap, "up"])
     }
+}
+
+/// Moves the calling thread (only it: a thread's network namespace is its own) into the
+/// network namespace at `path` (e.g. /run/netns/NAME).
+pub fn enter_thread(path: &str) -> std::io::Result<()> {
+    let ns = std::fs::File::open(path)?;
+    // SAFETY: setns on an fd we own, with CLONE_NEWNET, which changes only the calling
+    // thread's network namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Drop for NetNs {

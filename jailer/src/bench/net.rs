@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -111,8 +110,9 @@ fn guest_run(ms: u64) -> Result<(Rates, Rates), String> {
         std::thread::spawn(move || -> Result<(), String> {
             wait_for_namespace(&ns)?;
             enter(&ns)?;
-            let sock =
-                UdpSocket::bind(("10.0.2.1", PORT)).map_err(|e| format!("binding in {ns}: {e}"))?;
+            // The namespace appears a moment before its host address is configured.
+            let sock = wait_briefly(|| UdpSocket::bind(("10.0.2.1", PORT)).ok())
+                .ok_or_else(|| format!("binding 10.0.2.1:{PORT} in {ns}: no such address"))?;
             sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .map_err(|e| e.to_string())?;
             let mut buf = [0u8; 2048];
@@ -188,27 +188,28 @@ fn guest_run(ms: u64) -> Result<(Rates, Rates), String> {
 
 fn wait_for_namespace(ns: &str) -> Result<(), String> {
     let path = format!("/run/netns/{ns}");
+    wait_briefly(|| std::path::Path::new(&path).exists().then_some(()))
+        .ok_or_else(|| format!("network namespace {ns} did not appear"))
+}
+
+/// Calls `f` every 5 ms for up to 20 s until it gives an answer.
+fn wait_briefly<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + Duration::from_secs(20);
-    while !std::path::Path::new(&path).exists() {
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
         if Instant::now() > end {
-            return Err(format!("network namespace {ns} did not appear"));
+            return None;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(())
 }
 
 /// Moves the calling thread into namespace `ns`.
 fn enter(ns: &str) -> Result<(), String> {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| format!("{ns}: {e}"))?;
-    // SAFETY: setns on an fd we own, for the calling thread only.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(format!(
-            "entering {ns}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
+    crate::netns::enter_thread(&format!("/run/netns/{ns}"))
+        .map_err(|e| format!("entering {ns}: {e}"))
 }
 
 /// From namespace `ns`, sends `size`-byte datagrams to `to` for `dur`; returns how many.
@@ -236,19 +237,7 @@ struct Veth {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    crate::netns::ip("the veth baseline", args).map_err(|e| e.to_string())
 }
 
 impl Veth {
