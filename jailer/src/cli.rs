@@ -52,7 +52,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u64,
     /// Serial console (8250 at 0x3f8): stdio, file=PATH, or off.
-    #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio", value_parser = parse_serial)]
+    #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio", value_parser = bulkhead_vmm::process::args::parse_serial)]
     pub serial: SerialOutput,
     /// A virtio-blk disk (repeatable): path=IMAGE[,readonly=on][,serial=ID][,queues=N][,direct=on]
     /// runs a bulkhead-blk process on the image (direct=on: O_DIRECT, bypassing the page cache); socket=PATH[,queues=N] uses a vhost-user-blk
@@ -136,33 +136,9 @@ pub struct BootBenchArgs {
     pub cpus: u64,
 }
 
-fn parse_serial(s: &str) -> Result<SerialOutput, String> {
-    match s {
-        "stdio" => Ok(SerialOutput::Stdio),
-        "off" => Ok(SerialOutput::Off),
-        _ => match s.strip_prefix("file=") {
-            Some("") => Err("file= needs a path".into()),
-            Some(path) => Ok(SerialOutput::File(PathBuf::from(path))),
-            None => Err(format!("{s:?}: expected stdio, file=PATH or off")),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn serial_values() {
-        assert_eq!(parse_serial("stdio"), Ok(SerialOutput::Stdio));
-        assert_eq!(parse_serial("off"), Ok(SerialOutput::Off));
-        assert_eq!(
-            parse_serial("file=/tmp/x"),
-            Ok(SerialOutput::File("/tmp/x".into()))
-        );
-        assert!(parse_serial("file=").is_err());
-        assert!(parse_serial("tty").is_err());
-    }
 
     #[test]
     fn definition_is_consistent() {

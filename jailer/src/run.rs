@@ -1,19 +1,22 @@
 //! `bulkhead run`: build the VM, run it, turn why it stopped into an exit status.
 //!
-//! Today the vmm runs inside this process; the launcher that starts it (and the device
-//! processes) confined comes with the confinement issue, behind this same command.
+//! The launcher starts the device backends, then the vmm process (`bulkhead-vmm`) with the
+//! vmm's end of each backend's socket, and waits for the vmm to report why the VM stopped.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
 
 use bulkhead_vmm::boot::{BootConfig, KernelImage};
-use bulkhead_vmm::config::{ConfigError, VmConfig};
+use bulkhead_vmm::config::{ConfigError, SerialOutput, VmConfig};
 use bulkhead_vmm::devices::VmStop;
-use bulkhead_vmm::{builder, TEST_GUEST, TEST_GUEST_NAME};
+use bulkhead_vmm::process::outcome::Outcome;
+pub use bulkhead_vmm::process::{chain, exit_status, EXIT_BULKHEAD_FAILED};
+use bulkhead_vmm::{TEST_GUEST, TEST_GUEST_NAME};
 
 use crate::cli::RunArgs;
 use crate::devices::Devices;
 use crate::launch::console::ConsoleStream;
-
-/// Exit status when bulkhead itself fails or the guest crashed (as `docker run` does).
-pub const EXIT_BULKHEAD_FAILED: i32 = 125;
+use crate::launch::{self, DeviceProcess, VMM};
 
 /// Builds the VM configuration from the command line (without devices).
 pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
@@ -57,76 +60,67 @@ fn run(args: &RunArgs) -> i32 {
         config.memory_mib,
         config.cpus
     );
-    let mut config = config;
     let console = args.console.clone().and_then(|c| c.0);
     let mut devices = match Devices::start(&args.disk, &args.net, console.as_ref()) {
         Ok(d) => d,
         Err(e) => return fail(&e),
     };
-    config.devices = std::mem::take(&mut devices.configs);
     // The virtio console on the terminal owns its input; the serial console only prints.
-    config.serial_input = console != Some(ConsoleStream::Stdio);
-    let mut vm = match builder::build(config) {
-        Ok(vm) => vm,
+    let serial_input =
+        console != Some(ConsoleStream::Stdio) && config.serial == SerialOutput::Stdio;
+    let configs = std::mem::take(&mut devices.configs);
+    let (vmm, control) = match launch::start_vmm(args, configs, serial_input) {
+        Ok(v) => v,
         Err(e) => {
-            // A backend that failed at start-up shows up here as a broken socket: say how
-            // its process ended, which names the real cause.
-            let code = match devices.exited() {
-                Some((device, how)) => {
-                    eprintln!(
-                        "bulkhead: error: {device}: {how}; it could not serve the device ({e})"
-                    );
-                    EXIT_BULKHEAD_FAILED
-                }
-                None => fail(&e),
-            };
             devices.stop();
-            return code;
+            return fail(&e);
         }
     };
-    let result = vm.run();
-    if args.report_stats {
-        report_stats();
-    }
-    drop(vm);
-    let code = match &result {
-        // A device's hang-up is best explained by how its process ended, when bulkhead
-        // started it.
-        Ok(VmStop::DeviceFailed { device, why }) => exit_status(&VmStop::DeviceFailed {
-            why: devices.how_it_ended(device).unwrap_or_else(|| why.clone()),
-            device: device.clone(),
-        }),
-        Ok(stop) => exit_status(stop),
-        Err(e) => fail(e),
-    };
+    let code = supervise(vmm, control, &mut devices);
     devices.stop();
     code
 }
 
-/// The exit status for why the VM stopped; says so on stderr when it is not the guest's
-/// own status.
-pub fn exit_status(stop: &VmStop) -> i32 {
-    match stop {
-        VmStop::GuestStatus(n) => {
-            log::info!("guest exited with status {n}");
-            i32::from(*n)
+/// Waits for the vmm's outcome (it reports a device's hang-up as well as the guest's end)
+/// and turns it into the exit status, explaining a device failure by how its process ended.
+fn supervise(vmm: DeviceProcess, control: UnixStream, devices: &mut Devices) -> i32 {
+    let mut line = String::new();
+    let read = BufReader::new(&control).read_line(&mut line);
+    let (program, pid) = (vmm.program.clone(), vmm.pid());
+    let ended = vmm.stop();
+    let outcome = match read {
+        Ok(n) if n > 0 => Outcome::decode(&line),
+        _ => {
+            let how = ended.map_or_else(|| "could not be reaped".into(), launch::describe);
+            eprintln!("bulkhead: {VMM} failed: {program} (pid {pid}) {how}; VM stopped");
+            return EXIT_BULKHEAD_FAILED;
         }
-        VmStop::Reset => {
-            log::info!("guest reset the machine: VM powered off");
-            0
+    };
+    match outcome {
+        // A device's hang-up is best explained by how its process ended, when bulkhead
+        // started it.
+        Ok(Outcome::Stopped(VmStop::DeviceFailed { device, why })) => {
+            exit_status(&VmStop::DeviceFailed {
+                why: devices.how_it_ended(&device).unwrap_or(why),
+                device,
+            })
         }
-        VmStop::TripleFault { vcpu } => {
-            eprintln!(
-                "bulkhead: vcpu{vcpu}: the guest triple-faulted (KVM_EXIT_SHUTDOWN); VM stopped"
-            );
+        Ok(Outcome::Stopped(stop)) => exit_status(&stop),
+        // A backend that failed at start-up shows up as a broken socket: say how its
+        // process ended, which names the real cause.
+        Ok(Outcome::Failed(msg)) => {
+            match devices.exited() {
+                Some((device, how)) => {
+                    eprintln!(
+                        "bulkhead: error: {device}: {how}; it could not serve the device ({msg})"
+                    )
+                }
+                None => eprintln!("bulkhead: error: {msg}"),
+            }
             EXIT_BULKHEAD_FAILED
         }
-        VmStop::DeviceFailed { device, why } => {
-            eprintln!("bulkhead: {device} failed: {why}; VM stopped");
-            EXIT_BULKHEAD_FAILED
-        }
-        VmStop::Error { vcpu, what } => {
-            eprintln!("bulkhead: vcpu{vcpu}: {what}; VM stopped");
+        Err(e) => {
+            eprintln!("bulkhead: {VMM} failed: {program} (pid {pid}): {e}");
             EXIT_BULKHEAD_FAILED
         }
     }
@@ -134,46 +128,8 @@ pub fn exit_status(stop: &VmStop) -> i32 {
 
 /// Prints `e` and its causes on one line; returns [`EXIT_BULKHEAD_FAILED`].
 pub fn fail(e: &dyn std::error::Error) -> i32 {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    eprintln!("bulkhead: error: {msg}");
+    eprintln!("bulkhead: error: {}", chain(e));
     EXIT_BULKHEAD_FAILED
-}
-
-/// Prints this process's memory figures (from /proc/self/status) and when the guest was
-/// first entered (CLOCK_MONOTONIC), for `bulkhead bench`.
-fn report_stats() {
-    use bulkhead_vmm::kvm::run_loop::{EXIT_COUNTS, FIRST_ENTRY_NS};
-    use std::sync::atomic::Ordering::Relaxed;
-    eprintln!(
-        "bulkhead-stats: first_entry_monotonic_ns={} exits_pio={} exits_mmio={} exits_other={}",
-        FIRST_ENTRY_NS.load(Relaxed),
-        EXIT_COUNTS.pio.load(Relaxed),
-        EXIT_COUNTS.mmio.load(Relaxed),
-        EXIT_COUNTS.other.load(Relaxed),
-    );
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return;
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    eprintln!(
-        "bulkhead-stats: vm_hwm_kib={} rss_anon_kib={} rss_file_kib={} rss_shmem_kib={}",
-        field("VmHWM:"),
-        field("RssAnon:"),
-        field("RssFile:"),
-        field("RssShmem:")
-    );
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod process;
 pub mod virtio;
 pub mod vm;
 

@@ -5,10 +5,12 @@
 mod blk;
 pub mod console;
 mod net;
+mod vmm;
 
 pub use blk::start_blk;
 pub use console::start_console;
 pub use net::start_net;
+pub use vmm::{start_vmm, VMM};
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;

@@ -1,0 +1,192 @@
+//! The command line of `bulkhead-vmm`. `bulkhead run` builds it; it can also be run by hand
+//! with backends started separately (`--device ...,socket=PATH`).
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::SerialOutput;
+
+/// bulkhead-vmm: the vCPU process of bulkhead (normally started by `bulkhead run`).
+#[derive(Parser, Debug)]
+#[command(name = "bulkhead-vmm", version, about)]
+pub struct VmmArgs {
+    /// Kernel image (ELF vmlinux or bzImage); the built-in test guest when absent.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (the virtio-mmio devices are appended to it).
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 256)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u64,
+    /// Serial console output: stdio, file=PATH or off.
+    #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialOutput,
+    /// Do not read standard input into the serial console (something else owns it).
+    #[arg(long)]
+    pub no_serial_input: bool,
+    /// A virtio device served by a vhost-user backend (repeatable, in slot order):
+    /// name=NAME,type=ID,queues=N and either fd=FD (an inherited connected socket) or
+    /// socket=PATH.
+    #[arg(long = "device", value_name = "name=NAME,type=ID,queues=N,fd=FD|socket=PATH", value_parser = parse_device)]
+    pub devices: Vec<DeviceArg>,
+    /// An inherited socket to write the outcome line to (see `process::outcome`).
+    #[arg(long, value_name = "FD")]
+    pub control_fd: Option<RawFd>,
+    /// Print memory use and guest-entry time on exit (used by `bulkhead bench`).
+    #[arg(long, hide = true)]
+    pub report_stats: bool,
+}
+
+/// Where a device's backend is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSocket {
+    /// An inherited, connected socket.
+    Fd(RawFd),
+    /// A path a backend listens on.
+    Path(PathBuf),
+}
+
+/// One `--device`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceArg {
+    /// Name for messages.
+    pub name: String,
+    /// Virtio device id.
+    pub device_type: u32,
+    /// Queues to offer.
+    pub queues: u16,
+    /// The backend.
+    pub socket: DeviceSocket,
+}
+
+impl DeviceArg {
+    /// The `--device` value for this device.
+    pub fn to_arg(&self) -> String {
+        let at = match &self.socket {
+            DeviceSocket::Fd(fd) => format!("fd={fd}"),
+            DeviceSocket::Path(p) => format!("socket={}", p.display()),
+        };
+        format!(
+            "name={},type={},queues={},{at}",
+            self.name, self.device_type, self.queues
+        )
+    }
+}
+
+/// Parses `--serial`.
+pub fn parse_serial(s: &str) -> Result<SerialOutput, String> {
+    match s {
+        "stdio" => Ok(SerialOutput::Stdio),
+        "off" => Ok(SerialOutput::Off),
+        _ => match s.strip_prefix("file=") {
+            Some("") => Err("file= needs a path".into()),
+            Some(path) => Ok(SerialOutput::File(PathBuf::from(path))),
+            None => Err(format!("{s:?}: expected stdio, file=PATH or off")),
+        },
+    }
+}
+
+fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    let (mut name, mut device_type, mut queues, mut socket) = (None, None, None, None);
+    for item in s.split(',') {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?}: expected key=value"))?;
+        let number = |what: &str| {
+            value
+                .parse::<u32>()
+                .map_err(|_| format!("{what}={value:?}: not a number"))
+        };
+        match key {
+            "name" if !value.is_empty() => name = Some(value.to_owned()),
+            "type" => device_type = Some(number("type")?),
+            "queues" => {
+                queues = Some(
+                    u16::try_from(number("queues")?)
+                        .ok()
+                        .filter(|&q| q > 0)
+                        .ok_or_else(|| format!("queues={value}: 1 to 65535"))?,
+                )
+            }
+            "fd" => {
+                let fd = number("fd")?;
+                socket = Some(DeviceSocket::Fd(
+                    RawFd::try_from(fd)
+                        .ok()
+                        .filter(|&fd| fd > 2)
+                        .ok_or_else(|| format!("fd={value}: must be above 2"))?,
+                ))
+            }
+            "socket" if !value.is_empty() => socket = Some(DeviceSocket::Path(value.into())),
+            _ => return Err(format!("{item:?}: unknown or empty key")),
+        }
+    }
+    Ok(DeviceArg {
+        name: name.ok_or("name= missing")?,
+        device_type: device_type.ok_or("type= missing")?,
+        queues: queues.ok_or("queues= missing")?,
+        socket: socket.ok_or("fd= or socket= missing")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_round_trips() {
+        for d in [
+            DeviceArg {
+                name: "disk0".into(),
+                device_type: 2,
+                queues: 4,
+                socket: DeviceSocket::Fd(5),
+            },
+            DeviceArg {
+                name: "net0".into(),
+                device_type: 1,
+                queues: 2,
+                socket: DeviceSocket::Path("/run/x.sock".into()),
+            },
+        ] {
+            assert_eq!(parse_device(&d.to_arg()), Ok(d.clone()));
+        }
+    }
+
+    #[test]
+    fn bad_devices_say_why() {
+        for (arg, why) in [
+            ("name=d,type=2,queues=1", "fd= or socket= missing"),
+            ("name=d,type=2,queues=0,fd=4", "queues=0"),
+            ("name=d,type=2,queues=1,fd=1", "above 2"),
+            ("name=d,type=x,queues=1,fd=4", "not a number"),
+            ("type=2,queues=1,fd=4", "name= missing"),
+            ("name=d,type=2,queues=1,fd=4,colour=red", "unknown"),
+            ("name=d,type=2,queues=1,fd", "key=value"),
+        ] {
+            let e = parse_device(arg).unwrap_err();
+            assert!(e.contains(why), "{arg}: {e}");
+        }
+    }
+
+    #[test]
+    fn serial_values() {
+        assert_eq!(parse_serial("stdio"), Ok(SerialOutput::Stdio));
+        assert_eq!(parse_serial("off"), Ok(SerialOutput::Off));
+        assert_eq!(
+            parse_serial("file=/tmp/s"),
+            Ok(SerialOutput::File("/tmp/s".into()))
+        );
+        assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("tty").is_err());
+    }
+}
