@@ -8,3 +8,12 @@
 //!
 //! The outside-in steps (namespaces, cgroups, rlimits, closing fds, clearing the
 //! environment) are the jailer's, in `jailer/`.
+
+/// The last steps of a jail as one call, `finish_jail`, and the flags that ask for it.
+pub mod jail;
+/// An empty read-only root (pivot_root into a tmpfs).
+pub mod root;
+/// An unprivileged identity: uid/gid, no capabilities, no_new_privs.
+pub mod identity;
+/// Landlock denying all filesystem access.
+pub mod landlock;
