@@ -1,0 +1,294 @@
+//! A typed, framed control connection over a Unix stream socket, with fd passing.
+//!
+//! `Channel<S, R>` sends messages of type `S` and receives messages of type `R`; the four
+//! aliases below name the two ends of the two conversations. A message's fds travel as
+//! `SCM_RIGHTS` with the first byte of its frame.
+//!
+//! A channel that met a bad frame (truncated, oversize, bad magic, undecodable payload,
+//! missing or too many fds, wrong version) logs an error naming the peer, shuts the socket
+//! down and refuses every later call with "connection closed after bad frame": once a
+//! stream has lost its place there is no trustworthy way back into step.
+
+use crate::channel_error::{ChannelError, ErrorKind};
+use crate::codec;
+use crate::frame::{self, FrameError};
+use crate::message::PROTOCOL_VERSION;
+use crate::message::{ApiReply, ApiRequest, Message, ToLauncher, ToProcess, MAX_FDS};
+use crate::scm;
+use std::io::{self, Read};
+use std::marker::PhantomData;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// The launcher's end of its connection with a vmm or device process.
+pub type LauncherChannel = Channel<ToProcess, ToLauncher>;
+/// A vmm or device process's end of its connection with the launcher.
+pub type ProcessChannel = Channel<ToLauncher, ToProcess>;
+/// The launcher's end of an API socket connection.
+pub type ApiServerChannel = Channel<ApiReply, ApiRequest>;
+/// `bulkhead ctl`'s end of an API socket connection.
+pub type ApiClientChannel = Channel<ApiRequest, ApiReply>;
+
+/// A control connection that sends `S` and receives `R`.
+#[derive(Debug)]
+pub struct Channel<S, R> {
+    stream: UnixStream,
+    peer: String,
+    /// Why the connection was closed after a bad frame, if it was.
+    broken: Option<&'static str>,
+    _messages: PhantomData<fn(S) -> R>,
+}
+
+impl<S: Message, R: Message> Channel<S, R> {
+    /// Wraps a connected stream; `peer` names the other end in errors and logs
+    /// (e.g. "bulkhead-blk blk0 (pid 4242)").
+    pub fn new(stream: UnixStream, peer: impl Into<String>) -> Self {
+        Self {
+            stream,
+            peer: peer.into(),
+            broken: None,
+            _messages: PhantomData,
+        }
+    }
+
+    /// The peer's name as given to [`Channel::new`].
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Limits how long [`recv`](Self::recv) waits for a frame and [`send`](Self::send) for
+    /// room in the socket (`None`: forever). A receive that times out before a frame starts
+    /// returns a retryable timeout; one that times out inside a frame breaks the channel.
+    pub fn set_timeouts(
+        &self,
+        read: Option<Duration>,
+        write: Option<Duration>,
+    ) -> Result<(), ChannelError> {
+        self.stream.set_read_timeout(read).map_err(|source| {
+            self.err(ErrorKind::SocketOption {
+                option: "SO_RCVTIMEO",
+                source,
+            })
+        })?;
+        self.stream.set_write_timeout(write).map_err(|source| {
+            self.err(ErrorKind::SocketOption {
+                option: "SO_SNDTIMEO",
+                source,
+            })
+        })
+    }
+
+    /// Exchanges `Hello` with the peer and checks that both speak [`PROTOCOL_VERSION`].
+    /// Either side may call it first; both must call it before anything else.
+    pub fn handshake(&mut self) -> Result<(), ChannelError> {
+        self.handshake_as(PROTOCOL_VERSION)
+    }
+
+    /// [`handshake`](Self::handshake) announcing `version` instead of ours (for tests of
+    /// version mismatches).
+    #[doc(hidden)]
+    pub fn handshake_as(&mut self, version: u32) -> Result<(), ChannelError> {
+        self.send(&S::hello(version), &[])?;
+        let (hello, fds) = self.recv()?;
+        if !fds.is_empty() {
+            log::warn!(
+                "control channel with {}: closing {} unexpected fds sent with Hello",
+                self.peer,
+                fds.len()
+            );
+        }
+        match hello.hello_version() {
+            Some(theirs) if theirs == version => Ok(()),
+            Some(theirs) => Err(self.fail(
+                "version mismatch",
+                ErrorKind::Version {
+                    ours: version,
+                    theirs,
+                },
+            )),
+            None => Err(self.fail("no Hello", ErrorKind::NotHello { got: hello.name() })),
+        }
+    }
+
+    /// Sends `msg` with `fds`, which must be exactly as many as the message declares
+    /// ([`Message::fds_carried`]). The fds stay open on our side.
+    pub fn send(&mut self, msg: &S, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        self.check_usable()?;
+        let expected = msg.fds_carried();
+        if fds.len() != expected || expected > MAX_FDS {
+            return Err(self.err(ErrorKind::FdCountMismatch {
+                message: msg.name(),
+                expected,
+                given: fds.len(),
+            }));
+        }
+        let payload = codec::encode(msg).map_err(|e| self.err(ErrorKind::Codec(e)))?;
+        let bytes = frame::frame(&payload).map_err(|e| self.err(ErrorKind::Frame(e)))?;
+        let mut sent = 0;
+        while sent < bytes.len() {
+            // In bounds: the loop runs only while sent < bytes.len().
+            let rest = &bytes[sent..];
+            let with = if sent == 0 { fds } else { &[] };
+            match scm::send(self.stream.as_fd(), rest, with) {
+                Ok(0) => {
+                    let source = io::Error::from(io::ErrorKind::WriteZero);
+                    return Err(self.fail(
+                        "short write",
+                        ErrorKind::Send {
+                            message: msg.name(),
+                            source,
+                        },
+                    ));
+                }
+                Ok(n) => sent += n,
+                Err(e) if sent == 0 && is_timeout(&e) => return Err(self.err(ErrorKind::Timeout)),
+                Err(e) if sent == 0 && is_peer_gone(&e) => return Err(self.err(ErrorKind::Closed)),
+                Err(source) => {
+                    return Err(self.fail(
+                        "send failed",
+                        ErrorKind::Send {
+                            message: msg.name(),
+                            source,
+                        },
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives the next message and the fds that came with it (exactly as many as it
+    /// declares; extra ones are closed and logged).
+    pub fn recv(&mut self) -> Result<(R, Vec<OwnedFd>), ChannelError> {
+        self.check_usable()?;
+        let mut reader = FdReader {
+            sock: self.stream.as_fd(),
+            fds: Vec::new(),
+            truncated: false,
+        };
+        let result = frame::read_frame(&mut reader);
+        let (mut fds, truncated) = (reader.fds, reader.truncated);
+        if truncated {
+            drop(fds);
+            return Err(self.fail(
+                "fds truncated",
+                ErrorKind::ControlTruncated { max: MAX_FDS },
+            ));
+        }
+        let payload = match result {
+            Ok(payload) => payload,
+            Err(FrameError::Closed) => return Err(self.err(ErrorKind::Closed)),
+            Err(e) if e.is_idle_timeout() => return Err(self.err(ErrorKind::Timeout)),
+            Err(FrameError::Io { got: 0, source }) if is_peer_gone(&source) => {
+                return Err(self.err(ErrorKind::Closed))
+            }
+            Err(e) => return Err(self.fail("bad frame", ErrorKind::Frame(e))),
+        };
+        let msg: R = match codec::decode(&payload) {
+            Ok(msg) => msg,
+            Err(e) => return Err(self.fail("undecodable payload", ErrorKind::Codec(e))),
+        };
+        let expected = msg.fds_carried();
+        if fds.len() < expected {
+            let got = fds.len();
+            drop(fds);
+            return Err(self.fail(
+                "missing fds",
+                ErrorKind::MissingFds {
+                    message: msg.name(),
+                    expected,
+                    got,
+                },
+            ));
+        }
+        if fds.len() > expected {
+            log::warn!(
+                "control channel with {}: closing {} unexpected fds sent with {}",
+                self.peer,
+                fds.len() - expected,
+                msg.name()
+            );
+            fds.truncate(expected);
+        }
+        Ok((msg, fds))
+    }
+
+    /// Gives back the socket.
+    pub fn into_inner(self) -> UnixStream {
+        self.stream
+    }
+
+    fn check_usable(&self) -> Result<(), ChannelError> {
+        match self.broken {
+            Some(why) => Err(self.err(ErrorKind::Broken(why))),
+            None => Ok(()),
+        }
+    }
+
+    fn err(&self, kind: ErrorKind) -> ChannelError {
+        ChannelError {
+            peer: self.peer.clone(),
+            kind,
+        }
+    }
+
+    /// Records a bad frame: logs it, shuts the connection down and breaks the channel.
+    fn fail(&mut self, why: &'static str, kind: ErrorKind) -> ChannelError {
+        let err = self.err(kind);
+        log::error!("{}; closing the connection", error_chain(&err));
+        // Already-closed sockets fail here; nothing more to do about it.
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.broken = Some(why);
+        err
+    }
+}
+
+impl<S, R> AsFd for Channel<S, R> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+/// `err` and its sources, joined by ": ".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// `Read` over `recvmsg` that keeps every fd arriving while one frame is read.
+struct FdReader<'a> {
+    sock: BorrowedFd<'a>,
+    fds: Vec<OwnedFd>,
+    truncated: bool,
+}
+
+impl Read for FdReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let got = scm::recv(self.sock, buf)?;
+        self.fds.extend(got.fds);
+        self.truncated |= got.truncated;
+        Ok(got.bytes)
+    }
+}
