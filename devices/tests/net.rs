@@ -532,3 +532,218 @@ fn mergeable_buffers_and_event_idx_on_a_real_tap() {
     }
     thread::spawn(mergeable_in_netns).join().unwrap();
 }
+
+const DETACH_TAP_NAME: &str = "bhmq1";
+
+/// How many queues of TAP `name` are attached: the kernel sets the interface's real queue
+/// count to that, and sysfs lists one `rx-<n>` per queue. Sysfs shows the namespace of
+/// whoever mounted it, so the caller mounts one of its own (see [`private_sysfs`]).
+fn attached_queues(sysfs: &std::path::Path, name: &str) -> usize {
+    std::fs::read_dir(sysfs.join("class/net").join(name).join("queues"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count()
+}
+
+/// Sysfs as this thread's network namespace sees it, mounted in a mount namespace of the
+/// thread's own (gone with the thread), at a fresh directory.
+fn private_sysfs() -> std::path::PathBuf {
+    // SAFETY: unshare takes flags only; CLONE_NEWNS moves just this thread (it has its
+    // own fs_struct afterwards).
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNS) }, 0);
+    let root = std::ffi::CString::new("/").unwrap();
+    // SAFETY: NUL-terminated strings valid for the call; makes our mounts private.
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let dir = std::env::temp_dir().join(format!("bhmq-sysfs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, at) = (
+        std::ffi::CString::new("sysfs").unwrap(),
+        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap(),
+    );
+    // SAFETY: NUL-terminated strings valid for the call.
+    let r = unsafe { libc::mount(src.as_ptr(), at.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+    assert_eq!(r, 0, "mounting sysfs: {}", std::io::Error::last_os_error());
+    dir
+}
+
+/// Waits (3 s at most) for `attached_queues(name)` to be `n`.
+fn wait_attached(sysfs: &std::path::Path, name: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while attached_queues(sysfs, name) != n {
+        assert!(
+            Instant::now() < deadline,
+            "TAP {name}: {} queues attached, expected {n}",
+            attached_queues(sysfs, name)
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An IPv4/UDP frame from source port `sport` (the TAP steers by the flow's hash), its
+/// payload marked with `mark`.
+fn udp_frame(sport: u16, mark: u8) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend([0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
+    let payload = [mark; 32];
+    let total = (20 + 8 + payload.len()) as u16;
+    f.extend([
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    f.extend([10, 9, 0, 1, 10, 9, 0, 2]);
+    f.extend(sport.to_be_bytes());
+    f.extend(9999u16.to_be_bytes());
+    f.extend((8 + payload.len() as u16).to_be_bytes());
+    f.extend([0, 0]);
+    f.extend(payload);
+    f
+}
+
+/// RX buffer `id` of RX ring `rx` (0 or 2).
+fn rx_buffer(rx: usize, id: u32) -> u64 {
+    0x20_0000 + 0x8_0000 * rx as u64 + u64::from(id % 128) * 0x1000
+}
+
+/// Sends one frame per source port in `sports` (marked `mark`) into the TAP and returns,
+/// for each RX ring (0 and 2), how many of them turned up there; panics if any is missing.
+fn steer(
+    mem: &Mem,
+    rings: &mut [Ring],
+    sniffer: &OwnedFd,
+    sports: std::ops::Range<u16>,
+    mark: u8,
+) -> [usize; 2] {
+    let frames: Vec<Vec<u8>> = sports.map(|p| udp_frame(p, mark)).collect();
+    for frame in &frames {
+        host_send(sniffer, frame);
+    }
+    let mut got = [0usize; 2];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.iter().sum::<usize>() < frames.len() && Instant::now() < deadline {
+        for (slot, rx) in [0usize, 2].into_iter().enumerate() {
+            let used_idx = rings[rx].used_idx(mem);
+            while rings[rx].used_seen != used_idx {
+                let (id, len) = rings[rx].pop_used(mem);
+                if frames
+                    .iter()
+                    .any(|f| rx_holds(mem, rx_buffer(rx, id), len, f))
+                {
+                    got[slot] += 1;
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        got.iter().sum::<usize>(),
+        frames.len(),
+        "frames lost: {got:?}"
+    );
+    got
+}
+
+/// Fills RX ring `ring` with buffers (as many as it has free entries) and kicks it.
+fn fill_rx(mem: &Mem, ring: &mut Ring) {
+    let outstanding = ring.avail_idx.wrapping_sub(ring.used_seen);
+    for _ in outstanding..ring.size {
+        let id = ring.next_desc % ring.size;
+        ring.add(mem, &[(rx_buffer(ring.index, u32::from(id)), 2048, true)]);
+    }
+    ring.kick();
+}
+
+/// A two-pair TAP: pair 1's queue is detached until its rings are enabled and used, gets
+/// frames once attached, is detached again when the frontend disables its rings (then
+/// every frame reaches pair 0), and attached again when they are re-enabled.
+fn detach_in_netns() {
+    if let Err(e) = new_netns() {
+        println!("SKIPPED: unshare(CLONE_NEWNET): {e}");
+        return;
+    }
+    let sysfs = private_sysfs();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let sock_fd = theirs.into_raw_fd();
+    let (daemon, done_rx) = daemon(vec![
+        "--fd".into(),
+        sock_fd.to_string(),
+        "--tap".into(),
+        DETACH_TAP_NAME.into(),
+        "--queue-pairs".into(),
+        "2".into(),
+        "--mac".into(),
+        "52:54:00:12:34:57".into(),
+    ]);
+    let mut fe = Frontend::from_stream(ours, 4);
+    let (mem, memfd) = guest_memory(MEM_SIZE);
+    negotiate(&mut fe, &mem, &memfd, VIRTIO_NET_F_MQ);
+    // Nothing enabled yet: only pair 0's queue is attached.
+    wait_attached(&sysfs, DETACH_TAP_NAME, 1);
+    link_up(DETACH_TAP_NAME);
+    let sniffer = packet_socket(DETACH_TAP_NAME);
+    let mut rings: Vec<Ring> = (0..4)
+        .map(|i| Ring::new(i, 0x8000 * i as u64, QUEUE_SIZE))
+        .collect();
+    for r in &rings {
+        r.set_up(&mut fe, &mem);
+    }
+    fill_rx(&mem, &mut rings[0]);
+    fill_rx(&mem, &mut rings[2]);
+    // The RX kick on pair 1 attached its queue: flows spread over both.
+    wait_attached(&sysfs, DETACH_TAP_NAME, 2);
+    let both = steer(&mem, &mut rings, &sniffer, 1000..1040, 0xa1);
+    assert!(both[1] > 0, "no flow steered to pair 1: {both:?}");
+
+    // The driver switches to one pair: the backend detaches pair 1's queue by itself.
+    fe.set_vring_enable(2, false).unwrap();
+    fe.set_vring_enable(3, false).unwrap();
+    wait_attached(&sysfs, DETACH_TAP_NAME, 1);
+    fill_rx(&mem, &mut rings[0]);
+    let one = steer(&mem, &mut rings, &sniffer, 2000..2040, 0xb2);
+    assert_eq!(one, [40, 0], "frames on a disabled pair");
+
+    // Enabled again: attached at its next kick.
+    fe.set_vring_enable(2, true).unwrap();
+    fe.set_vring_enable(3, true).unwrap();
+    rings[2].kick();
+    wait_attached(&sysfs, DETACH_TAP_NAME, 2);
+
+    drop(fe);
+    let status = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the backend did not exit within 10 s of its frontend leaving");
+    assert_eq!(status, 0);
+    let _ = daemon.join();
+    let at = std::ffi::CString::new(sysfs.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path valid for the call.
+    unsafe { libc::umount2(at.as_ptr(), libc::MNT_DETACH) };
+    let _ = std::fs::remove_dir(&sysfs);
+}
+
+#[test]
+fn a_disabled_pair_has_its_tap_queue_detached() {
+    if let Some(reason) = unsupported() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    thread::spawn(detach_in_netns).join().unwrap();
+}

@@ -7,6 +7,11 @@
 //! on the first RX kick) that waits for the TAP to be readable and fills RX buffers. While
 //! the driver has no RX buffers it stops watching the TAP until the next RX kick, so frames
 //! wait in the TAP's queue (the kernel drops and counts beyond its length).
+//!
+//! The TAP queue of a pair the driver hasn't enabled is detached (see `queue_link.rs`): all
+//! but pair 0's at start; a pair's worker attaches it before serving the pair's first
+//! event once enabled, and its RX thread detaches it when it sees the rings disabled (on
+//! every wake-up, and every [`LINK_CHECK_MS`] while attached).
 
 use crate::daemon::thread_name::name_worker_thread;
 use std::io;
@@ -28,6 +33,7 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device::{Counters, RxEnd, RxWorker, TapGone, TxWorker};
+use super::queue_link::{Change, LinkError, QueueLink};
 use super::tap::{offloads_for, set_offload, Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::virtio::*;
 use super::GuestRam;
@@ -36,6 +42,11 @@ use crate::daemon::Termination;
 /// Guest memory as `vhost-user-backend` shares it with us.
 pub type SharedMemory = GuestMemoryAtomic<GuestRam>;
 type Vring = VringRwLock<SharedMemory>;
+
+/// How often (ms) the RX thread of an attached pair other than 0 looks whether the driver
+/// disabled its rings: `vhost-user-backend` doesn't tell, and a disabled pair's queue
+/// would keep being steered frames nobody reads until it is detached.
+pub const LINK_CHECK_MS: i32 = 100;
 
 /// What the backend and its RX threads share.
 #[derive(Debug)]
@@ -73,8 +84,11 @@ impl Shared {
 struct RxPair {
     index: usize,
     tap: Arc<OwnedFd>,
+    /// Whether `tap` is attached; held by whoever reads or writes it.
+    link: QueueLink<Arc<OwnedFd>>,
     worker: Mutex<RxWorker>,
-    vring: Mutex<Option<Vring>>,
+    /// The pair's RX and TX vrings, known from its first event on.
+    vrings: Mutex<Option<(Vring, Vring)>>,
     wake: EventFd,
     started: AtomicBool,
 }
@@ -121,8 +135,9 @@ impl NetBackend {
                 Ok(Arc::new(RxPair {
                     index,
                     tap: Arc::clone(fd),
+                    link: QueueLink::new(index, Arc::clone(fd)),
                     worker: Mutex::new(RxWorker::new(Arc::clone(fd), Arc::clone(&counters))),
-                    vring: Mutex::new(None),
+                    vrings: Mutex::new(None),
                     wake: EventFd::new(EFD_NONBLOCK)?,
                     started: AtomicBool::new(false),
                 }))
@@ -161,6 +176,19 @@ impl NetBackend {
             .clone()
     }
 
+    /// Detaches the TAP queues of every pair but 0: no driver has enabled them yet.
+    pub fn detach_idle_queues(&self) -> Result<(), LinkError> {
+        for pair in self.rx.iter().skip(1) {
+            pair.link.reconcile(false, false)?;
+        }
+        Ok(())
+    }
+
+    /// Whether each pair's TAP queue is attached now.
+    pub fn attached_queues(&self) -> Vec<bool> {
+        self.rx.iter().map(|p| p.link.is_attached()).collect()
+    }
+
     /// Stops and joins the RX threads.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
@@ -174,13 +202,30 @@ impl NetBackend {
         }
     }
 
-    fn kick_rx(&self, pair: &Arc<RxPair>, vring: &Vring) {
+    /// Before a pair's event is served: remembers its vrings, attaches its TAP queue if it
+    /// was enabled since, and makes sure its RX thread runs (it watches the link too).
+    fn prepare_pair(&self, pair: &Arc<RxPair>, vrings: &[Vring]) {
+        let (Some(rx), Some(tx)) = (vrings.first(), vrings.get(1)) else {
+            return;
+        };
         {
-            let mut slot = pair.vring.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut slot = pair.vrings.lock().unwrap_or_else(PoisonError::into_inner);
             if slot.is_none() {
-                *slot = Some(vring.clone());
+                *slot = Some((rx.clone(), tx.clone()));
             }
         }
+        reconcile_link(&self.shared, pair, rx, tx);
+        self.start_rx_thread(pair);
+    }
+
+    fn kick_rx(&self, pair: &Arc<RxPair>) {
+        self.start_rx_thread(pair);
+        if let Err(e) = pair.wake.write(1) {
+            warn!("waking RX thread {}: {e}", pair.index);
+        }
+    }
+
+    fn start_rx_thread(&self, pair: &Arc<RxPair>) {
         if !pair.started.swap(true, Ordering::SeqCst) {
             let (shared, p) = (Arc::clone(&self.shared), Arc::clone(pair));
             match std::thread::Builder::new()
@@ -198,15 +243,18 @@ impl NetBackend {
                 }
             }
         }
-        if let Err(e) = pair.wake.write(1) {
-            warn!("waking RX thread {}: {e}", pair.index);
-        }
     }
 
     fn serve_tx(&self, pair: usize, vring: &Vring) {
-        let Some(worker) = self.tx.get(pair) else {
+        let (Some(worker), Some(rx)) = (self.tx.get(pair), self.rx.get(pair)) else {
             return;
         };
+        // Writing a detached queue would fail as if the TAP had gone: the chains wait for
+        // the kick that follows the pair's enabling.
+        let link = rx.link.read();
+        if !*link {
+            return;
+        }
         let mut worker = worker.lock().unwrap_or_else(PoisonError::into_inner);
         let atomic = self.shared.memory();
         let mem = atomic.memory();
@@ -235,6 +283,38 @@ impl NetBackend {
     }
 }
 
+/// Attaches or detaches the pair's TAP queue as its rings' enabled flags say. An attach
+/// that fails means the TAP has gone (the kernel refuses it once the interface is deleted).
+fn reconcile_link(shared: &Shared, pair: &RxPair, rx: &Vring, tx: &Vring) {
+    let rx_enabled = rx.get_ref().is_enabled();
+    let tx_enabled = tx.get_ref().is_enabled();
+    match pair.link.reconcile(rx_enabled, tx_enabled) {
+        Ok(Change::None) => {}
+        Ok(change) => {
+            debug!("TAP {} pair {}: {change:?}", shared.tap_name, pair.index);
+            // The RX thread ignores the TAP while its queue is detached: wake it.
+            let _ = pair.wake.write(1);
+        }
+        Err(e) if e.attach => shared.fail(&TapGone {
+            op: "attaching a queue of",
+            source: e.source,
+        }),
+        Err(e) => warn!("TAP {}: {e}; it stays attached", shared.tap_name),
+    }
+}
+
+/// Whether the TAP descriptor reports an error or hang-up right now.
+fn tap_broken(fd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd valid for the call; zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+}
+
 /// The RX thread of one queue pair.
 fn rx_thread(shared: &Shared, pair: &RxPair) {
     let mut starved = false;
@@ -242,9 +322,16 @@ fn rx_thread(shared: &Shared, pair: &RxPair) {
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
+        // A detached queue polls as an error: don't watch it (a kick wakes us).
+        let attached = pair.link.is_attached();
+        let timeout = if pair.index > 0 && attached {
+            LINK_CHECK_MS
+        } else {
+            -1
+        };
         let mut fds = [
             libc::pollfd {
-                fd: pair.tap.as_raw_fd(),
+                fd: if attached { pair.tap.as_raw_fd() } else { -1 },
                 events: if starved { 0 } else { libc::POLLIN },
                 revents: 0,
             },
@@ -255,7 +342,7 @@ fn rx_thread(shared: &Shared, pair: &RxPair) {
             },
         ];
         // SAFETY: `fds` is an array of two pollfds valid for the call.
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) } < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -270,9 +357,31 @@ fn rx_thread(shared: &Shared, pair: &RxPair) {
             let _ = pair.wake.read();
             starved = false;
         }
-        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 && starved {
+        let vrings = pair
+            .vrings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some((vring, tx_vring)) = vrings else {
+            starved = true;
+            continue;
+        };
+        if pair.index > 0 {
+            reconcile_link(shared, pair, &vring, &tx_vring);
+        }
+        let link = pair.link.read();
+        if !*link || !attached || fds[0].revents == 0 && fds[1].revents == 0 {
+            // Detached, attached since we polled, or just the link timer.
+            continue;
+        }
+        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+            && starved
+            && tap_broken(&pair.tap)
+        {
             // Readable or not, an error or hang-up on the TAP would wake us at once
-            // forever: it has gone.
+            // forever: it has gone. (Asked again under `link`: a detach and re-attach while
+            // we polled also reports an error, which has passed now.)
+            drop(link);
             shared.fail(&TapGone {
                 op: "polling",
                 source: io::Error::from_raw_os_error(libc::EBADFD),
@@ -282,15 +391,6 @@ fn rx_thread(shared: &Shared, pair: &RxPair) {
         if starved {
             continue;
         }
-        let vring = pair
-            .vring
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let Some(vring) = vring else {
-            starved = true;
-            continue;
-        };
         let atomic = shared.memory();
         let mem = atomic.memory();
         let mut worker = pair.worker.lock().unwrap_or_else(PoisonError::into_inner);
@@ -305,6 +405,8 @@ fn rx_thread(shared: &Shared, pair: &RxPair) {
                 Err(gone) => {
                     let _ = state.signal_used_queue();
                     drop(state);
+                    drop(worker);
+                    drop(link);
                     shared.fail(&gone);
                     return;
                 }
@@ -474,8 +576,9 @@ impl VhostUserBackend for NetBackend {
             return Ok(());
         };
         name_worker_thread(|| format!("net-q{thread_id}"));
+        self.prepare_pair(pair, vrings);
         match device_event {
-            0 => self.kick_rx(pair, vring),
+            0 => self.kick_rx(pair),
             1 => self.serve_tx(thread_id, vring),
             _ => debug!("queue thread {thread_id}: ignoring event {device_event}"),
         }

@@ -6,6 +6,7 @@
 //! | `config.rs` | command line → [`Config`] |
 //! | `tap.rs` | the TAP: opening, header size, offloads, "has it gone" |
 //! | `virtio.rs` | virtio-net constants and configuration space bytes |
+//! | `queue_link.rs` | a pair's TAP queue attached only while the driver has it enabled |
 //! | `device.rs` | TX chains → TAP and TAP → RX buffers, zero-copy; hostile input counted |
 //! | `backend.rs` | the `vhost-user-backend` glue: features, config space, threads |
 //!
@@ -15,6 +16,7 @@
 mod backend;
 mod config;
 mod device;
+mod queue_link;
 mod tap;
 mod virtio;
 
@@ -26,7 +28,8 @@ pub use config::{format_mac, parse_mac, Args, Config, ConfigError, TapSource, CA
 pub use device::{
     ChainError, CounterSnapshot, Counters, RxEnd, RxRound, RxWorker, TapGone, TxRound, TxWorker,
 };
-pub use tap::{Tap, TapError};
+pub use queue_link::{wanted as queue_wanted, Change, LinkError, QueueLink, QueueSwitch};
+pub use tap::{set_queue_attached, Tap, TapError};
 pub use virtio::{ConfigSpace, CONFIG_SPACE_SIZE, MAX_FRAME, MAX_QUEUE_SIZE, NET_HDR_SIZE};
 
 use crate::daemon::{self, DaemonError, Ended, Termination};
@@ -55,6 +58,15 @@ pub enum Error {
     /// The TAP went away while serving.
     #[error("{0}")]
     TapGone(String),
+    /// Detaching the TAP queues of pairs the driver hasn't enabled.
+    #[error("TAP {tap}: {source}")]
+    Link {
+        /// The interface.
+        tap: String,
+        /// What failed.
+        #[source]
+        source: LinkError,
+    },
     /// Creating the backend's event descriptors.
     #[error("creating the backend's eventfds: {0}")]
     Backend(#[source] std::io::Error),
@@ -147,9 +159,14 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         config.mtu,
         tap.offloads(),
     );
+    let tap_name = tap.name().to_string();
     let backend = Arc::new(
         NetBackend::new(tap, mac, config.mtu, termination.clone()).map_err(Error::Backend)?,
     );
+    backend.detach_idle_queues().map_err(|source| Error::Link {
+        tap: tap_name,
+        source,
+    })?;
     let served = daemon::serve(
         "bulkhead-net",
         Arc::clone(&backend),

@@ -16,11 +16,15 @@ const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 /// `_IOW('T', 216, int)`.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `_IOW('T', 217, int)`.
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
 
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
 
 /// `TUNSETOFFLOAD` flags.
 pub const TUN_F_CSUM: u32 = 0x01;
@@ -227,6 +231,29 @@ impl Tap {
 pub fn set_offload(fd: RawFd, flags: u32) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
     if unsafe { libc::ioctl(fd, TUNSETOFFLOAD, libc::c_ulong::from(flags)) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Attaches the queue of a multi-queue TAP descriptor to its interface again, or detaches
+/// it (`TUNSETQUEUE`). A detached queue gets no frames (the kernel steers flows over the
+/// attached ones and drops what was waiting in it) and reading or writing it fails with
+/// EBADFD; it needs no capability either way. EINVAL: already in that state, or not a
+/// multi-queue TAP.
+pub fn set_queue_attached(fd: RawFd, attached: bool) -> io::Result<()> {
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: if attached {
+            IFF_ATTACH_QUEUE
+        } else {
+            IFF_DETACH_QUEUE
+        },
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNSETQUEUE reads a `struct ifreq`, which `req` is laid out as and outlives
+    // the call; the descriptor is borrowed for the call only.
+    if unsafe { libc::ioctl(fd, TUNSETQUEUE, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
