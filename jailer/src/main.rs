@@ -12,6 +12,7 @@ mod launch;
 mod net_arg;
 mod netns;
 mod run;
+mod supervise;
 mod tap;
 
 use clap::Parser;

@@ -3,7 +3,6 @@
 //! The launcher starts the device backends, then the vmm process (`bulkhead-vmm`) with the
 //! vmm's end of each backend's socket, and waits for the vmm to report why the VM stopped.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 
 use bulkhead_vmm::boot::{BootConfig, KernelImage};
@@ -17,6 +16,7 @@ use crate::cli::RunArgs;
 use crate::devices::Devices;
 use crate::launch::console::ConsoleStream;
 use crate::launch::{self, DeviceProcess, VMM};
+use crate::supervise;
 
 /// Builds the VM configuration from the command line (without devices).
 pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
@@ -84,18 +84,29 @@ fn run(args: &RunArgs) -> i32 {
 /// Waits for the vmm's outcome (it reports a device's hang-up as well as the guest's end)
 /// and turns it into the exit status, explaining a device failure by how its process ended.
 fn supervise(vmm: DeviceProcess, control: UnixStream, devices: &mut Devices) -> i32 {
-    let mut line = String::new();
-    let read = BufReader::new(&control).read_line(&mut line);
-    let (program, pid) = (vmm.program.clone(), vmm.pid());
-    let ended = vmm.stop();
-    let outcome = match read {
-        Ok(n) if n > 0 => Outcome::decode(&line),
-        _ => {
-            let how = ended.map_or_else(|| "could not be reaped".into(), launch::describe);
-            eprintln!("bulkhead: {VMM} failed: {program} (pid {pid}) {how}; VM stopped");
+    let signals = match supervise::catch_stop_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bulkhead: error: cannot catch termination signals: {e}");
+            let _ = vmm.stop();
             return EXIT_BULKHEAD_FAILED;
         }
     };
+    let waited = supervise::wait_for_outcome(&control, vmm.pid(), &signals);
+    let (program, pid) = (vmm.program.clone(), vmm.pid());
+    let ended = vmm.stop();
+    let outcome = if waited.line.is_empty() {
+        let how = ended.map_or_else(|| "could not be reaped".into(), launch::describe);
+        eprintln!("bulkhead: {VMM} failed: {program} (pid {pid}) {how}; VM stopped");
+        return EXIT_BULKHEAD_FAILED;
+    } else {
+        Outcome::decode(&waited.line)
+    };
+    if let (Some(signal), Ok(Outcome::Stopped(VmStop::Shutdown { .. }))) = (waited.signal, &outcome)
+    {
+        // As shells report a command ended by a signal.
+        return 128 + signal;
+    }
     match outcome {
         // A device's hang-up is best explained by how its process ended, when bulkhead
         // started it.

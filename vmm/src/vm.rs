@@ -32,10 +32,20 @@ impl Vm {
     /// Runs the vCPUs until the guest or a vCPU stops the VM; returns why. Guest memory
     /// stays mapped until the `Vm` is dropped (so its size can still be measured).
     pub fn run(&mut self) -> Result<VmStop, RunError> {
+        self.run_with(|_| {})
+    }
+
+    /// [`Vm::run`], first handing `requests` a sender through which the caller (before any
+    /// VM thread exists) can stop the VM with a reason of its own.
+    pub fn run_with(
+        &mut self,
+        requests: impl FnOnce(mpsc::Sender<VmStop>),
+    ) -> Result<VmStop, RunError> {
         run_loop::install_kick_handler()
             .map_err(|e| RunError::Thread("signal handler".into(), e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
+        requests(tx.clone());
         if self.serial_stdin {
             // Detached: a blocking read on stdin cannot be interrupted; it ends with the process.
             serial_input::spawn(std::io::stdin(), self.serial.clone(), stop.clone())

@@ -198,11 +198,16 @@ pub(crate) fn spawn(
         cmd.stdin(Stdio::null());
     }
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (fcntl, dup2, prctl, getppid) on fds the parent keeps open
+    // async-signal-safe calls (fcntl, dup2, setsid, prctl, getppid) on fds the parent keeps open
     // until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
             place_fds(&pairs)?;
+            // A session of its own: terminal signals (Ctrl-C) reach only the launcher,
+            // which stops the processes in order.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             // Die with the launcher; if it is already gone, do not run at all.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() == 1 {
                 return Err(std::io::Error::last_os_error());

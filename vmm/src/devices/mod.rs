@@ -25,6 +25,11 @@ pub enum VmStop {
         /// What happened.
         why: String,
     },
+    /// The host asked the VM to stop (a termination signal to the vmm process).
+    Shutdown {
+        /// The signal that asked.
+        signal: i32,
+    },
     /// A vCPU failed.
     Error {
         /// The vCPU.

@@ -27,6 +27,7 @@ impl Outcome {
         match self {
             Outcome::Stopped(VmStop::GuestStatus(n)) => format!("guest-status\t{n}"),
             Outcome::Stopped(VmStop::Reset) => "reset".into(),
+            Outcome::Stopped(VmStop::Shutdown { signal }) => format!("shutdown\t{signal}"),
             Outcome::Stopped(VmStop::TripleFault { vcpu }) => format!("triple-fault\t{vcpu}"),
             Outcome::Stopped(VmStop::DeviceFailed { device, why }) => {
                 format!("device-failed\t{}\t{}", clean(device), clean(why))
@@ -48,6 +49,9 @@ impl Outcome {
         let stop = match (kind, a, b) {
             ("guest-status", Some(n), None) => VmStop::GuestStatus(n.parse().map_err(|_| bad())?),
             ("reset", None, None) => VmStop::Reset,
+            ("shutdown", Some(s), None) => VmStop::Shutdown {
+                signal: s.parse().map_err(|_| bad())?,
+            },
             ("triple-fault", Some(v), None) => VmStop::TripleFault {
                 vcpu: v.parse().map_err(|_| bad())?,
             },
@@ -76,6 +80,7 @@ mod tests {
             Outcome::Stopped(VmStop::GuestStatus(0)),
             Outcome::Stopped(VmStop::GuestStatus(255)),
             Outcome::Stopped(VmStop::Reset),
+            Outcome::Stopped(VmStop::Shutdown { signal: 15 }),
             Outcome::Stopped(VmStop::TripleFault { vcpu: 3 }),
             Outcome::Stopped(VmStop::DeviceFailed {
                 device: "disk0".into(),

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
 
 use clap::Parser;
 
@@ -85,9 +86,41 @@ fn run(args: &VmmArgs) -> Outcome {
         Ok(vm) => vm,
         Err(e) => return Outcome::Failed(chain(&e)),
     };
-    match vm.run() {
+    match vm.run_with(stop_on_signals) {
         Ok(stop) => Outcome::Stopped(stop),
         Err(e) => Outcome::Failed(chain(&e)),
+    }
+}
+
+/// Signals that stop the VM cleanly (it reports `VmStop::Shutdown`).
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Blocks the stop signals in this thread (so every thread started later inherits the
+/// mask) and starts a thread that waits for one and asks the VM to stop.
+fn stop_on_signals(requests: mpsc::Sender<VmStop>) {
+    // SAFETY: sigset operations on a local set; pthread_sigmask changes only this thread's
+    // mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let waiter = std::thread::Builder::new()
+        .name("vmm-signals".into())
+        .spawn(move || {
+            let mut signal = 0;
+            // SAFETY: sigwait reads the set and writes the signal number into a local.
+            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                log::info!("signal {signal}: stopping the VM");
+                let _ = requests.send(VmStop::Shutdown { signal });
+            }
+        });
+    if let Err(e) = waiter {
+        log::warn!("cannot watch for termination signals: {e}");
     }
 }
 
@@ -170,7 +203,7 @@ fn check_socket(device: &str, fd: RawFd) -> Result<RawFd, FdError> {
 pub fn exit_code(stop: &VmStop) -> i32 {
     match stop {
         VmStop::GuestStatus(n) => i32::from(*n),
-        VmStop::Reset => 0,
+        VmStop::Reset | VmStop::Shutdown { .. } => 0,
         _ => EXIT_BULKHEAD_FAILED,
     }
 }
@@ -181,6 +214,7 @@ pub fn exit_status(stop: &VmStop) -> i32 {
     match stop {
         VmStop::GuestStatus(n) => log::info!("guest exited with status {n}"),
         VmStop::Reset => log::info!("guest reset the machine: VM powered off"),
+        VmStop::Shutdown { signal } => log::info!("stopped by signal {signal}"),
         VmStop::TripleFault { vcpu } => eprintln!(
             "bulkhead: vcpu{vcpu}: the guest triple-faulted (KVM_EXIT_SHUTDOWN); VM stopped"
         ),

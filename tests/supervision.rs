@@ -1,0 +1,215 @@
+//! The launcher supervises every process of a VM: killing any one of them (SIGKILL) ends
+//! the VM with a message naming it, and a stop signal to the launcher stops the VM in
+//! order. Afterwards no process and no network namespace of the VM is left.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::disk::Image;
+
+/// A running `bulkhead run` with a disk, a network device and a console, its guest serving
+/// the network for a minute.
+struct Running {
+    child: Child,
+    stderr: std::thread::JoinHandle<String>,
+    _img: Image,
+}
+
+impl Running {
+    fn start(tag: &str) -> Running {
+        let img = Image::new(tag, 1 << 20);
+        let console =
+            std::env::temp_dir().join(format!("bulkhead-{tag}-{}.log", std::process::id()));
+        let mut child = common::bulkhead()
+            .arg("run")
+            .arg("--disk")
+            .arg(img.disk_arg(""))
+            .args(["--net", "auto"])
+            .arg("--console")
+            .arg(format!("file={}", console.display()))
+            .args([
+                "--cmdline",
+                "bulkhead.test=net-serve bulkhead.net.serve-ms=60000",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting bulkhead");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("serving ip=") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().expect("piped");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let serving = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+        let _ = std::fs::remove_file(&console);
+        let mut running = Running {
+            child,
+            stderr,
+            _img: img,
+        };
+        if !serving {
+            let _ = running.child.kill();
+            let _ = running.child.wait();
+            panic!("the guest never started serving");
+        }
+        running
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the launcher to end; returns its exit code and stderr.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let status = common::wait_until(&mut self.child, Instant::now() + Duration::from_secs(30));
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new))
+            .join()
+            .unwrap_or_default();
+        let status = status.unwrap_or_else(|| panic!("bulkhead did not stop:\n{stderr}"));
+        (status.code(), stderr)
+    }
+}
+
+impl Drop for Running {
+    /// A failed assertion must not leave the VM running: kill the launcher (by pid; its
+    /// children die with it).
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The launcher's children (pid, program name).
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let list =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .map(|c| {
+            // comm is cut at 15 bytes (bulkhead-consol): the executable's name is whole.
+            let name = std::fs::read_link(format!("/proc/{c}/exe"))
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            (c, name)
+        })
+        .collect()
+}
+
+/// Nothing of launcher `pid` is left: no process and no namespace.
+fn assert_nothing_left(pid: u32, children: &[(u32, String)]) {
+    for (c, name) in children {
+        let gone = (0..250).any(|_| {
+            let alive = std::path::Path::new(&format!("/proc/{c}")).exists();
+            if alive {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !alive
+        });
+        assert!(gone, "{name} (pid {c}) outlived the VM");
+    }
+    let namespaces = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("bulkhead-{pid}-")))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(namespaces.is_empty(), "left behind: {namespaces:?}");
+}
+
+fn kill_one(program: &str, device: &str) {
+    require_kvm!();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let vm = Running::start(&format!("kill-{device}"));
+    let kids = children(vm.pid());
+    let names: Vec<&str> = kids.iter().map(|(_, n)| n.as_str()).collect();
+    for expected in [
+        "bulkhead-blk",
+        "bulkhead-net",
+        "bulkhead-console",
+        "bulkhead-vmm",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let (victim, _) = kids
+        .iter()
+        .find(|(_, n)| n == program)
+        .expect("found above");
+    // SAFETY: kill(2) of a child of the bulkhead process this test started.
+    assert_eq!(unsafe { libc::kill(*victim as i32, libc::SIGKILL) }, 0);
+    let pid = vm.pid();
+    let (code, stderr) = vm.finish();
+    assert_eq!(code, Some(125), "{stderr}");
+    let expected = format!(
+        "bulkhead: {device} failed: {program} (pid {victim}) was killed by signal 9 (SIGKILL); VM stopped"
+    );
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_nothing_left(pid, &kids);
+}
+
+#[test]
+fn killing_the_vmm_is_reported_by_name() {
+    kill_one("bulkhead-vmm", "vmm");
+}
+
+#[test]
+fn killing_the_block_process_is_reported_by_name() {
+    kill_one("bulkhead-blk", "disk0");
+}
+
+#[test]
+fn killing_the_net_process_is_reported_by_name() {
+    kill_one("bulkhead-net", "net0");
+}
+
+#[test]
+fn killing_the_console_process_is_reported_by_name() {
+    kill_one("bulkhead-console", "console0");
+}
+
+#[test]
+fn sigterm_to_the_launcher_stops_everything_in_order() {
+    require_kvm!();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let vm = Running::start("sigterm");
+    let kids = children(vm.pid());
+    let pid = vm.pid();
+    // SAFETY: kill(2) of the bulkhead process this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let (code, stderr) = vm.finish();
+    assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(stderr.contains("stopping the VM"), "{stderr}");
+    assert!(!stderr.contains("failed"), "{stderr}");
+    assert_nothing_left(pid, &kids);
+}
