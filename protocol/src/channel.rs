@@ -15,6 +15,8 @@ use crate::frame::{self, FrameError};
 use crate::message::PROTOCOL_VERSION;
 use crate::message::{ApiReply, ApiRequest, Message, ToLauncher, ToProcess, MAX_FDS};
 use crate::scm;
+#[cfg(test)]
+use std::io::Write;
 use std::io::{self, Read};
 use std::marker::PhantomData;
 use std::net::Shutdown;
@@ -290,5 +292,103 @@ impl Read for FdReader<'_> {
         self.fds.extend(got.fds);
         self.truncated |= got.truncated;
         Ok(got.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode;
+    use crate::frame::frame;
+
+    /// A socket pair whose `kept` end reads end-of-stream once every copy of `given` is
+    /// closed: handing `given` to a peer and dropping ours shows whether the peer closed it.
+    fn witness() -> (UnixStream, UnixStream) {
+        let (kept, given) = UnixStream::pair().unwrap();
+        kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (kept, given)
+    }
+
+    fn all_closed(kept: &mut [UnixStream]) -> bool {
+        kept.iter_mut()
+            .all(|k| matches!(k.read(&mut [0u8; 1]), Ok(0)))
+    }
+
+    fn process_end() -> (ProcessChannel, UnixStream) {
+        let (ours, raw) = UnixStream::pair().unwrap();
+        let ch = Channel::new(ours, "unit peer");
+        ch.set_timeouts(Some(Duration::from_secs(5)), None).unwrap();
+        (ch, raw)
+    }
+
+    #[test]
+    fn unexpected_fds_are_closed_and_the_message_delivered() {
+        let (mut ch, raw) = process_end();
+        let (mut kept, given): (Vec<_>, Vec<_>) = (0..3).map(|_| witness()).unzip();
+        let bytes = frame(&encode(&ToProcess::Pause).unwrap()).unwrap();
+        let borrowed: Vec<_> = given.iter().map(|g| g.as_fd()).collect();
+        assert_eq!(
+            scm::send(raw.as_fd(), &bytes, &borrowed).unwrap(),
+            bytes.len()
+        );
+        drop(given);
+        let (msg, fds) = ch.recv().unwrap();
+        assert_eq!(msg, ToProcess::Pause);
+        assert!(fds.is_empty());
+        assert!(all_closed(&mut kept), "unexpected fds were kept open");
+        // Extra fds are not a framing error: the channel goes on.
+        scm::send(raw.as_fd(), &bytes, &[]).unwrap();
+        assert_eq!(ch.recv().unwrap().0, ToProcess::Pause);
+    }
+
+    #[test]
+    fn surplus_fds_beyond_the_declared_count_are_closed() {
+        let (mut ch, raw) = process_end();
+        let (mut kept, given): (Vec<_>, Vec<_>) = (0..3).map(|_| witness()).unzip();
+        let msg = ToProcess::Resources {
+            names: vec!["disk".into()],
+        };
+        let bytes = frame(&encode(&msg).unwrap()).unwrap();
+        let borrowed: Vec<_> = given.iter().map(|g| g.as_fd()).collect();
+        scm::send(raw.as_fd(), &bytes, &borrowed).unwrap();
+        drop(given);
+        let (got, fds) = ch.recv().unwrap();
+        assert_eq!(got, msg);
+        assert_eq!(fds.len(), 1);
+        // The first fd is the one kept: writing through it reaches the first witness.
+        let mut first = UnixStream::from(fds.into_iter().next().unwrap());
+        first.write_all(b"disk").unwrap();
+        let mut buf = [0u8; 4];
+        kept[0].read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"disk");
+        drop(first);
+        assert!(all_closed(&mut kept), "surplus fds were kept open");
+    }
+
+    #[test]
+    fn too_many_fds_break_the_channel_and_all_are_closed() {
+        let (mut ch, mut raw) = process_end();
+        let (mut kept, given): (Vec<_>, Vec<_>) = (0..MAX_FDS + 4).map(|_| witness()).unzip();
+        let msg = ToProcess::Resources {
+            names: vec!["x".into(); MAX_FDS + 4],
+        };
+        let bytes = frame(&encode(&msg).unwrap()).unwrap();
+        let borrowed: Vec<_> = given.iter().map(|g| g.as_fd()).collect();
+        scm::send(raw.as_fd(), &bytes, &borrowed).unwrap();
+        drop(given);
+        let err = ch.recv().unwrap_err();
+        assert!(
+            matches!(err.kind, ErrorKind::ControlTruncated { max: MAX_FDS }),
+            "{err}"
+        );
+        assert!(
+            all_closed(&mut kept),
+            "fds of a truncated frame were kept open"
+        );
+        assert!(matches!(ch.recv().unwrap_err().kind, ErrorKind::Broken(_)));
+        assert!(
+            matches!(raw.read(&mut [0u8; 1]), Ok(0)),
+            "connection not closed"
+        );
     }
 }

@@ -11,14 +11,17 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 /// Size of one fd in a control message.
 const FD_SIZE: usize = std::mem::size_of::<RawFd>();
 
-/// Control buffer in 8-byte words, big enough for one `SCM_RIGHTS` message of [`MAX_FDS`]
-/// descriptors; u64 words give the buffer the alignment `cmsghdr` needs.
-const CONTROL_WORDS: usize = {
+/// Control buffer size in 8-byte words for one `SCM_RIGHTS` message of `fds` descriptors;
+/// u64 words give the buffer the alignment `cmsghdr` needs.
+const fn control_words(fds: usize) -> usize {
     // SAFETY: CMSG_SPACE is pure arithmetic on its argument (it is `unsafe` only because
     // libc declares every CMSG_* function so).
-    let bytes = unsafe { libc::CMSG_SPACE((MAX_FDS * FD_SIZE) as libc::c_uint) } as usize;
+    let bytes = unsafe { libc::CMSG_SPACE((fds * FD_SIZE) as libc::c_uint) } as usize;
     bytes.div_ceil(8)
-};
+}
+
+/// Receive-side control buffer: room for [`MAX_FDS`] descriptors and no more.
+const CONTROL_WORDS: usize = control_words(MAX_FDS);
 
 /// What one `recvmsg` brought.
 pub(crate) struct Received {
@@ -32,9 +35,9 @@ pub(crate) struct Received {
 
 /// Sends `data` with `fds` attached (to its first byte). Returns the bytes sent, which may
 /// be fewer than `data.len()`; the fds went with them if the count is not zero.
-/// The caller keeps `fds.len() <= MAX_FDS`.
+/// The channel keeps `fds.len() <= MAX_FDS`; tests send more to check the receiver.
 pub(crate) fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-    let mut control = [0u64; CONTROL_WORDS];
+    let mut control = vec![0u64; control_words(fds.len())];
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
@@ -44,11 +47,9 @@ pub(crate) fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) ->
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     if !fds.is_empty() {
-        let fds = fds.get(..MAX_FDS).unwrap_or(fds);
         let payload = (fds.len() * FD_SIZE) as libc::c_uint;
         msg.msg_control = control.as_mut_ptr().cast();
-        // SAFETY: pure arithmetic; the result is at most CONTROL_WORDS * 8 since fds.len()
-        // <= MAX_FDS.
+        // SAFETY: pure arithmetic; the result is at most control.len() * 8 bytes.
         msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
         // SAFETY: msg_control points at `control`, which is aligned for cmsghdr and at
         // least msg_controllen bytes long, so the first header lies inside it.
