@@ -17,3 +17,24 @@ pub mod root;
 pub mod identity;
 /// Landlock denying all filesystem access.
 pub mod landlock;
+
+/// Which role a thread has (vmm main, vCPU, block/net/console worker, vhost-user).
+pub mod role;
+/// `--seccomp enforce|log|off`, and the process-wide mode for self-confining threads.
+pub mod mode;
+/// Each role's allowlist as Rust data, with a reason per rule.
+pub mod rules;
+/// Compiling an allowlist to BPF, installing it, and the SIGSYS report handler.
+pub mod install;
+/// Starting named, confined threads; confining a library's thread at its first event.
+pub mod thread;
+/// The SIGSYS report line and its parser (for the launcher).
+pub mod report;
+/// x86_64 system call names by number.
+pub mod names;
+#[cfg(test)]
+mod install_tests;
+
+pub use install::{compile, install, Filter};
+pub use mode::SeccompMode;
+pub use role::Role;

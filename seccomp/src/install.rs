@@ -1,0 +1,272 @@
+//! Compiling a role's allowlist to BPF and installing it on the calling thread.
+//!
+//! Two filters are installed, the kernel applying the stricter answer of the two:
+//! - the allowlist: listed calls (with their argument conditions) are allowed, anything
+//!   else traps (`enforce`) or is logged and allowed (`log`);
+//! - `clone3` answered with ENOSYS: its flags are in memory where a filter can't read
+//!   them, so glibc is made to fall back to `clone`, whose flags the allowlist checks.
+//!
+//! In `enforce` mode a SIGSYS handler (installed once per process, before the first
+//! filter) writes one [`crate::report`] line on stderr and re-raises SIGSYS with the
+//! default action, so the process dies by SIGSYS and its parent sees that in `waitpid`.
+//! No allowlist lets `rt_sigaction` touch SIGSYS, so a confined thread can't disarm it.
+//!
+//! [`compile`] allocates; [`Filter::apply`] does not, so a forked child of a threaded
+//! process may call it.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::mode::SeccompMode;
+use crate::report::Line;
+use crate::role::Role;
+use crate::rules::{self, Arg};
+
+/// Why a filter could not be built or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// seccompiler refused a rule or the filter.
+    #[error("compiling the {role} seccomp filter: {source}")]
+    Compile {
+        /// The role.
+        role: Role,
+        /// seccompiler's error.
+        #[source]
+        source: seccompiler::BackendError,
+    },
+    /// The kernel refused the filter.
+    #[error("installing the {role} seccomp filter: {source}")]
+    Apply {
+        /// The role.
+        role: Role,
+        /// seccompiler's error.
+        #[source]
+        source: seccompiler::Error,
+    },
+    /// The SIGSYS handler could not be installed.
+    #[error("installing the SIGSYS handler for the {role} seccomp filter: {source}")]
+    Handler {
+        /// The role.
+        role: Role,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A role's filters, compiled, ready to install on a thread.
+#[derive(Debug)]
+pub struct Filter {
+    role: Role,
+    mode: SeccompMode,
+    allowlist: BpfProgram,
+    clone3: BpfProgram,
+}
+
+fn condition(arg: &Arg) -> Result<SeccompCondition, seccompiler::BackendError> {
+    let (index, len, op, value) = match *arg {
+        Arg::Eq(i, v) => (i, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, v),
+        Arg::Eq32(i, v) => (i, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, u64::from(v)),
+        Arg::Ne(i, v) => (i, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, v),
+        Arg::Masked(i, mask, v) => (i, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(mask), v),
+    };
+    SeccompCondition::new(index, len, op, value)
+}
+
+/// The allowlist of `role` as seccompiler rules: an unconditional rule for a call makes
+/// its conditional ones moot.
+fn rule_map(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+    let mut map: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
+    for rule in rules::for_role(role) {
+        let entry = map.entry(rule.syscall).or_insert_with(|| Some(Vec::new()));
+        if rule.args.is_empty() {
+            *entry = None;
+        } else if let Some(alternatives) = entry {
+            let conditions = rule.args.iter().map(condition).collect::<Result<_, _>>()?;
+            alternatives.push(SeccompRule::new(conditions)?);
+        }
+    }
+    Ok(map
+        .into_iter()
+        .map(|(nr, alternatives)| (nr, alternatives.unwrap_or_default()))
+        .collect())
+}
+
+/// Compiles `role`'s filters for `mode`; `None` when `mode` is `Off`.
+pub fn compile(role: Role, mode: SeccompMode) -> Result<Option<Filter>, Error> {
+    let mismatch = match mode {
+        SeccompMode::Enforce => SeccompAction::Trap,
+        SeccompMode::Log => SeccompAction::Log,
+        SeccompMode::Off => return Ok(None),
+    };
+    let err = |source| Error::Compile { role, source };
+    let allowlist = SeccompFilter::new(
+        rule_map(role).map_err(err)?,
+        mismatch,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .and_then(BpfProgram::try_from)
+    .map_err(err)?;
+    let clone3 = SeccompFilter::new(
+        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )
+    .and_then(BpfProgram::try_from)
+    .map_err(err)?;
+    Ok(Some(Filter {
+        role,
+        mode,
+        allowlist,
+        clone3,
+    }))
+}
+
+/// Compiles and installs `role`'s filters on the calling thread (nothing when `mode` is
+/// `Off`).
+pub fn install(role: Role, mode: SeccompMode) -> Result<(), Error> {
+    match compile(role, mode)? {
+        Some(filter) => filter.apply(),
+        None => Ok(()),
+    }
+}
+
+impl Filter {
+    /// The role this filter is for.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Installs the filters on the calling thread (and on threads it starts later). Sets
+    /// `no_new_privs` first, as the kernel requires. Does not allocate.
+    pub fn apply(&self) -> Result<(), Error> {
+        let role = self.role;
+        if self.mode == SeccompMode::Enforce {
+            install_handler().map_err(|source| Error::Handler { role, source })?;
+        }
+        THREAD_ROLE.with(|r| r.set(Some(role)));
+        // The clone3 filter first: installing a filter takes prctl and seccomp, which the
+        // allowlist does not allow.
+        seccompiler::apply_filter(&self.clone3)
+            .and_then(|()| seccompiler::apply_filter(&self.allowlist))
+            .map_err(|source| Error::Apply { role, source })
+    }
+}
+
+thread_local! {
+    /// The role whose filter this thread installed itself (read by the SIGSYS handler:
+    /// a const-initialised `Cell` needs no allocation or lazy set-up to read).
+    static THREAD_ROLE: Cell<Option<Role>> = const { Cell::new(None) };
+}
+
+static HANDLER_INSTALLED: AtomicBool = AtomicBool::new(false);
+
+fn install_handler() -> std::io::Result<()> {
+    if HANDLER_INSTALLED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    // SAFETY: a zeroed sigaction is a valid starting value; the fields set are the
+    // handler (an extern "C" fn of the SA_SIGINFO signature, living for the whole
+    // program) and flags; sigemptyset initialises the mask it is given.
+    let ret = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigsys as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND | libc::SA_NODEFER;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut())
+    };
+    if ret != 0 {
+        HANDLER_INSTALLED.store(false, Ordering::SeqCst);
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Offset of `si_syscall` in a SIGSYS `siginfo_t` on x86_64: after `si_signo`,
+/// `si_errno`, `si_code`, padding (16 bytes) and `si_call_addr` (8).
+const SI_SYSCALL_OFFSET: usize = 24;
+
+/// The SIGSYS handler: async-signal-safe (no allocation, no locks, only `write`,
+/// `prctl(PR_GET_NAME)`, `getpid`, `gettid`, `tgkill`, all in every allowlist).
+extern "C" fn on_sigsys(
+    _signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _context: *mut libc::c_void,
+) {
+    let nr = if info.is_null() {
+        -1
+    } else {
+        // SAFETY: for an SA_SIGINFO handler the kernel passes a valid siginfo_t (128
+        // bytes); a seccomp SIGSYS stores the call number as an int at this offset.
+        i64::from(unsafe {
+            info.cast::<u8>()
+                .add(SI_SYSCALL_OFFSET)
+                .cast::<i32>()
+                .read_unaligned()
+        })
+    };
+    let mut thread = [0u8; 17];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL included) into the buffer, which
+    // has 17.
+    unsafe { libc::prctl(libc::PR_GET_NAME, thread.as_mut_ptr()) };
+    let thread_len = thread.iter().position(|&b| b == 0).unwrap_or(16);
+    let role = THREAD_ROLE
+        .try_with(|r| r.get())
+        .ok()
+        .flatten()
+        .map_or("inherited", Role::name);
+    let mut program = [0u8; 17];
+    let program_len = program_name(&mut program);
+    let line = Line::new(&program[..program_len], &thread[..thread_len], role, nr);
+    let bytes = line.as_bytes();
+    // SAFETY: write(2) of a buffer we own, with its length, on stderr, whatever it is.
+    unsafe { libc::write(libc::STDERR_FILENO, bytes.as_ptr().cast(), bytes.len()) };
+    // SA_RESETHAND made SIGSYS's action the default (terminate): send it to ourselves,
+    // it is delivered when the call returns.
+    // SAFETY: getpid and gettid take no arguments; tgkill signals this very thread.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            libc::gettid(),
+            libc::SIGSYS,
+        )
+    };
+}
+
+/// The program's name, the last component of the path it was executed by (the
+/// auxiliary vector's `AT_EXECFN`), copied into `out` without allocating; returns its
+/// length.
+fn program_name(out: &mut [u8; 17]) -> usize {
+    // SAFETY: getauxval reads the process's auxiliary vector; AT_EXECFN, when present, is
+    // a pointer to the NUL-terminated path the program was executed by, valid for the
+    // process's life.
+    let path = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const u8;
+    if path.is_null() {
+        return 0;
+    }
+    let mut start = 0usize;
+    let mut end = 0usize;
+    // SAFETY: the string is NUL-terminated (above); we stop at the NUL.
+    while unsafe { *path.add(end) } != 0 {
+        // SAFETY: as above, `end` is before the NUL.
+        if unsafe { *path.add(end) } == b'/' {
+            start = end + 1;
+        }
+        end += 1;
+    }
+    let n = (end - start).min(out.len());
+    for (i, slot) in out.iter_mut().take(n).enumerate() {
+        // SAFETY: start + i < end, within the string.
+        *slot = unsafe { *path.add(start + i) };
+    }
+    n
+}

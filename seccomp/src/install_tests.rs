@@ -1,0 +1,251 @@
+//! Filters installed for real, in forked children that make raw system calls and exit
+//! with `SYS_exit` (a forked child of the threaded test process must not allocate; the
+//! filters are compiled before the fork).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::install::compile;
+use crate::mode::SeccompMode;
+use crate::report;
+use crate::role::Role;
+use crate::rules;
+
+/// How a child ended, and what it wrote on stderr.
+struct Outcome {
+    status: libc::c_int,
+    stderr: String,
+}
+
+impl Outcome {
+    fn killed_by(&self) -> Option<libc::c_int> {
+        libc::WIFSIGNALED(self.status).then(|| libc::WTERMSIG(self.status))
+    }
+    fn exit_code(&self) -> Option<libc::c_int> {
+        libc::WIFEXITED(self.status).then(|| libc::WEXITSTATUS(self.status))
+    }
+}
+
+/// Ends the calling (only) thread, and so the child, without exit_group.
+fn thread_exit(code: libc::c_long) -> ! {
+    loop {
+        // SAFETY: SYS_exit ends the calling thread; it takes only the status.
+        unsafe { libc::syscall(libc::SYS_exit, code) };
+    }
+}
+
+/// Runs `body` in a child under `role`'s filter in `mode`; `body` returns the exit code.
+fn run(role: Role, mode: SeccompMode, body: fn() -> libc::c_long) -> Outcome {
+    let filter = compile(role, mode).unwrap().unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are fresh and owned here.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the child only makes raw calls (dup2, setrlimit, the non-allocating
+    // Filter::apply, the body's calls) and ends with SYS_exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: dup2 onto stderr of a pipe end we own; setrlimit reads the struct.
+        unsafe {
+            libc::dup2(w.as_raw_fd(), libc::STDERR_FILENO);
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        }
+        if filter.apply().is_err() {
+            thread_exit(100);
+        }
+        thread_exit(body());
+    }
+    drop(w);
+    let mut stderr = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut stderr).unwrap();
+    let mut status = 0;
+    // SAFETY: waitpid on our own child, writing the status into `status`.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    Outcome {
+        status,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+fn ptrace() -> libc::c_long {
+    // SAFETY: PTRACE_TRACEME takes no pointers; the filter stops it anyway.
+    unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) };
+    0
+}
+
+#[test]
+fn every_role_compiles_and_its_size_is_reported() {
+    for role in Role::ALL {
+        for mode in [SeccompMode::Enforce, SeccompMode::Log] {
+            assert!(compile(role, mode).unwrap().is_some());
+        }
+        assert!(compile(role, SeccompMode::Off).unwrap().is_none());
+        println!("{role}: {} system calls", rules::syscalls(role).len());
+    }
+}
+
+#[test]
+fn a_call_outside_the_list_kills_by_sigsys_with_a_report_in_every_role() {
+    for role in Role::ALL {
+        let out = run(role, SeccompMode::Enforce, ptrace);
+        assert_eq!(
+            out.killed_by(),
+            Some(libc::SIGSYS),
+            "{role}: {}",
+            out.stderr
+        );
+        let v = report::parse(out.stderr.lines().next().unwrap_or_default())
+            .unwrap_or_else(|| panic!("{role}: no report in {:?}", out.stderr));
+        assert_eq!((v.nr, v.name.as_str()), (libc::SYS_ptrace, "ptrace"));
+        assert_eq!(v.role, role.name());
+        assert!(!v.program.is_empty() && !v.thread.is_empty(), "{v:?}");
+    }
+}
+
+#[test]
+fn log_mode_lets_the_call_through() {
+    let out = run(Role::BlkWorker, SeccompMode::Log, || {
+        // SAFETY: getppid has no arguments.
+        let ppid = unsafe { libc::syscall(libc::SYS_getppid) };
+        if ppid > 0 {
+            7
+        } else {
+            1
+        }
+    });
+    assert_eq!(out.exit_code(), Some(7), "{}", out.stderr);
+}
+
+#[test]
+fn allowed_calls_work_with_allowed_arguments() {
+    let out = run(Role::BlkWorker, SeccompMode::Enforce, || {
+        // SAFETY: an anonymous private read-write mapping, unmapped again; fdatasync and
+        // preadv on a closed descriptor fail with EBADF without touching memory.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return 2;
+            }
+            *p.cast::<u8>() = 1;
+            if libc::munmap(p, 4096) != 0 {
+                return 3;
+            }
+            if libc::syscall(libc::SYS_fdatasync, 999) != -1 {
+                return 4;
+            }
+            let msg = b"ok";
+            if libc::syscall(libc::SYS_write, 2, msg.as_ptr(), msg.len()) != 2 {
+                return 5;
+            }
+        }
+        0
+    });
+    assert_eq!(out.exit_code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.stderr, "ok");
+}
+
+#[test]
+fn executable_mappings_are_killed() {
+    for role in Role::ALL {
+        let out = run(role, SeccompMode::Enforce, || {
+            // SAFETY: an anonymous mapping request; the filter stops it before the kernel
+            // maps anything.
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            0
+        });
+        assert_eq!(out.killed_by(), Some(libc::SIGSYS), "{role}");
+        assert_eq!(
+            report::parse(&out.stderr).map(|v| v.nr),
+            Some(libc::SYS_mmap)
+        );
+    }
+}
+
+#[test]
+fn clone3_answers_enosys_so_glibc_falls_back_to_clone() {
+    let out = run(Role::VhostUser, SeccompMode::Enforce, || {
+        // SAFETY: clone3 with no arguments struct; the filter answers before the kernel
+        // reads it.
+        let ret = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0) };
+        // SAFETY: errno of this thread.
+        let errno = unsafe { *libc::__errno_location() };
+        if ret == -1 && errno == libc::ENOSYS {
+            0
+        } else {
+            1
+        }
+    });
+    assert_eq!(out.exit_code(), Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn clone_without_clone_thread_is_killed() {
+    let out = run(Role::VhostUser, SeccompMode::Enforce, || {
+        // SAFETY: a fork-style clone; the filter stops it before any child exists.
+        unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+        0
+    });
+    assert_eq!(out.killed_by(), Some(libc::SIGSYS), "{}", out.stderr);
+    assert_eq!(
+        report::parse(&out.stderr).map(|v| v.nr),
+        Some(libc::SYS_clone)
+    );
+}
+
+#[test]
+fn nobody_can_replace_the_sigsys_handler() {
+    let out = run(Role::VhostUser, SeccompMode::Enforce, || {
+        // SAFETY: a zeroed sigaction (SIG_DFL) for SIGSYS; the filter stops the call.
+        unsafe {
+            let action: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut());
+        }
+        0
+    });
+    assert_eq!(out.killed_by(), Some(libc::SIGSYS), "{}", out.stderr);
+    assert_eq!(
+        report::parse(&out.stderr).map(|v| v.nr),
+        Some(libc::SYS_rt_sigaction)
+    );
+}
+
+#[test]
+fn ioctls_are_allowed_by_request_number() {
+    let out = run(Role::Vcpu, SeccompMode::Enforce, || {
+        // SAFETY: KVM_RUN on a descriptor that is not open fails with EBADF.
+        let ret = unsafe { libc::ioctl(999, rules::consts::KVM_RUN as libc::c_ulong, 0) };
+        if ret == -1 {
+            0
+        } else {
+            1
+        }
+    });
+    assert_eq!(out.exit_code(), Some(0), "{}", out.stderr);
+    let out = run(Role::Vcpu, SeccompMode::Enforce, || {
+        // SAFETY: TUNSETIFF (not a vCPU's) is stopped before the kernel reads anything.
+        unsafe { libc::ioctl(999, 0x4004_54CA, 0) };
+        0
+    });
+    assert_eq!(out.killed_by(), Some(libc::SIGSYS), "{}", out.stderr);
+}

@@ -1,0 +1,55 @@
+//! The roles a thread can have, each with its own allowlist ([`crate::rules`]).
+
+use std::fmt;
+
+/// What a thread does, which decides what it may call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// The vmm process's main/event thread once the VM runs.
+    VmmMain,
+    /// A vCPU thread.
+    Vcpu,
+    /// A bulkhead-blk queue thread.
+    BlkWorker,
+    /// A bulkhead-net queue thread and its RX thread.
+    NetWorker,
+    /// A bulkhead-console queue thread and its I/O thread.
+    ConsoleWorker,
+    /// A backend's main thread: the vhost-user socket, the memory table, its threads.
+    VhostUser,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 6] = [
+        Role::VmmMain,
+        Role::Vcpu,
+        Role::BlkWorker,
+        Role::NetWorker,
+        Role::ConsoleWorker,
+        Role::VhostUser,
+    ];
+
+    /// The role's name in messages and reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::VmmMain => "vmm-main",
+            Role::Vcpu => "vcpu",
+            Role::BlkWorker => "blk-worker",
+            Role::NetWorker => "net-worker",
+            Role::ConsoleWorker => "console-worker",
+            Role::VhostUser => "vhost-user",
+        }
+    }
+
+    /// The role called `name`.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,130 @@
+//! Starting and confining threads: every bulkhead thread is named and gets its role's
+//! filter before it touches guest-controlled data.
+//!
+//! - [`spawn_confined`] starts a thread that names itself, installs its filter, then runs
+//!   its work; it returns only once the filter is in place (or failed to be, in which
+//!   case the work never runs and the error is returned).
+//! - [`confine_current_thread`] is for threads a library starts (vhost-user-backend's
+//!   queue threads): called at the thread's first event, it names the thread and installs
+//!   the filter once.
+
+use std::cell::Cell;
+use std::io;
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+
+use crate::install::{compile, Error};
+use crate::mode::SeccompMode;
+use crate::role::Role;
+
+/// Why a confined thread did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The filter could not be built or installed.
+    #[error("thread {name}: {source}")]
+    Filter {
+        /// The thread's name.
+        name: String,
+        /// What failed.
+        #[source]
+        source: Error,
+    },
+    /// The thread could not be created.
+    #[error("starting thread {name}: {source}")]
+    Spawn {
+        /// The thread's name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl From<SpawnError> for io::Error {
+    fn from(e: SpawnError) -> io::Error {
+        io::Error::other(e)
+    }
+}
+
+/// Starts thread `name` (cut to 15 bytes by the kernel) under `role`'s filter in `mode`,
+/// running `f` once the filter is installed.
+pub fn spawn_confined<F, T>(
+    name: &str,
+    role: Role,
+    mode: SeccompMode,
+    f: F,
+) -> Result<JoinHandle<Option<T>>, SpawnError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let filter = compile(role, mode).map_err(|source| SpawnError::Filter {
+        name: name.to_owned(),
+        source,
+    })?;
+    let (ready, installed) = mpsc::sync_channel::<Result<(), Error>>(1);
+    let handle = thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let result = filter.as_ref().map_or(Ok(()), |f| f.apply());
+            CONFINED.with(|c| c.set(true));
+            let ok = result.is_ok();
+            let _ = ready.send(result);
+            ok.then(f)
+        })
+        .map_err(|source| SpawnError::Spawn {
+            name: name.to_owned(),
+            source,
+        })?;
+    match installed.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(source)) => {
+            let _ = handle.join();
+            Err(SpawnError::Filter {
+                name: name.to_owned(),
+                source,
+            })
+        }
+        Err(_) => Err(SpawnError::Spawn {
+            name: name.to_owned(),
+            source: io::Error::other("the thread ended before installing its filter"),
+        }),
+    }
+}
+
+thread_local! {
+    static CONFINED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Names the calling thread `name()` and installs `role`'s filter in `mode`, the first
+/// time it is called on this thread; later calls do nothing. An error leaves the thread
+/// unconfined: the caller must not go on to guest-controlled data.
+pub fn confine_current_thread(
+    name: impl FnOnce() -> String,
+    role: Role,
+    mode: SeccompMode,
+) -> Result<(), Error> {
+    if CONFINED.with(|c| c.replace(true)) {
+        return Ok(());
+    }
+    set_name(name());
+    let filter = compile(role, mode)?;
+    if let Some(filter) = filter {
+        if let Err(e) = filter.apply() {
+            CONFINED.with(|c| c.set(false));
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Sets the calling thread's name (the kernel keeps 15 bytes).
+fn set_name(mut name: String) {
+    while name.len() > 15 {
+        name.pop();
+    }
+    name.push('\0');
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from a
+    // pointer valid for the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
