@@ -1,0 +1,348 @@
+//! A cgroup per jailed process, with memory, CPU and pids limits where the host offers the
+//! controllers: cgroup v2 when the unified root lists `memory` and `cpu`, otherwise the v1
+//! hierarchies that exist (`memory`, `cpu`, `pids`). Which one is used is logged and
+//! queryable ([`Cgroup::version`]). The cgroup is `bulkhead/<id>` in each hierarchy and is
+//! removed (with `bulkhead/` when empty) once the process has been reaped.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The usual mount point of the cgroup filesystems.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The directory, in each hierarchy, that holds one cgroup per jailed process.
+const PARENT: &str = "bulkhead";
+/// The CPU bandwidth period for `cpus` limits, in microseconds (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Limits of a jailed process's cgroup; `None` leaves a resource unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CgroupLimits {
+    /// Memory, in bytes (v2 `memory.max`, v1 `memory.limit_in_bytes`).
+    pub memory_max: Option<u64>,
+    /// CPU time as a number of CPUs, e.g. 0.5 (v2 `cpu.max`, v1 `cpu.cfs_quota_us`).
+    pub cpus: Option<f64>,
+    /// Processes and threads (`pids.max`).
+    pub pids_max: Option<u64>,
+}
+
+/// Which cgroup interface is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// The unified hierarchy.
+    V2,
+    /// Per-controller hierarchies.
+    V1,
+}
+
+/// Why a cgroup could not be set up or removed.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}: {source}")]
+pub struct CgroupError {
+    action: &'static str,
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+/// A created cgroup (in one or several hierarchies).
+#[derive(Debug)]
+pub struct Cgroup {
+    version: CgroupVersion,
+    /// The per-process directories (one for v2, one per controller for v1).
+    leaves: Vec<PathBuf>,
+}
+
+/// Which interface `root` offers for memory and CPU limits, if any.
+pub fn detect(root: &Path) -> Option<CgroupVersion> {
+    let v2 = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let listed: Vec<&str> = v2.split_whitespace().collect();
+    if listed.contains(&"memory") && listed.contains(&"cpu") {
+        return Some(CgroupVersion::V2);
+    }
+    if v1_controllers(root).is_empty() {
+        None
+    } else {
+        Some(CgroupVersion::V1)
+    }
+}
+
+/// The v1 hierarchies of interest that exist under `root`.
+fn v1_controllers(root: &Path) -> Vec<&'static str> {
+    ["memory", "cpu", "pids"]
+        .into_iter()
+        .filter(|c| root.join(c).join("cgroup.procs").is_file())
+        .collect()
+}
+
+impl Cgroup {
+    /// Creates `bulkhead/<id>` with `limits` under `root`; `Ok(None)` where the host offers
+    /// no controllers (logged). Fails if the cgroup already exists (ids must be unique).
+    pub fn create(
+        root: &Path,
+        id: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Option<Cgroup>, CgroupError> {
+        let Some(version) = detect(root) else {
+            log::warn!(
+                "jail {id}: no cgroup controllers under {}; no memory or CPU limits",
+                root.display()
+            );
+            return Ok(None);
+        };
+        let mut cgroup = Cgroup {
+            version,
+            leaves: Vec::new(),
+        };
+        let made = match version {
+            CgroupVersion::V2 => cgroup.create_v2(root, id, limits),
+            CgroupVersion::V1 => cgroup.create_v1(root, id, limits),
+        };
+        if let Err(e) = made {
+            // Nothing is in it yet: undo what was made.
+            let _ = cgroup.remove();
+            return Err(e);
+        }
+        log::info!("jail {id}: cgroup {version:?} at {:?}", cgroup.leaves);
+        Ok(Some(cgroup))
+    }
+
+    fn create_v2(
+        &mut self,
+        root: &Path,
+        id: &str,
+        limits: &CgroupLimits,
+    ) -> Result<(), CgroupError> {
+        let parent = root.join(PARENT);
+        let listed = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let enable: Vec<String> = ["memory", "cpu", "pids"]
+            .into_iter()
+            .filter(|c| listed.split_whitespace().any(|l| l == *c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        let enable = enable.join(" ");
+        write(&root.join("cgroup.subtree_control"), &enable)?;
+        mkdir_all(&parent)?;
+        write(&parent.join("cgroup.subtree_control"), &enable)?;
+        let leaf = parent.join(id);
+        mkdir(&leaf)?;
+        self.leaves.push(leaf.clone());
+        if let Some(bytes) = limits.memory_max {
+            write(&leaf.join("memory.max"), &bytes.to_string())?;
+        }
+        if let Some(cpus) = limits.cpus {
+            write(
+                &leaf.join("cpu.max"),
+                &format!("{} {CPU_PERIOD_US}", quota_us(cpus)),
+            )?;
+        }
+        if let Some(pids) = limits.pids_max {
+            write(&leaf.join("pids.max"), &pids.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn create_v1(
+        &mut self,
+        root: &Path,
+        id: &str,
+        limits: &CgroupLimits,
+    ) -> Result<(), CgroupError> {
+        for controller in v1_controllers(root) {
+            let parent = root.join(controller).join(PARENT);
+            mkdir_all(&parent)?;
+            let leaf = parent.join(id);
+            mkdir(&leaf)?;
+            self.leaves.push(leaf.clone());
+            match controller {
+                "memory" => {
+                    if let Some(bytes) = limits.memory_max {
+                        write(&leaf.join("memory.limit_in_bytes"), &bytes.to_string())?;
+                    }
+                }
+                "cpu" => {
+                    if let Some(cpus) = limits.cpus {
+                        write(&leaf.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                        write(&leaf.join("cpu.cfs_quota_us"), &quota_us(cpus).to_string())?;
+                    }
+                }
+                _ => {
+                    if let Some(pids) = limits.pids_max {
+                        write(&leaf.join("pids.max"), &pids.to_string())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Which interface this cgroup uses.
+    pub fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    /// The per-process directories.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.leaves
+    }
+
+    /// Moves process `pid` into the cgroup (every hierarchy).
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        for leaf in &self.leaves {
+            write(&leaf.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the per-process directories (once their processes have been reaped; a
+    /// cgroup empties a moment after, so a busy one is retried for up to a second), and the
+    /// `bulkhead/` parents that are left empty.
+    pub fn remove(&mut self) -> Result<(), CgroupError> {
+        let mut first_error = None;
+        for leaf in self.leaves.drain(..) {
+            if let Err(e) = rmdir_retrying(&leaf) {
+                first_error.get_or_insert(e);
+            }
+            if let Some(parent) = leaf.parent() {
+                // Other jails may still use it: only an empty parent goes.
+                let _ = fs::remove_dir(parent);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// CPUs as a quota per period, at least 1 ms (the kernel's minimum).
+fn quota_us(cpus: f64) -> u64 {
+    ((cpus * CPU_PERIOD_US as f64) as u64).max(1000)
+}
+
+fn rmdir_retrying(dir: &Path) -> Result<(), CgroupError> {
+    for _ in 0..100 {
+        match fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => return other.map_err(|source| error("removing cgroup", dir, source)),
+        }
+    }
+    Err(error(
+        "removing cgroup",
+        dir,
+        io::Error::from_raw_os_error(libc::EBUSY),
+    ))
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|source| error("writing cgroup file", path, source))
+}
+
+fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    fs::create_dir(path).map_err(|source| error("creating cgroup", path, source))
+}
+
+fn mkdir_all(path: &Path) -> Result<(), CgroupError> {
+    fs::create_dir_all(path).map_err(|source| error("creating cgroup", path, source))
+}
+
+fn error(action: &'static str, path: &Path, source: io::Error) -> CgroupError {
+    CgroupError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake cgroup root in a temporary directory (plain files stand for the kernel's).
+    fn fake_root(name: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!(
+            "bulkhead-cgroup-test-{name}-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        root
+    }
+
+    #[test]
+    fn v2_is_preferred_when_it_has_memory_and_cpu() {
+        let root = fake_root("v2");
+        fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        fs::create_dir_all(root.join("memory")).unwrap();
+        fs::write(root.join("memory/cgroup.procs"), "").unwrap();
+        assert_eq!(detect(&root), Some(CgroupVersion::V2));
+        let limits = CgroupLimits {
+            memory_max: Some(64 << 20),
+            cpus: Some(0.5),
+            pids_max: Some(16),
+        };
+        let cgroup = Cgroup::create(&root, "vm1-blk", &limits).unwrap().unwrap();
+        let leaf = root.join("bulkhead/vm1-blk");
+        assert_eq!(cgroup.paths(), [leaf.clone()]);
+        assert_eq!(
+            fs::read_to_string(leaf.join("memory.max")).unwrap(),
+            "67108864"
+        );
+        assert_eq!(
+            fs::read_to_string(leaf.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
+        assert_eq!(fs::read_to_string(leaf.join("pids.max")).unwrap(), "16");
+        assert_eq!(
+            fs::read_to_string(root.join("bulkhead/cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids"
+        );
+        // A second jail with the same id is refused.
+        assert!(Cgroup::create(&root, "vm1-blk", &limits).is_err());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn v1_uses_the_hierarchies_that_exist() {
+        let root = fake_root("v1");
+        fs::write(root.join("cgroup.controllers"), "").unwrap();
+        for c in ["memory", "cpu"] {
+            fs::create_dir_all(root.join(c)).unwrap();
+            fs::write(root.join(c).join("cgroup.procs"), "").unwrap();
+        }
+        assert_eq!(detect(&root), Some(CgroupVersion::V1));
+        let limits = CgroupLimits {
+            memory_max: Some(1 << 20),
+            cpus: Some(2.0),
+            pids_max: Some(4),
+        };
+        let cgroup = Cgroup::create(&root, "x", &limits).unwrap().unwrap();
+        assert_eq!(cgroup.version(), CgroupVersion::V1);
+        assert_eq!(cgroup.paths().len(), 2, "no pids hierarchy, no pids cgroup");
+        let mem = root.join("memory/bulkhead/x/memory.limit_in_bytes");
+        assert_eq!(fs::read_to_string(mem).unwrap(), "1048576");
+        let quota = root.join("cpu/bulkhead/x/cpu.cfs_quota_us");
+        assert_eq!(fs::read_to_string(quota).unwrap(), "200000");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn no_controllers_no_cgroup() {
+        let root = fake_root("none");
+        assert_eq!(detect(&root), None);
+        assert!(Cgroup::create(&root, "x", &CgroupLimits::default())
+            .unwrap()
+            .is_none());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn tiny_cpu_shares_get_the_minimum_quota() {
+        assert_eq!(quota_us(0.001), 1000);
+        assert_eq!(quota_us(1.5), 150_000);
+    }
+}

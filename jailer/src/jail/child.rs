@@ -1,0 +1,182 @@
+//! A running jailed process: its pid, a pidfd to signal and reap it without pid-reuse
+//! races, and its cgroup, removed once it is reaped.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use super::cgroup::{Cgroup, CgroupError, CgroupVersion};
+
+/// A process started by [`super::Jail::spawn`]. Dropping it kills (SIGKILL) and reaps the
+/// process if it still runs, and removes its cgroup: no jailed process outlives its handle.
+#[derive(Debug)]
+pub struct JailedChild {
+    id: String,
+    pid: i32,
+    pidfd: OwnedFd,
+    cgroup: Option<Cgroup>,
+    status: Option<ExitStatus>,
+}
+
+impl JailedChild {
+    pub(crate) fn new(id: String, pid: i32, pidfd: OwnedFd, cgroup: Option<Cgroup>) -> Self {
+        JailedChild {
+            id,
+            pid,
+            pidfd,
+            cgroup,
+            status: None,
+        }
+    }
+
+    /// The jail's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The process id, in the jailer's pid namespace (it is 1 in its own).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The pidfd (poll it for readability to learn that the process has ended).
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The cgroup interface in use, `None` where the host offered no controllers.
+    pub fn cgroup_version(&self) -> Option<CgroupVersion> {
+        self.cgroup.as_ref().map(Cgroup::version)
+    }
+
+    /// The cgroup directories of the process (empty without a cgroup or once removed).
+    pub fn cgroup_paths(&self) -> &[std::path::PathBuf] {
+        self.cgroup.as_ref().map_or(&[], |c| c.paths())
+    }
+
+    /// Sends `signal` through the pidfd (no-op once reaped). Note that as pid 1 of its
+    /// namespace the process receives only the signals it handles, and SIGKILL.
+    pub fn kill(&self, signal: i32) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        // SAFETY: a pidfd owned by self; a null siginfo and flags 0.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        if ret == -1 {
+            return Err(io::Error::other(format!(
+                "signalling jailed process {} ({}): {}",
+                self.pid,
+                self.id,
+                io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The exit status if the process has ended (reaping it), else `None`.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.wait_flags(libc::WNOHANG)
+    }
+
+    /// Waits for the process to end and reaps it.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.wait_flags(0)? {
+                return Ok(status);
+            }
+        }
+    }
+
+    fn wait_flags(&mut self, flags: i32) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.status {
+            return Ok(Some(status));
+        }
+        // SAFETY: siginfo_t is plain data; zeroed means "no child changed state".
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a pidfd owned by self and a valid siginfo_t to fill.
+        let ret = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | flags,
+            )
+        };
+        if ret == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            return Err(io::Error::other(format!(
+                "waiting for jailed process {} ({}): {e}",
+                self.pid, self.id
+            )));
+        }
+        // SAFETY: waitid filled `info` for a child (si_pid 0 means none changed state).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        let status = match info.si_code {
+            libc::CLD_EXITED => ExitStatus::from_raw((status & 0xff) << 8),
+            libc::CLD_DUMPED => ExitStatus::from_raw((status & 0x7f) | 0x80),
+            _ => ExitStatus::from_raw(status & 0x7f),
+        };
+        self.status = Some(status);
+        Ok(Some(status))
+    }
+
+    /// Removes the cgroup; call once the process is reaped (drop does it too).
+    pub fn cleanup(&mut self) -> Result<(), CgroupError> {
+        match self.cgroup.take() {
+            Some(mut cgroup) => cgroup.remove(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The shell's convention for a status: the exit code, or 128 + the signal number.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+impl Drop for JailedChild {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.kill(libc::SIGKILL);
+            if let Err(e) = self.wait() {
+                log::error!("{e}");
+            }
+        }
+        if let Err(e) = self.cleanup() {
+            log::error!("jail {}: {e}", self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
+        assert_eq!(
+            exit_code(ExitStatus::from_raw(libc::SIGSEGV | 0x80)),
+            128 + libc::SIGSEGV
+        );
+    }
+}

@@ -1,0 +1,401 @@
+//! The jailer: starts a program confined, in the manner of Firecracker's jailer.
+//!
+//! [`Jail::spawn`] clones a child into new mount, PID, IPC and UTS namespaces and a network
+//! namespace ([`NetNs`]), tied to the jailer's life (PR_SET_PDEATHSIG), placed in a cgroup
+//! with limits where the host offers one ([`cgroup`]), with only the fds it is given
+//! ([`fds`]), rlimits ([`Rlimits`]), hostname `bulkhead` and only the environment it is
+//! given, and executes the program. The rest of the jail (an empty root, an unprivileged
+//! identity, landlock) is applied by:
+//! - the program itself, [`Finish::ByProgram`]: ours are dynamically linked and open their
+//!   resources first, then call `bulkhead_seccomp::jail::finish_jail` (pass it
+//!   [`Jail::finish_flags`]);
+//! - the child before exec, [`Finish::InChild`], for a foreign static binary, which is
+//!   opened before the pivot and executed from its fd.
+
+pub mod cgroup;
+mod child;
+mod clone;
+mod fds;
+mod netns;
+mod rlimits;
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use bulkhead_seccomp::jail::JailArgs;
+use bulkhead_seccomp::landlock::LandlockMode;
+
+pub use cgroup::{CgroupError, CgroupLimits, CgroupVersion};
+pub use child::{exit_code, JailedChild};
+pub use clone::{ChildFailure, ChildStep};
+pub use fds::FdPlanError;
+pub use netns::{NetNs, NetNsError};
+pub use rlimits::Rlimits;
+
+/// Who applies the jail's last steps (empty root, identity, landlock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Finish {
+    /// The program, after opening its resources (`finish_jail`).
+    #[default]
+    ByProgram,
+    /// The child, before executing a static binary from an fd.
+    InChild,
+}
+
+/// What a jailed process gets.
+#[derive(Debug, Clone)]
+pub struct Jail {
+    /// Names the jail: its cgroup `bulkhead/<id>`, and errors. Letters, digits, `-`, `_`.
+    pub id: String,
+    /// The unprivileged uid it runs as (not 0).
+    pub uid: u32,
+    /// The unprivileged gid it runs as (not 0).
+    pub gid: u32,
+    /// Its network namespace.
+    pub netns: NetNs,
+    /// Its cgroup limits.
+    pub cgroup: CgroupLimits,
+    /// Where the cgroup filesystems are ([`cgroup::CGROUP_ROOT`]).
+    pub cgroup_root: PathBuf,
+    /// Its rlimits.
+    pub rlimits: Rlimits,
+    /// Who finishes the jail.
+    pub finish: Finish,
+    /// Landlock, for [`Finish::InChild`] (a program is told by [`Jail::finish_flags`]).
+    pub landlock: LandlockMode,
+    /// The hostname in its UTS namespace.
+    pub hostname: String,
+}
+
+impl Jail {
+    /// A jail with a new empty network namespace, no limits, finished by the program.
+    pub fn new(id: &str, uid: u32, gid: u32) -> Jail {
+        Jail {
+            id: id.to_string(),
+            uid,
+            gid,
+            netns: NetNs::New,
+            cgroup: CgroupLimits::default(),
+            cgroup_root: PathBuf::from(cgroup::CGROUP_ROOT),
+            rlimits: Rlimits::default(),
+            finish: Finish::ByProgram,
+            landlock: LandlockMode::Enforce,
+            hostname: "bulkhead".to_string(),
+        }
+    }
+
+    /// The flags telling a program that finishes its own jail ([`Finish::ByProgram`]) which
+    /// identity to take and whether to enforce landlock.
+    pub fn finish_flags(&self) -> Vec<String> {
+        JailArgs {
+            jail_uid: Some(self.uid),
+            jail_gid: Some(self.gid),
+            landlock: self.landlock,
+        }
+        .to_flags()
+    }
+
+    /// Starts `program` with `args` (argv[1..]; argv[0] is its file name) in this jail,
+    /// keeping only the fds in `fds` as (fd here, fd number in the child) pairs (include
+    /// (0, 0), (1, 1), (2, 2) to keep stdio) and only the environment in `env`. Returns once
+    /// the program is executing, or with the step that failed.
+    pub fn spawn(
+        &self,
+        program: &Path,
+        args: &[OsString],
+        fds: &[(RawFd, RawFd)],
+        env: &[(OsString, OsString)],
+    ) -> Result<JailedChild, SpawnError> {
+        let err = |kind| SpawnError {
+            id: self.id.clone(),
+            program: program.to_path_buf(),
+            kind,
+        };
+        self.check().map_err(err)?;
+        let prepared = Prepared::new(self, program, args, fds, env).map_err(err)?;
+        let mut cgroup = cgroup::Cgroup::create(&self.cgroup_root, &self.id, &self.cgroup)
+            .map_err(|e| err(SpawnErrorKind::Cgroup(e)))?;
+        match prepared.start(cgroup.as_ref()) {
+            Ok((pid, pidfd)) => {
+                log::info!(
+                    "jail {}: {} started as pid {pid}",
+                    self.id,
+                    program.display()
+                );
+                Ok(JailedChild::new(self.id.clone(), pid, pidfd, cgroup))
+            }
+            Err(kind) => {
+                if let Some(cgroup) = cgroup.as_mut() {
+                    if let Err(e) = cgroup.remove() {
+                        log::error!("jail {}: {e}", self.id);
+                    }
+                }
+                Err(err(kind))
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), SpawnErrorKind> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(SpawnErrorKind::BadId);
+        }
+        if self.uid == 0 || self.gid == 0 {
+            return Err(SpawnErrorKind::Privileged);
+        }
+        Ok(())
+    }
+}
+
+/// Why a jailed process could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("jail {id}: starting {}: {kind}", program.display())]
+pub struct SpawnError {
+    /// The jail's id.
+    pub id: String,
+    /// The program.
+    pub program: PathBuf,
+    /// What went wrong.
+    #[source]
+    pub kind: SpawnErrorKind,
+}
+
+/// What went wrong starting a jailed process.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnErrorKind {
+    /// The id is not a safe path component.
+    #[error("the id must be 1 to 64 letters, digits, '-' or '_'")]
+    BadId,
+    /// uid or gid 0.
+    #[error("uid and gid must be unprivileged (not 0)")]
+    Privileged,
+    /// An argument, variable or hostname holds a NUL byte.
+    #[error("{0} contains a NUL byte")]
+    Nul(&'static str),
+    /// The fd pairs.
+    #[error(transparent)]
+    Fds(#[from] FdPlanError),
+    /// The network namespace.
+    #[error(transparent)]
+    NetNs(#[from] NetNsError),
+    /// The static binary could not be opened.
+    #[error("opening the program: {0}")]
+    Open(#[source] io::Error),
+    /// A pipe to the child could not be made.
+    #[error("creating a pipe to the child: {0}")]
+    Pipe(#[source] io::Error),
+    /// The cgroup.
+    #[error(transparent)]
+    Cgroup(CgroupError),
+    /// clone3 failed.
+    #[error("clone3 into new namespaces: {0}")]
+    Clone(#[source] io::Error),
+    /// Talking to the child failed.
+    #[error("synchronising with the child: {0}")]
+    Sync(#[source] io::Error),
+    /// The child reported a failed step instead of executing.
+    #[error("{0}")]
+    Child(#[source] ChildFailure),
+}
+
+/// Everything allocated for the child, kept alive until it has executed.
+struct Prepared {
+    plan: clone::ChildPlan,
+    _netns: Option<OwnedFd>,
+    _program: Option<File>,
+    sync_read: OwnedFd,
+    sync_write: OwnedFd,
+    report_read: OwnedFd,
+    report_write: OwnedFd,
+}
+
+impl Prepared {
+    fn new(
+        jail: &Jail,
+        program: &Path,
+        args: &[OsString],
+        fds: &[(RawFd, RawFd)],
+        env: &[(OsString, OsString)],
+    ) -> Result<Prepared, SpawnErrorKind> {
+        let netns = jail.netns.prepare()?;
+        let (sync_read, sync_write) = pipe()?;
+        let (report_read, report_write) = pipe()?;
+        let (exec, program_file) = match jail.finish {
+            Finish::ByProgram => (
+                clone::Exec::Path(cstring(program.as_os_str(), "the program path")?),
+                None,
+            ),
+            Finish::InChild => {
+                let file = File::open(program).map_err(SpawnErrorKind::Open)?;
+                (clone::Exec::Fd(file.as_raw_fd()), Some(file))
+            }
+        };
+        let argv0 = program.file_name().unwrap_or(program.as_os_str());
+        let mut strings = vec![cstring(argv0, "the program name")?];
+        for arg in args {
+            strings.push(cstring(arg, "an argument")?);
+        }
+        let argc = strings.len();
+        for (name, value) in env {
+            let mut var = name.clone();
+            var.push("=");
+            var.push(value);
+            strings.push(cstring(&var, "an environment variable")?);
+        }
+        let pointers = |range: &[CString]| {
+            let mut list: Vec<_> = range.iter().map(|s| s.as_ptr()).collect();
+            list.push(std::ptr::null());
+            list
+        };
+        let mut extra = vec![report_write.as_raw_fd()];
+        extra.extend(program_file.as_ref().map(|f| f.as_raw_fd()));
+        let plan = clone::ChildPlan {
+            flags: (libc::CLONE_NEWNS
+                | libc::CLONE_NEWPID
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWUTS) as u64
+                | netns.clone_flag,
+            netns: netns.join.as_ref().map(|fd| fd.as_raw_fd()),
+            sync_read: sync_read.as_raw_fd(),
+            sync_write: sync_write.as_raw_fd(),
+            report: report_write.as_raw_fd(),
+            fds: fds::FdPlan::new(fds, &extra)?,
+            rlimits: jail.rlimits.prepare(),
+            hostname: cstring(OsStr::new(&jail.hostname), "the hostname")?,
+            exec,
+            in_child: (jail.finish == Finish::InChild).then_some(clone::InChild {
+                uid: jail.uid,
+                gid: jail.gid,
+                landlock: jail.landlock == LandlockMode::Enforce,
+            }),
+            argv: pointers(&strings[..argc]),
+            envp: pointers(&strings[argc..]),
+            _strings: strings,
+        };
+        Ok(Prepared {
+            plan,
+            _netns: netns.join,
+            _program: program_file,
+            sync_read,
+            sync_write,
+            report_read,
+            report_write,
+        })
+    }
+
+    /// Clones the child, puts it in `cgroup`, lets it go on and waits until it executes.
+    fn start(mut self, cgroup: Option<&cgroup::Cgroup>) -> Result<(i32, OwnedFd), SpawnErrorKind> {
+        let (pid, pidfd) = clone::spawn(&mut self.plan).map_err(SpawnErrorKind::Clone)?;
+        drop(self.sync_read);
+        drop(self.report_write);
+        let abort = |pidfd: &OwnedFd| {
+            // SAFETY: signalling and reaping our own child through its pidfd.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    0usize,
+                    0u32,
+                );
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                libc::waitid(
+                    libc::P_PIDFD,
+                    pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED,
+                );
+            }
+        };
+        if let Some(cgroup) = cgroup {
+            if let Err(e) = cgroup.add(pid) {
+                abort(&pidfd);
+                return Err(SpawnErrorKind::Cgroup(e));
+            }
+        }
+        let mut sync = File::from(self.sync_write);
+        if let Err(e) = sync.write_all(&[1]) {
+            abort(&pidfd);
+            return Err(SpawnErrorKind::Sync(e));
+        }
+        drop(sync);
+        let mut report = Vec::new();
+        let read = File::from(self.report_read).read_to_end(&mut report);
+        match read {
+            Ok(_) if report.is_empty() => Ok((pid, pidfd)),
+            Ok(_) => {
+                abort(&pidfd);
+                Err(SpawnErrorKind::Child(ChildFailure::decode(&report)))
+            }
+            Err(e) => {
+                abort(&pidfd);
+                Err(SpawnErrorKind::Sync(e))
+            }
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnErrorKind> {
+    let mut ends = [-1; 2];
+    // SAFETY: a two-element array for the two new fds.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(SpawnErrorKind::Pipe(io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 returned two new fds that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) })
+}
+
+fn cstring(s: &OsStr, what: &'static str) -> Result<CString, SpawnErrorKind> {
+    CString::new(s.as_bytes()).map_err(|_| SpawnErrorKind::Nul(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_unsafe_ids_and_root() {
+        let spawn = |jail: &Jail| {
+            jail.spawn(Path::new("/bin/true"), &[], &[], &[])
+                .unwrap_err()
+                .kind
+        };
+        assert!(matches!(
+            spawn(&Jail::new("../x", 1000, 1000)),
+            SpawnErrorKind::BadId
+        ));
+        assert!(matches!(
+            spawn(&Jail::new("", 1000, 1000)),
+            SpawnErrorKind::BadId
+        ));
+        assert!(matches!(
+            spawn(&Jail::new("ok", 0, 1000)),
+            SpawnErrorKind::Privileged
+        ));
+    }
+
+    #[test]
+    fn finish_flags_name_the_identity() {
+        let flags = Jail::new("x", 1000, 1001).finish_flags();
+        assert_eq!(
+            flags,
+            [
+                "--jail-uid",
+                "1000",
+                "--jail-gid",
+                "1001",
+                "--landlock",
+                "enforce"
+            ]
+        );
+    }
+}
