@@ -21,11 +21,16 @@ struct Vm {
 
 impl Vm {
     fn start(cmdline: &str) -> Vm {
+        Vm::start_with("", cmdline)
+    }
+
+    /// As [`Vm::start`], with `extra` (`,key=value...`) appended to the `--net` value.
+    fn start_with(extra: &str, cmdline: &str) -> Vm {
         let mut child = common::bulkhead()
             .arg("run")
             .args([
                 "--net",
-                &format!("auto,mac={GUEST_MAC},host-ip=10.0.2.1/24,guest-ip=10.0.2.2/24"),
+                &format!("auto,mac={GUEST_MAC},host-ip=10.0.2.1/24,guest-ip=10.0.2.2/24{extra}"),
             ])
             .args(["--cmdline", cmdline])
             .stdout(Stdio::piped())
@@ -242,4 +247,160 @@ fn named_tap_in_the_callers_namespace() {
         String::from_utf8_lossy(&ping.stdout)
     );
     assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// The first descendant of process `root` whose name is `comm`.
+fn descendant_named(root: u32, comm: &str) -> Option<u32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid, stat[open + 1..close].to_owned()));
+        }
+    }
+    let descends = |mut pid: u32| {
+        for _ in 0..64 {
+            if pid == root {
+                return true;
+            }
+            match parents.iter().find(|(p, _, _)| *p == pid) {
+                Some((_, ppid, _)) => pid = *ppid,
+                None => return false,
+            }
+        }
+        false
+    };
+    parents
+        .iter()
+        .find(|(pid, _, name)| name == comm && descends(*pid))
+        .map(|(pid, _, _)| *pid)
+}
+
+/// How many of process `pid`'s descriptors are TAP queues (`/dev/net/tun`).
+fn tap_queues_held(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t == std::path::Path::new("/dev/net/tun"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `--net auto,queues=2`: the vmm offers MQ and a control queue and `queue_pairs` 2; the
+/// test guest accepts neither and runs on pair 0, where ping and UDP both ways work, while
+/// `bulkhead-net` holds both TAP queues with the second detached (the TAP, as the kernel
+/// shows it in sysfs, has one queue).
+#[test]
+fn two_queue_pairs_guest_on_pair_zero() {
+    require_kvm!();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let vm = Vm::start_with(
+        ",queues=2",
+        "bulkhead.test=net-identify,net-serve,net-send,net-serve bulkhead.net.ip=10.0.2.2/24 \
+         bulkhead.net.peer=10.0.2.1 bulkhead.net.port=5556 bulkhead.net.sizes=64,1472 \
+         bulkhead.net.serve-ms=4000 bulkhead.net.echo-port=7",
+    );
+    let ns = vm.ns.clone();
+    let mut seen = Vec::new();
+    let identify = vm.wait_for("bulkhead-guest: net0 mac=", &mut seen);
+    let field = |name: &str| {
+        identify
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+            .unwrap_or_else(|| panic!("no {name} in {identify:?}"))
+    };
+    let (offered, accepted) = (field("features="), field("accepted="));
+    let (ctrl_vq, mq) = (1u64 << 17, 1u64 << 22);
+    assert_eq!(offered & (ctrl_vq | mq), ctrl_vq | mq, "{identify}");
+    assert_eq!(accepted & mq, 0, "{identify}");
+    assert!(identify.contains(" queue_pairs=2 "), "{identify}");
+
+    vm.wait_for("bulkhead-guest: net0 serving", &mut seen);
+    let backend = descendant_named(vm.child.id(), "bulkhead-net").expect("no bulkhead-net process");
+    assert_eq!(
+        tap_queues_held(backend),
+        2,
+        "TAP queues held by bulkhead-net {backend}"
+    );
+    let queues = common::netns::exec(&ns, &["ls", "/sys/class/net/tap0/queues"]);
+    let mut queues: Vec<String> = String::from_utf8_lossy(&queues.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    queues.sort();
+    assert_eq!(queues, ["rx-0", "tx-0"], "the TAP's attached queues");
+
+    // Guest to host on pair 0.
+    let received = common::netns::in_netns(&ns, || {
+        let sock = UdpSocket::bind("10.0.2.1:5556")?;
+        sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while got.len() < 2 {
+            let (n, _) = sock.recv_from(&mut buf)?;
+            got.push(buf[..n].to_vec());
+        }
+        Ok::<_, std::io::Error>(got)
+    })
+    .expect("entering the namespace")
+    .expect("receiving the guest's datagrams");
+    for (payload, size) in received.iter().zip([64usize, 1472]) {
+        assert_eq!(payload.len(), size);
+        assert!(
+            payload
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == (i * 7 + size) as u8),
+            "payload of {size} corrupted"
+        );
+    }
+    // Host to guest and back, then ping.
+    vm.wait_for("bulkhead-guest: net0 sent", &mut seen);
+    vm.wait_for("bulkhead-guest: net0 serving", &mut seen);
+    let echoed = common::netns::in_netns(&ns, || {
+        let sock = UdpSocket::bind("10.0.2.1:0")?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut ok = Vec::new();
+        for size in [1usize, 1472] {
+            let payload: Vec<u8> = (0..size).map(|i| (i * 13 + 5) as u8).collect();
+            sock.send_to(&payload, "10.0.2.2:7")?;
+            let mut buf = [0u8; 2048];
+            let (n, _) = sock.recv_from(&mut buf)?;
+            ok.push(buf[..n] == payload[..]);
+        }
+        Ok::<_, std::io::Error>(ok)
+    })
+    .expect("entering the namespace")
+    .expect("echo over UDP");
+    let ping = common::netns::exec(
+        &ns,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.0.2.2"],
+    );
+    let ping_out = String::from_utf8_lossy(&ping.stdout).into_owned();
+    let (code, stderr) = vm.finish();
+    assert_eq!(echoed, vec![true; 2], "echoed payloads differ");
+    assert!(ping_out.contains("2 received"), "{ping_out}\n{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!namespace_exists(&ns), "namespace {ns} left behind");
 }

@@ -1,6 +1,8 @@
 //! `--net` values: `tap=NAME[,mac=MAC][,queues=N]` attaches to a TAP (created if missing and
 //! allowed); `auto[,mac=MAC][,host-ip=CIDR][,guest-ip=CIDR][,queues=N]` makes a network
 //! namespace with a TAP in it, the host side addressed, both removed when the VM ends.
+//! `queues=N` (1 to 16) opens a multi-queue TAP, one queue per virtio-net queue pair; the
+//! guest starts on one pair and asks for more on the control queue the vmm serves.
 
 /// A MAC address.
 pub type Mac = [u8; 6];
@@ -30,6 +32,9 @@ pub struct NetArg {
     pub queues: u16,
 }
 
+/// Most queue pairs a `--net` may have (`bulkhead-net`'s limit).
+pub const MAX_QUEUES: u16 = 16;
+
 /// Default host-side address in `auto` mode.
 pub const DEFAULT_HOST_IP: &str = "10.0.2.1/24";
 /// Default guest address in `auto` mode.
@@ -58,12 +63,11 @@ pub fn parse(s: &str) -> Result<NetArg, String> {
         match key {
             "mac" => mac = Some(parse_mac(value)?),
             "queues" => {
-                queues = value.parse().ok().filter(|n| *n == 1).ok_or_else(|| {
-                    format!(
-                        "queues={value}: only 1 for now: more queue pairs need a virtio-net \
-                             control queue, which bulkhead's vmm does not offer yet"
-                    )
-                })?
+                queues = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_QUEUES).contains(n))
+                    .ok_or_else(|| format!("queues={value}: expected 1 to {MAX_QUEUES}"))?
             }
             "host-ip" if auto => host_ip = check_cidr(value)?,
             "guest-ip" if auto => guest_ip = check_cidr(value)?,
@@ -143,9 +147,9 @@ mod tests {
         assert_eq!(a.backend, NetBackend::Tap("tap0".into()));
         assert_eq!(a.mac, Some([2, 0, 0, 0, 0, 1]));
         assert_eq!(a.queues, 1);
-        assert!(parse("tap=tap0,queues=2")
-            .unwrap_err()
-            .contains("control queue"));
+        assert_eq!(parse("tap=tap0,queues=2").unwrap().queues, 2);
+        assert_eq!(parse("auto,queues=16").unwrap().queues, 16);
+        assert!(parse("auto,queues=17").unwrap_err().contains("1 to 16"));
         let a = parse("auto,guest-ip=192.168.7.2/24,host-ip=192.168.7.1/24").unwrap();
         assert_eq!(
             a.backend,
@@ -175,7 +179,9 @@ mod tests {
             "tap=t,host-ip=1.2.3.4/24",
             "auto,host-ip=1.2.3.4",
             "auto,host-ip=1.2.3.4/31",
-            "auto,queues=9",
+            "auto,queues=0",
+            "auto,queues=17",
+            "auto,queues=x",
             "auto,colour=red",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
