@@ -33,9 +33,13 @@ pub enum Command {
 /// The default kernel command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 
-/// `bulkhead run`.
+/// `bulkhead run`. With no flags at all: the demo machine (see `demo.rs`).
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
+    /// Read flags from a JSON object whose fields are these flags ({"memory": 512,
+    /// "disk": ["path=a.img"], ...}); flags given beside it override or add to it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Kernel image: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,

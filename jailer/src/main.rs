@@ -6,6 +6,8 @@
 mod bench;
 mod check;
 mod cli;
+mod config_file;
+mod demo;
 mod devices;
 mod disk_arg;
 mod launch;
@@ -21,11 +23,35 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
-    let cli = cli::Cli::parse();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut demo = None;
+    if argv.get(1).is_some_and(|a| a == "run") {
+        let rest = argv.split_off(2);
+        let rest = if rest.is_empty() {
+            match demo::Demo::create() {
+                Ok((d, flags)) => {
+                    demo = Some(d);
+                    flags.into_iter().map(Into::into).collect()
+                }
+                Err(e) => fail(&e.to_string()),
+            }
+        } else {
+            config_file::expand(rest).unwrap_or_else(|e| fail(&e))
+        };
+        argv.extend(rest);
+    }
+    let cli = cli::Cli::parse_from(argv);
     let code = match cli.command {
         cli::Command::Run(args) => run::main(args),
         cli::Command::Check => check::main(),
         cli::Command::Bench(args) => bench::main(args),
     };
+    drop(demo);
     std::process::exit(code);
+}
+
+/// Reports an error found before the command line could be parsed.
+fn fail(msg: &str) -> ! {
+    eprintln!("bulkhead: error: {msg}");
+    std::process::exit(2);
 }

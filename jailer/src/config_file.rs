@@ -1,0 +1,224 @@
+//! `bulkhead run --config FILE`: the same fields as the flags, in a JSON object.
+//!
+//! ```json
+//! { "memory": 512, "cpus": 2, "disk": ["path=/var/vm/root.img", "path=/var/vm/data.img,readonly=on"],
+//!   "net": ["auto,mac=52:54:00:12:34:56"], "console": "pty" }
+//! ```
+//! Each field is a flag of `bulkhead run` (`report_stats` and `report-stats` both work),
+//! a string or number is its value, `true` sets a switch, and an array repeats a flag that
+//! can be repeated. The file's fields come first, so flags given on the command line beside
+//! `--config` override single values and add to lists. Validation is the command line's own.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::{ArgAction, CommandFactory};
+use serde_json::Value;
+
+/// Replaces `--config FILE` (or `--config=FILE`) in `bulkhead run`'s arguments `args` (the
+/// ones after `run`) with the flags the file holds.
+pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let mut files = Vec::new();
+    let mut rest = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            let file = it.next().ok_or("--config needs a file")?;
+            files.push(file);
+        } else if let Some(f) = a.to_str().and_then(|s| s.strip_prefix("--config=")) {
+            files.push(f.into());
+        } else {
+            rest.push(a);
+        }
+    }
+    let given = |flag: &str| {
+        rest.iter().any(|a| {
+            a.to_str()
+                .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        })
+    };
+    let mut out = Vec::new();
+    for file in files {
+        for f in flags_of(Path::new(&file))? {
+            // A single-valued flag on the command line overrides the file's.
+            if f.repeatable || !given(&f.flag) {
+                out.push(OsString::from(f.flag));
+                out.extend(f.value.map(OsString::from));
+            }
+        }
+    }
+    out.extend(rest);
+    Ok(out)
+}
+
+/// One flag a config file stands for.
+struct Flag {
+    flag: String,
+    value: Option<String>,
+    repeatable: bool,
+}
+
+/// The flags config file `path` stands for.
+fn flags_of(path: &Path) -> Result<Vec<Flag>, String> {
+    let at = |what: String| format!("config file {}: {what}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| at(format!("not JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(at("expected a JSON object of `bulkhead run` flags".into()));
+    };
+    let cmd = crate::cli::Cli::command();
+    let run = cmd.find_subcommand("run").ok_or("no run subcommand")?;
+    let mut flags = Vec::new();
+    for (key, value) in fields {
+        let name = key.replace('_', "-");
+        let arg = run
+            .get_arguments()
+            .find(|a| a.get_long() == Some(name.as_str()) && name != "config")
+            .ok_or_else(|| {
+                let known: Vec<_> = run
+                    .get_arguments()
+                    .filter(|a| !a.is_hide_set())
+                    .filter_map(|a| a.get_long())
+                    .filter(|l| *l != "config" && *l != "help")
+                    .collect();
+                at(format!(
+                    "unknown field {key:?} (the fields are: {})",
+                    known.join(", ")
+                ))
+            })?;
+        let flag = format!("--{name}");
+        let switch = matches!(arg.get_action(), ArgAction::SetTrue);
+        let repeatable = matches!(arg.get_action(), ArgAction::Append);
+        let scalar = |v: &Value| match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            _ => Err(at(format!(
+                "field {key:?}: expected a string or a number, not {v}"
+            ))),
+        };
+        match value {
+            Value::Null => {}
+            Value::Bool(b) if switch => {
+                if b {
+                    flags.push(Flag {
+                        flag,
+                        value: None,
+                        repeatable,
+                    });
+                }
+            }
+            Value::Array(items) if repeatable => {
+                for item in &items {
+                    flags.push(Flag {
+                        flag: flag.clone(),
+                        value: Some(scalar(item)?),
+                        repeatable,
+                    });
+                }
+            }
+            v if switch => {
+                return Err(at(format!(
+                    "field {key:?}: expected true or false, not {v}"
+                )))
+            }
+            Value::Array(_) => {
+                return Err(at(format!("field {key:?}: takes one value, not a list")))
+            }
+            v => flags.push(Flag {
+                flag,
+                value: Some(scalar(&v)?),
+                repeatable,
+            }),
+        }
+    }
+    Ok(flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn write(tag: &str, text: &str) -> std::path::PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("bulkhead-config-{tag}-{}.json", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn fields_become_flags_before_the_command_line() {
+        let p = write(
+            "ok",
+            r#"{"memory": 512, "disk": ["path=/a.img", "path=/b.img,readonly=on"],
+                "console": "pty", "report_stats": true, "initrd": null}"#,
+        );
+        let args = expand(os(&["--config", p.to_str().unwrap(), "--memory", "64"])).unwrap();
+        let _ = std::fs::remove_file(&p);
+        let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        // serde_json keeps keys sorted.
+        assert_eq!(
+            args,
+            [
+                "--console",
+                "pty",
+                "--disk",
+                "path=/a.img",
+                "--disk",
+                "path=/b.img,readonly=on",
+                "--report-stats",
+                "--memory",
+                "64"
+            ]
+        );
+        // The command line's --memory replaced the file's; the parser takes the rest.
+        let mut argv = os(&["bulkhead", "run"]);
+        argv.extend(args.iter().map(OsString::from));
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Run(r) => {
+                assert_eq!(r.memory, 64);
+                assert_eq!(r.disk.len(), 2);
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn bad_files_say_what_and_where() {
+        for (tag, text, why) in [
+            (
+                "unknown",
+                r#"{"colour": "red"}"#,
+                "unknown field \"colour\"",
+            ),
+            ("notjson", "memory = 5", "not JSON"),
+            ("array", "[1]", "expected a JSON object"),
+            ("list", r#"{"memory": [1, 2]}"#, "takes one value"),
+            (
+                "switch",
+                r#"{"report_stats": "yes"}"#,
+                "expected true or false",
+            ),
+            (
+                "object",
+                r#"{"kernel": {"path": "x"}}"#,
+                "expected a string or a number",
+            ),
+        ] {
+            let p = write(tag, text);
+            let e = expand(os(&["--config", p.to_str().unwrap()])).unwrap_err();
+            let _ = std::fs::remove_file(&p);
+            assert!(
+                e.contains(why) && e.contains(p.to_str().unwrap()),
+                "{tag}: {e}"
+            );
+        }
+        let e = expand(os(&["--config", "/nonexistent/vm.json"])).unwrap_err();
+        assert!(e.contains("/nonexistent/vm.json"), "{e}");
+        assert!(expand(os(&["--config"])).is_err());
+    }
+}
