@@ -94,8 +94,20 @@ impl Cgroup {
             version,
             leaves: Vec::new(),
         };
+        let mut enable = String::new();
+        if version == CgroupVersion::V2 {
+            match enable_v2(root) {
+                Ok(line) => enable = line,
+                Err(e) => {
+                    // E.g. a container whose cgroup holds processes (the "no internal
+                    // processes" rule): the host does not offer the controllers to us.
+                    log::warn!("jail {id}: cgroup v2 controllers cannot be enabled ({e}); no memory or CPU limits");
+                    return Ok(None);
+                }
+            }
+        }
         let made = match version {
-            CgroupVersion::V2 => cgroup.create_v2(root, id, limits),
+            CgroupVersion::V2 => cgroup.create_v2(root, id, &enable, limits),
             CgroupVersion::V1 => cgroup.create_v1(root, id, limits),
         };
         if let Err(e) = made {
@@ -111,19 +123,12 @@ impl Cgroup {
         &mut self,
         root: &Path,
         id: &str,
+        enable: &str,
         limits: &CgroupLimits,
     ) -> Result<(), CgroupError> {
         let parent = root.join(PARENT);
-        let listed = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-        let enable: Vec<String> = ["memory", "cpu", "pids"]
-            .into_iter()
-            .filter(|c| listed.split_whitespace().any(|l| l == *c))
-            .map(|c| format!("+{c}"))
-            .collect();
-        let enable = enable.join(" ");
-        write(&root.join("cgroup.subtree_control"), &enable)?;
         mkdir_all(&parent)?;
-        write(&parent.join("cgroup.subtree_control"), &enable)?;
+        write(&parent.join("cgroup.subtree_control"), enable)?;
         let leaf = parent.join(id);
         mkdir(&leaf)?;
         self.leaves.push(leaf.clone());
@@ -210,6 +215,28 @@ impl Cgroup {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Enables memory, cpu and pids (those the root lists) for the children of `root`, unless
+/// they already are; returns them as a `subtree_control` line.
+fn enable_v2(root: &Path) -> Result<String, CgroupError> {
+    let listed = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let control = root.join("cgroup.subtree_control");
+    let enabled = fs::read_to_string(&control).unwrap_or_default();
+    let has = |list: &str, c: &str| list.split_whitespace().any(|l| l == c);
+    let wanted: Vec<&str> = ["memory", "cpu", "pids"]
+        .into_iter()
+        .filter(|c| has(&listed, c))
+        .collect();
+    let line = wanted
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if !wanted.iter().all(|c| has(&enabled, c)) {
+        write(&control, &line)?;
+    }
+    Ok(line)
 }
 
 /// CPUs as a quota per period, at least 1 ms (the kernel's minimum).
