@@ -9,7 +9,7 @@
 //! down and refuses every later call with "connection closed after bad frame": once a
 //! stream has lost its place there is no trustworthy way back into step.
 
-use crate::channel_error::{ChannelError, ErrorKind};
+use crate::channel_error::{ChannelError, ChannelErrorKind};
 use crate::codec;
 use crate::frame::{self, FrameError};
 use crate::message::PROTOCOL_VERSION;
@@ -69,13 +69,13 @@ impl<S: Message, R: Message> Channel<S, R> {
         write: Option<Duration>,
     ) -> Result<(), ChannelError> {
         self.stream.set_read_timeout(read).map_err(|source| {
-            self.err(ErrorKind::SocketOption {
+            self.err(ChannelErrorKind::SocketOption {
                 option: "SO_RCVTIMEO",
                 source,
             })
         })?;
         self.stream.set_write_timeout(write).map_err(|source| {
-            self.err(ErrorKind::SocketOption {
+            self.err(ChannelErrorKind::SocketOption {
                 option: "SO_SNDTIMEO",
                 source,
             })
@@ -105,12 +105,12 @@ impl<S: Message, R: Message> Channel<S, R> {
             Some(theirs) if theirs == version => Ok(()),
             Some(theirs) => Err(self.fail(
                 "version mismatch",
-                ErrorKind::Version {
+                ChannelErrorKind::Version {
                     ours: version,
                     theirs,
                 },
             )),
-            None => Err(self.fail("no Hello", ErrorKind::NotHello { got: hello.name() })),
+            None => Err(self.fail("no Hello", ChannelErrorKind::NotHello { got: hello.name() })),
         }
     }
 
@@ -120,14 +120,14 @@ impl<S: Message, R: Message> Channel<S, R> {
         self.check_usable()?;
         let expected = msg.fds_carried();
         if fds.len() != expected || expected > MAX_FDS {
-            return Err(self.err(ErrorKind::FdCountMismatch {
+            return Err(self.err(ChannelErrorKind::FdCountMismatch {
                 message: msg.name(),
                 expected,
                 given: fds.len(),
             }));
         }
-        let payload = codec::encode(msg).map_err(|e| self.err(ErrorKind::Codec(e)))?;
-        let bytes = frame::frame(&payload).map_err(|e| self.err(ErrorKind::Frame(e)))?;
+        let payload = codec::encode(msg).map_err(|e| self.err(ChannelErrorKind::Codec(e)))?;
+        let bytes = frame::frame(&payload).map_err(|e| self.err(ChannelErrorKind::Frame(e)))?;
         let mut sent = 0;
         while sent < bytes.len() {
             // In bounds: the loop runs only while sent < bytes.len().
@@ -138,19 +138,23 @@ impl<S: Message, R: Message> Channel<S, R> {
                     let source = io::Error::from(io::ErrorKind::WriteZero);
                     return Err(self.fail(
                         "short write",
-                        ErrorKind::Send {
+                        ChannelErrorKind::Send {
                             message: msg.name(),
                             source,
                         },
                     ));
                 }
                 Ok(n) => sent += n,
-                Err(e) if sent == 0 && is_timeout(&e) => return Err(self.err(ErrorKind::Timeout)),
-                Err(e) if sent == 0 && is_peer_gone(&e) => return Err(self.err(ErrorKind::Closed)),
+                Err(e) if sent == 0 && is_timeout(&e) => {
+                    return Err(self.err(ChannelErrorKind::Timeout))
+                }
+                Err(e) if sent == 0 && is_peer_gone(&e) => {
+                    return Err(self.err(ChannelErrorKind::Closed))
+                }
                 Err(source) => {
                     return Err(self.fail(
                         "send failed",
-                        ErrorKind::Send {
+                        ChannelErrorKind::Send {
                             message: msg.name(),
                             source,
                         },
@@ -176,21 +180,21 @@ impl<S: Message, R: Message> Channel<S, R> {
             drop(fds);
             return Err(self.fail(
                 "fds truncated",
-                ErrorKind::ControlTruncated { max: MAX_FDS },
+                ChannelErrorKind::ControlTruncated { max: MAX_FDS },
             ));
         }
         let payload = match result {
             Ok(payload) => payload,
-            Err(FrameError::Closed) => return Err(self.err(ErrorKind::Closed)),
-            Err(e) if e.is_idle_timeout() => return Err(self.err(ErrorKind::Timeout)),
+            Err(FrameError::Closed) => return Err(self.err(ChannelErrorKind::Closed)),
+            Err(e) if e.is_idle_timeout() => return Err(self.err(ChannelErrorKind::Timeout)),
             Err(FrameError::Io { got: 0, source }) if is_peer_gone(&source) => {
-                return Err(self.err(ErrorKind::Closed))
+                return Err(self.err(ChannelErrorKind::Closed))
             }
-            Err(e) => return Err(self.fail("bad frame", ErrorKind::Frame(e))),
+            Err(e) => return Err(self.fail("bad frame", ChannelErrorKind::Frame(e))),
         };
         let msg: R = match codec::decode(&payload) {
             Ok(msg) => msg,
-            Err(e) => return Err(self.fail("undecodable payload", ErrorKind::Codec(e))),
+            Err(e) => return Err(self.fail("undecodable payload", ChannelErrorKind::Codec(e))),
         };
         let expected = msg.fds_carried();
         if fds.len() < expected {
@@ -198,7 +202,7 @@ impl<S: Message, R: Message> Channel<S, R> {
             drop(fds);
             return Err(self.fail(
                 "missing fds",
-                ErrorKind::MissingFds {
+                ChannelErrorKind::MissingFds {
                     message: msg.name(),
                     expected,
                     got,
@@ -224,12 +228,12 @@ impl<S: Message, R: Message> Channel<S, R> {
 
     fn check_usable(&self) -> Result<(), ChannelError> {
         match self.broken {
-            Some(why) => Err(self.err(ErrorKind::Broken(why))),
+            Some(why) => Err(self.err(ChannelErrorKind::Broken(why))),
             None => Ok(()),
         }
     }
 
-    fn err(&self, kind: ErrorKind) -> ChannelError {
+    fn err(&self, kind: ChannelErrorKind) -> ChannelError {
         ChannelError {
             peer: self.peer.clone(),
             kind,
@@ -237,7 +241,7 @@ impl<S: Message, R: Message> Channel<S, R> {
     }
 
     /// Records a bad frame: logs it, shuts the connection down and breaks the channel.
-    fn fail(&mut self, why: &'static str, kind: ErrorKind) -> ChannelError {
+    fn fail(&mut self, why: &'static str, kind: ChannelErrorKind) -> ChannelError {
         let err = self.err(kind);
         log::error!("{}; closing the connection", error_chain(&err));
         // Already-closed sockets fail here; nothing more to do about it.
@@ -378,14 +382,20 @@ mod tests {
         drop(given);
         let err = ch.recv().unwrap_err();
         assert!(
-            matches!(err.kind, ErrorKind::ControlTruncated { max: MAX_FDS }),
+            matches!(
+                err.kind,
+                ChannelErrorKind::ControlTruncated { max: MAX_FDS }
+            ),
             "{err}"
         );
         assert!(
             all_closed(&mut kept),
             "fds of a truncated frame were kept open"
         );
-        assert!(matches!(ch.recv().unwrap_err().kind, ErrorKind::Broken(_)));
+        assert!(matches!(
+            ch.recv().unwrap_err().kind,
+            ChannelErrorKind::Broken(_)
+        ));
         assert!(
             matches!(raw.read(&mut [0u8; 1]), Ok(0)),
             "connection not closed"

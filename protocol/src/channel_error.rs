@@ -10,12 +10,12 @@ pub struct ChannelError {
     /// The peer as named when the channel was made, e.g. "bulkhead-blk blk0 (pid 4242)".
     pub peer: String,
     /// What went wrong.
-    pub kind: ErrorKind,
+    pub kind: ChannelErrorKind,
 }
 
 /// What went wrong on a channel.
 #[derive(Debug, thiserror::Error)]
-pub enum ErrorKind {
+pub enum ChannelErrorKind {
     /// The peer closed the connection between frames.
     #[error("peer closed the connection")]
     Closed,
@@ -100,12 +100,12 @@ pub enum ErrorKind {
 impl ChannelError {
     /// True if the peer closed the connection cleanly between frames.
     pub fn is_closed(&self) -> bool {
-        matches!(self.kind, ErrorKind::Closed)
+        matches!(self.kind, ChannelErrorKind::Closed)
     }
 
     /// True if a timeout expired with nothing lost: the call may be retried.
     pub fn is_timeout(&self) -> bool {
-        matches!(self.kind, ErrorKind::Timeout)
+        matches!(self.kind, ChannelErrorKind::Timeout)
     }
 }
 

@@ -51,7 +51,7 @@ pub mod message;
 mod scm;
 
 pub use channel::{ApiClientChannel, ApiServerChannel, Channel, LauncherChannel, ProcessChannel};
-pub use channel_error::{ChannelError, ErrorKind};
+pub use channel_error::{ChannelError, ChannelErrorKind};
 pub use frame::MAX_FRAME;
 pub use message::{
     ApiReply, ApiRequest, DeviceState, DeviceStatus, Message, ToLauncher, ToProcess, VmState,

@@ -2,7 +2,7 @@
 
 mod common;
 
-use bulkhead_protocol::{ErrorKind, ToLauncher, ToProcess};
+use bulkhead_protocol::{ChannelErrorKind, ToLauncher, ToProcess};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -84,7 +84,7 @@ fn send_refuses_a_different_fd_count_than_the_message_declares() {
     assert!(
         matches!(
             err.kind,
-            ErrorKind::FdCountMismatch {
+            ChannelErrorKind::FdCountMismatch {
                 message: "Shutdown",
                 expected: 0,
                 given: 1
@@ -99,7 +99,7 @@ fn send_refuses_a_different_fd_count_than_the_message_declares() {
     assert!(
         matches!(
             err.kind,
-            ErrorKind::FdCountMismatch {
+            ChannelErrorKind::FdCountMismatch {
                 expected: 2,
                 given: 1,
                 ..

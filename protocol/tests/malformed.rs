@@ -6,7 +6,7 @@ mod common;
 use bulkhead_protocol::codec::{encode, CodecError};
 use bulkhead_protocol::frame::{frame, FrameError, MAGIC};
 use bulkhead_protocol::{
-    ChannelError, ErrorKind, ProcessChannel, ToLauncher, ToProcess, MAX_FRAME,
+    ChannelError, ChannelErrorKind, ProcessChannel, ToLauncher, ToProcess, MAX_FRAME,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -55,7 +55,7 @@ fn aftermath(peer: &str, ch: &mut ProcessChannel, raw: &mut UnixStream) {
         "connection to {peer} still open"
     );
     let later = ch.recv().unwrap_err();
-    assert!(matches!(later.kind, ErrorKind::Broken(_)), "{later}");
+    assert!(matches!(later.kind, ChannelErrorKind::Broken(_)), "{later}");
     assert!(
         later
             .to_string()
@@ -63,7 +63,7 @@ fn aftermath(peer: &str, ch: &mut ProcessChannel, raw: &mut UnixStream) {
         "{later}"
     );
     let later = ch.send(&ToLauncher::Exited { code: 0 }, &[]).unwrap_err();
-    assert!(matches!(later.kind, ErrorKind::Broken(_)), "{later}");
+    assert!(matches!(later.kind, ChannelErrorKind::Broken(_)), "{later}");
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn wrong_magic() {
     bytes.extend_from_slice(&[1, 0, 0, 0]);
     let err = feed("peer-magic", &bytes, false);
     assert!(
-        matches!(err.kind, ErrorKind::Frame(FrameError::BadMagic { found }) if &found == b"HTTP"),
+        matches!(err.kind, ChannelErrorKind::Frame(FrameError::BadMagic { found }) if &found == b"HTTP"),
         "{err}"
     );
 }
@@ -81,7 +81,7 @@ fn wrong_magic() {
 fn zero_length() {
     let err = feed("peer-zero", &header(&MAGIC, 0), false);
     assert!(
-        matches!(err.kind, ErrorKind::Frame(FrameError::Empty)),
+        matches!(err.kind, ChannelErrorKind::Frame(FrameError::Empty)),
         "{err}"
     );
 }
@@ -93,7 +93,7 @@ fn oversize_length_is_refused_before_the_payload_arrives() {
     assert!(
         matches!(
             err.kind,
-            ErrorKind::Frame(FrameError::Oversize {
+            ChannelErrorKind::Frame(FrameError::Oversize {
                 len: 0xffff_ffff,
                 max: MAX_FRAME
             })
@@ -107,7 +107,10 @@ fn oversize_length_is_refused_before_the_payload_arrives() {
         false,
     );
     assert!(
-        matches!(err.kind, ErrorKind::Frame(FrameError::Oversize { .. })),
+        matches!(
+            err.kind,
+            ChannelErrorKind::Frame(FrameError::Oversize { .. })
+        ),
         "{err}"
     );
 }
@@ -118,7 +121,7 @@ fn truncated_header() {
     assert!(
         matches!(
             err.kind,
-            ErrorKind::Frame(FrameError::Truncated { got: 3, wanted: 8 })
+            ChannelErrorKind::Frame(FrameError::Truncated { got: 3, wanted: 8 })
         ),
         "{err}"
     );
@@ -133,7 +136,7 @@ fn peer_closes_mid_frame() {
     assert!(
         matches!(
             err.kind,
-            ErrorKind::Frame(FrameError::Truncated {
+            ChannelErrorKind::Frame(FrameError::Truncated {
                 got: 18,
                 wanted: 108
             })
@@ -148,7 +151,7 @@ fn valid_header_garbage_payload() {
     bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x13, 0x37]);
     let err = feed("peer-garbage", &bytes, false);
     assert!(
-        matches!(err.kind, ErrorKind::Codec(CodecError::Decode { .. })),
+        matches!(err.kind, ChannelErrorKind::Codec(CodecError::Decode { .. })),
         "{err}"
     );
 }
@@ -160,7 +163,7 @@ fn hostile_length_inside_payload() {
     payload.extend_from_slice(&(1u64 << 61).to_le_bytes());
     let err = feed("peer-vec-len", &frame(&payload).unwrap(), false);
     assert!(
-        matches!(err.kind, ErrorKind::Codec(CodecError::Decode { .. })),
+        matches!(err.kind, ChannelErrorKind::Codec(CodecError::Decode { .. })),
         "{err}"
     );
 }
@@ -173,7 +176,7 @@ fn trailing_bytes_after_a_message() {
     assert!(
         matches!(
             err.kind,
-            ErrorKind::Codec(CodecError::Trailing { extra: 1, .. })
+            ChannelErrorKind::Codec(CodecError::Trailing { extra: 1, .. })
         ),
         "{err}"
     );
@@ -197,7 +200,10 @@ fn random_bytes() {
         .collect();
     let err = feed("peer-noise", &bytes, false);
     assert!(
-        matches!(err.kind, ErrorKind::Frame(FrameError::BadMagic { .. })),
+        matches!(
+            err.kind,
+            ChannelErrorKind::Frame(FrameError::BadMagic { .. })
+        ),
         "{err}"
     );
 }
@@ -212,7 +218,7 @@ fn fds_declared_but_not_sent() {
     assert!(
         matches!(
             err.kind,
-            ErrorKind::MissingFds {
+            ChannelErrorKind::MissingFds {
                 message: "Resources",
                 expected: 1,
                 got: 0
@@ -228,7 +234,7 @@ fn wrong_version_is_refused_with_both_versions_named() {
     let other = std::thread::spawn(move || launcher.handshake_as(2).unwrap_err());
     let err = process.handshake().unwrap_err();
     assert!(
-        matches!(err.kind, ErrorKind::Version { ours: 1, theirs: 2 }),
+        matches!(err.kind, ChannelErrorKind::Version { ours: 1, theirs: 2 }),
         "{err}"
     );
     assert!(
@@ -238,13 +244,16 @@ fn wrong_version_is_refused_with_both_versions_named() {
     );
     let theirs = other.join().unwrap();
     assert!(
-        matches!(theirs.kind, ErrorKind::Version { ours: 2, theirs: 1 }),
+        matches!(
+            theirs.kind,
+            ChannelErrorKind::Version { ours: 2, theirs: 1 }
+        ),
         "{theirs}"
     );
     // The connection is over for both.
     assert!(matches!(
         process.recv().unwrap_err().kind,
-        ErrorKind::Broken(_)
+        ChannelErrorKind::Broken(_)
     ));
 }
 
@@ -256,7 +265,7 @@ fn handshake_refuses_anything_but_hello() {
         .unwrap();
     let err = ch.handshake().unwrap_err();
     assert!(
-        matches!(err.kind, ErrorKind::NotHello { got: "Shutdown" }),
+        matches!(err.kind, ChannelErrorKind::NotHello { got: "Shutdown" }),
         "{err}"
     );
     // Our Hello went out before the refusal.
@@ -282,7 +291,10 @@ fn idle_timeout_is_retryable_but_a_stall_mid_frame_breaks_the_channel() {
     raw.write_all(b"BKHD\x04").unwrap();
     let err = ch.recv().unwrap_err();
     assert!(
-        matches!(err.kind, ErrorKind::Frame(FrameError::Io { got: 5, .. })),
+        matches!(
+            err.kind,
+            ChannelErrorKind::Frame(FrameError::Io { got: 5, .. })
+        ),
         "{err}"
     );
     aftermath("peer-stall", &mut ch, &mut raw);
