@@ -247,7 +247,7 @@ fn no_dev_kvm() {
     }
     let mut cmd = std::process::Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount -t tmpfs none /dev && exec "$0" run"#)
+        .arg(r#"mount -t tmpfs none /dev && exec "$0" run --serial stdio"#)
         .arg(env!("CARGO_BIN_EXE_bulkhead"))
         .stdin(std::process::Stdio::null());
     let out = common::run(cmd, DEADLINE);

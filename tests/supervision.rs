@@ -20,6 +20,10 @@ struct Running {
 
 impl Running {
     fn start(tag: &str) -> Running {
+        Running::start_with(tag, &[])
+    }
+
+    fn start_with(tag: &str, extra: &[&str]) -> Running {
         let img = Image::new(tag, 1 << 20);
         let console =
             std::env::temp_dir().join(format!("bulkhead-{tag}-{}.log", std::process::id()));
@@ -34,6 +38,7 @@ impl Running {
                 "--cmdline",
                 "bulkhead.test=net-serve bulkhead.net.serve-ms=60000",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -212,4 +217,124 @@ fn sigterm_to_the_launcher_stops_everything_in_order() {
     assert!(stderr.contains("stopping the VM"), "{stderr}");
     assert!(!stderr.contains("failed"), "{stderr}");
     assert_nothing_left(pid, &kids);
+}
+
+/// `bulkhead ctl` against `socket`: exit code and stdout.
+fn ctl(socket: &std::path::Path, action: &str) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(socket)
+        .arg(action)
+        .output()
+        .expect("running bulkhead ctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// CPU time (ns) the vmm's vCPU thread has used, from /proc/<pid>/task/<tid>/schedstat.
+fn vcpu_cpu_ns(vmm: u32) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{vmm}/task"))
+        .expect("vmm tasks")
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == "vcpu0" {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            return stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    panic!("no vcpu0 thread in the vmm");
+}
+
+#[test]
+fn ctl_reports_pauses_resumes_and_shuts_down_the_vm() {
+    require_kvm!();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let socket = std::env::temp_dir().join(format!("bulkhead-api-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let vm = Running::start_with("ctl", &["--api-socket", socket.to_str().unwrap()]);
+    let pid = vm.pid();
+    let kids = children(pid);
+    let vmm = kids
+        .iter()
+        .find(|(_, n)| n == "bulkhead-vmm")
+        .expect("vmm")
+        .0;
+    let mode = std::fs::metadata(&socket)
+        .expect("API socket")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    let (code, out) = ctl(&socket, "status");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.starts_with("state: running\nvcpus: 1\nmemory: 256 MiB\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("process: vmm pid {vmm} running")),
+        "{out}"
+    );
+    for (p, name) in kids.iter().filter(|(p, _)| *p != vmm) {
+        assert!(
+            out.contains(&format!("({name}) pid {p} running")),
+            "{name} missing:\n{out}"
+        );
+    }
+
+    // Paused, the guest's vCPU (busy serving the network) uses no CPU time.
+    let (code, out) = ctl(&socket, "pause");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("state: paused"), "{out}");
+    let before = vcpu_cpu_ns(vmm);
+    std::thread::sleep(Duration::from_millis(300));
+    let paused = vcpu_cpu_ns(vmm) - before;
+    assert!(paused < 5_000_000, "vcpu0 ran {paused} ns while paused");
+    let (code, out) = ctl(&socket, "status");
+    assert!(code == Some(0) && out.starts_with("state: paused"), "{out}");
+
+    let (code, out) = ctl(&socket, "resume");
+    assert!(
+        code == Some(0) && out.starts_with("state: running"),
+        "{out}"
+    );
+    let before = vcpu_cpu_ns(vmm);
+    std::thread::sleep(Duration::from_millis(300));
+    let running = vcpu_cpu_ns(vmm) - before;
+    assert!(
+        running > 20_000_000,
+        "vcpu0 ran only {running} ns after resuming"
+    );
+
+    let (code, out) = ctl(&socket, "shutdown");
+    assert_eq!(code, Some(0), "{out}");
+    let (code, stderr) = vm.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("shutdown requested on the API socket"),
+        "{stderr}"
+    );
+    assert!(!socket.exists(), "the API socket outlived the VM");
+    assert_nothing_left(pid, &kids);
+
+    // Nobody listening: a clear error, not a hang.
+    let (code, out) = ctl(&socket, "status");
+    assert_eq!(code, Some(125), "{out}");
+    assert!(
+        out.contains(&format!("API socket {}", socket.display())),
+        "{out}"
+    );
 }

@@ -24,6 +24,8 @@ pub enum Command {
     /// every check passed), 0 when it reset or powered off, 125 when bulkhead itself failed
     /// or the guest crashed (triple fault, KVM error).
     Run(RunArgs),
+    /// Control a running VM through its API socket (`bulkhead run --api-socket PATH`).
+    Ctl(CtlArgs),
     /// Report whether this host can run bulkhead: KVM, virtualisation kind, confinement.
     Check,
     /// Benchmarks: start-up time and memory (boot), guest block I/O (blk).
@@ -72,9 +74,37 @@ pub struct RunArgs {
     /// pty (a new pseudo-terminal), file=PATH (output only) or off.
     #[arg(long, value_name = "stdio|socket=PATH|pty|file=PATH|off", value_parser = crate::launch::console::parse)]
     pub console: Option<crate::launch::console::ConsoleChoice>,
+    /// Serve an API socket at PATH for `bulkhead ctl` (status, pause, resume, shutdown);
+    /// created mode 0600, removed when the VM ends.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
     /// Print the vmm's memory use and guest-entry time on exit (used by `bulkhead bench`).
     #[arg(long, hide = true)]
     pub report_stats: bool,
+}
+
+/// `bulkhead ctl`.
+#[derive(Args, Debug, Clone)]
+pub struct CtlArgs {
+    /// The VM's API socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+/// What `bulkhead ctl` asks.
+#[derive(Subcommand, Debug, Clone, Copy)]
+pub enum CtlAction {
+    /// Print the VM's state, size and processes.
+    Status,
+    /// Pause the vCPUs.
+    Pause,
+    /// Resume paused vCPUs.
+    Resume,
+    /// Stop the VM (as SIGTERM to `bulkhead run` does).
+    Shutdown,
 }
 
 /// `bulkhead bench`.

@@ -3,10 +3,12 @@
 //! `bulkhead run` boots a microVM, `bulkhead check` reports whether this host can run one,
 //! and `bulkhead bench` measures start-up time and memory overhead.
 
+mod api;
 mod bench;
 mod check;
 mod cli;
 mod config_file;
+mod ctl;
 mod demo;
 mod devices;
 mod disk_arg;
@@ -43,6 +45,7 @@ fn main() {
     let cli = cli::Cli::parse_from(argv);
     let code = match cli.command {
         cli::Command::Run(args) => run::main(args),
+        cli::Command::Ctl(args) => ctl::main(args),
         cli::Command::Check => check::main(),
         cli::Command::Bench(args) => bench::main(args),
     };

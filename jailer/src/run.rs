@@ -3,20 +3,17 @@
 //! The launcher starts the device backends, then the vmm process (`bulkhead-vmm`) with the
 //! vmm's end of each backend's socket, and waits for the vmm to report why the VM stopped.
 
-use std::os::unix::net::UnixStream;
-
 use bulkhead_vmm::boot::{BootConfig, KernelImage};
 use bulkhead_vmm::config::{ConfigError, SerialOutput, VmConfig};
-use bulkhead_vmm::devices::VmStop;
-use bulkhead_vmm::process::outcome::Outcome;
-pub use bulkhead_vmm::process::{chain, exit_status, EXIT_BULKHEAD_FAILED};
+pub use bulkhead_vmm::process::{chain, EXIT_BULKHEAD_FAILED};
 use bulkhead_vmm::{TEST_GUEST, TEST_GUEST_NAME};
 
+use crate::api::ApiSocket;
 use crate::cli::RunArgs;
 use crate::devices::Devices;
+use crate::launch;
 use crate::launch::console::ConsoleStream;
-use crate::launch::{self, DeviceProcess, VMM};
-use crate::supervise;
+use crate::supervise::Supervisor;
 
 /// Builds the VM configuration from the command line (without devices).
 pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
@@ -60,6 +57,11 @@ fn run(args: &RunArgs) -> i32 {
         config.memory_mib,
         config.cpus
     );
+    let api = match args.api_socket.as_deref().map(ApiSocket::bind) {
+        Some(Ok(api)) => Some(api),
+        Some(Err(e)) => return fail(&e),
+        None => None,
+    };
     let console = args.console.clone().and_then(|c| c.0);
     let mut devices = match Devices::start(&args.disk, &args.net, console.as_ref()) {
         Ok(d) => d,
@@ -76,65 +78,12 @@ fn run(args: &RunArgs) -> i32 {
             return fail(&e);
         }
     };
-    let code = supervise(vmm, control, &mut devices);
+    let code = match Supervisor::new(vmm, control, &mut devices, api) {
+        Ok(supervisor) => supervisor.run(),
+        Err(code) => code,
+    };
     devices.stop();
     code
-}
-
-/// Waits for the vmm's outcome (it reports a device's hang-up as well as the guest's end)
-/// and turns it into the exit status, explaining a device failure by how its process ended.
-fn supervise(vmm: DeviceProcess, control: UnixStream, devices: &mut Devices) -> i32 {
-    let signals = match supervise::catch_stop_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("bulkhead: error: cannot catch termination signals: {e}");
-            let _ = vmm.stop();
-            return EXIT_BULKHEAD_FAILED;
-        }
-    };
-    let waited = supervise::wait_for_outcome(&control, vmm.pid(), &signals);
-    let (program, pid) = (vmm.program.clone(), vmm.pid());
-    let ended = vmm.stop();
-    let outcome = if waited.line.is_empty() {
-        let how = ended.map_or_else(|| "could not be reaped".into(), launch::describe);
-        eprintln!("bulkhead: {VMM} failed: {program} (pid {pid}) {how}; VM stopped");
-        return EXIT_BULKHEAD_FAILED;
-    } else {
-        Outcome::decode(&waited.line)
-    };
-    if let (Some(signal), Ok(Outcome::Stopped(VmStop::Shutdown { .. }))) = (waited.signal, &outcome)
-    {
-        // As shells report a command ended by a signal.
-        return 128 + signal;
-    }
-    match outcome {
-        // A device's hang-up is best explained by how its process ended, when bulkhead
-        // started it.
-        Ok(Outcome::Stopped(VmStop::DeviceFailed { device, why })) => {
-            exit_status(&VmStop::DeviceFailed {
-                why: devices.how_it_ended(&device).unwrap_or(why),
-                device,
-            })
-        }
-        Ok(Outcome::Stopped(stop)) => exit_status(&stop),
-        // A backend that failed at start-up shows up as a broken socket: say how its
-        // process ended, which names the real cause.
-        Ok(Outcome::Failed(msg)) => {
-            match devices.exited() {
-                Some((device, how)) => {
-                    eprintln!(
-                        "bulkhead: error: {device}: {how}; it could not serve the device ({msg})"
-                    )
-                }
-                None => eprintln!("bulkhead: error: {msg}"),
-            }
-            EXIT_BULKHEAD_FAILED
-        }
-        Err(e) => {
-            eprintln!("bulkhead: {VMM} failed: {program} (pid {pid}): {e}");
-            EXIT_BULKHEAD_FAILED
-        }
-    }
 }
 
 /// Prints `e` and its causes on one line; returns [`EXIT_BULKHEAD_FAILED`].
@@ -169,15 +118,5 @@ mod tests {
     #[test]
     fn memory_too_small_is_refused() {
         assert!(vm_config(&args(&["--memory", "1"])).is_err());
-    }
-
-    #[test]
-    fn statuses() {
-        assert_eq!(exit_status(&VmStop::GuestStatus(3)), 3);
-        assert_eq!(exit_status(&VmStop::Reset), 0);
-        assert_eq!(
-            exit_status(&VmStop::TripleFault { vcpu: 0 }),
-            EXIT_BULKHEAD_FAILED
-        );
     }
 }

@@ -1,18 +1,30 @@
-//! Waiting for the vmm's outcome while honouring the user's stop request: SIGINT, SIGTERM
-//! or SIGHUP to the launcher asks the vmm to stop (SIGTERM), which then reports a clean
-//! shutdown; a vmm that does not report within [`STOP_GRACE`] is killed.
+//! Supervising a running VM: the launcher's event loop over the vmm's control channel, the
+//! stop signals and the API socket, until the vmm says how the VM ended (or dies), then the
+//! exit status and the user's message.
 //!
-//! The device processes run in sessions of their own (see `launch::spawn`), so a Ctrl-C on
-//! the terminal reaches only the launcher, which stops everything in order.
+//! SIGINT, SIGTERM or SIGHUP to the launcher asks the vmm to shut down (`Shutdown`); a vmm
+//! that has not ended within [`STOP_GRACE`] is killed. The processes run in sessions of
+//! their own (see `launch::spawn`), so a Ctrl-C on the terminal reaches only the launcher,
+//! which stops everything in order.
 
-use std::io::{BufRead, BufReader};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long the vmm gets to report after being asked to stop.
+use bulkhead_protocol::{
+    ApiReply, ApiRequest, DeviceState, DeviceStatus, LauncherChannel, ToLauncher, ToProcess,
+};
+use bulkhead_vmm::process::EXIT_BULKHEAD_FAILED;
+
+use crate::api::ApiSocket;
+use crate::devices::Devices;
+use crate::launch::{self, DeviceProcess, VMM};
+
+/// How long the vmm gets to end after being asked to stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the vmm gets for the handshake and for answering a request.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The signals that stop the VM.
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
@@ -27,15 +39,15 @@ extern "C" fn on_signal(signal: libc::c_int) {
     unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
 }
 
-/// Routes the stop signals into a pipe; returns its read end. Called once.
-pub fn catch_stop_signals() -> std::io::Result<OwnedFd> {
+/// Routes the stop signals into a pipe; returns its read end.
+fn catch_stop_signals() -> std::io::Result<OwnedFd> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into the local array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: both fds were just created and are owned by nothing else; the write end is
-    // deliberately leaked for the handler.
+    // deliberately kept open for the handler (a second call leaks the first pipe's end).
     let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
     SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
     for s in STOP_SIGNALS {
@@ -54,71 +66,296 @@ pub fn catch_stop_signals() -> std::io::Result<OwnedFd> {
     Ok(read)
 }
 
-/// What the wait gave.
-pub struct Waited {
-    /// The vmm's outcome line, if it wrote one (empty when the socket closed first).
-    pub line: String,
-    /// The stop signal the launcher received, if any.
-    pub signal: Option<i32>,
+/// What the vmm said about the VM's end.
+#[derive(Default)]
+struct Report {
+    ready: bool,
+    device_failed: Option<(String, String)>,
+    error: Option<String>,
+    exited: Option<i32>,
 }
 
-/// Waits for the vmm (pid `vmm_pid`) to write its outcome line on `control`, asking it to
-/// stop when a signal arrives on `signals`.
-pub fn wait_for_outcome(control: &UnixStream, vmm_pid: u32, signals: &OwnedFd) -> Waited {
-    let mut signal = None;
-    let mut deadline: Option<Instant> = None;
-    loop {
-        let timeout = deadline.map_or(-1, |d| {
+/// The launcher's view of a running VM.
+pub struct Supervisor<'a> {
+    vmm: DeviceProcess,
+    channel: LauncherChannel,
+    devices: &'a mut Devices,
+    api: Option<ApiSocket>,
+    report: Report,
+    signal: Option<i32>,
+    stop_deadline: Option<Instant>,
+}
+
+impl<'a> Supervisor<'a> {
+    /// Shakes hands with the vmm over `control`; on failure returns the exit status after
+    /// saying how the vmm ended.
+    pub fn new(
+        vmm: DeviceProcess,
+        control: UnixStream,
+        devices: &'a mut Devices,
+        api: Option<ApiSocket>,
+    ) -> Result<Supervisor<'a>, i32> {
+        let mut channel = LauncherChannel::new(control, VMM);
+        let shaken = channel
+            .set_timeouts(Some(REPLY_TIMEOUT), Some(REPLY_TIMEOUT))
+            .and_then(|()| channel.handshake());
+        if let Err(e) = shaken {
+            return Err(vmm_died(vmm, &format!("no handshake: {e}")));
+        }
+        Ok(Supervisor {
+            vmm,
+            channel,
+            devices,
+            api,
+            report: Report::default(),
+            signal: None,
+            stop_deadline: None,
+        })
+    }
+
+    /// Runs until the VM has ended; returns the exit status, having told the user what
+    /// went wrong if anything did.
+    pub fn run(mut self) -> i32 {
+        let signals = match catch_stop_signals() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bulkhead: error: cannot catch termination signals: {e}");
+                let _ = self.channel.send(&ToProcess::Shutdown, &[]);
+                let _ = self.vmm.stop();
+                return EXIT_BULKHEAD_FAILED;
+            }
+        };
+        while self.report.exited.is_none() {
+            if !self.wait_once(&signals) {
+                break;
+            }
+        }
+        self.conclude()
+    }
+
+    /// Waits for one event and handles it; false when the vmm's channel is gone.
+    fn wait_once(&mut self, signals: &OwnedFd) -> bool {
+        let mut fds = vec![pollin(self.channel_fd()), pollin(signals.as_raw_fd())];
+        if let Some(api) = &self.api {
+            fds.push(pollin(api.listener_fd()));
+        }
+        let timeout = self.stop_deadline.map_or(-1, |d| {
             d.saturating_duration_since(Instant::now()).as_millis() as i32
         });
-        let mut fds = [
-            libc::pollfd {
-                fd: control.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: signals.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll on two valid fds in a local array.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        // SAFETY: poll on valid fds in a local array of the length given.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
-        }
-        if fds[0].revents != 0 {
-            let mut line = String::new();
-            let _ = BufReader::new(control).read_line(&mut line);
-            return Waited { line, signal };
-        }
-        if fds[1].revents != 0 {
-            let mut byte = 0u8;
-            // SAFETY: reads one byte into a local from the pipe's read end (non-blocking).
-            if unsafe { libc::read(signals.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) } == 1
-                && signal.is_none()
-            {
-                signal = Some(i32::from(byte));
-                eprintln!("bulkhead: signal {byte}: stopping the VM");
-                // SAFETY: kill(2) on our own unreaped child.
-                unsafe { libc::kill(vmm_pid as libc::pid_t, libc::SIGTERM) };
-                deadline = Some(Instant::now() + STOP_GRACE);
-            }
-            continue;
+            return std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
         }
         if n == 0 {
             log::warn!("the vmm did not stop within {STOP_GRACE:?}; killing it");
             // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(vmm_pid as libc::pid_t, libc::SIGKILL) };
-            deadline = None;
+            unsafe { libc::kill(self.vmm.pid() as libc::pid_t, libc::SIGKILL) };
+            self.stop_deadline = None;
+            return true;
+        }
+        if fds[0].revents != 0 {
+            return self.receive();
+        }
+        if fds[1].revents != 0 {
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into a local from the pipe's read end (non-blocking).
+            let got = unsafe { libc::read(signals.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+            if got == 1 && self.signal.is_none() {
+                self.signal = Some(i32::from(byte));
+                eprintln!("bulkhead: signal {byte}: stopping the VM");
+                self.shut_down();
+            }
+            return true;
+        }
+        if fds.get(2).is_some_and(|f| f.revents != 0) {
+            self.serve_api();
+        }
+        true
+    }
+
+    fn channel_fd(&self) -> RawFd {
+        self.channel.as_fd().as_raw_fd()
+    }
+
+    /// Asks the vmm to shut down, killing it if it has not ended within [`STOP_GRACE`].
+    fn shut_down(&mut self) {
+        if let Err(e) = self.channel.send(&ToProcess::Shutdown, &[]) {
+            log::warn!("asking the vmm to stop: {e}; killing it");
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(self.vmm.pid() as libc::pid_t, libc::SIGKILL) };
+        }
+        self.stop_deadline
+            .get_or_insert(Instant::now() + STOP_GRACE);
+    }
+
+    /// Receives and records one message from the vmm; false when the channel is gone.
+    fn receive(&mut self) -> bool {
+        match self.channel.recv() {
+            Ok((msg, _fds)) => {
+                self.record(msg);
+                true
+            }
+            Err(e) => {
+                log::info!("control channel: {e}");
+                false
+            }
         }
     }
-    Waited {
-        line: String::new(),
-        signal,
+
+    fn record(&mut self, msg: ToLauncher) {
+        match msg {
+            ToLauncher::Ready { role, pid } => {
+                log::info!("{role} (pid {pid}) ready");
+                self.report.ready = true;
+            }
+            ToLauncher::DeviceFailed { device, reason } => {
+                self.report.device_failed.get_or_insert((device, reason));
+            }
+            ToLauncher::Error { message } => {
+                self.report.error.get_or_insert(message);
+            }
+            ToLauncher::Exited { code } => self.report.exited = Some(code),
+            other => log::warn!("the vmm said {other:?} unprompted; ignored"),
+        }
     }
+
+    /// Sends `request` to the vmm and waits for its answer (`Status` or `Error`); other
+    /// messages arriving meanwhile are recorded.
+    fn ask(&mut self, request: ToProcess) -> Result<ToLauncher, String> {
+        self.channel
+            .send(&request, &[])
+            .map_err(|e| e.to_string())?;
+        loop {
+            let (msg, _) = self.channel.recv().map_err(|e| e.to_string())?;
+            match msg {
+                ToLauncher::Status(_) | ToLauncher::Error { .. } => return Ok(msg),
+                other => {
+                    let ended = matches!(other, ToLauncher::Exited { .. });
+                    self.record(other);
+                    if ended {
+                        return Err("the VM has ended".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves one connection on the API socket.
+    fn serve_api(&mut self) {
+        let Some(mut client) = self.api.as_ref().and_then(ApiSocket::accept) else {
+            return;
+        };
+        let reply = match client.request() {
+            Ok(ApiRequest::Status) => self.status(ToProcess::QueryStatus),
+            Ok(ApiRequest::Pause) => self.status(ToProcess::Pause),
+            Ok(ApiRequest::Resume) => self.status(ToProcess::Resume),
+            Ok(ApiRequest::Shutdown) => {
+                eprintln!("bulkhead: shutdown requested on the API socket: stopping the VM");
+                self.shut_down();
+                ApiReply::Ok
+            }
+            Ok(ApiRequest::Hello { .. }) => ApiReply::Error("a second Hello".into()),
+            Err(e) => {
+                log::warn!("API socket: {e}");
+                return;
+            }
+        };
+        client.reply(reply);
+    }
+
+    /// Forwards `request` to the vmm; the reply with every process's state filled in.
+    fn status(&mut self, request: ToProcess) -> ApiReply {
+        match self.ask(request) {
+            Ok(ToLauncher::Status(mut status)) => {
+                status.devices = self.processes();
+                ApiReply::Status(status)
+            }
+            Ok(ToLauncher::Error { message }) => ApiReply::Error(message),
+            Ok(other) => ApiReply::Error(format!("the vmm answered {other:?}")),
+            Err(e) => ApiReply::Error(e),
+        }
+    }
+
+    /// The state of every process of the VM, the vmm first.
+    fn processes(&mut self) -> Vec<DeviceStatus> {
+        let state = |p: &mut DeviceProcess| match p.exited() {
+            None => DeviceState::Ready,
+            Some(s) if s.success() => DeviceState::Exited,
+            Some(_) => DeviceState::Failed,
+        };
+        let mut all = vec![DeviceStatus {
+            name: VMM.into(),
+            pid: self.vmm.pid(),
+            state: state(&mut self.vmm),
+        }];
+        for p in self.devices.processes.iter_mut() {
+            all.push(DeviceStatus {
+                name: format!("{} ({})", p.name, p.program),
+                pid: p.pid(),
+                state: state(p),
+            });
+        }
+        all
+    }
+
+    /// After the vmm's channel closed: reap it and turn what it said into the exit status,
+    /// explaining a device failure by how its process ended.
+    fn conclude(self) -> i32 {
+        let Supervisor {
+            vmm,
+            devices,
+            report,
+            signal,
+            ..
+        } = self;
+        let Some(code) = report.exited else {
+            return vmm_died(vmm, "ended without saying why");
+        };
+        let _ = vmm.stop();
+        if let Some((device, why)) = report.device_failed {
+            let why = devices.how_it_ended(&device).unwrap_or(why);
+            eprintln!("bulkhead: {device} failed: {why}; VM stopped");
+            return EXIT_BULKHEAD_FAILED;
+        }
+        match report.error {
+            // Before Ready: the VM could not be built. A backend that failed at start-up
+            // shows up as a broken socket: say how its process ended, which names the
+            // real cause.
+            Some(msg) if !report.ready => match devices.exited() {
+                Some((device, how)) => eprintln!(
+                    "bulkhead: error: {device}: {how}; it could not serve the device ({msg})"
+                ),
+                None => eprintln!("bulkhead: error: {msg}"),
+            },
+            Some(msg) => eprintln!("bulkhead: {msg}"),
+            None => {}
+        }
+        match signal {
+            // As shells report a command ended by a signal.
+            Some(signal) if code == 0 => 128 + signal,
+            _ => code,
+        }
+    }
+}
+
+fn pollin(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Reports that the vmm process ended without a proper goodbye; returns the exit status.
+fn vmm_died(vmm: DeviceProcess, what: &str) -> i32 {
+    let (program, pid) = (vmm.program.clone(), vmm.pid());
+    match vmm.stop() {
+        Some(status) => eprintln!(
+            "bulkhead: {VMM} failed: {program} (pid {pid}) {}; VM stopped",
+            launch::describe(status)
+        ),
+        None => eprintln!("bulkhead: {VMM} failed: {program} (pid {pid}) {what}; VM stopped"),
+    }
+    EXIT_BULKHEAD_FAILED
 }

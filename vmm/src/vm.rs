@@ -5,11 +5,14 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::os::unix::thread::JoinHandleExt;
+
 use vmm_sys_util::signal::Killable;
 
 use crate::builder::Vm;
 use crate::devices::serial_input;
 use crate::devices::VmStop;
+use crate::kvm::pause::Pause;
 use crate::kvm::run_loop;
 use crate::virtio::monitor;
 use vmm_sys_util::eventfd::EventFd;
@@ -19,6 +22,14 @@ use vmm_sys_util::eventfd::EventFd;
 const KICK_INTERVAL: Duration = Duration::from_millis(2);
 /// How often the stopping thread looks whether the vCPU threads have finished.
 const POLL_INTERVAL: Duration = Duration::from_micros(100);
+
+/// What the caller of [`Vm::run_with`] can do to the running VM.
+pub struct VmHandle {
+    /// Stops the VM with the reason sent.
+    pub stop: mpsc::Sender<VmStop>,
+    /// Pauses and resumes the vCPUs.
+    pub pause: Arc<Pause>,
+}
 
 /// Errors while starting the VM's threads.
 #[derive(Debug, thiserror::Error)]
@@ -35,17 +46,18 @@ impl Vm {
         self.run_with(|_| {})
     }
 
-    /// [`Vm::run`], first handing `requests` a sender through which the caller (before any
-    /// VM thread exists) can stop the VM with a reason of its own.
-    pub fn run_with(
-        &mut self,
-        requests: impl FnOnce(mpsc::Sender<VmStop>),
-    ) -> Result<VmStop, RunError> {
+    /// [`Vm::run`], first handing `control` (before any VM thread exists) a [`VmHandle`]
+    /// through which the caller can pause, resume or stop the VM.
+    pub fn run_with(&mut self, control: impl FnOnce(VmHandle)) -> Result<VmStop, RunError> {
         run_loop::install_kick_handler()
             .map_err(|e| RunError::Thread("signal handler".into(), e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
-        requests(tx.clone());
+        let pause = Arc::new(Pause::default());
+        control(VmHandle {
+            stop: tx.clone(),
+            pause: pause.clone(),
+        });
         if self.serial_stdin {
             // Detached: a blocking read on stdin cannot be interrupted; it ends with the process.
             serial_input::spawn(std::io::stdin(), self.serial.clone(), stop.clone())
@@ -53,12 +65,22 @@ impl Vm {
         }
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (i, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
-            let t = run_loop::spawn(i as u32, vcpu, self.io.clone(), stop.clone(), tx.clone())
-                .map_err(|e| RunError::Thread(format!("vcpu{i}"), e));
+            let t = run_loop::spawn(
+                i as u32,
+                vcpu,
+                self.io.clone(),
+                stop.clone(),
+                pause.clone(),
+                tx.clone(),
+            )
+            .map_err(|e| RunError::Thread(format!("vcpu{i}"), e));
             match t {
-                Ok(t) => threads.push(t),
+                Ok(t) => {
+                    pause.register(t.as_pthread_t() as libc::pthread_t);
+                    threads.push(t)
+                }
                 Err(e) => {
-                    stop_vcpus(&stop, threads);
+                    stop_vcpus(&stop, &pause, threads);
                     return Err(e);
                 }
             }
@@ -82,7 +104,7 @@ impl Vm {
             vcpu: 0,
             what: "every vCPU thread ended without a reason".into(),
         });
-        stop_vcpus(&stop, threads);
+        stop_vcpus(&stop, &pause, threads);
         if let Some(m) = monitor {
             let _ = monitor_exit.write(1);
             let _ = m.join();
@@ -91,9 +113,11 @@ impl Vm {
     }
 }
 
-/// Sets the stop flag and kicks every vCPU thread out of `KVM_RUN` until all have finished.
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+/// Sets the stop flag and kicks every vCPU thread out of `KVM_RUN` (or its pause) until all
+/// have finished.
+fn stop_vcpus(stop: &AtomicBool, pause: &Pause, threads: Vec<JoinHandle<()>>) {
     stop.store(true, Ordering::Release);
+    pause.resume();
     let mut last_kick: Option<Instant> = None;
     while threads.iter().any(|t| !t.is_finished()) {
         if last_kick.is_none_or(|t| t.elapsed() >= KICK_INTERVAL) {

@@ -25,10 +25,10 @@ pub enum VmStop {
         /// What happened.
         why: String,
     },
-    /// The host asked the VM to stop (a termination signal to the vmm process).
+    /// The host asked the VM to stop (a termination signal, or the launcher).
     Shutdown {
-        /// The signal that asked.
-        signal: i32,
+        /// Who asked (`signal 15`, `the launcher`).
+        why: String,
     },
     /// A vCPU failed.
     Error {

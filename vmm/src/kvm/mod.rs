@@ -2,6 +2,7 @@
 
 pub mod cpuid;
 pub mod msrs;
+pub mod pause;
 pub mod run_loop;
 pub mod vcpu;
 pub mod vm;

@@ -16,6 +16,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use crate::devices::bus::Bus;
 use crate::devices::VmStop;
 
+use super::pause::Pause;
+
 /// The port and MMIO buses the vCPUs dispatch to.
 #[derive(Default, Clone)]
 pub struct IoBuses {
@@ -156,12 +158,13 @@ pub fn install_kick_handler() -> io::Result<()> {
 }
 
 /// Starts vCPU `index` on a thread named `vcpu<index>`. The first [`VmStop`] it decides on
-/// is sent on `events`.
+/// is sent on `events`; it parks before entering the guest while `pause` says so.
 pub fn spawn(
     index: u32,
     mut vcpu: VcpuFd,
     io: Arc<IoBuses>,
     stop: Arc<AtomicBool>,
+    pause: Arc<Pause>,
     events: Sender<VmStop>,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -169,6 +172,7 @@ pub fn spawn(
         .spawn(move || {
             let mut state = VcpuState::Running;
             while let VcpuState::Running = state {
+                pause.park_if_paused(&stop);
                 state = step(index, &mut vcpu, &io, &stop, &events);
             }
         })

@@ -1,14 +1,19 @@
 //! The vmm as a process of its own (`bulkhead-vmm`), as `bulkhead run` starts it: its
-//! command line ([`args`]), and how it tells the launcher why the VM stopped ([`outcome`]).
+//! command line ([`args`]), its control channel to the launcher ([`control`]) and how it
+//! ended ([`outcome`]).
 //!
 //! The launcher opens everything a device needs and passes the vmm its end of each
-//! backend's vhost-user socket as an inherited fd, and one control socket. The vmm builds
-//! the VM, runs it, and writes one [`outcome::Outcome`] line on the control socket before
-//! it exits; the launcher turns that into the user's message and exit status. Without a
-//! control socket (run by hand) the vmm prints the outcome itself.
+//! backend's vhost-user socket as an inherited fd, and one control socket. The vmm shakes
+//! hands, builds the VM, says `Ready`, serves the launcher's requests while the VM runs,
+//! and ends with `Exited` (after `DeviceFailed` or `Error` when something went wrong).
+//! Without a control socket (run by hand) it prints the problem itself.
 
 pub mod args;
+pub mod control;
+mod fds;
 pub mod outcome;
 mod run;
+mod signals;
 
-pub use run::{chain, exit_code, exit_status, fail, main, EXIT_BULKHEAD_FAILED};
+pub use outcome::{Outcome, EXIT_BULKHEAD_FAILED};
+pub use run::{chain, main};

@@ -1,10 +1,12 @@
-//! Why the VM stopped, as one line the vmm process writes to the launcher: the VM's
-//! [`VmStop`], or the error that kept it from running.
-//!
-//! Text, one line, tab-separated fields: the launcher reads it once, at the end, and a
-//! malformed line is reported as such rather than trusted.
+//! How a vmm process ended, and what it tells the launcher about it: the protocol messages
+//! for each way, and the exit status.
+
+use bulkhead_protocol::ToLauncher;
 
 use crate::devices::VmStop;
+
+/// Exit status when bulkhead itself fails or the guest crashed (as `docker run` does).
+pub const EXIT_BULKHEAD_FAILED: i32 = 125;
 
 /// How a vmm process ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,58 +17,56 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// A line that is not an outcome.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("malformed outcome from the vmm process: {0:?}")]
-pub struct BadOutcome(pub String);
-
 impl Outcome {
-    /// The line (without its newline; tabs and newlines in texts become spaces).
-    pub fn encode(&self) -> String {
-        let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+    /// The process's exit status.
+    pub fn exit_code(&self) -> i32 {
         match self {
-            Outcome::Stopped(VmStop::GuestStatus(n)) => format!("guest-status\t{n}"),
-            Outcome::Stopped(VmStop::Reset) => "reset".into(),
-            Outcome::Stopped(VmStop::Shutdown { signal }) => format!("shutdown\t{signal}"),
-            Outcome::Stopped(VmStop::TripleFault { vcpu }) => format!("triple-fault\t{vcpu}"),
-            Outcome::Stopped(VmStop::DeviceFailed { device, why }) => {
-                format!("device-failed\t{}\t{}", clean(device), clean(why))
-            }
-            Outcome::Stopped(VmStop::Error { vcpu, what }) => {
-                format!("vcpu-error\t{vcpu}\t{}", clean(what))
-            }
-            Outcome::Failed(msg) => format!("failed\t{}", clean(msg)),
+            Outcome::Stopped(VmStop::GuestStatus(n)) => i32::from(*n),
+            Outcome::Stopped(VmStop::Reset | VmStop::Shutdown { .. }) => 0,
+            _ => EXIT_BULKHEAD_FAILED,
         }
     }
 
-    /// Parses a line written by [`Outcome::encode`].
-    pub fn decode(line: &str) -> Result<Outcome, BadOutcome> {
-        let line = line.trim_end_matches(['\n', '\r']);
-        let bad = || BadOutcome(line.chars().take(200).collect());
-        let mut f = line.splitn(3, '\t');
-        let kind = f.next().unwrap_or_default();
-        let (a, b) = (f.next(), f.next());
-        let stop = match (kind, a, b) {
-            ("guest-status", Some(n), None) => VmStop::GuestStatus(n.parse().map_err(|_| bad())?),
-            ("reset", None, None) => VmStop::Reset,
-            ("shutdown", Some(s), None) => VmStop::Shutdown {
-                signal: s.parse().map_err(|_| bad())?,
-            },
-            ("triple-fault", Some(v), None) => VmStop::TripleFault {
-                vcpu: v.parse().map_err(|_| bad())?,
-            },
-            ("device-failed", Some(d), Some(w)) => VmStop::DeviceFailed {
-                device: d.into(),
-                why: w.into(),
-            },
-            ("vcpu-error", Some(v), Some(w)) => VmStop::Error {
-                vcpu: v.parse().map_err(|_| bad())?,
-                what: w.into(),
-            },
-            ("failed", Some(m), None) => return Ok(Outcome::Failed(m.into())),
-            _ => return Err(bad()),
-        };
-        Ok(Outcome::Stopped(stop))
+    /// What to tell the user (after `bulkhead: `), when it is not the guest's own ending.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Outcome::Stopped(VmStop::GuestStatus(_) | VmStop::Reset | VmStop::Shutdown { .. }) => {
+                None
+            }
+            Outcome::Stopped(VmStop::TripleFault { vcpu }) => Some(format!(
+                "vcpu{vcpu}: the guest triple-faulted (KVM_EXIT_SHUTDOWN); VM stopped"
+            )),
+            Outcome::Stopped(VmStop::DeviceFailed { device, why }) => {
+                Some(format!("{device} failed: {why}; VM stopped"))
+            }
+            Outcome::Stopped(VmStop::Error { vcpu, what }) => {
+                Some(format!("vcpu{vcpu}: {what}; VM stopped"))
+            }
+            Outcome::Failed(msg) => Some(format!("error: {msg}")),
+        }
+    }
+
+    /// The messages that tell the launcher, the last being `Exited`. A device failure goes
+    /// as `DeviceFailed` (the launcher explains it by how the device's process ended);
+    /// every other problem as `Error` with the text for the user.
+    pub fn messages(&self) -> Vec<ToLauncher> {
+        let mut m = Vec::new();
+        match self {
+            Outcome::Stopped(VmStop::DeviceFailed { device, why }) => {
+                m.push(ToLauncher::DeviceFailed {
+                    device: device.clone(),
+                    reason: why.clone(),
+                })
+            }
+            Outcome::Failed(msg) => m.push(ToLauncher::Error {
+                message: msg.clone(),
+            }),
+            other => m.extend(other.problem().map(|message| ToLauncher::Error { message })),
+        }
+        m.push(ToLauncher::Exited {
+            code: self.exit_code(),
+        });
+        m
     }
 }
 
@@ -75,49 +75,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_outcome_round_trips() {
-        for o in [
-            Outcome::Stopped(VmStop::GuestStatus(0)),
-            Outcome::Stopped(VmStop::GuestStatus(255)),
-            Outcome::Stopped(VmStop::Reset),
-            Outcome::Stopped(VmStop::Shutdown { signal: 15 }),
-            Outcome::Stopped(VmStop::TripleFault { vcpu: 3 }),
-            Outcome::Stopped(VmStop::DeviceFailed {
-                device: "disk0".into(),
-                why: "backend hung up".into(),
-            }),
-            Outcome::Stopped(VmStop::Error {
-                vcpu: 1,
-                what: "KVM_RUN: EFAULT".into(),
-            }),
-            Outcome::Failed("opening kernel /k: No such file".into()),
+    fn the_guest_ending_is_no_problem() {
+        for (o, code) in [
+            (Outcome::Stopped(VmStop::GuestStatus(3)), 3),
+            (Outcome::Stopped(VmStop::Reset), 0),
+            (
+                Outcome::Stopped(VmStop::Shutdown {
+                    why: "signal 15".into(),
+                }),
+                0,
+            ),
         ] {
-            assert_eq!(Outcome::decode(&o.encode()), Ok(o.clone()), "{o:?}");
+            assert_eq!(o.exit_code(), code);
+            assert_eq!(o.problem(), None);
+            assert_eq!(o.messages(), [ToLauncher::Exited { code }]);
         }
     }
 
     #[test]
-    fn tabs_and_newlines_in_texts_cannot_forge_fields() {
-        let o = Outcome::Failed("a\tb\nreset".into());
-        assert_eq!(o.encode(), "failed\ta b reset");
+    fn problems_are_named() {
+        let o = Outcome::Stopped(VmStop::DeviceFailed {
+            device: "disk0".into(),
+            why: "backend hung up".into(),
+        });
+        assert_eq!(o.exit_code(), EXIT_BULKHEAD_FAILED);
         assert_eq!(
-            Outcome::decode(&o.encode()),
-            Ok(Outcome::Failed("a b reset".into()))
+            o.messages(),
+            [
+                ToLauncher::DeviceFailed {
+                    device: "disk0".into(),
+                    reason: "backend hung up".into()
+                },
+                ToLauncher::Exited { code: 125 }
+            ]
         );
-    }
-
-    #[test]
-    fn garbage_is_refused() {
-        for line in [
-            "",
-            "guest-status",
-            "guest-status\t256",
-            "guest-status\t1\t2",
-            "triple-fault\tx",
-            "device-failed\tdisk0",
-            "hello",
-        ] {
-            assert!(Outcome::decode(line).is_err(), "{line:?}");
-        }
+        let o = Outcome::Stopped(VmStop::TripleFault { vcpu: 1 });
+        assert_eq!(
+            o.messages()[0],
+            ToLauncher::Error {
+                message: "vcpu1: the guest triple-faulted (KVM_EXIT_SHUTDOWN); VM stopped".into()
+            }
+        );
+        let o = Outcome::Failed("opening kernel /k: No such file".into());
+        assert_eq!(
+            o.problem().unwrap(),
+            "error: opening kernel /k: No such file"
+        );
+        assert_eq!(
+            o.messages()[0],
+            ToLauncher::Error {
+                message: "opening kernel /k: No such file".into()
+            }
+        );
     }
 }

@@ -1,31 +1,19 @@
 //! `bulkhead-vmm`'s main: build the VM from the command line, run it, report why it stopped.
 
-use std::io::Write;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
 
 use clap::Parser;
 
 use super::args::{DeviceSocket, VmmArgs};
-use super::outcome::Outcome;
+use super::control::{Control, StatusInfo};
+use super::fds::{check_socket, FdError};
+use super::outcome::{Outcome, EXIT_BULKHEAD_FAILED};
+use super::signals::stop_on_signals;
 use crate::boot::{BootConfig, KernelImage};
 use crate::config::{ConfigError, VirtioDeviceConfig, VmConfig};
-use crate::devices::VmStop;
 use crate::virtio::vhost_user::BackendSocket;
 use crate::{builder, TEST_GUEST, TEST_GUEST_NAME};
-
-/// Exit status when bulkhead itself fails or the guest crashed (as `docker run` does).
-pub const EXIT_BULKHEAD_FAILED: i32 = 125;
-
-/// An inherited fd that cannot be a device's socket.
-#[derive(Debug, thiserror::Error)]
-#[error("{device}: fd {fd} {why}")]
-pub struct FdError {
-    device: String,
-    fd: RawFd,
-    why: String,
-}
 
 /// Runs `bulkhead-vmm` with `args`; returns the exit status.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
@@ -39,39 +27,30 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .try_init();
-    let control = match args.control_fd.map(|fd| check_socket("control", fd)) {
-        // SAFETY: the fd was handed to us by the launcher for this purpose and nothing else
-        // in this process uses it; checked to be an open socket before it is adopted.
-        Some(Ok(fd)) => Some(unsafe { UnixStream::from_raw_fd(fd) }),
-        Some(Err(e)) => return fail(&e),
+    let control = match args.control_fd.map(Control::connect) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            eprintln!("bulkhead-vmm: {e}");
+            return EXIT_BULKHEAD_FAILED;
+        }
         None => None,
     };
-    let outcome = run(&args);
+    let outcome = run(&args, control.as_ref());
     if args.report_stats {
         report_stats();
     }
-    match control {
-        Some(mut c) => {
-            let line = outcome.encode() + "\n";
-            if let Err(e) = c.write_all(line.as_bytes()) {
-                eprintln!("bulkhead-vmm: reporting to the launcher: {e}");
-            }
-            match outcome {
-                Outcome::Stopped(stop) => exit_code(&stop),
-                Outcome::Failed(_) => EXIT_BULKHEAD_FAILED,
+    match &control {
+        Some(c) => outcome.messages().into_iter().for_each(|m| c.send(m)),
+        None => {
+            if let Some(problem) = outcome.problem() {
+                eprintln!("bulkhead: {problem}");
             }
         }
-        None => match outcome {
-            Outcome::Stopped(stop) => exit_status(&stop),
-            Outcome::Failed(msg) => {
-                eprintln!("bulkhead: error: {msg}");
-                EXIT_BULKHEAD_FAILED
-            }
-        },
     }
+    outcome.exit_code()
 }
 
-fn run(args: &VmmArgs) -> Outcome {
+fn run(args: &VmmArgs, control: Option<&Control>) -> Outcome {
     let config = match config(args) {
         Ok(c) => c,
         Err(e) => return Outcome::Failed(chain(e.as_ref())),
@@ -82,45 +61,29 @@ fn run(args: &VmmArgs) -> Outcome {
         config.memory_mib,
         config.cpus
     );
+    let info = StatusInfo {
+        vcpus: config.cpus.into(),
+        memory_bytes: config.memory_mib << 20,
+    };
     let mut vm = match builder::build(config) {
         Ok(vm) => vm,
         Err(e) => return Outcome::Failed(chain(&e)),
     };
-    match vm.run_with(stop_on_signals) {
+    if let Some(c) = control {
+        c.send(bulkhead_protocol::ToLauncher::Ready {
+            role: "vmm".into(),
+            pid: std::process::id(),
+        });
+    }
+    let result = vm.run_with(|handle| {
+        stop_on_signals(handle.stop.clone());
+        if let Some(c) = control {
+            c.serve(handle, info);
+        }
+    });
+    match result {
         Ok(stop) => Outcome::Stopped(stop),
         Err(e) => Outcome::Failed(chain(&e)),
-    }
-}
-
-/// Signals that stop the VM cleanly (it reports `VmStop::Shutdown`).
-const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
-
-/// Blocks the stop signals in this thread (so every thread started later inherits the
-/// mask) and starts a thread that waits for one and asks the VM to stop.
-fn stop_on_signals(requests: mpsc::Sender<VmStop>) {
-    // SAFETY: sigset operations on a local set; pthread_sigmask changes only this thread's
-    // mask.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in STOP_SIGNALS {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    let waiter = std::thread::Builder::new()
-        .name("vmm-signals".into())
-        .spawn(move || {
-            let mut signal = 0;
-            // SAFETY: sigwait reads the set and writes the signal number into a local.
-            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
-                log::info!("signal {signal}: stopping the VM");
-                let _ = requests.send(VmStop::Shutdown { signal });
-            }
-        });
-    if let Err(e) = waiter {
-        log::warn!("cannot watch for termination signals: {e}");
     }
 }
 
@@ -138,7 +101,7 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
             DeviceSocket::Fd(fd) => {
                 if seen.contains(fd) || Some(*fd) == args.control_fd {
                     return Err(Box::new(FdError {
-                        device: d.name.clone(),
+                        what: d.name.clone(),
                         fd: *fd,
                         why: "is given twice".into(),
                     }));
@@ -177,55 +140,6 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
     Ok(config)
 }
 
-/// Checks that inherited `fd` is an open socket.
-fn check_socket(device: &str, fd: RawFd) -> Result<RawFd, FdError> {
-    let err = |why: String| FdError {
-        device: device.to_owned(),
-        fd,
-        why,
-    };
-    // SAFETY: fstat writes into a zeroed stat buffer we own; fd is only a number here.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above: fstat reads nothing but the fd and writes only `st`.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(err(format!(
-            "is not open ({})",
-            std::io::Error::last_os_error()
-        )));
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(err("is not a socket".into()));
-    }
-    Ok(fd)
-}
-
-/// The exit status for why the VM stopped, without printing anything.
-pub fn exit_code(stop: &VmStop) -> i32 {
-    match stop {
-        VmStop::GuestStatus(n) => i32::from(*n),
-        VmStop::Reset | VmStop::Shutdown { .. } => 0,
-        _ => EXIT_BULKHEAD_FAILED,
-    }
-}
-
-/// The exit status for why the VM stopped; says so on stderr when it is not the guest's
-/// own status.
-pub fn exit_status(stop: &VmStop) -> i32 {
-    match stop {
-        VmStop::GuestStatus(n) => log::info!("guest exited with status {n}"),
-        VmStop::Reset => log::info!("guest reset the machine: VM powered off"),
-        VmStop::Shutdown { signal } => log::info!("stopped by signal {signal}"),
-        VmStop::TripleFault { vcpu } => eprintln!(
-            "bulkhead: vcpu{vcpu}: the guest triple-faulted (KVM_EXIT_SHUTDOWN); VM stopped"
-        ),
-        VmStop::DeviceFailed { device, why } => {
-            eprintln!("bulkhead: {device} failed: {why}; VM stopped")
-        }
-        VmStop::Error { vcpu, what } => eprintln!("bulkhead: vcpu{vcpu}: {what}; VM stopped"),
-    }
-    exit_code(stop)
-}
-
 /// `e` and its causes on one line.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
@@ -236,12 +150,6 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     msg
-}
-
-/// Prints `e` and its causes on one line; returns [`EXIT_BULKHEAD_FAILED`].
-pub fn fail(e: &dyn std::error::Error) -> i32 {
-    eprintln!("bulkhead: error: {}", chain(e));
-    EXIT_BULKHEAD_FAILED
 }
 
 /// Prints this process's memory figures (from /proc/self/status) and when the guest was

@@ -1,0 +1,104 @@
+//! The API socket of a running VM (`bulkhead run --api-socket PATH`): one request per
+//! connection, `bulkhead ctl` being the client. The launcher serves it from its supervision
+//! loop; the socket file is created mode 0600 and removed when the VM ends.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bulkhead_protocol::{ApiReply, ApiRequest, ApiServerChannel};
+
+/// How long a client gets to say what it wants.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors creating the API socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Something is already there.
+    #[error("API socket {0}: already exists (another VM's? remove it if it is stale)")]
+    Exists(PathBuf),
+    /// Binding failed.
+    #[error("API socket {path}")]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The listening API socket; the file is removed on drop.
+pub struct ApiSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ApiSocket {
+    /// Creates the socket at `path` (refusing to replace anything there).
+    pub fn bind(path: &Path) -> Result<ApiSocket, ApiError> {
+        if path.symlink_metadata().is_ok() {
+            return Err(ApiError::Exists(path.to_owned()));
+        }
+        let bind_err = |source| ApiError::Bind {
+            path: path.to_owned(),
+            source,
+        };
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let socket = ApiSocket {
+            listener,
+            path: path.to_owned(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| socket.listener.set_nonblocking(true))
+            .map_err(bind_err)?;
+        Ok(socket)
+    }
+
+    /// The fd to poll for connections.
+    pub fn listener_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// Accepts a waiting connection, if there is one.
+    pub fn accept(&self) -> Option<ApiClient> {
+        let (stream, _) = self.listener.accept().ok()?;
+        let _ = stream.set_nonblocking(false);
+        let channel = ApiServerChannel::new(stream, "API client");
+        channel
+            .set_timeouts(Some(CLIENT_TIMEOUT), Some(CLIENT_TIMEOUT))
+            .ok()?;
+        Some(ApiClient { channel })
+    }
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            log::warn!("removing API socket {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// One connection on the API socket.
+pub struct ApiClient {
+    channel: ApiServerChannel,
+}
+
+impl ApiClient {
+    /// Shakes hands and reads the request.
+    pub fn request(&mut self) -> Result<ApiRequest, String> {
+        self.channel.handshake().map_err(|e| e.to_string())?;
+        let (request, _) = self.channel.recv().map_err(|e| e.to_string())?;
+        Ok(request)
+    }
+
+    /// Sends the reply (a client that went away is only logged).
+    pub fn reply(&mut self, reply: ApiReply) {
+        if let Err(e) = self.channel.send(&reply, &[]) {
+            log::warn!("API socket: replying: {e}");
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `bulkhead ctl --api-socket PATH status|pause|resume|shutdown`: one request to a running
+//! VM's API socket, the answer printed.
+
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use bulkhead_protocol::{ApiClientChannel, ApiReply, ApiRequest, DeviceState, VmState, VmStatus};
+
+use crate::cli::{CtlAction, CtlArgs};
+
+/// How long the VM gets to answer.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs `bulkhead ctl`; returns the exit status (0 done, 1 the VM refused, 125 no answer).
+pub fn main(args: CtlArgs) -> i32 {
+    let request = match args.action {
+        CtlAction::Status => ApiRequest::Status,
+        CtlAction::Pause => ApiRequest::Pause,
+        CtlAction::Resume => ApiRequest::Resume,
+        CtlAction::Shutdown => ApiRequest::Shutdown,
+    };
+    let at = args.api_socket.display();
+    match ask(&args, &request) {
+        Ok(ApiReply::Ok) => 0,
+        Ok(ApiReply::Status(status)) => {
+            print!("{}", describe(&status));
+            0
+        }
+        Ok(ApiReply::Error(e)) => {
+            eprintln!("bulkhead: the VM at {at} refused: {e}");
+            1
+        }
+        Ok(other) => {
+            eprintln!("bulkhead: the VM at {at} answered {other:?}");
+            125
+        }
+        Err(e) => {
+            eprintln!("bulkhead: error: API socket {at}: {e}");
+            125
+        }
+    }
+}
+
+fn ask(args: &CtlArgs, request: &ApiRequest) -> Result<ApiReply, String> {
+    let stream = UnixStream::connect(&args.api_socket).map_err(|e| e.to_string())?;
+    let mut channel = ApiClientChannel::new(stream, "the VM");
+    channel
+        .set_timeouts(Some(TIMEOUT), Some(TIMEOUT))
+        .and_then(|()| channel.handshake())
+        .and_then(|()| channel.send(request, &[]))
+        .map_err(|e| e.to_string())?;
+    let (reply, _) = channel.recv().map_err(|e| e.to_string())?;
+    Ok(reply)
+}
+
+/// The status as lines of `key: value`.
+pub fn describe(s: &VmStatus) -> String {
+    let state = match s.state {
+        VmState::Running => "running",
+        VmState::Paused => "paused",
+        VmState::ShuttingDown => "shutting down",
+    };
+    let mut out = format!(
+        "state: {state}\nvcpus: {}\nmemory: {} MiB\n",
+        s.vcpus,
+        s.memory_bytes >> 20
+    );
+    for d in &s.devices {
+        let state = match d.state {
+            DeviceState::Starting => "starting",
+            DeviceState::Ready => "running",
+            DeviceState::Failed => "failed",
+            DeviceState::Exited => "exited",
+        };
+        out.push_str(&format!("process: {} pid {} {state}\n", d.name, d.pid));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_protocol::DeviceStatus;
+
+    #[test]
+    fn status_lines() {
+        let s = VmStatus {
+            state: VmState::Paused,
+            vcpus: 2,
+            memory_bytes: 512 << 20,
+            devices: vec![DeviceStatus {
+                name: "disk0 (bulkhead-blk)".into(),
+                pid: 42,
+                state: DeviceState::Ready,
+            }],
+        };
+        assert_eq!(
+            describe(&s),
+            "state: paused\nvcpus: 2\nmemory: 512 MiB\nprocess: disk0 (bulkhead-blk) pid 42 running\n"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! The vmm's end of its control channel to the launcher (`bulkhead-protocol`): the
+//! handshake, `Ready` once the VM is built, the launcher's requests (shutdown, pause,
+//! resume, status) served on a thread of their own, and the closing messages.
+
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulkhead_protocol::{ProcessChannel, ToLauncher, ToProcess, VmState, VmStatus};
+
+use super::fds::check_socket;
+use crate::devices::VmStop;
+use crate::vm::VmHandle;
+
+/// How long the launcher gets to answer the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long vCPUs get to park when pausing.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The facts a status reply gives.
+#[derive(Clone, Debug)]
+pub struct StatusInfo {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// The control channel.
+pub struct Control {
+    sender: Arc<Mutex<ProcessChannel>>,
+    stream: UnixStream,
+}
+
+impl Control {
+    /// Adopts inherited socket `fd` and shakes hands with the launcher.
+    pub fn connect(fd: RawFd) -> Result<Control, String> {
+        let fd = check_socket("control", fd).map_err(|e| e.to_string())?;
+        // SAFETY: an inherited fd given to the vmm for its control channel alone, checked to
+        // be an open socket; nothing else in this process owns it.
+        let stream = unsafe { UnixStream::from_raw_fd(fd) };
+        let receiving = stream
+            .try_clone()
+            .map_err(|e| format!("control socket: {e}"))?;
+        let mut channel = ProcessChannel::new(stream, "launcher");
+        channel
+            .set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
+            .and_then(|()| channel.handshake())
+            .and_then(|()| channel.set_timeouts(None, Some(HANDSHAKE_TIMEOUT)))
+            .map_err(|e| format!("control channel: {e}"))?;
+        Ok(Control {
+            sender: Arc::new(Mutex::new(channel)),
+            stream: receiving,
+        })
+    }
+
+    /// Sends `msg`; a failure is logged (the launcher will see the exit status anyway).
+    pub fn send(&self, msg: ToLauncher) {
+        send(&self.sender, msg)
+    }
+
+    /// Serves the launcher's requests on a thread until the channel closes; a closed
+    /// channel (the launcher is gone) stops the VM.
+    pub fn serve(&self, vm: VmHandle, info: StatusInfo) {
+        let stream = match self.stream.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("control socket: {e}; the launcher cannot control this VM");
+                return;
+            }
+        };
+        let sender = self.sender.clone();
+        let started = std::thread::Builder::new()
+            .name("vmm-control".into())
+            .spawn(move || serve(ProcessChannel::new(stream, "launcher"), &sender, &vm, &info));
+        if let Err(e) = started {
+            log::error!("starting the control thread: {e}");
+        }
+    }
+}
+
+fn send(sender: &Mutex<ProcessChannel>, msg: ToLauncher) {
+    let mut channel = sender.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = channel.send(&msg, &[]) {
+        log::warn!("telling the launcher {msg:?}: {e}");
+    }
+}
+
+fn serve(
+    mut receiving: ProcessChannel,
+    sender: &Mutex<ProcessChannel>,
+    vm: &VmHandle,
+    info: &StatusInfo,
+) {
+    let status = |state| {
+        ToLauncher::Status(VmStatus {
+            state,
+            vcpus: info.vcpus,
+            memory_bytes: info.memory_bytes,
+            devices: Vec::new(),
+        })
+    };
+    loop {
+        let request = match receiving.recv() {
+            Ok((request, _fds)) => request,
+            Err(e) => {
+                if !e.is_closed() {
+                    log::error!("control channel: {e}");
+                }
+                let _ = vm.stop.send(VmStop::Shutdown {
+                    why: "the launcher closed the control channel".into(),
+                });
+                return;
+            }
+        };
+        let reply = match request {
+            ToProcess::Shutdown => {
+                let _ = vm.stop.send(VmStop::Shutdown {
+                    why: "the launcher asked".into(),
+                });
+                continue;
+            }
+            ToProcess::Pause if vm.pause.pause(PAUSE_TIMEOUT) => status(VmState::Paused),
+            ToProcess::Pause => ToLauncher::Error {
+                message: format!("the vCPUs did not pause within {PAUSE_TIMEOUT:?}"),
+            },
+            ToProcess::Resume => {
+                vm.pause.resume();
+                status(VmState::Running)
+            }
+            ToProcess::QueryStatus if vm.pause.is_paused() => status(VmState::Paused),
+            ToProcess::QueryStatus => status(VmState::Running),
+            other => ToLauncher::Error {
+                message: format!("the vmm does not take {other:?} now"),
+            },
+        };
+        send(sender, reply);
+    }
+}

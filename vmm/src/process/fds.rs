@@ -1,0 +1,37 @@
+//! Inherited fds: checked before they are adopted.
+
+use std::os::fd::RawFd;
+
+/// An inherited fd that cannot be what it is said to be.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: fd {fd} {why}")]
+pub struct FdError {
+    /// What it was for (a device name, `control`).
+    pub what: String,
+    /// The fd.
+    pub fd: RawFd,
+    /// What is wrong.
+    pub why: String,
+}
+
+/// Checks that inherited `fd` (for `what`) is an open socket.
+pub fn check_socket(what: &str, fd: RawFd) -> Result<RawFd, FdError> {
+    let err = |why: String| FdError {
+        what: what.to_owned(),
+        fd,
+        why,
+    };
+    // SAFETY: a zeroed stat is a valid value of the plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat reads nothing but the fd number and writes only `st`.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(err(format!(
+            "is not open ({})",
+            std::io::Error::last_os_error()
+        )));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(err("is not a socket".into()));
+    }
+    Ok(fd)
+}
