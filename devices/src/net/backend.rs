@@ -176,6 +176,21 @@ impl NetBackend {
             .clone()
     }
 
+    /// Busy-polls dry rings for up to `max` before waiting for a kick (see `busy_poll.rs`).
+    pub fn set_poll(&self, max: std::time::Duration) {
+        for tx in &self.tx {
+            tx.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set_poll(max);
+        }
+        for pair in &self.rx {
+            pair.worker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set_poll(max);
+        }
+    }
+
     /// Detaches the TAP queues of every pair but 0: no driver has enabled them yet.
     pub fn detach_idle_queues(&self) -> Result<(), LinkError> {
         for pair in self.rx.iter().skip(1) {
@@ -260,7 +275,7 @@ impl NetBackend {
         let mem = atomic.memory();
         loop {
             let mut state = vring.get_mut();
-            let round = match worker.serve_round(state.get_queue_mut(), &mem) {
+            let round = match worker.serve_batch(state.get_queue_mut(), &mem) {
                 Ok(round) => round,
                 Err(gone) => {
                     let _ = state.signal_used_queue();
@@ -276,7 +291,9 @@ impl NetBackend {
                     );
                 }
             }
-            if !round.again {
+            // Signalled first, then poll: completions never wait for the poll.
+            let again = round.again || round.idle && worker.rest(state.get_queue_mut(), &mem);
+            if !again {
                 return;
             }
         }

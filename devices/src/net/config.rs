@@ -2,9 +2,11 @@
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
+use super::busy_poll::{DEFAULT_POLL_US, MAX_POLL_US};
 use super::virtio::MAX_QUEUE_PAIRS;
 use crate::daemon::Endpoint;
 
@@ -55,6 +57,13 @@ pub struct Args {
     /// The MTU the guest is told (VIRTIO_NET_F_MTU), 68 to 65535.
     #[arg(long, value_name = "BYTES", default_value_t = 1500)]
     pub mtu: u16,
+
+    /// When a TX ring runs dry, or RX runs out of buffers, busy-poll the ring this many
+    /// microseconds for the driver's next entry before sleeping until the next kick (0:
+    /// never poll; the time adapts below this while polls find nothing). Trades CPU time
+    /// for latency and fewer guest exits, like bulkhead-blk's --poll-us.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = DEFAULT_POLL_US)]
+    pub poll_us: u32,
 }
 
 /// Where the TAP comes from.
@@ -79,6 +88,8 @@ pub struct Config {
     pub queue_pairs: u16,
     /// MTU.
     pub mtu: u16,
+    /// Longest busy poll of a dry ring.
+    pub poll: Duration,
 }
 
 /// A command line that doesn't make sense.
@@ -106,6 +117,9 @@ pub enum ConfigError {
     /// Queue pairs out of range.
     #[error("--queue-pairs {0}: must be between 1 and {max}", max = MAX_QUEUE_PAIRS)]
     QueuePairs(u16),
+    /// Poll time out of range.
+    #[error("--poll-us {0}: must be at most {max}", max = MAX_POLL_US)]
+    Poll(u32),
     /// MTU out of range.
     #[error("--mtu {0}: must be between 68 and 65535")]
     Mtu(u16),
@@ -179,6 +193,9 @@ impl TryFrom<Args> for Config {
                 TapSource::Fds(args.tap_fd)
             }
         };
+        if args.poll_us > MAX_POLL_US {
+            return Err(ConfigError::Poll(args.poll_us));
+        }
         if args.mtu < 68 {
             return Err(ConfigError::Mtu(args.mtu));
         }
@@ -198,6 +215,7 @@ impl TryFrom<Args> for Config {
             mac,
             queue_pairs: args.queue_pairs,
             mtu: args.mtu,
+            poll: Duration::from_micros(u64::from(args.poll_us)),
         })
     }
 }
@@ -231,6 +249,7 @@ mod tests {
         assert_eq!(c.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
         assert_eq!(c.queue_pairs, 2);
         assert_eq!(c.mtu, 1500);
+        assert_eq!(c.poll, Duration::from_micros(32));
     }
 
     #[test]
@@ -264,6 +283,16 @@ mod tests {
         assert_eq!(
             parse(&["--fd", "3", "--tap", "t", "--queue-pairs", "17"]).unwrap_err(),
             ConfigError::QueuePairs(17)
+        );
+        assert_eq!(
+            parse(&["--fd", "3", "--tap", "t", "--poll-us", "10001"]).unwrap_err(),
+            ConfigError::Poll(10001)
+        );
+        assert_eq!(
+            parse(&["--fd", "3", "--tap", "t", "--poll-us", "0"])
+                .unwrap()
+                .poll,
+            Duration::ZERO
         );
         assert_eq!(
             parse(&["--fd", "3", "--tap", "t", "--mtu", "67"]).unwrap_err(),

@@ -20,12 +20,14 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::debug;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::volatile_memory::PtrGuardMut;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use super::busy_poll::BusyPoll;
 use super::tap::is_gone;
 use super::virtio::{MAX_FRAME, NET_HDR_SIZE, NUM_BUFFERS_OFFSET};
 use super::GuestRam;
@@ -242,6 +244,9 @@ pub struct TxRound {
     pub interrupt: bool,
     /// More chains may be waiting: run another round.
     pub again: bool,
+    /// (From [`TxWorker::serve_batch`] only.) The ring ran dry and notifications are still
+    /// off: signal the driver if `interrupt`, then call [`TxWorker::rest`].
+    pub idle: bool,
 }
 
 /// A TX queue's processor: each available chain is a header and a frame, written to the TAP.
@@ -250,6 +255,7 @@ pub struct TxWorker {
     tap: Arc<OwnedFd>,
     counters: Arc<Counters>,
     iovs: IoVecs,
+    poll: BusyPoll,
 }
 
 impl TxWorker {
@@ -259,15 +265,43 @@ impl TxWorker {
             tap,
             counters,
             iovs: IoVecs::default(),
+            poll: BusyPoll::new(Duration::ZERO),
         }
     }
 
-    /// Sends what the driver has made available (at most a queue's worth), then re-enables
-    /// notifications (which re-reads the ring, so no kick is lost).
+    /// Busy-polls a ring that ran dry for up to `max` before waiting for a kick (zero, the
+    /// default: never).
+    pub fn set_poll(&mut self, max: Duration) {
+        self.poll = BusyPoll::new(max);
+    }
+
+    /// Sends what the driver has made available (at most a queue's worth), then polls for
+    /// more and re-enables notifications (which re-reads the ring, so no kick is lost).
     pub fn serve_round(&mut self, queue: &mut Queue, mem: &GuestRam) -> Result<TxRound, TapGone> {
+        let mut round = self.serve_batch(queue, mem)?;
+        if round.idle {
+            round.idle = false;
+            round.again = self.rest(queue, mem);
+        }
+        Ok(round)
+    }
+
+    /// A ring that ran dry ([`TxRound::idle`]): polls for more (see `busy_poll.rs`), then
+    /// turns kicks back on; true if the driver added more meanwhile (serve another round).
+    pub fn rest(&mut self, queue: &mut Queue, mem: &GuestRam) -> bool {
+        let seen = queue.next_avail();
+        self.poll.wait_for_avail(queue, mem, seen)
+            || queue.enable_notification(mem).unwrap_or(false)
+    }
+
+    /// As [`serve_round`](Self::serve_round), but a ring that ran dry is left with
+    /// notifications off and [`TxRound::idle`] set, so the caller can signal the driver
+    /// before [`rest`](Self::rest) polls: completions are never held back by polling.
+    pub fn serve_batch(&mut self, queue: &mut Queue, mem: &GuestRam) -> Result<TxRound, TapGone> {
         let mut round = TxRound {
             interrupt: false,
             again: false,
+            idle: false,
         };
         if !queue.ready() || !rings_in_memory(queue, mem) {
             return Ok(round);
@@ -305,7 +339,8 @@ impl TxWorker {
         }
         round.interrupt = completed && queue.needs_notification(mem).unwrap_or(true);
         result?;
-        round.again = !empty || queue.enable_notification(mem).unwrap_or(false);
+        round.again = !empty;
+        round.idle = empty;
         Ok(round)
     }
 
@@ -385,7 +420,8 @@ pub enum RxEnd {
     NoBuffers,
     /// The queue isn't ready (or its rings are unusable): wait for a kick.
     NotReady,
-    /// A batch was read; call again (after letting go of the queue's lock).
+    /// A batch was read, or (when polling) the buffers ran out after some frames, to be
+    /// signalled before polling for more: call again (after letting go of the queue's lock).
     Budget,
 }
 
@@ -418,6 +454,7 @@ pub struct RxWorker {
     chains: Vec<RxChain>,
     /// Where the part of a frame that doesn't fit the buffers goes, so truncation shows.
     overflow: Vec<u8>,
+    poll: BusyPoll,
 }
 
 enum Gathered {
@@ -439,7 +476,14 @@ impl RxWorker {
             iovs: IoVecs::default(),
             chains: Vec::new(),
             overflow: vec![0; NET_HDR_SIZE + MAX_FRAME + 1],
+            poll: BusyPoll::new(Duration::ZERO),
         }
+    }
+
+    /// Busy-polls for RX buffers for up to `max` when they run out, before waiting for a
+    /// kick (zero, the default: never).
+    pub fn set_poll(&mut self, max: Duration) {
+        self.poll = BusyPoll::new(max);
     }
 
     /// Whether MRG_RXBUF was negotiated, and the largest frame (without header) the TAP
@@ -475,6 +519,16 @@ impl RxWorker {
             match self.gather(queue, mem, completed) {
                 Gathered::Ready => {}
                 Gathered::Short { avail_idx } => {
+                    if !self.poll.max().is_zero() {
+                        if *completed {
+                            // Let the caller signal these frames first: the driver
+                            // refills buffers once it has seen them.
+                            return Ok(RxEnd::Budget);
+                        }
+                        if self.poll.wait_for_avail(queue, mem, avail_idx) {
+                            continue;
+                        }
+                    }
                     if self.wait_for_buffers(queue, mem, avail_idx) {
                         continue;
                     }

@@ -7,6 +7,7 @@
 //! | `tap.rs` | the TAP: opening, header size, offloads, "has it gone" |
 //! | `virtio.rs` | virtio-net constants and configuration space bytes |
 //! | `queue_link.rs` | a pair's TAP queue attached only while the driver has it enabled |
+//! | `busy_poll.rs` | watching a dry available ring a few µs before waiting for a kick |
 //! | `device.rs` | TX chains → TAP and TAP → RX buffers, zero-copy; hostile input counted |
 //! | `backend.rs` | the `vhost-user-backend` glue: features, config space, threads |
 //!
@@ -14,6 +15,7 @@
 //! and a socketpair standing in for the TAP.
 
 mod backend;
+mod busy_poll;
 mod config;
 mod device;
 mod queue_link;
@@ -163,6 +165,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
     let backend = Arc::new(
         NetBackend::new(tap, mac, config.mtu, termination.clone()).map_err(Error::Backend)?,
     );
+    backend.set_poll(config.poll);
     backend.detach_idle_queues().map_err(|source| Error::Link {
         tap: tap_name,
         source,
