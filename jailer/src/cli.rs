@@ -38,6 +38,11 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 /// `bulkhead run`. With no flags at all: the demo machine (see `demo.rs`).
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
+    /// Seccomp filters in every process and thread: enforce (a call outside a thread's
+    /// allowlist is reported and kills the process with SIGSYS), log (allowed and logged
+    /// by the kernel: for debugging), or off.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = bulkhead_seccomp::SeccompMode::Enforce)]
+    pub seccomp: bulkhead_seccomp::SeccompMode,
     /// Read flags from a JSON object whose fields are these flags ({"memory": 512,
     /// "disk": ["path=a.img"], ...}); flags given beside it override or add to it.
     #[arg(long, value_name = "FILE")]

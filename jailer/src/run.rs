@@ -47,6 +47,7 @@ pub fn main(args: RunArgs) -> i32 {
 }
 
 fn run(args: &RunArgs) -> i32 {
+    bulkhead_seccomp::mode::set_children_mode(args.seccomp);
     let config = match vm_config(args) {
         Ok(c) => c,
         Err(e) => return fail(&e),

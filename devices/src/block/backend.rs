@@ -10,7 +10,8 @@
 //! time); `GET_VRING_BASE` therefore waits for the round in progress, stops the next, and
 //! returns an index with nothing in flight.
 
-use crate::daemon::thread_name::name_worker_thread;
+use crate::daemon::thread_name::confine_worker_thread;
+use bulkhead_seccomp::Role;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -202,7 +203,7 @@ impl VhostUserBackend for BlockBackend {
             debug!("queue thread {thread_id}: ignoring event {device_event}");
             return Ok(());
         };
-        name_worker_thread(|| format!("blk-q{thread_id}"));
+        confine_worker_thread(|| format!("blk-q{thread_id}"), Role::BlkWorker)?;
         let mut worker = worker.lock().unwrap_or_else(PoisonError::into_inner);
         let atomic = self.memory();
         let mem = atomic.memory();

@@ -8,7 +8,8 @@
 //! queue's kick descriptor (`SET_VRING_KICK`), before any guest kick, so the backend keeps
 //! the vrings it is given then.
 
-use crate::daemon::thread_name::name_worker_thread;
+use crate::daemon::thread_name::confine_worker_thread;
+use bulkhead_seccomp::Role;
 use std::io::{self, Read};
 use std::sync::{Mutex, PoisonError, RwLock};
 
@@ -225,7 +226,7 @@ impl VhostUserBackend for ConsoleBackend {
                 *kept = vrings.to_vec();
             }
         }
-        name_worker_thread(|| "console-q".to_owned());
+        confine_worker_thread(|| "console-q".to_owned(), Role::ConsoleWorker)?;
         match device_event {
             RX_QUEUE => {
                 if let Err(e) = self.wake.write(1) {

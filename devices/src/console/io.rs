@@ -8,7 +8,11 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
+
+use bulkhead_seccomp::mode::process_mode;
+use bulkhead_seccomp::thread::spawn_confined;
+use bulkhead_seccomp::Role;
 use std::time::Duration;
 
 use log::{info, warn};
@@ -25,7 +29,7 @@ const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct IoThread {
     backend: Arc<ConsoleBackend>,
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<()>,
+    handle: JoinHandle<Option<()>>,
 }
 
 impl IoThread {
@@ -33,9 +37,13 @@ impl IoThread {
     pub fn spawn(backend: Arc<ConsoleBackend>, source: Source) -> io::Result<IoThread> {
         let stop = Arc::new(AtomicBool::new(false));
         let (b, s) = (Arc::clone(&backend), Arc::clone(&stop));
-        let handle = thread::Builder::new()
-            .name("console-io".into())
-            .spawn(move || Loop::new(b, source, s).run())?;
+        // Confined as a console worker: it writes stream input into guest buffers.
+        let handle = spawn_confined(
+            "console-io",
+            Role::ConsoleWorker,
+            process_mode(),
+            move || Loop::new(b, source, s).run(),
+        )?;
         Ok(IoThread {
             backend,
             stop,

@@ -8,6 +8,9 @@ use std::fmt::Display;
 
 use clap::Parser;
 
+use bulkhead_seccomp::SeccompMode;
+
+use super::thread_name::{arm_self_test, SelfTest};
 use super::Ended;
 
 /// What a backend tells [`backend_main`] about itself.
@@ -19,11 +22,14 @@ pub struct Backend<'a> {
 }
 
 /// Runs a backend whose arguments are `A` with `args` (the first is the program name):
-/// `wants_capabilities` says whether `--print-capabilities` was given, `run` does the rest.
+/// `wants_capabilities` says whether `--print-capabilities` was given, `seccomp` gives
+/// `--seccomp` and `--seccomp-selftest` (they become the process's settings, which the
+/// threads read as they confine themselves), `run` does the rest.
 pub fn backend_main<A, E, I, T>(
     backend: Backend<'_>,
     args: I,
     wants_capabilities: impl FnOnce(&A) -> bool,
+    seccomp: impl FnOnce(&A) -> (SeccompMode, Option<SelfTest>),
     run: impl FnOnce(A) -> Result<Ended, E>,
 ) -> i32
 where
@@ -47,6 +53,9 @@ where
         println!("{}", backend.capabilities);
         return 0;
     }
+    let (mode, self_test) = seccomp(&args);
+    bulkhead_seccomp::mode::set_process_mode(mode);
+    arm_self_test(self_test.or_else(self_test_from_env));
     match run(args) {
         Ok(ended) => {
             log::info!("exiting: {ended:?}");
@@ -58,3 +67,16 @@ where
         }
     }
 }
+
+/// Test only: `BULKHEAD_SECCOMP_SELFTEST=main|worker` does what `--seccomp-selftest` does,
+/// for backends started by the launcher (which passes no test flags).
+fn self_test_from_env() -> Option<SelfTest> {
+    match std::env::var_os(SELF_TEST_ENV)?.to_str()? {
+        "main" => Some(SelfTest::Main),
+        "worker" => Some(SelfTest::Worker),
+        _ => None,
+    }
+}
+
+/// The environment variable [`self_test_from_env`] reads.
+pub const SELF_TEST_ENV: &str = "BULKHEAD_SECCOMP_SELFTEST";

@@ -56,6 +56,9 @@ pub enum DaemonError {
         /// The library's error.
         error: LibError,
     },
+    /// The vhost-user thread's seccomp filter could not be installed.
+    #[error("confining the vhost-user thread: {0}")]
+    Seccomp(#[source] bulkhead_seccomp::install::Error),
     /// Accepting the frontend failed.
     #[error("accepting a frontend on {endpoint}: {error}")]
     Accept {
@@ -110,6 +113,7 @@ where
                     unsafe { libc::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
                 });
             }
+            confine_vhost_user()?;
             let accepted = daemon.start(&mut listener);
             if termination.signalled() {
                 stop_queues(&daemon);
@@ -127,6 +131,7 @@ where
                 source,
             };
             let mut pending = relay::prepare().map_err(relay_error)?;
+            confine_vhost_user()?;
             // Our end is already queued on the private listener: this accept can't block.
             daemon
                 .start(&mut pending.listener)
@@ -164,6 +169,20 @@ where
             error,
         }),
     }
+}
+
+/// Installs the vhost-user filter on the calling (main) thread, in the process's mode:
+/// after the queue threads exist (they confine themselves to their own role at their
+/// first event) and before the frontend is served; the message-handling and relay threads
+/// started from here inherit it.
+fn confine_vhost_user() -> Result<(), DaemonError> {
+    bulkhead_seccomp::install(
+        bulkhead_seccomp::Role::VhostUser,
+        bulkhead_seccomp::mode::process_mode(),
+    )
+    .map_err(DaemonError::Seccomp)?;
+    thread_name::self_test(thread_name::SelfTest::Main);
+    Ok(())
 }
 
 /// Tells every queue thread to exit.

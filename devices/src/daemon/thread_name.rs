@@ -1,24 +1,76 @@
-//! Naming vhost-user-backend's worker threads: it spawns them all as `vring_worker`;
-//! per-queue names (`blk-q0`, `net-q1`, `console-q`) make `top -H`, logs and seccomp
-//! policies readable.
+//! The first-event hook of vhost-user-backend's worker threads: it spawns them all as
+//! `vring_worker`, before any guest memory exists; at its first event each one names
+//! itself per queue (`blk-q0`, `net-q1`, `console-q`, which makes `top -H`, logs and
+//! seccomp reports readable) and installs its role's seccomp filter, before it touches the
+//! queue. The mode is the process's (`--seccomp`, set by `backend_main`; off when a backend
+//! is embedded, as in unit tests).
+//!
+//! The hidden `--seccomp-selftest` makes a thread call `ptrace` (in no allowlist) right
+//! after confining itself, to prove the filter stops it.
 
-use std::cell::Cell;
+use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
 
-thread_local! {
-    static NAMED: Cell<bool> = const { Cell::new(false) };
+use bulkhead_seccomp::mode::process_mode;
+use bulkhead_seccomp::thread::confine_current_thread;
+use bulkhead_seccomp::Role;
+
+/// Which thread `--seccomp-selftest` makes misbehave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SelfTest {
+    /// The main thread, once it has installed the vhost-user filter.
+    Main,
+    /// Each queue thread, at its first event.
+    Worker,
 }
 
-/// Names the calling thread `name` the first time it is called on that thread.
-pub fn name_worker_thread(name: impl FnOnce() -> String) {
-    if NAMED.with(|n| n.replace(true)) {
-        return;
+static SELF_TEST: AtomicU8 = AtomicU8::new(0);
+
+/// Arms `--seccomp-selftest` for this process.
+pub fn arm_self_test(which: Option<SelfTest>) {
+    let v = match which {
+        None => 0,
+        Some(SelfTest::Main) => 1,
+        Some(SelfTest::Worker) => 2,
+    };
+    SELF_TEST.store(v, Ordering::SeqCst);
+}
+
+/// If `--seccomp-selftest` is armed for `which`, calls `ptrace`, which no allowlist has:
+/// under an enforcing filter the process dies by SIGSYS here.
+pub fn self_test(which: SelfTest) {
+    let armed = match SELF_TEST.load(Ordering::SeqCst) {
+        1 => SelfTest::Main,
+        2 => SelfTest::Worker,
+        _ => return,
+    };
+    if armed == which {
+        log::warn!("--seccomp-selftest: calling ptrace");
+        // SAFETY: PTRACE_TRACEME takes no pointers.
+        unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) };
     }
-    let mut name = name();
-    while name.len() > 15 {
-        name.pop();
+}
+
+/// Names the calling worker thread `name()` and installs `role`'s filter, the first time
+/// it is called on that thread. An error means the thread is not confined: the caller
+/// must not serve the queue (returning the error from `handle_event` ends the thread).
+pub fn confine_worker_thread(name: impl FnOnce() -> String, role: Role) -> io::Result<()> {
+    let mut named = None;
+    confine_current_thread(
+        || {
+            let n = name();
+            named = Some(n.clone());
+            n
+        },
+        role,
+        process_mode(),
+    )
+    .map_err(|e| {
+        log::error!("{}: {e}", named.as_deref().unwrap_or("queue thread"));
+        io::Error::other(e)
+    })?;
+    if named.is_some() {
+        self_test(SelfTest::Worker);
     }
-    name.push('\0');
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from a pointer
-    // that stays valid for the call.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    Ok(())
 }

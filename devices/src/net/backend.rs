@@ -13,7 +13,8 @@
 //! event once enabled, and its RX thread detaches it when it sees the rings disabled (on
 //! every wake-up, and every [`LINK_CHECK_MS`] while attached).
 
-use crate::daemon::thread_name::name_worker_thread;
+use crate::daemon::thread_name::confine_worker_thread;
+use bulkhead_seccomp::Role;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -592,7 +593,7 @@ impl VhostUserBackend for NetBackend {
             debug!("queue thread {thread_id}: ignoring event {device_event}");
             return Ok(());
         };
-        name_worker_thread(|| format!("net-q{thread_id}"));
+        confine_worker_thread(|| format!("net-q{thread_id}"), Role::NetWorker)?;
         self.prepare_pair(pair, vrings);
         match device_event {
             0 => self.kick_rx(pair),

@@ -48,6 +48,7 @@ pub fn start_blk(
     if let Some(s) = serial {
         cmd.args(["--serial", s]);
     }
+    cmd.args(["--seccomp", &bulkhead_seccomp::mode::children_mode().to_string()]);
     spawn(name, cmd, vec![OwnedFd::from(disk)], false)
 }
 

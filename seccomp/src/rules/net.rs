@@ -3,7 +3,8 @@
 
 use libc::*;
 
-use super::Rule;
+use super::consts::TUNSETQUEUE;
+use super::{Arg, Rule};
 
 /// The net worker's own rules.
 pub const RULES: &[Rule] = &[
@@ -17,5 +18,10 @@ pub const RULES: &[Rule] = &[
     Rule::any(
         SYS_poll,
         "the RX thread waits for the TAP and its wake eventfd",
+    ),
+    Rule::when(
+        SYS_ioctl,
+        &[Arg::Eq32(1, TUNSETQUEUE)],
+        "a pair's TAP queue attached when its rings are used, detached when disabled",
     ),
 ];

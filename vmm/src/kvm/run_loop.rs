@@ -170,6 +170,18 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         .spawn(move || {
+            // Confined before the guest runs: every exit is guest-controlled input.
+            if let Err(e) = bulkhead_seccomp::thread::confine_current_thread(
+                || format!("vcpu{index}"),
+                bulkhead_seccomp::Role::Vcpu,
+                bulkhead_seccomp::mode::process_mode(),
+            ) {
+                let _ = events.send(VmStop::Error {
+                    vcpu: index,
+                    what: format!("installing its seccomp filter: {e}"),
+                });
+                return;
+            }
             let mut state = VcpuState::Running;
             while let VcpuState::Running = state {
                 pause.park_if_paused(&stop);

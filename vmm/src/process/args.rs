@@ -44,6 +44,11 @@ pub struct VmmArgs {
     /// Print memory use and guest-entry time on exit (used by `bulkhead bench`).
     #[arg(long, hide = true)]
     pub report_stats: bool,
+    /// Seccomp filters on the vCPU threads: enforce (a call outside the allowlist is
+    /// reported and kills the process with SIGSYS), log (allowed, logged by the kernel),
+    /// or off.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = bulkhead_seccomp::SeccompMode::Enforce)]
+    pub seccomp: bulkhead_seccomp::SeccompMode,
 }
 
 /// Where a device's backend is.

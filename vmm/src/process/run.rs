@@ -24,6 +24,8 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    // The vCPU threads install their filters in this mode.
+    bulkhead_seccomp::mode::set_process_mode(args.seccomp);
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .try_init();

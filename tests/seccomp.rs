@@ -1,0 +1,178 @@
+//! Seccomp from outside: a backend thread that makes a call outside its allowlist is
+//! reported on stderr (one line naming the program, thread, role and call) and the process
+//! dies by SIGSYS, standalone and under `bulkhead run` (whose message names the signal).
+//! `--seccomp log` lets the same call through. The trigger is the backends' hidden
+//! `--seccomp-selftest` (or `BULKHEAD_SECCOMP_SELFTEST` for backends the launcher starts),
+//! which calls `ptrace` once the thread is confined.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_seccomp::report;
+use common::disk::Image;
+
+/// A scratch path for this test process.
+fn scratch(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("bulkhead-seccomp-{tag}-{}", std::process::id()))
+}
+
+/// Starts `program` with `args`; waits at most `deadline` (then kills it, by pid).
+fn run_backend(program: &str, args: &[&str], deadline: Duration) -> common::Output {
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null());
+    common::run(cmd, deadline)
+}
+
+/// The report line in `stderr`, parsed.
+fn violation(stderr: &str) -> report::Violation {
+    stderr
+        .lines()
+        .find_map(report::parse)
+        .unwrap_or_else(|| panic!("no seccomp report in stderr:\n{stderr}"))
+}
+
+#[test]
+fn bulkhead_blk_main_thread_outside_its_list_dies_by_sigsys() {
+    let img = Image::new("seccomp-main", 1 << 20);
+    let sock = scratch("blk.sock");
+    let _ = std::fs::remove_file(&sock);
+    let out = run_backend(
+        env!("CARGO_BIN_EXE_bulkhead-blk"),
+        &[
+            "--socket-path",
+            sock.to_str().unwrap(),
+            "--disk",
+            img.path.to_str().unwrap(),
+            "--seccomp-selftest",
+            "main",
+        ],
+        Duration::from_secs(20),
+    );
+    let _ = std::fs::remove_file(&sock);
+    let status = out.status.expect("bulkhead-blk did not end by itself");
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{out:#?}");
+    let v = violation(&out.stderr);
+    assert_eq!(v.program, "bulkhead-blk");
+    assert_eq!(v.role, "vhost-user");
+    assert_eq!((v.nr, v.name.as_str()), (libc::SYS_ptrace, "ptrace"));
+}
+
+#[test]
+fn bulkhead_console_main_thread_outside_its_list_dies_by_sigsys() {
+    let sock = scratch("console.sock");
+    let log = scratch("console.log");
+    let _ = std::fs::remove_file(&sock);
+    let out = run_backend(
+        env!("CARGO_BIN_EXE_bulkhead-console"),
+        &[
+            "--socket-path",
+            sock.to_str().unwrap(),
+            "--file",
+            log.to_str().unwrap(),
+            "--seccomp-selftest",
+            "main",
+        ],
+        Duration::from_secs(20),
+    );
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&log);
+    let status = out.status.expect("bulkhead-console did not end by itself");
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{out:#?}");
+    let v = violation(&out.stderr);
+    assert_eq!(
+        (v.program.as_str(), v.role.as_str()),
+        ("bulkhead-console", "vhost-user")
+    );
+}
+
+#[test]
+fn log_mode_lets_the_call_through() {
+    let img = Image::new("seccomp-log", 1 << 20);
+    let sock = scratch("log.sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead-blk"))
+        .args([
+            "--socket-path",
+            sock.to_str().unwrap(),
+            "--disk",
+            img.path.to_str().unwrap(),
+            "--seccomp",
+            "log",
+            "--seccomp-selftest",
+            "main",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting bulkhead-blk");
+    // It waits for a frontend: still there after the call it made.
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end && !sock.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let early = child.try_wait().expect("waiting for bulkhead-blk");
+    // SAFETY: SIGTERM to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("waiting for bulkhead-blk");
+    let _ = std::fs::remove_file(&sock);
+    assert_eq!(early, None, "bulkhead-blk ended under --seccomp log");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// `bulkhead run` with `device_args`, the backends' queue threads told to misbehave at
+/// their first event; the launcher must name the backend and SIGSYS.
+fn worker_dies_under_the_launcher(device_args: &[&str], cmdline: &str, program: &str, role: &str) {
+    let mut cmd = common::bulkhead();
+    cmd.arg("run")
+        .args(device_args)
+        .args(["--cmdline", cmdline])
+        .env("BULKHEAD_SECCOMP_SELFTEST", "worker");
+    let out = common::run(cmd, Duration::from_secs(60));
+    out.assert_no_panic();
+    assert_ne!(out.status.and_then(|s| s.code()), Some(0), "{out:#?}");
+    let v = violation(&out.stderr);
+    assert_eq!(
+        (v.program.as_str(), v.role.as_str()),
+        (program, role),
+        "{out:#?}"
+    );
+    assert_eq!(v.nr, libc::SYS_ptrace);
+    let killed = format!("{program} (pid ");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains(&killed) && l.contains("was killed by signal 31 (SIGSYS)")),
+        "the launcher does not name SIGSYS:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_block_queue_thread_outside_its_list_is_reported_by_the_launcher() {
+    require_kvm!();
+    let img = Image::new("seccomp-worker", 16 << 20);
+    worker_dies_under_the_launcher(
+        &["--disk", &img.disk_arg("")],
+        "bulkhead.test=blk-identify",
+        "bulkhead-blk",
+        "blk-worker",
+    );
+}
+
+#[test]
+fn a_console_queue_thread_outside_its_list_is_reported_by_the_launcher() {
+    require_kvm!();
+    let log = scratch("worker-console.log");
+    worker_dies_under_the_launcher(
+        &["--console", &format!("file={}", log.display())],
+        "bulkhead.test=console-write bulkhead.console.lines=5",
+        "bulkhead-console",
+        "console-worker",
+    );
+    let _ = std::fs::remove_file(&log);
+}
