@@ -48,7 +48,10 @@ pub fn start_blk(
     if let Some(s) = serial {
         cmd.args(["--serial", s]);
     }
-    cmd.args(["--seccomp", &bulkhead_seccomp::mode::children_mode().to_string()]);
+    cmd.args([
+        "--seccomp",
+        &bulkhead_seccomp::mode::children_mode().to_string(),
+    ]);
     spawn(name, cmd, vec![OwnedFd::from(disk)], false)
 }
 

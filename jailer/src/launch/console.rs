@@ -81,7 +81,10 @@ pub fn start_console(
             cmd.args(["--stream-fd", &FIRST_EXTRA_FD.to_string()]);
         }
     }
-    cmd.args(["--seccomp", &bulkhead_seccomp::mode::children_mode().to_string()]);
+    cmd.args([
+        "--seccomp",
+        &bulkhead_seccomp::mode::children_mode().to_string(),
+    ]);
     spawn(name, cmd, fds, *stream == ConsoleStream::Stdio)
 }
 

@@ -23,6 +23,9 @@ pub fn start_net(
         .args(["--tap-fd", &tap_fds.join(",")])
         .args(["--mac", &format_mac(mac)])
         .args(["--queue-pairs", &taps.len().to_string()]);
-    cmd.args(["--seccomp", &bulkhead_seccomp::mode::children_mode().to_string()]);
+    cmd.args([
+        "--seccomp",
+        &bulkhead_seccomp::mode::children_mode().to_string(),
+    ]);
     spawn(name, cmd, taps, false)
 }

@@ -64,6 +64,9 @@ pub fn start_vmm(
         };
         cmd.arg("--device").arg(arg.to_arg());
     }
-    cmd.args(["--seccomp", &bulkhead_seccomp::mode::children_mode().to_string()]);
+    cmd.args([
+        "--seccomp",
+        &bulkhead_seccomp::mode::children_mode().to_string(),
+    ]);
     spawn(VMM, cmd, fds, serial_input)
 }
