@@ -428,3 +428,65 @@ fn tx_with_a_bogus_available_index_waits_for_the_next_kick() {
     let round = tx.serve_round(&mut h.queue, &mem).unwrap();
     assert!(!round.again && !round.interrupt);
 }
+
+/// The used ring's flags: VRING_USED_F_NO_NOTIFY (1) while kicks are off (no EVENT_IDX).
+fn used_flags(h: &Harness) -> u16 {
+    h.mem.read_obj(h.vq.used_addr()).unwrap()
+}
+
+#[test]
+fn polling_tx_leaves_kicks_off_while_it_polls_and_turns_them_on_when_idle() {
+    let mem = memory();
+    let mut h = Harness::new(&mem);
+    let (tap, far) = fake_tap();
+    let mut tx = TxWorker::new(tap, Arc::clone(&h.counters));
+    tx.set_poll(Duration::from_micros(200));
+    let p = packet(60);
+    mem.write_slice(&p, GuestAddress(BUF)).unwrap();
+    h.chain(&[(BUF, p.len() as u32, R)]);
+    let round = tx.serve_batch(&mut h.queue, &mem).unwrap();
+    assert_eq!(
+        (round.interrupt, round.again, round.idle),
+        (true, false, true)
+    );
+    assert_eq!(used_flags(&h) & 1, 1, "kicks off until rest()");
+    // The driver adds the next frame while we'd poll: found without a kick.
+    h.chain(&[(BUF, p.len() as u32, R)]);
+    assert!(tx.rest(&mut h.queue, &mem));
+    assert_eq!(used_flags(&h) & 1, 1, "still polling: kicks still off");
+    let round = tx.serve_batch(&mut h.queue, &mem).unwrap();
+    assert!(round.idle);
+    // Nothing more within the poll time: kicks back on.
+    assert!(!tx.rest(&mut h.queue, &mem));
+    assert_eq!(used_flags(&h) & 1, 0);
+    assert_eq!(h.used().len(), 2);
+    assert_eq!(recv(&far).unwrap(), p);
+    assert_eq!(recv(&far).unwrap(), p);
+}
+
+#[test]
+fn polling_rx_hands_over_frames_before_waiting_for_buffers() {
+    let mem = memory();
+    let mut h = Harness::new(&mem);
+    let (tap, far) = fake_tap();
+    let mut rx = RxWorker::new(tap, Arc::clone(&h.counters));
+    rx.set_poll(Duration::from_micros(200));
+    let head = h.chain(&[(BUF, 2048, W)]);
+    let (first, second) = (packet(100), packet(200));
+    send(&far, &first);
+    send(&far, &second);
+    // The one buffer filled: back to the caller to signal it, not polling first.
+    let round = rx.serve(&mut h.queue, &mem).unwrap();
+    assert_eq!((round.end, round.interrupt), (RxEnd::Budget, true));
+    assert_eq!(h.used(), [(u32::from(head), first.len() as u32)]);
+    // Called again: polls, finds no buffer, waits for a kick.
+    let (end, used) = h.rx(&mut rx).unwrap();
+    assert_eq!((end, used.len()), (RxEnd::NoBuffers, 0));
+    let head = h.chain(&[(BUF + 0x1000, 2048, W)]);
+    let (_, used) = h.rx(&mut rx).unwrap();
+    assert_eq!(used, [(u32::from(head), second.len() as u32)]);
+    assert_eq!(
+        h.bytes(BUF + 0x1000, second.len())[NET_HDR_SIZE..],
+        second[NET_HDR_SIZE..]
+    );
+}
