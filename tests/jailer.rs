@@ -217,16 +217,22 @@ fn static_binary_is_confined_by_the_jailer_with_only_the_fds_it_keeps() {
         .args([
             "--keep-fd",
             &kept.as_raw_fd().to_string(),
-            "--",
-            "sleep",
-            "30",
+            "--env",
+            "ONLY=this",
         ])
+        .args(["--", "sleep", "30"])
+        .env("JAILER_TEST_SECRET", "must not pass")
         .spawn()
         .unwrap();
     let pid = jailed_pid(&jailer);
     wait_for_exec(pid, "busybox");
     assert_confined(pid);
     assert_eq!(fds_of(pid), BTreeSet::from([0, 1, 2, kept.as_raw_fd()]));
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert_eq!(
+        environ, b"ONLY=this\0",
+        "the environment is cleared but for --env"
+    );
     let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let nofile = limits
         .lines()
@@ -394,6 +400,8 @@ fn exit_status_and_failures_reach_the_caller() {
     };
     let exited = run(&id("exit"), "65534", &busybox, &["sh", "-c", "exit 7"]);
     assert_eq!(exited.status.code(), Some(7));
+    let hostname = run(&id("hostname"), "65534", &busybox, &["hostname"]);
+    assert_eq!(String::from_utf8_lossy(&hostname.stdout), "bulkhead\n");
     let root = run(&id("root"), "0", &busybox, &["true"]);
     assert_eq!(root.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&root.stderr);
