@@ -463,3 +463,42 @@ fn a_given_network_namespace_is_joined() {
     assert!(net.contains("jt0:"), "{net}");
     assert_eq!(code, 128 + libc::SIGKILL);
 }
+
+#[test]
+fn library_spawn_places_fds_waits_and_kills_on_drop() {
+    if !is_root() {
+        return;
+    }
+    let Some(busybox) = static_busybox() else {
+        return;
+    };
+    use bulkhead::jail::{Finish, Jail};
+    use std::io::Read;
+    let mut jail = Jail::new(&id("lib"), UID, GID);
+    jail.finish = Finish::InChild;
+    // The write end of a pipe becomes fd 5 in the child, whatever its number here.
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let args = ["sh", "-c", "echo jailed >&5; exit 3"].map(Into::into);
+    let mut child = jail
+        .spawn(&busybox, &args, &[(writer.as_raw_fd(), 5)], &[])
+        .unwrap();
+    drop(writer);
+    let mut out = String::new();
+    reader.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "jailed\n");
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+    child.cleanup().unwrap();
+    assert!(cgroup_dirs(&jail.id).is_empty());
+    // A handle dropped while its process runs takes the process with it.
+    let sleeping = jail
+        .spawn(&busybox, &["sleep".into(), "30".into()], &[], &[])
+        .unwrap();
+    let pid = sleeping.pid();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    drop(sleeping);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} outlived its handle"
+    );
+    assert!(cgroup_dirs(&jail.id).is_empty());
+}
