@@ -250,6 +250,11 @@ pub fn finish_jail(args: &JailArgs) -> Result<(), JailError> {
         );
     }
     if args.landlock == LandlockMode::Enforce {
+        // Landlock needs no_new_privs unless the process holds CAP_SYS_ADMIN; set it here too
+        // for a process that keeps its identity (run standalone).
+        // SAFETY: prctl with integer arguments only.
+        let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        crate::root::check(ret, Step::NoNewPrivs).map_err(step)?;
         let abi = crate::landlock::abi()
             .map_err(|source| JailError::LandlockUnavailable { pid, source })?;
         crate::landlock::deny_all(abi, None).map_err(step)?;
@@ -301,6 +306,23 @@ mod tests {
         let none = Cli::try_parse_from(["prog"]).unwrap().jail;
         assert_eq!(none.jail_uid, None);
         assert_eq!(none.landlock, LandlockMode::Enforce);
+    }
+
+    #[test]
+    fn refuses_to_finish_a_multi_threaded_process() {
+        // The test harness runs this on a thread of its own: at least two threads.
+        let args = JailArgs {
+            jail_uid: Some(65534),
+            jail_gid: Some(65534),
+            landlock: LandlockMode::Enforce,
+        };
+        let err = finish_jail(&args).unwrap_err();
+        assert!(
+            matches!(err, JailError::Threaded { threads, .. } if threads > 1),
+            "{err}"
+        );
+        // Nothing was applied: this process is still root, or whoever ran the tests.
+        assert!(std::fs::File::open("/proc/self/status").is_ok());
     }
 
     #[test]
