@@ -366,6 +366,15 @@ fn program_finishing_its_own_jail_is_confined_and_denied_every_path() {
         BTreeSet::from([0, 1, 2, 3]),
         "stdio and the /etc fd it opened"
     );
+    // The empty root (tmpfs with nr_inodes=16) is the jail's only mount, and the host's
+    // namespace never sees it.
+    let jailed = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(jailed.contains("nr_inodes=16"), "{jailed}");
+    let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host.contains("nr_inodes=16"),
+        "the jail's root leaked: {host}"
+    );
     kill(pid, libc::SIGKILL);
     assert_eq!(wait_code(jailer), 128 + libc::SIGKILL);
     assert!(cgroup_dirs(&id).is_empty());
