@@ -103,6 +103,11 @@ impl Jail {
     /// keeping only the fds in `fds` as (fd here, fd number in the child) pairs (include
     /// (0, 0), (1, 1), (2, 2) to keep stdio) and only the environment in `env`. Returns once
     /// the program is executing, or with the step that failed.
+    ///
+    /// Needs root (CAP_SYS_ADMIN and friends). Call it from a thread that lives as long as
+    /// the child, such as the main thread: the parent-death signal follows the thread that
+    /// cloned, not the process. Safe to call from a multi-threaded process: the child
+    /// allocates nothing between clone and exec.
     pub fn spawn(
         &self,
         program: &Path,
