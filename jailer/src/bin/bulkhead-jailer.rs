@@ -12,8 +12,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use bulkhead::jail::{exit_code, CgroupLimits, Finish, Jail, JailedChild, NetNs, Rlimits};
+use anyhow::{anyhow, bail};
+use bulkhead::jail::{
+    exit_code, CgroupLimits, ChildFailure, ChildStep, Finish, Jail, JailedChild, NetNs, Rlimits,
+    SpawnErrorKind,
+};
 use bulkhead_seccomp::jail::{finish_jail, JailArgs};
 use bulkhead_seccomp::landlock::LandlockMode;
 use clap::Parser;
@@ -115,7 +118,8 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("bulkhead-jailer: {e:#}");
+            // Each error names its cause in its own message (the crate convention).
+            eprintln!("bulkhead-jailer: {e}");
             std::process::exit(1);
         }
     }
@@ -160,8 +164,24 @@ fn jailer_main() -> anyhow::Result<i32> {
         env.push((OsString::from(name), OsString::from(value)));
     }
     // Blocked before the clone (the child restores its mask), read from a signalfd.
-    let signals = block_signals().context("blocking SIGTERM/SIGINT/SIGHUP")?;
-    let mut child = jail.spawn(&cli.exec_file, &args, &fds, &env)?;
+    let signals = block_signals().map_err(|e| anyhow!("blocking SIGTERM/SIGINT/SIGHUP: {e}"))?;
+    let mut child = jail
+        .spawn(&cli.exec_file, &args, &fds, &env)
+        .map_err(|e| {
+            let dynamic = matches!(
+                e.kind,
+                SpawnErrorKind::Child(ChildFailure::Child {
+                    step: ChildStep::Exec,
+                    errno: libc::ENOENT
+                })
+            );
+            let hint = if dynamic && jail.finish == Finish::InChild {
+                " (in the empty root only a statically linked program can start; a dynamically linked one must finish its own jail: --finish-by-program)"
+            } else {
+                ""
+            };
+            anyhow!("{e}{hint}")
+        })?;
     match child.cgroup_version() {
         Some(version) => log::info!(
             "jail {}: cgroup {version:?} {:?}",
@@ -201,7 +221,10 @@ fn supervise(
         let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, timeout) };
         if ready == -1 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
         {
-            return Err(std::io::Error::last_os_error()).context("polling the jailed process");
+            bail!(
+                "polling the jailed process: {}",
+                std::io::Error::last_os_error()
+            );
         }
         if polls[0].revents != 0 {
             return Ok(child.wait()?);
@@ -255,7 +278,7 @@ fn read_signal(signals: &OwnedFd) -> anyhow::Result<i32> {
         )
     };
     if n != size as isize {
-        return Err(std::io::Error::last_os_error()).context("reading the signalfd");
+        bail!("reading the signalfd: {}", std::io::Error::last_os_error());
     }
     Ok(info.ssi_signo as i32)
 }
@@ -265,7 +288,8 @@ fn read_signal(signals: &OwnedFd) -> anyhow::Result<i32> {
 /// stays alive to be inspected.
 fn selftest_main() -> anyhow::Result<i32> {
     let cli = Selftest::parse();
-    let etc = std::fs::File::open("/etc").context("opening /etc before the jail")?;
+    let etc =
+        std::fs::File::open("/etc").map_err(|e| anyhow!("opening /etc before the jail: {e}"))?;
     finish_jail(&cli.jail)?;
     println!(
         "path: {}",
