@@ -42,22 +42,25 @@ fn is_static_elf(path: &Path) -> bool {
     })
 }
 
-/// A statically linked busybox (Debian's busybox-static), installed if missing.
+/// A statically linked busybox (Debian's busybox-static), installed if missing (once for
+/// all the tests, which run in parallel).
 fn static_busybox() -> Option<PathBuf> {
-    let path = PathBuf::from("/bin/busybox");
-    if !is_static_elf(&path) {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q", "busybox-static"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-    if is_static_elf(&path) {
-        Some(path)
-    } else {
+    static BUSYBOX: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let found = BUSYBOX.get_or_init(|| {
+        let path = PathBuf::from("/bin/busybox");
+        if !is_static_elf(&path) {
+            let _ = Command::new("apt-get")
+                .args(["install", "-y", "-q", "busybox-static"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        is_static_elf(&path).then_some(path)
+    });
+    if found.is_none() {
         eprintln!("skipped: no static /bin/busybox (apt-get install busybox-static failed)");
-        None
     }
+    found.clone()
 }
 
 fn id(test: &str) -> String {
