@@ -6,7 +6,10 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
+
+use bulkhead_seccomp::mode::process_mode;
+use bulkhead_seccomp::thread::spawn_confined;
+use bulkhead_seccomp::Role;
 
 use log::info;
 
@@ -58,16 +61,15 @@ impl Termination {
             state: Arc::default(),
         };
         let watcher = termination.clone();
-        thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || loop {
-                let mut signal = 0;
-                // SAFETY: sigwait reads the set and writes the signal number to `signal`.
-                if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
-                    info!("signal {signal} received: shutting down");
-                    watcher.trigger();
-                }
-            })?;
+        // Confined like the vhost-user thread whose connection it shuts down.
+        spawn_confined("signals", Role::VhostUser, process_mode(), move || loop {
+            let mut signal = 0;
+            // SAFETY: sigwait reads the set and writes the signal number to `signal`.
+            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                info!("signal {signal} received: shutting down");
+                watcher.trigger();
+            }
+        })?;
         Ok(termination)
     }
 

@@ -62,5 +62,9 @@ pub const RULES: &[Rule] = &[
         SYS_unlink,
         "dropping a --socket-path listener removes its socket file",
     ),
+    Rule::any(
+        SYS_rt_sigtimedwait,
+        "the signals thread waits for SIGTERM/SIGINT to shut the connection down",
+    ),
     Rule::any(SYS_exit_group, "the process ends when the frontend goes"),
 ];
