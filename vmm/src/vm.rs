@@ -100,10 +100,22 @@ impl Vm {
             )
         };
         drop(tx);
-        let reason = rx.recv().unwrap_or(VmStop::Error {
-            vcpu: 0,
-            what: "every vCPU thread ended without a reason".into(),
-        });
+        // Every thread is started: from here the main thread only waits and tears down.
+        let confined = bulkhead_seccomp::thread::confine_current_thread(
+            || "vmm".into(),
+            bulkhead_seccomp::Role::VmmMain,
+            bulkhead_seccomp::mode::process_mode(),
+        );
+        let reason = match confined {
+            Ok(()) => rx.recv().unwrap_or(VmStop::Error {
+                vcpu: 0,
+                what: "every vCPU thread ended without a reason".into(),
+            }),
+            Err(e) => VmStop::Error {
+                vcpu: 0,
+                what: format!("installing the vmm thread's seccomp filter: {e}"),
+            },
+        };
         stop_vcpus(&stop, &pause, threads);
         if let Some(m) = monitor {
             let _ = monitor_exit.write(1);

@@ -2,8 +2,9 @@
 //! connected): it watches the backends' connections and standard input, raises the serial
 //! interrupt, and stops the vCPUs. Traced from `bulkhead run`'s main, `serial-in` and
 //! `vhost-monitor` threads after boot, minus what is the launcher's (spawning and reaping
-//! backends). Not installed yet: the vmm still runs inside the launcher process; the list
-//! is for when it becomes its own process. It starts no threads after boot, so it lacks
+//! backends), plus the control and signal threads of the vmm process. Installed on every
+//! thread of `bulkhead-vmm` but the vCPUs once the VM runs (the main thread after starting
+//! the others). It starts no threads after boot, so it lacks
 //! [`super::common::THREAD_START`].
 
 use libc::*;
@@ -39,4 +40,8 @@ pub const RULES: &[Rule] = &[
     ),
     Rule::any(SYS_close, "tearing devices down"),
     Rule::any(SYS_exit_group, "the VM has stopped"),
+    Rule::any(
+        SYS_rt_sigtimedwait,
+        "the vmm-signals thread waits for SIGTERM/SIGINT/SIGHUP (sigwait)",
+    ),
 ];

@@ -8,18 +8,25 @@ use std::time::Duration;
 
 use super::serial::SerialDevice;
 
+use bulkhead_seccomp::mode::process_mode;
+use bulkhead_seccomp::thread::spawn_confined;
+use bulkhead_seccomp::Role;
+
 /// How long to wait for the guest to drain a full FIFO before offering input again.
 const FIFO_RETRY: Duration = Duration::from_millis(5);
 
-/// Starts the `serial-in` thread copying `input` into `serial` until EOF, an error, or `stop`.
+/// Starts the `serial-in` thread (under the vmm main role's seccomp filter) copying `input`
+/// into `serial` until EOF, an error, or `stop`.
 pub fn spawn<R: Read + Send + 'static>(
     mut input: R,
     serial: Arc<Mutex<SerialDevice>>,
     stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("serial-in".into())
-        .spawn(move || {
+) -> std::io::Result<std::thread::JoinHandle<Option<()>>> {
+    Ok(spawn_confined(
+        "serial-in",
+        Role::VmmMain,
+        process_mode(),
+        move || {
             let mut buf = [0u8; 64];
             loop {
                 let n = match input.read(&mut buf) {
@@ -50,7 +57,8 @@ pub fn spawn<R: Read + Send + 'static>(
                     }
                 }
             }
-        })
+        },
+    )?)
 }
 
 #[cfg(test)]

@@ -49,6 +49,9 @@ pub struct VmmArgs {
     /// or off.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = bulkhead_seccomp::SeccompMode::Enforce)]
     pub seccomp: bulkhead_seccomp::SeccompMode,
+    /// The jail's last steps (empty root, identity, landlock), applied once the VM is built.
+    #[command(flatten)]
+    pub jail: bulkhead_seccomp::jail::JailArgs,
 }
 
 /// Where a device's backend is.

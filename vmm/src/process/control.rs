@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use bulkhead_protocol::{ProcessChannel, ToLauncher, ToProcess, VmState, VmStatus};
 
+use bulkhead_seccomp::mode::process_mode;
+use bulkhead_seccomp::thread::spawn_confined;
+use bulkhead_seccomp::Role;
+
 use super::fds::check_socket;
 use crate::devices::VmStop;
 use crate::vm::VmHandle;
@@ -71,9 +75,9 @@ impl Control {
             }
         };
         let sender = self.sender.clone();
-        let started = std::thread::Builder::new()
-            .name("vmm-control".into())
-            .spawn(move || serve(ProcessChannel::new(stream, "launcher"), &sender, &vm, &info));
+        let started = spawn_confined("vmm-control", Role::VmmMain, process_mode(), move || {
+            serve(ProcessChannel::new(stream, "launcher"), &sender, &vm, &info)
+        });
         if let Err(e) = started {
             log::error!("starting the control thread: {e}");
         }

@@ -37,10 +37,8 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         }
         None => None,
     };
-    let outcome = run(&args, control.as_ref());
-    if args.report_stats {
-        report_stats();
-    }
+    let stats = Stats::open(args.report_stats);
+    let outcome = run(&args, control.as_ref(), stats);
     match &control {
         Some(c) => outcome.messages().into_iter().for_each(|m| c.send(m)),
         None => {
@@ -52,7 +50,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     outcome.exit_code()
 }
 
-fn run(args: &VmmArgs, control: Option<&Control>) -> Outcome {
+fn run(args: &VmmArgs, control: Option<&Control>, stats: Stats) -> Outcome {
     let config = match config(args) {
         Ok(c) => c,
         Err(e) => return Outcome::Failed(chain(e.as_ref())),
@@ -71,6 +69,10 @@ fn run(args: &VmmArgs, control: Option<&Control>) -> Outcome {
         Ok(vm) => vm,
         Err(e) => return Outcome::Failed(chain(&e)),
     };
+    // Everything is open and no thread runs yet: the jail's last steps.
+    if let Err(e) = bulkhead_seccomp::jail::finish_jail(&args.jail) {
+        return Outcome::Failed(format!("confining the vmm: {}", chain(&e)));
+    }
     if let Some(c) = control {
         c.send(bulkhead_protocol::ToLauncher::Ready {
             role: "vmm".into(),
@@ -83,6 +85,8 @@ fn run(args: &VmmArgs, control: Option<&Control>) -> Outcome {
             c.serve(handle, info);
         }
     });
+    // While guest memory is still mapped, so its size shows.
+    stats.report();
     match result {
         Ok(stop) => Outcome::Stopped(stop),
         Err(e) => Outcome::Failed(chain(&e)),
@@ -154,33 +158,58 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Prints this process's memory figures (from /proc/self/status) and when the guest was
-/// first entered (CLOCK_MONOTONIC), for `bulkhead bench`.
-fn report_stats() {
-    use crate::kvm::run_loop::{EXIT_COUNTS, FIRST_ENTRY_NS};
-    use std::sync::atomic::Ordering::Relaxed;
-    eprintln!(
-        "bulkhead-stats: first_entry_monotonic_ns={} exits_pio={} exits_mmio={} exits_other={}",
-        FIRST_ENTRY_NS.load(Relaxed),
-        EXIT_COUNTS.pio.load(Relaxed),
-        EXIT_COUNTS.mmio.load(Relaxed),
-        EXIT_COUNTS.other.load(Relaxed),
-    );
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return;
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    eprintln!(
-        "bulkhead-stats: vm_hwm_kib={} rss_anon_kib={} rss_file_kib={} rss_shmem_kib={}",
-        field("VmHWM:"),
-        field("RssAnon:"),
-        field("RssFile:"),
-        field("RssShmem:")
-    );
+/// This process's memory figures and when the guest was first entered, for `bulkhead
+/// bench`: /proc/self/status is opened before the jail (whose root has no /proc) and read
+/// with plain `read`s at the end (the vmm thread's filter allows no more).
+struct Stats {
+    status: Option<std::fs::File>,
+}
+
+impl Stats {
+    fn open(wanted: bool) -> Stats {
+        Stats {
+            status: wanted
+                .then(|| std::fs::File::open("/proc/self/status").ok())
+                .flatten(),
+        }
+    }
+
+    fn report(self) {
+        use crate::kvm::run_loop::{EXIT_COUNTS, FIRST_ENTRY_NS};
+        use std::io::Read;
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(mut file) = self.status else {
+            return;
+        };
+        eprintln!(
+            "bulkhead-stats: first_entry_monotonic_ns={} exits_pio={} exits_mmio={} exits_other={}",
+            FIRST_ENTRY_NS.load(Relaxed),
+            EXIT_COUNTS.pio.load(Relaxed),
+            EXIT_COUNTS.mmio.load(Relaxed),
+            EXIT_COUNTS.other.load(Relaxed),
+        );
+        let mut buf = [0u8; 8192];
+        let mut len = 0;
+        while len < buf.len() {
+            match file.read(&mut buf[len..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
+        }
+        let status = String::from_utf8_lossy(&buf[..len]);
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        eprintln!(
+            "bulkhead-stats: vm_hwm_kib={} rss_anon_kib={} rss_file_kib={} rss_shmem_kib={}",
+            field("VmHWM:"),
+            field("RssAnon:"),
+            field("RssFile:"),
+            field("RssShmem:")
+        );
+    }
 }

@@ -2,6 +2,10 @@
 
 use std::sync::mpsc;
 
+use bulkhead_seccomp::mode::process_mode;
+use bulkhead_seccomp::thread::spawn_confined;
+use bulkhead_seccomp::Role;
+
 use crate::devices::VmStop;
 
 /// Signals that stop the VM.
@@ -21,18 +25,16 @@ pub fn stop_on_signals(stop: mpsc::Sender<VmStop>) {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    let waiter = std::thread::Builder::new()
-        .name("vmm-signals".into())
-        .spawn(move || {
-            let mut signal = 0;
-            // SAFETY: sigwait reads the set and writes the signal number into a local.
-            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
-                log::info!("signal {signal}: stopping the VM");
-                let _ = stop.send(VmStop::Shutdown {
-                    why: format!("signal {signal}"),
-                });
-            }
-        });
+    let waiter = spawn_confined("vmm-signals", Role::VmmMain, process_mode(), move || {
+        let mut signal = 0;
+        // SAFETY: sigwait reads the set and writes the signal number into a local.
+        if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+            log::info!("signal {signal}: stopping the VM");
+            let _ = stop.send(VmStop::Shutdown {
+                why: format!("signal {signal}"),
+            });
+        }
+    });
     if let Err(e) = waiter {
         log::warn!("cannot watch for termination signals: {e}");
     }

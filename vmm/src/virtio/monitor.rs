@@ -8,6 +8,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::VmStop;
 
+use bulkhead_seccomp::mode::process_mode;
+use bulkhead_seccomp::thread::spawn_confined;
+use bulkhead_seccomp::Role;
+
 /// A backend connection to watch: the device's name and a duplicate of its socket.
 pub struct Watched {
     /// Device name.
@@ -16,20 +20,24 @@ pub struct Watched {
     pub socket: OwnedFd,
 }
 
-/// Starts the `vhost-monitor` thread. It sends [`VmStop::DeviceFailed`] for the first
-/// backend that hangs up, and ends then or when `exit` is written.
+/// Starts the `vhost-monitor` thread (under the vmm main role's seccomp filter). It sends
+/// [`VmStop::DeviceFailed`] for the first backend that hangs up, and ends then or when
+/// `exit` is written.
 pub fn spawn(
     watched: Vec<Watched>,
     exit: EventFd,
     events: Sender<VmStop>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("vhost-monitor".into())
-        .spawn(move || {
+) -> std::io::Result<std::thread::JoinHandle<Option<()>>> {
+    Ok(spawn_confined(
+        "vhost-monitor",
+        Role::VmmMain,
+        process_mode(),
+        move || {
             if let Some(stop) = wait_for_hangup(&watched, &exit) {
                 let _ = events.send(stop);
             }
-        })
+        },
+    )?)
 }
 
 fn wait_for_hangup(watched: &[Watched], exit: &EventFd) -> Option<VmStop> {
