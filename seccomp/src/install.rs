@@ -3,8 +3,9 @@
 //! Two filters are installed, the kernel applying the stricter answer of the two:
 //! - the allowlist: listed calls (with their argument conditions) are allowed, anything
 //!   else traps (`enforce`) or is logged and allowed (`log`);
-//! - `clone3` answered with ENOSYS: its flags are in memory where a filter can't read
-//!   them, so glibc is made to fall back to `clone`, whose flags the allowlist checks.
+//! - one per [`rules::ANSWERED`] call, answering it with an errno: `clone3` gets ENOSYS
+//!   (its flags are in memory where a filter can't read them, so glibc falls back to
+//!   `clone`, whose flags the allowlist checks), `openat` ENOENT.
 //!
 //! In `enforce` mode a SIGSYS handler (installed once per process, before the first
 //! filter) writes one [`crate::report`] line on stderr and re-raises SIGSYS with the
@@ -66,7 +67,7 @@ pub struct Filter {
     role: Role,
     mode: SeccompMode,
     allowlist: BpfProgram,
-    clone3: BpfProgram,
+    answers: Vec<BpfProgram>,
 }
 
 fn condition(arg: &Arg) -> Result<SeccompCondition, seccompiler::BackendError> {
@@ -92,6 +93,10 @@ fn rule_map(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::
             alternatives.push(SeccompRule::new(conditions)?);
         }
     }
+    // Allowed here so that the answering filters' errno wins (a trap would win over it).
+    for answer in rules::ANSWERED {
+        map.insert(answer.syscall, None);
+    }
     Ok(map
         .into_iter()
         .map(|(nr, alternatives)| (nr, alternatives.unwrap_or_default()))
@@ -114,19 +119,24 @@ pub fn compile(role: Role, mode: SeccompMode) -> Result<Option<Filter>, Error> {
     )
     .and_then(BpfProgram::try_from)
     .map_err(err)?;
-    let clone3 = SeccompFilter::new(
-        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        TargetArch::x86_64,
-    )
-    .and_then(BpfProgram::try_from)
-    .map_err(err)?;
+    let answers = rules::ANSWERED
+        .iter()
+        .map(|a| {
+            SeccompFilter::new(
+                [(a.syscall, Vec::new())].into_iter().collect(),
+                SeccompAction::Allow,
+                SeccompAction::Errno(a.errno as u32),
+                TargetArch::x86_64,
+            )
+            .and_then(BpfProgram::try_from)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
     Ok(Some(Filter {
         role,
         mode,
         allowlist,
-        clone3,
+        answers,
     }))
 }
 
@@ -153,10 +163,12 @@ impl Filter {
             install_handler().map_err(|source| Error::Handler { role, source })?;
         }
         THREAD_ROLE.with(|r| r.set(Some(role)));
-        // The clone3 filter first: installing a filter takes prctl and seccomp, which the
-        // allowlist does not allow.
-        seccompiler::apply_filter(&self.clone3)
-            .and_then(|()| seccompiler::apply_filter(&self.allowlist))
+        // The answering filters first: installing a filter takes prctl and seccomp, which
+        // the allowlist does not allow.
+        self.answers
+            .iter()
+            .chain(std::iter::once(&self.allowlist))
+            .try_for_each(|program| seccompiler::apply_filter(program))
             .map_err(|source| Error::Apply { role, source })
     }
 }

@@ -184,7 +184,7 @@ fn executable_mappings_are_killed() {
 
 #[test]
 fn clone3_answers_enosys_so_glibc_falls_back_to_clone() {
-    let out = run(Role::VhostUser, SeccompMode::Enforce, || {
+    let out = run(Role::BlkWorker, SeccompMode::Enforce, || {
         // SAFETY: clone3 with no arguments struct; the filter answers before the kernel
         // reads it.
         let ret = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0) };
@@ -248,4 +248,31 @@ fn ioctls_are_allowed_by_request_number() {
         0
     });
     assert_eq!(out.killed_by(), Some(libc::SIGSYS), "{}", out.stderr);
+}
+
+#[test]
+fn opening_a_path_gets_enoent_in_every_role() {
+    for role in Role::ALL {
+        let out = run(role, SeccompMode::Enforce, || {
+            let path = b"/etc/passwd\0";
+            // SAFETY: openat with a NUL-terminated path; the filter answers before the
+            // kernel reads it.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    libc::O_RDONLY,
+                )
+            };
+            // SAFETY: errno of this thread.
+            let errno = unsafe { *libc::__errno_location() };
+            if ret == -1 && errno == libc::ENOENT {
+                0
+            } else {
+                1
+            }
+        });
+        assert_eq!(out.exit_code(), Some(0), "{role}: {}", out.stderr);
+    }
 }

@@ -85,10 +85,6 @@ pub const THREAD_START: &[Rule] = &[
         "starting threads; never a new process",
     ),
     Rule::any(
-        SYS_clone3,
-        "listed so that the second filter's ENOSYS answer wins; glibc then uses clone",
-    ),
-    Rule::any(
         SYS_set_robust_list,
         "a new thread registers its robust futex list",
     ),
