@@ -96,7 +96,7 @@ pub const ANSWERED: &[Answer] = &[
 /// Every rule of `role`: the common ones, then the role's own.
 pub fn for_role(role: Role) -> Vec<&'static Rule> {
     let own: &[&'static [Rule]] = match role {
-        Role::VmmMain => &[vmm::RULES],
+        Role::VmmMain => &[common::THREAD_START, vmm::RULES],
         Role::Vcpu => &[vcpu::RULES],
         Role::BlkWorker => &[blk::RULES],
         Role::NetWorker => &[common::THREAD_START, net::RULES],

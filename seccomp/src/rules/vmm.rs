@@ -1,11 +1,10 @@
-//! The vmm process's main/event thread once the VM runs (vCPU threads started, devices
-//! connected): it watches the backends' connections and standard input, raises the serial
-//! interrupt, and stops the vCPUs. Traced from `bulkhead run`'s main, `serial-in` and
-//! `vhost-monitor` threads after boot, minus what is the launcher's (spawning and reaping
-//! backends), plus the control and signal threads of the vmm process. Installed on every
-//! thread of `bulkhead-vmm` but the vCPUs once the VM runs (the main thread after starting
-//! the others). It starts no threads after boot, so it lacks
-//! [`super::common::THREAD_START`].
+//! The vmm process (`bulkhead-vmm`) once its vCPU threads run: the main thread (stops
+//! the vCPUs, starts the backend monitor, reports the outcome) and its event threads
+//! (`vmm-control`: the launcher's control socket, pause/resume; `vhost-monitor`: backend
+//! hang-ups; `vmm-signals`; `serial-in`: standard input). Traced from `bulkhead-vmm`
+//! through the boot and supervision tests, from the start of the vCPU threads on. Not
+//! installed yet: the integrator applies it (on the main thread after the vCPUs start, so
+//! the event threads started then inherit it).
 
 use libc::*;
 
@@ -20,10 +19,16 @@ pub const RULES: &[Rule] = &[
     Rule::any(SYS_read, "serial input from standard input; eventfds"),
     Rule::any(
         SYS_recvmsg,
-        "vhost-user replies on the frontend connections",
+        "control messages from the launcher; vhost-user replies",
     ),
-    Rule::any(SYS_sendmsg, "vhost-user messages at stop (GET_VRING_BASE)"),
-    Rule::any(SYS_tgkill, "kicking vCPU threads out of KVM_RUN"),
+    Rule::any(
+        SYS_sendmsg,
+        "control messages to the launcher; vhost-user messages at stop",
+    ),
+    Rule::any(
+        SYS_tgkill,
+        "kicking vCPU threads out of KVM_RUN (stop, pause)",
+    ),
     Rule::any(
         SYS_clock_nanosleep,
         "pausing between kicks while vCPUs stop",
@@ -37,6 +42,16 @@ pub const RULES: &[Rule] = &[
         SYS_fcntl,
         &[Arg::Eq32(1, F_GETFD as u32)],
         "std checks a descriptor is open before closing it (debug builds)",
+    ),
+    Rule::when(
+        SYS_fcntl,
+        &[Arg::Eq32(1, F_DUPFD_CLOEXEC as u32)],
+        "the monitor keeps a copy of its exit eventfd",
+    ),
+    Rule::any(SYS_eventfd2, "the backend monitor's exit event"),
+    Rule::any(
+        SYS_rt_sigtimedwait,
+        "vmm-signals waits for SIGTERM/SIGINT to stop the VM",
     ),
     Rule::any(SYS_close, "tearing devices down"),
     Rule::any(SYS_exit_group, "the VM has stopped"),
