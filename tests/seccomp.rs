@@ -124,14 +124,21 @@ fn log_mode_lets_the_call_through() {
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
-/// `bulkhead run` with `device_args`, the backends' queue threads told to misbehave at
-/// their first event; the launcher must name the backend and SIGSYS.
-fn worker_dies_under_the_launcher(device_args: &[&str], cmdline: &str, program: &str, role: &str) {
+/// `bulkhead run` with `device_args`, the threads of `trigger` (`worker`: every backend's
+/// queue threads at their first event; or a role's name) told to misbehave once confined;
+/// the launcher must name the process and SIGSYS.
+fn dies_under_the_launcher(
+    device_args: &[&str],
+    cmdline: &str,
+    trigger: &str,
+    program: &str,
+    role: &str,
+) {
     let mut cmd = common::bulkhead();
     cmd.arg("run")
         .args(device_args)
         .args(["--cmdline", cmdline])
-        .env("BULKHEAD_SECCOMP_SELFTEST", "worker");
+        .env("BULKHEAD_SECCOMP_SELFTEST", trigger);
     let out = common::run(cmd, Duration::from_secs(60));
     out.assert_no_panic();
     assert_ne!(out.status.and_then(|s| s.code()), Some(0), "{out:#?}");
@@ -156,9 +163,10 @@ fn worker_dies_under_the_launcher(device_args: &[&str], cmdline: &str, program: 
 fn a_block_queue_thread_outside_its_list_is_reported_by_the_launcher() {
     require_kvm!();
     let img = Image::new("seccomp-worker", 16 << 20);
-    worker_dies_under_the_launcher(
+    dies_under_the_launcher(
         &["--disk", &img.disk_arg("")],
         "bulkhead.test=blk-identify",
+        "worker",
         "bulkhead-blk",
         "blk-worker",
     );
@@ -168,11 +176,34 @@ fn a_block_queue_thread_outside_its_list_is_reported_by_the_launcher() {
 fn a_console_queue_thread_outside_its_list_is_reported_by_the_launcher() {
     require_kvm!();
     let log = scratch("worker-console.log");
-    worker_dies_under_the_launcher(
+    dies_under_the_launcher(
         &["--console", &format!("file={}", log.display())],
         "bulkhead.test=console-write bulkhead.console.lines=5",
+        "worker",
         "bulkhead-console",
         "console-worker",
     );
     let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn a_net_queue_thread_outside_its_list_is_reported_by_the_launcher() {
+    require_kvm!();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    dies_under_the_launcher(
+        &["--net", "auto,host-ip=10.0.2.1/24,guest-ip=10.0.2.2/24"],
+        "bulkhead.test=net-serve bulkhead.net.ip=10.0.2.2/24 bulkhead.net.serve-ms=3000",
+        "net-worker",
+        "bulkhead-net",
+        "net-worker",
+    );
+}
+
+#[test]
+fn a_vcpu_thread_outside_its_list_is_reported_by_the_launcher() {
+    require_kvm!();
+    dies_under_the_launcher(&[], "console=ttyS0", "vcpu", "bulkhead-vmm", "vcpu");
 }

@@ -108,6 +108,7 @@ pub fn confine_current_thread(
         return Ok(());
     }
     set_name(name());
+    let self_test = self_test_wanted(role);
     let filter = compile(role, mode)?;
     if let Some(filter) = filter {
         if let Err(e) = filter.apply() {
@@ -115,7 +116,22 @@ pub fn confine_current_thread(
             return Err(e);
         }
     }
+    if self_test {
+        log::warn!("{SELF_TEST_ENV}={role}: calling ptrace");
+        // SAFETY: PTRACE_TRACEME takes no pointers.
+        unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) };
+    }
     Ok(())
+}
+
+/// Test only: when this environment variable names a role (`vcpu`, `net-worker`, ...),
+/// each thread that confines itself to that role through [`confine_current_thread`] then
+/// calls `ptrace`, in no allowlist, to show the filter stops it (the backends also take
+/// `main` and `worker`, see their `--seccomp-selftest`).
+pub const SELF_TEST_ENV: &str = "BULKHEAD_SECCOMP_SELFTEST";
+
+fn self_test_wanted(role: Role) -> bool {
+    std::env::var_os(SELF_TEST_ENV).is_some_and(|v| v == role.name())
 }
 
 /// Sets the calling thread's name (the kernel keeps 15 bytes).
