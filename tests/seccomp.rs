@@ -150,11 +150,16 @@ fn dies_under_the_launcher(
     );
     assert_eq!(v.nr, libc::SYS_ptrace);
     let killed = format!("{program} (pid ");
+    let named = format!(
+        "was killed by signal 31 (SIGSYS): seccomp refused system call ptrace ({}) in thread {} (role {role})",
+        libc::SYS_ptrace,
+        v.thread
+    );
     assert!(
         out.stderr
             .lines()
-            .any(|l| l.contains(&killed) && l.contains("was killed by signal 31 (SIGSYS)")),
-        "the launcher does not name SIGSYS:\n{}",
+            .any(|l| l.starts_with("bulkhead: ") && l.contains(&killed) && l.contains(&named)),
+        "the launcher does not name SIGSYS and the call ({named:?}):\n{}",
         out.stderr
     );
 }

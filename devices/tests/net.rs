@@ -433,6 +433,10 @@ fn a_tap_without_vnet_headers_is_refused() {
         let (_ours, theirs) = UnixStream::pair().unwrap();
         main_with_args([
             "bulkhead-net".to_string(),
+            "--landlock".into(),
+            "off".into(),
+            "--seccomp".into(),
+            "off".into(),
             "--fd".into(),
             theirs.into_raw_fd().to_string(),
             "--tap-fd".into(),

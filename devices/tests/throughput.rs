@@ -64,6 +64,10 @@ fn through_backend(path: &str, request_type: u32, poll_us: u32) -> f64 {
     let daemon = thread::spawn(move || {
         main_with_args([
             "bulkhead-blk",
+            "--landlock",
+            "off",
+            "--seccomp",
+            "off",
             "--fd",
             &fd,
             "--blk-file",

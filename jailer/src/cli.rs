@@ -43,6 +43,22 @@ pub struct RunArgs {
     /// by the kernel: for debugging), or off.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = bulkhead_seccomp::SeccompMode::Enforce)]
     pub seccomp: bulkhead_seccomp::SeccompMode,
+    /// Start the vmm and every device process through the jailer (new mount, PID, IPC,
+    /// UTS and network namespaces, an empty root, the unprivileged --uid/--gid, no
+    /// capabilities, rlimits, a cgroup with memory, CPU and thread limits); off starts them
+    /// plainly, for debugging (needs no root).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    pub jail: bool,
+    /// The unprivileged uid the processes run as (not 0).
+    #[arg(long, value_name = "UID", default_value_t = 65534)]
+    pub uid: u32,
+    /// The unprivileged gid the processes run as (not 0).
+    #[arg(long, value_name = "GID", default_value_t = 65534)]
+    pub gid: u32,
+    /// Landlock in every process: enforce denies all filesystem access once its resources
+    /// are open (a kernel without landlock is refused); off opts out.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = bulkhead_seccomp::landlock::LandlockMode::Enforce)]
+    pub landlock: bulkhead_seccomp::landlock::LandlockMode,
     /// Read flags from a JSON object whose fields are these flags ({"memory": 512,
     /// "disk": ["path=a.img"], ...}); flags given beside it override or add to it.
     #[arg(long, value_name = "FILE")]
@@ -173,6 +189,14 @@ pub struct BootBenchArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u64,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
 }
 
 #[cfg(test)]

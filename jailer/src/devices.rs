@@ -11,8 +11,9 @@ use crate::disk_arg::{DiskArg, DiskBackend};
 use crate::launch::console::ConsoleStream;
 use crate::launch::{self, DeviceProcess, LaunchError};
 use crate::net_arg::{format_mac, random_mac, NetArg, NetBackend};
-use crate::netns::{NetNs, NetNsError};
+use crate::netns::{NetNs as NamedNetNs, NetNsError};
 use crate::tap::TapError;
+use bulkhead::jail::NetNs;
 
 /// Virtio device ids.
 const VIRTIO_ID_NET: u32 = 1;
@@ -55,7 +56,7 @@ pub struct Devices {
     /// The backend processes bulkhead started.
     pub processes: Vec<DeviceProcess>,
     /// Namespaces to delete after the processes are gone.
-    namespaces: Vec<NetNs>,
+    namespaces: Vec<NamedNetNs>,
 }
 
 impl Devices {
@@ -164,10 +165,13 @@ impl Devices {
             device: name.to_owned(),
             source,
         };
-        let taps = match &net.backend {
-            NetBackend::Tap(tap) => crate::tap::open(tap, net.queues).map_err(tap_err)?,
+        let (taps, netns) = match &net.backend {
+            NetBackend::Tap(tap) => (
+                crate::tap::open(tap, net.queues).map_err(tap_err)?,
+                NetNs::Host,
+            ),
             NetBackend::Auto { host_ip, guest_ip } => {
-                let ns = NetNs::create(&format!("bulkhead-{}-{name}", std::process::id()))
+                let ns = NamedNetNs::create(&format!("bulkhead-{}-{name}", std::process::id()))
                     .map_err(ns_err)?;
                 // On an error below, dropping `ns` deletes the namespace again.
                 let taps = ns.open_tap(AUTO_TAP, net.queues).map_err(ns_err)?;
@@ -180,10 +184,10 @@ impl Devices {
                      reach the guest at {guest} with `ip netns exec {ns_name} ...`",
                     format_mac(&mac)
                 );
-                taps
+                (taps, launch::confine::named_netns(&ns_name))
             }
         };
-        let (process, socket) = launch::start_net(name, taps, &mac)?;
+        let (process, socket) = launch::start_net(name, taps, &mac, netns)?;
         self.add(
             name,
             VIRTIO_ID_NET,
@@ -215,13 +219,13 @@ impl Devices {
     /// Stops every backend process (reporting any that had ended badly and was not
     /// reported yet), then deletes bulkhead's network namespaces.
     pub fn stop(&mut self) {
-        for p in self.processes.drain(..) {
+        for mut p in self.processes.drain(..) {
             let (name, program, pid, reported) =
                 (p.name.clone(), p.program.clone(), p.pid(), p.reported);
             match p.stop() {
                 _ if reported => {}
                 Some(s) if s.success() || s.signal() == Some(libc::SIGTERM) => {}
-                Some(s) => log::warn!("{name}: {program} (pid {pid}) {}", launch::describe(s)),
+                Some(s) => log::warn!("{name}: {program} (pid {pid}) {}", p.describe(s)),
                 None => log::warn!("{name}: {program} (pid {pid}) could not be reaped"),
             }
         }
@@ -237,7 +241,7 @@ fn ended(p: &mut DeviceProcess) -> Option<String> {
         "{} (pid {}) {}",
         p.program,
         p.pid(),
-        launch::describe(status)
+        p.describe(status)
     ))
 }
 

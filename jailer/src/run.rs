@@ -11,8 +11,8 @@ use bulkhead_vmm::{TEST_GUEST, TEST_GUEST_NAME};
 use crate::api::ApiSocket;
 use crate::cli::RunArgs;
 use crate::devices::Devices;
-use crate::launch;
 use crate::launch::console::ConsoleStream;
+use crate::launch::{self, Confinement};
 use crate::supervise::Supervisor;
 
 /// Builds the VM configuration from the command line (without devices).
@@ -52,6 +52,10 @@ fn run(args: &RunArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    if let Err(e) = confine(args, &config) {
+        eprintln!("bulkhead: error: {e}");
+        return EXIT_BULKHEAD_FAILED;
+    }
     log::info!(
         "booting {} with {} MiB and {} vCPU(s)",
         config.boot.kernel.display_path().display(),
@@ -85,6 +89,37 @@ fn run(args: &RunArgs) -> i32 {
     };
     devices.stop();
     code
+}
+
+/// Sets how the processes are confined; refuses what cannot be done (confinement fails
+/// closed: the user opts out of a layer, bulkhead never drops one silently).
+fn confine(args: &RunArgs, config: &VmConfig) -> Result<(), String> {
+    if args.jail {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(
+                "confining the VM's processes (namespaces, cgroups, an empty root, \
+                        another uid) needs root; --jail off starts them unconfined"
+                    .into(),
+            );
+        }
+        if args.uid == 0 || args.gid == 0 {
+            return Err(format!(
+                "--uid {} --gid {}: the processes must run unprivileged (not 0)",
+                args.uid, args.gid
+            ));
+        }
+    } else {
+        eprintln!("bulkhead: --jail off: the VM's processes run without namespaces or an empty root, as this user");
+    }
+    launch::configure(Confinement {
+        jail: args.jail,
+        uid: args.uid,
+        gid: args.gid,
+        landlock: args.landlock,
+        guest_memory: config.memory_mib << 20,
+    });
+    Ok(())
 }
 
 /// Prints `e` and its causes on one line; returns [`EXIT_BULKHEAD_FAILED`].

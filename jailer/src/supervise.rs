@@ -19,7 +19,7 @@ use bulkhead_vmm::process::EXIT_BULKHEAD_FAILED;
 
 use crate::api::ApiSocket;
 use crate::devices::Devices;
-use crate::launch::{self, DeviceProcess, VMM};
+use crate::launch::{DeviceProcess, VMM};
 
 /// How long the vmm gets to end after being asked to stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -303,7 +303,7 @@ impl<'a> Supervisor<'a> {
     /// explaining a device failure by how its process ended.
     fn conclude(self) -> i32 {
         let Supervisor {
-            vmm,
+            mut vmm,
             devices,
             report,
             signal,
@@ -348,12 +348,12 @@ fn pollin(fd: RawFd) -> libc::pollfd {
 }
 
 /// Reports that the vmm process ended without a proper goodbye; returns the exit status.
-fn vmm_died(vmm: DeviceProcess, what: &str) -> i32 {
+fn vmm_died(mut vmm: DeviceProcess, what: &str) -> i32 {
     let (program, pid) = (vmm.program.clone(), vmm.pid());
     match vmm.stop() {
         Some(status) => eprintln!(
             "bulkhead: {VMM} failed: {program} (pid {pid}) {}; VM stopped",
-            launch::describe(status)
+            vmm.describe(status)
         ),
         None => eprintln!("bulkhead: {VMM} failed: {program} (pid {pid}) {what}; VM stopped"),
     }

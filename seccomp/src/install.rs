@@ -8,8 +8,11 @@
 //!   `clone`, whose flags the allowlist checks), `openat` ENOENT.
 //!
 //! In `enforce` mode a SIGSYS handler (installed once per process, before the first
-//! filter) writes one [`crate::report`] line on stderr and re-raises SIGSYS with the
-//! default action, so the process dies by SIGSYS and its parent sees that in `waitpid`.
+//! filter) writes one [`crate::report`] line on stderr and sends itself SIGSYS with
+//! `tgkill`, which a third filter answers with SECCOMP_RET_KILL_PROCESS: the process dies
+//! by SIGSYS and its parent sees that in `waitpid`. (A plain re-raise is not enough: a
+//! jailed process is pid 1 of its namespace, and the kernel drops signals a namespace's
+//! init has no handler for, even its own; seccomp's kill is forced.)
 //! No allowlist lets `rt_sigaction` touch SIGSYS, so a confined thread can't disarm it.
 //!
 //! [`compile`] allocates; [`Filter::apply`] does not, so a forked child of a threaded
@@ -103,6 +106,27 @@ fn rule_map(role: Role) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::
         .collect())
 }
 
+/// The filter that turns the SIGSYS handler's `tgkill(pid, tid, SIGSYS)` into the kill of
+/// the whole process.
+fn kill_on_sigsys() -> Result<BpfProgram, seccompiler::BackendError> {
+    let sigsys = SeccompCondition::new(
+        2,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::SIGSYS as u64,
+    )?;
+    let rules = [(libc::SYS_tgkill, vec![SeccompRule::new(vec![sigsys])?])]
+        .into_iter()
+        .collect();
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::KillProcess,
+        TargetArch::x86_64,
+    )
+    .and_then(BpfProgram::try_from)
+}
+
 /// Compiles `role`'s filters for `mode`; `None` when `mode` is `Off`.
 pub fn compile(role: Role, mode: SeccompMode) -> Result<Option<Filter>, Error> {
     let mismatch = match mode {
@@ -119,7 +143,7 @@ pub fn compile(role: Role, mode: SeccompMode) -> Result<Option<Filter>, Error> {
     )
     .and_then(BpfProgram::try_from)
     .map_err(err)?;
-    let answers = rules::ANSWERED
+    let mut answers = rules::ANSWERED
         .iter()
         .map(|a| {
             SeccompFilter::new(
@@ -132,6 +156,9 @@ pub fn compile(role: Role, mode: SeccompMode) -> Result<Option<Filter>, Error> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
+    if mode == SeccompMode::Enforce {
+        answers.push(kill_on_sigsys().map_err(err)?);
+    }
     Ok(Some(Filter {
         role,
         mode,
@@ -241,8 +268,8 @@ extern "C" fn on_sigsys(
     let bytes = line.as_bytes();
     // SAFETY: write(2) of a buffer we own, with its length, on stderr, whatever it is.
     unsafe { libc::write(libc::STDERR_FILENO, bytes.as_ptr().cast(), bytes.len()) };
-    // SA_RESETHAND made SIGSYS's action the default (terminate): send it to ourselves,
-    // it is delivered when the call returns.
+    // The kill filter answers this with SECCOMP_RET_KILL_PROCESS (by SIGSYS); outside a
+    // pid namespace's init the reset default action would do the same.
     // SAFETY: getpid and gettid take no arguments; tgkill signals this very thread.
     unsafe {
         libc::syscall(

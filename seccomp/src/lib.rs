@@ -9,31 +9,31 @@
 //! The outside-in steps (namespaces, cgroups, rlimits, closing fds, clearing the
 //! environment) are the jailer's, in `jailer/`.
 
-/// The last steps of a jail as one call, `finish_jail`, and the flags that ask for it.
-pub mod jail;
-/// An empty read-only root (pivot_root into a tmpfs).
-pub mod root;
 /// An unprivileged identity: uid/gid, no capabilities, no_new_privs.
 pub mod identity;
+/// The last steps of a jail as one call, `finish_jail`, and the flags that ask for it.
+pub mod jail;
 /// Landlock denying all filesystem access.
 pub mod landlock;
+/// An empty read-only root (pivot_root into a tmpfs).
+pub mod root;
 
-/// Which role a thread has (vmm main, vCPU, block/net/console worker, vhost-user).
-pub mod role;
-/// `--seccomp enforce|log|off`, and the process-wide mode for self-confining threads.
-pub mod mode;
-/// Each role's allowlist as Rust data, with a reason per rule.
-pub mod rules;
 /// Compiling an allowlist to BPF, installing it, and the SIGSYS report handler.
 pub mod install;
-/// Starting named, confined threads; confining a library's thread at its first event.
-pub mod thread;
-/// The SIGSYS report line and its parser (for the launcher).
-pub mod report;
-/// x86_64 system call names by number.
-pub mod names;
 #[cfg(test)]
 mod install_tests;
+/// `--seccomp enforce|log|off`, and the process-wide mode for self-confining threads.
+pub mod mode;
+/// x86_64 system call names by number.
+pub mod names;
+/// The SIGSYS report line and its parser (for the launcher).
+pub mod report;
+/// Which role a thread has (vmm main, vCPU, block/net/console worker, vhost-user).
+pub mod role;
+/// Each role's allowlist as Rust data, with a reason per rule.
+pub mod rules;
+/// Starting named, confined threads; confining a library's thread at its first event.
+pub mod thread;
 
 pub use install::{compile, install, Filter};
 pub use mode::SeccompMode;

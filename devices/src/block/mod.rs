@@ -86,6 +86,7 @@ where
         args,
         |args: &Args| args.print_capabilities,
         |args: &Args| (args.seccomp, args.seccomp_selftest),
+        |args: &Args| args.jail.clone(),
         |args| Config::try_from(args).map_err(Error::from).and_then(run),
     )
 }
@@ -93,7 +94,7 @@ where
 /// Opens the image and serves it until the frontend disconnects or SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<Ended, Error> {
     // First, before any thread exists, so every thread inherits the blocked signals.
-    let termination = Termination::install().map_err(Error::Signals)?;
+    let termination = Termination::block().map_err(Error::Signals)?;
     run_with(config, &termination)
 }
 
@@ -135,5 +136,6 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         backend,
         &config.endpoint,
         termination,
+        || Ok(()),
     )?)
 }

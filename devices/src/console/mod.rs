@@ -77,6 +77,7 @@ where
         args,
         |args: &Args| args.print_capabilities,
         |args: &Args| (args.seccomp, args.seccomp_selftest),
+        |args: &Args| args.jail.clone(),
         |args| Config::try_from(args).map_err(Error::from).and_then(run),
     )
 }
@@ -85,7 +86,7 @@ where
 /// SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<Ended, Error> {
     // First, before any thread exists, so every thread inherits the blocked signals.
-    let termination = Termination::install().map_err(Error::Signals)?;
+    let termination = Termination::block().map_err(Error::Signals)?;
     run_with(config, &termination)
 }
 
@@ -103,14 +104,24 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
     }
     let port = Arc::new(Port::new(opened.output));
     let backend = Arc::new(ConsoleBackend::new(port, opened.size).map_err(Error::Io)?);
-    let io = io::IoThread::spawn(Arc::clone(&backend), opened.source).map_err(Error::Io)?;
+    // The I/O thread starts once the process is confined (serve calls back).
+    let mut io = None;
+    let mut source = Some(opened.source);
     let result = daemon::serve(
         "bulkhead-console",
         Arc::clone(&backend),
         &config.endpoint,
         termination,
+        || {
+            if let Some(source) = source.take() {
+                io = Some(io::IoThread::spawn(Arc::clone(&backend), source)?);
+            }
+            Ok(())
+        },
     );
-    io.stop();
+    if let Some(io) = io {
+        io.stop();
+    }
     let c = &backend.counters;
     let p = backend.port();
     log::info!(

@@ -8,6 +8,7 @@ use std::fmt::Display;
 
 use clap::Parser;
 
+use bulkhead_seccomp::jail::JailArgs;
 use bulkhead_seccomp::SeccompMode;
 
 use super::thread_name::{arm_self_test, SelfTest};
@@ -24,12 +25,15 @@ pub struct Backend<'a> {
 /// Runs a backend whose arguments are `A` with `args` (the first is the program name):
 /// `wants_capabilities` says whether `--print-capabilities` was given, `seccomp` gives
 /// `--seccomp` and `--seccomp-selftest` (they become the process's settings, which the
-/// threads read as they confine themselves), `run` does the rest.
+/// threads read as they confine themselves), `jail` the jail's last steps
+/// (`--jail-uid/--jail-gid/--landlock`, applied by [`super::serve`] once the resources
+/// are open), `run` does the rest.
 pub fn backend_main<A, E, I, T>(
     backend: Backend<'_>,
     args: I,
     wants_capabilities: impl FnOnce(&A) -> bool,
     seccomp: impl FnOnce(&A) -> (SeccompMode, Option<SelfTest>),
+    jail: impl FnOnce(&A) -> JailArgs,
     run: impl FnOnce(A) -> Result<Ended, E>,
 ) -> i32
 where
@@ -55,6 +59,7 @@ where
     }
     let (mode, self_test) = seccomp(&args);
     bulkhead_seccomp::mode::set_process_mode(mode);
+    super::confine::set_jail(jail(&args));
     arm_self_test(self_test.or_else(self_test_from_env));
     match run(args) {
         Ok(ended) => {

@@ -7,6 +7,7 @@
 //! the launcher's job (start a fresh process), as vhost-user's "backend program
 //! conventions" have it.
 
+mod confine;
 pub mod connection;
 pub mod main;
 pub mod relay;
@@ -22,6 +23,7 @@ use vhost_user_backend::{Error as LibError, VhostUserBackend, VhostUserDaemon};
 use vm_memory::mmap::NewBitmap;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+pub use confine::set_jail;
 pub use connection::{Connection, ConnectionError, Endpoint};
 pub use relay::RelayError;
 pub use signals::Termination;
@@ -56,6 +58,15 @@ pub enum DaemonError {
         /// The library's error.
         error: LibError,
     },
+    /// The jail's last steps failed.
+    #[error("confining the process: {0}")]
+    Jail(#[source] bulkhead_seccomp::jail::JailError),
+    /// The signal watcher could not start.
+    #[error("watching for SIGTERM: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The backend's own threads could not start.
+    #[error("starting the backend's threads: {0}")]
+    Started(#[source] std::io::Error),
     /// The vhost-user thread's seccomp filter could not be installed.
     #[error("confining the vhost-user thread: {0}")]
     Seccomp(#[source] bulkhead_seccomp::install::Error),
@@ -78,13 +89,16 @@ pub enum DaemonError {
 }
 
 /// Serves one frontend on `endpoint` with `backend` until it disconnects or `termination`
-/// fires. Install `termination` before anything starts threads (so they inherit its signal
-/// mask); this function starts the queue threads.
+/// fires. Create `termination` before anything starts threads (so they inherit its signal
+/// mask). Once the socket is open, this function finishes the process's jail (single-
+/// threaded), starts the signal watcher, runs `started` (which may start threads of the
+/// caller's), then starts the queue threads.
 pub fn serve<T>(
     name: &str,
     backend: T,
     endpoint: &Endpoint,
     termination: &Termination,
+    started: impl FnOnce() -> std::io::Result<()>,
 ) -> Result<Ended, DaemonError>
 where
     T: VhostUserBackend + Clone + 'static,
@@ -92,6 +106,8 @@ where
     T::Vring: Clone + Send + Sync,
 {
     let connection = Connection::open(endpoint)?;
+    confine::confine(termination)?;
+    started().map_err(DaemonError::Started)?;
     let mut daemon = VhostUserDaemon::new(
         name.to_string(),
         backend,

@@ -17,6 +17,10 @@ type Action = Box<dyn FnOnce() + Send>;
 
 #[derive(Default)]
 struct State {
+    /// Whether signals are blocked for this watcher to wait for.
+    watch: bool,
+    /// Whether the waiting thread was started.
+    watching: AtomicBool,
     signalled: AtomicBool,
     action: Mutex<Option<Action>>,
 }
@@ -51,16 +55,37 @@ impl Termination {
     /// it afterwards inherits the block (call it before starting any), and starts the thread
     /// that waits for them.
     pub fn install() -> io::Result<Termination> {
+        let termination = Termination::block()?;
+        termination.watch()?;
+        Ok(termination)
+    }
+
+    /// Blocks SIGTERM and SIGINT in the calling thread (call it before starting any thread,
+    /// so that all inherit the block); [`watch`](Self::watch) starts the thread that waits
+    /// for them. Until then the signals stay pending.
+    pub fn block() -> io::Result<Termination> {
         let set = termination_set();
         // SAFETY: pthread_sigmask reads the set we pass and changes this thread's mask.
         let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         if ret != 0 {
             return Err(io::Error::from_raw_os_error(ret));
         }
-        let termination = Termination {
-            state: Arc::default(),
-        };
-        let watcher = termination.clone();
+        Ok(Termination {
+            state: Arc::new(State {
+                watch: true,
+                ..State::default()
+            }),
+        })
+    }
+
+    /// Starts the thread that waits for the blocked signals (once; nothing for a
+    /// [`manual`](Self::manual) watcher).
+    pub fn watch(&self) -> io::Result<()> {
+        if !self.state.watch || self.state.watching.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let set = termination_set();
+        let watcher = self.clone();
         // Confined like the vhost-user thread whose connection it shuts down.
         spawn_confined("signals", Role::VhostUser, process_mode(), move || loop {
             let mut signal = 0;
@@ -70,7 +95,7 @@ impl Termination {
                 watcher.trigger();
             }
         })?;
-        Ok(termination)
+        Ok(())
     }
 
     /// A watcher with no signal handling, triggered only by [`trigger`](Self::trigger) (for

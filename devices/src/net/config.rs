@@ -46,6 +46,11 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Enforce)]
     pub seccomp: SeccompMode,
 
+    /// The jail's last steps, once the resources are open: `--jail-uid/--jail-gid` (set by
+    /// a jailer) and `--landlock`.
+    #[command(flatten)]
+    pub jail: bulkhead_seccomp::jail::JailArgs,
+
     /// Test only: make the main thread or each queue thread call a system call outside
     /// its allowlist once confined.
     #[arg(long, value_enum, value_name = "THREAD", hide = true)]

@@ -104,6 +104,7 @@ where
         args,
         |args: &Args| args.print_capabilities,
         |args: &Args| (args.seccomp, args.seccomp_selftest),
+        |args: &Args| args.jail.clone(),
         |args| Config::try_from(args).map_err(Error::from).and_then(run),
     )
 }
@@ -124,7 +125,7 @@ pub fn random_mac() -> std::io::Result<[u8; 6]> {
 /// goes away (an error).
 pub fn run(config: Config) -> Result<Ended, Error> {
     // First, before any thread exists, so every thread inherits the blocked signals.
-    let termination = Termination::install().map_err(Error::Signals)?;
+    let termination = Termination::block().map_err(Error::Signals)?;
     run_with(config, &termination)
 }
 
@@ -176,6 +177,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         Arc::clone(&backend),
         &config.endpoint,
         termination,
+        || Ok(()),
     );
     backend.stop();
     log::debug!("counters at exit: {:?}", backend.counters().snapshot());

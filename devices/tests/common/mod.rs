@@ -29,8 +29,17 @@ pub const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
 /// A daemon's `main_with_args`, as the binary runs it.
 pub type Main = fn(Vec<String>) -> i32;
 
+/// The daemon's arguments: `args`, with landlock and seccomp off: they confine the process
+/// and its threads, and this process is the test harness (tests/seccomp.rs and
+/// tests/jailer.rs check them on real processes).
 fn argv(program: &str, args: Vec<String>) -> Vec<String> {
-    let mut argv = vec![program.to_string()];
+    let mut argv = vec![
+        program.to_string(),
+        "--landlock".into(),
+        "off".into(),
+        "--seccomp".into(),
+        "off".into(),
+    ];
     argv.extend(args);
     argv
 }

@@ -314,7 +314,7 @@ mod tests {
         };
         let cgroup = Cgroup::create(&root, "vm1-blk", &limits).unwrap().unwrap();
         let leaf = root.join("bulkhead/vm1-blk");
-        assert_eq!(cgroup.paths(), [leaf.clone()]);
+        assert_eq!(cgroup.paths(), std::slice::from_ref(&leaf));
         assert_eq!(
             fs::read_to_string(leaf.join("memory.max")).unwrap(),
             "67108864"

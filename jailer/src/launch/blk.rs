@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 
-use super::{backend_program, spawn, DeviceProcess, LaunchError, FIRST_EXTRA_FD, SOCKET_FD};
+use super::{backend_program, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
 
 /// Starts `bulkhead-blk` on the image at `path`: the launcher opens the image (so the
 /// backend needs no access to the filesystem) and hands it over as fd 4, with its end of a
@@ -52,7 +52,14 @@ pub fn start_blk(
         "--seccomp",
         &bulkhead_seccomp::mode::children_mode().to_string(),
     ]);
-    spawn(name, cmd, vec![OwnedFd::from(disk)], false)
+    // A regular file may not grow through the backend; a block device has no such limit.
+    let size = disk.metadata().map(|m| m.len()).unwrap_or(0);
+    let needs = Needs {
+        workers: u64::from(queues),
+        max_file_size: (size > 0).then_some(size),
+        ..Needs::default()
+    };
+    spawn(name, cmd, vec![OwnedFd::from(disk)], false, &needs)
 }
 
 /// Refuses, naming the file, an image the block backend would refuse by its fd alone.

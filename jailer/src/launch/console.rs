@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::{backend_program, spawn, DeviceProcess, LaunchError, FIRST_EXTRA_FD, SOCKET_FD};
+use super::{backend_program, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
 
 /// Where the virtio console is connected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,7 +85,12 @@ pub fn start_console(
         "--seccomp",
         &bulkhead_seccomp::mode::children_mode().to_string(),
     ]);
-    spawn(name, cmd, fds, *stream == ConsoleStream::Stdio)
+    let needs = Needs {
+        // The guest's output may fill a console file; other streams are not files.
+        max_file_size: (!matches!(stream, ConsoleStream::File(_))).then_some(0),
+        ..Needs::default()
+    };
+    spawn(name, cmd, fds, *stream == ConsoleStream::Stdio, &needs)
 }
 
 #[cfg(test)]

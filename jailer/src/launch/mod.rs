@@ -1,10 +1,12 @@
-//! Starting the device processes and stopping them again: the one place where bulkhead
-//! spawns a backend, so confinement (the jailer) can be added here. One file per kind of
-//! backend says what it is given.
+//! Starting the VM's processes and stopping them again: [`spawn`] is the one place where
+//! bulkhead starts one, through the jailer ([`confine`]) unless `--jail off`. One file per
+//! kind of process says what it is given.
 
 mod blk;
+pub mod confine;
 pub mod console;
 mod net;
+mod stderr;
 mod vmm;
 
 pub use blk::start_blk;
@@ -12,12 +14,18 @@ pub use console::start_console;
 pub use net::start_net;
 pub use vmm::{start_vmm, VMM};
 
+use std::ffi::OsString;
+use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use bulkhead::jail::JailedChild;
+
+pub use confine::{configure, confinement, Confinement, Needs};
 
 /// The fd a backend finds its vhost-user socket on.
 pub const SOCKET_FD: RawFd = 3;
@@ -66,6 +74,15 @@ pub enum LaunchError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// The jailer could not start it.
+    #[error("{name}: {source}")]
+    Jail {
+        /// Device name.
+        name: String,
+        /// What failed.
+        #[source]
+        source: Box<bulkhead::jail::SpawnError>,
+    },
     /// Creating the socket pair or the process failed.
     #[error("{name}: starting {program}")]
     Spawn {
@@ -79,45 +96,93 @@ pub enum LaunchError {
     },
 }
 
-/// A running backend process.
+/// A started process: jailed, or plain with `--jail off`.
+enum Child {
+    Plain(std::process::Child),
+    Jailed(JailedChild),
+}
+
+/// A running process of the VM.
 pub struct DeviceProcess {
-    /// Device name (`disk0`).
+    /// Device name (`disk0`, or `vmm`).
     pub name: String,
     /// Program name for messages.
     pub program: String,
     /// Whether its failure was already reported to the user.
     pub reported: bool,
     child: Child,
+    heard: stderr::Heard,
 }
 
 impl DeviceProcess {
-    /// Its pid.
+    /// Its pid (in bulkhead's pid namespace).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.child {
+            Child::Plain(c) => c.id(),
+            Child::Jailed(c) => c.pid() as u32,
+        }
+    }
+
+    /// How it ended, for messages: the exit status or signal and, for a process seccomp
+    /// killed, the call it was refused.
+    pub fn describe(&self, status: ExitStatus) -> String {
+        let mut how = describe(status);
+        if status.signal() == Some(libc::SIGSYS) {
+            if let Some(v) = self.heard.violation(Duration::from_millis(500)) {
+                how.push_str(&format!(
+                    ": seccomp refused system call {} ({}) in thread {} (role {})",
+                    v.name, v.nr, v.thread, v.role
+                ));
+            }
+        }
+        how
     }
 
     /// How it ended, if it already has.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        match &mut self.child {
+            Child::Plain(c) => c.try_wait().ok().flatten(),
+            Child::Jailed(c) => c.try_wait().ok().flatten(),
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        match &self.child {
+            // SAFETY: kill(2) on the pid of our own child, not yet reaped (callers check
+            // `exited` first), so the pid cannot have been reused.
+            Child::Plain(c) => unsafe {
+                libc::kill(c.id() as libc::pid_t, signal);
+            },
+            Child::Jailed(c) => {
+                let _ = c.kill(signal);
+            }
+        }
     }
 
     /// Asks it to stop (SIGTERM), then kills it after a grace period; returns how it ended.
-    pub fn stop(mut self) -> Option<ExitStatus> {
-        if let Some(s) = self.exited() {
-            return Some(s);
-        }
-        // SAFETY: kill(2) on the pid of our own child, which has not been reaped (try_wait
-        // just said it is running), so the pid cannot have been reused.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if let Some(s) = self.exited() {
-                return Some(s);
+    /// A jailed process's cgroup is removed once it is reaped.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let status = self.exited().or_else(|| {
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if let Some(s) = self.exited() {
+                    return Some(s);
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            self.signal(libc::SIGKILL);
+            match &mut self.child {
+                Child::Plain(c) => c.wait().ok(),
+                Child::Jailed(c) => c.wait().ok(),
+            }
+        });
+        if let Child::Jailed(c) = &mut self.child {
+            if let Err(e) = c.cleanup() {
+                log::warn!("{}: {e}", self.name);
+            }
         }
-        let _ = self.child.kill();
-        self.child.wait().ok()
+        status
     }
 }
 
@@ -141,6 +206,7 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGINT => "SIGINT",
         libc::SIGHUP => "SIGHUP",
         libc::SIGPIPE => "SIGPIPE",
+        libc::SIGXFSZ => "SIGXFSZ",
         _ => "signal",
     }
 }
@@ -161,23 +227,30 @@ pub fn backend_program(name: &str, program: &str) -> Result<PathBuf, LaunchError
     }
 }
 
-/// Starts `cmd` as the backend of device `name`: its end of a new socket pair becomes fd 3
-/// (`SOCKET_FD`), `fds` become 4, 5, ... in order; it dies with the launcher. Standard input
-/// is inherited when `inherit_stdin`, else /dev/null. Returns the process and the vmm's end
-/// of the socket.
+/// Starts `cmd` as the process of device `name` (or the vmm), confined as [`confine`]
+/// says and as `needs` asks: its end of a new socket pair becomes fd 3 (`SOCKET_FD`), `fds`
+/// become 4, 5, ... in order; standard input is inherited when `inherit_stdin`, else
+/// /dev/null; it runs in a session of its own and dies with the launcher. Returns the
+/// process and the launcher's end of the socket.
 pub(crate) fn spawn(
     name: &str,
-    mut cmd: Command,
+    cmd: Command,
     fds: Vec<OwnedFd>,
     inherit_stdin: bool,
+    needs: &Needs,
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
-    if fds.len() + 1 > MAX_PASSED_FDS {
-        return Err(LaunchError::Spawn {
-            name: name.to_owned(),
-            program: format!("{:?}", cmd.get_program()),
-            source: std::io::Error::from_raw_os_error(libc::E2BIG),
-        });
-    }
+    spawn_with(name, cmd, fds, inherit_stdin, needs, &confinement())
+}
+
+/// [`spawn`] with the given confinement.
+fn spawn_with(
+    name: &str,
+    cmd: Command,
+    fds: Vec<OwnedFd>,
+    inherit_stdin: bool,
+    needs: &Needs,
+    c: &Confinement,
+) -> Result<(DeviceProcess, UnixStream), LaunchError> {
     let program = Path::new(cmd.get_program())
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -187,6 +260,9 @@ pub(crate) fn spawn(
         program: program.clone(),
         source,
     };
+    if fds.len() + 1 > MAX_PASSED_FDS {
+        return Err(spawn_err(std::io::Error::from_raw_os_error(libc::E2BIG)));
+    }
     let (ours, theirs) = UnixStream::pair().map_err(spawn_err)?;
     let mut pairs = vec![(theirs.as_raw_fd(), SOCKET_FD)];
     pairs.extend(
@@ -194,12 +270,99 @@ pub(crate) fn spawn(
             .zip(FIRST_EXTRA_FD..)
             .map(|(f, to)| (f.as_raw_fd(), to)),
     );
+    let (errors, heard) = stderr::relay(name).map_err(spawn_err)?;
+    let child = if c.jail {
+        spawn_jailed(name, &cmd, &pairs, inherit_stdin, &errors, needs, c)?
+    } else {
+        spawn_plain(cmd, &pairs, inherit_stdin, &errors, c).map_err(spawn_err)?
+    };
+    drop(errors);
+    drop(theirs);
+    drop(fds);
+    let process = DeviceProcess {
+        name: name.to_owned(),
+        program,
+        reported: false,
+        child,
+        heard,
+    };
+    log::info!(
+        "{name}: started {} (pid {}){}",
+        process.program,
+        process.pid(),
+        if c.jail {
+            ", jailed"
+        } else {
+            ", not jailed (--jail off)"
+        }
+    );
+    Ok((process, ours))
+}
+
+/// The only environment a jailed process gets from the launcher's: logging, and the
+/// seccomp self-test trigger of the tests.
+const PASSED_ENV: [&str; 2] = ["RUST_LOG", "BULKHEAD_SECCOMP_SELFTEST"];
+
+/// Through the jailer: namespaces, cgroup, rlimits, only the given fds, no environment but
+/// [`PASSED_ENV`]; the program finishes its jail itself (the flags from
+/// `Jail::finish_flags`).
+fn spawn_jailed(
+    name: &str,
+    cmd: &Command,
+    pairs: &[(RawFd, RawFd)],
+    inherit_stdin: bool,
+    errors: &OwnedFd,
+    needs: &Needs,
+    c: &Confinement,
+) -> Result<Child, LaunchError> {
+    let jail = confine::jail_for(name, needs, c);
+    let mut args: Vec<OsString> = cmd.get_args().map(OsString::from).collect();
+    args.extend(jail.finish_flags().into_iter().map(OsString::from));
+    let null = if inherit_stdin {
+        None
+    } else {
+        Some(
+            File::open("/dev/null").map_err(|source| LaunchError::OpenDisk {
+                what: "standard input",
+                name: name.to_owned(),
+                path: "/dev/null".into(),
+                source,
+            })?,
+        )
+    };
+    let stdin = null.as_ref().map_or(0, |f| f.as_raw_fd());
+    let mut all = vec![(stdin, 0), (1, 1), (errors.as_raw_fd(), 2)];
+    all.extend_from_slice(pairs);
+    let env: Vec<(OsString, OsString)> = PASSED_ENV
+        .iter()
+        .filter_map(|name| std::env::var_os(name).map(|v| (OsString::from(name), v)))
+        .collect();
+    let child = jail
+        .spawn(Path::new(cmd.get_program()), &args, &all, &env)
+        .map_err(|e| LaunchError::Jail {
+            name: name.to_owned(),
+            source: Box::new(e),
+        })?;
+    Ok(Child::Jailed(child))
+}
+
+/// Plainly (`--jail off`): the fds placed, a session of its own, the parent-death signal.
+fn spawn_plain(
+    mut cmd: Command,
+    pairs: &[(RawFd, RawFd)],
+    inherit_stdin: bool,
+    errors: &OwnedFd,
+    c: &Confinement,
+) -> std::io::Result<Child> {
+    let pairs = pairs.to_vec();
     if !inherit_stdin {
         cmd.stdin(Stdio::null());
     }
+    cmd.stderr(Stdio::from(errors.try_clone()?));
+    cmd.arg("--landlock").arg(c.landlock.as_flag());
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (fcntl, dup2, setsid, prctl, getppid) on fds the parent keeps open
-    // until spawn returns.
+    // async-signal-safe calls (fcntl, dup2, setsid, prctl, getppid) on fds the parent keeps
+    // open until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
             place_fds(&pairs)?;
@@ -215,19 +378,7 @@ pub(crate) fn spawn(
             Ok(())
         })
     };
-    let child = cmd.spawn().map_err(spawn_err)?;
-    drop(theirs);
-    drop(fds);
-    log::info!("{name}: started {program} (pid {})", child.id());
-    Ok((
-        DeviceProcess {
-            name: name.to_owned(),
-            program,
-            reported: false,
-            child,
-        },
-        ours,
-    ))
+    Ok(Child::Plain(cmd.spawn()?))
 }
 
 /// In a forked child: makes each `(from, to)` fd available as `to`, inheritable. Goes
@@ -281,7 +432,19 @@ mod tests {
             "-c",
             "test -S /proc/self/fd/3 && test -f /proc/self/fd/4 && ! test -e /proc/self/fd/5",
         ]);
-        let (mut process, _sock) = spawn("test0", cmd, vec![OwnedFd::from(file)], false).unwrap();
+        let plain = Confinement {
+            jail: false,
+            ..Confinement::default()
+        };
+        let (mut process, _sock) = spawn_with(
+            "test0",
+            cmd,
+            vec![OwnedFd::from(file)],
+            false,
+            &Needs::default(),
+            &plain,
+        )
+        .unwrap();
         let status = loop {
             if let Some(s) = process.exited() {
                 break s;

@@ -4,14 +4,18 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 
-use super::{backend_program, spawn, DeviceProcess, LaunchError, FIRST_EXTRA_FD, SOCKET_FD};
+use bulkhead::jail::NetNs;
+
+use super::{backend_program, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
 use crate::net_arg::{format_mac, Mac};
 
-/// Starts `bulkhead-net` for device `name` on the TAP queues `taps`, with `mac`.
+/// Starts `bulkhead-net` for device `name` on the TAP queues `taps`, with `mac`, in network
+/// namespace `netns` (the one holding the TAP).
 pub fn start_net(
     name: &str,
     taps: Vec<OwnedFd>,
     mac: &Mac,
+    netns: NetNs,
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
     let program = backend_program(name, "bulkhead-net")?;
     let tap_fds: Vec<String> = (FIRST_EXTRA_FD..)
@@ -27,5 +31,10 @@ pub fn start_net(
         "--seccomp",
         &bulkhead_seccomp::mode::children_mode().to_string(),
     ]);
-    spawn(name, cmd, taps, false)
+    let needs = Needs {
+        netns,
+        workers: taps.len() as u64,
+        ..Needs::default()
+    };
+    spawn(name, cmd, taps, false, &needs)
 }

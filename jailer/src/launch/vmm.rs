@@ -10,7 +10,7 @@ use bulkhead_vmm::config::{SerialOutput, VirtioDeviceConfig};
 use bulkhead_vmm::process::args::{DeviceArg, DeviceSocket};
 use bulkhead_vmm::virtio::vhost_user::BackendSocket;
 
-use super::{backend_program, spawn, DeviceProcess, LaunchError, FIRST_EXTRA_FD, SOCKET_FD};
+use super::{backend_program, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
 use crate::cli::RunArgs;
 
 /// The name the vmm process goes by in messages.
@@ -68,5 +68,12 @@ pub fn start_vmm(
         "--seccomp",
         &bulkhead_seccomp::mode::children_mode().to_string(),
     ]);
-    spawn(VMM, cmd, fds, serial_input)
+    let needs = Needs {
+        workers: args.cpus,
+        // Guest memory is a memfd of that size; a serial log file may grow.
+        max_file_size: (!matches!(args.serial, SerialOutput::File(_))).then_some(args.memory << 20),
+        max_fds: 1024,
+        ..Needs::default()
+    };
+    spawn(VMM, cmd, fds, serial_input, &needs)
 }

@@ -24,4 +24,8 @@ pub const RULES: &[Rule] = &[
         &[Arg::Eq32(1, TUNSETQUEUE)],
         "a pair's TAP queue attached when its rings are used, detached when disabled",
     ),
+    Rule::any(
+        SYS_shutdown,
+        "a TAP that went away stops the backend: the frontend's connection is shut down",
+    ),
 ];
