@@ -17,17 +17,28 @@ pub enum Role {
     ConsoleWorker,
     /// A backend's main thread: the vhost-user socket, the memory table, its threads.
     VhostUser,
+    /// Any thread of bulkhead-blk (vhost-user and blk-worker together, and narrowing to
+    /// either): installed on the main thread before the queue threads are started, so that
+    /// none of them is ever unconfined; each narrows to its own role.
+    BlkProcess,
+    /// As [`Role::BlkProcess`], for bulkhead-net.
+    NetProcess,
+    /// As [`Role::BlkProcess`], for bulkhead-console.
+    ConsoleProcess,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 9] = [
         Role::VmmMain,
         Role::Vcpu,
         Role::BlkWorker,
         Role::NetWorker,
         Role::ConsoleWorker,
         Role::VhostUser,
+        Role::BlkProcess,
+        Role::NetProcess,
+        Role::ConsoleProcess,
     ];
 
     /// The role's name in messages and reports.
@@ -39,6 +50,9 @@ impl Role {
             Role::NetWorker => "net-worker",
             Role::ConsoleWorker => "console-worker",
             Role::VhostUser => "vhost-user",
+            Role::BlkProcess => "blk-process",
+            Role::NetProcess => "net-process",
+            Role::ConsoleProcess => "console-process",
         }
     }
 

@@ -133,6 +133,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
     ));
     Ok(daemon::serve(
         "bulkhead-blk",
+        bulkhead_seccomp::Role::BlkProcess,
         backend,
         &config.endpoint,
         termination,

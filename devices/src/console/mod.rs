@@ -109,6 +109,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
     let mut source = Some(opened.source);
     let result = daemon::serve(
         "bulkhead-console",
+        bulkhead_seccomp::Role::ConsoleProcess,
         Arc::clone(&backend),
         &config.endpoint,
         termination,

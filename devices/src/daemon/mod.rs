@@ -92,9 +92,12 @@ pub enum DaemonError {
 /// fires. Create `termination` before anything starts threads (so they inherit its signal
 /// mask). Once the socket is open, this function finishes the process's jail (single-
 /// threaded), starts the signal watcher, runs `started` (which may start threads of the
-/// caller's), then starts the queue threads.
+/// caller's), installs `process`'s filter (every role of this backend together) so that
+/// the queue threads are confined from birth (they narrow to their own role at their first
+/// event), then starts them.
 pub fn serve<T>(
     name: &str,
+    process: bulkhead_seccomp::Role,
     backend: T,
     endpoint: &Endpoint,
     termination: &Termination,
@@ -105,9 +108,30 @@ where
     T::Bitmap: BitmapReplace + NewBitmap + Clone + Send + Sync,
     T::Vring: Clone + Send + Sync,
 {
-    let connection = Connection::open(endpoint)?;
+    let relay_error = |source| DaemonError::Relay {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    // A connected socket goes through a relay, whose private listener is made now: no
+    // filter allows creating sockets.
+    let connection = match Connection::open(endpoint)? {
+        Connection::Connected(stream) => {
+            Opened::Relayed(relay::prepare().map_err(relay_error)?, stream)
+        }
+        Connection::Listening(listener) => {
+            // Shutting a listening socket down wakes a blocked accept with an error.
+            // SAFETY: dup of a descriptor the listener owns; the copy is owned by the
+            // OwnedFd.
+            let dup = unsafe { libc::dup(listener.as_raw_fd()) };
+            // SAFETY: `dup` is a fresh descriptor that nothing else owns.
+            let wake = (dup >= 0).then(|| unsafe { OwnedFd::from_raw_fd(dup) });
+            Opened::Listening(listener, wake)
+        }
+    };
     confine::confine(termination)?;
     started().map_err(DaemonError::Started)?;
+    bulkhead_seccomp::install(process, bulkhead_seccomp::mode::process_mode())
+        .map_err(DaemonError::Seccomp)?;
     let mut daemon = VhostUserDaemon::new(
         name.to_string(),
         backend,
@@ -116,14 +140,9 @@ where
     .map_err(|error| DaemonError::Start { error })?;
 
     let relay = match connection {
-        Connection::Listening(mut listener) => {
+        Opened::Listening(mut listener, wake) => {
             info!("waiting for a frontend on {endpoint}");
-            // Shutting a listening socket down wakes a blocked accept with an error.
-            // SAFETY: dup of a descriptor the listener owns; the copy is owned by the OwnedFd.
-            let dup = unsafe { libc::dup(listener.as_raw_fd()) };
-            if dup >= 0 {
-                // SAFETY: `dup` is a fresh descriptor that nothing else owns.
-                let wake = unsafe { OwnedFd::from_raw_fd(dup) };
+            if let Some(wake) = wake {
                 termination.on_signal(move || {
                     // SAFETY: shutdown on a descriptor we own; no memory is passed.
                     unsafe { libc::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
@@ -141,12 +160,7 @@ where
             })?;
             None
         }
-        Connection::Connected(stream) => {
-            let relay_error = |source| DaemonError::Relay {
-                endpoint: endpoint.clone(),
-                source,
-            };
-            let mut pending = relay::prepare().map_err(relay_error)?;
+        Opened::Relayed(mut pending, stream) => {
             confine_vhost_user()?;
             // Our end is already queued on the private listener: this accept can't block.
             daemon
@@ -185,6 +199,14 @@ where
             error,
         }),
     }
+}
+
+/// The frontend's socket, ready to serve.
+enum Opened {
+    /// Listening for the frontend, with a copy of the listener to shut down on SIGTERM.
+    Listening(vhost::vhost_user::Listener, Option<OwnedFd>),
+    /// Connected to it, through a relay being set up.
+    Relayed(relay::Pending, std::os::unix::net::UnixStream),
 }
 
 /// Installs the vhost-user filter on the calling (main) thread, in the process's mode:

@@ -174,6 +174,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
     })?;
     let served = daemon::serve(
         "bulkhead-net",
+        bulkhead_seccomp::Role::NetProcess,
         Arc::clone(&backend),
         &config.endpoint,
         termination,

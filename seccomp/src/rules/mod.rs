@@ -11,7 +11,9 @@ pub mod vmm;
 
 mod blk;
 mod console;
+mod narrowing;
 mod net;
+mod startup;
 mod vcpu;
 mod vhost_user;
 
@@ -102,6 +104,27 @@ pub fn for_role(role: Role) -> Vec<&'static Rule> {
         Role::NetWorker => &[common::THREAD_START, net::RULES],
         Role::ConsoleWorker => &[console::RULES],
         Role::VhostUser => &[common::THREAD_START, vhost_user::RULES],
+        Role::BlkProcess => &[
+            common::THREAD_START,
+            vhost_user::RULES,
+            blk::RULES,
+            narrowing::RULES,
+            startup::RULES,
+        ],
+        Role::NetProcess => &[
+            common::THREAD_START,
+            vhost_user::RULES,
+            net::RULES,
+            narrowing::RULES,
+            startup::RULES,
+        ],
+        Role::ConsoleProcess => &[
+            common::THREAD_START,
+            vhost_user::RULES,
+            console::RULES,
+            narrowing::RULES,
+            startup::RULES,
+        ],
     };
     common::RULES
         .iter()
