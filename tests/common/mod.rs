@@ -11,6 +11,7 @@ pub mod initramfs;
 pub mod netns;
 #[path = "../../jailer/src/bench/qsd.rs"]
 pub mod qsd;
+pub mod running;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;

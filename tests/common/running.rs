@@ -1,0 +1,171 @@
+//! A VM with all its kinds of processes, for the tests that look at them from outside:
+//! `bulkhead run` with a disk, a network device in its own namespace and a console, the
+//! guest serving the network for a minute; and what must be gone once it has ended.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use super::disk::Image;
+
+/// A running `bulkhead run` with a disk, a network device and a console, its guest serving
+/// the network for a minute.
+pub struct Running {
+    child: Child,
+    stderr: std::thread::JoinHandle<String>,
+    img: Image,
+    console: std::path::PathBuf,
+}
+
+impl Running {
+    pub fn start(tag: &str) -> Running {
+        Running::start_with(tag, &[])
+    }
+
+    pub fn start_with(tag: &str, extra: &[&str]) -> Running {
+        let img = Image::new(tag, 1 << 20);
+        let console =
+            std::env::temp_dir().join(format!("bulkhead-{tag}-{}.log", std::process::id()));
+        let mut child = super::bulkhead()
+            .arg("run")
+            .arg("--disk")
+            .arg(img.disk_arg(""))
+            .args(["--net", "auto"])
+            .arg("--console")
+            .arg(format!("file={}", console.display()))
+            .args([
+                "--cmdline",
+                "bulkhead.test=net-serve bulkhead.net.serve-ms=60000",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting bulkhead");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("serving ip=") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().expect("piped");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let serving = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+        let mut running = Running {
+            child,
+            stderr,
+            img,
+            console,
+        };
+        if !serving {
+            let _ = running.child.kill();
+            let _ = running.child.wait();
+            panic!("the guest never started serving");
+        }
+        running
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The disk image's path.
+    pub fn image(&self) -> String {
+        self.img.path.display().to_string()
+    }
+
+    /// The console file's path.
+    pub fn console(&self) -> String {
+        self.console.display().to_string()
+    }
+
+    /// Waits for the launcher to end; returns its exit code and stderr.
+    pub fn finish(mut self) -> (Option<i32>, String) {
+        let status = super::wait_until(&mut self.child, Instant::now() + Duration::from_secs(30));
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new))
+            .join()
+            .unwrap_or_default();
+        let status = status.unwrap_or_else(|| panic!("bulkhead did not stop:\n{stderr}"));
+        (status.code(), stderr)
+    }
+}
+
+impl Drop for Running {
+    /// A failed assertion must not leave the VM running: kill the launcher (by pid; its
+    /// children die with it).
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.console);
+    }
+}
+
+/// The launcher's children (pid, program name).
+pub fn children(pid: u32) -> Vec<(u32, String)> {
+    let list =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .map(|c| {
+            // comm is cut at 15 bytes (bulkhead-consol): the executable's name is whole.
+            let name = std::fs::read_link(format!("/proc/{c}/exe"))
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            (c, name)
+        })
+        .collect()
+}
+
+/// Nothing of launcher `pid` is left: no process and no namespace.
+pub fn assert_nothing_left(pid: u32, children: &[(u32, String)]) {
+    for (c, name) in children {
+        let gone = (0..250).any(|_| {
+            let alive = std::path::Path::new(&format!("/proc/{c}")).exists();
+            if alive {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !alive
+        });
+        assert!(gone, "{name} (pid {c}) outlived the VM");
+    }
+    let prefix = format!("bulkhead-{pid}-");
+    let named = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let namespaces = named(std::path::Path::new("/run/netns"));
+    assert!(
+        namespaces.is_empty(),
+        "network namespaces left behind: {namespaces:?}"
+    );
+    // cgroup v2 (/sys/fs/cgroup/bulkhead) or v1 (/sys/fs/cgroup/<controller>/bulkhead).
+    let mut cgroups = named(std::path::Path::new("/sys/fs/cgroup/bulkhead"));
+    for controller in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        cgroups.extend(named(&controller.path().join("bulkhead")));
+    }
+    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&prefix)).collect();
+    assert!(left.is_empty(), "mounts left behind: {left:?}");
+}
