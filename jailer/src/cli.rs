@@ -47,7 +47,7 @@ pub struct RunArgs {
     /// UTS and network namespaces, an empty root, the unprivileged --uid/--gid, no
     /// capabilities, rlimits, a cgroup with memory, CPU and thread limits); off starts them
     /// plainly, for debugging (needs no root).
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub jail: bool,
     /// The unprivileged uid the processes run as (not 0).
     #[arg(long, value_name = "UID", default_value_t = 65534)]
@@ -147,6 +147,17 @@ pub enum BenchWhat {
     /// Guest UDP throughput both ways at 64 and 1400 bytes through bulkhead-net (--net auto)
     /// beside the host's own over a veth pair between two namespaces.
     Net(NetBenchArgs),
+    /// Start-up time to the first guest line and total RSS minus guest memory of all of a
+    /// VM's processes, confined (the default) beside unconfined.
+    Confine(ConfineBenchArgs),
+}
+
+/// `bulkhead bench confine`.
+#[derive(Args, Debug, Clone)]
+pub struct ConfineBenchArgs {
+    /// Runs of each configuration.
+    #[arg(long, default_value_t = 10)]
+    pub runs: u32,
 }
 
 /// `bulkhead bench net`.
@@ -202,6 +213,23 @@ fn parse_on_off(s: &str) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jail_takes_on_or_off() {
+        let jail = |v: &str| match Cli::try_parse_from(["bulkhead", "run", "--jail", v]) {
+            Ok(Cli {
+                command: Command::Run(r),
+            }) => Some(r.jail),
+            _ => None,
+        };
+        assert_eq!(jail("on"), Some(true));
+        assert_eq!(jail("off"), Some(false));
+        assert_eq!(jail("yes"), None);
+        match Cli::try_parse_from(["bulkhead", "run"]).unwrap().command {
+            Command::Run(r) => assert!(r.jail && r.uid == 65534 && r.gid == 65534),
+            _ => unreachable!(),
+        }
+    }
 
     #[test]
     fn definition_is_consistent() {

@@ -238,7 +238,7 @@ impl JailArgs {
 pub fn finish_jail(args: &JailArgs) -> Result<(), JailError> {
     let pid = std::process::id();
     if args.jail_uid.is_none() && args.landlock == LandlockMode::Off {
-        log::warn!("process {pid}: not jailed and landlock is off (--landlock off)");
+        log::info!("process {pid}: not jailed and landlock is off (--landlock off)");
         return Ok(());
     }
     let threads = count_threads().map_err(|source| JailError::CountThreads { pid, source })?;

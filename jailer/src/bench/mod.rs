@@ -1,9 +1,11 @@
 //! `bulkhead bench`: benchmarks that print figures beside a baseline measured in the same
-//! run (never timed assertions): `boot` (start-up time, memory overhead) and `blk` (guest
-//! block I/O through bulkhead-blk, through qemu-storage-daemon, and the host's own I/O).
+//! run (never timed assertions): `boot` (start-up time, memory overhead), `blk` (guest
+//! block I/O through bulkhead-blk, through qemu-storage-daemon, and the host's own I/O),
+//! `net` (UDP throughput beside a veth pair) and `confine` (what confinement costs).
 
 mod blk;
 mod boot;
+mod confine;
 mod host_io;
 mod net;
 mod qsd;
@@ -16,6 +18,7 @@ pub fn main(args: BenchArgs) -> i32 {
         BenchWhat::Boot(a) => boot::main(a),
         BenchWhat::Blk(a) => blk::main(a),
         BenchWhat::Net(a) => net::main(a),
+        BenchWhat::Confine(a) => confine::main(a),
     }
 }
 
