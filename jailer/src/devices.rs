@@ -208,6 +208,18 @@ impl Devices {
         })
     }
 
+    /// The first backend process that has already ended badly (a signal or a non-zero
+    /// status; not waiting for any), with how it ended; marks it reported.
+    pub fn failed(&mut self) -> Option<(String, String)> {
+        self.processes.iter_mut().find_map(|p| {
+            let status = p.exited()?;
+            if status.success() {
+                return None;
+            }
+            ended(p).map(|how| (p.name.clone(), how))
+        })
+    }
+
     /// How device `name`'s process ended, if bulkhead started it and it has (waiting
     /// briefly: a hang-up can arrive a moment before the process is reapable); marks it
     /// reported.

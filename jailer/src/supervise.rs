@@ -318,6 +318,14 @@ impl<'a> Supervisor<'a> {
             eprintln!("bulkhead: {device} failed: {why}; VM stopped");
             return EXIT_BULKHEAD_FAILED;
         }
+        // A backend that died while the guest was ending (the guest may notice first and
+        // exit with a failure of its own) is the failure to report.
+        if report.ready && report.error.is_none() {
+            if let Some((device, how)) = devices.failed() {
+                eprintln!("bulkhead: {device} failed: {how}; VM stopped");
+                return EXIT_BULKHEAD_FAILED;
+            }
+        }
         match report.error {
             // Before Ready: the VM could not be built. A backend that failed at start-up
             // shows up as a broken socket: say how its process ended, which names the
