@@ -48,6 +48,19 @@ fn status_field<'a>(status: &'a str, field: &str) -> Option<&'a str> {
     })
 }
 
+/// How many system calls each role's allowlist lets through (fewer is better).
+pub fn seccomp_roles() -> Fact {
+    let counts: Vec<String> = bulkhead_seccomp::Role::ALL
+        .iter()
+        .map(|r| format!("{r} {}", bulkhead_seccomp::rules::syscalls(*r).len()))
+        .collect();
+    Fact::new(
+        Status::Info,
+        "seccomp allowlists",
+        format!("system calls allowed per thread role: {}", counts.join(", ")),
+    )
+}
+
 /// Whether seccomp filter mode is available, from `/proc/self/status` and
 /// `seccomp(SECCOMP_GET_ACTION_AVAIL)`.
 pub fn seccomp() -> Fact {

@@ -131,6 +131,7 @@ fn all_facts() -> Vec<Fact> {
     facts.extend([
         kvm::virtualisation(),
         confinement::seccomp(),
+        confinement::seccomp_roles(),
         confinement::landlock(),
         confinement::namespaces(),
         confinement::user_namespaces(),
