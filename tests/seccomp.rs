@@ -212,3 +212,22 @@ fn a_vcpu_thread_outside_its_list_is_reported_by_the_launcher() {
     require_kvm!();
     dies_under_the_launcher(&[], "console=ttyS0", "vcpu", "bulkhead-vmm", "vcpu");
 }
+
+#[test]
+fn a_vmm_thread_outside_its_list_is_reported_by_the_launcher() {
+    require_kvm!();
+    dies_under_the_launcher(&[], "console=ttyS0", "vmm-main", "bulkhead-vmm", "vmm-main");
+}
+
+#[test]
+fn a_backend_thread_under_its_process_filter_is_reported_by_the_launcher() {
+    require_kvm!();
+    let img = Image::new("seccomp-process", 16 << 20);
+    dies_under_the_launcher(
+        &["--disk", &img.disk_arg("")],
+        "bulkhead.test=blk-identify",
+        "blk-process",
+        "bulkhead-blk",
+        "blk-process",
+    );
+}

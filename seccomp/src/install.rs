@@ -170,10 +170,14 @@ pub fn compile(role: Role, mode: SeccompMode) -> Result<Option<Filter>, Error> {
 /// Compiles and installs `role`'s filters on the calling thread (nothing when `mode` is
 /// `Off`).
 pub fn install(role: Role, mode: SeccompMode) -> Result<(), Error> {
-    match compile(role, mode)? {
-        Some(filter) => filter.apply(),
-        None => Ok(()),
+    let self_test = crate::thread::self_test_wanted(role);
+    if let Some(filter) = compile(role, mode)? {
+        filter.apply()?;
     }
+    if self_test {
+        crate::thread::call_outside_every_list(role);
+    }
+    Ok(())
 }
 
 impl Filter {
