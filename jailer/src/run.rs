@@ -3,10 +3,8 @@
 //! The launcher starts the device backends, then the vmm process (`bulkhead-vmm`) with the
 //! vmm's end of each backend's socket, and waits for the vmm to report why the VM stopped.
 
-use bulkhead_vmm::boot::{BootConfig, KernelImage};
-use bulkhead_vmm::config::{ConfigError, SerialOutput, VmConfig};
+use bulkhead_vmm::config::{ConfigError, Machine, SerialOutput, VmConfig};
 pub use bulkhead_vmm::process::{chain, EXIT_BULKHEAD_FAILED};
-use bulkhead_vmm::{TEST_GUEST, TEST_GUEST_NAME};
 
 use crate::api::ApiSocket;
 use crate::cli::RunArgs;
@@ -15,30 +13,21 @@ use crate::launch::console::ConsoleStream;
 use crate::launch::{self, Confinement};
 use crate::supervise::Supervisor;
 
-/// Builds the VM configuration from the command line (without devices).
+/// Builds the VM configuration from the command line (without devices), to refuse bad
+/// values before anything starts.
 pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
-    let cpus = u8::try_from(args.cpus)
-        .ok()
-        .filter(|n| (1..=bulkhead_vmm::boot::mptable::MAX_CPUS).contains(n))
-        .ok_or(ConfigError::Cpus(args.cpus))?;
-    let kernel = match &args.kernel {
-        Some(path) => KernelImage::File(path.clone()),
-        None => KernelImage::Embedded(TEST_GUEST_NAME, TEST_GUEST),
-    };
-    let config = VmConfig {
-        memory_mib: args.memory,
-        cpus,
-        boot: BootConfig {
-            kernel,
-            initrd: args.initrd.clone(),
-            cmdline: args.cmdline.clone(),
+    VmConfig::new(
+        Machine {
+            kernel: args.kernel.as_deref(),
+            initrd: args.initrd.as_deref(),
+            cmdline: &args.cmdline,
+            memory_mib: args.memory,
+            cpus: args.cpus,
+            serial: &args.serial,
         },
-        serial: args.serial.clone(),
-        serial_input: true,
-        devices: Vec::new(),
-    };
-    config.validate()?;
-    Ok(config)
+        true,
+        Vec::new(),
+    )
 }
 
 /// Runs `bulkhead run`; returns the process exit status.

@@ -70,7 +70,54 @@ pub enum ConfigError {
     Memory(u64),
 }
 
+/// A machine as a command line describes it (`bulkhead run`'s or `bulkhead-vmm`'s).
+#[derive(Clone, Copy, Debug)]
+pub struct Machine<'a> {
+    /// Kernel image; the built-in test guest when `None`.
+    pub kernel: Option<&'a std::path::Path>,
+    /// Initial ramdisk.
+    pub initrd: Option<&'a std::path::Path>,
+    /// Kernel command line.
+    pub cmdline: &'a str,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// vCPUs, as given (checked here).
+    pub cpus: u64,
+    /// Serial console.
+    pub serial: &'a SerialOutput,
+}
+
 impl VmConfig {
+    /// The checked configuration of `machine` with `devices`.
+    pub fn new(
+        machine: Machine<'_>,
+        serial_input: bool,
+        devices: Vec<VirtioDeviceConfig>,
+    ) -> Result<VmConfig, ConfigError> {
+        let cpus = u8::try_from(machine.cpus)
+            .ok()
+            .filter(|n| (1..=crate::boot::mptable::MAX_CPUS).contains(n))
+            .ok_or(ConfigError::Cpus(machine.cpus))?;
+        let kernel = match machine.kernel {
+            Some(path) => crate::boot::KernelImage::File(path.to_owned()),
+            None => crate::boot::KernelImage::Embedded(crate::TEST_GUEST_NAME, crate::TEST_GUEST),
+        };
+        let config = VmConfig {
+            memory_mib: machine.memory_mib,
+            cpus,
+            boot: BootConfig {
+                kernel,
+                initrd: machine.initrd.map(ToOwned::to_owned),
+                cmdline: machine.cmdline.to_owned(),
+            },
+            serial: machine.serial.clone(),
+            serial_input,
+            devices,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks ranges before anything is created.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.cpus == 0 || self.cpus > crate::boot::mptable::MAX_CPUS {

@@ -4,11 +4,10 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bulkhead_seccomp::SeccompMode;
 use clap::Parser;
 
 use super::virtio::{ID_BYTES, MAX_QUEUES};
-use crate::daemon::thread_name::SelfTest;
+use crate::daemon::ConfinementArgs;
 use crate::daemon::Endpoint;
 
 /// The JSON `--print-capabilities` prints: QEMU's `docs/interop/vhost-user.json` schema for
@@ -39,21 +38,9 @@ pub struct Args {
     #[arg(long)]
     pub print_capabilities: bool,
 
-    /// Seccomp filters on every thread: enforce (a call outside a thread's allowlist is
-    /// reported on stderr and kills the process with SIGSYS), log (allowed, logged by the
-    /// kernel: for debugging), or off.
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Enforce)]
-    pub seccomp: SeccompMode,
-
-    /// The jail's last steps, once the resources are open: `--jail-uid/--jail-gid` (set by
-    /// a jailer) and `--landlock`.
+    /// Seccomp, landlock and the jail's last steps.
     #[command(flatten)]
-    pub jail: bulkhead_seccomp::jail::JailArgs,
-
-    /// Test only: make the main thread or each queue thread call a system call outside
-    /// its allowlist once confined.
-    #[arg(long, value_enum, value_name = "THREAD", hide = true)]
-    pub seccomp_selftest: Option<SelfTest>,
+    pub confinement: ConfinementArgs,
 
     /// The disk image: a raw file or a block device.
     #[arg(

@@ -85,8 +85,7 @@ where
         },
         args,
         |args: &Args| args.print_capabilities,
-        |args: &Args| (args.seccomp, args.seccomp_selftest),
-        |args: &Args| args.jail.clone(),
+        |args: &Args| args.confinement.clone(),
         |args| Config::try_from(args).map_err(Error::from).and_then(run),
     )
 }

@@ -9,8 +9,30 @@
 use std::sync::OnceLock;
 
 use bulkhead_seccomp::jail::{finish_jail, JailArgs};
+use bulkhead_seccomp::SeccompMode;
 
+use super::thread_name::SelfTest;
 use super::{DaemonError, Termination};
+
+/// The confinement flags every backend takes (`#[command(flatten)]` them).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConfinementArgs {
+    /// Seccomp filters on every thread: enforce (a call outside a thread's allowlist is
+    /// reported on stderr and kills the process with SIGSYS), log (allowed, logged by the
+    /// kernel: for debugging), or off.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Enforce)]
+    pub seccomp: SeccompMode,
+
+    /// The jail's last steps, once the resources are open: `--jail-uid/--jail-gid` (set by
+    /// a jailer) and `--landlock`.
+    #[command(flatten)]
+    pub jail: JailArgs,
+
+    /// Test only: make the main thread or each queue thread call a system call outside
+    /// its allowlist once confined.
+    #[arg(long, value_enum, value_name = "THREAD", hide = true)]
+    pub seccomp_selftest: Option<SelfTest>,
+}
 
 static JAIL: OnceLock<JailArgs> = OnceLock::new();
 

@@ -8,10 +8,8 @@ use std::fmt::Display;
 
 use clap::Parser;
 
-use bulkhead_seccomp::jail::JailArgs;
-use bulkhead_seccomp::SeccompMode;
-
 use super::thread_name::{arm_self_test, SelfTest};
+use super::ConfinementArgs;
 use super::Ended;
 
 /// What a backend tells [`backend_main`] about itself.
@@ -23,17 +21,15 @@ pub struct Backend<'a> {
 }
 
 /// Runs a backend whose arguments are `A` with `args` (the first is the program name):
-/// `wants_capabilities` says whether `--print-capabilities` was given, `seccomp` gives
-/// `--seccomp` and `--seccomp-selftest` (they become the process's settings, which the
-/// threads read as they confine themselves), `jail` the jail's last steps
-/// (`--jail-uid/--jail-gid/--landlock`, applied by [`super::serve`] once the resources
-/// are open), `run` does the rest.
+/// `wants_capabilities` says whether `--print-capabilities` was given, `confinement` gives
+/// the confinement flags (they become the process's settings: the seccomp mode the threads
+/// read as they confine themselves, the jail's last steps [`super::serve`] applies once the
+/// resources are open), `run` does the rest.
 pub fn backend_main<A, E, I, T>(
     backend: Backend<'_>,
     args: I,
     wants_capabilities: impl FnOnce(&A) -> bool,
-    seccomp: impl FnOnce(&A) -> (SeccompMode, Option<SelfTest>),
-    jail: impl FnOnce(&A) -> JailArgs,
+    confinement: impl FnOnce(&A) -> ConfinementArgs,
     run: impl FnOnce(A) -> Result<Ended, E>,
 ) -> i32
 where
@@ -57,10 +53,14 @@ where
         println!("{}", backend.capabilities);
         return 0;
     }
-    let (mode, self_test) = seccomp(&args);
-    bulkhead_seccomp::mode::set_process_mode(mode);
-    super::confine::set_jail(jail(&args));
-    arm_self_test(self_test.or_else(self_test_from_env));
+    let ConfinementArgs {
+        seccomp,
+        jail,
+        seccomp_selftest,
+    } = confinement(&args);
+    bulkhead_seccomp::mode::set_process_mode(seccomp);
+    super::confine::set_jail(jail);
+    arm_self_test(seccomp_selftest.or_else(self_test_from_env));
     match run(args) {
         Ok(ended) => {
             log::info!("exiting: {ended:?}");

@@ -23,7 +23,7 @@ use vhost_user_backend::{Error as LibError, VhostUserBackend, VhostUserDaemon};
 use vm_memory::mmap::NewBitmap;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-pub use confine::set_jail;
+pub use confine::{set_jail, ConfinementArgs};
 pub use connection::{Connection, ConnectionError, Endpoint};
 pub use relay::RelayError;
 pub use signals::Termination;

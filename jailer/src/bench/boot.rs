@@ -29,13 +29,7 @@ struct Sample {
 
 /// Runs the benchmark; returns the exit status.
 pub fn main(args: BenchArgs) -> i32 {
-    match run(&args) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("bulkhead bench: {e}");
-            crate::run::EXIT_BULKHEAD_FAILED
-        }
-    }
+    super::exit_status(run(&args))
 }
 
 fn run(args: &BenchArgs) -> Result<(), String> {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use bulkhead_vmm::kvm::run_loop::monotonic_ns;
+use bulkhead_vmm::process::status_kib;
 
 use super::median;
 use crate::cli::ConfineBenchArgs as BenchArgs;
@@ -24,13 +25,7 @@ struct Sample {
 
 /// Runs the benchmark; returns the exit status.
 pub fn main(args: BenchArgs) -> i32 {
-    match run(&args) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("bulkhead bench: {e}");
-            crate::run::EXIT_BULKHEAD_FAILED
-        }
-    }
+    super::exit_status(run(&args))
 }
 
 fn run(args: &BenchArgs) -> Result<(), String> {
@@ -148,14 +143,7 @@ fn rss_minus_shmem(pid: u32) -> u64 {
         .map(|p| {
             let status = std::fs::read_to_string(PathBuf::from(format!("/proc/{p}/status")))
                 .unwrap_or_default();
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            field("VmRSS:").saturating_sub(field("RssShmem:"))
+            status_kib(&status, "VmRSS:").saturating_sub(status_kib(&status, "RssShmem:"))
         })
         .sum()
 }

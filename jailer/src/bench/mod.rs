@@ -22,6 +22,17 @@ pub fn main(args: BenchArgs) -> i32 {
     }
 }
 
+/// The exit status of a benchmark that ended with `result`, saying why it failed.
+fn exit_status(result: Result<(), String>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bulkhead bench: {e}");
+            crate::run::EXIT_BULKHEAD_FAILED
+        }
+    }
+}
+
 /// The median of `v` (0 for none).
 pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();

@@ -57,7 +57,10 @@ pub fn seccomp_roles() -> Fact {
     Fact::new(
         Status::Info,
         "seccomp allowlists",
-        format!("system calls allowed per thread role: {}", counts.join(", ")),
+        format!(
+            "system calls allowed per thread role: {}",
+            counts.join(", ")
+        ),
     )
 }
 

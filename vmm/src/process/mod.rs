@@ -16,4 +16,4 @@ mod run;
 mod signals;
 
 pub use outcome::{Outcome, EXIT_BULKHEAD_FAILED};
-pub use run::{chain, main};
+pub use run::{chain, main, status_kib};

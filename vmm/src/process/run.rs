@@ -10,10 +10,9 @@ use super::control::{Control, StatusInfo};
 use super::fds::{check_socket, FdError};
 use super::outcome::{Outcome, EXIT_BULKHEAD_FAILED};
 use super::signals::stop_on_signals;
-use crate::boot::{BootConfig, KernelImage};
-use crate::config::{ConfigError, VirtioDeviceConfig, VmConfig};
+use crate::builder;
+use crate::config::{Machine, VirtioDeviceConfig, VmConfig};
 use crate::virtio::vhost_user::BackendSocket;
-use crate::{builder, TEST_GUEST, TEST_GUEST_NAME};
 
 /// Runs `bulkhead-vmm` with `args`; returns the exit status.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
@@ -95,10 +94,6 @@ fn run(args: &VmmArgs, control: Option<&Control>, stats: Stats) -> Outcome {
 
 /// The VM configuration `args` describe, adopting the inherited device sockets.
 fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
-    let cpus = u8::try_from(args.cpus)
-        .ok()
-        .filter(|n| (1..=crate::boot::mptable::MAX_CPUS).contains(n))
-        .ok_or(ConfigError::Cpus(args.cpus))?;
     let mut seen = Vec::new();
     let mut devices = Vec::new();
     for d in &args.devices {
@@ -126,24 +121,18 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
             socket,
         });
     }
-    let kernel = match &args.kernel {
-        Some(path) => KernelImage::File(path.clone()),
-        None => KernelImage::Embedded(TEST_GUEST_NAME, TEST_GUEST),
-    };
-    let config = VmConfig {
-        memory_mib: args.memory,
-        cpus,
-        boot: BootConfig {
-            kernel,
-            initrd: args.initrd.clone(),
-            cmdline: args.cmdline.clone(),
+    Ok(VmConfig::new(
+        Machine {
+            kernel: args.kernel.as_deref(),
+            initrd: args.initrd.as_deref(),
+            cmdline: &args.cmdline,
+            memory_mib: args.memory,
+            cpus: args.cpus,
+            serial: &args.serial,
         },
-        serial: args.serial.clone(),
-        serial_input: !args.no_serial_input,
+        !args.no_serial_input,
         devices,
-    };
-    config.validate()?;
-    Ok(config)
+    )?)
 }
 
 /// `e` and its causes on one line.
@@ -156,6 +145,15 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+/// The value of KiB field `name` (`"VmRSS:"`) in a /proc status file; 0 when absent.
+pub fn status_kib(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// This process's memory figures and when the guest was first entered, for `bulkhead
@@ -197,13 +195,7 @@ impl Stats {
             }
         }
         let status = String::from_utf8_lossy(&buf[..len]);
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let field = |name: &str| status_kib(&status, name);
         eprintln!(
             "bulkhead-stats: vm_hwm_kib={} rss_anon_kib={} rss_file_kib={} rss_shmem_kib={}",
             field("VmHWM:"),
