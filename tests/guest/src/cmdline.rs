@@ -101,6 +101,11 @@ pub struct ConsoleOptions {
     pub lines: u32,
     /// `bulkhead.console.echo-ms=N`: how long `console-echo` echoes (default 5000).
     pub echo_ms: u64,
+    /// `bulkhead.console.resize-ms=N`: how long `console-resize` watches for size changes
+    /// (default 5000).
+    pub resize_ms: u64,
+    /// `bulkhead.console.resizes=N`: size changes `console-resize` waits for (default 1).
+    pub resizes: u32,
 }
 
 impl Default for ConsoleOptions {
@@ -108,6 +113,8 @@ impl Default for ConsoleOptions {
         Self {
             lines: 3,
             echo_ms: 5000,
+            resize_ms: 5000,
+            resizes: 1,
         }
     }
 }
@@ -410,6 +417,14 @@ pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
             b"bulkhead.console.echo-ms" => {
                 config.console.echo_ms = value!("bulkhead.console.echo-ms", parse_ms);
             }
+            b"bulkhead.console.resize-ms" => {
+                config.console.resize_ms = value!("bulkhead.console.resize-ms", parse_ms);
+            }
+            b"bulkhead.console.resizes" => {
+                config.console.resizes = value!("bulkhead.console.resizes", |v| parse_number(v)
+                    .filter(|&n| n <= 100_000)
+                    .map(|n| n as u32));
+            }
             _ => {}
         }
     }
@@ -638,12 +653,14 @@ mod tests {
             (10_000, 7, 5555)
         );
         assert_eq!((c.console.lines, c.console.echo_ms), (3, 5000));
+        assert_eq!((c.console.resize_ms, c.console.resizes), (5000, 1));
         let c = parse(
             b"bulkhead.net.ip=192.168.5.9/28 bulkhead.net.peer=192.168.5.1 \
               bulkhead.net.mac=52:54:00:ab:cd:ef bulkhead.net.serve-ms=250 \
               bulkhead.net.echo-port=7007 bulkhead.net.port=9000 bulkhead.net.sizes=0,1472 \
               bulkhead.net.bench-ms=100 bulkhead.net.nic=1 bulkhead.console.lines=0 \
-              bulkhead.console.echo-ms=20",
+              bulkhead.console.echo-ms=20 bulkhead.console.resize-ms=300 \
+              bulkhead.console.resizes=0x3",
         )
         .unwrap();
         let n = c.net;
@@ -658,6 +675,7 @@ mod tests {
         );
         assert_eq!(n.sizes(), &[0, 1472]);
         assert_eq!((c.console.lines, c.console.echo_ms), (0, 20));
+        assert_eq!((c.console.resize_ms, c.console.resizes), (300, 3));
         for (bad, key) in [
             ("bulkhead.net.ip=10.0.2", "bulkhead.net.ip"),
             ("bulkhead.net.ip=10.0.2.2/32", "bulkhead.net.ip"),
@@ -670,6 +688,16 @@ mod tests {
             ("bulkhead.net.sizes=1,2,3,4,5,6,7,8,9", "bulkhead.net.sizes"),
             ("bulkhead.net.sizes=", "bulkhead.net.sizes"),
             ("bulkhead.console.echo-ms=x", "bulkhead.console.echo-ms"),
+            ("bulkhead.console.resize-ms=0", "bulkhead.console.resize-ms"),
+            (
+                "bulkhead.console.resize-ms=3600001",
+                "bulkhead.console.resize-ms",
+            ),
+            ("bulkhead.console.resizes=-1", "bulkhead.console.resizes"),
+            (
+                "bulkhead.console.resizes=100001",
+                "bulkhead.console.resizes",
+            ),
         ] {
             let value = &bad.as_bytes()[key.len() + 1..];
             assert_eq!(

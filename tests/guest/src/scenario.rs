@@ -46,10 +46,12 @@ pub enum Scenario {
     ConsoleWrite,
     /// Echoes what the virtio console receives.
     ConsoleEcho,
+    /// Sees the virtio console's size change (configuration-change generation).
+    ConsoleResize,
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 21] = [
+const NAMES: [(Scenario, &str); 22] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -71,6 +73,7 @@ const NAMES: [(Scenario, &str); 21] = [
     (Scenario::NetBench, "net-bench"),
     (Scenario::ConsoleWrite, "console-write"),
     (Scenario::ConsoleEcho, "console-echo"),
+    (Scenario::ConsoleResize, "console-resize"),
 ];
 
 /// What runs without `bulkhead.test`: every scenario that is harmless to the devices found.

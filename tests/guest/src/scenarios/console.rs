@@ -7,6 +7,17 @@
 //!   (default 5000) writes every byte read back (one chain per buffer received), ending
 //!   early at a byte 0x04 (Ctrl-D; neither it nor what follows it in the same buffer is
 //!   echoed), and prints `console echoed <n> bytes`.
+//! - `console-resize`: prints `console0 size cols=<c> rows=<r>` (the size read at set-up),
+//!   then for `bulkhead.console.resize-ms` (default 5000) reads ConfigGeneration every
+//!   [`RESIZE_POLL_MS`] ms (each read is an exit to the VMM: it sleeps in between, spinning
+//!   on the TSC). Whenever the generation moved, it reads `cols`/`rows` again (retried until
+//!   the generation is the same around the read), acknowledges the configuration-change
+//!   interrupt (InterruptACK = `VIRTIO_MMIO_INT_CONFIG`, bit 1) and prints
+//!   `console0 size cols=<c> rows=<r>` again; several changes between two polls count as
+//!   one. It stops once it saw `bulkhead.console.resizes` changes (default 1) and prints
+//!   `console0 resized <n> times` (also when the time ran out); PASS with at least that
+//!   many changes, otherwise `FAIL console-resize: timeout waiting for console0 size
+//!   changes: saw <n> of <wanted> in <ms> ms`.
 
 use super::net::Error;
 use crate::machine::Machine;
@@ -17,6 +28,8 @@ use core::fmt::Write;
 
 /// How long the device may take to consume what was written.
 const FLUSH_TIMEOUT_MS: u64 = 5000;
+/// `console-resize` reads ConfigGeneration this often.
+pub const RESIZE_POLL_MS: u64 = 20;
 
 /// The identify line.
 pub fn identify(cons: &Cons) {
@@ -125,5 +138,43 @@ pub fn echo(machine: &mut Machine) -> Result<(), Error> {
     }
     flush(cons)?;
     crate::say!("console echoed {echoed} bytes");
+    Ok(())
+}
+
+/// Wait `ms` milliseconds at CPL3 without touching a device, but not past `end`.
+fn pause(ms: u64, end: Deadline) {
+    let wake = Deadline::after_ms(ms);
+    while !wake.passed() && !end.passed() {
+        core::hint::spin_loop();
+    }
+}
+
+/// `console-resize`.
+pub fn resize(machine: &mut Machine) -> Result<(), Error> {
+    let (ms, wanted) = (
+        machine.config.console.resize_ms,
+        machine.config.console.resizes,
+    );
+    let mut registry = nics::lock();
+    let cons = registry.console(&machine.config.devices, &mut machine.frames)?;
+    let c = cons.console.config;
+    crate::say!("console0 size cols={} rows={}", c.cols, c.rows);
+    let deadline = Deadline::after_ms(ms);
+    let mut seen = 0u32;
+    while seen < wanted {
+        if let Some(c) = cons.console.poll_config().map_err(Error::ConsoleConfig)? {
+            seen += 1;
+            crate::say!("console0 size cols={} rows={}", c.cols, c.rows);
+            continue;
+        }
+        if deadline.passed() {
+            break;
+        }
+        pause(RESIZE_POLL_MS, deadline);
+    }
+    crate::say!("console0 resized {seen} times");
+    if seen < wanted {
+        return Err(Error::TooFewResizes { seen, wanted, ms });
+    }
     Ok(())
 }

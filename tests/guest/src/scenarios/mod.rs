@@ -69,5 +69,6 @@ pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
         Scenario::NetBench => net::bench::run(machine).map_err(Failure::Net),
         Scenario::ConsoleWrite => console::write(machine).map_err(Failure::Net),
         Scenario::ConsoleEcho => console::echo(machine).map_err(Failure::Net),
+        Scenario::ConsoleResize => console::resize(machine).map_err(Failure::Net),
     }
 }

@@ -4,7 +4,7 @@
 //! [`TX_BUF`] bytes is one device-readable chain.
 
 use super::bufs::{RingError, RxRing, TxRing};
-use super::mmio::{InitError, Transport};
+use super::mmio::{InitError, Transport, INT_CONFIG};
 use super::queue::{self, Queue, QueueMemory};
 use super::{device_id, feature as common, Regs};
 use core::fmt;
@@ -98,10 +98,26 @@ pub struct Console<R> {
     pub rx: RxRing,
     /// Transmit buffers (queue 1).
     pub tx: TxRing,
-    /// Configuration read at set-up.
+    /// Configuration read at set-up, or by the last [`Console::poll_config`] that saw a
+    /// change.
     pub config: ConsoleConfig,
     /// Notifications sent.
     pub kicks: u64,
+    /// ConfigGeneration that `config` was read at.
+    generation: u32,
+}
+
+/// Read the configuration space (retried until ConfigGeneration is stable around the
+/// read); returns it and its generation. Fields of features not offered read as 0.
+fn read_config<R: Regs>(t: &Transport<R>) -> Result<(ConsoleConfig, u32), InitError> {
+    let offered = t.offered();
+    let size = offered & feature::SIZE != 0;
+    let multiport = offered & feature::MULTIPORT != 0;
+    t.read_config_generation(|c| ConsoleConfig {
+        cols: if size { c.u16(0) } else { 0 },
+        rows: if size { c.u16(2) } else { 0 },
+        max_nr_ports: if multiport { c.u32(4) } else { 0 },
+    })
 }
 
 fn setup<R: Regs>(
@@ -136,26 +152,7 @@ impl<R: Regs> Console<R> {
             return Err(ConsoleInitError::NotConsole(transport.device_id()));
         }
         let features = transport.negotiate(WANTED)?;
-        let offered = transport.offered();
-        let config = transport
-            .read_config(|c| ConsoleConfig {
-                cols: if offered & feature::SIZE != 0 {
-                    c.u16(0)
-                } else {
-                    0
-                },
-                rows: if offered & feature::SIZE != 0 {
-                    c.u16(2)
-                } else {
-                    0
-                },
-                max_nr_ports: if offered & feature::MULTIPORT != 0 {
-                    c.u32(4)
-                } else {
-                    0
-                },
-            })
-            .inspect_err(|_| transport.fail())?;
+        let (config, generation) = read_config(&transport).inspect_err(|_| transport.fail())?;
         let event_idx = features & common::EVENT_IDX != 0;
         let rxq = setup(&transport, RX_QUEUE, mem.rx_queue, event_idx)?;
         let txq = setup(&transport, TX_QUEUE, mem.tx_queue, event_idx)?;
@@ -173,6 +170,7 @@ impl<R: Regs> Console<R> {
             tx,
             config,
             kicks: 0,
+            generation,
         };
         console.rx.post_all().map_err(ConsoleInitError::Ring)?;
         console.kick(RX_QUEUE);
@@ -187,6 +185,24 @@ impl<R: Regs> Console<R> {
     /// The transport.
     pub fn transport(&self) -> &Transport<R> {
         &self.transport
+    }
+
+    /// Look for a configuration change (a terminal resize): one register read,
+    /// ConfigGeneration, when nothing changed. When it moved since `config` was read, read
+    /// the configuration again (retried until the generation is the same before and after,
+    /// so a read torn by a further change is not used), acknowledge the configuration-change
+    /// interrupt (InterruptACK = [`INT_CONFIG`]; the driver polls, but the bit must not stay
+    /// pending), update `config` and return it. Several changes between two calls are seen
+    /// as one, with the latest configuration.
+    pub fn poll_config(&mut self) -> Result<Option<ConsoleConfig>, InitError> {
+        if self.transport.config_generation() == self.generation {
+            return Ok(None);
+        }
+        let (config, generation) = read_config(&self.transport)?;
+        self.transport.interrupt_ack(INT_CONFIG);
+        self.config = config;
+        self.generation = generation;
+        Ok(Some(config))
     }
 
     fn kick(&mut self, q: u16) {
@@ -321,6 +337,97 @@ mod tests {
         }
         assert_eq!(seen, b"hello 0\nhello 1\n");
         assert!(rig.console.flushed().unwrap());
+    }
+
+    fn size(cols: u16, rows: u16) -> ConsoleConfig {
+        ConsoleConfig {
+            cols,
+            rows,
+            max_nr_ports: 0,
+        }
+    }
+
+    #[test]
+    fn no_config_change_reads_only_the_generation() {
+        let mut rig = rig();
+        let reads = rig.regs.state.borrow().config_widths.len();
+        for _ in 0..3 {
+            assert_eq!(rig.console.poll_config(), Ok(None));
+        }
+        let s = rig.regs.state.borrow();
+        assert_eq!(s.config_widths.len(), reads);
+        assert!(s.interrupt_acks.is_empty());
+        assert_eq!(rig.console.config, size(80, 25));
+    }
+
+    #[test]
+    fn resize_is_read_once_and_acknowledged() {
+        let mut rig = rig();
+        rig.regs.resize_console(132, 43);
+        assert_ne!(rig.regs.state.borrow().interrupt_status & INT_CONFIG, 0);
+        let reads = rig.regs.state.borrow().config_widths.len();
+        assert_eq!(rig.console.poll_config(), Ok(Some(size(132, 43))));
+        assert_eq!(rig.console.config, size(132, 43));
+        {
+            let s = rig.regs.state.borrow();
+            assert_eq!(s.config_widths[reads..], [(0, 2), (2, 2)]);
+            assert_eq!(s.interrupt_acks, [INT_CONFIG]);
+            assert_eq!(s.interrupt_status & INT_CONFIG, 0);
+        }
+        assert_eq!(rig.console.poll_config(), Ok(None));
+        rig.regs.resize_console(100, 30);
+        assert_eq!(rig.console.poll_config(), Ok(Some(size(100, 30))));
+        assert_eq!(rig.console.poll_config(), Ok(None));
+        assert_eq!(rig.regs.state.borrow().interrupt_acks, [INT_CONFIG; 2]);
+    }
+
+    #[test]
+    fn several_changes_between_polls_are_one_with_the_latest_size() {
+        let mut rig = rig();
+        rig.regs.resize_console(81, 26);
+        rig.regs.resize_console(82, 27);
+        assert_eq!(rig.console.poll_config(), Ok(Some(size(82, 27))));
+        assert_eq!(rig.console.poll_config(), Ok(None));
+        assert_eq!(rig.regs.state.borrow().interrupt_acks, [INT_CONFIG]);
+    }
+
+    #[test]
+    fn generation_wraps_around() {
+        let mut rig = rig();
+        rig.regs.state.borrow_mut().generation = u32::MAX;
+        assert_eq!(rig.console.poll_config(), Ok(Some(size(80, 25))));
+        rig.regs.resize_console(40, 12);
+        assert_eq!(rig.regs.state.borrow().generation, 0);
+        assert_eq!(rig.console.poll_config(), Ok(Some(size(40, 12))));
+        assert_eq!(rig.console.poll_config(), Ok(None));
+    }
+
+    #[test]
+    fn torn_read_is_retried() {
+        let mut rig = rig();
+        rig.regs.resize_console(100, 30);
+        // A second resize lands between the reads of cols and rows: 100 x 50 is torn.
+        rig.regs.state.borrow_mut().resize_after_read = Some((120, 50));
+        let reads = rig.regs.state.borrow().config_widths.len();
+        assert_eq!(rig.console.poll_config(), Ok(Some(size(120, 50))));
+        assert_eq!(
+            rig.regs.state.borrow().config_widths[reads..],
+            [(0, 2), (2, 2), (0, 2), (2, 2)]
+        );
+        assert_eq!(rig.console.poll_config(), Ok(None));
+    }
+
+    #[test]
+    fn config_that_never_settles_is_an_error() {
+        let mut rig = rig();
+        {
+            let mut s = rig.regs.state.borrow_mut();
+            s.generation += 1;
+            s.generation_bumps = u32::MAX;
+        }
+        assert_eq!(rig.console.poll_config(), Err(InitError::ConfigUnstable));
+        assert!(rig.regs.state.borrow().interrupt_acks.is_empty());
+        assert_eq!(rig.console.config, size(80, 25));
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub const MAGIC: u32 = 0x7472_6976;
 pub const VERSION: u32 = 2;
 /// Bytes of register space a device needs at least (registers up to the config space).
 pub const MIN_SIZE: u64 = 0x100;
+/// InterruptStatus / InterruptACK bit: a used buffer was returned.
+pub const INT_VRING: u32 = 1 << 0;
+/// InterruptStatus / InterruptACK bit: the configuration space changed.
+pub const INT_CONFIG: u32 = 1 << 1;
 
 /// Reads of the status register after a reset before giving up on seeing 0.
 const RESET_POLLS: u32 = 1000;
@@ -431,18 +435,29 @@ impl<R: Regs> Transport<R> {
         self.regs.write32(reg::INTERRUPT_ACK, bits);
     }
 
+    /// ConfigGeneration: changes whenever the configuration space does.
+    pub fn config_generation(&self) -> u32 {
+        self.regs.read32(reg::CONFIG_GENERATION)
+    }
+
     /// Read the configuration space consistently: run `read` (which reads fields with
     /// [`Config`]) until ConfigGeneration is the same before and after.
-    pub fn read_config<T>(
+    pub fn read_config<T>(&self, read: impl FnMut(&Config<'_, R>) -> T) -> Result<T, InitError> {
+        self.read_config_generation(read).map(|(value, _)| value)
+    }
+
+    /// [`read_config`](Self::read_config), also returning the ConfigGeneration the value
+    /// belongs to (read before and after it).
+    pub fn read_config_generation<T>(
         &self,
         mut read: impl FnMut(&Config<'_, R>) -> T,
-    ) -> Result<T, InitError> {
+    ) -> Result<(T, u32), InitError> {
         let config = Config { regs: &self.regs };
         for _ in 0..CONFIG_ATTEMPTS {
-            let before = self.regs.read32(reg::CONFIG_GENERATION);
+            let before = self.config_generation();
             let value = read(&config);
-            if self.regs.read32(reg::CONFIG_GENERATION) == before {
-                return Ok(value);
+            if self.config_generation() == before {
+                return Ok((value, before));
             }
         }
         Err(InitError::ConfigUnstable)

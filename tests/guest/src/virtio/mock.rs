@@ -411,6 +411,13 @@ pub struct FakeState {
     pub generation_bumps: u32,
     /// (offset, width) of every configuration read.
     pub config_widths: Vec<(u32, u8)>,
+    /// InterruptStatus (InterruptACK clears the bits written).
+    pub interrupt_status: u32,
+    /// Every value written to InterruptACK.
+    pub interrupt_acks: Vec<u32>,
+    /// A console resize to (cols, rows) that happens right after the next configuration
+    /// read has returned its value: that read and the ones after it disagree (torn).
+    pub resize_after_read: Option<(u16, u16)>,
     /// Queue indexes written to QueueNotify.
     pub notifies: Vec<u32>,
     /// Queues 1.. (queue 0 is the fields above).
@@ -468,6 +475,9 @@ impl FakeRegs {
                 generation: 0,
                 generation_bumps: 0,
                 config_widths: Vec::new(),
+                interrupt_status: 1,
+                interrupt_acks: Vec::new(),
+                resize_after_read: None,
                 notifies: Vec::new(),
                 extra_queues: Vec::new(),
             }),
@@ -510,6 +520,12 @@ impl FakeRegs {
         regs
     }
 
+    /// Resize the console to `cols` x `rows` as a device does: new configuration,
+    /// ConfigGeneration + 1, configuration-change bit set in InterruptStatus.
+    pub fn resize_console(&self, cols: u16, rows: u16) {
+        resize(&mut self.state.borrow_mut(), cols, rows);
+    }
+
     fn config_read(&self, offset: u32, width: u8) -> u64 {
         let mut s = self.state.borrow_mut();
         let at = (offset - reg::CONFIG) as usize;
@@ -522,8 +538,18 @@ impl FakeRegs {
         for i in 0..usize::from(width) {
             value |= u64::from(s.config.get(at + i).copied().unwrap_or(0)) << (8 * i);
         }
+        if let Some((cols, rows)) = s.resize_after_read.take() {
+            resize(&mut s, cols, rows);
+        }
         value
     }
+}
+
+fn resize(s: &mut FakeState, cols: u16, rows: u16) {
+    s.config[0..2].copy_from_slice(&cols.to_le_bytes());
+    s.config[2..4].copy_from_slice(&rows.to_le_bytes());
+    s.generation = s.generation.wrapping_add(1);
+    s.interrupt_status |= super::mmio::INT_CONFIG;
 }
 
 impl Regs for FakeRegs {
@@ -552,7 +578,7 @@ impl Regs for FakeRegs {
             reg::QUEUE_NUM_MAX if q0 => 256,
             reg::QUEUE_READY => u32::from(q0 && s.queue_ready),
             reg::STATUS => s.stuck_status.unwrap_or(s.status),
-            reg::INTERRUPT_STATUS => 1,
+            reg::INTERRUPT_STATUS => s.interrupt_status,
             reg::CONFIG_GENERATION => s.generation,
             _ => 0,
         }
@@ -592,6 +618,10 @@ impl Regs for FakeRegs {
             reg::QUEUE_DEVICE_LOW if q0 => set_half(&mut s.queue_device, 0, value),
             reg::QUEUE_DEVICE_HIGH if q0 => set_half(&mut s.queue_device, 1, value),
             reg::QUEUE_NOTIFY => s.notifies.push(value),
+            reg::INTERRUPT_ACK => {
+                s.interrupt_acks.push(value);
+                s.interrupt_status &= !value;
+            }
             reg::STATUS => {
                 s.status_writes.push(value);
                 if value == 0 {

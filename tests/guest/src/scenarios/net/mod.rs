@@ -14,6 +14,7 @@ use crate::net::{self, Answer, Iface, Ip, IpFmt, Mac, MacFmt, Packet};
 use crate::nics::{DevError, Nic};
 use crate::time::Deadline;
 use crate::virtio::bufs::RingError;
+use crate::virtio::mmio::InitError;
 use crate::virtio::net::feature;
 use core::fmt;
 
@@ -46,6 +47,17 @@ pub enum Error {
     Timeout(&'static str),
     /// Nothing was sent at all.
     NothingSent,
+    /// The console's configuration space could not be read consistently.
+    ConsoleConfig(InitError),
+    /// `console-resize` saw fewer size changes than `bulkhead.console.resizes` in time.
+    TooFewResizes {
+        /// Changes seen.
+        seen: u32,
+        /// Changes wanted.
+        wanted: u32,
+        /// How long it watched.
+        ms: u64,
+    },
 }
 
 impl From<DevError> for Error {
@@ -78,6 +90,11 @@ impl fmt::Display for Error {
             ),
             Self::Timeout(what) => write!(f, "timeout waiting for {what}"),
             Self::NothingSent => write!(f, "no frame could be queued"),
+            Self::ConsoleConfig(e) => write!(f, "reading console0's configuration: {e}"),
+            Self::TooFewResizes { seen, wanted, ms } => write!(
+                f,
+                "timeout waiting for console0 size changes: saw {seen} of {wanted} in {ms} ms"
+            ),
         }
     }
 }
