@@ -67,3 +67,100 @@ fn host_input_reaches_the_guest_and_comes_back() {
     assert!(back == sent, "echo differs");
     assert_eq!(out.code(), 0, "{out:#?}");
 }
+
+/// A pseudo-terminal of `cols` x `rows`: (master, slave).
+fn pty(cols: u16, rows: u16) -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two new fds and reads the winsize; no name or termios.
+    let ret = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(ret, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: two fresh fds nothing else owns.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    }
+}
+
+#[test]
+fn a_terminal_resize_reaches_the_guest() {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    require_kvm!();
+    let (master, slave) = pty(100, 30);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["run", "--console", "stdio", "--cmdline"])
+        .arg("bulkhead.test=console-resize bulkhead.console.resize-ms=20000")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting bulkhead");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line.trim_end_matches('\r').to_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                seen.push(line.clone());
+                if line.ends_with(want) {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    let started = wait_for("console0 size cols=100 rows=30");
+    if started {
+        let ws = libc::winsize {
+            ws_row: 43,
+            ws_col: 132,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize.
+        let set = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(set, 0);
+        // What the terminal sends its foreground process when resized.
+        // SAFETY: SIGWINCH to the bulkhead process this test started.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGWINCH) }, 0);
+    }
+    let resized = started && wait_for("console0 size cols=132 rows=43");
+    let passed = resized && wait_for("PASS console-resize");
+    let status = common::wait_until(&mut child, Instant::now() + Duration::from_secs(30));
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(
+        passed,
+        "guest lines:\n{}\nstderr:\n{stderr}",
+        seen.join("\n")
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+}

@@ -85,7 +85,7 @@ fn bulkhead_console_main_thread_outside_its_list_dies_by_sigsys() {
     let v = violation(&out.stderr);
     assert_eq!(
         (v.program.as_str(), v.role.as_str()),
-        ("bulkhead-console", "vhost-user")
+        ("bulkhead-console", "console-main")
     );
 }
 

@@ -43,7 +43,7 @@ fn add_and_kick(ring: &mut Ring, mem: &Mem, parts: &[(u64, u32, bool)]) -> u16 {
 
 /// The guest side: memory, both queues set up.
 struct Guest {
-    _fe: Frontend,
+    fe: Frontend,
     mem: Mem,
     _memfd: File,
     rx: Ring,
@@ -82,7 +82,7 @@ impl Guest {
         rx.set_up(&mut fe, &mem);
         tx.set_up(&mut fe, &mem);
         Guest {
-            _fe: fe,
+            fe,
             mem,
             _memfd: memfd,
             rx,
@@ -235,6 +235,19 @@ fn a_terminal_stream_fd_is_raw_and_its_size_reaches_the_config_space() {
     assert_eq!(got, b"ab");
     g.write(0x10000, b"!");
     assert_eq!(read_exactly(&mut master, 1), b"!", "no echo came first");
+    // Resized: the config space follows (the vmm raises the config interrupt).
+    let ws = libc::winsize {
+        ws_row: 50,
+        ws_col: 200,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&master);
+    // SAFETY: TIOCSWINSZ reads one winsize.
+    let set = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+    assert_eq!(set, 0);
+    let cfg = config(&mut g.fe, CONFIG_SPACE_SIZE);
+    assert_eq!(&cfg[0..4], &[200, 0, 50, 0], "cols 200, rows 50");
     drop(g);
     assert_eq!(d.join().unwrap(), 0);
 }

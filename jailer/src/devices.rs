@@ -19,6 +19,8 @@ use bulkhead::jail::NetNs;
 const VIRTIO_ID_NET: u32 = 1;
 const VIRTIO_ID_BLOCK: u32 = 2;
 const VIRTIO_ID_CONSOLE: u32 = 3;
+/// The virtio console's device name.
+pub const CONSOLE: &str = "console0";
 /// Name of the TAP bulkhead creates in its own namespace (`--net auto`).
 const AUTO_TAP: &str = "tap0";
 
@@ -89,9 +91,9 @@ impl Devices {
             self.start_net(&format!("net{i}"), net)?;
         }
         if let Some(stream) = console {
-            let (process, socket) = launch::start_console("console0", stream)?;
+            let (process, socket) = launch::start_console(CONSOLE, stream)?;
             self.add(
-                "console0",
+                CONSOLE,
                 VIRTIO_ID_CONSOLE,
                 2,
                 BackendSocket::Connected(socket),

@@ -8,7 +8,7 @@ pub use bulkhead_vmm::process::{chain, EXIT_BULKHEAD_FAILED};
 
 use crate::api::ApiSocket;
 use crate::cli::RunArgs;
-use crate::devices::Devices;
+use crate::devices::{Devices, CONSOLE};
 use crate::launch::console::ConsoleStream;
 use crate::launch::{self, Confinement};
 use crate::supervise::Supervisor;
@@ -72,7 +72,10 @@ fn run(args: &RunArgs) -> i32 {
             return fail(&e);
         }
     };
-    let code = match Supervisor::new(vmm, control, &mut devices, api) {
+    // SAFETY: isatty only inspects fd 0.
+    let terminal = unsafe { libc::isatty(0) } == 1;
+    let resize = (console == Some(ConsoleStream::Stdio) && terminal).then(|| CONSOLE.into());
+    let code = match Supervisor::new(vmm, control, &mut devices, api, resize) {
         Ok(supervisor) => supervisor.run(),
         Err(code) => code,
     };

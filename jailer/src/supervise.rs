@@ -39,8 +39,8 @@ extern "C" fn on_signal(signal: libc::c_int) {
     unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
 }
 
-/// Routes the stop signals into a pipe; returns its read end.
-fn catch_stop_signals() -> std::io::Result<OwnedFd> {
+/// Routes the stop signals (and SIGWINCH when `resize`) into a pipe; returns its read end.
+fn catch_signals(resize: bool) -> std::io::Result<OwnedFd> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into the local array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
@@ -50,7 +50,8 @@ fn catch_stop_signals() -> std::io::Result<OwnedFd> {
     // deliberately kept open for the handler (a second call leaks the first pipe's end).
     let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
     SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
-    for s in STOP_SIGNALS {
+    let winch = resize.then_some(libc::SIGWINCH);
+    for s in STOP_SIGNALS.into_iter().chain(winch) {
         // SAFETY: installs a handler that only calls write(2); the sigaction struct is a
         // zero-initialised local.
         unsafe {
@@ -81,6 +82,8 @@ pub struct Supervisor<'a> {
     channel: LauncherChannel,
     devices: &'a mut Devices,
     api: Option<ApiSocket>,
+    /// The device whose config follows this terminal's size (the console on stdio).
+    resize: Option<String>,
     report: Report,
     signal: Option<i32>,
     stop_deadline: Option<Instant>,
@@ -94,6 +97,7 @@ impl<'a> Supervisor<'a> {
         control: UnixStream,
         devices: &'a mut Devices,
         api: Option<ApiSocket>,
+        resize: Option<String>,
     ) -> Result<Supervisor<'a>, i32> {
         let mut channel = LauncherChannel::new(control, VMM);
         let shaken = channel
@@ -107,6 +111,7 @@ impl<'a> Supervisor<'a> {
             channel,
             devices,
             api,
+            resize,
             report: Report::default(),
             signal: None,
             stop_deadline: None,
@@ -116,7 +121,7 @@ impl<'a> Supervisor<'a> {
     /// Runs until the VM has ended; returns the exit status, having told the user what
     /// went wrong if anything did.
     pub fn run(mut self) -> i32 {
-        let signals = match catch_stop_signals() {
+        let signals = match catch_signals(self.resize.is_some()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("bulkhead: error: cannot catch termination signals: {e}");
@@ -161,7 +166,9 @@ impl<'a> Supervisor<'a> {
             let mut byte = 0u8;
             // SAFETY: reads one byte into a local from the pipe's read end (non-blocking).
             let got = unsafe { libc::read(signals.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
-            if got == 1 && self.signal.is_none() {
+            if got == 1 && i32::from(byte) == libc::SIGWINCH {
+                self.terminal_resized();
+            } else if got == 1 && self.signal.is_none() {
                 self.signal = Some(i32::from(byte));
                 eprintln!("bulkhead: signal {byte}: stopping the VM");
                 self.shut_down();
@@ -187,6 +194,16 @@ impl<'a> Supervisor<'a> {
         }
         self.stop_deadline
             .get_or_insert(Instant::now() + STOP_GRACE);
+    }
+
+    /// The terminal was resized: the console's driver is told its config changed (the
+    /// console process reads the new size when the guest asks).
+    fn terminal_resized(&mut self) {
+        if let Some(device) = self.resize.clone() {
+            if let Err(e) = self.channel.send(&ToProcess::ConfigChanged { device }, &[]) {
+                log::warn!("telling the vmm the terminal was resized: {e}");
+            }
+        }
     }
 
     /// Receives and records one message from the vmm; false when the channel is gone.

@@ -20,6 +20,7 @@
 //!    | <----------- ToLauncher::Status(..) -- |   the VM's state after the request
 //!    | <-- DeviceFailed{device, reason} ----- |   (vmm, unprompted) a backend died/misbehaved
 //!    | -- Resources{names} + fds ----------> |   fds handed over after start-up
+//!    | -- ConfigChanged{device} ------------> |   (vmm only) e.g. the terminal was resized
 //!    | <-------- ToLauncher::Error{message} - |   a request could not be carried out
 //!    | -- ToProcess::Shutdown --------------> |
 //!    | <--------- ToLauncher::Exited{code} -- |   last message, then the process exits

@@ -18,7 +18,7 @@ use std::fmt::Debug;
 
 /// Version of the messages in this module. Both ends exchange it in `Hello` and refuse to
 /// talk if they differ: there is no negotiation, launcher and processes ship together.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Most file descriptors one frame may carry; the receiver's control buffer holds no more.
 pub const MAX_FDS: usize = 8;
@@ -99,6 +99,12 @@ pub enum ToProcess {
     Resources {
         /// What each passed fd is, in order.
         names: Vec<String>,
+    },
+    /// vmm only: the configuration space of `device` changed (the console's terminal was
+    /// resized): raise the guest's config-change interrupt. Not answered.
+    ConfigChanged {
+        /// The device (`console0`).
+        device: String,
     },
 }
 
@@ -225,6 +231,7 @@ impl Message for ToProcess {
             Self::Resume => "Resume",
             Self::QueryStatus => "QueryStatus",
             Self::Resources { .. } => "Resources",
+            Self::ConfigChanged { .. } => "ConfigChanged",
         }
     }
     fn fds_carried(&self) -> usize {

@@ -5,6 +5,7 @@ mod common;
 
 use bulkhead_protocol::codec::{encode, CodecError};
 use bulkhead_protocol::frame::{frame, FrameError, MAGIC};
+use bulkhead_protocol::PROTOCOL_VERSION;
 use bulkhead_protocol::{
     ChannelError, ChannelErrorKind, ProcessChannel, ToLauncher, ToProcess, MAX_FRAME,
 };
@@ -231,22 +232,27 @@ fn fds_declared_but_not_sent() {
 #[test]
 fn wrong_version_is_refused_with_both_versions_named() {
     let (mut process, mut launcher) = common::channel_pair::<ToLauncher, ToProcess>();
-    let other = std::thread::spawn(move || launcher.handshake_as(2).unwrap_err());
+    let other =
+        std::thread::spawn(move || launcher.handshake_as(PROTOCOL_VERSION + 1).unwrap_err());
     let err = process.handshake().unwrap_err();
     assert!(
-        matches!(err.kind, ChannelErrorKind::Version { ours: 1, theirs: 2 }),
+        matches!(err.kind, ChannelErrorKind::Version { ours, theirs }
+            if ours == PROTOCOL_VERSION && theirs == PROTOCOL_VERSION + 1),
         "{err}"
     );
     assert!(
-        err.to_string()
-            .contains("we speak version 1, the peer speaks version 2"),
+        err.to_string().contains(&format!(
+            "we speak version {PROTOCOL_VERSION}, the peer speaks version {}",
+            PROTOCOL_VERSION + 1
+        )),
         "{err}"
     );
     let theirs = other.join().unwrap();
     assert!(
         matches!(
             theirs.kind,
-            ChannelErrorKind::Version { ours: 2, theirs: 1 }
+            ChannelErrorKind::Version { ours, theirs }
+                if ours == PROTOCOL_VERSION + 1 && theirs == PROTOCOL_VERSION
         ),
         "{theirs}"
     );
@@ -271,7 +277,13 @@ fn handshake_refuses_anything_but_hello() {
     // Our Hello went out before the refusal.
     let mut reader = &mut raw;
     let hello = bulkhead_protocol::frame::read_frame(&mut reader).unwrap();
-    assert_eq!(hello, encode(&ToLauncher::Hello { version: 1 }).unwrap());
+    assert_eq!(
+        hello,
+        encode(&ToLauncher::Hello {
+            version: bulkhead_protocol::PROTOCOL_VERSION
+        })
+        .unwrap()
+    );
     aftermath("peer-no-hello", &mut ch, &mut raw);
 }
 

@@ -25,11 +25,13 @@ pub enum Role {
     NetProcess,
     /// As [`Role::BlkProcess`], for bulkhead-console.
     ConsoleProcess,
+    /// bulkhead-console's main thread: vhost-user, and its terminal's size and mode.
+    ConsoleMain,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 9] = [
+    pub const ALL: [Role; 10] = [
         Role::VmmMain,
         Role::Vcpu,
         Role::BlkWorker,
@@ -39,6 +41,7 @@ impl Role {
         Role::BlkProcess,
         Role::NetProcess,
         Role::ConsoleProcess,
+        Role::ConsoleMain,
     ];
 
     /// The role's name in messages and reports.
@@ -53,6 +56,7 @@ impl Role {
             Role::BlkProcess => "blk-process",
             Role::NetProcess => "net-process",
             Role::ConsoleProcess => "console-process",
+            Role::ConsoleMain => "console-main",
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Vm {
     pub boot: BootEntry,
     /// Backend connections to watch for hang-ups while the VM runs.
     pub watched: Vec<crate::virtio::monitor::Watched>,
+    /// The virtio devices' transports, by device name (for config changes).
+    pub transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
 }
 
 /// Errors while building a VM; each names its step.
@@ -111,6 +113,7 @@ pub fn build(mut config: VmConfig) -> Result<Vm, BuildError> {
         vcpus,
         boot,
         watched: virtio.watched,
+        transports: virtio.transports,
     })
 }
 
@@ -120,6 +123,8 @@ struct VirtioDevices {
     cmdline: Vec<String>,
     /// Their backend sockets, to watch.
     watched: Vec<Watched>,
+    /// Their transports, by name.
+    transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
 }
 
 fn create_virtio_devices(
@@ -131,6 +136,7 @@ fn create_virtio_devices(
     let mut out = VirtioDevices {
         cmdline: Vec::new(),
         watched: Vec::new(),
+        transports: Vec::new(),
     };
     let shared = SharedMemory {
         mem: memory.mem.clone(),
@@ -178,11 +184,9 @@ fn create_virtio_devices(
             name: dev.name.clone(),
             socket,
         });
-        io.mmio.insert(
-            base,
-            virtio::MMIO_SIZE,
-            Arc::new(Mutex::new(MmioTransport::new(Box::new(device)))),
-        )?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(Box::new(device))));
+        io.mmio.insert(base, virtio::MMIO_SIZE, transport.clone())?;
+        out.transports.push((dev.name.clone(), transport));
         out.cmdline.push(virtio::cmdline_token(base, irq));
         log::info!("{}: virtio-mmio at {base:#x}, irq {irq}", dev.name);
     }

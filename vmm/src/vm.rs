@@ -1,7 +1,7 @@
 //! Running a built VM until it stops.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use crate::devices::serial_input;
 use crate::devices::VmStop;
 use crate::kvm::pause::Pause;
 use crate::kvm::run_loop;
+use crate::virtio::mmio::MmioTransport;
 use crate::virtio::monitor;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -29,6 +30,24 @@ pub struct VmHandle {
     pub stop: mpsc::Sender<VmStop>,
     /// Pauses and resumes the vCPUs.
     pub pause: Arc<Pause>,
+    /// The virtio devices' transports, by name.
+    pub transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+}
+
+impl VmHandle {
+    /// Tells device `name`'s driver its configuration changed.
+    pub fn config_changed(&self, name: &str) -> Result<(), String> {
+        let (_, transport) = self
+            .transports
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| format!("no device {name}"))?;
+        transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config_changed()
+            .map_err(|e| format!("{name}: raising the config interrupt: {e}"))
+    }
 }
 
 /// Errors while starting the VM's threads.
@@ -57,6 +76,7 @@ impl Vm {
         control(VmHandle {
             stop: tx.clone(),
             pause: pause.clone(),
+            transports: self.transports.clone(),
         });
         if self.serial_stdin {
             // Detached: a blocking read on stdin cannot be interrupted; it ends with the process.

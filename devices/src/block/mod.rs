@@ -132,7 +132,10 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
     ));
     Ok(daemon::serve(
         "bulkhead-blk",
-        bulkhead_seccomp::Role::BlkProcess,
+        daemon::Roles {
+            process: bulkhead_seccomp::Role::BlkProcess,
+            main: bulkhead_seccomp::Role::VhostUser,
+        },
         backend,
         &config.endpoint,
         termination,

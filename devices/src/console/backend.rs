@@ -41,6 +41,8 @@ type Vring = VringRwLock<SharedMemory>;
 pub struct ConsoleBackend {
     features: u64,
     config: ConfigSpace,
+    /// The terminal whose size the config space follows, if the stream is one.
+    terminal: Option<std::fs::File>,
     mem: RwLock<SharedMemory>,
     vrings: Mutex<Vec<Vring>>,
     tx: Mutex<Transmitter>,
@@ -85,6 +87,7 @@ impl ConsoleBackend {
         Ok(ConsoleBackend {
             features: features(size.is_some()),
             config: ConfigSpace { cols, rows },
+            terminal: None,
             mem: RwLock::new(SharedMemory::new(GuestRam::new())),
             vrings: Mutex::new(Vec::new()),
             tx: Mutex::new(Transmitter::default()),
@@ -93,6 +96,21 @@ impl ConsoleBackend {
             port,
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         })
+    }
+
+    /// Follows `terminal`'s size: each config read asks it again, so after a resize (and
+    /// the config-change interrupt the vmm raises) the guest reads the new size.
+    pub fn follow_terminal(mut self, terminal: std::fs::File) -> ConsoleBackend {
+        self.terminal = Some(terminal);
+        self
+    }
+
+    /// The config space now.
+    fn config(&self) -> ConfigSpace {
+        self.terminal
+            .as_ref()
+            .and_then(super::stream::winsize)
+            .map_or(self.config, |(cols, rows)| ConfigSpace { cols, rows })
     }
 
     /// The output half of the stream.
@@ -184,7 +202,7 @@ impl VhostUserBackend for ConsoleBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.config.read(offset, size)
+        self.config().read(offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {

@@ -102,13 +102,20 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         log::info!("console size {cols}x{rows}");
     }
     let port = Arc::new(Port::new(opened.output));
-    let backend = Arc::new(ConsoleBackend::new(port, opened.size).map_err(Error::Io)?);
+    let mut backend = ConsoleBackend::new(port, opened.size).map_err(Error::Io)?;
+    if let Some(terminal) = opened.terminal {
+        backend = backend.follow_terminal(terminal);
+    }
+    let backend = Arc::new(backend);
     // The I/O thread starts once the process is confined (serve calls back).
     let mut io = None;
     let mut source = Some(opened.source);
     let result = daemon::serve(
         "bulkhead-console",
-        bulkhead_seccomp::Role::ConsoleProcess,
+        daemon::Roles {
+            process: bulkhead_seccomp::Role::ConsoleProcess,
+            main: bulkhead_seccomp::Role::ConsoleMain,
+        },
         Arc::clone(&backend),
         &config.endpoint,
         termination,

@@ -162,6 +162,8 @@ pub struct Opened {
     pub output: Option<File>,
     /// Terminal size (cols, rows), if the stream is a terminal.
     pub size: Option<(u16, u16)>,
+    /// That terminal, to read its size again when it changes.
+    pub terminal: Option<File>,
     /// Restores the terminal when dropped.
     pub raw: Option<RawMode>,
 }
@@ -201,8 +203,14 @@ pub fn open(spec: &StreamSpec) -> Result<Opened, StreamError> {
             } else {
                 None
             };
-            let size = winsize(&output).or_else(|| winsize(&input));
-            Ok(fixed(Some(input), Some(output), size, raw))
+            let terminal = [&output, &input]
+                .into_iter()
+                .find(|f| winsize(*f).is_some())
+                .and_then(|f| f.try_clone().ok());
+            let mut opened = fixed(Some(input), Some(output), None, raw);
+            opened.size = terminal.as_ref().and_then(winsize);
+            opened.terminal = terminal;
+            Ok(opened)
         }
         StreamSpec::Socket(path) => listen(path),
         StreamSpec::Pty => open_pty(),
@@ -219,6 +227,7 @@ fn fixed(
         source: Source::Fixed(input),
         output,
         size,
+        terminal: None,
         raw,
     }
 }
@@ -250,7 +259,10 @@ fn from_fd(owned: OwnedFd, fd: RawFd) -> Result<Opened, StreamError> {
         return Ok(fixed(Some(file), None, size, raw));
     }
     let output = file.try_clone().map_err(bad)?;
-    Ok(fixed(Some(file), Some(output), size, raw))
+    let terminal = size.and(file.try_clone().ok());
+    let mut opened = fixed(Some(file), Some(output), size, raw);
+    opened.terminal = terminal;
+    Ok(opened)
 }
 
 fn listen(path: &PathBuf) -> Result<Opened, StreamError> {
@@ -272,6 +284,7 @@ fn listen(path: &PathBuf) -> Result<Opened, StreamError> {
         },
         output: None,
         size: None,
+        terminal: None,
         raw: None,
     })
 }
@@ -322,6 +335,7 @@ fn open_pty() -> Result<Opened, StreamError> {
         },
         output: Some(output),
         size: None,
+        terminal: None,
         raw: None,
     })
 }

@@ -97,7 +97,7 @@ pub enum DaemonError {
 /// event), then starts them.
 pub fn serve<T>(
     name: &str,
-    process: bulkhead_seccomp::Role,
+    roles: Roles,
     backend: T,
     endpoint: &Endpoint,
     termination: &Termination,
@@ -130,7 +130,7 @@ where
     };
     confine::confine(termination)?;
     started().map_err(DaemonError::Started)?;
-    bulkhead_seccomp::install(process, bulkhead_seccomp::mode::process_mode())
+    bulkhead_seccomp::install(roles.process, bulkhead_seccomp::mode::process_mode())
         .map_err(DaemonError::Seccomp)?;
     let mut daemon = VhostUserDaemon::new(
         name.to_string(),
@@ -148,7 +148,7 @@ where
                     unsafe { libc::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
                 });
             }
-            confine_vhost_user()?;
+            confine_main(roles.main)?;
             let accepted = daemon.start(&mut listener);
             if termination.signalled() {
                 stop_queues(&daemon);
@@ -161,7 +161,7 @@ where
             None
         }
         Opened::Relayed(mut pending, stream) => {
-            confine_vhost_user()?;
+            confine_main(roles.main)?;
             // Our end is already queued on the private listener: this accept can't block.
             daemon
                 .start(&mut pending.listener)
@@ -201,6 +201,16 @@ where
     }
 }
 
+/// A backend's seccomp roles: `process` for every thread from the start (each narrows
+/// later), `main` for the main thread once it serves the frontend.
+#[derive(Clone, Copy, Debug)]
+pub struct Roles {
+    /// Every thread, from before the queue threads start.
+    pub process: bulkhead_seccomp::Role,
+    /// The main thread (vhost-user messages), once it serves.
+    pub main: bulkhead_seccomp::Role,
+}
+
 /// The frontend's socket, ready to serve.
 enum Opened {
     /// Listening for the frontend, with a copy of the listener to shut down on SIGTERM.
@@ -209,16 +219,13 @@ enum Opened {
     Relayed(relay::Pending, std::os::unix::net::UnixStream),
 }
 
-/// Installs the vhost-user filter on the calling (main) thread, in the process's mode:
-/// after the queue threads exist (they confine themselves to their own role at their
+/// Narrows the calling (main) thread to `role` (vhost-user, or the console's), in the
+/// process's mode: after the queue threads exist (they narrow to their own role at their
 /// first event) and before the frontend is served; the message-handling and relay threads
 /// started from here inherit it.
-fn confine_vhost_user() -> Result<(), DaemonError> {
-    bulkhead_seccomp::install(
-        bulkhead_seccomp::Role::VhostUser,
-        bulkhead_seccomp::mode::process_mode(),
-    )
-    .map_err(DaemonError::Seccomp)?;
+fn confine_main(role: bulkhead_seccomp::Role) -> Result<(), DaemonError> {
+    bulkhead_seccomp::install(role, bulkhead_seccomp::mode::process_mode())
+        .map_err(DaemonError::Seccomp)?;
     thread_name::self_test(thread_name::SelfTest::Main);
     Ok(())
 }

@@ -173,7 +173,10 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
     })?;
     let served = daemon::serve(
         "bulkhead-net",
-        bulkhead_seccomp::Role::NetProcess,
+        daemon::Roles {
+            process: bulkhead_seccomp::Role::NetProcess,
+            main: bulkhead_seccomp::Role::VhostUser,
+        },
         Arc::clone(&backend),
         &config.endpoint,
         termination,

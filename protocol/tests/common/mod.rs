@@ -76,6 +76,9 @@ pub fn to_process() -> Vec<ToProcess> {
         ToProcess::Resume,
         ToProcess::QueryStatus,
         ToProcess::Resources { names: vec![] },
+        ToProcess::ConfigChanged {
+            device: "console0".into(),
+        },
     ]
 }
 

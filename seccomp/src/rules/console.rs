@@ -41,3 +41,23 @@ pub const RULES: &[Rule] = &[
     ),
     Rule::any(SYS_close, "a client that went away"),
 ];
+
+/// The console's main thread on a terminal, beyond vhost-user: the size for GET_CONFIG and
+/// the terminal's mode given back at exit. Only the console has these.
+pub const TERMINAL: &[Rule] = &[
+    Rule::when(
+        SYS_ioctl,
+        &[Arg::Eq32(1, TIOCGWINSZ as u32)],
+        "GET_CONFIG reads the terminal's size again (the console follows resizes)",
+    ),
+    Rule::when(
+        SYS_ioctl,
+        &[Arg::Eq32(1, TCGETS as u32)],
+        "the terminal's mode is read back before it is restored, when the process ends",
+    ),
+    Rule::when(
+        SYS_ioctl,
+        &[Arg::Eq32(1, TCSETS as u32)],
+        "the terminal's mode is restored when the process ends (tcsetattr)",
+    ),
+];

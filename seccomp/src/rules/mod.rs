@@ -118,10 +118,12 @@ pub fn for_role(role: Role) -> Vec<&'static Rule> {
             narrowing::RULES,
             startup::RULES,
         ],
+        Role::ConsoleMain => &[common::THREAD_START, vhost_user::RULES, console::TERMINAL],
         Role::ConsoleProcess => &[
             common::THREAD_START,
             vhost_user::RULES,
             console::RULES,
+            console::TERMINAL,
             narrowing::RULES,
             startup::RULES,
         ],

@@ -133,6 +133,12 @@ fn serve(
                 vm.pause.resume();
                 status(VmState::Running)
             }
+            ToProcess::ConfigChanged { device } => {
+                if let Err(e) = vm.config_changed(&device) {
+                    log::warn!("config change: {e}");
+                }
+                continue;
+            }
             ToProcess::QueryStatus if vm.pause.is_paused() => status(VmState::Paused),
             ToProcess::QueryStatus => status(VmState::Running),
             other => ToLauncher::Error {

@@ -49,4 +49,6 @@ pub trait VirtioBackend: Send {
     /// The driver notified queue `queue` and no ioeventfd caught it (queues the vmm serves
     /// itself, such as virtio-net's control queue).
     fn notify(&mut self, _queue: u32) {}
+    /// Raises the device's interrupt (for a config change the vmm signals).
+    fn interrupt(&mut self) -> std::io::Result<()>;
 }

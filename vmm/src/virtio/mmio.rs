@@ -94,6 +94,18 @@ impl MmioTransport {
         self.backend.name()
     }
 
+    /// Tells the driver the configuration space changed: a new ConfigGeneration, the
+    /// config bit in InterruptStatus until acknowledged, and an interrupt. Nothing before
+    /// the driver is running (it reads the configuration when it starts).
+    pub fn config_changed(&mut self) -> std::io::Result<()> {
+        if self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+            return Ok(());
+        }
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.interrupt_status |= VIRTIO_MMIO_INT_CONFIG;
+        self.backend.interrupt()
+    }
+
     fn offered_features(&self) -> u64 {
         transport_filter(self.backend.features())
     }
@@ -331,6 +343,7 @@ mod tests {
         resets: u32,
         config_writes: Vec<(u64, Vec<u8>)>,
         notified: Vec<u32>,
+        interrupts: u32,
     }
 
     struct Fake {
@@ -384,6 +397,10 @@ mod tests {
         }
         fn notify(&mut self, queue: u32) {
             self.log.lock().unwrap().notified.push(queue);
+        }
+        fn interrupt(&mut self) -> std::io::Result<()> {
+            self.log.lock().unwrap().interrupts += 1;
+            Ok(())
         }
     }
 
@@ -514,6 +531,24 @@ mod tests {
         bring_up(&mut t, 1 << 32);
         wr(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0xdead);
         assert_eq!(t.queues[0].desc, 0x1_0000_1000);
+    }
+
+    #[test]
+    fn a_config_change_reaches_a_running_driver_only() {
+        let (mut t, log) = transport(false);
+        t.config_changed().unwrap();
+        assert_eq!(log.lock().unwrap().interrupts, 0, "no driver yet");
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), 0);
+        bring_up(&mut t, 1 << 32);
+        t.config_changed().unwrap();
+        assert_eq!(log.lock().unwrap().interrupts, 1);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), 1);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 3);
+        wr(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(
+            rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
+            VIRTIO_MMIO_INT_VRING
+        );
     }
 
     #[test]

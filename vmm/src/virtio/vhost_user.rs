@@ -428,6 +428,10 @@ impl VirtioBackend for VhostUserDevice {
         }
     }
 
+    fn interrupt(&mut self) -> std::io::Result<()> {
+        self.call.write(1)
+    }
+
     fn reset(&mut self) {
         if let Some(ctrl) = &mut self.net_ctrl {
             ctrl.queue = None;
