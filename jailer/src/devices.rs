@@ -100,6 +100,10 @@ impl Devices {
                 Some(process),
             );
         }
+        // Every backend confined and serving before the vmm (and the guest) starts.
+        for p in &mut self.processes {
+            p.wait_ready()?;
+        }
         Ok(())
     }
 

@@ -18,6 +18,7 @@ mod netns;
 mod run;
 mod supervise;
 mod tap;
+mod untrusted;
 
 use clap::Parser;
 

@@ -20,6 +20,7 @@ use bulkhead_vmm::process::EXIT_BULKHEAD_FAILED;
 use crate::api::ApiSocket;
 use crate::devices::Devices;
 use crate::launch::{DeviceProcess, VMM};
+use crate::untrusted::sanitize;
 
 /// How long the vmm gets to end after being asked to stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -225,12 +226,15 @@ impl<'a> Supervisor<'a> {
             ToLauncher::Ready { role, pid } => {
                 log::info!("{role} (pid {pid}) ready");
                 self.report.ready = true;
+                self.vmm.ready = true;
             }
             ToLauncher::DeviceFailed { device, reason } => {
-                self.report.device_failed.get_or_insert((device, reason));
+                self.report
+                    .device_failed
+                    .get_or_insert((sanitize(&device), sanitize(&reason)));
             }
             ToLauncher::Error { message } => {
-                self.report.error.get_or_insert(message);
+                self.report.error.get_or_insert(sanitize(&message));
             }
             ToLauncher::Exited { code } => self.report.exited = Some(code),
             other => log::warn!("the vmm said {other:?} unprompted; ignored"),
@@ -297,6 +301,7 @@ impl<'a> Supervisor<'a> {
     /// The state of every process of the VM, the vmm first.
     fn processes(&mut self) -> Vec<DeviceStatus> {
         let state = |p: &mut DeviceProcess| match p.exited() {
+            None if !p.ready => DeviceState::Starting,
             None => DeviceState::Ready,
             Some(s) if s.success() => DeviceState::Exited,
             Some(_) => DeviceState::Failed,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::virtio::{ID_BYTES, MAX_QUEUES};
-use crate::daemon::ConfinementArgs;
 use crate::daemon::Endpoint;
+use crate::daemon::LauncherArgs;
 
 /// The JSON `--print-capabilities` prints: QEMU's `docs/interop/vhost-user.json` schema for
 /// a block backend (`VHostUserBackendCapabilitiesBlock`: `--read-only` and `--blk-file`
@@ -40,7 +40,7 @@ pub struct Args {
 
     /// Seccomp, landlock and the jail's last steps.
     #[command(flatten)]
-    pub confinement: ConfinementArgs,
+    pub confinement: LauncherArgs,
 
     /// The disk image: a raw file or a block device.
     #[arg(

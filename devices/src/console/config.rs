@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Parser};
 
-use crate::daemon::ConfinementArgs;
 use crate::daemon::Endpoint;
+use crate::daemon::LauncherArgs;
 
 /// The JSON `--print-capabilities` prints: QEMU's `docs/interop/vhost-user.json` has a
 /// `console` backend type (with no console-specific features).
@@ -37,7 +37,7 @@ pub struct Args {
 
     /// Seccomp, landlock and the jail's last steps.
     #[command(flatten)]
-    pub confinement: ConfinementArgs,
+    pub confinement: LauncherArgs,
 
     /// The stream is this process's stdin (input) and stdout (output). A terminal stdin is
     /// put in raw mode (restored on exit) and its size is given to the guest.

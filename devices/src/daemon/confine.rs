@@ -14,9 +14,15 @@ use bulkhead_seccomp::SeccompMode;
 use super::thread_name::SelfTest;
 use super::{DaemonError, Termination};
 
-/// The confinement flags every backend takes (`#[command(flatten)]` them).
+/// What a launcher tells every backend (`#[command(flatten)]` them): confinement, and
+/// where to report.
 #[derive(Clone, Debug, clap::Args)]
-pub struct ConfinementArgs {
+pub struct LauncherArgs {
+    /// An inherited socket to the launcher: the process says Ready once confined and
+    /// serving, Error if it cannot start, Exited at the end (`bulkhead-protocol`).
+    #[arg(long, value_name = "FD", hide_short_help = true)]
+    pub control_fd: Option<std::os::fd::RawFd>,
+
     /// Seccomp filters on every thread: enforce (a call outside a thread's allowlist is
     /// reported on stderr and kills the process with SIGSYS), log (allowed, logged by the
     /// kernel: for debugging), or off.

@@ -9,8 +9,8 @@ use std::fmt::Display;
 use clap::Parser;
 
 use super::thread_name::{arm_self_test, SelfTest};
-use super::ConfinementArgs;
 use super::Ended;
+use super::LauncherArgs;
 
 /// What a backend tells [`backend_main`] about itself.
 pub struct Backend<'a> {
@@ -29,7 +29,7 @@ pub fn backend_main<A, E, I, T>(
     backend: Backend<'_>,
     args: I,
     wants_capabilities: impl FnOnce(&A) -> bool,
-    confinement: impl FnOnce(&A) -> ConfinementArgs,
+    confinement: impl FnOnce(&A) -> LauncherArgs,
     run: impl FnOnce(A) -> Result<Ended, E>,
 ) -> i32
 where
@@ -53,24 +53,34 @@ where
         println!("{}", backend.capabilities);
         return 0;
     }
-    let ConfinementArgs {
+    let LauncherArgs {
+        control_fd,
         seccomp,
         jail,
         seccomp_selftest,
     } = confinement(&args);
+    if let Some(fd) = control_fd {
+        if let Err(e) = super::control::connect(fd) {
+            eprintln!("{}: {e}", backend.program);
+            return 1;
+        }
+    }
     bulkhead_seccomp::mode::set_process_mode(seccomp);
     super::confine::set_jail(jail);
     arm_self_test(seccomp_selftest.or_else(self_test_from_env));
-    match run(args) {
+    let code = match run(args) {
         Ok(ended) => {
             log::info!("exiting: {ended:?}");
             0
         }
         Err(e) => {
             eprintln!("{}: {e}", backend.program);
+            super::control::error(e.to_string());
             1
         }
-    }
+    };
+    super::control::exited(code);
+    code
 }
 
 /// Test only: `BULKHEAD_SECCOMP_SELFTEST=main|worker` does what `--seccomp-selftest` does,

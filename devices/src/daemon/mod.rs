@@ -9,6 +9,7 @@
 
 mod confine;
 pub mod connection;
+pub mod control;
 pub mod main;
 pub mod relay;
 pub mod signals;
@@ -23,7 +24,7 @@ use vhost_user_backend::{Error as LibError, VhostUserBackend, VhostUserDaemon};
 use vm_memory::mmap::NewBitmap;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-pub use confine::{set_jail, ConfinementArgs};
+pub use confine::{set_jail, LauncherArgs};
 pub use connection::{Connection, ConnectionError, Endpoint};
 pub use relay::RelayError;
 pub use signals::Termination;
@@ -226,6 +227,7 @@ enum Opened {
 fn confine_main(role: bulkhead_seccomp::Role) -> Result<(), DaemonError> {
     bulkhead_seccomp::install(role, bulkhead_seccomp::mode::process_mode())
         .map_err(DaemonError::Seccomp)?;
+    control::ready(role.name());
     thread_name::self_test(thread_name::SelfTest::Main);
     Ok(())
 }

@@ -8,8 +8,8 @@ use clap::Parser;
 
 use super::busy_poll::{DEFAULT_POLL_US, MAX_POLL_US};
 use super::virtio::MAX_QUEUE_PAIRS;
-use crate::daemon::ConfinementArgs;
 use crate::daemon::Endpoint;
+use crate::daemon::LauncherArgs;
 
 /// The JSON `--print-capabilities` prints. QEMU's `docs/interop/vhost-user.json` defines no
 /// net-specific capabilities (`VHostUserBackendCapabilities` has members only for `gpu`
@@ -41,7 +41,7 @@ pub struct Args {
 
     /// Seccomp, landlock and the jail's last steps.
     #[command(flatten)]
-    pub confinement: ConfinementArgs,
+    pub confinement: LauncherArgs,
 
     /// Open the TAP interface NAME (created if it does not exist and we may).
     #[arg(long, value_name = "NAME", conflicts_with = "tap_fd")]

@@ -57,6 +57,7 @@ pub fn start_blk(
     let needs = Needs {
         workers: u64::from(queues),
         max_file_size: (size > 0).then_some(size),
+        reports: true,
         ..Needs::default()
     };
     spawn(name, cmd, vec![OwnedFd::from(disk)], false, &needs)

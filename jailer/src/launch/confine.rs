@@ -70,6 +70,9 @@ pub struct Needs {
     pub max_file_size: Option<u64>,
     /// Highest fd + 1 (RLIMIT_NOFILE).
     pub max_fds: u64,
+    /// It reports to the launcher over a control socket of its own (`--control-fd`): the
+    /// device backends. (The vmm's first socket is its control socket.)
+    pub reports: bool,
 }
 
 impl Default for Needs {
@@ -79,6 +82,7 @@ impl Default for Needs {
             workers: 1,
             max_file_size: Some(0),
             max_fds: 256,
+            reports: false,
         }
     }
 }

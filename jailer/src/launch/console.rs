@@ -88,6 +88,7 @@ pub fn start_console(
     let needs = Needs {
         // The guest's output may fill a console file; other streams are not files.
         max_file_size: (!matches!(stream, ConsoleStream::File(_))).then_some(0),
+        reports: true,
         ..Needs::default()
     };
     spawn(name, cmd, fds, *stream == ConsoleStream::Stdio, &needs)

@@ -24,6 +24,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead::jail::JailedChild;
+use bulkhead_protocol::{LauncherChannel, ToLauncher};
 
 pub use confine::{configure, confinement, Confinement, Needs};
 
@@ -33,6 +34,8 @@ pub const SOCKET_FD: RawFd = 3;
 pub const FIRST_EXTRA_FD: RawFd = 4;
 /// Most fds passed to one backend (socket included).
 pub const MAX_PASSED_FDS: usize = 16;
+/// How long a process gets for its handshake and to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a backend gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -83,6 +86,18 @@ pub enum LaunchError {
         #[source]
         source: Box<bulkhead::jail::SpawnError>,
     },
+    /// It ended before saying it was confined and serving.
+    #[error("{name}: {program} (pid {pid}) {how}")]
+    NotReady {
+        /// Device name.
+        name: String,
+        /// The program.
+        program: String,
+        /// Its pid.
+        pid: u32,
+        /// What happened.
+        how: String,
+    },
     /// Creating the socket pair or the process failed.
     #[error("{name}: starting {program}")]
     Spawn {
@@ -112,6 +127,10 @@ pub struct DeviceProcess {
     pub reported: bool,
     child: Child,
     heard: stderr::Heard,
+    /// Its reports (`--control-fd`), for a backend.
+    control: Option<LauncherChannel>,
+    /// Whether it said it is confined and serving.
+    pub ready: bool,
 }
 
 impl DeviceProcess {
@@ -136,6 +155,48 @@ impl DeviceProcess {
             }
         }
         how
+    }
+
+    /// Waits until the process says it is confined and serving (`Ready`); an `Error` it
+    /// reports, or its end, is the error. Processes without a control socket are ready.
+    pub fn wait_ready(&mut self) -> Result<(), LaunchError> {
+        let Some(channel) = self.control.as_mut() else {
+            self.ready = true;
+            return Ok(());
+        };
+        let how = loop {
+            match channel.recv() {
+                Ok((ToLauncher::Ready { .. }, _)) => {
+                    self.ready = true;
+                    return Ok(());
+                }
+                Ok((ToLauncher::Error { message }, _)) => {
+                    break format!("could not start: {}", crate::untrusted::sanitize(&message));
+                }
+                Ok((other, _)) => log::debug!("{}: {other:?} before Ready", self.name),
+                Err(e) if e.is_timeout() => {
+                    break format!("did not say it was ready within {READY_TIMEOUT:?}")
+                }
+                Err(_) => {
+                    break std::iter::repeat_with(|| self.exited())
+                        .take(250)
+                        .find_map(|s| {
+                            s.or_else(|| {
+                                std::thread::sleep(Duration::from_millis(2));
+                                None
+                            })
+                        })
+                        .map_or_else(|| "closed its control socket".into(), |s| self.describe(s))
+                }
+            }
+        };
+        self.reported = true;
+        Err(LaunchError::NotReady {
+            name: self.name.clone(),
+            program: self.program.clone(),
+            pid: self.pid(),
+            how,
+        })
     }
 
     /// How it ended, if it already has.
@@ -271,21 +332,49 @@ fn spawn_with(
             .map(|(f, to)| (f.as_raw_fd(), to)),
     );
     let (errors, heard) = stderr::relay(name).map_err(spawn_err)?;
+    let mut cmd = cmd;
+    let mut control = None;
+    if needs.reports {
+        let (launcher_end, process_end) = UnixStream::pair().map_err(spawn_err)?;
+        let fd = FIRST_EXTRA_FD + pairs.len() as RawFd - 1;
+        cmd.args(["--control-fd", &fd.to_string()]);
+        pairs.push((process_end.as_raw_fd(), fd));
+        control = Some((launcher_end, process_end));
+    }
     let child = if c.jail {
         spawn_jailed(name, &cmd, &pairs, inherit_stdin, &errors, needs, c)?
     } else {
         spawn_plain(cmd, &pairs, inherit_stdin, &errors, c).map_err(spawn_err)?
     };
     drop(errors);
+    let control = match control {
+        Some((launcher_end, process_end)) => {
+            drop(process_end);
+            let channel = LauncherChannel::new(launcher_end, name);
+            channel
+                .set_timeouts(Some(READY_TIMEOUT), Some(READY_TIMEOUT))
+                .map_err(|e| spawn_err(std::io::Error::other(e.to_string())))?;
+            Some(channel)
+        }
+        None => None,
+    };
     drop(theirs);
     drop(fds);
-    let process = DeviceProcess {
+    let mut process = DeviceProcess {
         name: name.to_owned(),
         program,
         reported: false,
         child,
         heard,
+        control,
+        ready: false,
     };
+    if let Some(channel) = process.control.as_mut() {
+        if let Err(e) = channel.handshake() {
+            log::debug!("{name}: handshake: {e}");
+            // Its end explains it; wait_ready reports it.
+        }
+    }
     log::info!(
         "{name}: started {} (pid {}){}",
         process.program,
@@ -453,6 +542,27 @@ mod tests {
         };
         assert!(status.success(), "{status:?}");
         assert_eq!(process.program, "sh");
+    }
+
+    #[test]
+    fn a_backend_that_ends_before_ready_is_named_with_how() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo broken >&2; exit 3"]);
+        let plain = Confinement {
+            jail: false,
+            ..Confinement::default()
+        };
+        let needs = Needs {
+            reports: true,
+            ..Needs::default()
+        };
+        let (mut process, _sock) = spawn_with("disk9", cmd, vec![], false, &needs, &plain).unwrap();
+        let e = process.wait_ready().unwrap_err().to_string();
+        assert!(
+            e.starts_with("disk9: sh (pid ") && e.ends_with("exited with status 3"),
+            "{e}"
+        );
+        assert!(!process.ready);
     }
 
     #[test]

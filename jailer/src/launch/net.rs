@@ -34,6 +34,7 @@ pub fn start_net(
     let needs = Needs {
         netns,
         workers: taps.len() as u64,
+        reports: true,
         ..Needs::default()
     };
     spawn(name, cmd, taps, false, &needs)
