@@ -191,16 +191,24 @@ pub enum DeviceState {
     Exited,
 }
 
-impl Message for ToLauncher {
-    fn hello(version: u32) -> Self {
-        Self::Hello { version }
-    }
-    fn hello_version(&self) -> Option<u32> {
-        match self {
-            Self::Hello { version } => Some(*version),
-            _ => None,
+/// `Message::hello` and `Message::hello_version` for an enum whose first variant is
+/// `Hello { version }` (all four are).
+macro_rules! hello_methods {
+    () => {
+        fn hello(version: u32) -> Self {
+            Self::Hello { version }
         }
-    }
+        fn hello_version(&self) -> Option<u32> {
+            match self {
+                Self::Hello { version } => Some(*version),
+                _ => None,
+            }
+        }
+    };
+}
+
+impl Message for ToLauncher {
+    hello_methods!();
     fn name(&self) -> &'static str {
         match self {
             Self::Hello { .. } => "Hello",
@@ -214,15 +222,7 @@ impl Message for ToLauncher {
 }
 
 impl Message for ToProcess {
-    fn hello(version: u32) -> Self {
-        Self::Hello { version }
-    }
-    fn hello_version(&self) -> Option<u32> {
-        match self {
-            Self::Hello { version } => Some(*version),
-            _ => None,
-        }
-    }
+    hello_methods!();
     fn name(&self) -> &'static str {
         match self {
             Self::Hello { .. } => "Hello",
@@ -243,15 +243,7 @@ impl Message for ToProcess {
 }
 
 impl Message for ApiRequest {
-    fn hello(version: u32) -> Self {
-        Self::Hello { version }
-    }
-    fn hello_version(&self) -> Option<u32> {
-        match self {
-            Self::Hello { version } => Some(*version),
-            _ => None,
-        }
-    }
+    hello_methods!();
     fn name(&self) -> &'static str {
         match self {
             Self::Hello { .. } => "Hello",
@@ -264,15 +256,7 @@ impl Message for ApiRequest {
 }
 
 impl Message for ApiReply {
-    fn hello(version: u32) -> Self {
-        Self::Hello { version }
-    }
-    fn hello_version(&self) -> Option<u32> {
-        match self {
-            Self::Hello { version } => Some(*version),
-            _ => None,
-        }
-    }
+    hello_methods!();
     fn name(&self) -> &'static str {
         match self {
             Self::Hello { .. } => "Hello",
