@@ -6,10 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::running::{assert_nothing_left, children, Running};
+use common::running::{assert_nothing_left, children, serial, Running};
 
 fn kill_one(program: &str, device: &str) {
     require_kvm!();
+    let _serial = serial();
     if let Some(why) = common::netns::unavailable() {
         eprintln!("skipped: {why}");
         return;
@@ -71,6 +72,7 @@ fn killing_the_console_process_is_reported_by_name() {
 #[test]
 fn sigterm_to_the_launcher_stops_everything_in_order() {
     require_kvm!();
+    let _serial = serial();
     if let Some(why) = common::netns::unavailable() {
         eprintln!("skipped: {why}");
         return;
@@ -124,6 +126,7 @@ fn vcpu_cpu_ns(vmm: u32) -> u64 {
 #[test]
 fn ctl_reports_pauses_resumes_and_shuts_down_the_vm() {
     require_kvm!();
+    let _serial = serial();
     if let Some(why) = common::netns::unavailable() {
         eprintln!("skipped: {why}");
         return;
@@ -205,4 +208,79 @@ fn ctl_reports_pauses_resumes_and_shuts_down_the_vm() {
         out.contains(&format!("API socket {}", socket.display())),
         "{out}"
     );
+}
+
+/// Names under `dir` that start with `prefix`.
+fn named(dir: &str, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The cgroups of launcher `pid`'s processes, v2 and v1.
+fn cgroups_of(pid: u32) -> Vec<String> {
+    let prefix = format!("bulkhead-{pid}-");
+    let mut all = named("/sys/fs/cgroup/bulkhead", &prefix);
+    for c in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        all.extend(named(&c.path().join("bulkhead").to_string_lossy(), &prefix));
+    }
+    all
+}
+
+#[test]
+fn what_a_killed_launcher_left_is_removed_by_the_next_run() {
+    require_kvm!();
+    let _serial = serial();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let vm = Running::start("killed-launcher");
+    let pid = vm.pid();
+    let kids = children(pid);
+    // SAFETY: SIGKILL to the bulkhead process this test started: it cannot clean up.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let _ = vm.finish();
+    // Its processes die with it (parent-death signal) ...
+    for (c, name) in &kids {
+        let gone = (0..250).any(|_| {
+            let alive = std::path::Path::new(&format!("/proc/{c}")).exists();
+            if alive {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            !alive
+        });
+        assert!(gone, "{name} (pid {c}) outlived its launcher");
+    }
+    // ... but its namespace and cgroups stay.
+    let prefix = format!("bulkhead-{pid}-");
+    assert_eq!(named("/run/netns", &prefix).len(), 1, "the namespace");
+    assert!(!cgroups_of(pid).is_empty(), "the cgroups");
+    let out = common::run(
+        {
+            let mut c = common::bulkhead();
+            c.args(["run", "--serial", "off"]);
+            c
+        },
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "removed the network namespace bulkhead-{pid}-net0"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(named("/run/netns", &prefix).is_empty());
+    assert!(cgroups_of(pid).is_empty(), "{:?}", cgroups_of(pid));
 }

@@ -16,6 +16,7 @@ mod launch;
 mod net_arg;
 mod netns;
 mod run;
+mod stale;
 mod supervise;
 mod tap;
 mod untrusted;

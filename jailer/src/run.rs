@@ -45,6 +45,12 @@ fn run(args: &RunArgs) -> i32 {
         eprintln!("bulkhead: error: {e}");
         return EXIT_BULKHEAD_FAILED;
     }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        for what in crate::stale::reap() {
+            eprintln!("bulkhead: removed the {what} of a bulkhead that is gone");
+        }
+    }
     log::info!(
         "booting {} with {} MiB and {} vCPU(s)",
         config.boot.kernel.display_path().display(),

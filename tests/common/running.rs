@@ -169,3 +169,10 @@ pub fn assert_nothing_left(pid: u32, children: &[(u32, String)]) {
     let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&prefix)).collect();
     assert!(left.is_empty(), "mounts left behind: {left:?}");
 }
+
+/// Serialises the tests of one binary that start launchers: a launcher removes what gone
+/// launchers left behind, which a test that kills one must still see.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
