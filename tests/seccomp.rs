@@ -231,3 +231,30 @@ fn a_backend_thread_under_its_process_filter_is_reported_by_the_launcher() {
         "blk-process",
     );
 }
+
+#[test]
+fn a_backend_main_thread_outside_its_list_is_reported_by_the_launcher() {
+    require_kvm!();
+    let img = Image::new("seccomp-vhost-user", 16 << 20);
+    dies_under_the_launcher(
+        &["--disk", &img.disk_arg("")],
+        "bulkhead.test=blk-identify",
+        "vhost-user",
+        "bulkhead-blk",
+        "vhost-user",
+    );
+}
+
+#[test]
+fn the_console_main_thread_outside_its_list_is_reported_by_the_launcher() {
+    require_kvm!();
+    let log = scratch("main-console.log");
+    dies_under_the_launcher(
+        &["--console", &format!("file={}", log.display())],
+        "bulkhead.test=console-write bulkhead.console.lines=5",
+        "console-main",
+        "bulkhead-console",
+        "console-main",
+    );
+    let _ = std::fs::remove_file(&log);
+}
