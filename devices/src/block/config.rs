@@ -8,7 +8,7 @@ use clap::Parser;
 
 use super::virtio::{ID_BYTES, MAX_QUEUES};
 use crate::daemon::Endpoint;
-use crate::daemon::LauncherArgs;
+use crate::daemon::{BackendArgs, CommonArgs};
 
 /// The JSON `--print-capabilities` prints: QEMU's `docs/interop/vhost-user.json` schema for
 /// a block backend (`VHostUserBackendCapabilitiesBlock`: `--read-only` and `--blk-file`
@@ -25,22 +25,9 @@ pub const CAPABILITIES: &str = r#"{"type": "block", "features": ["read-only", "b
 #[derive(Debug, Parser)]
 #[command(name = "bulkhead-blk", version, about, long_about)]
 pub struct Args {
-    /// Create a Unix socket at PATH and serve the first frontend to connect.
-    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
-    pub socket_path: Option<PathBuf>,
-
-    /// Serve the frontend on inherited descriptor N: a listening Unix socket (accept one
-    /// frontend on it, QEMU's convention) or an already-connected one (a socketpair end).
-    #[arg(long, value_name = "N")]
-    pub fd: Option<RawFd>,
-
-    /// Print this backend's capabilities as JSON (QEMU's vhost-user.json) and exit.
-    #[arg(long)]
-    pub print_capabilities: bool,
-
-    /// Seccomp, landlock and the jail's last steps.
+    /// The flags every backend takes (frontend socket, capabilities, confinement).
     #[command(flatten)]
-    pub confinement: LauncherArgs,
+    pub common: CommonArgs,
 
     /// The disk image: a raw file or a block device.
     #[arg(
@@ -86,6 +73,12 @@ pub struct Args {
     /// latency and fewer guest exits, like QEMU's iothread poll-max-ns.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = DEFAULT_POLL_US)]
     pub poll_us: u32,
+}
+
+impl BackendArgs for Args {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
 }
 
 /// Default `--poll-us`.
@@ -159,11 +152,7 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(args: Args) -> Result<Self, Self::Error> {
-        let endpoint = match (args.socket_path, args.fd) {
-            (Some(path), _) => Endpoint::Path(path),
-            (None, Some(fd)) => Endpoint::Fd(fd),
-            (None, None) => return Err(ConfigError::NoSocket),
-        };
+        let endpoint = args.common.endpoint().ok_or(ConfigError::NoSocket)?;
         let image = match (args.blk_file, args.disk_fd) {
             (Some(path), _) => Image::Path(path),
             (None, Some(fd)) => Image::Fd(fd),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Parser};
 
 use crate::daemon::Endpoint;
-use crate::daemon::LauncherArgs;
+use crate::daemon::{BackendArgs, CommonArgs};
 
 /// The JSON `--print-capabilities` prints: QEMU's `docs/interop/vhost-user.json` has a
 /// `console` backend type (with no console-specific features).
@@ -22,22 +22,9 @@ pub const CAPABILITIES: &str = r#"{"type": "console"}"#;
 #[command(name = "bulkhead-console", version, about, long_about)]
 #[command(group(ArgGroup::new("stream").args(["stdio", "socket", "pty", "file", "stream_fd"])))]
 pub struct Args {
-    /// Create a Unix socket at PATH and serve the first frontend to connect.
-    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
-    pub socket_path: Option<PathBuf>,
-
-    /// Serve the frontend on inherited descriptor N: a listening Unix socket (accept one
-    /// frontend on it, QEMU's convention) or an already-connected one (a socketpair end).
-    #[arg(long, value_name = "N")]
-    pub fd: Option<RawFd>,
-
-    /// Print this backend's capabilities as JSON (QEMU's vhost-user.json) and exit.
-    #[arg(long)]
-    pub print_capabilities: bool,
-
-    /// Seccomp, landlock and the jail's last steps.
+    /// The flags every backend takes (frontend socket, capabilities, confinement).
     #[command(flatten)]
-    pub confinement: LauncherArgs,
+    pub common: CommonArgs,
 
     /// The stream is this process's stdin (input) and stdout (output). A terminal stdin is
     /// put in raw mode (restored on exit) and its size is given to the guest.
@@ -63,6 +50,12 @@ pub struct Args {
     /// put in raw mode (restored on exit) and its size is given to the guest.
     #[arg(long, value_name = "N")]
     pub stream_fd: Option<RawFd>,
+}
+
+impl BackendArgs for Args {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
 }
 
 /// Where the console's bytes go and come from.
@@ -109,11 +102,7 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(args: Args) -> Result<Self, Self::Error> {
-        let endpoint = match (args.socket_path, args.fd) {
-            (Some(path), _) => Endpoint::Path(path),
-            (None, Some(fd)) => Endpoint::Fd(fd),
-            (None, None) => return Err(ConfigError::NoSocket),
-        };
+        let endpoint = args.common.endpoint().ok_or(ConfigError::NoSocket)?;
         let stream = if args.stdio {
             StreamSpec::Stdio
         } else if let Some(path) = args.socket {

@@ -6,11 +6,9 @@
 use std::ffi::OsString;
 use std::fmt::Display;
 
-use clap::Parser;
-
 use super::thread_name::{arm_self_test, SelfTest};
 use super::Ended;
-use super::LauncherArgs;
+use super::{BackendArgs, LauncherArgs};
 
 /// What a backend tells [`backend_main`] about itself.
 pub struct Backend<'a> {
@@ -21,19 +19,17 @@ pub struct Backend<'a> {
 }
 
 /// Runs a backend whose arguments are `A` with `args` (the first is the program name):
-/// `wants_capabilities` says whether `--print-capabilities` was given, `confinement` gives
-/// the confinement flags (they become the process's settings: the seccomp mode the threads
-/// read as they confine themselves, the jail's last steps [`super::serve`] applies once the
-/// resources are open), `run` does the rest.
+/// answers `--print-capabilities`, makes the launcher's flags the process's settings (the
+/// seccomp mode the threads read as they confine themselves, the jail's last steps
+/// [`super::serve`] applies once the resources are open, the control socket), and `run`
+/// does the rest.
 pub fn backend_main<A, E, I, T>(
     backend: Backend<'_>,
     args: I,
-    wants_capabilities: impl FnOnce(&A) -> bool,
-    confinement: impl FnOnce(&A) -> LauncherArgs,
     run: impl FnOnce(A) -> Result<Ended, E>,
 ) -> i32
 where
-    A: Parser,
+    A: BackendArgs,
     E: Display,
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -49,7 +45,7 @@ where
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .try_init();
-    if wants_capabilities(&args) {
+    if args.common().print_capabilities {
         println!("{}", backend.capabilities);
         return 0;
     }
@@ -58,7 +54,7 @@ where
         seccomp,
         jail,
         seccomp_selftest,
-    } = confinement(&args);
+    } = args.common().launcher.clone();
     if let Some(fd) = control_fd {
         if let Err(e) = super::control::connect(fd) {
             eprintln!("{}: {e}", backend.program);

@@ -7,6 +7,7 @@
 //! the launcher's job (start a fresh process), as vhost-user's "backend program
 //! conventions" have it.
 
+pub mod args;
 mod confine;
 pub mod connection;
 pub mod control;
@@ -24,6 +25,7 @@ use vhost_user_backend::{Error as LibError, VhostUserBackend, VhostUserDaemon};
 use vm_memory::mmap::NewBitmap;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+pub use args::{BackendArgs, CommonArgs};
 pub use confine::{set_jail, LauncherArgs};
 pub use connection::{Connection, ConnectionError, Endpoint};
 pub use relay::RelayError;

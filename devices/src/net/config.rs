@@ -1,7 +1,6 @@
 //! `bulkhead-net`'s command line, and the checked [`Config`] it turns into.
 
 use std::os::fd::RawFd;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -9,7 +8,7 @@ use clap::Parser;
 use super::busy_poll::{DEFAULT_POLL_US, MAX_POLL_US};
 use super::virtio::MAX_QUEUE_PAIRS;
 use crate::daemon::Endpoint;
-use crate::daemon::LauncherArgs;
+use crate::daemon::{BackendArgs, CommonArgs};
 
 /// The JSON `--print-capabilities` prints. QEMU's `docs/interop/vhost-user.json` defines no
 /// net-specific capabilities (`VHostUserBackendCapabilities` has members only for `gpu`
@@ -26,22 +25,9 @@ pub const CAPABILITIES: &str = r#"{"type": "net"}"#;
 #[derive(Debug, Parser)]
 #[command(name = "bulkhead-net", version, about, long_about)]
 pub struct Args {
-    /// Create a Unix socket at PATH and serve the first frontend to connect.
-    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
-    pub socket_path: Option<PathBuf>,
-
-    /// Serve the frontend on inherited descriptor N: a listening Unix socket or an
-    /// already-connected one (a socketpair end).
-    #[arg(long, value_name = "N")]
-    pub fd: Option<RawFd>,
-
-    /// Print this backend's capabilities as JSON (QEMU's vhost-user.json) and exit.
-    #[arg(long)]
-    pub print_capabilities: bool,
-
-    /// Seccomp, landlock and the jail's last steps.
+    /// The flags every backend takes (frontend socket, capabilities, confinement).
     #[command(flatten)]
-    pub confinement: LauncherArgs,
+    pub common: CommonArgs,
 
     /// Open the TAP interface NAME (created if it does not exist and we may).
     #[arg(long, value_name = "NAME", conflicts_with = "tap_fd")]
@@ -69,6 +55,12 @@ pub struct Args {
     /// for latency and fewer guest exits, like bulkhead-blk's --poll-us.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = DEFAULT_POLL_US)]
     pub poll_us: u32,
+}
+
+impl BackendArgs for Args {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
 }
 
 /// Where the TAP comes from.
@@ -165,11 +157,7 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(args: Args) -> Result<Self, Self::Error> {
-        let endpoint = match (args.socket_path, args.fd) {
-            (Some(path), _) => Endpoint::Path(path),
-            (None, Some(fd)) => Endpoint::Fd(fd),
-            (None, None) => return Err(ConfigError::NoSocket),
-        };
+        let endpoint = args.common.endpoint().ok_or(ConfigError::NoSocket)?;
         if args.queue_pairs == 0 || args.queue_pairs > MAX_QUEUE_PAIRS {
             return Err(ConfigError::QueuePairs(args.queue_pairs));
         }
@@ -188,7 +176,7 @@ impl TryFrom<Args> for Config {
                         pairs: args.queue_pairs,
                     });
                 }
-                let mut seen: Vec<RawFd> = args.fd.into_iter().collect();
+                let mut seen: Vec<RawFd> = args.common.fd.into_iter().collect();
                 for &fd in &args.tap_fd {
                     if seen.contains(&fd) {
                         return Err(ConfigError::SameFd(fd));

@@ -102,9 +102,7 @@ where
             capabilities: CAPABILITIES,
         },
         args,
-        |args: &Args| args.print_capabilities,
-        |args: &Args| args.confinement.clone(),
-        |args| Config::try_from(args).map_err(Error::from).and_then(run),
+        |args: Args| Config::try_from(args).map_err(Error::from).and_then(run),
     )
 }
 
