@@ -25,9 +25,7 @@ use virtio_bindings::bindings::virtio_ring::{
 };
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::device::QueueWorker;
 use super::disk::Disk;
@@ -174,13 +172,7 @@ impl VhostUserBackend for BlockBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                warn!("creating a worker exit event: {e}");
-                None
-            }
-        }
+        crate::daemon::exit_event::exit_event()
     }
 
     fn handle_event(

@@ -11,6 +11,7 @@ pub mod args;
 mod confine;
 pub mod connection;
 pub mod control;
+pub mod exit_event;
 pub mod main;
 pub mod relay;
 pub mod signals;
