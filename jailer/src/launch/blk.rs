@@ -23,13 +23,8 @@ pub fn start_blk(
         .read(true)
         .write(!readonly)
         .open(path)
-        .map_err(|source| LaunchError::OpenDisk {
-            what: "disk image",
-            name: name.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
-    check_image_size(name, path, &disk)?;
+        .map_err(open_error(name, path))?;
+    let size = image_size(name, path, &disk)?;
     let program = backend_program(name, "bulkhead-blk")?;
     let mut cmd = Command::new(&program);
     cmd.args([
@@ -48,40 +43,41 @@ pub fn start_blk(
     if let Some(s) = serial {
         cmd.args(["--serial", s]);
     }
-    cmd.args([
-        "--seccomp",
-        &bulkhead_seccomp::mode::children_mode().to_string(),
-    ]);
-    // A regular file may not grow through the backend; a block device has no such limit.
-    let size = disk.metadata().map(|m| m.len()).unwrap_or(0);
+    // The image may not grow through the backend (RLIMIT_FSIZE; no effect on a block device).
     let needs = Needs {
         workers: u64::from(queues),
-        max_file_size: (size > 0).then_some(size),
+        max_file_size: Some(size),
         reports: true,
         ..Needs::default()
     };
     spawn(name, cmd, vec![OwnedFd::from(disk)], false, &needs)
 }
 
-/// Refuses, naming the file, an image the block backend would refuse by its fd alone.
-fn check_image_size(name: &str, path: &Path, mut disk: &File) -> Result<(), LaunchError> {
+/// The error for disk image `path` of device `name`.
+fn open_error<'a>(name: &'a str, path: &'a Path) -> impl Fn(std::io::Error) -> LaunchError + 'a {
+    move |source| LaunchError::OpenDisk {
+        what: "disk image",
+        name: name.to_owned(),
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The image's size; refuses, naming the file, an image the block backend would refuse by
+/// its fd alone.
+fn image_size(name: &str, path: &Path, mut disk: &File) -> Result<u64, LaunchError> {
     use std::io::Seek;
     // Seeking to the end gives the size of block devices too.
     let size = disk
         .seek(std::io::SeekFrom::End(0))
         .and_then(|size| disk.rewind().map(|()| size))
-        .map_err(|source| LaunchError::OpenDisk {
-            what: "disk image",
-            name: name.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(open_error(name, path))?;
     let why = if size == 0 {
         "empty"
     } else if size % 512 != 0 {
         "not a multiple of 512 (the image must be a whole number of 512-byte sectors)"
     } else {
-        return Ok(());
+        return Ok(size);
     };
     Err(LaunchError::BadImage {
         name: name.to_owned(),

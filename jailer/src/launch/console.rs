@@ -81,10 +81,6 @@ pub fn start_console(
             cmd.args(["--stream-fd", &FIRST_EXTRA_FD.to_string()]);
         }
     }
-    cmd.args([
-        "--seccomp",
-        &bulkhead_seccomp::mode::children_mode().to_string(),
-    ]);
     let needs = Needs {
         // The guest's output may fill a console file; other streams are not files.
         max_file_size: (!matches!(stream, ConsoleStream::File(_))).then_some(0),

@@ -333,6 +333,11 @@ fn spawn_with(
     );
     let (errors, heard) = stderr::relay(name).map_err(spawn_err)?;
     let mut cmd = cmd;
+    // Every program of ours takes the launcher's seccomp mode.
+    cmd.args([
+        "--seccomp",
+        &bulkhead_seccomp::mode::children_mode().to_string(),
+    ]);
     let mut control = None;
     if needs.reports {
         let (launcher_end, process_end) = UnixStream::pair().map_err(spawn_err)?;

@@ -27,10 +27,6 @@ pub fn start_net(
         .args(["--tap-fd", &tap_fds.join(",")])
         .args(["--mac", &format_mac(mac)])
         .args(["--queue-pairs", &taps.len().to_string()]);
-    cmd.args([
-        "--seccomp",
-        &bulkhead_seccomp::mode::children_mode().to_string(),
-    ]);
     let needs = Needs {
         netns,
         workers: taps.len() as u64,

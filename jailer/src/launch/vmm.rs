@@ -64,10 +64,6 @@ pub fn start_vmm(
         };
         cmd.arg("--device").arg(arg.to_arg());
     }
-    cmd.args([
-        "--seccomp",
-        &bulkhead_seccomp::mode::children_mode().to_string(),
-    ]);
     let needs = Needs {
         workers: args.cpus,
         // Guest memory is a memfd of that size; a serial log file may grow.
