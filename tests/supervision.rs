@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::running::{assert_nothing_left, children, serial, Running};
+use common::running::{
+    assert_gone, assert_nothing_left, cgroups_of, children, namespaces_of, serial, Running,
+};
 
 fn kill_one(program: &str, device: &str) {
     require_kvm!();
@@ -210,32 +212,6 @@ fn ctl_reports_pauses_resumes_and_shuts_down_the_vm() {
     );
 }
 
-/// Names under `dir` that start with `prefix`.
-fn named(dir: &str, prefix: &str) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The cgroups of launcher `pid`'s processes, v2 and v1.
-fn cgroups_of(pid: u32) -> Vec<String> {
-    let prefix = format!("bulkhead-{pid}-");
-    let mut all = named("/sys/fs/cgroup/bulkhead", &prefix);
-    for c in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        all.extend(named(&c.path().join("bulkhead").to_string_lossy(), &prefix));
-    }
-    all
-}
-
 #[test]
 fn what_a_killed_launcher_left_is_removed_by_the_next_run() {
     require_kvm!();
@@ -251,19 +227,9 @@ fn what_a_killed_launcher_left_is_removed_by_the_next_run() {
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let _ = vm.finish();
     // Its processes die with it (parent-death signal) ...
-    for (c, name) in &kids {
-        let gone = (0..250).any(|_| {
-            let alive = std::path::Path::new(&format!("/proc/{c}")).exists();
-            if alive {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            !alive
-        });
-        assert!(gone, "{name} (pid {c}) outlived its launcher");
-    }
+    assert_gone(&kids, "its launcher");
     // ... but its namespace and cgroups stay.
-    let prefix = format!("bulkhead-{pid}-");
-    assert_eq!(named("/run/netns", &prefix).len(), 1, "the namespace");
+    assert_eq!(namespaces_of(pid).len(), 1, "the namespace");
     assert!(!cgroups_of(pid).is_empty(), "the cgroups");
     let out = common::run(
         {
@@ -281,6 +247,6 @@ fn what_a_killed_launcher_left_is_removed_by_the_next_run() {
         "{}",
         out.stderr
     );
-    assert!(named("/run/netns", &prefix).is_empty());
+    assert!(namespaces_of(pid).is_empty());
     assert!(cgroups_of(pid).is_empty(), "{:?}", cgroups_of(pid));
 }

@@ -9,7 +9,7 @@ use bulkhead_vmm::virtio::vhost_user::BackendSocket;
 
 use crate::disk_arg::{DiskArg, DiskBackend};
 use crate::launch::console::ConsoleStream;
-use crate::launch::{self, DeviceProcess, LaunchError};
+use crate::launch::{self, wait_briefly, DeviceProcess, LaunchError};
 use crate::net_arg::{format_mac, random_mac, NetArg, NetBackend};
 use crate::netns::{NetNs as NamedNetNs, NetNsError};
 use crate::tap::TapError;
@@ -261,15 +261,4 @@ fn ended(p: &mut DeviceProcess) -> Option<String> {
         p.pid(),
         p.describe(status)
     ))
-}
-
-/// Calls `f` up to `attempts` times, 2 ms apart, until it gives an answer.
-fn wait_briefly<T>(attempts: u32, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    for _ in 0..attempts {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    None
 }

@@ -129,6 +129,23 @@ pub fn children(pid: u32) -> Vec<(u32, String)> {
 
 /// Nothing of launcher `pid` is left: no process and no namespace.
 pub fn assert_nothing_left(pid: u32, children: &[(u32, String)]) {
+    assert_gone(children, "the VM");
+    let namespaces = namespaces_of(pid);
+    assert!(
+        namespaces.is_empty(),
+        "network namespaces left behind: {namespaces:?}"
+    );
+    let cgroups = cgroups_of(pid);
+    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
+    let prefix = format!("bulkhead-{pid}-");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&prefix)).collect();
+    assert!(left.is_empty(), "mounts left behind: {left:?}");
+}
+
+/// Waits (up to 5 s) until every process in `children` is gone; they must not outlive
+/// `what`.
+pub fn assert_gone(children: &[(u32, String)], what: &str) {
     for (c, name) in children {
         let gone = (0..250).any(|_| {
             let alive = std::path::Path::new(&format!("/proc/{c}")).exists();
@@ -137,37 +154,40 @@ pub fn assert_nothing_left(pid: u32, children: &[(u32, String)]) {
             }
             !alive
         });
-        assert!(gone, "{name} (pid {c}) outlived the VM");
+        assert!(gone, "{name} (pid {c}) outlived {what}");
     }
+}
+
+/// Entries of `dir` that belong to launcher `pid` (named `bulkhead-<pid>-...`).
+fn named_for(dir: &std::path::Path, pid: u32) -> Vec<String> {
     let prefix = format!("bulkhead-{pid}-");
-    let named = |dir: &std::path::Path| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&prefix))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let namespaces = named(std::path::Path::new("/run/netns"));
-    assert!(
-        namespaces.is_empty(),
-        "network namespaces left behind: {namespaces:?}"
-    );
-    // cgroup v2 (/sys/fs/cgroup/bulkhead) or v1 (/sys/fs/cgroup/<controller>/bulkhead).
-    let mut cgroups = named(std::path::Path::new("/sys/fs/cgroup/bulkhead"));
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Launcher `pid`'s network namespaces (`--net auto`).
+pub fn namespaces_of(pid: u32) -> Vec<String> {
+    named_for(std::path::Path::new("/run/netns"), pid)
+}
+
+/// Launcher `pid`'s processes' cgroups: v2 (/sys/fs/cgroup/bulkhead) or v1
+/// (/sys/fs/cgroup/<controller>/bulkhead).
+pub fn cgroups_of(pid: u32) -> Vec<String> {
+    let mut cgroups = named_for(std::path::Path::new("/sys/fs/cgroup/bulkhead"), pid);
     for controller in std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
         .flatten()
     {
-        cgroups.extend(named(&controller.path().join("bulkhead")));
+        cgroups.extend(named_for(&controller.path().join("bulkhead"), pid));
     }
-    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&prefix)).collect();
-    assert!(left.is_empty(), "mounts left behind: {left:?}");
+    cgroups
 }
 
 /// Serialises the tests of one binary that start launchers: a launcher removes what gone

@@ -178,14 +178,7 @@ impl DeviceProcess {
                     break format!("did not say it was ready within {READY_TIMEOUT:?}")
                 }
                 Err(_) => {
-                    break std::iter::repeat_with(|| self.exited())
-                        .take(250)
-                        .find_map(|s| {
-                            s.or_else(|| {
-                                std::thread::sleep(Duration::from_millis(2));
-                                None
-                            })
-                        })
+                    break wait_briefly(250, || self.exited())
                         .map_or_else(|| "closed its control socket".into(), |s| self.describe(s))
                 }
             }
@@ -245,6 +238,17 @@ impl DeviceProcess {
         }
         status
     }
+}
+
+/// Calls `f` up to `attempts` times, 2 ms apart, until it gives an answer.
+pub fn wait_briefly<T>(attempts: u32, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..attempts {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
 }
 
 /// Describes how a process ended, e.g. `was killed by signal 9 (SIGKILL)`.
