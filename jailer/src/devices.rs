@@ -190,7 +190,7 @@ impl Devices {
                      reach the guest at {guest} with `ip netns exec {ns_name} ...`",
                     format_mac(&mac)
                 );
-                (taps, launch::confine::named_netns(&ns_name))
+                (taps, NetNs::Join(crate::netns::path(&ns_name)))
             }
         };
         let (process, socket) = launch::start_net(name, taps, &mac, netns)?;

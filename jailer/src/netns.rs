@@ -34,6 +34,14 @@ pub enum NetNsError {
     Tap(#[from] tap::TapError),
 }
 
+/// Where `ip netns` keeps named network namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// The path of named network namespace `name`.
+pub fn path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(NETNS_DIR).join(name)
+}
+
 /// A named network namespace, deleted on drop.
 pub struct NetNs {
     /// Its name (under /run/netns).
@@ -74,7 +82,7 @@ impl NetNs {
     /// Opens TAP `tap` (creating it) inside the namespace, from a thread that enters it (a
     /// thread's network namespace is its own, so bulkhead's stays as it was).
     pub fn open_tap(&self, tap: &str, queues: u16) -> Result<Vec<OwnedFd>, NetNsError> {
-        let path = format!("/run/netns/{}", self.name);
+        let path = path(&self.name).to_string_lossy().into_owned();
         let name = self.name.clone();
         let tap = tap.to_owned();
         // The thread ends right after opening the TAP.

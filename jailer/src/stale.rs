@@ -6,12 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::netns::ip;
+use crate::netns::{ip, NETNS_DIR};
 
 /// Where cgroups of jailed processes are: v2, then each v1 controller.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// Where `ip netns` keeps named namespaces.
-const NETNS_DIR: &str = "/run/netns";
 
 /// The launcher pid in a `bulkhead-<pid>-<name>` name.
 fn launcher_pid(name: &str) -> Option<u32> {

@@ -187,8 +187,8 @@ fn guest_run(ms: u64) -> Result<(Rates, Rates), String> {
 }
 
 fn wait_for_namespace(ns: &str) -> Result<(), String> {
-    let path = format!("/run/netns/{ns}");
-    wait_briefly(|| std::path::Path::new(&path).exists().then_some(()))
+    let path = crate::netns::path(ns);
+    wait_briefly(|| path.exists().then_some(()))
         .ok_or_else(|| format!("network namespace {ns} did not appear"))
 }
 
@@ -208,7 +208,7 @@ fn wait_briefly<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
 
 /// Moves the calling thread into namespace `ns`.
 fn enter(ns: &str) -> Result<(), String> {
-    crate::netns::enter_thread(&format!("/run/netns/{ns}"))
+    crate::netns::enter_thread(&crate::netns::path(ns).to_string_lossy())
         .map_err(|e| format!("entering {ns}: {e}"))
 }
 

@@ -2,7 +2,6 @@
 //! processes (`bulkhead run --jail`, `--uid`, `--gid`, `--landlock`), and what each kind of
 //! process needs of its jail (network namespace, CPU, threads, file size, fds).
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use bulkhead::jail::{CgroupLimits, Jail, NetNs, Rlimits};
@@ -113,11 +112,6 @@ pub fn jail_for(name: &str, needs: &Needs, c: &Confinement) -> Jail {
     };
     jail.landlock = c.landlock;
     jail
-}
-
-/// The network namespace `ip netns add NAME` made.
-pub fn named_netns(name: &str) -> NetNs {
-    NetNs::Join(PathBuf::from("/run/netns").join(name))
 }
 
 #[cfg(test)]
