@@ -6,10 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::netns::{ip, NETNS_DIR};
+use bulkhead::jail::cgroup::{CGROUP_ROOT, PARENT};
 
-/// Where cgroups of jailed processes are: v2, then each v1 controller.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+use crate::netns::{ip, NETNS_DIR};
 
 /// The launcher pid in a `bulkhead-<pid>-<name>` name.
 fn launcher_pid(name: &str) -> Option<u32> {
@@ -54,9 +53,10 @@ pub fn reap() -> Vec<String> {
             }
         }
     }
-    let mut parents = vec![PathBuf::from(CGROUP_ROOT).join("bulkhead")];
+    // The jails' parent cgroup: v2, then under each v1 controller.
+    let mut parents = vec![PathBuf::from(CGROUP_ROOT).join(PARENT)];
     if let Ok(controllers) = std::fs::read_dir(CGROUP_ROOT) {
-        parents.extend(controllers.flatten().map(|c| c.path().join("bulkhead")));
+        parents.extend(controllers.flatten().map(|c| c.path().join(PARENT)));
     }
     for parent in parents {
         for cgroup in stale_in(&parent) {

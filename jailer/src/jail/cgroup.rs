@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// The usual mount point of the cgroup filesystems.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The directory, in each hierarchy, that holds one cgroup per jailed process.
-const PARENT: &str = "bulkhead";
+pub const PARENT: &str = "bulkhead";
 /// The CPU bandwidth period for `cpus` limits, in microseconds (the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
 
