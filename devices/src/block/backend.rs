@@ -101,13 +101,14 @@ pub fn features(read_only: bool, num_queues: u16) -> u64 {
         VIRTIO_BLK_F_SEG_MAX,
         VIRTIO_BLK_F_BLK_SIZE,
         VIRTIO_BLK_F_FLUSH,
-        VIRTIO_BLK_F_DISCARD,
-        VIRTIO_BLK_F_WRITE_ZEROES,
     ]
     .iter()
     .fold(0u64, |acc, bit| acc | 1 << bit);
     if read_only {
         bits |= 1 << VIRTIO_BLK_F_RO;
+    } else {
+        // Both change the image: not offered on a read-only disk.
+        bits |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
     }
     if num_queues > 1 {
         bits |= 1 << VIRTIO_BLK_F_MQ;
