@@ -17,7 +17,7 @@ mod logger;
 mod site;
 
 pub use bucket::TokenBucket;
-pub use logger::{install, LimitedLogger};
+pub use logger::{admitted, install, LimitedLogger};
 pub use site::{LogSite, LINES_PER_SEC, LINE_BURST};
 
 #[doc(hidden)]
@@ -34,16 +34,18 @@ macro_rules! limited {
         let level = $level;
         if $crate::__log::log_enabled!(level) {
             if let Some(suppressed) = SITE.admit() {
-                if suppressed == 0 {
-                    $crate::__log::log!(level, $($arg)+);
-                } else {
-                    $crate::__log::log!(
-                        level,
-                        "{} ({} similar messages suppressed)",
-                        format_args!($($arg)+),
-                        suppressed
-                    );
-                }
+                $crate::admitted(|| {
+                    if suppressed == 0 {
+                        $crate::__log::log!(level, $($arg)+);
+                    } else {
+                        $crate::__log::log!(
+                            level,
+                            "{} ({} similar messages suppressed)",
+                            format_args!($($arg)+),
+                            suppressed
+                        );
+                    }
+                })
             }
         }
     }};

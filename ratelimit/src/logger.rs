@@ -3,6 +3,7 @@
 //! them): each record's source location gets a [`LogSite`], the rest of the work is the
 //! wrapped logger's. [`install`] it in place of `env_logger::Builder::init`.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -13,6 +14,21 @@ use crate::LogSite;
 /// Most distinct call sites tracked; records from further sites share one budget (a
 /// process has a few hundred sites at most, so this is never reached in practice).
 const MAX_SITES: usize = 4096;
+
+thread_local! {
+    /// Set while a line that a [`crate::limited!`] site let through is being logged: it
+    /// was limited once already, and limiting it again would count its drops twice.
+    static ADMITTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `log` (the logging of one line a limited site let through) so that a
+/// [`LimitedLogger`] passes it on without limiting it a second time.
+#[doc(hidden)]
+pub fn admitted(log: impl FnOnce()) {
+    ADMITTED.with(|a| a.set(true));
+    log();
+    ADMITTED.with(|a| a.set(false));
+}
 
 /// Wraps a logger so that each call site is limited as [`LogSite`] says.
 pub struct LimitedLogger<L> {
@@ -63,6 +79,9 @@ impl<L: Log> Log for LimitedLogger<L> {
     fn log(&self, record: &Record<'_>) {
         if !self.inner.enabled(record.metadata()) {
             return;
+        }
+        if ADMITTED.with(Cell::get) {
+            return self.inner.log(record);
         }
         match self.admit(record) {
             None => {}
@@ -133,6 +152,21 @@ mod tests {
         }
         let kept = logger.inner.0.lock().unwrap().len();
         assert_eq!(kept, 2 * LINE_BURST as usize);
+    }
+
+    #[test]
+    fn a_line_a_limited_site_let_through_is_not_limited_again() {
+        let logger = LimitedLogger::new(Keep::default());
+        for _ in 0..100 {
+            admitted(|| record_at(1, &logger));
+        }
+        assert_eq!(logger.inner.0.lock().unwrap().len(), 100);
+        record_at(1, &logger);
+        assert_eq!(
+            logger.inner.0.lock().unwrap().len(),
+            101,
+            "its own budget is whole"
+        );
     }
 
     #[test]
