@@ -281,7 +281,7 @@ impl<'a> Supervisor<'a> {
             }
             Ok(ApiRequest::Hello { .. }) => ApiReply::Error("a second Hello".into()),
             Err(e) => {
-                log::warn!("API socket: {e}");
+                log::warn!("API socket: {}", sanitize(&e));
                 return;
             }
         };
