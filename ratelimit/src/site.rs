@@ -82,13 +82,51 @@ mod tests {
         assert_eq!(site.admit_at(later + Duration::from_secs(1)), Some(1));
     }
 
-    #[test]
-    fn the_macro_counts_per_call_site() {
-        // Logging is not initialised here: the macro must not consume budget for a level
-        // nobody prints (and must compile with every argument form).
-        for i in 0..100 {
-            crate::warn_limited!("flood {i}");
-            crate::debug_limited!("flood {}", i);
+    /// Keeps the lines logged through the `log` macros (the process's logger, for this
+    /// test binary).
+    struct Keep(Mutex<Vec<String>>);
+
+    impl log::Log for Keep {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::Level::Warn
         }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                self.0.lock().unwrap().push(record.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    static KEPT: Keep = Keep(Mutex::new(Vec::new()));
+
+    #[test]
+    fn the_macros_limit_each_call_site_and_count_what_they_drop() {
+        log::set_logger(&KEPT).unwrap();
+        log::set_max_level(log::LevelFilter::Warn);
+        // One call site, many lines.
+        let flood = |text: &str| crate::warn_limited!("{text}");
+        for i in 0..100 {
+            flood(&format!("flood {i}"));
+            // A level the logger does not print: nothing, whatever its budget.
+            crate::debug_limited!("quiet {}", i);
+        }
+        for i in 0..3 {
+            crate::error_limited!("other site {i}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        flood("flood again");
+        let kept = KEPT.0.lock().unwrap().clone();
+        let burst: Vec<String> = (0..LINE_BURST).map(|i| format!("flood {i}")).collect();
+        assert_eq!(kept[..LINE_BURST as usize], burst[..]);
+        assert_eq!(
+            kept[LINE_BURST as usize..],
+            [
+                "other site 0",
+                "other site 1",
+                "other site 2",
+                "flood again (90 similar messages suppressed)"
+            ]
+        );
     }
 }
