@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -81,7 +82,12 @@ impl Squatted {
         let mut paths = Vec::new();
         for pid in last + 1..=last + count {
             let path = std::env::temp_dir().join(format!("bulkhead-{pid}-scratch.img"));
-            if std::fs::write(&path, b"mallory's").is_ok() {
+            // O_EXCL: never through whatever may already be at that name.
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path);
+            if created.and_then(|mut f| f.write_all(b"mallory's")).is_ok() {
                 std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown");
                 paths.push(path);
             }
