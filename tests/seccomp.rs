@@ -27,11 +27,14 @@ fn run_backend(program: &str, args: &[&str], deadline: Duration) -> common::Outp
     common::run(cmd, deadline)
 }
 
-/// The report line in `stderr`, parsed.
+/// The report line in `stderr`, parsed: as a backend run alone prints it, or as the
+/// launcher relays it (after the process's name, `disk0| `).
 fn violation(stderr: &str) -> report::Violation {
     stderr
         .lines()
-        .find_map(report::parse)
+        .find_map(|l| {
+            report::parse(l).or_else(|| l.split_once("| ").and_then(|(_, r)| report::parse(r)))
+        })
         .unwrap_or_else(|| panic!("no seccomp report in stderr:\n{stderr}"))
 }
 

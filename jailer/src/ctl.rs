@@ -7,6 +7,7 @@ use std::time::Duration;
 use bulkhead_protocol::{ApiClientChannel, ApiReply, ApiRequest, DeviceState, VmState, VmStatus};
 
 use crate::cli::{CtlAction, CtlArgs};
+use crate::untrusted::sanitize;
 
 /// How long the VM gets to answer.
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -26,16 +27,21 @@ pub fn main(args: CtlArgs) -> i32 {
             print!("{}", describe(&status));
             0
         }
+        // Whatever answers on the socket (a launcher relaying its vmm, or anything else
+        // there) does not drive this terminal.
         Ok(ApiReply::Error(e)) => {
-            eprintln!("bulkhead: the VM at {at} refused: {e}");
+            eprintln!("bulkhead: the VM at {at} refused: {}", sanitize(&e));
             1
         }
         Ok(other) => {
-            eprintln!("bulkhead: the VM at {at} answered {other:?}");
+            eprintln!(
+                "bulkhead: the VM at {at} answered {}",
+                sanitize(&format!("{other:?}"))
+            );
             125
         }
         Err(e) => {
-            eprintln!("bulkhead: error: API socket {at}: {e}");
+            eprintln!("bulkhead: error: API socket {at}: {}", sanitize(&e));
             125
         }
     }
@@ -72,7 +78,11 @@ pub fn describe(s: &VmStatus) -> String {
             DeviceState::Failed => "failed",
             DeviceState::Exited => "exited",
         };
-        out.push_str(&format!("process: {} pid {} {state}\n", d.name, d.pid));
+        out.push_str(&format!(
+            "process: {} pid {} {state}\n",
+            sanitize(&d.name),
+            d.pid
+        ));
     }
     out
 }
@@ -88,15 +98,22 @@ mod tests {
             state: VmState::Paused,
             vcpus: 2,
             memory_bytes: 512 << 20,
-            devices: vec![DeviceStatus {
-                name: "disk0 (bulkhead-blk)".into(),
-                pid: 42,
-                state: DeviceState::Ready,
-            }],
+            devices: vec![
+                DeviceStatus {
+                    name: "disk0 (bulkhead-blk)".into(),
+                    pid: 42,
+                    state: DeviceState::Ready,
+                },
+                DeviceStatus {
+                    name: "x\x1b[2J\nstate: running".into(),
+                    pid: 43,
+                    state: DeviceState::Failed,
+                },
+            ],
         };
         assert_eq!(
             describe(&s),
-            "state: paused\nvcpus: 2\nmemory: 512 MiB\nprocess: disk0 (bulkhead-blk) pid 42 running\n"
+            "state: paused\nvcpus: 2\nmemory: 512 MiB\nprocess: disk0 (bulkhead-blk) pid 42 running\nprocess: x\\x1b[2J\\x0astate: running pid 43 failed\n"
         );
     }
 }

@@ -3,39 +3,83 @@
 //! and a network device on a TAP in a private network namespace, each device in its own
 //! process. Any flag means the user describes the machine and gets exactly that.
 
-use std::path::PathBuf;
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 /// Size of the scratch disk.
 const SCRATCH_BYTES: u64 = 64 << 20;
+/// The scratch disk's name in its directory.
+const SCRATCH_NAME: &str = "scratch.img";
 
-/// The demo's scratch disk; deleted when dropped.
+/// The demo's scratch disk, alone in a private directory; both deleted when dropped.
+///
+/// Why a directory: the image must have a path (`--disk path=` opens it like any disk,
+/// with the launcher's checks on paths), so O_TMPFILE does not fit; a name of the
+/// launcher's choosing in the shared temporary directory could be taken or watched by
+/// another user. So a fresh directory with a random name (mkdtemp: mode 0700, created
+/// exclusively, a new name if one is taken), and in it the image, created exclusively,
+/// mode 0600, not following a link. If the launcher is killed before it can remove them,
+/// the directory (`bulkhead-<pid>-XXXXXX` in the temporary directory, the launcher's pid)
+/// stays behind, readable by root only.
 pub struct Demo {
+    dir: PathBuf,
     scratch: PathBuf,
+}
+
+/// A new directory `bulkhead-<pid>-XXXXXX` in the temporary directory, mode 0700.
+fn private_dir() -> io::Result<PathBuf> {
+    let template = std::env::temp_dir().join(format!("bulkhead-{}-XXXXXX", std::process::id()));
+    let mut bytes = CString::new(template.into_os_string().into_vec())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+        .into_bytes_with_nul();
+    // SAFETY: `bytes` is a writable, NUL-terminated buffer whose name ends in XXXXXX, as
+    // mkdtemp requires; it rewrites only those six bytes and returns the buffer or NULL.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    bytes.pop(); // the NUL
+    Ok(PathBuf::from(OsString::from_vec(bytes)))
+}
+
+/// `e` with what was being done to `path`.
+fn with_path(what: &str, path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
 impl Demo {
     /// Creates the scratch disk; returns the demo and the `bulkhead run` flags describing
     /// the machine.
-    pub fn create() -> std::io::Result<(Demo, Vec<String>)> {
-        let scratch =
-            std::env::temp_dir().join(format!("bulkhead-{}-scratch.img", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&scratch)
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("creating the scratch disk {}: {e}", scratch.display()),
-                )
-            })?;
-        let demo = Demo { scratch };
-        file.set_len(SCRATCH_BYTES).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("sizing the scratch disk {}: {e}", demo.scratch.display()),
+    pub fn create() -> io::Result<(Demo, Vec<String>)> {
+        let dir = private_dir().map_err(|e| {
+            with_path(
+                "creating a directory for the scratch disk in",
+                &std::env::temp_dir(),
+                e,
             )
         })?;
+        let scratch = dir.join(SCRATCH_NAME);
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&scratch);
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => {
+                // Nothing of ours is in the directory: only it is removed.
+                let _ = std::fs::remove_dir(&dir);
+                return Err(with_path("creating the scratch disk", &scratch, e));
+            }
+        };
+        // From here, dropping `demo` removes both.
+        let demo = Demo { dir, scratch };
+        file.set_len(SCRATCH_BYTES)
+            .map_err(|e| with_path("sizing the scratch disk", &demo.scratch, e))?;
         eprintln!(
             "bulkhead: no flags given: demo VM (built-in test guest) with a {} MiB scratch disk \
              {} (deleted at exit), a console on this terminal and a network device in a private \
@@ -57,8 +101,16 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.scratch) {
-            log::warn!("removing {}: {e}", self.scratch.display());
+        for (path, removed) in [
+            (&self.scratch, std::fs::remove_file(&self.scratch)),
+            (&self.dir, std::fs::remove_dir(&self.dir)),
+        ] {
+            match removed {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    log::warn!("removing {}: {e}", path.display())
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -66,14 +118,42 @@ impl Drop for Demo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
-    fn scratch_disk_exists_while_the_demo_lives() {
-        let (demo, flags) = Demo::create().unwrap();
-        let path = demo.scratch.clone();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), SCRATCH_BYTES);
+    fn scratch_disk_is_private_and_exists_while_the_demo_lives() {
+        // Another user took the old, guessable name for this pid.
+        let old = std::env::temp_dir().join(format!("bulkhead-{}-scratch.img", std::process::id()));
+        std::fs::write(&old, b"not yours").unwrap();
+        let root = is_root();
+        if root {
+            std::os::unix::fs::chown(&old, Some(65534), Some(65534)).unwrap();
+        }
+        let created = Demo::create();
+        std::fs::remove_file(&old).unwrap();
+        let (demo, flags) = created.expect("the demo does not depend on a guessable name");
+        let (dir, path) = (demo.dir.clone(), demo.scratch.clone());
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.len(), SCRATCH_BYTES);
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600, "image mode");
+        let dmeta = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(dmeta.is_dir());
+        assert_eq!(dmeta.permissions().mode() & 0o7777, 0o700, "directory mode");
+        assert_eq!(dmeta.uid(), meta.uid());
+        assert_eq!(path.parent(), Some(dir.as_path()));
+        assert_ne!(path, old);
         assert_eq!(flags[1], format!("path={}", path.display()));
+        // Two demos of one launcher get two directories.
+        let (other, _) = Demo::create().unwrap();
+        assert_ne!(other.dir, dir);
+        drop(other);
         drop(demo);
-        assert!(!path.exists());
+        assert!(!path.exists() && !dir.exists(), "removed at the end");
+    }
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
     }
 }

@@ -24,9 +24,15 @@ mod untrusted;
 use clap::Parser;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp_millis()
-        .init();
+    // Every log call site limited: what the VM's processes report must not flood the logs.
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+            .format_timestamp_millis()
+            .build();
+    let max = logger.filter();
+    if let Err(e) = bulkhead_ratelimit::install(logger, max) {
+        eprintln!("bulkhead: setting up logging: {e}");
+    }
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut demo = None;
     if argv.get(1).is_some_and(|a| a == "run") {

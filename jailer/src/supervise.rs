@@ -224,7 +224,7 @@ impl<'a> Supervisor<'a> {
     fn record(&mut self, msg: ToLauncher) {
         match msg {
             ToLauncher::Ready { role, pid } => {
-                log::info!("{role} (pid {pid}) ready");
+                log::info!("{} (pid {pid}) ready", sanitize(&role));
                 self.report.ready = true;
                 self.vmm.ready = true;
             }
@@ -237,7 +237,10 @@ impl<'a> Supervisor<'a> {
                 self.report.error.get_or_insert(sanitize(&message));
             }
             ToLauncher::Exited { code } => self.report.exited = Some(code),
-            other => log::warn!("the vmm said {other:?} unprompted; ignored"),
+            other => log::warn!(
+                "the vmm said {} unprompted; ignored",
+                sanitize(&format!("{other:?}"))
+            ),
         }
     }
 
@@ -278,7 +281,7 @@ impl<'a> Supervisor<'a> {
             }
             Ok(ApiRequest::Hello { .. }) => ApiReply::Error("a second Hello".into()),
             Err(e) => {
-                log::warn!("API socket: {e}");
+                log::warn!("API socket: {}", sanitize(&e));
                 return;
             }
         };
@@ -292,9 +295,8 @@ impl<'a> Supervisor<'a> {
                 status.devices = self.processes();
                 ApiReply::Status(status)
             }
-            Ok(ToLauncher::Error { message }) => ApiReply::Error(message),
-            Ok(other) => ApiReply::Error(format!("the vmm answered {other:?}")),
-            Err(e) => ApiReply::Error(e),
+            Ok(other) => refusal(other),
+            Err(e) => ApiReply::Error(sanitize(&e)),
         }
     }
 
@@ -369,6 +371,18 @@ impl<'a> Supervisor<'a> {
     }
 }
 
+/// What an API client is told when the vmm did not answer with its status: the vmm's
+/// words go to the client's terminal, so they are defused and capped.
+fn refusal(answer: ToLauncher) -> ApiReply {
+    match answer {
+        ToLauncher::Error { message } => ApiReply::Error(sanitize(&message)),
+        other => ApiReply::Error(format!(
+            "the vmm answered {}",
+            sanitize(&format!("{other:?}"))
+        )),
+    }
+}
+
 fn pollin(fd: RawFd) -> libc::pollfd {
     libc::pollfd {
         fd,
@@ -388,4 +402,27 @@ fn vmm_died(mut vmm: DeviceProcess, what: &str) -> i32 {
         None => eprintln!("bulkhead: {VMM} failed: {program} (pid {pid}) {what}; VM stopped"),
     }
     EXIT_BULKHEAD_FAILED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::untrusted::MAX_MESSAGE;
+
+    #[test]
+    fn what_the_vmm_says_reaches_a_client_defused_and_capped() {
+        let hostile = format!("\x1b]0;pwned\x07\u{9b}2J{}", "a".repeat(100_000));
+        let ApiReply::Error(e) = refusal(ToLauncher::Error { message: hostile }) else {
+            panic!("not an error reply");
+        };
+        assert!(e.starts_with("\\x1b]0;pwned\\x07\\x9b2Jaaa"), "{e}");
+        assert!(e.len() <= MAX_MESSAGE + 3 && e.ends_with("..."));
+        let ApiReply::Error(e) = refusal(ToLauncher::DeviceFailed {
+            device: "disk0\x1b[2J".into(),
+            reason: "x".repeat(100_000),
+        }) else {
+            panic!("not an error reply");
+        };
+        assert!(!e.contains('\x1b') && e.len() <= "the vmm answered ".len() + MAX_MESSAGE + 3);
+    }
 }

@@ -16,7 +16,7 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use log::{debug, warn};
+use bulkhead_ratelimit::{debug_limited, warn_limited};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -101,13 +101,14 @@ pub fn features(read_only: bool, num_queues: u16) -> u64 {
         VIRTIO_BLK_F_SEG_MAX,
         VIRTIO_BLK_F_BLK_SIZE,
         VIRTIO_BLK_F_FLUSH,
-        VIRTIO_BLK_F_DISCARD,
-        VIRTIO_BLK_F_WRITE_ZEROES,
     ]
     .iter()
     .fold(0u64, |acc, bit| acc | 1 << bit);
     if read_only {
         bits |= 1 << VIRTIO_BLK_F_RO;
+    } else {
+        // Both change the image: not offered on a read-only disk.
+        bits |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
     }
     if num_queues > 1 {
         bits |= 1 << VIRTIO_BLK_F_MQ;
@@ -147,7 +148,7 @@ impl VhostUserBackend for BlockBackend {
 
     fn set_event_idx(&self, enabled: bool) {
         // vhost-user-backend sets it on each queue, which is where it is used.
-        debug!("event index {}", if enabled { "on" } else { "off" });
+        debug_limited!("event index {}", if enabled { "on" } else { "off" });
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -158,7 +159,7 @@ impl VhostUserBackend for BlockBackend {
         // Nothing in virtio-blk's configuration space is writable without CONFIG_WCE, which
         // we don't offer. Refusing would make vhost-user-backend drop the connection, so a
         // guest poking its config space would kill its own disk: ignore the write instead.
-        debug!("ignoring a {}-byte config write at {offset}", buf.len());
+        debug_limited!("ignoring a {}-byte config write at {offset}", buf.len());
         Ok(())
     }
 
@@ -185,14 +186,14 @@ impl VhostUserBackend for BlockBackend {
         // Returning an error would end this worker thread, and with it the queue: only the
         // kick of one of our vrings (device_event indexes this thread's vrings) means work.
         if evset != EventSet::IN {
-            debug!("queue thread {thread_id}: ignoring event set {evset:?}");
+            debug_limited!("queue thread {thread_id}: ignoring event set {evset:?}");
             return Ok(());
         }
         let (Some(vring), Some(worker)) = (
             vrings.get(usize::from(device_event)),
             self.workers.get(thread_id),
         ) else {
-            debug!("queue thread {thread_id}: ignoring event {device_event}");
+            debug_limited!("queue thread {thread_id}: ignoring event {device_event}");
             return Ok(());
         };
         confine_worker_thread(|| format!("blk-q{thread_id}"), Role::BlkWorker)?;
@@ -206,7 +207,7 @@ impl VhostUserBackend for BlockBackend {
             let round = worker.serve_round(state.get_queue_mut(), &mem);
             if round.interrupt {
                 if let Err(e) = state.signal_used_queue() {
-                    warn!("queue {thread_id}: signalling the call eventfd: {e}");
+                    warn_limited!("queue {thread_id}: signalling the call eventfd: {e}");
                 }
             }
             if !round.again {

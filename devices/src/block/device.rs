@@ -3,12 +3,11 @@
 //! interrupt. Knows nothing of vhost-user: it works on a `virtio_queue::Queue` and guest
 //! memory, so tests drive it with `virtio_queue::mock` queues.
 
-use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use bulkhead_ratelimit::{debug_limited, warn_limited};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -59,7 +58,6 @@ pub struct QueueWorker {
     parser: ChainParser,
     executor: Executor,
     poll: Duration,
-    log: LogLimiter,
 }
 
 impl QueueWorker {
@@ -70,7 +68,6 @@ impl QueueWorker {
             parser: ChainParser::default(),
             executor: Executor::new(disk, serial),
             poll,
-            log: LogLimiter::default(),
         }
     }
 
@@ -110,14 +107,11 @@ impl QueueWorker {
             return done;
         }
         if !rings_in_memory(queue, mem) {
-            self.log.warn(format_args!(
-                "queue rings are outside guest memory; not serving the queue"
-            ));
+            warn_limited!("queue rings are outside guest memory; not serving the queue");
             return done;
         }
         if let Err(e) = queue.disable_notification(mem) {
-            self.log
-                .warn(format_args!("disabling queue notifications: {e}"));
+            warn_limited!("disabling queue notifications: {e}");
             return done;
         }
         let drained = self.drain(queue, mem);
@@ -130,8 +124,7 @@ impl QueueWorker {
                     || match queue.enable_notification(mem) {
                         Ok(more) => more,
                         Err(e) => {
-                            self.log
-                                .warn(format_args!("enabling queue notifications: {e}"));
+                            warn_limited!("enabling queue notifications: {e}");
                             false
                         }
                     }
@@ -167,7 +160,7 @@ impl QueueWorker {
             let chain = match queue.iter(mem) {
                 Ok(mut iter) => iter.next(),
                 Err(e) => {
-                    self.log.warn(format_args!("available ring unusable: {e}"));
+                    warn_limited!("available ring unusable: {e}");
                     return Drained {
                         completed,
                         end: DrainEnd::Unusable,
@@ -184,9 +177,7 @@ impl QueueWorker {
             let used_len = self.serve_chain(chain, mem);
             match queue.add_used(mem, head, used_len) {
                 Ok(()) => completed = true,
-                Err(e) => self
-                    .log
-                    .warn(format_args!("completing descriptor {head}: {e}")),
+                Err(e) => warn_limited!("completing descriptor {head}: {e}"),
             }
         }
         Drained {
@@ -206,15 +197,15 @@ impl QueueWorker {
                     Ok(written) => (Some(req.status), VIRTIO_BLK_S_OK as u8, written),
                     Err(e) => {
                         if e.is_host_error() {
-                            self.log.warn(format_args!("request {head}: {e}"));
+                            warn_limited!("request {head}: {e}");
                         } else {
-                            debug!("request {head}: {e}");
+                            debug_limited!("request {head}: {e}");
                         }
                         (Some(req.status), e.status(), 0)
                     }
                 },
                 Err(rejected) => {
-                    self.log.warn(format_args!(
+                    warn_limited!(
                         "malformed descriptor chain {head}: {}{}",
                         rejected.error,
                         if rejected.status.is_some() {
@@ -222,7 +213,7 @@ impl QueueWorker {
                         } else {
                             "; no status byte, dropped"
                         }
-                    ));
+                    );
                     (rejected.status, VIRTIO_BLK_S_IOERR as u8, 0)
                 }
             };
@@ -232,7 +223,7 @@ impl QueueWorker {
         match mem.write_obj(status, addr) {
             Ok(()) => written.saturating_add(1),
             Err(e) => {
-                self.log.warn(format_args!("writing status of {head}: {e}"));
+                warn_limited!("writing status of {head}: {e}");
                 0
             }
         }
@@ -248,42 +239,6 @@ fn rings_in_memory(queue: &Queue, mem: &GuestRam) -> bool {
     fits(queue.desc_table(), DESC_SIZE * size)
         && fits(queue.avail_ring(), AVAIL_FIXED + AVAIL_ENTRY * size)
         && fits(queue.used_ring(), USED_FIXED + USED_ENTRY * size)
-}
-
-/// Warnings a guest can trigger at will, limited to a few a second per queue; the rest go
-/// to the debug log and are counted.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    window: Option<Instant>,
-    in_window: u32,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    const PER_WINDOW: u32 = 5;
-    const WINDOW: Duration = Duration::from_secs(1);
-
-    fn warn(&mut self, message: fmt::Arguments<'_>) {
-        let now = Instant::now();
-        let expired = self
-            .window
-            .is_none_or(|start| now.duration_since(start) >= Self::WINDOW);
-        if expired {
-            if self.suppressed > 0 {
-                warn!("{} similar messages suppressed", self.suppressed);
-            }
-            self.window = Some(now);
-            self.in_window = 0;
-            self.suppressed = 0;
-        }
-        if self.in_window < Self::PER_WINDOW {
-            self.in_window += 1;
-            warn!("{message}");
-        } else {
-            self.suppressed += 1;
-            debug!("{message}");
-        }
-    }
 }
 
 #[cfg(test)]

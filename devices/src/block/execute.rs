@@ -55,6 +55,9 @@ pub enum RequestError {
     /// A write-type request on a read-only disk.
     #[error("{0} request on a read-only disk")]
     ReadOnly(&'static str),
+    /// DISCARD or WRITE_ZEROES on a read-only disk, which does not offer them.
+    #[error("{0} request on a read-only disk, which does not offer it")]
+    NotOffered(&'static str),
     /// GET_ID with a buffer shorter than 20 bytes.
     #[error("GET_ID buffer of {0} bytes, fewer than 20")]
     IdBufferTooSmall(u64),
@@ -118,6 +121,7 @@ impl RequestError {
     pub fn status(&self) -> u8 {
         match self {
             RequestError::Unsupported(_)
+            | RequestError::NotOffered(_)
             | RequestError::TooManySegments { .. }
             | RequestError::BadFlags { .. } => VIRTIO_BLK_S_UNSUPP as u8,
             _ => VIRTIO_BLK_S_IOERR as u8,
@@ -185,6 +189,7 @@ impl Executor {
                 Ok(ID_BYTES as u32)
             }
             VIRTIO_BLK_T_DISCARD => {
+                self.offered("DISCARD")?;
                 let seg = self.range_segment(mem, req, "DISCARD", MAX_DISCARD_SECTORS)?;
                 if seg.flags != 0 {
                     // The unmap flag is for WRITE_ZEROES; no other flag exists.
@@ -200,6 +205,7 @@ impl Executor {
                 Ok(0)
             }
             VIRTIO_BLK_T_WRITE_ZEROES => {
+                self.offered("WRITE_ZEROES")?;
                 let seg = self.range_segment(mem, req, "WRITE_ZEROES", MAX_WRITE_ZEROES_SECTORS)?;
                 if seg.flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
                     return Err(RequestError::BadFlags {
@@ -215,6 +221,17 @@ impl Executor {
                 Ok(0)
             }
             other => Err(RequestError::Unsupported(other)),
+        }
+    }
+
+    /// DISCARD and WRITE_ZEROES are not offered on a read-only disk (`backend::features`):
+    /// a driver that sends one anyway gets UNSUPP, the status of a request type the device
+    /// does not support (virtio 1.2, 5.2.6), and the image is not touched.
+    fn offered(&self, request: &'static str) -> Result<(), RequestError> {
+        if self.disk.read_only() {
+            Err(RequestError::NotOffered(request))
+        } else {
+            Ok(())
         }
     }
 

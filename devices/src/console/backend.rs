@@ -13,7 +13,7 @@ use bulkhead_seccomp::Role;
 use std::io::{self, Read};
 use std::sync::{Mutex, PoisonError, RwLock};
 
-use log::{debug, warn};
+use bulkhead_ratelimit::{debug_limited, warn_limited};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -143,7 +143,7 @@ impl ConsoleBackend {
         let round = rx.receive(state.get_queue_mut(), &mem, input, &self.counters);
         if round.interrupt {
             if let Err(e) = state.signal_used_queue() {
-                warn!("receiveq: signalling the call eventfd: {e}");
+                warn_limited!("receiveq: signalling the call eventfd: {e}");
             }
         }
         round.end
@@ -165,7 +165,7 @@ impl ConsoleBackend {
             drop(out);
             if round.interrupt {
                 if let Err(e) = state.signal_used_queue() {
-                    warn!("transmitq: signalling the call eventfd: {e}");
+                    warn_limited!("transmitq: signalling the call eventfd: {e}");
                 }
             }
             if !round.again {
@@ -196,7 +196,7 @@ impl VhostUserBackend for ConsoleBackend {
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        debug!("event index {}", if enabled { "on" } else { "off" });
+        debug_limited!("event index {}", if enabled { "on" } else { "off" });
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -206,7 +206,7 @@ impl VhostUserBackend for ConsoleBackend {
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
         // Only emerg_wr is writable, and only with EMERG_WRITE, which we don't offer.
         // Refusing would make vhost-user-backend drop the connection: ignore instead.
-        debug!("ignoring a {}-byte config write at {offset}", buf.len());
+        debug_limited!("ignoring a {}-byte config write at {offset}", buf.len());
         Ok(())
     }
 
@@ -240,7 +240,7 @@ impl VhostUserBackend for ConsoleBackend {
         match device_event {
             RX_QUEUE => {
                 if let Err(e) = self.wake.write(1) {
-                    warn!("waking the console I/O thread: {e}");
+                    warn_limited!("waking the console I/O thread: {e}");
                 }
             }
             TX_QUEUE => {
@@ -248,7 +248,7 @@ impl VhostUserBackend for ConsoleBackend {
                     self.transmit(vring);
                 }
             }
-            other => debug!("ignoring event {other}"),
+            other => debug_limited!("ignoring event {other}"),
         }
         // Never an error: that would end the worker thread, and with it both queues.
         Ok(())

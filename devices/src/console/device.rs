@@ -9,7 +9,7 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use log::{debug, warn};
+use bulkhead_ratelimit::{debug_limited, warn_limited};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -185,9 +185,9 @@ impl Transmitter {
 
     fn warn(&mut self, message: std::fmt::Arguments<'_>) {
         if std::mem::replace(&mut self.logged, true) {
-            debug!("{message}");
+            debug_limited!("{message}");
         } else {
-            warn!("{message} (further guest errors on this queue go to the debug log)");
+            warn_limited!("{message} (further guest errors on this queue go to the debug log)");
         }
     }
 }
@@ -349,9 +349,9 @@ impl Receiver {
 
     fn warn(&mut self, message: std::fmt::Arguments<'_>) {
         if std::mem::replace(&mut self.logged, true) {
-            debug!("{message}");
+            debug_limited!("{message}");
         } else {
-            warn!("{message} (further guest errors on this queue go to the debug log)");
+            warn_limited!("{message} (further guest errors on this queue go to the debug log)");
         }
     }
 }

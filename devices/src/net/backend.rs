@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-use log::{debug, error, warn};
+use bulkhead_ratelimit::{debug_limited, warn_limited};
+use log::error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -235,7 +236,7 @@ impl NetBackend {
     fn kick_rx(&self, pair: &Arc<RxPair>) {
         self.start_rx_thread(pair);
         if let Err(e) = pair.wake.write(1) {
-            warn!("waking RX thread {}: {e}", pair.index);
+            warn_limited!("waking RX thread {}: {e}", pair.index);
         }
     }
 
@@ -252,7 +253,7 @@ impl NetBackend {
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(t),
                 Err(e) => {
-                    warn!("starting RX thread {}: {e}", pair.index);
+                    warn_limited!("starting RX thread {}: {e}", pair.index);
                     pair.started.store(false, Ordering::SeqCst);
                 }
             }
@@ -284,7 +285,7 @@ impl NetBackend {
             };
             if round.interrupt {
                 if let Err(e) = state.signal_used_queue() {
-                    warn!(
+                    warn_limited!(
                         "TX queue {}: signalling the call eventfd: {e}",
                         2 * pair + 1
                     );
@@ -307,7 +308,7 @@ fn reconcile_link(shared: &Shared, pair: &RxPair, rx: &Vring, tx: &Vring) {
     match pair.link.reconcile(rx_enabled, tx_enabled) {
         Ok(Change::None) => {}
         Ok(change) => {
-            debug!("TAP {} pair {}: {change:?}", shared.tap_name, pair.index);
+            debug_limited!("TAP {} pair {}: {change:?}", shared.tap_name, pair.index);
             // The RX thread ignores the TAP while its queue is detached: wake it.
             let _ = pair.wake.write(1);
         }
@@ -315,7 +316,7 @@ fn reconcile_link(shared: &Shared, pair: &RxPair, rx: &Vring, tx: &Vring) {
             op: "attaching a queue of",
             source: e.source,
         }),
-        Err(e) => warn!("TAP {}: {e}; it stays attached", shared.tap_name),
+        Err(e) => warn_limited!("TAP {}: {e}; it stays attached", shared.tap_name),
     }
 }
 
@@ -363,7 +364,7 @@ fn rx_thread(shared: &Shared, pair: &RxPair) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            warn!("RX thread {}: poll: {e}", pair.index);
+            warn_limited!("RX thread {}: poll: {e}", pair.index);
             return;
         }
         if shared.stop.load(Ordering::SeqCst) {
@@ -429,7 +430,7 @@ fn rx_thread(shared: &Shared, pair: &RxPair) {
             };
             if round.interrupt {
                 if let Err(e) = state.signal_used_queue() {
-                    warn!(
+                    warn_limited!(
                         "RX queue {}: signalling the call eventfd: {e}",
                         2 * pair.index
                     );
@@ -504,7 +505,7 @@ impl VhostUserBackend for NetBackend {
         let flags = offloads_for(features);
         if let Some(pair) = self.rx.first() {
             if let Err(e) = set_offload(pair.tap.as_raw_fd(), flags) {
-                warn!(
+                warn_limited!(
                     "TUNSETOFFLOAD {flags:#x} on TAP {}: {e}",
                     self.shared.tap_name
                 );
@@ -526,7 +527,7 @@ impl VhostUserBackend for NetBackend {
                 .unwrap_or_else(PoisonError::into_inner)
                 .set_features(has(VIRTIO_NET_F_MRG_RXBUF), max_frame);
         }
-        debug!("driver features {features:#x}; TAP offloads {flags:#x}");
+        debug_limited!("driver features {features:#x}; TAP offloads {flags:#x}");
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -534,7 +535,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        debug!("event index {}", if enabled { "on" } else { "off" });
+        debug_limited!("event index {}", if enabled { "on" } else { "off" });
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -544,7 +545,7 @@ impl VhostUserBackend for NetBackend {
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
         // Nothing is writable (no CTRL_MAC_ADDR, no legacy interface); refusing would
         // drop the connection, so ignore the write.
-        debug!("ignoring a {}-byte config write at {offset}", buf.len());
+        debug_limited!("ignoring a {}-byte config write at {offset}", buf.len());
         Ok(())
     }
 
@@ -582,7 +583,7 @@ impl VhostUserBackend for NetBackend {
             vrings.get(usize::from(device_event)),
             self.rx.get(thread_id),
         ) else {
-            debug!("queue thread {thread_id}: ignoring event {device_event}");
+            debug_limited!("queue thread {thread_id}: ignoring event {device_event}");
             return Ok(());
         };
         confine_worker_thread(|| format!("net-q{thread_id}"), Role::NetWorker)?;
@@ -590,7 +591,7 @@ impl VhostUserBackend for NetBackend {
         match device_event {
             0 => self.kick_rx(pair),
             1 => self.serve_tx(thread_id, vring),
-            _ => debug!("queue thread {thread_id}: ignoring event {device_event}"),
+            _ => debug_limited!("queue thread {thread_id}: ignoring event {device_event}"),
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::debug;
+use bulkhead_ratelimit::debug_limited;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::volatile_memory::PtrGuardMut;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -319,7 +319,7 @@ impl TxWorker {
                     // An available index further ahead than the queue is long: nothing
                     // can be served until the driver fixes it, and looking again at once
                     // would spin. Wait for the next kick.
-                    debug!("TX available ring unusable: {e}");
+                    debug_limited!("TX available ring unusable: {e}");
                     round.interrupt = completed && queue.needs_notification(mem).unwrap_or(true);
                     return result.map(|()| round);
                 }
@@ -351,18 +351,18 @@ impl TxWorker {
         let total = match self.iovs.push_chain(chain, mem, false) {
             Ok(total) => total,
             Err(e) => {
-                debug!("TX chain {head}: {e}; returned unused");
+                debug_limited!("TX chain {head}: {e}; returned unused");
                 bump(&self.counters.tx_bad_chain, 1);
                 return Ok(());
             }
         };
         if total < NET_HDR_SIZE {
-            debug!("TX chain {head}: {total} bytes, shorter than a header; dropped");
+            debug_limited!("TX chain {head}: {total} bytes, shorter than a header; dropped");
             bump(&self.counters.tx_too_short, 1);
             return Ok(());
         }
         if total - NET_HDR_SIZE > MAX_FRAME {
-            debug!(
+            debug_limited!(
                 "TX chain {head}: a {}-byte frame; dropped",
                 total - NET_HDR_SIZE
             );
@@ -402,7 +402,7 @@ impl TxWorker {
                 source,
             }),
             Err(e) => {
-                debug!("TX chain {head}: the TAP refused the frame: {e}");
+                debug_limited!("TX chain {head}: the TAP refused the frame: {e}");
                 bump(&self.counters.tx_tap_refused, 1);
                 Ok(())
             }
@@ -604,7 +604,7 @@ impl RxWorker {
             };
             if let Some(error) = error {
                 if self.chains.is_empty() {
-                    debug!("RX chain {head}: {error}; returned unused");
+                    debug_limited!("RX chain {head}: {error}; returned unused");
                     bump(&self.counters.rx_bad_chain, 1);
                     if queue.add_used(mem, head, 0).is_ok() {
                         *completed = true;
@@ -682,7 +682,7 @@ impl RxWorker {
             }
         };
         if n > capacity || n < NET_HDR_SIZE {
-            debug!("RX: a {n}-byte frame for {capacity} bytes of buffers; dropped");
+            debug_limited!("RX: a {n}-byte frame for {capacity} bytes of buffers; dropped");
             bump(&self.counters.rx_too_small, 1);
             self.put_back(queue, self.chains.len());
             return Ok(Some(()));
@@ -703,7 +703,7 @@ impl RxWorker {
             let len = chain.len.min(remaining);
             remaining -= len;
             if let Err(e) = queue.add_used(mem, chain.head, len as u32) {
-                debug!("RX: completing descriptor {}: {e}", chain.head);
+                debug_limited!("RX: completing descriptor {}: {e}", chain.head);
             }
         }
         bump(&self.counters.rx_frames, 1);

@@ -148,9 +148,14 @@ impl DeviceProcess {
         let mut how = describe(status);
         if status.signal() == Some(libc::SIGSYS) {
             if let Some(v) = self.heard.violation(Duration::from_millis(500)) {
+                // The report is the process's own text: defused like the rest of it.
+                let text = crate::untrusted::sanitize;
                 how.push_str(&format!(
                     ": seccomp refused system call {} ({}) in thread {} (role {})",
-                    v.name, v.nr, v.thread, v.role
+                    text(&v.name),
+                    v.nr,
+                    text(&v.thread),
+                    text(&v.role)
                 ));
             }
         }
@@ -173,7 +178,11 @@ impl DeviceProcess {
                 Ok((ToLauncher::Error { message }, _)) => {
                     break format!("could not start: {}", crate::untrusted::sanitize(&message));
                 }
-                Ok((other, _)) => log::debug!("{}: {other:?} before Ready", self.name),
+                Ok((other, _)) => log::debug!(
+                    "{}: {} before Ready",
+                    self.name,
+                    crate::untrusted::sanitize(&format!("{other:?}"))
+                ),
                 Err(e) if e.is_timeout() => {
                     break format!("did not say it was ready within {READY_TIMEOUT:?}")
                 }

@@ -48,10 +48,14 @@ pub enum Scenario {
     ConsoleEcho,
     /// Sees the virtio console's size change (configuration-change generation).
     ConsoleResize,
+    /// Floods the first device's status register with sequences the VMM warns about.
+    VirtioFlood,
+    /// Clears DRIVER_OK without a reset: the device must ask for one.
+    VirtioStatus,
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 22] = [
+const NAMES: [(Scenario, &str); 24] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -74,6 +78,8 @@ const NAMES: [(Scenario, &str); 22] = [
     (Scenario::ConsoleWrite, "console-write"),
     (Scenario::ConsoleEcho, "console-echo"),
     (Scenario::ConsoleResize, "console-resize"),
+    (Scenario::VirtioFlood, "virtio-flood"),
+    (Scenario::VirtioStatus, "virtio-status"),
 ];
 
 /// What runs without `bulkhead.test`: every scenario that is harmless to the devices found.

@@ -5,6 +5,7 @@
 //! vCPU thread until it has finished; the signal's no-op handler makes a `KVM_RUN` in
 //! progress return `EINTR`, and the loop sees the flag before it enters again.
 
+use bulkhead_ratelimit::{debug_limited, trace_limited};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -97,7 +98,7 @@ pub fn handle_exit(index: u32, exit: VcpuExit<'_>, io: &IoBuses) -> ExitAction {
             Ok(Some(stop)) => ExitAction::Stop(stop),
             Ok(None) => ExitAction::Continue,
             Err(_unclaimed) => {
-                log::trace!("vcpu{index}: write to unclaimed port {port:#x} ignored");
+                trace_limited!("vcpu{index}: write to unclaimed port {port:#x} ignored");
                 ExitAction::Continue
             }
         },
@@ -109,13 +110,13 @@ pub fn handle_exit(index: u32, exit: VcpuExit<'_>, io: &IoBuses) -> ExitAction {
             Ok(Some(stop)) => ExitAction::Stop(stop),
             Ok(None) => ExitAction::Continue,
             Err(_unclaimed) => {
-                log::debug!("vcpu{index}: write to unclaimed MMIO address {addr:#x} ignored");
+                debug_limited!("vcpu{index}: write to unclaimed MMIO address {addr:#x} ignored");
                 ExitAction::Continue
             }
         },
         VcpuExit::MmioRead(addr, data) => {
             if !io.mmio.read(addr, data) {
-                log::debug!("vcpu{index}: read of unclaimed MMIO address {addr:#x}");
+                debug_limited!("vcpu{index}: read of unclaimed MMIO address {addr:#x}");
             }
             ExitAction::Continue
         }

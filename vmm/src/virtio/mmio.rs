@@ -18,6 +18,8 @@ use virtio_bindings::virtio_config::{
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
+use bulkhead_ratelimit::{debug_limited, error_limited, warn_limited};
+
 use super::backend::{QueueConfig, VirtioBackend};
 use crate::devices::bus::BusDevice;
 use crate::devices::VmStop;
@@ -34,6 +36,14 @@ const TRANSPORT_FEATURES: u64 =
     (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_F_VERSION_1);
 /// Device-specific feature bits.
 const DEVICE_FEATURES_MASK: u64 = (1 << 24) - 1;
+/// Status bits of the driver's handshake: once set, only a reset clears them.
+const HANDSHAKE_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+    | VIRTIO_CONFIG_S_DRIVER
+    | VIRTIO_CONFIG_S_FEATURES_OK
+    | VIRTIO_CONFIG_S_DRIVER_OK;
+/// Status bits the device sets (FAILED too, on a DRIVER_OK out of order); kept until reset
+/// whatever the driver writes.
+const DEVICE_BITS: u32 = VIRTIO_CONFIG_S_FAILED | VIRTIO_CONFIG_S_NEEDS_RESET;
 
 /// The features of `offered` that the transport passes on to a guest.
 pub fn transport_filter(offered: u64) -> u64 {
@@ -59,6 +69,9 @@ pub struct MmioTransport {
     queue_sel: u32,
     queues: Vec<Queue>,
     status: u32,
+    /// Whether the backend was started (asked to activate) since the last reset: it is
+    /// started at most once per reset, and a reset stops it whatever the status says.
+    activated: bool,
     config_generation: u32,
     /// Interrupt bits the vmm itself raised (config change).
     interrupt_status: u32,
@@ -84,6 +97,7 @@ impl MmioTransport {
             queue_sel: 0,
             queues,
             status: 0,
+            activated: false,
             config_generation: 0,
             interrupt_status: 0,
         }
@@ -132,7 +146,7 @@ impl MmioTransport {
             VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX, // no shared memory
             VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
             _ => {
-                log::debug!("{}: read of register {offset:#x}", self.name());
+                debug_limited!("{}: read of register {offset:#x}", self.name());
                 0
             }
         }
@@ -147,7 +161,7 @@ impl MmioTransport {
             VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
             VIRTIO_MMIO_DRIVER_FEATURES => {
                 if self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
-                    log::warn!(
+                    warn_limited!(
                         "{}: driver changed features after FEATURES_OK; ignored",
                         self.name()
                     );
@@ -200,7 +214,7 @@ impl MmioTransport {
             }
             VIRTIO_MMIO_STATUS => self.set_status(value),
             VIRTIO_MMIO_SHM_SEL => {}
-            _ => log::debug!(
+            _ => debug_limited!(
                 "{}: write {value:#x} to register {offset:#x} ignored",
                 self.name()
             ),
@@ -213,24 +227,42 @@ impl MmioTransport {
         }
     }
 
+    /// A write to the status register. The driver only ever adds bits; a write of 0 is
+    /// the one way to take them away (a reset). A write that clears a handshake bit
+    /// otherwise is a driver bug (virtio 1.2, 2.1.2: "The driver MUST NOT clear a device
+    /// status bit"): it is ignored and the device asks for a reset (DEVICE_NEEDS_RESET),
+    /// so that clearing DRIVER_OK and setting it again never starts the backend a second
+    /// time, and the reset that follows always reaches it.
     fn set_status(&mut self, value: u32) {
         if value == 0 {
             self.reset();
             return;
         }
+        let cleared = self.status & HANDSHAKE_BITS & !value;
+        if cleared != 0 {
+            warn_limited!(
+                "{}: driver wrote status {value:#x} over {:#x}, clearing {cleared:#x} without a reset; ignored, the device needs a reset",
+                self.name(),
+                self.status
+            );
+            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+            return;
+        }
+        // What the device set (FAILED, DEVICE_NEEDS_RESET) stays until the reset.
+        let sticky = self.status & DEVICE_BITS;
         let new_bits = value & !self.status;
         if new_bits & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.features_acceptable() {
-            log::warn!(
+            warn_limited!(
                 "{}: driver features {:#x} not acceptable (offered {:#x}); FEATURES_OK refused",
                 self.name(),
                 self.driver_features,
                 self.offered_features()
             );
-            self.status = value & !VIRTIO_CONFIG_S_FEATURES_OK;
+            self.status = (value & !VIRTIO_CONFIG_S_FEATURES_OK) | sticky;
             return;
         }
-        self.status = value;
-        if new_bits & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+        self.status = value | sticky;
+        if new_bits & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.activated {
             self.activate();
         }
     }
@@ -244,7 +276,7 @@ impl MmioTransport {
         let required =
             VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
         if self.status & required != required {
-            log::warn!(
+            warn_limited!(
                 "{}: DRIVER_OK without ACKNOWLEDGE/DRIVER/FEATURES_OK",
                 self.name()
             );
@@ -263,14 +295,17 @@ impl MmioTransport {
                 })
             })
             .collect();
+        // From here the backend may hold state (a memory table, started rings) even if
+        // it fails: the next reset must reach it.
+        self.activated = true;
         if let Err(e) = self.backend.activate(self.driver_features, &queues) {
-            log::error!("starting virtio device {e}");
+            error_limited!("starting virtio device {e}");
             self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
         }
     }
 
     fn reset(&mut self) {
-        if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+        if std::mem::take(&mut self.activated) {
             self.backend.reset();
         }
         self.status = 0;
@@ -297,7 +332,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || offset % 4 != 0 {
-            log::debug!(
+            debug_limited!(
                 "{}: {}-byte read at {offset:#x} ignored",
                 self.name(),
                 data.len()
@@ -317,7 +352,7 @@ impl BusDevice for MmioTransport {
             return None;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            log::debug!(
+            debug_limited!(
                 "{}: {}-byte write at {offset:#x} ignored",
                 self.name(),
                 data.len()
@@ -340,6 +375,7 @@ mod tests {
     #[derive(Default)]
     struct Log {
         activated: Option<(u64, Vec<Option<QueueConfig>>)>,
+        activations: u32,
         resets: u32,
         config_writes: Vec<(u64, Vec<u8>)>,
         notified: Vec<u32>,
@@ -389,7 +425,9 @@ mod tests {
                     what: "no".into(),
                 });
             }
-            self.log.lock().unwrap().activated = Some((features, queues.to_vec()));
+            let mut log = self.log.lock().unwrap();
+            log.activated = Some((features, queues.to_vec()));
+            log.activations += 1;
             Ok(())
         }
         fn reset(&mut self) {
@@ -523,6 +561,50 @@ mod tests {
             0,
             "nothing to stop before DRIVER_OK"
         );
+    }
+
+    #[test]
+    fn clearing_driver_ok_never_restarts_the_backend_and_the_reset_reaches_it() {
+        let (mut t, log) = transport(false);
+        bring_up(&mut t, 1 << 32);
+        assert_eq!(log.lock().unwrap().activations, 1);
+        // DRIVER_OK cleared (and every other bit) without a reset, then set again.
+        for clearing in [0x7, 0xb, 0x4] {
+            wr(&mut t, VIRTIO_MMIO_STATUS, clearing);
+            let status = rd(&mut t, VIRTIO_MMIO_STATUS);
+            assert_eq!(status, 0xf | VIRTIO_CONFIG_S_NEEDS_RESET, "{clearing:#x}");
+        }
+        // The queue registers stay frozen: the backend runs on the old addresses.
+        wr(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0xdead);
+        wr(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        assert_eq!(log.lock().unwrap().activations, 1, "not started twice");
+        assert_eq!(log.lock().unwrap().resets, 0);
+        wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(
+            log.lock().unwrap().resets,
+            1,
+            "the reset reached the backend"
+        );
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), 0);
+        // And the device comes up again after it, once.
+        bring_up(&mut t, 1 << 32);
+        assert_eq!(log.lock().unwrap().activations, 2);
+        assert_eq!(rd(&mut t, VIRTIO_MMIO_STATUS), 0xf);
+    }
+
+    #[test]
+    fn driver_ok_out_of_order_fails_without_starting_the_backend() {
+        let (mut t, log) = transport(false);
+        for _ in 0..3 {
+            wr(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_DRIVER_OK);
+            assert_eq!(
+                rd(&mut t, VIRTIO_MMIO_STATUS),
+                VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_FAILED
+            );
+            wr(&mut t, VIRTIO_MMIO_STATUS, 0);
+        }
+        let log = log.lock().unwrap();
+        assert_eq!((log.activations, log.resets), (0, 0));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! command is answered `VIRTIO_NET_ERR`. The queue is rare and tiny, so serving it costs one
 //! exit per command, which is how QEMU serves it for vhost-user-net too.
 
+use bulkhead_ratelimit::{debug_limited, warn_limited};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
@@ -58,7 +59,7 @@ impl CtrlQueue {
         mut set_pairs: impl FnMut(u16) -> bool,
     ) -> bool {
         if !self.queue.is_valid(mem) {
-            log::warn!("net control queue: the driver's ring addresses are not in guest memory");
+            warn_limited!("net control queue: the driver's ring addresses are not in guest memory");
             return false;
         }
         let mut completed = false;
@@ -66,7 +67,7 @@ impl CtrlQueue {
             let chain = match self.queue.iter(mem) {
                 Ok(mut it) => it.next(),
                 Err(e) => {
-                    log::warn!("net control queue: {e}");
+                    warn_limited!("net control queue: {e}");
                     return false;
                 }
             };
@@ -96,7 +97,7 @@ impl CtrlQueue {
                 None => false,
             };
             if let Err(e) = self.queue.add_used(mem, head, u32::from(written)) {
-                log::warn!("net control queue: {e}");
+                warn_limited!("net control queue: {e}");
                 return completed;
             }
             completed = true;
@@ -116,7 +117,7 @@ fn answer(command: &[u8], set_pairs: &mut impl FnMut(u16) -> bool) -> u8 {
             }
         }
         [class, cmd, ..] => {
-            log::debug!("net control queue: unsupported class {class} command {cmd}");
+            debug_limited!("net control queue: unsupported class {class} command {cmd}");
             VIRTIO_NET_ERR
         }
         _ => VIRTIO_NET_ERR,

@@ -11,6 +11,7 @@
 //!
 //! [`activate`]: VirtioBackend::activate
 
+use bulkhead_ratelimit::{debug_limited, info_limited, warn_limited};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -349,7 +350,7 @@ impl VirtioBackend for VhostUserDevice {
             return;
         };
         if end > size {
-            log::debug!(
+            debug_limited!(
                 "{}: config read at {offset:#x} past its {size} bytes",
                 self.name
             );
@@ -363,8 +364,8 @@ impl VirtioBackend for VhostUserDevice {
             Ok((_, payload)) if payload.len() == size => {
                 data.copy_from_slice(&payload[offset as usize..end]);
             }
-            Ok(_) => log::warn!("{}: GET_CONFIG reply of the wrong size", self.name),
-            Err(e) => log::warn!("{}: reading config space: {e}", self.name),
+            Ok(_) => warn_limited!("{}: GET_CONFIG reply of the wrong size", self.name),
+            Err(e) => warn_limited!("{}: reading config space: {e}", self.name),
         }
     }
 
@@ -376,7 +377,7 @@ impl VirtioBackend for VhostUserDevice {
             .frontend
             .set_config(off, VhostUserConfigFlags::WRITABLE, data)
         {
-            log::warn!("{}: writing config space at {offset:#x}: {e}", self.name);
+            warn_limited!("{}: writing config space at {offset:#x}: {e}", self.name);
         }
     }
 
@@ -385,12 +386,14 @@ impl VirtioBackend for VhostUserDevice {
         features: u64,
         queues: &[Option<QueueConfig>],
     ) -> Result<(), ActivateError> {
+        // Whatever part of the set-up reaches the backend (a started ring) is undone by
+        // the next reset, even if a later step fails.
+        self.active = true;
         self.start(features, queues).map_err(|what| ActivateError {
             device: self.name.clone(),
             what,
         })?;
-        self.active = true;
-        log::info!(
+        info_limited!(
             "{}: started, features {features:#x}, protocol features {:#x}",
             self.name,
             self.protocol_features.bits()
@@ -400,7 +403,7 @@ impl VirtioBackend for VhostUserDevice {
 
     fn notify(&mut self, queue: u32) {
         let Some(ctrl) = &mut self.net_ctrl else {
-            log::debug!("{}: queue notify {queue} reached the vmm", self.name);
+            debug_limited!("{}: queue notify {queue} reached the vmm", self.name);
             return;
         };
         let (Some(cq), true) = (ctrl.queue.as_mut(), queue == ctrl.index) else {
@@ -414,16 +417,16 @@ impl VirtioBackend for VhostUserDevice {
             }
             for i in 0..usize::from(pairs_max) * 2 {
                 if let Err(e) = frontend.set_vring_enable(i, i < usize::from(pairs) * 2) {
-                    log::warn!("{name}: enabling queue {i}: {e}");
+                    warn_limited!("{name}: enabling queue {i}: {e}");
                     return false;
                 }
             }
-            log::info!("{name}: the driver uses {pairs} queue pairs");
+            info_limited!("{name}: the driver uses {pairs} queue pairs");
             true
         });
         if interrupt {
             if let Err(e) = self.call.write(1) {
-                log::warn!("{}: control queue interrupt: {e}", self.name);
+                warn_limited!("{}: control queue interrupt: {e}", self.name);
             }
         }
     }
@@ -442,10 +445,10 @@ impl VirtioBackend for VhostUserDevice {
         // Stop every ring: GET_VRING_BASE makes the backend stop processing it.
         for i in 0..self.kicks.len() {
             if let Err(e) = self.frontend.set_vring_enable(i, false) {
-                log::warn!("{}: disabling queue {i}: {e}", self.name);
+                warn_limited!("{}: disabling queue {i}: {e}", self.name);
             }
             if let Err(e) = self.frontend.get_vring_base(i) {
-                log::warn!("{}: stopping queue {i}: {e}", self.name);
+                warn_limited!("{}: stopping queue {i}: {e}", self.name);
             }
         }
         self.active = false;

@@ -13,6 +13,7 @@ mod fail;
 mod memory;
 pub mod net;
 mod panic;
+mod transport;
 
 use crate::machine::Machine;
 use crate::scenario::Scenario;
@@ -29,6 +30,8 @@ pub enum Failure {
     Blk(blk::Error),
     /// See `net/mod.rs` (the console scenarios too).
     Net(net::Error),
+    /// See `transport.rs`.
+    Transport(transport::Error),
     /// The `fail` scenario.
     Fail,
 }
@@ -40,6 +43,7 @@ impl fmt::Display for Failure {
             Self::Memory(e) => e.fmt(f),
             Self::Blk(e) => e.fmt(f),
             Self::Net(e) => e.fmt(f),
+            Self::Transport(e) => e.fmt(f),
             Self::Fail => write!(f, "this scenario always fails"),
         }
     }
@@ -70,5 +74,7 @@ pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
         Scenario::ConsoleWrite => console::write(machine).map_err(Failure::Net),
         Scenario::ConsoleEcho => console::echo(machine).map_err(Failure::Net),
         Scenario::ConsoleResize => console::resize(machine).map_err(Failure::Net),
+        Scenario::VirtioFlood => transport::flood(machine).map_err(Failure::Transport),
+        Scenario::VirtioStatus => transport::clear_driver_ok(machine).map_err(Failure::Transport),
     }
 }
