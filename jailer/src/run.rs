@@ -45,12 +45,21 @@ fn run(args: &RunArgs) -> i32 {
         eprintln!("bulkhead: error: {e}");
         return EXIT_BULKHEAD_FAILED;
     }
+    // Held until the VM is gone: it tells other launchers that what is named after this
+    // one (bulkhead-<pid>-...) is in use. Taken before anything of the kind is made.
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    let _alive = if unsafe { libc::geteuid() } == 0 {
+        let lock = match crate::liveness::LauncherLock::take() {
+            Ok(lock) => lock,
+            Err(e) => return fail(&e),
+        };
         for what in crate::stale::reap() {
             eprintln!("bulkhead: removed the {what} of a bulkhead that is gone");
         }
-    }
+        Some(lock)
+    } else {
+        None
+    };
     log::info!(
         "booting {} with {} MiB and {} vCPU(s)",
         config.boot.kernel.display_path().display(),
