@@ -12,6 +12,7 @@ mod ctl;
 mod demo;
 mod devices;
 mod disk_arg;
+mod identity;
 mod launch;
 mod liveness;
 mod net_arg;
