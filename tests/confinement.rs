@@ -206,8 +206,25 @@ fn two_vms_run_under_different_uids() {
     };
     let (uid_a, uid_b) = (of(&kids_a), of(&kids_b));
     assert_ne!(uid_a, uid_b, "two VMs share uid {uid_a}");
-    for uid in [uid_a, uid_b] {
+    for (uid, kids) in [(uid_a, &kids_a), (uid_b, &kids_b)] {
         assert!(uid != 0 && uid != 65534, "a VM runs as {uid}");
+        // Nothing else on the host runs as it, so RLIMIT_NPROC counts this VM alone.
+        let others: Vec<u32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| !kids.iter().any(|(k, _)| k == p))
+            .filter(|p| {
+                let status = proc(*p, "status");
+                field(&status, "Uid")
+                    .split_whitespace()
+                    .any(|u| u == uid.to_string())
+            })
+            .collect();
+        assert!(
+            others.is_empty(),
+            "processes of no VM run as {uid}: {others:?}"
+        );
         let lock = format!("/run/bulkhead/uids/{uid}.lock");
         assert!(std::path::Path::new(&lock).exists(), "{lock}");
     }

@@ -224,7 +224,13 @@ impl<'a> Supervisor<'a> {
     fn record(&mut self, msg: ToLauncher) {
         match msg {
             ToLauncher::Ready { role, pid } => {
-                log::info!("{role} (pid {pid}) ready");
+                let c = crate::launch::confinement();
+                let identity = if c.jail {
+                    format!(", the VM's processes run as uid {} gid {}", c.uid, c.gid)
+                } else {
+                    String::new()
+                };
+                log::info!("{role} (pid {pid}) ready{identity}");
                 self.report.ready = true;
                 self.vmm.ready = true;
             }
