@@ -228,6 +228,25 @@ fn two_vms_run_under_different_uids() {
         let lock = format!("/run/bulkhead/uids/{uid}.lock");
         assert!(std::path::Path::new(&lock).exists(), "{lock}");
     }
+    // What a compromised process of VM a could do: signal its own VM's processes, not b's
+    // (with a shared uid, any of them could stop or kill every VM on the host).
+    let may_signal = |uid: u32, pid: u32| {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sh")
+            .args(["-c", &format!("kill -0 {pid}")])
+            .uid(uid)
+            .gid(uid)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("running sh")
+            .success()
+    };
+    for (kid, program) in &kids_a {
+        assert!(may_signal(uid_a, *kid), "a cannot signal its own {program}");
+    }
+    for (kid, program) in &kids_b {
+        assert!(!may_signal(uid_a, *kid), "a can signal b's {program}");
+    }
     stop(a, &kids_a);
     stop(b, &kids_b);
 }
