@@ -90,7 +90,7 @@ impl std::fmt::Display for UidRange {
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// The lock directory or a lock file.
-    #[error("allocating the VM's uid: {0}")]
+    #[error("allocating the VM's uid")]
     RunDir(#[from] RunDirError),
     /// Every uid of the range is taken.
     #[error(
