@@ -64,6 +64,8 @@ fn stopping_and_continuing_every_process_under_io_leaves_the_vm_running() {
         std::env::temp_dir().join(format!("bulkhead-stop-continue-{}.log", std::process::id()));
     let mut child = common::bulkhead()
         .arg("run")
+        // Two vCPUs: one runs the guest's I/O, the other waits halted in KVM_RUN.
+        .args(["--cpus", "2"])
         .arg("--disk")
         .arg(img.disk_arg(""))
         .args(["--net", "auto"])
