@@ -92,6 +92,14 @@ pub enum IdentityError {
     /// The lock directory or a lock file.
     #[error("allocating the VM's uid")]
     RunDir(#[from] RunDirError),
+    /// The user forced root.
+    #[error("--uid {uid} --gid {gid}: the processes must run unprivileged (not 0)")]
+    Privileged {
+        /// The uid asked for.
+        uid: u32,
+        /// The gid asked for.
+        gid: u32,
+    },
     /// Every uid of the range is taken.
     #[error(
         "allocating the VM's uid: every uid of {range} is in use (--uid-range sets another range)"
@@ -115,6 +123,25 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// What `--uid`, `--gid` and `--uid-range` ask for: the identity forced (either of
+    /// `uid` and `gid` alone sets both), else one allocated from `range`.
+    pub fn choose(
+        uid: Option<u32>,
+        gid: Option<u32>,
+        range: UidRange,
+    ) -> Result<Identity, IdentityError> {
+        let (uid, gid) = match (uid, gid) {
+            (None, None) => return Identity::allocate(range),
+            (Some(uid), None) => (uid, uid),
+            (None, Some(gid)) => (gid, gid),
+            (Some(uid), Some(gid)) => (uid, gid),
+        };
+        if uid == 0 || gid == 0 {
+            return Err(IdentityError::Privileged { uid, gid });
+        }
+        Ok(Identity::forced(uid, gid))
+    }
+
     /// An identity the user chose: not allocated, not locked, possibly shared.
     pub fn forced(uid: u32, gid: u32) -> Identity {
         Identity {
@@ -278,6 +305,22 @@ mod tests {
             [b.uid, c.uid, d.uid].iter().collect::<HashSet<_>>().len(),
             3
         );
+    }
+
+    #[test]
+    fn a_forced_identity_is_taken_as_given_but_never_root() {
+        let choose = |uid, gid| Identity::choose(uid, gid, RANGE);
+        let id = choose(Some(65534), Some(65534)).unwrap();
+        assert_eq!((id.uid, id.gid, id.is_own()), (65534, 65534, false));
+        let id = choose(Some(1000), None).unwrap();
+        assert_eq!((id.uid, id.gid), (1000, 1000));
+        let id = choose(None, Some(1001)).unwrap();
+        assert_eq!((id.uid, id.gid), (1001, 1001));
+        assert!(matches!(
+            choose(Some(1000), Some(0)),
+            Err(IdentityError::Privileged { uid: 1000, gid: 0 })
+        ));
+        assert!(choose(Some(0), None).is_err());
     }
 
     #[test]

@@ -116,18 +116,8 @@ fn confine(args: &RunArgs, config: &VmConfig) -> Result<Option<Identity>, String
                     .into(),
             );
         }
-        let identity = match (args.uid, args.gid) {
-            (None, None) => Identity::allocate(args.uid_range).map_err(|e| chain(&e))?,
-            (uid, gid) => {
-                let (uid, gid) = (uid.or(gid).unwrap_or(0), gid.or(uid).unwrap_or(0));
-                if uid == 0 || gid == 0 {
-                    return Err(format!(
-                        "--uid {uid} --gid {gid}: the processes must run unprivileged (not 0)"
-                    ));
-                }
-                Identity::forced(uid, gid)
-            }
-        };
+        let identity =
+            Identity::choose(args.uid, args.gid, args.uid_range).map_err(|e| chain(&e))?;
         log::info!(
             "the VM's processes run as uid {} gid {}{}",
             identity.uid,
