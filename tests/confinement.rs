@@ -1,5 +1,6 @@
 //! Every process of a VM is confined as promised, checked from outside while the VM runs:
-//! seccomp on every thread, no_new_privs, no capabilities, the unprivileged uid and gid,
+//! seccomp on every thread, no_new_privs, no capabilities, the VM's own uid and gid (two
+//! VMs never share one; `--uid` forces one),
 //! namespaces of its own, an empty root, no network interface but `lo` (net: and its
 //! TAP), only the descriptors it was given, its cgroup and rlimits.
 
@@ -10,6 +11,22 @@ use common::running::{assert_nothing_left, children, Running};
 /// `/proc/<pid>/<what>`, or "" when gone.
 fn proc(pid: u32, what: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/{what}")).unwrap_or_default()
+}
+
+/// The uid process `pid` runs as, checked to be its real, effective, saved and filesystem
+/// uid and each of its gids too (a VM's identity is one number).
+fn identity(pid: u32) -> u32 {
+    let status = proc(pid, "status");
+    let ids: Vec<&str> = ["Uid", "Gid"]
+        .iter()
+        .flat_map(|f| field(&status, f).split_whitespace())
+        .collect();
+    assert_eq!(ids.len(), 8, "pid {pid}: {status}");
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "pid {pid} has several identities: {ids:?}"
+    );
+    ids[0].parse().expect("a uid")
 }
 
 /// The value of field `name` in a /proc status file.
@@ -67,16 +84,10 @@ fn every_process_is_confined_as_promised() {
         for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
             assert_eq!(field(&status, caps), "0000000000000000", "{what}: {caps}");
         }
-        assert_eq!(
-            field(&status, "Uid"),
-            "65534\t65534\t65534\t65534",
-            "{what}"
-        );
-        assert_eq!(
-            field(&status, "Gid"),
-            "65534\t65534\t65534\t65534",
-            "{what}"
-        );
+        // The VM's own identity, the same for all its processes, gid = uid.
+        let id = identity(*child);
+        assert_eq!(id, identity(kids[0].0), "{what}: not the VM's identity");
+        assert!(id != 0 && id != 65534, "{what}: runs as {id}");
         assert_eq!(field(&status, "Groups"), "", "{what}");
         for task in std::fs::read_dir(format!("/proc/{child}/task"))
             .unwrap()
@@ -144,10 +155,122 @@ fn every_process_is_confined_as_promised() {
             open_files.split_whitespace().nth(3) == Some(expected),
             "{what}: {open_files}"
         );
+        // RLIMIT_NPROC counts the VM's own uid: the VM's tasks together, 13 for each of
+        // its four processes (one worker each, twelve spare threads).
+        let processes = limits
+            .lines()
+            .find(|l| l.starts_with("Max processes"))
+            .unwrap_or("");
+        assert_eq!(
+            processes.split_whitespace().nth(2),
+            Some("52"),
+            "{what}: {processes}"
+        );
     }
     // SAFETY: SIGTERM to the bulkhead process this test started.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
     let (code, stderr) = vm.finish();
     assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
     assert_nothing_left(pid, &kids);
+}
+
+/// Stops `vm` (SIGTERM) and checks it ended in order with nothing left.
+fn stop(vm: Running, kids: &[(u32, String)]) {
+    let pid = vm.pid();
+    // SAFETY: SIGTERM to the bulkhead process this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let (code, stderr) = vm.finish();
+    assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
+    assert_nothing_left(pid, kids);
+}
+
+#[test]
+fn two_vms_run_under_different_uids() {
+    require_kvm!();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let a = Running::start("uid-a");
+    let b = Running::start("uid-b");
+    let (kids_a, kids_b) = (children(a.pid()), children(b.pid()));
+    assert_eq!(
+        (kids_a.len(), kids_b.len()),
+        (4, 4),
+        "{kids_a:?} {kids_b:?}"
+    );
+    let of = |kids: &[(u32, String)]| {
+        let ids: std::collections::BTreeSet<u32> = kids.iter().map(|(k, _)| identity(*k)).collect();
+        assert_eq!(ids.len(), 1, "one VM, several uids: {kids:?} {ids:?}");
+        ids.into_iter().next().unwrap_or_default()
+    };
+    let (uid_a, uid_b) = (of(&kids_a), of(&kids_b));
+    assert_ne!(uid_a, uid_b, "two VMs share uid {uid_a}");
+    for (uid, kids) in [(uid_a, &kids_a), (uid_b, &kids_b)] {
+        assert!(uid != 0 && uid != 65534, "a VM runs as {uid}");
+        // Nothing else on the host runs as it, so RLIMIT_NPROC counts this VM alone.
+        let others: Vec<u32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| !kids.iter().any(|(k, _)| k == p))
+            .filter(|p| {
+                let status = proc(*p, "status");
+                field(&status, "Uid")
+                    .split_whitespace()
+                    .any(|u| u == uid.to_string())
+            })
+            .collect();
+        assert!(
+            others.is_empty(),
+            "processes of no VM run as {uid}: {others:?}"
+        );
+        let lock = format!("/run/bulkhead/uids/{uid}.lock");
+        assert!(std::path::Path::new(&lock).exists(), "{lock}");
+    }
+    // What a compromised process of VM a could do: signal its own VM's processes, not b's
+    // (with a shared uid, any of them could stop or kill every VM on the host).
+    let may_signal = |uid: u32, pid: u32| {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sh")
+            .args(["-c", &format!("kill -0 {pid}")])
+            .uid(uid)
+            .gid(uid)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("running sh")
+            .success()
+    };
+    for (kid, program) in &kids_a {
+        assert!(may_signal(uid_a, *kid), "a cannot signal its own {program}");
+    }
+    for (kid, program) in &kids_b {
+        assert!(!may_signal(uid_a, *kid), "a can signal b's {program}");
+    }
+    stop(a, &kids_a);
+    stop(b, &kids_b);
+}
+
+#[test]
+fn uid_forces_the_shared_identity() {
+    require_kvm!();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let vm = Running::start_with("uid-forced", &["--uid", "65534", "--gid", "65534"]);
+    let kids = children(vm.pid());
+    assert_eq!(kids.len(), 4, "{kids:?}");
+    for (kid, program) in &kids {
+        assert_eq!(identity(*kid), 65534, "{program} (pid {kid})");
+        // A shared uid: NPROC only stops a fork bomb (the host's other users of it count).
+        let limits = proc(*kid, "limits");
+        assert!(
+            limits
+                .lines()
+                .any(|l| l.starts_with("Max processes") && l.contains(" 4096 ")),
+            "{program}: {limits}"
+        );
+    }
+    stop(vm, &kids);
 }

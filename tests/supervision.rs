@@ -223,6 +223,9 @@ fn what_a_killed_launcher_left_is_removed_by_the_next_run() {
     let vm = Running::start("killed-launcher");
     let pid = vm.pid();
     let kids = children(pid);
+    // What says it runs: the lock it holds.
+    let lock = std::path::PathBuf::from(format!("/run/bulkhead/launcher-{pid}.lock"));
+    assert!(lock.exists(), "{} missing", lock.display());
     // SAFETY: SIGKILL to the bulkhead process this test started: it cannot clean up.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let _ = vm.finish();
@@ -249,4 +252,67 @@ fn what_a_killed_launcher_left_is_removed_by_the_next_run() {
     );
     assert!(namespaces_of(pid).is_empty());
     assert!(cgroups_of(pid).is_empty(), "{:?}", cgroups_of(pid));
+    assert!(!lock.exists(), "the dead launcher's lock file is left");
+}
+
+#[test]
+fn a_launcher_under_another_name_keeps_its_namespace_when_another_starts() {
+    require_kvm!();
+    let _serial = serial();
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    // The same launcher through a symlink of another name: the kernel calls it that
+    // (comm), and the reaper must not take it for gone.
+    let dir = std::env::temp_dir().join(format!("bulkhead-renamed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let renamed = dir.join("vmm-renamed");
+    let _ = std::fs::remove_file(&renamed);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_bulkhead"), &renamed).unwrap();
+    let mut cmd = std::process::Command::new(&renamed);
+    cmd.stdin(std::process::Stdio::null());
+    let vm = Running::start_via(cmd, "renamed", &[], 15_000);
+    let pid = vm.pid();
+    let _ = std::fs::remove_dir_all(&dir);
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim_end(), "vmm-renamed");
+    assert_eq!(namespaces_of(pid).len(), 1, "the namespace");
+    // Another launcher starts (and reaps what gone launchers left) and ends.
+    let out = common::run(
+        {
+            let mut c = common::bulkhead();
+            c.args(["run", "--serial", "off"]);
+            c
+        },
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), 0, "{out:#?}");
+    // (It may remove what other, really dead launchers left: only ours matters.)
+    assert!(
+        !out.stderr.contains(&format!("bulkhead-{pid}-")),
+        "{}",
+        out.stderr
+    );
+    // The first VM's namespace is still there and its guest still answers through it.
+    assert_eq!(namespaces_of(pid).len(), 1, "the namespace was removed");
+    let name = format!("bulkhead-{pid}-net0");
+    let echoed = common::netns::in_netns(&name, || {
+        let sock = std::net::UdpSocket::bind("10.0.2.1:0")?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        sock.send_to(b"still there?", "10.0.2.2:7")?;
+        let mut buf = [0u8; 64];
+        let (n, _) = sock.recv_from(&mut buf)?;
+        Ok::<_, std::io::Error>(buf[..n].to_vec())
+    });
+    assert_eq!(
+        echoed.ok().and_then(Result::ok).as_deref(),
+        Some(&b"still there?"[..]),
+        "the guest does not answer in {name}"
+    );
+    let kids = children(pid);
+    // It ends by itself (the guest stops serving), normally.
+    let (code, stderr) = vm.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_nothing_left(pid, &kids);
 }

@@ -17,6 +17,8 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Subcommand, Debug)]
+// Made once per process from the command line: boxing `run`'s many flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Boot a microVM (the built-in test guest when no --kernel is given).
     ///
@@ -49,12 +51,18 @@ pub struct RunArgs {
     /// plainly, for debugging (needs no root).
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub jail: bool,
-    /// The unprivileged uid the processes run as (not 0).
-    #[arg(long, value_name = "UID", default_value_t = 65534)]
-    pub uid: u32,
-    /// The unprivileged gid the processes run as (not 0).
-    #[arg(long, value_name = "GID", default_value_t = 65534)]
-    pub gid: u32,
+    /// Force the uid every process of the VM runs as (not 0; the gid is the same unless
+    /// --gid says otherwise). Without it each VM gets a uid of its own from --uid-range.
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+    /// Force the gid the processes run as (not 0; the uid is the same unless --uid says
+    /// otherwise).
+    #[arg(long, value_name = "GID")]
+    pub gid: Option<u32>,
+    /// The uids (each also the gid) a VM's identity is allocated from, FIRST-LAST; the
+    /// default is a block no distribution, systemd or subuid range uses.
+    #[arg(long, value_name = "FIRST-LAST", default_value_t = crate::identity::DEFAULT_RANGE, conflicts_with_all = ["uid", "gid"])]
+    pub uid_range: crate::identity::UidRange,
     /// Landlock in every process: enforce denies all filesystem access once its resources
     /// are open (a kernel without landlock is refused); off opts out.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = bulkhead_seccomp::landlock::LandlockMode::Enforce)]
@@ -226,9 +234,31 @@ mod tests {
         assert_eq!(jail("off"), Some(false));
         assert_eq!(jail("yes"), None);
         match Cli::try_parse_from(["bulkhead", "run"]).unwrap().command {
-            Command::Run(r) => assert!(r.jail && r.uid == 65534 && r.gid == 65534),
+            Command::Run(r) => assert!(
+                r.jail
+                    && r.uid.is_none()
+                    && r.gid.is_none()
+                    && r.uid_range == crate::identity::DEFAULT_RANGE
+            ),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn uid_range_parses_and_excludes_a_forced_identity() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["bulkhead", "run"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Run(r) => (r.uid, r.gid, r.uid_range),
+                _ => unreachable!(),
+            })
+        };
+        let (_, _, range) = run(&["--uid-range", "70000-70009"]).unwrap();
+        assert_eq!((range.first, range.last), (70000, 70009));
+        assert_eq!(run(&["--uid", "1000"]).unwrap().0, Some(1000));
+        assert!(run(&["--uid-range", "0-10"]).is_err());
+        assert!(run(&["--uid-range", "70000-70009", "--uid", "1000"]).is_err());
     }
 
     #[test]

@@ -9,8 +9,9 @@ pub use bulkhead_vmm::process::{chain, EXIT_BULKHEAD_FAILED};
 use crate::api::ApiSocket;
 use crate::cli::RunArgs;
 use crate::devices::{Devices, CONSOLE};
+use crate::identity::Identity;
 use crate::launch::console::ConsoleStream;
-use crate::launch::{self, Confinement};
+use crate::launch::{self, confine, Confinement};
 use crate::supervise::Supervisor;
 
 /// Builds the VM configuration from the command line (without devices), to refuse bad
@@ -41,16 +42,29 @@ fn run(args: &RunArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    if let Err(e) = confine(args, &config) {
-        eprintln!("bulkhead: error: {e}");
-        return EXIT_BULKHEAD_FAILED;
-    }
+    // Held until the VM is gone: the uid is this VM's alone meanwhile.
+    let _identity = match confine(args, &config) {
+        Ok(identity) => identity,
+        Err(e) => {
+            eprintln!("bulkhead: error: {e}");
+            return EXIT_BULKHEAD_FAILED;
+        }
+    };
+    // Held until the VM is gone: it tells other launchers that what is named after this
+    // one (bulkhead-<pid>-...) is in use. Taken before anything of the kind is made.
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    let _alive = if unsafe { libc::geteuid() } == 0 {
+        let lock = match crate::liveness::LauncherLock::take() {
+            Ok(lock) => lock,
+            Err(e) => return fail(&e),
+        };
         for what in crate::stale::reap() {
             eprintln!("bulkhead: removed the {what} of a bulkhead that is gone");
         }
-    }
+        Some(lock)
+    } else {
+        None
+    };
     log::info!(
         "booting {} with {} MiB and {} vCPU(s)",
         config.boot.kernel.display_path().display(),
@@ -90,9 +104,10 @@ fn run(args: &RunArgs) -> i32 {
 }
 
 /// Sets how the processes are confined; refuses what cannot be done (confinement fails
-/// closed: the user opts out of a layer, bulkhead never drops one silently).
-fn confine(args: &RunArgs, config: &VmConfig) -> Result<(), String> {
-    if args.jail {
+/// closed: the user opts out of a layer, bulkhead never drops one silently). Returns the
+/// identity the jailed processes run as (allocated unless `--uid/--gid` force one).
+fn confine(args: &RunArgs, config: &VmConfig) -> Result<Option<Identity>, String> {
+    let identity = if args.jail {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(
@@ -101,23 +116,38 @@ fn confine(args: &RunArgs, config: &VmConfig) -> Result<(), String> {
                     .into(),
             );
         }
-        if args.uid == 0 || args.gid == 0 {
-            return Err(format!(
-                "--uid {} --gid {}: the processes must run unprivileged (not 0)",
-                args.uid, args.gid
-            ));
-        }
+        let identity =
+            Identity::choose(args.uid, args.gid, args.uid_range).map_err(|e| chain(&e))?;
+        log::info!(
+            "the VM's processes run as uid {} gid {}{}",
+            identity.uid,
+            identity.gid,
+            if identity.is_own() {
+                ", the VM's own"
+            } else {
+                " (--uid/--gid: shared with whatever else uses it)"
+            }
+        );
+        Some(identity)
     } else {
         eprintln!("bulkhead: --jail off: the VM's processes run without namespaces or an empty root, as this user");
-    }
+        None
+    };
+    let defaults = Confinement::default();
+    let (uid, gid, nproc) = match &identity {
+        Some(id) if id.is_own() => (id.uid, id.gid, confine::vm_tasks_of(args)),
+        Some(id) => (id.uid, id.gid, confine::SHARED_NPROC),
+        None => (defaults.uid, defaults.gid, defaults.nproc),
+    };
     launch::configure(Confinement {
         jail: args.jail,
-        uid: args.uid,
-        gid: args.gid,
+        uid,
+        gid,
+        nproc,
         landlock: args.landlock,
         guest_memory: config.memory_mib << 20,
     });
-    Ok(())
+    Ok(identity)
 }
 
 /// Prints `e` and its causes on one line; returns [`EXIT_BULKHEAD_FAILED`].

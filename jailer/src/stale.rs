@@ -2,9 +2,10 @@
 //! its `--net auto` network namespaces (`/run/netns/bulkhead-<pid>-<device>`) and its
 //! processes' cgroups (`bulkhead/bulkhead-<pid>-<name>`). Its processes died with it (the
 //! parent-death signal), but these outlive them. Each `bulkhead run` removes those whose
-//! launcher is no longer running, and says so.
+//! launcher is no longer running ([`crate::liveness`]: its lock is free), and says so.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use bulkhead::jail::cgroup::{CGROUP_ROOT, PARENT};
 
@@ -18,13 +19,15 @@ fn launcher_pid(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Whether `pid` is a running `bulkhead` (its name, as the kernel keeps it).
-fn is_running_launcher(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "bulkhead")
+/// Whether launcher `pid`, which made a resource at time `made`, is running. Our own pid
+/// counts as gone: the reaper runs before this launcher makes anything, so what carries
+/// its pid was left by a dead launcher that had the same pid.
+fn is_running_launcher(pid: u32, made: Option<SystemTime>) -> bool {
+    pid != std::process::id() && crate::liveness::is_running(pid, made)
 }
 
-/// Entries of `dir` named `bulkhead-<pid>-...` whose launcher is gone.
-fn stale_in(dir: &Path) -> Vec<PathBuf> {
+/// Entries of `dir` named `bulkhead-<pid>-...` whose launcher is gone, as `running` says.
+fn stale_in(dir: &Path, running: impl Fn(u32, Option<SystemTime>) -> bool) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -32,7 +35,10 @@ fn stale_in(dir: &Path) -> Vec<PathBuf> {
         .flatten()
         .filter(|e| {
             let name = e.file_name();
-            launcher_pid(&name.to_string_lossy()).is_some_and(|pid| !is_running_launcher(pid))
+            launcher_pid(&name.to_string_lossy()).is_some_and(|pid| {
+                let made = e.metadata().and_then(|m| m.modified()).ok();
+                !running(pid, made)
+            })
         })
         .map(|e| e.path())
         .collect()
@@ -41,7 +47,7 @@ fn stale_in(dir: &Path) -> Vec<PathBuf> {
 /// Removes what launchers that are gone left behind; returns what was removed.
 pub fn reap() -> Vec<String> {
     let mut removed = Vec::new();
-    for ns in stale_in(Path::new(NETNS_DIR)) {
+    for ns in stale_in(Path::new(NETNS_DIR), is_running_launcher) {
         let name = ns.file_name().map(|n| n.to_string_lossy().into_owned());
         if let Some(name) = name {
             match ip(
@@ -59,13 +65,17 @@ pub fn reap() -> Vec<String> {
         parents.extend(controllers.flatten().map(|c| c.path().join(PARENT)));
     }
     for parent in parents {
-        for cgroup in stale_in(&parent) {
+        for cgroup in stale_in(&parent, is_running_launcher) {
             // A cgroup with no process left is removed with rmdir.
             match std::fs::remove_dir(&cgroup) {
                 Ok(()) => removed.push(format!("cgroup {}", cgroup.display())),
                 Err(e) => log::warn!("removing stale cgroup {}: {e}", cgroup.display()),
             }
         }
+    }
+    let locks = crate::liveness::remove_dead_locks();
+    if locks > 0 {
+        log::info!("removed {locks} lock file(s) of launchers that are gone");
     }
     removed
 }
@@ -86,19 +96,23 @@ mod tests {
     fn only_gone_launchers_are_stale() {
         let dir = std::env::temp_dir().join(format!("bulkhead-stale-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        // This test's own process is running but is not a launcher named bulkhead; a pid
-        // that cannot exist (above pid_max) is gone.
+        // A pid that cannot exist (above pid_max) is gone, with or without a lock file.
         let gone = dir.join("bulkhead-4294967295-disk0");
-        let mine = dir.join(format!("bulkhead-{}-disk0", std::process::id()));
+        let alive = dir.join("bulkhead-4242-net0");
         let other = dir.join("unrelated");
-        for d in [&gone, &mine, &other] {
+        for d in [&gone, &alive, &other] {
             std::fs::create_dir_all(d).unwrap();
         }
-        let stale = stale_in(&dir);
+        let stale = stale_in(&dir, |pid, made| {
+            assert!(made.is_some(), "the resource's time is read");
+            pid == 4242
+        });
         let _ = std::fs::remove_dir_all(&dir);
         assert!(stale.contains(&gone), "{stale:?}");
+        assert!(!stale.contains(&alive), "{stale:?}");
         assert!(!stale.contains(&other), "{stale:?}");
-        // Not named bulkhead: its pid runs, but no launcher of ours.
-        assert!(stale.contains(&mine), "{stale:?}");
+        assert!(!is_running_launcher(4294967295, None));
+        // Ours: reaping runs before this launcher makes anything.
+        assert!(!is_running_launcher(std::process::id(), None));
     }
 }

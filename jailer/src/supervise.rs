@@ -224,7 +224,13 @@ impl<'a> Supervisor<'a> {
     fn record(&mut self, msg: ToLauncher) {
         match msg {
             ToLauncher::Ready { role, pid } => {
-                log::info!("{} (pid {pid}) ready", sanitize(&role));
+                let c = crate::launch::confinement();
+                let identity = if c.jail {
+                    format!(", the VM's processes run as uid {} gid {}", c.uid, c.gid)
+                } else {
+                    String::new()
+                };
+                log::info!("{} (pid {pid}) ready{identity}", sanitize(&role));
                 self.report.ready = true;
                 self.vmm.ready = true;
             }

@@ -23,20 +23,31 @@ impl Running {
     }
 
     pub fn start_with(tag: &str, extra: &[&str]) -> Running {
+        Running::start_via(super::bulkhead(), tag, extra, 60_000)
+    }
+
+    /// Started as `cmd` (`bulkhead` under another name, say), the guest serving for
+    /// `serve_ms` and then ending with status 0.
+    pub fn start_via(
+        mut cmd: std::process::Command,
+        tag: &str,
+        extra: &[&str],
+        serve_ms: u32,
+    ) -> Running {
         let img = Image::new(tag, 1 << 20);
         let console =
             std::env::temp_dir().join(format!("bulkhead-{tag}-{}.log", std::process::id()));
-        let mut child = super::bulkhead()
+        let mut child = cmd
             .arg("run")
             .arg("--disk")
             .arg(img.disk_arg(""))
             .args(["--net", "auto"])
             .arg("--console")
             .arg(format!("file={}", console.display()))
-            .args([
-                "--cmdline",
-                "bulkhead.test=net-serve bulkhead.net.serve-ms=60000",
-            ])
+            .arg("--cmdline")
+            .arg(format!(
+                "bulkhead.test=net-serve bulkhead.net.serve-ms={serve_ms}"
+            ))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -12,9 +12,10 @@ use bulkhead_seccomp::landlock::LandlockMode;
 /// so every process may need up to all of guest memory; the limit still bounds what a
 /// compromised process can take beyond it.
 const MEMORY_HEADROOM: u64 = 256 << 20;
-/// Processes and threads any one uid may have (RLIMIT_NPROC counts every process of the
-/// uid on the host, so this only stops a fork bomb; `pids.max` bounds each process).
-const NPROC: u64 = 4096;
+/// RLIMIT_NPROC under an identity the user forced (`--uid`): the kernel counts every task
+/// of the uid on the host, other VMs' included, so this only stops a fork bomb. With a uid
+/// of the VM's own (the default) the limit is the VM's own total ([`vm_tasks`]).
+pub const SHARED_NPROC: u64 = 4096;
 /// Threads a process gets beyond its workers (main, signals, relay, vhost-user handling).
 const SPARE_THREADS: u64 = 12;
 
@@ -27,6 +28,8 @@ pub struct Confinement {
     pub uid: u32,
     /// See `uid`.
     pub gid: u32,
+    /// RLIMIT_NPROC of each process: tasks its uid may have on the host.
+    pub nproc: u64,
     /// Landlock in each process.
     pub landlock: LandlockMode,
     /// Guest memory in bytes (for the memory limits).
@@ -39,6 +42,7 @@ impl Default for Confinement {
             jail: true,
             uid: 65534,
             gid: 65534,
+            nproc: SHARED_NPROC,
             landlock: LandlockMode::Enforce,
             guest_memory: 256 << 20,
         }
@@ -86,6 +90,34 @@ impl Default for Needs {
     }
 }
 
+/// Tasks (processes and threads) a whole VM may have, for RLIMIT_NPROC when its uid is its
+/// own: what the cgroups allow each of its processes together (`workers` + spare threads
+/// for each; `workers` lists each process's, as [`Needs::workers`]), so that the limit
+/// still holds on a host without a pids controller and a process cannot take what the
+/// others of its VM need.
+pub fn vm_tasks(workers: impl IntoIterator<Item = u64>) -> u64 {
+    workers.into_iter().map(|w| w + SPARE_THREADS).sum()
+}
+
+/// [`vm_tasks`] of the VM `args` describe: the vmm (a worker per vCPU), a `bulkhead-blk`
+/// per image (per queue), a `bulkhead-net` per device (per queue pair), the console.
+pub fn vm_tasks_of(args: &crate::cli::RunArgs) -> u64 {
+    use crate::disk_arg::DiskBackend;
+    let disks = args
+        .disk
+        .iter()
+        .filter(|d| matches!(d.backend, DiskBackend::Image { .. }))
+        .map(|d| u64::from(d.queues));
+    let nets = args.net.iter().map(|n| u64::from(n.queues));
+    let console = args.console.as_ref().and_then(|c| c.0.as_ref()).map(|_| 1);
+    vm_tasks(
+        std::iter::once(args.cpus)
+            .chain(disks)
+            .chain(nets)
+            .chain(console),
+    )
+}
+
 /// The jail for process `name` of this launcher.
 pub fn jail_for(name: &str, needs: &Needs, c: &Confinement) -> Jail {
     let id: String = format!("bulkhead-{}-{name}", std::process::id())
@@ -108,7 +140,7 @@ pub fn jail_for(name: &str, needs: &Needs, c: &Confinement) -> Jail {
     jail.rlimits = Rlimits {
         nofile: Some(needs.max_fds),
         fsize: needs.max_file_size,
-        nproc: Some(NPROC),
+        nproc: Some(c.nproc),
     };
     jail.landlock = c.landlock;
     jail
@@ -136,6 +168,16 @@ mod tests {
         assert_eq!(j.cgroup.cpus, Some(4.0));
         assert_eq!(j.cgroup.pids_max, Some(4 + SPARE_THREADS));
         assert_eq!(j.rlimits.fsize, Some(1 << 30));
+        assert_eq!(j.rlimits.nproc, Some(SHARED_NPROC));
+        let own = Confinement {
+            uid: 2113929216,
+            gid: 2113929216,
+            nproc: vm_tasks([2, 4]),
+            ..c
+        };
+        let j = jail_for("disk0", &needs, &own);
+        assert_eq!((j.uid, j.gid), (2113929216, 2113929216));
+        assert_eq!(j.rlimits.nproc, Some(6 + 2 * SPARE_THREADS));
         assert_eq!(j.netns, NetNs::New);
         assert_eq!(
             jail_for("a.b", &needs, &c).id,

@@ -47,6 +47,10 @@ pub const RULES: &[Rule] = &[
         "returning from a signal handler (vCPU kick)",
     ),
     Rule::any(
+        SYS_restart_syscall,
+        "a thread stopped (SIGSTOP) in a timed wait resumes it through the kernel's restart",
+    ),
+    Rule::any(
         SYS_getrandom,
         "std's HashMap seeds its hasher once per thread",
     ),

@@ -159,6 +159,26 @@ mod tests {
     }
 
     #[test]
+    fn every_role_survives_a_stop_and_a_signal() {
+        // A thread stopped (SIGSTOP) in a timed wait (poll, nanosleep, futex) resumes it
+        // through restart_syscall after SIGCONT; a signal handler returns by rt_sigreturn.
+        for role in Role::ALL {
+            let calls = syscalls(role);
+            for needed in [libc::SYS_restart_syscall, libc::SYS_rt_sigreturn] {
+                assert!(
+                    calls.contains(&needed),
+                    "{role} lacks {}",
+                    crate::names::name(needed)
+                );
+            }
+            // Unconditionally: the kernel makes the call, not the program.
+            assert!(for_role(role)
+                .iter()
+                .any(|r| r.syscall == libc::SYS_restart_syscall && r.args.is_empty()));
+        }
+    }
+
+    #[test]
     fn no_role_may_disarm_the_sigsys_report_or_map_code() {
         for role in Role::ALL {
             for rule in for_role(role) {
