@@ -48,10 +48,12 @@ pub enum Scenario {
     ConsoleEcho,
     /// Sees the virtio console's size change (configuration-change generation).
     ConsoleResize,
+    /// Prints many bytes on the serial port (a guest flooding its console).
+    SerialFlood,
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 22] = [
+const NAMES: [(Scenario, &str); 23] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -74,6 +76,7 @@ const NAMES: [(Scenario, &str); 22] = [
     (Scenario::ConsoleWrite, "console-write"),
     (Scenario::ConsoleEcho, "console-echo"),
     (Scenario::ConsoleResize, "console-resize"),
+    (Scenario::SerialFlood, "serial-flood"),
 ];
 
 /// What runs without `bulkhead.test`: every scenario that is harmless to the devices found.

@@ -13,6 +13,7 @@ mod fail;
 mod memory;
 pub mod net;
 mod panic;
+mod serial_flood;
 
 use crate::machine::Machine;
 use crate::scenario::Scenario;
@@ -70,5 +71,9 @@ pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
         Scenario::ConsoleWrite => console::write(machine).map_err(Failure::Net),
         Scenario::ConsoleEcho => console::echo(machine).map_err(Failure::Net),
         Scenario::ConsoleResize => console::resize(machine).map_err(Failure::Net),
+        Scenario::SerialFlood => {
+            serial_flood::run(machine);
+            Ok(())
+        }
     }
 }
