@@ -45,6 +45,10 @@ fn run(args: &RunArgs) -> i32 {
         eprintln!("bulkhead: error: {e}");
         return EXIT_BULKHEAD_FAILED;
     }
+    // Before anything is opened: the API socket, the devices' files, the vmm's.
+    if let Some(id) = args.open_as {
+        crate::open_as::configure(id);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         for what in crate::stale::reap() {
