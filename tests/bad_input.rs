@@ -43,7 +43,7 @@ fn missing_kernel() {
         &["--kernel", "/nonexistent/vmlinux"],
         EXIT_FAILED,
         &[
-            "reading kernel image /nonexistent/vmlinux",
+            "opening kernel image: /nonexistent/vmlinux",
             "No such file or directory",
         ],
     );
@@ -57,7 +57,7 @@ fn unreadable_kernel() {
     fails_with(
         &["--kernel", dir.to_str().expect("utf-8 temp dir")],
         EXIT_FAILED,
-        &["reading kernel image", "Is a directory"],
+        &["opening kernel image", "Is a directory"],
     );
 }
 
@@ -155,7 +155,7 @@ fn missing_initrd() {
         &["--initrd", "/nonexistent/initrd"],
         EXIT_FAILED,
         &[
-            "reading initrd /nonexistent/initrd",
+            "opening initrd: /nonexistent/initrd",
             "No such file or directory",
         ],
     );
@@ -205,7 +205,7 @@ fn malformed_flags() {
     fails_with(
         &["--serial", "tty"],
         2,
-        &["expected stdio, file=PATH or off"],
+        &["expected stdio, file=PATH[,max-size=SIZE] or off"],
     );
     fails_with(
         &["--frobnicate"],
@@ -221,8 +221,8 @@ fn serial_file_in_missing_directory() {
         &["--serial", "file=/nonexistent/dir/console.log"],
         EXIT_FAILED,
         &[
-            "creating the serial console",
-            "opening /nonexistent/dir/console.log",
+            "opening serial file: /nonexistent/dir/console.log",
+            "No such file or directory",
         ],
     );
 }

@@ -111,7 +111,7 @@ fn missing_image_is_named_before_the_guest_starts() {
     assert_eq!(out.code(), 125, "{out:#?}");
     assert!(
         out.stderr
-            .contains("disk0: opening disk image /nonexistent/disk.img"),
+            .contains("disk0: opening disk image: /nonexistent/disk.img"),
         "{}",
         out.stderr
     );

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// Something is already there.
     #[error("API socket {0}: already exists (another VM's? remove it if it is stale)")]
     Exists(PathBuf),
+    /// Its directory was refused or it cannot be made (see [`crate::safe_open`]).
+    #[error("API socket")]
+    Dir(#[source] crate::safe_open::SafeOpenError),
     /// Binding failed.
     #[error("API socket {path}")]
     Bind {
@@ -34,26 +37,34 @@ pub enum ApiError {
 pub struct ApiSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// Where it is, through its directory's fd (resolved once, under the rule for paths a
+    /// user names), so that changing and removing it never follow a symlink again.
+    at: PathBuf,
+    _dir: std::fs::File,
 }
 
 impl ApiSocket {
     /// Creates the socket at `path` (refusing to replace anything there).
     pub fn bind(path: &Path) -> Result<ApiSocket, ApiError> {
-        if path.symlink_metadata().is_ok() {
-            return Err(ApiError::Exists(path.to_owned()));
-        }
-        let bind_err = |source| ApiError::Bind {
-            path: path.to_owned(),
-            source,
-        };
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let bound = crate::safe_open::bind_socket(path, false).map_err(|e| {
+            if e.io_kind() == Some(std::io::ErrorKind::AddrInUse) {
+                ApiError::Exists(path.to_owned())
+            } else {
+                ApiError::Dir(e)
+            }
+        })?;
         let socket = ApiSocket {
-            listener,
+            listener: bound.listener,
             path: path.to_owned(),
+            at: bound.at,
+            _dir: bound.dir,
         };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        std::fs::set_permissions(&socket.at, std::fs::Permissions::from_mode(0o600))
             .and_then(|()| socket.listener.set_nonblocking(true))
-            .map_err(bind_err)?;
+            .map_err(|source| ApiError::Bind {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(socket)
     }
 
@@ -76,7 +87,7 @@ impl ApiSocket {
 
 impl Drop for ApiSocket {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
+        if let Err(e) = std::fs::remove_file(&self.at) {
             log::warn!("removing API socket {}: {e}", self.path.display());
         }
     }

@@ -16,6 +16,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once at start-up and taken apart right away: boxing `RunArgs` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 // Made once per process from the command line: boxing `run`'s many flags would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -107,6 +109,11 @@ pub struct RunArgs {
     /// created mode 0600, removed when the VM ends.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// Open the paths named here (disks, kernel, initrd, serial and console files, socket
+    /// directories) with this identity's permissions instead of root's; files created are
+    /// its own. The ownership rule for such paths applies either way.
+    #[arg(long, value_name = "UID:GID", value_parser = crate::open_as::parse)]
+    pub open_as: Option<crate::open_as::Identity>,
     /// Print the vmm's memory use and guest-entry time on exit (used by `bulkhead bench`).
     #[arg(long, hide = true)]
     pub report_stats: bool,

@@ -10,6 +10,7 @@
 //! `--config` override single values and add to lists. Validation is the command line's own.
 
 use std::ffi::OsString;
+use std::io::Read;
 use std::path::Path;
 
 use clap::{ArgAction, CommandFactory};
@@ -61,7 +62,12 @@ struct Flag {
 /// The flags config file `path` stands for.
 fn flags_of(path: &Path) -> Result<Vec<Flag>, String> {
     let at = |what: String| format!("config file {}: {what}", path.display());
-    let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
+    // A path the user names, opened as root: under the same rule as disks and kernels.
+    let mut text = String::new();
+    crate::safe_open::open(path, crate::safe_open::Access::Read)
+        .map_err(|e| format!("config file {}", crate::run::chain(&e)))?
+        .read_to_string(&mut text)
+        .map_err(|e| at(e.to_string()))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| at(format!("not JSON: {e}")))?;
     let Value::Object(fields) = value else {
         return Err(at("expected a JSON object of `bulkhead run` flags".into()));

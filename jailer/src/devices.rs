@@ -149,11 +149,19 @@ impl Devices {
                 );
             }
             DiskBackend::Socket(path) => {
+                // Connected here, under the rule for paths a user names; the vmm gets the
+                // connected socket.
+                let socket =
+                    crate::safe_open::connect_socket(path).map_err(|source| LaunchError::Open {
+                        what: "vhost-user socket",
+                        name: name.to_owned(),
+                        source,
+                    })?;
                 self.add(
                     name,
                     VIRTIO_ID_BLOCK,
                     disk.queues,
-                    BackendSocket::Path(path.clone()),
+                    BackendSocket::Connected(socket),
                     None,
                 );
             }

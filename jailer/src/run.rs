@@ -50,6 +50,10 @@ fn run(args: &RunArgs) -> i32 {
             return EXIT_BULKHEAD_FAILED;
         }
     };
+    // Before anything is opened: the API socket, the devices' files, the vmm's.
+    if let Some(id) = args.open_as {
+        crate::open_as::configure(id);
+    }
     // Held until the VM is gone: it tells other launchers that what is named after this
     // one (bulkhead-<pid>-...) is in use. Taken before anything of the kind is made.
     // SAFETY: geteuid has no preconditions.

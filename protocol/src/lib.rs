@@ -43,6 +43,8 @@
 //! with the peer's name; the connection is then shut down. Nothing here panics on received
 //! bytes; [`fuzz::fuzz_decode`] is the fuzzing entry point (see `protocol/fuzz/README.md`).
 
+/// Guest-output files capped at `max-size=` (serial and console files).
+pub mod capped;
 pub mod channel;
 pub mod channel_error;
 pub mod codec;

@@ -15,8 +15,9 @@ use crate::kvm::run_loop::IoBuses;
 use crate::kvm::vcpu::{self, VcpuError};
 use crate::kvm::vm::{self as kvm_vm, VmError};
 use crate::memory::{GuestMemory, MemoryError};
-use crate::virtio::vhost_user::{SharedMemory, VhostUserDevice, VhostUserError};
+use crate::virtio::vhost_user::{BackendSocket, SharedMemory, VhostUserDevice, VhostUserError};
 use crate::virtio::{self, mmio::MmioTransport, monitor::Watched};
+use bulkhead_protocol::capped::CappedFile;
 use kvm_ioctls::IoEventAddress;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -40,6 +41,11 @@ pub struct Vm {
     pub watched: Vec<crate::virtio::monitor::Watched>,
     /// The virtio devices' transports, by device name (for config changes).
     pub transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    /// The largest file this process needs to write once built (RLIMIT_FSIZE; guest memory
+    /// exists by then): the serial file's size at open plus its max-size, 0 with the serial
+    /// console off, `None` when it writes to standard output (which may be a file the user
+    /// redirected it to: its limit stays the launcher's).
+    pub max_file_size: Option<u64>,
 }
 
 /// Errors while building a VM; each names its step.
@@ -88,33 +94,101 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
 }
 
-/// Builds the VM described by `config` (its backend sockets move into the VM).
-pub fn build(mut config: VmConfig) -> Result<Vm, BuildError> {
+/// Builds the VM described by `config` (its backend sockets move into the VM): [`prepare`]
+/// then [`Prepared::finish`].
+pub fn build(config: VmConfig) -> Result<Vm, BuildError> {
+    prepare(config)?.finish()
+}
+
+/// A VM half built: what needs the host (KVM, guest memory, the legacy devices, connected
+/// backend sockets) is done; nothing has been read from a peer or from a file the user
+/// named. A confined process finishes its jail between [`prepare`] and
+/// [`Prepared::finish`].
+pub struct Prepared {
+    config: VmConfig,
+    kvm: Kvm,
+    memory: GuestMemory,
+    vm_fd: VmFd,
+    io: IoBuses,
+    serial: Arc<Mutex<SerialDevice>>,
+    max_file_size: Option<u64>,
+}
+
+/// The first half of building: opens the kernel and initrd if they are not open yet,
+/// opens /dev/kvm, creates guest memory and the KVM VM and the legacy devices, and connects
+/// backend sockets given by path (a connect sends no message). Everything here needs the host's filesystem or privileges; nothing parses
+/// untrusted bytes.
+pub fn prepare(mut config: VmConfig) -> Result<Prepared, BuildError> {
     config.validate()?;
+    boot::open_files(&mut config.boot)?;
     let kvm = kvm_vm::open_kvm()?;
     let memory = create_memory(&config)?;
     let vm_fd = kvm_vm::create(&kvm, &memory.mem)?;
-    let (mut io, serial) = create_legacy_devices(&vm_fd, &config.serial)?;
-    let devices = std::mem::take(&mut config.devices);
-    let virtio = create_virtio_devices(&vm_fd, &memory, devices, &mut io)?;
-    let mut boot_config = config.boot.clone();
-    for token in &virtio.cmdline {
-        boot_config.cmdline.push(' ');
-        boot_config.cmdline.push_str(token);
-    }
-    let boot = boot::load(&memory.mem, memory.size, config.cpus, &boot_config)?;
-    let vcpus = create_vcpus(&kvm, &vm_fd, &memory, config.cpus, &boot)?;
-    Ok(Vm {
-        vm_fd,
-        memory,
-        io: Arc::new(io),
+    let LegacyDevices {
+        io,
         serial,
-        serial_stdin: config.serial == SerialOutput::Stdio && config.serial_input,
-        vcpus,
-        boot,
-        watched: virtio.watched,
-        transports: virtio.transports,
+        max_file_size,
+    } = create_legacy_devices(&vm_fd, &config.serial)?;
+    for dev in &mut config.devices {
+        let socket = std::mem::replace(&mut dev.socket, BackendSocket::Path(Default::default()));
+        dev.socket = BackendSocket::Connected(crate::virtio::vhost_user::open(&dev.name, socket)?);
+    }
+    Ok(Prepared {
+        config,
+        kvm,
+        memory,
+        vm_fd,
+        io,
+        serial,
+        max_file_size,
     })
+}
+
+impl Prepared {
+    /// The number of vCPUs.
+    pub fn cpus(&self) -> u8 {
+        self.config.cpus
+    }
+
+    /// Guest memory in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.size
+    }
+
+    /// The second half: the vhost-user handshakes with the backends, the kernel and initrd
+    /// read into guest memory, the vCPUs. Needs no privilege and no filesystem access.
+    pub fn finish(self) -> Result<Vm, BuildError> {
+        let Prepared {
+            mut config,
+            kvm,
+            memory,
+            vm_fd,
+            mut io,
+            serial,
+            max_file_size,
+        } = self;
+        let devices = std::mem::take(&mut config.devices);
+        let virtio = create_virtio_devices(&vm_fd, &memory, devices, &mut io)?;
+        let mut boot_config = config.boot.clone();
+        for token in &virtio.cmdline {
+            boot_config.cmdline.push(' ');
+            boot_config.cmdline.push_str(token);
+        }
+        let boot = boot::load(&memory.mem, memory.size, config.cpus, &boot_config)?;
+        let vcpus = create_vcpus(&kvm, &vm_fd, &memory, config.cpus, &boot)?;
+        Ok(Vm {
+            vm_fd,
+            memory,
+            io: Arc::new(io),
+            serial,
+            serial_stdin: config.serial == SerialOutput::Stdio && config.serial_input,
+            vcpus,
+            boot,
+            watched: virtio.watched,
+            transports: virtio.transports,
+            max_file_size,
+        })
+    }
 }
 
 /// What creating the virtio devices produced besides bus entries.
@@ -214,36 +288,46 @@ fn create_memory(config: &VmConfig) -> Result<GuestMemory, BuildError> {
     })
 }
 
-fn serial_output(serial: &SerialOutput) -> Result<SerialOut, BuildError> {
+/// The serial console's output, and the largest size its file may reach (see
+/// [`Vm::max_file_size`]).
+fn serial_output(serial: &SerialOutput) -> Result<(SerialOut, Option<u64>), BuildError> {
     Ok(match serial {
-        SerialOutput::Stdio => Box::new(std::io::stdout()),
-        SerialOutput::Off => Box::new(std::io::sink()),
-        SerialOutput::File(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+        SerialOutput::Stdio => (Box::new(std::io::stdout()), None),
+        SerialOutput::Off => (Box::new(std::io::sink()), Some(0)),
+        SerialOutput::File { file, max_size } => {
+            let what = format!("serial file {}", file.path.display());
+            let capped = file
+                .open_append()
+                .and_then(|f| CappedFile::new(f, *max_size, what.clone()))
                 .map_err(|e| {
                     BuildError::Device(
                         "serial console",
-                        std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display())),
+                        std::io::Error::new(e.kind(), format!("opening {what}: {e}")),
                     )
-                })?,
-        ),
+                })?;
+            let limit = capped.size().saturating_add(*max_size);
+            (Box::new(capped), Some(limit))
+        }
     })
 }
 
-fn create_legacy_devices(
-    vm_fd: &VmFd,
-    serial: &SerialOutput,
-) -> Result<(IoBuses, Arc<Mutex<SerialDevice>>), BuildError> {
+/// The port-bus devices and what the serial console's output needs.
+struct LegacyDevices {
+    io: IoBuses,
+    serial: Arc<Mutex<SerialDevice>>,
+    /// See [`Vm::max_file_size`].
+    max_file_size: Option<u64>,
+}
+
+fn create_legacy_devices(vm_fd: &VmFd, serial: &SerialOutput) -> Result<LegacyDevices, BuildError> {
     let mut io = IoBuses::default();
     let irq = EventFd::new(libc::EFD_NONBLOCK)
         .map_err(|e| BuildError::Device("serial IRQ eventfd", e))?;
     vm_fd
         .register_irqfd(&irq, COM1_IRQ)
         .map_err(|e| BuildError::Device("serial IRQ (irqfd)", e.into()))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(irq, serial_output(serial)?)));
+    let (out, max_file_size) = serial_output(serial)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
     io.pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
     io.pio.insert(
         I8042_BASE,
@@ -252,7 +336,11 @@ fn create_legacy_devices(
     )?;
     io.pio
         .insert(EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort)))?;
-    Ok((io, serial))
+    Ok(LegacyDevices {
+        io,
+        serial,
+        max_file_size,
+    })
 }
 
 fn create_vcpus(

@@ -1,7 +1,9 @@
 //! What a VM is made of, as the vmm process receives it (from the CLI today, from the
 //! launcher's control message later).
 
+use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::boot::BootConfig;
 use crate::virtio::vhost_user::BackendSocket;
@@ -11,11 +13,67 @@ use crate::virtio::vhost_user::BackendSocket;
 pub enum SerialOutput {
     /// The vmm's standard output (and input from its standard input).
     Stdio,
-    /// Appended to a file (no input).
-    File(PathBuf),
+    /// Appended to a file (no input), which stops growing at `max_size` bytes (further
+    /// output is dropped).
+    File {
+        /// The file (the launcher passes it open, as `file`).
+        file: HostFile,
+        /// Its size limit.
+        max_size: u64,
+    },
     /// Discarded (no input).
     Off,
 }
+
+/// A file on the host that the VM uses: its path (for messages, and for opening it when
+/// the vmm runs by hand) and, normally, the file already opened by the launcher (which
+/// checks whose path it is: the vmm opens nothing itself and reads it only once jailed).
+#[derive(Clone, Debug)]
+pub struct HostFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// The file, opened by whoever started the vmm.
+    pub opened: Option<Arc<File>>,
+}
+
+impl HostFile {
+    /// `path`, not opened yet.
+    pub fn path(path: impl Into<PathBuf>) -> HostFile {
+        HostFile {
+            path: path.into(),
+            opened: None,
+        }
+    }
+
+    /// A descriptor of the file to read: the opened one, or `path` opened now.
+    pub fn open_read(&self) -> std::io::Result<File> {
+        match &self.opened {
+            Some(f) => f.try_clone(),
+            None => File::open(&self.path),
+        }
+    }
+
+    /// A descriptor of the file to append to: the opened one, or `path` opened (created
+    /// if missing) now.
+    pub fn open_append(&self) -> std::io::Result<File> {
+        match &self.opened {
+            Some(f) => f.try_clone(),
+            None => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path),
+        }
+    }
+}
+
+/// Files are the same when their paths are (the configuration's notion of equality).
+impl PartialEq for HostFile {
+    fn eq(&self, other: &HostFile) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for HostFile {}
 
 /// A virtio device served by a vhost-user backend process.
 #[derive(Debug)]
@@ -99,7 +157,7 @@ impl VmConfig {
             .filter(|n| (1..=crate::boot::mptable::MAX_CPUS).contains(n))
             .ok_or(ConfigError::Cpus(machine.cpus))?;
         let kernel = match machine.kernel {
-            Some(path) => crate::boot::KernelImage::File(path.to_owned()),
+            Some(path) => crate::boot::KernelImage::File(HostFile::path(path)),
             None => crate::boot::KernelImage::Embedded(crate::TEST_GUEST_NAME, crate::TEST_GUEST),
         };
         let config = VmConfig {
@@ -107,7 +165,7 @@ impl VmConfig {
             cpus,
             boot: BootConfig {
                 kernel,
-                initrd: machine.initrd.map(ToOwned::to_owned),
+                initrd: machine.initrd.map(HostFile::path),
                 cmdline: machine.cmdline.to_owned(),
             },
             serial: machine.serial.clone(),

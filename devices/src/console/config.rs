@@ -50,6 +50,11 @@ pub struct Args {
     /// put in raw mode (restored on exit) and its size is given to the guest.
     #[arg(long, value_name = "N")]
     pub stream_fd: Option<RawFd>,
+
+    /// When the stream is a regular file: it stops growing at SIZE bytes (its size before
+    /// included; K, M, G suffixes), further guest output is dropped and counted.
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = bulkhead_protocol::capped::parse_size)]
+    pub max_size: u64,
 }
 
 impl BackendArgs for Args {
@@ -80,6 +85,8 @@ pub struct Config {
     pub endpoint: Endpoint,
     /// The stream.
     pub stream: StreamSpec,
+    /// The size limit of a regular file stream.
+    pub max_size: u64,
 }
 
 /// A command line that doesn't make sense.
@@ -121,7 +128,11 @@ impl TryFrom<Args> for Config {
                 return Err(ConfigError::SameFd(*a));
             }
         }
-        Ok(Config { endpoint, stream })
+        Ok(Config {
+            endpoint,
+            stream,
+            max_size: args.max_size,
+        })
     }
 }
 

@@ -84,6 +84,7 @@ where
 pub fn run(config: Config) -> Result<Ended, Error> {
     // First, before any thread exists, so every thread inherits the blocked signals.
     let termination = Termination::block().map_err(Error::Signals)?;
+    bulkhead_protocol::capped::ignore_sigxfsz();
     run_with(config, &termination)
 }
 
@@ -99,7 +100,13 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
     if let Some((cols, rows)) = opened.size {
         log::info!("console size {cols}x{rows}");
     }
-    let port = Arc::new(Port::new(opened.output));
+    let port = Arc::new(match opened.output {
+        // A file (not a terminal or a socket) is capped: the guest must not fill the disk.
+        Some(f) if f.metadata().is_ok_and(|m| m.file_type().is_file()) => {
+            Port::capped(f, config.max_size).map_err(Error::Io)?
+        }
+        out => Port::new(out),
+    });
     let mut backend = ConsoleBackend::new(port, opened.size).map_err(Error::Io)?;
     if let Some(terminal) = opened.terminal {
         backend = backend.follow_terminal(terminal);

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use bulkhead_protocol::capped::CappedFile;
 use log::warn;
 
 use super::config::StreamSpec;
@@ -61,13 +62,40 @@ pub struct Port {
 
 #[derive(Debug, Default)]
 struct OutState {
-    out: Option<File>,
+    out: Option<Out>,
     failing: bool,
+}
+
+/// The output: a stream, or a regular file capped at its `--max-size`.
+#[derive(Debug)]
+enum Out {
+    Stream(File),
+    Capped(CappedFile),
+}
+
+impl Out {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Out::Stream(f) => f.write_all(bytes),
+            Out::Capped(c) => c.write_all(bytes),
+        }
+    }
 }
 
 impl Port {
     /// A port writing to `out` (none: output is dropped and counted).
     pub fn new(out: Option<File>) -> Port {
+        Port::with(out.map(Out::Stream))
+    }
+
+    /// A port appending to regular file `file`, which stops growing at `max_size` bytes
+    /// (what it held already included): later output is dropped, logged once.
+    pub fn capped(file: File, max_size: u64) -> io::Result<Port> {
+        let capped = CappedFile::new(file, max_size, "the console file".into())?;
+        Ok(Port::with(Some(Out::Capped(capped))))
+    }
+
+    fn with(out: Option<Out>) -> Port {
         Port {
             state: Mutex::new(OutState {
                 out,
@@ -80,7 +108,7 @@ impl Port {
     /// Replaces the output (a client connected or went away).
     pub fn set_output(&self, out: Option<File>) {
         let mut state = self.lock();
-        state.out = out;
+        state.out = out.map(Out::Stream);
         state.failing = false;
     }
 
@@ -252,6 +280,19 @@ fn from_fd(owned: OwnedFd, fd: RawFd) -> Result<Opened, StreamError> {
     } else {
         None
     };
+    if meta.file_type().is_socket() && is_listening(&file) {
+        // A socket the launcher bound (where the user's path said, checked there).
+        return Ok(Opened {
+            source: Source::Listener {
+                listener: UnixListener::from(OwnedFd::from(file)),
+                client: None,
+            },
+            output: None,
+            size: None,
+            terminal: None,
+            raw: None,
+        });
+    }
     if meta.file_type().is_file() || flags & libc::O_ACCMODE == libc::O_WRONLY {
         return Ok(fixed(None, Some(file), size, raw));
     }
@@ -263,6 +304,23 @@ fn from_fd(owned: OwnedFd, fd: RawFd) -> Result<Opened, StreamError> {
     let mut opened = fixed(Some(file), Some(output), size, raw);
     opened.terminal = terminal;
     Ok(opened)
+}
+
+/// Whether socket `file` is listening (SO_ACCEPTCONN).
+fn is_listening(file: &File) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`, an int of that size.
+    let r = unsafe {
+        libc::getsockopt(
+            file.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && value != 0
 }
 
 fn listen(path: &PathBuf) -> Result<Opened, StreamError> {

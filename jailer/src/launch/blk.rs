@@ -1,12 +1,16 @@
 //! Starting `bulkhead-blk`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 
-use super::{backend_program, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
+use super::{
+    backend_program, open_named, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD,
+    SOCKET_FD,
+};
+use crate::safe_open::Access;
 
 /// Starts `bulkhead-blk` on the image at `path`: the launcher opens the image (so the
 /// backend needs no access to the filesystem) and hands it over as fd 4, with its end of a
@@ -19,11 +23,12 @@ pub fn start_blk(
     queues: u16,
     direct: bool,
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
-    let disk = OpenOptions::new()
-        .read(true)
-        .write(!readonly)
-        .open(path)
-        .map_err(open_error(name, path))?;
+    let access = if readonly {
+        Access::Read
+    } else {
+        Access::ReadWrite
+    };
+    let disk = open_named(name, "disk image", path, access)?;
     let size = image_size(name, path, &disk)?;
     let program = backend_program(name, "bulkhead-blk")?;
     let mut cmd = Command::new(&program);

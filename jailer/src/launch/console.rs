@@ -1,12 +1,17 @@
 //! Starting `bulkhead-console` on the stream `--console` chose.
 
-use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::{backend_program, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
+use bulkhead_vmm::process::args::split_max_size;
+
+use super::{
+    backend_program, open_named, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD,
+    SOCKET_FD,
+};
+use crate::safe_open::Access;
 
 /// Where the virtio console is connected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,8 +22,13 @@ pub enum ConsoleStream {
     Socket(PathBuf),
     /// A new pseudo-terminal (its path is printed).
     Pty,
-    /// Guest output appended to a file; no input.
-    File(PathBuf),
+    /// Guest output appended to a file, which stops growing at `max_size` bytes; no input.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Its size limit (`max-size=`, 16 MiB by default).
+        max_size: u64,
+    },
 }
 
 /// A `--console` value: a stream, or `None` for `off`.
@@ -37,10 +47,19 @@ fn parse_stream(s: &str) -> Result<Option<ConsoleStream>, String> {
         "pty" => ConsoleStream::Pty,
         _ => match s.split_once('=') {
             Some(("socket", p)) if !p.is_empty() => ConsoleStream::Socket(p.into()),
-            Some(("file", p)) if !p.is_empty() => ConsoleStream::File(p.into()),
+            Some(("file", value)) => {
+                let (p, max_size) = split_max_size(value)?;
+                if p.is_empty() {
+                    return Err("file= needs a path".into());
+                }
+                ConsoleStream::File {
+                    path: p.into(),
+                    max_size,
+                }
+            }
             _ => {
                 return Err(format!(
-                    "{s:?}: expected stdio, socket=PATH, pty, file=PATH or off"
+                    "{s:?}: expected stdio, socket=PATH, pty, file=PATH[,max-size=SIZE] or off"
                 ))
             }
         },
@@ -55,39 +74,49 @@ pub fn start_console(
     let program = backend_program(name, "bulkhead-console")?;
     let mut cmd = Command::new(&program);
     cmd.args(["--fd", &SOCKET_FD.to_string()]);
-    let mut fds = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    // The guest's output may fill a console file (up to its max-size); other streams are
+    // not files.
+    let mut max_file_size = 0;
     match stream {
         ConsoleStream::Stdio => {
             cmd.arg("--stdio");
         }
         ConsoleStream::Socket(p) => {
-            cmd.arg("--socket").arg(p);
+            fds.push(listen(name, p)?.into());
+            cmd.args(["--stream-fd", &FIRST_EXTRA_FD.to_string()]);
         }
         ConsoleStream::Pty => {
             cmd.arg("--pty");
         }
-        ConsoleStream::File(p) => {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|source| LaunchError::OpenDisk {
-                    what: "console file",
-                    name: name.to_owned(),
-                    path: p.clone(),
-                    source,
-                })?;
-            fds.push(OwnedFd::from(f));
+        ConsoleStream::File { path, max_size } => {
+            let f = open_named(name, "console file", path, Access::Append)?;
+            // The backend stops the file at max-size itself; the limit is the backstop.
+            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+            max_file_size = size.saturating_add(*max_size);
+            fds.push(f.into());
             cmd.args(["--stream-fd", &FIRST_EXTRA_FD.to_string()]);
+            cmd.args(["--max-size", &max_size.to_string()]);
         }
     }
     let needs = Needs {
-        // The guest's output may fill a console file; other streams are not files.
-        max_file_size: (!matches!(stream, ConsoleStream::File(_))).then_some(0),
+        max_file_size: Some(max_file_size),
         reports: true,
         ..Needs::default()
     };
     spawn(name, cmd, fds, *stream == ConsoleStream::Stdio, &needs)
+}
+
+/// Binds console socket `path` for device `name`: in its directory resolved under the
+/// rule for paths a user names, replacing a socket an earlier run left (nothing else).
+fn listen(name: &str, path: &std::path::Path) -> Result<UnixListener, LaunchError> {
+    crate::safe_open::bind_socket(path, true)
+        .map(|bound| bound.listener)
+        .map_err(|source| LaunchError::Open {
+            what: "console socket",
+            name: name.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -104,9 +133,26 @@ mod tests {
         );
         assert_eq!(
             parse_stream("file=/tmp/c.log"),
-            Ok(Some(ConsoleStream::File("/tmp/c.log".into())))
+            Ok(Some(ConsoleStream::File {
+                path: "/tmp/c.log".into(),
+                max_size: 16 << 20
+            }))
         );
-        for bad in ["", "tty", "socket=", "file="] {
+        assert_eq!(
+            parse_stream("file=/tmp/c.log,max-size=1M"),
+            Ok(Some(ConsoleStream::File {
+                path: "/tmp/c.log".into(),
+                max_size: 1 << 20
+            }))
+        );
+        for bad in [
+            "",
+            "tty",
+            "socket=",
+            "file=",
+            "file=/x,max-size=0",
+            "file=/x,max-size=9Q",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

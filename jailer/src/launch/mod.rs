@@ -52,7 +52,7 @@ pub enum LaunchError {
         /// Where it was looked for.
         path: PathBuf,
     },
-    /// The disk image (or console file) cannot be opened.
+    /// The disk image (or console file) cannot be used once open.
     #[error("{name}: opening {what} {path}")]
     OpenDisk {
         /// What the file is for ("disk image", "console file").
@@ -64,6 +64,18 @@ pub enum LaunchError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// A file or socket directory the user named was refused or cannot be opened (see
+    /// [`crate::safe_open`]).
+    #[error("{name}: opening {what}")]
+    Open {
+        /// What the path is for ("disk image", "console file", "kernel").
+        what: &'static str,
+        /// Device name (or `vmm`).
+        name: String,
+        /// Why (names the path).
+        #[source]
+        source: crate::safe_open::SafeOpenError,
     },
     /// The image's size cannot be served.
     #[error("{name}: disk image {path} is {size} bytes, {why}")]
@@ -109,6 +121,20 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Opens `path` (for `what` of process `name`) under the rule for paths a user names.
+pub fn open_named(
+    name: &str,
+    what: &'static str,
+    path: &Path,
+    access: crate::safe_open::Access,
+) -> Result<File, LaunchError> {
+    crate::safe_open::open(path, access).map_err(|source| LaunchError::Open {
+        what,
+        name: name.to_owned(),
+        source,
+    })
 }
 
 /// A started process: jailed, or plain with `--jail off`.
@@ -594,6 +620,11 @@ mod tests {
             false,
         )
         .err();
-        assert!(matches!(e, Some(LaunchError::OpenDisk { .. })), "{e:?}");
+        assert!(matches!(e, Some(LaunchError::Open { .. })), "{e:?}");
+        let msg = e.map(|e| crate::run::chain(&e)).unwrap_or_default();
+        assert!(
+            msg.contains("disk0: opening disk image: /nonexistent/d.img"),
+            "{msg}"
+        );
     }
 }

@@ -10,8 +10,12 @@ use bulkhead_vmm::config::{SerialOutput, VirtioDeviceConfig};
 use bulkhead_vmm::process::args::{DeviceArg, DeviceSocket};
 use bulkhead_vmm::virtio::vhost_user::BackendSocket;
 
-use super::{backend_program, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
+use super::{
+    backend_program, open_named, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD,
+    SOCKET_FD,
+};
 use crate::cli::RunArgs;
+use crate::safe_open::Access;
 
 /// The name the vmm process goes by in messages.
 pub const VMM: &str = "vmm";
@@ -26,23 +30,41 @@ pub fn start_vmm(
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
     let program = backend_program(VMM, "bulkhead-vmm")?;
     let mut cmd = Command::new(&program);
+    // The files the user named are opened here, under the rule for such paths, and passed
+    // to the vmm, which reads them only once it is jailed. They take the fds after the
+    // device sockets.
+    let mut files: Vec<(&str, OwnedFd)> = Vec::new();
     if let Some(k) = &args.kernel {
         cmd.arg("--kernel").arg(k);
+        files.push((
+            "--kernel-fd",
+            open_named(VMM, "kernel image", k, Access::Read)?.into(),
+        ));
     }
     if let Some(i) = &args.initrd {
         cmd.arg("--initrd").arg(i);
+        files.push((
+            "--initrd-fd",
+            open_named(VMM, "initrd", i, Access::Read)?.into(),
+        ));
     }
     cmd.args(["--cmdline", &args.cmdline])
         .args(["--memory", &args.memory.to_string()])
         .args(["--cpus", &args.cpus.to_string()]);
+    // Guest memory is a memfd of that size (RLIMIT_FSIZE applies to it).
+    let mut max_file_size = args.memory << 20;
     cmd.arg("--serial").arg(match &args.serial {
         SerialOutput::Stdio => "stdio".into(),
         SerialOutput::Off => "off".into(),
-        SerialOutput::File(p) => format!("file={}", p.display()),
+        SerialOutput::File { file, max_size } => {
+            let f = open_named(VMM, "serial file", &file.path, Access::Append)?;
+            // The vmm stops the file at max-size itself; the limit is the backstop.
+            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+            max_file_size = max_file_size.max(size.saturating_add(*max_size));
+            files.push(("--serial-fd", f.into()));
+            format!("file={},max-size={max_size}", file.path.display())
+        }
     });
-    if !serial_input {
-        cmd.arg("--no-serial-input");
-    }
     cmd.args(["--control-fd", &SOCKET_FD.to_string()]);
     if args.report_stats {
         cmd.arg("--report-stats");
@@ -64,10 +86,14 @@ pub fn start_vmm(
         };
         cmd.arg("--device").arg(arg.to_arg());
     }
+    for (flag, fd) in files {
+        fds.push(fd);
+        cmd.arg(flag)
+            .arg((FIRST_EXTRA_FD + fds.len() as i32 - 1).to_string());
+    }
     let needs = Needs {
         workers: args.cpus,
-        // Guest memory is a memfd of that size; a serial log file may grow.
-        max_file_size: (!matches!(args.serial, SerialOutput::File(_))).then_some(args.memory << 20),
+        max_file_size: Some(max_file_size),
         max_fds: 1024,
         ..Needs::default()
     };

@@ -33,6 +33,9 @@ pub struct Config {
     pub net: NetOptions,
     /// `bulkhead.console.*`.
     pub console: ConsoleOptions,
+    /// `bulkhead.serial.bytes=N`: bytes `serial-flood` prints (default 1 MiB, at most
+    /// 1 GiB).
+    pub serial_bytes: u64,
 }
 
 /// Most sizes in `bulkhead.net.sizes`.
@@ -327,6 +330,7 @@ pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
         blk: BlkOptions::default(),
         net: NetOptions::default(),
         console: ConsoleOptions::default(),
+        serial_bytes: 1 << 20,
     };
     for token in line
         .split(|c| c.is_ascii_whitespace())
@@ -424,6 +428,10 @@ pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
                 config.console.resizes = value!("bulkhead.console.resizes", |v| parse_number(v)
                     .filter(|&n| n <= 100_000)
                     .map(|n| n as u32));
+            }
+            b"bulkhead.serial.bytes" => {
+                config.serial_bytes = value!("bulkhead.serial.bytes", |v| parse_number(v)
+                    .filter(|&n| n <= 1 << 30));
             }
             _ => {}
         }
@@ -654,6 +662,10 @@ mod tests {
         );
         assert_eq!((c.console.lines, c.console.echo_ms), (3, 5000));
         assert_eq!((c.console.resize_ms, c.console.resizes), (5000, 1));
+        assert_eq!(c.serial_bytes, 1 << 20);
+        let c = parse(b"bulkhead.serial.bytes=4096").unwrap();
+        assert_eq!(c.serial_bytes, 4096);
+        assert!(parse(b"bulkhead.serial.bytes=0x40000001").is_err());
         let c = parse(
             b"bulkhead.net.ip=192.168.5.9/28 bulkhead.net.peer=192.168.5.1 \
               bulkhead.net.mac=52:54:00:ab:cd:ef bulkhead.net.serve-ms=250 \

@@ -52,10 +52,12 @@ pub enum Scenario {
     VirtioFlood,
     /// Clears DRIVER_OK without a reset: the device must ask for one.
     VirtioStatus,
+    /// Prints many bytes on the serial port (a guest flooding its console).
+    SerialFlood,
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 24] = [
+const NAMES: [(Scenario, &str); 25] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -80,6 +82,7 @@ const NAMES: [(Scenario, &str); 24] = [
     (Scenario::ConsoleResize, "console-resize"),
     (Scenario::VirtioFlood, "virtio-flood"),
     (Scenario::VirtioStatus, "virtio-status"),
+    (Scenario::SerialFlood, "serial-flood"),
 ];
 
 /// What runs without `bulkhead.test`: every scenario that is harmless to the devices found.

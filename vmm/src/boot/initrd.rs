@@ -1,7 +1,6 @@
 //! Placing the initrd: page aligned, as high as the kernel allows, clear of the kernel.
 
-use std::fs::File;
-use std::path::Path;
+use crate::config::HostFile;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -18,18 +17,19 @@ pub fn place(size: u64, kernel_end: u64, limit: u64) -> Option<u64> {
     (start >= kernel_end.next_multiple_of(PAGE)).then_some(start)
 }
 
-/// Loads the initrd at `path` into guest memory.
+/// Loads the initrd `initrd` into guest memory.
 pub fn load(
     mem: &GuestMemoryMmap,
-    path: &Path,
+    initrd: &HostFile,
     kernel_end: u64,
     limit: u64,
 ) -> Result<InitrdPlacement, BootError> {
+    let path = &initrd.path;
     let read_err = |source| BootError::Initrd {
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
+    let mut file = initrd.open_read().map_err(read_err)?;
     let size = file.metadata().map_err(read_err)?.len();
     let addr = place(size, kernel_end, limit).ok_or(BootError::InitrdTooBig {
         path: path.to_owned(),

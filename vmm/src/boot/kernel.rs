@@ -132,7 +132,7 @@ pub enum KernelError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelImage {
     /// A file on the host.
-    File(PathBuf),
+    File(crate::config::HostFile),
     /// An image embedded in the binary (the test guest), with a name for messages.
     Embedded(&'static str, &'static [u8]),
 }
@@ -141,14 +141,14 @@ impl KernelImage {
     /// The name used in messages.
     pub fn display_path(&self) -> PathBuf {
         match self {
-            KernelImage::File(p) => p.clone(),
+            KernelImage::File(f) => f.path.clone(),
             KernelImage::Embedded(name, _) => PathBuf::from(name),
         }
     }
 
     fn open(&self) -> std::io::Result<File> {
         match self {
-            KernelImage::File(p) => File::open(p),
+            KernelImage::File(f) => f.open_read(),
             KernelImage::Embedded(name, bytes) => {
                 let mut f = crate::memory::memfd(name)?;
                 f.write_all(bytes)?;

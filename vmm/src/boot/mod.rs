@@ -29,7 +29,7 @@ pub struct BootConfig {
     /// Kernel image (ELF vmlinux or bzImage).
     pub kernel: kernel::KernelImage,
     /// Optional initial ramdisk.
-    pub initrd: Option<PathBuf>,
+    pub initrd: Option<crate::config::HostFile>,
     /// Kernel command line.
     pub cmdline: String,
 }
@@ -92,6 +92,30 @@ pub enum BootError {
     /// Writing a boot structure into guest memory failed.
     #[error("writing the {0} into guest memory")]
     GuestWrite(&'static str, #[source] vm_memory::GuestMemoryError),
+}
+
+/// Opens the kernel and initrd files that are not open yet (the vmm run by hand, with
+/// paths): before the jail, which takes the filesystem away; they are read in [`load`].
+pub fn open_files(cfg: &mut BootConfig) -> Result<(), BootError> {
+    if let kernel::KernelImage::File(f) = &mut cfg.kernel {
+        if f.opened.is_none() {
+            let file = f.open_read().map_err(|source| kernel::KernelError::Read {
+                path: f.path.clone(),
+                source,
+            })?;
+            f.opened = Some(std::sync::Arc::new(file));
+        }
+    }
+    if let Some(f) = &mut cfg.initrd {
+        if f.opened.is_none() {
+            let file = f.open_read().map_err(|source| BootError::Initrd {
+                path: f.path.clone(),
+                source,
+            })?;
+            f.opened = Some(std::sync::Arc::new(file));
+        }
+    }
+    Ok(())
 }
 
 /// Loads the kernel and initrd, writes the command line, e820 map, MP table, ACPI tables and

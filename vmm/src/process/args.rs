@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::SerialOutput;
+use crate::config::{HostFile, SerialOutput};
 
 /// bulkhead-vmm: the vCPU process of bulkhead (normally started by `bulkhead run`).
 #[derive(Parser, Debug)]
@@ -18,6 +18,16 @@ pub struct VmmArgs {
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
+    /// The kernel is already open as inherited fd N (--kernel then only names it): the
+    /// launcher opens it, under its rule for paths a user names.
+    #[arg(long, value_name = "N", requires = "kernel")]
+    pub kernel_fd: Option<RawFd>,
+    /// The initrd is already open as inherited fd N (see --kernel-fd).
+    #[arg(long, value_name = "N", requires = "initrd")]
+    pub initrd_fd: Option<RawFd>,
+    /// The serial file is already open (for append) as inherited fd N (see --kernel-fd).
+    #[arg(long, value_name = "N")]
+    pub serial_fd: Option<RawFd>,
     /// Kernel command line (the virtio-mmio devices are appended to it).
     #[arg(long, value_name = "STR", default_value = "")]
     pub cmdline: String,
@@ -27,8 +37,8 @@ pub struct VmmArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u64,
-    /// Serial console output: stdio, file=PATH or off.
-    #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio", value_parser = parse_serial)]
+    /// Serial console output: stdio, file=PATH[,max-size=SIZE] (default 16M) or off.
+    #[arg(long, value_name = "stdio|file=PATH[,max-size=SIZE]|off", default_value = "stdio", value_parser = parse_serial)]
     pub serial: SerialOutput,
     /// Do not read standard input into the serial console (something else owns it).
     #[arg(long)]
@@ -96,10 +106,29 @@ pub fn parse_serial(s: &str) -> Result<SerialOutput, String> {
         "stdio" => Ok(SerialOutput::Stdio),
         "off" => Ok(SerialOutput::Off),
         _ => match s.strip_prefix("file=") {
-            Some("") => Err("file= needs a path".into()),
-            Some(path) => Ok(SerialOutput::File(PathBuf::from(path))),
-            None => Err(format!("{s:?}: expected stdio, file=PATH or off")),
+            Some(rest) => {
+                let (path, max_size) = split_max_size(rest)?;
+                if path.is_empty() {
+                    return Err("file= needs a path".into());
+                }
+                Ok(SerialOutput::File {
+                    file: HostFile::path(path),
+                    max_size,
+                })
+            }
+            None => Err(format!(
+                "{s:?}: expected stdio, file=PATH[,max-size=SIZE] or off"
+            )),
         },
+    }
+}
+
+/// Splits `PATH[,max-size=SIZE]` (a `file=` value) into the path and the size limit
+/// (16 MiB when not given).
+pub fn split_max_size(value: &str) -> Result<(&str, u64), String> {
+    match value.rsplit_once(",max-size=") {
+        Some((path, size)) => Ok((path, bulkhead_protocol::capped::parse_size(size)?)),
+        None => Ok((value, bulkhead_protocol::capped::DEFAULT_MAX_SIZE)),
     }
 }
 
@@ -192,9 +221,21 @@ mod tests {
         assert_eq!(parse_serial("off"), Ok(SerialOutput::Off));
         assert_eq!(
             parse_serial("file=/tmp/s"),
-            Ok(SerialOutput::File("/tmp/s".into()))
+            Ok(SerialOutput::File {
+                file: HostFile::path("/tmp/s"),
+                max_size: 16 << 20
+            })
+        );
+        assert_eq!(
+            parse_serial("file=/tmp/a,b,max-size=64K"),
+            Ok(SerialOutput::File {
+                file: HostFile::path("/tmp/a,b"),
+                max_size: 64 << 10
+            })
         );
         assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("file=,max-size=1K").is_err());
+        assert!(parse_serial("file=/tmp/s,max-size=0").is_err());
         assert!(parse_serial("tty").is_err());
     }
 }

@@ -35,11 +35,13 @@ pub struct StatusInfo {
 pub struct Control {
     sender: Arc<Mutex<ProcessChannel>>,
     stream: UnixStream,
+    /// Whether the handshake was done (nothing is sent before it).
+    shaken: bool,
 }
 
 impl Control {
-    /// Adopts inherited socket `fd` and shakes hands with the launcher.
-    pub fn connect(fd: RawFd) -> Result<Control, String> {
+    /// Adopts inherited socket `fd`; nothing is read or sent yet (see [`Control::handshake`]).
+    pub fn adopt(fd: RawFd) -> Result<Control, String> {
         let fd = check_socket("control", fd).map_err(|e| e.to_string())?;
         // SAFETY: an inherited fd given to the vmm for its control channel alone, checked to
         // be an open socket; nothing else in this process owns it.
@@ -47,16 +49,29 @@ impl Control {
         let receiving = stream
             .try_clone()
             .map_err(|e| format!("control socket: {e}"))?;
-        let mut channel = ProcessChannel::new(stream, "launcher");
+        Ok(Control {
+            sender: Arc::new(Mutex::new(ProcessChannel::new(stream, "launcher"))),
+            stream: receiving,
+            shaken: false,
+        })
+    }
+
+    /// Shakes hands with the launcher: the first bytes read from it, so called once the
+    /// vmm is jailed.
+    pub fn handshake(&mut self) -> Result<(), String> {
+        let mut channel = self.sender.lock().unwrap_or_else(|e| e.into_inner());
         channel
             .set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
             .and_then(|()| channel.handshake())
             .and_then(|()| channel.set_timeouts(None, Some(HANDSHAKE_TIMEOUT)))
             .map_err(|e| format!("control channel: {e}"))?;
-        Ok(Control {
-            sender: Arc::new(Mutex::new(channel)),
-            stream: receiving,
-        })
+        self.shaken = true;
+        Ok(())
+    }
+
+    /// Whether the handshake was done, so that messages can be sent.
+    pub fn is_open(&self) -> bool {
+        self.shaken
     }
 
     /// Sends `msg`; a failure is logged (the launcher will see the exit status anyway).

@@ -1,6 +1,7 @@
 //! Inherited fds: checked before they are adopted.
 
-use std::os::fd::RawFd;
+use std::fs::File;
+use std::os::fd::{FromRawFd, RawFd};
 
 /// An inherited fd that cannot be what it is said to be.
 #[derive(Debug, thiserror::Error)]
@@ -34,4 +35,33 @@ pub fn check_socket(what: &str, fd: RawFd) -> Result<RawFd, FdError> {
         return Err(err("is not a socket".into()));
     }
     Ok(fd)
+}
+
+/// Adopts inherited `fd` (for `what`: kernel, initrd, serial file) as a file; it must be
+/// open and not a directory or socket. The caller makes sure no other owner of `fd`
+/// exists in this process.
+pub fn take_file(what: &str, fd: RawFd) -> Result<File, FdError> {
+    let err = |why: String| FdError {
+        what: what.to_owned(),
+        fd,
+        why,
+    };
+    if fd <= 2 {
+        return Err(err("must be above 2".into()));
+    }
+    // SAFETY: a zeroed stat is a valid value of the plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat reads nothing but the fd number and writes only `st`.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(err(format!(
+            "is not open ({})",
+            std::io::Error::last_os_error()
+        )));
+    }
+    if matches!(st.st_mode & libc::S_IFMT, libc::S_IFDIR | libc::S_IFSOCK) {
+        return Err(err("is a directory or a socket, not a file".into()));
+    }
+    // SAFETY: an inherited fd, open (checked), given for `what` alone (the caller checked
+    // that no other argument names it); nothing else in this process owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }

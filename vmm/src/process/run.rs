@@ -1,17 +1,19 @@
 //! `bulkhead-vmm`'s main: build the VM from the command line, run it, report why it stopped.
 
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use clap::Parser;
 
 use super::args::{DeviceSocket, VmmArgs};
 use super::control::{Control, StatusInfo};
-use super::fds::{check_socket, FdError};
+use super::fds::{check_socket, take_file, FdError};
 use super::outcome::{Outcome, EXIT_BULKHEAD_FAILED};
 use super::signals::stop_on_signals;
+use crate::boot::KernelImage;
 use crate::builder;
-use crate::config::{Machine, VirtioDeviceConfig, VmConfig};
+use crate::config::{Machine, SerialOutput, VirtioDeviceConfig, VmConfig};
 use crate::virtio::vhost_user::BackendSocket;
 
 /// Runs `bulkhead-vmm` with `args`; returns the exit status.
@@ -23,6 +25,8 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    // A serial file's cap stops below RLIMIT_FSIZE; reaching it anyway must not kill the VM.
+    bulkhead_protocol::capped::ignore_sigxfsz();
     // The vCPU threads install their filters in this mode.
     bulkhead_seccomp::mode::set_process_mode(args.seccomp);
     // Every log call site limited: a guest (or a backend) must not flood the host's logs.
@@ -32,7 +36,8 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
             .build();
     let max = logger.filter();
     let _ = bulkhead_ratelimit::install(logger, max);
-    let control = match args.control_fd.map(Control::connect) {
+    // Adopted only: the handshake waits until the vmm is jailed (see `run`).
+    let mut control = match args.control_fd.map(Control::adopt) {
         Some(Ok(c)) => Some(c),
         Some(Err(e)) => {
             eprintln!("bulkhead-vmm: {e}");
@@ -41,10 +46,10 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         None => None,
     };
     let stats = Stats::open(args.report_stats);
-    let outcome = run(&args, control.as_ref(), stats);
+    let outcome = run(&args, control.as_mut(), stats);
     match &control {
-        Some(c) => outcome.messages().into_iter().for_each(|m| c.send(m)),
-        None => {
+        Some(c) if c.is_open() => outcome.messages().into_iter().for_each(|m| c.send(m)),
+        _ => {
             if let Some(problem) = outcome.problem() {
                 eprintln!("bulkhead: {problem}");
             }
@@ -53,28 +58,50 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     outcome.exit_code()
 }
 
-fn run(args: &VmmArgs, control: Option<&Control>, stats: Stats) -> Outcome {
-    let config = match config(args) {
-        Ok(c) => c,
-        Err(e) => return Outcome::Failed(chain(e.as_ref())),
+/// Builds and runs the VM. Order matters: what needs the host (KVM, memory, the fds it was
+/// given) comes first; then the jail; only then is anything read from a peer (the
+/// launcher's handshake, the backends' vhost-user replies) or from a file the user named
+/// (kernel, initrd).
+fn run(args: &VmmArgs, control: Option<&mut Control>, stats: Stats) -> Outcome {
+    let prepared = config(args)
+        .map_err(|e| chain(e.as_ref()))
+        .and_then(|config| {
+            log::info!(
+                "booting {} with {} MiB and {} vCPU(s)",
+                config.boot.kernel.display_path().display(),
+                config.memory_mib,
+                config.cpus
+            );
+            builder::prepare(config).map_err(|e| chain(&e))
+        });
+    // Whatever happened above, the jail comes before the first byte read from a peer.
+    if let Err(e) = bulkhead_seccomp::jail::finish_jail(&args.jail) {
+        return Outcome::Failed(format!("confining the vmm: {}", chain(&e)));
+    }
+    log::debug!("jailed; reading from peers and the kernel image from now on");
+    let control = match control {
+        Some(c) => match c.handshake() {
+            Ok(()) => Some(&*c),
+            Err(e) => return Outcome::Failed(e),
+        },
+        None => None,
     };
-    log::info!(
-        "booting {} with {} MiB and {} vCPU(s)",
-        config.boot.kernel.display_path().display(),
-        config.memory_mib,
-        config.cpus
-    );
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(e),
+    };
     let info = StatusInfo {
-        vcpus: config.cpus.into(),
-        memory_bytes: config.memory_mib << 20,
+        vcpus: u32::from(prepared.cpus()),
+        memory_bytes: prepared.memory_bytes(),
     };
-    let mut vm = match builder::build(config) {
+    let mut vm = match prepared.finish() {
         Ok(vm) => vm,
         Err(e) => return Outcome::Failed(chain(&e)),
     };
-    // Everything is open and no thread runs yet: the jail's last steps.
-    if let Err(e) = bulkhead_seccomp::jail::finish_jail(&args.jail) {
-        return Outcome::Failed(format!("confining the vmm: {}", chain(&e)));
+    // Guest memory and the kernel are in place: from now on the only file this process
+    // writes is the serial file, whose cap this backs up.
+    if let Some(Err(e)) = vm.max_file_size.map(limit_file_size) {
+        return Outcome::Failed(format!("lowering RLIMIT_FSIZE: {e}"));
     }
     if let Some(c) = control {
         c.send(bulkhead_protocol::ToLauncher::Ready {
@@ -125,7 +152,7 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
             socket,
         });
     }
-    Ok(VmConfig::new(
+    let mut config = VmConfig::new(
         Machine {
             kernel: args.kernel.as_deref(),
             initrd: args.initrd.as_deref(),
@@ -136,7 +163,65 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
         },
         !args.no_serial_input,
         devices,
-    )?)
+    )?;
+    // Files the launcher opened: adopted here, read only once the vmm is jailed.
+    let mut taken = seen;
+    taken.extend(args.control_fd);
+    let mut adopt = |what: &str, fd: Option<RawFd>| -> Result<_, FdError> {
+        fd.map(|fd| {
+            if taken.contains(&fd) {
+                return Err(FdError {
+                    what: what.into(),
+                    fd,
+                    why: "is given twice".into(),
+                });
+            }
+            taken.push(fd);
+            take_file(what, fd).map(Arc::new)
+        })
+        .transpose()
+    };
+    if let KernelImage::File(f) = &mut config.boot.kernel {
+        f.opened = adopt("kernel", args.kernel_fd)?;
+    }
+    if let Some(f) = &mut config.boot.initrd {
+        f.opened = adopt("initrd", args.initrd_fd)?;
+    }
+    let serial = adopt("serial file", args.serial_fd)?;
+    match (&mut config.serial, serial) {
+        (SerialOutput::File { file, .. }, Some(opened)) => file.opened = Some(opened),
+        (_, Some(_)) => {
+            return Err(Box::new(FdError {
+                what: "serial file".into(),
+                fd: args.serial_fd.unwrap_or(-1),
+                why: "is given without --serial file=PATH".into(),
+            }))
+        }
+        _ => {}
+    }
+    Ok(config)
+}
+
+/// Lowers RLIMIT_FSIZE to `max` bytes (soft and hard; never raises it).
+fn limit_file_size(max: u64) -> std::io::Result<()> {
+    let mut now = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only `now`, a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut now) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let max = max.min(now.rlim_max);
+    let limit = libc::rlimit {
+        rlim_cur: max,
+        rlim_max: max,
+    };
+    // SAFETY: setrlimit reads `limit`, a valid struct, and touches no other memory.
+    if unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `e` and its causes on one line.

@@ -294,7 +294,9 @@ impl VhostUserDevice {
     }
 }
 
-fn open(name: &str, socket: BackendSocket) -> Result<UnixStream, VhostUserError> {
+/// Connects (or adopts) device `name`'s backend socket and sets its timeouts; sends
+/// nothing.
+pub(crate) fn open(name: &str, socket: BackendSocket) -> Result<UnixStream, VhostUserError> {
     let (stream, path) = match socket {
         BackendSocket::Connected(s) => (Ok(s), "a socket passed in".to_owned()),
         BackendSocket::Path(p) => (UnixStream::connect(&p), path_str(&p)),

@@ -14,6 +14,7 @@ mod memory;
 pub mod net;
 mod panic;
 mod transport;
+mod serial_flood;
 
 use crate::machine::Machine;
 use crate::scenario::Scenario;
@@ -76,5 +77,9 @@ pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
         Scenario::ConsoleResize => console::resize(machine).map_err(Failure::Net),
         Scenario::VirtioFlood => transport::flood(machine).map_err(Failure::Transport),
         Scenario::VirtioStatus => transport::clear_driver_ok(machine).map_err(Failure::Transport),
+        Scenario::SerialFlood => {
+            serial_flood::run(machine);
+            Ok(())
+        }
     }
 }
