@@ -50,7 +50,7 @@ fn allowed_fd(program: &str, target: &str, image: &str, console: &str) -> bool {
 fn every_process_is_confined_as_promised() {
     require_kvm!();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let vm = Running::start("confined");
