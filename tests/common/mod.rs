@@ -13,6 +13,9 @@ pub mod netns;
 pub mod qsd;
 pub mod running;
 pub mod skip;
+pub mod spawned;
+
+pub use spawned::Spawned;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
