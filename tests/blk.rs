@@ -155,7 +155,7 @@ fn two_disks_are_two_processes() {
     let b = Image::new("blk-two-b", IMAGE_SIZE);
     // After its writes the guest benchmarks disk 1 (sectors 16384..16448 only) for up to
     // eight minutes: the VM is running while the test looks, and SIGTERM ends it.
-    let mut vm = common::Spawned::start(
+    let mut vm = common::spawned::Spawned::start(
         common::bulkhead()
             .arg("run")
             .arg("--disk")

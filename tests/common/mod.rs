@@ -15,8 +15,6 @@ pub mod running;
 pub mod skip;
 pub mod spawned;
 
-pub use spawned::Spawned;
-
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
