@@ -9,3 +9,5 @@ mod debian_kernel;
 mod initramfs;
 #[path = "common_selftest/skip.rs"]
 mod skip;
+#[path = "common_selftest/strace.rs"]
+mod strace;

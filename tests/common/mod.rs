@@ -14,6 +14,7 @@ pub mod qsd;
 pub mod running;
 pub mod skip;
 pub mod spawned;
+pub mod strace;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
