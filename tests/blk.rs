@@ -113,6 +113,10 @@ fn discard_and_write_zeroes_read_back_as_zeros() {
     assert_zeroes_only(&img.path, &img.original, &img.read(), 4096, 16);
 }
 
+/// Malformed requests through a jailed bulkhead-blk each get their exact answer (the guest
+/// fails on any other, on a request left pending, on DEVICE_NEEDS_RESET or FAILED in the
+/// device status, on a completion nobody waited for), the device keeps serving, and the
+/// image is untouched but for the good writes after them.
 #[test]
 fn hostile_requests_do_not_stop_the_device() {
     require_kvm!();
@@ -122,6 +126,21 @@ fn hostile_requests_do_not_stop_the_device() {
         "bulkhead.test=blk-hostile,blk-rw bulkhead.blk.rw=100:8",
     );
     assert_eq!(out.code(), 0, "{out:#?}");
+    for (case, answer) in [
+        ("addr-outside-ram", "IOERR"),
+        ("addr-wraps", "IOERR"),
+        ("desc-loop", "IOERR"),
+        ("header-writable", "IOERR"),
+        ("sector-past-end", "IOERR"),
+        ("sector-straddles-end", "IOERR"),
+        ("unknown-type", "UNSUPP"),
+        ("chain-too-long", "IOERR"),
+    ] {
+        out.assert_line(&format!(
+            "bulkhead-guest: blk0 hostile {case} status={answer} expected={answer} good_read=OK"
+        ));
+    }
+    out.assert_line("bulkhead-guest: blk0 hostile device_status=0xf late_completions=0");
     out.assert_line("bulkhead-guest: PASS blk-hostile");
     out.assert_line("bulkhead-guest: PASS blk-rw");
     assert_pattern_only(&img.path, &img.original, &img.read(), 100, 8);

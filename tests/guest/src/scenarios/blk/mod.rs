@@ -86,8 +86,23 @@ pub enum Error {
     },
     /// `blk-irq`: InterruptStatus without the used-buffer bit after an interrupt.
     InterruptStatus(u32),
-    /// `blk-hostile`: a malformed request came back OK.
-    HostileAccepted(&'static str),
+    /// `blk-hostile`: a malformed request did not get its exact answer.
+    HostileAnswer {
+        /// The malformed request.
+        case: &'static str,
+        /// The status it must complete with.
+        expected: u8,
+        /// What it got (a status name, `none` or `pending`).
+        found: &'static str,
+    },
+    /// `blk-hostile`: after the malformed requests the device asks for a reset, has
+    /// failed, or returned chains nobody waited for.
+    HostileDevice {
+        /// The device status register.
+        device_status: u32,
+        /// Completions that matched no request in flight.
+        late: u32,
+    },
     /// `blk-hostile`: the device stopped serving after a malformed request.
     HostileWedged {
         /// The malformed request.
@@ -169,9 +184,22 @@ impl fmt::Display for Error {
                 f,
                 "InterruptStatus reads {s:#x} after a used-buffer interrupt: bit 0 must be set (Linux ignores the interrupt otherwise)"
             ),
-            Self::HostileAccepted(case) => {
-                write!(f, "malformed request ({case}) completed with status OK")
-            }
+            Self::HostileAnswer {
+                case,
+                expected,
+                found,
+            } => write!(
+                f,
+                "malformed request ({case}) answered {found}, expected {}",
+                status::name(*expected)
+            ),
+            Self::HostileDevice {
+                device_status,
+                late,
+            } => write!(
+                f,
+                "after the malformed requests: device status {device_status:#x} (expected 0xf: no DEVICE_NEEDS_RESET, no FAILED), {late} late completions (expected 0)"
+            ),
             Self::HostileWedged { case, error } => {
                 write!(f, "after the malformed request ({case}): {error}")
             }
