@@ -256,18 +256,28 @@ fn image_not_a_multiple_of_512_is_refused() {
     );
 }
 
+/// A disk with four queues: the guest sees four, writes and reads on each (its part of
+/// the range), and every request it made on a queue came back on that queue.
 #[test]
 fn several_queues_are_offered() {
     require_kvm!();
     let img = Image::new("blk-mq", IMAGE_SIZE);
     let out = run(
         &[img.disk_arg(",queues=4")],
-        "bulkhead.test=blk-identify,blk-rw bulkhead.blk.rw=64:8",
+        "bulkhead.test=blk-identify,blk-mq,blk-rw bulkhead.blk.rw=64:32",
     );
     assert_eq!(out.code(), 0, "{out:#?}");
     assert!(out.stdout.contains(" queues=4 "), "{}", out.stdout);
+    // Per queue: 8 sectors in chunks of 4, written then read back: 4 requests.
+    for q in 0..4 {
+        out.assert_line(&format!(
+            "bulkhead-guest: blk0 mq queue={q} requests=4 completions=4"
+        ));
+    }
+    out.assert_line("bulkhead-guest: blk0 mq queues=4");
+    out.assert_line("bulkhead-guest: PASS blk-mq");
     out.assert_line("bulkhead-guest: PASS blk-rw");
-    assert_pattern_only(&img.path, &img.original, &img.read(), 64, 8);
+    assert_pattern_only(&img.path, &img.original, &img.read(), 64, 32);
 }
 
 /// bulkhead-blk started by hand, QEMU-style, on a socket path; bulkhead connects to it.

@@ -8,6 +8,7 @@ pub mod flush;
 pub mod hostile;
 pub mod identify;
 pub mod irq;
+pub mod mq;
 pub mod probe;
 pub mod readonly;
 pub mod rw;
@@ -86,6 +87,13 @@ pub enum Error {
     },
     /// `blk-irq`: InterruptStatus without the used-buffer bit after an interrupt.
     InterruptStatus(u32),
+    /// `blk-mq`: the device offers fewer than two queues, or not all of them are set up.
+    Queues {
+        /// Queues the device offers (`num_queues`).
+        offered: u16,
+        /// Queues set up.
+        queues: u16,
+    },
     /// `blk-hostile`: a malformed request did not get its exact answer.
     HostileAnswer {
         /// The malformed request.
@@ -183,6 +191,11 @@ impl fmt::Display for Error {
             Self::InterruptStatus(s) => write!(
                 f,
                 "InterruptStatus reads {s:#x} after a used-buffer interrupt: bit 0 must be set (Linux ignores the interrupt otherwise)"
+            ),
+            Self::Queues { offered, queues } => write!(
+                f,
+                "the device offers {offered} queues, {queues} set up (blk-mq needs 2 to {} and all of them)",
+                crate::virtio::blk::MAX_QUEUES
             ),
             Self::HostileAnswer {
                 case,
