@@ -172,7 +172,7 @@ fn two_disks_are_two_processes() {
     require_kvm!();
     let a = Image::new("blk-two-a", IMAGE_SIZE);
     let b = Image::new("blk-two-b", IMAGE_SIZE);
-    // After its writes the guest benchmarks disk 1 (sectors 16384..16448 only) for up to
+    // After its writes the guest benchmarks disk 1 (sectors 16384..16640 only) for up to
     // eight minutes: the VM is running while the test looks, and SIGTERM ends it.
     let mut vm = common::spawned::Spawned::start(
         common::bulkhead()
@@ -184,7 +184,7 @@ fn two_disks_are_two_processes() {
             .args([
                 "--cmdline",
                 "bulkhead.test=blk-rw,blk-bench bulkhead.blk.disk=1 bulkhead.blk.rw=10:4 \
-                 bulkhead.blk.bench=16384:64 bulkhead.blk.bench-ms=60000",
+                 bulkhead.blk.bench=16384:256 bulkhead.blk.bench-ms=60000",
             ]),
     );
     vm.wait_for_line("bulkhead-guest: PASS blk-rw", Duration::from_secs(60));
@@ -224,7 +224,7 @@ fn two_disks_are_two_processes() {
     assert!(a.read() == a.original, "the first disk was written");
     // The benchmark's range of disk 1 is its own; everything else is as blk-rw left it.
     let mut now = b.read();
-    let bench = 16384 * 512..16448 * 512;
+    let bench = 16384 * 512..16640 * 512;
     now[bench.clone()].copy_from_slice(&b.original[bench]);
     assert_pattern_only(&b.path, &b.original, &now, 10, 4);
 }
