@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::elf::elf_with_segment;
@@ -11,12 +11,30 @@ use common::elf::elf_with_segment;
 const DEADLINE: Duration = Duration::from_secs(60);
 const EXIT_FAILED: i32 = 125;
 
-fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bulkhead-bad-input-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let path = dir.join(name);
+/// A scratch file of one test, removed when the test ends (pass or panic): the suite
+/// leaves nothing in the temporary directory (the initrd test alone writes 20 MiB).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes `bytes` to a file of its own (named after the process and `name`: tests run in
+/// parallel, and other runs may share the temporary directory).
+fn scratch(name: &str, bytes: &[u8]) -> Scratch {
+    let path =
+        std::env::temp_dir().join(format!("bulkhead-bad-input-{}-{name}", std::process::id()));
     std::fs::write(&path, bytes).expect("writing scratch file");
-    path
+    Scratch(path)
 }
 
 /// Runs `bulkhead run ARGS` and checks it failed with `status` and a message containing
@@ -242,7 +260,10 @@ fn no_dev_kvm() {
             .output()
             .is_err()
     {
-        eprintln!("SKIPPED: hiding /dev/kvm needs root and unshare(1)");
+        common::skip::skip_or_fail(
+            common::skip::SkipKind::NotPermitted,
+            "hiding /dev/kvm needs root and unshare(1)",
+        );
         return;
     }
     let mut cmd = std::process::Command::new("unshare");

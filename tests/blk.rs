@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::disk::{assert_pattern_only, Image};
+use common::disk::{assert_pattern_only, assert_zeroes_only, Image};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const IMAGE_SIZE: usize = 16 << 20;
@@ -51,6 +51,21 @@ fn read_only_disk_refuses_writes() {
     assert!(img.read() == img.original, "read-only image changed");
 }
 
+/// The fields of the guest's `<disk> irq ...` line (tests/guest's blk-irq), by name.
+fn irq_fields(stdout: &str) -> std::collections::HashMap<String, String> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("bulkhead-guest: blk0 irq "))
+        .unwrap_or_else(|| panic!("no irq line in:\n{stdout}"));
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// blk-irq makes three reads that want an interrupt (one spinning at CPL3, two halted)
+/// and one with interrupts suppressed: exactly one interrupt per wanted completion, at
+/// least the first taken at CPL3, none for the suppressed read, on disk 0's line (IRQ 5).
 #[test]
 fn interrupts_reach_the_guest_through_the_irqfd() {
     require_kvm!();
@@ -58,8 +73,31 @@ fn interrupts_reach_the_guest_through_the_irqfd() {
     let out = run(&[img.disk_arg("")], "bulkhead.test=blk-irq");
     assert_eq!(out.code(), 0, "{out:#?}");
     out.assert_line("bulkhead-guest: PASS blk-irq");
+    let f = irq_fields(&out.stdout);
+    let num = |k: &str| -> u64 {
+        f.get(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number {k}= in {f:?}"))
+    };
+    assert_eq!(num("line"), 5, "{f:?}");
+    assert_eq!(
+        num("interrupts"),
+        3,
+        "one interrupt per wanted completion: {f:?}"
+    );
+    assert!(
+        (1..=num("interrupts")).contains(&num("at_cpl3")),
+        "the spinning round's interrupt arrives at CPL3: {f:?}"
+    );
+    assert_eq!(num("suppressed_interrupts"), 0, "{f:?}");
+    let status = u32::from_str_radix(f["interrupt_status"].trim_start_matches("0x"), 16)
+        .expect("interrupt_status is hex");
+    assert_eq!(status & 1, 1, "used-buffer bit: {f:?}");
 }
 
+/// The image is noise (`Image::new`); the guest writes the pattern over the range,
+/// DISCARDs it and reads it back (bulkhead-blk punches a hole: zeroes), then WRITE_ZEROES
+/// it. Afterwards the range is zero and every other byte of the file is as it was.
 #[test]
 fn discard_and_write_zeroes_read_back_as_zeros() {
     require_kvm!();
@@ -70,13 +108,15 @@ fn discard_and_write_zeroes_read_back_as_zeros() {
     );
     assert_eq!(out.code(), 0, "{out:#?}");
     out.assert_line("bulkhead-guest: PASS blk-discard");
-    let now = img.read();
-    assert!(
-        now[4096 * 512..4112 * 512].iter().all(|b| *b == 0),
-        "discarded range not zero in the file"
-    );
+    // The DISCARD alone zeroed the range, as the guest read it through the device.
+    out.assert_line("bulkhead-guest: blk0 zeroed sectors 4096..4112 after_discard=zeroes");
+    assert_zeroes_only(&img.path, &img.original, &img.read(), 4096, 16);
 }
 
+/// Malformed requests through a jailed bulkhead-blk each get their exact answer (the guest
+/// fails on any other, on a request left pending, on DEVICE_NEEDS_RESET or FAILED in the
+/// device status, on a completion nobody waited for), the device keeps serving, and the
+/// image is untouched but for the good writes after them.
 #[test]
 fn hostile_requests_do_not_stop_the_device() {
     require_kvm!();
@@ -86,23 +126,107 @@ fn hostile_requests_do_not_stop_the_device() {
         "bulkhead.test=blk-hostile,blk-rw bulkhead.blk.rw=100:8",
     );
     assert_eq!(out.code(), 0, "{out:#?}");
+    for (case, answer) in [
+        ("addr-outside-ram", "IOERR"),
+        ("addr-wraps", "IOERR"),
+        ("desc-loop", "IOERR"),
+        ("header-writable", "IOERR"),
+        ("sector-past-end", "IOERR"),
+        ("sector-straddles-end", "IOERR"),
+        ("unknown-type", "UNSUPP"),
+        ("chain-too-long", "IOERR"),
+    ] {
+        out.assert_line(&format!(
+            "bulkhead-guest: blk0 hostile {case} status={answer} expected={answer} good_read=OK"
+        ));
+    }
+    out.assert_line("bulkhead-guest: blk0 hostile device_status=0xf late_completions=0");
     out.assert_line("bulkhead-guest: PASS blk-hostile");
     out.assert_line("bulkhead-guest: PASS blk-rw");
     assert_pattern_only(&img.path, &img.original, &img.read(), 100, 8);
 }
 
+/// (device, inode) of the regular files process `pid` holds open, guest memory (memfds,
+/// which the vmm shares with every device) aside.
+fn regular_files_held(pid: u32) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("listing /proc/{pid}/fd: {e}"));
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| !l.to_string_lossy().starts_with("/memfd:"))
+        })
+        // metadata() follows the fd's link to the open file itself.
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .filter(|m| m.file_type().is_file())
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+/// Each disk is served by a bulkhead-blk process of its own that holds its image and no
+/// other: counted from /proc while the guest keeps the second disk busy, then the VM is
+/// stopped with SIGTERM.
 #[test]
 fn two_disks_are_two_processes() {
+    use std::os::unix::fs::MetadataExt;
     require_kvm!();
     let a = Image::new("blk-two-a", IMAGE_SIZE);
     let b = Image::new("blk-two-b", IMAGE_SIZE);
-    let out = run(
-        &[a.disk_arg(""), b.disk_arg("")],
-        "bulkhead.test=blk-rw bulkhead.blk.disk=1 bulkhead.blk.rw=10:4",
+    // After its writes the guest benchmarks disk 1 (sectors 16384..16640 only) for up to
+    // eight minutes: the VM is running while the test looks, and SIGTERM ends it.
+    let mut vm = common::spawned::Spawned::start(
+        common::bulkhead()
+            .arg("run")
+            .arg("--disk")
+            .arg(a.disk_arg(""))
+            .arg("--disk")
+            .arg(b.disk_arg(""))
+            .args([
+                "--cmdline",
+                "bulkhead.test=blk-rw,blk-bench bulkhead.blk.disk=1 bulkhead.blk.rw=10:4 \
+                 bulkhead.blk.bench=16384:256 bulkhead.blk.bench-ms=60000",
+            ]),
     );
-    assert_eq!(out.code(), 0, "{out:#?}");
+    vm.wait_for_line("bulkhead-guest: PASS blk-rw", Duration::from_secs(60));
+    let blk: Vec<u32> = common::running::children(vm.pid())
+        .into_iter()
+        .filter(|(_, name)| name == "bulkhead-blk")
+        .map(|(pid, _)| pid)
+        .collect();
+    let held: Vec<Vec<(u64, u64)>> = blk.iter().map(|&p| regular_files_held(p)).collect();
+    let (code, stdout, stderr) = vm.terminate(Duration::from_secs(30));
+    assert_eq!(
+        blk.len(),
+        2,
+        "two bulkhead-blk processes expected: {blk:?}\n{stderr}"
+    );
+    assert_ne!(blk[0], blk[1]);
+    let id = |img: &Image| {
+        let m = std::fs::metadata(&img.path).expect("stat of the image");
+        (m.dev(), m.ino())
+    };
+    let mut images: Vec<(u64, u64)> = held
+        .iter()
+        .map(|files| {
+            assert_eq!(
+                files.len(),
+                1,
+                "a bulkhead-blk holds one regular file: {held:?}"
+            );
+            files[0]
+        })
+        .collect();
+    images.sort();
+    let mut want = vec![id(&a), id(&b)];
+    want.sort();
+    assert_eq!(images, want, "each process holds its own image");
+    assert_eq!(code, Some(128 + libc::SIGTERM), "{stdout}\n{stderr}");
     assert!(a.read() == a.original, "the first disk was written");
-    assert_pattern_only(&b.path, &b.original, &b.read(), 10, 4);
+    // The benchmark's range of disk 1 is its own; everything else is as blk-rw left it.
+    let mut now = b.read();
+    let bench = 16384 * 512..16640 * 512;
+    now[bench.clone()].copy_from_slice(&b.original[bench]);
+    assert_pattern_only(&b.path, &b.original, &now, 10, 4);
 }
 
 #[test]
@@ -132,18 +256,28 @@ fn image_not_a_multiple_of_512_is_refused() {
     );
 }
 
+/// A disk with four queues: the guest sees four, writes and reads on each (its part of
+/// the range), and every request it made on a queue came back on that queue.
 #[test]
 fn several_queues_are_offered() {
     require_kvm!();
     let img = Image::new("blk-mq", IMAGE_SIZE);
     let out = run(
         &[img.disk_arg(",queues=4")],
-        "bulkhead.test=blk-identify,blk-rw bulkhead.blk.rw=64:8",
+        "bulkhead.test=blk-identify,blk-mq,blk-rw bulkhead.blk.rw=64:32",
     );
     assert_eq!(out.code(), 0, "{out:#?}");
     assert!(out.stdout.contains(" queues=4 "), "{}", out.stdout);
+    // Per queue: 8 sectors in chunks of 4, written then read back: 4 requests.
+    for q in 0..4 {
+        out.assert_line(&format!(
+            "bulkhead-guest: blk0 mq queue={q} requests=4 completions=4"
+        ));
+    }
+    out.assert_line("bulkhead-guest: blk0 mq queues=4");
+    out.assert_line("bulkhead-guest: PASS blk-mq");
     out.assert_line("bulkhead-guest: PASS blk-rw");
-    assert_pattern_only(&img.path, &img.original, &img.read(), 64, 8);
+    assert_pattern_only(&img.path, &img.original, &img.read(), 64, 32);
 }
 
 /// bulkhead-blk started by hand, QEMU-style, on a socket path; bulkhead connects to it.

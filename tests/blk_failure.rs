@@ -1,5 +1,7 @@
 //! A block process that dies mid-run: what was flushed is in the image, the vmm neither
 //! crashes nor hangs, the user is told which device failed and how, and the VM stops.
+//! And FLUSH means durable: bulkhead-blk calls `fdatasync` on the image after the writes
+//! and before the guest sees the FLUSH complete.
 
 mod common;
 
@@ -100,4 +102,101 @@ fn flushed_writes_survive_sigkill_of_the_block_process() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_pattern_only(&img.path, &img.original, &img.read(), 2048, 64);
+}
+
+/// How the durability of FLUSH is shown. Reading the image back (as the SIGKILL test does)
+/// goes through the host's page cache, which holds the writes whether or not they reached
+/// the disk: it cannot see a missing `fdatasync`. A dm-flakey or loop device whose cache is
+/// dropped could, but needs device-mapper and a block device per run. Instead the whole VM
+/// runs under `strace -f`, jailed as usual (seccomp, landlock and the namespaces stay on:
+/// root's ptrace of the jailed processes needs none of their calls), and the log is read
+/// in order: bulkhead-blk's writes of the guest's sectors, then `fdatasync`/`fsync` of the
+/// same fd returning 0, then the vmm printing the guest's `blk0 flushed` line, which the
+/// guest prints only once its FLUSH came back OK. strace's order is causal across
+/// processes (a traced call's exit is logged before the tracee goes on to publish the
+/// completion). What this does not cover: that the host's disk honours the `fdatasync`
+/// (the kernel's and the hardware's part).
+#[test]
+fn flush_completes_only_after_fdatasync_of_the_written_image() {
+    require_kvm!();
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        common::skip::skip_or_fail(
+            common::skip::SkipKind::MissingTool,
+            "strace (Debian package strace) is not installed",
+        );
+        return;
+    }
+    let img = Image::new("blk-fdatasync", 16 << 20);
+    let log_path = std::env::temp_dir().join(format!(
+        "bulkhead-blk-fdatasync-{}.strace",
+        std::process::id()
+    ));
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-qq", "--pidns-translation", "-e", "signal=none", "-o"])
+        .arg(&log_path)
+        .args([
+            "-e",
+            "trace=execve,clone,clone3,fork,vfork,write,pwrite64,pwritev,pwritev2,fdatasync,fsync,sync_file_range",
+        ])
+        .arg(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("run")
+        .arg("--disk")
+        .arg(img.disk_arg(""))
+        .args([
+            "--cmdline",
+            "bulkhead.test=blk-rw,blk-flush bulkhead.blk.rw=2048:64",
+        ])
+        .stdin(Stdio::null());
+    let out = common::run(cmd, Duration::from_secs(180));
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_path);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    out.assert_line("bulkhead-guest: PASS blk-flush");
+    assert_pattern_only(&img.path, &img.original, &img.read(), 2048, 64);
+
+    let log = common::strace::Log::parse(&log);
+    let vmm = log.pids_of("bulkhead-vmm");
+    let blk = log.pids_of("bulkhead-blk");
+    assert!(
+        !vmm.is_empty() && !blk.is_empty(),
+        "no vmm or blk process in the strace log"
+    );
+    let flushed = log
+        .console_lines(&vmm)
+        .into_iter()
+        .find(|(_, l)| l == "bulkhead-guest: blk0 flushed")
+        .map(|(at, _)| at)
+        .expect("the vmm's console writes show the flushed line");
+    // bulkhead-blk's writes of the guest's sectors 2048..2112 (bytes 1 MiB + 32 KiB).
+    let range = 2048 * 512..2112 * 512;
+    let writes: Vec<&common::strace::Call> = log
+        .calls
+        .iter()
+        .filter(|c| c.at < flushed && blk.contains(&c.pid))
+        .filter(|c| c.name.starts_with("pwrite") && c.ret.parse::<u64>().is_ok())
+        .filter(|c| c.last_number().is_some_and(|o| range.contains(&o)))
+        .collect();
+    let last_write = writes.last().unwrap_or_else(|| {
+        panic!("no pwrite of sectors 2048..2112 by bulkhead-blk before the flushed line")
+    });
+    let fd = last_write.fd();
+    let sync = log.calls.iter().find(|c| {
+        c.at > last_write.at
+            && c.at < flushed
+            && blk.contains(&c.pid)
+            && matches!(c.name.as_str(), "fdatasync" | "fsync")
+            && c.fd() == fd
+            && c.ret == "0"
+    });
+    assert!(
+        sync.is_some(),
+        "no successful fdatasync/fsync of fd {fd:?} by bulkhead-blk between its last write \
+         of the guest's data (log line {}) and the vmm printing the flushed line (log line \
+         {flushed})",
+        last_write.at
+    );
 }

@@ -9,16 +9,28 @@ use common::disk::{assert_pattern_only, Image};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
+/// qemu-storage-daemon on `image`; `None` (the test skips, or fails under CI) only when it
+/// is not installed. Installed but failing to start or to make its socket fails the test.
+fn start_qsd(image: &std::path::Path, readonly: bool, tag: &str) -> Option<common::qsd::Qsd> {
+    match common::qsd::start(image, readonly, tag) {
+        Ok(q) => Some(q),
+        Err(e @ common::qsd::QsdError::NotInstalled(_)) => {
+            common::skip::skip_or_fail(common::skip::SkipKind::MissingTool, &e.to_string());
+            None
+        }
+        Err(e) => match std::error::Error::source(&e) {
+            Some(cause) => panic!("{e}: {cause}"),
+            None => panic!("{e}"),
+        },
+    }
+}
+
 #[test]
 fn guest_writes_through_qemu_storage_daemon_land_in_the_image() {
     require_kvm!();
     let img = Image::new("qsd-rw", 16 << 20);
-    let qsd = match common::qsd::start(&img.path, false, "rw") {
-        Ok(q) => q,
-        Err(why) => {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
+    let Some(qsd) = start_qsd(&img.path, false, "rw") else {
+        return;
     };
     let mut cmd = common::bulkhead();
     cmd.arg("run")
@@ -41,12 +53,8 @@ fn guest_writes_through_qemu_storage_daemon_land_in_the_image() {
 fn read_only_export_refuses_writes() {
     require_kvm!();
     let img = Image::new("qsd-ro", 16 << 20);
-    let qsd = match common::qsd::start(&img.path, true, "ro") {
-        Ok(q) => q,
-        Err(why) => {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
+    let Some(qsd) = start_qsd(&img.path, true, "ro") else {
+        return;
     };
     let mut cmd = common::bulkhead();
     cmd.arg("run")

@@ -67,7 +67,7 @@ fn allowed_fd(program: &str, target: &str, image: &str, console: &str) -> bool {
 fn every_process_is_confined_as_promised() {
     require_kvm!();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let vm = Running::start("confined");
@@ -188,7 +188,7 @@ fn stop(vm: Running, kids: &[(u32, String)]) {
 fn two_vms_run_under_different_uids() {
     require_kvm!();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let a = Running::start("uid-a");
@@ -255,7 +255,7 @@ fn two_vms_run_under_different_uids() {
 fn uid_forces_the_shared_identity() {
     require_kvm!();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let vm = Running::start_with("uid-forced", &["--uid", "65534", "--gid", "65534"]);

@@ -112,7 +112,10 @@ fn the_demo_runs_when_its_old_scratch_names_are_taken() {
     require_kvm!();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: the demo (namespaces, TAP, cgroups) needs root");
+        common::skip::skip_or_fail(
+            common::skip::SkipKind::NotPermitted,
+            "the demo (namespaces, TAP, cgroups) needs root",
+        );
         return;
     }
     let squatted = Squatted::next_pids(200);

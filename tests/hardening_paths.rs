@@ -76,7 +76,10 @@ fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        eprintln!("SKIPPED: needs root (a directory owned by another user)");
+        common::skip::skip_or_fail(
+            common::skip::SkipKind::NotPermitted,
+            "needs root (a directory owned by another user)",
+        );
     }
     root
 }

@@ -1,8 +1,11 @@
 //! End-to-end tests of the jailer (`bulkhead-jailer`, the `bulkhead::jail` library), checked
 //! from outside the jailed process as a user would: /proc/<pid>/status, ns, root,
 //! mountinfo, fd, net/dev, limits, cgroup files, exit statuses. Run as root; without root
-//! (or without a static busybox, which the foreign-binary tests install with apt-get if
-//! missing) they are skipped with a printed reason.
+//! (or without a static busybox: `.ci/run` installs busybox-static; tests never install)
+//! they are skipped with a printed reason (tests/common/skip.rs: a failure under CI).
+
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -19,7 +22,7 @@ const GID: u32 = 65534;
 fn is_root() -> bool {
     // SAFETY: geteuid has no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: the jailer tests need root");
+        skip::skip_or_fail(skip::SkipKind::NotPermitted, "the jailer tests need root");
         return false;
     }
     true
@@ -42,23 +45,19 @@ fn is_static_elf(path: &Path) -> bool {
     })
 }
 
-/// A statically linked busybox (Debian's busybox-static), installed if missing (once for
-/// all the tests, which run in parallel).
+/// A statically linked busybox (Debian's busybox-static, which `.ci/run` installs), looked
+/// for once for all the tests, which run in parallel.
 fn static_busybox() -> Option<PathBuf> {
     static BUSYBOX: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     let found = BUSYBOX.get_or_init(|| {
         let path = PathBuf::from("/bin/busybox");
-        if !is_static_elf(&path) {
-            let _ = Command::new("apt-get")
-                .args(["install", "-y", "-q", "busybox-static"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
         is_static_elf(&path).then_some(path)
     });
     if found.is_none() {
-        eprintln!("skipped: no static /bin/busybox (apt-get install busybox-static failed)");
+        skip::skip_or_fail(
+            skip::SkipKind::MissingTool,
+            "no static /bin/busybox (Debian's busybox-static)",
+        );
     }
     found.clone()
 }
@@ -445,7 +444,7 @@ fn a_given_network_namespace_is_joined() {
             .is_ok_and(|s| s.success())
     };
     if !ip(&["netns", "add", &name]) {
-        eprintln!("skipped: ip netns add failed");
+        skip::skip_or_fail(skip::SkipKind::NotPermitted, "ip netns add failed");
         return;
     }
     let path = format!("/run/netns/{name}");

@@ -88,7 +88,7 @@ fn namespace_exists(name: &str) -> bool {
 fn host_pings_the_guest_and_arp_resolves_its_mac() {
     require_kvm!();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let vm =
@@ -118,7 +118,7 @@ fn host_pings_the_guest_and_arp_resolves_its_mac() {
 fn udp_both_ways_with_payloads_intact() {
     require_kvm!();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     // Guest to host: the guest first serves for 2 s, so the host's socket is bound (after
@@ -182,7 +182,7 @@ fn udp_both_ways_with_payloads_intact() {
 fn named_tap_in_the_callers_namespace() {
     require_kvm!();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let ns = format!("bulkhead-test-{}", std::process::id());
@@ -311,7 +311,7 @@ fn tap_queues_held(pid: u32) -> usize {
 fn two_queue_pairs_guest_on_pair_zero() {
     require_kvm!();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let vm = Vm::start_with(

@@ -198,7 +198,7 @@ fn a_console_queue_thread_outside_its_list_is_reported_by_the_launcher() {
 fn a_net_queue_thread_outside_its_list_is_reported_by_the_launcher() {
     require_kvm!();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     dies_under_the_launcher(

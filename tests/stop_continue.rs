@@ -56,7 +56,7 @@ fn signal(pid: u32, sig: libc::c_int) {
 fn stopping_and_continuing_every_process_under_io_leaves_the_vm_running() {
     require_kvm!();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let img = Image::new("stop-continue", 16 << 20);

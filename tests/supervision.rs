@@ -14,7 +14,7 @@ fn kill_one(program: &str, device: &str) {
     require_kvm!();
     let _serial = serial();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("skipped: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let vm = Running::start(&format!("kill-{device}"));
@@ -76,7 +76,7 @@ fn sigterm_to_the_launcher_stops_everything_in_order() {
     require_kvm!();
     let _serial = serial();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("skipped: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let vm = Running::start("sigterm");
@@ -130,7 +130,7 @@ fn ctl_reports_pauses_resumes_and_shuts_down_the_vm() {
     require_kvm!();
     let _serial = serial();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("skipped: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let socket = std::env::temp_dir().join(format!("bulkhead-api-{}.sock", std::process::id()));
@@ -217,7 +217,7 @@ fn what_a_killed_launcher_left_is_removed_by_the_next_run() {
     require_kvm!();
     let _serial = serial();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("skipped: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     let vm = Running::start("killed-launcher");
@@ -260,7 +260,7 @@ fn a_launcher_under_another_name_keeps_its_namespace_when_another_starts() {
     require_kvm!();
     let _serial = serial();
     if let Some(why) = common::netns::unavailable() {
-        eprintln!("skipped: {why}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
     // The same launcher through a symlink of another name: the kernel calls it that

@@ -6,7 +6,7 @@
 //! socket; a frame sent into the TAP turns up in an RX buffer behind a valid header; then
 //! the TAP is deleted and the backend exits with status 1 naming it.
 //!
-//! Needs root and /dev/net/tun; prints SKIPPED with the reason otherwise.
+//! Needs root and /dev/net/tun; otherwise skips (tests/common/skip.rs: a failure under CI).
 
 mod common;
 
@@ -193,7 +193,10 @@ fn our_frame(src: [u8; 6], payload: u8, len: usize) -> Vec<u8> {
 
 fn run_in_netns() {
     if let Err(e) = new_netns() {
-        println!("SKIPPED: unshare(CLONE_NEWNET): {e}");
+        common::skip::skip_or_fail(
+            common::skip::SkipKind::NotPermitted,
+            &format!("unshare(CLONE_NEWNET): {e}"),
+        );
         return;
     }
     let tap = create_tap();
@@ -295,7 +298,10 @@ fn run_in_netns() {
             let _ = stderr_hint.join();
         }
         other => {
-            println!("SKIPPED the TAP-deletion part: `ip link delete` gave {other:?}");
+            common::skip::skip_or_fail(
+                common::skip::SkipKind::NotPermitted,
+                &format!("the TAP-deletion part: `ip link delete` gave {other:?}"),
+            );
             drop(fe); // the backend ends when its frontend goes
             let status = done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
             assert_eq!(status, 0);
@@ -321,7 +327,10 @@ fn rx_holds(mem: &Mem, base: u64, len: u32, frame: &[u8]) -> bool {
 /// pairs carry frames.
 fn multiqueue_in_netns() {
     if let Err(e) = new_netns() {
-        println!("SKIPPED: unshare(CLONE_NEWNET): {e}");
+        common::skip::skip_or_fail(
+            common::skip::SkipKind::NotPermitted,
+            &format!("unshare(CLONE_NEWNET): {e}"),
+        );
         return;
     }
     let (ours, theirs) = UnixStream::pair().unwrap();
@@ -405,7 +414,7 @@ fn multiqueue_in_netns() {
 #[test]
 fn multiqueue_tap_opened_by_name() {
     if let Some(reason) = unsupported() {
-        println!("SKIPPED: {reason}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
         return;
     }
     thread::spawn(multiqueue_in_netns).join().unwrap();
@@ -414,7 +423,7 @@ fn multiqueue_tap_opened_by_name() {
 #[test]
 fn frames_cross_a_real_tap_in_a_private_namespace() {
     if let Some(reason) = unsupported() {
-        println!("SKIPPED: {reason}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
         return;
     }
     // A thread of our own, so the namespace is its alone and goes when it ends.
@@ -424,7 +433,7 @@ fn frames_cross_a_real_tap_in_a_private_namespace() {
 #[test]
 fn a_tap_without_vnet_headers_is_refused() {
     if let Some(reason) = unsupported() {
-        println!("SKIPPED: {reason}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
         return;
     }
     let status = thread::spawn(|| {
@@ -531,7 +540,7 @@ fn mergeable_in_netns() {
 #[test]
 fn mergeable_buffers_and_event_idx_on_a_real_tap() {
     if let Some(reason) = unsupported() {
-        println!("SKIPPED: {reason}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
         return;
     }
     thread::spawn(mergeable_in_netns).join().unwrap();
@@ -681,7 +690,10 @@ fn fill_rx(mem: &Mem, ring: &mut Ring) {
 /// every frame reaches pair 0), and attached again when they are re-enabled.
 fn detach_in_netns() {
     if let Err(e) = new_netns() {
-        println!("SKIPPED: unshare(CLONE_NEWNET): {e}");
+        common::skip::skip_or_fail(
+            common::skip::SkipKind::NotPermitted,
+            &format!("unshare(CLONE_NEWNET): {e}"),
+        );
         return;
     }
     let sysfs = private_sysfs();
@@ -746,7 +758,7 @@ fn detach_in_netns() {
 #[test]
 fn a_disabled_pair_has_its_tap_queue_detached() {
     if let Some(reason) = unsupported() {
-        println!("SKIPPED: {reason}");
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
         return;
     }
     thread::spawn(detach_in_netns).join().unwrap();

@@ -56,6 +56,26 @@ pub fn pattern_byte(o: u64) -> u8 {
 /// Checks that sectors `first..first+count` of `now` hold the pattern and every other byte
 /// is as it was in `before`; panics naming the first difference.
 pub fn assert_pattern_only(path: &Path, before: &[u8], now: &[u8], first: u64, count: u64) {
+    assert_only(path, before, now, first, count, "the pattern", pattern_byte);
+}
+
+/// Checks that sectors `first..first+count` of `now` are zero and every other byte is as
+/// it was in `before`; panics naming the first difference.
+pub fn assert_zeroes_only(path: &Path, before: &[u8], now: &[u8], first: u64, count: u64) {
+    assert_only(path, before, now, first, count, "zero", |_| 0);
+}
+
+/// Checks that sectors `first..first+count` of `now` hold `expected(offset)` (`what`) and
+/// every other byte is as it was in `before`.
+fn assert_only(
+    path: &Path,
+    before: &[u8],
+    now: &[u8],
+    first: u64,
+    count: u64,
+    what: &str,
+    expected: impl Fn(u64) -> u8,
+) {
     assert_eq!(before.len(), now.len(), "{} changed size", path.display());
     let (lo, hi) = (
         (first * SECTOR) as usize,
@@ -64,17 +84,18 @@ pub fn assert_pattern_only(path: &Path, before: &[u8], now: &[u8], first: u64, c
     for (o, b) in now.iter().enumerate().take(hi).skip(lo) {
         assert_eq!(
             *b,
-            pattern_byte(o as u64),
-            "{}: byte {o} (sector {}) is not the pattern",
+            expected(o as u64),
+            "{}: byte {o} (sector {}) is not {what}",
             path.display(),
             o / 512
         );
     }
     if let Some(o) = (0..lo).chain(hi..now.len()).find(|&o| now[o] != before[o]) {
         panic!(
-            "{}: byte {o} (sector {}) outside the written range changed",
+            "{}: byte {o} (sector {}) outside sectors {first}..{} changed",
             path.display(),
-            o / 512
+            o / 512,
+            first + count
         );
     }
 }

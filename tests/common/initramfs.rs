@@ -33,7 +33,7 @@ pub fn build(busybox: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// Whether an ELF has a PT_INTERP program header (is dynamically linked).
-fn has_interpreter(elf: &[u8]) -> bool {
+pub(crate) fn has_interpreter(elf: &[u8]) -> bool {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u64_at = |o: usize| {
         elf.get(o..o + 8)
@@ -50,7 +50,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
 
 /// A `newc` cpio writer.
 #[derive(Default)]
-struct Cpio {
+pub(crate) struct Cpio {
     out: Vec<u8>,
     ino: u32,
 }
@@ -98,43 +98,15 @@ impl Cpio {
         self.entry(name, 0o020_600, (major, minor), &[]);
     }
 
-    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
+    pub(crate) fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
         self.entry(name, 0o100_000 | perm, (0, 0), data);
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, (0, 0), &[]);
         self.out
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn newc_headers_are_well_formed() {
-        let mut w = Cpio::default();
-        w.file("init", 0o755, b"#!x\n");
-        let a = w.finish();
-        assert_eq!(&a[..6], b"070701");
-        // mode field (second), file size (seventh), name size (twelfth)
-        assert_eq!(&a[14..22], b"000081ed");
-        assert_eq!(&a[54..62], b"00000004");
-        assert_eq!(&a[94..102], b"00000005");
-        assert_eq!(&a[110..115], b"init\0");
-        assert_eq!(a.len() % 4, 0);
-        assert!(a.windows(10).any(|w| w == b"TRAILER!!!"));
-    }
-
-    #[test]
-    fn dynamic_binaries_are_refused() {
-        let mut elf = vec![0u8; 200];
-        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
-        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
-        elf[56..58].copy_from_slice(&1u16.to_le_bytes());
-        assert!(!has_interpreter(&elf));
-        elf[64..68].copy_from_slice(&3u32.to_le_bytes());
-        assert!(has_interpreter(&elf));
-    }
-}
+// Its unit tests are in tests/common_selftest/initramfs.rs, so that they run once, not in
+// every end-to-end binary that compiles this module.

@@ -12,6 +12,9 @@ pub mod netns;
 #[path = "../../jailer/src/bench/qsd.rs"]
 pub mod qsd;
 pub mod running;
+pub mod skip;
+pub mod spawned;
+pub mod strace;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -38,13 +41,13 @@ pub fn kvm_unavailable() -> Option<String> {
     }
 }
 
-/// Skips the calling test (returns from it) with a printed reason when KVM is unavailable.
+/// Skips the calling test (returns from it) with a printed reason when KVM is unavailable
+/// (a skip even under CI: see [`skip`]).
 #[macro_export]
 macro_rules! require_kvm {
     () => {
-        if let Some(why) = common::kvm_unavailable() {
-            eprintln!("SKIPPED: {why}");
-            return;
+        if let Some(why) = $crate::common::kvm_unavailable() {
+            $crate::skip!($crate::common::skip::SkipKind::NoHardwareVirt, "{why}");
         }
     };
 }

@@ -5,6 +5,9 @@
 //! Each test binary compiles this module for itself and uses only part of it.
 #![allow(dead_code)]
 
+#[path = "../../../tests/common/skip.rs"]
+pub mod skip;
+
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::mpsc;

@@ -21,9 +21,30 @@ impl Drop for Qsd {
     }
 }
 
+/// Why qemu-storage-daemon could not serve: not installed at all, or installed and failing
+/// (a test skips on the first and fails on the second: a changed flag must not pass unseen).
+#[derive(Debug, thiserror::Error)]
+pub enum QsdError {
+    /// The program is not there.
+    #[error("qemu-storage-daemon (Debian package qemu-utils) is not installed")]
+    NotInstalled(#[source] std::io::Error),
+    /// It could not be started for another reason.
+    #[error("starting qemu-storage-daemon")]
+    Spawn(#[source] std::io::Error),
+    /// It exited before making its socket.
+    #[error("qemu-storage-daemon exited ({0}) before creating its socket {1}")]
+    Exited(std::process::ExitStatus, PathBuf),
+    /// It ran but made no socket in time.
+    #[error("qemu-storage-daemon did not create its socket {1} within {0:?}")]
+    NoSocket(Duration, PathBuf),
+}
+
+/// How long qemu-storage-daemon gets to create its socket.
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
+
 /// Starts qemu-storage-daemon exporting `image` (writable unless `readonly`) on a socket
-/// named after `tag`; `Err` says why it could not.
-pub fn start(image: &Path, readonly: bool, tag: &str) -> Result<Qsd, String> {
+/// named after `tag`.
+pub fn start(image: &Path, readonly: bool, tag: &str) -> Result<Qsd, QsdError> {
     let socket =
         std::env::temp_dir().join(format!("bulkhead-qsd-{tag}-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&socket);
@@ -42,12 +63,19 @@ pub fn start(image: &Path, readonly: bool, tag: &str) -> Result<Qsd, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
-        .map_err(|e| format!("starting qemu-storage-daemon (Debian package qemu-utils): {e}"))?;
-    let qsd = Qsd { child, socket };
-    let deadline = Instant::now() + Duration::from_secs(10);
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => QsdError::NotInstalled(e),
+            _ => QsdError::Spawn(e),
+        })?;
+    let mut qsd = Qsd { child, socket };
+    let deadline = Instant::now() + SOCKET_WAIT;
     while !qsd.socket.exists() {
+        // A daemon that refused its command line is gone long before the deadline.
+        if let Ok(Some(status)) = qsd.child.try_wait() {
+            return Err(QsdError::Exited(status, qsd.socket.clone()));
+        }
         if Instant::now() > deadline {
-            return Err("qemu-storage-daemon did not create its socket within 10 s".into());
+            return Err(QsdError::NoSocket(SOCKET_WAIT, qsd.socket.clone()));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

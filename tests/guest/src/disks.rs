@@ -342,7 +342,7 @@ pub struct Registry {
     found: [Option<Found>; crate::cmdline::MAX_DEVICES],
     problems: [Option<Announced>; crate::cmdline::MAX_DEVICES],
     disks: [Option<Disk>; MAX_DISKS],
-    queue_memory: [Option<QueueMemory>; MAX_DISKS],
+    queue_memory: [Option<[QueueMemory; blk::MAX_QUEUES]>; MAX_DISKS],
 }
 
 static REGISTRY: SpinLock<Registry> = SpinLock::new(Registry {
@@ -438,7 +438,12 @@ impl Registry {
             let mem = match self.queue_memory[n] {
                 Some(mem) => mem,
                 None => {
-                    let mem = alloc_queue(frames).ok_or(DiskError::OutOfMemory("virtqueues"))?;
+                    let mut areas = [None; blk::MAX_QUEUES];
+                    for area in &mut areas {
+                        *area =
+                            Some(alloc_queue(frames).ok_or(DiskError::OutOfMemory("virtqueues"))?);
+                    }
+                    let mem = areas.map(|a| a.expect("allocated just above"));
                     self.queue_memory[n] = Some(mem);
                     mem
                 }
@@ -447,9 +452,9 @@ impl Registry {
             let regs = unsafe { Mmio::new(spec.base) };
             let transport = Transport::probe(regs)
                 .map_err(|e| DiskError::Announced(Announced::Probe(spec, e)))?;
-            // SAFETY: `mem` is this disk's own queue memory, sized for MAX_SIZE, used by
-            // no one else, kept forever.
-            let blk = unsafe { Blk::init(transport, mem, blk::WANTED) }
+            // SAFETY: `mem` is this disk's own queue memory (one per queue), each sized for
+            // MAX_SIZE, used by no one else, kept forever.
+            let blk = unsafe { Blk::init(transport, mem[0], &mem[1..], blk::WANTED) }
                 .map_err(|e| DiskError::Init(n, e))?;
             self.disks[n] = Some(Disk {
                 index: n,

@@ -32,6 +32,8 @@ pub enum Scenario {
     BlkBench,
     /// Malformed requests; the device keeps serving.
     BlkHostile,
+    /// Requests on every queue of a multi-queue disk.
+    BlkMq,
     /// Identifies every virtio-net and virtio-console device (non-destructive).
     NetProbe,
     /// MAC, link status, MTU and features of one virtio-net device.
@@ -72,6 +74,7 @@ const NAMES: [(Scenario, &str); 25] = [
     (Scenario::BlkDiscard, "blk-discard"),
     (Scenario::BlkBench, "blk-bench"),
     (Scenario::BlkHostile, "blk-hostile"),
+    (Scenario::BlkMq, "blk-mq"),
     (Scenario::NetProbe, "net-probe"),
     (Scenario::NetIdentify, "net-identify"),
     (Scenario::NetServe, "net-serve"),

@@ -484,24 +484,35 @@ impl fmt::Display for SubmitError {
 /// A virtio-blk device with queue 0 set up.
 pub struct Blk<R> {
     transport: Transport<R>,
-    /// Queue 0.
+    /// The queue in use ([`Blk::use_queue`]; queue 0 at first): requests are added to it,
+    /// kicks notify it, completions are taken from it.
     pub queue: Queue,
+    /// Its index.
+    active: u16,
+    /// The request queues not in use, by index (a multi-queue device's; `None` for the
+    /// one in use and for queues not set up).
+    parked: [Option<Queue>; MAX_QUEUES],
     /// The configuration space as read at set-up.
     pub config: BlkConfig,
     kicks: u64,
 }
 
+/// Request queues this driver sets up at most (queue 0 and, with MQ, up to three more).
+pub const MAX_QUEUES: usize = 4;
+
 impl<R: Regs> Blk<R> {
     /// Negotiate `want` (typically [`WANTED`]), read the configuration, set up queue 0 in
-    /// `mem` (sized for [`queue::MAX_SIZE`]) and set DRIVER_OK. Interrupts start
-    /// suppressed.
+    /// `mem` and, when MQ was negotiated, queues 1.. (as many as the device has, up to
+    /// [`MAX_QUEUES`] and `others.len() + 1`) in `others`, each sized for
+    /// [`queue::MAX_SIZE`], and set DRIVER_OK. Interrupts start suppressed.
     ///
     /// # Safety
-    /// `mem` must satisfy [`Queue::new`]'s contract for [`queue::MAX_SIZE`] entries, for as
-    /// long as the device is live.
+    /// `mem` and each of `others` must satisfy [`Queue::new`]'s contract for
+    /// [`queue::MAX_SIZE`] entries, for as long as the device is live.
     pub unsafe fn init(
         mut transport: Transport<R>,
         mem: QueueMemory,
+        others: &[QueueMemory],
         want: u64,
     ) -> Result<Self, BlkInitError> {
         if transport.device_id() != device_id::BLOCK {
@@ -519,13 +530,60 @@ impl<R: Regs> Blk<R> {
         let queue =
             unsafe { Queue::new(mem, size, event_idx) }.map_err(|_| BlkInitError::NoQueue)?;
         transport.setup_queue(0, size, &mem)?;
+        let mut parked = [const { None }; MAX_QUEUES];
+        let count = usize::from(config.num_queues).min(MAX_QUEUES);
+        for (i, mem) in others.iter().enumerate().take(count.saturating_sub(1)) {
+            let index = i as u16 + 1;
+            let size = queue::choose_size(transport.queue_max(index));
+            if size == 0 {
+                transport.fail();
+                return Err(BlkInitError::NoQueue);
+            }
+            // SAFETY: the caller's memory for this queue holds MAX_SIZE >= size entries.
+            let q =
+                unsafe { Queue::new(*mem, size, event_idx) }.map_err(|_| BlkInitError::NoQueue)?;
+            transport.setup_queue(index, size, mem)?;
+            parked[usize::from(index)] = Some(q);
+        }
         transport.driver_ok()?;
         Ok(Self {
             transport,
             queue,
+            active: 0,
+            parked,
             config,
             kicks: 0,
         })
+    }
+
+    /// Request queues set up (1 unless MQ was negotiated).
+    pub fn queue_count(&self) -> u16 {
+        1 + self.parked.iter().filter(|q| q.is_some()).count() as u16
+    }
+
+    /// The index of the queue in use.
+    pub fn active_queue(&self) -> u16 {
+        self.active
+    }
+
+    /// Makes queue `index` the one requests go to and come back from. Only with nothing
+    /// in flight (heads are per queue, and a caller tracks requests by head); `false` if
+    /// there is no such queue.
+    pub fn use_queue(&mut self, index: u16) -> bool {
+        if index == self.active {
+            return true;
+        }
+        let Some(next) = self
+            .parked
+            .get_mut(usize::from(index))
+            .and_then(Option::take)
+        else {
+            return false;
+        };
+        let previous = core::mem::replace(&mut self.queue, next);
+        self.parked[usize::from(self.active)] = Some(previous);
+        self.active = index;
+        true
     }
 
     /// The transport (registers).
@@ -700,7 +758,7 @@ impl<R: Regs> Blk<R> {
     /// to be (event index) or did not ask not to be. Returns whether it was notified.
     pub fn kick(&mut self) -> bool {
         if self.queue.publish() {
-            self.transport.notify(0);
+            self.transport.notify(self.active);
             self.kicks += 1;
             true
         } else {
@@ -761,7 +819,7 @@ mod tests {
         let area = QueueArea::new(queue::MAX_SIZE);
         let t = Transport::probe(regs).unwrap();
         // SAFETY: the area is sized for MAX_SIZE and lives as long as the rig.
-        let blk = unsafe { Blk::init(t, area.memory(), want) }.unwrap();
+        let blk = unsafe { Blk::init(t, area.memory(), &[], want) }.unwrap();
         let s = regs.state.borrow();
         assert_eq!(s.queue_num, 256);
         let mut dev = MockBlk::new(area.memory(), 256, blk.has(common::EVENT_IDX), sectors);

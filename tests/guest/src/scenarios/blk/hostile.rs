@@ -1,23 +1,30 @@
 //! `blk-hostile`: malformed requests, one at a time, each followed by a good one-sector
-//! read that must complete OK with the data read before it all. The malformed requests:
+//! read that must complete OK with the data read before it all. The malformed requests and
+//! the exact answer each must get (bulkhead-blk's, as `devices/src/block/request.rs` and
+//! `execute.rs` document it: a chain that cannot be parsed but has a status byte is
+//! completed with IOERR; a parsed request the device cannot serve gets IOERR, one of a
+//! type it does not know UNSUPP; none of them makes the device ask for a reset):
 //!
-//! | case | what is wrong |
-//! | --- | --- |
-//! | `addr-outside-ram` | a data descriptor at 64 TiB, far outside guest RAM |
-//! | `addr-wraps` | a data descriptor whose end wraps past 2^64 |
-//! | `desc-loop` | the last descriptor points back at the head (NEXT set): a loop |
-//! | `header-writable` | the request header in a device-writable descriptor |
-//! | `sector-past-end` | a read of the sector just past the end |
-//! | `sector-straddles-end` | a read of the last sector and the one after |
-//! | `unknown-type` | request type 0xff |
-//! | `chain-too-long` | an indirect chain of queue size + 1 descriptors (INDIRECT_DESC only) |
+//! | case | what is wrong | answer |
+//! | --- | --- | --- |
+//! | `addr-outside-ram` | a data descriptor at 64 TiB, far outside guest RAM | IOERR |
+//! | `addr-wraps` | a data descriptor whose end wraps past 2^64 | IOERR |
+//! | `desc-loop` | the last descriptor points back at the head (NEXT set): a loop | IOERR |
+//! | `header-writable` | the request header in a device-writable descriptor | IOERR |
+//! | `sector-past-end` | a read of the sector just past the end | IOERR |
+//! | `sector-straddles-end` | a read of the last sector and the one after | IOERR |
+//! | `unknown-type` | request type 0xff | UNSUPP |
+//! | `chain-too-long` | an indirect chain of queue size + 1 descriptors (INDIRECT_DESC) | IOERR |
 //!
-//! A malformed request must not complete with status OK; it may complete with an error
-//! status, with no status at all (the status byte keeps the driver's 0xff), or not at all
-//! within [`BAD_WAIT_MS`] (then its memory is never reused). One line per case:
-//! `<disk> hostile <case> status=<OK|IOERR|UNSUPP|none|invalid|pending> good_read=OK`,
-//! then `<disk> hostile device_status=0x<status register> late_completions=<n>` (chains
-//! returned after their case gave up on them, and after an earlier scenario did).
+//! Each must complete within [`BAD_WAIT_MS`] with exactly its answer; anything else (OK,
+//! another error, no status byte written, no completion) fails the scenario. One line per
+//! case: `<disk> hostile <case> status=<OK|IOERR|UNSUPP|none|invalid|pending>
+//! expected=<IOERR|UNSUPP> good_read=OK`, then `<disk> hostile device_status=0x<status
+//! register> late_completions=<n>` (chains returned after their case gave up on them, or
+//! twice, or after an earlier scenario did), after a quiet [`LATE_WAIT_MS`] in which
+//! nothing may come back. The device status must be exactly what the driver set
+//! (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK: no DEVICE_NEEDS_RESET, no FAILED) and
+//! late completions 0.
 
 use super::Error;
 use crate::disks::{self, Disk};
@@ -26,22 +33,30 @@ use crate::time::Deadline;
 use crate::virtio::blk::{req, slot, status, Request, Slot, HEADER_BYTES, SECTOR};
 use crate::virtio::feature::INDIRECT_DESC;
 use crate::virtio::queue::{AddError, Buf, DESC_F_NEXT, DESC_SIZE};
+use crate::virtio::status as virtio_status;
 
 /// How long a malformed request gets to come back.
 const BAD_WAIT_MS: u64 = 500;
+/// How long the queue is watched after the last case for completions nobody waits for.
+const LATE_WAIT_MS: u64 = 50;
+/// The device status a driver that is done negotiating has set, and nothing more.
+const DRIVER_READY: u32 = virtio_status::ACKNOWLEDGE
+    | virtio_status::DRIVER
+    | virtio_status::FEATURES_OK
+    | virtio_status::DRIVER_OK;
 /// Data buffer of each slot: room for the long indirect table and a sector.
 const DATA_BYTES: u32 = 16 * 1024;
 
-/// The cases, in order.
-const CASES: [&str; 8] = [
-    "addr-outside-ram",
-    "addr-wraps",
-    "desc-loop",
-    "header-writable",
-    "sector-past-end",
-    "sector-straddles-end",
-    "unknown-type",
-    "chain-too-long",
+/// The cases, in order, with the status each must complete with.
+const CASES: [(&str, u8); 8] = [
+    ("addr-outside-ram", status::IOERR),
+    ("addr-wraps", status::IOERR),
+    ("desc-loop", status::IOERR),
+    ("header-writable", status::IOERR),
+    ("sector-past-end", status::IOERR),
+    ("sector-straddles-end", status::IOERR),
+    ("unknown-type", status::UNSUPP),
+    ("chain-too-long", status::IOERR),
 ];
 
 /// Build and queue malformed request `case` in slot `s`; `None` if it does not apply.
@@ -120,7 +135,7 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
     let mut reference = [0u8; SECTOR as usize];
     reference.copy_from_slice(&disk.data(0)[..SECTOR as usize]);
     let mut first_failure = None;
-    for (i, case) in CASES.iter().enumerate() {
+    for (i, &(case, expected)) in CASES.iter().enumerate() {
         let s = 1 + i;
         match queue_bad(disk, s, case) {
             Ok(Some(_)) => {}
@@ -140,11 +155,8 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
         while !disk.idle(s) && !deadline.passed() {
             disk.poll()?;
         }
-        let bad_status = if disk.idle(s) {
-            status::name(disk.slot(s).status())
-        } else {
-            "pending"
-        };
+        let answer = disk.idle(s).then(|| disk.slot(s).status());
+        let bad_status = answer.map_or("pending", status::name);
         disk.data(0)[..SECTOR as usize].fill(0xa5);
         let done = disk
             .run(0, &good)
@@ -160,18 +172,37 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
             });
         }
         crate::say!(
-            "{} hostile {case} status={bad_status} good_read=OK",
-            disk.name()
+            "{} hostile {case} status={bad_status} expected={} good_read=OK",
+            disk.name(),
+            status::name(expected)
         );
-        if bad_status == "OK" && first_failure.is_none() {
-            first_failure = Some(Error::HostileAccepted(case));
+        if answer != Some(expected) && first_failure.is_none() {
+            first_failure = Some(Error::HostileAnswer {
+                case,
+                expected,
+                found: bad_status,
+            });
         }
     }
+    // A device that completes a chain twice, or late, shows it here.
+    let quiet = Deadline::after_ms(LATE_WAIT_MS);
+    while !quiet.passed() {
+        disk.poll()?;
+    }
+    let device_status = disk.blk.transport().status();
+    let late = disk.strays();
     crate::say!(
-        "{} hostile device_status={:#x} late_completions={}",
+        "{} hostile device_status={device_status:#x} late_completions={late}",
         disk.name(),
-        disk.blk.transport().status(),
-        disk.strays()
     );
-    first_failure.map_or(Ok(()), Err)
+    if let Some(failure) = first_failure {
+        return Err(failure);
+    }
+    if device_status != DRIVER_READY || late != 0 {
+        return Err(Error::HostileDevice {
+            device_status,
+            late,
+        });
+    }
+    Ok(())
 }

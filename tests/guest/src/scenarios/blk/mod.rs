@@ -8,6 +8,7 @@ pub mod flush;
 pub mod hostile;
 pub mod identify;
 pub mod irq;
+pub mod mq;
 pub mod probe;
 pub mod readonly;
 pub mod rw;
@@ -86,8 +87,30 @@ pub enum Error {
     },
     /// `blk-irq`: InterruptStatus without the used-buffer bit after an interrupt.
     InterruptStatus(u32),
-    /// `blk-hostile`: a malformed request came back OK.
-    HostileAccepted(&'static str),
+    /// `blk-mq`: the device offers fewer than two queues, or not all of them are set up.
+    Queues {
+        /// Queues the device offers (`num_queues`).
+        offered: u16,
+        /// Queues set up.
+        queues: u16,
+    },
+    /// `blk-hostile`: a malformed request did not get its exact answer.
+    HostileAnswer {
+        /// The malformed request.
+        case: &'static str,
+        /// The status it must complete with.
+        expected: u8,
+        /// What it got (a status name, `none` or `pending`).
+        found: &'static str,
+    },
+    /// `blk-hostile`: after the malformed requests the device asks for a reset, has
+    /// failed, or returned chains nobody waited for.
+    HostileDevice {
+        /// The device status register.
+        device_status: u32,
+        /// Completions that matched no request in flight.
+        late: u32,
+    },
     /// `blk-hostile`: the device stopped serving after a malformed request.
     HostileWedged {
         /// The malformed request.
@@ -169,9 +192,27 @@ impl fmt::Display for Error {
                 f,
                 "InterruptStatus reads {s:#x} after a used-buffer interrupt: bit 0 must be set (Linux ignores the interrupt otherwise)"
             ),
-            Self::HostileAccepted(case) => {
-                write!(f, "malformed request ({case}) completed with status OK")
-            }
+            Self::Queues { offered, queues } => write!(
+                f,
+                "the device offers {offered} queues, {queues} set up (blk-mq needs 2 to {} and all of them)",
+                crate::virtio::blk::MAX_QUEUES
+            ),
+            Self::HostileAnswer {
+                case,
+                expected,
+                found,
+            } => write!(
+                f,
+                "malformed request ({case}) answered {found}, expected {}",
+                status::name(*expected)
+            ),
+            Self::HostileDevice {
+                device_status,
+                late,
+            } => write!(
+                f,
+                "after the malformed requests: device status {device_status:#x} (expected 0xf: no DEVICE_NEEDS_RESET, no FAILED), {late} late completions (expected 0)"
+            ),
             Self::HostileWedged { case, error } => {
                 write!(f, "after the malformed request ({case}): {error}")
             }
