@@ -59,7 +59,7 @@ pub enum Scenario {
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 25] = [
+const NAMES: [(Scenario, &str); 26] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
