@@ -409,7 +409,8 @@ fn every_process_is_confined_as_promised() {
     );
 }
 
-/// Stops `vm` (SIGTERM) and checks it ended in order with nothing left.
+/// Stops `vm` (SIGTERM) and checks it ended so (128 + SIGTERM) with nothing left (the
+/// order of the stops is `supervision.rs`'s to check).
 fn stop(vm: Running, kids: &[(u32, String)]) {
     let pid = vm.pid();
     // SAFETY: SIGTERM to the bulkhead process this test started.

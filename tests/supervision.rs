@@ -1,10 +1,11 @@
 //! The launcher supervises every process of a VM: killing any one of them (SIGKILL) ends
 //! the VM with a message naming it, and a stop signal to the launcher stops the VM in
-//! order. Afterwards no process and no network namespace of the VM is left.
+//! order (the vmm first, on its own once asked, then each backend on SIGTERM, each ending
+//! cleanly: the launcher's log of each stop, and the exits as watched from outside). Afterwards no process and no network namespace of the VM is left.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::running::{
     assert_gone, assert_nothing_left, cgroups_of, children, namespaces_of, serial, Running,
@@ -71,6 +72,34 @@ fn killing_the_console_process_is_reported_by_name() {
     kill_one("bulkhead-console", "console0");
 }
 
+/// Watches `kids` from outside until each has ended (a zombie or gone; at most `bound`),
+/// recording the moment this watcher first saw it so, polling every millisecond.
+fn watch_exits(
+    kids: &[(u32, String)],
+    bound: Duration,
+) -> std::thread::JoinHandle<Vec<Option<Instant>>> {
+    let pids: Vec<u32> = kids.iter().map(|(k, _)| *k).collect();
+    std::thread::spawn(move || {
+        let mut ended: Vec<Option<Instant>> = vec![None; pids.len()];
+        let end = Instant::now() + bound;
+        while ended.iter().any(Option::is_none) && Instant::now() < end {
+            for (pid, when) in pids.iter().zip(ended.iter_mut()) {
+                if when.is_none() {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    // The state follows the parenthesised name: `Z` once it has exited.
+                    let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+                    if matches!(state, None | Some('Z') | Some('X')) {
+                        *when = Some(Instant::now());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        ended
+    })
+}
+
 #[test]
 fn sigterm_to_the_launcher_stops_everything_in_order() {
     require_kvm!();
@@ -79,15 +108,60 @@ fn sigterm_to_the_launcher_stops_everything_in_order() {
         eprintln!("skipped: {why}");
         return;
     }
-    let vm = Running::start("sigterm");
+    let mut cmd = common::bulkhead();
+    cmd.env("RUST_LOG", "info");
+    let vm = Running::start_via(cmd, "sigterm", &[], 60_000);
     let kids = children(vm.pid());
     let pid = vm.pid();
+    let exits = watch_exits(&kids, Duration::from_secs(60));
     // SAFETY: kill(2) of the bulkhead process this test started.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
     let (code, stderr) = vm.finish();
     assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
     assert!(stderr.contains("stopping the VM"), "{stderr}");
     assert!(!stderr.contains("failed"), "{stderr}");
+    // In order, as the launcher did it: the vmm first (it said Exited, asked to shut down
+    // over its control channel), then each backend in the order they were started, each
+    // ending cleanly (status 0) on its own (the vmm's hang-up ends it) or on the SIGTERM
+    // the launcher sends, never killed after the grace period.
+    let stopped: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains("| ") && l.contains(" stopped "))
+        .filter_map(|l| l.split_once("] ").map(|(_, m)| m))
+        .collect();
+    let order = [
+        ("vmm", "bulkhead-vmm"),
+        ("disk0", "bulkhead-blk"),
+        ("net0", "bulkhead-net"),
+        ("console0", "bulkhead-console"),
+    ];
+    assert_eq!(stopped.len(), order.len(), "{stopped:#?}\n{stderr}");
+    for (line, (name, program)) in stopped.iter().zip(order) {
+        let (kid, _) = kids
+            .iter()
+            .find(|(_, p)| p == program)
+            .unwrap_or_else(|| panic!("no {program} among {kids:?}"));
+        let prefix = format!("{name}: {program} (pid {kid}) stopped ");
+        let how = line
+            .strip_prefix(&prefix)
+            .and_then(|l| l.strip_suffix(": exited with status 0"));
+        assert!(
+            matches!(how, Some("on its own" | "on SIGTERM")),
+            "expected {name} stopped cleanly here, in {stopped:#?}"
+        );
+    }
+    // And as seen from outside: no backend ended before the vmm (ended at once, the
+    // watcher may see them together).
+    let exits = exits.join().expect("the exit watcher");
+    let vmm = kids
+        .iter()
+        .position(|(_, p)| p == "bulkhead-vmm")
+        .and_then(|i| exits[i])
+        .expect("the vmm's end was seen");
+    for ((kid, program), when) in kids.iter().zip(&exits) {
+        let when = when.unwrap_or_else(|| panic!("{program} (pid {kid}): its end was not seen"));
+        assert!(when >= vmm, "{program} (pid {kid}) ended before the vmm");
+    }
     assert_nothing_left(pid, &kids);
 }
 
