@@ -111,11 +111,13 @@ fn audit_record(pid: u32, nr: i64, code: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-#[test]
-fn log_mode_logs_the_call_and_lets_it_through() {
+/// Runs `bulkhead-blk --seccomp log` with its main thread calling `ptrace` once confined;
+/// checks it went on serving (alive after the call, then ending on SIGTERM with status 0);
+/// returns the pid and the kernel's record of the call, if the kernel log has one.
+fn log_mode_once(attempt: u32) -> (u32, Option<String>) {
     use std::io::{BufRead, BufReader};
-    let img = Image::new("seccomp-log", 1 << 20);
-    let sock = scratch("log.sock");
+    let img = Image::new(&format!("seccomp-log{attempt}"), 1 << 20);
+    let sock = scratch(&format!("log{attempt}.sock"));
     let _ = std::fs::remove_file(&sock);
     let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead-blk"))
         .args([
@@ -148,7 +150,7 @@ fn log_mode_logs_the_call_and_lets_it_through() {
     });
     let called = rx.recv_timeout(Duration::from_secs(30)).is_ok();
     // The record of the call the filter let through (SECCOMP_RET_LOG), with its pid.
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + Duration::from_secs(5);
     let mut record = None;
     while called && record.is_none() && Instant::now() < end {
         record = audit_record(pid, libc::SYS_ptrace, "0x7ffc0000");
@@ -164,10 +166,6 @@ fn log_mode_logs_the_call_and_lets_it_through() {
     let stderr = reader.join().unwrap_or_default();
     let _ = std::fs::remove_file(&sock);
     assert!(called, "bulkhead-blk never made its call:\n{stderr}");
-    assert!(
-        record.is_some(),
-        "no audit record (type=1326, code=0x7ffc0000) of ptrace by pid {pid} in the kernel log"
-    );
     assert_eq!(
         early, None,
         "bulkhead-blk ended under --seccomp log:\n{stderr}"
@@ -175,6 +173,26 @@ fn log_mode_logs_the_call_and_lets_it_through() {
     let status = status.expect("bulkhead-blk did not end on SIGTERM");
     // Ended by its SIGTERM handler, so it was serving after the call.
     assert_eq!(status.code(), Some(0), "{status:?}\n{stderr}");
+    (pid, record)
+}
+
+#[test]
+fn log_mode_logs_the_call_and_lets_it_through() {
+    // Without an audit daemon the kernel prints audit records under printk's rate limit
+    // (/proc/sys/kernel/printk_ratelimit: 5 s, 10 records), which the SIGSYS deaths of
+    // tests running meanwhile may use up: a missing record is retried after that interval.
+    let mut pids = Vec::new();
+    for attempt in 1..=3 {
+        let (pid, record) = log_mode_once(attempt);
+        if record.is_some() {
+            return;
+        }
+        pids.push(pid);
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    panic!(
+        "no audit record (type=1326, code=0x7ffc0000) of ptrace by pids {pids:?} in the kernel log"
+    );
 }
 
 /// `bulkhead run` with `device_args`, the threads of `trigger` (`worker`: every backend's
