@@ -1,11 +1,13 @@
 //! The launcher supervises every process of a VM: killing any one of them (SIGKILL) ends
 //! the VM with a message naming it, and a stop signal to the launcher stops the VM in
-//! order (the vmm first, on its own once asked, then each backend on SIGTERM, each ending
-//! cleanly: the launcher's log of each stop, and the exits as watched from outside). Afterwards no process and no network namespace of the VM is left.
+//! order (the vmm first, once asked, then each backend, each ending cleanly: the
+//! launcher's log of each stop). Afterwards no process and no network namespace of the VM
+//! is left. (Which process the kernel saw end first is no evidence of the order: the vmm
+//! closes its vhost-user connections before it exits, and a backend may end on that.)
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::running::{
     assert_gone, assert_nothing_left, cgroups_of, children, namespaces_of, serial, Running,
@@ -72,34 +74,6 @@ fn killing_the_console_process_is_reported_by_name() {
     kill_one("bulkhead-console", "console0");
 }
 
-/// Watches `kids` from outside until each has ended (a zombie or gone; at most `bound`),
-/// recording the moment this watcher first saw it so, polling every millisecond.
-fn watch_exits(
-    kids: &[(u32, String)],
-    bound: Duration,
-) -> std::thread::JoinHandle<Vec<Option<Instant>>> {
-    let pids: Vec<u32> = kids.iter().map(|(k, _)| *k).collect();
-    std::thread::spawn(move || {
-        let mut ended: Vec<Option<Instant>> = vec![None; pids.len()];
-        let end = Instant::now() + bound;
-        while ended.iter().any(Option::is_none) && Instant::now() < end {
-            for (pid, when) in pids.iter().zip(ended.iter_mut()) {
-                if when.is_none() {
-                    let stat =
-                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                    // The state follows the parenthesised name: `Z` once it has exited.
-                    let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
-                    if matches!(state, None | Some('Z') | Some('X')) {
-                        *when = Some(Instant::now());
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        ended
-    })
-}
-
 #[test]
 fn sigterm_to_the_launcher_stops_everything_in_order() {
     require_kvm!();
@@ -113,7 +87,6 @@ fn sigterm_to_the_launcher_stops_everything_in_order() {
     let vm = Running::start_via(cmd, "sigterm", &[], 60_000);
     let kids = children(vm.pid());
     let pid = vm.pid();
-    let exits = watch_exits(&kids, Duration::from_secs(60));
     // SAFETY: kill(2) of the bulkhead process this test started.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
     let (code, stderr) = vm.finish();
@@ -149,18 +122,6 @@ fn sigterm_to_the_launcher_stops_everything_in_order() {
             matches!(how, Some("on its own" | "on SIGTERM")),
             "expected {name} stopped cleanly here, in {stopped:#?}"
         );
-    }
-    // And as seen from outside: no backend ended before the vmm (ended at once, the
-    // watcher may see them together).
-    let exits = exits.join().expect("the exit watcher");
-    let vmm = kids
-        .iter()
-        .position(|(_, p)| p == "bulkhead-vmm")
-        .and_then(|i| exits[i])
-        .expect("the vmm's end was seen");
-    for ((kid, program), when) in kids.iter().zip(&exits) {
-        let when = when.unwrap_or_else(|| panic!("{program} (pid {kid}): its end was not seen"));
-        assert!(when >= vmm, "{program} (pid {kid}) ended before the vmm");
     }
     assert_nothing_left(pid, &kids);
 }
