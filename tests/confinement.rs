@@ -179,8 +179,8 @@ fn expected_threads(program: &str) -> Vec<(&'static str, &'static str)> {
     }
 }
 
-/// Each thread of `pid`: (name, Seccomp, Seccomp_filters), sorted, the kernel's own KVM
-/// worker left out.
+/// Each thread of `pid`: (name, Seccomp, Seccomp_filters), sorted (the kernel's own KVM
+/// worker, `kvm-nx-lpage-re`, included: the caller checks it apart).
 fn threads(pid: u32) -> Vec<(String, String, String)> {
     let mut threads: Vec<(String, String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
