@@ -100,12 +100,25 @@ fn guest_exception_is_reported() {
     require_kvm!();
     let out = run(&["--cmdline", "bulkhead.test=exception"]);
     assert_eq!(out.code(), 3, "{out:#?}");
-    assert!(
-        out.stdout
-            .contains("bulkhead-guest: FAIL exception vector="),
-        "{}",
-        out.stdout
+    // The fault the guest provoked, exactly: a page fault (14) on a user-mode read of a
+    // non-present page (error 0x4: not present, read, CPL3) at 0xbad, from some code
+    // address.
+    let report = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bulkhead-guest: FAIL exception "))
+        .unwrap_or_else(|| panic!("no exception report:\n{}", out.stdout));
+    let fields: Vec<&str> = report.split(' ').collect();
+    assert_eq!(fields.len(), 4, "{report}");
+    assert_eq!(
+        [fields[0], fields[1], fields[3]],
+        ["vector=14", "error=0x4", "cr2=0xbad"],
+        "{report}"
     );
+    let rip = fields[2]
+        .strip_prefix("rip=0x")
+        .and_then(|r| u64::from_str_radix(r, 16).ok());
+    assert!(rip.is_some_and(|r| r != 0), "{report}");
 }
 
 #[test]

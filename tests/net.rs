@@ -1,6 +1,8 @@
 //! End to end: the guest's network device is a separate `bulkhead-net` process on a TAP in
 //! a network namespace bulkhead creates (`--net auto`); the host's own ping and sockets
-//! reach the guest through it.
+//! reach the guest through it. The guest serves until the test, done, sends it a datagram
+//! to its stop port (`net-serve`), so no test depends on a time window; every wait is
+//! bounded.
 
 mod common;
 
@@ -59,18 +61,15 @@ impl Vm {
         }
     }
 
-    /// Waits for a console line starting with `prefix`; panics with the console so far.
+    /// Waits (at most 60 s) for a console line starting with `prefix`; panics with the
+    /// console so far.
     fn wait_for(&self, prefix: &str, seen: &mut Vec<String>) -> String {
-        let end = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < end {
-            if let Ok(line) = self.console.recv_timeout(Duration::from_millis(100)) {
-                seen.push(line.clone());
-                if line.starts_with(prefix) {
-                    return line;
-                }
-            }
-        }
-        panic!("no line starting {prefix:?}; console:\n{}", seen.join("\n"));
+        wait_line(&self.console, prefix, Duration::from_secs(60), seen)
+    }
+
+    /// Tells the guest it may stop serving (see [`stop_serving`]).
+    fn stop_serving(&self, seen: &mut Vec<String>) {
+        stop_serving(&self.ns, "10.0.2.2", &self.console, seen);
     }
 
     fn finish(mut self) -> (Option<i32>, String) {
@@ -78,6 +77,68 @@ impl Vm {
         let stderr = self.stderr.join().unwrap_or_default();
         (status.and_then(|s| s.code()), stderr)
     }
+}
+
+/// How long a guest serves at most: the tests stop it when they are done (a bound for a
+/// test that fails before, not a window to hit).
+const SERVE_BOUND: &str = "bulkhead.net.serve-ms=120000";
+
+/// Waits (at most `bound`) for a line of `console` starting with `prefix`; panics with the
+/// console so far.
+fn wait_line(
+    console: &std::sync::mpsc::Receiver<String>,
+    prefix: &str,
+    bound: Duration,
+    seen: &mut Vec<String>,
+) -> String {
+    let end = Instant::now() + bound;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match console.recv_timeout(left.min(Duration::from_millis(100))) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if line.starts_with(prefix) {
+                    return line;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    panic!("no line starting {prefix:?}; console:\n{}", seen.join("\n"));
+}
+
+/// Tells the guest's `net-serve` at `guest_ip`, reached from namespace `ns`, that the test
+/// is done: a datagram to its stop port (9), again every 200 ms (a datagram may be lost)
+/// until it says it served (ended by the stop), for at most 30 s.
+fn stop_serving(
+    ns: &str,
+    guest_ip: &str,
+    console: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+) {
+    let to = format!("{guest_ip}:9");
+    let sock = common::netns::in_netns(ns, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect(to)?;
+        Ok::<_, std::io::Error>(sock)
+    })
+    .expect("entering the namespace")
+    .expect("a socket to stop the guest with");
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        let _ = sock.send(b"stop");
+        if let Ok(line) = console.recv_timeout(Duration::from_millis(200)) {
+            seen.push(line.clone());
+            if line.starts_with("bulkhead-guest: net0 served ") {
+                assert!(line.ends_with(" ended=stop"), "{line}");
+                return;
+            }
+        }
+    }
+    panic!(
+        "the guest did not stop serving; console:\n{}",
+        seen.join("\n")
+    );
 }
 
 fn namespace_exists(name: &str) -> bool {
@@ -91,8 +152,9 @@ fn host_pings_the_guest_and_arp_resolves_its_mac() {
         common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
-    let vm =
-        Vm::start("bulkhead.test=net-serve bulkhead.net.ip=10.0.2.2/24 bulkhead.net.serve-ms=8000");
+    let vm = Vm::start(&format!(
+        "bulkhead.test=net-serve bulkhead.net.ip=10.0.2.2/24 {SERVE_BOUND}"
+    ));
     let mut seen = Vec::new();
     vm.wait_for("bulkhead-guest: net0 serving", &mut seen);
     let ping = common::netns::exec(
@@ -103,6 +165,7 @@ fn host_pings_the_guest_and_arp_resolves_its_mac() {
     let neigh = common::netns::exec(&vm.ns, &["ip", "neigh", "show", "10.0.2.2"]);
     let neigh_out = String::from_utf8_lossy(&neigh.stdout).into_owned();
     let ns = vm.ns.clone();
+    vm.stop_serving(&mut seen);
     let (code, stderr) = vm.finish();
     assert!(ping.status.success(), "ping failed:\n{ping_out}\n{stderr}");
     assert!(ping_out.contains("3 received"), "{ping_out}");
@@ -121,17 +184,20 @@ fn udp_both_ways_with_payloads_intact() {
         common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
-    // Guest to host: the guest first serves for 2 s, so the host's socket is bound (after
-    // the first "serving" line) before the guest sends; then it serves again for the echo.
-    let vm = Vm::start(
+    // Guest to host: the guest first serves until the host's socket is bound and the test
+    // tells it to go on, so it sends to a bound socket; then it serves again for the echo.
+    let vm = Vm::start(&format!(
         "bulkhead.test=net-serve,net-send,net-serve bulkhead.net.ip=10.0.2.2/24 bulkhead.net.peer=10.0.2.1 \
-         bulkhead.net.port=5555 bulkhead.net.sizes=64,512,1472 bulkhead.net.serve-ms=2000 bulkhead.net.echo-port=7",
-    );
+         bulkhead.net.port=5555 bulkhead.net.sizes=64,512,1472 {SERVE_BOUND} bulkhead.net.echo-port=7",
+    ));
     let ns = vm.ns.clone();
     let mut seen = Vec::new();
     vm.wait_for("bulkhead-guest: net0 serving", &mut seen);
-    let received = common::netns::in_netns(&ns, || {
-        let sock = UdpSocket::bind("10.0.2.1:5555")?;
+    let sock = common::netns::in_netns(&ns, || UdpSocket::bind("10.0.2.1:5555"))
+        .expect("entering the namespace")
+        .expect("binding the host's socket");
+    vm.stop_serving(&mut seen);
+    let received = common::netns::in_netns(&ns, move || {
         sock.set_read_timeout(Some(Duration::from_secs(20)))?;
         let mut got = Vec::new();
         let mut buf = [0u8; 2048];
@@ -171,6 +237,7 @@ fn udp_both_ways_with_payloads_intact() {
     })
     .expect("entering the namespace")
     .expect("echo over UDP");
+    vm.stop_serving(&mut seen);
     let (code, stderr) = vm.finish();
     assert_eq!(echoed, vec![true; 4], "echoed payloads differ");
     assert_eq!(code, Some(0), "{stderr}");
@@ -205,7 +272,7 @@ fn named_tap_in_the_callers_namespace() {
         .args(["--net", &format!("tap=bh-tap0,mac={GUEST_MAC}")])
         .args([
             "--cmdline",
-            "bulkhead.test=net-serve bulkhead.net.ip=10.0.7.2/24 bulkhead.net.serve-ms=6000",
+            &format!("bulkhead.test=net-serve bulkhead.net.ip=10.0.7.2/24 {SERVE_BOUND}"),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -219,11 +286,23 @@ fn named_tap_in_the_callers_namespace() {
             let _ = tx.send(line);
         }
     });
-    let serving = rx
-        .iter()
-        .take(50)
-        .any(|l| l.starts_with("bulkhead-guest: net0 serving"));
-    assert!(serving, "the guest never served");
+    let mut seen = Vec::new();
+    wait_line(
+        &rx,
+        "bulkhead-guest: net0 serving",
+        Duration::from_secs(60),
+        &mut seen,
+    );
+    // bulkhead made the TAP (it did not exist): it is there while the VM runs.
+    let tap_exists = || {
+        std::process::Command::new("ip")
+            .args(["-n", &ns, "link", "show", "dev", "bh-tap0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(tap_exists(), "no TAP bh-tap0 in {ns}");
     for args in [
         ["addr", "add", "10.0.7.1/24", "dev", "bh-tap0"].as_slice(),
         ["link", "set", "bh-tap0", "up"].as_slice(),
@@ -240,6 +319,7 @@ fn named_tap_in_the_callers_namespace() {
         &ns,
         &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.0.7.2"],
     );
+    stop_serving(&ns, "10.0.7.2", &rx, &mut seen);
     let status = common::wait_until(&mut child, Instant::now() + Duration::from_secs(30));
     assert!(
         ping.status.success(),
@@ -247,6 +327,8 @@ fn named_tap_in_the_callers_namespace() {
         String::from_utf8_lossy(&ping.stdout)
     );
     assert_eq!(status.and_then(|s| s.code()), Some(0));
+    // The TAP bulkhead made went with the VM.
+    assert!(!tap_exists(), "TAP bh-tap0 left behind in {ns}");
 }
 
 /// The first descendant of process `root` whose name is `comm`.
@@ -318,7 +400,7 @@ fn two_queue_pairs_guest_on_pair_zero() {
         ",queues=2",
         "bulkhead.test=net-identify,net-serve,net-send,net-serve bulkhead.net.ip=10.0.2.2/24 \
          bulkhead.net.peer=10.0.2.1 bulkhead.net.port=5556 bulkhead.net.sizes=64,1472 \
-         bulkhead.net.serve-ms=4000 bulkhead.net.echo-port=7",
+         bulkhead.net.serve-ms=120000 bulkhead.net.echo-port=7",
     );
     let ns = vm.ns.clone();
     let mut seen = Vec::new();
@@ -351,9 +433,12 @@ fn two_queue_pairs_guest_on_pair_zero() {
     queues.sort();
     assert_eq!(queues, ["rx-0", "tx-0"], "the TAP's attached queues");
 
-    // Guest to host on pair 0.
-    let received = common::netns::in_netns(&ns, || {
-        let sock = UdpSocket::bind("10.0.2.1:5556")?;
+    // Guest to host on pair 0, once the host's socket is bound.
+    let sock = common::netns::in_netns(&ns, || UdpSocket::bind("10.0.2.1:5556"))
+        .expect("entering the namespace")
+        .expect("binding the host's socket");
+    vm.stop_serving(&mut seen);
+    let received = common::netns::in_netns(&ns, move || {
         sock.set_read_timeout(Some(Duration::from_secs(20)))?;
         let mut got = Vec::new();
         let mut buf = [0u8; 2048];
@@ -398,6 +483,7 @@ fn two_queue_pairs_guest_on_pair_zero() {
         &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.0.2.2"],
     );
     let ping_out = String::from_utf8_lossy(&ping.stdout).into_owned();
+    vm.stop_serving(&mut seen);
     let (code, stderr) = vm.finish();
     assert_eq!(echoed, vec![true; 2], "echoed payloads differ");
     assert!(ping_out.contains("2 received"), "{ping_out}\n{stderr}");

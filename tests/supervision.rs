@@ -1,6 +1,9 @@
 //! The launcher supervises every process of a VM: killing any one of them (SIGKILL) ends
 //! the VM with a message naming it, and a stop signal to the launcher stops the VM in
-//! order. Afterwards no process and no network namespace of the VM is left.
+//! order (the vmm first, once asked, then each backend, each ending cleanly: the
+//! launcher's log of each stop). Afterwards no process and no network namespace of the VM
+//! is left. (Which process the kernel saw end first is no evidence of the order: the vmm
+//! closes its vhost-user connections before it exits, and a backend may end on that.)
 
 mod common;
 
@@ -79,7 +82,9 @@ fn sigterm_to_the_launcher_stops_everything_in_order() {
         common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
         return;
     }
-    let vm = Running::start("sigterm");
+    let mut cmd = common::bulkhead();
+    cmd.env("RUST_LOG", "info");
+    let vm = Running::start_via(cmd, "sigterm", &[], 60_000);
     let kids = children(vm.pid());
     let pid = vm.pid();
     // SAFETY: kill(2) of the bulkhead process this test started.
@@ -88,6 +93,36 @@ fn sigterm_to_the_launcher_stops_everything_in_order() {
     assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
     assert!(stderr.contains("stopping the VM"), "{stderr}");
     assert!(!stderr.contains("failed"), "{stderr}");
+    // In order, as the launcher did it: the vmm first (it said Exited, asked to shut down
+    // over its control channel), then each backend in the order they were started, each
+    // ending cleanly (status 0) on its own (the vmm's hang-up ends it) or on the SIGTERM
+    // the launcher sends, never killed after the grace period.
+    let stopped: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains("| ") && l.contains(" stopped "))
+        .filter_map(|l| l.split_once("] ").map(|(_, m)| m))
+        .collect();
+    let order = [
+        ("vmm", "bulkhead-vmm"),
+        ("disk0", "bulkhead-blk"),
+        ("net0", "bulkhead-net"),
+        ("console0", "bulkhead-console"),
+    ];
+    assert_eq!(stopped.len(), order.len(), "{stopped:#?}\n{stderr}");
+    for (line, (name, program)) in stopped.iter().zip(order) {
+        let (kid, _) = kids
+            .iter()
+            .find(|(_, p)| p == program)
+            .unwrap_or_else(|| panic!("no {program} among {kids:?}"));
+        let prefix = format!("{name}: {program} (pid {kid}) stopped ");
+        let how = line
+            .strip_prefix(&prefix)
+            .and_then(|l| l.strip_suffix(": exited with status 0"));
+        assert!(
+            matches!(how, Some("on its own" | "on SIGTERM")),
+            "expected {name} stopped cleanly here, in {stopped:#?}"
+        );
+    }
     assert_nothing_left(pid, &kids);
 }
 

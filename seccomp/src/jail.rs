@@ -266,7 +266,24 @@ pub fn finish_jail(args: &JailArgs) -> Result<(), JailError> {
     } else {
         log::warn!("process {pid}: landlock is off (--landlock off)");
     }
+    if std::env::var_os(crate::thread::SELF_TEST_ENV).is_some_and(|v| v == LANDLOCK_SELF_TEST) {
+        eprintln!("{}", landlock_probe());
+    }
     Ok(())
+}
+
+/// Test only: the [`crate::thread::SELF_TEST_ENV`] value that makes [`finish_jail`] print
+/// [`landlock_probe`]'s line on stderr, for a test to see from outside that landlock holds.
+pub const LANDLOCK_SELF_TEST: &str = "landlock";
+
+/// Lists the (empty) root directory, which only landlock can refuse once the jail is
+/// finished, and no seccomp filter is installed yet to answer `openat` itself; says what
+/// happened: `landlock self-test: listing / refused (os error 13)` when landlock holds.
+fn landlock_probe() -> String {
+    match std::fs::read_dir("/") {
+        Ok(_) => "landlock self-test: listing / allowed".to_owned(),
+        Err(e) => format!("landlock self-test: listing / refused ({e})"),
+    }
 }
 
 fn count_threads() -> io::Result<usize> {

@@ -83,12 +83,14 @@ where
     code
 }
 
-/// Test only: `BULKHEAD_SECCOMP_SELFTEST=main|worker` does what `--seccomp-selftest` does,
+/// Test only: `BULKHEAD_SECCOMP_SELFTEST=main|worker|worker-narrowed` does what
+/// `--seccomp-selftest` does,
 /// for backends started by the launcher (which passes no test flags).
 fn self_test_from_env() -> Option<SelfTest> {
     match std::env::var_os(SELF_TEST_ENV)?.to_str()? {
         "main" => Some(SelfTest::Main),
         "worker" => Some(SelfTest::Worker),
+        "worker-narrowed" => Some(SelfTest::WorkerNarrowed),
         _ => None,
     }
 }

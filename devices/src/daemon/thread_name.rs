@@ -6,7 +6,8 @@
 //! is embedded, as in unit tests).
 //!
 //! The hidden `--seccomp-selftest` makes a thread call `ptrace` (in no allowlist) right
-//! after confining itself, to prove the filter stops it.
+//! after confining itself, to prove the filter stops it; `worker-narrowed` makes a queue
+//! thread call what only its process's broader role allows, to prove it narrowed.
 
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -22,6 +23,10 @@ pub enum SelfTest {
     Main,
     /// Each queue thread, at its first event.
     Worker,
+    /// Each queue thread, at its first event, calls `accept4`: allowed to the process's
+    /// role (the vhost-user rules are in it), not to a queue thread's, so only a thread
+    /// that did narrow to its role dies by SIGSYS.
+    WorkerNarrowed,
 }
 
 static SELF_TEST: AtomicU8 = AtomicU8::new(0);
@@ -32,19 +37,26 @@ pub fn arm_self_test(which: Option<SelfTest>) {
         None => 0,
         Some(SelfTest::Main) => 1,
         Some(SelfTest::Worker) => 2,
+        Some(SelfTest::WorkerNarrowed) => 3,
     };
     SELF_TEST.store(v, Ordering::SeqCst);
 }
 
-/// If `--seccomp-selftest` is armed for `which`, calls `ptrace`, which no allowlist has:
-/// under an enforcing filter the process dies by SIGSYS here.
+/// If `--seccomp-selftest` is armed for `which`, calls `ptrace`, which no allowlist has
+/// (or, armed `worker-narrowed` on a queue thread, `accept4`): under an enforcing filter
+/// the process dies by SIGSYS here.
 pub fn self_test(which: SelfTest) {
     let armed = match SELF_TEST.load(Ordering::SeqCst) {
         1 => SelfTest::Main,
         2 => SelfTest::Worker,
+        3 => SelfTest::WorkerNarrowed,
         _ => return,
     };
-    if armed == which {
+    if armed == SelfTest::WorkerNarrowed && which == SelfTest::Worker {
+        log::warn!("--seccomp-selftest: calling accept4");
+        // SAFETY: accept4 on fd -1 with null address pointers only fails (EBADF) when allowed.
+        unsafe { libc::syscall(libc::SYS_accept4, -1, 0, 0, 0) };
+    } else if armed == which {
         log::warn!("--seccomp-selftest: calling ptrace");
         // SAFETY: PTRACE_TRACEME takes no pointers.
         unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) };

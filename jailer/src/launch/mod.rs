@@ -248,10 +248,13 @@ impl DeviceProcess {
         }
     }
 
-    /// Asks it to stop (SIGTERM), then kills it after a grace period; returns how it ended.
+    /// Asks it to stop (SIGTERM), then kills it after a grace period; returns how it ended,
+    /// and logs it (info: the order in which a VM's processes stopped, which tests check).
     /// A jailed process's cgroup is removed once it is reaped.
     pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut how = "on its own";
         let status = self.exited().or_else(|| {
+            how = "on SIGTERM";
             self.signal(libc::SIGTERM);
             let deadline = Instant::now() + STOP_GRACE;
             while Instant::now() < deadline {
@@ -260,12 +263,20 @@ impl DeviceProcess {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
+            how = "on SIGKILL after the grace period";
             self.signal(libc::SIGKILL);
             match &mut self.child {
                 Child::Plain(c) => c.wait().ok(),
                 Child::Jailed(c) => c.wait().ok(),
             }
         });
+        let ended = status.map_or_else(|| "could not be reaped".to_owned(), describe);
+        log::info!(
+            "{}: {} (pid {}) stopped {how}: {ended}",
+            self.name,
+            self.program,
+            self.pid()
+        );
         if let Child::Jailed(c) = &mut self.child {
             if let Err(e) = c.cleanup() {
                 log::warn!("{}: {e}", self.name);
