@@ -17,6 +17,8 @@ use common::running::children;
 const STOPPED: Duration = Duration::from_millis(200);
 /// Rounds at least (the guest's I/O lasts longer than this many rounds take).
 const MIN_ROUNDS: u32 = 5;
+/// How long the guest gets to say it is ready (a loaded CI machine is slow, not stuck).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Whether every thread of `pid` is stopped (state T in /proc/<pid>/task/*/stat).
 fn all_stopped(pid: u32) -> bool {
@@ -99,10 +101,20 @@ fn stopping_and_continuing_every_process_under_io_leaves_the_vm_running() {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let ready = rx
-        .iter()
-        .take_while(|l| !l.contains("FAIL"))
-        .any(|l| l.contains("bulkhead-guest: ready"));
+    // Bounded: a bulkhead that hangs before the guest is ready fails the test, not the suite.
+    let ready_by = Instant::now() + READY_TIMEOUT;
+    let mut ready = false;
+    while let Some(left) = ready_by.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains("bulkhead-guest: ready") => {
+                ready = true;
+                break;
+            }
+            Ok(l) if l.contains("FAIL") => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
     let kids = children(pid);
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut rounds = 0;
