@@ -1,5 +1,5 @@
-//! ACPI tables: how a stock distribution kernel learns its processors, IOAPIC and interrupt
-//! routing.
+//! ACPI tables: how a stock distribution kernel learns its processors, IOAPIC, interrupt
+//! routing and virtio-mmio devices.
 //!
 //! Distribution kernels (Debian's cloud kernel, for one) are built without
 //! `CONFIG_X86_MPPARSE`, ignore the MP table and would run on one CPU. Like Firecracker and
@@ -7,12 +7,14 @@
 //! other fixed hardware):
 //!
 //! ```text
-//! RSDP (layout::ACPI_START) -> XSDT -> FADT (HW_REDUCED_ACPI) -> DSDT (a LNRO0005
+//! RSDP (layout::ACPI_START) -> XSDT -> FADT (HW_REDUCED_ACPI) -> DSDT (an LNRO0005
 //!                                                                  device per virtio-mmio
-//!                                                                  slot, see [`super::dsdt`])
+//!                                                                  slot)
 //!                                   -> MADT (a local APIC per vCPU, the IOAPIC,
 //!                                            IRQ 0 -> GSI 2, NMI on every LINT1)
 //! ```
+//!
+//! The DSDT's AML is written by [`super::dsdt`].
 //!
 //! [`write`] puts them in the e820-reserved BIOS area below the MP table and returns the
 //! RSDP's address, which the kernel gets in the zero page (`acpi_rsdp_addr`) or the PVH start

@@ -22,9 +22,11 @@
 //!
 //! The interrupt is edge-triggered and active high because that is how the vmm raises it: a
 //! device's call fd is a KVM irqfd on the slot's GSI, and KVM injects an irqfd as a pulse
-//! (line up, then down) into the in-kernel IOAPIC. A level-triggered description would
-//! leave the guest waiting for a line that is never held. It also matches the MP table,
-//! which puts every pin on the ISA bus (edge, active high).
+//! (line up, then down) into the in-kernel IOAPIC. Described level-triggered, the guest
+//! would program the pin so, and KVM's IOAPIC drops a pulse that comes while the previous
+//! interrupt awaits its EOI (remote IRR): completions would be lost. It also matches the
+//! MP table, which puts every pin on the ISA bus (edge, active high), and what the guest
+//! gets from the command-line form.
 
 use acpi_tables::aml::{Device, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, Scope};
 use acpi_tables::sdt::Sdt;
