@@ -25,8 +25,7 @@
 //! (line up, then down) into the in-kernel IOAPIC. Described level-triggered, the guest
 //! would program the pin so, and KVM's IOAPIC drops a pulse that comes while the previous
 //! interrupt awaits its EOI (remote IRR): completions would be lost. It also matches the
-//! MP table, which puts every pin on the ISA bus (edge, active high), and what the guest
-//! gets from the command-line form.
+//! MP table, which puts every pin on the ISA bus (edge, active high).
 
 use acpi_tables::aml::{Device, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, Scope};
 use acpi_tables::sdt::Sdt;
