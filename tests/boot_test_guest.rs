@@ -25,6 +25,43 @@ fn default_self_test_passes() {
     out.assert_line("bulkhead-guest: PASS memory");
     out.assert_line("bulkhead-guest: done status=0");
     assert!(!out.stdout.contains("FAIL"), "{}", out.stdout);
+    // The demo's disk, network device and console.
+    assert_eq!(acpi_devices_match_the_command_line(&out), 3);
+}
+
+/// The guest found in the ACPI DSDT exactly the virtio-mmio devices its command line
+/// announces, in the same order, at the same base and IRQ, `_UID` its index, a 4 KiB
+/// read-write window and an edge-triggered, active-high interrupt; returns how many.
+fn acpi_devices_match_the_command_line(out: &common::Output) -> usize {
+    let cmdline = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bulkhead-guest: boot cmdline="))
+        .unwrap_or_else(|| panic!("no boot line:\n{}", out.stdout));
+    let want: Vec<String> = cmdline
+        .trim_matches('"')
+        .split(' ')
+        .filter_map(|t| t.strip_prefix("virtio_mmio.device=4K@"))
+        .enumerate()
+        .map(|(uid, at)| {
+            let (base, irq) = at.split_once(':').expect("base:irq");
+            format!(
+                "acpi virtio-mmio uid={uid} base={base} size=0x1000 rw irq={irq} edge active-high"
+            )
+        })
+        .collect();
+    let found: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("bulkhead-guest: "))
+        .filter(|l| l.starts_with("acpi virtio-mmio uid="))
+        .collect();
+    assert_eq!(found, want, "stdout:\n{}", out.stdout);
+    out.assert_line(&format!(
+        "bulkhead-guest: acpi virtio-mmio devices={}",
+        want.len()
+    ));
+    want.len()
 }
 
 #[test]

@@ -16,7 +16,7 @@ use crate::kvm::vcpu::{self, VcpuError};
 use crate::kvm::vm::{self as kvm_vm, VmError};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::virtio::vhost_user::{BackendSocket, SharedMemory, VhostUserDevice, VhostUserError};
-use crate::virtio::{self, mmio::MmioTransport, monitor::Watched};
+use crate::virtio::{self, mmio::MmioTransport, monitor::Watched, MmioSlot};
 use bulkhead_protocol::capped::CappedFile;
 use kvm_ioctls::IoEventAddress;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -169,12 +169,20 @@ impl Prepared {
         } = self;
         let devices = std::mem::take(&mut config.devices);
         let virtio = create_virtio_devices(&vm_fd, &memory, devices, &mut io)?;
+        // The guest learns each device twice, from the same slots: on the command line
+        // (minimal kernels) and in the ACPI DSDT (distribution kernels).
         let mut boot_config = config.boot.clone();
-        for token in &virtio.cmdline {
+        for slot in &virtio.slots {
             boot_config.cmdline.push(' ');
-            boot_config.cmdline.push_str(token);
+            boot_config.cmdline.push_str(&slot.cmdline_token());
         }
-        let boot = boot::load(&memory.mem, memory.size, config.cpus, &boot_config)?;
+        let boot = boot::load(
+            &memory.mem,
+            memory.size,
+            config.cpus,
+            &boot_config,
+            &virtio.slots,
+        )?;
         let vcpus = create_vcpus(&kvm, &vm_fd, &memory, config.cpus, &boot)?;
         Ok(Vm {
             vm_fd,
@@ -193,8 +201,8 @@ impl Prepared {
 
 /// What creating the virtio devices produced besides bus entries.
 struct VirtioDevices {
-    /// Kernel command-line tokens announcing them.
-    cmdline: Vec<String>,
+    /// Where each is (announced to the guest on the command line and in the DSDT).
+    slots: Vec<MmioSlot>,
     /// Their backend sockets, to watch.
     watched: Vec<Watched>,
     /// Their transports, by name.
@@ -208,7 +216,7 @@ fn create_virtio_devices(
     io: &mut IoBuses,
 ) -> Result<VirtioDevices, BuildError> {
     let mut out = VirtioDevices {
-        cmdline: Vec::new(),
+        slots: Vec::new(),
         watched: Vec::new(),
         transports: Vec::new(),
     };
@@ -217,7 +225,8 @@ fn create_virtio_devices(
         memfd: memory.file.as_raw_fd(),
     };
     for (index, dev) in devices.into_iter().enumerate() {
-        let (base, irq) = virtio::slot(index).ok_or(ConfigError::TooManyDevices(index + 1))?;
+        let slot = virtio::slot(index).ok_or(ConfigError::TooManyDevices(index + 1))?;
+        let MmioSlot { base, irq, .. } = slot;
         let name = dev.name.clone();
         let device_err = |what: &'static str| {
             let name = name.clone();
@@ -261,7 +270,7 @@ fn create_virtio_devices(
         let transport = Arc::new(Mutex::new(MmioTransport::new(Box::new(device))));
         io.mmio.insert(base, virtio::MMIO_SIZE, transport.clone())?;
         out.transports.push((dev.name.clone(), transport));
-        out.cmdline.push(virtio::cmdline_token(base, irq));
+        out.slots.push(slot);
         log::info!("{}: virtio-mmio at {base:#x}, irq {irq}", dev.name);
     }
     Ok(out)

@@ -6,6 +6,8 @@
 use crate::layout;
 use core::fmt;
 
+/// `acpi_rsdp_addr`: where the ACPI RSDP is (0: not given; search for it).
+const ACPI_RSDP_ADDR: usize = 0x070;
 /// `ext_cmd_line_ptr`: high 32 bits of the command line address.
 const EXT_CMD_LINE_PTR: usize = 0x0c8;
 /// `e820_entries`: number of valid entries in `e820_table`.
@@ -157,6 +159,8 @@ pub struct BootParams {
     pub e820: E820,
     /// Physical address of the NUL-terminated command line (0: none).
     pub cmdline: u64,
+    /// Physical address of the ACPI RSDP (0: not given).
+    pub acpi_rsdp: u64,
 }
 
 /// Why the zero page could not be parsed.
@@ -211,7 +215,11 @@ pub fn parse(zero_page: &[u8]) -> Result<BootParams, BootParamsError> {
     }
     let cmdline = u64::from(u32_at(zero_page, CMD_LINE_PTR))
         | u64::from(u32_at(zero_page, EXT_CMD_LINE_PTR)) << 32;
-    Ok(BootParams { e820, cmdline })
+    Ok(BootParams {
+        e820,
+        cmdline,
+        acpi_rsdp: u64_at(zero_page, ACPI_RSDP_ADDR),
+    })
 }
 
 #[cfg(test)]
@@ -253,8 +261,11 @@ mod tests {
 
     #[test]
     fn parses_e820_and_command_line_pointer() {
-        let boot = parse(&zero_page(&vmm_map(), 0x1_2002_0000)).unwrap();
+        let mut page = zero_page(&vmm_map(), 0x1_2002_0000);
+        page[ACPI_RSDP_ADDR..ACPI_RSDP_ADDR + 8].copy_from_slice(&0xe_0000u64.to_le_bytes());
+        let boot = parse(&page).unwrap();
         assert_eq!(boot.cmdline, 0x1_2002_0000);
+        assert_eq!(boot.acpi_rsdp, 0xe_0000);
         assert_eq!(boot.e820.entries().len(), 3);
         assert_eq!(
             boot.e820.entries()[2],

@@ -33,7 +33,7 @@ mod sync;
 mod time;
 
 // The host-testable half of the guest (src/lib.rs), used here as if it were local modules.
-use bulkhead_guest::{bootparams, cmdline, escape, layout, mptable, net, scenario, virtio};
+use bulkhead_guest::{acpi, bootparams, cmdline, escape, layout, mptable, net, scenario, virtio};
 
 use core::fmt::Display;
 use escape::Escaped;
@@ -67,6 +67,7 @@ pub extern "C" fn bsp_main(zero_page: u64) -> ! {
         smp::online(),
         machine::mib_rounded_up(boot.e820.ram_total())
     );
+    report_acpi_devices(&boot.e820, boot.acpi_rsdp);
 
     let mut machine = Machine {
         e820: boot.e820,
@@ -90,6 +91,21 @@ pub extern "C" fn bsp_main(zero_page: u64) -> ! {
         }
     }
     finish(status)
+}
+
+/// Lists the virtio-mmio devices the ACPI DSDT describes, one `acpi virtio-mmio` line each
+/// and their count, for the end-to-end tests to compare with the command line's. Not a
+/// check of its own: a VMM without ACPI (or without devices) is no failure here.
+fn report_acpi_devices(e820: &bootparams::E820, rsdp: u64) {
+    match acpi::virtio_mmio_devices(|addr, len| phys::bytes(e820, addr, len), rsdp) {
+        Ok(found) => {
+            for device in found.as_slice() {
+                say!("acpi virtio-mmio {device}");
+            }
+            say!("acpi virtio-mmio devices={}", found.as_slice().len());
+        }
+        Err(why) => say!("acpi virtio-mmio none: {why}"),
+    }
 }
 
 /// The VMM broke the boot contract: say how, exit with status 1.

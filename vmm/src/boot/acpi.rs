@@ -1,5 +1,5 @@
-//! ACPI tables: how a stock distribution kernel learns its processors, IOAPIC and interrupt
-//! routing.
+//! ACPI tables: how a stock distribution kernel learns its processors, IOAPIC, interrupt
+//! routing and virtio-mmio devices.
 //!
 //! Distribution kernels (Debian's cloud kernel, for one) are built without
 //! `CONFIG_X86_MPPARSE`, ignore the MP table and would run on one CPU. Like Firecracker and
@@ -7,10 +7,14 @@
 //! other fixed hardware):
 //!
 //! ```text
-//! RSDP (layout::ACPI_START) -> XSDT -> FADT (HW_REDUCED_ACPI) -> DSDT (no AML)
+//! RSDP (layout::ACPI_START) -> XSDT -> FADT (HW_REDUCED_ACPI) -> DSDT (an LNRO0005
+//!                                                                  device per virtio-mmio
+//!                                                                  slot)
 //!                                   -> MADT (a local APIC per vCPU, the IOAPIC,
 //!                                            IRQ 0 -> GSI 2, NMI on every LINT1)
 //! ```
+//!
+//! The DSDT's AML is written by [`super::dsdt`].
 //!
 //! [`write`] puts them in the e820-reserved BIOS area below the MP table and returns the
 //! RSDP's address, which the kernel gets in the zero page (`acpi_rsdp_addr`) or the PVH start
@@ -22,7 +26,6 @@ use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
 use acpi_tables::rsdp::Rsdp;
-use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -30,18 +33,17 @@ use zerocopy::byteorder::little_endian::{U16, U32};
 use zerocopy::{Immutable, IntoBytes};
 
 use super::mptable::{MAX_CPUS, PIT_IOAPIC_PIN};
-use super::{checksum, BootError};
+use super::{checksum, dsdt, BootError};
 use crate::layout;
+use crate::virtio::MmioSlot;
 
 /// OEM id of every table (and the RSDP).
 const OEM_ID: [u8; 6] = *b"BULKHD";
 const OEM_REVISION: u32 = 1;
-/// Revision 2: the DSDT's AML integers are 64-bit.
-const DSDT_REVISION: u8 = 2;
 /// Tables start on 16-byte boundaries (the RSDP must; the others need not, it is tidy).
 const TABLE_ALIGN: usize = 16;
 /// Length of the header every system description table starts with.
-const SDT_HEADER_LEN: usize = 36;
+pub(super) const SDT_HEADER_LEN: usize = 36;
 /// Offset of the header's checksum byte.
 const SDT_CHECKSUM_OFFSET: usize = 9;
 
@@ -163,14 +165,14 @@ impl Image {
     }
 }
 
-/// Builds the tables for `cpus` vCPUs; the result goes at [`layout::ACPI_START`] and starts
-/// with the RSDP.
-pub fn build(cpus: u8) -> Result<Vec<u8>, BootError> {
+/// Builds the tables for `cpus` vCPUs and the virtio-mmio `devices`; the result goes at
+/// [`layout::ACPI_START`] and starts with the RSDP.
+pub fn build(cpus: u8, devices: &[MmioSlot]) -> Result<Vec<u8>, BootError> {
     if cpus == 0 || cpus > MAX_CPUS {
         return Err(BootError::BadCpuCount(cpus.into()));
     }
     let mut image = Image::new();
-    let dsdt_addr = image.push(&dsdt());
+    let dsdt_addr = image.push_bytes(&dsdt::build(devices, OEM_ID, OEM_REVISION)?);
     let fadt_addr = image.push(&fadt(dsdt_addr));
     let madt_addr = image.push_bytes(&madt(cpus));
     let mut xsdt = XSDT::new(OEM_ID, *b"BKHDXSDT", OEM_REVISION);
@@ -191,26 +193,18 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, BootError> {
     Ok(image.bytes)
 }
 
-/// Writes the tables for `cpus` vCPUs into guest memory; returns the RSDP's address.
-pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<GuestAddress, BootError> {
-    let bytes = build(cpus)?;
+/// Writes the tables for `cpus` vCPUs and the virtio-mmio `devices` into guest memory;
+/// returns the RSDP's address.
+pub fn write(
+    mem: &GuestMemoryMmap,
+    cpus: u8,
+    devices: &[MmioSlot],
+) -> Result<GuestAddress, BootError> {
+    let bytes = build(cpus, devices)?;
     let rsdp = GuestAddress(layout::ACPI_START);
     mem.write_slice(&bytes, rsdp)
         .map_err(|e| BootError::GuestWrite("ACPI tables", e))?;
     Ok(rsdp)
-}
-
-/// The DSDT: a valid table with no AML. Nothing needs describing in it yet: the CPUs and
-/// interrupt controllers are in the MADT, and the legacy devices are found without ACPI.
-fn dsdt() -> Sdt {
-    Sdt::new(
-        *b"DSDT",
-        SDT_HEADER_LEN as u32,
-        DSDT_REVISION,
-        OEM_ID,
-        *b"BKHDDSDT",
-        OEM_REVISION,
-    )
 }
 
 /// The FADT of a hardware-reduced platform, pointing at the DSDT.
@@ -319,7 +313,7 @@ mod tests {
     #[test]
     fn rsdp_checksums_and_xsdt_address() {
         for cpus in CPU_COUNTS {
-            let image = build(cpus).unwrap();
+            let image = build(cpus, &[]).unwrap();
             let rsdp = &image[..Rsdp::len()];
             assert_eq!(&rsdp[..8], b"RSD PTR ");
             assert_eq!(sum(&rsdp[..20]), 0, "checksum (ACPI 1.0 part)");
@@ -337,7 +331,7 @@ mod tests {
     #[test]
     fn xsdt_lists_fadt_and_madt_with_valid_checksums() {
         for cpus in CPU_COUNTS {
-            let image = build(cpus).unwrap();
+            let image = build(cpus, &[]).unwrap();
             let entries = xsdt_entries(&image);
             assert_eq!(entries.len(), 2);
             find(&image, b"FACP");
@@ -347,7 +341,7 @@ mod tests {
 
     #[test]
     fn fadt_is_hardware_reduced_and_points_at_the_dsdt() {
-        let image = build(2).unwrap();
+        let image = build(2, &[]).unwrap();
         let fadt = find(&image, b"FACP");
         assert_eq!(fadt.len(), 276, "ACPI 6.x FADT length");
         assert_eq!(u32_at(fadt, 40), 0, "32-bit DSDT pointer unused");
@@ -361,9 +355,20 @@ mod tests {
     }
 
     #[test]
+    fn the_fadt_points_at_the_dsdt_of_the_devices_given() {
+        let slots: Vec<_> = (0..3).filter_map(crate::virtio::slot).collect();
+        let image = build(2, &slots).unwrap();
+        let fadt = find(&image, b"FACP");
+        let dsdt = table(&image, u64_at(fadt, 140), b"DSDT");
+        let want = dsdt::build(&slots, OEM_ID, OEM_REVISION).unwrap();
+        assert_eq!(dsdt, &want[..]);
+        assert!(dsdt.len() > SDT_HEADER_LEN);
+    }
+
+    #[test]
     fn madt_lists_cpus_ioapic_irq0_override_and_nmi() {
         for cpus in CPU_COUNTS {
-            let image = build(cpus).unwrap();
+            let image = build(cpus, &[]).unwrap();
             let madt = find(&image, b"APIC");
             assert_eq!(u32_at(madt, 36), 0xfee0_0000, "local APIC address");
             assert_eq!(u32_at(madt, 40), MADT_PCAT_COMPAT, "flags");
@@ -408,7 +413,7 @@ mod tests {
 
     #[test]
     fn tables_are_aligned_and_fit_for_the_most_cpus() {
-        let image = build(MAX_CPUS).unwrap();
+        let image = build(MAX_CPUS, &[]).unwrap();
         assert!(image.len() as u64 <= layout::ACPI_MAX_SIZE);
         for at in xsdt_entries(&image) {
             assert_eq!(at % TABLE_ALIGN as u64, 0);
@@ -419,16 +424,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_counts() {
-        assert!(matches!(build(0), Err(BootError::BadCpuCount(0))));
-        assert!(matches!(build(255), Err(BootError::BadCpuCount(255))));
+        assert!(matches!(build(0, &[]), Err(BootError::BadCpuCount(0))));
+        assert!(matches!(build(255, &[]), Err(BootError::BadCpuCount(255))));
     }
 
     #[test]
     fn write_puts_the_rsdp_at_acpi_start() {
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let at = write(&m, 4).unwrap();
+        let at = write(&m, 4, &[]).unwrap();
         assert_eq!(at, GuestAddress(layout::ACPI_START));
-        let image = build(4).unwrap();
+        let image = build(4, &[]).unwrap();
         let mut back = vec![0; image.len()];
         m.read_slice(&mut back, at).unwrap();
         assert_eq!(back, image);

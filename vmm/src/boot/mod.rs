@@ -8,6 +8,7 @@
 pub mod acpi;
 pub mod cmdline;
 pub mod cpu_tables;
+pub mod dsdt;
 pub mod e820;
 pub mod initrd;
 pub mod kernel;
@@ -22,6 +23,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 pub use kernel::{EntryProtocol, KernelImage};
 
 use crate::layout;
+use crate::virtio::MmioSlot;
 
 /// What to boot.
 #[derive(Clone, Debug)]
@@ -76,6 +78,14 @@ pub enum BootError {
     /// A CPU count the MP and ACPI tables cannot describe.
     #[error("{0} vCPUs cannot be described by the MP and ACPI tables (1 to 254)")]
     BadCpuCount(u32),
+    /// A virtio-mmio slot the DSDT cannot describe (a bug in the slot assignment).
+    #[error("virtio-mmio device {index} at {base:#x} cannot be described in the DSDT (Memory32Fixed needs its window below 4 GiB, the device name an index below 256)")]
+    AcpiDevice {
+        /// The slot's index.
+        index: usize,
+        /// Its base address.
+        base: u64,
+    },
     /// The ACPI tables do not fit below the MP table.
     #[error("the ACPI tables for {cpus} vCPUs take {size} bytes but only {room} bytes are reserved for them")]
     AcpiTablesTooBig {
@@ -119,12 +129,15 @@ pub fn open_files(cfg: &mut BootConfig) -> Result<(), BootError> {
 }
 
 /// Loads the kernel and initrd, writes the command line, e820 map, MP table, ACPI tables and
-/// the protocol's boot information into `mem` (`mem_size` bytes of RAM, `cpus` vCPUs).
+/// the protocol's boot information into `mem` (`mem_size` bytes of RAM, `cpus` vCPUs, the
+/// virtio-mmio devices at `mmio`, which the DSDT describes; the command line already names
+/// them).
 pub fn load(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     cpus: u8,
     cfg: &BootConfig,
+    mmio: &[MmioSlot],
 ) -> Result<BootEntry, BootError> {
     let ram_end = layout::ram_end_below_gap(mem_size);
     let kernel = kernel::load(mem, &cfg.kernel, ram_end)?;
@@ -144,7 +157,7 @@ pub fn load(
     };
     let e820 = e820::memory_map(mem_size);
     mptable::write(mem, cpus)?;
-    let rsdp = acpi::write(mem, cpus)?;
+    let rsdp = acpi::write(mem, cpus, mmio)?;
     let boot_info = match kernel.protocol {
         EntryProtocol::Linux64 => {
             let params = zero_page::build(
@@ -197,14 +210,15 @@ mod tests {
             initrd: None,
             cmdline: "console=ttyS0".to_string(),
         };
-        let entry = load(&mem, mem_size, 4, &cfg).unwrap();
+        let slots: Vec<_> = (0..2).filter_map(crate::virtio::slot).collect();
+        let entry = load(&mem, mem_size, 4, &cfg, &slots).unwrap();
         // The test guest uses the 64-bit protocol: acpi_rsdp_addr is at 0x070 of the zero page.
         assert_eq!(entry.protocol, EntryProtocol::Linux64);
         let rsdp: u64 = mem
             .read_obj(GuestAddress(entry.boot_info.0 + 0x70))
             .unwrap();
         assert_eq!(rsdp, layout::ACPI_START);
-        let tables = acpi::build(4).unwrap();
+        let tables = acpi::build(4, &slots).unwrap();
         let mut written = vec![0; tables.len()];
         mem.read_slice(&mut written, GuestAddress(rsdp)).unwrap();
         assert_eq!(written, tables);

@@ -25,15 +25,36 @@ pub const LAST_IRQ: u32 = 23;
 
 const _: () = assert!(MMIO_BASE >= crate::layout::MMIO_GAP_START);
 
-/// Where device `index` lives: its MMIO base and interrupt line, or `None` past the last pin.
-pub fn slot(index: usize) -> Option<(u64, u32)> {
-    let irq = FIRST_IRQ.checked_add(u32::try_from(index).ok()?)?;
-    (irq <= LAST_IRQ).then(|| (MMIO_BASE + index as u64 * MMIO_SIZE, irq))
+/// Where a virtio-mmio device lives: its register window and interrupt line. The builder
+/// takes each device's from [`slot`] once, and both descriptions the guest gets come from
+/// that one value: the command line ([`MmioSlot::cmdline_token`]) and the ACPI DSDT
+/// (`boot::dsdt`), so they cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioSlot {
+    /// The device's index: its place in the VM's device list (disks, nets, console).
+    pub index: usize,
+    /// Guest-physical base of its [`MMIO_SIZE`] window.
+    pub base: u64,
+    /// Its IOAPIC pin (GSI), raised edge-triggered through an irqfd.
+    pub irq: u32,
 }
 
-/// The kernel command-line token announcing a device (Linux's virtio_mmio.device syntax).
-pub fn cmdline_token(base: u64, irq: u32) -> String {
-    format!("virtio_mmio.device=4K@{base:#x}:{irq}")
+impl MmioSlot {
+    /// The kernel command-line token announcing the device (Linux's virtio_mmio.device
+    /// syntax).
+    pub fn cmdline_token(&self) -> String {
+        format!("virtio_mmio.device=4K@{:#x}:{}", self.base, self.irq)
+    }
+}
+
+/// Where device `index` lives, or `None` past the last pin.
+pub fn slot(index: usize) -> Option<MmioSlot> {
+    let irq = FIRST_IRQ.checked_add(u32::try_from(index).ok()?)?;
+    (irq <= LAST_IRQ).then(|| MmioSlot {
+        index,
+        base: MMIO_BASE + index as u64 * MMIO_SIZE,
+        irq,
+    })
 }
 
 #[cfg(test)]
@@ -42,16 +63,17 @@ mod tests {
 
     #[test]
     fn slots_and_tokens() {
-        assert_eq!(slot(0), Some((0xd000_0000, 5)));
-        assert_eq!(slot(2), Some((0xd000_2000, 7)));
-        assert_eq!(slot(18), Some((0xd001_2000, 23)));
-        assert_eq!(slot(19), None);
+        let at = |index| slot(index).map(|s| (s.index, s.base, s.irq));
+        assert_eq!(at(0), Some((0, 0xd000_0000, 5)));
+        assert_eq!(at(2), Some((2, 0xd000_2000, 7)));
+        assert_eq!(at(18), Some((18, 0xd001_2000, 23)));
+        assert_eq!(at(19), None);
         assert_eq!(
-            cmdline_token(0xd000_1000, 6),
+            slot(1).unwrap().cmdline_token(),
             "virtio_mmio.device=4K@0xd0001000:6"
         );
         // The devices stay inside the MMIO gap, below the IOAPIC.
-        let (last, _) = slot(18).unwrap();
-        assert!(last + MMIO_SIZE <= crate::layout::IOAPIC_START);
+        let last = slot(18).unwrap();
+        assert!(last.base + MMIO_SIZE <= crate::layout::IOAPIC_START);
     }
 }
