@@ -19,8 +19,6 @@ pub struct Cli {
 // Parsed once at start-up and taken apart right away: boxing `RunArgs` would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
-// Made once per process from the command line: boxing `run`'s many flags would buy nothing.
-#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Boot a microVM (the built-in test guest when no --kernel is given).
     ///

@@ -13,8 +13,8 @@ mod fail;
 mod memory;
 pub mod net;
 mod panic;
-mod transport;
 mod serial_flood;
+mod transport;
 
 use crate::machine::Machine;
 use crate::scenario::Scenario;
