@@ -351,3 +351,65 @@ fn a_launcher_under_another_name_keeps_its_namespace_when_another_starts() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_nothing_left(pid, &kids);
 }
+
+#[test]
+fn a_stop_signal_while_the_vm_starts_stops_it_and_leaves_nothing() {
+    require_kvm!();
+    let _serial = serial();
+    if let Some(why) = common::netns::unavailable() {
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
+        return;
+    }
+    // SIGTERM once the launcher has started `started` of its three processes: while the
+    // others start, the vmm builds the VM, the launcher waits for its handshake.
+    for started in 1..=3 {
+        let img = common::disk::Image::new(&format!("stop-while-starting-{started}"), 1 << 20);
+        let mut child = common::bulkhead()
+            .args([
+                "run",
+                "--serial",
+                "off",
+                "--net",
+                "auto",
+                "--console",
+                "off",
+            ])
+            .arg("--disk")
+            .arg(img.disk_arg(""))
+            .args([
+                "--cmdline",
+                "bulkhead.test=net-serve bulkhead.net.serve-ms=30000",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting bulkhead");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut kids = Vec::new();
+        while kids.len() < started && std::time::Instant::now() < deadline {
+            kids = children(pid);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(kids.len() >= started, "only {kids:?} started");
+        // SAFETY: SIGTERM to the bulkhead process this test started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+        let status = common::wait_until(
+            &mut child,
+            std::time::Instant::now() + Duration::from_secs(60),
+        );
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        // The launcher handled it (it was not killed by it) and took everything down.
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(128 + libc::SIGTERM),
+            "SIGTERM after {started} processes: {status:?}\n{stderr}"
+        );
+        assert!(stderr.contains("stopping the VM"), "{stderr}");
+        assert_nothing_left(pid, &kids);
+    }
+}

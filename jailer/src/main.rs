@@ -22,6 +22,7 @@ mod run;
 mod run_dir;
 mod safe_open;
 mod stale;
+mod stop_signals;
 mod supervise;
 mod tap;
 mod untrusted;

@@ -12,6 +12,7 @@ use crate::devices::{Devices, CONSOLE};
 use crate::identity::Identity;
 use crate::launch::console::ConsoleStream;
 use crate::launch::{self, confine, Confinement};
+use crate::stop_signals::StopSignals;
 use crate::supervise::Supervisor;
 
 /// Builds the VM configuration from the command line (without devices), to refuse bad
@@ -37,6 +38,15 @@ pub fn main(args: RunArgs) -> i32 {
 }
 
 fn run(args: &RunArgs) -> i32 {
+    // First: a stop signal from here on waits for its turn instead of killing the launcher
+    // half-way through making the VM (leaving its namespaces and cgroups behind).
+    let signals = match StopSignals::catch() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bulkhead: error: cannot catch termination signals: {e}");
+            return EXIT_BULKHEAD_FAILED;
+        }
+    };
     bulkhead_seccomp::mode::set_children_mode(args.seccomp);
     let config = match vm_config(args) {
         Ok(c) => c,
@@ -85,6 +95,10 @@ fn run(args: &RunArgs) -> i32 {
         Ok(d) => d,
         Err(e) => return fail(&e),
     };
+    if let Some(code) = stopped_while_starting(&signals) {
+        devices.stop();
+        return code;
+    }
     // The virtio console on the terminal owns its input; the serial console only prints.
     let serial_input =
         console != Some(ConsoleStream::Stdio) && config.serial == SerialOutput::Stdio;
@@ -100,11 +114,18 @@ fn run(args: &RunArgs) -> i32 {
     let terminal = unsafe { libc::isatty(0) } == 1;
     let resize = (console == Some(ConsoleStream::Stdio) && terminal).then(|| CONSOLE.into());
     let code = match Supervisor::new(vmm, control, &mut devices, api, resize) {
-        Ok(supervisor) => supervisor.run(),
+        Ok(supervisor) => supervisor.run(&signals),
         Err(code) => code,
     };
     devices.stop();
     code
+}
+
+/// The exit status for a stop signal caught while the VM was starting, if one was.
+fn stopped_while_starting(signals: &StopSignals) -> Option<i32> {
+    let signal = signals.stop_requested()?;
+    eprintln!("bulkhead: signal {signal}: stopping the VM before it started");
+    Some(128 + signal)
 }
 
 /// Sets how the processes are confined; refuses what cannot be done (confinement fails

@@ -7,9 +7,8 @@
 //! their own (see `launch::spawn`), so a Ctrl-C on the terminal reaches only the launcher,
 //! which stops everything in order.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use bulkhead_protocol::{
@@ -20,54 +19,13 @@ use bulkhead_vmm::process::EXIT_BULKHEAD_FAILED;
 use crate::api::ApiSocket;
 use crate::devices::Devices;
 use crate::launch::{DeviceProcess, VMM};
+use crate::stop_signals::{Caught, StopSignals};
 use crate::untrusted::sanitize;
 
 /// How long the vmm gets to end after being asked to stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long the vmm gets for the handshake and for answering a request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// The signals that stop the VM.
-const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
-
-/// Write end of the self-pipe the signal handler reports on (-1: none yet).
-static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(signal: libc::c_int) {
-    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
-    let byte = signal as u8;
-    // SAFETY: write(2) is async-signal-safe; one byte from a local to the pipe's write end,
-    // which stays open for the life of the process.
-    unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
-}
-
-/// Routes the stop signals (and SIGWINCH when `resize`) into a pipe; returns its read end.
-fn catch_signals(resize: bool) -> std::io::Result<OwnedFd> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the local array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are owned by nothing else; the write end is
-    // deliberately kept open for the handler (a second call leaks the first pipe's end).
-    let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
-    SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
-    let winch = resize.then_some(libc::SIGWINCH);
-    for s in STOP_SIGNALS.into_iter().chain(winch) {
-        // SAFETY: installs a handler that only calls write(2); the sigaction struct is a
-        // zero-initialised local.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            if libc::sigaction(s, &sa, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(read)
-}
-
 /// What the vmm said about the VM's end.
 #[derive(Default)]
 struct Report {
@@ -121,18 +79,9 @@ impl<'a> Supervisor<'a> {
 
     /// Runs until the VM has ended; returns the exit status, having told the user what
     /// went wrong if anything did.
-    pub fn run(mut self) -> i32 {
-        let signals = match catch_signals(self.resize.is_some()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("bulkhead: error: cannot catch termination signals: {e}");
-                let _ = self.channel.send(&ToProcess::Shutdown, &[]);
-                let _ = self.vmm.stop();
-                return EXIT_BULKHEAD_FAILED;
-            }
-        };
+    pub fn run(mut self, signals: &StopSignals) -> i32 {
         while self.report.exited.is_none() {
-            if !self.wait_once(&signals) {
+            if !self.wait_once(signals) {
                 break;
             }
         }
@@ -140,8 +89,8 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Waits for one event and handles it; false when the vmm's channel is gone.
-    fn wait_once(&mut self, signals: &OwnedFd) -> bool {
-        let mut fds = vec![pollin(self.channel_fd()), pollin(signals.as_raw_fd())];
+    fn wait_once(&mut self, signals: &StopSignals) -> bool {
+        let mut fds = vec![pollin(self.channel_fd()), pollin(signals.fd())];
         if let Some(api) = &self.api {
             fds.push(pollin(api.listener_fd()));
         }
@@ -164,15 +113,14 @@ impl<'a> Supervisor<'a> {
             return self.receive();
         }
         if fds[1].revents != 0 {
-            let mut byte = 0u8;
-            // SAFETY: reads one byte into a local from the pipe's read end (non-blocking).
-            let got = unsafe { libc::read(signals.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
-            if got == 1 && i32::from(byte) == libc::SIGWINCH {
-                self.terminal_resized();
-            } else if got == 1 && self.signal.is_none() {
-                self.signal = Some(i32::from(byte));
-                eprintln!("bulkhead: signal {byte}: stopping the VM");
-                self.shut_down();
+            match signals.next() {
+                Some(Caught::Resized) => self.terminal_resized(),
+                Some(Caught::Stop(s)) if self.signal.is_none() => {
+                    self.signal = Some(s);
+                    eprintln!("bulkhead: signal {s}: stopping the VM");
+                    self.shut_down();
+                }
+                _ => {}
             }
             return true;
         }
