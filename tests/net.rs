@@ -157,9 +157,11 @@ fn host_pings_the_guest_and_arp_resolves_its_mac() {
     ));
     let mut seen = Vec::new();
     vm.wait_for("bulkhead-guest: net0 serving", &mut seen);
+    // -w: a deadline; ping ends as soon as every reply is in. (With -W alone it waits for the
+    // last reply only twice the slowest round trip so far: too short on a loaded machine.)
     let ping = common::netns::exec(
         &vm.ns,
-        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.2.2"],
+        &["ping", "-c", "3", "-i", "0.2", "-w", "20", "10.0.2.2"],
     );
     let ping_out = String::from_utf8_lossy(&ping.stdout).into_owned();
     let neigh = common::netns::exec(&vm.ns, &["ip", "neigh", "show", "10.0.2.2"]);
@@ -315,9 +317,11 @@ fn named_tap_in_the_callers_namespace() {
             .success();
         assert!(ok, "ip {args:?}");
     }
+    // -w: a deadline; ping ends as soon as every reply is in. (With -W alone it waits for the
+    // last reply only twice the slowest round trip so far: too short on a loaded machine.)
     let ping = common::netns::exec(
         &ns,
-        &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.0.7.2"],
+        &["ping", "-c", "2", "-i", "0.2", "-w", "20", "10.0.7.2"],
     );
     stop_serving(&ns, "10.0.7.2", &rx, &mut seen);
     let status = common::wait_until(&mut child, Instant::now() + Duration::from_secs(30));
@@ -478,9 +482,11 @@ fn two_queue_pairs_guest_on_pair_zero() {
     })
     .expect("entering the namespace")
     .expect("echo over UDP");
+    // -w: a deadline; ping ends as soon as every reply is in. (With -W alone it waits for the
+    // last reply only twice the slowest round trip so far: too short on a loaded machine.)
     let ping = common::netns::exec(
         &ns,
-        &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.0.2.2"],
+        &["ping", "-c", "2", "-i", "0.2", "-w", "20", "10.0.2.2"],
     );
     let ping_out = String::from_utf8_lossy(&ping.stdout).into_owned();
     vm.stop_serving(&mut seen);
