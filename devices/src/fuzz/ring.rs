@@ -58,7 +58,9 @@ pub struct Ring {
     pub mem: GuestRam,
     /// The device's view of the queue.
     pub queue: Queue,
+    /// The size the queue took (its maximum if it refused the driver's).
     size: u16,
+    requested_size: u16,
     desc: u64,
     avail: u64,
     used: u64,
@@ -129,7 +131,7 @@ impl Ring {
 
     /// The queue's size and ring addresses, as the driver gave them.
     pub fn layout(&self) -> (u16, u64, u64, u64) {
-        (self.size, self.desc, self.avail, self.used)
+        (self.requested_size, self.desc, self.avail, self.used)
     }
 
     fn build_with(input: &mut Input, from_zero: bool) -> Ring {
@@ -185,18 +187,18 @@ impl Ring {
         let _ = mem.write_slice(&data[..data.len().min(room)], GuestAddress(DATA));
 
         let mut queue = Queue::new(MAX_SIZE).expect("256 is a valid queue size");
-        queue.set_size(size);
-        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-        let (lo, hi) = split(desc);
-        queue.set_desc_table_address(lo, hi);
-        let (lo, hi) = split(avail);
-        queue.set_avail_ring_address(lo, hi);
-        let (lo, hi) = split(used);
-        queue.set_used_ring_address(lo, hi);
+        // A size or a misaligned address the queue refuses: vhost-user-backend refuses the
+        // message (SET_VRING_NUM, SET_VRING_ADDR) and the queue never starts; so here.
+        let accepted = queue.try_set_size(size).is_ok()
+            && queue.try_set_desc_table_address(GuestAddress(desc)).is_ok()
+            && queue
+                .try_set_avail_ring_address(GuestAddress(avail))
+                .is_ok()
+            && queue.try_set_used_ring_address(GuestAddress(used)).is_ok();
         queue.set_event_idx(event_idx);
         queue.set_next_avail(start);
         queue.set_next_used(start);
-        queue.set_ready(true);
+        queue.set_ready(accepted);
 
         let mut snapshot = vec![0u8; MEM_SIZE as usize];
         mem.read_slice(&mut snapshot, GuestAddress(0))
@@ -204,6 +206,7 @@ impl Ring {
         Ring {
             mem,
             size: queue.size(),
+            requested_size: size,
             queue,
             desc,
             avail,
