@@ -9,7 +9,7 @@ use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_MAGIC_VALUE, VIRTIO_MMIO_VERSION}
 
 use crate::devices::bus::BusDevice;
 use crate::virtio::backend::{ActivateError, QueueConfig, VirtioBackend};
-use crate::virtio::mmio::{transport_filter, MmioTransport};
+use crate::virtio::mmio::MmioTransport;
 
 /// What the fake device saw.
 #[derive(Debug, Default)]
@@ -28,6 +28,9 @@ struct Fake {
 }
 
 const OFFERED: u64 = (1 << 32) | (1 << 29) | (1 << 30) | (1 << 34) | (1 << 28) | 0x42;
+/// What of [`OFFERED`] a guest may get (said here, not taken from the transport under
+/// test): device bits 0..=23, INDIRECT_DESC (28), EVENT_IDX (29), VERSION_1 (32).
+const NEGOTIABLE: u64 = OFFERED & ((1 << 24) - 1 | 1 << 28 | 1 << 29 | 1 << 32);
 
 impl VirtioBackend for Fake {
     fn name(&self) -> &str {
@@ -62,7 +65,7 @@ impl VirtioBackend for Fake {
         queues: &[Option<QueueConfig>],
     ) -> Result<(), ActivateError> {
         assert_eq!(
-            features & !transport_filter(OFFERED),
+            features & !NEGOTIABLE,
             0,
             "activated with features {features:#x} that were not offered"
         );
@@ -181,7 +184,11 @@ mod tests {
     #[test]
     fn the_handshake_activates() {
         let mut rng = Rng::new(11);
-        assert_eq!(fuzz_mmio(&valid(&mut rng)), 1);
+        let activations: usize = (0..16).map(|_| fuzz_mmio(&valid(&mut rng))).sum();
+        assert!(
+            activations >= 4,
+            "{activations} activations in 16 handshakes"
+        );
     }
 
     #[test]
