@@ -30,7 +30,7 @@ struct Fake {
 const OFFERED: u64 = (1 << 32) | (1 << 29) | (1 << 30) | (1 << 34) | (1 << 28) | 0x42;
 /// What of [`OFFERED`] a guest may get (said here, not taken from the transport under
 /// test): device bits 0..=23, INDIRECT_DESC (28), EVENT_IDX (29), VERSION_1 (32).
-const NEGOTIABLE: u64 = OFFERED & ((1 << 24) - 1 | 1 << 28 | 1 << 29 | 1 << 32);
+const NEGOTIABLE: u64 = OFFERED & (((1 << 24) - 1) | (1 << 28) | (1 << 29) | (1 << 32));
 
 impl VirtioBackend for Fake {
     fn name(&self) -> &str {
