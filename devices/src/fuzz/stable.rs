@@ -4,7 +4,9 @@
 //! the input, which then belongs in the harness's regression list.
 //!
 //! Budget: 1.5 seconds or 20 000 inputs, whichever comes first. `BULKHEAD_FUZZ_SECS=N`
-//! runs for N seconds with no input limit; `BULKHEAD_FUZZ_SEED=N` changes the seed.
+//! runs for N seconds with no input limit; `BULKHEAD_FUZZ_SEED=N` changes the seed;
+//! `BULKHEAD_FUZZ_SEEDS_DIR=DIR` also writes 16 well-formed inputs there (`NAME-N`), a
+//! seed corpus for the libFuzzer target.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -83,6 +85,14 @@ pub fn run_bounded<T>(
     };
     let seed = env_u64("BULKHEAD_FUZZ_SEED").unwrap_or(0x5eed_b10c_f00d);
     let mut rng = Rng::new(seed);
+    if let Some(dir) = std::env::var_os("BULKHEAD_FUZZ_SEEDS_DIR") {
+        for i in 0..16 {
+            let path = std::path::Path::new(&dir).join(format!("{name}-{i}"));
+            if let Err(e) = std::fs::write(&path, valid(&mut rng)) {
+                panic!("writing seed {}: {e}", path.display());
+            }
+        }
+    }
     let start = Instant::now();
     let mut inputs = 0usize;
     while inputs < max_inputs && start.elapsed() < budget {

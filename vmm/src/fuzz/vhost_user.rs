@@ -128,6 +128,7 @@ pub fn fuzz_vhost_user(data: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::config_size::config_size;
     use bulkhead_devices::fuzz::stable::{run_bounded, Rng};
 
     const REPLY: u32 = 0x5; // version 1, reply
@@ -174,7 +175,7 @@ mod tests {
         for _ in 0..rng.below(8) {
             match rng.below(3) {
                 0 => {
-                    let size = [8u32, 12, 60][rng.below(3)];
+                    let size = config_size(u32::from(device_type) + 1, features) as u32;
                     let mut body = Vec::new();
                     body.extend(0u32.to_le_bytes());
                     body.extend(size.to_le_bytes());
