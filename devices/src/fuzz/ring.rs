@@ -310,12 +310,10 @@ impl Ring {
             };
             if d.flags & F_INDIRECT != 0 {
                 meta.push(d.addr..d.addr.saturating_add(u64::from(d.len)));
-                for j in 0..(d.len / 16).min(u32::from(u16::MAX)) as u16 {
-                    match self.snap_desc(d.addr, j) {
-                        Some(e) if e.flags & F_WRITE != 0 => writable.push(e),
-                        _ => {}
-                    }
-                }
+                // Up to the end of memory: the table's entries are contiguous.
+                let entries = (d.len / 16).min(u32::from(u16::MAX)) as u16;
+                let table = (0..entries).map_while(|j| self.snap_desc(d.addr, j));
+                writable.extend(table.filter(|e| e.flags & F_WRITE != 0));
             } else if d.flags & F_WRITE != 0 {
                 writable.push(d);
             }
