@@ -4,4 +4,7 @@
 pub mod block;
 pub mod console;
 pub mod daemon;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod net;

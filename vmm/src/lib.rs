@@ -7,6 +7,9 @@ pub mod boot;
 pub mod builder;
 pub mod config;
 pub mod devices;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod kvm;
 pub mod layout;
 pub mod memory;

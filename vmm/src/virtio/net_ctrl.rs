@@ -6,7 +6,7 @@
 
 use bulkhead_ratelimit::{debug_limited, warn_limited};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::backend::QueueConfig;
 
@@ -38,14 +38,25 @@ impl CtrlQueue {
     /// The queue as the driver configured it.
     pub fn new(config: &QueueConfig, features: u64) -> Result<Self, CtrlError> {
         let mut queue = Queue::new(CTRL_QUEUE_SIZE).map_err(|e| CtrlError(e.to_string()))?;
-        queue.set_size(config.size);
-        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-        let (lo, hi) = split(config.desc);
-        queue.set_desc_table_address(lo, hi);
-        let (lo, hi) = split(config.avail);
-        queue.set_avail_ring_address(lo, hi);
-        let (lo, hi) = split(config.used);
-        queue.set_used_ring_address(lo, hi);
+        // The `try_` setters: the plain ones keep the old value when refusing one (a size
+        // that is no power of two, a misaligned ring), and the queue would be served at a
+        // size or address other than the driver's.
+        let refused = |what: &str| {
+            let what = what.to_owned();
+            move |e: virtio_queue::Error| CtrlError(format!("{what}: {e}"))
+        };
+        queue
+            .try_set_size(config.size)
+            .map_err(refused(&format!("size {}", config.size)))?;
+        queue
+            .try_set_desc_table_address(GuestAddress(config.desc))
+            .map_err(refused("descriptor table"))?;
+        queue
+            .try_set_avail_ring_address(GuestAddress(config.avail))
+            .map_err(refused("available ring"))?;
+        queue
+            .try_set_used_ring_address(GuestAddress(config.used))
+            .map_err(refused("used ring"))?;
         queue.set_event_idx(features & VIRTIO_RING_F_EVENT_IDX != 0);
         queue.set_ready(true);
         Ok(CtrlQueue { queue })

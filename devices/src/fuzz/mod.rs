@@ -1,0 +1,19 @@
+//! Fuzzing entry points for what a guest feeds the device backends: block request chains,
+//! net TX chains and RX frames, console transmit and receive chains.
+//!
+//! Each `fuzz_*` function takes arbitrary bytes, builds a split virtqueue from them in a
+//! fresh guest memory ([`ring`]), runs the device's own queue code on it and checks what
+//! the device reported in the used ring. The libFuzzer targets in `devices/fuzz/` and the
+//! bounded stable runs in `cargo test` (the `tests` modules here) call the same functions.
+//! Compiled for tests and with the `fuzzing` feature only; never part of a backend binary.
+
+pub mod block;
+pub mod console;
+pub mod input;
+pub mod net;
+pub mod ring;
+pub mod stable;
+
+pub use block::fuzz_block;
+pub use console::fuzz_console;
+pub use net::fuzz_net;
