@@ -16,6 +16,9 @@ use crate::virtio::mmio::MmioTransport;
 struct Seen {
     activations: usize,
     failed_activations: usize,
+    /// Activations tried since the last reset reached the device: at most one (a driver
+    /// that clears DRIVER_OK and sets it again must not start the backend twice).
+    since_reset: usize,
 }
 
 /// A device offering features with bits the transport must filter (vhost-user's bit 30,
@@ -76,6 +79,8 @@ impl VirtioBackend for Fake {
         );
         assert_eq!(queues.len(), self.sizes.len(), "one entry per queue");
         let mut seen = self.seen.lock().expect("not poisoned");
+        seen.since_reset += 1;
+        assert_eq!(seen.since_reset, 1, "activated again without a reset");
         if self.fail {
             seen.failed_activations += 1;
             return Err(ActivateError {
@@ -86,7 +91,9 @@ impl VirtioBackend for Fake {
         seen.activations += 1;
         Ok(())
     }
-    fn reset(&mut self) {}
+    fn reset(&mut self) {
+        self.seen.lock().expect("not poisoned").since_reset = 0;
+    }
     fn notify(&mut self, _queue: u32) {}
     fn interrupt(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -175,6 +182,11 @@ mod tests {
         write(&mut out, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000);
         write(&mut out, VIRTIO_MMIO_QUEUE_READY, 1);
         write(&mut out, VIRTIO_MMIO_STATUS, 0xf);
+        if rng.below(2) == 1 {
+            // DRIVER_OK cleared without a reset, then set again: must not start it twice.
+            write(&mut out, VIRTIO_MMIO_STATUS, 0xb);
+            write(&mut out, VIRTIO_MMIO_STATUS, 0xf);
+        }
         if rng.below(2) == 1 {
             write(&mut out, VIRTIO_MMIO_STATUS, 0);
         }
