@@ -141,8 +141,22 @@ impl Vm {
             let _ = monitor_exit.write(1);
             let _ = m.join();
         }
-        Ok(reason)
+        Ok(device_failure_first(reason, &rx))
     }
+}
+
+/// The reason the VM stopped, a backend's failure taking precedence over the guest's own
+/// end: a guest that sees its device fail (FAILED status after a backend died during
+/// set-up) may exit before the monitor thread reports the hang-up, and the user must be told
+/// that a device process died (exit 125), not only that the guest gave up. Called once
+/// every sender has ended, so what the monitor found is in `rx`.
+fn device_failure_first(reason: VmStop, rx: &mpsc::Receiver<VmStop>) -> VmStop {
+    if !matches!(reason, VmStop::GuestStatus(_) | VmStop::Reset) {
+        return reason;
+    }
+    rx.try_iter()
+        .find(|s| matches!(s, VmStop::DeviceFailed { .. }))
+        .unwrap_or(reason)
 }
 
 /// Sets the stop flag and kicks every vCPU thread out of `KVM_RUN` (or its pause) until all
@@ -166,5 +180,47 @@ fn stop_vcpus(stop: &AtomicBool, pause: &Pause, threads: Vec<JoinHandle<()>>) {
         if t.join().is_err() {
             log::error!("a vCPU thread panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> VmStop {
+        VmStop::DeviceFailed {
+            device: "net0".into(),
+            why: "hung up".into(),
+        }
+    }
+
+    #[test]
+    fn a_backend_failure_outranks_the_guest_ending() {
+        let (tx, rx) = mpsc::channel();
+        tx.send(failed()).unwrap();
+        drop(tx);
+        assert!(matches!(
+            device_failure_first(VmStop::GuestStatus(1), &rx),
+            VmStop::DeviceFailed { .. }
+        ));
+    }
+
+    #[test]
+    fn the_guest_ending_stands_alone_and_a_shutdown_is_not_overridden() {
+        let (tx, rx) = mpsc::channel();
+        drop(tx);
+        assert!(matches!(
+            device_failure_first(VmStop::GuestStatus(0), &rx),
+            VmStop::GuestStatus(0)
+        ));
+        let (tx, rx) = mpsc::channel();
+        tx.send(failed()).unwrap();
+        let shutdown = VmStop::Shutdown {
+            why: "signal 15".into(),
+        };
+        assert!(matches!(
+            device_failure_first(shutdown, &rx),
+            VmStop::Shutdown { .. }
+        ));
     }
 }

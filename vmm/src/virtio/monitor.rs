@@ -67,15 +67,17 @@ fn wait_for_hangup(watched: &[Watched], exit: &EventFd) -> Option<VmStop> {
             return None;
         }
         let (exit_fd, device_fds) = fds.split_last()?;
-        if exit_fd.revents != 0 {
-            return None;
-        }
+        // A hang-up first: told to end while a backend is already gone (the guest ended on
+        // seeing its device fail), the failure is still what the VM stopped for.
         let hung_up = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
         if let Some(i) = device_fds.iter().position(|p| p.revents & hung_up != 0) {
             return Some(VmStop::DeviceFailed {
                 device: watched[i].name.clone(),
                 why: "its vhost-user backend closed the connection (the backend process exited or crashed)".into(),
             });
+        }
+        if exit_fd.revents != 0 {
+            return None;
         }
     }
 }
@@ -127,5 +129,28 @@ mod tests {
         exit.write(1).unwrap();
         t.join().unwrap();
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_hangup_already_there_when_told_to_end_is_still_reported() {
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(a);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let exit = EventFd::new(0).unwrap();
+        exit.write(1).unwrap();
+        let t = spawn(
+            vec![Watched {
+                name: "net0".into(),
+                socket: OwnedFd::from(b),
+            }],
+            exit.try_clone().unwrap(),
+            tx,
+        )
+        .unwrap();
+        t.join().unwrap();
+        match rx.try_recv() {
+            Ok(VmStop::DeviceFailed { device, .. }) => assert_eq!(device, "net0"),
+            other => panic!("{other:?}"),
+        }
     }
 }
