@@ -31,12 +31,7 @@ use clap::Parser;
 
 fn main() {
     // Every log call site limited: what the VM's processes report must not flood the logs.
-    let logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-            .format_timestamp_millis()
-            .build();
-    let max = logger.filter();
-    if let Err(e) = bulkhead_ratelimit::install(logger, max) {
+    if let Err(e) = bulkhead_ratelimit::init_env_logger() {
         eprintln!("bulkhead: setting up logging: {e}");
     }
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();

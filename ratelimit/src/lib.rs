@@ -17,7 +17,7 @@ mod logger;
 mod site;
 
 pub use bucket::TokenBucket;
-pub use logger::{admitted, install, LimitedLogger};
+pub use logger::{admitted, init_env_logger, install, LimitedLogger};
 pub use site::{LogSite, LINES_PER_SEC, LINE_BURST};
 
 #[doc(hidden)]

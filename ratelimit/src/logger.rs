@@ -114,6 +114,18 @@ pub fn install(inner: impl Log + 'static, max: LevelFilter) -> Result<(), SetLog
     Ok(())
 }
 
+/// Every bulkhead program's logging: env_logger on stderr (`RUST_LOG`, default `warn`,
+/// millisecond timestamps), limited per call site. A second call (several daemons in one
+/// test process) changes nothing and says so.
+pub fn init_env_logger() -> Result<(), SetLoggerError> {
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+            .format_timestamp_millis()
+            .build();
+    let max = logger.filter();
+    install(logger, max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

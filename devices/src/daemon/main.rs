@@ -43,12 +43,7 @@ where
     };
     // A second initialisation (several daemons in one test process) is harmless.
     // Every log call site limited: a guest (or the frontend) must not flood the host's logs.
-    let logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-            .format_timestamp_millis()
-            .build();
-    let max = logger.filter();
-    let _ = bulkhead_ratelimit::install(logger, max);
+    let _ = bulkhead_ratelimit::init_env_logger();
     if args.common().print_capabilities {
         println!("{}", backend.capabilities);
         return 0;

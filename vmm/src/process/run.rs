@@ -30,12 +30,7 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     // The vCPU threads install their filters in this mode.
     bulkhead_seccomp::mode::set_process_mode(args.seccomp);
     // Every log call site limited: a guest (or a backend) must not flood the host's logs.
-    let logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-            .format_timestamp_millis()
-            .build();
-    let max = logger.filter();
-    let _ = bulkhead_ratelimit::install(logger, max);
+    let _ = bulkhead_ratelimit::init_env_logger();
     // Adopted only: the handshake waits until the vmm is jailed (see `run`).
     let mut control = match args.control_fd.map(Control::adopt) {
         Some(Ok(c)) => Some(c),
