@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// Size of the scratch disk.
 const SCRATCH_BYTES: u64 = 64 << 20;
 /// The scratch disk's name in its directory.
-const SCRATCH_NAME: &str = "scratch.img";
+pub const SCRATCH_NAME: &str = "scratch.img";
 
 /// The demo's scratch disk, alone in a private directory; both deleted when dropped.
 ///
