@@ -23,7 +23,8 @@ pub const SCRATCH_NAME: &str = "scratch.img";
 /// exclusively, a new name if one is taken), and in it the image, created exclusively,
 /// mode 0600, not following a link. If the launcher is killed before it can remove them,
 /// the directory (`bulkhead-<pid>-XXXXXX` in the temporary directory, the launcher's pid)
-/// stays behind, readable by root only.
+/// stays behind, readable by root only, until the next launcher's reaper removes it
+/// ([`crate::stale`]).
 pub struct Demo {
     dir: PathBuf,
     scratch: PathBuf,
