@@ -61,11 +61,59 @@ fn host_input_reaches_the_guest_and_comes_back() {
     let got = stream.read_exact(&mut back);
     stream.write_all(&[0x04]).unwrap(); // Ctrl-D ends the echo
     let out = child.join().expect("bulkhead thread");
+    // The launcher made the socket file; it removes it when the VM has ended.
+    let left = std::fs::symlink_metadata(&socket).is_ok();
     let _ = std::fs::remove_file(&socket);
     out.assert_no_panic();
     got.unwrap_or_else(|e| panic!("reading the echo: {e}\n{out:#?}"));
     assert!(back == sent, "echo differs");
     assert_eq!(out.code(), 0, "{out:#?}");
+    assert!(!left, "the console socket {} is left", socket.display());
+}
+
+#[test]
+fn a_file_that_replaced_the_console_socket_is_kept() {
+    require_kvm!();
+    let socket = std::env::temp_dir().join(format!(
+        "bulkhead-console-replaced-{}.sock",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = common::bulkhead();
+    cmd.arg("run")
+        .args(["--console", &format!("socket={}", socket.display())])
+        .args([
+            "--cmdline",
+            "bulkhead.test=console-echo bulkhead.console.echo-ms=20000",
+        ]);
+    let child = std::thread::spawn(move || common::run(cmd, Duration::from_secs(60)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stream = loop {
+        match UnixStream::connect(&socket) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("connecting to the console socket: {e}"),
+        }
+    };
+    // Someone puts another file at the path while the VM runs.
+    let other = socket.with_extension("other");
+    std::fs::write(&other, b"someone else's").unwrap();
+    std::fs::rename(&other, &socket).unwrap();
+    stream.write_all(&[0x04]).unwrap(); // Ctrl-D ends the echo
+    let out = child.join().expect("bulkhead thread");
+    let kept = std::fs::symlink_metadata(&socket)
+        .ok()
+        .filter(|m| m.is_file())
+        .and_then(|_| std::fs::read(&socket).ok());
+    let _ = std::fs::remove_file(&socket);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert_eq!(
+        kept.as_deref(),
+        Some(&b"someone else's"[..]),
+        "the file at {} was not kept",
+        socket.display()
+    );
 }
 
 /// A pseudo-terminal of `cols` x `rows`: (master, slave).

@@ -290,6 +290,82 @@ fn what_a_killed_launcher_left_is_removed_by_the_next_run() {
     assert!(!lock.exists(), "the dead launcher's lock file is left");
 }
 
+/// Starts the demo (`bulkhead run` with no flags, stdin null: its console reads end of
+/// input, and the guest runs its checks and powers off) and SIGKILLs it as soon as it
+/// says where its scratch disk is; returns that disk's directory, or `None` if the demo
+/// ended by itself before the signal landed (it takes well under a second).
+fn killed_demo() -> Option<std::path::PathBuf> {
+    use std::io::BufRead;
+    let mut child = common::bulkhead()
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting bulkhead");
+    let stderr = child.stderr.take().expect("piped");
+    let mut said = String::new();
+    let mut image = None;
+    for line in std::io::BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        image = line
+            .split_once(" scratch disk ")
+            .and_then(|(_, rest)| rest.split_once(" (deleted at exit)"))
+            .map(|(path, _)| std::path::PathBuf::from(path));
+        said.push_str(&line);
+        if image.is_some() {
+            break;
+        }
+    }
+    // SAFETY: SIGKILL to the bulkhead process this test started: it cannot clean up.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let status = child.wait().expect("waiting for bulkhead");
+    let image = image.unwrap_or_else(|| panic!("no scratch disk named in: {said}"));
+    use std::os::unix::process::ExitStatusExt;
+    (status.signal() == Some(libc::SIGKILL)).then(|| image.parent().expect("in a dir").into())
+}
+
+#[test]
+fn the_scratch_disk_of_a_killed_demo_is_removed_by_the_next_run() {
+    require_kvm!();
+    let _serial = serial();
+    if let Some(why) = common::netns::unavailable() {
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
+        return;
+    }
+    let dir = (0..5)
+        .find_map(|_| killed_demo())
+        .expect("the demo ended by itself five times before SIGKILL landed");
+    let image = dir.join("scratch.img");
+    assert!(
+        std::fs::symlink_metadata(&image).is_ok_and(|m| m.is_file()),
+        "the killed demo's scratch disk {} is not left: nothing to reap",
+        image.display()
+    );
+    let out = common::run(
+        {
+            let mut c = common::bulkhead();
+            c.args(["run", "--serial", "off"]);
+            c
+        },
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), 0, "{out:#?}");
+    let said = format!(
+        "removed the scratch disk directory {} of a bulkhead that is gone",
+        dir.display()
+    );
+    assert!(
+        out.stderr.contains(&said),
+        "{said:?} not in:\n{}",
+        out.stderr
+    );
+    assert!(
+        std::fs::symlink_metadata(&dir).is_err(),
+        "{} is left",
+        dir.display()
+    );
+}
+
 #[test]
 fn a_launcher_under_another_name_keeps_its_namespace_when_another_starts() {
     require_kvm!();

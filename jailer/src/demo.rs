@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// Size of the scratch disk.
 const SCRATCH_BYTES: u64 = 64 << 20;
 /// The scratch disk's name in its directory.
-const SCRATCH_NAME: &str = "scratch.img";
+pub const SCRATCH_NAME: &str = "scratch.img";
 
 /// The demo's scratch disk, alone in a private directory; both deleted when dropped.
 ///
@@ -23,7 +23,8 @@ const SCRATCH_NAME: &str = "scratch.img";
 /// exclusively, a new name if one is taken), and in it the image, created exclusively,
 /// mode 0600, not following a link. If the launcher is killed before it can remove them,
 /// the directory (`bulkhead-<pid>-XXXXXX` in the temporary directory, the launcher's pid)
-/// stays behind, readable by root only.
+/// stays behind, readable by root only, until the next launcher's reaper removes it
+/// ([`crate::stale`]).
 pub struct Demo {
     dir: PathBuf,
     scratch: PathBuf,

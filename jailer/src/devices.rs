@@ -12,6 +12,7 @@ use crate::launch::console::ConsoleStream;
 use crate::launch::{self, wait_briefly, DeviceProcess, LaunchError};
 use crate::net_arg::{format_mac, random_mac, NetArg, NetBackend};
 use crate::netns::{NetNs as NamedNetNs, NetNsError};
+use crate::safe_open::SocketFile;
 use crate::tap::TapError;
 use bulkhead::jail::NetNs;
 
@@ -59,6 +60,9 @@ pub struct Devices {
     pub processes: Vec<DeviceProcess>,
     /// Namespaces to delete after the processes are gone.
     namespaces: Vec<NamedNetNs>,
+    /// Socket files bulkhead bound for its devices (`--console socket=`), removed after
+    /// the processes are gone.
+    socket_files: Vec<SocketFile>,
 }
 
 impl Devices {
@@ -91,7 +95,8 @@ impl Devices {
             self.start_net(&format!("net{i}"), net)?;
         }
         if let Some(stream) = console {
-            let (process, socket) = launch::start_console(CONSOLE, stream)?;
+            let (process, socket, file) = launch::start_console(CONSOLE, stream)?;
+            self.socket_files.extend(file);
             self.add(
                 CONSOLE,
                 VIRTIO_ID_CONSOLE,
@@ -256,6 +261,7 @@ impl Devices {
             }
         }
         self.namespaces.clear();
+        self.socket_files.clear();
     }
 }
 

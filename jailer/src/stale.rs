@@ -1,6 +1,7 @@
 //! What a launcher that was killed (SIGKILL, a crash, the host's OOM killer) leaves behind:
-//! its `--net auto` network namespaces (`/run/netns/bulkhead-<pid>-<device>`) and its
-//! processes' cgroups (`bulkhead/bulkhead-<pid>-<name>`). Its processes died with it (the
+//! its `--net auto` network namespaces (`/run/netns/bulkhead-<pid>-<device>`), its
+//! processes' cgroups (`bulkhead/bulkhead-<pid>-<name>`) and the demo's scratch disk
+//! directory (`$TMPDIR/bulkhead-<pid>-XXXXXX`, [`scratch`]). Its processes died with it (the
 //! parent-death signal), but these outlive them. Each `bulkhead run` removes those whose
 //! launcher is no longer running ([`crate::liveness`]: its lock is free), and says so.
 
@@ -10,6 +11,8 @@ use std::time::SystemTime;
 use bulkhead::jail::cgroup::{CGROUP_ROOT, PARENT};
 
 use crate::netns::{ip, NETNS_DIR};
+
+mod scratch;
 
 /// The launcher pid in a `bulkhead-<pid>-<name>` name.
 fn launcher_pid(name: &str) -> Option<u32> {
@@ -72,6 +75,11 @@ pub fn reap() -> Vec<String> {
                 Err(e) => log::warn!("removing stale cgroup {}: {e}", cgroup.display()),
             }
         }
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let owner = unsafe { libc::geteuid() };
+    for dir in scratch::reap_in(&std::env::temp_dir(), owner, crate::liveness::is_running) {
+        removed.push(format!("scratch disk directory {}", dir.display()));
     }
     let locks = crate::liveness::remove_dead_locks();
     if locks > 0 {

@@ -11,7 +11,7 @@ use super::{
     backend_program, open_named, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD,
     SOCKET_FD,
 };
-use crate::safe_open::Access;
+use crate::safe_open::{Access, SocketFile};
 
 /// Where the virtio console is connected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,11 +66,12 @@ fn parse_stream(s: &str) -> Result<Option<ConsoleStream>, String> {
     }))
 }
 
+/// A started console: its process, the vmm's side of its connection and, for a socket
+/// stream, the socket's file (removed when dropped, once the VM has ended).
+pub type StartedConsole = (DeviceProcess, UnixStream, Option<SocketFile>);
+
 /// Starts `bulkhead-console` for device `name` on `stream`.
-pub fn start_console(
-    name: &str,
-    stream: &ConsoleStream,
-) -> Result<(DeviceProcess, UnixStream), LaunchError> {
+pub fn start_console(name: &str, stream: &ConsoleStream) -> Result<StartedConsole, LaunchError> {
     let program = backend_program(name, "bulkhead-console")?;
     let mut cmd = Command::new(&program);
     cmd.args(["--fd", &SOCKET_FD.to_string()]);
@@ -78,12 +79,15 @@ pub fn start_console(
     // The guest's output may fill a console file (up to its max-size); other streams are
     // not files.
     let mut max_file_size = 0;
+    let mut socket_file = None;
     match stream {
         ConsoleStream::Stdio => {
             cmd.arg("--stdio");
         }
         ConsoleStream::Socket(p) => {
-            fds.push(listen(name, p)?.into());
+            let (listener, file) = listen(name, p)?;
+            fds.push(listener.into());
+            socket_file = Some(file);
             cmd.args(["--stream-fd", &FIRST_EXTRA_FD.to_string()]);
         }
         ConsoleStream::Pty => {
@@ -104,14 +108,16 @@ pub fn start_console(
         reports: true,
         ..Needs::default()
     };
-    spawn(name, cmd, fds, *stream == ConsoleStream::Stdio, &needs)
+    let (process, socket) = spawn(name, cmd, fds, *stream == ConsoleStream::Stdio, &needs)?;
+    Ok((process, socket, socket_file))
 }
 
 /// Binds console socket `path` for device `name`: in its directory resolved under the
 /// rule for paths a user names, replacing a socket an earlier run left (nothing else).
-fn listen(name: &str, path: &std::path::Path) -> Result<UnixListener, LaunchError> {
+/// The socket's file is removed when the returned [`SocketFile`] is dropped.
+fn listen(name: &str, path: &std::path::Path) -> Result<(UnixListener, SocketFile), LaunchError> {
     crate::safe_open::bind_socket(path, true)
-        .map(|bound| bound.listener)
+        .map(|bound| bound.removed_on_drop(path))
         .map_err(|source| LaunchError::Open {
             what: "console socket",
             name: name.to_owned(),

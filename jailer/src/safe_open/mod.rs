@@ -25,9 +25,13 @@
 //! `walk.rs` is the walk and the final open, `error.rs` what is refused and why.
 
 mod error;
+mod socket_file;
 #[cfg(test)]
 mod tests;
 mod walk;
+
+pub use socket_file::SocketFile;
+use socket_file::SocketId;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -79,6 +83,19 @@ pub struct BoundSocket {
     pub at: PathBuf,
     /// That directory (keeps `at` valid).
     pub dir: File,
+    /// Which file the socket is (lstat right after bind), to remove it only if it still is.
+    id: SocketId,
+}
+
+impl BoundSocket {
+    /// The listening socket, and its file to be removed when dropped (if the path, given
+    /// here as the user named it, still names this socket).
+    pub fn removed_on_drop(self, path: &Path) -> (UnixListener, SocketFile) {
+        (
+            self.listener,
+            SocketFile::new(path, self.at, self.dir, self.id),
+        )
+    }
 }
 
 /// Binds a Unix socket at `path`: its directory resolved under the rule, the socket made
@@ -101,7 +118,21 @@ pub fn bind_socket(path: &Path, replace_socket: bool) -> Result<BoundSocket, Saf
         component: path.to_owned(),
         source,
     })?;
-    Ok(BoundSocket { listener, at, dir })
+    // Read at once: a socket file bulkhead made, in a directory the user may write.
+    let id = SocketId::of(&at)
+        .and_then(|id| id.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTSOCK)))
+        .map_err(|source| SafeOpenError::Io {
+            path: path.to_owned(),
+            what: "looking at the socket just bound at",
+            component: path.to_owned(),
+            source,
+        })?;
+    Ok(BoundSocket {
+        listener,
+        at,
+        dir,
+        id,
+    })
 }
 
 /// Connects to the Unix socket at `path` (a vhost-user backend someone else started): its

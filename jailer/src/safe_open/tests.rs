@@ -258,3 +258,32 @@ fn missing_paths_and_directories_say_so() {
     assert!(open(&s.0, Access::Read).is_err());
     assert!(open(Path::new("."), Access::Directory).is_ok());
 }
+
+#[test]
+fn a_socket_file_is_removed_only_while_it_is_the_one_bound() {
+    let s = Scratch::new("socket-file");
+    let path = s.0.join("c.sock");
+    // Still ours: removed.
+    let (_listener, file) = bind_socket(&path, false).unwrap().removed_on_drop(&path);
+    drop(file);
+    let ours_removed = std::fs::symlink_metadata(&path).is_err();
+    // Replaced by another socket of the same name, then by a symlink to a socket: kept,
+    // and the link's target too.
+    let (_listener, file) = bind_socket(&path, false).unwrap().removed_on_drop(&path);
+    std::fs::remove_file(&path).unwrap();
+    let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let other_kept = !file.remove().unwrap() && std::fs::symlink_metadata(&path).is_ok();
+    let target = s.0.join("target.sock");
+    let _target = std::os::unix::net::UnixListener::bind(&target).unwrap();
+    let _ = std::fs::remove_file(&path); // (gone already if the check above failed)
+    symlink(&target, &path).unwrap();
+    drop(file);
+    let link_kept = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+    let target_kept = target.exists();
+    assert!(ours_removed, "the socket bound is removed");
+    assert!(other_kept, "another socket at the path is kept");
+    assert!(
+        link_kept && target_kept,
+        "a link at the path is kept, and what it names"
+    );
+}
