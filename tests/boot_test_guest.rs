@@ -6,6 +6,11 @@ mod common;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(120);
+/// What the guest's `console-probe` writes on the virtio console's port 0
+/// (`tests/guest/src/scenarios/console.rs`, `PROBE_LINE`).
+const CONSOLE_PROBE_LINE: &str = "bulkhead-guest console-probe: port 0 transmits\n";
+/// The default self-test's device probes: one PASS line each, whatever devices there are.
+const PROBES: [&str; 3] = ["blk-probe", "net-probe", "console-probe"];
 
 fn run(args: &[&str]) -> common::Output {
     let mut cmd = common::bulkhead();
@@ -27,6 +32,63 @@ fn default_self_test_passes() {
     assert!(!out.stdout.contains("FAIL"), "{}", out.stdout);
     // The demo's disk, network device and console.
     assert_eq!(acpi_devices_match_the_command_line(&out), 3);
+    one_pass_line_per_probe(&out);
+    out.assert_line("bulkhead-guest: blk0 read sectors 0..8");
+    assert!(
+        out.stdout.contains("bulkhead-guest: net0 mac="),
+        "{}",
+        out.stdout
+    );
+    out.assert_line(&format!(
+        "bulkhead-guest: console0 probe wrote {} bytes",
+        CONSOLE_PROBE_LINE.len()
+    ));
+    // The demo's console is this terminal: here, the test's stdout pipe.
+    assert!(
+        out.stdout.contains(CONSOLE_PROBE_LINE),
+        "the console-probe line is not on the console (stdout):\n{}",
+        out.stdout
+    );
+}
+
+/// Each device probe of the default self-test printed exactly one PASS line and no FAIL.
+fn one_pass_line_per_probe(out: &common::Output) {
+    for probe in PROBES {
+        let pass = format!("bulkhead-guest: PASS {probe}");
+        let passes = out.stdout.lines().filter(|l| l.trim_end() == pass).count();
+        assert_eq!(passes, 1, "{pass:?} lines in stdout:\n{}", out.stdout);
+        assert!(
+            !out.stdout.contains(&format!("FAIL {probe}")),
+            "{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn console_probe_writes_to_a_console_file() {
+    require_kvm!();
+    let path =
+        std::env::temp_dir().join(format!("bulkhead-console-probe-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let arg = format!("file={}", path.display());
+    let out = run(&["--console", &arg]);
+    let log = std::fs::read(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    one_pass_line_per_probe(&out);
+    out.assert_line(&format!(
+        "bulkhead-guest: console0 probe wrote {} bytes",
+        CONSOLE_PROBE_LINE.len()
+    ));
+    // Exactly the line, once: the device took the chain and the console process wrote it.
+    let log = log.expect("console file written");
+    assert_eq!(
+        String::from_utf8_lossy(&log),
+        CONSOLE_PROBE_LINE,
+        "console file {}",
+        path.display()
+    );
 }
 
 /// The guest found in the ACPI DSDT exactly the virtio-mmio devices its command line

@@ -67,6 +67,9 @@ pub extern "C" fn bsp_main(zero_page: u64) -> ! {
         smp::online(),
         machine::mib_rounded_up(boot.e820.ram_total())
     );
+    if let Some(stopped) = mp.as_ref().ok().and_then(|mp| mp.stopped()) {
+        say!("mptable: {stopped}");
+    }
     report_acpi_devices(&boot.e820, boot.acpi_rsdp);
 
     let mut machine = Machine {

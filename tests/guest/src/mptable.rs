@@ -6,6 +6,12 @@
 //! it points at the configuration table (`PCMP`) whose processor entries list the CPUs.
 //! Both checksums are verified and every read is bounds-checked. Guest memory is read
 //! through a function `read(address, length)` that returns `None` for unmapped ranges.
+//!
+//! The entries are walked by the table's base length, as Linux's `smp_read_mpc` does, not
+//! by its entry count: Firecracker counts the floating pointer among the entries, so its
+//! count is one too high, and a walker trusting it runs off the end. Each entry's size
+//! comes from its type; an entry of unknown type ends the walk (its size is unknown too)
+//! and the table keeps what came before it, saying where it stopped ([`MpTable::stopped`]).
 
 use crate::layout::{LAPIC_BASE, MAX_CPUS};
 use core::fmt;
@@ -25,6 +31,26 @@ pub struct MpTable {
     apic_ids: [u8; MAX_CPUS],
     len: usize,
     bsp: u8,
+    stopped: Option<Stopped>,
+}
+
+/// Where the walk ended before the table's length: an entry of unknown type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// The entry's type byte.
+    pub kind: u8,
+    /// Its offset from the start of the configuration table.
+    pub offset: usize,
+}
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "MP table walk stopped at offset {} (entry of unknown type {}); the entries after it are ignored",
+            self.offset, self.kind
+        )
+    }
 }
 
 impl MpTable {
@@ -37,6 +63,11 @@ impl MpTable {
     pub fn bsp(&self) -> u8 {
         self.bsp
     }
+
+    /// Where the walk stopped early, if it did.
+    pub fn stopped(&self) -> Option<Stopped> {
+        self.stopped
+    }
 }
 
 /// Why there is no usable MP table.
@@ -48,17 +79,17 @@ pub enum MpError {
     BadFloatingChecksum(u64),
     /// The floating pointer has no configuration table (a "default configuration").
     NoConfigTable,
-    /// The configuration table is not in mapped memory or shorter than its header.
+    /// The configuration table is not in mapped memory.
     ConfigUnreadable(u64),
+    /// The configuration table's base length is shorter than its header.
+    BadLength(u16),
     /// The configuration table does not start with `PCMP`.
     BadConfigSignature(u64),
     /// The configuration table's checksum is wrong.
     BadConfigChecksum,
     /// The table's local APIC address is not 0xfee00000.
     UnexpectedLapic(u32),
-    /// An entry of unknown type (its length is unknown too).
-    UnknownEntry(u8),
-    /// The entries run past the table's length.
+    /// An entry runs past the table's base length.
     Truncated,
     /// More processors than the guest supports.
     TooManyCpus,
@@ -82,8 +113,13 @@ impl fmt::Display for MpError {
             Self::BadConfigSignature(a) => write!(f, "no PCMP signature at {a:#x}"),
             Self::BadConfigChecksum => write!(f, "MP configuration table has a bad checksum"),
             Self::UnexpectedLapic(a) => write!(f, "MP table puts the local APIC at {a:#x}"),
-            Self::UnknownEntry(t) => write!(f, "MP table entry of unknown type {t}"),
-            Self::Truncated => write!(f, "MP table entries overrun the table"),
+            Self::BadLength(n) => {
+                write!(
+                    f,
+                    "MP configuration table length {n} is shorter than its header"
+                )
+            }
+            Self::Truncated => write!(f, "an MP table entry runs past the table's length"),
             Self::TooManyCpus => write!(f, "MP table lists more than {MAX_CPUS} processors"),
             Self::DuplicateApicId(id) => write!(f, "MP table lists APIC id {id} twice"),
             Self::BspCount(n) => write!(f, "MP table flags {n} boot processors"),
@@ -134,10 +170,12 @@ pub fn find<'a>(read: impl Fn(u64, usize) -> Option<&'a [u8]>) -> Result<MpTable
     if &header[..4] != b"PCMP" {
         return Err(MpError::BadConfigSignature(at));
     }
-    let len = usize::from(u16_at(header, 4));
-    let table = read(at, len)
-        .filter(|_| len >= HEADER_LEN)
-        .ok_or(MpError::ConfigUnreadable(at))?;
+    let base_len = u16_at(header, 4);
+    let len = usize::from(base_len);
+    if len < HEADER_LEN {
+        return Err(MpError::BadLength(base_len));
+    }
+    let table = read(at, len).ok_or(MpError::ConfigUnreadable(at))?;
     if !sums_to_zero(table) {
         return Err(MpError::BadConfigChecksum);
     }
@@ -149,15 +187,19 @@ pub fn find<'a>(read: impl Fn(u64, usize) -> Option<&'a [u8]>) -> Result<MpTable
         apic_ids: [0; MAX_CPUS],
         len: 0,
         bsp: 0,
+        stopped: None,
     };
     let mut bsps = 0;
+    // The entry count (bytes 34..36) is not used: see the module documentation.
     let mut offset = HEADER_LEN;
-    for _ in 0..u16_at(table, 34) {
-        let kind = *table.get(offset).ok_or(MpError::Truncated)?;
+    while let Some(&kind) = table.get(offset) {
         let entry_len = match kind {
             PROCESSOR => PROCESSOR_LEN,
             1..=4 => OTHER_ENTRY_LEN,
-            other => return Err(MpError::UnknownEntry(other)),
+            kind => {
+                mp.stopped = Some(Stopped { kind, offset });
+                break;
+            }
         };
         let entry = table
             .get(offset..offset + entry_len)
@@ -285,14 +327,8 @@ mod tests {
 
         let config = TABLE + FLOATING_LEN;
         let mut m = good.clone();
-        m[config + 34] += 1; // one entry more than the table holds
-        checksum(&mut m[config..config + 100], 7);
-        assert_eq!(find_in(&m).err(), Some(MpError::Truncated));
-
-        let mut m = good.clone();
-        m[config + HEADER_LEN] = 9;
-        checksum(&mut m[config..config + 100], 7);
-        assert_eq!(find_in(&m).err(), Some(MpError::UnknownEntry(9)));
+        set_length(&mut m, 0);
+        assert_eq!(find_in(&m).err(), Some(MpError::BadLength(0)));
 
         let mut m = good.clone();
         m[config + 4..config + 6].copy_from_slice(&0xffffu16.to_le_bytes());
@@ -300,6 +336,92 @@ mod tests {
             find_in(&m[..config + 200]).err(),
             Some(MpError::ConfigUnreadable(config as u64))
         );
+    }
+
+    const CONFIG: usize = TABLE + FLOATING_LEN;
+    /// Offset of the first entry after `cpus` processor entries.
+    const fn after_processors(cpus: usize) -> usize {
+        HEADER_LEN + cpus * PROCESSOR_LEN
+    }
+
+    /// Set the configuration table's base length and fix its checksum over that length.
+    fn set_length(memory: &mut [u8], len: u16) {
+        memory[CONFIG + 4..CONFIG + 6].copy_from_slice(&len.to_le_bytes());
+        let end = CONFIG + usize::from(len).max(HEADER_LEN);
+        checksum(&mut memory[CONFIG..end], 7);
+    }
+
+    /// Set the entry count and fix the checksum.
+    fn set_count(memory: &mut [u8], count: u16) {
+        memory[CONFIG + 34..CONFIG + 36].copy_from_slice(&count.to_le_bytes());
+        let len = usize::from(u16_at(memory, CONFIG + 4));
+        checksum(&mut memory[CONFIG..CONFIG + len], 7);
+    }
+
+    #[test]
+    fn the_entry_count_is_not_trusted() {
+        // Firecracker's count includes the floating pointer: one more than the entries.
+        let mut m = table(&[(0, 3), (1, 1), (2, 1)]);
+        set_count(&mut m, 3 + 2 + 1);
+        let mp = find_in(&m).unwrap();
+        assert_eq!(mp.apic_ids(), &[0, 1, 2]);
+        assert_eq!(mp.stopped(), None);
+        // A count too low, or zero, does not hide processors either.
+        for count in [0, 1] {
+            set_count(&mut m, count);
+            assert_eq!(find_in(&m).unwrap().apic_ids(), &[0, 1, 2], "count {count}");
+        }
+    }
+
+    #[test]
+    fn the_walk_ends_at_the_base_length() {
+        let mut m = table(&[(0, 3), (1, 1), (2, 1)]);
+        // Only the first two processor entries are inside the length: the third is not
+        // read, although its bytes are there and the count says so.
+        set_length(&mut m, after_processors(2) as u16);
+        assert_eq!(find_in(&m).unwrap().apic_ids(), &[0, 1]);
+        // A length that ends inside an entry: the entry is not read past it.
+        for cut in [1, 4, PROCESSOR_LEN - 1] {
+            set_length(&mut m, (after_processors(2) + cut) as u16);
+            assert_eq!(find_in(&m).err(), Some(MpError::Truncated), "cut {cut}");
+        }
+        // A length that ends inside the header.
+        set_length(&mut m, HEADER_LEN as u16 - 1);
+        assert_eq!(
+            find_in(&m).err(),
+            Some(MpError::BadLength(HEADER_LEN as u16 - 1))
+        );
+        // Zero length.
+        set_length(&mut m, 0);
+        assert_eq!(find_in(&m).err(), Some(MpError::BadLength(0)));
+        // A header and no entries: no processors, so no boot processor.
+        set_length(&mut m, HEADER_LEN as u16);
+        assert_eq!(find_in(&m).err(), Some(MpError::BspCount(0)));
+    }
+
+    #[test]
+    fn an_unknown_entry_type_stops_the_walk() {
+        let mut m = table(&[(0, 3), (1, 1)]);
+        let at = after_processors(2);
+        // The bus entry after the processors becomes type 9.
+        m[CONFIG + at] = 9;
+        let len = usize::from(u16_at(&m, CONFIG + 4));
+        checksum(&mut m[CONFIG..CONFIG + len], 7);
+        let mp = find_in(&m).unwrap();
+        assert_eq!(mp.apic_ids(), &[0, 1], "the processors before it count");
+        assert_eq!(
+            mp.stopped(),
+            Some(Stopped {
+                kind: 9,
+                offset: at
+            })
+        );
+
+        // At the first entry: nothing is read after it, so no processors at all.
+        let mut m = table(&[(0, 3), (1, 1)]);
+        m[CONFIG + HEADER_LEN] = 0x80;
+        checksum(&mut m[CONFIG..CONFIG + len], 7);
+        assert_eq!(find_in(&m).err(), Some(MpError::BspCount(0)));
     }
 
     #[test]

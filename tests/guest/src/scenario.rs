@@ -34,7 +34,7 @@ pub enum Scenario {
     BlkHostile,
     /// Requests on every queue of a multi-queue disk.
     BlkMq,
-    /// Identifies every virtio-net and virtio-console device (non-destructive).
+    /// Identifies every virtio-net device (non-destructive).
     NetProbe,
     /// MAC, link status, MTU and features of one virtio-net device.
     NetIdentify,
@@ -44,6 +44,8 @@ pub enum Scenario {
     NetSend,
     /// UDP throughput, both ways.
     NetBench,
+    /// Sets up the virtio console, writes one known line, sees the device take it.
+    ConsoleProbe,
     /// Writes lines on the virtio console.
     ConsoleWrite,
     /// Echoes what the virtio console receives.
@@ -59,7 +61,7 @@ pub enum Scenario {
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 26] = [
+const NAMES: [(Scenario, &str); 27] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -80,6 +82,7 @@ const NAMES: [(Scenario, &str); 26] = [
     (Scenario::NetServe, "net-serve"),
     (Scenario::NetSend, "net-send"),
     (Scenario::NetBench, "net-bench"),
+    (Scenario::ConsoleProbe, "console-probe"),
     (Scenario::ConsoleWrite, "console-write"),
     (Scenario::ConsoleEcho, "console-echo"),
     (Scenario::ConsoleResize, "console-resize"),
@@ -89,11 +92,12 @@ const NAMES: [(Scenario, &str); 26] = [
 ];
 
 /// What runs without `bulkhead.test`: every scenario that is harmless to the devices found.
-pub const DEFAULT: [Scenario; 4] = [
+pub const DEFAULT: [Scenario; 5] = [
     Scenario::Cpus,
     Scenario::Memory,
     Scenario::BlkProbe,
     Scenario::NetProbe,
+    Scenario::ConsoleProbe,
 ];
 
 impl Scenario {
@@ -177,7 +181,8 @@ mod tests {
                 Scenario::Cpus,
                 Scenario::Memory,
                 Scenario::BlkProbe,
-                Scenario::NetProbe
+                Scenario::NetProbe,
+                Scenario::ConsoleProbe
             ]
         );
     }

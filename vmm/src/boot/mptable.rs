@@ -205,6 +205,37 @@ mod tests {
         assert_eq!(e[n - 1], [ENTRY_LINTSRC, INT_TYPE_NMI, 0, 0, 0, 0, 0xff, 1]);
     }
 
+    /// Walk the entries as Linux's `smp_read_mpc` does, by the base length and each type's
+    /// size, and as a count-trusting walker does: both must see the same entries, ending
+    /// exactly at the length (Firecracker's count is one too high; ours must not be).
+    #[test]
+    fn entry_count_and_base_length_agree() {
+        for cpus in [1u8, 2, 7, MAX_CPUS] {
+            let t = build(cpus).unwrap();
+            let table = &t[FLOATING_POINTER_LEN..];
+            let len = usize::from(u16::from_le_bytes(table[4..6].try_into().unwrap()));
+            let count = usize::from(u16::from_le_bytes(table[34..36].try_into().unwrap()));
+            assert_eq!(len, table.len(), "{cpus} cpus: base length");
+            let (mut offset, mut entries, mut processors) = (HEADER_LEN, 0, 0);
+            while offset < len {
+                let size = match table[offset] {
+                    ENTRY_PROCESSOR => 20,
+                    ENTRY_BUS | ENTRY_IOAPIC | ENTRY_IOINTSRC | ENTRY_LINTSRC => 8,
+                    other => panic!("{cpus} cpus: entry type {other} at offset {offset}"),
+                };
+                processors += usize::from(table[offset] == ENTRY_PROCESSOR);
+                offset += size;
+                entries += 1;
+            }
+            assert_eq!(
+                offset, len,
+                "{cpus} cpus: the last entry ends at the length"
+            );
+            assert_eq!(entries, count, "{cpus} cpus: entry count");
+            assert_eq!(processors, usize::from(cpus));
+        }
+    }
+
     #[test]
     fn rejects_bad_counts() {
         assert!(build(0).is_err());

@@ -1,5 +1,9 @@
 //! The virtio-console scenarios, on the first virtio-console device (port 0).
 //!
+//! - `console-probe` (part of the default self-test): sets the console up, prints its
+//!   identify line, writes [`PROBE_LINE`] as one chain on port 0's transmit queue and waits
+//!   until the device returned it in the used ring, then prints `console0 probe wrote <n>
+//!   bytes`. Passes when there is no virtio-console device (like `blk-probe`, `net-probe`).
 //! - `console-write`: writes `bulkhead-guest console: hello <n>\n` for n = 0 ..
 //!   `bulkhead.console.lines` (default 3), one chain per line, to the console (not the
 //!   serial port), waits until the device consumed them, prints `console0 wrote <n> lines`.
@@ -24,12 +28,16 @@ use crate::machine::Machine;
 use crate::nics::{self, Cons};
 use crate::time::Deadline;
 use crate::virtio::console::RX_BUF;
+use crate::virtio::device_id;
 use core::fmt::Write;
 
 /// How long the device may take to consume what was written.
 const FLUSH_TIMEOUT_MS: u64 = 5000;
 /// `console-resize` reads ConfigGeneration this often.
 pub const RESIZE_POLL_MS: u64 = 20;
+
+/// What `console-probe` writes: the end-to-end tests look for it where the console goes.
+pub const PROBE_LINE: &[u8] = b"bulkhead-guest console-probe: port 0 transmits\n";
 
 /// The identify line.
 pub fn identify(cons: &Cons) {
@@ -87,6 +95,22 @@ impl Write for Line {
         self.len = end;
         Ok(())
     }
+}
+
+/// `console-probe`.
+pub fn probe(machine: &mut Machine) -> Result<(), Error> {
+    let devices = machine.config.devices;
+    if nics::count(&devices, device_id::CONSOLE) == 0 {
+        return Ok(());
+    }
+    let mut registry = nics::lock();
+    let cons = registry.console(&devices, &mut machine.frames)?;
+    identify(cons);
+    write_all(cons, PROBE_LINE, Deadline::after_ms(FLUSH_TIMEOUT_MS))?;
+    // The used ring must give the chain back: the device read it.
+    flush(cons)?;
+    crate::say!("console0 probe wrote {} bytes", PROBE_LINE.len());
+    Ok(())
 }
 
 /// `console-write`.

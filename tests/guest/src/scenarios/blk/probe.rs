@@ -23,7 +23,7 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
     for (spec, id) in registry.found(&devices) {
         if id != device_id::BLOCK {
             crate::say!(
-                "virtio-mmio {:#x} irq={} device={id} ({}): not used",
+                "virtio-mmio {:#x} irq={} device={id} ({}): not a disk",
                 spec.base,
                 spec.irq,
                 device_id::name(id)
