@@ -212,3 +212,34 @@ fn a_terminal_resize_reaches_the_guest() {
     );
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
 }
+
+#[test]
+fn console_output_reaches_a_stdout_redirected_to_a_file() {
+    require_kvm!();
+    // `bulkhead run > out.txt`: the console on stdio writes to the user's file, which no
+    // file-size limit of the console process may cut (it once had FSIZE 0: EFBIG).
+    let out = std::env::temp_dir().join(format!(
+        "bulkhead-console-stdout-{}.txt",
+        std::process::id()
+    ));
+    let file = std::fs::File::create(&out).expect("creating the stdout file");
+    let mut child = common::bulkhead()
+        .args(["run", "--console", "stdio", "--serial", "off"])
+        .stdout(file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting bulkhead");
+    let status = common::wait_until(&mut child, Instant::now() + Duration::from_secs(60));
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let written = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    assert!(
+        written.contains("bulkhead-guest console-probe: port 0 transmits"),
+        "stdout file: {written:?}\nstderr: {stderr}"
+    );
+    assert!(!stderr.contains("File too large"), "{stderr}");
+}

@@ -76,13 +76,15 @@ pub fn start_console(name: &str, stream: &ConsoleStream) -> Result<StartedConsol
     let mut cmd = Command::new(&program);
     cmd.args(["--fd", &SOCKET_FD.to_string()]);
     let mut fds: Vec<OwnedFd> = Vec::new();
-    // The guest's output may fill a console file (up to its max-size); other streams are
-    // not files.
-    let mut max_file_size = 0;
+    // The guest's output may fill a console file (up to its max-size); sockets and ptys
+    // are not files; stdio is the user's own stdout, which may be a file they redirected
+    // it to, and is not limited (as the serial console on stdio is not).
+    let mut max_file_size = Some(0);
     let mut socket_file = None;
     match stream {
         ConsoleStream::Stdio => {
             cmd.arg("--stdio");
+            max_file_size = None;
         }
         ConsoleStream::Socket(p) => {
             let (listener, file) = listen(name, p)?;
@@ -97,14 +99,14 @@ pub fn start_console(name: &str, stream: &ConsoleStream) -> Result<StartedConsol
             let f = open_named(name, "console file", path, Access::Append)?;
             // The backend stops the file at max-size itself; the limit is the backstop.
             let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-            max_file_size = size.saturating_add(*max_size);
+            max_file_size = Some(size.saturating_add(*max_size));
             fds.push(f.into());
             cmd.args(["--stream-fd", &FIRST_EXTRA_FD.to_string()]);
             cmd.args(["--max-size", &max_size.to_string()]);
         }
     }
     let needs = Needs {
-        max_file_size: Some(max_file_size),
+        max_file_size,
         reports: true,
         ..Needs::default()
     };
