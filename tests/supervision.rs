@@ -489,3 +489,33 @@ fn a_stop_signal_while_the_vm_starts_stops_it_and_leaves_nothing() {
         assert_nothing_left(pid, &kids);
     }
 }
+
+#[test]
+fn a_file_that_replaced_the_api_socket_is_kept() {
+    require_kvm!();
+    let _serial = serial();
+    if let Some(why) = common::netns::unavailable() {
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
+        return;
+    }
+    let dir = std::env::temp_dir();
+    let socket = dir.join(format!("bulkhead-api-replaced-{}.sock", std::process::id()));
+    let other = dir.join(format!("bulkhead-api-other-{}", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let vm = Running::start_with("api-replaced", &["--api-socket", socket.to_str().unwrap()]);
+    let pid = vm.pid();
+    // Someone puts another file where the socket was, while the VM runs.
+    std::fs::write(&other, b"not bulkhead's").unwrap();
+    std::fs::rename(&other, &socket).unwrap();
+    // SAFETY: SIGTERM to the bulkhead process this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let (code, stderr) = vm.finish();
+    let kept = std::fs::read(&socket);
+    let _ = std::fs::remove_file(&socket);
+    assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
+    assert_eq!(
+        kept.ok().as_deref(),
+        Some(&b"not bulkhead's"[..]),
+        "the file that replaced the API socket was not kept"
+    );
+}

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use bulkhead_protocol::{ApiReply, ApiRequest, ApiServerChannel};
 
+use crate::safe_open::SocketFile;
+
 /// How long a client gets to say what it wants.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -33,14 +35,13 @@ pub enum ApiError {
     },
 }
 
-/// The listening API socket; the file is removed on drop.
+/// The listening API socket; its file is removed on drop if the path still names it.
 pub struct ApiSocket {
     listener: UnixListener,
-    path: PathBuf,
-    /// Where it is, through its directory's fd (resolved once, under the rule for paths a
-    /// user names), so that changing and removing it never follow a symlink again.
-    at: PathBuf,
-    _dir: std::fs::File,
+    /// The socket's file, bound in its directory resolved once under the rule for paths a
+    /// user names; removed on drop only if it is still this socket (another file someone
+    /// put there meanwhile is kept).
+    _file: SocketFile,
 }
 
 impl ApiSocket {
@@ -53,19 +54,20 @@ impl ApiSocket {
                 ApiError::Dir(e)
             }
         })?;
-        let socket = ApiSocket {
-            listener: bound.listener,
-            path: path.to_owned(),
-            at: bound.at,
-            _dir: bound.dir,
-        };
-        std::fs::set_permissions(&socket.at, std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| socket.listener.set_nonblocking(true))
+        // Through the directory's fd, valid while `file` holds that directory; on an error
+        // below, `file` going out of scope removes the socket again.
+        let at = bound.at.clone();
+        let (listener, file) = bound.removed_on_drop(path);
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| listener.set_nonblocking(true))
             .map_err(|source| ApiError::Bind {
                 path: path.to_owned(),
                 source,
             })?;
-        Ok(socket)
+        Ok(ApiSocket {
+            listener,
+            _file: file,
+        })
     }
 
     /// The fd to poll for connections.
@@ -82,14 +84,6 @@ impl ApiSocket {
             .set_timeouts(Some(CLIENT_TIMEOUT), Some(CLIENT_TIMEOUT))
             .ok()?;
         Some(ApiClient { channel })
-    }
-}
-
-impl Drop for ApiSocket {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.at) {
-            log::warn!("removing API socket {}: {e}", self.path.display());
-        }
     }
 }
 
