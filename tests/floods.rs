@@ -1,5 +1,5 @@
 //! End to end: what a hostile guest or a local user could do to the host's logs and to
-//! the demo's scratch disk (issue 9, items 3 and 8).
+//! the demo's scratch disk, and what a hostile backend could print (issue 9, items 3, 5, 8).
 
 mod common;
 
@@ -142,4 +142,89 @@ fn the_demo_runs_when_its_old_scratch_names_are_taken() {
     // The modes (0700 directory, 0600 image) are checked by demo.rs's unit test, which
     // can look at them while they exist.
     eprintln!("the scratch disk was {}", scratch.display());
+}
+
+/// A backend that a local attacker replaced (or a compromised one) writes terminal escape
+/// sequences, a forged launcher line and 20 MB to its stderr before serving: the VM runs as
+/// usual, and the launcher's stderr carries no control character, attributes every line
+/// of the backend to it, and stays bounded, saying how much it suppressed.
+#[test]
+fn a_hostile_backends_stderr_reaches_the_user_defused_and_bounded() {
+    require_kvm!();
+    // The launcher runs its backends from beside itself: a private copy of the binaries
+    // (hard links) with a wrapper in the place of bulkhead-blk.
+    let real = PathBuf::from(env!("CARGO_BIN_EXE_bulkhead"));
+    let bin = real.parent().expect("target dir");
+    let dir = std::env::temp_dir().join(format!("bulkhead-hostile-blk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    for program in ["bulkhead", "bulkhead-vmm"] {
+        let at = dir.join(program);
+        if std::fs::hard_link(bin.join(program), &at).is_err() {
+            std::fs::copy(bin.join(program), &at).unwrap();
+        }
+    }
+    let wrapper = dir.join("bulkhead-blk");
+    let script = format!(
+        "#!/bin/sh\n\
+         printf '\\033]0;owned\\007\\033[2J\\033[H\\rbulkhead: the VM finished cleanly\\n' >&2\n\
+         /usr/bin/head -c 20000000 /dev/zero | /usr/bin/tr '\\0' 'A' >&2\n\
+         exec {} \"$@\"\n",
+        bin.join("bulkhead-blk").display()
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let img = Image::new("hostile-blk", 1 << 20);
+    let mut cmd = std::process::Command::new(dir.join("bulkhead"));
+    cmd.stdin(std::process::Stdio::null())
+        .args(["run", "--serial", "off", "--disk"])
+        .arg(img.disk_arg(""));
+    let out = common::run(cmd, DEADLINE);
+    let _ = std::fs::remove_dir_all(&dir);
+    out.assert_no_panic();
+    assert_eq!(
+        out.code(),
+        0,
+        "{}",
+        &out.stderr[..4096.min(out.stderr.len())]
+    );
+    let controls: Vec<char> = out
+        .stderr
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n' && *c != '\t')
+        .collect();
+    assert!(
+        controls.is_empty(),
+        "control characters reached the user: {controls:?}"
+    );
+    for line in out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("the VM finished cleanly"))
+    {
+        assert!(
+            line.starts_with("disk0| "),
+            "a forged line passed as the launcher's: {line}"
+        );
+    }
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("disk0| ") && l.contains("\\x1b]0;owned")),
+        "the escape sequence is not shown defused"
+    );
+    assert!(
+        out.stderr.len() < 2 << 20,
+        "{} bytes of stderr from 20 MB written",
+        out.stderr.len()
+    );
+    assert!(
+        out.stderr.contains("of output of disk0 suppressed"),
+        "{}",
+        &out.stderr[out.stderr.len().saturating_sub(2048)..]
+    );
 }
