@@ -13,11 +13,7 @@ const CONSOLE_PROBE_LINE: &str = "bulkhead-guest console-probe: port 0 transmits
 const PROBES: [&str; 3] = ["blk-probe", "net-probe", "console-probe"];
 
 fn run(args: &[&str]) -> common::Output {
-    let mut cmd = common::bulkhead();
-    cmd.arg("run").args(args);
-    let out = common::run(cmd, DEADLINE);
-    out.assert_no_panic();
-    out
+    common::run_vm(args, DEADLINE)
 }
 
 #[test]

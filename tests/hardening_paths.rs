@@ -85,11 +85,7 @@ fn root() -> bool {
 }
 
 fn run(args: &[&str]) -> common::Output {
-    let mut cmd = common::bulkhead();
-    cmd.arg("run").args(args);
-    let out = common::run(cmd, DEADLINE);
-    out.assert_no_panic();
-    out
+    common::run_vm(args, DEADLINE)
 }
 
 /// Asserts `out` is the refusal of `path` for the unsafe step from mallory's symlink to

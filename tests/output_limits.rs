@@ -35,11 +35,7 @@ impl Drop for Scratch {
 }
 
 fn run(args: &[&str]) -> common::Output {
-    let mut cmd = common::bulkhead();
-    cmd.arg("run").args(args);
-    let out = common::run(cmd, DEADLINE);
-    out.assert_no_panic();
-    out
+    common::run_vm(args, DEADLINE)
 }
 
 fn assert_told_once(out: &common::Output) {

@@ -114,6 +114,15 @@ pub fn run(mut cmd: Command, deadline: Duration) -> Output {
     }
 }
 
+/// `bulkhead run ARGS` to completion or `deadline`; fails the test if anything panicked.
+pub fn run_vm(args: &[&str], deadline: Duration) -> Output {
+    let mut cmd = bulkhead();
+    cmd.arg("run").args(args);
+    let out = run(cmd, deadline);
+    out.assert_no_panic();
+    out
+}
+
 fn reader<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
