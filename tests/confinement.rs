@@ -215,10 +215,7 @@ fn limit(limits: &str, name: &str) -> (String, String) {
 #[test]
 fn every_process_is_confined_as_promised() {
     require_kvm!();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let mut cmd = common::bulkhead();
     // The landlock probe (each process lists its root once jailed, before any filter), and
     // variables that must not reach the processes.
@@ -423,10 +420,7 @@ fn stop(vm: Running, kids: &[(u32, String)]) {
 #[test]
 fn two_vms_run_under_different_uids() {
     require_kvm!();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let a = Running::start("uid-a");
     let b = Running::start("uid-b");
     let (kids_a, kids_b) = (children(a.pid()), children(b.pid()));
@@ -490,10 +484,7 @@ fn two_vms_run_under_different_uids() {
 #[test]
 fn uid_forces_the_shared_identity() {
     require_kvm!();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let vm = Running::start_with("uid-forced", &["--uid", "65534", "--gid", "65534"]);
     let kids = children(vm.pid());
     assert_eq!(kids.len(), 4, "{kids:?}");

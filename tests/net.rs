@@ -148,10 +148,7 @@ fn namespace_exists(name: &str) -> bool {
 #[test]
 fn host_pings_the_guest_and_arp_resolves_its_mac() {
     require_kvm!();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let vm = Vm::start(&format!(
         "bulkhead.test=net-serve bulkhead.net.ip=10.0.2.2/24 {SERVE_BOUND}"
     ));
@@ -182,10 +179,7 @@ fn host_pings_the_guest_and_arp_resolves_its_mac() {
 #[test]
 fn udp_both_ways_with_payloads_intact() {
     require_kvm!();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     // Guest to host: the guest first serves until the host's socket is bound and the test
     // tells it to go on, so it sends to a bound socket; then it serves again for the echo.
     let vm = Vm::start(&format!(
@@ -250,10 +244,7 @@ fn udp_both_ways_with_payloads_intact() {
 #[test]
 fn named_tap_in_the_callers_namespace() {
     require_kvm!();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let ns = format!("bulkhead-test-{}", std::process::id());
     assert!(std::process::Command::new("ip")
         .args(["netns", "add", &ns])
@@ -396,10 +387,7 @@ fn tap_queues_held(pid: u32) -> usize {
 #[test]
 fn two_queue_pairs_guest_on_pair_zero() {
     require_kvm!();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let vm = Vm::start_with(
         ",queues=2",
         "bulkhead.test=net-identify,net-serve,net-send,net-serve bulkhead.net.ip=10.0.2.2/24 \

@@ -287,10 +287,7 @@ fn a_block_queue_thread_refuses_what_only_its_process_role_allows() {
 #[test]
 fn a_net_queue_thread_refuses_what_only_its_process_role_allows() {
     require_kvm!();
-    if let Some(why) = common::netns::unavailable() {
-        eprintln!("SKIPPED: {why}");
-        return;
-    }
+    require_netns!();
     dies_calling(
         &["--net", "auto,host-ip=10.0.2.1/24,guest-ip=10.0.2.2/24"],
         "bulkhead.test=net-serve bulkhead.net.ip=10.0.2.2/24 bulkhead.net.serve-ms=3000",
@@ -318,10 +315,7 @@ fn a_console_queue_thread_outside_its_list_is_reported_by_the_launcher() {
 #[test]
 fn a_net_queue_thread_outside_its_list_is_reported_by_the_launcher() {
     require_kvm!();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     dies_under_the_launcher(
         &["--net", "auto,host-ip=10.0.2.1/24,guest-ip=10.0.2.2/24"],
         "bulkhead.test=net-serve bulkhead.net.ip=10.0.2.2/24 bulkhead.net.serve-ms=3000",

@@ -57,10 +57,7 @@ fn signal(pid: u32, sig: libc::c_int) {
 #[test]
 fn stopping_and_continuing_every_process_under_io_leaves_the_vm_running() {
     require_kvm!();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let img = Image::new("stop-continue", 16 << 20);
     let console =
         std::env::temp_dir().join(format!("bulkhead-stop-continue-{}.log", std::process::id()));

@@ -16,10 +16,7 @@ use common::running::{
 fn kill_one(program: &str, device: &str) {
     require_kvm!();
     let _serial = serial();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let vm = Running::start(&format!("kill-{device}"));
     let kids = children(vm.pid());
     let names: Vec<&str> = kids.iter().map(|(_, n)| n.as_str()).collect();
@@ -78,10 +75,7 @@ fn killing_the_console_process_is_reported_by_name() {
 fn sigterm_to_the_launcher_stops_everything_in_order() {
     require_kvm!();
     let _serial = serial();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let mut cmd = common::bulkhead();
     cmd.env("RUST_LOG", "info");
     let vm = Running::start_via(cmd, "sigterm", &[], 60_000);
@@ -164,10 +158,7 @@ fn vcpu_cpu_ns(vmm: u32) -> u64 {
 fn ctl_reports_pauses_resumes_and_shuts_down_the_vm() {
     require_kvm!();
     let _serial = serial();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let socket = std::env::temp_dir().join(format!("bulkhead-api-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&socket);
     let vm = Running::start_with("ctl", &["--api-socket", socket.to_str().unwrap()]);
@@ -251,10 +242,7 @@ fn ctl_reports_pauses_resumes_and_shuts_down_the_vm() {
 fn what_a_killed_launcher_left_is_removed_by_the_next_run() {
     require_kvm!();
     let _serial = serial();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let vm = Running::start("killed-launcher");
     let pid = vm.pid();
     let kids = children(pid);
@@ -269,14 +257,7 @@ fn what_a_killed_launcher_left_is_removed_by_the_next_run() {
     // ... but its namespace and cgroups stay.
     assert_eq!(namespaces_of(pid).len(), 1, "the namespace");
     assert!(!cgroups_of(pid).is_empty(), "the cgroups");
-    let out = common::run(
-        {
-            let mut c = common::bulkhead();
-            c.args(["run", "--serial", "off"]);
-            c
-        },
-        Duration::from_secs(60),
-    );
+    let out = common::run_vm(&["--serial", "off"], Duration::from_secs(60));
     assert_eq!(out.code(), 0, "{out:#?}");
     assert!(
         out.stderr.contains(&format!(
@@ -328,10 +309,7 @@ fn killed_demo() -> Option<std::path::PathBuf> {
 fn the_scratch_disk_of_a_killed_demo_is_removed_by_the_next_run() {
     require_kvm!();
     let _serial = serial();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let dir = (0..5)
         .find_map(|_| killed_demo())
         .expect("the demo ended by itself five times before SIGKILL landed");
@@ -341,14 +319,7 @@ fn the_scratch_disk_of_a_killed_demo_is_removed_by_the_next_run() {
         "the killed demo's scratch disk {} is not left: nothing to reap",
         image.display()
     );
-    let out = common::run(
-        {
-            let mut c = common::bulkhead();
-            c.args(["run", "--serial", "off"]);
-            c
-        },
-        Duration::from_secs(60),
-    );
+    let out = common::run_vm(&["--serial", "off"], Duration::from_secs(60));
     assert_eq!(out.code(), 0, "{out:#?}");
     let said = format!(
         "removed the scratch disk directory {} of a bulkhead that is gone",
@@ -370,10 +341,7 @@ fn the_scratch_disk_of_a_killed_demo_is_removed_by_the_next_run() {
 fn a_launcher_under_another_name_keeps_its_namespace_when_another_starts() {
     require_kvm!();
     let _serial = serial();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     // The same launcher through a symlink of another name: the kernel calls it that
     // (comm), and the reaper must not take it for gone.
     let dir = std::env::temp_dir().join(format!("bulkhead-renamed-{}", std::process::id()));
@@ -390,14 +358,7 @@ fn a_launcher_under_another_name_keeps_its_namespace_when_another_starts() {
     assert_eq!(comm.trim_end(), "vmm-renamed");
     assert_eq!(namespaces_of(pid).len(), 1, "the namespace");
     // Another launcher starts (and reaps what gone launchers left) and ends.
-    let out = common::run(
-        {
-            let mut c = common::bulkhead();
-            c.args(["run", "--serial", "off"]);
-            c
-        },
-        Duration::from_secs(60),
-    );
+    let out = common::run_vm(&["--serial", "off"], Duration::from_secs(60));
     assert_eq!(out.code(), 0, "{out:#?}");
     // (It may remove what other, really dead launchers left: only ours matters.)
     assert!(
@@ -432,10 +393,7 @@ fn a_launcher_under_another_name_keeps_its_namespace_when_another_starts() {
 fn a_stop_signal_while_the_vm_starts_stops_it_and_leaves_nothing() {
     require_kvm!();
     let _serial = serial();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     // SIGTERM once the launcher has started `started` of its three processes: while the
     // others start, the vmm builds the VM, the launcher waits for its handshake.
     for started in 1..=3 {
@@ -494,10 +452,7 @@ fn a_stop_signal_while_the_vm_starts_stops_it_and_leaves_nothing() {
 fn a_file_that_replaced_the_api_socket_is_kept() {
     require_kvm!();
     let _serial = serial();
-    if let Some(why) = common::netns::unavailable() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &why);
-        return;
-    }
+    require_netns!();
     let dir = std::env::temp_dir();
     let socket = dir.join(format!("bulkhead-api-replaced-{}.sock", std::process::id()));
     let other = dir.join(format!("bulkhead-api-other-{}", std::process::id()));

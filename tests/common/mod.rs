@@ -52,6 +52,17 @@ macro_rules! require_kvm {
     };
 }
 
+/// Skips the calling test (returns from it) when network namespaces and TAPs cannot be
+/// made here (not root, no ip(8), no /dev/net/tun): a failure under CI (see [`skip`]).
+#[macro_export]
+macro_rules! require_netns {
+    () => {
+        if let Some(why) = $crate::common::netns::unavailable() {
+            $crate::skip!($crate::common::skip::SkipKind::NotPermitted, "{why}");
+        }
+    };
+}
+
 /// Whether this host has hardware virtualisation (so a stock kernel boots to user space).
 pub fn hardware_kvm() -> bool {
     Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists()
