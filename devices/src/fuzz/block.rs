@@ -79,42 +79,31 @@ pub fn fuzz_block(data: &[u8]) -> usize {
 mod tests {
     use super::super::stable::{run_bounded, Rng};
     use super::*;
-    use crate::fuzz::ring::DATA;
+    use crate::fuzz::ring::encode;
 
     /// A well-formed queue: one chain per request type, headers in the data area.
     fn valid(rng: &mut Rng) -> Vec<u8> {
         // Read-write, 512-byte blocks, a 4 KiB image; a queue of 256.
-        let mut out = vec![0, 0, 7, 8];
-        out.extend([0, 0, 0]); // rings where the harness puts them
-        out.push(u8::from(rng.below(2) == 1)); // EVENT_IDX
-        out.extend(0u16.to_le_bytes()); // start
+        let mut out = vec![0, 0, 7];
+        encode::header(&mut out, 8, rng.below(2) == 1);
         let kinds = [0u32, 1, 4, 8, 11, 13];
         let n = 1 + rng.below(kinds.len());
         out.push((3 * n) as u8);
-        let addr = |out: &mut Vec<u8>, at: u64| {
-            out.push(0);
-            out.extend((((at - DATA) / 4) as u16).to_le_bytes());
-        };
         for (i, &kind) in kinds.iter().take(n).enumerate() {
-            let base = 0x100 * i as u64;
+            let (base, next) = (0x100 * i as u64, (3 * i) as u8);
             // header (readable), data (direction by type), status (writable)
-            addr(&mut out, DATA + base);
-            out.push(16);
-            out.push(1); // NEXT
-            out.push((3 * i + 1) as u8);
-            addr(&mut out, DATA + 0x2000 + 0x400 * i as u64);
-            out.push(0x40); // 512 bytes
-            out.push(if kind == 0 || kind == 8 { 3 } else { 1 });
-            out.push((3 * i + 2) as u8);
-            addr(&mut out, DATA + base + 0x80);
-            out.push(1);
-            out.push(2); // WRITE
-            out.push(0);
+            encode::desc(&mut out, base, 16, 1, next + 1);
+            let data_flags = if kind == 0 || kind == 8 { 3 } else { 1 };
+            encode::desc(
+                &mut out,
+                0x2000 + 0x400 * i as u64,
+                0x40,
+                data_flags,
+                next + 2,
+            );
+            encode::desc(&mut out, base + 0x80, 1, 2, 0);
         }
-        out.push(n as u8);
-        out.extend((0..n).map(|i| (3 * i) as u8));
-        out.push(0); // avail idx = start + count
-        out.extend(0u16.to_le_bytes());
+        encode::available(&mut out, &(0..n).map(|i| (3 * i) as u8).collect::<Vec<_>>());
         let mut area = vec![0u8; 0x100 * n];
         for (i, kind) in kinds.iter().take(n).enumerate() {
             area[0x100 * i..0x100 * i + 4].copy_from_slice(&kind.to_le_bytes());

@@ -64,6 +64,7 @@ pub fn fuzz_console(data: &[u8]) -> usize {
 mod tests {
     use super::super::stable::{run_bounded, Rng};
     use super::*;
+    use crate::fuzz::ring::encode;
 
     /// A well-formed queue of `n` one-buffer chains (writable for the receiveq).
     fn valid(rng: &mut Rng) -> Vec<u8> {
@@ -73,21 +74,9 @@ mod tests {
             out.extend(300u16.to_le_bytes());
             out.push(b'x');
         }
-        out.extend([8, 0, 0, 0, u8::from(rng.below(2) == 1)]);
-        out.extend(0u16.to_le_bytes());
-        let n = 1 + rng.below(4);
-        out.push(n as u8);
-        for i in 0..n {
-            out.push(0);
-            out.extend(((0x1000 * i as u64) / 4).to_le_bytes()[..2].iter());
-            out.push(0x40); // 512 bytes
-            out.push(if rx { 2 } else { 0 });
-            out.push(0);
-        }
-        out.push(n as u8);
-        out.extend((0..n).map(|i| i as u8));
-        out.push(0);
-        out.extend(0u16.to_le_bytes());
+        encode::header(&mut out, 8, rng.below(2) == 1);
+        // 512 bytes each
+        encode::single_buffer_chains(&mut out, 1 + rng.below(4), 0x40, rx);
         out.extend(b"hello from the guest\n");
         out
     }

@@ -150,7 +150,7 @@ fn rx(input: &mut Input, tap: Arc<OwnedFd>, far: &OwnedFd, counters: Arc<Counter
 mod tests {
     use super::super::stable::{run_bounded, Rng};
     use super::*;
-    use crate::fuzz::ring::DATA;
+    use crate::fuzz::ring::encode;
 
     /// A well-formed queue of `n` chains of one buffer each (writable for RX).
     fn valid(rng: &mut Rng) -> Vec<u8> {
@@ -164,23 +164,10 @@ mod tests {
             out.push(u8::from(rng.below(2) == 1)); // MRG_RXBUF
             out.extend(1514u16.to_le_bytes());
         }
-        out.extend([8, 0, 0, 0, u8::from(rng.below(2) == 1)]);
-        out.extend(0u16.to_le_bytes());
-        let n = 1 + rng.below(4);
-        out.push(n as u8);
-        for i in 0..n {
-            out.push(0);
-            out.extend(((0x1000 * i as u64) / 4).to_le_bytes()[..2].iter());
-            out.push(0x43); // 2 KiB
-            out.push(if rx { 2 } else { 0 });
-            out.push(0);
-        }
-        out.push(n as u8);
-        out.extend((0..n).map(|i| i as u8));
-        out.push(0);
-        out.extend(0u16.to_le_bytes());
+        encode::header(&mut out, 8, rng.below(2) == 1);
+        // 2 KiB each
+        encode::single_buffer_chains(&mut out, 1 + rng.below(4), 0x43, rx);
         out.extend(vec![0u8; 64]); // zero headers: no offloads
-        let _ = DATA;
         out
     }
 

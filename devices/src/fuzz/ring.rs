@@ -410,3 +410,41 @@ impl Ring {
         used
     }
 }
+
+/// Well-formed inputs for [`Ring::build`], for the harnesses' stable runs: the same byte
+/// layout the builder reads, written once (the vmm's harnesses use it too).
+pub mod encode {
+    /// The queue's opening bytes: 2^`size_log2` entries, the rings where the harness puts
+    /// them, `event_idx`, indexes starting at 0.
+    pub fn header(out: &mut Vec<u8>, size_log2: u8, event_idx: bool) {
+        out.extend([size_log2, 0, 0, 0, u8::from(event_idx)]);
+        out.extend(0u16.to_le_bytes());
+    }
+
+    /// One descriptor: at `DATA + offset` (a multiple of 4), length code `len` (see
+    /// `length`), `flags`, `next`.
+    pub fn desc(out: &mut Vec<u8>, offset: u64, len: u8, flags: u8, next: u8) {
+        out.push(0);
+        out.extend(u16::try_from(offset / 4).unwrap_or(u16::MAX).to_le_bytes());
+        out.extend([len, flags, next]);
+    }
+
+    /// The available ring: `heads` made available, its index right after them, no used
+    /// event; the data area follows.
+    pub fn available(out: &mut Vec<u8>, heads: &[u8]) {
+        out.push(heads.len() as u8);
+        out.extend(heads);
+        out.push(0);
+        out.extend(0u16.to_le_bytes());
+    }
+
+    /// `n` chains of one buffer each, 4 KiB apart from the data area's start, of length
+    /// code `len`, device-writable or not, all made available.
+    pub fn single_buffer_chains(out: &mut Vec<u8>, n: usize, len: u8, writable: bool) {
+        out.push(n as u8);
+        for i in 0..n {
+            desc(out, 0x1000 * i as u64, len, if writable { 2 } else { 0 }, 0);
+        }
+        available(out, &(0..n).map(|i| i as u8).collect::<Vec<_>>());
+    }
+}

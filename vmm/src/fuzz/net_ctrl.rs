@@ -54,31 +54,22 @@ pub fn fuzz_net_ctrl(data: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulkhead_devices::fuzz::ring::DATA;
+    use bulkhead_devices::fuzz::ring::encode;
     use bulkhead_devices::fuzz::stable::{run_bounded, Rng};
 
     /// VQ_PAIRS_SET commands: header, body, status in three descriptors.
     fn valid(rng: &mut Rng) -> Vec<u8> {
         let mut out = vec![0u8; 8]; // no EVENT_IDX
-        out.extend([6, 0, 0, 0, 0]); // queue size 64, rings where the harness lays them
-        out.extend(0u16.to_le_bytes());
+        encode::header(&mut out, 6, false); // queue size 64
         let n = 1 + rng.below(3);
         out.push((3 * n) as u8);
-        let desc = |out: &mut Vec<u8>, at: u64, len: u8, flags: u8, next: usize| {
-            out.push(0);
-            out.extend((((at - DATA) / 4) as u16).to_le_bytes());
-            out.extend([len, flags, next as u8]);
-        };
         for i in 0..n {
-            let base = DATA + 0x100 * i as u64;
-            desc(&mut out, base, 2, 1, 3 * i + 1);
-            desc(&mut out, base + 0x10, 2, 1, 3 * i + 2);
-            desc(&mut out, base + 0x20, 1, 2, 0);
+            let (base, next) = (0x100 * i as u64, (3 * i) as u8);
+            encode::desc(&mut out, base, 2, 1, next + 1);
+            encode::desc(&mut out, base + 0x10, 2, 1, next + 2);
+            encode::desc(&mut out, base + 0x20, 1, 2, 0);
         }
-        out.push(n as u8);
-        out.extend((0..n).map(|i| (3 * i) as u8));
-        out.push(0);
-        out.extend(0u16.to_le_bytes());
+        encode::available(&mut out, &(0..n).map(|i| (3 * i) as u8).collect::<Vec<_>>());
         for _ in 0..n {
             let mut area = [0u8; 0x100];
             area[..2].copy_from_slice(&[4, 0]);
