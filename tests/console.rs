@@ -35,23 +35,7 @@ fn guest_output_lands_in_the_console_file_in_order() {
 fn host_input_reaches_the_guest_and_comes_back() {
     require_kvm!();
     let socket = std::env::temp_dir().join(format!("bulkhead-console-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&socket);
-    let mut cmd = common::bulkhead();
-    cmd.arg("run")
-        .args(["--console", &format!("socket={}", socket.display())])
-        .args([
-            "--cmdline",
-            "bulkhead.test=console-echo bulkhead.console.echo-ms=20000",
-        ]);
-    let child = std::thread::spawn(move || common::run(cmd, Duration::from_secs(60)));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut stream = loop {
-        match UnixStream::connect(&socket) {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("connecting to the console socket: {e}"),
-        }
-    };
+    let (child, mut stream) = echo_on_socket(&socket);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -78,23 +62,7 @@ fn a_file_that_replaced_the_console_socket_is_kept() {
         "bulkhead-console-replaced-{}.sock",
         std::process::id()
     ));
-    let _ = std::fs::remove_file(&socket);
-    let mut cmd = common::bulkhead();
-    cmd.arg("run")
-        .args(["--console", &format!("socket={}", socket.display())])
-        .args([
-            "--cmdline",
-            "bulkhead.test=console-echo bulkhead.console.echo-ms=20000",
-        ]);
-    let child = std::thread::spawn(move || common::run(cmd, Duration::from_secs(60)));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut stream = loop {
-        match UnixStream::connect(&socket) {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("connecting to the console socket: {e}"),
-        }
-    };
+    let (child, mut stream) = echo_on_socket(&socket);
     // Someone puts another file at the path while the VM runs.
     let other = socket.with_extension("other");
     std::fs::write(&other, b"someone else's").unwrap();
@@ -114,6 +82,32 @@ fn a_file_that_replaced_the_console_socket_is_kept() {
         "the file at {} was not kept",
         socket.display()
     );
+}
+
+/// Starts a VM whose guest echoes its console (`console-echo`) on a console socket at
+/// `socket` (removing what an earlier run left there), and connects to it: the running
+/// bulkhead (its output once it ends) and the connection.
+fn echo_on_socket(
+    socket: &std::path::Path,
+) -> (std::thread::JoinHandle<common::Output>, UnixStream) {
+    let _ = std::fs::remove_file(socket);
+    let mut cmd = common::bulkhead();
+    cmd.arg("run")
+        .args(["--console", &format!("socket={}", socket.display())])
+        .args([
+            "--cmdline",
+            "bulkhead.test=console-echo bulkhead.console.echo-ms=20000",
+        ]);
+    let child = std::thread::spawn(move || common::run(cmd, Duration::from_secs(60)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("connecting to the console socket: {e}"),
+        }
+    };
+    (child, stream)
 }
 
 /// A pseudo-terminal of `cols` x `rows`: (master, slave).
