@@ -6,7 +6,7 @@
 //!
 //! Requests stay within the device's max_discard_sectors / max_write_zeroes_sectors.
 
-use super::{check_range, pipeline, Error};
+use super::{check_range, chunks, pipeline, Error};
 use crate::cmdline::SectorRange;
 use crate::disks;
 use crate::disks::Disk;
@@ -17,19 +17,6 @@ use crate::virtio::blk::{feature, fill_pattern, pattern_byte, Request, SECTOR};
 const DEPTH: usize = 4;
 /// Largest read or write, in sectors.
 const CHUNK: u32 = 128;
-
-/// Reads or writes over `range` in chunks.
-fn chunks(range: SectorRange, write: bool) -> impl Iterator<Item = Request> {
-    let end = range.first + range.count;
-    (range.first..end).step_by(CHUNK as usize).map(move |s| {
-        let n = (end - s).min(u64::from(CHUNK)) as u32;
-        if write {
-            Request::write(s, n)
-        } else {
-            Request::read(s, n)
-        }
-    })
-}
 
 /// DISCARD (`discard`) or WRITE_ZEROES requests over `range`, within the device's limit.
 fn zeroing(disk: &Disk, range: SectorRange, discard: bool) -> impl Iterator<Item = Request> {
@@ -111,7 +98,7 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
     let garbage = |data: &mut [u8], _: &Request| data.fill(0xa5);
     pipeline(
         disk,
-        chunks(range, true),
+        chunks(range, CHUNK, true),
         DEPTH,
         |data, req| fill_pattern(data, req.sector * SECTOR),
         |_, _| Ok(()),
@@ -119,15 +106,21 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
     let discards = zeroing(disk, range, true);
     pipeline(disk, discards, DEPTH, no_data, |_, _| Ok(()))?;
     let mut after_discard = Content::Nothing;
-    pipeline(disk, chunks(range, false), DEPTH, garbage, |data, req| {
-        after_discard = after_discard.add(Content::of(data, req.sector * SECTOR));
-        Ok(())
-    })?;
+    pipeline(
+        disk,
+        chunks(range, CHUNK, false),
+        DEPTH,
+        garbage,
+        |data, req| {
+            after_discard = after_discard.add(Content::of(data, req.sector * SECTOR));
+            Ok(())
+        },
+    )?;
     let zeroes = zeroing(disk, range, false);
     pipeline(disk, zeroes, DEPTH, no_data, |_, _| Ok(()))?;
     pipeline(
         disk,
-        chunks(range, false),
+        chunks(range, CHUNK, false),
         DEPTH,
         garbage,
         |data, req| match data.iter().position(|&b| b != 0) {

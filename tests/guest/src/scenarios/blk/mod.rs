@@ -255,6 +255,19 @@ pub fn run_ok(disk: &mut Disk, req: &Request) -> Result<(), Error> {
     Ok(())
 }
 
+/// Reads (or writes, with `write`) over `range`, `chunk` sectors a request at most.
+pub fn chunks(range: SectorRange, chunk: u32, write: bool) -> impl Iterator<Item = Request> {
+    let end = range.first + range.count;
+    (range.first..end).step_by(chunk as usize).map(move |s| {
+        let n = (end - s).min(u64::from(chunk)) as u32;
+        if write {
+            Request::write(s, n)
+        } else {
+            Request::read(s, n)
+        }
+    })
+}
+
 /// Run `requests` with up to `depth` in flight (slots `0..depth`, which must exist):
 /// `before` fills a request's data before it is queued, `after` looks at it once it came
 /// back OK. One kick per batch of submissions.

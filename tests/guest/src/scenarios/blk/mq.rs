@@ -6,36 +6,23 @@
 //! `<disk> mq queues=<n>`. Fails when the device offers fewer than two queues, or more
 //! than this driver sets up ([`blk::MAX_QUEUES`]): then some would go unused.
 
-use super::{check_range, pipeline, Error};
+use super::{check_range, chunks, pipeline, Error};
 use crate::cmdline::SectorRange;
 use crate::disks::{self, Disk};
 use crate::machine::Machine;
-use crate::virtio::blk::{self, check_pattern, fill_pattern, Request, SECTOR};
+use crate::virtio::blk::{self, check_pattern, fill_pattern, SECTOR};
 
 /// Requests in flight per queue.
 const DEPTH: usize = 4;
 /// Largest request, in sectors (several requests per part).
 const CHUNK: u32 = 4;
 
-/// Requests over `range` in chunks.
-fn chunks(range: SectorRange, write: bool) -> impl Iterator<Item = Request> {
-    let end = range.first + range.count;
-    (range.first..end).step_by(CHUNK as usize).map(move |s| {
-        let n = (end - s).min(u64::from(CHUNK)) as u32;
-        if write {
-            Request::write(s, n)
-        } else {
-            Request::read(s, n)
-        }
-    })
-}
-
 /// Writes and reads back `part` on the queue in use; returns (requests, completions).
 fn exercise(disk: &mut Disk, part: SectorRange) -> Result<(u32, u32), Error> {
     let (mut requests, mut completions) = (0u32, 0u32);
     pipeline(
         disk,
-        chunks(part, true),
+        chunks(part, CHUNK, true),
         DEPTH,
         |data, req| {
             requests += 1;
@@ -48,7 +35,7 @@ fn exercise(disk: &mut Disk, part: SectorRange) -> Result<(u32, u32), Error> {
     )?;
     pipeline(
         disk,
-        chunks(part, false),
+        chunks(part, CHUNK, false),
         DEPTH,
         |data, _| {
             requests += 1;
