@@ -8,8 +8,10 @@ use super::input::Input;
 use super::ring::Ring;
 use crate::net::{Counters, RxEnd, RxWorker, TxWorker, MAX_FRAME, NET_HDR_SIZE};
 
-/// A non-blocking SOCK_SEQPACKET pair: one read or write per frame, like a TAP.
-fn fake_tap() -> (Arc<OwnedFd>, OwnedFd) {
+/// A non-blocking SOCK_SEQPACKET pair: one read or write per frame, like a TAP. (The
+/// device's "TAP", the far side the caller reads and writes; the net device's unit tests
+/// use it too.)
+pub(crate) fn fake_tap() -> (Arc<OwnedFd>, OwnedFd) {
     let mut fds = [0; 2];
     // SAFETY: socketpair writes two descriptors into `fds`, valid for the call.
     let r = unsafe {

@@ -2,7 +2,7 @@
 //! the TAP (one read or write per frame, truncating reads, like a TAP descriptor).
 
 use super::*;
-use std::os::fd::FromRawFd;
+use crate::fuzz::net::fake_tap;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -17,28 +17,6 @@ const N: u16 = VRING_DESC_F_NEXT as u16;
 
 fn memory() -> GuestRam {
     GuestRam::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
-}
-
-/// A socketpair: (the device's "TAP", the far side the test reads and writes).
-fn fake_tap() -> (Arc<OwnedFd>, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two descriptors into `fds`, valid for the call.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0);
-    // SAFETY: both descriptors are fresh and owned by nothing else.
-    unsafe {
-        (
-            Arc::new(OwnedFd::from_raw_fd(fds[0])),
-            OwnedFd::from_raw_fd(fds[1]),
-        )
-    }
 }
 
 fn send(fd: &OwnedFd, frame: &[u8]) {
