@@ -406,6 +406,19 @@ impl Registry {
             .count()
     }
 
+    /// The disk the command line selects (`bulkhead.blk.disk`), opened as [`open`](Self::open)
+    /// does.
+    pub fn open_configured(
+        &mut self,
+        machine: &mut crate::machine::Machine,
+    ) -> Result<&mut Disk, DiskError> {
+        self.open(
+            &machine.config.devices,
+            &mut machine.frames,
+            machine.config.blk.disk,
+        )
+    }
+
     /// Virtio-blk device `n`, set up on first use.
     pub fn open(
         &mut self,

@@ -79,11 +79,7 @@ impl Content {
 pub fn run(machine: &mut Machine) -> Result<(), Error> {
     let range = machine.config.blk.discard;
     let mut registry = disks::lock();
-    let disk = registry.open(
-        &machine.config.devices,
-        &mut machine.frames,
-        machine.config.blk.disk,
-    )?;
+    let disk = registry.open_configured(machine)?;
     for (f, name) in [
         (feature::DISCARD, "DISCARD"),
         (feature::WRITE_ZEROES, "WRITE_ZEROES"),

@@ -10,11 +10,7 @@ use crate::virtio::blk::{feature, Request};
 /// Run the scenario.
 pub fn run(machine: &mut Machine) -> Result<(), Error> {
     let mut registry = disks::lock();
-    let disk = registry.open(
-        &machine.config.devices,
-        &mut machine.frames,
-        machine.config.blk.disk,
-    )?;
+    let disk = registry.open_configured(machine)?;
     if !disk.blk.has(feature::FLUSH) {
         return Err(Error::NotOffered("FLUSH"));
     }

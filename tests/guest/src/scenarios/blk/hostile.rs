@@ -121,11 +121,7 @@ fn queue_bad(disk: &mut Disk, s: usize, case: &str) -> Result<Option<u16>, AddEr
 /// Run the scenario.
 pub fn run(machine: &mut Machine) -> Result<(), Error> {
     let mut registry = disks::lock();
-    let disk = registry.open(
-        &machine.config.devices,
-        &mut machine.frames,
-        machine.config.blk.disk,
-    )?;
+    let disk = registry.open_configured(machine)?;
     if disk.capacity() == 0 {
         return Err(Error::Empty);
     }

@@ -114,11 +114,7 @@ fn rounds(disk: &mut Disk, line: u32) -> Result<(u32, u32), Error> {
 /// Run the scenario.
 pub fn run(machine: &mut Machine) -> Result<(), Error> {
     let mut registry = disks::lock();
-    let disk = registry.open(
-        &machine.config.devices,
-        &mut machine.frames,
-        machine.config.blk.disk,
-    )?;
+    let disk = registry.open_configured(machine)?;
     if disk.capacity() == 0 {
         return Err(Error::Empty);
     }

@@ -60,11 +60,7 @@ fn exercise(disk: &mut Disk, part: SectorRange) -> Result<(u32, u32), Error> {
 pub fn run(machine: &mut Machine) -> Result<(), Error> {
     let range = machine.config.blk.rw;
     let mut registry = disks::lock();
-    let disk = registry.open(
-        &machine.config.devices,
-        &mut machine.frames,
-        machine.config.blk.disk,
-    )?;
+    let disk = registry.open_configured(machine)?;
     check_range(disk, "bulkhead.blk.rw", range)?;
     let offered = disk.blk.config.num_queues;
     let queues = disk.blk.queue_count();

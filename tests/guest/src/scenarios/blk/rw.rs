@@ -96,11 +96,7 @@ impl Iterator for Plan {
 pub fn run(machine: &mut Machine) -> Result<(), Error> {
     let range = machine.config.blk.rw;
     let mut registry = disks::lock();
-    let disk = registry.open(
-        &machine.config.devices,
-        &mut machine.frames,
-        machine.config.blk.disk,
-    )?;
+    let disk = registry.open_configured(machine)?;
     check_range(disk, "bulkhead.blk.rw", range)?;
     disk.ensure_slots(&mut machine.frames, DEPTH, MAX_SECTORS * SECTOR as u32)?;
     let indirect = disk.blk.has(INDIRECT_DESC);
