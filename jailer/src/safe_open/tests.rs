@@ -287,3 +287,39 @@ fn a_socket_file_is_removed_only_while_it_is_the_one_bound() {
         "a link at the path is kept, and what it names"
     );
 }
+
+#[test]
+fn a_fifo_is_refused_without_blocking() {
+    if !root() {
+        return;
+    }
+    let s = Scratch::new("fifo");
+    let home = s.home("mallory", MALLORY);
+    let fifo = home.join("serial.log");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    chown(&fifo, MALLORY);
+    // On a thread: a regression would block in open(2) with no reader, not fail.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let results: Vec<bool> = [Access::Append, Access::Read, Access::ReadWrite]
+            .into_iter()
+            .map(|a| open(&path, a).is_err())
+            .collect();
+        let _ = tx.send(results);
+    });
+    let refused = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("opening a FIFO blocked");
+    assert_eq!(refused, [true, true, true], "a FIFO was opened");
+    // Regular files still open writable, without O_NONBLOCK left on them.
+    let log = home.join("ok.log");
+    write(&log, b"", MALLORY);
+    let f = open(&log, Access::Append).unwrap();
+    // SAFETY: F_GETFL on an fd `f` owns.
+    let fl = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_GETFL) };
+    assert_eq!(fl & libc::O_NONBLOCK, 0);
+    assert_ne!(fl & libc::O_APPEND, 0);
+}

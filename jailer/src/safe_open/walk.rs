@@ -145,19 +145,40 @@ impl Walk<'_> {
                 io::Error::from_raw_os_error(libc::EISDIR),
             ));
         }
+        // A FIFO (or a socket) where a file was meant: opening a FIFO blocks until someone
+        // opens its other end, so a user who owns the directory could hang the launcher.
+        if matches!(
+            seen.st.st_mode & libc::S_IFMT,
+            libc::S_IFIFO | libc::S_IFSOCK
+        ) {
+            return Err(self.io(
+                "opening",
+                &seen.shown,
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a FIFO or socket, not a file or device",
+                ),
+            ));
+        }
         self.check_links(dir, seen)?;
         let flags = match access {
             Access::Read => libc::O_RDONLY,
             Access::ReadWrite => libc::O_RDWR,
             _ => libc::O_WRONLY | libc::O_APPEND,
         };
-        let file = self.openat(dir, name, &seen.shown, flags, 0)?;
+        // O_NONBLOCK: a FIFO swapped in after the walk looked must not block the open either
+        // (the fstat below then refuses it as another object); cleared once open.
+        let file = self.openat(dir, name, &seen.shown, flags | libc::O_NONBLOCK, 0)?;
         let st = self.fstat(&file, &seen.shown)?;
         if (st.st_dev, st.st_ino) != (seen.st.st_dev, seen.st.st_ino) {
             return Err(SafeOpenError::Swapped {
                 path: self.path.to_owned(),
                 component: seen.shown.clone(),
             });
+        }
+        // SAFETY: F_SETFL on an fd this function owns; no memory is passed.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & libc::O_APPEND) } != 0 {
+            return Err(self.io("opening", &seen.shown, io::Error::last_os_error()));
         }
         Ok(file)
     }
