@@ -26,6 +26,7 @@ pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
             memory_mib: args.memory,
             cpus: args.cpus,
             serial: &args.serial,
+            transport: Default::default(),
         },
         true,
         Vec::new(),

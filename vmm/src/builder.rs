@@ -182,6 +182,7 @@ impl Prepared {
             config.cpus,
             &boot_config,
             &virtio.slots,
+            config.transport,
         )?;
         let vcpus = create_vcpus(&kvm, &vm_fd, &memory, config.cpus, &boot)?;
         Ok(Vm {

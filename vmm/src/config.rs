@@ -75,6 +75,46 @@ impl PartialEq for HostFile {
 
 impl Eq for HostFile {}
 
+/// How the guest reaches its virtio devices (the whole VM uses one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// virtio-mmio: one 4 KiB register window and one IOAPIC pin per device, announced on
+    /// the kernel command line and in the ACPI DSDT. The default (see the README).
+    #[default]
+    Mmio,
+    /// virtio-pci (modern): one PCI function per device behind an ECAM host bridge, with an
+    /// MSI-X vector per queue.
+    Pci,
+}
+
+impl Transport {
+    /// Its name on command lines and in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mmio => "mmio",
+            Transport::Pci => "pci",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mmio" => Ok(Transport::Mmio),
+            "pci" => Ok(Transport::Pci),
+            _ => Err(format!("unknown transport {s:?}: expected mmio or pci")),
+        }
+    }
+}
+
 /// A virtio device served by a vhost-user backend process.
 #[derive(Debug)]
 pub struct VirtioDeviceConfig {
@@ -102,8 +142,10 @@ pub struct VmConfig {
     /// Whether the serial console reads standard input (with `SerialOutput::Stdio`; off when
     /// something else, such as a virtio console, owns the terminal's input).
     pub serial_input: bool,
-    /// Virtio devices, in the order they get MMIO slots.
+    /// Virtio devices, in the order they get MMIO slots or PCI functions.
     pub devices: Vec<VirtioDeviceConfig>,
+    /// How the guest reaches them.
+    pub transport: Transport,
 }
 
 /// Smallest guest RAM bulkhead accepts: room for the boot structures and a small kernel.
@@ -143,6 +185,8 @@ pub struct Machine<'a> {
     pub cpus: u64,
     /// Serial console.
     pub serial: &'a SerialOutput,
+    /// The virtio transport.
+    pub transport: Transport,
 }
 
 impl VmConfig {
@@ -171,6 +215,7 @@ impl VmConfig {
             serial: machine.serial.clone(),
             serial_input,
             devices,
+            transport: machine.transport,
         };
         config.validate()?;
         Ok(config)

@@ -13,7 +13,9 @@
 //! 0x000e_0000  ACPI tables: RSDP, then DSDT, FADT, MADT, XSDT
 //! 0x000f_0000  MP table
 //! 0x0010_0000  high memory: kernel, initrd (RAM up to the MMIO gap)
-//! 0xc000_0000  32-bit MMIO gap: virtio-mmio devices, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
+//! 0xc000_0000  32-bit MMIO gap: PCI BAR window (to 0xd000_0000), virtio-mmio devices
+//!              (0xd000_0000), PCI ECAM (0xe000_0000, 1 MiB), IOAPIC 0xfec0_0000,
+//!              LAPIC 0xfee0_0000
 //! 0x1_0000_0000 RAM above 4 GiB when the guest has more than 3 GiB
 //! ```
 
@@ -55,6 +57,16 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// End of the 32-bit MMIO gap (4 GiB).
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// Start of the PCI host bridge's 32-bit memory window, where virtio-pci BARs go (the
+/// start of the MMIO gap, up to the virtio-mmio slots).
+pub const PCI_MMIO_START: u64 = MMIO_GAP_START;
+/// End (exclusive) of the PCI 32-bit memory window: 256 MiB.
+pub const PCI_MMIO_END: u64 = 0xd000_0000;
+/// The PCI host bridge's ECAM (enhanced configuration access) region: 4 KiB per function,
+/// 1 MiB per bus; only bus 0 exists.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// Size of the ECAM region (bus 0 only).
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
 /// IOAPIC base address.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC base address.
@@ -78,6 +90,9 @@ const _: () = {
     assert!(ACPI_START + ACPI_MAX_SIZE <= MPTABLE_START);
     assert!(MPTABLE_START < HIMEM_START);
     assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 == KVM_TSS_ADDRESS);
+    // PCI: window and ECAM inside the MMIO gap, clear of each other and of the APICs.
+    assert!(MMIO_GAP_START <= PCI_MMIO_START && PCI_MMIO_END <= PCI_ECAM_START);
+    assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
     assert!(KVM_TSS_ADDRESS > APIC_START);
 };
 

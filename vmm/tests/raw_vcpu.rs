@@ -137,6 +137,7 @@ fn boot_elf(code: &[u8], cpus: u8) -> VmStop {
         serial: SerialOutput::Off,
         serial_input: false,
         devices: Vec::new(),
+        transport: Default::default(),
     };
     let mut vm = builder::build(config).expect("building the VM");
     vm.run().expect("running the VM")

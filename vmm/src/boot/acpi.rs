@@ -199,7 +199,10 @@ pub fn write(
     mem: &GuestMemoryMmap,
     cpus: u8,
     devices: &[MmioSlot],
+    transport: crate::config::Transport,
 ) -> Result<GuestAddress, BootError> {
+    // TODO(issue 10): with Transport::Pci, an MCFG table and the PNP0A08 host bridge.
+    let _ = transport;
     let bytes = build(cpus, devices)?;
     let rsdp = GuestAddress(layout::ACPI_START);
     mem.write_slice(&bytes, rsdp)

@@ -131,13 +131,14 @@ pub fn open_files(cfg: &mut BootConfig) -> Result<(), BootError> {
 /// Loads the kernel and initrd, writes the command line, e820 map, MP table, ACPI tables and
 /// the protocol's boot information into `mem` (`mem_size` bytes of RAM, `cpus` vCPUs, the
 /// virtio-mmio devices at `mmio`, which the DSDT describes; the command line already names
-/// them).
+/// them; with `transport` PCI, the host bridge and its ECAM instead).
 pub fn load(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     cpus: u8,
     cfg: &BootConfig,
     mmio: &[MmioSlot],
+    transport: crate::config::Transport,
 ) -> Result<BootEntry, BootError> {
     let ram_end = layout::ram_end_below_gap(mem_size);
     let kernel = kernel::load(mem, &cfg.kernel, ram_end)?;
@@ -157,7 +158,7 @@ pub fn load(
     };
     let e820 = e820::memory_map(mem_size);
     mptable::write(mem, cpus)?;
-    let rsdp = acpi::write(mem, cpus, mmio)?;
+    let rsdp = acpi::write(mem, cpus, mmio, transport)?;
     let boot_info = match kernel.protocol {
         EntryProtocol::Linux64 => {
             let params = zero_page::build(
@@ -211,7 +212,7 @@ mod tests {
             cmdline: "console=ttyS0".to_string(),
         };
         let slots: Vec<_> = (0..2).filter_map(crate::virtio::slot).collect();
-        let entry = load(&mem, mem_size, 4, &cfg, &slots).unwrap();
+        let entry = load(&mem, mem_size, 4, &cfg, &slots, Default::default()).unwrap();
         // The test guest uses the 64-bit protocol: acpi_rsdp_addr is at 0x070 of the zero page.
         assert_eq!(entry.protocol, EntryProtocol::Linux64);
         let rsdp: u64 = mem

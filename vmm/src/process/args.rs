@@ -43,6 +43,9 @@ pub struct VmmArgs {
     /// Do not read standard input into the serial console (something else owns it).
     #[arg(long)]
     pub no_serial_input: bool,
+    /// How the guest reaches its virtio devices: mmio or pci.
+    #[arg(long, value_name = "mmio|pci", default_value = "mmio")]
+    pub transport: crate::config::Transport,
     /// A virtio device served by a vhost-user backend (repeatable, in slot order):
     /// name=NAME,type=ID,queues=N and either fd=FD (an inherited connected socket) or
     /// socket=PATH.

@@ -155,6 +155,7 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
             memory_mib: args.memory,
             cpus: args.cpus,
             serial: &args.serial,
+            transport: args.transport,
         },
         !args.no_serial_input,
         devices,
