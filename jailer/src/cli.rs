@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// Number of vCPUs (1 to 254).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u64,
+    /// How the guest reaches its virtio devices: mmio (virtio-mmio, announced on the
+    /// command line and in ACPI) or pci (virtio-pci with MSI-X, for distribution kernels).
+    #[arg(long, value_name = "mmio|pci", default_value = "mmio")]
+    pub transport: bulkhead_vmm::config::Transport,
     /// Serial console (8250 at 0x3f8): stdio, file=PATH, or off.
     #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio", value_parser = bulkhead_vmm::process::args::parse_serial)]
     pub serial: SerialOutput,

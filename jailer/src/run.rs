@@ -26,7 +26,7 @@ pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
             memory_mib: args.memory,
             cpus: args.cpus,
             serial: &args.serial,
-            transport: Default::default(),
+            transport: args.transport,
         },
         true,
         Vec::new(),

@@ -50,7 +50,8 @@ pub fn start_vmm(
     }
     cmd.args(["--cmdline", &args.cmdline])
         .args(["--memory", &args.memory.to_string()])
-        .args(["--cpus", &args.cpus.to_string()]);
+        .args(["--cpus", &args.cpus.to_string()])
+        .args(["--transport", args.transport.as_str()]);
     // Guest memory is a memfd of that size (RLIMIT_FSIZE applies to it).
     let mut max_file_size = args.memory << 20;
     cmd.arg("--serial").arg(match &args.serial {
