@@ -131,7 +131,7 @@ fn disassemble(cpus: u8, slots: &[MmioSlot]) -> Option<Vec<Table>> {
     }
     let mem =
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), layout::HIMEM_START as usize)]).unwrap();
-    let rsdp = acpi::write(&mem, cpus, slots).unwrap();
+    let rsdp = acpi::write(&mem, cpus, slots, Default::default()).unwrap();
     let dir = TempDir::new("acpi-iasl");
     let mut out = Vec::new();
     for mut t in tables(&mem, rsdp) {

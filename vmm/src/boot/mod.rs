@@ -12,6 +12,7 @@ pub mod dsdt;
 pub mod e820;
 pub mod initrd;
 pub mod kernel;
+pub mod mcfg;
 pub mod mptable;
 pub mod pvh;
 pub mod zero_page;
@@ -219,7 +220,7 @@ mod tests {
             .read_obj(GuestAddress(entry.boot_info.0 + 0x70))
             .unwrap();
         assert_eq!(rsdp, layout::ACPI_START);
-        let tables = acpi::build(4, &slots).unwrap();
+        let tables = acpi::build(4, &slots, Default::default()).unwrap();
         let mut written = vec![0; tables.len()];
         mem.read_slice(&mut written, GuestAddress(rsdp)).unwrap();
         assert_eq!(written, tables);
