@@ -10,6 +10,7 @@ pub mod config_size;
 pub mod mmio;
 pub mod monitor;
 pub mod net_ctrl;
+pub mod state;
 pub mod vhost_user;
 
 pub use backend::{QueueConfig, VirtioBackend};
