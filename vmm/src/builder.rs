@@ -15,6 +15,7 @@ use crate::kvm::run_loop::IoBuses;
 use crate::kvm::vcpu::{self, VcpuError};
 use crate::kvm::vm::{self as kvm_vm, VmError};
 use crate::memory::{GuestMemory, MemoryError};
+use crate::virtio::interrupts::Interrupts;
 use crate::virtio::vhost_user::{BackendSocket, SharedMemory, VhostUserDevice, VhostUserError};
 use crate::virtio::{self, mmio::MmioTransport, monitor::Watched, MmioSlot};
 use bulkhead_protocol::capped::CappedFile;
@@ -260,7 +261,7 @@ fn create_virtio_devices(
             dev.device_type,
             dev.socket,
             kicks,
-            call,
+            |n| Interrupts::shared(call, n),
             shared.clone(),
         )?;
         let socket = dup_fd(device.as_raw_fd()).map_err(device_err("duplicating its socket"))?;

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod config_size;
+pub mod interrupts;
 pub mod mmio;
 pub mod monitor;
 pub mod net_ctrl;
