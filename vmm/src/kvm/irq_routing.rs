@@ -170,13 +170,13 @@ mod tests {
         let r = irqchip_routes();
         // 16 GSIs on a PIC and the IOAPIC, 8 on the IOAPIC only.
         assert_eq!(r.len(), 16 * 2 + 8);
-        // SAFETY (reading the union): every entry built here is an irqchip entry.
         let pins: Vec<(u32, u32, u32)> = r
             .iter()
             .map(|e| {
-                (e.gsi, unsafe { e.u.irqchip.irqchip }, unsafe {
-                    e.u.irqchip.pin
-                })
+                // SAFETY: every entry irqchip_routes builds is an irqchip entry, so the
+                // union holds a kvm_irq_routing_irqchip (plain integers).
+                let chip = unsafe { e.u.irqchip };
+                (e.gsi, chip.irqchip, chip.pin)
             })
             .collect();
         assert!(pins.contains(&(4, KVM_IRQCHIP_PIC_MASTER, 4)));
