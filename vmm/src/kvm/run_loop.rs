@@ -14,8 +14,9 @@ use std::thread::JoinHandle;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::devices::bus::Bus;
+use crate::devices::bus::{Bus, Unclaimed};
 use crate::devices::VmStop;
+use crate::pci::PciBus;
 
 use super::pause::Pause;
 
@@ -26,6 +27,24 @@ pub struct IoBuses {
     pub pio: Bus,
     /// Memory-mapped I/O.
     pub mmio: Bus,
+    /// The PCI bus (with `--transport pci`): MMIO no fixed device claims goes to the BARs
+    /// wherever the guest put them.
+    pub pci: Option<Arc<PciBus>>,
+}
+
+impl IoBuses {
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<Option<VmStop>, Unclaimed> {
+        match self.mmio.write(addr, data) {
+            Err(Unclaimed) if self.pci.as_ref().is_some_and(|p| p.bar_write(addr, data)) => {
+                Ok(None)
+            }
+            r => r,
+        }
+    }
+
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.mmio.read(addr, data) || self.pci.as_ref().is_some_and(|p| p.bar_read(addr, data))
+    }
 }
 
 /// What the run loop does after an exit.
@@ -106,7 +125,7 @@ pub fn handle_exit(index: u32, exit: VcpuExit<'_>, io: &IoBuses) -> ExitAction {
             io.pio.read(u64::from(port), data);
             ExitAction::Continue
         }
-        VcpuExit::MmioWrite(addr, data) => match io.mmio.write(addr, data) {
+        VcpuExit::MmioWrite(addr, data) => match io.mmio_write(addr, data) {
             Ok(Some(stop)) => ExitAction::Stop(stop),
             Ok(None) => ExitAction::Continue,
             Err(_unclaimed) => {
@@ -115,7 +134,7 @@ pub fn handle_exit(index: u32, exit: VcpuExit<'_>, io: &IoBuses) -> ExitAction {
             }
         },
         VcpuExit::MmioRead(addr, data) => {
-            if !io.mmio.read(addr, data) {
+            if !io.mmio_read(addr, data) {
                 debug_limited!("vcpu{index}: read of unclaimed MMIO address {addr:#x}");
             }
             ExitAction::Continue

@@ -7,12 +7,30 @@
 
 pub mod backend;
 pub mod config_size;
+pub mod interrupts;
 pub mod mmio;
 pub mod monitor;
 pub mod net_ctrl;
+pub mod pci;
+pub mod state;
 pub mod vhost_user;
 
 pub use backend::{QueueConfig, VirtioBackend};
+
+/// A transport the vmm can tell that a device's configuration changed (a resize).
+pub trait ConfigChange: Send {
+    /// Raises the config-change notification, if a driver is running.
+    fn config_changed(&mut self) -> std::io::Result<()>;
+}
+
+impl ConfigChange for mmio::MmioTransport {
+    fn config_changed(&mut self) -> std::io::Result<()> {
+        mmio::MmioTransport::config_changed(self)
+    }
+}
+
+/// The transports of a VM's devices, by device name.
+pub type Transports = Vec<(String, std::sync::Arc<std::sync::Mutex<dyn ConfigChange>>)>;
 
 /// Guest-physical base of the first virtio-mmio device; each takes one page.
 pub const MMIO_BASE: u64 = 0xd000_0000;

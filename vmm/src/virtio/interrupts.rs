@@ -1,0 +1,66 @@
+//! The eventfds a virtio device signals: one call fd per queue (handed to the backend,
+//! registered as irqfds by the transport) and one for configuration changes (written by
+//! the vmm). On virtio-mmio they are all the same eventfd (one IOAPIC pin per device); on
+//! virtio-pci each is its own, so that each can follow its own MSI-X vector.
+
+use std::io;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// A device's interrupt eventfds.
+pub struct Interrupts {
+    /// Queue `i`'s call fd.
+    pub queues: Vec<EventFd>,
+    /// The configuration-change interrupt.
+    pub config: EventFd,
+}
+
+impl Interrupts {
+    /// `queues` call fds and the config one, all the same eventfd `fd` (virtio-mmio).
+    pub fn shared(fd: EventFd, queues: usize) -> io::Result<Interrupts> {
+        Ok(Interrupts {
+            queues: (0..queues)
+                .map(|_| fd.try_clone())
+                .collect::<io::Result<_>>()?,
+            config: fd,
+        })
+    }
+
+    /// A fresh eventfd for each of `queues` queues and for the config (virtio-pci).
+    pub fn per_queue(queues: usize) -> io::Result<Interrupts> {
+        let new = || EventFd::new(libc::EFD_NONBLOCK);
+        Ok(Interrupts {
+            queues: (0..queues).map(|_| new()).collect::<io::Result<_>>()?,
+            config: new()?,
+        })
+    }
+
+    /// Another handle on the same eventfds.
+    pub fn try_clone(&self) -> io::Result<Interrupts> {
+        Ok(Interrupts {
+            queues: self
+                .queues
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<io::Result<_>>()?,
+            config: self.config.try_clone()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_is_one_eventfd_per_queue_is_many() {
+        let s = Interrupts::shared(EventFd::new(libc::EFD_NONBLOCK).unwrap(), 3).unwrap();
+        s.queues[2].write(1).unwrap();
+        assert_eq!(s.config.read().unwrap(), 1, "the same counter");
+        let p = Interrupts::per_queue(2).unwrap();
+        p.queues[1].write(1).unwrap();
+        assert!(p.queues[0].read().is_err(), "queue 0 has its own, empty");
+        assert!(p.config.read().is_err());
+        assert_eq!(p.try_clone().unwrap().queues[1].read().unwrap(), 1);
+    }
+}
