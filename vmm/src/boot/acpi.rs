@@ -9,12 +9,16 @@
 //! ```text
 //! RSDP (layout::ACPI_START) -> XSDT -> FADT (HW_REDUCED_ACPI) -> DSDT (an LNRO0005
 //!                                                                  device per virtio-mmio
-//!                                                                  slot)
+//!                                                                  slot; on PCI the
+//!                                                                  PNP0A08 host bridge and
+//!                                                                  a PNP0C02 ECAM reservation)
 //!                                   -> MADT (a local APIC per vCPU, the IOAPIC,
 //!                                            IRQ 0 -> GSI 2, NMI on every LINT1)
+//!                                   -> MCFG (PCI only: the ECAM, bus 0 of segment 0)
 //! ```
 //!
-//! The DSDT's AML is written by [`super::dsdt`].
+//! The DSDT's AML is written by [`super::dsdt`] and [`super::dsdt_pci`], the MCFG by
+//! [`super::mcfg`]. With the mmio transport the tables are what they were before PCI.
 //!
 //! [`write`] puts them in the e820-reserved BIOS area below the MP table and returns the
 //! RSDP's address, which the kernel gets in the zero page (`acpi_rsdp_addr`) or the PVH start
@@ -175,7 +179,7 @@ pub fn build(cpus: u8, devices: &[MmioSlot], transport: Transport) -> Result<Vec
         return Err(BootError::BadCpuCount(cpus.into()));
     }
     let mut image = Image::new();
-    let dsdt_addr = image.push_bytes(&dsdt::build(devices, OEM_ID, OEM_REVISION)?);
+    let dsdt_addr = image.push_bytes(&dsdt::build(devices, transport, OEM_ID, OEM_REVISION)?);
     let fadt_addr = image.push(&fadt(dsdt_addr, transport));
     let madt_addr = image.push_bytes(&madt(cpus));
     let mut xsdt = XSDT::new(OEM_ID, *b"BKHDXSDT", OEM_REVISION);
@@ -370,7 +374,7 @@ mod tests {
         let image = build(2, &slots, Transport::Mmio).unwrap();
         let fadt = find(&image, b"FACP");
         let dsdt = table(&image, u64_at(fadt, 140), b"DSDT");
-        let want = dsdt::build(&slots, OEM_ID, OEM_REVISION).unwrap();
+        let want = dsdt::build(&slots, Transport::Mmio, OEM_ID, OEM_REVISION).unwrap();
         assert_eq!(dsdt, &want[..]);
         assert!(dsdt.len() > SDT_HEADER_LEN);
     }
