@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::boot::BootConfig;
+use crate::kvm::irq_routing::{FIRST_MSI_GSI, MAX_ROUTES};
 use crate::virtio::vhost_user::BackendSocket;
 
 /// Where the 8250 UART's output goes.
@@ -169,6 +170,11 @@ pub enum ConfigError {
     /// More virtio devices than PCI functions.
     #[error("{0} virtio devices: at most {MAX_PCI_DEVICES} fit on the PCI bus (--transport pci)")]
     TooManyPciDevices(usize),
+    /// More MSI-X vectors in all than KVM has GSIs for.
+    #[error(
+        "{0} MSI-X vectors in all (queues plus one per device): at most {1} with --transport pci"
+    )]
+    TooManyPciVectors(usize, usize),
     /// More queues than a virtio-pci function has MSI-X vectors and notify addresses for.
     #[error("{0}: {1} queues, at most {max} with --transport pci", max = crate::virtio::pci::layout::MAX_QUEUES - 1)]
     TooManyPciQueues(String, u16),
@@ -254,6 +260,13 @@ impl VmConfig {
                 if let Some(d) = self.devices.iter().find(|d| usize::from(d.queues) > max) {
                     return Err(ConfigError::TooManyPciQueues(d.name.clone(), d.queues));
                 }
+                // Each device's vectors (its queues, a control queue, the config) take
+                // GSIs after the IOAPIC's, within KVM's routing table.
+                let gsis: usize = self.devices.iter().map(|d| usize::from(d.queues) + 2).sum();
+                let room = (MAX_ROUTES - FIRST_MSI_GSI) as usize;
+                if gsis > room {
+                    return Err(ConfigError::TooManyPciVectors(gsis, room));
+                }
             }
         }
         if let Some(d) = self.devices.iter().find(|d| d.queues == 0) {
@@ -303,6 +316,10 @@ mod tests {
             Err(ConfigError::TooManyPciDevices(32))
         ));
         assert!(config(Transport::Pci, 1, 254).validate().is_ok());
+        assert!(matches!(
+            config(Transport::Pci, 31, 254).validate(),
+            Err(ConfigError::TooManyPciVectors(..))
+        ));
         assert!(matches!(
             config(Transport::Pci, 1, 255).validate(),
             Err(ConfigError::TooManyPciQueues(_, 255))

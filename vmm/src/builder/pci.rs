@@ -85,7 +85,7 @@ pub(super) fn create(
             kicks,
             |n| {
                 let i = Interrupts::per_queue(n)?;
-                irqs = Some(i.try_clone()?);
+                irqs = Some(i.clone());
                 Ok(i)
             },
             shared.clone(),

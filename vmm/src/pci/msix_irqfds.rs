@@ -24,7 +24,7 @@ use crate::kvm::irq_routing::{InterruptHost, MsiMessage};
 pub const NO_VECTOR: u16 = 0xffff;
 
 struct Source {
-    fd: EventFd,
+    fd: Arc<EventFd>,
     vector: u16,
     /// The GSI KVM has it on as an irqfd.
     assigned: Option<u32>,
@@ -48,7 +48,7 @@ impl MsixIrqfds {
         host: Arc<dyn InterruptHost>,
         gsi_base: u32,
         vectors: usize,
-        fds: Vec<EventFd>,
+        fds: Vec<Arc<EventFd>>,
     ) -> MsixIrqfds {
         MsixIrqfds {
             name: name.to_owned(),
@@ -89,7 +89,7 @@ impl MsixIrqfds {
 
     /// Source `source`'s eventfd (tests signal it).
     #[cfg(test)]
-    pub fn source_fd(&self, source: usize) -> &EventFd {
+    pub fn source_fd(&self, source: usize) -> &Arc<EventFd> {
         &self.sources[source].fd
     }
 
@@ -170,83 +170,14 @@ fn readable(fd: &EventFd) -> bool {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use std::collections::{BTreeMap, BTreeSet};
-    use std::io;
-    use std::os::fd::AsRawFd;
-    use std::sync::Mutex;
-
-    /// What KVM would hold, checked on every call: an irqfd is only assigned on a GSI
-    /// with a route, never twice; a route is never removed under an irqfd.
-    #[derive(Default)]
-    pub struct FakeState {
-        pub routes: BTreeMap<u32, MsiMessage>,
-        pub irqfds: BTreeSet<(i32, u32)>,
-        pub ioeventfds: BTreeSet<(i32, u64)>,
-        pub calls: usize,
-    }
-
-    #[derive(Default)]
-    pub struct FakeHost(pub Mutex<FakeState>);
-
-    impl InterruptHost for FakeHost {
-        fn set_msi_routes(&self, changes: &[(u32, Option<MsiMessage>)]) -> io::Result<()> {
-            let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            s.calls += 1;
-            for (gsi, m) in changes {
-                assert!(*gsi >= 24, "an irqchip GSI {gsi}");
-                match m {
-                    Some(m) => {
-                        assert!(m.targets_lapic(), "route to {m:?}");
-                        s.routes.insert(*gsi, *m);
-                    }
-                    None => {
-                        assert!(
-                            !s.irqfds.iter().any(|(_, g)| g == gsi),
-                            "route of GSI {gsi} removed under an irqfd"
-                        );
-                        s.routes.remove(gsi);
-                    }
-                }
-            }
-            Ok(())
-        }
-        fn irqfd(&self, fd: &EventFd, gsi: u32, assign: bool) -> io::Result<()> {
-            let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            s.calls += 1;
-            let key = (fd.as_raw_fd(), gsi);
-            if assign {
-                assert!(s.routes.contains_key(&gsi), "irqfd on unrouted GSI {gsi}");
-                assert!(s.irqfds.insert(key), "irqfd assigned twice");
-            } else {
-                assert!(s.irqfds.remove(&key), "deassigning what is not there");
-            }
-            Ok(())
-        }
-        fn ioeventfd(&self, fd: &EventFd, addr: u64, assign: bool) -> io::Result<()> {
-            let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            s.calls += 1;
-            if assign {
-                // KVM refuses a second ioeventfd at the same address (EEXIST).
-                if s.ioeventfds.iter().any(|(_, a)| *a == addr) {
-                    return Err(io::Error::from_raw_os_error(libc::EEXIST));
-                }
-                s.ioeventfds.insert((fd.as_raw_fd(), addr));
-            } else {
-                assert!(
-                    s.ioeventfds.remove(&(fd.as_raw_fd(), addr)),
-                    "not registered"
-                );
-            }
-            Ok(())
-        }
-    }
+    use crate::fuzz::fake_kvm::FakeHost;
 
     fn setup() -> (Arc<FakeHost>, MsixIrqfds, Msix) {
         let host = Arc::new(FakeHost::default());
         let fds = (0..3)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+            .map(|_| Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()))
             .collect();
         let irq = MsixIrqfds::new("t", host.clone(), 30, 3, fds);
         (host, irq, Msix::new(3))

@@ -1,50 +1,50 @@
 //! The eventfds a virtio device signals: one call fd per queue (handed to the backend,
 //! registered as irqfds by the transport) and one for configuration changes (written by
 //! the vmm). On virtio-mmio they are all the same eventfd (one IOAPIC pin per device); on
-//! virtio-pci each is its own, so that each can follow its own MSI-X vector.
+//! virtio-pci each is its own, so that each can follow its own MSI-X vector. They are
+//! shared by reference counting, not by duplicating descriptors: a device's eventfds cost
+//! the vmm one descriptor each whoever holds them.
 
 use std::io;
+use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
 /// A device's interrupt eventfds.
 pub struct Interrupts {
     /// Queue `i`'s call fd.
-    pub queues: Vec<EventFd>,
+    pub queues: Vec<Arc<EventFd>>,
     /// The configuration-change interrupt.
-    pub config: EventFd,
+    pub config: Arc<EventFd>,
 }
 
 impl Interrupts {
     /// `queues` call fds and the config one, all the same eventfd `fd` (virtio-mmio).
     pub fn shared(fd: EventFd, queues: usize) -> io::Result<Interrupts> {
+        let fd = Arc::new(fd);
         Ok(Interrupts {
-            queues: (0..queues)
-                .map(|_| fd.try_clone())
-                .collect::<io::Result<_>>()?,
+            queues: vec![fd.clone(); queues],
             config: fd,
         })
     }
 
     /// A fresh eventfd for each of `queues` queues and for the config (virtio-pci).
     pub fn per_queue(queues: usize) -> io::Result<Interrupts> {
-        let new = || EventFd::new(libc::EFD_NONBLOCK);
+        let new = || EventFd::new(libc::EFD_NONBLOCK).map(Arc::new);
         Ok(Interrupts {
             queues: (0..queues).map(|_| new()).collect::<io::Result<_>>()?,
             config: new()?,
         })
     }
+}
 
-    /// Another handle on the same eventfds.
-    pub fn try_clone(&self) -> io::Result<Interrupts> {
-        Ok(Interrupts {
-            queues: self
-                .queues
-                .iter()
-                .map(EventFd::try_clone)
-                .collect::<io::Result<_>>()?,
-            config: self.config.try_clone()?,
-        })
+impl Clone for Interrupts {
+    /// Another handle on the same eventfds (no new descriptor).
+    fn clone(&self) -> Interrupts {
+        Interrupts {
+            queues: self.queues.clone(),
+            config: self.config.clone(),
+        }
     }
 }
 
@@ -61,6 +61,10 @@ mod tests {
         p.queues[1].write(1).unwrap();
         assert!(p.queues[0].read().is_err(), "queue 0 has its own, empty");
         assert!(p.config.read().is_err());
-        assert_eq!(p.try_clone().unwrap().queues[1].read().unwrap(), 1);
+        assert_eq!(p.clone().queues[1].read().unwrap(), 1);
+        assert!(
+            Arc::ptr_eq(&s.queues[0], &s.config),
+            "no descriptor duplicated"
+        );
     }
 }

@@ -337,8 +337,8 @@ impl super::ConfigChange for VirtioPciFunction {
 #[cfg(test)]
 impl VirtioPciFunction {
     /// Another handle on interrupt source `source`'s eventfd (0: config, 1 + q: queue q).
-    fn irqfds_source_for_test(&self, source: usize) -> vmm_sys_util::eventfd::EventFd {
-        self.irqfds.source_fd(source).try_clone().unwrap()
+    fn irqfds_source_for_test(&self, source: usize) -> Arc<vmm_sys_util::eventfd::EventFd> {
+        self.irqfds.source_fd(source).clone()
     }
 }
 

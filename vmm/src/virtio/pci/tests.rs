@@ -8,11 +8,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::bus::BusDevice;
+use crate::fuzz::fake_kvm::FakeHost;
 use crate::pci::bus::PciBus;
 use crate::pci::config_ports::ConfigPorts;
 use crate::pci::ecam::Ecam;
 use crate::pci::host_bridge::HostBridge;
-use crate::pci::msix_irqfds::tests::FakeHost;
 use crate::virtio::backend::{ActivateError, QueueConfig};
 
 #[derive(Default)]
