@@ -34,8 +34,11 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
-/// The default kernel command line.
+/// The default kernel command line with `--transport mmio`: `pci=off` spares a kernel
+/// probing for a PCI bus there is no device on.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+/// The default kernel command line with `--transport pci`: the devices are on PCI.
+pub const DEFAULT_CMDLINE_PCI: &str = "console=ttyS0 reboot=k panic=1";
 
 /// `bulkhead run`. With no flags at all: the demo machine (see `demo.rs`).
 #[derive(Args, Debug, Clone)]
@@ -77,9 +80,10 @@ pub struct RunArgs {
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
-    pub cmdline: String,
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=1 pci=off", without
+    /// pci=off for --transport pci].
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
     /// Guest memory in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 256)]
     pub memory: u64,
@@ -119,6 +123,17 @@ pub struct RunArgs {
     /// Print the vmm's memory use and guest-entry time on exit (used by `bulkhead bench`).
     #[arg(long, hide = true)]
     pub report_stats: bool,
+}
+
+impl RunArgs {
+    /// The kernel command line: the one given, else the transport's default.
+    pub fn cmdline(&self) -> &str {
+        match (&self.cmdline, self.transport) {
+            (Some(c), _) => c,
+            (None, bulkhead_vmm::config::Transport::Mmio) => DEFAULT_CMDLINE,
+            (None, bulkhead_vmm::config::Transport::Pci) => DEFAULT_CMDLINE_PCI,
+        }
+    }
 }
 
 /// `bulkhead ctl`.
@@ -297,8 +312,36 @@ mod tests {
         let Command::Run(a) = cli.command else {
             panic!("not run")
         };
-        assert_eq!((a.memory, a.cpus, a.kernel), (256, 1, None));
-        assert_eq!(a.cmdline, DEFAULT_CMDLINE);
+        assert_eq!((a.memory, a.cpus, a.kernel.as_deref()), (256, 1, None));
+        assert_eq!(a.transport, bulkhead_vmm::config::Transport::Mmio);
+        assert_eq!(a.cmdline(), DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn transport_flag_and_its_default_command_line() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["bulkhead", "run"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Run(r) => r,
+                _ => unreachable!(),
+            })
+        };
+        use bulkhead_vmm::config::Transport;
+        let pci = run(&["--transport", "pci"]).unwrap();
+        assert_eq!(pci.transport, Transport::Pci);
+        // A kernel told pci=off would never look for the devices.
+        assert_eq!(pci.cmdline(), DEFAULT_CMDLINE_PCI);
+        assert!(!pci.cmdline().contains("pci=off"));
+        assert_eq!(
+            run(&["--transport", "mmio"]).unwrap().transport,
+            Transport::Mmio
+        );
+        // A command line given is taken as it is, whatever the transport.
+        let given = run(&["--transport", "pci", "--cmdline", "x pci=off"]).unwrap();
+        assert_eq!(given.cmdline(), "x pci=off");
+        let e = run(&["--transport", "isa"]).unwrap_err().to_string();
+        assert!(e.contains("isa") && e.contains("mmio or pci"), "{e}");
     }
 
     #[test]
