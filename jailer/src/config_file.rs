@@ -140,7 +140,7 @@ fn flags_of(path: &Path) -> Result<Vec<Flag>, String> {
         }
     }
     for f in &flags {
-        check_value(f).map_err(|e| at(e))?;
+        check_value(f).map_err(at)?;
     }
     Ok(flags)
 }
