@@ -152,7 +152,7 @@ fn devices_found(out: &common::Output, t: Transport) -> usize {
 /// The virtio functions the guest found on PCI bus 0, each at 00:(i+1).0 for device i,
 /// after the host bridge at 00:00.0.
 fn pci_functions(out: &common::Output) -> Vec<String> {
-    let virtio = common::transport::virtio_pci_functions(&out.stdout);
+    let virtio = common::transport::guest_transport::virtio_pci_functions(&out.stdout);
     for (i, f) in virtio.iter().enumerate() {
         let at = format!("00:{:02x}.0 ", i + 1);
         assert!(f.starts_with(&at), "function {i} is not at {at}: {f:?}");

@@ -173,11 +173,13 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Time from start to guest entry, first console byte and power-off; vmm RSS overhead.
     Boot(BootBenchArgs),
-    /// Guest 4 KiB random and 128 KiB sequential I/O at depth 1 and 32 through bulkhead-blk,
-    /// through qemu-storage-daemon, and the host's own pread/pwrite on the same file.
+    /// Guest 4 KiB random and 128 KiB sequential I/O at depth 1 and 32 through bulkhead-blk
+    /// on virtio-mmio and virtio-pci (with the vmm's exits per request), through
+    /// qemu-storage-daemon, and the host's own pread/pwrite on the same file.
     Blk(BlkBenchArgs),
     /// Guest UDP throughput both ways at 64 and 1400 bytes through bulkhead-net (--net auto)
-    /// beside the host's own over a veth pair between two namespaces.
+    /// on virtio-mmio and virtio-pci (with the vmm's exits per packet), beside the host's
+    /// own over a veth pair between two namespaces.
     Net(NetBenchArgs),
     /// Start-up time to the first guest line and total RSS minus guest memory of all of a
     /// VM's processes, confined (the default) beside unconfined.
@@ -195,9 +197,13 @@ pub struct ConfineBenchArgs {
 /// `bulkhead bench net`.
 #[derive(Args, Debug, Clone)]
 pub struct NetBenchArgs {
-    /// Milliseconds per test.
+    /// Milliseconds per test (odd runs take twice that: see --runs).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub ms: u64,
+    /// Guest runs per transport (medians and spread; runs alternate between --ms and twice
+    /// it, so that the vmm's exits per request can be told from its set-up exits).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
 }
 
 /// `bulkhead bench blk`.
@@ -209,9 +215,13 @@ pub struct BlkBenchArgs {
     /// Size of the scratch image in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 256)]
     pub size: u64,
-    /// Milliseconds per test.
+    /// Milliseconds per test (odd runs take twice that: see --runs).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub ms: u64,
+    /// Guest runs per transport (medians and spread; runs alternate between --ms and twice
+    /// it, so that the vmm's exits per request can be told from its set-up exits).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
     /// Skip the qemu-storage-daemon run.
     #[arg(long)]
     pub no_qsd: bool,

@@ -12,6 +12,9 @@ use std::process::Command;
 
 pub use bulkhead_vmm::config::Transport;
 
+#[path = "../../jailer/src/bench/guest_transport.rs"]
+pub mod guest_transport;
+
 /// `bulkhead run --transport T`, ready for the test's own flags.
 pub fn bulkhead_run(t: Transport) -> Command {
     let mut cmd = super::bulkhead();
@@ -25,57 +28,11 @@ pub fn flags(t: Transport) -> [&'static str; 2] {
 }
 
 /// Asserts from the guest's serial output `stdout` that its devices were offered on
-/// transport `t` alone: on mmio its command line announces virtio-mmio devices; on pci it
-/// announces none, the ACPI DSDT describes none, and the guest lists virtio functions on
-/// PCI bus 0.
+/// transport `t` alone (see [`guest_transport::check`]).
 pub fn assert_guest_used(t: Transport, stdout: &str) {
-    let guest: Vec<&str> = stdout
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter_map(|l| l.strip_prefix("bulkhead-guest: "))
-        .collect();
-    let cmdline = guest
-        .iter()
-        .find_map(|l| l.strip_prefix("boot cmdline="))
-        .unwrap_or_else(|| panic!("no boot line in the guest's output:\n{stdout}"));
-    let mmio_on_cmdline = cmdline.matches("virtio_mmio.device=").count();
-    let mmio_in_acpi = guest
-        .iter()
-        .filter(|l| l.starts_with("acpi virtio-mmio uid="))
-        .count();
-    let pci = virtio_pci_functions(stdout);
-    match t {
-        Transport::Mmio => {
-            assert!(
-                mmio_on_cmdline > 0,
-                "mmio: no virtio-mmio device on the command line {cmdline}"
-            );
-            assert!(pci.is_empty(), "mmio: virtio functions on PCI: {pci:?}");
-        }
-        Transport::Pci => {
-            assert_eq!(
-                (mmio_on_cmdline, mmio_in_acpi),
-                (0, 0),
-                "pci: virtio-mmio devices offered (command line, ACPI):\n{stdout}"
-            );
-            assert!(
-                !pci.is_empty(),
-                "pci: the guest lists no virtio function on PCI:\n{stdout}"
-            );
-        }
+    if let Err(e) = guest_transport::check(t, stdout) {
+        panic!("{e}; the guest's output:\n{stdout}");
     }
-}
-
-/// The virtio functions (vendor 0x1af4) the guest lists on PCI bus 0, one
-/// `bulkhead-guest: pci 00:dd.f ...` line each.
-pub fn virtio_pci_functions(stdout: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter_map(|l| l.strip_prefix("bulkhead-guest: pci "))
-        .filter(|l| l.contains("0x1af4"))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// For each function named, taking a [`Transport`], a test per transport:

@@ -1,14 +1,17 @@
 //! `bulkhead bench`: benchmarks that print figures beside a baseline measured in the same
 //! run (never timed assertions): `boot` (start-up time, memory overhead), `blk` (guest
 //! block I/O through bulkhead-blk, through qemu-storage-daemon, and the host's own I/O),
-//! `net` (UDP throughput beside a veth pair) and `confine` (what confinement costs).
+//! `net` (UDP throughput beside a veth pair) and `confine` (what confinement costs). `blk`
+//! and `net` run the guest on both virtio transports and show them side by side.
 
 mod blk;
 mod boot;
 mod confine;
+mod guest_transport;
 mod host_io;
 mod net;
 mod qsd;
+mod runs;
 
 use crate::cli::{BenchArgs, BenchWhat};
 
@@ -53,5 +56,41 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
+    }
+
+    /// What the test guest prints at boot, with `cmdline` and `extra` lines.
+    fn boot(cmdline: &str, extra: &[&str]) -> String {
+        let mut s = format!("bulkhead-guest: boot cmdline=\"{cmdline}\"\n");
+        for l in extra {
+            s += &format!("bulkhead-guest: {l}\n");
+        }
+        s
+    }
+
+    #[test]
+    fn the_guests_transport_is_read_from_its_output() {
+        use bulkhead_vmm::config::Transport::{Mmio, Pci};
+        let mmio = boot(
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5",
+            &["acpi virtio-mmio uid=0 base=0xd0000000 size=0x1000 rw irq=5 edge active-high"],
+        );
+        let pci = boot(
+            "console=ttyS0",
+            &[
+                "acpi virtio-mmio devices=0",
+                "pci 00:00.0 vendor=0x8086 device=0x0d57 class=0x060000",
+                "pci 00:01.0 vendor=0x1af4 device=0x1042 class=0x010000",
+            ],
+        );
+        assert_eq!(guest_transport::check(Mmio, &mmio), Ok(()));
+        assert_eq!(guest_transport::check(Pci, &pci), Ok(()));
+        // The wrong transport either way, and a guest that said nothing.
+        assert!(guest_transport::check(Pci, &mmio)
+            .unwrap_err()
+            .contains("virtio-mmio"));
+        assert!(guest_transport::check(Mmio, &pci).is_err());
+        assert!(guest_transport::check(Pci, &boot("console=ttyS0", &[])).is_err());
+        assert!(guest_transport::check(Mmio, "").is_err());
+        assert_eq!(guest_transport::virtio_pci_functions(&pci).len(), 1);
     }
 }
