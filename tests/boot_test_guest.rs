@@ -132,32 +132,23 @@ on_both_transports!(
 );
 
 /// How many virtio devices the guest found, checking it found them on transport `t` and
-/// only there.
+/// only there: on mmio at the slots its command line and ACPI name, on pci device i at
+/// 00:(i+1).0 (after the host bridge at 00:00.0).
 fn devices_found(out: &common::Output, t: Transport) -> usize {
     common::transport::assert_guest_used(t, &out.stdout);
     let mmio = acpi_devices_match_the_command_line(out);
-    let pci = pci_functions(out);
-    match t {
-        Transport::Mmio => {
-            assert!(pci.is_empty(), "virtio-pci functions on mmio: {pci:?}");
-            mmio
-        }
-        Transport::Pci => {
-            assert_eq!(mmio, 0, "virtio-mmio devices on pci:\n{}", out.stdout);
-            pci.len()
+    let found = common::transport::guest_transport::devices(&out.stdout);
+    if t == Transport::Pci {
+        for (i, (name, _, at)) in found.iter().enumerate() {
+            assert_eq!(at, &format!("00:{:02x}.0", i + 1), "{name}: {out:#?}");
         }
     }
-}
-
-/// The virtio functions the guest found on PCI bus 0, each at 00:(i+1).0 for device i,
-/// after the host bridge at 00:00.0.
-fn pci_functions(out: &common::Output) -> Vec<String> {
-    let virtio = common::transport::guest_transport::virtio_pci_functions(&out.stdout);
-    for (i, f) in virtio.iter().enumerate() {
-        let at = format!("00:{:02x}.0 ", i + 1);
-        assert!(f.starts_with(&at), "function {i} is not at {at}: {f:?}");
-    }
-    virtio
+    let n = match t {
+        Transport::Mmio => mmio,
+        Transport::Pci => found.len(),
+    };
+    assert_eq!(found.len(), n, "devices listed by the probes: {found:?}");
+    n
 }
 
 /// The guest found in the ACPI DSDT exactly the virtio-mmio devices its command line

@@ -72,25 +72,41 @@ mod tests {
         use bulkhead_vmm::config::Transport::{Mmio, Pci};
         let mmio = boot(
             "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5",
-            &["acpi virtio-mmio uid=0 base=0xd0000000 size=0x1000 rw irq=5 edge active-high"],
+            &[
+                "acpi virtio-mmio uid=0 base=0xd0000000 size=0x1000 rw irq=5 edge active-high",
+                "acpi mcfg none: no MCFG table",
+                "blk0: virtio-mmio 0xd0000000",
+            ],
         );
         let pci = boot(
             "console=ttyS0",
             &[
                 "acpi virtio-mmio devices=0",
-                "pci 00:00.0 vendor=0x8086 device=0x0d57 class=0x060000",
-                "pci 00:01.0 vendor=0x1af4 device=0x1042 class=0x010000",
+                "acpi mcfg base=0xe0000000 buses=0..=0",
+                "blk0: virtio-pci 00:01.0",
+                "net0: virtio-pci 00:02.0",
             ],
         );
         assert_eq!(guest_transport::check(Mmio, &mmio), Ok(()));
         assert_eq!(guest_transport::check(Pci, &pci), Ok(()));
         // The wrong transport either way, and a guest that said nothing.
-        assert!(guest_transport::check(Pci, &mmio)
-            .unwrap_err()
-            .contains("virtio-mmio"));
+        let e = guest_transport::check(Pci, &mmio).unwrap_err();
+        assert!(e.contains("virtio-mmio") || e.contains("elsewhere"), "{e}");
         assert!(guest_transport::check(Mmio, &pci).is_err());
         assert!(guest_transport::check(Pci, &boot("console=ttyS0", &[])).is_err());
         assert!(guest_transport::check(Mmio, "").is_err());
-        assert_eq!(guest_transport::virtio_pci_functions(&pci).len(), 1);
+        // Offered PCI, but a device found on mmio all the same.
+        let mixed = pci.replace("virtio-pci 00:02.0", "virtio-mmio 0xd0001000");
+        assert!(guest_transport::check(Pci, &mixed)
+            .unwrap_err()
+            .contains("net0 on mmio"));
+        let found = guest_transport::devices(&pci);
+        assert_eq!(
+            found,
+            [
+                ("blk0".to_string(), Pci, "00:01.0".to_string()),
+                ("net0".to_string(), Pci, "00:02.0".to_string())
+            ]
+        );
     }
 }
