@@ -308,6 +308,53 @@ mod tests {
     }
 
     #[test]
+    fn unclaimed_mmio_goes_to_the_pci_bars_and_fixed_devices_come_first() {
+        use crate::pci::function::{BarRange, PciFunction};
+        struct Bar(Vec<(u64, Vec<u8>)>);
+        impl PciFunction for Bar {
+            fn config_read(&mut self, _: usize, _: &mut [u8]) {}
+            fn config_write(&mut self, _: usize, _: &[u8]) {}
+            fn bar_ranges(&self) -> Vec<BarRange> {
+                vec![BarRange {
+                    bar: 0,
+                    base: 0xc000_0000,
+                    size: 0x1000,
+                }]
+            }
+            fn bar_read(&mut self, _: u8, offset: u64, data: &mut [u8]) {
+                data.fill(offset as u8);
+            }
+            fn bar_write(&mut self, _: u8, offset: u64, data: &[u8]) {
+                self.0.push((offset, data.to_vec()));
+            }
+        }
+        let f = Arc::new(Mutex::new(Bar(vec![])));
+        let mut pci = crate::pci::PciBus::default();
+        pci.insert(1, f.clone());
+        let mut io = buses();
+        io.pci = Some(Arc::new(pci));
+        let mut d = [0u8; 2];
+        assert_eq!(
+            handle_exit(0, VcpuExit::MmioRead(0xc000_0012, &mut d), &io),
+            ExitAction::Continue
+        );
+        assert_eq!(d, [0x12, 0x12]);
+        handle_exit(0, VcpuExit::MmioWrite(0xc000_0004, &[7]), &io);
+        handle_exit(0, VcpuExit::MmioWrite(0xc000_1000, &[8]), &io);
+        assert_eq!(
+            f.lock().unwrap().0,
+            vec![(4, vec![7])],
+            "past the BAR: nothing"
+        );
+        // A fixed device at the same address wins.
+        io.mmio
+            .insert(0xc000_0000, 0x10, Arc::new(Mutex::new(ExitPort)))
+            .unwrap();
+        handle_exit(0, VcpuExit::MmioWrite(0xc000_0004, &[9]), &io);
+        assert_eq!(f.lock().unwrap().0.len(), 1);
+    }
+
+    #[test]
     fn triple_fault_and_internal_error_stop() {
         let io = buses();
         assert_eq!(

@@ -1,8 +1,10 @@
-//! Virtio devices of the vmm: the virtio-mmio transport the guest talks to, and the
-//! vhost-user frontend that hands each device's queues to a backend process.
+//! Virtio devices of the vmm: the transports the guest talks to (virtio-mmio in [`mmio`],
+//! virtio-pci in [`pci`], both on the device state of [`state`]), and the vhost-user
+//! frontend that hands each device's queues to a backend process.
 //!
-//! The data path never crosses the vmm: the guest's QueueNotify write is an ioeventfd that
-//! is the backend's kick fd, and the backend's call fd is an irqfd. The vmm handles only
+//! The data path never crosses the vmm: the guest's queue notification is an ioeventfd
+//! that is the backend's kick fd, and the backend's call fd is an irqfd (on an IOAPIC pin
+//! for mmio, on the queue's MSI-X vector for pci, [`interrupts`]). The vmm handles only
 //! set-up (feature negotiation, queue addresses), config space and reset.
 
 pub mod backend;
