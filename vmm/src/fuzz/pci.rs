@@ -181,7 +181,7 @@ mod tests {
         out.extend(value.to_le_bytes());
     }
 
-    /// A driver's bring-up of function 1: MSI-X enabled and programmed, vectors set, the
+    /// A driver's bring-up of function 1: bus mastering on, MSI-X enabled and programmed, vectors set, the
     /// handshake; sometimes BAR0 moved first.
     fn valid(rng: &mut Rng) -> Vec<u8> {
         let mut out = Vec::new();
@@ -191,6 +191,8 @@ mod tests {
             // Function 1's BAR0 onto function 2's (the guest may).
             op(&mut out, 0, 0, dev, 0x10, BARS[1]);
         }
+        // Memory decoding and bus mastering (MSIs are memory writes).
+        op(&mut out, 0, 2, dev, 0x04, 0x6);
         // MSI-X enable: control word of the capability at 0x98 (after the virtio ones).
         op(&mut out, 0, 2, dev, 0x9a, 0x8000);
         for v in 0..3u16 {

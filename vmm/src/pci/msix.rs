@@ -4,8 +4,9 @@
 //! The capability's table and PBA locations (offset and BIR) are read-only: the guest
 //! cannot move the table, past its BAR or anywhere else. Only the enable and function-mask
 //! bits of the message control word are writable. A vector is *active* when MSI-X is
-//! enabled, the function is not masked, its entry is not masked and its address is a local
-//! APIC's ([`MsiMessage::targets_lapic`]); only active vectors get KVM routes (see
+//! enabled, the function is not masked and may master the bus (an MSI is a memory write;
+//! the Command register's bus-master bit), its entry is not masked and its address is a
+//! local APIC's ([`MsiMessage::targets_lapic`]); only active vectors get KVM routes (see
 //! [`super::msix_irqfds`]).
 
 use crate::kvm::irq_routing::MsiMessage;
@@ -45,6 +46,7 @@ pub struct Msix {
     table: Vec<[u32; 4]>,
     enabled: bool,
     function_masked: bool,
+    bus_master: bool,
 }
 
 impl Msix {
@@ -55,6 +57,7 @@ impl Msix {
             table: vec![[0, 0, 0, ENTRY_MASKED]; n],
             enabled: false,
             function_masked: false,
+            bus_master: false,
         }
     }
 
@@ -82,6 +85,11 @@ impl Msix {
     pub fn set_control(&mut self, control: u16) {
         self.enabled = control & ENABLE != 0;
         self.function_masked = control & FUNCTION_MASK != 0;
+    }
+
+    /// Takes the Command register's bus-master bit: without it the function sends no MSI.
+    pub fn set_bus_master(&mut self, on: bool) {
+        self.bus_master = on;
     }
 
     /// Whether MSI-X is enabled.
@@ -155,8 +163,11 @@ impl Msix {
             address_hi: e[1],
             data: e[2],
         };
-        let deliverable =
-            self.enabled && !self.function_masked && e[3] & ENTRY_MASKED == 0 && m.targets_lapic();
+        let deliverable = self.enabled
+            && self.bus_master
+            && !self.function_masked
+            && e[3] & ENTRY_MASKED == 0
+            && m.targets_lapic();
         deliverable.then_some(m)
     }
 
@@ -181,8 +192,12 @@ mod tests {
     fn a_vector_is_active_only_when_everything_allows_it() {
         let mut m = Msix::new(3);
         entry(&mut m, 1, 0xfee0_0000, 0x41, false);
+        m.set_bus_master(true);
         assert_eq!(m.active_message(1), None, "MSI-X disabled");
         m.set_control(ENABLE);
+        m.set_bus_master(false);
+        assert_eq!(m.active_message(1), None, "no bus mastering");
+        m.set_bus_master(true);
         let want = MsiMessage {
             address_lo: 0xfee0_0000,
             address_hi: 0,
@@ -224,6 +239,7 @@ mod tests {
     fn pba_reports_undeliverable_pending_vectors() {
         let mut m = Msix::new(66);
         m.set_control(ENABLE);
+        m.set_bus_master(true);
         entry(&mut m, 65, 0xfee0_0000, 0x50, false);
         let mut d = [0u8; 16];
         m.pba_read(0, &mut d, |_| true);

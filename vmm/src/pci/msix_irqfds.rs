@@ -180,7 +180,9 @@ mod tests {
             .map(|_| Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()))
             .collect();
         let irq = MsixIrqfds::new("t", host.clone(), 30, 3, fds);
-        (host, irq, Msix::new(3))
+        let mut msix = Msix::new(3);
+        msix.set_bus_master(true);
+        (host, irq, msix)
     }
 
     fn program(m: &mut Msix, v: u64, masked: bool) {

@@ -28,7 +28,9 @@ use super::interrupts::Interrupts;
 use super::state::DeviceState;
 use super::VirtioBackend;
 use crate::kvm::irq_routing::InterruptHost;
-use crate::pci::config_space::{ConfigSpace, Identity, COMMAND, COMMAND_MEMORY};
+use crate::pci::config_space::{
+    ConfigSpace, Identity, COMMAND, COMMAND_BUS_MASTER, COMMAND_MEMORY,
+};
 use crate::pci::function::{BarRange, PciFunction};
 use crate::pci::msix::{self, Msix};
 use crate::pci::msix_irqfds::MsixIrqfds;
@@ -292,6 +294,8 @@ impl PciFunction for VirtioPciFunction {
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         self.config.write(offset, data);
         self.msix.set_control(self.config.u16_at(self.msix_cap + 2));
+        self.msix
+            .set_bus_master(self.config.command() & COMMAND_BUS_MASTER != 0);
         self.irqfds.sync(&self.msix);
         self.follow_bar();
         if self.touches_window_data(offset, data.len()) {

@@ -425,6 +425,24 @@ fn msix_entries_with_bad_addresses_get_no_route() {
     r.mem_write(table + 20, 0, 4);
     assert_eq!(r.mem_read(BAR_A + MSIX_PBA, 8), 0);
     assert!(r.host.0.lock().unwrap().irqfds.iter().any(|k| k.1 == 25));
+    // Bus mastering off: no MSI may be sent, every irqfd goes; on again, they return.
+    r.cfg_write(1, 4, 0x2, 2);
+    assert!(
+        r.host.0.lock().unwrap().irqfds.iter().all(|k| k.1 >= 27),
+        "function 2's only"
+    );
+    r.cfg_write(1, 4, 0x6, 2);
+    assert_eq!(
+        r.host
+            .0
+            .lock()
+            .unwrap()
+            .irqfds
+            .iter()
+            .filter(|k| k.1 < 27)
+            .count(),
+        3
+    );
     // Vectors the table does not have read back NO_VECTOR.
     r.mem_write(BAR_A + 0x10, 3, 2);
     assert_eq!(r.mem_read(BAR_A + 0x10, 2), 0xffff);
