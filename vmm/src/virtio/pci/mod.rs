@@ -200,11 +200,13 @@ impl VirtioPciFunction {
                 *b = image.get(at + i).copied().unwrap_or(0);
             }
         } else if offset == ISR {
-            data[0] = 1 | if std::mem::take(&mut self.isr_config) {
-                2
-            } else {
-                0
-            };
+            if let Some(isr) = data.first_mut() {
+                *isr = 1 | if std::mem::take(&mut self.isr_config) {
+                    2
+                } else {
+                    0
+                };
+            }
         } else if inside(DEVICE, DEVICE_MAX) {
             let at = offset - DEVICE;
             let n = DEVICE_MAX.saturating_sub(at).min(len) as usize;

@@ -489,6 +489,8 @@ fn config_writes_of_every_size_at_every_offset() {
             for len in [1usize, 2, 3, 4, 5, 8] {
                 for off in 0..4096 {
                     r.cfg_write(dev, off, value, len);
+                    r.cfg_write(dev, off, value, 0);
+                    r.cfg_read(dev, off, 0);
                     r.cfg_read(dev, off, len);
                     if off < 256 {
                         let addr = 0x8000_0000u32 | (u32::from(dev) << 11) | (off as u32 & 0xfc);
@@ -531,8 +533,8 @@ fn bar_accesses_of_every_size_at_every_offset() {
     r.bring_up(1, BAR_A);
     r.bring_up(2, BAR_B);
     for value in [u64::MAX, 0, 0x0123_4567_89ab_cdef] {
-        for len in [1usize, 2, 3, 4, 8] {
-            for off in (0..BAR_SIZE).step_by(1) {
+        for len in [0usize, 1, 2, 3, 4, 8] {
+            for off in 0..BAR_SIZE {
                 r.mem_write(BAR_A + off, value, len);
                 r.mem_read(BAR_A + off, len);
             }
