@@ -333,3 +333,14 @@ impl super::ConfigChange for VirtioPciFunction {
         VirtioPciFunction::config_changed(self)
     }
 }
+
+#[cfg(test)]
+impl VirtioPciFunction {
+    /// Another handle on interrupt source `source`'s eventfd (0: config, 1 + q: queue q).
+    fn irqfds_source_for_test(&self, source: usize) -> vmm_sys_util::eventfd::EventFd {
+        self.irqfds.source_fd(source).try_clone().unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests;
