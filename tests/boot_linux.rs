@@ -19,6 +19,8 @@ mod common;
 mod ext4;
 #[path = "boot_linux/newc.rs"]
 mod newc;
+#[path = "boot_linux/qemu.rs"]
+mod qemu;
 
 use common::initramfs::{self, Driver};
 use common::skip::SkipKind;
@@ -581,97 +583,4 @@ fn check_disk_run(
         format!("{}\n", guest_text(transport))
     );
     image.fsck().unwrap();
-}
-
-/// Runs here (TCG, no KVM needed): the disk initramfs, modules and image work under an
-/// independent VMM, QEMU, so what the hardware-KVM test boots is known to be right apart
-/// from bulkhead itself. Virtio-mmio on a microvm with ACPI (its DSDT's LNRO0005 devices),
-/// virtio-pci (modern only) on a q35.
-#[test]
-fn disk_initramfs_works_under_qemu() {
-    let qemu = "qemu-system-x86_64";
-    if std::process::Command::new(qemu)
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        skip!(
-            SkipKind::MissingTool,
-            "{qemu} is not installed (package qemu-system-x86)"
-        );
-    }
-    if let Err(why) = ext4::tools() {
-        skip!(SkipKind::MissingTool, "{why}");
-    }
-    let Some(kernel) = stock_kernel() else {
-        return;
-    };
-    let Some(bzimage) = kernel.bzimage.clone() else {
-        skip!(
-            SkipKind::DownloadFailed,
-            "${} named a vmlinux without its bzImage",
-            common::debian_kernel::VMLINUX_ENV
-        );
-    };
-    for transport in [MMIO, PCI] {
-        let (archive, names) = match disk_initramfs(&kernel, transport) {
-            Ok(built) => built,
-            Err(why) => skip!(SkipKind::DownloadFailed, "no initramfs: {why}"),
-        };
-        let initrd = std::env::temp_dir().join(format!(
-            "bulkhead-qemu-initramfs-{}-{}.cpio",
-            transport.name,
-            std::process::id()
-        ));
-        std::fs::write(&initrd, archive).expect("writing the initramfs");
-        let image = Ext4Image::new(
-            &format!("qemu-{}", transport.name),
-            &[(initramfs::FROM_HOST, HOST_TEXT)],
-        )
-        .unwrap();
-        let drive = format!("file={},if=none,id=d,format=raw", image.path.display());
-        // microvm's timers cannot be calibrated under TCG: the TSC rate is given.
-        let (machine, kernel_file, device, sysfs, extra) = if transport.name == "mmio" {
-            (
-                "microvm,acpi=on",
-                &kernel.vmlinux,
-                "virtio-blk-device,drive=d",
-                MMIO.sysfs,
-                "tsc_early_khz=2000000 tsc=reliable lpj=4000000",
-            )
-        } else {
-            (
-                "q35",
-                &bzimage,
-                "virtio-blk-pci,drive=d,disable-legacy=on",
-                "/sys/devices/pci0000:00/",
-                "",
-            )
-        };
-        let cmdline = with_transport(
-            "console=ttyS0 reboot=k panic=-1",
-            transport,
-            &format!("rdinit=/init {extra}"),
-        );
-        let mut cmd = std::process::Command::new(qemu);
-        cmd.stdin(std::process::Stdio::null())
-            .args(["-M", machine, "-accel", "tcg", "-cpu", "max", "-m", "512"])
-            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
-            .arg("-no-reboot")
-            .arg("-kernel")
-            .arg(kernel_file)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args(["-append", cmdline.trim_end()])
-            .args(["-drive", &drive, "-device", device]);
-        let started = std::time::Instant::now();
-        let out = common::run(cmd, Duration::from_secs(240));
-        let _ = std::fs::remove_file(&initrd);
-        check_disk_run(&out, transport, sysfs, &image, &names);
-        eprintln!(
-            "{}: QEMU {machine} ran the disk initramfs in {:.1?}",
-            transport.name,
-            started.elapsed()
-        );
-    }
 }
