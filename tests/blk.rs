@@ -1,18 +1,28 @@
-//! End to end: the guest's disk I/O through the virtio-mmio transport and a vhost-user-blk
-//! backend in its own process, checked in the image file on the host.
+//! End to end: the guest's disk I/O through either virtio transport (each test runs as
+//! `mmio::` and `pci::`) and a vhost-user-blk backend in its own process, checked in the
+//! image file on the host.
 
 mod common;
 
 use std::time::Duration;
 
 use common::disk::{assert_pattern_only, assert_zeroes_only, Image};
+use common::transport::{assert_guest_used, bulkhead_run, Transport};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const IMAGE_SIZE: usize = 16 << 20;
 
-fn run(disks: &[String], cmdline: &str) -> common::Output {
-    let mut cmd = common::bulkhead();
-    cmd.arg("run");
+/// `bulkhead run` on transport `t` with `disks`, the guest running `cmdline`; checks that
+/// the guest had its disks on `t`.
+fn run(t: Transport, disks: &[String], cmdline: &str) -> common::Output {
+    let out = start(t, disks, cmdline);
+    assert_guest_used(t, &out.stdout);
+    out
+}
+
+/// [`run`] for a VM that is refused before its guest starts.
+fn start(t: Transport, disks: &[String], cmdline: &str) -> common::Output {
+    let mut cmd = bulkhead_run(t);
     for d in disks {
         cmd.arg("--disk").arg(d);
     }
@@ -22,11 +32,11 @@ fn run(disks: &[String], cmdline: &str) -> common::Output {
     out
 }
 
-#[test]
-fn guest_writes_land_in_the_image_and_nothing_else_changes() {
+fn guest_writes_land_in_the_image_and_nothing_else_changes(t: Transport) {
     require_kvm!();
     let img = Image::new("blk-rw", IMAGE_SIZE);
     let out = run(
+        t,
         &[img.disk_arg(",serial=bulkhead-disk0")],
         "bulkhead.test=blk-identify,blk-rw,blk-flush bulkhead.blk.rw=2048:64 \
          bulkhead.blk.serial=bulkhead-disk0 bulkhead.blk.capacity=32768 bulkhead.blk.ro=0",
@@ -38,11 +48,11 @@ fn guest_writes_land_in_the_image_and_nothing_else_changes() {
     assert_pattern_only(&img.path, &img.original, &img.read(), 2048, 64);
 }
 
-#[test]
-fn read_only_disk_refuses_writes() {
+fn read_only_disk_refuses_writes(t: Transport) {
     require_kvm!();
     let img = Image::new("blk-ro", IMAGE_SIZE);
     let out = run(
+        t,
         &[img.disk_arg(",readonly=on")],
         "bulkhead.test=blk-identify,blk-readonly bulkhead.blk.ro=1",
     );
@@ -65,12 +75,12 @@ fn irq_fields(stdout: &str) -> std::collections::HashMap<String, String> {
 
 /// blk-irq makes three reads that want an interrupt (one spinning at CPL3, two halted)
 /// and one with interrupts suppressed: exactly one interrupt per wanted completion, at
-/// least the first taken at CPL3, none for the suppressed read, on disk 0's line (IRQ 5).
-#[test]
-fn interrupts_reach_the_guest_through_the_irqfd() {
+/// least the first taken at CPL3, none for the suppressed read; on mmio on disk 0's line
+/// (IRQ 5) with the used-buffer bit in InterruptStatus, on pci by the queue's MSI-X vector.
+fn interrupts_reach_the_guest_through_the_irqfd(t: Transport) {
     require_kvm!();
     let img = Image::new("blk-irq", IMAGE_SIZE);
-    let out = run(&[img.disk_arg("")], "bulkhead.test=blk-irq");
+    let out = run(t, &[img.disk_arg("")], "bulkhead.test=blk-irq");
     assert_eq!(out.code(), 0, "{out:#?}");
     out.assert_line("bulkhead-guest: PASS blk-irq");
     let f = irq_fields(&out.stdout);
@@ -79,7 +89,6 @@ fn interrupts_reach_the_guest_through_the_irqfd() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no number {k}= in {f:?}"))
     };
-    assert_eq!(num("line"), 5, "{f:?}");
     assert_eq!(
         num("interrupts"),
         3,
@@ -90,19 +99,32 @@ fn interrupts_reach_the_guest_through_the_irqfd() {
         "the spinning round's interrupt arrives at CPL3: {f:?}"
     );
     assert_eq!(num("suppressed_interrupts"), 0, "{f:?}");
-    let status = u32::from_str_radix(f["interrupt_status"].trim_start_matches("0x"), 16)
-        .expect("interrupt_status is hex");
-    assert_eq!(status & 1, 1, "used-buffer bit: {f:?}");
+    match t {
+        Transport::Mmio => {
+            assert_eq!(num("line"), 5, "{f:?}");
+            let status = u32::from_str_radix(f["interrupt_status"].trim_start_matches("0x"), 16)
+                .expect("interrupt_status is hex");
+            assert_eq!(status & 1, 1, "used-buffer bit: {f:?}");
+        }
+        // With MSI-X the queue has a vector of its own: no line, no ISR read.
+        Transport::Pci => {
+            assert!(!f.contains_key("line"), "an IOAPIC line on pci: {f:?}");
+            assert!(
+                f.get("msix_vector").is_some_and(|v| v.parse::<u16>().is_ok()),
+                "no MSI-X vector: {f:?}"
+            );
+        }
+    }
 }
 
 /// The image is noise (`Image::new`); the guest writes the pattern over the range,
 /// DISCARDs it and reads it back (bulkhead-blk punches a hole: zeroes), then WRITE_ZEROES
 /// it. Afterwards the range is zero and every other byte of the file is as it was.
-#[test]
-fn discard_and_write_zeroes_read_back_as_zeros() {
+fn discard_and_write_zeroes_read_back_as_zeros(t: Transport) {
     require_kvm!();
     let img = Image::new("blk-discard", IMAGE_SIZE);
     let out = run(
+        t,
         &[img.disk_arg("")],
         "bulkhead.test=blk-discard bulkhead.blk.discard=4096:16",
     );
@@ -117,11 +139,11 @@ fn discard_and_write_zeroes_read_back_as_zeros() {
 /// fails on any other, on a request left pending, on DEVICE_NEEDS_RESET or FAILED in the
 /// device status, on a completion nobody waited for), the device keeps serving, and the
 /// image is untouched but for the good writes after them.
-#[test]
-fn hostile_requests_do_not_stop_the_device() {
+fn hostile_requests_do_not_stop_the_device(t: Transport) {
     require_kvm!();
     let img = Image::new("blk-hostile", IMAGE_SIZE);
     let out = run(
+        t,
         &[img.disk_arg("")],
         "bulkhead.test=blk-hostile,blk-rw bulkhead.blk.rw=100:8",
     );
@@ -166,8 +188,7 @@ fn regular_files_held(pid: u32) -> Vec<(u64, u64)> {
 /// Each disk is served by a bulkhead-blk process of its own that holds its image and no
 /// other: counted from /proc while the guest keeps the second disk busy, then the VM is
 /// stopped with SIGTERM.
-#[test]
-fn two_disks_are_two_processes() {
+fn two_disks_are_two_processes(t: Transport) {
     use std::os::unix::fs::MetadataExt;
     require_kvm!();
     let a = Image::new("blk-two-a", IMAGE_SIZE);
@@ -175,8 +196,7 @@ fn two_disks_are_two_processes() {
     // After its writes the guest benchmarks disk 1 (sectors 16384..16640 only) for up to
     // eight minutes: the VM is running while the test looks, and SIGTERM ends it.
     let mut vm = common::spawned::Spawned::start(
-        common::bulkhead()
-            .arg("run")
+        bulkhead_run(t)
             .arg("--disk")
             .arg(a.disk_arg(""))
             .arg("--disk")
@@ -195,6 +215,7 @@ fn two_disks_are_two_processes() {
         .collect();
     let held: Vec<Vec<(u64, u64)>> = blk.iter().map(|&p| regular_files_held(p)).collect();
     let (code, stdout, stderr) = vm.terminate(Duration::from_secs(30));
+    assert_guest_used(t, &stdout);
     assert_eq!(
         blk.len(),
         2,
@@ -231,7 +252,7 @@ fn two_disks_are_two_processes() {
 
 #[test]
 fn missing_image_is_named_before_the_guest_starts() {
-    let out = run(&["path=/nonexistent/disk.img".into()], "");
+    let out = start(Transport::Mmio, &["path=/nonexistent/disk.img".into()], "");
     assert_eq!(out.code(), 125, "{out:#?}");
     assert!(
         out.stderr
@@ -246,7 +267,7 @@ fn image_not_a_multiple_of_512_is_refused() {
     require_kvm!();
     let path = std::env::temp_dir().join(format!("bulkhead-odd-{}.img", std::process::id()));
     std::fs::write(&path, vec![0u8; 1000]).unwrap();
-    let out = run(&[format!("path={}", path.display())], "");
+    let out = start(Transport::Mmio, &[format!("path={}", path.display())], "");
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.code(), 125, "{out:#?}");
     assert!(
@@ -258,11 +279,11 @@ fn image_not_a_multiple_of_512_is_refused() {
 
 /// A disk with four queues: the guest sees four, writes and reads on each (its part of
 /// the range), and every request it made on a queue came back on that queue.
-#[test]
-fn several_queues_are_offered() {
+fn several_queues_are_offered(t: Transport) {
     require_kvm!();
     let img = Image::new("blk-mq", IMAGE_SIZE);
     let out = run(
+        t,
         &[img.disk_arg(",queues=4")],
         "bulkhead.test=blk-identify,blk-mq,blk-rw bulkhead.blk.rw=64:32",
     );
@@ -281,8 +302,7 @@ fn several_queues_are_offered() {
 }
 
 /// bulkhead-blk started by hand, QEMU-style, on a socket path; bulkhead connects to it.
-#[test]
-fn standalone_backend_on_a_socket_path() {
+fn standalone_backend_on_a_socket_path(t: Transport) {
     require_kvm!();
     let img = Image::new("blk-standalone", IMAGE_SIZE);
     let socket = std::env::temp_dir().join(format!(
@@ -304,6 +324,7 @@ fn standalone_backend_on_a_socket_path() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let out = run(
+        t,
         &[format!("socket={}", socket.display())],
         "bulkhead.test=blk-identify,blk-rw bulkhead.blk.rw=300:4 bulkhead.blk.serial=by-hand",
     );
@@ -323,8 +344,7 @@ fn standalone_backend_on_a_socket_path() {
     assert_pattern_only(&img.path, &img.original, &img.read(), 300, 4);
 }
 
-#[test]
-fn direct_io_disk() {
+fn direct_io_disk(t: Transport) {
     require_kvm!();
     // O_DIRECT needs a real filesystem (tmpfs refuses it): the image goes in the target dir.
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -332,6 +352,7 @@ fn direct_io_disk() {
     let original = vec![0x11u8; IMAGE_SIZE];
     std::fs::write(&path, &original).unwrap();
     let out = run(
+        t,
         &[format!("path={},direct=on", path.display())],
         "bulkhead.test=blk-rw bulkhead.blk.rw=512:32",
     );
@@ -340,3 +361,15 @@ fn direct_io_disk() {
     assert_eq!(out.code(), 0, "{out:#?}");
     assert_pattern_only(&path, &original, &now, 512, 32);
 }
+
+on_both_transports!(
+    guest_writes_land_in_the_image_and_nothing_else_changes,
+    read_only_disk_refuses_writes,
+    interrupts_reach_the_guest_through_the_irqfd,
+    discard_and_write_zeroes_read_back_as_zeros,
+    hostile_requests_do_not_stop_the_device,
+    two_disks_are_two_processes,
+    several_queues_are_offered,
+    standalone_backend_on_a_socket_path,
+    direct_io_disk,
+);

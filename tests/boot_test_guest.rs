@@ -1,9 +1,13 @@
 //! End to end: `bulkhead run` boots the built-in test guest, which reports on the serial
-//! console and powers off with its status.
+//! console and powers off with its status. The tests with devices run on both transports
+//! (`mmio::` and `pci::`).
 
 mod common;
 
 use std::time::Duration;
+
+use common::disk::Image;
+use common::transport::Transport;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 /// What the guest's `console-probe` writes on the virtio console's port 0
@@ -16,10 +20,10 @@ fn run(args: &[&str]) -> common::Output {
     common::run_vm(args, DEADLINE)
 }
 
-#[test]
-fn default_self_test_passes() {
+/// `bulkhead run --transport T` alone: the demo machine on that transport.
+fn default_self_test_passes(t: Transport) {
     require_kvm!();
-    let out = run(&[]);
+    let out = common::run_vm_on(t, &[], DEADLINE);
     assert_eq!(out.code(), 0, "{out:#?}");
     out.assert_line("bulkhead-guest: ready cpus=1 mem=256M");
     out.assert_line("bulkhead-guest: PASS cpus");
@@ -27,7 +31,7 @@ fn default_self_test_passes() {
     out.assert_line("bulkhead-guest: done status=0");
     assert!(!out.stdout.contains("FAIL"), "{}", out.stdout);
     // The demo's disk, network device and console.
-    assert_eq!(acpi_devices_match_the_command_line(&out), 3);
+    assert_eq!(devices_found(&out, t), 3);
     one_pass_line_per_probe(&out);
     out.assert_line("bulkhead-guest: blk0 read sectors 0..8");
     assert!(
@@ -47,6 +51,38 @@ fn default_self_test_passes() {
     );
 }
 
+/// Issue 10's own check: `bulkhead run --transport T --disk path=IMG --net auto --console
+/// file=OUT` boots the test guest, which finds each device on that transport (and none on
+/// the other) and prints one PASS line per device; exit 0. The console's line is in OUT.
+fn every_device_is_found_and_passes(t: Transport) {
+    require_kvm!();
+    require_netns!();
+    let img = Image::new(&format!("issue10-{t}"), 1 << 20);
+    let console =
+        std::env::temp_dir().join(format!("bulkhead-issue10-{t}-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&console);
+    let disk = img.disk_arg("");
+    let console_arg = format!("file={}", console.display());
+    let out = common::run_vm_on(
+        t,
+        &["--disk", &disk, "--net", "auto", "--console", &console_arg],
+        DEADLINE,
+    );
+    let log = std::fs::read_to_string(&console);
+    let _ = std::fs::remove_file(&console);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert_eq!(devices_found(&out, t), 3, "disk, NIC and console");
+    one_pass_line_per_probe(&out);
+    assert!(!out.stdout.contains("FAIL"), "{}", out.stdout);
+    assert_eq!(
+        log.expect("console file written"),
+        CONSOLE_PROBE_LINE,
+        "console file {}",
+        console.display()
+    );
+    assert!(img.read() == img.original, "the probes only read the disk");
+}
+
 /// Each device probe of the default self-test printed exactly one PASS line and no FAIL.
 fn one_pass_line_per_probe(out: &common::Output) {
     for probe in PROBES {
@@ -61,17 +97,19 @@ fn one_pass_line_per_probe(out: &common::Output) {
     }
 }
 
-#[test]
-fn console_probe_writes_to_a_console_file() {
+fn console_probe_writes_to_a_console_file(t: Transport) {
     require_kvm!();
-    let path =
-        std::env::temp_dir().join(format!("bulkhead-console-probe-{}.log", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "bulkhead-console-probe-{t}-{}.log",
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&path);
     let arg = format!("file={}", path.display());
-    let out = run(&["--console", &arg]);
+    let out = common::run_vm_on(t, &["--console", &arg], DEADLINE);
     let log = std::fs::read(&path);
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.code(), 0, "{out:#?}");
+    assert_eq!(devices_found(&out, t), 1, "the console alone");
     one_pass_line_per_probe(&out);
     out.assert_line(&format!(
         "bulkhead-guest: console0 probe wrote {} bytes",
@@ -85,6 +123,32 @@ fn console_probe_writes_to_a_console_file() {
         "console file {}",
         path.display()
     );
+}
+
+on_both_transports!(
+    default_self_test_passes,
+    every_device_is_found_and_passes,
+    console_probe_writes_to_a_console_file,
+);
+
+/// How many virtio devices the guest found, checking it found them on transport `t` and
+/// only there: on mmio at the slots its command line and ACPI name, on pci device i at
+/// 00:(i+1).0 (after the host bridge at 00:00.0).
+fn devices_found(out: &common::Output, t: Transport) -> usize {
+    common::transport::assert_guest_used(t, &out.stdout);
+    let mmio = acpi_devices_match_the_command_line(out);
+    let found = common::transport::guest_transport::devices(&out.stdout);
+    if t == Transport::Pci {
+        for (i, (name, _, at)) in found.iter().enumerate() {
+            assert_eq!(at, &format!("00:{:02x}.0", i + 1), "{name}: {out:#?}");
+        }
+    }
+    let n = match t {
+        Transport::Mmio => mmio,
+        Transport::Pci => found.len(),
+    };
+    assert_eq!(found.len(), n, "devices listed by the probes: {found:?}");
+    n
 }
 
 /// The guest found in the ACPI DSDT exactly the virtio-mmio devices its command line

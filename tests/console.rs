@@ -1,20 +1,21 @@
 //! End to end: the virtio console is a separate `bulkhead-console` process; what the guest
-//! writes reaches the host stream in order, and what the host writes reaches the guest.
+//! writes reaches the host stream in order, and what the host writes reaches the guest;
+//! on both transports (`mmio::`, `pci::`).
 
 mod common;
 
+use common::transport::{assert_guest_used, bulkhead_run, Transport};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-#[test]
-fn guest_output_lands_in_the_console_file_in_order() {
+fn guest_output_lands_in_the_console_file_in_order(t: Transport) {
     require_kvm!();
-    let path = std::env::temp_dir().join(format!("bulkhead-console-{}.log", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("bulkhead-console-{t}-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let mut cmd = common::bulkhead();
-    cmd.arg("run")
-        .args(["--console", &format!("file={}", path.display())])
+    let mut cmd = bulkhead_run(t);
+    cmd.args(["--console", &format!("file={}", path.display())])
         .args([
             "--cmdline",
             "bulkhead.test=console-write bulkhead.console.lines=50",
@@ -24,6 +25,7 @@ fn guest_output_lands_in_the_console_file_in_order() {
     let log = std::fs::read_to_string(&path).unwrap_or_default();
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.code(), 0, "{out:#?}");
+    assert_guest_used(t, &out.stdout);
     let expected: Vec<String> = (0..50)
         .map(|n| format!("bulkhead-guest console: hello {n}"))
         .collect();
@@ -31,11 +33,11 @@ fn guest_output_lands_in_the_console_file_in_order() {
     assert_eq!(lines, expected, "console file:\n{log}");
 }
 
-#[test]
-fn host_input_reaches_the_guest_and_comes_back() {
+fn host_input_reaches_the_guest_and_comes_back(t: Transport) {
     require_kvm!();
-    let socket = std::env::temp_dir().join(format!("bulkhead-console-{}.sock", std::process::id()));
-    let (child, mut stream) = echo_on_socket(&socket);
+    let socket =
+        std::env::temp_dir().join(format!("bulkhead-console-{t}-{}.sock", std::process::id()));
+    let (child, mut stream) = echo_on_socket(t, &socket);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -52,6 +54,7 @@ fn host_input_reaches_the_guest_and_comes_back() {
     got.unwrap_or_else(|e| panic!("reading the echo: {e}\n{out:#?}"));
     assert!(back == sent, "echo differs");
     assert_eq!(out.code(), 0, "{out:#?}");
+    assert_guest_used(t, &out.stdout);
     assert!(!left, "the console socket {} is left", socket.display());
 }
 
@@ -62,7 +65,7 @@ fn a_file_that_replaced_the_console_socket_is_kept() {
         "bulkhead-console-replaced-{}.sock",
         std::process::id()
     ));
-    let (child, mut stream) = echo_on_socket(&socket);
+    let (child, mut stream) = echo_on_socket(Transport::Mmio, &socket);
     // Someone puts another file at the path while the VM runs.
     let other = socket.with_extension("other");
     std::fs::write(&other, b"someone else's").unwrap();
@@ -84,16 +87,16 @@ fn a_file_that_replaced_the_console_socket_is_kept() {
     );
 }
 
-/// Starts a VM whose guest echoes its console (`console-echo`) on a console socket at
-/// `socket` (removing what an earlier run left there), and connects to it: the running
-/// bulkhead (its output once it ends) and the connection.
+/// Starts a VM on transport `t` whose guest echoes its console (`console-echo`) on a
+/// console socket at `socket` (removing what an earlier run left there), and connects to
+/// it: the running bulkhead (its output once it ends) and the connection.
 fn echo_on_socket(
+    t: Transport,
     socket: &std::path::Path,
 ) -> (std::thread::JoinHandle<common::Output>, UnixStream) {
     let _ = std::fs::remove_file(socket);
-    let mut cmd = common::bulkhead();
-    cmd.arg("run")
-        .args(["--console", &format!("socket={}", socket.display())])
+    let mut cmd = bulkhead_run(t);
+    cmd.args(["--console", &format!("socket={}", socket.display())])
         .args([
             "--cmdline",
             "bulkhead.test=console-echo bulkhead.console.echo-ms=20000",
@@ -140,14 +143,15 @@ fn pty(cols: u16, rows: u16) -> (std::fs::File, std::fs::File) {
     }
 }
 
-#[test]
-fn a_terminal_resize_reaches_the_guest() {
+fn a_terminal_resize_reaches_the_guest(t: Transport) {
     use std::io::BufRead;
     use std::os::fd::AsRawFd;
     require_kvm!();
     let (master, slave) = pty(100, 30);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["run", "--console", "stdio", "--cmdline"])
+        .args(["run", "--console", "stdio"])
+        .args(common::transport::flags(t))
+        .arg("--cmdline")
         .arg("bulkhead.test=console-resize bulkhead.console.resize-ms=20000")
         .stdin(slave.try_clone().unwrap())
         .stdout(slave)
@@ -205,20 +209,21 @@ fn a_terminal_resize_reaches_the_guest() {
         seen.join("\n")
     );
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    assert_guest_used(t, &seen.join("\n"));
 }
 
-#[test]
-fn console_output_reaches_a_stdout_redirected_to_a_file() {
+fn console_output_reaches_a_stdout_redirected_to_a_file(t: Transport) {
     require_kvm!();
     // `bulkhead run > out.txt`: the console on stdio writes to the user's file, which no
-    // file-size limit of the console process may cut (it once had FSIZE 0: EFBIG).
+    // file-size limit of the console process may cut (it once had FSIZE 0: EFBIG). The
+    // serial console goes there too: its boot lines say which transport the guest used.
     let out = std::env::temp_dir().join(format!(
-        "bulkhead-console-stdout-{}.txt",
+        "bulkhead-console-stdout-{t}-{}.txt",
         std::process::id()
     ));
     let file = std::fs::File::create(&out).expect("creating the stdout file");
-    let mut child = common::bulkhead()
-        .args(["run", "--console", "stdio", "--serial", "off"])
+    let mut child = bulkhead_run(t)
+        .args(["--console", "stdio", "--serial", "stdio"])
         .stdout(file)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -236,4 +241,12 @@ fn console_output_reaches_a_stdout_redirected_to_a_file() {
         "stdout file: {written:?}\nstderr: {stderr}"
     );
     assert!(!stderr.contains("File too large"), "{stderr}");
+    assert_guest_used(t, &written);
 }
+
+on_both_transports!(
+    guest_output_lands_in_the_console_file_in_order,
+    host_input_reaches_the_guest_and_comes_back,
+    a_terminal_resize_reaches_the_guest,
+    console_output_reaches_a_stdout_redirected_to_a_file,
+);

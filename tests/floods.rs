@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::disk::Image;
+use common::transport::{bulkhead_run, Transport};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 /// Most stderr a guest flooding the vmm's warnings may cause (the issue saw 116 MB in 10 s).
@@ -16,18 +17,18 @@ const MAX_STDERR: usize = 64 << 10;
 /// The test guest writes, for 3 s at CPL3 speed, status sequences the vmm warns about
 /// (DRIVER_OK out of order, features not acceptable, features changed after FEATURES_OK),
 /// then clears DRIVER_OK without a reset; the launcher's stderr stays small, says what it
-/// suppressed, and the VM ends as the guest says.
-#[test]
-fn a_guest_flooding_status_writes_does_not_flood_the_host() {
+/// suppressed, and the VM ends as the guest says. On both transports (`mmio::`, `pci::`).
+fn a_guest_flooding_status_writes_does_not_flood_the_host(t: Transport) {
     require_kvm!();
-    let img = Image::new("flood", 1 << 20);
-    let mut cmd = common::bulkhead();
-    cmd.args(["run", "--disk"])
+    let img = Image::new(&format!("flood-{t}"), 1 << 20);
+    let mut cmd = bulkhead_run(t);
+    cmd.arg("--disk")
         .arg(img.disk_arg(""))
         .args(["--cmdline", "bulkhead.test=virtio-flood,virtio-status"]);
     let out = common::run(cmd, DEADLINE);
     out.assert_no_panic();
     assert_eq!(out.code(), 0, "{out:#?}");
+    common::transport::assert_guest_used(t, &out.stdout);
     out.assert_line("bulkhead-guest: PASS virtio-flood");
     out.assert_line("bulkhead-guest: PASS virtio-status");
     let rounds: u64 = out
@@ -68,6 +69,8 @@ fn a_guest_flooding_status_writes_does_not_flood_the_host() {
         out.stderr
     );
 }
+
+on_both_transports!(a_guest_flooding_status_writes_does_not_flood_the_host);
 
 /// Files another user put where the demo's scratch disk used to go, for the next pids.
 struct Squatted(Vec<PathBuf>);

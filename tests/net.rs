@@ -1,11 +1,12 @@
 //! End to end: the guest's network device is a separate `bulkhead-net` process on a TAP in
 //! a network namespace bulkhead creates (`--net auto`); the host's own ping and sockets
-//! reach the guest through it. The guest serves until the test, done, sends it a datagram
+//! reach the guest through it, on both transports (`mmio::`, `pci::`). The guest serves until the test, done, sends it a datagram
 //! to its stop port (`net-serve`), so no test depends on a time window; every wait is
 //! bounded.
 
 mod common;
 
+use common::transport::{assert_guest_used, bulkhead_run, Transport};
 use std::io::{BufRead, BufReader, Read};
 use std::net::UdpSocket;
 use std::process::{Child, Stdio};
@@ -22,14 +23,13 @@ struct Vm {
 }
 
 impl Vm {
-    fn start(cmdline: &str) -> Vm {
-        Vm::start_with("", cmdline)
+    fn start(t: Transport, cmdline: &str) -> Vm {
+        Vm::start_with(t, "", cmdline)
     }
 
     /// As [`Vm::start`], with `extra` (`,key=value...`) appended to the `--net` value.
-    fn start_with(extra: &str, cmdline: &str) -> Vm {
-        let mut child = common::bulkhead()
-            .arg("run")
+    fn start_with(t: Transport, extra: &str, cmdline: &str) -> Vm {
+        let mut child = bulkhead_run(t)
             .args([
                 "--net",
                 &format!("auto,mac={GUEST_MAC},host-ip=10.0.2.1/24,guest-ip=10.0.2.2/24{extra}"),
@@ -145,13 +145,13 @@ fn namespace_exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
 }
 
-#[test]
-fn host_pings_the_guest_and_arp_resolves_its_mac() {
+fn host_pings_the_guest_and_arp_resolves_its_mac(t: Transport) {
     require_kvm!();
     require_netns!();
-    let vm = Vm::start(&format!(
-        "bulkhead.test=net-serve bulkhead.net.ip=10.0.2.2/24 {SERVE_BOUND}"
-    ));
+    let vm = Vm::start(
+        t,
+        &format!("bulkhead.test=net-serve bulkhead.net.ip=10.0.2.2/24 {SERVE_BOUND}"),
+    );
     let mut seen = Vec::new();
     vm.wait_for("bulkhead-guest: net0 serving", &mut seen);
     // -w: a deadline; ping ends as soon as every reply is in. (With -W alone it waits for the
@@ -166,6 +166,7 @@ fn host_pings_the_guest_and_arp_resolves_its_mac() {
     let ns = vm.ns.clone();
     vm.stop_serving(&mut seen);
     let (code, stderr) = vm.finish();
+    assert_guest_used(t, &seen.join("\n"));
     assert!(ping.status.success(), "ping failed:\n{ping_out}\n{stderr}");
     assert!(ping_out.contains("3 received"), "{ping_out}");
     assert!(
@@ -176,16 +177,18 @@ fn host_pings_the_guest_and_arp_resolves_its_mac() {
     assert!(!namespace_exists(&ns), "namespace {ns} left behind");
 }
 
-#[test]
-fn udp_both_ways_with_payloads_intact() {
+fn udp_both_ways_with_payloads_intact(t: Transport) {
     require_kvm!();
     require_netns!();
     // Guest to host: the guest first serves until the host's socket is bound and the test
     // tells it to go on, so it sends to a bound socket; then it serves again for the echo.
-    let vm = Vm::start(&format!(
+    let vm = Vm::start(
+        t,
+        &format!(
         "bulkhead.test=net-serve,net-send,net-serve bulkhead.net.ip=10.0.2.2/24 bulkhead.net.peer=10.0.2.1 \
          bulkhead.net.port=5555 bulkhead.net.sizes=64,512,1472 {SERVE_BOUND} bulkhead.net.echo-port=7",
-    ));
+    ),
+    );
     let ns = vm.ns.clone();
     let mut seen = Vec::new();
     vm.wait_for("bulkhead-guest: net0 serving", &mut seen);
@@ -235,14 +238,14 @@ fn udp_both_ways_with_payloads_intact() {
     .expect("echo over UDP");
     vm.stop_serving(&mut seen);
     let (code, stderr) = vm.finish();
+    assert_guest_used(t, &seen.join("\n"));
     assert_eq!(echoed, vec![true; 4], "echoed payloads differ");
     assert_eq!(code, Some(0), "{stderr}");
 }
 
 /// `--net tap=NAME`: bulkhead creates (or attaches to) a TAP in its own namespace. The test
 /// runs bulkhead inside a namespace it made, addresses the TAP there and pings the guest.
-#[test]
-fn named_tap_in_the_callers_namespace() {
+fn named_tap_in_the_callers_namespace(t: Transport) {
     require_kvm!();
     require_netns!();
     let ns = format!("bulkhead-test-{}", std::process::id());
@@ -262,6 +265,7 @@ fn named_tap_in_the_callers_namespace() {
     let _cleanup = Cleanup(ns.clone());
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_bulkhead"), "run"])
+        .args(common::transport::flags(t))
         .args(["--net", &format!("tap=bh-tap0,mac={GUEST_MAC}")])
         .args([
             "--cmdline",
@@ -316,6 +320,7 @@ fn named_tap_in_the_callers_namespace() {
     );
     stop_serving(&ns, "10.0.7.2", &rx, &mut seen);
     let status = common::wait_until(&mut child, Instant::now() + Duration::from_secs(30));
+    assert_guest_used(t, &seen.join("\n"));
     assert!(
         ping.status.success(),
         "{}",
@@ -384,11 +389,11 @@ fn tap_queues_held(pid: u32) -> usize {
 /// test guest accepts neither and runs on pair 0, where ping and UDP both ways work, while
 /// `bulkhead-net` holds both TAP queues with the second detached (the TAP, as the kernel
 /// shows it in sysfs, has one queue).
-#[test]
-fn two_queue_pairs_guest_on_pair_zero() {
+fn two_queue_pairs_guest_on_pair_zero(t: Transport) {
     require_kvm!();
     require_netns!();
     let vm = Vm::start_with(
+        t,
         ",queues=2",
         "bulkhead.test=net-identify,net-serve,net-send,net-serve bulkhead.net.ip=10.0.2.2/24 \
          bulkhead.net.peer=10.0.2.1 bulkhead.net.port=5556 bulkhead.net.sizes=64,1472 \
@@ -479,8 +484,16 @@ fn two_queue_pairs_guest_on_pair_zero() {
     let ping_out = String::from_utf8_lossy(&ping.stdout).into_owned();
     vm.stop_serving(&mut seen);
     let (code, stderr) = vm.finish();
+    assert_guest_used(t, &seen.join("\n"));
     assert_eq!(echoed, vec![true; 2], "echoed payloads differ");
     assert!(ping_out.contains("2 received"), "{ping_out}\n{stderr}");
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!namespace_exists(&ns), "namespace {ns} left behind");
 }
+
+on_both_transports!(
+    host_pings_the_guest_and_arp_resolves_its_mac,
+    udp_both_ways_with_payloads_intact,
+    named_tap_in_the_callers_namespace,
+    two_queue_pairs_guest_on_pair_zero,
+);

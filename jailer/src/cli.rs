@@ -34,8 +34,11 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
-/// The default kernel command line.
+/// The default kernel command line with `--transport mmio`: `pci=off` spares a kernel
+/// probing for a PCI bus there is no device on.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+/// The default kernel command line with `--transport pci`: the devices are on PCI.
+pub const DEFAULT_CMDLINE_PCI: &str = "console=ttyS0 reboot=k panic=1";
 
 /// `bulkhead run`. With no flags at all: the demo machine (see `demo.rs`).
 #[derive(Args, Debug, Clone)]
@@ -77,9 +80,10 @@ pub struct RunArgs {
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
-    pub cmdline: String,
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=1 pci=off", without
+    /// pci=off for --transport pci].
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
     /// Guest memory in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 256)]
     pub memory: u64,
@@ -121,6 +125,17 @@ pub struct RunArgs {
     pub report_stats: bool,
 }
 
+impl RunArgs {
+    /// The kernel command line: the one given, else the transport's default.
+    pub fn cmdline(&self) -> &str {
+        match (&self.cmdline, self.transport) {
+            (Some(c), _) => c,
+            (None, bulkhead_vmm::config::Transport::Mmio) => DEFAULT_CMDLINE,
+            (None, bulkhead_vmm::config::Transport::Pci) => DEFAULT_CMDLINE_PCI,
+        }
+    }
+}
+
 /// `bulkhead ctl`.
 #[derive(Args, Debug, Clone)]
 pub struct CtlArgs {
@@ -158,11 +173,13 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Time from start to guest entry, first console byte and power-off; vmm RSS overhead.
     Boot(BootBenchArgs),
-    /// Guest 4 KiB random and 128 KiB sequential I/O at depth 1 and 32 through bulkhead-blk,
-    /// through qemu-storage-daemon, and the host's own pread/pwrite on the same file.
+    /// Guest 4 KiB random and 128 KiB sequential I/O at depth 1 and 32 through bulkhead-blk
+    /// on virtio-mmio and virtio-pci (with the vmm's exits per request), through
+    /// qemu-storage-daemon, and the host's own pread/pwrite on the same file.
     Blk(BlkBenchArgs),
     /// Guest UDP throughput both ways at 64 and 1400 bytes through bulkhead-net (--net auto)
-    /// beside the host's own over a veth pair between two namespaces.
+    /// on virtio-mmio and virtio-pci (with the vmm's exits per packet), beside the host's
+    /// own over a veth pair between two namespaces.
     Net(NetBenchArgs),
     /// Start-up time to the first guest line and total RSS minus guest memory of all of a
     /// VM's processes, confined (the default) beside unconfined.
@@ -180,9 +197,13 @@ pub struct ConfineBenchArgs {
 /// `bulkhead bench net`.
 #[derive(Args, Debug, Clone)]
 pub struct NetBenchArgs {
-    /// Milliseconds per test.
+    /// Milliseconds per test (odd runs take twice that: see --runs).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub ms: u64,
+    /// Guest runs per transport (medians and spread; runs alternate between --ms and twice
+    /// it, so that the vmm's exits per request can be told from its set-up exits).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
 }
 
 /// `bulkhead bench blk`.
@@ -194,9 +215,13 @@ pub struct BlkBenchArgs {
     /// Size of the scratch image in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 256)]
     pub size: u64,
-    /// Milliseconds per test.
+    /// Milliseconds per test (odd runs take twice that: see --runs).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub ms: u64,
+    /// Guest runs per transport (medians and spread; runs alternate between --ms and twice
+    /// it, so that the vmm's exits per request can be told from its set-up exits).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
     /// Skip the qemu-storage-daemon run.
     #[arg(long)]
     pub no_qsd: bool,
@@ -297,8 +322,36 @@ mod tests {
         let Command::Run(a) = cli.command else {
             panic!("not run")
         };
-        assert_eq!((a.memory, a.cpus, a.kernel), (256, 1, None));
-        assert_eq!(a.cmdline, DEFAULT_CMDLINE);
+        assert_eq!((a.memory, a.cpus, a.kernel.as_deref()), (256, 1, None));
+        assert_eq!(a.transport, bulkhead_vmm::config::Transport::Mmio);
+        assert_eq!(a.cmdline(), DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn transport_flag_and_its_default_command_line() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["bulkhead", "run"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Run(r) => r,
+                _ => unreachable!(),
+            })
+        };
+        use bulkhead_vmm::config::Transport;
+        let pci = run(&["--transport", "pci"]).unwrap();
+        assert_eq!(pci.transport, Transport::Pci);
+        // A kernel told pci=off would never look for the devices.
+        assert_eq!(pci.cmdline(), DEFAULT_CMDLINE_PCI);
+        assert!(!pci.cmdline().contains("pci=off"));
+        assert_eq!(
+            run(&["--transport", "mmio"]).unwrap().transport,
+            Transport::Mmio
+        );
+        // A command line given is taken as it is, whatever the transport.
+        let given = run(&["--transport", "pci", "--cmdline", "x pci=off"]).unwrap();
+        assert_eq!(given.cmdline(), "x pci=off");
+        let e = run(&["--transport", "isa"]).unwrap_err().to_string();
+        assert!(e.contains("isa") && e.contains("mmio or pci"), "{e}");
     }
 
     #[test]

@@ -2,18 +2,20 @@
 //!
 //! ```json
 //! { "memory": 512, "cpus": 2, "disk": ["path=/var/vm/root.img", "path=/var/vm/data.img,readonly=on"],
-//!   "net": ["auto,mac=52:54:00:12:34:56"], "console": "pty" }
+//!   "net": ["auto,mac=52:54:00:12:34:56"], "console": "pty", "transport": "pci" }
 //! ```
 //! Each field is a flag of `bulkhead run` (`report_stats` and `report-stats` both work),
 //! a string or number is its value, `true` sets a switch, and an array repeats a flag that
 //! can be repeated. The file's fields come first, so flags given on the command line beside
-//! `--config` override single values and add to lists. Validation is the command line's own.
+//! `--config` override single values and add to lists. Each value is checked by the command
+//! line's own parser as it is read, so a bad one is refused naming the file and the field
+//! (`"transport": "isa"`: the transports are mmio and pci).
 
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::Path;
 
-use clap::{ArgAction, CommandFactory};
+use clap::{ArgAction, CommandFactory, Parser};
 use serde_json::Value;
 
 /// Replaces `--config FILE` (or `--config=FILE`) in `bulkhead run`'s arguments `args` (the
@@ -137,13 +139,34 @@ fn flags_of(path: &Path) -> Result<Vec<Flag>, String> {
             }),
         }
     }
+    for f in &flags {
+        check_value(f).map_err(at)?;
+    }
     Ok(flags)
+}
+
+/// Whether `bulkhead run` takes `f` on its own (the command line's parser, so a file
+/// accepts exactly what a flag does); the parser's complaint, without its help footer.
+fn check_value(f: &Flag) -> Result<(), String> {
+    let mut argv = vec![OsString::from("bulkhead"), "run".into(), (&f.flag).into()];
+    argv.extend(f.value.iter().map(OsString::from));
+    match crate::cli::Cli::try_parse_from(argv) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            let why = first.strip_prefix("error: ").unwrap_or(first);
+            Err(format!(
+                "field {:?}: {why}",
+                f.flag.trim_start_matches("--")
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     fn write(tag: &str, text: &str) -> std::path::PathBuf {
         let p =
@@ -194,6 +217,30 @@ mod tests {
     }
 
     #[test]
+    fn transport_is_a_field() {
+        use bulkhead_vmm::config::Transport;
+        for (name, want) in [("pci", Transport::Pci), ("mmio", Transport::Mmio)] {
+            let p = write(
+                &format!("transport-{name}"),
+                &format!(r#"{{"transport": "{name}", "memory": 64}}"#),
+            );
+            let args = expand(os(&["--config", p.to_str().unwrap()])).unwrap();
+            let _ = std::fs::remove_file(&p);
+            let mut argv = os(&["bulkhead", "run"]);
+            argv.extend(args);
+            match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+                crate::cli::Command::Run(r) => assert_eq!((r.transport, r.memory), (want, 64)),
+                _ => unreachable!(),
+            }
+        }
+        // The command line's --transport overrides the file's.
+        let p = write("transport-override", r#"{"transport": "pci"}"#);
+        let args = expand(os(&["--config", p.to_str().unwrap(), "--transport=mmio"])).unwrap();
+        let _ = std::fs::remove_file(&p);
+        assert_eq!(args, os(&["--transport=mmio"]));
+    }
+
+    #[test]
     fn bad_files_say_what_and_where() {
         for (tag, text, why) in [
             (
@@ -213,6 +260,22 @@ mod tests {
                 "object",
                 r#"{"kernel": {"path": "x"}}"#,
                 "expected a string or a number",
+            ),
+            (
+                "transport",
+                r#"{"transport": "isa"}"#,
+                "field \"transport\": invalid value 'isa'",
+            ),
+            (
+                "transport-number",
+                r#"{"transport": 1}"#,
+                "expected mmio or pci",
+            ),
+            ("memory-word", r#"{"memory": "lots"}"#, "field \"memory\""),
+            (
+                "disk-value",
+                r#"{"disk": ["readonly=on"]}"#,
+                "field \"disk\"",
             ),
         ] {
             let p = write(tag, text);

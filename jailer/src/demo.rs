@@ -1,7 +1,8 @@
 //! `bulkhead run` with no flags at all: the demo machine. The built-in test guest with a
 //! scratch disk (a sparse file deleted when the VM ends), a virtio console on this terminal
 //! and a network device on a TAP in a private network namespace, each device in its own
-//! process. Any flag means the user describes the machine and gets exactly that.
+//! process. `bulkhead run --transport pci` (or `mmio`) alone is the demo on that transport;
+//! any other flag means the user describes the machine and gets exactly that.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -51,6 +52,20 @@ fn with_path(what: &str, path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
+/// Whether `bulkhead run ARGS` (the arguments after `run`) asks for the demo: no flags at
+/// all, or only the transport (`--transport pci`, `--transport=mmio`), the one choice the
+/// demo leaves to the user. The transport flags are returned, to follow the demo's.
+pub fn wanted(args: &[OsString]) -> Option<Vec<OsString>> {
+    match args {
+        [] => Some(Vec::new()),
+        [flag, _] if flag == "--transport" => Some(args.to_vec()),
+        [flag] if flag.to_str().is_some_and(|f| f.starts_with("--transport=")) => {
+            Some(args.to_vec())
+        }
+        _ => None,
+    }
+}
+
 impl Demo {
     /// Creates the scratch disk; returns the demo and the `bulkhead run` flags describing
     /// the machine.
@@ -82,7 +97,7 @@ impl Demo {
         file.set_len(SCRATCH_BYTES)
             .map_err(|e| with_path("sizing the scratch disk", &demo.scratch, e))?;
         eprintln!(
-            "bulkhead: no flags given: demo VM (built-in test guest) with a {} MiB scratch disk \
+            "bulkhead: no machine described: demo VM (built-in test guest) with a {} MiB scratch disk \
              {} (deleted at exit), a console on this terminal and a network device in a private \
              namespace; `bulkhead run --help` lists the flags",
             SCRATCH_BYTES >> 20,
@@ -151,6 +166,28 @@ mod tests {
         drop(other);
         drop(demo);
         assert!(!path.exists() && !dir.exists(), "removed at the end");
+    }
+
+    #[test]
+    fn only_the_transport_keeps_the_demo() {
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(wanted(&[]), Some(vec![]));
+        for args in [
+            &["--transport", "pci"][..],
+            &["--transport", "mmio"],
+            &["--transport=pci"],
+        ] {
+            assert_eq!(wanted(&os(args)), Some(os(args)), "{args:?}");
+        }
+        for args in [
+            &["--memory", "64"][..],
+            &["--transport", "pci", "--memory", "64"],
+            &["--transport"],
+            &["--config", "vm.json"],
+            &["--transportx=pci"],
+        ] {
+            assert_eq!(wanted(&os(args)), None, "{args:?}");
+        }
     }
 
     fn is_root() -> bool {

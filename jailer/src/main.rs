@@ -38,11 +38,11 @@ fn main() {
     let mut demo = None;
     if argv.get(1).is_some_and(|a| a == "run") {
         let rest = argv.split_off(2);
-        let rest = if rest.is_empty() {
+        let rest = if let Some(transport) = demo::wanted(&rest) {
             match demo::Demo::create() {
                 Ok((d, flags)) => {
                     demo = Some(d);
-                    flags.into_iter().map(Into::into).collect()
+                    flags.into_iter().map(Into::into).chain(transport).collect()
                 }
                 Err(e) => fail(&e.to_string()),
             }

@@ -22,7 +22,7 @@ pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
         Machine {
             kernel: args.kernel.as_deref(),
             initrd: args.initrd.as_deref(),
-            cmdline: &args.cmdline,
+            cmdline: args.cmdline(),
             memory_mib: args.memory,
             cpus: args.cpus,
             serial: &args.serial,

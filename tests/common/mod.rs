@@ -15,6 +15,7 @@ pub mod running;
 pub mod skip;
 pub mod spawned;
 pub mod strace;
+pub mod transport;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -132,6 +133,13 @@ pub fn run_vm(args: &[&str], deadline: Duration) -> Output {
     let out = run(cmd, deadline);
     out.assert_no_panic();
     out
+}
+
+/// [`run_vm`] on transport `t` (`bulkhead run --transport T ARGS`).
+pub fn run_vm_on(t: transport::Transport, args: &[&str], deadline: Duration) -> Output {
+    let mut all = transport::flags(t).to_vec();
+    all.extend_from_slice(args);
+    run_vm(&all, deadline)
 }
 
 fn reader<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {

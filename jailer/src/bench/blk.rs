@@ -1,15 +1,19 @@
 //! `bulkhead bench blk`: the test guest's block benchmark (4 KiB random and 128 KiB
 //! sequential reads and writes at depth 1 and 32, polling its used ring) through
-//! bulkhead-blk and through qemu-storage-daemon on the same image, beside the host's own
-//! pread/pwrite on that file; and how many exits the vmm saw while the guest did its I/O.
+//! bulkhead-blk over virtio-mmio and over virtio-pci side by side (several runs each:
+//! medians and spread), through qemu-storage-daemon on the same image, beside the host's
+//! own pread/pwrite on that file; and the vmm's exits per request on each transport.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use bulkhead_vmm::config::Transport;
+
 use super::host_io::{self, Pattern, Throughput};
-use super::qsd;
+use super::runs::{self, run_ms, RunExits, Spread, TRANSPORTS};
+use super::{guest_transport, qsd};
 use crate::cli::BlkBenchArgs;
 
 /// The tests, as the guest runs them.
@@ -28,18 +32,12 @@ const TESTS: [(Pattern, u64, u32); 8] = [
 struct GuestRun {
     results: HashMap<(String, u64, u32), Throughput>,
     kicks: u64,
-    exits: HashMap<String, u64>,
+    exits: RunExits,
 }
 
 /// Runs the benchmark; returns the exit status.
 pub fn main(args: BlkBenchArgs) -> i32 {
-    match run(&args) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("bulkhead bench blk: {e}");
-            crate::run::EXIT_BULKHEAD_FAILED
-        }
-    }
+    super::exit_status(run(&args))
 }
 
 fn run(args: &BlkBenchArgs) -> Result<(), String> {
@@ -53,23 +51,36 @@ fn run(args: &BlkBenchArgs) -> Result<(), String> {
     };
     let exe = std::env::current_exe().map_err(|e| format!("finding the bulkhead binary: {e}"))?;
     println!(
-        "bulkhead bench blk: {} ({} MiB), {} ms per test, guest polls its used ring (interrupts suppressed)",
+        "bulkhead bench blk: {} ({} MiB), {} runs per transport of {} ms per test (odd runs \
+         twice that), guest polls its used ring (interrupts suppressed)",
         image.display(),
         std::fs::metadata(image).map(|m| m.len() >> 20).unwrap_or(0),
+        args.runs,
         args.ms
     );
-    println!("running the guest on bulkhead-blk ...");
-    let ours = guest_run(&exe, &format!("path={}", image.display()), args.ms)?;
+    let disk = format!("path={}", image.display());
+    let mut ours: Vec<(Transport, Result<Vec<GuestRun>, String>)> = Vec::new();
+    for t in TRANSPORTS {
+        println!("running the guest on bulkhead-blk over {t} ...");
+        let runs = (0..args.runs)
+            .map(|i| guest_run(&exe, t, &disk, run_ms(args.ms, i)))
+            .collect::<Result<Vec<_>, _>>();
+        if let Err(e) = &runs {
+            println!("  {t} failed: {e}");
+        }
+        ours.push((t, runs));
+    }
     let theirs = if args.no_qsd {
         None
     } else {
-        println!("running the guest on qemu-storage-daemon ...");
+        println!("running the guest on qemu-storage-daemon (mmio, one run) ...");
         match qsd::start(image, false, "bench") {
-            Ok(qsd) => Some(guest_run(
-                &exe,
-                &format!("socket={}", qsd.socket.display()),
-                args.ms,
-            )?),
+            Ok(qsd) => {
+                let socket = format!("socket={}", qsd.socket.display());
+                guest_run(&exe, Transport::Mmio, &socket, args.ms)
+                    .map_err(|e| println!("  failed: {e}"))
+                    .ok()
+            }
             Err(e) => {
                 println!("  skipped: {e}");
                 None
@@ -78,66 +89,93 @@ fn run(args: &BlkBenchArgs) -> Result<(), String> {
     };
     println!("running the host's own pread/pwrite ...");
     println!();
+    println!("IOPS and MB/s: median over the runs, ± half their range in percent of it");
     println!(
-        "{:<9} {:>7} {:>3} | {:>22} | {:>22} | {:>22} | {:>7} {:>8}",
+        "{:<9} {:>6} {:>2} | {:>29} | {:>29} | {:>7} | {:>22} | {:>22} | {:>7}",
         "test",
         "bs",
         "qd",
-        "bulkhead-blk",
+        "bulkhead-blk mmio",
+        "bulkhead-blk pci",
+        "pci/mmio",
         "qemu-storage-daemon",
         "host pread/pwrite",
-        "vs qsd",
-        "vs host"
+        "pci/host"
     );
+    let spread = |t: Transport, key: &(String, u64, u32), f: fn(&Throughput) -> f64| {
+        let runs = ours.iter().find(|(o, _)| *o == t)?.1.as_ref().ok()?;
+        let v: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.results.get(key))
+            .map(f)
+            .collect();
+        Spread::of(&v)
+    };
     for (pattern, bs, qd) in TESTS {
         let key = (pattern.name().to_owned(), bs, qd);
         let host = host_io::run(image, pattern, bs, qd, Duration::from_millis(args.ms))
             .map_err(|e| format!("host {} on {}: {e}", pattern.name(), image.display()))?;
-        let o = ours.results.get(&key);
-        let t = theirs.as_ref().and_then(|r| r.results.get(&key));
-        let ratio = |a: Option<&Throughput>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a.iops() / b),
-            _ => "-".into(),
+        let ours_cell = |t| {
+            let iops = spread(t, &key, Throughput::iops);
+            let mbps = spread(t, &key, Throughput::mbps).map_or(0.0, |s| s.median);
+            runs::cell(iops, |v| format!("{v:>7.0} IOPS {mbps:>6.1} MB/s"))
         };
+        let one = |t: Option<&Throughput>| match t {
+            Some(t) => format!("{:>8.0} IOPS {:>7.1} MB/s", t.iops(), t.mbps()),
+            None => "-".into(),
+        };
+        let pci = spread(Transport::Pci, &key, Throughput::iops);
+        let host_iops = Spread::of(&[host.iops()]);
         println!(
-            "{:<9} {:>7} {:>3} | {:>22} | {:>22} | {:>22} | {:>7} {:>8}",
+            "{:<9} {:>6} {:>2} | {:>29} | {:>29} | {:>7} | {:>22} | {:>22} | {:>7}",
             pattern.name(),
             bs,
             qd,
-            cell(o),
-            cell(t),
-            cell(Some(&host)),
-            ratio(o, t.map(|t| t.iops())),
-            ratio(o, Some(host.iops())),
+            ours_cell(Transport::Mmio),
+            ours_cell(Transport::Pci),
+            runs::ratio(pci, spread(Transport::Mmio, &key, Throughput::iops)),
+            one(theirs.as_ref().and_then(|r| r.results.get(&key))),
+            one(Some(&host)),
+            runs::ratio(pci, host_iops),
         );
     }
-    let requests: u64 = ours.results.values().map(|t| t.ios).sum();
     println!();
+    let mut failed = Vec::new();
+    for (t, runs) in &ours {
+        match runs {
+            Ok(runs) => {
+                let exits: Vec<RunExits> = runs.iter().map(|r| r.exits.clone()).collect();
+                let kicks: Vec<u64> = runs.iter().map(|r| r.kicks).collect();
+                println!("{}", runs::exits_summary(*t, &exits));
+                println!("     kicks per run: {kicks:?}");
+            }
+            Err(e) => {
+                println!("{t:<4} failed: {e}");
+                failed.push(t.as_str());
+            }
+        }
+    }
     println!(
-        "bulkhead-blk run: {requests} guest requests, {} kicks; exits to the vmm over the whole run: {} MMIO, {} port I/O, {} other",
-        ours.kicks,
-        ours.exits.get("exits_mmio").unwrap_or(&0),
-        ours.exits.get("exits_pio").unwrap_or(&0),
-        ours.exits.get("exits_other").unwrap_or(&0),
+        "(set-up exits are device discovery and configuration, port I/O exits the guest's \
+         serial console; the requests go guest -> ioeventfd -> backend -> irqfd/MSI without \
+         an exit)"
     );
-    println!(
-        "  (MMIO exits are device set-up and config reads; port I/O exits are the guest's serial console output; the requests themselves go guest -> ioeventfd -> backend -> irqfd without an exit: {:.4} MMIO exits per request)",
-        *ours.exits.get("exits_mmio").unwrap_or(&0) as f64 / requests.max(1) as f64
-    );
-    Ok(())
-}
-
-fn cell(t: Option<&Throughput>) -> String {
-    match t {
-        Some(t) => format!("{:>8.0} IOPS {:>7.1} MB/s", t.iops(), t.mbps()),
-        None => "-".into(),
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the guest benchmark failed on {}",
+            failed.join(", ")
+        ))
     }
 }
 
-/// Boots the test guest's `blk-bench` on `disk` and collects its lines and the vmm's stats.
-fn guest_run(exe: &Path, disk: &str, ms: u64) -> Result<GuestRun, String> {
+/// Boots the test guest's `blk-bench` on `disk` over transport `t` for `ms` per test and
+/// collects its lines and the vmm's exits; checks it had its disk on `t`.
+fn guest_run(exe: &Path, t: Transport, disk: &str, ms: u64) -> Result<GuestRun, String> {
     let out = Command::new(exe)
         .args(["run", "--report-stats", "--memory", "512", "--disk", disk])
+        .args(["--transport", t.as_str()])
         .arg("--cmdline")
         .arg(format!(
             "bulkhead.test=blk-bench bulkhead.blk.bench-ms={ms}"
@@ -149,10 +187,11 @@ fn guest_run(exe: &Path, disk: &str, ms: u64) -> Result<GuestRun, String> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         return Err(format!(
-            "the guest benchmark on {disk} failed ({}):\n{stdout}\n{stderr}",
+            "the guest benchmark on {disk} over {t} failed ({}):\n{stdout}\n{stderr}",
             out.status
         ));
     }
+    guest_transport::check(t, &stdout)?;
     let mut results = HashMap::new();
     let mut kicks = 0;
     for line in stdout.lines() {
@@ -180,12 +219,9 @@ fn guest_run(exe: &Path, disk: &str, ms: u64) -> Result<GuestRun, String> {
     if results.is_empty() {
         return Err(format!("the guest printed no blk-bench lines:\n{stdout}"));
     }
-    let exits = stderr
-        .split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .filter(|(k, _)| k.starts_with("exits_"))
-        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-        .collect();
+    let requests = results.values().map(|r| r.ios).sum();
+    let exits = RunExits::parse(&stderr, requests)
+        .ok_or_else(|| format!("no bulkhead-stats line from the vmm:\n{stderr}"))?;
     Ok(GuestRun {
         results,
         kicks,

@@ -1,7 +1,8 @@
 //! `bulkhead bench net`: UDP throughput guest to host and host to guest through
 //! `bulkhead-net` (a TAP in a namespace bulkhead creates), at 64- and 1400-byte payloads,
-//! beside the host's own throughput over a veth pair between two namespaces (the same
-//! kind of set-up without a VM), with the ratios.
+//! over virtio-mmio and virtio-pci side by side (several runs each: medians and spread,
+//! and the vmm's exits per packet), beside the host's own throughput over a veth pair
+//! between two namespaces (the same kind of set-up without a VM), with the ratios.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -11,6 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bulkhead_vmm::config::Transport;
+
+use super::guest_transport;
+use super::runs::{self, run_ms, RunExits, Spread, TRANSPORTS};
 use crate::cli::NetBenchArgs;
 
 const SIZES: [usize; 2] = [64, 1400];
@@ -36,22 +41,40 @@ impl Rate {
 /// Rates by payload size.
 type Rates = HashMap<usize, Rate>;
 
+/// One direction's rates of a guest run.
+type Direction = fn(&GuestRun) -> &Rates;
+
+/// What one guest run measured: rates guest -> host and host -> guest by size, and the
+/// vmm's exits.
+struct GuestRun {
+    tx: Rates,
+    rx: Rates,
+    exits: RunExits,
+}
+
 /// Runs the benchmark; returns the exit status.
 pub fn main(args: NetBenchArgs) -> i32 {
-    match run(&args) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("bulkhead bench net: {e}");
-            crate::run::EXIT_BULKHEAD_FAILED
-        }
-    }
+    super::exit_status(run(&args))
 }
 
 fn run(args: &NetBenchArgs) -> Result<(), String> {
     let ms = args.ms;
-    println!("bulkhead bench net: UDP, {ms} ms per test, guest polling its rings");
-    println!("running the guest on bulkhead-net (--net auto) ...");
-    let (tx, rx) = guest_run(ms)?;
+    println!(
+        "bulkhead bench net: UDP, {} runs per transport of {ms} ms per test (odd runs twice \
+         that), guest polling its rings",
+        args.runs
+    );
+    let mut ours: Vec<(Transport, Result<Vec<GuestRun>, String>)> = Vec::new();
+    for t in TRANSPORTS {
+        println!("running the guest on bulkhead-net (--net auto) over {t} ...");
+        let runs = (0..args.runs)
+            .map(|i| guest_run(t, run_ms(ms, i)))
+            .collect::<Result<Vec<_>, _>>();
+        if let Err(e) = &runs {
+            println!("  {t} failed: {e}");
+        }
+        ours.push((t, runs));
+    }
     println!("running the host baseline over a veth pair between two namespaces ...");
     let veth = Veth::create()?;
     let mut base = HashMap::new();
@@ -61,34 +84,83 @@ fn run(args: &NetBenchArgs) -> Result<(), String> {
     drop(veth);
     println!();
     println!(
-        "{:<14} {:>5} | {:>24} | {:>24} | {:>7}",
-        "direction", "size", "bulkhead-net", "host veth", "ratio"
+        "packets per second and Gb/s: median over the runs, ± half their range in percent of it"
     );
+    println!(
+        "{:<14} {:>5} | {:>31} | {:>31} | {:>8} | {:>24} | {:>8}",
+        "direction",
+        "size",
+        "bulkhead-net mmio",
+        "bulkhead-net pci",
+        "pci/mmio",
+        "host veth",
+        "pci/veth"
+    );
+    // The runs' rates in one direction (`pick`) at `size` on transport `t`.
+    let spread = |t: Transport, pick: Direction, size: usize, f: fn(&Rate) -> f64| {
+        let runs = ours.iter().find(|(o, _)| *o == t)?.1.as_ref().ok()?;
+        let v: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| pick(r).get(&size))
+            .map(f)
+            .collect();
+        Spread::of(&v)
+    };
     for size in SIZES {
         let b = base.get(&size).copied().unwrap_or_default();
-        for (dir, r) in [
-            ("guest -> host", tx.get(&size)),
-            ("host -> guest", rx.get(&size)),
-        ] {
-            let cell = |r: &Rate| format!("{:>9.0} pps {:>7.3} Gb/s", r.pps(), r.gbps());
+        let dirs: [(&str, Direction); 2] =
+            [("guest -> host", |r| &r.tx), ("host -> guest", |r| &r.rx)];
+        for (dir, pick) in dirs {
+            let ours_cell = |t| {
+                let gbps = spread(t, pick, size, Rate::gbps).map_or(0.0, |s| s.median);
+                runs::cell(spread(t, pick, size, Rate::pps), |v| {
+                    format!("{v:>9.0} pps {gbps:>6.3} Gb/s")
+                })
+            };
+            let pci = spread(Transport::Pci, pick, size, Rate::pps);
             println!(
-                "{dir:<14} {size:>5} | {:>24} | {:>24} | {:>7}",
-                r.map(cell).unwrap_or_else(|| "-".into()),
-                cell(&b),
-                r.map(|r| format!("{:.2}x", r.pps() / b.pps().max(1e-9)))
-                    .unwrap_or_else(|| "-".into())
+                "{dir:<14} {size:>5} | {:>31} | {:>31} | {:>8} | {:>24} | {:>8}",
+                ours_cell(Transport::Mmio),
+                ours_cell(Transport::Pci),
+                runs::ratio(pci, spread(Transport::Mmio, pick, size, Rate::pps)),
+                format!("{:>9.0} pps {:>7.3} Gb/s", b.pps(), b.gbps()),
+                runs::ratio(pci, Spread::of(&[b.pps()])),
             );
         }
     }
     println!("(guest -> host counts what the host socket received; host -> guest what the guest counted)");
-    Ok(())
+    println!();
+    let mut failed = Vec::new();
+    for (t, runs) in &ours {
+        match runs {
+            Ok(runs) => {
+                let exits: Vec<RunExits> = runs.iter().map(|r| r.exits.clone()).collect();
+                println!("{}", runs::exits_summary(*t, &exits));
+            }
+            Err(e) => {
+                println!("{t:<4} failed: {e}");
+                failed.push(t.as_str());
+            }
+        }
+    }
+    println!("(a request here is a packet the guest sent or received)");
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the guest benchmark failed on {}",
+            failed.join(", ")
+        ))
+    }
 }
 
-/// Boots the guest's `net-bench`: returns (guest->host, host->guest) rates per size.
-fn guest_run(ms: u64) -> Result<(Rates, Rates), String> {
+/// Boots the guest's `net-bench` over transport `t` for `ms` per test: its rates and the
+/// vmm's exits; checks it had its NIC on `t`.
+fn guest_run(t: Transport, ms: u64) -> Result<GuestRun, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding bulkhead: {e}"))?;
     let mut child = Command::new(exe)
-        .args(["run", "--memory", "512"])
+        .args(["run", "--report-stats", "--memory", "512"])
+        .args(["--transport", t.as_str()])
         .args(["--net", "auto,host-ip=10.0.2.1/24,guest-ip=10.0.2.2/24"])
         .arg("--cmdline")
         .arg(format!(
@@ -97,11 +169,17 @@ fn guest_run(ms: u64) -> Result<(Rates, Rates), String> {
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting bulkhead: {e}"))?;
     let ns = format!("bulkhead-{}-net0", child.id());
     let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
     // Guest -> host: a socket in the namespace counts datagrams by size.
     let counts: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let stop = Arc::new(AtomicBool::new(false));
@@ -128,11 +206,13 @@ fn guest_run(ms: u64) -> Result<(Rates, Rates), String> {
     };
     let (mut tx, mut rx) = (HashMap::new(), HashMap::new());
     let mut tx_seen = 0u64;
+    // Packets the guest sent and received: its requests.
+    let mut requests = 0u64;
+    let mut console = String::new();
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        console.push_str(&line);
+        console.push('\n');
         let Some(rest) = line.strip_prefix("bulkhead-guest: net-bench ") else {
-            if line.contains("FAIL") {
-                eprintln!("{line}");
-            }
             continue;
         };
         let kv: HashMap<&str, &str> = rest
@@ -154,6 +234,7 @@ fn guest_run(ms: u64) -> Result<(Rates, Rates), String> {
                     size,
                 },
             );
+            requests += num("packets") as u64;
             tx_seen += 1;
         } else if rest.starts_with("rx ready ") {
             let (ns, port, dur) = (
@@ -173,17 +254,24 @@ fn guest_run(ms: u64) -> Result<(Rates, Rates), String> {
                     size,
                 },
             );
+            requests += num("packets") as u64;
         }
     }
     stop.store(true, Ordering::Relaxed);
     let status = child.wait().map_err(|e| e.to_string())?;
+    let stderr = stderr.join().unwrap_or_default();
     receiver
         .join()
         .map_err(|_| "receiver panicked".to_string())??;
     if !status.success() || tx_seen == 0 {
-        return Err(format!("the guest benchmark failed ({status})"));
+        return Err(format!(
+            "the guest benchmark over {t} failed ({status}):\n{console}\n{stderr}"
+        ));
     }
-    Ok((tx, rx))
+    guest_transport::check(t, &console)?;
+    let exits = RunExits::parse(&stderr, requests)
+        .ok_or_else(|| format!("no bulkhead-stats line from the vmm:\n{stderr}"))?;
+    Ok(GuestRun { tx, rx, exits })
 }
 
 fn wait_for_namespace(ns: &str) -> Result<(), String> {

@@ -48,7 +48,7 @@ pub fn start_vmm(
             open_named(VMM, "initrd", i, Access::Read)?.into(),
         ));
     }
-    cmd.args(["--cmdline", &args.cmdline])
+    cmd.args(["--cmdline", args.cmdline()])
         .args(["--memory", &args.memory.to_string()])
         .args(["--cpus", &args.cpus.to_string()])
         .args(["--transport", args.transport.as_str()]);

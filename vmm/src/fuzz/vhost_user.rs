@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemory;
 use crate::virtio::backend::{QueueConfig, VirtioBackend};
+use crate::virtio::interrupts::Interrupts;
 use crate::virtio::vhost_user::{
     BackendSocket, SharedMemory, VhostUserDevice, VHOST_USER_F_PROTOCOL_FEATURES,
 };
@@ -75,13 +76,12 @@ pub fn fuzz_vhost_user(data: &[u8]) -> Option<usize> {
     let kicks = (0..queues)
         .map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"))
         .collect();
-    let call = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
     let Ok(mut device) = VhostUserDevice::connect(
         "fuzz0",
         device_type,
         BackendSocket::Connected(ours),
         kicks,
-        call,
+        |n| Interrupts::shared(EventFd::new(libc::EFD_NONBLOCK)?, n),
         shared,
     ) else {
         return None;
