@@ -201,6 +201,24 @@ fn base(busybox: &Path, init: &str) -> Result<Cpio, String> {
     Ok(w)
 }
 
+/// `archive` with ACPI tables in front, for Linux's table upgrade
+/// (`CONFIG_ACPI_TABLE_UPGRADE`): an uncompressed cpio holding each `(file name, table)` as
+/// `kernel/firmware/acpi/<name>`, which the kernel reads before the rest of the initrd.
+pub fn with_acpi_tables(tables: &[(&str, Vec<u8>)], archive: &[u8]) -> Vec<u8> {
+    let mut w = Cpio::default();
+    for dir in ["kernel", "kernel/firmware", "kernel/firmware/acpi"] {
+        w.dir(dir);
+    }
+    for (name, table) in tables {
+        w.file(&format!("kernel/firmware/acpi/{name}"), 0o644, table);
+    }
+    let mut out = w.finish();
+    // The next archive starts on a 512-byte boundary, as the kernel's documentation does it.
+    out.resize(out.len().next_multiple_of(512), 0);
+    out.extend_from_slice(archive);
+    out
+}
+
 /// Whether an ELF has a PT_INTERP program header (is dynamically linked).
 pub(crate) fn has_interpreter(elf: &[u8]) -> bool {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));

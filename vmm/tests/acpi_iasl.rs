@@ -495,3 +495,121 @@ fn iasl_finds_no_pci_on_mmio() {
     assert_eq!(listed, found);
     assert_eq!(listed.len(), 2, "FADT, MADT");
 }
+
+/// One resource as ACPICA's `acpiexec` decodes it: its title and `Key : Value` fields.
+#[derive(Debug)]
+struct Resource {
+    title: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Resource {
+    fn get(&self, key: &str) -> &str {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {key} in {self:?}"))
+    }
+}
+
+/// The resources of `device`'s `_CRS`, decoded by ACPICA's resource manager (the code
+/// Linux's `acpi_walk_resources` runs) after `acpiexec` loaded `dsdt` into its namespace.
+fn acpica_resources(dsdt: &[u8], device: &str) -> Vec<Resource> {
+    let dir = TempDir::new("acpiexec");
+    std::fs::write(dir.0.join("dsdt.dat"), dsdt).unwrap();
+    let out = Command::new("acpiexec")
+        .args(["-b", &format!("resources {device}"), "dsdt.dat"])
+        .current_dir(&dir.0)
+        .output()
+        .expect("running acpiexec (package acpica-tools)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "acpiexec:\n{text}");
+    assert!(
+        text.contains("1 ACPI AML tables successfully acquired and loaded"),
+        "{text}"
+    );
+    assert!(text.contains("Evaluating _CRS"), "{text}");
+    let mut resources: Vec<Resource> = Vec::new();
+    for line in text.lines() {
+        let is_title = line.len() > 5
+            && line.starts_with('[')
+            && line[1..3].bytes().all(|b| b.is_ascii_digit())
+            && &line[3..5] == "] ";
+        if is_title {
+            resources.push(Resource {
+                title: line[5..].trim().to_string(),
+                fields: Vec::new(),
+            });
+        } else if line.starts_with("Resource Conversion") {
+            break;
+        } else if let (Some(r), Some((k, v))) = (resources.last_mut(), line.split_once(" : ")) {
+            r.fields.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    assert_eq!(
+        resources.last().map(|r| r.title.as_str()),
+        Some("EndTag Resource"),
+        "{text}"
+    );
+    resources.pop();
+    resources
+}
+
+/// ACPICA's interpreter (what Linux runs) loads the PCI DSDT and decodes the host bridge's
+/// `_CRS` into the bus range, the consumed config ports, the forwarded I/O and the BAR
+/// window, all produced for children, and the PNP0C02's into the ECAM.
+#[test]
+fn acpica_decodes_the_host_bridge_and_ecam_resources() {
+    let Some(tables) = disassemble(2, &[], Transport::Pci) else {
+        return;
+    };
+    let dsdt = &find(&tables, b"DSDT").bytes;
+    let bridge = acpica_resources(dsdt, "\\_SB.PCI0");
+    let summary: Vec<_> = bridge
+        .iter()
+        .map(|r| {
+            let kind = r
+                .fields
+                .iter()
+                .find(|(k, _)| k == "Resource Type")
+                .map_or(r.title.as_str(), |(_, v)| v.as_str());
+            let (min, max) = (r.get("Address Minimum"), r.get("Address Maximum"));
+            (kind.to_string(), min.to_string(), max.to_string())
+        })
+        .collect();
+    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        summary,
+        [
+            s("Bus Number Range", "0000", "0000"),
+            s("I/O Resource", "0CF8", "0CF8"),
+            s("I/O Range", "0000", "0CF7"),
+            s("I/O Range", "0D00", "FFFF"),
+            s(
+                "Memory Range",
+                &format!("{:08X}", layout::PCI_MMIO_START),
+                &format!("{:08X}", layout::PCI_MMIO_END - 1)
+            ),
+        ],
+        "{bridge:#?}"
+    );
+    assert_eq!(bridge[1].get("Address Length"), "08", "0xCF8..=0xCFF");
+    for window in [&bridge[0], &bridge[2], &bridge[3], &bridge[4]] {
+        assert_eq!(window.get("Consumer/Producer"), "ResourceProducer");
+    }
+    assert_eq!(bridge[4].get("Write Protect"), "ReadWrite");
+
+    let ecam = acpica_resources(dsdt, "\\_SB.MRES");
+    assert_eq!(ecam.len(), 1, "{ecam:#?}");
+    assert_eq!(ecam[0].title, "32-Bit Fixed Memory Range Resource");
+    assert_eq!(
+        ecam[0].get("Address"),
+        format!("{:08X}", layout::PCI_ECAM_START)
+    );
+    assert_eq!(
+        ecam[0].get("Address Length"),
+        format!("{:08X}", layout::PCI_ECAM_SIZE)
+    );
+}

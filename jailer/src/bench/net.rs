@@ -186,8 +186,7 @@ fn guest_run(t: Transport, ms: u64) -> Result<GuestRun, String> {
     let receiver = {
         let (ns, counts, stop) = (ns.clone(), counts.clone(), stop.clone());
         std::thread::spawn(move || -> Result<(), String> {
-            wait_for_namespace(&ns)?;
-            enter(&ns)?;
+            enter_when_made(&ns)?;
             // The namespace appears a moment before its host address is configured.
             let sock = wait_briefly(|| UdpSocket::bind(("10.0.2.1", PORT)).ok())
                 .ok_or_else(|| format!("binding 10.0.2.1:{PORT} in {ns}: no such address"))?;
@@ -274,10 +273,19 @@ fn guest_run(t: Transport, ms: u64) -> Result<GuestRun, String> {
     Ok(GuestRun { tx, rx, exits })
 }
 
-fn wait_for_namespace(ns: &str) -> Result<(), String> {
-    let path = crate::netns::path(ns);
-    wait_briefly(|| path.exists().then_some(()))
-        .ok_or_else(|| format!("network namespace {ns} did not appear"))
+/// Moves the calling thread into namespace `ns` once the launcher has made it. Its file
+/// appears a moment before the namespace is bound there (entering the bare file fails
+/// with EINVAL), so the entering is what is retried, not a look at the path.
+fn enter_when_made(ns: &str) -> Result<(), String> {
+    let mut last = String::new();
+    wait_briefly(|| match enter(ns) {
+        Ok(()) => Some(()),
+        Err(e) => {
+            last = e;
+            None
+        }
+    })
+    .ok_or_else(|| format!("network namespace {ns} did not appear ({last})"))
 }
 
 /// Calls `f` every 5 ms for up to 20 s until it gives an answer.

@@ -9,7 +9,8 @@
 //!   a hostile driver might, checking after each step that the VM goes on and the disk
 //!   still reads sector 0 with the same data: moves BAR0 over a page of guest RAM (the RAM
 //!   must still read and write as RAM), points queue 0's MSI-X entry at RAM instead of the
-//!   LAPIC and has the device interrupt (the page must not change), writes all-ones with
+//!   LAPIC and has the device interrupt (the page must not change), moves BAR0 over
+//!   another virtio-pci function's BAR and back (if there is one), writes all-ones with
 //!   every access size at every offset of the first 256 bytes of configuration space, then
 //!   restores what it saved. Prints `blk<N> pci-hostile <step> ok` per step.
 
@@ -158,9 +159,23 @@ fn pattern_intact(page: u64, skip: u64) -> Option<u64> {
     })
 }
 
+/// Another virtio-pci function than `p`, if the bus has one.
+fn other_function(
+    ecam: Option<crate::acpi::Ecam>,
+    p: &pcibus::PciDevice,
+) -> Option<pcibus::PciDevice> {
+    let bus = pcibus::scan(&ecam?).ok()?;
+    let found = bus
+        .functions()
+        .filter(|f| f.bdf != p.bdf && f.virtio_type().is_some())
+        .find_map(|f| f.virtio().ok());
+    found
+}
+
 /// `pci-hostile`.
 pub fn hostile(machine: &mut Machine) -> Result<(), Error> {
     let mut registry = disks::lock();
+    let ecam = registry.ecam();
     let disk = registry.open_configured(machine)?;
     let Place::Pci(p) = disk.place() else {
         return Err(Error::NotPci);
@@ -202,6 +217,25 @@ pub fn hostile(machine: &mut Machine) -> Result<(), Error> {
         return Err(Error::NotRestored("BAR"));
     }
     check(disk, "bar-over-ram")?;
+
+    // 1b. BAR0 over another virtio-pci function's BAR (if there is one); then back. The
+    //     other function must read the same afterwards.
+    let other = other_function(ecam, &p);
+    if let Some(o) = other {
+        // SAFETY: the other function's BAR, checked reachable by the scan; only read here.
+        let obar = unsafe { Mmio::new(o.bar) };
+        let status_at = o.layout.common.offset + crate::virtio::pci::common::DEVICE_STATUS;
+        let before_other = obar.read8(status_at);
+        cfgs.write32(bar_at, o.bar as u32 | (low & 0xf));
+        cfgs.write32(bar_at + 4, (o.bar >> 32) as u32);
+        let _ = obar.read8(status_at);
+        cfgs.write32(bar_at, low);
+        cfgs.write32(bar_at + 4, high);
+        if obar.read8(status_at) != before_other {
+            return Err(Error::NotRestored("the other function's device status"));
+        }
+        check(disk, "bar-over-bar")?;
+    }
 
     // 2. Queue 0's MSI-X entry (entry 1) aimed at RAM; the device interrupts; then back.
     if let Some(m) = p.layout.msix.filter(|m| m.table_size > 1) {

@@ -745,6 +745,13 @@ mod tests {
         assert_eq!(t.config_vector(), 0);
         assert_eq!(t.queue_vector(0), 1);
         assert_eq!(t.queue_vector(1), NO_VECTOR, "vector 2 refused");
+        // Each queue is notified at notify offset + queue_notify_off * multiplier.
+        t.notify(1);
+        t.notify(0);
+        assert_eq!(
+            bar.state.borrow().notifies,
+            vec![(at::NOTIFY_MULTIPLIER, 1), (0, 0)]
+        );
         // A reset forgets them.
         t.negotiate(!0).unwrap();
         assert_eq!(t.queue_vector(0), NO_VECTOR);
