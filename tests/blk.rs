@@ -110,7 +110,8 @@ fn interrupts_reach_the_guest_through_the_irqfd(t: Transport) {
         Transport::Pci => {
             assert!(!f.contains_key("line"), "an IOAPIC line on pci: {f:?}");
             assert!(
-                f.get("msix_vector").is_some_and(|v| v.parse::<u16>().is_ok()),
+                f.get("msix_vector")
+                    .is_some_and(|v| v.parse::<u16>().is_ok()),
                 "no MSI-X vector: {f:?}"
             );
         }
