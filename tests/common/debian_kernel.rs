@@ -14,6 +14,12 @@
 //! or `lzop` for other builds. An `Err` is a human reason, meant to be printed when a test
 //! skips.
 //!
+//! [`debian_modules`] gives that kernel's modules: `lib/modules/<release>` from the same
+//! package, with its build `config` and the `modules.dep` that `depmod -b` (package kmod)
+//! writes for it (Debian generates modules.dep when the package is installed; the package
+//! itself has none). It is extracted along with the vmlinux, or fetched again for a cache an
+//! older run left without it.
+//!
 //! Several test binaries may call it at once: the cache is guarded by an `flock`ed lock file
 //! and every file lands there by an atomic rename.
 
@@ -87,12 +93,98 @@ pub fn debian_vmlinux() -> Result<DebianKernel, String> {
     fetch(&cache)
 }
 
+/// A kernel's modules: `lib/modules/<release>` with `modules.dep`, `modules.builtin` and the
+/// kernel's build configuration as `config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelModules {
+    /// The directory (`modules.dep` names files relative to it).
+    pub dir: PathBuf,
+    /// The kernel release the modules are for.
+    pub release: String,
+}
+
+impl KernelModules {
+    /// The text of one of its files (`config`, `modules.dep`, `modules.builtin`).
+    pub fn read(&self, name: &str) -> Result<String, String> {
+        let path = self.dir.join(name);
+        fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))
+    }
+
+    /// The module at `relative` (as `modules.dep` names it), decompressed if the package
+    /// compressed it (`.ko.xz`, `.ko.zst`, `.ko.gz`), checked to be an ELF file.
+    pub fn module(&self, relative: &str) -> Result<Vec<u8>, String> {
+        let path = self.dir.join(relative);
+        let bytes = fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let compression = if relative.ends_with(".ko") {
+            None
+        } else if relative.ends_with(".ko.xz") {
+            Some(Compression::Xz)
+        } else if relative.ends_with(".ko.zst") {
+            Some(Compression::Zstd)
+        } else if relative.ends_with(".ko.gz") {
+            Some(Compression::Gzip)
+        } else {
+            return Err(format!("{}: not a kernel module name", path.display()));
+        };
+        let elf = match compression {
+            None => bytes,
+            Some(c) => decompress(c, &bytes).map_err(|e| format!("{}: {e}", path.display()))?,
+        };
+        if !elf.starts_with(ELF_MAGIC) {
+            return Err(format!("{} is not an ELF file", path.display()));
+        }
+        Ok(elf)
+    }
+}
+
+/// The modules of `kernel` (Debian's, from [`debian_vmlinux`]); `Err` says why there are none
+/// (print it and skip).
+pub fn debian_modules(kernel: &DebianKernel) -> Result<KernelModules, String> {
+    if kernel.bzimage.is_none() {
+        return Err(format!(
+            "${VMLINUX_ENV} names a kernel whose modules are not known"
+        ));
+    }
+    let cache = target_dir()?.join("debian-kernel");
+    let _lock = CacheLock::take(&cache)?;
+    let modules = KernelModules {
+        dir: cache.join(format!("{MODULES}-{}", kernel.release)),
+        release: kernel.release.clone(),
+    };
+    if modules.dir.join(MODULES_DEP).is_file() {
+        return Ok(modules);
+    }
+    // An older cache has the vmlinux only: fetch the package again for its modules.
+    let package = resolve_package()?;
+    if package_release(&package).as_deref() != Some(kernel.release.as_str()) {
+        return Err(format!(
+            "the cached kernel is {} but {METAPACKAGE} now depends on {package}; remove {} to \
+             fetch both again",
+            kernel.release,
+            cache.display()
+        ));
+    }
+    let work = cache.join(format!("work{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+    let result = (|| {
+        let root = download_and_unpack(&work, &package)?;
+        install_modules(&root, &cache, &kernel.release)
+    })();
+    let _ = fs::remove_dir_all(&work);
+    result?;
+    Ok(modules)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The cache.
 
 const VMLINUX: &str = "vmlinux";
 const BZIMAGE: &str = "vmlinuz";
 const RELEASE: &str = "release";
+/// `<cache>/modules-<release>`: the modules directory, complete once `modules.dep` is there.
+const MODULES: &str = "modules";
+const MODULES_DEP: &str = "modules.dep";
 
 /// The cargo target directory, from this test binary's path (`target/debug/deps/x-hash`):
 /// the nearest ancestor holding cargo's `CACHEDIR.TAG`, else the parent of `debug/`.
@@ -189,21 +281,10 @@ fn download_and_extract(
     package: &str,
     release: &str,
 ) -> Result<DebianKernel, String> {
-    // The signed package is what the metapackage names; its -unsigned twin holds the same
-    // kernel without the EFI signature. Either will do.
-    let unsigned = format!("{package}-unsigned");
-    let deb = download(work, package).or_else(|first| {
-        download(work, &unsigned).map_err(|second| format!("{first}; {second}"))
-    })?;
-
-    let root = work.join("root");
-    run(
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
-        &format!("extracting {}", deb.display()),
-    )?;
+    let root = download_and_unpack(work, package)?;
     let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
     let bzimage = fs::read(&vmlinuz)
-        .map_err(|e| format!("reading {} from {}: {e}", vmlinuz.display(), deb.display()))?;
+        .map_err(|e| format!("reading {} from package {package}: {e}", vmlinuz.display()))?;
 
     let vmlinux = extract_vmlinux(&bzimage)
         .map_err(|e| format!("extracting the vmlinux from {}: {e}", vmlinuz.display()))?;
@@ -217,6 +298,9 @@ fn download_and_extract(
         }
     }
 
+    // The modules too, while the package is unpacked; if that fails (no depmod, say),
+    // debian_modules() tries again and reports why.
+    let _ = install_modules(&root, cache, release);
     write_atomically(&cache.join(BZIMAGE), &bzimage)?;
     write_atomically(&cache.join(RELEASE), release.as_bytes())?;
     // The vmlinux last: its presence marks the cache complete.
@@ -226,6 +310,64 @@ fn download_and_extract(
         bzimage: Some(cache.join(BZIMAGE)),
         release: release.to_string(),
     })
+}
+
+/// Downloads `package` (or its `-unsigned` twin) into `work` and unpacks it into
+/// `work/root`; returns that directory.
+fn download_and_unpack(work: &Path, package: &str) -> Result<PathBuf, String> {
+    // The signed package is what the metapackage names; its -unsigned twin holds the same
+    // kernel without the EFI signature. Either will do.
+    let unsigned = format!("{package}-unsigned");
+    let deb = download(work, package).or_else(|first| {
+        download(work, &unsigned).map_err(|second| format!("{first}; {second}"))
+    })?;
+    let root = work.join("root");
+    run(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+        &format!("extracting {}", deb.display()),
+    )?;
+    Ok(root)
+}
+
+/// Moves the modules of the package unpacked at `root` into `<cache>/modules-<release>`,
+/// with the kernel's config and a `modules.dep` from `depmod`.
+fn install_modules(root: &Path, cache: &Path, release: &str) -> Result<PathBuf, String> {
+    // Debian 12 ships /lib/modules, Debian 13 /usr/lib/modules; depmod -b looks under the
+    // one its build chose, so both paths lead to the modules.
+    let lib = root.join("lib/modules");
+    let usr = root.join("usr/lib/modules");
+    let (real, other, link) = if lib.join(release).is_dir() {
+        (lib.clone(), usr, "../../lib/modules")
+    } else if usr.join(release).is_dir() {
+        (usr, lib.clone(), "../usr/lib/modules")
+    } else {
+        return Err(format!("the kernel package has no lib/modules/{release}"));
+    };
+    if !other.exists() {
+        let parent = other.parent().expect("a parent");
+        fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        std::os::unix::fs::symlink(link, &other)
+            .map_err(|e| format!("linking {}: {e}", other.display()))?;
+    }
+    let dir = real.join(release);
+    let config = root.join("boot").join(format!("config-{release}"));
+    fs::copy(&config, dir.join("config"))
+        .map_err(|e| format!("copying {}: {e}", config.display()))?;
+    run(
+        Command::new("depmod").arg("-b").arg(root).arg(release),
+        "writing modules.dep with depmod (package kmod)",
+    )?;
+    if !dir.join(MODULES_DEP).is_file() {
+        return Err(format!(
+            "depmod wrote no {}",
+            dir.join(MODULES_DEP).display()
+        ));
+    }
+    let dest = cache.join(format!("{MODULES}-{release}"));
+    let _ = fs::remove_dir_all(&dest);
+    fs::rename(&dir, &dest)
+        .map_err(|e| format!("moving the modules to {}: {e}", dest.display()))?;
+    Ok(dest)
 }
 
 /// The real kernel package behind the metapackage, e.g. `linux-image-6.1.0-48-cloud-amd64`.

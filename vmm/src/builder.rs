@@ -6,7 +6,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootEntry};
-use crate::config::{ConfigError, SerialOutput, VirtioDeviceConfig, VmConfig};
+use crate::config::{ConfigError, SerialOutput, Transport, VirtioDeviceConfig, VmConfig};
 use crate::devices::bus::BusError;
 use crate::devices::exit_port::{ExitPort, EXIT_PORT};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
@@ -15,16 +15,18 @@ use crate::kvm::run_loop::IoBuses;
 use crate::kvm::vcpu::{self, VcpuError};
 use crate::kvm::vm::{self as kvm_vm, VmError};
 use crate::memory::{GuestMemory, MemoryError};
+use crate::virtio::interrupts::Interrupts;
 use crate::virtio::vhost_user::{BackendSocket, SharedMemory, VhostUserDevice, VhostUserError};
-use crate::virtio::{self, mmio::MmioTransport, monitor::Watched, MmioSlot};
+use crate::virtio::{self, mmio::MmioTransport, monitor::Watched, MmioSlot, Transports};
 use bulkhead_protocol::capped::CappedFile;
 use kvm_ioctls::IoEventAddress;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// A VM ready to run.
 pub struct Vm {
-    /// The KVM VM (kept open while the vCPUs run).
-    pub vm_fd: VmFd,
+    /// The KVM VM (kept open while the vCPUs run; PCI devices change its routes and
+    /// ioeventfds as the guest programs them).
+    pub vm_fd: Arc<VmFd>,
     /// Guest RAM.
     pub memory: GuestMemory,
     /// Device buses.
@@ -40,7 +42,7 @@ pub struct Vm {
     /// Backend connections to watch for hang-ups while the VM runs.
     pub watched: Vec<crate::virtio::monitor::Watched>,
     /// The virtio devices' transports, by device name (for config changes).
-    pub transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    pub transports: Transports,
     /// The largest file this process needs to write once built (RLIMIT_FSIZE; guest memory
     /// exists by then): the serial file's size at open plus its max-size, 0 with the serial
     /// console off, `None` when it writes to standard output (which may be a file the user
@@ -92,6 +94,9 @@ pub enum BuildError {
     /// A vCPU could not be set up.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// A virtio-pci function could not be made.
+    #[error(transparent)]
+    VirtioPci(#[from] crate::virtio::pci::VirtioPciError),
 }
 
 /// Builds the VM described by `config` (its backend sockets move into the VM): [`prepare`]
@@ -168,7 +173,11 @@ impl Prepared {
             max_file_size,
         } = self;
         let devices = std::mem::take(&mut config.devices);
-        let virtio = create_virtio_devices(&vm_fd, &memory, devices, &mut io)?;
+        let vm_fd = Arc::new(vm_fd);
+        let virtio = match config.transport {
+            Transport::Mmio => create_virtio_devices(&vm_fd, &memory, devices, &mut io)?,
+            Transport::Pci => pci::create(&vm_fd, &memory, devices, &mut io)?,
+        };
         // The guest learns each device twice, from the same slots: on the command line
         // (minimal kernels) and in the ACPI DSDT (distribution kernels).
         let mut boot_config = config.boot.clone();
@@ -200,6 +209,8 @@ impl Prepared {
     }
 }
 
+mod pci;
+
 /// What creating the virtio devices produced besides bus entries.
 struct VirtioDevices {
     /// Where each is (announced to the guest on the command line and in the DSDT).
@@ -207,7 +218,7 @@ struct VirtioDevices {
     /// Their backend sockets, to watch.
     watched: Vec<Watched>,
     /// Their transports, by name.
-    transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    transports: Transports,
 }
 
 fn create_virtio_devices(
@@ -260,7 +271,7 @@ fn create_virtio_devices(
             dev.device_type,
             dev.socket,
             kicks,
-            call,
+            |n| Interrupts::shared(call, n),
             shared.clone(),
         )?;
         let socket = dup_fd(device.as_raw_fd()).map_err(device_err("duplicating its socket"))?;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::boot::BootConfig;
+use crate::kvm::irq_routing::{FIRST_MSI_GSI, MAX_ROUTES};
 use crate::virtio::vhost_user::BackendSocket;
 
 /// Where the 8250 UART's output goes.
@@ -148,6 +149,10 @@ pub struct VmConfig {
     pub transport: Transport,
 }
 
+/// Most virtio devices with `--transport pci`: bus 0 has 32 devices, the host bridge is
+/// device 0.
+pub const MAX_PCI_DEVICES: usize = 31;
+
 /// Smallest guest RAM bulkhead accepts: room for the boot structures and a small kernel.
 pub const MIN_MEMORY_MIB: u64 = 2;
 /// Largest guest RAM: 1 TiB.
@@ -162,6 +167,17 @@ pub enum ConfigError {
     /// More virtio devices than interrupt lines.
     #[error("{0} virtio devices: at most {max} fit", max = crate::virtio::LAST_IRQ - crate::virtio::FIRST_IRQ + 1)]
     TooManyDevices(usize),
+    /// More virtio devices than PCI functions.
+    #[error("{0} virtio devices: at most {MAX_PCI_DEVICES} fit on the PCI bus (--transport pci)")]
+    TooManyPciDevices(usize),
+    /// More MSI-X vectors in all than KVM has GSIs for.
+    #[error(
+        "{0} MSI-X vectors in all (queues plus one per device): at most {1} with --transport pci"
+    )]
+    TooManyPciVectors(usize, usize),
+    /// More queues than a virtio-pci function has MSI-X vectors and notify addresses for.
+    #[error("{0}: {1} queues, at most {max} with --transport pci", max = crate::virtio::pci::layout::MAX_QUEUES - 1)]
+    TooManyPciQueues(String, u16),
     /// A device with no queue.
     #[error("{0}: a device needs at least one queue")]
     NoQueues(String),
@@ -229,12 +245,84 @@ impl VmConfig {
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(ConfigError::Memory(self.memory_mib));
         }
-        if crate::virtio::slot(self.devices.len().saturating_sub(1)).is_none() {
-            return Err(ConfigError::TooManyDevices(self.devices.len()));
+        match self.transport {
+            Transport::Mmio => {
+                if crate::virtio::slot(self.devices.len().saturating_sub(1)).is_none() {
+                    return Err(ConfigError::TooManyDevices(self.devices.len()));
+                }
+            }
+            Transport::Pci => {
+                if self.devices.len() > MAX_PCI_DEVICES {
+                    return Err(ConfigError::TooManyPciDevices(self.devices.len()));
+                }
+                // One queue more may come: a multiqueue net device's control queue.
+                let max = crate::virtio::pci::layout::MAX_QUEUES - 1;
+                if let Some(d) = self.devices.iter().find(|d| usize::from(d.queues) > max) {
+                    return Err(ConfigError::TooManyPciQueues(d.name.clone(), d.queues));
+                }
+                // Each device's vectors (its queues, a control queue, the config) take
+                // GSIs after the IOAPIC's, within KVM's routing table.
+                let gsis: usize = self.devices.iter().map(|d| usize::from(d.queues) + 2).sum();
+                let room = (MAX_ROUTES - FIRST_MSI_GSI) as usize;
+                if gsis > room {
+                    return Err(ConfigError::TooManyPciVectors(gsis, room));
+                }
+            }
         }
         if let Some(d) = self.devices.iter().find(|d| d.queues == 0) {
             return Err(ConfigError::NoQueues(d.name.clone()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(transport: Transport, devices: usize, queues: u16) -> VmConfig {
+        VmConfig {
+            memory_mib: 64,
+            cpus: 1,
+            boot: BootConfig {
+                kernel: crate::boot::KernelImage::Embedded("t", &[]),
+                initrd: None,
+                cmdline: String::new(),
+            },
+            serial: SerialOutput::Off,
+            serial_input: false,
+            devices: (0..devices)
+                .map(|i| VirtioDeviceConfig {
+                    name: format!("disk{i}"),
+                    device_type: 2,
+                    queues,
+                    socket: BackendSocket::Path(PathBuf::new()),
+                })
+                .collect(),
+            transport,
+        }
+    }
+
+    #[test]
+    fn device_limits_depend_on_the_transport() {
+        assert!(config(Transport::Mmio, 19, 1).validate().is_ok());
+        assert!(matches!(
+            config(Transport::Mmio, 20, 1).validate(),
+            Err(ConfigError::TooManyDevices(20))
+        ));
+        assert!(config(Transport::Pci, 31, 1).validate().is_ok());
+        assert!(matches!(
+            config(Transport::Pci, 32, 1).validate(),
+            Err(ConfigError::TooManyPciDevices(32))
+        ));
+        assert!(config(Transport::Pci, 1, 254).validate().is_ok());
+        assert!(matches!(
+            config(Transport::Pci, 31, 254).validate(),
+            Err(ConfigError::TooManyPciVectors(..))
+        ));
+        assert!(matches!(
+            config(Transport::Pci, 1, 255).validate(),
+            Err(ConfigError::TooManyPciQueues(_, 255))
+        ));
     }
 }

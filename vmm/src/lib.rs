@@ -13,6 +13,7 @@ pub mod fuzz;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod pci;
 pub mod process;
 pub mod virtio;
 pub mod vm;

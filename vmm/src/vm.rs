@@ -1,7 +1,7 @@
 //! Running a built VM until it stops.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,8 @@ use crate::devices::serial_input;
 use crate::devices::VmStop;
 use crate::kvm::pause::Pause;
 use crate::kvm::run_loop;
-use crate::virtio::mmio::MmioTransport;
 use crate::virtio::monitor;
+use crate::virtio::Transports;
 use vmm_sys_util::eventfd::EventFd;
 
 /// How often stopping vCPU threads are kicked again until they have left `KVM_RUN` (a kick
@@ -31,7 +31,7 @@ pub struct VmHandle {
     /// Pauses and resumes the vCPUs.
     pub pause: Arc<Pause>,
     /// The virtio devices' transports, by name.
-    pub transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    pub transports: Transports,
 }
 
 impl VmHandle {

@@ -3,8 +3,10 @@
 //! disassembled DSDT must compile again without a warning.
 //!
 //! The tables are read back from guest memory the way a kernel finds them: the RSDP, the
-//! XSDT's entries, the FADT's `X_DSDT`. The devices are the slots the builder assigns
-//! (`virtio::slot`, which also gives the command line's `virtio_mmio.device=` tokens).
+//! XSDT's entries, the FADT's `X_DSDT`. On the mmio transport the devices are the slots the
+//! builder assigns (`virtio::slot`, which also gives the command line's
+//! `virtio_mmio.device=` tokens); on PCI, the host bridge, its ECAM reservation and the
+//! MCFG.
 
 #[path = "../../tests/common/skip.rs"]
 mod skip;
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bulkhead_vmm::boot::acpi;
+use bulkhead_vmm::config::Transport;
 use bulkhead_vmm::layout;
 use bulkhead_vmm::virtio::{self, MmioSlot};
 use skip::SkipKind;
@@ -121,7 +124,7 @@ fn iasl(dir: &Path, args: &[&str]) -> String {
 /// Writes the tables for `cpus` vCPUs and `slots` into guest memory, disassembles each
 /// with `iasl -d`, and returns the disassembly by signature, after checking iasl found
 /// nothing to complain about and the DSDT compiles again.
-fn disassemble(cpus: u8, slots: &[MmioSlot]) -> Option<Vec<Table>> {
+fn disassemble(cpus: u8, slots: &[MmioSlot], transport: Transport) -> Option<Vec<Table>> {
     if !iasl_installed() {
         skip::skip_or_fail(
             SkipKind::MissingTool,
@@ -131,7 +134,7 @@ fn disassemble(cpus: u8, slots: &[MmioSlot]) -> Option<Vec<Table>> {
     }
     let mem =
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), layout::HIMEM_START as usize)]).unwrap();
-    let rsdp = acpi::write(&mem, cpus, slots).unwrap();
+    let rsdp = acpi::write(&mem, cpus, slots, transport).unwrap();
     let dir = TempDir::new("acpi-iasl");
     let mut out = Vec::new();
     for mut t in tables(&mem, rsdp) {
@@ -153,7 +156,7 @@ fn disassemble(cpus: u8, slots: &[MmioSlot]) -> Option<Vec<Table>> {
     // The disassembled DSDT is valid ASL: it compiles again with no error or warning.
     // (iasl 20200925 disassembles a DSDT without AML to a block it never closes, so an
     // empty one is only disassembled.)
-    if !slots.is_empty() {
+    if !slots.is_empty() || transport == Transport::Pci {
         let log = iasl(&dir.0, &["-p", "dsdt-again", "dsdt.dsl"]);
         assert!(
             log.contains("Compilation successful. 0 Errors, 0 Warnings"),
@@ -253,7 +256,7 @@ fn check_devices(dsdt: &str, slots: &[MmioSlot]) {
 #[test]
 fn iasl_finds_each_virtio_mmio_device_and_sane_fadt_and_madt() {
     let slots = slots(3);
-    let Some(tables) = disassemble(2, &slots) else {
+    let Some(tables) = disassemble(2, &slots, Transport::Mmio) else {
         return;
     };
     let dsdt = find(&tables, b"DSDT");
@@ -317,7 +320,7 @@ fn iasl_finds_each_virtio_mmio_device_and_sane_fadt_and_madt() {
 fn iasl_finds_every_device_at_the_most_slots() {
     let slots: Vec<_> = (0..).map_while(virtio::slot).collect();
     assert_eq!(slots.len(), 19);
-    let Some(tables) = disassemble(254, &slots) else {
+    let Some(tables) = disassemble(254, &slots, Transport::Mmio) else {
         return;
     };
     check_devices(&find(&tables, b"DSDT").dsl, &slots);
@@ -326,10 +329,287 @@ fn iasl_finds_every_device_at_the_most_slots() {
 /// No devices: an empty but valid DSDT.
 #[test]
 fn iasl_accepts_a_dsdt_without_devices() {
-    let Some(tables) = disassemble(1, &[]) else {
+    let Some(tables) = disassemble(1, &[], Transport::Mmio) else {
         return;
     };
     let dsdt = &find(&tables, b"DSDT").dsl;
     assert!(!dsdt.contains("LNRO0005"), "{dsdt}");
     assert!(dsdt.contains("DefinitionBlock"), "{dsdt}");
+}
+
+/// The host bridge as iasl prints it: PNP0A08 (compatible PNP0A03), segment 0, bus 0, and
+/// its windows (bus 0 only, the I/O a PC bridge forwards around its consumed config ports,
+/// the 32-bit BAR window from the layout).
+fn expected_host_bridge() -> String {
+    format!(
+        r#"        Device (PCI0)
+        {{
+            Name (_HID, EisaId ("PNP0A08") /* PCI Express Bus */)  // _HID: Hardware ID
+            Name (_CID, EisaId ("PNP0A03") /* PCI Bus */)  // _CID: Compatible ID
+            Name (_SEG, Zero)  // _SEG: PCI Segment
+            Name (_BBN, Zero)  // _BBN: BIOS Bus Number
+            Name (_UID, Zero)  // _UID: Unique ID
+            Name (_CCA, One)  // _CCA: Cache Coherency Attribute
+            Name (_CRS, ResourceTemplate ()  // _CRS: Current Resource Settings
+            {{
+                WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode,
+                    0x0000,             // Granularity
+                    0x0000,             // Range Minimum
+                    0x0000,             // Range Maximum
+                    0x0000,             // Translation Offset
+                    0x0001,             // Length
+                    ,, )
+                IO (Decode16,
+                    0x0CF8,             // Range Minimum
+                    0x0CF8,             // Range Maximum
+                    0x01,               // Alignment
+                    0x08,               // Length
+                    )
+                WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange,
+                    0x0000,             // Granularity
+                    0x0000,             // Range Minimum
+                    0x0CF7,             // Range Maximum
+                    0x0000,             // Translation Offset
+                    0x0CF8,             // Length
+                    ,, , TypeStatic, DenseTranslation)
+                WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange,
+                    0x0000,             // Granularity
+                    0x0D00,             // Range Minimum
+                    0xFFFF,             // Range Maximum
+                    0x0000,             // Translation Offset
+                    0xF300,             // Length
+                    ,, , TypeStatic, DenseTranslation)
+                DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,
+                    0x00000000,         // Granularity
+                    {first:#010X},         // Range Minimum
+                    {last:#010X},         // Range Maximum
+                    0x00000000,         // Translation Offset
+                    {len:#010X},         // Length
+                    ,, , AddressRangeMemory, TypeStatic)
+            }})
+        }}
+"#,
+        first = layout::PCI_MMIO_START,
+        last = layout::PCI_MMIO_END - 1,
+        len = layout::PCI_MMIO_END - layout::PCI_MMIO_START,
+    )
+    .replace("0X", "0x")
+}
+
+/// The PNP0C02 device reserving the ECAM, as iasl prints it.
+fn expected_ecam_reservation() -> String {
+    format!(
+        r#"        Device (MRES)
+        {{
+            Name (_HID, EisaId ("PNP0C02") /* PNP Motherboard Resources */)  // _HID: Hardware ID
+            Name (_UID, Zero)  // _UID: Unique ID
+            Name (_CRS, ResourceTemplate ()  // _CRS: Current Resource Settings
+            {{
+                Memory32Fixed (ReadWrite,
+                    {base:#010X},         // Address Base
+                    {size:#010X},         // Address Length
+                    )
+            }})
+        }}
+"#,
+        base = layout::PCI_ECAM_START,
+        size = layout::PCI_ECAM_SIZE,
+    )
+    .replace("0X", "0x")
+}
+
+/// The XSDT's entries as iasl decodes them, and the address of each table found.
+fn xsdt_lists(tables: &[Table]) -> (Vec<String>, Vec<String>) {
+    let xsdt = fields(&find(tables, b"XSDT").dsl);
+    let listed = xsdt
+        .iter()
+        .filter(|(k, _)| k.starts_with("ACPI Table Address"))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let found = tables
+        .iter()
+        .filter(|t| ![b"XSDT", b"DSDT"].contains(&&t.signature))
+        .map(|t| format!("{:016X}", t.addr))
+        .collect();
+    (listed, found)
+}
+
+/// PCI, two vCPUs: the DSDT has the host bridge with its windows and the PNP0C02 ECAM
+/// reservation and no virtio-mmio device; the XSDT lists an MCFG whose one allocation is
+/// the ECAM for bus 0 of segment 0; the FADT leaves MSI supported.
+#[test]
+fn iasl_finds_the_pci_host_bridge_its_ecam_and_the_mcfg() {
+    let Some(tables) = disassemble(2, &[], Transport::Pci) else {
+        return;
+    };
+    let dsdt = &find(&tables, b"DSDT").dsl;
+    assert!(dsdt.contains("    Scope (\\_SB)\n"), "{dsdt}");
+    for want in [expected_host_bridge(), expected_ecam_reservation()] {
+        assert!(
+            dsdt.contains(&want),
+            "not in the disassembly as\n{want}\ndisassembly:\n{dsdt}"
+        );
+    }
+    assert_eq!(dsdt.matches("EisaId (\"PNP0A08\")").count(), 1, "{dsdt}");
+    assert!(!dsdt.contains("LNRO0005"), "{dsdt}");
+    // No INTx: the functions use MSI-X only, so no routing table.
+    assert!(!dsdt.contains("_PRT"), "{dsdt}");
+
+    let mcfg = fields(&find(&tables, b"MCFG").dsl);
+    assert_eq!(
+        values(&mcfg, "Base Address"),
+        [format!("{:016X}", layout::PCI_ECAM_START)],
+        "MCFG: {mcfg:?}"
+    );
+    assert_eq!(values(&mcfg, "Segment Group Number"), ["0000"]);
+    assert_eq!(values(&mcfg, "Start Bus Number"), ["00"]);
+    assert_eq!(values(&mcfg, "End Bus Number"), ["00"]);
+    assert_eq!(
+        values(&mcfg, "Table Length"),
+        ["0000003C"],
+        "one allocation"
+    );
+
+    let (listed, found) = xsdt_lists(&tables);
+    assert_eq!(listed, found);
+    assert_eq!(listed.len(), 3, "FADT, MADT, MCFG");
+
+    let fadt = fields(&find(&tables, b"FACP").dsl);
+    assert_eq!(values(&fadt, "MSI Not Supported (V4)"), ["0"], "{fadt:?}");
+}
+
+/// The mmio transport's tables have no PCI: no MCFG, no host bridge, MSI declared absent.
+#[test]
+fn iasl_finds_no_pci_on_mmio() {
+    let Some(tables) = disassemble(2, &slots(2), Transport::Mmio) else {
+        return;
+    };
+    assert!(!tables.iter().any(|t| &t.signature == b"MCFG"));
+    let dsdt = &find(&tables, b"DSDT").dsl;
+    for absent in ["PNP0A08", "PNP0A03", "PNP0C02", "PCI0"] {
+        assert!(!dsdt.contains(absent), "{absent}: {dsdt}");
+    }
+    let fadt = fields(&find(&tables, b"FACP").dsl);
+    assert_eq!(values(&fadt, "MSI Not Supported (V4)"), ["1"], "{fadt:?}");
+    let (listed, found) = xsdt_lists(&tables);
+    assert_eq!(listed, found);
+    assert_eq!(listed.len(), 2, "FADT, MADT");
+}
+
+/// One resource as ACPICA's `acpiexec` decodes it: its title and `Key : Value` fields.
+#[derive(Debug)]
+struct Resource {
+    title: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Resource {
+    fn get(&self, key: &str) -> &str {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {key} in {self:?}"))
+    }
+}
+
+/// The resources of `device`'s `_CRS`, decoded by ACPICA's resource manager (the code
+/// Linux's `acpi_walk_resources` runs) after `acpiexec` loaded `dsdt` into its namespace.
+fn acpica_resources(dsdt: &[u8], device: &str) -> Vec<Resource> {
+    let dir = TempDir::new("acpiexec");
+    std::fs::write(dir.0.join("dsdt.dat"), dsdt).unwrap();
+    let out = Command::new("acpiexec")
+        .args(["-b", &format!("resources {device}"), "dsdt.dat"])
+        .current_dir(&dir.0)
+        .output()
+        .expect("running acpiexec (package acpica-tools)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "acpiexec:\n{text}");
+    assert!(
+        text.contains("1 ACPI AML tables successfully acquired and loaded"),
+        "{text}"
+    );
+    assert!(text.contains("Evaluating _CRS"), "{text}");
+    let mut resources: Vec<Resource> = Vec::new();
+    for line in text.lines() {
+        let is_title = line.len() > 5
+            && line.starts_with('[')
+            && line[1..3].bytes().all(|b| b.is_ascii_digit())
+            && &line[3..5] == "] ";
+        if is_title {
+            resources.push(Resource {
+                title: line[5..].trim().to_string(),
+                fields: Vec::new(),
+            });
+        } else if line.starts_with("Resource Conversion") {
+            break;
+        } else if let (Some(r), Some((k, v))) = (resources.last_mut(), line.split_once(" : ")) {
+            r.fields.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    assert_eq!(
+        resources.last().map(|r| r.title.as_str()),
+        Some("EndTag Resource"),
+        "{text}"
+    );
+    resources.pop();
+    resources
+}
+
+/// ACPICA's interpreter (what Linux runs) loads the PCI DSDT and decodes the host bridge's
+/// `_CRS` into the bus range, the consumed config ports, the forwarded I/O and the BAR
+/// window, all produced for children, and the PNP0C02's into the ECAM.
+#[test]
+fn acpica_decodes_the_host_bridge_and_ecam_resources() {
+    let Some(tables) = disassemble(2, &[], Transport::Pci) else {
+        return;
+    };
+    let dsdt = &find(&tables, b"DSDT").bytes;
+    let bridge = acpica_resources(dsdt, "\\_SB.PCI0");
+    let summary: Vec<_> = bridge
+        .iter()
+        .map(|r| {
+            let kind = r
+                .fields
+                .iter()
+                .find(|(k, _)| k == "Resource Type")
+                .map_or(r.title.as_str(), |(_, v)| v.as_str());
+            let (min, max) = (r.get("Address Minimum"), r.get("Address Maximum"));
+            (kind.to_string(), min.to_string(), max.to_string())
+        })
+        .collect();
+    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        summary,
+        [
+            s("Bus Number Range", "0000", "0000"),
+            s("I/O Resource", "0CF8", "0CF8"),
+            s("I/O Range", "0000", "0CF7"),
+            s("I/O Range", "0D00", "FFFF"),
+            s(
+                "Memory Range",
+                &format!("{:08X}", layout::PCI_MMIO_START),
+                &format!("{:08X}", layout::PCI_MMIO_END - 1)
+            ),
+        ],
+        "{bridge:#?}"
+    );
+    assert_eq!(bridge[1].get("Address Length"), "08", "0xCF8..=0xCFF");
+    for window in [&bridge[0], &bridge[2], &bridge[3], &bridge[4]] {
+        assert_eq!(window.get("Consumer/Producer"), "ResourceProducer");
+    }
+    assert_eq!(bridge[4].get("Write Protect"), "ReadWrite");
+
+    let ecam = acpica_resources(dsdt, "\\_SB.MRES");
+    assert_eq!(ecam.len(), 1, "{ecam:#?}");
+    assert_eq!(ecam[0].title, "32-Bit Fixed Memory Range Resource");
+    assert_eq!(
+        ecam[0].get("Address"),
+        format!("{:08X}", layout::PCI_ECAM_START)
+    );
+    assert_eq!(
+        ecam[0].get("Address Length"),
+        format!("{:08X}", layout::PCI_ECAM_SIZE)
+    );
 }

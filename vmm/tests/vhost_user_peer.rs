@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use bulkhead_vmm::memory::GuestMemory;
+use bulkhead_vmm::virtio::interrupts::Interrupts;
 use bulkhead_vmm::virtio::vhost_user::{
     BackendSocket, SharedMemory, VhostUserDevice, REPLY_TIMEOUT,
 };
@@ -26,7 +27,7 @@ fn connect_to(peer: impl FnOnce(UnixStream) + Send + 'static) -> Result<VhostUse
         2,
         BackendSocket::Connected(ours),
         vec![EventFd::new(0).unwrap()],
-        EventFd::new(0).unwrap(),
+        |n| Interrupts::shared(EventFd::new(0)?, n),
         shared,
     )
     .map_err(|e| {

@@ -39,6 +39,10 @@ pub const KVM_GET_SREGS: u32 = ior(KVMIO, 0x83, KVM_SREGS_SIZE);
 pub const KVM_IRQFD: u32 = iow(KVMIO, 0x76, 32);
 /// Registers or removes an ioeventfd (on the VM fd).
 pub const KVM_IOEVENTFD: u32 = iow(KVMIO, 0x79, 64);
+/// `sizeof(struct kvm_irq_routing)`: its header (nr, flags), entries follow.
+const KVM_IRQ_ROUTING_SIZE: u32 = 8;
+/// Replaces the VM's GSI routing table (on the VM fd).
+pub const KVM_SET_GSI_ROUTING: u32 = iow(KVMIO, 0x6a, KVM_IRQ_ROUTING_SIZE);
 
 /// TUN's ioctl type.
 const TUNIO: u32 = b'T' as u32;
@@ -64,6 +68,7 @@ mod tests {
         assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
         assert_eq!(KVM_IRQFD, 0x4020_AE76);
         assert_eq!(KVM_IOEVENTFD, 0x4040_AE79);
+        assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_AE6A);
         assert_eq!(TUNSETOFFLOAD, 0x4004_54D0);
         assert_eq!(TUNGETIFF, 0x8004_54D2);
         assert_eq!(TUNSETVNETHDRSZ, 0x4004_54D8);

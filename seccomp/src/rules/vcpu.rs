@@ -1,10 +1,14 @@
 //! A vCPU thread (`vcpu<n>`): `KVM_RUN`, and the exits it handles itself: port and MMIO
-//! accesses to the serial port, i8042 and the virtio-mmio transport, whose register
-//! writes become vhost-user messages to the backends.
+//! accesses to the serial port, i8042 and the virtio transports, whose register writes
+//! become vhost-user messages to the backends. With virtio-pci the guest programs MSI-X
+//! vectors and moves BARs while it runs, so the vCPU that handles the write changes the
+//! VM's GSI routes, irqfds and notify ioeventfds, and reads the PBA by polling eventfds.
 
 use libc::*;
 
-use super::consts::{KVM_GET_REGS, KVM_GET_SREGS, KVM_RUN};
+use super::consts::{
+    KVM_GET_REGS, KVM_GET_SREGS, KVM_IOEVENTFD, KVM_IRQFD, KVM_RUN, KVM_SET_GSI_ROUTING,
+};
 use super::{Arg, Rule};
 
 /// The vCPU role's own rules.
@@ -19,6 +23,26 @@ pub const RULES: &[Rule] = &[
         SYS_ioctl,
         &[Arg::Eq32(1, KVM_GET_SREGS)],
         "an exit error describes the guest's mode",
+    ),
+    Rule::when(
+        SYS_ioctl,
+        &[Arg::Eq32(1, KVM_SET_GSI_ROUTING)],
+        "virtio-pci: the guest's MSI-X table writes become MSI routes",
+    ),
+    Rule::when(
+        SYS_ioctl,
+        &[Arg::Eq32(1, KVM_IRQFD)],
+        "virtio-pci: a queue's call fd follows its MSI-X vector's mask and route",
+    ),
+    Rule::when(
+        SYS_ioctl,
+        &[Arg::Eq32(1, KVM_IOEVENTFD)],
+        "virtio-pci: the notify ioeventfds follow BAR0 when the guest moves it",
+    ),
+    Rule::when(
+        SYS_poll,
+        &[Arg::Eq(2, 0)],
+        "virtio-pci: the MSI-X PBA polls masked vectors' eventfds (timeout 0)",
     ),
     Rule::any(
         SYS_sendmsg,

@@ -1,6 +1,7 @@
 //! The virtio-mmio devices the ACPI tables describe, found the way a kernel finds them:
 //! RSDP (the zero page's `acpi_rsdp_addr`, else a search of 0xe0000..0x100000 as Linux
-//! falls back to), XSDT (or RSDT), FADT, its DSDT.
+//! falls back to), XSDT (or RSDT), FADT, its DSDT. And the PCI Express configuration space
+//! (ECAM) that the MCFG table lists ([`mcfg`]), where the PCI devices are found.
 //!
 //! The DSDT is not interpreted: a tiny scan finds each `Name (_HID, "LNRO0005")` and, in
 //! the bytes up to the next one, the device's `Name (_UID, integer)` and `Name (_CRS,
@@ -104,6 +105,10 @@ pub enum AcpiError {
     BadDevice(usize),
     /// More devices than [`MAX_DEVICES`].
     TooManyDevices,
+    /// The XSDT lists no MCFG.
+    NoMcfg,
+    /// The MCFG has no allocation for segment 0 that covers bus 0.
+    NoBus0,
 }
 
 impl fmt::Display for AcpiError {
@@ -118,6 +123,8 @@ impl fmt::Display for AcpiError {
             Self::NoFadt => write!(f, "the XSDT lists no FADT"),
             Self::BadDevice(i) => write!(f, "LNRO0005 device {i} has no usable _CRS"),
             Self::TooManyDevices => write!(f, "more than {MAX_DEVICES} LNRO0005 devices"),
+            Self::NoMcfg => write!(f, "the XSDT lists no MCFG (no PCI Express ECAM)"),
+            Self::NoBus0 => write!(f, "the MCFG has no ECAM for segment 0, bus 0"),
         }
     }
 }
@@ -206,6 +213,15 @@ fn find_fadt<'a>(
     read: &impl Fn(u64, usize) -> Option<&'a [u8]>,
     rsdp: &[u8],
 ) -> Result<&'a [u8], AcpiError> {
+    find_table(read, rsdp, *b"FACP")?.ok_or(AcpiError::NoFadt)
+}
+
+/// The table with `signature` that the XSDT (revision 2+) or RSDT lists, if any.
+fn find_table<'a>(
+    read: &impl Fn(u64, usize) -> Option<&'a [u8]>,
+    rsdp: &[u8],
+    signature: [u8; 4],
+) -> Result<Option<&'a [u8]>, AcpiError> {
     let (root, entry_len) = match u64_at(rsdp, 24) {
         Some(xsdt) if rsdp[15] >= 2 && xsdt != 0 => (table(read, xsdt, *b"XSDT")?, 8),
         _ => {
@@ -219,11 +235,57 @@ fn find_fadt<'a>(
             _ => u32_at(entry, 0).map(u64::from),
         }
         .unwrap_or(0);
-        if read(addr, 4) == Some(b"FACP") {
-            return table(read, addr, *b"FACP");
+        if read(addr, 4) == Some(&signature[..]) {
+            return table(read, addr, signature).map(Some);
         }
     }
-    Err(AcpiError::NoFadt)
+    Ok(None)
+}
+
+/// Offset of the first allocation in the MCFG (after the header and 8 reserved bytes).
+const MCFG_ENTRIES: usize = HEADER_LEN + 8;
+/// Bytes per MCFG allocation: base (u64), segment (u16), start bus, end bus, 4 reserved.
+const MCFG_ENTRY: usize = 16;
+
+/// An ECAM region from the MCFG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ecam {
+    /// Physical base: the configuration space of `start_bus`, device 0, function 0.
+    pub base: u64,
+    /// PCI segment group.
+    pub segment: u16,
+    /// First bus.
+    pub start_bus: u8,
+    /// Last bus.
+    pub end_bus: u8,
+}
+
+impl Ecam {
+    /// Bytes the region spans (1 MiB per bus).
+    pub fn size(&self) -> u64 {
+        (u64::from(self.end_bus.saturating_sub(self.start_bus)) + 1) << 20
+    }
+}
+
+/// The ECAM for segment 0, bus 0, from the MCFG the XSDT lists (RSDP at `rsdp_hint`, 0:
+/// search for it), as Linux's `pci_mmcfg` code reads it.
+pub fn mcfg<'a>(
+    read: impl Fn(u64, usize) -> Option<&'a [u8]>,
+    rsdp_hint: u64,
+) -> Result<Ecam, AcpiError> {
+    let rsdp = find_rsdp(&read, rsdp_hint)?;
+    let mcfg = find_table(&read, rsdp, *b"MCFG")?.ok_or(AcpiError::NoMcfg)?;
+    mcfg.get(MCFG_ENTRIES..)
+        .unwrap_or(&[])
+        .chunks_exact(MCFG_ENTRY)
+        .map(|e| Ecam {
+            base: u64_at(e, 0).unwrap_or(0),
+            segment: u16::from_le_bytes([e[8], e[9]]),
+            start_bus: e[10],
+            end_bus: e[11],
+        })
+        .find(|e| e.segment == 0 && e.start_bus == 0 && e.end_bus >= e.start_bus)
+        .ok_or(AcpiError::NoBus0)
 }
 
 /// Each `_HID "LNRO0005"` in `aml` and what follows it up to the next one.
@@ -496,6 +558,54 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    /// `tables`, plus an MCFG with `entries` listed in the XSDT.
+    fn tables_with_mcfg(entries: &[(u64, u16, u8, u8)]) -> Mem {
+        let mut m = tables(&[]);
+        let mut body = vec![0u8; 8];
+        for &(base, segment, start, end) in entries {
+            body.extend_from_slice(&base.to_le_bytes());
+            body.extend_from_slice(&segment.to_le_bytes());
+            body.extend_from_slice(&[start, end, 0, 0, 0, 0]);
+        }
+        m.put(0xe_2000, &sdt(b"MCFG", &body));
+        let mut xsdt_body = 0xe_0400u64.to_le_bytes().to_vec();
+        xsdt_body.extend_from_slice(&0xe_0100u64.to_le_bytes());
+        xsdt_body.extend_from_slice(&0xe_2000u64.to_le_bytes());
+        m.put(0xe_0040, &sdt(b"XSDT", &xsdt_body));
+        m
+    }
+
+    #[test]
+    fn the_mcfg_gives_the_ecam_of_bus_0() {
+        let m = tables_with_mcfg(&[(0xe000_0000, 0, 0, 0)]);
+        let e = mcfg(m.read(), 0).unwrap();
+        assert_eq!(
+            e,
+            Ecam {
+                base: 0xe000_0000,
+                segment: 0,
+                start_bus: 0,
+                end_bus: 0
+            }
+        );
+        assert_eq!(e.size(), 1 << 20);
+        // Another segment first, then ours.
+        let m = tables_with_mcfg(&[(0x1_0000_0000, 1, 0, 255), (0xb000_0000, 0, 0, 3)]);
+        assert_eq!(mcfg(m.read(), 0).unwrap().base, 0xb000_0000);
+        // No bus 0 / no MCFG / a broken one.
+        let m = tables_with_mcfg(&[(0xe000_0000, 0, 1, 4)]);
+        assert_eq!(mcfg(m.read(), 0), Err(AcpiError::NoBus0));
+        let m = tables_with_mcfg(&[]);
+        assert_eq!(mcfg(m.read(), 0), Err(AcpiError::NoBus0));
+        assert_eq!(mcfg(tables(&[]).read(), 0), Err(AcpiError::NoMcfg));
+        let mut m = tables_with_mcfg(&[(0xe000_0000, 0, 0, 0)]);
+        m.0[0xe_2000 + 50] ^= 1;
+        assert_eq!(
+            mcfg(m.read(), 0),
+            Err(AcpiError::BadTable(0xe_2000, *b"MCFG"))
+        );
     }
 
     #[test]

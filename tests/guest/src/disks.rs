@@ -1,24 +1,37 @@
-//! The virtio-blk disks: found among the command line's `virtio_mmio.device`s, set up on
-//! first use, kept for the rest of the run, and driven from CPL3 by polling.
+//! The virtio-blk disks: found among the command line's `virtio_mmio.device`s and the
+//! virtio-pci functions of PCI bus 0, set up on first use, kept for the rest of the run,
+//! and driven from CPL3 by polling.
 //!
-//! [`lock`] gives the boot CPU the registry; [`Registry::open`] probes every announced
-//! device once (MagicValue, Version, DeviceID), and sets up virtio-blk device `n` (in
-//! command-line order, counting block devices only) on first use: queue memory and a pool
+//! [`lock`] gives the boot CPU the registry; [`Registry::open`] probes every device once
+//! (virtio-mmio: MagicValue, Version, DeviceID; virtio-pci: IDs, capabilities, BAR; the
+//! mmio devices first, in command-line order, then the PCI functions in BDF order), and
+//! sets up virtio-blk device `n` (counting block devices only) on first use: queue memory and a pool
 //! of request [`Slot`]s come from the frame allocator and are never given back. A [`Disk`]
 //! adds what the library's [`Blk`] leaves to its user: which slot a completion belongs to,
 //! and waiting with a TSC deadline. Completions of chains that no slot owns (malformed
 //! requests of `blk-hostile` that the device returned late) are counted and dropped.
 
+use crate::acpi::Ecam;
 use crate::cmdline::DeviceList;
 use crate::frames::{Frames, PAGE};
+use crate::idt::vector;
 use crate::mmio::{self, Mmio};
+use crate::pcibus::{self, PciDevice, PciProblem, Place};
 use crate::sync::{SpinGuard, SpinLock};
 use crate::time::Deadline;
 use crate::virtio::blk::{self, Blk, BlkInitError, Request, Slot, SubmitError};
 use crate::virtio::device_id;
-use crate::virtio::mmio::{DeviceSpec, ProbeError, Transport};
+use crate::virtio::mmio::{DeviceSpec, MmioTransport, ProbeError};
+use crate::virtio::pci::{MsiTarget, PciTransport};
 use crate::virtio::queue::{self, QueueMemory, UsedError};
+use crate::virtio::{Either, Transport};
 use core::fmt;
+
+/// The transport of a device in use: virtio-mmio or virtio-pci.
+pub type Dev = Either<MmioTransport<Mmio>, PciTransport<Mmio>>;
+
+/// Most devices found (virtio-mmio and virtio-pci together).
+pub const MAX_FOUND: usize = 32;
 
 /// Most virtio-blk disks used.
 pub const MAX_DISKS: usize = 8;
@@ -52,6 +65,8 @@ pub enum Announced {
     Unreachable(DeviceSpec),
     /// It is not a (modern) virtio-mmio device.
     Probe(DeviceSpec, ProbeError),
+    /// A virtio-pci function that cannot be driven.
+    Pci(PciProblem),
 }
 
 impl fmt::Display for Announced {
@@ -63,6 +78,7 @@ impl fmt::Display for Announced {
                 d.base, d.size
             ),
             Self::Probe(d, e) => write!(f, "virtio-mmio device at {:#x}: {e}", d.base),
+            Self::Pci(p) => p.fmt(f),
         }
     }
 }
@@ -135,9 +151,9 @@ pub struct Done {
 /// A virtio-blk device in use.
 pub struct Disk {
     index: usize,
-    spec: DeviceSpec,
+    place: Place,
     /// The driver.
-    pub blk: Blk<Mmio>,
+    pub blk: Blk<Dev>,
     slots: [Option<Slot>; MAX_SLOTS],
     slot_data: u32,
     /// Request in flight per slot.
@@ -163,9 +179,9 @@ impl Disk {
         Name(self.index)
     }
 
-    /// Where it is and its interrupt line.
-    pub fn spec(&self) -> DeviceSpec {
-        self.spec
+    /// Where it is (and so how it interrupts).
+    pub fn place(&self) -> Place {
+        self.place
     }
 
     /// Capacity in sectors.
@@ -329,26 +345,28 @@ impl Disk {
     }
 }
 
-/// A device of the command line, once probed.
+/// A device, once probed.
 #[derive(Clone, Copy)]
 struct Found {
-    spec: DeviceSpec,
+    place: Place,
     device_id: u32,
 }
 
-/// Every virtio-mmio device of the command line, and the disks set up so far.
+/// Every virtio device found, and the disks set up so far.
 pub struct Registry {
     probed: bool,
-    found: [Option<Found>; crate::cmdline::MAX_DEVICES],
-    problems: [Option<Announced>; crate::cmdline::MAX_DEVICES],
+    ecam: Option<Ecam>,
+    found: [Option<Found>; MAX_FOUND],
+    problems: [Option<Announced>; MAX_FOUND],
     disks: [Option<Disk>; MAX_DISKS],
     queue_memory: [Option<[QueueMemory; blk::MAX_QUEUES]>; MAX_DISKS],
 }
 
 static REGISTRY: SpinLock<Registry> = SpinLock::new(Registry {
     probed: false,
-    found: [None; crate::cmdline::MAX_DEVICES],
-    problems: [const { None }; crate::cmdline::MAX_DEVICES],
+    ecam: None,
+    found: [None; MAX_FOUND],
+    problems: [const { None }; MAX_FOUND],
     disks: [const { None }; MAX_DISKS],
     queue_memory: [None; MAX_DISKS],
 });
@@ -358,45 +376,113 @@ pub fn lock() -> SpinGuard<'static, Registry> {
     REGISTRY.lock()
 }
 
+/// A transport for the device at `place` (probed: reachable, and only the registries
+/// drive it). Virtio-pci functions get memory decoding and bus mastering turned on, and
+/// MSI-X pointed at this CPU: configuration changes on [`vector::VIRTIO_CONFIG`], queues
+/// on [`vector::VIRTIO`].
+pub fn transport(place: Place) -> Result<Dev, Announced> {
+    match place {
+        Place::Mmio(spec) => {
+            // SAFETY: probed: inside the mapped hole, and only the registries drive it.
+            let regs = unsafe { Mmio::new(spec.base) };
+            MmioTransport::probe(regs)
+                .map(Either::Mmio)
+                .map_err(|e| Announced::Probe(spec, e))
+        }
+        Place::Pci(p) => Ok(Either::Pci(pci_transport(&p))),
+    }
+}
+
+fn pci_transport(p: &PciDevice) -> PciTransport<Mmio> {
+    // SAFETY: the scan checked that the function's configuration space and the part of
+    // the BAR its capabilities span are inside the mapped hole; only the registries drive
+    // the device.
+    let (cfg, bar) = unsafe { (Mmio::new(p.cfg), Mmio::new(p.bar)) };
+    crate::pci::enable(&cfg);
+    let id = crate::pci::header(&cfg).map_or(0, |h| {
+        crate::virtio::pci::virtio_type(h.vendor, h.device).unwrap_or(0)
+    });
+    let msi = MsiTarget::lapic(
+        crate::lapic::id() as u8,
+        vector::VIRTIO_CONFIG,
+        vector::VIRTIO,
+    );
+    PciTransport::new(bar, cfg, p.layout, id, Some(msi))
+}
+
 impl Registry {
-    /// Probe every command-line device (once).
+    /// Where PCI bus 0's configuration space is (from the ACPI MCFG), before the first
+    /// probe; without it only virtio-mmio devices are found.
+    pub fn set_ecam(&mut self, ecam: Ecam) {
+        self.ecam = Some(ecam);
+    }
+
+    /// The ECAM, if the ACPI tables gave one.
+    pub fn ecam(&self) -> Option<Ecam> {
+        self.ecam
+    }
+
+    /// Probe every command-line device and every virtio-pci function (once).
     fn probe(&mut self, devices: &DeviceList) {
         if self.probed {
             return;
         }
         self.probed = true;
-        let mut problems = 0;
-        for (i, spec) in devices.iter().enumerate() {
+        let (mut found, mut problems) = (0, 0);
+        let mut note = |r: Result<Found, Announced>, this: &mut Self| match r {
+            Ok(f) if found < MAX_FOUND => {
+                this.found[found] = Some(f);
+                found += 1;
+            }
+            Ok(_) => {}
+            Err(e) if problems < MAX_FOUND => {
+                this.problems[problems] = Some(e);
+                problems += 1;
+            }
+            Err(_) => {}
+        };
+        for spec in devices.iter() {
             let result = if mmio::reachable(spec.base, spec.size.max(mmio_min())) {
-                // SAFETY: the block is inside the mapped hole (checked) and only this
-                // registry drives it.
-                let regs = unsafe { Mmio::new(spec.base) };
-                Transport::probe(regs)
-                    .map(|t| t.device_id())
-                    .map_err(|e| Announced::Probe(spec, e))
+                transport(Place::Mmio(spec)).map(|t| Found {
+                    place: Place::Mmio(spec),
+                    device_id: t.device_id(),
+                })
             } else {
                 Err(Announced::Unreachable(spec))
             };
-            match result {
-                Ok(device_id) => self.found[i] = Some(Found { spec, device_id }),
-                Err(e) => {
-                    self.problems[problems] = Some(e);
-                    problems += 1;
-                }
-            }
+            note(result, self);
+        }
+        let Some(ecam) = self.ecam else {
+            return;
+        };
+        let Ok(bus) = pcibus::scan(&ecam) else {
+            return;
+        };
+        for f in bus.functions() {
+            let Some(device_id) = f.virtio_type() else {
+                continue;
+            };
+            let result = f
+                .virtio()
+                .map(|p| Found {
+                    place: Place::Pci(p),
+                    device_id,
+                })
+                .map_err(Announced::Pci);
+            note(result, self);
         }
     }
 
-    /// The announced devices that are not usable, after probing.
+    /// The devices that are not usable, after probing.
     pub fn problems(&mut self, devices: &DeviceList) -> impl Iterator<Item = &Announced> {
         self.probe(devices);
         self.problems.iter().flatten()
     }
 
-    /// Devices found, with their type: (spec, device id).
-    pub fn found(&mut self, devices: &DeviceList) -> impl Iterator<Item = (DeviceSpec, u32)> + '_ {
+    /// Devices found, with their type: (place, device id).
+    pub fn found(&mut self, devices: &DeviceList) -> impl Iterator<Item = (Place, u32)> + '_ {
         self.probe(devices);
-        self.found.iter().flatten().map(|f| (f.spec, f.device_id))
+        self.found.iter().flatten().map(|f| (f.place, f.device_id))
     }
 
     /// Number of virtio-blk devices.
@@ -428,13 +514,13 @@ impl Registry {
     ) -> Result<&mut Disk, DiskError> {
         self.probe(devices);
         let found = self.blk_count(devices);
-        let spec = self
+        let place = self
             .found
             .iter()
             .flatten()
             .filter(|f| f.device_id == device_id::BLOCK)
             .nth(n)
-            .map(|f| f.spec)
+            .map(|f| f.place)
             .ok_or(DiskError::NoDevice {
                 wanted: n,
                 found,
@@ -461,17 +547,14 @@ impl Registry {
                     mem
                 }
             };
-            // SAFETY: probed above: reachable, and only this registry drives it.
-            let regs = unsafe { Mmio::new(spec.base) };
-            let transport = Transport::probe(regs)
-                .map_err(|e| DiskError::Announced(Announced::Probe(spec, e)))?;
+            let transport = transport(place).map_err(DiskError::Announced)?;
             // SAFETY: `mem` is this disk's own queue memory (one per queue), each sized for
             // MAX_SIZE, used by no one else, kept forever.
             let blk = unsafe { Blk::init(transport, mem[0], &mem[1..], blk::WANTED) }
                 .map_err(|e| DiskError::Init(n, e))?;
             self.disks[n] = Some(Disk {
                 index: n,
-                spec,
+                place,
                 blk,
                 slots: [None; MAX_SLOTS],
                 slot_data: 0,

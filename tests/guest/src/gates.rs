@@ -37,6 +37,8 @@ use core::sync::atomic::AtomicU32;
 pub static VIRTIO_IRQS: AtomicU32 = AtomicU32::new(0);
 /// Those of them that interrupted CPL3 code (the rest arrived in a CPL0 `hlt`).
 pub static VIRTIO_IRQS_AT_CPL3: AtomicU32 = AtomicU32::new(0);
+/// Virtio-pci configuration-change interrupts ([`vector::VIRTIO_CONFIG`], MSI-X).
+pub static VIRTIO_CONFIG_IRQS: AtomicU32 = AtomicU32::new(0);
 
 /// COM1 transmit holding register.
 const COM1: u16 = 0x3f8;
@@ -154,6 +156,16 @@ global_asm!(
     "    mov dword ptr [rax], 0",
     "    pop rax",
     "    iretq",
+    // Virtio-pci configuration change (MSI-X, edge): count it, EOI.
+    ".balign 16",
+    ".global interrupt_virtio_config",
+    "interrupt_virtio_config:",
+    "    lock inc dword ptr [rip + {virtio_config_irqs}]",
+    "    push rax",
+    "    movabs rax, {eoi}",
+    "    mov dword ptr [rax], 0",
+    "    pop rax",
+    "    iretq",
     // Wake-up IPI: its only job is to end a `hlt`; acknowledge it at the LAPIC.
     ".balign 16",
     ".global interrupt_wake",
@@ -190,6 +202,7 @@ global_asm!(
     eoi = const LAPIC_EOI,
     virtio_irqs = sym VIRTIO_IRQS,
     virtio_irqs_cpl3 = sym VIRTIO_IRQS_AT_CPL3,
+    virtio_config_irqs = sym VIRTIO_CONFIG_IRQS,
 );
 
 extern "C" {
@@ -197,6 +210,7 @@ extern "C" {
     fn interrupt_wake();
     fn interrupt_spurious();
     fn interrupt_virtio();
+    fn interrupt_virtio_config();
 }
 
 /// The gate's entry point, for the IDT.
@@ -205,8 +219,12 @@ pub fn dispatcher() -> usize {
 }
 
 /// The hardware-interrupt handlers (DPL 0), for the IDT.
-pub fn interrupt_handlers() -> [(u8, usize); 3] {
+pub fn interrupt_handlers() -> [(u8, usize); 4] {
     [
+        (
+            vector::VIRTIO_CONFIG,
+            interrupt_virtio_config as *const () as usize,
+        ),
         (vector::WAKE, interrupt_wake as *const () as usize),
         (vector::SPURIOUS, interrupt_spurious as *const () as usize),
         (vector::VIRTIO, interrupt_virtio as *const () as usize),

@@ -16,8 +16,11 @@ pub mod vector {
     /// The CPL0 service gate (`gates.rs`): `int3`, the only software interrupt that
     /// reaches a DPL 3 gate on the development hosts (`int n` raises #UD there).
     pub const GATE: u8 = 3;
-    /// Virtio devices' interrupt lines, routed here through the IOAPIC (by `blk-irq`).
+    /// Virtio devices' interrupt lines, routed here through the IOAPIC (by `blk-irq`), and
+    /// virtio-pci queue interrupts (MSI-X entries 1.., programmed at set-up).
     pub const VIRTIO: u8 = 0x40;
+    /// Virtio-pci configuration-change interrupts (MSI-X entry 0 of every function).
+    pub const VIRTIO_CONFIG: u8 = 0x41;
     /// Inter-processor interrupt that wakes a parked CPU; also the LAPIC timer's vector
     /// when it bounds a wait.
     pub const WAKE: u8 = 0xf0;

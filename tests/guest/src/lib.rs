@@ -12,5 +12,6 @@ pub mod escape;
 pub mod layout;
 pub mod mptable;
 pub mod net;
+pub mod pci;
 pub mod scenario;
 pub mod virtio;

@@ -24,6 +24,7 @@ mod mem;
 mod mmio;
 mod nics;
 mod paging;
+mod pcibus;
 mod phys;
 mod scenarios;
 mod serial;
@@ -33,7 +34,9 @@ mod sync;
 mod time;
 
 // The host-testable half of the guest (src/lib.rs), used here as if it were local modules.
-use bulkhead_guest::{acpi, bootparams, cmdline, escape, layout, mptable, net, scenario, virtio};
+use bulkhead_guest::{
+    acpi, bootparams, cmdline, escape, layout, mptable, net, pci, scenario, virtio,
+};
 
 use core::fmt::Display;
 use escape::Escaped;
@@ -71,6 +74,7 @@ pub extern "C" fn bsp_main(zero_page: u64) -> ! {
         say!("mptable: {stopped}");
     }
     report_acpi_devices(&boot.e820, boot.acpi_rsdp);
+    find_ecam(&boot.e820, boot.acpi_rsdp);
 
     let mut machine = Machine {
         e820: boot.e820,
@@ -108,6 +112,25 @@ fn report_acpi_devices(e820: &bootparams::E820, rsdp: u64) {
             say!("acpi virtio-mmio devices={}", found.as_slice().len());
         }
         Err(why) => say!("acpi virtio-mmio none: {why}"),
+    }
+}
+
+/// Finds PCI bus 0's ECAM the way a kernel does (RSDP, XSDT, MCFG), prints `acpi mcfg
+/// base=0x<b> buses=<first>..=<last>` (or `acpi mcfg none: <why>`) and hands it to the
+/// device registry, which scans the bus when a device scenario first runs. No MCFG is no
+/// failure: the devices are then virtio-mmio ones only.
+fn find_ecam(e820: &bootparams::E820, rsdp: u64) {
+    match acpi::mcfg(|addr, len| phys::bytes(e820, addr, len), rsdp) {
+        Ok(ecam) => {
+            say!(
+                "acpi mcfg base={:#x} buses={}..={}",
+                ecam.base,
+                ecam.start_bus,
+                ecam.end_bus
+            );
+            disks::lock().set_ecam(ecam);
+        }
+        Err(why) => say!("acpi mcfg none: {why}"),
     }
 }
 

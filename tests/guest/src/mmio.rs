@@ -57,4 +57,14 @@ impl Regs for Mmio {
         // SAFETY: as in `read32`.
         unsafe { ((self.base + u64::from(offset)) as *const u8).read_volatile() }
     }
+
+    fn write16(&self, offset: u32, value: u16) {
+        // SAFETY: as in `read32`.
+        unsafe { ((self.base + u64::from(offset)) as *mut u16).write_volatile(value) }
+    }
+
+    fn write8(&self, offset: u32, value: u8) {
+        // SAFETY: as in `read32`.
+        unsafe { ((self.base + u64::from(offset)) as *mut u8).write_volatile(value) }
+    }
 }

@@ -1,16 +1,16 @@
 //! The virtio-net and virtio-console devices in use: found among the command line's
-//! `virtio_mmio.device`s (through the probe `disks` already does), set up on first use
+//! `virtio_mmio.device`s and the virtio-pci functions (through the probe `disks` already
+//! does), set up on first use
 //! (queue and buffer memory from the frame allocator, never given back) and kept for the
 //! rest of the run.
 
 use crate::cmdline::DeviceList;
-use crate::disks::{self, Announced};
+use crate::disks::{self, Announced, Dev};
 use crate::frames::{Frames, PAGE};
-use crate::mmio::Mmio;
+use crate::pcibus::Place;
 use crate::sync::{SpinGuard, SpinLock};
 use crate::virtio::console::{self, Console, ConsoleInitError, ConsoleMemory};
 use crate::virtio::device_id;
-use crate::virtio::mmio::{DeviceSpec, Transport};
 use crate::virtio::net::{self, Net, NetInitError, NetMemory};
 use crate::virtio::queue::{self, QueueMemory};
 use core::fmt;
@@ -71,17 +71,17 @@ pub struct Nic {
     /// Its index among the virtio-net devices (`net<n>`).
     pub index: usize,
     /// Where it is.
-    pub spec: DeviceSpec,
+    pub place: Place,
     /// The driver.
-    pub net: Net<Mmio>,
+    pub net: Net<Dev>,
 }
 
 /// The virtio-console device in use.
 pub struct Cons {
     /// Where it is.
-    pub spec: DeviceSpec,
+    pub place: Place,
     /// The driver.
-    pub console: Console<Mmio>,
+    pub console: Console<Dev>,
 }
 
 /// The devices set up so far.
@@ -101,7 +101,7 @@ pub fn lock() -> SpinGuard<'static, Registry> {
 }
 
 /// The `n`-th device of type `id` among the probed ones, and how many there are.
-fn find(devices: &DeviceList, id: u32, n: usize) -> (Option<DeviceSpec>, usize, Option<Announced>) {
+fn find(devices: &DeviceList, id: u32, n: usize) -> (Option<Place>, usize, Option<Announced>) {
     let mut registry = disks::lock();
     let problem = registry.problems(devices).next().copied();
     let mut spec = None;
@@ -158,20 +158,18 @@ impl Registry {
                     .alloc(net::BUF_BYTES, PAGE)
                     .ok_or(DevError::OutOfMemory)?,
             };
-            // SAFETY: probed by `disks` (reachable, a virtio-mmio device) and driven only here.
-            let regs = unsafe { Mmio::new(spec.base) };
-            let transport = Transport::probe(regs).map_err(|e| DevError::NoDevice {
+            let transport = disks::transport(spec).map_err(|e| DevError::NoDevice {
                 kind: "virtio-net",
                 wanted: n,
                 found,
-                problem: Some(Announced::Probe(spec, e)),
+                problem: Some(e),
             })?;
             // SAFETY: fresh memory from the allocator, of the sizes `NetMemory` needs, kept
             // for the device forever.
             let net = unsafe { Net::init(transport, mem) }.map_err(|e| DevError::Net(n, e))?;
             *slot = Some(Nic {
                 index: n,
-                spec,
+                place: spec,
                 net,
             });
         }
@@ -200,17 +198,18 @@ impl Registry {
                 rx_bufs: frames.alloc(rx_bytes, PAGE).ok_or(DevError::OutOfMemory)?,
                 tx_bufs: frames.alloc(tx_bytes, PAGE).ok_or(DevError::OutOfMemory)?,
             };
-            // SAFETY: probed by `disks` and driven only here.
-            let regs = unsafe { Mmio::new(spec.base) };
-            let transport = Transport::probe(regs).map_err(|e| DevError::NoDevice {
+            let transport = disks::transport(spec).map_err(|e| DevError::NoDevice {
                 kind: "virtio-console",
                 wanted: 0,
                 found,
-                problem: Some(Announced::Probe(spec, e)),
+                problem: Some(e),
             })?;
             // SAFETY: fresh memory of the sizes `ConsoleMemory` needs, kept forever.
             let console = unsafe { Console::init(transport, mem) }.map_err(DevError::Console)?;
-            self.console = Some(Cons { spec, console });
+            self.console = Some(Cons {
+                place: spec,
+                console,
+            });
         }
         Ok(self.console.as_mut().expect("set up just above"))
     }

@@ -58,10 +58,16 @@ pub enum Scenario {
     VirtioStatus,
     /// Prints many bytes on the serial port (a guest flooding its console).
     SerialFlood,
+    /// Lists PCI bus 0 (found through the ACPI MCFG): every function's IDs and BAR, every
+    /// virtio function's capabilities.
+    PciProbe,
+    /// Hostile PCI configuration writes (a BAR over RAM, an MSI-X entry with a bad
+    /// address, writes of every size at every offset); the VM and the disk go on.
+    PciHostile,
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 27] = [
+const NAMES: [(Scenario, &str); 29] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -89,6 +95,8 @@ const NAMES: [(Scenario, &str); 27] = [
     (Scenario::VirtioFlood, "virtio-flood"),
     (Scenario::VirtioStatus, "virtio-status"),
     (Scenario::SerialFlood, "serial-flood"),
+    (Scenario::PciProbe, "pci-probe"),
+    (Scenario::PciHostile, "pci-hostile"),
 ];
 
 /// What runs without `bulkhead.test`: every scenario that is harmless to the devices found.

@@ -9,12 +9,16 @@
 //! ```text
 //! RSDP (layout::ACPI_START) -> XSDT -> FADT (HW_REDUCED_ACPI) -> DSDT (an LNRO0005
 //!                                                                  device per virtio-mmio
-//!                                                                  slot)
+//!                                                                  slot; on PCI the
+//!                                                                  PNP0A08 host bridge and
+//!                                                                  a PNP0C02 ECAM reservation)
 //!                                   -> MADT (a local APIC per vCPU, the IOAPIC,
 //!                                            IRQ 0 -> GSI 2, NMI on every LINT1)
+//!                                   -> MCFG (PCI only: the ECAM, bus 0 of segment 0)
 //! ```
 //!
-//! The DSDT's AML is written by [`super::dsdt`].
+//! The DSDT's AML is written by [`super::dsdt`] and [`super::dsdt_pci`], the MCFG by
+//! [`super::mcfg`]. With the mmio transport the tables are what they were before PCI.
 //!
 //! [`write`] puts them in the e820-reserved BIOS area below the MP table and returns the
 //! RSDP's address, which the kernel gets in the zero page (`acpi_rsdp_addr`) or the PVH start
@@ -33,7 +37,8 @@ use zerocopy::byteorder::little_endian::{U16, U32};
 use zerocopy::{Immutable, IntoBytes};
 
 use super::mptable::{MAX_CPUS, PIT_IOAPIC_PIN};
-use super::{checksum, dsdt, BootError};
+use super::{checksum, dsdt, mcfg, BootError};
+use crate::config::Transport;
 use crate::layout;
 use crate::virtio::MmioSlot;
 
@@ -64,7 +69,8 @@ const LINT1: u8 = 1;
 
 /// FADT IA-PC boot architecture flags. The 8042 bit keeps Linux probing the i8042 (which
 /// bulkhead emulates for `reboot=k`) as it does without ACPI; there is no VGA, no CMOS RTC
-/// (so no `rtc_cmos` platform device poking unhandled ports) and no PCI, so no MSI.
+/// (so no `rtc_cmos` platform device poking unhandled ports) and, on virtio-mmio, no PCI, so
+/// no MSI.
 const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
 const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_BOOT_ARCH_MSI_NOT_SUPPORTED: u16 = 1 << 3;
@@ -165,19 +171,23 @@ impl Image {
     }
 }
 
-/// Builds the tables for `cpus` vCPUs and the virtio-mmio `devices`; the result goes at
-/// [`layout::ACPI_START`] and starts with the RSDP.
-pub fn build(cpus: u8, devices: &[MmioSlot]) -> Result<Vec<u8>, BootError> {
+/// Builds the tables for `cpus` vCPUs and the virtio-mmio `devices` (or, with `transport`
+/// PCI, the host bridge and its ECAM); the result goes at [`layout::ACPI_START`] and starts
+/// with the RSDP.
+pub fn build(cpus: u8, devices: &[MmioSlot], transport: Transport) -> Result<Vec<u8>, BootError> {
     if cpus == 0 || cpus > MAX_CPUS {
         return Err(BootError::BadCpuCount(cpus.into()));
     }
     let mut image = Image::new();
-    let dsdt_addr = image.push_bytes(&dsdt::build(devices, OEM_ID, OEM_REVISION)?);
-    let fadt_addr = image.push(&fadt(dsdt_addr));
+    let dsdt_addr = image.push_bytes(&dsdt::build(devices, transport, OEM_ID, OEM_REVISION)?);
+    let fadt_addr = image.push(&fadt(dsdt_addr, transport));
     let madt_addr = image.push_bytes(&madt(cpus));
     let mut xsdt = XSDT::new(OEM_ID, *b"BKHDXSDT", OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if transport == Transport::Pci {
+        xsdt.add_entry(image.push_bytes(&mcfg::build(OEM_ID, OEM_REVISION)));
+    }
     let xsdt_addr = image.push(&xsdt);
     let rsdp = Rsdp::new(OEM_ID, xsdt_addr);
     image.bytes[..Rsdp::len()].copy_from_slice(rsdp.as_bytes());
@@ -199,11 +209,9 @@ pub fn write(
     mem: &GuestMemoryMmap,
     cpus: u8,
     devices: &[MmioSlot],
-    transport: crate::config::Transport,
+    transport: Transport,
 ) -> Result<GuestAddress, BootError> {
-    // TODO(issue 10): with Transport::Pci, an MCFG table and the PNP0A08 host bridge.
-    let _ = transport;
-    let bytes = build(cpus, devices)?;
+    let bytes = build(cpus, devices, transport)?;
     let rsdp = GuestAddress(layout::ACPI_START);
     mem.write_slice(&bytes, rsdp)
         .map_err(|e| BootError::GuestWrite("ACPI tables", e))?;
@@ -211,18 +219,21 @@ pub fn write(
 }
 
 /// The FADT of a hardware-reduced platform, pointing at the DSDT.
-fn fadt(dsdt_addr: u64) -> impl Aml {
+fn fadt(dsdt_addr: u64, transport: Transport) -> impl Aml {
     let mut fadt = FADTBuilder::new(OEM_ID, *b"BKHDFACP", OEM_REVISION)
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)
         // No fixed-feature power or sleep button (they would be control-method devices).
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton);
-    fadt.iapc_boot_arch = (IAPC_BOOT_ARCH_8042
-        | IAPC_BOOT_ARCH_VGA_NOT_PRESENT
-        | IAPC_BOOT_ARCH_MSI_NOT_SUPPORTED
-        | IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT)
-        .into();
+    let mut iapc_boot_arch =
+        IAPC_BOOT_ARCH_8042 | IAPC_BOOT_ARCH_VGA_NOT_PRESENT | IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT;
+    // Linux reads "MSI not supported" as pci_no_msi(): on PCI, whose functions have MSI-X
+    // and no INTx pin, that would leave them without interrupts.
+    if transport == Transport::Mmio {
+        iapc_boot_arch |= IAPC_BOOT_ARCH_MSI_NOT_SUPPORTED;
+    }
+    fadt.iapc_boot_arch = iapc_boot_arch.into();
     fadt.finalize()
 }
 
@@ -316,7 +327,7 @@ mod tests {
     #[test]
     fn rsdp_checksums_and_xsdt_address() {
         for cpus in CPU_COUNTS {
-            let image = build(cpus, &[]).unwrap();
+            let image = build(cpus, &[], Transport::Mmio).unwrap();
             let rsdp = &image[..Rsdp::len()];
             assert_eq!(&rsdp[..8], b"RSD PTR ");
             assert_eq!(sum(&rsdp[..20]), 0, "checksum (ACPI 1.0 part)");
@@ -334,7 +345,7 @@ mod tests {
     #[test]
     fn xsdt_lists_fadt_and_madt_with_valid_checksums() {
         for cpus in CPU_COUNTS {
-            let image = build(cpus, &[]).unwrap();
+            let image = build(cpus, &[], Transport::Mmio).unwrap();
             let entries = xsdt_entries(&image);
             assert_eq!(entries.len(), 2);
             find(&image, b"FACP");
@@ -344,7 +355,7 @@ mod tests {
 
     #[test]
     fn fadt_is_hardware_reduced_and_points_at_the_dsdt() {
-        let image = build(2, &[]).unwrap();
+        let image = build(2, &[], Transport::Mmio).unwrap();
         let fadt = find(&image, b"FACP");
         assert_eq!(fadt.len(), 276, "ACPI 6.x FADT length");
         assert_eq!(u32_at(fadt, 40), 0, "32-bit DSDT pointer unused");
@@ -360,18 +371,48 @@ mod tests {
     #[test]
     fn the_fadt_points_at_the_dsdt_of_the_devices_given() {
         let slots: Vec<_> = (0..3).filter_map(crate::virtio::slot).collect();
-        let image = build(2, &slots).unwrap();
+        let image = build(2, &slots, Transport::Mmio).unwrap();
         let fadt = find(&image, b"FACP");
         let dsdt = table(&image, u64_at(fadt, 140), b"DSDT");
-        let want = dsdt::build(&slots, OEM_ID, OEM_REVISION).unwrap();
+        let want = dsdt::build(&slots, Transport::Mmio, OEM_ID, OEM_REVISION).unwrap();
         assert_eq!(dsdt, &want[..]);
         assert!(dsdt.len() > SDT_HEADER_LEN);
     }
 
     #[test]
+    fn pci_adds_the_mcfg_with_the_ecam_and_mmio_has_none() {
+        for cpus in CPU_COUNTS {
+            let image = build(cpus, &[], Transport::Pci).unwrap();
+            assert_eq!(xsdt_entries(&image).len(), 3);
+            let mcfg = find(&image, b"MCFG");
+            assert_eq!(mcfg, &mcfg::build(OEM_ID, OEM_REVISION)[..]);
+            assert_eq!(u64_at(mcfg, 44), layout::PCI_ECAM_START, "ECAM base");
+            assert_eq!(u16_at(mcfg, 52), 0, "segment");
+            assert_eq!((mcfg[54], mcfg[55]), (0, 0), "bus range");
+            assert!(image.len() as u64 <= layout::ACPI_MAX_SIZE);
+        }
+        let image = build(2, &[], Transport::Mmio).unwrap();
+        let signatures: Vec<_> = xsdt_entries(&image)
+            .into_iter()
+            .map(|a| {
+                let off = (a - layout::ACPI_START) as usize;
+                image[off..off + 4].to_vec()
+            })
+            .collect();
+        assert_eq!(signatures, vec![b"FACP".to_vec(), b"APIC".to_vec()]);
+    }
+
+    #[test]
+    fn msi_is_declared_unsupported_only_without_pci() {
+        let iapc = |t| u16_at(find(&build(2, &[], t).unwrap(), b"FACP"), 109);
+        assert_ne!(iapc(Transport::Mmio) & IAPC_BOOT_ARCH_MSI_NOT_SUPPORTED, 0);
+        assert_eq!(iapc(Transport::Pci) & IAPC_BOOT_ARCH_MSI_NOT_SUPPORTED, 0);
+    }
+
+    #[test]
     fn madt_lists_cpus_ioapic_irq0_override_and_nmi() {
         for cpus in CPU_COUNTS {
-            let image = build(cpus, &[]).unwrap();
+            let image = build(cpus, &[], Transport::Mmio).unwrap();
             let madt = find(&image, b"APIC");
             assert_eq!(u32_at(madt, 36), 0xfee0_0000, "local APIC address");
             assert_eq!(u32_at(madt, 40), MADT_PCAT_COMPAT, "flags");
@@ -416,7 +457,7 @@ mod tests {
 
     #[test]
     fn tables_are_aligned_and_fit_for_the_most_cpus() {
-        let image = build(MAX_CPUS, &[]).unwrap();
+        let image = build(MAX_CPUS, &[], Transport::Mmio).unwrap();
         assert!(image.len() as u64 <= layout::ACPI_MAX_SIZE);
         for at in xsdt_entries(&image) {
             assert_eq!(at % TABLE_ALIGN as u64, 0);
@@ -427,16 +468,22 @@ mod tests {
 
     #[test]
     fn rejects_bad_counts() {
-        assert!(matches!(build(0, &[]), Err(BootError::BadCpuCount(0))));
-        assert!(matches!(build(255, &[]), Err(BootError::BadCpuCount(255))));
+        assert!(matches!(
+            build(0, &[], Transport::Mmio),
+            Err(BootError::BadCpuCount(0))
+        ));
+        assert!(matches!(
+            build(255, &[], Transport::Mmio),
+            Err(BootError::BadCpuCount(255))
+        ));
     }
 
     #[test]
     fn write_puts_the_rsdp_at_acpi_start() {
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let at = write(&m, 4, &[]).unwrap();
+        let at = write(&m, 4, &[], Transport::Mmio).unwrap();
         assert_eq!(at, GuestAddress(layout::ACPI_START));
-        let image = build(4, &[]).unwrap();
+        let image = build(4, &[], Transport::Mmio).unwrap();
         let mut back = vec![0; image.len()];
         m.read_slice(&mut back, at).unwrap();
         assert_eq!(back, image);

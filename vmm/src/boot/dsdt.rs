@@ -1,5 +1,6 @@
 //! The DSDT: the virtio-mmio devices, described in AML for kernels that do not read
-//! `virtio_mmio.device=` from their command line.
+//! `virtio_mmio.device=` from their command line; with the PCI transport, the host bridge
+//! and its ECAM reservation instead (see [`super::dsdt_pci`]).
 //!
 //! Distribution kernels (Debian's has `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` unset) find
 //! virtio-mmio devices only through ACPI: Linux's virtio_mmio driver matches `_HID`
@@ -32,7 +33,9 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::Aml;
 
 use super::acpi::SDT_HEADER_LEN;
+use super::dsdt_pci::{EcamReservation, HostBridge};
 use super::BootError;
+use crate::config::Transport;
 use crate::virtio::{MmioSlot, MMIO_SIZE};
 
 /// `_HID` Linux's virtio_mmio driver matches (`virtio_mmio_acpi_match`).
@@ -40,10 +43,11 @@ pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
 /// Revision 2: the DSDT's AML integers are 64-bit.
 const DSDT_REVISION: u8 = 2;
 
-/// The DSDT for `devices`, serialized, with `oem_id` and `oem_revision` as the other tables
-/// have them.
+/// The DSDT for the virtio-mmio `devices` and, with `transport` PCI, the host bridge,
+/// serialized, with `oem_id` and `oem_revision` as the other tables have them.
 pub fn build(
     devices: &[MmioSlot],
+    transport: Transport,
     oem_id: [u8; 6],
     oem_revision: u32,
 ) -> Result<Vec<u8>, BootError> {
@@ -55,14 +59,18 @@ pub fn build(
         *b"BKHDDSDT",
         oem_revision,
     );
-    if devices.is_empty() {
-        return Ok(dsdt.as_slice().to_vec());
-    }
     let described = devices
         .iter()
         .map(VirtioMmioDevice::new)
         .collect::<Result<Vec<_>, _>>()?;
-    let children: Vec<&dyn Aml> = described.iter().map(|d| d as &dyn Aml).collect();
+    let mut children: Vec<&dyn Aml> = described.iter().map(|d| d as &dyn Aml).collect();
+    if transport == Transport::Pci {
+        children.push(&HostBridge);
+        children.push(&EcamReservation);
+    }
+    if children.is_empty() {
+        return Ok(dsdt.as_slice().to_vec());
+    }
     let mut aml = Vec::new();
     Scope::new(Path::new("\\_SB_"), children).to_aml_bytes(&mut aml);
     dsdt.append_slice(&aml);
@@ -129,7 +137,7 @@ mod tests {
 
     fn dsdt_bytes(count: usize) -> Vec<u8> {
         let slots: Vec<_> = (0..count).map(|i| slot(i).unwrap()).collect();
-        build(&slots, OEM, 1).unwrap()
+        build(&slots, Transport::Mmio, OEM, 1).unwrap()
     }
 
     /// The AML of one device, written out by hand from the ACPI 6.5 encodings (20.2 AML
@@ -211,13 +219,32 @@ mod tests {
     }
 
     #[test]
+    fn pci_puts_the_host_bridge_and_ecam_reservation_in_sb_and_mmio_does_not() {
+        let bridge = |transport| {
+            let t = build(&[], transport, OEM, 1).unwrap();
+            assert_eq!(t.iter().fold(0u8, |s, b| s.wrapping_add(*b)), 0, "checksum");
+            t
+        };
+        assert_eq!(bridge(Transport::Mmio).len(), 36, "no AML without devices");
+        let t = bridge(Transport::Pci);
+        let aml = &t[36..];
+        assert_eq!(aml[0], 0x10, "ScopeOp");
+        let pkg_bytes = 1 + usize::from(aml[1] >> 6);
+        assert_eq!(&aml[1 + pkg_bytes..1 + pkg_bytes + 5], b"\\_SB_");
+        let mut want = Vec::new();
+        HostBridge.to_aml_bytes(&mut want);
+        EcamReservation.to_aml_bytes(&mut want);
+        assert_eq!(&aml[1 + pkg_bytes + 5..], &want[..]);
+    }
+
+    #[test]
     fn a_slot_that_cannot_be_described_is_an_error() {
         let high = MmioSlot {
             index: 0,
             base: 0x1_0000_0000,
             irq: 5,
         };
-        let err = build(&[high], OEM, 1).unwrap_err();
+        let err = build(&[high], Transport::Mmio, OEM, 1).unwrap_err();
         assert_eq!(
             err.to_string(),
             "virtio-mmio device 0 at 0x100000000 cannot be described in the DSDT \
@@ -229,7 +256,7 @@ mod tests {
             irq: 5,
         };
         assert!(matches!(
-            build(&[many], OEM, 1),
+            build(&[many], Transport::Mmio, OEM, 1),
             Err(BootError::AcpiDevice { index: 256, .. })
         ));
         let wraps = MmioSlot {
@@ -237,6 +264,6 @@ mod tests {
             base: 0xffff_f001,
             irq: 5,
         };
-        assert!(build(&[wraps], OEM, 1).is_err());
+        assert!(build(&[wraps], Transport::Mmio, OEM, 1).is_err());
     }
 }

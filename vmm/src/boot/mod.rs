@@ -9,9 +9,11 @@ pub mod acpi;
 pub mod cmdline;
 pub mod cpu_tables;
 pub mod dsdt;
+pub mod dsdt_pci;
 pub mod e820;
 pub mod initrd;
 pub mod kernel;
+pub mod mcfg;
 pub mod mptable;
 pub mod pvh;
 pub mod zero_page;
@@ -156,7 +158,7 @@ pub fn load(
         }
         None => None,
     };
-    let e820 = e820::memory_map(mem_size);
+    let e820 = e820::memory_map(mem_size, transport);
     mptable::write(mem, cpus)?;
     let rsdp = acpi::write(mem, cpus, mmio, transport)?;
     let boot_info = match kernel.protocol {
@@ -219,7 +221,7 @@ mod tests {
             .read_obj(GuestAddress(entry.boot_info.0 + 0x70))
             .unwrap();
         assert_eq!(rsdp, layout::ACPI_START);
-        let tables = acpi::build(4, &slots).unwrap();
+        let tables = acpi::build(4, &slots, Default::default()).unwrap();
         let mut written = vec![0; tables.len()];
         mem.read_slice(&mut written, GuestAddress(rsdp)).unwrap();
         assert_eq!(written, tables);
@@ -229,5 +231,47 @@ mod tests {
         mem.read_slice(&mut written, GuestAddress(mptable::MPTABLE_START))
             .unwrap();
         assert_eq!(written, mp);
+    }
+
+    /// With PCI, the tables written are the PCI ones (with the MCFG) and the zero page's e820
+    /// map reserves the ECAM.
+    #[test]
+    fn load_on_pci_writes_the_pci_tables_and_reserves_the_ecam() {
+        use crate::config::Transport;
+        let mem_size = 64 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).unwrap();
+        let cfg = BootConfig {
+            kernel: KernelImage::Embedded("test guest", crate::TEST_GUEST),
+            initrd: None,
+            cmdline: "console=ttyS0".to_string(),
+        };
+        let entry = load(&mem, mem_size, 2, &cfg, &[], Transport::Pci).unwrap();
+        let tables = acpi::build(2, &[], Transport::Pci).unwrap();
+        let mut written = vec![0; tables.len()];
+        mem.read_slice(&mut written, GuestAddress(layout::ACPI_START))
+            .unwrap();
+        assert_eq!(written, tables);
+        assert_ne!(tables, acpi::build(2, &[], Transport::Mmio).unwrap());
+        // boot_params: e820_entries at 0x1e8, the table (20-byte entries) at 0x2d0.
+        let zp = entry.boot_info.0;
+        let count: u8 = mem.read_obj(GuestAddress(zp + 0x1e8)).unwrap();
+        let entries: Vec<(u64, u64, u32)> = (0..u64::from(count))
+            .map(|i| {
+                let at = zp + 0x2d0 + 20 * i;
+                (
+                    mem.read_obj(GuestAddress(at)).unwrap(),
+                    mem.read_obj(GuestAddress(at + 8)).unwrap(),
+                    mem.read_obj(GuestAddress(at + 16)).unwrap(),
+                )
+            })
+            .collect();
+        assert!(
+            entries.contains(&(
+                layout::PCI_ECAM_START,
+                layout::PCI_ECAM_SIZE,
+                e820::E820_RESERVED
+            )),
+            "{entries:x?}"
+        );
     }
 }

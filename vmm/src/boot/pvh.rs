@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn start_info_points_at_the_memory_map() {
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let map = e820::memory_map(256 << 20);
+        let map = e820::memory_map(256 << 20, Default::default());
         let rd = InitrdPlacement {
             addr: 0x800_0000,
             size: 4096,

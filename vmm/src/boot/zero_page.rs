@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn zero_page_fields_at_their_abi_offsets() {
-        let map = e820::memory_map(256 << 20);
+        let map = e820::memory_map(256 << 20, Default::default());
         let rd = InitrdPlacement {
             addr: 0x0f00_0000,
             size: 0x1234,

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemory;
 use crate::virtio::backend::{QueueConfig, VirtioBackend};
+use crate::virtio::interrupts::Interrupts;
 use crate::virtio::vhost_user::{
     BackendSocket, SharedMemory, VhostUserDevice, VHOST_USER_F_PROTOCOL_FEATURES,
 };
@@ -75,17 +76,23 @@ pub fn fuzz_vhost_user(data: &[u8]) -> Option<usize> {
     let kicks = (0..queues)
         .map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"))
         .collect();
-    let call = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+    // One eventfd per queue, as virtio-pci has them, to see which one each op signals.
+    let mut irqs = None;
     let Ok(mut device) = VhostUserDevice::connect(
         "fuzz0",
         device_type,
         BackendSocket::Connected(ours),
         kicks,
-        call,
+        |n| {
+            let i = Interrupts::per_queue(n)?;
+            irqs = Some(i.clone());
+            Ok(i)
+        },
         shared,
     ) else {
         return None;
     };
+    let irqs = irqs.expect("a connected device made its interrupts");
     assert_eq!(
         device.features() & VHOST_USER_F_PROTOCOL_FEATURES,
         0,
@@ -98,7 +105,8 @@ pub fn fuzz_vhost_user(data: &[u8]) -> Option<usize> {
     );
     let mut done = 0;
     while !ops.is_empty() && done < MAX_OPS {
-        match ops.u8() % 6 {
+        let op = ops.u8() % 6;
+        match op {
             0 => {
                 let mut buf = vec![0u8; usize::from(ops.u8() % 9)];
                 device.read_config(u64::from(ops.u8()), &mut buf);
@@ -118,6 +126,19 @@ pub fn fuzz_vhost_user(data: &[u8]) -> Option<usize> {
             _ => {
                 let _ = device.interrupt();
             }
+        }
+        // Only the vmm writes these here (no backend runs): the config interrupt comes
+        // from interrupt(), a queue's only from the control queue the vmm serves.
+        for (q, fd) in irqs.queues.iter().enumerate() {
+            if fd.read().is_ok() {
+                assert!(
+                    op == 3 && q == queues,
+                    "queue {q}'s call fd signalled by op {op}"
+                );
+            }
+        }
+        if irqs.config.read().is_ok() {
+            assert_eq!(op, 5, "the config interrupt signalled by op {op}");
         }
         done += 1;
     }

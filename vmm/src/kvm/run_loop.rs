@@ -14,8 +14,9 @@ use std::thread::JoinHandle;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::devices::bus::Bus;
+use crate::devices::bus::{Bus, Unclaimed};
 use crate::devices::VmStop;
+use crate::pci::PciBus;
 
 use super::pause::Pause;
 
@@ -26,6 +27,24 @@ pub struct IoBuses {
     pub pio: Bus,
     /// Memory-mapped I/O.
     pub mmio: Bus,
+    /// The PCI bus (with `--transport pci`): MMIO no fixed device claims goes to the BARs
+    /// wherever the guest put them.
+    pub pci: Option<Arc<PciBus>>,
+}
+
+impl IoBuses {
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<Option<VmStop>, Unclaimed> {
+        match self.mmio.write(addr, data) {
+            Err(Unclaimed) if self.pci.as_ref().is_some_and(|p| p.bar_write(addr, data)) => {
+                Ok(None)
+            }
+            r => r,
+        }
+    }
+
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.mmio.read(addr, data) || self.pci.as_ref().is_some_and(|p| p.bar_read(addr, data))
+    }
 }
 
 /// What the run loop does after an exit.
@@ -106,7 +125,7 @@ pub fn handle_exit(index: u32, exit: VcpuExit<'_>, io: &IoBuses) -> ExitAction {
             io.pio.read(u64::from(port), data);
             ExitAction::Continue
         }
-        VcpuExit::MmioWrite(addr, data) => match io.mmio.write(addr, data) {
+        VcpuExit::MmioWrite(addr, data) => match io.mmio_write(addr, data) {
             Ok(Some(stop)) => ExitAction::Stop(stop),
             Ok(None) => ExitAction::Continue,
             Err(_unclaimed) => {
@@ -115,7 +134,7 @@ pub fn handle_exit(index: u32, exit: VcpuExit<'_>, io: &IoBuses) -> ExitAction {
             }
         },
         VcpuExit::MmioRead(addr, data) => {
-            if !io.mmio.read(addr, data) {
+            if !io.mmio_read(addr, data) {
                 debug_limited!("vcpu{index}: read of unclaimed MMIO address {addr:#x}");
             }
             ExitAction::Continue
@@ -286,6 +305,53 @@ mod tests {
             handle_exit(1, VcpuExit::MmioWrite(0xd000_0000, &d), &io),
             ExitAction::Continue
         );
+    }
+
+    #[test]
+    fn unclaimed_mmio_goes_to_the_pci_bars_and_fixed_devices_come_first() {
+        use crate::pci::function::{BarRange, PciFunction};
+        struct Bar(Vec<(u64, Vec<u8>)>);
+        impl PciFunction for Bar {
+            fn config_read(&mut self, _: usize, _: &mut [u8]) {}
+            fn config_write(&mut self, _: usize, _: &[u8]) {}
+            fn bar_ranges(&self) -> Vec<BarRange> {
+                vec![BarRange {
+                    bar: 0,
+                    base: 0xc000_0000,
+                    size: 0x1000,
+                }]
+            }
+            fn bar_read(&mut self, _: u8, offset: u64, data: &mut [u8]) {
+                data.fill(offset as u8);
+            }
+            fn bar_write(&mut self, _: u8, offset: u64, data: &[u8]) {
+                self.0.push((offset, data.to_vec()));
+            }
+        }
+        let f = Arc::new(Mutex::new(Bar(vec![])));
+        let mut pci = crate::pci::PciBus::default();
+        pci.insert(1, f.clone());
+        let mut io = buses();
+        io.pci = Some(Arc::new(pci));
+        let mut d = [0u8; 2];
+        assert_eq!(
+            handle_exit(0, VcpuExit::MmioRead(0xc000_0012, &mut d), &io),
+            ExitAction::Continue
+        );
+        assert_eq!(d, [0x12, 0x12]);
+        handle_exit(0, VcpuExit::MmioWrite(0xc000_0004, &[7]), &io);
+        handle_exit(0, VcpuExit::MmioWrite(0xc000_1000, &[8]), &io);
+        assert_eq!(
+            f.lock().unwrap().0,
+            vec![(4, vec![7])],
+            "past the BAR: nothing"
+        );
+        // A fixed device at the same address wins.
+        io.mmio
+            .insert(0xc000_0000, 0x10, Arc::new(Mutex::new(ExitPort)))
+            .unwrap();
+        handle_exit(0, VcpuExit::MmioWrite(0xc000_0004, &[9]), &io);
+        assert_eq!(f.lock().unwrap().0.len(), 1);
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub trait VirtioBackend: Send {
     fn features(&self) -> u64;
     /// Largest size of each queue; the count is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
+    /// Size of the device config space in bytes.
+    fn config_size(&self) -> usize {
+        256
+    }
     /// Reads device config space at `offset`.
     fn read_config(&mut self, offset: u64, data: &mut [u8]);
     /// Writes device config space at `offset`.

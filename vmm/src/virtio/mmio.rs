@@ -10,19 +10,16 @@
 //! virtio spec allows; Linux's virtio_mmio driver handles it the same way as a shared line.
 //! Firecracker and Cloud Hypervisor answer the register the same way for vhost-user devices.
 
-use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-    VIRTIO_F_VERSION_1,
-};
 use virtio_bindings::virtio_mmio::*;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-use bulkhead_ratelimit::{debug_limited, error_limited, warn_limited};
+use bulkhead_ratelimit::debug_limited;
 
-use super::backend::{QueueConfig, VirtioBackend};
+use super::backend::VirtioBackend;
+use super::state::DeviceState;
 use crate::devices::bus::BusDevice;
 use crate::devices::VmStop;
+
+pub use super::state::transport_filter;
 
 /// "virt" in little endian.
 const MAGIC: u32 = 0x7472_6976;
@@ -31,48 +28,9 @@ const VERSION: u32 = 2;
 /// Vendor id: "BKHD".
 const VENDOR_ID: u32 = 0x4448_4b42;
 
-/// Transport features the vmm can offer on top of device-specific bits 0..=23.
-const TRANSPORT_FEATURES: u64 =
-    (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << VIRTIO_F_VERSION_1);
-/// Device-specific feature bits.
-const DEVICE_FEATURES_MASK: u64 = (1 << 24) - 1;
-/// Status bits of the driver's handshake: once set, only a reset clears them.
-const HANDSHAKE_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
-    | VIRTIO_CONFIG_S_DRIVER
-    | VIRTIO_CONFIG_S_FEATURES_OK
-    | VIRTIO_CONFIG_S_DRIVER_OK;
-/// Status bits the device sets (FAILED too, on a DRIVER_OK out of order); kept until reset
-/// whatever the driver writes.
-const DEVICE_BITS: u32 = VIRTIO_CONFIG_S_FAILED | VIRTIO_CONFIG_S_NEEDS_RESET;
-
-/// The features of `offered` that the transport passes on to a guest.
-pub fn transport_filter(offered: u64) -> u64 {
-    offered & (DEVICE_FEATURES_MASK | TRANSPORT_FEATURES)
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Queue {
-    max_size: u16,
-    size: u16,
-    ready: bool,
-    desc: u64,
-    avail: u64,
-    used: u64,
-}
-
 /// A virtio device on the MMIO bus.
 pub struct MmioTransport {
-    backend: Box<dyn VirtioBackend>,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    queue_sel: u32,
-    queues: Vec<Queue>,
-    status: u32,
-    /// Whether the backend was started (asked to activate) since the last reset: it is
-    /// started at most once per reset, and a reset stops it whatever the status says.
-    activated: bool,
-    config_generation: u32,
+    state: DeviceState,
     /// Interrupt bits the vmm itself raised (config change).
     interrupt_status: u32,
 }
@@ -80,71 +38,46 @@ pub struct MmioTransport {
 impl MmioTransport {
     /// Puts `backend` behind a virtio-mmio register window.
     pub fn new(backend: Box<dyn VirtioBackend>) -> Self {
-        let queues = backend
-            .queue_max_sizes()
-            .iter()
-            .map(|&max_size| Queue {
-                max_size,
-                size: max_size,
-                ..Default::default()
-            })
-            .collect();
         MmioTransport {
-            backend,
-            device_features_sel: 0,
-            driver_features_sel: 0,
-            driver_features: 0,
-            queue_sel: 0,
-            queues,
-            status: 0,
-            activated: false,
-            config_generation: 0,
+            state: DeviceState::new(backend),
             interrupt_status: 0,
         }
     }
 
     /// The device's name.
     pub fn name(&self) -> &str {
-        self.backend.name()
+        self.state.name()
     }
 
     /// Tells the driver the configuration space changed: a new ConfigGeneration, the
     /// config bit in InterruptStatus until acknowledged, and an interrupt. Nothing before
     /// the driver is running (it reads the configuration when it starts).
     pub fn config_changed(&mut self) -> std::io::Result<()> {
-        if self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+        if !self.state.driver_ok() {
             return Ok(());
         }
-        self.config_generation = self.config_generation.wrapping_add(1);
+        self.state.bump_config_generation();
         self.interrupt_status |= VIRTIO_MMIO_INT_CONFIG;
-        self.backend.interrupt()
-    }
-
-    fn offered_features(&self) -> u64 {
-        transport_filter(self.backend.features())
-    }
-
-    fn queue(&mut self) -> Option<&mut Queue> {
-        self.queues.get_mut(self.queue_sel as usize)
+        self.state.backend().interrupt()
     }
 
     fn read_register(&mut self, offset: u32) -> u32 {
+        let s = &self.state;
         match offset {
             VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
             VIRTIO_MMIO_VERSION => VERSION,
-            VIRTIO_MMIO_DEVICE_ID => self.backend.device_type(),
+            VIRTIO_MMIO_DEVICE_ID => s.device_type(),
             VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
-            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.offered_features() as u32,
-                1 => (self.offered_features() >> 32) as u32,
-                _ => 0,
-            },
-            VIRTIO_MMIO_QUEUE_NUM_MAX => self.queue().map(|q| u32::from(q.max_size)).unwrap_or(0),
-            VIRTIO_MMIO_QUEUE_READY => self.queue().map(|q| u32::from(q.ready)).unwrap_or(0),
+            VIRTIO_MMIO_DEVICE_FEATURES => s.device_features_word(),
+            VIRTIO_MMIO_QUEUE_NUM_MAX => s
+                .selected_queue()
+                .map(|q| u32::from(q.max_size))
+                .unwrap_or(0),
+            VIRTIO_MMIO_QUEUE_READY => s.selected_queue().map(|q| u32::from(q.ready)).unwrap_or(0),
             VIRTIO_MMIO_INTERRUPT_STATUS => VIRTIO_MMIO_INT_VRING | self.interrupt_status,
-            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_STATUS => s.status(),
             VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX, // no shared memory
-            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            VIRTIO_MMIO_CONFIG_GENERATION => s.config_generation(),
             _ => {
                 debug_limited!("{}: read of register {offset:#x}", self.name());
                 0
@@ -155,64 +88,34 @@ impl MmioTransport {
     fn write_register(&mut self, offset: u32, value: u32) {
         let set_low = |field: &mut u64| *field = (*field & !0xffff_ffff) | u64::from(value);
         let set_high = |field: &mut u64| *field = (*field & 0xffff_ffff) | (u64::from(value) << 32);
-        let configuring_queue = self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0;
+        let s = &mut self.state;
         match offset {
-            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_sel = value,
-            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
-            VIRTIO_MMIO_DRIVER_FEATURES => {
-                if self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
-                    warn_limited!(
-                        "{}: driver changed features after FEATURES_OK; ignored",
-                        self.name()
-                    );
-                    return;
-                }
-                match self.driver_features_sel {
-                    0 => set_low(&mut self.driver_features),
-                    1 => set_high(&mut self.driver_features),
-                    _ => {}
-                }
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => s.device_features_sel = value,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => s.driver_features_sel = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => s.write_driver_features_word(value),
+            VIRTIO_MMIO_QUEUE_SEL => s.queue_sel = value,
+            VIRTIO_MMIO_QUEUE_NUM => {
+                s.configure_queue(|q| q.size = value.min(u32::from(u16::MAX)) as u16)
             }
-            VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = value,
-            VIRTIO_MMIO_QUEUE_NUM if configuring_queue => {
-                if let Some(q) = self.queue() {
-                    q.size = value.min(u32::from(u16::MAX)) as u16;
-                }
-            }
-            VIRTIO_MMIO_QUEUE_READY if configuring_queue => {
-                if let Some(q) = self.queue() {
-                    q.ready = value == 1;
-                }
-            }
-            VIRTIO_MMIO_QUEUE_DESC_LOW if configuring_queue => {
-                self.with_queue(|q| set_low(&mut q.desc))
-            }
-            VIRTIO_MMIO_QUEUE_DESC_HIGH if configuring_queue => {
-                self.with_queue(|q| set_high(&mut q.desc))
-            }
-            VIRTIO_MMIO_QUEUE_AVAIL_LOW if configuring_queue => {
-                self.with_queue(|q| set_low(&mut q.avail))
-            }
-            VIRTIO_MMIO_QUEUE_AVAIL_HIGH if configuring_queue => {
-                self.with_queue(|q| set_high(&mut q.avail))
-            }
-            VIRTIO_MMIO_QUEUE_USED_LOW if configuring_queue => {
-                self.with_queue(|q| set_low(&mut q.used))
-            }
-            VIRTIO_MMIO_QUEUE_USED_HIGH if configuring_queue => {
-                self.with_queue(|q| set_high(&mut q.used))
-            }
-            VIRTIO_MMIO_QUEUE_NOTIFY => {
-                // Queues served by a backend have an ioeventfd that catches this before it
-                // exits; the ones that reach the vmm are served here.
-                if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
-                    self.backend.notify(value);
-                }
-            }
+            VIRTIO_MMIO_QUEUE_READY => s.configure_queue(|q| q.ready = value == 1),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => s.configure_queue(|q| set_low(&mut q.desc)),
+            VIRTIO_MMIO_QUEUE_DESC_HIGH => s.configure_queue(|q| set_high(&mut q.desc)),
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => s.configure_queue(|q| set_low(&mut q.avail)),
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => s.configure_queue(|q| set_high(&mut q.avail)),
+            VIRTIO_MMIO_QUEUE_USED_LOW => s.configure_queue(|q| set_low(&mut q.used)),
+            VIRTIO_MMIO_QUEUE_USED_HIGH => s.configure_queue(|q| set_high(&mut q.used)),
+            // Queues served by a backend have an ioeventfd that catches this before it
+            // exits; the ones that reach the vmm are served here.
+            VIRTIO_MMIO_QUEUE_NOTIFY => s.notify(value),
             VIRTIO_MMIO_INTERRUPT_ACK => {
                 self.interrupt_status &= !value;
             }
-            VIRTIO_MMIO_STATUS => self.set_status(value),
+            VIRTIO_MMIO_STATUS => {
+                s.set_status(value);
+                if value == 0 {
+                    self.interrupt_status = 0;
+                }
+            }
             VIRTIO_MMIO_SHM_SEL => {}
             _ => debug_limited!(
                 "{}: write {value:#x} to register {offset:#x} ignored",
@@ -220,114 +123,12 @@ impl MmioTransport {
             ),
         }
     }
-
-    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
-        if let Some(q) = self.queue() {
-            f(q);
-        }
-    }
-
-    /// A write to the status register. The driver only ever adds bits; a write of 0 is
-    /// the one way to take them away (a reset). A write that clears a handshake bit
-    /// otherwise is a driver bug (virtio 1.2, 2.1.2: "The driver MUST NOT clear a device
-    /// status bit"): it is ignored and the device asks for a reset (DEVICE_NEEDS_RESET),
-    /// so that clearing DRIVER_OK and setting it again never starts the backend a second
-    /// time, and the reset that follows always reaches it.
-    fn set_status(&mut self, value: u32) {
-        if value == 0 {
-            self.reset();
-            return;
-        }
-        let cleared = self.status & HANDSHAKE_BITS & !value;
-        if cleared != 0 {
-            warn_limited!(
-                "{}: driver wrote status {value:#x} over {:#x}, clearing {cleared:#x} without a reset; ignored, the device needs a reset",
-                self.name(),
-                self.status
-            );
-            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-            return;
-        }
-        // What the device set (FAILED, DEVICE_NEEDS_RESET) stays until the reset.
-        let sticky = self.status & DEVICE_BITS;
-        let new_bits = value & !self.status;
-        if new_bits & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.features_acceptable() {
-            warn_limited!(
-                "{}: driver features {:#x} not acceptable (offered {:#x}); FEATURES_OK refused",
-                self.name(),
-                self.driver_features,
-                self.offered_features()
-            );
-            self.status = (value & !VIRTIO_CONFIG_S_FEATURES_OK) | sticky;
-            return;
-        }
-        self.status = value | sticky;
-        if new_bits & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.activated {
-            self.activate();
-        }
-    }
-
-    fn features_acceptable(&self) -> bool {
-        let extra = self.driver_features & !self.offered_features();
-        extra == 0 && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
-    }
-
-    fn activate(&mut self) {
-        let required =
-            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
-        if self.status & required != required {
-            warn_limited!(
-                "{}: DRIVER_OK without ACKNOWLEDGE/DRIVER/FEATURES_OK",
-                self.name()
-            );
-            self.status |= VIRTIO_CONFIG_S_FAILED;
-            return;
-        }
-        let queues: Vec<Option<QueueConfig>> = self
-            .queues
-            .iter()
-            .map(|q| {
-                q.ready.then_some(QueueConfig {
-                    size: q.size,
-                    desc: q.desc,
-                    avail: q.avail,
-                    used: q.used,
-                })
-            })
-            .collect();
-        // From here the backend may hold state (a memory table, started rings) even if
-        // it fails: the next reset must reach it.
-        self.activated = true;
-        if let Err(e) = self.backend.activate(self.driver_features, &queues) {
-            error_limited!("starting virtio device {e}");
-            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-        }
-    }
-
-    fn reset(&mut self) {
-        if std::mem::take(&mut self.activated) {
-            self.backend.reset();
-        }
-        self.status = 0;
-        self.driver_features = 0;
-        self.device_features_sel = 0;
-        self.driver_features_sel = 0;
-        self.queue_sel = 0;
-        for q in &mut self.queues {
-            *q = Queue {
-                max_size: q.max_size,
-                size: q.max_size,
-                ..Default::default()
-            };
-        }
-        self.interrupt_status = 0;
-    }
 }
 
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            self.backend
+            self.state
                 .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
@@ -346,9 +147,8 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<VmStop> {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            self.backend
+            self.state
                 .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
-            self.config_generation = self.config_generation.wrapping_add(1);
             return None;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
@@ -368,9 +168,13 @@ impl BusDevice for MmioTransport {
 
 #[cfg(test)]
 mod tests {
-    use super::super::backend::ActivateError;
+    use super::super::backend::{ActivateError, QueueConfig};
     use super::*;
     use std::sync::{Arc, Mutex};
+    use virtio_bindings::virtio_config::{
+        VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+        VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    };
 
     #[derive(Default)]
     struct Log {
@@ -612,7 +416,7 @@ mod tests {
         let (mut t, _) = transport(false);
         bring_up(&mut t, 1 << 32);
         wr(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0xdead);
-        assert_eq!(t.queues[0].desc, 0x1_0000_1000);
+        assert_eq!(t.state.queues()[0].desc, 0x1_0000_1000);
     }
 
     #[test]
@@ -681,7 +485,7 @@ mod tests {
         t.read(0x70, &mut d);
         assert_eq!(d, [0, 0]);
         assert_eq!(t.write(0x70, &[0xf]), None);
-        assert_eq!(t.status, 0);
+        assert_eq!(t.state.status(), 0);
         t.read(0x71, &mut [0u8; 4]);
     }
 }

@@ -1,18 +1,38 @@
-//! Virtio devices of the vmm: the virtio-mmio transport the guest talks to, and the
-//! vhost-user frontend that hands each device's queues to a backend process.
+//! Virtio devices of the vmm: the transports the guest talks to (virtio-mmio in [`mmio`],
+//! virtio-pci in [`pci`], both on the device state of [`state`]), and the vhost-user
+//! frontend that hands each device's queues to a backend process.
 //!
-//! The data path never crosses the vmm: the guest's QueueNotify write is an ioeventfd that
-//! is the backend's kick fd, and the backend's call fd is an irqfd. The vmm handles only
+//! The data path never crosses the vmm: the guest's queue notification is an ioeventfd
+//! that is the backend's kick fd, and the backend's call fd is an irqfd (on an IOAPIC pin
+//! for mmio, on the queue's MSI-X vector for pci, [`interrupts`]). The vmm handles only
 //! set-up (feature negotiation, queue addresses), config space and reset.
 
 pub mod backend;
 pub mod config_size;
+pub mod interrupts;
 pub mod mmio;
 pub mod monitor;
 pub mod net_ctrl;
+pub mod pci;
+pub mod state;
 pub mod vhost_user;
 
 pub use backend::{QueueConfig, VirtioBackend};
+
+/// A transport the vmm can tell that a device's configuration changed (a resize).
+pub trait ConfigChange: Send {
+    /// Raises the config-change notification, if a driver is running.
+    fn config_changed(&mut self) -> std::io::Result<()>;
+}
+
+impl ConfigChange for mmio::MmioTransport {
+    fn config_changed(&mut self) -> std::io::Result<()> {
+        mmio::MmioTransport::config_changed(self)
+    }
+}
+
+/// The transports of a VM's devices, by device name.
+pub type Transports = Vec<(String, std::sync::Arc<std::sync::Mutex<dyn ConfigChange>>)>;
 
 /// Guest-physical base of the first virtio-mmio device; each takes one page.
 pub const MMIO_BASE: u64 = 0xd000_0000;

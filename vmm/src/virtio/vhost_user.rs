@@ -4,7 +4,7 @@
 //! protocol features, queue count). When the driver sets DRIVER_OK, [`activate`] sends the
 //! memory table (the guest memfd), the negotiated features, and per queue its size, ring
 //! addresses (translated to this process's virtual addresses, as the protocol wants), base,
-//! kick fd (the queue's ioeventfd) and call fd (the device's irqfd), then enables the rings.
+//! kick fd (the queue's ioeventfd) and call fd (the queue's irqfd), then enables the rings.
 //! Config space reads and writes become GET_CONFIG/SET_CONFIG. Every reply is awaited with
 //! a timeout, so a backend that stops answering fails the operation instead of hanging a
 //! vCPU.
@@ -25,6 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{ActivateError, QueueConfig, VirtioBackend};
 use super::config_size::config_size;
+use super::interrupts::Interrupts;
 use super::net_ctrl::{CtrlQueue, CTRL_QUEUE_SIZE, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
 
 /// How long to wait for any reply from a backend.
@@ -64,6 +65,15 @@ pub enum VhostUserError {
         #[source]
         source: vhost::Error,
     },
+    /// The interrupt eventfds could not be created or registered.
+    #[error("{name}: setting up its interrupts")]
+    Interrupts {
+        /// Device name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The backend lacks something required.
     #[error("{name}: the vhost-user backend {what}")]
     Unsuitable {
@@ -101,7 +111,7 @@ pub struct VhostUserDevice {
     protocol_features: VhostUserProtocolFeatures,
     queue_sizes: Vec<u16>,
     kicks: Vec<EventFd>,
-    call: EventFd,
+    interrupts: Interrupts,
     memory: SharedMemory,
     config_size: usize,
     active: bool,
@@ -119,14 +129,16 @@ struct NetCtrl {
 }
 
 impl VhostUserDevice {
-    /// Connects to a backend and does the handshake. `kicks` (one per queue) and `call`
-    /// are already registered as ioeventfds and irqfd.
+    /// Connects to a backend and does the handshake. `kicks` (one per queue) are the
+    /// queues' ioeventfds (registered by the transport). Once the device knows how many
+    /// queues it has (the data queues, plus the control queue of a multiqueue net device),
+    /// `interrupts` makes its call and config eventfds for that count.
     pub fn connect(
         name: &str,
         device_type: u32,
         socket: BackendSocket,
         kicks: Vec<EventFd>,
-        call: EventFd,
+        interrupts: impl FnOnce(usize) -> std::io::Result<Interrupts>,
         memory: SharedMemory,
     ) -> Result<Self, VhostUserError> {
         let stream = open(name, socket)?;
@@ -185,6 +197,17 @@ impl VhostUserDevice {
                 queue: None,
             }
         });
+        let interrupts =
+            interrupts(queue_sizes.len()).map_err(|source| VhostUserError::Interrupts {
+                name: name.to_owned(),
+                source,
+            })?;
+        if interrupts.queues.len() != queue_sizes.len() {
+            return Err(VhostUserError::Interrupts {
+                name: name.to_owned(),
+                source: std::io::Error::other("one call eventfd per queue is needed"),
+            });
+        }
         Ok(VhostUserDevice {
             name: name.to_owned(),
             device_type,
@@ -193,7 +216,7 @@ impl VhostUserDevice {
             protocol_features,
             queue_sizes,
             kicks,
-            call,
+            interrupts,
             memory,
             config_size: config_size(device_type, backend_features).min(MAX_CONFIG),
             active: false,
@@ -275,7 +298,7 @@ impl VhostUserDevice {
                 .set_vring_base(i, 0)
                 .map_err(fail("SET_VRING_BASE"))?;
             self.frontend
-                .set_vring_call(i, &self.call)
+                .set_vring_call(i, &self.interrupts.queues[i])
                 .map_err(fail("SET_VRING_CALL"))?;
             self.frontend
                 .set_vring_kick(i, &self.kicks[i])
@@ -426,15 +449,20 @@ impl VirtioBackend for VhostUserDevice {
             info_limited!("{name}: the driver uses {pairs} queue pairs");
             true
         });
-        if interrupt {
-            if let Err(e) = self.call.write(1) {
+        let call = self.interrupts.queues.get(queue as usize);
+        if let (true, Some(call)) = (interrupt, call) {
+            if let Err(e) = call.write(1) {
                 warn_limited!("{}: control queue interrupt: {e}", self.name);
             }
         }
     }
 
     fn interrupt(&mut self) -> std::io::Result<()> {
-        self.call.write(1)
+        self.interrupts.config.write(1)
+    }
+
+    fn config_size(&self) -> usize {
+        self.config_size
     }
 
     fn reset(&mut self) {

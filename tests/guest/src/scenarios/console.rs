@@ -24,12 +24,17 @@
 //!   changes: saw <n> of <wanted> in <ms> ms`.
 
 use super::net::Error;
+use crate::gates::{self, VIRTIO_CONFIG_IRQS};
 use crate::machine::Machine;
 use crate::nics::{self, Cons};
 use crate::time::Deadline;
 use crate::virtio::console::RX_BUF;
 use crate::virtio::device_id;
+use crate::virtio::pci::NO_VECTOR;
+use crate::virtio::Either;
+use crate::virtio::Transport;
 use core::fmt::Write;
+use core::sync::atomic::Ordering;
 
 /// How long the device may take to consume what was written.
 const FLUSH_TIMEOUT_MS: u64 = 5000;
@@ -52,8 +57,8 @@ pub fn identify(cons: &Cons) {
         t.accepted(),
         cons.console.rx.queue.size(),
         cons.console.tx.queue.size(),
-        cons.spec.base,
-        cons.spec.irq
+        cons.place.base(),
+        cons.place.irq()
     );
 }
 
@@ -183,6 +188,47 @@ pub fn resize(machine: &mut Machine) -> Result<(), Error> {
     let cons = registry.console(&machine.config.devices, &mut machine.frames)?;
     let c = cons.console.config;
     crate::say!("console0 size cols={} rows={}", c.cols, c.rows);
+    // On virtio-pci the configuration-change interrupt is an MSI-X message to this CPU
+    // (vector VIRTIO_CONFIG, programmed at set-up): take interrupts while watching, and
+    // count them.
+    let msix = match cons.console.transport() {
+        Either::Pci(t) => t.msi().is_some() && t.config_vector() != NO_VECTOR,
+        Either::Mmio(_) => false,
+    };
+    let config_irqs = VIRTIO_CONFIG_IRQS.load(Ordering::SeqCst);
+    if msix {
+        gates::interrupts_on();
+    }
+    let result = watch(cons, ms, wanted);
+    if msix && matches!(result, Ok(n) if n > 0) {
+        // The interrupt may trail the generation change a little.
+        let grace = Deadline::after_ms(100);
+        while VIRTIO_CONFIG_IRQS.load(Ordering::SeqCst) == config_irqs && !grace.passed() {
+            core::hint::spin_loop();
+        }
+    }
+    if msix {
+        gates::interrupts_off();
+    }
+    let seen = result?;
+    crate::say!("console0 resized {seen} times");
+    if msix {
+        let n = VIRTIO_CONFIG_IRQS
+            .load(Ordering::SeqCst)
+            .wrapping_sub(config_irqs);
+        crate::say!("console0 config_interrupts={n}");
+        if seen > 0 && n == 0 {
+            return Err(Error::NoConfigInterrupt(seen));
+        }
+    }
+    if seen < wanted {
+        return Err(Error::TooFewResizes { seen, wanted, ms });
+    }
+    Ok(())
+}
+
+/// Poll for size changes until `wanted` were seen or `ms` ran out; prints each.
+fn watch(cons: &mut Cons, ms: u64, wanted: u32) -> Result<u32, Error> {
     let deadline = Deadline::after_ms(ms);
     let mut seen = 0u32;
     while seen < wanted {
@@ -196,9 +242,5 @@ pub fn resize(machine: &mut Machine) -> Result<(), Error> {
         }
         pause(RESIZE_POLL_MS, deadline);
     }
-    crate::say!("console0 resized {seen} times");
-    if seen < wanted {
-        return Err(Error::TooFewResizes { seen, wanted, ms });
-    }
-    Ok(())
+    Ok(seen)
 }

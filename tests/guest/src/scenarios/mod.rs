@@ -13,6 +13,7 @@ mod fail;
 mod memory;
 pub mod net;
 mod panic;
+mod pci;
 mod serial_flood;
 mod transport;
 
@@ -33,6 +34,8 @@ pub enum Failure {
     Net(net::Error),
     /// See `transport.rs`.
     Transport(transport::Error),
+    /// See `pci.rs`.
+    Pci(pci::Error),
     /// The `fail` scenario.
     Fail,
 }
@@ -45,6 +48,7 @@ impl fmt::Display for Failure {
             Self::Blk(e) => e.fmt(f),
             Self::Net(e) => e.fmt(f),
             Self::Transport(e) => e.fmt(f),
+            Self::Pci(e) => e.fmt(f),
             Self::Fail => write!(f, "this scenario always fails"),
         }
     }
@@ -79,6 +83,8 @@ pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
         Scenario::ConsoleResize => console::resize(machine).map_err(Failure::Net),
         Scenario::VirtioFlood => transport::flood(machine).map_err(Failure::Transport),
         Scenario::VirtioStatus => transport::clear_driver_ok(machine).map_err(Failure::Transport),
+        Scenario::PciProbe => pci::probe(machine).map_err(Failure::Pci),
+        Scenario::PciHostile => pci::hostile(machine).map_err(Failure::Pci),
         Scenario::SerialFlood => {
             serial_flood::run(machine);
             Ok(())

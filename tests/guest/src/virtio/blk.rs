@@ -12,9 +12,9 @@
 //! notifies the device only when event-index suppression says so (counting the kicks),
 //! [`Blk::poll`] takes completions. The guest binary adds timeouts around it.
 
-use super::mmio::{InitError, Transport};
 use super::queue::{self, AddError, Buf, Queue, QueueMemory, Used, UsedError};
-use super::{device_id, feature as common, Regs};
+use super::transport::{InitError, Transport};
+use super::{device_id, feature as common};
 use core::fmt;
 
 /// Bytes per sector: the unit of `sector` and of capacity, whatever BLK_SIZE says.
@@ -152,7 +152,7 @@ pub struct BlkConfig {
 
 impl BlkConfig {
     /// Read the fields that `features` (negotiated) make valid.
-    pub fn read<R: Regs>(t: &Transport<R>, features: u64) -> Result<Self, InitError> {
+    pub fn read<T: Transport>(t: &T, features: u64) -> Result<Self, InitError> {
         use config_offset as o;
         let has = |f: u64| features & f != 0;
         t.read_config(|c| {
@@ -482,8 +482,8 @@ impl fmt::Display for SubmitError {
 }
 
 /// A virtio-blk device with queue 0 set up.
-pub struct Blk<R> {
-    transport: Transport<R>,
+pub struct Blk<T> {
+    transport: T,
     /// The queue in use ([`Blk::use_queue`]; queue 0 at first): requests are added to it,
     /// kicks notify it, completions are taken from it.
     pub queue: Queue,
@@ -500,7 +500,7 @@ pub struct Blk<R> {
 /// Request queues this driver sets up at most (queue 0 and, with MQ, up to three more).
 pub const MAX_QUEUES: usize = 4;
 
-impl<R: Regs> Blk<R> {
+impl<T: Transport> Blk<T> {
     /// Negotiate `want` (typically [`WANTED`]), read the configuration, set up queue 0 in
     /// `mem` and, when MQ was negotiated, queues 1.. (as many as the device has, up to
     /// [`MAX_QUEUES`] and `others.len() + 1`) in `others`, each sized for
@@ -510,7 +510,7 @@ impl<R: Regs> Blk<R> {
     /// `mem` and each of `others` must satisfy [`Queue::new`]'s contract for
     /// [`queue::MAX_SIZE`] entries, for as long as the device is live.
     pub unsafe fn init(
-        mut transport: Transport<R>,
+        mut transport: T,
         mem: QueueMemory,
         others: &[QueueMemory],
         want: u64,
@@ -587,7 +587,7 @@ impl<R: Regs> Blk<R> {
     }
 
     /// The transport (registers).
-    pub fn transport(&self) -> &Transport<R> {
+    pub fn transport(&self) -> &T {
         &self.transport
     }
 
@@ -801,12 +801,13 @@ pub fn check_pattern(buf: &[u8], offset: u64) -> Option<(u64, u8, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::mmio::MmioTransport;
     use crate::virtio::mock::{Dma, FakeRegs, MockBlk, QueueArea};
 
     struct Rig {
         regs: &'static FakeRegs,
         _area: QueueArea,
-        blk: Blk<&'static FakeRegs>,
+        blk: Blk<MmioTransport<&'static FakeRegs>>,
         dev: MockBlk,
         slots: Vec<(Dma, Dma, Slot)>,
     }
@@ -817,7 +818,7 @@ mod tests {
             regs.state.borrow_mut().features = f;
         }
         let area = QueueArea::new(queue::MAX_SIZE);
-        let t = Transport::probe(regs).unwrap();
+        let t = MmioTransport::probe(regs).unwrap();
         // SAFETY: the area is sized for MAX_SIZE and lives as long as the rig.
         let blk = unsafe { Blk::init(t, area.memory(), &[], want) }.unwrap();
         let s = regs.state.borrow();

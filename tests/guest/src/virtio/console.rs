@@ -4,9 +4,10 @@
 //! [`TX_BUF`] bytes is one device-readable chain.
 
 use super::bufs::{RingError, RxRing, TxRing};
-use super::mmio::{InitError, Transport, INT_CONFIG};
+use super::mmio::INT_CONFIG;
 use super::queue::{self, Queue, QueueMemory};
-use super::{device_id, feature as common, Regs};
+use super::transport::{InitError, Transport};
+use super::{device_id, feature as common};
 use core::fmt;
 
 /// virtio-console feature bits.
@@ -92,8 +93,8 @@ impl From<InitError> for ConsoleInitError {
 }
 
 /// A virtio-console device, driven by polling.
-pub struct Console<R> {
-    transport: Transport<R>,
+pub struct Console<T> {
+    transport: T,
     /// Receive buffers (queue 0).
     pub rx: RxRing,
     /// Transmit buffers (queue 1).
@@ -109,7 +110,7 @@ pub struct Console<R> {
 
 /// Read the configuration space (retried until ConfigGeneration is stable around the
 /// read); returns it and its generation. Fields of features not offered read as 0.
-fn read_config<R: Regs>(t: &Transport<R>) -> Result<(ConsoleConfig, u32), InitError> {
+fn read_config<T: Transport>(t: &T) -> Result<(ConsoleConfig, u32), InitError> {
     let offered = t.offered();
     let size = offered & feature::SIZE != 0;
     let multiport = offered & feature::MULTIPORT != 0;
@@ -120,8 +121,8 @@ fn read_config<R: Regs>(t: &Transport<R>) -> Result<(ConsoleConfig, u32), InitEr
     })
 }
 
-fn setup<R: Regs>(
-    t: &Transport<R>,
+fn setup<T: Transport>(
+    t: &T,
     index: u16,
     mem: QueueMemory,
     event_idx: bool,
@@ -137,17 +138,14 @@ fn setup<R: Regs>(
     Ok(q)
 }
 
-impl<R: Regs> Console<R> {
+impl<T: Transport> Console<T> {
     /// Negotiate [`WANTED`], read the configuration, set up both queues, set DRIVER_OK,
     /// post the receive buffers.
     ///
     /// # Safety
     /// Every area of `mem` must be valid, writable memory of the sizes [`ConsoleMemory`]
     /// documents, used by nothing but this driver and its device while the device is live.
-    pub unsafe fn init(
-        mut transport: Transport<R>,
-        mem: ConsoleMemory,
-    ) -> Result<Self, ConsoleInitError> {
+    pub unsafe fn init(mut transport: T, mem: ConsoleMemory) -> Result<Self, ConsoleInitError> {
         if transport.device_id() != device_id::CONSOLE {
             return Err(ConsoleInitError::NotConsole(transport.device_id()));
         }
@@ -183,7 +181,7 @@ impl<R: Regs> Console<R> {
     }
 
     /// The transport.
-    pub fn transport(&self) -> &Transport<R> {
+    pub fn transport(&self) -> &T {
         &self.transport
     }
 
@@ -256,12 +254,13 @@ impl<R: Regs> Console<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::mmio::MmioTransport;
     use crate::virtio::mock::{Dma, FakeRegs, MockQueue, QueueArea};
 
     struct Rig {
         regs: &'static FakeRegs,
         _mem: (QueueArea, QueueArea, Dma, Dma),
-        console: Console<&'static FakeRegs>,
+        console: Console<MmioTransport<&'static FakeRegs>>,
         rxdev: MockQueue,
         txdev: MockQueue,
     }
@@ -280,7 +279,7 @@ mod tests {
             rx_bufs: rb.addr(),
             tx_bufs: tb.addr(),
         };
-        let t = Transport::probe(regs).unwrap();
+        let t = MmioTransport::probe(regs).unwrap();
         // SAFETY: the rig owns the memory for as long as the driver lives.
         let console = unsafe { Console::init(t, mem) }.unwrap();
         let rxdev = MockQueue::new(&rq, 256, true);

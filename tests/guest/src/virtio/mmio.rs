@@ -2,19 +2,21 @@
 //!
 //! Devices are announced on the kernel command line the way Linux reads them
 //! (`virtio_mmio.device=<size>@<base>:<irq>[:<id>]`, [`parse_device`]). Bringing one up:
-//! [`Transport::probe`] checks MagicValue, Version and DeviceID; [`Transport::negotiate`]
-//! resets the device and goes through ACKNOWLEDGE, DRIVER, the 64 feature bits (two
-//! 32-bit halves through the feature-select registers) and FEATURES_OK, checking that the
-//! device kept it; [`Transport::setup_queue`] hands over each queue's three areas and sets
-//! QueueReady; [`Transport::driver_ok`] ends the handshake. Any failure after the reset
-//! sets FAILED.
+//! [`MmioTransport::probe`] checks MagicValue, Version and DeviceID; the [`Transport`]
+//! handshake (`negotiate`) resets the device and goes through ACKNOWLEDGE, DRIVER, the 64
+//! feature bits (two 32-bit halves through the feature-select registers) and FEATURES_OK,
+//! checking that the device kept it; `setup_queue` hands over each queue's three areas and
+//! sets QueueReady; `driver_ok` ends the handshake. Any failure after the reset sets
+//! FAILED.
 //!
 //! Every register access here is an exit to the VMM (tens of microseconds on the
 //! development hosts) except QueueNotify, an ioeventfd: so the driver touches registers
 //! only at set-up, and on the data path only to notify.
 
 use super::queue::QueueMemory;
-use super::{feature, status, Regs};
+pub use super::transport::InitError;
+use super::transport::{handshake, Negotiated, Transport};
+use super::Regs;
 use core::fmt;
 
 /// Register offsets.
@@ -79,11 +81,6 @@ pub const MIN_SIZE: u64 = 0x100;
 pub const INT_VRING: u32 = 1 << 0;
 /// InterruptStatus / InterruptACK bit: the configuration space changed.
 pub const INT_CONFIG: u32 = 1 << 1;
-
-/// Reads of the status register after a reset before giving up on seeing 0.
-const RESET_POLLS: u32 = 1000;
-/// Configuration-space read attempts before giving up on a stable generation.
-const CONFIG_ATTEMPTS: u32 = 16;
 
 /// A virtio-mmio device announced on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,63 +191,15 @@ impl fmt::Display for ProbeError {
     }
 }
 
-/// Why the handshake failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InitError {
-    /// The status register did not read 0 after the reset.
-    Reset(u32),
-    /// The device does not offer VERSION_1.
-    NotVersion1(u64),
-    /// FEATURES_OK did not stick: the device refused the accepted features.
-    FeaturesRefused {
-        /// What the driver accepted.
-        accepted: u64,
-        /// The status register afterwards.
-        status: u32,
-    },
-    /// QueueNumMax is 0: no such queue.
-    NoQueue(u16),
-    /// The queue is already live (QueueReady reads 1 after a reset).
-    QueueBusy(u16),
-    /// QueueReady did not read back 1.
-    QueueNotReady(u16),
-    /// The device reports DEVICE_NEEDS_RESET or FAILED after DRIVER_OK.
-    Status(u32),
-    /// The configuration space kept changing while being read.
-    ConfigUnstable,
-}
-
-impl fmt::Display for InitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Reset(s) => write!(f, "status reads {s:#x} after a reset, not 0"),
-            Self::NotVersion1(o) => write!(f, "device does not offer VERSION_1 (features {o:#x})"),
-            Self::FeaturesRefused { accepted, status } => write!(
-                f,
-                "device refused features {accepted:#x} (FEATURES_OK not set, status {status:#x})"
-            ),
-            Self::NoQueue(q) => write!(f, "queue {q} does not exist (QueueNumMax 0)"),
-            Self::QueueBusy(q) => write!(f, "queue {q} is ready before set-up"),
-            Self::QueueNotReady(q) => write!(f, "queue {q} did not become ready"),
-            Self::Status(s) => write!(f, "device status {s:#x} after DRIVER_OK"),
-            Self::ConfigUnstable => write!(
-                f,
-                "configuration space changed during {CONFIG_ATTEMPTS} attempts to read it"
-            ),
-        }
-    }
-}
-
 /// A virtio-mmio device.
-pub struct Transport<R> {
+pub struct MmioTransport<R> {
     regs: R,
     device_id: u32,
     vendor_id: u32,
-    offered: u64,
-    accepted: u64,
+    negotiated: Negotiated,
 }
 
-impl<R: Regs> Transport<R> {
+impl<R: Regs> MmioTransport<R> {
     /// Check that `regs` is a version-2 virtio-mmio device with a device behind it.
     pub fn probe(regs: R) -> Result<Self, ProbeError> {
         let magic = regs.read32(reg::MAGIC);
@@ -270,116 +219,13 @@ impl<R: Regs> Transport<R> {
             regs,
             device_id,
             vendor_id,
-            offered: 0,
-            accepted: 0,
+            negotiated: Negotiated::default(),
         })
-    }
-
-    /// DeviceID (`virtio::device_id`).
-    pub fn device_id(&self) -> u32 {
-        self.device_id
     }
 
     /// VendorID.
     pub fn vendor_id(&self) -> u32 {
         self.vendor_id
-    }
-
-    /// What the device offered (after [`negotiate`](Self::negotiate)).
-    pub fn offered(&self) -> u64 {
-        self.offered
-    }
-
-    /// What the driver accepted (after [`negotiate`](Self::negotiate)).
-    pub fn accepted(&self) -> u64 {
-        self.accepted
-    }
-
-    /// The status register.
-    pub fn status(&self) -> u32 {
-        self.regs.read32(reg::STATUS)
-    }
-
-    fn set_status(&self, bits: u32) {
-        self.regs.write32(reg::STATUS, bits);
-    }
-
-    /// Give up on the device: set FAILED on top of the current status.
-    pub fn fail(&self) {
-        self.set_status(self.status() | status::FAILED);
-    }
-
-    /// Reset the device and wait for the status to read 0.
-    pub fn reset(&self) -> Result<(), InitError> {
-        self.set_status(0);
-        let mut last = 0;
-        for _ in 0..RESET_POLLS {
-            last = self.status();
-            if last == 0 {
-                return Ok(());
-            }
-            core::hint::spin_loop();
-        }
-        Err(InitError::Reset(last))
-    }
-
-    /// Reset, ACKNOWLEDGE, DRIVER, accept `offered & want` (VERSION_1 required, the
-    /// vhost-user protocol bit never) and check that FEATURES_OK sticks. Returns the
-    /// accepted features. On failure after the reset the device is marked FAILED.
-    pub fn negotiate(&mut self, want: u64) -> Result<u64, InitError> {
-        self.reset()?;
-        self.set_status(status::ACKNOWLEDGE);
-        self.set_status(status::ACKNOWLEDGE | status::DRIVER);
-        let result = self.exchange_features(want);
-        if result.is_err() {
-            self.fail();
-        }
-        result
-    }
-
-    fn exchange_features(&mut self, want: u64) -> Result<u64, InitError> {
-        let mut offered = 0u64;
-        for half in 0..2u32 {
-            self.regs.write32(reg::DEVICE_FEATURES_SEL, half);
-            offered |= u64::from(self.regs.read32(reg::DEVICE_FEATURES)) << (32 * half);
-        }
-        self.offered = offered;
-        if offered & feature::VERSION_1 == 0 {
-            return Err(InitError::NotVersion1(offered));
-        }
-        let accepted = offered & want & !feature::VHOST_USER_PROTOCOL_FEATURES;
-        for half in 0..2u32 {
-            self.regs.write32(reg::DRIVER_FEATURES_SEL, half);
-            self.regs
-                .write32(reg::DRIVER_FEATURES, (accepted >> (32 * half)) as u32);
-        }
-        self.accepted = accepted;
-        let bits = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        self.set_status(bits);
-        let now = self.status();
-        if now & status::FEATURES_OK == 0 {
-            return Err(InitError::FeaturesRefused {
-                accepted,
-                status: now,
-            });
-        }
-        Ok(accepted)
-    }
-
-    /// QueueNumMax of queue `index` (0: no such queue).
-    pub fn queue_max(&self, index: u16) -> u32 {
-        self.regs.write32(reg::QUEUE_SEL, u32::from(index));
-        self.regs.read32(reg::QUEUE_NUM_MAX)
-    }
-
-    /// Hand queue `index` of `size` entries in `mem` to the device and set QueueReady.
-    /// Between [`negotiate`](Self::negotiate) and [`driver_ok`](Self::driver_ok).
-    pub fn setup_queue(&self, index: u16, size: u16, mem: &QueueMemory) -> Result<(), InitError> {
-        let result = self.try_setup_queue(index, size, mem);
-        if result.is_err() {
-            self.fail();
-        }
-        result
     }
 
     fn try_setup_queue(&self, index: u16, size: u16, mem: &QueueMemory) -> Result<(), InitError> {
@@ -405,89 +251,89 @@ impl<R: Regs> Transport<R> {
         }
         Ok(())
     }
+}
 
-    /// Set DRIVER_OK: the device may now use its queues. Fails if the device then reports
-    /// DEVICE_NEEDS_RESET or FAILED.
-    pub fn driver_ok(&self) -> Result<(), InitError> {
-        let bits = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        self.set_status(bits | status::DRIVER_OK);
-        let now = self.status();
-        if now & (status::DEVICE_NEEDS_RESET | status::FAILED) != 0 || now & status::DRIVER_OK == 0
-        {
-            self.fail();
-            return Err(InitError::Status(now));
-        }
-        Ok(())
+impl<R: Regs> Transport for MmioTransport<R> {
+    fn device_id(&self) -> u32 {
+        self.device_id
     }
 
-    /// Tell the device that queue `index` has new buffers.
-    pub fn notify(&self, index: u16) {
+    fn status(&self) -> u32 {
+        self.regs.read32(reg::STATUS)
+    }
+
+    fn set_status(&self, bits: u32) {
+        self.regs.write32(reg::STATUS, bits);
+    }
+
+    fn device_features(&self) -> u64 {
+        let mut offered = 0u64;
+        for half in 0..2u32 {
+            self.regs.write32(reg::DEVICE_FEATURES_SEL, half);
+            offered |= u64::from(self.regs.read32(reg::DEVICE_FEATURES)) << (32 * half);
+        }
+        offered
+    }
+
+    fn set_driver_features(&self, features: u64) {
+        for half in 0..2u32 {
+            self.regs.write32(reg::DRIVER_FEATURES_SEL, half);
+            self.regs
+                .write32(reg::DRIVER_FEATURES, (features >> (32 * half)) as u32);
+        }
+    }
+
+    fn negotiated(&self) -> Negotiated {
+        self.negotiated
+    }
+
+    fn set_negotiated(&mut self, n: Negotiated) {
+        self.negotiated = n;
+    }
+
+    fn negotiate(&mut self, want: u64) -> Result<u64, InitError> {
+        handshake(self, want)
+    }
+
+    fn queue_max(&self, index: u16) -> u32 {
+        self.regs.write32(reg::QUEUE_SEL, u32::from(index));
+        self.regs.read32(reg::QUEUE_NUM_MAX)
+    }
+
+    fn setup_queue(&self, index: u16, size: u16, mem: &QueueMemory) -> Result<(), InitError> {
+        let result = self.try_setup_queue(index, size, mem);
+        if result.is_err() {
+            self.fail();
+        }
+        result
+    }
+
+    fn notify(&self, index: u16) {
         self.regs.write32(reg::QUEUE_NOTIFY, u32::from(index));
     }
 
-    /// InterruptStatus.
-    pub fn interrupt_status(&self) -> u32 {
+    fn interrupt_status(&self) -> u32 {
         self.regs.read32(reg::INTERRUPT_STATUS)
     }
 
-    /// Write InterruptACK.
-    pub fn interrupt_ack(&self, bits: u32) {
+    fn interrupt_ack(&self, bits: u32) {
         self.regs.write32(reg::INTERRUPT_ACK, bits);
     }
 
-    /// ConfigGeneration: changes whenever the configuration space does.
-    pub fn config_generation(&self) -> u32 {
+    fn config_generation(&self) -> u32 {
         self.regs.read32(reg::CONFIG_GENERATION)
     }
 
-    /// Read the configuration space consistently: run `read` (which reads fields with
-    /// [`Config`]) until ConfigGeneration is the same before and after.
-    pub fn read_config<T>(&self, read: impl FnMut(&Config<'_, R>) -> T) -> Result<T, InitError> {
-        self.read_config_generation(read).map(|(value, _)| value)
-    }
-
-    /// [`read_config`](Self::read_config), also returning the ConfigGeneration the value
-    /// belongs to (read before and after it).
-    pub fn read_config_generation<T>(
-        &self,
-        mut read: impl FnMut(&Config<'_, R>) -> T,
-    ) -> Result<(T, u32), InitError> {
-        let config = Config { regs: &self.regs };
-        for _ in 0..CONFIG_ATTEMPTS {
-            let before = self.config_generation();
-            let value = read(&config);
-            if self.config_generation() == before {
-                return Ok((value, before));
-            }
-        }
-        Err(InitError::ConfigUnstable)
-    }
-}
-
-/// Field reads in the device-specific configuration space, each of its field's width.
-pub struct Config<'a, R> {
-    regs: &'a R,
-}
-
-impl<R: Regs> Config<'_, R> {
-    /// The byte at `offset`.
-    pub fn u8(&self, offset: u32) -> u8 {
+    fn config8(&self, offset: u32) -> u8 {
         self.regs.read8(reg::CONFIG + offset)
     }
 
-    /// The little-endian u16 at `offset`.
-    pub fn u16(&self, offset: u32) -> u16 {
+    fn config16(&self, offset: u32) -> u16 {
         self.regs.read16(reg::CONFIG + offset)
     }
 
-    /// The little-endian u32 at `offset`.
-    pub fn u32(&self, offset: u32) -> u32 {
+    fn config32(&self, offset: u32) -> u32 {
         self.regs.read32(reg::CONFIG + offset)
-    }
-
-    /// The little-endian u64 at `offset`, as two 32-bit reads (as Linux does).
-    pub fn u64(&self, offset: u32) -> u64 {
-        u64::from(self.u32(offset)) | u64::from(self.u32(offset + 4)) << 32
     }
 }
 
@@ -495,6 +341,7 @@ impl<R: Regs> Config<'_, R> {
 mod tests {
     use super::*;
     use crate::virtio::mock::FakeRegs;
+    use crate::virtio::{feature, status, Transport};
 
     #[test]
     fn device_tokens_as_linux_reads_them() {
@@ -546,21 +393,24 @@ mod tests {
     #[test]
     fn probe_checks_magic_version_and_device() {
         let regs = FakeRegs::blk(1 << 20);
-        let t = Transport::probe(&regs).unwrap();
+        let t = MmioTransport::probe(&regs).unwrap();
         assert_eq!(t.device_id(), 2);
         regs.state.borrow_mut().magic = 0x1234;
         assert_eq!(
-            Transport::probe(&regs).err(),
+            MmioTransport::probe(&regs).err(),
             Some(ProbeError::Magic(0x1234))
         );
         regs.state.borrow_mut().magic = MAGIC;
         regs.state.borrow_mut().version = 1;
-        let e = Transport::probe(&regs).err().unwrap();
+        let e = MmioTransport::probe(&regs).err().unwrap();
         assert_eq!(e, ProbeError::Version(1));
         assert!(e.to_string().contains("legacy"));
         regs.state.borrow_mut().version = 2;
         regs.state.borrow_mut().device_id = 0;
-        assert_eq!(Transport::probe(&regs).err(), Some(ProbeError::NoDevice));
+        assert_eq!(
+            MmioTransport::probe(&regs).err(),
+            Some(ProbeError::NoDevice)
+        );
     }
 
     #[test]
@@ -572,7 +422,7 @@ mod tests {
             | feature::RING_PACKED
             | 1 << 9;
         regs.state.borrow_mut().features = offered;
-        let mut t = Transport::probe(&regs).unwrap();
+        let mut t = MmioTransport::probe(&regs).unwrap();
         let want = feature::VERSION_1 | feature::EVENT_IDX | 1 << 9 | 1 << 13 | 1 << 30;
         let accepted = t.negotiate(want).unwrap();
         assert_eq!(
@@ -604,7 +454,7 @@ mod tests {
     fn no_version_1_is_refused_and_marked_failed() {
         let regs = FakeRegs::blk(1 << 20);
         regs.state.borrow_mut().features = 1 << 9;
-        let mut t = Transport::probe(&regs).unwrap();
+        let mut t = MmioTransport::probe(&regs).unwrap();
         assert_eq!(t.negotiate(!0), Err(InitError::NotVersion1(1 << 9)));
         assert_eq!(regs.state.borrow().status & status::FAILED, status::FAILED);
     }
@@ -613,7 +463,7 @@ mod tests {
     fn features_ok_must_stick() {
         let regs = FakeRegs::blk(1 << 20);
         regs.state.borrow_mut().refuse_features = true;
-        let mut t = Transport::probe(&regs).unwrap();
+        let mut t = MmioTransport::probe(&regs).unwrap();
         let e = t.negotiate(!0).unwrap_err();
         assert!(matches!(e, InitError::FeaturesRefused { .. }), "{e:?}");
         assert_eq!(regs.state.borrow().status & status::FAILED, status::FAILED);
@@ -623,14 +473,14 @@ mod tests {
     fn reset_must_read_zero() {
         let regs = FakeRegs::blk(1 << 20);
         regs.state.borrow_mut().stuck_status = Some(0x40);
-        let mut t = Transport::probe(&regs).unwrap();
+        let mut t = MmioTransport::probe(&regs).unwrap();
         assert_eq!(t.negotiate(!0), Err(InitError::Reset(0x40)));
     }
 
     #[test]
     fn missing_or_busy_queue() {
         let regs = FakeRegs::blk(1 << 20);
-        let mut t = Transport::probe(&regs).unwrap();
+        let mut t = MmioTransport::probe(&regs).unwrap();
         t.negotiate(!0).unwrap();
         let mem = QueueMemory {
             desc: 0x1000,
@@ -647,7 +497,7 @@ mod tests {
     fn config_read_retries_until_the_generation_is_stable() {
         let regs = FakeRegs::blk(0x1_2345_6789);
         regs.state.borrow_mut().generation_bumps = 3;
-        let t = Transport::probe(&regs).unwrap();
+        let t = MmioTransport::probe(&regs).unwrap();
         let mut reads = 0;
         let capacity = t
             .read_config(|c| {
@@ -665,7 +515,7 @@ mod tests {
     #[test]
     fn config_fields_have_their_width() {
         let regs = FakeRegs::blk(8);
-        let t = Transport::probe(&regs).unwrap();
+        let t = MmioTransport::probe(&regs).unwrap();
         t.read_config(|c| (c.u16(34), c.u8(32), c.u32(20))).unwrap();
         let widths = regs.state.borrow().config_widths.clone();
         assert_eq!(widths, vec![(34, 2), (32, 1), (20, 4)]);

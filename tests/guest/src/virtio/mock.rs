@@ -430,6 +430,13 @@ pub struct FakeRegs {
     pub state: RefCell<FakeState>,
 }
 
+impl FakeState {
+    /// QueueSel.
+    pub fn queue_sel(&self) -> u32 {
+        self.queue_sel
+    }
+}
+
 fn set_half(value: &mut u64, half: u32, bits: u32) {
     let shift = 32 * half;
     *value = (*value & !(0xffff_ffffu64 << shift)) | (u64::from(bits) << shift);
@@ -655,5 +662,13 @@ impl Regs for FakeRegs {
             "8-bit access to register {offset:#x}"
         );
         self.config_read(offset, 1) as u8
+    }
+
+    fn write16(&self, offset: u32, _: u16) {
+        panic!("16-bit write to virtio-mmio register {offset:#x}");
+    }
+
+    fn write8(&self, offset: u32, _: u8) {
+        panic!("8-bit write to virtio-mmio register {offset:#x}");
     }
 }

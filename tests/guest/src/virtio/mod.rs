@@ -3,6 +3,10 @@
 //! - [`mmio`]: the virtio-mmio transport (version 2, "modern"): devices announced on the
 //!   command line, probing, the status handshake, feature negotiation, queue set-up and the
 //!   device-specific configuration space, all through the [`Regs`] trait;
+//! - [`pci`]: the virtio-pci modern transport (4.1): the function's capabilities (common,
+//!   notify, ISR, device configuration, MSI-X), read through its PCI configuration space,
+//!   and the structures they point at in its BAR;
+//! - [`transport`]: the [`Transport`] trait both implement, which the drivers use;
 //! - [`queue`]: a split virtqueue in memory the caller provides (descriptor table, avail
 //!   and used rings), with a free list, event-index notification suppression and polling
 //!   of the used ring;
@@ -22,16 +26,24 @@ pub mod bufs;
 pub mod console;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 pub mod queue;
+pub mod transport;
+
+pub use transport::{Either, Transport};
 
 #[cfg(test)]
 mod mock;
+#[cfg(test)]
+pub(crate) mod mock_pci;
 
-/// Device registers: the virtio-mmio register block, as the driver sees it.
+/// Device registers: the virtio-mmio register block, a virtio-pci function's BAR or its
+/// PCI configuration space, as the driver sees them.
 ///
-/// Offsets are from the block's base. Control registers are 32-bit; the device-specific
-/// configuration space (from [`mmio::reg::CONFIG`] on) must be read with accesses of each
-/// field's own width (virtio 1.2, 4.2.2.2), hence the narrower reads.
+/// Offsets are from the block's base. Virtio-mmio control registers are 32-bit; the
+/// device-specific configuration space (from [`mmio::reg::CONFIG`] on) must be read with
+/// accesses of each field's own width (virtio 1.2, 4.2.2.2), and virtio-pci's common
+/// configuration has 8- and 16-bit fields (4.1.3.1), hence the narrower accesses.
 pub trait Regs {
     /// 32-bit read.
     fn read32(&self, offset: u32) -> u32;
@@ -41,6 +53,10 @@ pub trait Regs {
     fn read16(&self, offset: u32) -> u16;
     /// 8-bit read (configuration space only).
     fn read8(&self, offset: u32) -> u8;
+    /// 16-bit write (virtio-pci common configuration and PCI configuration space).
+    fn write16(&self, offset: u32, value: u16);
+    /// 8-bit write (virtio-pci device status).
+    fn write8(&self, offset: u32, value: u8);
 }
 
 impl<R: Regs + ?Sized> Regs for &R {
@@ -55,6 +71,12 @@ impl<R: Regs + ?Sized> Regs for &R {
     }
     fn read8(&self, offset: u32) -> u8 {
         (**self).read8(offset)
+    }
+    fn write16(&self, offset: u32, value: u16) {
+        (**self).write16(offset, value)
+    }
+    fn write8(&self, offset: u32, value: u8) {
+        (**self).write8(offset, value)
     }
 }
 

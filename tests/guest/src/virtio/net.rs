@@ -10,9 +10,9 @@
 //! buffers is dropped, the `num_buffers - 1` buffers after its first with it (all reposted).
 
 use super::bufs::{Filled, RingError, RxRing, TxRing};
-use super::mmio::{InitError, Transport};
 use super::queue::{self, Queue, QueueMemory};
-use super::{device_id, feature as common, Regs};
+use super::transport::{InitError, Transport};
+use super::{device_id, feature as common};
 use core::fmt;
 
 /// virtio-net feature bits.
@@ -67,7 +67,7 @@ pub struct NetConfig {
 
 impl NetConfig {
     /// Read the fields that `offered` features make present.
-    pub fn read<R: Regs>(t: &Transport<R>, offered: u64) -> Result<Self, InitError> {
+    pub fn read<T: Transport>(t: &T, offered: u64) -> Result<Self, InitError> {
         let has = |f: u64| offered & f != 0;
         t.read_config(|c| {
             let mut cfg = NetConfig {
@@ -162,8 +162,8 @@ pub enum RxDrop {
 ///
 /// # Safety
 /// As [`Queue::new`] for [`queue::MAX_SIZE`] entries.
-unsafe fn make_queue<R: Regs>(
-    t: &Transport<R>,
+unsafe fn make_queue<T: Transport>(
+    t: &T,
     index: u16,
     mem: QueueMemory,
     event_idx: bool,
@@ -180,8 +180,8 @@ unsafe fn make_queue<R: Regs>(
 }
 
 /// A virtio-net device, driven by polling.
-pub struct Net<R> {
-    transport: Transport<R>,
+pub struct Net<T> {
+    transport: T,
     /// Receive buffers (queue 0).
     pub rx: RxRing,
     /// Transmit buffers (queue 1).
@@ -194,14 +194,14 @@ pub struct Net<R> {
     skip_rx: u16,
 }
 
-impl<R: Regs> Net<R> {
+impl<T: Transport> Net<T> {
     /// Negotiate [`WANTED`], read the configuration, set up both queues in `mem`, set
     /// DRIVER_OK, post every receive buffer. Interrupts are suppressed.
     ///
     /// # Safety
     /// Every area of `mem` must be valid, writable memory of the sizes [`NetMemory`]
     /// documents, used by nothing but this driver and its device while the device is live.
-    pub unsafe fn init(mut transport: Transport<R>, mem: NetMemory) -> Result<Self, NetInitError> {
+    pub unsafe fn init(mut transport: T, mem: NetMemory) -> Result<Self, NetInitError> {
         if transport.device_id() != device_id::NET {
             return Err(NetInitError::NotNet(transport.device_id()));
         }
@@ -236,7 +236,7 @@ impl<R: Regs> Net<R> {
     }
 
     /// The transport.
-    pub fn transport(&self) -> &Transport<R> {
+    pub fn transport(&self) -> &T {
         &self.transport
     }
 
@@ -323,12 +323,13 @@ impl<R: Regs> Net<R> {
 mod tests {
     use super::*;
     use crate::net;
+    use crate::virtio::mmio::MmioTransport;
     use crate::virtio::mock::{Dma, FakeRegs, MockQueue, QueueArea};
 
     struct Rig {
         regs: &'static FakeRegs,
         _mem: (QueueArea, QueueArea, Dma, Dma),
-        net: Net<&'static FakeRegs>,
+        net: Net<MmioTransport<&'static FakeRegs>>,
         rxdev: MockQueue,
         txdev: MockQueue,
     }
@@ -347,7 +348,7 @@ mod tests {
             rx_bufs: rb.addr(),
             tx_bufs: tb.addr(),
         };
-        let t = Transport::probe(regs).unwrap();
+        let t = MmioTransport::probe(regs).unwrap();
         // SAFETY: the rig owns the memory for as long as the driver lives.
         let net = unsafe { Net::init(t, mem) }.unwrap();
         let event_idx = features & common::EVENT_IDX != 0;
@@ -540,7 +541,7 @@ mod tests {
     #[test]
     fn a_block_device_is_refused() {
         let regs = FakeRegs::blk(8);
-        let t = Transport::probe(&regs).unwrap();
+        let t = MmioTransport::probe(&regs).unwrap();
         let mem = NetMemory {
             rx_queue: QueueMemory {
                 desc: 0,

@@ -34,6 +34,7 @@ use crate::virtio::blk::{req, slot, status, Request, Slot, HEADER_BYTES, SECTOR}
 use crate::virtio::feature::INDIRECT_DESC;
 use crate::virtio::queue::{AddError, Buf, DESC_F_NEXT, DESC_SIZE};
 use crate::virtio::status as virtio_status;
+use crate::virtio::Transport;
 
 /// How long a malformed request gets to come back.
 const BAD_WAIT_MS: u64 = 500;

@@ -1,6 +1,7 @@
-//! `blk-irq`: the interrupt path, end to end. The device's line (from its
-//! `virtio_mmio.device` token) is routed in the IOAPIC to [`vector::VIRTIO`] on this CPU,
-//! whose CPL0 handler counts and EOIs; the queue asks for an interrupt at the next used
+//! `blk-irq`: the interrupt path, end to end. A virtio-mmio device's line (from its
+//! `virtio_mmio.device` token) is routed in the IOAPIC to [`vector::VIRTIO`] on this CPU; a
+//! virtio-pci function's queue 0 MSI-X entry already points there (programmed at set-up,
+//! `queue_msix_vector` read back); the vector's CPL0 handler counts and EOIs; the queue asks for an interrupt at the next used
 //! entry (event index, or no VIRTQ_AVAIL_F_NO_INTERRUPT); CPL3 runs with interrupts on
 //! (gate function 6). Three one-sector reads, each until both the counter moved and the
 //! used ring holds the request:
@@ -11,9 +12,11 @@
 //! The LAPIC timer, periodic on the wake-up vector, ends every `hlt` at least each
 //! [`TICK`] so that the TSC deadline is checked. Then one more read with interrupts
 //! suppressed again (`suppressed_interrupts` counts interrupts that came anyway; virtio
-//! says a device SHOULD NOT send them, so this is reported, not failed), and InterruptStatus
-//! must have shown the used-buffer bit (Linux ignores the interrupt otherwise). Prints
-//! `<disk> irq line=<n> vector=0x<v> interrupts=<n> at_cpl3=<n> interrupt_status=0x<x>
+//! says a device SHOULD NOT send them, so this is reported, not failed), and on virtio-mmio
+//! InterruptStatus must have shown the used-buffer bit (Linux ignores the interrupt
+//! otherwise; with MSI-X the ISR is not used). Prints `<disk> irq line=<n> vector=0x<v>
+//! interrupts=<n> at_cpl3=<n> interrupt_status=0x<x> suppressed_interrupts=<n>`, on
+//! virtio-pci `<disk> irq msix_vector=<n> vector=0x<v> interrupts=<n> at_cpl3=<n>
 //! suppressed_interrupts=<n>`.
 
 use super::Error;
@@ -21,8 +24,11 @@ use crate::disks::{self, Disk, DiskError, Waiting, REQUEST_TIMEOUT_MS};
 use crate::gates::{self, VIRTIO_IRQS, VIRTIO_IRQS_AT_CPL3};
 use crate::idt::vector;
 use crate::machine::Machine;
+use crate::pcibus::Place;
 use crate::time::{self, Deadline};
 use crate::virtio::blk::{status, Request};
+use crate::virtio::pci::NO_VECTOR;
+use crate::virtio::{Either, Transport};
 use crate::{ioapic, lapic};
 use core::sync::atomic::Ordering;
 
@@ -32,6 +38,24 @@ const TICK: u32 = 10_000_000;
 const QUIET_MS: u64 = 20;
 /// InterruptStatus: used buffer.
 const INT_VRING: u32 = 1;
+
+/// Where the interrupt comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source {
+    /// An IOAPIC pin (virtio-mmio).
+    Pin(u32),
+    /// An MSI-X table entry (virtio-pci).
+    Msix(u16),
+}
+
+impl core::fmt::Display for Source {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Pin(p) => write!(f, "line {p}"),
+            Self::Msix(v) => write!(f, "MSI-X vector {v}"),
+        }
+    }
+}
 
 /// How a round waits.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -46,7 +70,7 @@ enum Wait {
 /// The used entry is only looked at, not taken, until the interrupt has come: taking it
 /// moves `used_event` past it (as Linux does), and a device that checks `used_event` a
 /// moment after publishing the entry may then rightly decide that no interrupt is due.
-fn round(disk: &mut Disk, line: u32, wait: Wait) -> Result<(), Error> {
+fn round(disk: &mut Disk, line: Source, wait: Wait) -> Result<(), Error> {
     let seen = VIRTIO_IRQS.load(Ordering::SeqCst);
     disk.blk.queue.set_interrupts(true);
     let req = Request::read(0, 1);
@@ -94,11 +118,16 @@ fn quiet(ms: u64) {
 }
 
 /// The rounds, with interrupts on at CPL3; the caller turns everything off again.
-fn rounds(disk: &mut Disk, line: u32) -> Result<(u32, u32), Error> {
+fn rounds(disk: &mut Disk, line: Source) -> Result<(u32, u32), Error> {
     gates::interrupts_on();
     round(disk, line, Wait::Spin)?;
-    let interrupt_status = disk.blk.transport().interrupt_status();
-    disk.blk.transport().interrupt_ack(interrupt_status);
+    // Virtio-mmio: InterruptStatus, then InterruptACK, as Linux's handler does. With MSI-X
+    // the ISR is not used (virtio 1.2, 4.1.5.4): 0 is reported.
+    let mut interrupt_status = 0;
+    if let Source::Pin(_) = line {
+        interrupt_status = disk.blk.transport().interrupt_status();
+        disk.blk.transport().interrupt_ack(interrupt_status);
+    }
     round(disk, line, Wait::Halt)?;
     round(disk, line, Wait::Halt)?;
     // Suppressed: let stragglers in first, then poll to completion and watch a little.
@@ -119,26 +148,48 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
         return Err(Error::Empty);
     }
     disk.ensure_slots(&mut machine.frames, 1, 512)?;
-    let line = disk.spec().irq;
+    let line = match (disk.place(), disk.blk.transport()) {
+        (Place::Mmio(spec), _) => Source::Pin(spec.irq),
+        (Place::Pci(_), Either::Pci(t)) if t.msi().is_some() => match t.queue_vector(0) {
+            NO_VECTOR => return Err(Error::NoMsixVector),
+            v => Source::Msix(v),
+        },
+        (Place::Pci(_), _) => return Err(Error::NoMsixVector),
+    };
     let irqs = VIRTIO_IRQS.load(Ordering::SeqCst);
     let at_cpl3 = VIRTIO_IRQS_AT_CPL3.load(Ordering::SeqCst);
-    ioapic::route(line, vector::VIRTIO, lapic::id())?;
+    if let Source::Pin(pin) = line {
+        ioapic::route(pin, vector::VIRTIO, lapic::id())?;
+    }
     lapic::start_wake_timer(TICK);
     let result = rounds(disk, line);
     gates::interrupts_off();
     lapic::stop_wake_timer();
-    ioapic::mask(line)?;
+    if let Source::Pin(pin) = line {
+        ioapic::mask(pin)?;
+    }
     disk.blk.queue.set_interrupts(false);
     let (interrupt_status, suppressed) = result?;
-    crate::say!(
-        "{} irq line={line} vector={:#x} interrupts={} at_cpl3={} interrupt_status={interrupt_status:#x} suppressed_interrupts={suppressed}",
-        disk.name(),
-        vector::VIRTIO,
-        VIRTIO_IRQS.load(Ordering::SeqCst).wrapping_sub(irqs),
-        VIRTIO_IRQS_AT_CPL3.load(Ordering::SeqCst).wrapping_sub(at_cpl3),
-    );
-    if interrupt_status & INT_VRING == 0 {
-        return Err(Error::InterruptStatus(interrupt_status));
+    let interrupts = VIRTIO_IRQS.load(Ordering::SeqCst).wrapping_sub(irqs);
+    let at_cpl3 = VIRTIO_IRQS_AT_CPL3
+        .load(Ordering::SeqCst)
+        .wrapping_sub(at_cpl3);
+    match line {
+        Source::Pin(pin) => {
+            crate::say!(
+                "{} irq line={pin} vector={:#x} interrupts={interrupts} at_cpl3={at_cpl3} interrupt_status={interrupt_status:#x} suppressed_interrupts={suppressed}",
+                disk.name(),
+                vector::VIRTIO,
+            );
+            if interrupt_status & INT_VRING == 0 {
+                return Err(Error::InterruptStatus(interrupt_status));
+            }
+        }
+        Source::Msix(v) => crate::say!(
+            "{} irq msix_vector={v} vector={:#x} interrupts={interrupts} at_cpl3={at_cpl3} suppressed_interrupts={suppressed}",
+            disk.name(),
+            vector::VIRTIO,
+        ),
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use crate::escape::Escaped;
 use crate::ioapic::NoSuchPin;
 use crate::time::Deadline;
 use crate::virtio::blk::{status, Request, ID_BYTES, SECTOR};
+use crate::virtio::Transport;
 use core::fmt;
 
 /// Why a block scenario failed.
@@ -80,13 +81,15 @@ pub enum Error {
     Pin(NoSuchPin),
     /// `blk-irq`: no interrupt in time.
     NoInterrupt {
-        /// The line.
-        line: u32,
+        /// The IOAPIC line or MSI-X vector.
+        line: irq::Source,
         /// Whether the request completed anyway.
         completed: bool,
     },
     /// `blk-irq`: InterruptStatus without the used-buffer bit after an interrupt.
     InterruptStatus(u32),
+    /// `blk-irq` on virtio-pci: `queue_msix_vector` read back 0xffff (or MSI-X is missing).
+    NoMsixVector,
     /// `blk-mq`: the device offers fewer than two queues, or not all of them are set up.
     Queues {
         /// Queues the device offers (`num_queues`).
@@ -185,12 +188,16 @@ impl fmt::Display for Error {
             Self::Pin(e) => e.fmt(f),
             Self::NoInterrupt { line, completed } => write!(
                 f,
-                "timeout waiting for an interrupt on line {line} (request {})",
+                "timeout waiting for an interrupt on {line} (request {})",
                 if *completed { "completed" } else { "not completed either" }
             ),
             Self::InterruptStatus(s) => write!(
                 f,
                 "InterruptStatus reads {s:#x} after a used-buffer interrupt: bit 0 must be set (Linux ignores the interrupt otherwise)"
+            ),
+            Self::NoMsixVector => write!(
+                f,
+                "the device refused an MSI-X vector for queue 0 (queue_msix_vector reads 0xffff) or has no MSI-X"
             ),
             Self::Queues { offered, queues } => write!(
                 f,

@@ -20,12 +20,22 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
         // The VMM announced something that is not there: a broken contract.
         return Err(Error::Disk(disks::DiskError::Announced(*problem)));
     }
-    for (spec, id) in registry.found(&devices) {
+    let mut counts = [0usize; 4];
+    for (place, id) in registry.found(&devices) {
+        // Which transport each device was found on: `blk0: virtio-pci 00:01.0`.
+        let (kind, slot) = match id {
+            device_id::BLOCK => ("blk", 0),
+            device_id::NET => ("net", 1),
+            device_id::CONSOLE => ("console", 2),
+            _ => ("other", 3),
+        };
+        let n = &mut counts[slot];
+        crate::say!("{kind}{n}: {place}");
+        *n += 1;
         if id != device_id::BLOCK {
             crate::say!(
-                "virtio-mmio {:#x} irq={} device={id} ({}): not a disk",
-                spec.base,
-                spec.irq,
+                "{place} irq={} device={id} ({}): not a disk",
+                place.irq(),
                 device_id::name(id)
             );
         }

@@ -8,6 +8,7 @@ use super::{run_ok, Error};
 use crate::disks;
 use crate::machine::Machine;
 use crate::virtio::blk::{feature, status, Request, SECTOR};
+use crate::virtio::Transport;
 
 /// Run the scenario.
 pub fn run(machine: &mut Machine) -> Result<(), Error> {

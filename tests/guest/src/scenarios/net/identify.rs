@@ -5,6 +5,7 @@ use super::{identify, Error};
 use crate::machine::Machine;
 use crate::nics;
 use crate::virtio::net::feature;
+use crate::virtio::Transport;
 
 /// Run the scenario.
 pub fn run(machine: &mut Machine) -> Result<(), Error> {

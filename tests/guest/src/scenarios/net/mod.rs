@@ -16,6 +16,7 @@ use crate::time::Deadline;
 use crate::virtio::bufs::RingError;
 use crate::virtio::mmio::InitError;
 use crate::virtio::net::feature;
+use crate::virtio::Transport;
 use core::fmt;
 
 /// Our MAC when the device offers none and `bulkhead.net.mac` gives none.
@@ -58,6 +59,9 @@ pub enum Error {
         /// How long it watched.
         ms: u64,
     },
+    /// `console-resize` on virtio-pci: size changes seen, but no configuration-change
+    /// interrupt (MSI-X) came.
+    NoConfigInterrupt(u32),
 }
 
 impl From<DevError> for Error {
@@ -95,6 +99,10 @@ impl fmt::Display for Error {
                 f,
                 "timeout waiting for console0 size changes: saw {seen} of {wanted} in {ms} ms"
             ),
+            Self::NoConfigInterrupt(seen) => write!(
+                f,
+                "console0 (virtio-pci) changed size {seen} times but sent no configuration-change interrupt"
+            ),
         }
     }
 }
@@ -130,8 +138,8 @@ pub fn identify(nic: &Nic, opts: &NetOptions) {
         c.max_queue_pairs,
         nic.net.rx.queue.size(),
         nic.net.tx.queue.size(),
-        nic.spec.base,
-        nic.spec.irq
+        nic.place.base(),
+        nic.place.irq()
     );
 }
 
