@@ -125,10 +125,31 @@ fn console_probe_writes_to_a_console_file(t: Transport) {
     );
 }
 
+/// `bulkhead run --config FILE` whose `"transport"` field names `t`: the guest has its
+/// devices there.
+fn the_config_file_chooses_the_transport(t: Transport) {
+    require_kvm!();
+    let dir = std::env::temp_dir();
+    let config = dir.join(format!("bulkhead-config-{t}-{}.json", std::process::id()));
+    let console = dir.join(format!("bulkhead-config-{t}-{}.log", std::process::id()));
+    let text = format!(
+        r#"{{"transport": "{t}", "console": "file={}"}}"#,
+        console.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = run(&["--config", &config.display().to_string()]);
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&console);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    one_pass_line_per_probe(&out);
+    assert_eq!(devices_found(&out, t), 1, "the console");
+}
+
 on_both_transports!(
     default_self_test_passes,
     every_device_is_found_and_passes,
     console_probe_writes_to_a_console_file,
+    the_config_file_chooses_the_transport,
 );
 
 /// How many virtio devices the guest found, checking it found them on transport `t` and

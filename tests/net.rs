@@ -1,8 +1,8 @@
 //! End to end: the guest's network device is a separate `bulkhead-net` process on a TAP in
 //! a network namespace bulkhead creates (`--net auto`); the host's own ping and sockets
-//! reach the guest through it, on both transports (`mmio::`, `pci::`). The guest serves until the test, done, sends it a datagram
-//! to its stop port (`net-serve`), so no test depends on a time window; every wait is
-//! bounded.
+//! reach the guest through it, on both transports (`mmio::`, `pci::`). The guest serves
+//! until the test, done, sends it a datagram to its stop port (`net-serve`), so no test
+//! depends on a time window; every wait is bounded.
 
 mod common;
 
