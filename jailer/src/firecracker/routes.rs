@@ -62,7 +62,11 @@ fn route(vm: &mut Instance, req: &Request) -> Result<Response, String> {
         ("GET", "machine-config", None, _) => Ok(Response::json(
             &vm.config.machine_config.clone().unwrap_or_default(),
         )),
-        ("GET", "vm", Some("config"), _) => Ok(Response::json(&vm.config)),
+        ("GET", "vm", Some("config"), _) => {
+            let mut full = vm.config.clone();
+            full.machine_config.get_or_insert_with(Default::default);
+            Ok(Response::json(&full))
+        }
         ("PUT", "machine-config", None, _) => {
             vm.pre_boot()?;
             let m: model::MachineConfig = from_body(body)?;
