@@ -92,7 +92,12 @@ fn run(args: &RunArgs) -> i32 {
         None => None,
     };
     let console = args.console.clone().and_then(|c| c.0);
-    let mut devices = match Devices::start(&args.disk, &args.net, console.as_ref()) {
+    let mut devices = match Devices::start(
+        &args.disk,
+        &args.net,
+        console.as_ref(),
+        args.vsock.as_ref(),
+    ) {
         Ok(d) => d,
         Err(e) => return fail(&e),
     };

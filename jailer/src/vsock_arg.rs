@@ -34,7 +34,10 @@ pub fn parse(s: &str) -> Result<VsockArg, String> {
                         .ok()
                         .filter(|c| (FIRST_GUEST_CID..u32::MAX).contains(c))
                         .ok_or_else(|| {
-                            format!("cid={value}: expected {FIRST_GUEST_CID} to {}", u32::MAX - 1)
+                            format!(
+                                "cid={value}: expected {FIRST_GUEST_CID} to {}",
+                                u32::MAX - 1
+                            )
                         })?,
                 )
             }
