@@ -175,12 +175,26 @@ fn sixty_four_streams_and_a_killed_peer_resets_only_its_own(t: Transport) {
     );
     let first = connect(&uds, 5000);
     let mut streams = vec![first];
-    for _ in 1..64 {
+    for _ in 1..63 {
         streams.push(connect(&uds, 5000));
     }
-    // The peer of stream 17 is killed (closed without a word) while all are open.
-    let killed = streams.remove(17);
-    drop(killed);
+    // The 64th stream's peer is a socat process, killed (SIGKILL) with bytes in flight
+    // while all 64 are open.
+    let mut peer = Command::new("socat")
+        .arg("-")
+        .arg(format!("UNIX-CONNECT:{}", uds.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running socat");
+    let mut to_peer = peer.stdin.take().unwrap();
+    to_peer.write_all(b"CONNECT 5000\n").unwrap();
+    let mut ok = [0u8; 3];
+    peer.stdout.as_mut().unwrap().read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"OK ");
+    to_peer.write_all(&[0x55; 100_000]).unwrap();
+    peer.kill().unwrap();
+    let _ = peer.wait();
     let workers: Vec<_> = streams
         .into_iter()
         .enumerate()
