@@ -111,6 +111,11 @@ pub struct RunArgs {
     /// pty (a new pseudo-terminal), file=PATH (output only) or off.
     #[arg(long, value_name = "stdio|socket=PATH|pty|file=PATH|off", value_parser = crate::launch::console::parse)]
     pub console: Option<crate::launch::console::ConsoleChoice>,
+    /// A virtio-vsock device (one per VM) in a bulkhead-vsock process, with Firecracker's
+    /// hybrid vsock: host programs connect to the Unix socket uds= and send
+    /// "CONNECT <port>\n"; the guest's connections to CID 2 port P reach <uds>_P.
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = crate::vsock_arg::parse)]
+    pub vsock: Option<crate::vsock_arg::VsockArg>,
     /// Serve an API socket at PATH for `bulkhead ctl` (status, pause, resume, shutdown);
     /// created mode 0600, removed when the VM ends.
     #[arg(long, value_name = "PATH")]
