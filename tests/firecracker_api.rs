@@ -53,23 +53,30 @@ impl Setup {
         self.path("api.sock")
     }
 
-    /// The boot args: identify the disk (its serial is the drive id) and the NIC, then serve
-    /// on the TAP for `serve_ms` (so the VM runs while the test talks to it).
-    fn boot_args(serve_ms: u32) -> String {
+    /// The boot args: identify the disk (its serial is the drive id) and the NIC, echo one
+    /// vsock stream (see [`vsock_echo`]), then idle until Ctrl+Alt+Del (or `idle_ms`;
+    /// 0: forever), which resets the VM.
+    fn boot_args(idle_ms: u32) -> String {
         format!(
-            "console=ttyS0 reboot=k panic=1 pci=off bulkhead.test=blk-identify,net-identify,net-serve \
-             bulkhead.blk.serial=rootfs bulkhead.net.ip=10.0.2.2/24 bulkhead.net.serve-ms={serve_ms}"
+            "console=ttyS0 reboot=k panic=1 pci=off \
+             bulkhead.test=blk-identify,net-identify,vsock-echo,idle \
+             bulkhead.blk.serial=rootfs bulkhead.vsock-streams=1 bulkhead.vsock-ms=60000{}",
+            match idle_ms {
+                0 => String::new(),
+                ms => format!(" bulkhead.idle-ms={ms}"),
+            }
         )
     }
 
-    fn config(&self, serve_ms: u32) -> serde_json::Value {
+    fn config(&self, idle_ms: u32) -> serde_json::Value {
         serde_json::json!({
-            "boot-source": {"kernel_image_path": self.path("guest.elf"), "boot_args": Self::boot_args(serve_ms)},
+            "boot-source": {"kernel_image_path": self.path("guest.elf"), "boot_args": Self::boot_args(idle_ms)},
             "drives": [{"drive_id": "rootfs", "path_on_host": self.path("root.img"),
                         "is_root_device": true, "is_read_only": false}],
             "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": false},
             "network-interfaces": [{"iface_id": "eth0", "host_dev_name": self.tap,
                                     "guest_mac": "06:00:AC:10:00:02"}],
+            "vsock": {"guest_cid": 3, "uds_path": self.path("v.sock")},
             "logger": {"log_path": self.path("log"), "level": "Info", "show_level": true},
             "metrics": {"metrics_path": self.path("metrics")},
         })
@@ -125,6 +132,36 @@ fn fault(body: &str) -> String {
     v["fault_message"].as_str().unwrap_or_default().to_owned()
 }
 
+/// A host program's stream to the guest's echo port through the hybrid vsock socket
+/// (`CONNECT 5000\n`, `OK <port>\n`), 64 KiB there and back intact.
+fn vsock_echo(fc: &mut Spawned, uds: &str) {
+    use std::io::BufRead;
+    fc.wait_for(BOOT, |l| {
+        l.starts_with("bulkhead-guest: vsock-echo listening port=5000 cid=3")
+    });
+    let mut stream = UnixStream::connect(uds).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(b"CONNECT 5000\n").unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut ok = String::new();
+    reader.read_line(&mut ok).unwrap();
+    assert!(ok.starts_with("OK "), "{ok:?}");
+    let payload: Vec<u8> = (0..65536u32).map(|i| (i * 7 + 3) as u8).collect();
+    let writer = {
+        let (mut s, p) = (stream.try_clone().unwrap(), payload.clone());
+        std::thread::spawn(move || s.write_all(&p).unwrap())
+    };
+    let mut back = vec![0u8; payload.len()];
+    reader.read_exact(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(back == payload, "the echo differs");
+    drop(reader);
+    drop(stream);
+    fc.wait_for_line("bulkhead-guest: PASS vsock-echo", BOOT);
+}
+
 fn wait_for_socket(path: &str) {
     let end = Instant::now() + Duration::from_secs(10);
     while !Path::new(path).exists() {
@@ -144,7 +181,12 @@ fn assert_confined(fc: &Spawned) -> Vec<(u32, String)> {
     assert_eq!(launchers[0].1, "bulkhead");
     let kids = children(launchers[0].0);
     let names: Vec<&str> = kids.iter().map(|k| k.1.as_str()).collect();
-    for want in ["bulkhead-vmm", "bulkhead-blk", "bulkhead-net"] {
+    for want in [
+        "bulkhead-vmm",
+        "bulkhead-blk",
+        "bulkhead-net",
+        "bulkhead-vsock",
+    ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
     let wrong: Vec<String> = kids
@@ -161,12 +203,12 @@ fn assert_confined(fc: &Spawned) -> Vec<(u32, String)> {
 }
 
 /// The Go SDK's order: logger, metrics, machine-config, boot-source, drives,
-/// network-interfaces, (vsock), InstanceStart.
-fn configure_as_the_go_sdk(s: &Setup, serve_ms: u32) {
+/// network-interfaces, vsock, InstanceStart.
+fn configure_as_the_go_sdk(s: &Setup, idle_ms: u32) {
     let sock = s.sock();
     std::fs::write(s.path("log"), "").unwrap();
     std::fs::write(s.path("metrics"), "").unwrap();
-    let c = s.config(serve_ms);
+    let c = s.config(idle_ms);
     ok(&sock, "PUT", "/logger", &c["logger"].to_string());
     ok(&sock, "PUT", "/metrics", &c["metrics"].to_string());
     ok(
@@ -183,6 +225,7 @@ fn configure_as_the_go_sdk(s: &Setup, serve_ms: u32) {
         "/network-interfaces/eth0",
         &c["network-interfaces"][0].to_string(),
     );
+    ok(&sock, "PUT", "/vsock", &c["vsock"].to_string());
 }
 
 #[test]
@@ -199,7 +242,7 @@ fn the_go_sdk_sequence_boots_the_test_guest_confined() {
         info.contains("\"state\":\"Not started\"") && info.contains("\"id\":\"sdk-test\""),
         "{info}"
     );
-    configure_as_the_go_sdk(&s, 60_000);
+    configure_as_the_go_sdk(&s, 0);
     // Pre-boot, the post-boot actions are refused.
     let (code, body) = curl(
         &sock,
@@ -228,8 +271,12 @@ fn the_go_sdk_sequence_boots_the_test_guest_confined() {
     );
     fc.wait_for_line("bulkhead-guest: PASS blk-identify", BOOT);
     fc.wait_for_line("bulkhead-guest: PASS net-identify", BOOT);
-    fc.wait_for(BOOT, |l| l.starts_with("bulkhead-guest: net0 serving"));
     let kids = assert_confined(&fc);
+    vsock_echo(&mut fc, &s.path("v.sock"));
+    fc.wait_for_line(
+        "bulkhead-guest: idle: waiting for ctrl-alt-del ms=forever",
+        BOOT,
+    );
     // Post-boot: state, pause and resume, the pre-boot requests refused.
     let (_, info) = curl(&sock, "GET", "/", None);
     assert!(info.contains("\"state\":\"Running\""), "{info}");
@@ -278,19 +325,24 @@ fn the_go_sdk_sequence_boots_the_test_guest_confined() {
         log.contains("[sdk-test:fc_api:INFO] PUT /actions: 204"),
         "{log}"
     );
-    // Ctrl+Alt+Del reaches the vmm's i8042 (the guest reacting to it: see the next test).
+    // Ctrl+Alt+Del on the i8042: the guest resets through port 0x64, the VM stops, and
+    // bulkhead-firecracker exits 0 as Firecracker does, its processes gone with it.
+    let launcher = children(fc.pid());
     ok(
         &sock,
         "PUT",
         "/actions",
         r#"{"action_type":"SendCtrlAltDel"}"#,
     );
-    // The API going away takes the VM with it.
-    let launcher = children(fc.pid());
-    let (code, _, _) = fc.terminate(Duration::from_secs(10));
-    assert!(code.is_some() || code.is_none());
+    fc.wait_for_line(
+        "bulkhead-guest: idle: ctrl-alt-del, resetting through the i8042",
+        BOOT,
+    );
+    let (code, stderr) = fc.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{stderr}");
     common::running::assert_gone(&launcher, "bulkhead-firecracker");
     common::running::assert_gone(&kids, "bulkhead-firecracker");
+    assert!(!Path::new(&sock).exists(), "the API socket is left");
 }
 
 #[test]
@@ -301,12 +353,12 @@ fn the_same_vm_from_a_config_file_without_the_api() {
     std::fs::write(s.path("log"), "").unwrap();
     std::fs::write(s.path("metrics"), "").unwrap();
     let file = s.path("vm.json");
-    std::fs::write(&file, s.config(3_000).to_string()).unwrap();
+    std::fs::write(&file, s.config(2_000).to_string()).unwrap();
     let mut fc = Spawned::start(&mut firecracker(&["--no-api", "--config-file", &file]));
     fc.wait_for_line("bulkhead-guest: PASS blk-identify", BOOT);
     fc.wait_for_line("bulkhead-guest: PASS net-identify", BOOT);
     assert_confined(&fc);
-    fc.wait_for_line("bulkhead-guest: PASS net-serve", BOOT);
+    vsock_echo(&mut fc, &s.path("v.sock"));
     fc.wait_for_line("bulkhead-guest: done status=0", BOOT);
     let (code, stderr) = fc.wait_exit(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{stderr}");
@@ -368,14 +420,18 @@ fn malformed_http_gets_faults_and_the_vm_runs_on() {
     let sock = s.sock();
     let mut fc = Spawned::start(&mut firecracker(&["--api-sock", &sock]));
     wait_for_socket(&sock);
-    configure_as_the_go_sdk(&s, 60_000);
+    configure_as_the_go_sdk(&s, 0);
     ok(
         &sock,
         "PUT",
         "/actions",
         r#"{"action_type":"InstanceStart"}"#,
     );
-    fc.wait_for(BOOT, |l| l.starts_with("bulkhead-guest: net0 serving"));
+    vsock_echo(&mut fc, &s.path("v.sock"));
+    fc.wait_for_line(
+        "bulkhead-guest: idle: waiting for ctrl-alt-del ms=forever",
+        BOOT,
+    );
     // A client that stalls mid-request holds only its own connection.
     let mut stalled = UnixStream::connect(&sock).unwrap();
     stalled
