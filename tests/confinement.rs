@@ -91,12 +91,13 @@ fn fd_kinds(pid: u32, image: &str, console: &str) -> BTreeMap<String, usize> {
 /// and vCPU (`kvm-vm`, `kvm-vcpu:0`), no `/dev/kvm` (closed once the VM exists).
 fn expected_fds(program: &str) -> BTreeMap<String, usize> {
     let list: &[(&str, usize)] = match program {
-        // With the vsock device's socket (and its copy) and its eventfds.
+        // With the vsock device's socket (and its copy) and its eventfds, and the i8042's
+        // IRQ 1 irqfd (Ctrl+Alt+Del).
         "bulkhead-vmm" => &[
             ("/dev/null", 1),
             ("pipe", 2),
             ("socket", 11),
-            ("eventfd", 15),
+            ("eventfd", 16),
             ("memfd", 2),
             ("kvm-vm", 1),
             ("kvm-vcpu:0", 1),
