@@ -519,3 +519,66 @@ fn malformed_http_gets_faults_and_the_vm_runs_on() {
         fc.seen()
     );
 }
+
+/// The bench: time from the `InstanceStart` request to the guest's first serial line, over
+/// several VMs (each stopped by Ctrl+Alt+Del). Printed with
+/// `cargo test --test firecracker_api instance_start -- --nocapture`.
+#[test]
+fn instance_start_to_the_first_guest_line() {
+    require_kvm!();
+    require_netns!();
+    const RUNS: usize = 5;
+    let dir = std::env::temp_dir().join(format!("bulkhead-fc-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let guest = dir.join("guest.elf");
+    std::fs::write(&guest, bulkhead_vmm::TEST_GUEST).unwrap();
+    let boot = serde_json::json!({
+        "kernel_image_path": guest,
+        "boot_args": "console=ttyS0 reboot=k panic=1 pci=off bulkhead.test=idle",
+    })
+    .to_string();
+    let mut times = Vec::new();
+    for run in 0..RUNS {
+        let sock = dir
+            .join(format!("api{run}.sock"))
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut fc = Spawned::start(&mut firecracker(&["--api-sock", &sock]));
+        wait_for_socket(&sock);
+        ok(&sock, "PUT", "/boot-source", &boot);
+        let t = Instant::now();
+        ok(
+            &sock,
+            "PUT",
+            "/actions",
+            r#"{"action_type":"InstanceStart"}"#,
+        );
+        fc.wait_for(BOOT, |l| l.starts_with("bulkhead-guest:"));
+        times.push(t.elapsed());
+        fc.wait_for_line(
+            "bulkhead-guest: idle: waiting for ctrl-alt-del ms=forever",
+            BOOT,
+        );
+        ok(
+            &sock,
+            "PUT",
+            "/actions",
+            r#"{"action_type":"SendCtrlAltDel"}"#,
+        );
+        let (code, stderr) = fc.wait_exit(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "bench firecracker: InstanceStart to the guest's first serial line over {RUNS} VMs \
+         (confined, test guest, 1 vCPU, 128 MiB): min {:.1} ms, median {:.1} ms, max {:.1} ms",
+        ms(times[0]),
+        ms(times[RUNS / 2]),
+        ms(times[RUNS - 1])
+    );
+    assert!(times[RUNS - 1] < Duration::from_secs(10), "{times:?}");
+}

@@ -94,9 +94,6 @@ pub enum ToProcess {
     Resume,
     /// vmm only: answered by [`ToLauncher::Status`].
     QueryStatus,
-    /// vmm only: press Ctrl+Alt+Del on the i8042 (Firecracker's `SendCtrlAltDel`);
-    /// answered by [`ToLauncher::Status`] or [`ToLauncher::Error`].
-    CtrlAltDel,
     /// The frame carries one file descriptor per name, in the same order (e.g. a disk image
     /// opened by the launcher after start-up). At most [`MAX_FDS`] names.
     Resources {
@@ -108,7 +105,10 @@ pub enum ToProcess {
     ConfigChanged {
         /// The device (`console0`).
         device: String,
-    },
+    },    // Last: the variants before it keep their wire numbers.
+    /// vmm only: press Ctrl+Alt+Del on the i8042 (Firecracker's `SendCtrlAltDel`);
+    /// answered by [`ToLauncher::Status`] or [`ToLauncher::Error`].
+    CtrlAltDel,
 }
 
 /// `bulkhead ctl` → launcher, over the API socket.
