@@ -354,14 +354,28 @@ fn the_same_vm_from_a_config_file_without_the_api() {
     std::fs::write(s.path("metrics"), "").unwrap();
     let file = s.path("vm.json");
     std::fs::write(&file, s.config(2_000).to_string()).unwrap();
-    let mut fc = Spawned::start(&mut firecracker(&["--no-api", "--config-file", &file]));
-    fc.wait_for_line("bulkhead-guest: PASS blk-identify", BOOT);
-    fc.wait_for_line("bulkhead-guest: PASS net-identify", BOOT);
-    assert_confined(&fc);
-    vsock_echo(&mut fc, &s.path("v.sock"));
-    fc.wait_for_line("bulkhead-guest: done status=0", BOOT);
-    let (code, stderr) = fc.wait_exit(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{stderr}");
+    // Firecracker's --enable-pci: the same VM on virtio-pci (the guest finds its devices
+    // through the ECAM, interrupts by MSI-X, and no virtio-mmio device).
+    for pci in [false, true] {
+        let mut args = vec!["--no-api", "--config-file", &file];
+        if pci {
+            args.push("--enable-pci");
+        }
+        let mut fc = Spawned::start(&mut firecracker(&args));
+        fc.wait_for_line("bulkhead-guest: PASS blk-identify", BOOT);
+        fc.wait_for_line("bulkhead-guest: PASS net-identify", BOOT);
+        let on_pci = fc.seen().iter().any(|l| l.contains("irq=msix"));
+        let on_mmio = fc
+            .seen()
+            .iter()
+            .any(|l| l.contains("acpi virtio-mmio devices=3"));
+        assert_eq!((on_pci, on_mmio), (pci, !pci), "pci {pci}: {:?}", fc.seen());
+        assert_confined(&fc);
+        vsock_echo(&mut fc, &s.path("v.sock"));
+        fc.wait_for_line("bulkhead-guest: done status=0", BOOT);
+        let (code, stderr) = fc.wait_exit(Duration::from_secs(20));
+        assert_eq!(code, Some(0), "pci {pci}: {stderr}");
+    }
     assert!(!Path::new(&s.sock()).exists());
     // A config file Firecracker would refuse is refused before anything starts.
     std::fs::write(

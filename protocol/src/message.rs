@@ -105,7 +105,7 @@ pub enum ToProcess {
     ConfigChanged {
         /// The device (`console0`).
         device: String,
-    },    // Last: the variants before it keep their wire numbers.
+    }, // Last: the variants before it keep their wire numbers.
     /// vmm only: press Ctrl+Alt+Del on the i8042 (Firecracker's `SendCtrlAltDel`);
     /// answered by [`ToLauncher::Status`] or [`ToLauncher::Error`].
     CtrlAltDel,

@@ -358,8 +358,8 @@ fn create_legacy_devices(vm_fd: &VmFd, serial: &SerialOutput) -> Result<LegacyDe
     let (out, max_file_size) = serial_output(serial)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
     io.pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
-    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK)
-        .map_err(|e| BuildError::Device("i8042 IRQ eventfd", e))?;
+    let kbd_irq =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| BuildError::Device("i8042 IRQ eventfd", e))?;
     vm_fd
         .register_irqfd(&kbd_irq, I8042_KBD_IRQ)
         .map_err(|e| BuildError::Device("i8042 IRQ (irqfd)", e.into()))?;

@@ -42,6 +42,8 @@ pub struct FcArgs {
     pub metadata: Option<PathBuf>,
     /// `--http-api-max-payload-size`.
     pub max_payload: usize,
+    /// `--enable-pci`: the devices on virtio-pci (`bulkhead run --transport pci`).
+    pub enable_pci: bool,
     /// `--help`.
     pub help: bool,
     /// `--version`.
@@ -72,6 +74,7 @@ const SWITCHES: &[&str] = &[
     "show-log-origin",
     "boot-timer",
     "no-seccomp",
+    "enable-pci",
     "help",
     "version",
 ];
@@ -91,6 +94,7 @@ pub fn parse(args: &[String]) -> Result<FcArgs, String> {
         boot_timer: false,
         metadata: None,
         max_payload: DEFAULT_MAX_PAYLOAD,
+        enable_pci: false,
         help: false,
         version: false,
     };
@@ -122,6 +126,7 @@ pub fn parse(args: &[String]) -> Result<FcArgs, String> {
                 "show-level" => out.show_level = true,
                 "show-log-origin" => out.show_log_origin = true,
                 "boot-timer" => out.boot_timer = true,
+                "enable-pci" => out.enable_pci = true,
                 _ => {}
             }
             continue;
@@ -184,6 +189,7 @@ optional arguments:
   --boot-timer                 Accepted (bulkhead has no boot-timer device).
   --metadata <metadata>        MMDS contents: refused (no MMDS yet).
   --http-api-max-payload-size <n>  Largest request body in bytes. [default: \"51200\"]
+  --enable-pci                 The devices on virtio-pci instead of virtio-mmio.
   --help, --version
 ";
 
@@ -235,5 +241,6 @@ mod tests {
         let e = p(&["--bogus"]).unwrap_err();
         assert!(e.contains("'bogus' which wasn't expected"), "{e}");
         assert!(p(&["--no-api", "--config-file", "/c.json"]).unwrap().no_api);
+        assert!(p(&["--enable-pci"]).unwrap().enable_pci);
     }
 }

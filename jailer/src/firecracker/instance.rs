@@ -26,6 +26,8 @@ pub struct Instance {
     pub paused: bool,
     /// Where the launcher's own API socket goes.
     pub ctl: PathBuf,
+    /// `--enable-pci`.
+    pub pci: bool,
     /// The logger.
     pub logger: Logger,
     /// The metrics.
@@ -41,6 +43,7 @@ impl Instance {
             launcher: None,
             paused: false,
             ctl,
+            pci: false,
             logger: Logger::new(id),
             metrics: Metrics::default(),
         }
@@ -115,7 +118,7 @@ impl Instance {
     /// `InstanceStart`.
     pub fn start(&mut self) -> Result<(), String> {
         self.pre_boot()?;
-        let args = super::run_args::run_args(&self.config, &self.ctl)?;
+        let args = super::run_args::run_args(&self.config, &self.ctl, self.pci)?;
         self.logger
             .info("instance", "InstanceStart: starting bulkhead run");
         let launcher = Launcher::start(&args, &self.ctl)?;

@@ -73,6 +73,7 @@ fn private_dir(id: &str) -> Result<PrivateDir, String> {
 
 fn run(args: &cli::FcArgs, dir: &PrivateDir) -> i32 {
     let mut vm = Instance::new(&args.id, dir.0.join("ctl.sock"));
+    vm.pci = args.enable_pci;
     if args.log_path.is_some() || args.level.is_some() {
         if let Err(e) = vm.logger.configure(
             args.log_path.as_deref(),

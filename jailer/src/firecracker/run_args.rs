@@ -10,10 +10,12 @@ use super::model::{Drive, FullConfig, MachineConfig};
 /// The command line when `boot_args` is not given: `bulkhead run`'s default for
 /// virtio-mmio (Firecracker's own default adds options for its kernels' drivers).
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+/// The same with `--enable-pci` (the devices are on PCI).
+pub const DEFAULT_BOOT_ARGS_PCI: &str = "console=ttyS0 reboot=k panic=1";
 
 /// `bulkhead run`'s arguments (after `run`) for `config`, with the launcher's own API
-/// socket at `ctl` (where pause, resume and Ctrl+Alt+Del are sent).
-pub fn run_args(config: &FullConfig, ctl: &Path) -> Result<Vec<OsString>, String> {
+/// socket at `ctl` (where pause, resume and Ctrl+Alt+Del are sent); `pci`: `--enable-pci`.
+pub fn run_args(config: &FullConfig, ctl: &Path, pci: bool) -> Result<Vec<OsString>, String> {
     let boot = config
         .boot_source
         .as_ref()
@@ -39,10 +41,14 @@ pub fn run_args(config: &FullConfig, ctl: &Path) -> Result<Vec<OsString>, String
     // The root device first (it becomes /dev/vda), the others in the order configured.
     let mut drives: Vec<&Drive> = config.drives.iter().filter(|d| d.is_root_device).collect();
     drives.extend(config.drives.iter().filter(|d| !d.is_root_device));
-    let mut cmdline = boot
-        .boot_args
-        .clone()
-        .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_owned());
+    let mut cmdline = boot.boot_args.clone().unwrap_or_else(|| {
+        if pci {
+            DEFAULT_BOOT_ARGS_PCI
+        } else {
+            DEFAULT_BOOT_ARGS
+        }
+        .to_owned()
+    });
     if let Some(root) = drives.first().filter(|d| d.is_root_device) {
         // As Firecracker: the kernel is told where its root is.
         let rw = if root.is_read_only == Some(true) {
@@ -70,6 +76,9 @@ pub fn run_args(config: &FullConfig, ctl: &Path) -> Result<Vec<OsString>, String
         let mut v = OsString::from(format!("cid={},uds=", vsock.guest_cid));
         v.push(&vsock.uds_path);
         flag("vsock", v);
+    }
+    if pci {
+        flag("transport", "pci".into());
     }
     flag("api-socket", ctl.as_os_str().to_owned());
     Ok(a)
@@ -156,7 +165,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let a = run_args(&config, Path::new("/ctl.sock")).unwrap();
+        let a = run_args(&config, Path::new("/ctl.sock"), false).unwrap();
         let a: Vec<_> = a.iter().map(|s| s.to_str().unwrap()).collect();
         assert_eq!(
             a,
@@ -181,6 +190,17 @@ mod tests {
                 "/ctl.sock"
             ]
         );
-        assert!(run_args(&FullConfig::default(), Path::new("/c")).is_err());
+        assert!(run_args(&FullConfig::default(), Path::new("/c"), false).is_err());
+        let mut bare = config.clone();
+        bare.drives.clear();
+        bare.boot_source.as_mut().unwrap().boot_args = None;
+        let a = run_args(&bare, Path::new("/c"), true).unwrap();
+        let a: Vec<_> = a.iter().map(|s| s.to_str().unwrap()).collect();
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["--cmdline", DEFAULT_BOOT_ARGS_PCI]),
+            "{a:?}"
+        );
+        assert!(a.windows(2).any(|w| w == ["--transport", "pci"]), "{a:?}");
     }
 }

@@ -110,9 +110,7 @@ impl BusDevice for I8042 {
                 }
                 None => self.inner.read(offset as u8),
             },
-            STATUS if !self.output.is_empty() => {
-                self.inner.read(offset as u8) | STATUS_OUTPUT_FULL
-            }
+            STATUS if !self.output.is_empty() => self.inner.read(offset as u8) | STATUS_OUTPUT_FULL,
             _ => self.inner.read(offset as u8),
         };
         data.fill(value);
