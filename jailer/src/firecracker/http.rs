@@ -25,6 +25,9 @@ pub struct Request {
 pub enum Parsed {
     /// Not a whole request yet.
     Partial,
+    /// The headers are in, the body is not, and the client waits for `100 Continue`
+    /// before sending it (curl does for bodies over 1 KiB).
+    ExpectsContinue,
     /// A request, and the bytes it took.
     Complete(Request, usize),
     /// Malformed or too large: answer this fault and close the connection.
@@ -61,6 +64,7 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
     }
     let mut length = 0usize;
     let mut close = false;
+    let mut expect = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let parsed = std::str::from_utf8(h.value)
@@ -76,6 +80,8 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
             );
         } else if h.name.eq_ignore_ascii_case("connection") {
             close = h.value.eq_ignore_ascii_case(b"close");
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            expect = h.value.eq_ignore_ascii_case(b"100-continue");
         }
     }
     if length > max_body {
@@ -87,6 +93,10 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
         return Parsed::Refused("Invalid value. Key:Content-Length".into());
     };
     if buf.len() < end {
+        // Only before any of the body came: then the client is waiting for the answer.
+        if expect && buf.len() == head_len {
+            return Parsed::ExpectsContinue;
+        }
         return Parsed::Partial;
     }
     let path = target.split('?').next().unwrap_or_default().to_owned();
@@ -197,6 +207,16 @@ mod tests {
             (r.method.as_str(), r.path.as_str(), r.body.len()),
             ("GET", "/", 0)
         );
+    }
+
+    #[test]
+    fn a_client_expecting_continue_is_told_so() {
+        let head =
+            b"PUT /boot-source HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(parse(head, 100), Parsed::ExpectsContinue);
+        let mut whole = head.to_vec();
+        whole.extend_from_slice(b"{}");
+        assert!(matches!(parse(&whole, 100), Parsed::Complete(..)));
     }
 
     #[test]

@@ -25,9 +25,11 @@ pub fn check_level(level: &str) -> Result<String, String> {
         .ok_or_else(|| format!("Invalid log level: {level}"))
 }
 
-/// Opens `path` (a file or a FIFO) for appending.
+/// Opens `path` (a file or a FIFO) for appending; read-write, so that a FIFO whose reader
+/// has not opened it yet is opened all the same (as Firecracker opens it).
 pub fn open_sink(path: &Path) -> Result<File, String> {
     std::fs::OpenOptions::new()
+        .read(true)
         .append(true)
         .create(false)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)

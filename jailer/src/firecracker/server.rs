@@ -24,6 +24,8 @@ struct Conn {
     buf: Vec<u8>,
     /// When the unfinished request in `buf` began.
     since: Option<Instant>,
+    /// Whether `100 Continue` was sent for the unfinished request.
+    continued: bool,
 }
 
 /// Serves `listener` for `vm` until its launcher exits; returns the launcher's status.
@@ -62,6 +64,7 @@ pub fn serve(listener: &UnixListener, vm: &mut Instance, max_body: usize) -> i32
                     stream,
                     buf: Vec::new(),
                     since: None,
+                    continued: false,
                 });
             }
         }
@@ -114,6 +117,19 @@ fn serve_conn(c: &mut Conn, vm: &mut Instance, max_body: usize) -> bool {
     }
     loop {
         match http::parse(&c.buf, max_body) {
+            Parsed::ExpectsContinue => {
+                c.since.get_or_insert_with(Instant::now);
+                if !c.continued {
+                    c.continued = true;
+                    if c.stream
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                return true;
+            }
             Parsed::Partial => {
                 if c.buf.is_empty() {
                     c.since = None;
@@ -133,6 +149,7 @@ fn serve_conn(c: &mut Conn, vm: &mut Instance, max_body: usize) -> bool {
             Parsed::Complete(req, used) => {
                 c.buf.drain(..used);
                 c.since = None;
+                c.continued = false;
                 let answer = routes::handle(vm, &req);
                 // A client that does not read its answers loses its connection, nobody else.
                 if c.stream.write_all(&answer.to_bytes(req.close)).is_err() || req.close {
