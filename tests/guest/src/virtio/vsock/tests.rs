@@ -515,5 +515,4 @@ fn the_same_driver_over_virtio_pci() {
     })
     .unwrap();
     assert_eq!((h.op, h.src_cid, h.dst_port), (op::RESPONSE, CID, 1234));
-    drop(v);
 }
