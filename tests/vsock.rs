@@ -257,7 +257,57 @@ fn hostile_packets_leave_the_device_serving(t: Transport) {
     assert_eq!(out.code(), 0, "{out:#?}");
 }
 
+fn the_guest_reads_its_cid_from_the_config_space(t: Transport) {
+    require_kvm!();
+    let uds = uds(t, "probe");
+    let mut cmd = bulkhead_run(t);
+    cmd.args(["--vsock", &format!("cid=7777,uds={}", uds.display())])
+        .args(["--cmdline", "bulkhead.test=vsock-probe"]);
+    let out = common::run(cmd, Duration::from_secs(60));
+    out.assert_no_panic();
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("bulkhead-guest: vsock0 "))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("transport={t} guest_cid=7777 ")),
+        "{line:?}\n{out:#?}"
+    );
+    assert!(
+        line.contains("rx_queue=256 tx_queue=256 event_queue=256"),
+        "{line}"
+    );
+    out.assert_line("bulkhead-guest: PASS vsock-probe");
+    assert_eq!(out.code(), 0, "{out:#?}");
+}
+
+/// The queue thread runs its own role: made to call `ptrace` (`worker`) once confined,
+/// or `accept4`, which only the process's broader role allows (`worker-narrowed`), it
+/// kills the process, and the launcher names the thread and its role.
+fn the_queue_thread_is_confined_to_vsock_worker(t: Transport) {
+    require_kvm!();
+    for (test, call) in [
+        ("worker", "ptrace (101)"),
+        ("worker-narrowed", "accept4 (288)"),
+    ] {
+        let uds = uds(t, test);
+        let mut cmd = bulkhead_run(t);
+        cmd.env("BULKHEAD_SECCOMP_SELFTEST", test)
+            .args(["--vsock", &format!("cid=3,uds={}", uds.display())])
+            .args(["--cmdline", "bulkhead.test=vsock-probe"]);
+        let out = common::run(cmd, Duration::from_secs(60));
+        out.assert_no_panic();
+        let want =
+            format!("seccomp refused system call {call} in thread vsock-q (role vsock-worker)");
+        assert!(out.stderr.contains(&want), "{want}\n{out:#?}");
+        assert_ne!(out.code(), 0);
+    }
+}
+
 on_both_transports!(
+    the_queue_thread_is_confined_to_vsock_worker,
+    the_guest_reads_its_cid_from_the_config_space,
     socat_connect_reaches_the_echoing_guest_and_10_mib_come_back,
     guest_connects_to_a_socat_listener_at_uds_port,
     sixty_four_streams_and_a_killed_peer_resets_only_its_own,

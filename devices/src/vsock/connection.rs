@@ -48,6 +48,8 @@ pub struct Connection {
     /// The host socket may have bytes to read (edge-triggered: set by epoll, cleared when
     /// a read would block).
     pub readable: bool,
+    /// When it was made (a host-initiated stream waits for the guest's answer from then).
+    pub since: std::time::Instant,
 }
 
 impl Connection {
@@ -63,6 +65,7 @@ impl Connection {
             host_eof: false,
             host_write_shut: false,
             readable: true,
+            since: std::time::Instant::now(),
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Pending {
     /// Its socket (non-blocking).
     pub stream: UnixStream,
     line: Vec<u8>,
+    /// When it connected.
+    pub since: std::time::Instant,
 }
 
 impl Pending {
@@ -34,6 +36,7 @@ impl Pending {
         Pending {
             stream,
             line: Vec::with_capacity(MAX_LINE),
+            since: std::time::Instant::now(),
         }
     }
 

@@ -63,7 +63,9 @@ fn run(backend: &VsockBackend, mut muxer: Muxer, stop: &AtomicBool) -> Counters 
     let mut scratch = vec![0u8; MAX_PAYLOAD];
     let mut bad_chains = 0u64;
     while !stop.load(Ordering::SeqCst) {
-        let n = match muxer.epoll().wait(-1, &mut events) {
+        // Waiting CONNECT clients and unanswered streams are timed out.
+        let timeout = if muxer.waiting() { 250 } else { -1 };
+        let n = match muxer.epoll().wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -77,6 +79,9 @@ fn run(backend: &VsockBackend, mut muxer: Muxer, stop: &AtomicBool) -> Counters 
             } else {
                 muxer.event(e.data(), e.event_set());
             }
+        }
+        if muxer.waiting() {
+            muxer.expire(std::time::Instant::now());
         }
         bad_chains += pump(backend, &mut muxer, &mut scratch);
     }

@@ -34,6 +34,9 @@ pub const MAX_PENDING: usize = 64;
 pub const MAX_CONTROL: usize = 1024;
 /// Largest payload accepted from the guest or sent to it in one packet.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// How long a host program may take to send its CONNECT line, and the guest to answer a
+/// REQUEST, before the client is closed (and the guest told RST).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// First host port given to host-initiated streams (as Firecracker's).
 const FIRST_HOST_PORT: u32 = 1 << 30;
 
@@ -206,22 +209,33 @@ impl Muxer {
                 self.pending.remove(&fd);
             }
             Line::Connect(port) => {
-                let Some(p) = self.pending.remove(&fd) else {
-                    return;
-                };
-                if self.conns.len() >= MAX_CONNECTIONS {
-                    self.counters.refused += 1;
-                    return;
+                if let Some(p) = self.pending.remove(&fd) {
+                    self.host_connect(p.stream, port);
                 }
-                let host_port = self.free_host_port(port);
-                let key = (host_port, port);
-                let mut c = Connection::new(p.stream, State::Connecting);
-                c.readable = false;
-                self.by_fd.insert(fd, key);
-                self.conns.insert(key, c);
-                self.send_control(key, op::REQUEST, 0);
             }
         }
+    }
+
+    /// A host program on `stream` (non-blocking, registered with the epoll) asked for
+    /// the guest's `port`: REQUEST sent, the stream waits for the guest's answer. Returns
+    /// its host port, `None` when the table is full (the stream is closed).
+    pub fn host_connect(
+        &mut self,
+        stream: std::os::unix::net::UnixStream,
+        port: u32,
+    ) -> Option<u32> {
+        if self.conns.len() >= MAX_CONNECTIONS {
+            self.counters.refused += 1;
+            return None;
+        }
+        let host_port = self.free_host_port(port);
+        let key = (host_port, port);
+        let mut c = Connection::new(stream, State::Connecting);
+        c.readable = false;
+        self.by_fd.insert(c.stream.as_raw_fd(), key);
+        self.conns.insert(key, c);
+        self.send_control(key, op::REQUEST, 0);
+        Some(host_port)
     }
 
     fn free_host_port(&mut self, guest_port: u32) -> u32 {
@@ -396,6 +410,30 @@ impl Muxer {
         }
         if c.credit.update_due() && !c.guest_done_sending {
             self.send_control(key, op::CREDIT_UPDATE, 0);
+        }
+    }
+
+    /// Whether a CONNECT client or a host-initiated stream is waiting (the caller should
+    /// call [`Muxer::expire`] now and then).
+    pub fn waiting(&self) -> bool {
+        !self.pending.is_empty() || self.conns.values().any(|c| c.state == State::Connecting)
+    }
+
+    /// Closes CONNECT clients that did not finish their line, and host-initiated streams
+    /// the guest did not answer, within [`CONNECT_TIMEOUT`] before `now` (RST to the guest).
+    pub fn expire(&mut self, now: std::time::Instant) {
+        let late =
+            |since: std::time::Instant| now.saturating_duration_since(since) >= CONNECT_TIMEOUT;
+        self.pending.retain(|_, p| !late(p.since));
+        let stale: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Connecting && late(c.since))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            self.remove(key);
+            self.send_control(key, op::RST, 0);
         }
     }
 

@@ -285,3 +285,24 @@ fn many_streams_at_once() {
     assert_eq!(p.len(), 1);
     assert_eq!((p[0].0.op, p[0].0.dst_port), (op::SHUTDOWN, 105));
 }
+
+#[test]
+fn silent_clients_and_unanswered_connects_time_out() {
+    let (mut m, path, _d) = with_listener();
+    let mut silent = UnixStream::connect(&path).unwrap();
+    let mut asked = UnixStream::connect(&path).unwrap();
+    asked.write_all(b"CONNECT 5000\n").unwrap();
+    poll(&mut m);
+    let req = drain(&mut m);
+    assert_eq!(req.len(), 1);
+    assert!(m.waiting());
+    m.expire(std::time::Instant::now());
+    assert!(m.waiting(), "not yet");
+    m.expire(std::time::Instant::now() + CONNECT_TIMEOUT);
+    assert!(!m.waiting());
+    let p = drain(&mut m);
+    assert_eq!((p[0].0.op, p[0].0.src_port), (op::RST, req[0].0.src_port));
+    let mut b = [0u8; 1];
+    assert_eq!(silent.read(&mut b).unwrap(), 0);
+    assert_eq!(asked.read(&mut b).unwrap(), 0);
+}

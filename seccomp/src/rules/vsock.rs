@@ -63,6 +63,11 @@ pub const IO: &[Rule] = &[
     ),
     Rule::any(SYS_close, "a stream that ended"),
     Rule::any(
+        SYS_clock_gettime,
+        "timing out CONNECT clients and unanswered streams (a system call where the \
+         clocksource has no vDSO)",
+    ),
+    Rule::any(
         SYS_mremap,
         "a stream's buffer of bytes for the host grows (realloc of a large allocation)",
     ),

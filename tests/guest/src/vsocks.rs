@@ -94,6 +94,7 @@ pub fn get<'a>(
             rx_bufs: frames.alloc(rx, PAGE).ok_or(oom)?,
             tx_bufs: frames.alloc(tx, PAGE).ok_or(oom)?,
             event_bufs: frames.alloc(ev, PAGE).ok_or(oom)?,
+            tables: frames.alloc(vsock::TABLES_BYTES, PAGE).ok_or(oom)?,
             conn_bufs: frames.alloc(vsock::CONN_BYTES, PAGE).ok_or(oom)?,
         };
         let transport = disks::transport(place).map_err(VsockDevError::Unreachable)?;

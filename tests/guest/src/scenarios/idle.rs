@@ -7,7 +7,9 @@
 //! the controller's status (port 0x64, bit 0 = output buffer full) says whether to read a
 //! byte from port 0x60 for the recogniser (`bulkhead_guest::kbd`). A VMM without an i8042
 //! (status 0xff) is only polled. Prints `idle: waiting for ctrl-alt-del ms=<ms|forever>`,
-//! then `idle: ctrl-alt-del, resetting through the i8042` before the reset; with
+//! at the end `idle: keyboard bytes=<read from 0x60> irqs=<interrupts on the vector>
+//! routed=<IOAPIC pin 1 routed>`, then `idle: ctrl-alt-del, resetting through the i8042`
+//! before the reset; with
 //! `bulkhead.idle-ms` and no Ctrl+Alt+Del it passes after that time.
 
 use super::vsock::Error;
@@ -32,14 +34,15 @@ const RESET: u8 = 0xfe;
 /// The keyboard's ISA IRQ.
 const KBD_PIN: u32 = 1;
 
-/// Read what the controller holds; true on Ctrl+Alt+Del.
-fn drain(kbd: &mut CtrlAltDel) -> bool {
+/// Read what the controller holds; true on Ctrl+Alt+Del. Counts the bytes read.
+fn drain(kbd: &mut CtrlAltDel, bytes: &mut u32) -> bool {
     // At most the controller's buffer per wake-up (Firecracker's holds 16 bytes).
     for _ in 0..16 {
         let status = gates::inb(STATUS);
         if status == 0xff || status & OUT_FULL == 0 {
             return false;
         }
+        *bytes += 1;
         if kbd.feed(gates::inb(DATA)) {
             return true;
         }
@@ -60,9 +63,11 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
     lapic::start_wake_timer((POLL_MS * 1_000_000) as u32);
     gates::interrupts_on();
     let mut kbd = CtrlAltDel::new();
+    let irqs_before = VIRTIO_IRQS.load(Ordering::SeqCst);
+    let mut bytes = 0u32;
     let hit = loop {
         let seen = VIRTIO_IRQS.load(Ordering::SeqCst);
-        if drain(&mut kbd) {
+        if drain(&mut kbd, &mut bytes) {
             break true;
         }
         if deadline.is_some_and(|d| d.passed()) {
@@ -75,6 +80,8 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
     if routed {
         let _ = ioapic::mask(KBD_PIN);
     }
+    let irqs = VIRTIO_IRQS.load(Ordering::SeqCst).wrapping_sub(irqs_before);
+    crate::say!("idle: keyboard bytes={bytes} irqs={irqs} routed={routed}");
     if !hit {
         return Ok(());
     }

@@ -78,6 +78,17 @@ pub const FIRST_EPHEMERAL: u32 = 49152;
 /// Bytes of the connections' receive rings.
 pub const CONN_BYTES: u64 = BUF_ALLOC as u64 * MAX_CONNS as u64;
 
+/// The connection table and the control packets waiting for a transmit buffer. They live
+/// in the driver's memory ([`VsockMemory::tables`]), not in [`Vsock`]: the guest's stacks
+/// are small, and a driver value is moved a few times while it is set up.
+pub struct Tables {
+    conns: [Conn; MAX_CONNS],
+    pending: [Hdr; PENDING],
+}
+
+/// Bytes of [`Tables`] (8-byte aligned).
+pub const TABLES_BYTES: u64 = core::mem::size_of::<Tables>() as u64;
+
 /// Where the driver's memory is: three queues (each sized for [`queue::MAX_SIZE`]), the
 /// buffers and the connections' receive rings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +107,8 @@ pub struct VsockMemory {
     pub event_bufs: u64,
     /// [`CONN_BYTES`] bytes.
     pub conn_bufs: u64,
+    /// [`TABLES_BYTES`] bytes, 8-byte aligned.
+    pub tables: u64,
 }
 
 /// Why the driver could not be set up.
@@ -224,10 +237,10 @@ pub struct Vsock<T> {
     tx: TxRing,
     events: RxRing,
     guest_cid: u64,
-    conns: [Conn; MAX_CONNS],
+    /// Address of the [`Tables`] (an address, like the rings' buffers).
+    tables: u64,
     conn_bufs: u64,
     listening: [Option<u32>; MAX_LISTEN],
-    pending: [Hdr; PENDING],
     pending_head: usize,
     pending_len: usize,
     next_port: u32,
@@ -282,6 +295,17 @@ impl<T: Transport> Vsock<T> {
                 RxRing::new(evq, mem.event_bufs, EVENT_BUF, EVENT_COUNT),
             )
         };
+        let tables = mem.tables as *mut Tables;
+        // SAFETY: the caller's memory for the tables, aligned and used by nothing else;
+        // every element is written before any is read.
+        unsafe {
+            for i in 0..MAX_CONNS {
+                core::ptr::addr_of_mut!((*tables).conns[i]).write(Conn::FREE);
+            }
+            for i in 0..PENDING {
+                core::ptr::addr_of_mut!((*tables).pending[i]).write(Hdr::default());
+            }
+        }
         transport.driver_ok()?;
         let mut v = Self {
             transport,
@@ -289,10 +313,9 @@ impl<T: Transport> Vsock<T> {
             tx,
             events,
             guest_cid,
-            conns: [Conn::FREE; MAX_CONNS],
+            tables: mem.tables,
             conn_bufs: mem.conn_bufs,
             listening: [None; MAX_LISTEN],
-            pending: [Hdr::default(); PENDING],
             pending_head: 0,
             pending_len: 0,
             next_port: FIRST_EPHEMERAL,
@@ -303,6 +326,17 @@ impl<T: Transport> Vsock<T> {
         v.kick(RX_QUEUE);
         v.kick(EVENT_QUEUE);
         Ok(v)
+    }
+
+    fn t(&mut self) -> &mut Tables {
+        // SAFETY: `init` filled the tables in the caller's memory, which only this driver
+        // uses; `&mut self` makes this the only reference.
+        unsafe { &mut *(self.tables as *mut Tables) }
+    }
+
+    fn tr(&self) -> &Tables {
+        // SAFETY: as in `t`; shared with nothing mutable while `&self` lives.
+        unsafe { &*(self.tables as *const Tables) }
     }
 
     /// Our CID, from the configuration space.
@@ -326,12 +360,12 @@ impl<T: Transport> Vsock<T> {
 
     /// Connection `id`, if the slot exists.
     pub fn conn(&self, id: usize) -> Option<&Conn> {
-        self.conns.get(id)
+        self.tr().conns.get(id)
     }
 
     /// Ids of the connections in use.
     pub fn live(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..MAX_CONNS).filter(|&i| self.conns[i].state != State::Free)
+        (0..MAX_CONNS).filter(|&i| self.tr().conns[i].state != State::Free)
     }
 
     fn kick(&mut self, q: u16) {
@@ -394,7 +428,8 @@ impl<T: Transport> Vsock<T> {
     /// Send the waiting control packets (unpublished); whether all went.
     fn flush_pending(&mut self) -> Result<bool, RingError> {
         while self.pending_len > 0 {
-            let h = self.pending[self.pending_head];
+            let head = self.pending_head;
+            let h = self.tr().pending[head];
             if !self.put(&h, &[])? {
                 return Ok(false);
             }
@@ -420,16 +455,17 @@ impl<T: Transport> Vsock<T> {
             self.stats.control_lost += 1;
             return Ok(());
         }
-        self.pending[(self.pending_head + self.pending_len) % PENDING] = h;
+        let at = (self.pending_head + self.pending_len) % PENDING;
+        self.t().pending[at] = h;
         self.pending_len += 1;
         self.kick(TX_QUEUE);
         Ok(())
     }
 
     fn send_conn_control(&mut self, id: usize, op: u16, flags: u32) -> Result<(), RingError> {
-        let c = self.conns[id];
+        let c = self.t().conns[id];
         let h = self.header(&c, op, 0, flags);
-        self.conns[id].fwd_sent = c.fwd_cnt;
+        self.t().conns[id].fwd_sent = c.fwd_cnt;
         self.control(h)
     }
 
@@ -456,6 +492,7 @@ impl<T: Transport> Vsock<T> {
     /// [`Event::Connected`] (or gone after [`Event::Closed`]).
     pub fn connect(&mut self, cid: u64, port: u32) -> Result<usize, VsockError> {
         let id = self
+            .t()
             .conns
             .iter()
             .position(|c| c.state == State::Free)
@@ -468,7 +505,7 @@ impl<T: Transport> Vsock<T> {
         };
         let mut c = Conn::new(State::Connecting, local, cid, port);
         c.outgoing = true;
-        self.conns[id] = c;
+        self.t().conns[id] = c;
         self.send_conn_control(id, op::REQUEST, 0)?;
         Ok(id)
     }
@@ -476,7 +513,7 @@ impl<T: Transport> Vsock<T> {
     /// Queue as much of `data` as the peer's credit and the free transmit buffers allow
     /// (one notification at most); returns the bytes queued (0: no credit or no buffer).
     pub fn send(&mut self, id: usize, data: &[u8]) -> Result<usize, VsockError> {
-        let c = *self.conns.get(id).ok_or(VsockError::NotConnected(id))?;
+        let c = *self.t().conns.get(id).ok_or(VsockError::NotConnected(id))?;
         if c.state != State::Established || c.our_shutdown & shutdown::SEND != 0 {
             return Err(VsockError::NotConnected(id));
         }
@@ -486,17 +523,17 @@ impl<T: Transport> Vsock<T> {
         }
         let mut sent = 0usize;
         while sent < data.len() {
-            let credit = self.conns[id].credit() as usize;
+            let credit = self.t().conns[id].credit() as usize;
             let n = (data.len() - sent).min(credit).min(MAX_PAYLOAD);
             if n == 0 {
                 break;
             }
-            let conn = self.conns[id];
+            let conn = self.t().conns[id];
             let h = self.header(&conn, op::RW, n as u32, 0);
             if !self.put(&h, &data[sent..sent + n])? {
                 break;
             }
-            let c = &mut self.conns[id];
+            let c = &mut self.t().conns[id];
             c.tx_cnt = c.tx_cnt.wrapping_add(n as u32);
             c.fwd_sent = c.fwd_cnt;
             sent += n;
@@ -511,7 +548,7 @@ impl<T: Transport> Vsock<T> {
     /// Copy up to `out.len()` waiting bytes of connection `id` into `out` without
     /// consuming them; returns how many.
     pub fn peek(&self, id: usize, out: &mut [u8]) -> usize {
-        let Some(c) = self.conns.get(id) else {
+        let Some(c) = self.tr().conns.get(id) else {
             return 0;
         };
         let n = (c.pending() as usize).min(out.len());
@@ -531,7 +568,11 @@ impl<T: Transport> Vsock<T> {
     /// The application consumed `n` bytes of connection `id` (at most what waits); sends a
     /// CREDIT_UPDATE once enough were consumed since the last advertisement.
     pub fn consume(&mut self, id: usize, n: usize) -> Result<(), VsockError> {
-        let c = self.conns.get_mut(id).ok_or(VsockError::NotConnected(id))?;
+        let c = self
+            .t()
+            .conns
+            .get_mut(id)
+            .ok_or(VsockError::NotConnected(id))?;
         let n = (n as u32).min(c.pending());
         c.fwd_cnt = c.fwd_cnt.wrapping_add(n);
         if c.state == State::Established && c.unadvertised() >= CREDIT_THRESHOLD {
@@ -554,7 +595,7 @@ impl<T: Transport> Vsock<T> {
     }
 
     fn established(&self, id: usize) -> Result<(), VsockError> {
-        match self.conns.get(id) {
+        match self.tr().conns.get(id) {
             Some(c) if c.state == State::Established => Ok(()),
             _ => Err(VsockError::NotConnected(id)),
         }
@@ -564,7 +605,7 @@ impl<T: Transport> Vsock<T> {
     /// ([`Event::Closed`]).
     pub fn shutdown(&mut self, id: usize, flags: u32) -> Result<(), VsockError> {
         self.established(id)?;
-        let c = &mut self.conns[id];
+        let c = &mut self.t().conns[id];
         c.our_shutdown |= flags & shutdown::BOTH;
         if c.our_shutdown == shutdown::BOTH {
             c.state = State::Closing;
@@ -574,12 +615,12 @@ impl<T: Transport> Vsock<T> {
 
     /// Send RST and forget the connection.
     pub fn reset(&mut self, id: usize) -> Result<(), VsockError> {
-        match self.conns.get(id) {
+        match self.tr().conns.get(id) {
             Some(c) if c.state != State::Free => {}
             _ => return Err(VsockError::NotConnected(id)),
         }
         self.send_conn_control(id, op::RST, 0)?;
-        self.conns[id] = Conn::FREE;
+        self.t().conns[id] = Conn::FREE;
         Ok(())
     }
 
@@ -605,7 +646,7 @@ impl<T: Transport> Vsock<T> {
 
     /// A header for a raw packet on connection `id` (the hostile scenario bends it).
     pub fn raw_header(&self, id: usize, op: u16, len: u32) -> Option<Hdr> {
-        let c = self.conns.get(id)?;
+        let c = self.tr().conns.get(id)?;
         Some(self.header(c, op, len, 0))
     }
 
@@ -641,13 +682,10 @@ impl<T: Transport> Vsock<T> {
         if let Some(h) = parsed {
             if h.op == op::RW && h.type_ == TYPE_STREAM && h.dst_cid == self.guest_cid {
                 let payload = &data[HDR_LEN..HDR_LEN + h.len as usize];
-                stored = store(
-                    &mut self.conns,
-                    self.conn_bufs,
-                    &mut self.stats,
-                    &h,
-                    payload,
-                );
+                // SAFETY: the tables are only this driver's (`init`), and nothing else refers
+                // to them during this call: `data` borrows the receive ring, not the tables.
+                let conns = unsafe { &mut (*(self.tables as *mut Tables)).conns };
+                stored = store(conns, self.conn_bufs, &mut self.stats, &h, payload);
             }
         }
         self.rx.repost(filled.index)?;
@@ -660,7 +698,7 @@ impl<T: Transport> Vsock<T> {
     }
 
     fn find(&self, h: &Hdr) -> Option<usize> {
-        find(&self.conns, h)
+        find(&self.tr().conns, h)
     }
 
     fn handle(&mut self, h: &Hdr, stored: Option<(usize, bool)>) -> Result<Event, VsockError> {
@@ -676,15 +714,15 @@ impl<T: Transport> Vsock<T> {
         let Some(id) = self.find(h) else {
             return self.handle_unconnected(h);
         };
-        self.conns[id].update_peer_credit(h.buf_alloc, h.fwd_cnt);
-        let state = self.conns[id].state;
+        self.t().conns[id].update_peer_credit(h.buf_alloc, h.fwd_cnt);
+        let state = self.t().conns[id].state;
         match (h.op, state) {
             (op::RST, _) => {
-                self.conns[id] = Conn::FREE;
+                self.t().conns[id] = Conn::FREE;
                 Ok(Event::Closed(id))
             }
             (op::RESPONSE, State::Connecting) => {
-                self.conns[id].state = State::Established;
+                self.t().conns[id].state = State::Established;
                 Ok(Event::Connected(id))
             }
             (op::RW, State::Established | State::Closing) => match stored {
@@ -697,13 +735,13 @@ impl<T: Transport> Vsock<T> {
                 Ok(Event::Other)
             }
             (op::SHUTDOWN, State::Established | State::Closing) => {
-                let c = &mut self.conns[id];
+                let c = &mut self.t().conns[id];
                 c.peer_shutdown |= h.flags & shutdown::BOTH;
                 if c.peer_shutdown == shutdown::BOTH && c.pending() == 0 {
                     // As Linux: a peer that shut down both ways and left nothing unread
                     // gets its RST, and the connection is gone.
                     self.send_conn_control(id, op::RST, 0)?;
-                    self.conns[id] = Conn::FREE;
+                    self.t().conns[id] = Conn::FREE;
                     return Ok(Event::Closed(id));
                 }
                 Ok(Event::PeerShutdown(id))
@@ -712,7 +750,7 @@ impl<T: Transport> Vsock<T> {
                 // A second REQUEST for a live connection, or a RESPONSE we did not ask
                 // for: the connection is confused; reset it.
                 self.send_conn_control(id, op::RST, 0)?;
-                self.conns[id] = Conn::FREE;
+                self.t().conns[id] = Conn::FREE;
                 Ok(Event::Closed(id))
             }
             (o, _) if o > op::CREDIT_REQUEST || o == 0 => {
@@ -725,13 +763,13 @@ impl<T: Transport> Vsock<T> {
 
     fn handle_unconnected(&mut self, h: &Hdr) -> Result<Event, VsockError> {
         if h.op == op::REQUEST && self.listening.contains(&Some(h.dst_port)) {
-            let Some(id) = self.conns.iter().position(|c| c.state == State::Free) else {
+            let Some(id) = self.t().conns.iter().position(|c| c.state == State::Free) else {
                 self.reset_reply(h)?;
                 return Ok(Event::Dropped);
             };
             let mut c = Conn::new(State::Established, h.dst_port, h.src_cid, h.src_port);
             c.update_peer_credit(h.buf_alloc, h.fwd_cnt);
-            self.conns[id] = c;
+            self.t().conns[id] = c;
             self.send_conn_control(id, op::RESPONSE, 0)?;
             return Ok(Event::Accepted(id));
         }
@@ -757,7 +795,7 @@ impl<T: Transport> Vsock<T> {
         }
         // Every connection is gone; the CID may have changed (virtio 1.2, 5.10.6.6).
         self.stats.transport_resets += 1;
-        self.conns = [Conn::FREE; MAX_CONNS];
+        self.t().conns.fill(Conn::FREE);
         self.pending_len = 0;
         if let Ok(cid) = read_cid(&self.transport) {
             self.guest_cid = cid;

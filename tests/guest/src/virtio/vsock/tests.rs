@@ -25,6 +25,7 @@ fn rig() -> Rig {
         Dma::new(TX_BUF as usize * usize::from(TX_COUNT)),
         Dma::new(EVENT_BUF as usize * usize::from(EVENT_COUNT)),
         Dma::new(CONN_BYTES as usize),
+        Dma::new(TABLES_BYTES as usize),
     ];
     let mem = VsockMemory {
         rx_queue: areas[0].memory(),
@@ -34,6 +35,7 @@ fn rig() -> Rig {
         tx_bufs: bufs[1].addr(),
         event_bufs: bufs[2].addr(),
         conn_bufs: bufs[3].addr(),
+        tables: bufs[4].addr(),
     };
     let t = MmioTransport::probe(regs).unwrap();
     // SAFETY: the rig owns the memory for as long as the driver lives.
@@ -454,4 +456,63 @@ fn control_packets_wait_for_a_transmit_buffer() {
         MAX_CONNS + 1 + TX_COUNT as usize
     );
     assert_eq!(rig.v.stats.control_lost, 0);
+}
+
+#[test]
+fn the_driver_itself_is_small() {
+    // The guest's stack is 64 KiB: the tables live in the driver's memory.
+    assert!(std::mem::size_of::<Vsock<MmioTransport<&'static FakeRegs>>>() < 8192);
+}
+
+#[test]
+fn the_same_driver_over_virtio_pci() {
+    use crate::virtio::mock_pci::{FakeBar, FakeCfg};
+    use crate::virtio::pci::{layout, PciTransport};
+    use crate::virtio::Regs;
+    let bar: &'static FakeBar = Box::leak(Box::new(FakeBar::new(FakeRegs::vsock(CID))));
+    let cfg: &'static FakeCfg = Box::leak(Box::new(FakeCfg::virtio(19, 0xc000_0000)));
+    let l = layout(cfg).unwrap();
+    let t = PciTransport::new(bar as &dyn Regs, cfg as &dyn Regs, l, 19, None);
+    let areas: Vec<QueueArea> = (0..3).map(|_| QueueArea::new(queue::MAX_SIZE)).collect();
+    let bufs = [
+        Dma::new(RX_BUF as usize * usize::from(RX_COUNT)),
+        Dma::new(TX_BUF as usize * usize::from(TX_COUNT)),
+        Dma::new(EVENT_BUF as usize * usize::from(EVENT_COUNT)),
+        Dma::new(CONN_BYTES as usize),
+        Dma::new(TABLES_BYTES as usize),
+    ];
+    let mem = VsockMemory {
+        rx_queue: areas[0].memory(),
+        tx_queue: areas[1].memory(),
+        event_queue: areas[2].memory(),
+        rx_bufs: bufs[0].addr(),
+        tx_bufs: bufs[1].addr(),
+        event_bufs: bufs[2].addr(),
+        conn_bufs: bufs[3].addr(),
+        tables: bufs[4].addr(),
+    };
+    // SAFETY: the memory outlives the driver (dropped at the end of the test).
+    let mut v = unsafe { Vsock::init(t, mem) }.unwrap();
+    assert_eq!(v.guest_cid(), CID);
+    {
+        let s = bar.dev.state.borrow();
+        assert!(s.queue_ready && s.extra_queues.iter().all(|q| q.ready));
+    }
+    // A host connect is answered through the PCI transport's queues.
+    let mut rxdev = MockQueue::new(&areas[0], 256, true);
+    let mut txdev = MockQueue::new(&areas[1], 256, true);
+    v.listen(5000).unwrap();
+    let chain = rxdev.next_chain().unwrap();
+    let b = host(op::REQUEST, 1234, 5000, 0).to_bytes();
+    // SAFETY: a live receive buffer.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), chain.descs[0].0 as *mut u8, HDR_LEN) };
+    rxdev.complete(chain.head, HDR_LEN as u32);
+    assert_eq!(v.poll().unwrap(), Some(Event::Accepted(0)));
+    let sent = txdev.next_chain().unwrap();
+    // SAFETY: a live transmit buffer.
+    let h = Hdr::parse(unsafe {
+        std::slice::from_raw_parts(sent.descs[0].0 as *const u8, sent.descs[0].1 as usize)
+    })
+    .unwrap();
+    assert_eq!((h.op, h.src_cid, h.dst_port), (op::RESPONSE, CID, 1234));
 }
