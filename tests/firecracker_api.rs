@@ -334,6 +334,17 @@ fn the_go_sdk_sequence_boots_the_test_guest_confined() {
         "/actions",
         r#"{"action_type":"SendCtrlAltDel"}"#,
     );
+    // The guest read the four scancodes and took IRQ 1 (routed through its IOAPIC).
+    let keys = fc.wait_for(BOOT, |l| l.starts_with("bulkhead-guest: idle: keyboard "));
+    let irqs: u32 = keys
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("irqs="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        keys.contains("bytes=4") && keys.contains("routed=true") && irqs >= 1,
+        "{keys}"
+    );
     fc.wait_for_line(
         "bulkhead-guest: idle: ctrl-alt-del, resetting through the i8042",
         BOOT,
