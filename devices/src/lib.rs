@@ -8,3 +8,4 @@ pub mod daemon;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod net;
+pub mod vsock;

@@ -111,6 +111,11 @@ pub struct RunArgs {
     /// pty (a new pseudo-terminal), file=PATH (output only) or off.
     #[arg(long, value_name = "stdio|socket=PATH|pty|file=PATH|off", value_parser = crate::launch::console::parse)]
     pub console: Option<crate::launch::console::ConsoleChoice>,
+    /// A virtio-vsock device (one per VM) in a bulkhead-vsock process, with Firecracker's
+    /// hybrid vsock: host programs connect to the Unix socket uds= and send
+    /// "CONNECT <port>\n"; the guest's connections to CID 2 port P reach <uds>_P.
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = crate::vsock_arg::parse)]
+    pub vsock: Option<crate::vsock_arg::VsockArg>,
     /// Serve an API socket at PATH for `bulkhead ctl` (status, pause, resume, shutdown);
     /// created mode 0600, removed when the VM ends.
     #[arg(long, value_name = "PATH")]
@@ -184,6 +189,23 @@ pub enum BenchWhat {
     /// Start-up time to the first guest line and total RSS minus guest memory of all of a
     /// VM's processes, confined (the default) beside unconfined.
     Confine(ConfineBenchArgs),
+    /// Stream throughput and round-trip latency guest<->host through bulkhead-vsock
+    /// (hybrid vsock), on both transports, beside a Unix socket pair on the host.
+    Vsock(VsockBenchArgs),
+}
+
+/// `bulkhead bench vsock`.
+#[derive(Args, Debug, Clone)]
+pub struct VsockBenchArgs {
+    /// MiB echoed per run (throughput).
+    #[arg(long, value_name = "MiB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub mib: u64,
+    /// Round trips of 64 bytes per run (latency).
+    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Runs per path (medians and spread).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
 }
 
 /// `bulkhead bench confine`.

@@ -1,6 +1,6 @@
-//! The devices of `bulkhead run`: for each `--disk`, `--net` and `--console`, the process
+//! The devices of `bulkhead run`: for each `--disk`, `--net`, `--console` and `--vsock`, the process
 //! that serves it (started through `launch`) and the vmm's side of its connection, in the
-//! order they get virtio-mmio slots (disks, network devices, then the console).
+//! order they get virtio-mmio slots (disks, network devices, the console, then vsock).
 
 use std::os::unix::process::ExitStatusExt;
 
@@ -14,14 +14,18 @@ use crate::net_arg::{format_mac, random_mac, NetArg, NetBackend};
 use crate::netns::{NetNs as NamedNetNs, NetNsError};
 use crate::safe_open::SocketFile;
 use crate::tap::TapError;
+use crate::vsock_arg::VsockArg;
 use bulkhead::jail::NetNs;
 
 /// Virtio device ids.
 const VIRTIO_ID_NET: u32 = 1;
 const VIRTIO_ID_BLOCK: u32 = 2;
 const VIRTIO_ID_CONSOLE: u32 = 3;
+const VIRTIO_ID_VSOCK: u32 = 19;
 /// The virtio console's device name.
 pub const CONSOLE: &str = "console0";
+/// The vsock device's name.
+pub const VSOCK: &str = "vsock0";
 /// Name of the TAP bulkhead creates in its own namespace (`--net auto`).
 const AUTO_TAP: &str = "tap0";
 
@@ -71,9 +75,10 @@ impl Devices {
         disks: &[DiskArg],
         nets: &[NetArg],
         console: Option<&ConsoleStream>,
+        vsock: Option<&VsockArg>,
     ) -> Result<Devices, DeviceError> {
         let mut devices = Devices::default();
-        match devices.start_all(disks, nets, console) {
+        match devices.start_all(disks, nets, console, vsock) {
             Ok(()) => Ok(devices),
             Err(e) => {
                 devices.stop();
@@ -87,6 +92,7 @@ impl Devices {
         disks: &[DiskArg],
         nets: &[NetArg],
         console: Option<&ConsoleStream>,
+        vsock: Option<&VsockArg>,
     ) -> Result<(), DeviceError> {
         for (i, disk) in disks.iter().enumerate() {
             self.start_disk(&format!("disk{i}"), disk)?;
@@ -101,6 +107,18 @@ impl Devices {
                 CONSOLE,
                 VIRTIO_ID_CONSOLE,
                 2,
+                BackendSocket::Connected(socket),
+                Some(process),
+            );
+        }
+        // Last, so that no other device moves.
+        if let Some(arg) = vsock {
+            let (process, socket, file) = launch::start_vsock(VSOCK, arg)?;
+            self.socket_files.push(file);
+            self.add(
+                VSOCK,
+                VIRTIO_ID_VSOCK,
+                3,
                 BackendSocket::Connected(socket),
                 Some(process),
             );

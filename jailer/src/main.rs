@@ -26,6 +26,7 @@ mod stop_signals;
 mod supervise;
 mod tap;
 mod untrusted;
+mod vsock_arg;
 
 use clap::Parser;
 

@@ -228,6 +228,7 @@ impl<'a> Supervisor<'a> {
             Ok(ApiRequest::Status) => self.status(ToProcess::QueryStatus),
             Ok(ApiRequest::Pause) => self.status(ToProcess::Pause),
             Ok(ApiRequest::Resume) => self.status(ToProcess::Resume),
+            Ok(ApiRequest::CtrlAltDel) => self.status(ToProcess::CtrlAltDel),
             Ok(ApiRequest::Shutdown) => {
                 eprintln!("bulkhead: shutdown requested on the API socket: stopping the VM");
                 self.shut_down();

@@ -105,7 +105,10 @@ pub enum ToProcess {
     ConfigChanged {
         /// The device (`console0`).
         device: String,
-    },
+    }, // Last: the variants before it keep their wire numbers.
+    /// vmm only: press Ctrl+Alt+Del on the i8042 (Firecracker's `SendCtrlAltDel`);
+    /// answered by [`ToLauncher::Status`] or [`ToLauncher::Error`].
+    CtrlAltDel,
 }
 
 /// `bulkhead ctl` → launcher, over the API socket.
@@ -125,6 +128,9 @@ pub enum ApiRequest {
     /// Stop the VM and every process. Answered by [`ApiReply::Ok`] before the launcher
     /// starts stopping them.
     Shutdown,
+    /// Press Ctrl+Alt+Del on the VM's i8042 (the guest decides what to do). Answered by
+    /// [`ApiReply::Status`] or [`ApiReply::Error`].
+    CtrlAltDel,
 }
 
 /// Launcher → `bulkhead ctl`, over the API socket.
@@ -230,6 +236,7 @@ impl Message for ToProcess {
             Self::Pause => "Pause",
             Self::Resume => "Resume",
             Self::QueryStatus => "QueryStatus",
+            Self::CtrlAltDel => "CtrlAltDel",
             Self::Resources { .. } => "Resources",
             Self::ConfigChanged { .. } => "ConfigChanged",
         }
@@ -251,6 +258,7 @@ impl Message for ApiRequest {
             Self::Pause => "Pause",
             Self::Resume => "Resume",
             Self::Shutdown => "Shutdown",
+            Self::CtrlAltDel => "CtrlAltDel",
         }
     }
 }

@@ -27,11 +27,17 @@ pub enum Role {
     ConsoleProcess,
     /// bulkhead-console's main thread: vhost-user, and its terminal's size and mode.
     ConsoleMain,
+    /// The bulkhead-vsock queue thread: kicks wake the I/O thread.
+    VsockWorker,
+    /// The bulkhead-vsock I/O thread: the connection table and its host sockets.
+    VsockIo,
+    /// As [`Role::BlkProcess`], for bulkhead-vsock.
+    VsockProcess,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 10] = [
+    pub const ALL: [Role; 13] = [
         Role::VmmMain,
         Role::Vcpu,
         Role::BlkWorker,
@@ -42,6 +48,9 @@ impl Role {
         Role::NetProcess,
         Role::ConsoleProcess,
         Role::ConsoleMain,
+        Role::VsockWorker,
+        Role::VsockIo,
+        Role::VsockProcess,
     ];
 
     /// The role's name in messages and reports.
@@ -57,6 +66,9 @@ impl Role {
             Role::NetProcess => "net-process",
             Role::ConsoleProcess => "console-process",
             Role::ConsoleMain => "console-main",
+            Role::VsockWorker => "vsock-worker",
+            Role::VsockIo => "vsock-io",
+            Role::VsockProcess => "vsock-process",
         }
     }
 

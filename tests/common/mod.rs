@@ -4,6 +4,7 @@
 // Each test binary compiles this module; not every binary uses every helper.
 #![allow(dead_code)]
 
+pub mod confined;
 pub mod debian_kernel;
 pub mod disk;
 pub mod elf;

@@ -98,6 +98,18 @@ impl Spawned {
         self.wait_for(timeout, |l| l == line);
     }
 
+    /// Waits at most `timeout` for the process to exit by itself (then kills it); the exit
+    /// code (`None` if it had to be killed) and stderr.
+    pub fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let status = super::wait_until(&mut self.child, Instant::now() + timeout);
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status.and_then(|s| s.code()), stderr)
+    }
+
     /// Sends SIGTERM (the orderly stop), waits at most `timeout` (then kills) and returns
     /// the exit code (`None` if it was killed), the whole console and stderr.
     pub fn terminate(mut self, timeout: Duration) -> (Option<i32>, String, String) {

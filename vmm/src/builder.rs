@@ -9,7 +9,7 @@ use crate::boot::{self, BootEntry};
 use crate::config::{ConfigError, SerialOutput, Transport, VirtioDeviceConfig, VmConfig};
 use crate::devices::bus::BusError;
 use crate::devices::exit_port::{ExitPort, EXIT_PORT};
-use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use crate::devices::i8042::{I8042, I8042_BASE, I8042_KBD_IRQ, I8042_LEN};
 use crate::devices::serial::{SerialDevice, SerialOut, COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::kvm::run_loop::IoBuses;
 use crate::kvm::vcpu::{self, VcpuError};
@@ -33,6 +33,8 @@ pub struct Vm {
     pub io: Arc<IoBuses>,
     /// The UART, shared with the input thread.
     pub serial: Arc<Mutex<SerialDevice>>,
+    /// The i8042, where an orchestrator presses Ctrl+Alt+Del.
+    pub keyboard: Arc<Mutex<I8042>>,
     /// Whether the UART takes input from standard input.
     pub serial_stdin: bool,
     /// Configured vCPUs, index order.
@@ -116,6 +118,7 @@ pub struct Prepared {
     vm_fd: VmFd,
     io: IoBuses,
     serial: Arc<Mutex<SerialDevice>>,
+    keyboard: Arc<Mutex<I8042>>,
     max_file_size: Option<u64>,
 }
 
@@ -132,6 +135,7 @@ pub fn prepare(mut config: VmConfig) -> Result<Prepared, BuildError> {
     let LegacyDevices {
         io,
         serial,
+        keyboard,
         max_file_size,
     } = create_legacy_devices(&vm_fd, &config.serial)?;
     for dev in &mut config.devices {
@@ -145,6 +149,7 @@ pub fn prepare(mut config: VmConfig) -> Result<Prepared, BuildError> {
         vm_fd,
         io,
         serial,
+        keyboard,
         max_file_size,
     })
 }
@@ -170,6 +175,7 @@ impl Prepared {
             vm_fd,
             mut io,
             serial,
+            keyboard,
             max_file_size,
         } = self;
         let devices = std::mem::take(&mut config.devices);
@@ -199,6 +205,7 @@ impl Prepared {
             memory,
             io: Arc::new(io),
             serial,
+            keyboard,
             serial_stdin: config.serial == SerialOutput::Stdio && config.serial_input,
             vcpus,
             boot,
@@ -336,6 +343,7 @@ fn serial_output(serial: &SerialOutput) -> Result<(SerialOut, Option<u64>), Buil
 struct LegacyDevices {
     io: IoBuses,
     serial: Arc<Mutex<SerialDevice>>,
+    keyboard: Arc<Mutex<I8042>>,
     /// See [`Vm::max_file_size`].
     max_file_size: Option<u64>,
 }
@@ -350,16 +358,19 @@ fn create_legacy_devices(vm_fd: &VmFd, serial: &SerialOutput) -> Result<LegacyDe
     let (out, max_file_size) = serial_output(serial)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
     io.pio.insert(COM1_BASE, COM1_LEN, serial.clone())?;
-    io.pio.insert(
-        I8042_BASE,
-        I8042_LEN,
-        Arc::new(Mutex::new(I8042::default())),
-    )?;
+    let kbd_irq =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| BuildError::Device("i8042 IRQ eventfd", e))?;
+    vm_fd
+        .register_irqfd(&kbd_irq, I8042_KBD_IRQ)
+        .map_err(|e| BuildError::Device("i8042 IRQ (irqfd)", e.into()))?;
+    let keyboard = Arc::new(Mutex::new(I8042::new(Some(kbd_irq))));
+    io.pio.insert(I8042_BASE, I8042_LEN, keyboard.clone())?;
     io.pio
         .insert(EXIT_PORT, 1, Arc::new(Mutex::new(ExitPort)))?;
     Ok(LegacyDevices {
         io,
         serial,
+        keyboard,
         max_file_size,
     })
 }

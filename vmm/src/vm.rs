@@ -1,7 +1,7 @@
 //! Running a built VM until it stops.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ pub struct VmHandle {
     pub pause: Arc<Pause>,
     /// The virtio devices' transports, by name.
     pub transports: Transports,
+    /// The i8042 (Ctrl+Alt+Del).
+    pub keyboard: Arc<Mutex<crate::devices::i8042::I8042>>,
 }
 
 impl VmHandle {
@@ -77,6 +79,7 @@ impl Vm {
             stop: tx.clone(),
             pause: pause.clone(),
             transports: self.transports.clone(),
+            keyboard: self.keyboard.clone(),
         });
         if self.serial_stdin {
             // Detached: a blocking read on stdin cannot be interrupted; it ends with the process.

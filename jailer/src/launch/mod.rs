@@ -8,11 +8,13 @@ pub mod console;
 mod net;
 mod stderr;
 mod vmm;
+pub mod vsock;
 
 pub use blk::start_blk;
 pub use console::start_console;
 pub use net::start_net;
 pub use vmm::{start_vmm, VMM};
+pub use vsock::start_vsock;
 
 use std::ffi::OsString;
 use std::fs::File;

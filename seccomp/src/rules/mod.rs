@@ -16,6 +16,7 @@ mod net;
 mod startup;
 mod vcpu;
 mod vhost_user;
+mod vsock;
 
 use std::collections::BTreeSet;
 
@@ -124,6 +125,16 @@ pub fn for_role(role: Role) -> Vec<&'static Rule> {
             vhost_user::RULES,
             console::RULES,
             console::TERMINAL,
+            narrowing::RULES,
+            startup::RULES,
+        ],
+        Role::VsockWorker => &[vsock::WORKER],
+        Role::VsockIo => &[vsock::IO],
+        Role::VsockProcess => &[
+            common::THREAD_START,
+            vhost_user::RULES,
+            vsock::WORKER,
+            vsock::IO,
             narrowing::RULES,
             startup::RULES,
         ],

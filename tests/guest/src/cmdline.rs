@@ -36,6 +36,36 @@ pub struct Config {
     /// `bulkhead.serial.bytes=N`: bytes `serial-flood` prints (default 1 MiB, at most
     /// 1 GiB).
     pub serial_bytes: u64,
+    /// `bulkhead.vsock-*`.
+    pub vsock: VsockOptions,
+    /// `bulkhead.idle-ms=N`: how long `idle` waits for Ctrl+Alt+Del (default 0: forever).
+    pub idle_ms: u64,
+}
+
+/// Options of the vsock scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VsockOptions {
+    /// `bulkhead.vsock-bytes=N`: bytes `vsock-connect` sends and reads back (default 1 MiB,
+    /// at most 4 GiB - 1).
+    pub bytes: u64,
+    /// `bulkhead.vsock-streams=N`: streams `vsock-echo` serves to their end before it
+    /// passes (default 1).
+    pub streams: u32,
+    /// `bulkhead.vsock-ms=N`: how long a vsock scenario may take (default 60000).
+    pub ms: u64,
+    /// `bulkhead.vsock-rounds=N`: ping-pongs of `vsock-latency` (default 1000).
+    pub rounds: u32,
+}
+
+impl Default for VsockOptions {
+    fn default() -> Self {
+        Self {
+            bytes: 1 << 20,
+            streams: 1,
+            ms: 60_000,
+            rounds: 1000,
+        }
+    }
 }
 
 /// Most sizes in `bulkhead.net.sizes`.
@@ -331,6 +361,8 @@ pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
         net: NetOptions::default(),
         console: ConsoleOptions::default(),
         serial_bytes: 1 << 20,
+        vsock: VsockOptions::default(),
+        idle_ms: 0,
     };
     for token in line
         .split(|c| c.is_ascii_whitespace())
@@ -433,6 +465,22 @@ pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
                 config.serial_bytes = value!("bulkhead.serial.bytes", |v| parse_number(v)
                     .filter(|&n| n <= 1 << 30));
             }
+            b"bulkhead.vsock-bytes" => {
+                config.vsock.bytes = value!("bulkhead.vsock-bytes", |v| parse_number(v)
+                    .filter(|&n| n <= u64::from(u32::MAX)));
+            }
+            b"bulkhead.vsock-streams" => {
+                config.vsock.streams = value!("bulkhead.vsock-streams", |v| parse_number(v)
+                    .filter(|&n| n <= 1_000_000)
+                    .map(|n| n as u32));
+            }
+            b"bulkhead.vsock-ms" => config.vsock.ms = value!("bulkhead.vsock-ms", parse_ms),
+            b"bulkhead.vsock-rounds" => {
+                config.vsock.rounds = value!("bulkhead.vsock-rounds", |v| parse_number(v)
+                    .filter(|&n| n > 0 && n <= 10_000_000)
+                    .map(|n| n as u32));
+            }
+            b"bulkhead.idle-ms" => config.idle_ms = value!("bulkhead.idle-ms", parse_ms),
             _ => {}
         }
     }
@@ -645,6 +693,36 @@ mod tests {
             parse(line.as_bytes()).err(),
             Some(CmdlineError::TooManyScenarios)
         );
+    }
+
+    #[test]
+    fn vsock_and_idle_options() {
+        let c = parse(b"console=ttyS0").unwrap();
+        assert_eq!(c.vsock, VsockOptions::default());
+        assert_eq!((c.vsock.bytes, c.vsock.streams, c.idle_ms), (1 << 20, 1, 0));
+        let c = parse(
+            b"bulkhead.vsock-bytes=0xa00000 bulkhead.vsock-streams=64 bulkhead.vsock-ms=500 \
+              bulkhead.vsock-rounds=10 bulkhead.idle-ms=2000",
+        )
+        .unwrap();
+        assert_eq!(
+            c.vsock,
+            VsockOptions {
+                bytes: 10 << 20,
+                streams: 64,
+                ms: 500,
+                rounds: 10
+            }
+        );
+        assert_eq!(c.idle_ms, 2000);
+        for bad in [
+            "bulkhead.vsock-bytes=0x100000000",
+            "bulkhead.vsock-ms=0",
+            "bulkhead.vsock-rounds=0",
+            "bulkhead.idle-ms=x",
+        ] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod acpi;
 pub mod bootparams;
 pub mod cmdline;
 pub mod escape;
+pub mod kbd;
 pub mod layout;
 pub mod mptable;
 pub mod net;

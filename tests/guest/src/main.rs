@@ -32,6 +32,7 @@ mod smp;
 mod status;
 mod sync;
 mod time;
+mod vsocks;
 
 // The host-testable half of the guest (src/lib.rs), used here as if it were local modules.
 use bulkhead_guest::{

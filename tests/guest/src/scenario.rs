@@ -64,10 +64,22 @@ pub enum Scenario {
     /// Hostile PCI configuration writes (a BAR over RAM, an MSI-X entry with a bad
     /// address, writes of every size at every offset); the VM and the disk go on.
     PciHostile,
+    /// Lists the virtio-vsock device (transport, guest CID) and sets it up.
+    VsockProbe,
+    /// Listens on vsock port 5000 and echoes every stream until the host closes it.
+    VsockEcho,
+    /// Connects to the host (CID 2) port 6000, sends a pattern, reads it back.
+    VsockConnect,
+    /// Malformed vsock packets; a normal connection still works afterwards.
+    VsockHostile,
+    /// Ping-pong round trips over a vsock connection to the host port 6000.
+    VsockLatency,
+    /// Halts until an i8042 Ctrl+Alt+Del (or `bulkhead.idle-ms`), then resets.
+    Idle,
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 29] = [
+const NAMES: [(Scenario, &str); 35] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -97,15 +109,22 @@ const NAMES: [(Scenario, &str); 29] = [
     (Scenario::SerialFlood, "serial-flood"),
     (Scenario::PciProbe, "pci-probe"),
     (Scenario::PciHostile, "pci-hostile"),
+    (Scenario::VsockProbe, "vsock-probe"),
+    (Scenario::VsockEcho, "vsock-echo"),
+    (Scenario::VsockConnect, "vsock-connect"),
+    (Scenario::VsockHostile, "vsock-hostile"),
+    (Scenario::VsockLatency, "vsock-latency"),
+    (Scenario::Idle, "idle"),
 ];
 
 /// What runs without `bulkhead.test`: every scenario that is harmless to the devices found.
-pub const DEFAULT: [Scenario; 5] = [
+pub const DEFAULT: [Scenario; 6] = [
     Scenario::Cpus,
     Scenario::Memory,
     Scenario::BlkProbe,
     Scenario::NetProbe,
     Scenario::ConsoleProbe,
+    Scenario::VsockProbe,
 ];
 
 impl Scenario {
@@ -190,7 +209,8 @@ mod tests {
                 Scenario::Memory,
                 Scenario::BlkProbe,
                 Scenario::NetProbe,
-                Scenario::ConsoleProbe
+                Scenario::ConsoleProbe,
+                Scenario::VsockProbe
             ]
         );
     }

@@ -154,6 +154,18 @@ fn serve(
                 }
                 continue;
             }
+            ToProcess::CtrlAltDel => {
+                let pressed = vm
+                    .keyboard
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .press_ctrl_alt_del();
+                match pressed {
+                    Ok(()) if vm.pause.is_paused() => status(VmState::Paused),
+                    Ok(()) => status(VmState::Running),
+                    Err(message) => ToLauncher::Error { message },
+                }
+            }
             ToProcess::QueryStatus if vm.pause.is_paused() => status(VmState::Paused),
             ToProcess::QueryStatus => status(VmState::Running),
             other => ToLauncher::Error {

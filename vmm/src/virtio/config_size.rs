@@ -15,6 +15,7 @@ const VIRTIO_BLK_F_ZONED: u32 = 17;
 const VIRTIO_ID_NET: u32 = 1;
 const VIRTIO_ID_BLOCK: u32 = 2;
 const VIRTIO_ID_CONSOLE: u32 = 3;
+const VIRTIO_ID_VSOCK: u32 = 19;
 /// virtio-net feature bits that extend its config space.
 const VIRTIO_NET_F_MTU: u32 = 3;
 const VIRTIO_NET_F_STATUS: u32 = 16;
@@ -47,6 +48,8 @@ pub fn config_size(device_type: u32, features: u64) -> usize {
                 (VIRTIO_CONSOLE_F_EMERG_WRITE, 12),
             ],
         ),
+        // guest_cid (le64), whatever the features.
+        VIRTIO_ID_VSOCK => 8,
         _ => 256,
     }
 }

@@ -10,12 +10,14 @@ pub mod console;
 mod cpus;
 mod exception;
 mod fail;
+mod idle;
 mod memory;
 pub mod net;
 mod panic;
 mod pci;
 mod serial_flood;
 mod transport;
+pub mod vsock;
 
 use crate::machine::Machine;
 use crate::scenario::Scenario;
@@ -36,6 +38,8 @@ pub enum Failure {
     Transport(transport::Error),
     /// See `pci.rs`.
     Pci(pci::Error),
+    /// See `vsock/mod.rs` (and `idle.rs`).
+    Vsock(vsock::Error),
     /// The `fail` scenario.
     Fail,
 }
@@ -49,6 +53,7 @@ impl fmt::Display for Failure {
             Self::Net(e) => e.fmt(f),
             Self::Transport(e) => e.fmt(f),
             Self::Pci(e) => e.fmt(f),
+            Self::Vsock(e) => e.fmt(f),
             Self::Fail => write!(f, "this scenario always fails"),
         }
     }
@@ -85,6 +90,12 @@ pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
         Scenario::VirtioStatus => transport::clear_driver_ok(machine).map_err(Failure::Transport),
         Scenario::PciProbe => pci::probe(machine).map_err(Failure::Pci),
         Scenario::PciHostile => pci::hostile(machine).map_err(Failure::Pci),
+        Scenario::VsockProbe => vsock::probe::run(machine).map_err(Failure::Vsock),
+        Scenario::VsockEcho => vsock::echo::run(machine).map_err(Failure::Vsock),
+        Scenario::VsockConnect => vsock::connect::run(machine).map_err(Failure::Vsock),
+        Scenario::VsockHostile => vsock::hostile::run(machine).map_err(Failure::Vsock),
+        Scenario::VsockLatency => vsock::latency::run(machine).map_err(Failure::Vsock),
+        Scenario::Idle => idle::run(machine).map_err(Failure::Vsock),
         Scenario::SerialFlood => {
             serial_flood::run(machine);
             Ok(())

@@ -527,6 +527,19 @@ impl FakeRegs {
         regs
     }
 
+    /// A virtio-vsock device with guest CID `cid`, offering STREAM; three queues.
+    pub fn vsock(cid: u64) -> Self {
+        let regs = Self::blk(0);
+        {
+            let mut s = regs.state.borrow_mut();
+            s.device_id = 19;
+            s.config = cid.to_le_bytes().to_vec();
+            s.features = feature::VERSION_1 | feature::EVENT_IDX | 1;
+            s.extra_queues = vec![FakeQueueRegs::default(); 2];
+        }
+        regs
+    }
+
     /// Resize the console to `cols` x `rows` as a device does: new configuration,
     /// ConfigGeneration + 1, configuration-change bit set in InterruptStatus.
     pub fn resize_console(&self, cols: u16, rows: u16) {

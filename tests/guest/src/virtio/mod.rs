@@ -13,7 +13,8 @@
 //! - [`blk`]: virtio-blk requests (header, data, status) on top of both;
 //! - [`bufs`]: fixed-size receive and transmit buffers on a queue, which
 //!   [`net`] (virtio-net: frames behind a 12-byte header) and [`console`] (virtio-console
-//!   port 0: bytes) use.
+//!   port 0: bytes) use;
+//! - [`vsock`]: virtio-vsock stream connections with credit-based flow control.
 //!
 //! The guest binary supplies the real [`Regs`] (volatile accesses to the device's
 //! registers, `src/mmio.rs`), the memory (frames from its allocator; the guest identity-maps
@@ -29,6 +30,7 @@ pub mod net;
 pub mod pci;
 pub mod queue;
 pub mod transport;
+pub mod vsock;
 
 pub use transport::{Either, Transport};
 
@@ -121,6 +123,8 @@ pub mod device_id {
     pub const BLOCK: u32 = 2;
     /// Console.
     pub const CONSOLE: u32 = 3;
+    /// Socket device.
+    pub const VSOCK: u32 = 19;
 
     /// A short name for messages.
     pub fn name(id: u32) -> &'static str {
@@ -135,7 +139,7 @@ pub mod device_id {
             9 => "9p",
             16 => "gpu",
             18 => "input",
-            19 => "vsock",
+            VSOCK => "vsock",
             26 => "fs",
             _ => "other",
         }

@@ -1,0 +1,197 @@
+//! The microVM as the API sees it: its configuration until `InstanceStart`, then the
+//! running launcher; Firecracker's pre-boot and post-boot rules.
+
+use std::path::PathBuf;
+
+use bulkhead_protocol::{ApiRequest, VmState};
+
+use super::launcher::Launcher;
+use super::log::{Logger, Metrics};
+use super::model::{self, FullConfig};
+
+/// Firecracker's refusal of a pre-boot request after boot.
+pub const POST_BOOT: &str = "The requested operation is not supported after starting the microVM.";
+/// Firecracker's refusal of a post-boot request before boot.
+pub const PRE_BOOT: &str = "The requested operation is not supported before starting the microVM.";
+
+/// The instance.
+pub struct Instance {
+    /// `--id`.
+    pub id: String,
+    /// What was configured.
+    pub config: FullConfig,
+    /// The VM, once started.
+    pub launcher: Option<Launcher>,
+    /// Whether the vCPUs are paused.
+    pub paused: bool,
+    /// Where the launcher's own API socket goes.
+    pub ctl: PathBuf,
+    /// `--enable-pci`.
+    pub pci: bool,
+    /// The logger.
+    pub logger: Logger,
+    /// The metrics.
+    pub metrics: Metrics,
+}
+
+impl Instance {
+    /// A VM not started, configured with nothing.
+    pub fn new(id: &str, ctl: PathBuf) -> Instance {
+        Instance {
+            id: id.to_owned(),
+            config: FullConfig::default(),
+            launcher: None,
+            paused: false,
+            ctl,
+            pci: false,
+            logger: Logger::new(id),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Refuses a pre-boot request once started.
+    pub fn pre_boot(&self) -> Result<(), String> {
+        match self.launcher {
+            Some(_) => Err(POST_BOOT.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The running launcher, or the pre-boot refusal.
+    pub fn running(&self) -> Result<&Launcher, String> {
+        self.launcher.as_ref().ok_or_else(|| PRE_BOOT.into())
+    }
+
+    /// "Not started", "Running" or "Paused".
+    pub fn state(&self) -> &'static str {
+        match (&self.launcher, self.paused) {
+            (None, _) => "Not started",
+            (Some(_), false) => "Running",
+            (Some(_), true) => "Paused",
+        }
+    }
+
+    /// Applies a whole configuration (a config file): each part checked as its API
+    /// request would be.
+    pub fn configure(&mut self, c: FullConfig) -> Result<(), String> {
+        let unsupported = [
+            ("balloon", c.balloon.is_some()),
+            ("mmds-config", c.mmds_config.is_some()),
+            ("entropy", c.entropy.is_some()),
+            ("cpu-config", c.cpu_config.is_some()),
+        ];
+        if let Some((what, _)) = unsupported.iter().find(|(_, set)| *set) {
+            return Err(format!("The requested operation is not supported: {what}."));
+        }
+        if let Some(l) = &c.logger {
+            self.set_logger(l)?;
+        }
+        if let Some(m) = &c.metrics {
+            self.metrics.configure(&m.metrics_path)?;
+        }
+        if let Some(m) = &c.machine_config {
+            m.check()?;
+        }
+        for d in &c.drives {
+            check_drive(d)?;
+        }
+        for n in &c.network_interfaces {
+            check_net(n)?;
+        }
+        if let Some(v) = &c.vsock {
+            check_vsock(v)?;
+        }
+        self.config = c;
+        Ok(())
+    }
+
+    /// `PUT /logger`.
+    pub fn set_logger(&mut self, l: &model::Logger) -> Result<(), String> {
+        self.logger.configure(
+            l.log_path.as_deref(),
+            l.level.as_deref(),
+            l.show_level.unwrap_or(false),
+            l.show_log_origin.unwrap_or(false),
+        )
+    }
+
+    /// `InstanceStart`.
+    pub fn start(&mut self) -> Result<(), String> {
+        self.pre_boot()?;
+        let args = super::run_args::run_args(&self.config, &self.ctl, self.pci)?;
+        self.logger
+            .info("instance", "InstanceStart: starting bulkhead run");
+        let launcher = Launcher::start(&args, &self.ctl)?;
+        self.logger.info(
+            "instance",
+            &format!("the VM runs: launcher pid {}", launcher.pid()),
+        );
+        self.launcher = Some(launcher);
+        Ok(())
+    }
+
+    /// `SendCtrlAltDel`.
+    pub fn ctrl_alt_del(&mut self) -> Result<(), String> {
+        self.running()?.ask(ApiRequest::CtrlAltDel)?;
+        Ok(())
+    }
+
+    /// `PATCH /vm`.
+    pub fn set_paused(&mut self, pause: bool) -> Result<(), String> {
+        let request = if pause {
+            ApiRequest::Pause
+        } else {
+            ApiRequest::Resume
+        };
+        let state = self.running()?.ask(request)?;
+        self.paused = state == VmState::Paused;
+        Ok(())
+    }
+}
+
+/// `PUT /drives/{id}`'s checks.
+pub fn check_drive(d: &model::Drive) -> Result<(), String> {
+    model::check_id(&d.drive_id)?;
+    if d.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
+        return Err("The requested operation is not supported: rate limiters.".into());
+    }
+    if d.path_on_host.is_some() == d.socket.is_some() {
+        return Err(format!(
+            "Unable to create the block device: drive {} needs exactly one of path_on_host and socket.",
+            d.drive_id
+        ));
+    }
+    for (what, v) in [("cache_type", &d.cache_type), ("io_engine", &d.io_engine)] {
+        let ok = match what {
+            "cache_type" => ["Unsafe", "Writeback"].as_slice(),
+            _ => ["Sync", "Async"].as_slice(),
+        };
+        if let Some(v) = v.as_deref().filter(|v| !ok.contains(v)) {
+            return Err(format!("Invalid {what}: {v}."));
+        }
+    }
+    Ok(())
+}
+
+/// `PUT /network-interfaces/{id}`'s checks.
+pub fn check_net(n: &model::NetworkInterface) -> Result<(), String> {
+    model::check_id(&n.iface_id)?;
+    let limited = |r: &Option<serde_json::Value>| r.as_ref().is_some_and(|r| !r.is_null());
+    if limited(&n.rx_rate_limiter) || limited(&n.tx_rate_limiter) {
+        return Err("The requested operation is not supported: rate limiters.".into());
+    }
+    if let Some(mac) = &n.guest_mac {
+        crate::net_arg::parse_mac(mac).map_err(|e| format!("Invalid guest MAC: {e}."))?;
+    }
+    crate::tap::check_name(&n.host_dev_name)
+        .map_err(|e| format!("Open tap device failed: {e}."))?;
+    Ok(())
+}
+
+/// `PUT /vsock`'s checks.
+pub fn check_vsock(v: &model::Vsock) -> Result<(), String> {
+    if v.guest_cid < 3 {
+        return Err(format!("Invalid guest CID {}: 3 or more.", v.guest_cid));
+    }
+    Ok(())
+}

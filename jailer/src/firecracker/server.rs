@@ -1,0 +1,161 @@
+//! The API server loop: one thread polling the listening socket and every connection
+//! (non-blocking), so a client that stalls half-way through a request only loses its own
+//! connection after [`STALL_TIMEOUT`]; connections stay open between requests (keep-alive,
+//! as the Go SDK's pooled clients expect). The loop ends when the VM's launcher exits.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use super::http::{self, Parsed, Response};
+use super::instance::Instance;
+use super::routes;
+
+/// How long a client may take to finish a request it began.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are closed on arrival.
+const MAX_CONNECTIONS: usize = 32;
+/// Poll interval (also how soon the launcher's exit is seen).
+const TICK_MS: i32 = 100;
+
+struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    /// When the unfinished request in `buf` began.
+    since: Option<Instant>,
+    /// Whether `100 Continue` was sent for the unfinished request.
+    continued: bool,
+}
+
+/// Serves `listener` for `vm` until its launcher exits; returns the launcher's status.
+pub fn serve(listener: &UnixListener, vm: &mut Instance, max_body: usize) -> i32 {
+    let _ = listener.set_nonblocking(true);
+    let mut conns: Vec<Conn> = Vec::new();
+    loop {
+        if let Some(code) = vm.launcher.as_mut().and_then(|l| l.exited()) {
+            vm.logger.info(
+                "server",
+                &format!("the VM stopped: bulkhead run exited with {code}"),
+            );
+            return code;
+        }
+        let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
+            .chain(conns.iter().map(|c| c.stream.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds, alive for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, TICK_MS) };
+        if n < 0 {
+            continue;
+        }
+        if fds[0].revents != 0 {
+            while let Ok((stream, _)) = listener.accept() {
+                if conns.len() >= MAX_CONNECTIONS || stream.set_nonblocking(true).is_err() {
+                    vm.logger
+                        .error("server", "too many API connections: one refused");
+                    continue;
+                }
+                conns.push(Conn {
+                    stream,
+                    buf: Vec::new(),
+                    since: None,
+                    continued: false,
+                });
+            }
+        }
+        let now = Instant::now();
+        let mut keep = Vec::with_capacity(conns.len());
+        for (i, mut c) in conns.into_iter().enumerate() {
+            let ready = fds.get(i + 1).is_some_and(|p| p.revents != 0);
+            let open = if ready {
+                serve_conn(&mut c, vm, max_body)
+            } else {
+                true
+            };
+            let stalled = c
+                .since
+                .is_some_and(|t| now.duration_since(t) > STALL_TIMEOUT);
+            if stalled {
+                vm.logger
+                    .error("server", "an API client stalled mid-request: closed");
+                let r = Response::fault(
+                    408,
+                    "Request timed out: the request was not completed in time.",
+                );
+                let _ = c.stream.write_all(&r.to_bytes(true));
+            }
+            if open && !stalled {
+                keep.push(c);
+            }
+        }
+        conns = keep;
+    }
+}
+
+/// Reads what `c` sent and answers every whole request in it; false to close it.
+fn serve_conn(c: &mut Conn, vm: &mut Instance, max_body: usize) -> bool {
+    let limit = http::MAX_HEADER_BYTES + max_body + 1;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match c.stream.read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) => {
+                c.buf.extend_from_slice(&chunk[..n]);
+                if c.buf.len() > limit {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    loop {
+        match http::parse(&c.buf, max_body) {
+            Parsed::ExpectsContinue => {
+                c.since.get_or_insert_with(Instant::now);
+                if !c.continued {
+                    c.continued = true;
+                    if c.stream
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                return true;
+            }
+            Parsed::Partial => {
+                if c.buf.is_empty() {
+                    c.since = None;
+                } else if c.since.is_none() {
+                    c.since = Some(Instant::now());
+                }
+                return true;
+            }
+            Parsed::Refused(msg) => {
+                vm.logger.error("server", &msg);
+                vm.metrics.requests_failed += 1;
+                let _ = c
+                    .stream
+                    .write_all(&Response::bad_request(&msg).to_bytes(true));
+                return false;
+            }
+            Parsed::Complete(req, used) => {
+                c.buf.drain(..used);
+                c.since = None;
+                c.continued = false;
+                let answer = routes::handle(vm, &req);
+                // A client that does not read its answers loses its connection, nobody else.
+                if c.stream.write_all(&answer.to_bytes(req.close)).is_err() || req.close {
+                    return false;
+                }
+            }
+        }
+    }
+}
