@@ -91,11 +91,12 @@ fn fd_kinds(pid: u32, image: &str, console: &str) -> BTreeMap<String, usize> {
 /// and vCPU (`kvm-vm`, `kvm-vcpu:0`), no `/dev/kvm` (closed once the VM exists).
 fn expected_fds(program: &str) -> BTreeMap<String, usize> {
     let list: &[(&str, usize)] = match program {
+        // With the vsock device's socket (and its copy) and its eventfds.
         "bulkhead-vmm" => &[
             ("/dev/null", 1),
             ("pipe", 2),
-            ("socket", 9),
-            ("eventfd", 11),
+            ("socket", 11),
+            ("eventfd", 15),
             ("memfd", 2),
             ("kvm-vm", 1),
             ("kvm-vcpu:0", 1),
@@ -124,6 +125,15 @@ fn expected_fds(program: &str) -> BTreeMap<String, usize> {
             ("eventfd", 5),
             ("eventpoll", 1),
             ("console file", 1),
+        ],
+        // Beyond the console's kinds: the hybrid listener, the broker socket, the I/O
+        // thread's epoll; no file at all.
+        "bulkhead-vsock" => &[
+            ("/dev/null", 1),
+            ("pipe", 2),
+            ("socket", 11),
+            ("eventfd", 5),
+            ("eventpoll", 2),
         ],
         _ => &[],
     };
@@ -175,6 +185,15 @@ fn expected_threads(program: &str) -> Vec<(&'static str, &'static str)> {
             ("vu-relay-in", "8"),
             ("vu-relay-out", "8"),
         ],
+        "bulkhead-vsock" => vec![
+            ("bulkhead-vsock", "8"),
+            ("bulkhead-vsock", "8"),
+            ("signals", "4"),
+            ("vring_worker", "4"),
+            ("vsock-io", "4"),
+            ("vu-relay-in", "8"),
+            ("vu-relay-out", "8"),
+        ],
         _ => vec![],
     }
 }
@@ -222,10 +241,12 @@ fn every_process_is_confined_as_promised() {
     cmd.env("RUST_LOG", "warn")
         .env(bulkhead_seccomp::thread::SELF_TEST_ENV, "landlock")
         .env("BULKHEAD_TEST_SECRET", "must not pass");
-    let vm = Running::start_via(cmd, "confined", &[], 60_000);
+    let uds = std::env::temp_dir().join(format!("bulkhead-confined-{}.vsock", std::process::id()));
+    let vsock = format!("cid=3,uds={}", uds.display());
+    let vm = Running::start_via(cmd, "confined", &["--vsock", &vsock], 60_000);
     let pid = vm.pid();
     let kids = children(pid);
-    assert_eq!(kids.len(), 4, "{kids:?}");
+    assert_eq!(kids.len(), 5, "{kids:?}");
     let (image, console) = (vm.image(), vm.console());
     let host_cgroups = cgroup_limits::host();
     // Every layer of every process is checked; what fails is listed at the end.
@@ -354,8 +375,14 @@ fn every_process_is_confined_as_promised() {
             format!("{what}: not in its cgroup:\n{cgroup}"),
         );
         let limits = cgroup_limits::Limits::of(*child, &host_cgroups);
-        let expected =
-            cgroup_limits::Limits::expected(&host_cgroups, (256 + 256) << 20, 100_000, 13);
+        // bulkhead-vsock has two workers (its queue thread and its I/O thread).
+        let workers = if program == "bulkhead-vsock" { 2 } else { 1 };
+        let expected = cgroup_limits::Limits::expected(
+            &host_cgroups,
+            (256 + 256) << 20,
+            100_000 * workers,
+            12 + workers,
+        );
         check(
             limits == expected,
             format!("{what}: cgroup limits {limits:?}, expected {expected:?} on {host_cgroups:?}"),
@@ -368,12 +395,13 @@ fn every_process_is_confined_as_promised() {
             "bulkhead-vmm" => ("1024", (256u64 << 20).to_string()),
             "bulkhead-blk" => ("256", (1u64 << 20).to_string()),
             "bulkhead-console" => ("256", (16u64 << 20).to_string()),
+            "bulkhead-vsock" => ("512", "0".to_owned()),
             _ => ("256", "0".to_owned()),
         };
         for (name, value) in [
             ("Max open files", nofile.to_owned()),
             ("Max file size", fsize),
-            ("Max processes", "52".to_owned()),
+            ("Max processes", "66".to_owned()),
         ] {
             let got = limit(&limits, name);
             check(
@@ -388,7 +416,7 @@ fn every_process_is_confined_as_promised() {
     assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
     assert_nothing_left(pid, &kids);
     // Landlock: each process, jailed, was refused its own (empty) root directory.
-    for name in ["vmm", "disk0", "net0", "console0"] {
+    for name in ["vmm", "disk0", "net0", "console0", "vsock0"] {
         let line = format!("{name}| landlock self-test: listing / refused (");
         let refused = stderr
             .lines()

@@ -189,6 +189,23 @@ pub enum BenchWhat {
     /// Start-up time to the first guest line and total RSS minus guest memory of all of a
     /// VM's processes, confined (the default) beside unconfined.
     Confine(ConfineBenchArgs),
+    /// Stream throughput and round-trip latency guest<->host through bulkhead-vsock
+    /// (hybrid vsock), on both transports, beside a Unix socket pair on the host.
+    Vsock(VsockBenchArgs),
+}
+
+/// `bulkhead bench vsock`.
+#[derive(Args, Debug, Clone)]
+pub struct VsockBenchArgs {
+    /// MiB echoed per run (throughput).
+    #[arg(long, value_name = "MiB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub mib: u64,
+    /// Round trips of 64 bytes per run (latency).
+    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Runs per path (medians and spread).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
 }
 
 /// `bulkhead bench confine`.

@@ -92,15 +92,11 @@ fn run(args: &RunArgs) -> i32 {
         None => None,
     };
     let console = args.console.clone().and_then(|c| c.0);
-    let mut devices = match Devices::start(
-        &args.disk,
-        &args.net,
-        console.as_ref(),
-        args.vsock.as_ref(),
-    ) {
-        Ok(d) => d,
-        Err(e) => return fail(&e),
-    };
+    let mut devices =
+        match Devices::start(&args.disk, &args.net, console.as_ref(), args.vsock.as_ref()) {
+            Ok(d) => d,
+            Err(e) => return fail(&e),
+        };
     if let Some(code) = stopped_while_starting(&signals) {
         devices.stop();
         return code;

@@ -1,5 +1,6 @@
 //! Fuzzing entry points for what a guest feeds the device backends: block request chains,
-//! net TX chains and RX frames, console transmit and receive chains.
+//! net TX chains and RX frames, console transmit and receive chains, vsock packets and
+//! host peers against the vsock connection table.
 //!
 //! Each `fuzz_*` function takes arbitrary bytes, builds a split virtqueue from them in a
 //! fresh guest memory ([`ring`]), runs the device's own queue code on it and checks what
@@ -13,7 +14,9 @@ pub mod input;
 pub mod net;
 pub mod ring;
 pub mod stable;
+pub mod vsock;
 
 pub use block::fuzz_block;
 pub use console::fuzz_console;
 pub use net::fuzz_net;
+pub use vsock::fuzz_vsock;

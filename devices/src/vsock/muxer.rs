@@ -206,22 +206,33 @@ impl Muxer {
                 self.pending.remove(&fd);
             }
             Line::Connect(port) => {
-                let Some(p) = self.pending.remove(&fd) else {
-                    return;
-                };
-                if self.conns.len() >= MAX_CONNECTIONS {
-                    self.counters.refused += 1;
-                    return;
+                if let Some(p) = self.pending.remove(&fd) {
+                    self.host_connect(p.stream, port);
                 }
-                let host_port = self.free_host_port(port);
-                let key = (host_port, port);
-                let mut c = Connection::new(p.stream, State::Connecting);
-                c.readable = false;
-                self.by_fd.insert(fd, key);
-                self.conns.insert(key, c);
-                self.send_control(key, op::REQUEST, 0);
             }
         }
+    }
+
+    /// A host program on `stream` (non-blocking, registered with the epoll) asked for
+    /// the guest's `port`: REQUEST sent, the stream waits for the guest's answer. Returns
+    /// its host port, `None` when the table is full (the stream is closed).
+    pub fn host_connect(
+        &mut self,
+        stream: std::os::unix::net::UnixStream,
+        port: u32,
+    ) -> Option<u32> {
+        if self.conns.len() >= MAX_CONNECTIONS {
+            self.counters.refused += 1;
+            return None;
+        }
+        let host_port = self.free_host_port(port);
+        let key = (host_port, port);
+        let mut c = Connection::new(stream, State::Connecting);
+        c.readable = false;
+        self.by_fd.insert(c.stream.as_raw_fd(), key);
+        self.conns.insert(key, c);
+        self.send_control(key, op::REQUEST, 0);
+        Some(host_port)
     }
 
     fn free_host_port(&mut self, guest_port: u32) -> u32 {

@@ -1,7 +1,8 @@
 //! `bulkhead bench`: benchmarks that print figures beside a baseline measured in the same
 //! run (never timed assertions): `boot` (start-up time, memory overhead), `blk` (guest
 //! block I/O through bulkhead-blk, through qemu-storage-daemon, and the host's own I/O),
-//! `net` (UDP throughput beside a veth pair) and `confine` (what confinement costs). `blk`
+//! `net` (UDP throughput beside a veth pair), `vsock` (stream throughput and round trips
+//! beside a Unix socket pair) and `confine` (what confinement costs). `blk`
 //! and `net` run the guest on both virtio transports and show them side by side.
 
 mod blk;
@@ -12,6 +13,7 @@ mod host_io;
 mod net;
 mod qsd;
 mod runs;
+mod vsock;
 
 use crate::cli::{BenchArgs, BenchWhat};
 
@@ -22,6 +24,7 @@ pub fn main(args: BenchArgs) -> i32 {
         BenchWhat::Blk(a) => blk::main(a),
         BenchWhat::Net(a) => net::main(a),
         BenchWhat::Confine(a) => confine::main(a),
+        BenchWhat::Vsock(a) => vsock::main(a),
     }
 }
 

@@ -100,7 +100,8 @@ pub fn vm_tasks(workers: impl IntoIterator<Item = u64>) -> u64 {
 }
 
 /// [`vm_tasks`] of the VM `args` describe: the vmm (a worker per vCPU), a `bulkhead-blk`
-/// per image (per queue), a `bulkhead-net` per device (per queue pair), the console.
+/// per image (per queue), a `bulkhead-net` per device (per queue pair), the console, the
+/// vsock device.
 pub fn vm_tasks_of(args: &crate::cli::RunArgs) -> u64 {
     use crate::disk_arg::DiskBackend;
     let disks = args
@@ -110,11 +111,13 @@ pub fn vm_tasks_of(args: &crate::cli::RunArgs) -> u64 {
         .map(|d| u64::from(d.queues));
     let nets = args.net.iter().map(|n| u64::from(n.queues));
     let console = args.console.as_ref().and_then(|c| c.0.as_ref()).map(|_| 1);
+    let vsock = args.vsock.as_ref().map(|_| super::vsock::WORKERS);
     vm_tasks(
         std::iter::once(args.cpus)
             .chain(disks)
             .chain(nets)
-            .chain(console),
+            .chain(console)
+            .chain(vsock),
     )
 }
 

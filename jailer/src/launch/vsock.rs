@@ -20,6 +20,9 @@ use super::{backend_program, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXT
 use crate::safe_open::SocketFile;
 use crate::vsock_arg::VsockArg;
 
+/// Worker threads of `bulkhead-vsock`: its queue thread and its I/O thread.
+pub const WORKERS: u64 = 2;
+
 /// A started vsock device: its process, the vmm's side of its connection, and the uds
 /// socket's file (removed when dropped, once the VM has ended).
 pub type StartedVsock = (DeviceProcess, UnixStream, SocketFile);
@@ -47,8 +50,7 @@ pub fn start_vsock(name: &str, arg: &VsockArg) -> Result<StartedVsock, LaunchErr
     cmd.args(["--broker-fd", &(FIRST_EXTRA_FD + 1).to_string()]);
     let fds: Vec<OwnedFd> = vec![listener.into(), theirs.into()];
     let needs = Needs {
-        // The queue thread and the I/O thread.
-        workers: 2,
+        workers: WORKERS,
         // Streams (256), CONNECT clients (64) and the process's own.
         max_fds: 512,
         reports: true,

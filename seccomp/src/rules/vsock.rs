@@ -62,6 +62,10 @@ pub const IO: &[Rule] = &[
         "the guest's SHUTDOWN: the host socket's write side",
     ),
     Rule::any(SYS_close, "a stream that ended"),
+    Rule::any(
+        SYS_mremap,
+        "a stream's buffer of bytes for the host grows (realloc of a large allocation)",
+    ),
     Rule::when(
         SYS_fcntl,
         &[Arg::Eq32(1, F_GETFD as u32)],
