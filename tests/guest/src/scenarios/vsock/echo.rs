@@ -53,7 +53,7 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
                 }
                 Event::Closed(id) if ours[id] => {
                     ours[id] = false;
-                    live -= 1;
+                    live = live.saturating_sub(1);
                     ended += 1;
                     if closing_since[id] == 0 {
                         resets += 1;
@@ -93,7 +93,7 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
             {
                 v.reset(id)?;
                 ours[id] = false;
-                live -= 1;
+                live = live.saturating_sub(1);
                 ended += 1;
             }
         }
