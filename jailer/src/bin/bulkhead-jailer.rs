@@ -6,6 +6,11 @@
 //! It waits for the program, forwards SIGTERM/SIGINT/SIGHUP to it (SIGKILL if it has not
 //! ended 5 s later: as pid 1 of its namespace it ignores signals it does not handle),
 //! removes its cgroup and exits with its status (128 + the signal number on a signal).
+//!
+//! Given Firecracker's jailer's command line (a flag only that jailer has, such as
+//! `--chroot-base-dir` or `--cgroup`, or an `--exec-file` named `bulkhead-firecracker` or
+//! `firecracker`), it keeps Firecracker's jailer's contract instead and starts
+//! `bulkhead-firecracker` in a chroot directory ([`fc_jailer`], the README's section).
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -20,6 +25,16 @@ use bulkhead::jail::{
 use bulkhead_seccomp::jail::{finish_jail, JailArgs};
 use bulkhead_seccomp::landlock::LandlockMode;
 use clap::Parser;
+
+#[path = "../fc_jailer/mod.rs"]
+mod fc_jailer;
+/// The part of `bulkhead-firecracker` that both binaries read: the jail's environment.
+#[allow(dead_code)]
+#[path = "../firecracker/jailed.rs"]
+mod jailed;
+mod firecracker {
+    pub(crate) use super::jailed;
+}
 
 /// How long a forwarded signal may take to end the program before SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -105,6 +120,10 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if fc_jailer::wanted(&argv) {
+        std::process::exit(fc_jailer::main(&argv));
+    }
     // Only before "--": after it, the flag is an argument for the program.
     let selftest = std::env::args_os()
         .skip(1)

@@ -28,6 +28,8 @@ pub fn check_level(level: &str) -> Result<String, String> {
 /// Opens `path` (a file or a FIFO) for appending; read-write, so that a FIFO whose reader
 /// has not opened it yet is opened all the same (as Firecracker opens it).
 pub fn open_sink(path: &Path) -> Result<File, String> {
+    // Under Firecracker's jailer the path is inside the chroot.
+    let path = &super::jailed::resolve(path);
     std::fs::OpenOptions::new()
         .read(true)
         .append(true)

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod http;
 pub mod instance;
+pub mod jailed;
 pub mod launcher;
 pub mod log;
 pub mod main;

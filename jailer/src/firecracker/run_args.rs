@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::path::Path;
 
+use super::jailed::resolve;
 use super::model::{Drive, FullConfig, MachineConfig};
 
 /// The command line when `boot_args` is not given: `bulkhead run`'s default for
@@ -27,9 +28,9 @@ pub fn run_args(config: &FullConfig, ctl: &Path, pci: bool) -> Result<Vec<OsStri
         a.push(format!("--{name}").into());
         a.push(value);
     };
-    flag("kernel", boot.kernel_image_path.clone().into());
+    flag("kernel", resolve(&boot.kernel_image_path).into());
     if let Some(initrd) = &boot.initrd_path {
-        flag("initrd", initrd.clone().into());
+        flag("initrd", resolve(initrd).into());
     }
     let MachineConfig {
         vcpu_count,
@@ -74,11 +75,15 @@ pub fn run_args(config: &FullConfig, ctl: &Path, pci: bool) -> Result<Vec<OsStri
     }
     if let Some(vsock) = &config.vsock {
         let mut v = OsString::from(format!("cid={},uds=", vsock.guest_cid));
-        v.push(&vsock.uds_path);
+        v.push(resolve(&vsock.uds_path));
         flag("vsock", v);
     }
     if pci {
         flag("transport", "pci".into());
+    }
+    if let Some(identity) = super::jailed::open_as() {
+        // Under Firecracker's jailer: the chroot's files are the jail identity's.
+        flag("open-as", identity.into());
     }
     flag("api-socket", ctl.as_os_str().to_owned());
     Ok(a)
@@ -88,12 +93,12 @@ fn disk_value(d: &Drive) -> Result<OsString, String> {
     let mut v = match (&d.path_on_host, &d.socket) {
         (Some(path), None) => {
             let mut v = OsString::from("path=");
-            v.push(path);
+            v.push(resolve(path));
             v
         }
         (None, Some(socket)) => {
             let mut v = OsString::from("socket=");
-            v.push(socket);
+            v.push(resolve(socket));
             v
         }
         _ => {

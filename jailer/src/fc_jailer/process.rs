@@ -1,0 +1,256 @@
+//! Starting `bulkhead-firecracker` in the jail and watching it: its command line with the
+//! API socket and config file inside the chroot, the network namespace, cgroup and rlimits
+//! applied between fork and exec, `--daemonize` (a new session, stdio on /dev/null), and
+//! the jailer staying its parent to forward SIGTERM/SIGINT/SIGHUP and remove what it made.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use super::args::{JailerArgs, Rlimit, EXEC_NAME};
+use super::cgroup::FcCgroup;
+use super::chroot::Chroot;
+
+/// Firecracker's default API socket, inside the chroot.
+const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
+/// How long a forwarded signal may take to end the program before SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+/// The variables the jailed program keeps from the jailer's environment.
+const KEPT_ENV: &[&str] = &["PATH", "RUST_LOG", "TMPDIR"];
+
+/// Runs the jail to its end; the program's exit status (128 + signal if killed).
+pub fn run(args: &JailerArgs) -> Result<i32, String> {
+    let exec = std::fs::canonicalize(&args.exec_file).map_err(|e| {
+        format!(
+            "Failed to canonicalize path {}: {e}",
+            args.exec_file.display()
+        )
+    })?;
+    let netns = args
+        .netns
+        .as_deref()
+        .map(|p| File::open(p).map_err(|e| format!("Failed to open netns {}: {e}", p.display())))
+        .transpose()?;
+    let mut chroot = Chroot::prepare(args)?;
+    let fc_args = fc_args(args, &mut chroot)?;
+    let parent = args
+        .parent_cgroup
+        .clone()
+        .unwrap_or_else(|| EXEC_NAME.to_owned());
+    let mut cgroup = match FcCgroup::create(&parent, &args.id, args.cgroup_version, &args.cgroups) {
+        Ok(c) => c,
+        Err(e) => {
+            chroot.clean();
+            return Err(e);
+        }
+    };
+    let result = start_and_wait(args, &exec, fc_args, &mut chroot, netns, cgroup.as_ref());
+    if let Some(c) = cgroup.as_mut() {
+        c.remove();
+    }
+    chroot.clean();
+    result
+}
+
+/// Firecracker's arguments with the paths it opens at start made host paths in the chroot.
+fn fc_args(args: &JailerArgs, chroot: &mut Chroot) -> Result<Vec<OsString>, String> {
+    let mut out = Vec::new();
+    let mut it = args.fc_args.iter();
+    let mut api_sock = None;
+    let no_api = args.fc_args.iter().any(|a| a == "--no-api");
+    while let Some(a) = it.next() {
+        out.push(a.clone());
+        if a == "--api-sock" || a == "--config-file" || a == "--metadata" {
+            let Some(v) = it.next() else { break };
+            if a == "--api-sock" {
+                api_sock = Some(PathBuf::from(v));
+            }
+            out.push(chroot.resolve(Path::new(v)).into_os_string());
+        }
+    }
+    if !no_api {
+        let sock = match api_sock {
+            Some(s) => s,
+            None => {
+                out.push("--api-sock".into());
+                out.push(chroot.resolve(Path::new(DEFAULT_API_SOCK)).into_os_string());
+                PathBuf::from(DEFAULT_API_SOCK)
+            }
+        };
+        chroot.make_parents(&sock, args.uid, args.gid)?;
+    }
+    Ok(out)
+}
+
+fn start_and_wait(
+    args: &JailerArgs,
+    exec: &Path,
+    fc_args: Vec<OsString>,
+    chroot: &mut Chroot,
+    netns: Option<File>,
+    cgroup: Option<&FcCgroup>,
+) -> Result<i32, String> {
+    let procs = cgroup
+        .map(|c| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(c.procs())
+                .map_err(|e| format!("opening {}: {e}", c.procs().display()))
+        })
+        .transpose()?;
+    if args.daemonize {
+        daemonize()?;
+    }
+    let signals = block_signals()?;
+    let mut cmd = Command::new(exec);
+    cmd.args(&fc_args)
+        .current_dir(chroot.root())
+        .env_clear()
+        .env(crate::firecracker::jailed::CHROOT_ENV, chroot.root())
+        .env(
+            crate::firecracker::jailed::OPEN_AS_ENV,
+            format!("{}:{}", args.uid, args.gid),
+        );
+    for name in KEPT_ENV {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
+    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+    let limits: Vec<(libc::__rlimit_resource_t, u64)> = args
+        .rlimits
+        .iter()
+        .map(|r| match *r {
+            Rlimit::Fsize(n) => (libc::RLIMIT_FSIZE, n),
+            Rlimit::NoFile(n) => (libc::RLIMIT_NOFILE, n),
+        })
+        .collect();
+    // SAFETY: between fork and exec only async-signal-safe system calls run (prctl,
+    // sigprocmask, setns, write, setrlimit) on fds and values prepared before the fork;
+    // nothing allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if let Some(fd) = procs_fd {
+                // "0": the writing process itself joins the cgroup.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(fd) = netns_fd {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for &(resource, n) in &limits {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(resource, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("Failed to exec into {}: {e}", exec.display()))?;
+    drop(procs);
+    drop(netns);
+    if args.new_pid_ns {
+        if let Err(e) = chroot.write_pid(child.id()) {
+            terminate(&mut child);
+            return Err(e);
+        }
+    }
+    Ok(supervise(&mut child, &signals))
+}
+
+/// `--daemonize`: a new session, stdio on /dev/null.
+fn daemonize() -> Result<(), String> {
+    // SAFETY: setsid has no memory-safety preconditions.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(format!("setsid: {}", std::io::Error::last_os_error()));
+    }
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("opening /dev/null: {e}"))?;
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors from an fd we own; nothing in this
+        // process holds 0-2 as an owned Rust object that would be closed twice.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(format!(
+                "dup2 /dev/null: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP (to be forwarded); the set, for `sigtimedwait`.
+fn block_signals() -> Result<libc::sigset_t, String> {
+    // SAFETY: the set is initialised by sigemptyset before use; sigprocmask changes only
+    // this thread's mask (the jailer's only thread).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(format!(
+                "blocking signals: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(set)
+    }
+}
+
+/// Waits for the child, forwarding the blocked signals; SIGKILL [`GRACE`] after one.
+fn supervise(child: &mut Child, signals: &libc::sigset_t) -> i32 {
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        }
+        let timeout = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 50_000_000,
+        };
+        // SAFETY: `signals` is an initialised set; a null info pointer is allowed.
+        let sig = unsafe { libc::sigtimedwait(signals, std::ptr::null_mut(), &timeout) };
+        if sig > 0 {
+            // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet
+            // (try_wait saw it running), so its pid names no other process.
+            unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+            kill_at.get_or_insert(Instant::now() + GRACE);
+        }
+        if kill_at.is_some_and(|t| Instant::now() > t) {
+            let _ = child.kill();
+        }
+    }
+}
+
+fn terminate(child: &mut Child) {
+    // SAFETY: as in `supervise`: our unreaped child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+}
