@@ -8,6 +8,7 @@ pub mod confined;
 pub mod debian_kernel;
 pub mod disk;
 pub mod elf;
+pub mod fc_curl;
 pub mod initramfs;
 pub mod netns;
 #[path = "../../jailer/src/bench/qsd.rs"]

@@ -63,6 +63,13 @@ impl Chroot {
         Ok(())
     }
 
+    /// Removes `inside` (a path as the jailed process sees it) at the end if it is left
+    /// (the API socket of a program that did not end in order).
+    pub fn remove_at_end(&mut self, inside: &Path) {
+        let full = self.resolve(inside);
+        self.made.push(full);
+    }
+
     /// Writes `pid` to `<chroot>/<exec-file name>.pid`, as Firecracker's jailer does with
     /// `--new-pid-ns`.
     pub fn write_pid(&mut self, pid: u32) -> Result<(), String> {

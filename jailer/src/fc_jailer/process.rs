@@ -82,6 +82,7 @@ fn fc_args(args: &JailerArgs, chroot: &mut Chroot) -> Result<Vec<OsString>, Stri
             }
         };
         chroot.make_parents(&sock, args.uid, args.gid)?;
+        chroot.remove_at_end(&sock);
     }
     Ok(out)
 }
@@ -94,14 +95,17 @@ fn start_and_wait(
     netns: Option<File>,
     cgroup: Option<&FcCgroup>,
 ) -> Result<i32, String> {
-    let procs = cgroup
-        .map(|c| {
-            std::fs::OpenOptions::new()
+    let procs: Vec<File> = cgroup
+        .map(|c| c.procs())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            File::options()
                 .write(true)
-                .open(c.procs())
-                .map_err(|e| format!("opening {}: {e}", c.procs().display()))
+                .open(p)
+                .map_err(|e| format!("opening {}: {e}", p.display()))
         })
-        .transpose()?;
+        .collect::<Result<_, _>>()?;
     if args.daemonize {
         daemonize()?;
     }
@@ -121,7 +125,7 @@ fn start_and_wait(
         }
     }
     let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
-    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+    let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let limits: Vec<(libc::__rlimit_resource_t, u64)> = args
         .rlimits
         .iter()
@@ -141,7 +145,7 @@ fn start_and_wait(
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            if let Some(fd) = procs_fd {
+            for &fd in &procs_fds {
                 // "0": the writing process itself joins the cgroup.
                 if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());

@@ -68,6 +68,15 @@ fn private_dir(id: &str) -> Result<PrivateDir, String> {
         .mode(0o700)
         .create(&dir)
         .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    // Under Firecracker's jailer the launcher binds its socket here as the jail identity
+    // (`--open-as`): the directory is that identity's.
+    if let Some((uid, gid)) = super::jailed::open_as().and_then(|v| {
+        let (u, g) = v.split_once(':')?;
+        Some((u.parse().ok()?, g.parse().ok()?))
+    }) {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+            .map_err(|e| format!("changing owner of {}: {e}", dir.display()))?;
+    }
     Ok(PrivateDir(dir))
 }
 
