@@ -165,6 +165,28 @@ fn stop_with_ctrl_alt_del(j: &mut Spawned, sock: &str) -> Vec<(u32, String)> {
     let launcher = children(fc[0].0);
     let vm: Vec<(u32, String)> = launcher.iter().flat_map(|l| children(l.0)).collect();
     assert!(vm.iter().any(|p| p.1 == "bulkhead-vmm"), "{vm:?}");
+    // The VM's processes are confined by bulkhead's own per-VM identities and jails, not
+    // run as the chroot's identity (bulkhead-net stays in the TAP's namespace, as with
+    // `bulkhead run --net tap=NAME`).
+    let wrong: Vec<String> = vm
+        .iter()
+        .flat_map(|(pid, name)| common::confined::wrong(*pid, name))
+        .filter(|w| {
+            !(w.starts_with("bulkhead-net ") && w.ends_with("shares the host's net namespace"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "not confined:\n{}", wrong.join("\n"));
+    for (pid, name) in &vm {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap_or_default();
+        assert!(
+            !uid.contains(&JAIL_ID.to_string()),
+            "{name} runs as the chroot's identity: {uid}"
+        );
+    }
     no_content(
         sock,
         "PUT",
@@ -363,4 +385,41 @@ fn bad_command_lines_are_refused_as_firecrackers_jailer_does() {
     );
     // Nothing was made for a refused command line.
     assert!(!c.base.join("bulkhead-firecracker/ok").exists());
+}
+
+#[test]
+fn daemonize_detaches_and_sigterm_is_forwarded() {
+    require_netns!();
+    let _serial = common::running::serial();
+    let c = Chroot::new("daemon");
+    let mut child = jailer(&c, &["--daemonize"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    wait_for_socket(&c.sock());
+    let (code, info) = curl(&c.sock(), "GET", "/", None);
+    assert!(code == 200 && info.contains("Not started"), "{code} {info}");
+    // Its own session, its stdio on /dev/null (as Firecracker's jailer with --daemonize).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = stat.rsplit_once(')').unwrap().1;
+    let session: u32 = after_comm
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(session, pid, "{stat}");
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(target, Path::new("/dev/null"), "fd {fd}");
+    }
+    let fc = children(pid);
+    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let status = common::wait_until(&mut child, Instant::now() + Duration::from_secs(20));
+    assert!(status.is_some(), "the jailer did not end on SIGTERM");
+    assert_gone(&fc, "bulkhead-jailer");
+    assert_eq!(c.entries(), ["rootfs.img", "vmlinux"]);
 }

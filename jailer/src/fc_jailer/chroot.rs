@@ -80,19 +80,9 @@ impl Chroot {
         Ok(())
     }
 
-    /// `inside` as a host path (see `firecracker::jailed::resolve`: the same rule).
+    /// `inside` as a host path (the rule `bulkhead-firecracker` applies to API paths).
     pub fn resolve(&self, inside: &Path) -> PathBuf {
-        let mut out = self.root.clone();
-        for c in inside.components() {
-            match c {
-                std::path::Component::Normal(n) => out.push(n),
-                std::path::Component::ParentDir if out != self.root => {
-                    out.pop();
-                }
-                _ => {}
-            }
-        }
-        out
+        crate::firecracker::jailed::resolve_in(&self.root, inside)
     }
 
     /// Removes what this jailer made, newest first (a directory only if empty).

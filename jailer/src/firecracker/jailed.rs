@@ -22,9 +22,14 @@ pub fn chroot() -> Option<PathBuf> {
 /// `path` as the jailed process sees it: inside the chroot, `..` never leaving it (a
 /// relative path is relative to the chroot's root, Firecracker's working directory).
 pub fn resolve(path: &Path) -> PathBuf {
-    let Some(root) = chroot() else {
-        return path.to_owned();
-    };
+    match chroot() {
+        Some(root) => resolve_in(&root, path),
+        None => path.to_owned(),
+    }
+}
+
+/// `path` inside `root`.
+pub fn resolve_in(root: &Path, path: &Path) -> PathBuf {
     let mut inside = PathBuf::new();
     for c in path.components() {
         match c {
