@@ -149,6 +149,12 @@ fn start_vm(sock: &str, tests: &str, nic: Option<&str>) {
     no_content(
         sock,
         "PUT",
+        "/vsock",
+        r#"{"guest_cid":3,"uds_path":"/run/v.sock"}"#,
+    );
+    no_content(
+        sock,
+        "PUT",
         "/actions",
         r#"{"action_type":"InstanceStart"}"#,
     );
@@ -249,6 +255,13 @@ fn the_containerd_invocation_boots_in_the_chroot() {
     assert!(code == 200 && info.contains(&c.id), "{code} {info}");
     start_vm(&sock, "blk-identify", None);
     j.wait_for_line("bulkhead-guest: PASS blk-identify", BOOT);
+    // The vsock's `uds_path` is inside the chroot too.
+    let uds = c.root().join("run/v.sock");
+    assert!(
+        std::fs::metadata(&uds).is_ok(),
+        "no vsock socket at {}",
+        uds.display()
+    );
     let processes = stop_with_ctrl_alt_del(&mut j, &sock);
     let (code, stderr) = j.wait_exit(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{stderr}");
