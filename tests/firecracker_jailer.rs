@@ -390,6 +390,13 @@ fn bad_command_lines_are_refused_as_firecrackers_jailer_does() {
         stderr.contains("starts only bulkhead-firecracker"),
         "{stderr}"
     );
+    // A --netns that is not a network namespace.
+    for netns in ["/nonexistent/netns", "/proc/self/ns/uts"] {
+        let args = [common_flags.as_slice(), &["--id", "ok", "--netns", netns]].concat();
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(&format!("netns {netns}")), "{stderr}");
+    }
     // Missing --id.
     let (code, stderr) = run(&common_flags);
     assert!(

@@ -30,11 +30,9 @@ pub fn run(args: &JailerArgs) -> Result<i32, String> {
             args.exec_file.display()
         )
     })?;
-    let netns = args
-        .netns
-        .as_deref()
-        .map(|p| File::open(p).map_err(|e| format!("Failed to open netns {}: {e}", p.display())))
-        .transpose()?;
+    if let Some(path) = &args.netns {
+        join_netns(path)?;
+    }
     let mut chroot = Chroot::prepare(args)?;
     let fc_args = fc_args(args, &mut chroot)?;
     let parent = args
@@ -48,7 +46,7 @@ pub fn run(args: &JailerArgs) -> Result<i32, String> {
             return Err(e);
         }
     };
-    let result = start_and_wait(args, &exec, fc_args, &mut chroot, netns, cgroup.as_ref());
+    let result = start_and_wait(args, &exec, fc_args, &mut chroot, cgroup.as_ref());
     if let Some(c) = cgroup.as_mut() {
         c.remove();
     }
@@ -92,7 +90,6 @@ fn start_and_wait(
     exec: &Path,
     fc_args: Vec<OsString>,
     chroot: &mut Chroot,
-    netns: Option<File>,
     cgroup: Option<&FcCgroup>,
 ) -> Result<i32, String> {
     let procs: Vec<File> = cgroup
@@ -124,7 +121,6 @@ fn start_and_wait(
             cmd.env(name, v);
         }
     }
-    let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
     let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let limits: Vec<(libc::__rlimit_resource_t, u64)> = args
         .rlimits
@@ -135,7 +131,7 @@ fn start_and_wait(
         })
         .collect();
     // SAFETY: between fork and exec only async-signal-safe system calls run (prctl,
-    // sigprocmask, setns, write, setrlimit) on fds and values prepared before the fork;
+    // sigprocmask, write, setrlimit) on fds and values prepared before the fork;
     // nothing allocates.
     unsafe {
         cmd.pre_exec(move || {
@@ -148,11 +144,6 @@ fn start_and_wait(
             for &fd in &procs_fds {
                 // "0": the writing process itself joins the cgroup.
                 if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if let Some(fd) = netns_fd {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -172,7 +163,6 @@ fn start_and_wait(
         .spawn()
         .map_err(|e| format!("Failed to exec into {}: {e}", exec.display()))?;
     drop(procs);
-    drop(netns);
     if args.new_pid_ns {
         if let Err(e) = chroot.write_pid(child.id()) {
             terminate(&mut child);
@@ -180,6 +170,23 @@ fn start_and_wait(
         }
     }
     Ok(supervise(&mut child, &signals))
+}
+
+/// `--netns PATH`: the jailer joins it (as Firecracker's does), so everything it starts is
+/// there; the TAPs named in API requests are opened in it.
+fn join_netns(path: &Path) -> Result<(), String> {
+    let ns =
+        File::open(path).map_err(|e| format!("Failed to open netns {}: {e}", path.display()))?;
+    // SAFETY: setns on an fd we own; the jailer has a single thread, so the whole process
+    // moves.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "Failed to join netns {}: {} (not a network namespace?)",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// `--daemonize`: a new session, stdio on /dev/null.
