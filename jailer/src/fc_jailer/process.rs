@@ -20,7 +20,7 @@ const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
 /// How long a forwarded signal may take to end the program before SIGKILL.
 const GRACE: Duration = Duration::from_secs(10);
 /// The variables the jailed program keeps from the jailer's environment.
-const KEPT_ENV: &[&str] = &["PATH", "RUST_LOG", "TMPDIR"];
+const KEPT_ENV: &[&str] = &["PATH", "RUST_LOG"];
 
 /// Runs the jail to its end; the program's exit status (128 + signal if killed).
 pub fn run(args: &JailerArgs) -> Result<i32, String> {
@@ -46,7 +46,11 @@ pub fn run(args: &JailerArgs) -> Result<i32, String> {
             return Err(e);
         }
     };
-    let result = start_and_wait(args, &exec, fc_args, &mut chroot, cgroup.as_ref());
+    let result = scratch_dir(&args.id).and_then(|tmp| {
+        let r = start_and_wait(args, &exec, fc_args, &mut chroot, cgroup.as_ref(), &tmp);
+        let _ = std::fs::remove_dir_all(&tmp);
+        r
+    });
     if let Some(c) = cgroup.as_mut() {
         c.remove();
     }
@@ -91,6 +95,7 @@ fn start_and_wait(
     fc_args: Vec<OsString>,
     chroot: &mut Chroot,
     cgroup: Option<&FcCgroup>,
+    tmp: &Path,
 ) -> Result<i32, String> {
     let procs: Vec<File> = cgroup
         .map(|c| c.procs())
@@ -111,6 +116,7 @@ fn start_and_wait(
     cmd.args(&fc_args)
         .current_dir(chroot.root())
         .env_clear()
+        .env("TMPDIR", tmp)
         .env(crate::firecracker::jailed::CHROOT_ENV, chroot.root())
         .env(
             crate::firecracker::jailed::OPEN_AS_ENV,
@@ -170,6 +176,19 @@ fn start_and_wait(
         }
     }
     Ok(supervise(&mut child, &signals))
+}
+
+/// The jailed program's `TMPDIR` (its private directory and the launcher's live there),
+/// removed with everything in it at the end, even if the program was killed. Mode 0711:
+/// the launcher binds its socket in a directory of the jail identity's inside it.
+fn scratch_dir(id: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("bulkhead-jailer-{id}-{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o711)
+        .create(&dir)
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    Ok(dir)
 }
 
 /// `--netns PATH`: the jailer joins it (as Firecracker's does), so everything it starts is
