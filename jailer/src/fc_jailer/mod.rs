@@ -55,3 +55,38 @@ pub fn main(argv: &[OsString]) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::wanted;
+    use std::ffi::OsString;
+
+    fn w(args: &[&str]) -> bool {
+        wanted(&args.iter().map(OsString::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_mode_follows_the_flags() {
+        assert!(w(&["--id", "a", "--chroot-base-dir", "/srv"]));
+        assert!(w(&["--id", "a", "--cgroup", "pids.max=1"]));
+        assert!(w(&["--exec-file", "/usr/bin/firecracker", "--id", "a"]));
+        assert!(w(&["--exec-file", "/x/bulkhead-firecracker"]));
+        // bulkhead's own jailer mode, and flags after "--" (the program's).
+        assert!(!w(&[
+            "--id",
+            "a",
+            "--exec-file",
+            "/bin/busybox",
+            "--cgroup-memory",
+            "1"
+        ]));
+        assert!(!w(&[
+            "--id",
+            "a",
+            "--exec-file",
+            "/bin/sh",
+            "--",
+            "--daemonize"
+        ]));
+    }
+}
