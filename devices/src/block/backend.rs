@@ -43,7 +43,10 @@ pub type SharedMemory = GuestMemoryAtomic<GuestRam>;
 #[derive(Debug)]
 pub struct BlockBackend {
     features: u64,
-    config: ConfigSpace,
+    config: RwLock<ConfigSpace>,
+    logical_block_size: u32,
+    /// The image served now (each worker holds it too).
+    disk: Mutex<Arc<Disk>>,
     num_queues: usize,
     mem: RwLock<SharedMemory>,
     workers: Vec<Mutex<QueueWorker>>,
@@ -72,7 +75,9 @@ impl BlockBackend {
             .collect();
         BlockBackend {
             features: features(disk.read_only(), num_queues),
-            config,
+            config: RwLock::new(config),
+            logical_block_size,
+            disk: Mutex::new(disk),
             num_queues: usize::from(num_queues),
             mem: RwLock::new(SharedMemory::new(GuestRam::new())),
             workers,
@@ -80,8 +85,52 @@ impl BlockBackend {
     }
 
     /// The configuration space the guest sees.
-    pub fn config_space(&self) -> &ConfigSpace {
-        &self.config
+    pub fn config_space(&self) -> ConfigSpace {
+        *self.config.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Serves `disk` from now on; returns its capacity in sectors. Every queue worker is
+    /// locked first, so a round in progress finishes on the old image and the next starts
+    /// on the new one; the config space then shows the new capacity (the caller has the
+    /// vmm raise the config-change interrupt), and the old image is flushed before it is
+    /// dropped. Read-only-ness is the new image's for every request (a write to a
+    /// read-only image fails with IOERR); the feature bits negotiated at start-up stay.
+    pub fn swap_disk(&self, disk: Disk) -> Result<u64, String> {
+        let disk = Arc::new(disk);
+        let mut workers: Vec<_> = self
+            .workers
+            .iter()
+            .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner))
+            .collect();
+        let mut current = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
+        for worker in workers.iter_mut() {
+            worker.set_disk(Arc::clone(&disk));
+        }
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) =
+            ConfigSpace::new(ConfigInfo {
+                capacity_sectors: disk.capacity_sectors(),
+                logical_block_size: self.logical_block_size,
+                num_queues: self.num_queues as u16,
+            });
+        let old = std::mem::replace(&mut *current, Arc::clone(&disk));
+        drop(workers);
+        let flushed = if old.read_only() {
+            Ok(())
+        } else {
+            old.flush()
+        };
+        log::info!(
+            "now serving {} ({} bytes{}) instead of {}",
+            disk.name(),
+            disk.size(),
+            if disk.read_only() { ", read-only" } else { "" },
+            old.name()
+        );
+        if let Err(e) = flushed {
+            // The swap is done: the guest must be told either way.
+            log::warn!("flushing the previous image {}: {e}", old.name());
+        }
+        Ok(disk.capacity_sectors())
     }
 
     fn memory(&self) -> SharedMemory {
@@ -152,7 +201,10 @@ impl VhostUserBackend for BlockBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.config.read(offset, size)
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read(offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
