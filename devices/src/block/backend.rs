@@ -114,11 +114,7 @@ impl BlockBackend {
             });
         let old = std::mem::replace(&mut *current, Arc::clone(&disk));
         drop(workers);
-        let flushed = if old.read_only() {
-            Ok(())
-        } else {
-            old.flush()
-        };
+        let flushed = if old.read_only() { Ok(()) } else { old.flush() };
         log::info!(
             "now serving {} ({} bytes{}) instead of {}",
             disk.name(),

@@ -10,7 +10,7 @@ mod stderr;
 mod vmm;
 pub mod vsock;
 
-pub use blk::start_blk;
+pub use blk::{open_swap_image, start_blk};
 pub use console::start_console;
 pub use net::start_net;
 pub use vmm::{start_vmm, VMM};
@@ -235,6 +235,64 @@ impl DeviceProcess {
             Child::Plain(c) => c.try_wait().ok().flatten(),
             Child::Jailed(c) => c.try_wait().ok().flatten(),
         }
+    }
+
+    /// Sends `request` (with `fds`) over its control socket and waits for the answer
+    /// (any message but `Ready`/`Exited`, which are noted); for a backend with reports only.
+    pub fn ask(
+        &mut self,
+        request: &bulkhead_protocol::ToProcess,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<ToLauncher, String> {
+        let name = self.name.clone();
+        let Some(channel) = self.control.as_mut() else {
+            return Err(format!("{name}: no control socket to ask it over"));
+        };
+        channel
+            .send(request, fds)
+            .map_err(|e| format!("{name}: {e}"))?;
+        loop {
+            match channel.recv() {
+                Ok((ToLauncher::Ready { .. }, _)) => {}
+                Ok((ToLauncher::Exited { .. }, _)) => return Err(format!("{name} is exiting")),
+                Ok((answer, _)) => return Ok(answer),
+                Err(e) => return Err(format!("{name}: {e}")),
+            }
+        }
+    }
+
+    /// Lets it write files up to `size` bytes (RLIMIT_FSIZE, set at start to its image's
+    /// size): raised, never lowered, for a larger image swapped in.
+    pub fn allow_file_size(&self, size: u64) -> Result<(), String> {
+        let pid = self.pid() as libc::pid_t;
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit reads the limit of our own unreaped child into `now`.
+        if unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut now) } != 0 {
+            return Err(format!(
+                "{}: reading its file size limit: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            ));
+        }
+        if now.rlim_cur == libc::RLIM_INFINITY || now.rlim_cur >= size {
+            return Ok(());
+        }
+        let new = libc::rlimit {
+            rlim_cur: size,
+            rlim_max: now.rlim_max.max(size),
+        };
+        // SAFETY: prlimit sets our own unreaped child's limit from `new`, a local.
+        if unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &new, std::ptr::null_mut()) } != 0 {
+            return Err(format!(
+                "{}: raising its file size limit to {size} bytes for the larger image: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
     }
 
     fn signal(&self, signal: libc::c_int) {
