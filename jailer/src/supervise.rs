@@ -287,7 +287,10 @@ impl<'a> Supervisor<'a> {
         if process.exited().is_some() {
             return Err(format!("{device}: its process has ended"));
         }
-        process.allow_file_size(image.size)?;
+        if !image.block_device {
+            // RLIMIT_FSIZE does not apply to block devices.
+            process.allow_file_size(image.size)?;
+        }
         let request = ToProcess::SwapDisk {
             name: path.display().to_string(),
             size: image.size,

@@ -159,6 +159,8 @@ pub struct DeviceProcess {
     control: Option<LauncherChannel>,
     /// Whether it said it is confined and serving.
     pub ready: bool,
+    /// The RLIMIT_FSIZE it was given (`None`: none).
+    file_size_limit: Option<u64>,
 }
 
 impl DeviceProcess {
@@ -261,37 +263,38 @@ impl DeviceProcess {
         }
     }
 
-    /// Lets it write files up to `size` bytes (RLIMIT_FSIZE, set at start to its image's
-    /// size): raised, never lowered, for a larger image swapped in.
-    pub fn allow_file_size(&self, size: u64) -> Result<(), String> {
-        let pid = self.pid() as libc::pid_t;
-        let mut now = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: prlimit reads the limit of our own unreaped child into `now`.
-        if unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut now) } != 0 {
-            return Err(format!(
-                "{}: reading its file size limit: {}",
-                self.name,
-                std::io::Error::last_os_error()
-            ));
-        }
-        if now.rlim_cur == libc::RLIM_INFINITY || now.rlim_cur >= size {
+    /// Lets it write files up to `size` bytes: RLIMIT_FSIZE, set at start to its image's
+    /// size, is raised (never lowered) for a larger image swapped in. That takes
+    /// CAP_SYS_RESOURCE (the process runs as another uid); without it a larger image is
+    /// refused, since writes past the limit would kill the process (SIGXFSZ).
+    pub fn allow_file_size(&mut self, size: u64) -> Result<(), String> {
+        let Some(limit) = self.file_size_limit.filter(|&l| l < size) else {
             return Ok(());
-        }
+        };
         let new = libc::rlimit {
             rlim_cur: size,
-            rlim_max: now.rlim_max.max(size),
+            rlim_max: size,
         };
-        // SAFETY: prlimit sets our own unreaped child's limit from `new`, a local.
-        if unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &new, std::ptr::null_mut()) } != 0 {
+        // SAFETY: prlimit sets our own unreaped child's limit from `new`, a local; the old
+        // value is not asked for (null).
+        let set = unsafe {
+            libc::prlimit(
+                self.pid() as libc::pid_t,
+                libc::RLIMIT_FSIZE,
+                &new,
+                std::ptr::null_mut(),
+            )
+        };
+        if set != 0 {
             return Err(format!(
-                "{}: raising its file size limit to {size} bytes for the larger image: {}",
+                "{}: the new image is {size} bytes, larger than the {limit} bytes {} may \
+                 write (RLIMIT_FSIZE), and raising that limit failed: {}",
                 self.name,
+                self.program,
                 std::io::Error::last_os_error()
             ));
         }
+        self.file_size_limit = Some(size);
         Ok(())
     }
 
@@ -483,6 +486,7 @@ fn spawn_with(
         heard,
         control,
         ready: false,
+        file_size_limit: if c.jail { needs.max_file_size } else { None },
     };
     if let Some(channel) = process.control.as_mut() {
         if let Err(e) = channel.handshake() {
