@@ -50,7 +50,10 @@ fn check_after(vm: &mut Spawned, old: &Image, new: &Image) {
         NEW_SIZE as u64 / SECTOR,
         hex8(&new.original)
     );
-    assert!(after.contains(&expected), "{after:?}: expected {expected:?}");
+    assert!(
+        after.contains(&expected),
+        "{after:?}: expected {expected:?}"
+    );
     vm.wait_for_line("bulkhead-guest: PASS blk-swap", WAIT);
     assert!(old.read() == old.original, "the old image was changed");
     let now = new.read();
@@ -83,16 +86,25 @@ fn ctl_swaps_the_image_and_the_guest_sees_it(t: Transport) {
         OLD_SIZE as u64 / SECTOR,
         hex8(&old.original)
     );
-    assert!(before.contains(&expected), "{before:?}: expected {expected:?}");
+    assert!(
+        before.contains(&expected),
+        "{before:?}: expected {expected:?}"
+    );
     vm.wait_for(WAIT, |l| l.contains("blk0 swap waiting"));
 
     // Refused: a path that is not there, a device that is not a disk. The VM runs on.
     let missing = old.path.with_extension("missing");
-    let out = ctl(&sock, &["disk", "disk0", "--path", missing.to_str().unwrap()]);
+    let out = ctl(
+        &sock,
+        &["disk", "disk0", "--path", missing.to_str().unwrap()],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("disk0") && err.contains("missing"), "{err}");
-    let out = ctl(&sock, &["disk", "net0", "--path", new.path.to_str().unwrap()]);
+    let out = ctl(
+        &sock,
+        &["disk", "net0", "--path", new.path.to_str().unwrap()],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("net0: not a disk"), "{err}");
@@ -100,7 +112,10 @@ fn ctl_swaps_the_image_and_the_guest_sees_it(t: Transport) {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("state: running"));
 
-    let out = ctl(&sock, &["disk", "disk0", "--path", new.path.to_str().unwrap()]);
+    let out = ctl(
+        &sock,
+        &["disk", "disk0", "--path", new.path.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{out:?}");
     check_after(&mut vm, &old, &new);
     let (_, stdout, stderr) = vm.terminate(Duration::from_secs(30));
@@ -111,10 +126,23 @@ fn ctl_swaps_the_image_and_the_guest_sees_it(t: Transport) {
 /// `curl --unix-socket`: (status, body).
 fn curl(sock: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let out = Command::new("curl")
-        .args(["-s", "--max-time", "20", "--unix-socket", sock, "-X", method])
+        .args([
+            "-s",
+            "--max-time",
+            "20",
+            "--unix-socket",
+            sock,
+            "-X",
+            method,
+        ])
         .args(["-w", "\n%{http_code}"])
         .arg(format!("http://localhost{path}"))
-        .args(["-H", "Content-Type: application/json", "--data-binary", body])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ])
         .output()
         .expect("running curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -170,7 +198,10 @@ fn patch_drives_swaps_the_image_through_the_firecracker_api(t: Transport) {
         serde_json::json!({"drive_id": "rootfs", "path_on_host": old.path,
                            "is_root_device": true, "is_read_only": false}),
     );
-    put("/actions", serde_json::json!({"action_type": "InstanceStart"}));
+    put(
+        "/actions",
+        serde_json::json!({"action_type": "InstanceStart"}),
+    );
     let before = swap_line(&mut fc, "before");
     assert!(
         before.contains(&format!("sector0={}", hex8(&old.original))),

@@ -265,3 +265,46 @@ impl VhostUserBackend for BlockBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::disk::DiskOptions;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::fs::FileExt;
+    use vmm_sys_util::tempfile::TempFile;
+
+    const OPTIONS: DiskOptions = DiskOptions {
+        read_only: false,
+        direct: false,
+        logical_block_size: 512,
+    };
+
+    fn capacity(backend: &BlockBackend) -> u64 {
+        let bytes = backend.get_config(0, 8);
+        u64::from_le_bytes(bytes.try_into().unwrap())
+    }
+
+    #[test]
+    fn a_swapped_disk_shows_its_capacity_and_every_worker_serves_it() {
+        let old = TempFile::new().unwrap();
+        old.as_file().set_len(1 << 20).unwrap();
+        let new = TempFile::new().unwrap();
+        new.as_file().set_len(3 << 20).unwrap();
+        let disk = Disk::open(old.as_path(), OPTIONS).unwrap();
+        let backend = BlockBackend::new(Arc::new(disk), [0; ID_BYTES], 2, 512, Duration::ZERO);
+        assert_eq!(capacity(&backend), 2048);
+        let fd = OwnedFd::from(new.as_file().try_clone().unwrap());
+        let adopted = Disk::adopt(fd, "new".into(), 3 << 20, false, OPTIONS).unwrap();
+        assert_eq!(backend.swap_disk(adopted), Ok(6144));
+        assert_eq!(capacity(&backend), 6144);
+        // The backend's slot, both workers and this copy hold the new image.
+        let current = backend.disk.lock().unwrap().clone();
+        assert_eq!(current.name(), "new");
+        assert_eq!(Arc::strong_count(&current), 4);
+        current.write_all_at(b"x", 0).unwrap();
+        let mut b = [0u8; 1];
+        new.as_file().read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"x");
+    }
+}

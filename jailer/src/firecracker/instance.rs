@@ -230,3 +230,35 @@ pub fn check_vsock(v: &model::Vsock) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_drive_is_disk0_and_the_others_follow_in_order() {
+        let drive = |id: &str, root: bool| {
+            serde_json::from_value::<model::Drive>(serde_json::json!({
+                "drive_id": id, "path_on_host": "/x", "is_root_device": root
+            }))
+            .unwrap()
+        };
+        let config = FullConfig {
+            drives: vec![drive("a", false), drive("rootfs", true), drive("b", false)],
+            ..FullConfig::default()
+        };
+        let names: Vec<_> = ["rootfs", "a", "b", "c"]
+            .iter()
+            .map(|id| disk_name(&config, id))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                Some("disk0".into()),
+                Some("disk1".into()),
+                Some("disk2".into()),
+                None
+            ]
+        );
+    }
+}
