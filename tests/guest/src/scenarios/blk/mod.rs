@@ -126,6 +126,9 @@ pub enum Error {
     HostileBadRead(&'static str, u8),
     /// `blk-swap`: ConfigGeneration did not change within this many ms.
     NoConfigChange(u64),
+    /// `blk-swap`: the generation changed but InterruptStatus (this value) does not show
+    /// a configuration change.
+    NoConfigInterrupt(u32),
     /// `blk-swap`: the configuration could not be read again.
     Config(crate::virtio::transport::InitError),
 }
@@ -173,6 +176,10 @@ impl fmt::Display for Error {
                 write!(f, "timeout waiting for a configuration change ({ms} ms)")
             }
             Self::Config(e) => write!(f, "reading the configuration again: {e}"),
+            Self::NoConfigInterrupt(isr) => write!(
+                f,
+                "InterruptStatus reads {isr:#x} after a configuration change: bit 1 must be set"
+            ),
             Self::Capacity { expected, found } => {
                 write!(f, "capacity is {found} sectors, expected {expected}")
             }

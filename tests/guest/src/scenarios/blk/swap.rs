@@ -2,7 +2,8 @@
 //! Firecracker's `PATCH /drives/{id}`). Prints `<disk> swap before capacity=<n>
 //! sector0=<first 8 bytes, hex>`, then `<disk> swap waiting`, on which the host swaps the
 //! image; watches ConfigGeneration (bumped with the configuration-change interrupt) for
-//! up to [`WAIT_MS`], reads the configuration again and prints `<disk> swap after
+//! up to [`WAIT_MS`], checks InterruptStatus says a configuration change (bit 1), reads
+//! the configuration again and prints `<disk> swap after
 //! capacity=<n> sector0=<hex>`, then writes [`WRITTEN`] over sector 1, flushes, and
 //! prints `<disk> swap wrote sector 1`.
 
@@ -32,6 +33,11 @@ pub fn run(machine: &mut Machine) -> Result<(), Error> {
             return Err(Error::NoConfigChange(WAIT_MS));
         }
         core::hint::spin_loop();
+    }
+    // The configuration-change interrupt came with it: InterruptStatus (ISR) bit 1.
+    let isr = disk.blk.transport().interrupt_status();
+    if isr & 2 == 0 {
+        return Err(Error::NoConfigInterrupt(isr));
     }
     disk.blk.reread_config().map_err(Error::Config)?;
     report(disk, "after")?;
