@@ -102,10 +102,12 @@ fn expected_fds(program: &str) -> BTreeMap<String, usize> {
             ("kvm-vm", 1),
             ("kvm-vcpu:0", 1),
         ],
+        // One socket more than the others: the control thread's copy of the launcher's
+        // socket, on which image swaps arrive.
         "bulkhead-blk" => &[
             ("/dev/null", 1),
             ("pipe", 2),
-            ("socket", 9),
+            ("socket", 10),
             ("eventfd", 4),
             ("eventpoll", 1),
             ("image", 1),
@@ -150,7 +152,8 @@ fn expected_fds(program: &str) -> BTreeMap<String, usize> {
 /// queue thread narrows at its first event (`net-q0` and the RX thread it starts: 8),
 /// while one the guest never used still waits, unnamed (`vring_worker`), under the
 /// process role alone: 4; the threads started confined before the process filter
-/// (`signals`: vhost-user, `console-io`: console-worker) run that role alone: 4.
+/// (`signals`: vhost-user, `console-io`: console-worker) run that role alone: 4, as does
+/// bulkhead-blk's `control` thread (image swaps), started under the process filter.
 fn expected_threads(program: &str) -> Vec<(&'static str, &'static str)> {
     match program {
         "bulkhead-vmm" => vec![
@@ -163,6 +166,7 @@ fn expected_threads(program: &str) -> Vec<(&'static str, &'static str)> {
         "bulkhead-blk" => vec![
             ("bulkhead-blk", "8"),
             ("bulkhead-blk", "8"),
+            ("control", "4"),
             ("signals", "4"),
             ("vring_worker", "4"),
             ("vu-relay-in", "8"),

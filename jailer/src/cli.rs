@@ -153,7 +153,7 @@ pub struct CtlArgs {
 }
 
 /// What `bulkhead ctl` asks.
-#[derive(Subcommand, Debug, Clone, Copy)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum CtlAction {
     /// Print the VM's state, size and processes.
     Status,
@@ -163,6 +163,16 @@ pub enum CtlAction {
     Resume,
     /// Stop the VM (as SIGTERM to `bulkhead run` does).
     Shutdown,
+    /// Serve disk NAME (`disk0`) from another image from now on; the guest is told its
+    /// capacity changed. The image is opened by the launcher under the same path rules
+    /// (and `--open-as`) as at start-up.
+    Disk {
+        /// The disk (`disk0`, `disk1`, ...).
+        name: String,
+        /// The new image (a relative path is taken from this directory).
+        #[arg(long, value_name = "IMAGE")]
+        path: PathBuf,
+    },
 }
 
 /// `bulkhead bench`.

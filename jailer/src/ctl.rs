@@ -1,5 +1,5 @@
-//! `bulkhead ctl --api-socket PATH status|pause|resume|shutdown`: one request to a running
-//! VM's API socket, the answer printed.
+//! `bulkhead ctl --api-socket PATH status|pause|resume|shutdown|disk NAME --path IMAGE`:
+//! one request to a running VM's API socket, the answer printed.
 
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -14,11 +14,29 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Runs `bulkhead ctl`; returns the exit status (0 done, 1 the VM refused, 125 no answer).
 pub fn main(args: CtlArgs) -> i32 {
-    let request = match args.action {
+    let request = match &args.action {
         CtlAction::Status => ApiRequest::Status,
         CtlAction::Pause => ApiRequest::Pause,
         CtlAction::Resume => ApiRequest::Resume,
         CtlAction::Shutdown => ApiRequest::Shutdown,
+        CtlAction::Disk { name, path } => {
+            // The launcher runs elsewhere: a relative path is ours, made absolute here.
+            let path = match std::path::absolute(path) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("bulkhead: error: {}: {e}", path.display());
+                    return 125;
+                }
+            };
+            let Some(path) = path.to_str() else {
+                eprintln!("bulkhead: error: {}: not UTF-8", path.display());
+                return 125;
+            };
+            ApiRequest::SwapDisk {
+                device: name.clone(),
+                path: path.to_owned(),
+            }
+        }
     };
     let at = args.api_socket.display();
     match ask(&args, &request) {

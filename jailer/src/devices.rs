@@ -64,6 +64,9 @@ pub struct Devices {
     pub processes: Vec<DeviceProcess>,
     /// Namespaces to delete after the processes are gone.
     namespaces: Vec<NamedNetNs>,
+    /// The disks served by a `bulkhead-blk` of ours: name, read-only, O_DIRECT (for
+    /// swapping their image on a running VM).
+    pub images: Vec<(String, bool, bool)>,
     /// Socket files bulkhead bound for its devices (`--console socket=`), removed after
     /// the processes are gone.
     socket_files: Vec<SocketFile>,
@@ -163,6 +166,7 @@ impl Devices {
                     disk.queues,
                     *direct,
                 )?;
+                self.images.push((name.to_owned(), *readonly, *direct));
                 self.add(
                     name,
                     VIRTIO_ID_BLOCK,

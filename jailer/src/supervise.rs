@@ -234,6 +234,12 @@ impl<'a> Supervisor<'a> {
                 self.shut_down();
                 ApiReply::Ok
             }
+            Ok(ApiRequest::SwapDisk { device, path }) => {
+                match self.swap_disk(&device, std::path::Path::new(&path)) {
+                    Ok(()) => ApiReply::Ok,
+                    Err(e) => ApiReply::Error(sanitize(&e)),
+                }
+            }
             Ok(ApiRequest::Hello { .. }) => ApiReply::Error("a second Hello".into()),
             Err(e) => {
                 log::warn!("API socket: {}", sanitize(&e));
@@ -241,6 +247,81 @@ impl<'a> Supervisor<'a> {
             }
         };
         client.reply(reply);
+    }
+
+    /// Serves disk `device` from the image at `path` from now on: the launcher opens it by
+    /// the path rules (and `--open-as`) as at start-up, hands the fd to the disk's
+    /// `bulkhead-blk`, which swaps between requests, then has the vmm raise the
+    /// config-change interrupt so the guest re-reads the capacity. Any refusal leaves the
+    /// VM running on the old image.
+    pub fn swap_disk(&mut self, device: &str, path: &std::path::Path) -> Result<(), String> {
+        if self.report.exited.is_some() || self.stop_deadline.is_some() {
+            return Err("the VM is not running (it is stopping or has ended)".into());
+        }
+        let Some(&(_, read_only, direct)) =
+            self.devices.images.iter().find(|(name, ..)| name == device)
+        else {
+            let disks: Vec<&str> = self.devices.images.iter().map(|d| d.0.as_str()).collect();
+            return Err(format!(
+                "{device}: not a disk served by bulkhead-blk (the disks are: {})",
+                if disks.is_empty() {
+                    "none".to_owned()
+                } else {
+                    disks.join(", ")
+                }
+            ));
+        };
+        if direct {
+            return Err(format!(
+                "{device}: a disk opened with direct=on cannot have its image swapped yet"
+            ));
+        }
+        let image =
+            crate::launch::open_swap_image(device, path, read_only).map_err(|e| chain(&e))?;
+        let process = self
+            .devices
+            .processes
+            .iter_mut()
+            .find(|p| p.name == device)
+            .ok_or_else(|| format!("{device}: its process is gone"))?;
+        if process.exited().is_some() {
+            return Err(format!("{device}: its process has ended"));
+        }
+        if !image.block_device {
+            // RLIMIT_FSIZE does not apply to block devices.
+            process.allow_file_size(image.size)?;
+        }
+        let request = ToProcess::SwapDisk {
+            name: path.display().to_string(),
+            size: image.size,
+            read_only,
+            block_device: image.block_device,
+        };
+        let capacity = match process.ask(&request, &[image.file.as_fd()])? {
+            ToLauncher::DiskSwapped { capacity_sectors } => capacity_sectors,
+            ToLauncher::Error { message } => {
+                return Err(format!("{device}: {}", sanitize(&message)))
+            }
+            other => {
+                return Err(format!(
+                    "{device} answered {}",
+                    sanitize(&format!("{other:?}"))
+                ))
+            }
+        };
+        drop(image);
+        log::info!(
+            "{device}: now serving {} ({capacity} sectors)",
+            path.display()
+        );
+        self.channel
+            .send(
+                &ToProcess::ConfigChanged {
+                    device: device.to_owned(),
+                },
+                &[],
+            )
+            .map_err(|e| format!("{device}: swapped, but telling the vmm: {e}"))
     }
 
     /// Forwards `request` to the vmm; the reply with every process's state filled in.
@@ -336,6 +417,17 @@ fn refusal(answer: ToLauncher) -> ApiReply {
             sanitize(&format!("{other:?}"))
         )),
     }
+}
+
+/// `e` and its causes, `: `-separated (the path rules' refusal names the path and why).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 fn pollin(fd: RawFd) -> libc::pollfd {

@@ -76,6 +76,12 @@ pub enum ToLauncher {
         /// What went wrong.
         message: String,
     },
+    /// bulkhead-blk: answer to [`ToProcess::SwapDisk`]: the disk now serves the new image
+    /// (the old one was flushed and closed).
+    DiskSwapped {
+        /// The new capacity in 512-byte sectors.
+        capacity_sectors: u64,
+    },
 }
 
 /// Launcher → process.
@@ -109,6 +115,19 @@ pub enum ToProcess {
     /// vmm only: press Ctrl+Alt+Del on the i8042 (Firecracker's `SendCtrlAltDel`);
     /// answered by [`ToLauncher::Status`] or [`ToLauncher::Error`].
     CtrlAltDel,
+    /// bulkhead-blk only: serve the image whose fd this frame carries from now on (the
+    /// launcher opened it by the path rules and checked it: `size` bytes, a multiple of the
+    /// logical block size). Answered by [`ToLauncher::DiskSwapped`] or [`ToLauncher::Error`].
+    SwapDisk {
+        /// What messages call the new image (its path).
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+        /// Whether it is served read-only.
+        read_only: bool,
+        /// Whether it is a block device.
+        block_device: bool,
+    },
 }
 
 /// `bulkhead ctl` → launcher, over the API socket.
@@ -131,6 +150,14 @@ pub enum ApiRequest {
     /// Press Ctrl+Alt+Del on the VM's i8042 (the guest decides what to do). Answered by
     /// [`ApiReply::Status`] or [`ApiReply::Error`].
     CtrlAltDel,
+    /// Serve disk `device` (`disk0`) from the image at `path` from now on, and tell the
+    /// guest its capacity changed. Answered by [`ApiReply::Ok`] or [`ApiReply::Error`].
+    SwapDisk {
+        /// The disk's name.
+        device: String,
+        /// The new image, opened by the launcher under the rules for paths a user names.
+        path: String,
+    },
 }
 
 /// Launcher → `bulkhead ctl`, over the API socket.
@@ -223,6 +250,7 @@ impl Message for ToLauncher {
             Self::DeviceFailed { .. } => "DeviceFailed",
             Self::Exited { .. } => "Exited",
             Self::Error { .. } => "Error",
+            Self::DiskSwapped { .. } => "DiskSwapped",
         }
     }
 }
@@ -239,11 +267,13 @@ impl Message for ToProcess {
             Self::CtrlAltDel => "CtrlAltDel",
             Self::Resources { .. } => "Resources",
             Self::ConfigChanged { .. } => "ConfigChanged",
+            Self::SwapDisk { .. } => "SwapDisk",
         }
     }
     fn fds_carried(&self) -> usize {
         match self {
             Self::Resources { names } => names.len(),
+            Self::SwapDisk { .. } => 1,
             _ => 0,
         }
     }
@@ -259,6 +289,7 @@ impl Message for ApiRequest {
             Self::Resume => "Resume",
             Self::Shutdown => "Shutdown",
             Self::CtrlAltDel => "CtrlAltDel",
+            Self::SwapDisk { .. } => "SwapDisk",
         }
     }
 }
@@ -290,10 +321,17 @@ mod tests {
     }
 
     #[test]
-    fn only_resources_carries_fds() {
+    fn only_resources_and_swap_disk_carry_fds() {
         let names = vec!["disk".to_string(), "tap".to_string()];
         assert_eq!(ToProcess::Resources { names }.fds_carried(), 2);
         assert_eq!(ToProcess::Shutdown.fds_carried(), 0);
         assert_eq!(ToLauncher::Exited { code: 0 }.fds_carried(), 0);
+        let swap = ToProcess::SwapDisk {
+            name: "b.img".into(),
+            size: 4096,
+            read_only: false,
+            block_device: false,
+        };
+        assert_eq!(swap.fds_carried(), 1);
     }
 }

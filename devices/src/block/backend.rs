@@ -43,7 +43,10 @@ pub type SharedMemory = GuestMemoryAtomic<GuestRam>;
 #[derive(Debug)]
 pub struct BlockBackend {
     features: u64,
-    config: ConfigSpace,
+    config: RwLock<ConfigSpace>,
+    logical_block_size: u32,
+    /// The image served now (each worker holds it too).
+    disk: Mutex<Arc<Disk>>,
     num_queues: usize,
     mem: RwLock<SharedMemory>,
     workers: Vec<Mutex<QueueWorker>>,
@@ -72,7 +75,9 @@ impl BlockBackend {
             .collect();
         BlockBackend {
             features: features(disk.read_only(), num_queues),
-            config,
+            config: RwLock::new(config),
+            logical_block_size,
+            disk: Mutex::new(disk),
             num_queues: usize::from(num_queues),
             mem: RwLock::new(SharedMemory::new(GuestRam::new())),
             workers,
@@ -80,8 +85,48 @@ impl BlockBackend {
     }
 
     /// The configuration space the guest sees.
-    pub fn config_space(&self) -> &ConfigSpace {
-        &self.config
+    pub fn config_space(&self) -> ConfigSpace {
+        *self.config.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Serves `disk` from now on; returns its capacity in sectors. Every queue worker is
+    /// locked first, so a round in progress finishes on the old image and the next starts
+    /// on the new one; the config space then shows the new capacity (the caller has the
+    /// vmm raise the config-change interrupt), and the old image is flushed before it is
+    /// dropped. Read-only-ness is the new image's for every request (a write to a
+    /// read-only image fails with IOERR); the feature bits negotiated at start-up stay.
+    pub fn swap_disk(&self, disk: Disk) -> Result<u64, String> {
+        let disk = Arc::new(disk);
+        let mut workers: Vec<_> = self
+            .workers
+            .iter()
+            .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner))
+            .collect();
+        let mut current = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
+        for worker in workers.iter_mut() {
+            worker.set_disk(Arc::clone(&disk));
+        }
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) =
+            ConfigSpace::new(ConfigInfo {
+                capacity_sectors: disk.capacity_sectors(),
+                logical_block_size: self.logical_block_size,
+                num_queues: self.num_queues as u16,
+            });
+        let old = std::mem::replace(&mut *current, Arc::clone(&disk));
+        drop(workers);
+        let flushed = if old.read_only() { Ok(()) } else { old.flush() };
+        log::info!(
+            "now serving {} ({} bytes{}) instead of {}",
+            disk.name(),
+            disk.size(),
+            if disk.read_only() { ", read-only" } else { "" },
+            old.name()
+        );
+        if let Err(e) = flushed {
+            // The swap is done: the guest must be told either way.
+            log::warn!("flushing the previous image {}: {e}", old.name());
+        }
+        Ok(disk.capacity_sectors())
     }
 
     fn memory(&self) -> SharedMemory {
@@ -152,7 +197,10 @@ impl VhostUserBackend for BlockBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.config.read(offset, size)
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read(offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
@@ -215,5 +263,48 @@ impl VhostUserBackend for BlockBackend {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::disk::DiskOptions;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::fs::FileExt;
+    use vmm_sys_util::tempfile::TempFile;
+
+    const OPTIONS: DiskOptions = DiskOptions {
+        read_only: false,
+        direct: false,
+        logical_block_size: 512,
+    };
+
+    fn capacity(backend: &BlockBackend) -> u64 {
+        let bytes = backend.get_config(0, 8);
+        u64::from_le_bytes(bytes.try_into().unwrap())
+    }
+
+    #[test]
+    fn a_swapped_disk_shows_its_capacity_and_every_worker_serves_it() {
+        let old = TempFile::new().unwrap();
+        old.as_file().set_len(1 << 20).unwrap();
+        let new = TempFile::new().unwrap();
+        new.as_file().set_len(3 << 20).unwrap();
+        let disk = Disk::open(old.as_path(), OPTIONS).unwrap();
+        let backend = BlockBackend::new(Arc::new(disk), [0; ID_BYTES], 2, 512, Duration::ZERO);
+        assert_eq!(capacity(&backend), 2048);
+        let fd = OwnedFd::from(new.as_file().try_clone().unwrap());
+        let adopted = Disk::adopt(fd, "new".into(), 3 << 20, false, OPTIONS).unwrap();
+        assert_eq!(backend.swap_disk(adopted), Ok(6144));
+        assert_eq!(capacity(&backend), 6144);
+        // The backend's slot, both workers and this copy hold the new image.
+        let current = backend.disk.lock().unwrap().clone();
+        assert_eq!(current.name(), "new");
+        assert_eq!(Arc::strong_count(&current), 4);
+        current.write_all_at(b"x", 0).unwrap();
+        let mut b = [0u8; 1];
+        new.as_file().read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"x");
     }
 }

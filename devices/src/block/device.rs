@@ -71,6 +71,11 @@ impl QueueWorker {
         }
     }
 
+    /// Serves `disk` from the next request on; requests already served used the old one.
+    pub fn set_disk(&mut self, disk: Arc<Disk>) {
+        self.executor.set_disk(disk);
+    }
+
     /// Serves every request the driver has made available, and keeps going while more
     /// arrive, calling `interrupt` whenever the driver must be told (see [`Round`]).
     pub fn process_queue(

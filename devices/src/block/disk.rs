@@ -180,6 +180,45 @@ impl Disk {
         Disk::new(file, name, options)
     }
 
+    /// Takes over an image the launcher opened and inspected (`ToProcess::SwapDisk`): no
+    /// system call is made here, so the jailed control thread needs none beyond receiving
+    /// the fd. Refused: an empty or misaligned `size` (checked again, the launcher being
+    /// only trusted to have measured it), or `direct` (the launcher does not open for
+    /// `O_DIRECT` and the swap does not set it).
+    pub fn adopt(
+        fd: OwnedFd,
+        name: String,
+        size: u64,
+        block_device: bool,
+        options: DiskOptions,
+    ) -> Result<Disk, DiskError> {
+        if size == 0 {
+            return Err(DiskError::Empty { name });
+        }
+        let multiple = SECTOR_SIZE.max(u64::from(options.logical_block_size));
+        if size % multiple != 0 {
+            return Err(DiskError::Misaligned {
+                name,
+                size,
+                multiple,
+            });
+        }
+        if options.direct {
+            return Err(DiskError::Direct {
+                name,
+                reason: "an image swapped in on a running VM is not served with O_DIRECT".into(),
+            });
+        }
+        Ok(Disk {
+            file: File::from(fd),
+            name,
+            size,
+            read_only: options.read_only,
+            block_device,
+            direct: None,
+        })
+    }
+
     fn new(file: File, name: String, options: DiskOptions) -> Result<Disk, DiskError> {
         let inspect = |source| DiskError::Inspect {
             name: name.clone(),

@@ -279,3 +279,32 @@ fn direct_io_alignment_found_on_this_file_system() {
         ),
     }
 }
+
+#[test]
+fn an_adopted_image_is_served_and_bad_sizes_are_refused() {
+    use std::os::unix::fs::FileExt;
+    let img = image(4096);
+    img.as_file().write_all_at(b"new image", 0).unwrap();
+    let fd = || OwnedFd::from(img.as_file().try_clone().unwrap());
+    let disk = Disk::adopt(fd(), "new.img".into(), 4096, false, options()).unwrap();
+    assert_eq!((disk.capacity_sectors(), disk.name()), (8, "new.img"));
+    let mut back = [0u8; 9];
+    disk.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(&back, b"new image");
+    assert!(matches!(
+        Disk::adopt(fd(), "e".into(), 0, false, options()),
+        Err(DiskError::Empty { .. })
+    ));
+    assert!(matches!(
+        Disk::adopt(fd(), "m".into(), 1000, false, options()),
+        Err(DiskError::Misaligned { .. })
+    ));
+    let direct = DiskOptions {
+        direct: true,
+        ..options()
+    };
+    assert!(matches!(
+        Disk::adopt(fd(), "d".into(), 4096, false, direct),
+        Err(DiskError::Direct { .. })
+    ));
+}

@@ -145,6 +145,11 @@ pub struct Executor {
 }
 
 impl Executor {
+    /// Serves `disk` from the next request on (a disk swapped in by the launcher).
+    pub fn set_disk(&mut self, disk: Arc<Disk>) {
+        self.disk = disk;
+    }
+
     /// An executor for `disk`, answering GET_ID with `serial` (zero-padded).
     pub fn new(disk: Arc<Disk>, serial: [u8; ID_BYTES]) -> Self {
         Executor {

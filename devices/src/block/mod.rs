@@ -128,6 +128,11 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         config.logical_block_size,
         config.poll,
     ));
+    daemon::control::set_handler(swap_handler(
+        Arc::clone(&backend),
+        config.logical_block_size,
+        config.direct,
+    ));
     Ok(daemon::serve(
         "bulkhead-blk",
         daemon::Roles {
@@ -139,4 +144,47 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         termination,
         || Ok(()),
     )?)
+}
+
+/// Answers the launcher's `SwapDisk`: the image whose fd came with it is served from now
+/// on (see [`BlockBackend::swap_disk`]); anything else is refused, and the disk goes on.
+fn swap_handler(
+    backend: Arc<BlockBackend>,
+    logical_block_size: u32,
+    direct: bool,
+) -> daemon::control::Handler {
+    use bulkhead_protocol::{ToLauncher, ToProcess};
+    Box::new(move |request, fds| {
+        let ToProcess::SwapDisk {
+            name,
+            size,
+            read_only,
+            block_device,
+        } = request
+        else {
+            return ToLauncher::Error {
+                message: format!(
+                    "bulkhead-blk does not take {}",
+                    bulkhead_protocol::Message::name(&request)
+                ),
+            };
+        };
+        let Some(fd) = fds.into_iter().next() else {
+            return ToLauncher::Error {
+                message: format!("SwapDisk {name}: no fd came with it"),
+            };
+        };
+        let options = DiskOptions {
+            read_only,
+            direct,
+            logical_block_size,
+        };
+        match Disk::adopt(fd, name, size, block_device, options)
+            .map_err(|e| e.to_string())
+            .and_then(|disk| backend.swap_disk(disk))
+        {
+            Ok(capacity_sectors) => ToLauncher::DiskSwapped { capacity_sectors },
+            Err(message) => ToLauncher::Error { message },
+        }
+    })
 }

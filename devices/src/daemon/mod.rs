@@ -136,6 +136,7 @@ where
     started().map_err(DaemonError::Started)?;
     bulkhead_seccomp::install(roles.process, bulkhead_seccomp::mode::process_mode())
         .map_err(DaemonError::Seccomp)?;
+    control::listen().map_err(DaemonError::Started)?;
     let mut daemon = VhostUserDaemon::new(
         name.to_string(),
         backend,

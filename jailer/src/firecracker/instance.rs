@@ -136,6 +136,31 @@ impl Instance {
         Ok(())
     }
 
+    /// `PATCH /drives/{id}` with a `path_on_host`: the running disk serves the new image
+    /// (opened by the launcher under its path rules) and the guest is told its capacity
+    /// changed; the configuration then shows the new path. A refusal changes nothing.
+    pub fn swap_drive(&mut self, id: &str, path: &std::path::Path) -> Result<(), String> {
+        let device =
+            disk_name(&self.config, id).ok_or_else(|| format!("Invalid block device ID: {id}"))?;
+        let text = path
+            .to_str()
+            .ok_or_else(|| format!("Drive {id}: path_on_host is not UTF-8"))?;
+        self.running()?
+            .ask(ApiRequest::SwapDisk {
+                device,
+                path: text.to_owned(),
+            })
+            .map_err(|e| format!("Unable to patch the block device: {e}"))?;
+        if let Some(d) = self.config.drives.iter_mut().find(|d| d.drive_id == id) {
+            d.path_on_host = Some(path.to_owned());
+        }
+        self.logger.info(
+            "instance",
+            &format!("drive {id}: now backed by {}", path.display()),
+        );
+        Ok(())
+    }
+
     /// `PATCH /vm`.
     pub fn set_paused(&mut self, pause: bool) -> Result<(), String> {
         let request = if pause {
@@ -147,6 +172,16 @@ impl Instance {
         self.paused = state == VmState::Paused;
         Ok(())
     }
+}
+
+/// The launcher's name (`disk<n>`) of drive `id`: the root device is disk 0, the others
+/// follow in the order configured (as `run_args` passes them).
+pub fn disk_name(config: &FullConfig, id: &str) -> Option<String> {
+    let root = config.drives.iter().filter(|d| d.is_root_device);
+    let others = config.drives.iter().filter(|d| !d.is_root_device);
+    root.chain(others)
+        .position(|d| d.drive_id == id)
+        .map(|n| format!("disk{n}"))
 }
 
 /// `PUT /drives/{id}`'s checks.
@@ -194,4 +229,36 @@ pub fn check_vsock(v: &model::Vsock) -> Result<(), String> {
         return Err(format!("Invalid guest CID {}: 3 or more.", v.guest_cid));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_drive_is_disk0_and_the_others_follow_in_order() {
+        let drive = |id: &str, root: bool| {
+            serde_json::from_value::<model::Drive>(serde_json::json!({
+                "drive_id": id, "path_on_host": "/x", "is_root_device": root
+            }))
+            .unwrap()
+        };
+        let config = FullConfig {
+            drives: vec![drive("a", false), drive("rootfs", true), drive("b", false)],
+            ..FullConfig::default()
+        };
+        let names: Vec<_> = ["rootfs", "a", "b", "c"]
+            .iter()
+            .map(|id| disk_name(&config, id))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                Some("disk0".into()),
+                Some("disk1".into()),
+                Some("disk2".into()),
+                None
+            ]
+        );
+    }
 }

@@ -118,15 +118,13 @@ fn route(vm: &mut Instance, req: &Request) -> Result<Response, String> {
             if u.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
                 return Err("The requested operation is not supported: rate limiters.".into());
             }
-            if u.path_on_host.is_none() {
-                return Ok(Response::no_content());
+            match &u.path_on_host {
+                None => Ok(Response::no_content()),
+                Some(path) => {
+                    vm.swap_drive(&u.drive_id, path)?;
+                    Ok(Response::no_content())
+                }
             }
-            Err(
-                "The requested operation is not supported: changing the backing file of a \
-                 running VM's drive (bulkhead-blk opens its image once, before it is jailed, \
-                 and cannot take a new one yet)."
-                    .into(),
-            )
         }
         ("PUT", "network-interfaces", id, _) => {
             let n: model::NetworkInterface = from_body(body)?;

@@ -58,6 +58,40 @@ pub fn start_blk(
     spawn(name, cmd, vec![OwnedFd::from(disk)], false, &needs)
 }
 
+/// An image opened for a running disk (`PATCH /drives/{id}`, `bulkhead ctl disk`).
+pub struct SwapImage {
+    /// The open image.
+    pub file: File,
+    /// Its size in bytes (checked as at start-up).
+    pub size: u64,
+    /// Whether it is a block device.
+    pub block_device: bool,
+}
+
+/// Opens the image at `path` for disk `name` by the same rules (and `--open-as` identity)
+/// as at start-up, and checks it as [`start_blk`] does.
+pub fn open_swap_image(name: &str, path: &Path, readonly: bool) -> Result<SwapImage, LaunchError> {
+    use std::os::unix::fs::FileTypeExt;
+    let access = if readonly {
+        Access::Read
+    } else {
+        Access::ReadWrite
+    };
+    let file = open_named(name, "disk image", path, access)?;
+    let file_type = file.metadata().map_err(open_error(name, path))?.file_type();
+    if !file_type.is_file() && !file_type.is_block_device() {
+        return Err(open_error(name, path)(std::io::Error::other(
+            "neither a regular file nor a block device",
+        )));
+    }
+    let size = image_size(name, path, &file)?;
+    Ok(SwapImage {
+        file,
+        size,
+        block_device: file_type.is_block_device(),
+    })
+}
+
 /// The error for disk image `path` of device `name`.
 fn open_error<'a>(name: &'a str, path: &'a Path) -> impl Fn(std::io::Error) -> LaunchError + 'a {
     move |source| LaunchError::OpenDisk {

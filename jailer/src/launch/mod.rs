@@ -10,7 +10,7 @@ mod stderr;
 mod vmm;
 pub mod vsock;
 
-pub use blk::start_blk;
+pub use blk::{open_swap_image, start_blk};
 pub use console::start_console;
 pub use net::start_net;
 pub use vmm::{start_vmm, VMM};
@@ -159,6 +159,8 @@ pub struct DeviceProcess {
     control: Option<LauncherChannel>,
     /// Whether it said it is confined and serving.
     pub ready: bool,
+    /// The RLIMIT_FSIZE it was given (`None`: none).
+    file_size_limit: Option<u64>,
 }
 
 impl DeviceProcess {
@@ -235,6 +237,65 @@ impl DeviceProcess {
             Child::Plain(c) => c.try_wait().ok().flatten(),
             Child::Jailed(c) => c.try_wait().ok().flatten(),
         }
+    }
+
+    /// Sends `request` (with `fds`) over its control socket and waits for the answer
+    /// (any message but `Ready`/`Exited`, which are noted); for a backend with reports only.
+    pub fn ask(
+        &mut self,
+        request: &bulkhead_protocol::ToProcess,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<ToLauncher, String> {
+        let name = self.name.clone();
+        let Some(channel) = self.control.as_mut() else {
+            return Err(format!("{name}: no control socket to ask it over"));
+        };
+        channel
+            .send(request, fds)
+            .map_err(|e| format!("{name}: {e}"))?;
+        loop {
+            match channel.recv() {
+                Ok((ToLauncher::Ready { .. }, _)) => {}
+                Ok((ToLauncher::Exited { .. }, _)) => return Err(format!("{name} is exiting")),
+                Ok((answer, _)) => return Ok(answer),
+                Err(e) => return Err(format!("{name}: {e}")),
+            }
+        }
+    }
+
+    /// Lets it write files up to `size` bytes: RLIMIT_FSIZE, set at start to its image's
+    /// size, is raised (never lowered) for a larger image swapped in. That takes
+    /// CAP_SYS_RESOURCE (the process runs as another uid); without it a larger image is
+    /// refused, since writes past the limit would kill the process (SIGXFSZ).
+    pub fn allow_file_size(&mut self, size: u64) -> Result<(), String> {
+        let Some(limit) = self.file_size_limit.filter(|&l| l < size) else {
+            return Ok(());
+        };
+        let new = libc::rlimit {
+            rlim_cur: size,
+            rlim_max: size,
+        };
+        // SAFETY: prlimit sets our own unreaped child's limit from `new`, a local; the old
+        // value is not asked for (null).
+        let set = unsafe {
+            libc::prlimit(
+                self.pid() as libc::pid_t,
+                libc::RLIMIT_FSIZE,
+                &new,
+                std::ptr::null_mut(),
+            )
+        };
+        if set != 0 {
+            return Err(format!(
+                "{}: the new image is {size} bytes, larger than the {limit} bytes {} may \
+                 write (RLIMIT_FSIZE), and raising that limit failed: {}",
+                self.name,
+                self.program,
+                std::io::Error::last_os_error()
+            ));
+        }
+        self.file_size_limit = Some(size);
+        Ok(())
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -425,6 +486,7 @@ fn spawn_with(
         heard,
         control,
         ready: false,
+        file_size_limit: if c.jail { needs.max_file_size } else { None },
     };
     if let Some(channel) = process.control.as_mut() {
         if let Err(e) = channel.handshake() {

@@ -34,6 +34,8 @@ pub enum Scenario {
     BlkHostile,
     /// Requests on every queue of a multi-queue disk.
     BlkMq,
+    /// The disk's image is swapped by the host; the new capacity and bytes are seen.
+    BlkSwap,
     /// Identifies every virtio-net device (non-destructive).
     NetProbe,
     /// MAC, link status, MTU and features of one virtio-net device.
@@ -79,7 +81,7 @@ pub enum Scenario {
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 35] = [
+const NAMES: [(Scenario, &str); 36] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -95,6 +97,7 @@ const NAMES: [(Scenario, &str); 35] = [
     (Scenario::BlkBench, "blk-bench"),
     (Scenario::BlkHostile, "blk-hostile"),
     (Scenario::BlkMq, "blk-mq"),
+    (Scenario::BlkSwap, "blk-swap"),
     (Scenario::NetProbe, "net-probe"),
     (Scenario::NetIdentify, "net-identify"),
     (Scenario::NetServe, "net-serve"),

@@ -77,6 +77,7 @@ pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
         Scenario::BlkBench => blk::bench::run(machine).map_err(Failure::Blk),
         Scenario::BlkHostile => blk::hostile::run(machine).map_err(Failure::Blk),
         Scenario::BlkMq => blk::mq::run(machine).map_err(Failure::Blk),
+        Scenario::BlkSwap => blk::swap::run(machine).map_err(Failure::Blk),
         Scenario::NetProbe => net::probe::run(machine).map_err(Failure::Net),
         Scenario::NetIdentify => net::identify::run(machine).map_err(Failure::Net),
         Scenario::NetServe => net::serve::run(machine).map_err(Failure::Net),

@@ -586,6 +586,15 @@ impl<T: Transport> Blk<T> {
         true
     }
 
+    /// Reads the configuration space again (after a configuration change: a disk whose
+    /// image was swapped); returns the generation it belongs to.
+    pub fn reread_config(&mut self) -> Result<u32, InitError> {
+        let features = self.features();
+        let generation = self.transport.config_generation();
+        self.config = BlkConfig::read(&self.transport, features)?;
+        Ok(generation)
+    }
+
     /// The transport (registers).
     pub fn transport(&self) -> &T {
         &self.transport

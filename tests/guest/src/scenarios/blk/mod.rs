@@ -12,6 +12,7 @@ pub mod mq;
 pub mod probe;
 pub mod readonly;
 pub mod rw;
+pub mod swap;
 
 use crate::cmdline::{SectorRange, Serial};
 use crate::disks::{Disk, DiskError, REQUEST_TIMEOUT_MS};
@@ -123,6 +124,13 @@ pub enum Error {
     },
     /// `blk-hostile`: the good read after a malformed request did not return the data.
     HostileBadRead(&'static str, u8),
+    /// `blk-swap`: ConfigGeneration did not change within this many ms.
+    NoConfigChange(u64),
+    /// `blk-swap`: the generation changed but InterruptStatus (this value) does not show
+    /// a configuration change.
+    NoConfigInterrupt(u32),
+    /// `blk-swap`: the configuration could not be read again.
+    Config(crate::virtio::transport::InitError),
 }
 
 impl From<DiskError> for Error {
@@ -164,6 +172,14 @@ impl fmt::Display for Error {
                 range.first.saturating_add(range.count)
             ),
             Self::Empty => write!(f, "capacity is 0"),
+            Self::NoConfigChange(ms) => {
+                write!(f, "timeout waiting for a configuration change ({ms} ms)")
+            }
+            Self::Config(e) => write!(f, "reading the configuration again: {e}"),
+            Self::NoConfigInterrupt(isr) => write!(
+                f,
+                "InterruptStatus reads {isr:#x} after a configuration change: bit 1 must be set"
+            ),
             Self::Capacity { expected, found } => {
                 write!(f, "capacity is {found} sectors, expected {expected}")
             }
