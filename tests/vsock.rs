@@ -131,22 +131,46 @@ fn socat_connect_reaches_the_echoing_guest_and_10_mib_come_back(t: Transport) {
     assert!(!uds.exists(), "the uds {} is left", uds.display());
 }
 
+/// socat listening at `<uds>_6000` (where a guest connecting to CID 2 port 6000 arrives),
+/// echoing what it reads; killed and its socket removed on drop.
+struct EchoListener {
+    socat: std::process::Child,
+    path: PathBuf,
+}
+
+impl EchoListener {
+    /// Starts socat with `options` before its addresses and `listen_options` appended to
+    /// the UNIX-LISTEN address, and waits (up to 10 s) for its socket to appear.
+    fn start(uds: &Path, options: &[&str], listen_options: &str) -> EchoListener {
+        let path = PathBuf::from(format!("{}_6000", uds.display()));
+        let _ = std::fs::remove_file(&path);
+        let socat = Command::new("socat")
+            .args(options)
+            .arg(format!("UNIX-LISTEN:{}{listen_options}", path.display()))
+            .arg("EXEC:cat")
+            .spawn()
+            .expect("running socat (installed by .ci/run)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !path.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        EchoListener { socat, path }
+    }
+}
+
+impl Drop for EchoListener {
+    fn drop(&mut self) {
+        let _ = self.socat.kill();
+        let _ = self.socat.wait();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 fn guest_connects_to_a_socat_listener_at_uds_port(t: Transport) {
     require_kvm!();
     let uds = uds(t, "connect");
-    let listen = PathBuf::from(format!("{}_6000", uds.display()));
-    let _ = std::fs::remove_file(&listen);
     // socat listens at <uds>_6000 and echoes what the guest sends.
-    let mut socat = Command::new("socat")
-        .args(["-t", "60"])
-        .arg(format!("UNIX-LISTEN:{}", listen.display()))
-        .arg("EXEC:cat")
-        .spawn()
-        .expect("running socat (installed by .ci/run)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !listen.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let listener = EchoListener::start(&uds, &["-t", "60"], "");
     let out = start(
         t,
         &uds,
@@ -155,9 +179,7 @@ fn guest_connects_to_a_socat_listener_at_uds_port(t: Transport) {
     )
     .join()
     .expect("bulkhead thread");
-    let _ = socat.kill();
-    let _ = socat.wait();
-    let _ = std::fs::remove_file(&listen);
+    drop(listener);
     out.assert_no_panic();
     out.assert_line("bulkhead-guest: PASS vsock-connect");
     assert_eq!(out.code(), 0, "{out:#?}");
@@ -230,17 +252,7 @@ fn sixty_four_streams_and_a_killed_peer_resets_only_its_own(t: Transport) {
 fn hostile_packets_leave_the_device_serving(t: Transport) {
     require_kvm!();
     let uds = uds(t, "hostile");
-    let listen = PathBuf::from(format!("{}_6000", uds.display()));
-    let _ = std::fs::remove_file(&listen);
-    let mut socat = Command::new("socat")
-        .arg(format!("UNIX-LISTEN:{},fork", listen.display()))
-        .arg("EXEC:cat")
-        .spawn()
-        .expect("running socat");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !listen.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let listener = EchoListener::start(&uds, &[], ",fork");
     let out = start(
         t,
         &uds,
@@ -249,9 +261,7 @@ fn hostile_packets_leave_the_device_serving(t: Transport) {
     )
     .join()
     .expect("bulkhead thread");
-    let _ = socat.kill();
-    let _ = socat.wait();
-    let _ = std::fs::remove_file(&listen);
+    drop(listener);
     out.assert_no_panic();
     out.assert_line("bulkhead-guest: PASS vsock-hostile");
     assert_eq!(out.code(), 0, "{out:#?}");

@@ -17,8 +17,9 @@ struct Rig {
     evdev: MockQueue,
 }
 
-fn rig() -> Rig {
-    let regs: &'static FakeRegs = Box::leak(Box::new(FakeRegs::vsock(CID)));
+/// Queue areas and buffers for the driver, and the [`VsockMemory`] naming them (the caller
+/// keeps the first two alive as long as the driver).
+fn memory() -> (Vec<QueueArea>, Vec<Dma>, VsockMemory) {
     let areas: Vec<QueueArea> = (0..3).map(|_| QueueArea::new(queue::MAX_SIZE)).collect();
     let bufs = vec![
         Dma::new(RX_BUF as usize * usize::from(RX_COUNT)),
@@ -37,6 +38,12 @@ fn rig() -> Rig {
         conn_bufs: bufs[3].addr(),
         tables: bufs[4].addr(),
     };
+    (areas, bufs, mem)
+}
+
+fn rig() -> Rig {
+    let regs: &'static FakeRegs = Box::leak(Box::new(FakeRegs::vsock(CID)));
+    let (areas, bufs, mem) = memory();
     let t = MmioTransport::probe(regs).unwrap();
     // SAFETY: the rig owns the memory for as long as the driver lives.
     let v = unsafe { Vsock::init(t, mem) }.unwrap();
@@ -473,24 +480,7 @@ fn the_same_driver_over_virtio_pci() {
     let cfg: &'static FakeCfg = Box::leak(Box::new(FakeCfg::virtio(19, 0xc000_0000)));
     let l = layout(cfg).unwrap();
     let t = PciTransport::new(bar as &dyn Regs, cfg as &dyn Regs, l, 19, None);
-    let areas: Vec<QueueArea> = (0..3).map(|_| QueueArea::new(queue::MAX_SIZE)).collect();
-    let bufs = [
-        Dma::new(RX_BUF as usize * usize::from(RX_COUNT)),
-        Dma::new(TX_BUF as usize * usize::from(TX_COUNT)),
-        Dma::new(EVENT_BUF as usize * usize::from(EVENT_COUNT)),
-        Dma::new(CONN_BYTES as usize),
-        Dma::new(TABLES_BYTES as usize),
-    ];
-    let mem = VsockMemory {
-        rx_queue: areas[0].memory(),
-        tx_queue: areas[1].memory(),
-        event_queue: areas[2].memory(),
-        rx_bufs: bufs[0].addr(),
-        tx_bufs: bufs[1].addr(),
-        event_bufs: bufs[2].addr(),
-        conn_bufs: bufs[3].addr(),
-        tables: bufs[4].addr(),
-    };
+    let (areas, _bufs, mem) = memory();
     // SAFETY: the memory outlives the driver (dropped at the end of the test).
     let mut v = unsafe { Vsock::init(t, mem) }.unwrap();
     assert_eq!(v.guest_cid(), CID);
