@@ -3,7 +3,6 @@
 //! loop; the socket file is created mode 0600 and removed when the VM ends.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,12 +53,11 @@ impl ApiSocket {
                 ApiError::Dir(e)
             }
         })?;
-        // Through the directory's fd, valid while `file` holds that directory; on an error
-        // below, `file` going out of scope removes the socket again.
-        let at = bound.at.clone();
+        // On an error below, `file` going out of scope removes the socket again. Its mode is
+        // 0600 from bind on (`bind_socket`).
         let (listener, file) = bound.removed_on_drop(path);
-        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| listener.set_nonblocking(true))
+        listener
+            .set_nonblocking(true)
             .map_err(|source| ApiError::Bind {
                 path: path.to_owned(),
                 source,

@@ -25,6 +25,7 @@
 //! `walk.rs` is the walk and the final open, `error.rs` what is refused and why.
 
 mod error;
+mod private_umask;
 mod socket_file;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,9 @@ mod walk;
 
 pub use socket_file::SocketFile;
 use socket_file::SocketId;
+
+/// The umask sockets are bound with: mode 0600.
+const SOCKET_UMASK: libc::mode_t = 0o177;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -99,18 +103,23 @@ impl BoundSocket {
 }
 
 /// Binds a Unix socket at `path`: its directory resolved under the rule, the socket made
-/// there (as the `--open-as` identity, if any). `replace_socket`: a socket left at the path
+/// there (as the `--open-as` identity, if any) with mode 0600 from the start (a private
+/// umask, [`private_umask`]): only its owner (and root) may connect. `replace_socket`: a socket left at the path
 /// (by an earlier run) is removed first; anything else there makes bind fail (EADDRINUSE).
 pub fn bind_socket(path: &Path, replace_socket: bool) -> Result<BoundSocket, SafeOpenError> {
     let (dir, name) = socket_dir(path)?;
     let at = in_dir(&dir, &name);
-    let bound = crate::open_as::run(|| {
-        if replace_socket && std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_socket())
-        {
-            let _ = std::fs::remove_file(&at);
-        }
-        UnixListener::bind(&at)
+    let bound = private_umask::run(SOCKET_UMASK, || {
+        crate::open_as::run(|| {
+            if replace_socket
+                && std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_socket())
+            {
+                let _ = std::fs::remove_file(&at);
+            }
+            UnixListener::bind(&at)
+        })
     })
+    .and_then(|r| r)
     .and_then(|r| r);
     let listener = bound.map_err(|source| SafeOpenError::Io {
         path: path.to_owned(),

@@ -260,6 +260,16 @@ fn missing_paths_and_directories_say_so() {
 }
 
 #[test]
+fn a_socket_is_bound_with_mode_0600_whatever_the_umask() {
+    let s = Scratch::new("socket-mode");
+    let path = s.0.join("m.sock");
+    let (_listener, _file) = bind_socket(&path, false).unwrap().removed_on_drop(&path);
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o777, 0o600);
+}
+
+#[test]
 fn a_socket_file_is_removed_only_while_it_is_the_one_bound() {
     let s = Scratch::new("socket-file");
     let path = s.0.join("c.sock");
