@@ -178,7 +178,8 @@ fn patch_drives_swaps_the_image_through_the_firecracker_api(t: Transport) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let boot_args = format!(
-        "console=ttyS0 reboot=k panic=1{} bulkhead.test=blk-swap",
+        // `idle` keeps the VM (and so the API) up after the swap, for GET /vm/config.
+        "console=ttyS0 reboot=k panic=1{} bulkhead.test=blk-swap,idle",
         if t == Transport::Pci { "" } else { " pci=off" }
     );
     let put = |path: &str, body: serde_json::Value| {
