@@ -240,6 +240,9 @@ impl<'a> Supervisor<'a> {
                     Err(e) => ApiReply::Error(sanitize(&e)),
                 }
             }
+            Ok(ApiRequest::Restart { device, .. }) => ApiReply::Error(format!(
+                "{device}: restarting a device is not supported yet"
+            )),
             Ok(ApiRequest::Hello { .. }) => ApiReply::Error("a second Hello".into()),
             Err(e) => {
                 log::warn!("API socket: {}", sanitize(&e));

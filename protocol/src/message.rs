@@ -82,6 +82,32 @@ pub enum ToLauncher {
         /// The new capacity in 512-byte sectors.
         capacity_sectors: u64,
     },
+    /// vmm only: the backend of a device the launcher restarts (`restart=on` in its
+    /// `--device`) closed its vhost-user socket, answered garbage or timed out. The vmm keeps
+    /// the device's state and waits for a [`ToProcess::Reconnect`]; the guest's requests
+    /// wait in the rings meanwhile. The launcher kills the backend if it is still alive and
+    /// starts a new one (or gives up: [`ToProcess::GiveUp`]).
+    DeviceLost {
+        /// The device's name, e.g. "disk0".
+        device: String,
+        /// What the vmm saw.
+        reason: String,
+    },
+    /// vmm only: answer to [`ToProcess::Reconnect`]: the new backend has the device's whole
+    /// vhost-user state replayed and its rings kicked; it serves the guest again.
+    Reconnected {
+        /// The device's name.
+        device: String,
+    },
+    /// vmm only: answer to [`ToProcess::Reconnect`] or [`ToProcess::GiveUp`]: the device
+    /// could not be restored and is now marked NEEDS_RESET for the guest; the VM goes on
+    /// without it.
+    DeviceStopped {
+        /// The device's name.
+        device: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Launcher → process.
@@ -128,6 +154,23 @@ pub enum ToProcess {
         /// Whether it is a block device.
         block_device: bool,
     },
+    /// vmm only: the frame carries one fd, a connected vhost-user socket to a new backend
+    /// process for `device` (after a [`ToLauncher::DeviceLost`], a death the launcher saw,
+    /// or `ctl restart`). The vmm drops its old connection if it still has one, replays the
+    /// set-up and answers [`ToLauncher::Reconnected`] or [`ToLauncher::DeviceStopped`].
+    Reconnect {
+        /// The device's name.
+        device: String,
+    },
+    /// vmm only: `device`'s backend will not come back (its restart budget is spent, or
+    /// it is not restarted after a seccomp kill): mark the device NEEDS_RESET and answer
+    /// [`ToLauncher::DeviceStopped`].
+    GiveUp {
+        /// The device's name.
+        device: String,
+        /// Why, for the vmm's log.
+        reason: String,
+    },
 }
 
 /// `bulkhead ctl` → launcher, over the API socket.
@@ -157,6 +200,17 @@ pub enum ApiRequest {
         device: String,
         /// The new image, opened by the launcher under the rules for paths a user names.
         path: String,
+    },
+    /// Replace `device`'s backend process while the guest runs (`bulkhead ctl restart`):
+    /// the old process is stopped, a new one started in the same jail with the same fds
+    /// (running `exec` instead of the old program if given, from then on) and the vmm
+    /// reconnects it. Answered by [`ApiReply::Ok`] once the vmm has reconnected, or by
+    /// [`ApiReply::Error`].
+    Restart {
+        /// The device's name (`disk0`, `net0`, `console0`, `vsock0`).
+        device: String,
+        /// A new backend program, opened under the rules for paths a user names.
+        exec: Option<String>,
     },
 }
 
@@ -251,6 +305,9 @@ impl Message for ToLauncher {
             Self::Exited { .. } => "Exited",
             Self::Error { .. } => "Error",
             Self::DiskSwapped { .. } => "DiskSwapped",
+            Self::DeviceLost { .. } => "DeviceLost",
+            Self::Reconnected { .. } => "Reconnected",
+            Self::DeviceStopped { .. } => "DeviceStopped",
         }
     }
 }
@@ -268,12 +325,14 @@ impl Message for ToProcess {
             Self::Resources { .. } => "Resources",
             Self::ConfigChanged { .. } => "ConfigChanged",
             Self::SwapDisk { .. } => "SwapDisk",
+            Self::Reconnect { .. } => "Reconnect",
+            Self::GiveUp { .. } => "GiveUp",
         }
     }
     fn fds_carried(&self) -> usize {
         match self {
             Self::Resources { names } => names.len(),
-            Self::SwapDisk { .. } => 1,
+            Self::SwapDisk { .. } | Self::Reconnect { .. } => 1,
             _ => 0,
         }
     }
@@ -290,6 +349,7 @@ impl Message for ApiRequest {
             Self::Shutdown => "Shutdown",
             Self::CtrlAltDel => "CtrlAltDel",
             Self::SwapDisk { .. } => "SwapDisk",
+            Self::Restart { .. } => "Restart",
         }
     }
 }
@@ -321,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn only_resources_and_swap_disk_carry_fds() {
+    fn only_resources_swap_disk_and_reconnect_carry_fds() {
         let names = vec!["disk".to_string(), "tap".to_string()];
         assert_eq!(ToProcess::Resources { names }.fds_carried(), 2);
         assert_eq!(ToProcess::Shutdown.fds_carried(), 0);
@@ -333,5 +393,9 @@ mod tests {
             block_device: false,
         };
         assert_eq!(swap.fds_carried(), 1);
+        let reconnect = ToProcess::Reconnect {
+            device: "disk0".into(),
+        };
+        assert_eq!(reconnect.fds_carried(), 1);
     }
 }

@@ -84,6 +84,7 @@ pub fn start_vmm(
             device_type: d.device_type,
             queues: d.queues,
             socket,
+            restartable: false,
         };
         cmd.arg("--device").arg(arg.to_arg());
     }

@@ -87,6 +87,10 @@ pub struct DeviceArg {
     pub queues: u16,
     /// The backend.
     pub socket: DeviceSocket,
+    /// The launcher restarts this device's backend when it dies (`restart=on`): on a
+    /// hang-up the vmm reports [`ToLauncher::DeviceLost`](bulkhead_protocol::ToLauncher)
+    /// and waits for a `Reconnect` instead of stopping the VM.
+    pub restartable: bool,
 }
 
 impl DeviceArg {
@@ -96,8 +100,9 @@ impl DeviceArg {
             DeviceSocket::Fd(fd) => format!("fd={fd}"),
             DeviceSocket::Path(p) => format!("socket={}", p.display()),
         };
+        let restart = if self.restartable { ",restart=on" } else { "" };
         format!(
-            "name={},type={},queues={},{at}",
+            "name={},type={},queues={},{at}{restart}",
             self.name, self.device_type, self.queues
         )
     }
@@ -137,6 +142,7 @@ pub fn split_max_size(value: &str) -> Result<(&str, u64), String> {
 
 fn parse_device(s: &str) -> Result<DeviceArg, String> {
     let (mut name, mut device_type, mut queues, mut socket) = (None, None, None, None);
+    let mut restartable = false;
     for item in s.split(',') {
         let (key, value) = item
             .split_once('=')
@@ -167,6 +173,13 @@ fn parse_device(s: &str) -> Result<DeviceArg, String> {
                 ))
             }
             "socket" if !value.is_empty() => socket = Some(DeviceSocket::Path(value.into())),
+            "restart" => {
+                restartable = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("restart={value:?}: expected on or off")),
+                }
+            }
             _ => return Err(format!("{item:?}: unknown or empty key")),
         }
     }
@@ -175,6 +188,7 @@ fn parse_device(s: &str) -> Result<DeviceArg, String> {
         device_type: device_type.ok_or("type= missing")?,
         queues: queues.ok_or("queues= missing")?,
         socket: socket.ok_or("fd= or socket= missing")?,
+        restartable,
     })
 }
 
@@ -190,12 +204,14 @@ mod tests {
                 device_type: 2,
                 queues: 4,
                 socket: DeviceSocket::Fd(5),
+                restartable: true,
             },
             DeviceArg {
                 name: "net0".into(),
                 device_type: 1,
                 queues: 2,
                 socket: DeviceSocket::Path("/run/x.sock".into()),
+                restartable: false,
             },
         ] {
             assert_eq!(parse_device(&d.to_arg()), Ok(d.clone()));
@@ -212,6 +228,7 @@ mod tests {
             ("type=2,queues=1,fd=4", "name= missing"),
             ("name=d,type=2,queues=1,fd=4,colour=red", "unknown"),
             ("name=d,type=2,queues=1,fd", "key=value"),
+            ("name=d,type=2,queues=1,fd=4,restart=yes", "on or off"),
         ] {
             let e = parse_device(arg).unwrap_err();
             assert!(e.contains(why), "{arg}: {e}");
