@@ -19,17 +19,16 @@ use std::time::Duration;
 use bulkhead_ratelimit::{debug_limited, warn_limited};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_queue::QueueT;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::device::QueueWorker;
-use crate::daemon::inflight::InflightSlot;
 use super::disk::Disk;
 use super::virtio::{
     ConfigInfo, ConfigSpace, ID_BYTES, MAX_QUEUE_SIZE, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD,
@@ -37,6 +36,7 @@ use super::virtio::{
     VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use super::GuestRam;
+use crate::daemon::inflight::InflightSlot;
 
 /// Guest memory as `vhost-user-backend` shares it with us.
 pub type SharedMemory = GuestMemoryAtomic<GuestRam>;
@@ -98,7 +98,9 @@ impl BlockBackend {
     /// Test only: every queue freezes on popping its `n`th request.
     pub fn stall_after(&self, n: Option<u64>) {
         for w in &self.workers {
-            w.lock().unwrap_or_else(PoisonError::into_inner).stall_after(n);
+            w.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stall_after(n);
         }
     }
 

@@ -201,11 +201,9 @@ impl TryFrom<Args> for Config {
             direct: args.direct,
             logical_block_size: args.logical_block_size,
             poll: Duration::from_micros(u64::from(args.poll_us)),
-            stall_after: args.test_stall_after.or_else(|| {
-                std::env::var(STALL_ENV)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-            }),
+            stall_after: args
+                .test_stall_after
+                .or_else(|| std::env::var(STALL_ENV).ok().and_then(|v| v.parse().ok())),
         })
     }
 }

@@ -17,9 +17,9 @@ use super::execute::Executor;
 use super::request::ChainParser;
 use super::resubmit::HeadChain;
 use super::tracking::{RingView, Tracker};
-use crate::daemon::inflight::Region;
 use super::virtio::{ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use super::GuestRam;
+use crate::daemon::inflight::Region;
 
 /// Sizes of the split-ring parts (virtio 1.2, 2.7): flags + idx + ring + event word.
 const DESC_SIZE: u64 = 16;

@@ -292,7 +292,10 @@ mod tests {
         let region = Arc::new(scratch_region(1, 8).unwrap());
         region.queue(0).unwrap().reset();
         let mut t = Tracker::default();
-        assert_eq!(t.restart(Some(region.clone()), 0, &ring(0, &[])), Ok(vec![]));
+        assert_eq!(
+            t.restart(Some(region.clone()), 0, &ring(0, &[])),
+            Ok(vec![])
+        );
         // Pop 5, 2, 7; complete 5 only.
         for h in [5, 2, 7] {
             t.popped(h);
@@ -338,26 +341,41 @@ mod tests {
         assert_eq!(part().version(), VERSION, "laid out afresh");
 
         part().write_header(1, 9, 0, 0);
-        assert!(matches!(refused(&ring(0, &[])), Err(RegionError::DescNum { .. })));
+        assert!(matches!(
+            refused(&ring(0, &[])),
+            Err(RegionError::DescNum { .. })
+        ));
 
         part().write_header(1, 8, 0, 5);
-        assert!(matches!(refused(&ring(9, &[])), Err(RegionError::UsedIdx { .. })));
+        assert!(matches!(
+            refused(&ring(9, &[])),
+            Err(RegionError::UsedIdx { .. })
+        ));
 
         part().write_header(1, 8, 200, 5);
         assert_eq!(refused(&ring(6, &[])), Err(RegionError::LastBatchHead(200)));
 
         part().write_header(1, 8, 0, 0);
         part().write_entry(2, 9, 0);
-        assert!(matches!(refused(&ring(0, &[2])), Err(RegionError::InflightByte { .. })));
+        assert!(matches!(
+            refused(&ring(0, &[2])),
+            Err(RegionError::InflightByte { .. })
+        ));
 
         // In flight, but not what the guest made available next (or in another order).
         part().reset();
         part().write_entry(2, 1, 1);
         part().write_entry(3, 1, 0);
-        assert!(matches!(refused(&ring(0, &[2, 3])), Err(RegionError::NotAvailable { .. })));
+        assert!(matches!(
+            refused(&ring(0, &[2, 3])),
+            Err(RegionError::NotAvailable { .. })
+        ));
         part().write_entry(2, 1, 1);
         part().write_entry(3, 1, 0);
-        assert!(matches!(refused(&ring(0, &[3])), Err(RegionError::NotAvailable { .. })));
+        assert!(matches!(
+            refused(&ring(0, &[3])),
+            Err(RegionError::NotAvailable { .. })
+        ));
         part().write_entry(2, 1, 1);
         part().write_entry(3, 1, 0);
         assert_eq!(refused(&ring(0, &[3, 2])), Ok(vec![3, 2]));

@@ -313,10 +313,14 @@ fn message(code: u32, body: &[u8]) -> Vec<u8> {
 }
 
 fn inflight_body(body: &[u8]) -> Option<VhostUserInflight> {
-    if body.len() != std::mem::size_of::<VhostUserInflight>() {
+    let mut value = VhostUserInflight::default();
+    // Copied: the body sits unaligned in the relay's buffer.
+    let bytes = value.as_mut_slice();
+    if body.len() != bytes.len() {
         return None;
     }
-    VhostUserInflight::from_slice(body).copied()
+    bytes.copy_from_slice(body);
+    Some(value)
 }
 
 fn le_u32(b: &[u8]) -> u32 {
