@@ -121,8 +121,8 @@ impl Mapped {
     fn read<const N: usize>(&self, at: usize) -> [u8; N] {
         assert!(at + N <= self.len);
         let mut out = [0u8; N];
-        // SAFETY: in bounds (checked); volatile, as the backend writes it concurrently.
         for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: in bounds (checked); volatile, as the backend writes it concurrently.
             *b = unsafe { self.ptr.add(at + i).read_volatile() };
         }
         out
