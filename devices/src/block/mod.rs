@@ -65,9 +65,6 @@ pub enum Error {
     /// Setting up signal handling.
     #[error("setting up SIGTERM handling: {0}")]
     Signals(#[source] std::io::Error),
-    /// Making the inflight region's memfd.
-    #[error("creating the inflight region's memfd: {0}")]
-    Inflight(#[source] std::io::Error),
     /// The socket or the daemon.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
@@ -129,8 +126,15 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
             ""
         },
     );
-    // The memfd for GET_INFLIGHT_FD, made now: no seccomp role may create one.
-    let inflight = InflightSlot::new(config.queues, MAX_QUEUE_SIZE).map_err(Error::Inflight)?;
+    // The memfd for GET_INFLIGHT_FD, made now: no seccomp role may create one. Without it
+    // the disk still works, without inflight tracking (the feature is not offered).
+    let inflight = match InflightSlot::new(config.queues, MAX_QUEUE_SIZE) {
+        Ok(slot) => Some(slot),
+        Err(e) => {
+            log::warn!("inflight I/O tracking off: creating its memfd: {e}");
+            None
+        }
+    };
     let mut backend = BlockBackend::new(
         Arc::new(disk),
         config.serial,
@@ -138,7 +142,9 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         config.logical_block_size,
         config.poll,
     );
-    backend.track_inflight(Arc::clone(&inflight));
+    if let Some(slot) = &inflight {
+        backend.track_inflight(Arc::clone(slot));
+    }
     if config.stall_after.is_some() {
         backend.stall_after(config.stall_after);
     }
@@ -158,7 +164,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         &config.endpoint,
         termination,
         || Ok(()),
-        Some(inflight),
+        inflight,
     )?)
 }
 

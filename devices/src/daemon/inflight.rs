@@ -95,8 +95,25 @@ impl InflightSlot {
     /// Makes the memfd (call before the process is confined): big enough for `num_queues`
     /// queues of `max_queue_size`, zero-filled, sealed against shrinking, growing and
     /// further sealing.
+    /// Refused (rather than killed by SIGXFSZ) when RLIMIT_FSIZE, which a jailer sets to
+    /// the image's size, is below that size.
     pub fn new(num_queues: u16, max_queue_size: u16) -> io::Result<Arc<InflightSlot>> {
         let num_queues = num_queues.max(1);
+        let size = u64::from(num_queues) * queue_region_size(max_queue_size);
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into `limit`.
+        if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) } == 0
+            && limit.rlim_cur != libc::RLIM_INFINITY
+            && limit.rlim_cur < size
+        {
+            return Err(io::Error::other(format!(
+                "the region needs {size} bytes, RLIMIT_FSIZE is {}",
+                limit.rlim_cur
+            )));
+        }
         // SAFETY: memfd_create with a NUL-terminated name; returns a new descriptor or -1.
         let fd = unsafe {
             libc::memfd_create(
@@ -109,7 +126,7 @@ impl InflightSlot {
         }
         // SAFETY: a fresh descriptor nothing else owns.
         let memfd = unsafe { File::from_raw_fd(fd) };
-        memfd.set_len(u64::from(num_queues) * queue_region_size(max_queue_size))?;
+        memfd.set_len(size)?;
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
         // SAFETY: F_ADD_SEALS with an integer argument on a descriptor we own.
         if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
