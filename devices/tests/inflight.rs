@@ -463,3 +463,110 @@ fn a_hostile_region_is_refused_and_the_ring_served_as_it_is() {
     assert_eq!(view.u16(14), 1);
     hang_up(fe, handle, done);
 }
+
+/// Set in a copy of this test binary that runs `bulkhead-blk` as its own process:
+/// `FD IMAGE [ARGS...]`, space-separated.
+const CHILD_ENV: &str = "BULKHEAD_INFLIGHT_TEST_CHILD";
+
+/// Not a test of its own: the body of the process [`confined_backend`] starts.
+#[test]
+fn child_backend() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut words = spec.split(' ');
+    let (fd, img) = (words.next().unwrap(), words.next().unwrap());
+    let mut args: Vec<String> = [
+        "bulkhead-blk",
+        "--landlock",
+        "off",
+        "--seccomp",
+        "enforce",
+        "--fd",
+        fd,
+        "--blk-file",
+        img,
+        "--poll-us",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(words.map(str::to_string));
+    std::process::exit(main_with_args(args));
+}
+
+/// `bulkhead-blk` in a process of its own, every thread under its seccomp filter
+/// (enforce): a copy of this binary running [`child_backend`].
+fn confined_backend(img: &TempFile, extra: &str) -> (Frontend, std::process::Child) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    // SAFETY: clears FD_CLOEXEC on a descriptor we own, so the child inherits it.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_backend",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(
+            CHILD_ENV,
+            format!("{fd} {} {extra}", img.as_path().display()).trim(),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    (Frontend::from_stream(ours, 1), child)
+}
+
+/// Hangs up on a confined backend; its exit status must be 0 (a seccomp violation is
+/// SIGSYS); returns its stderr.
+fn hang_up_child(fe: Frontend, child: std::process::Child) -> String {
+    drop(fe);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{:?}\n{stderr}", out.status);
+    stderr
+}
+
+#[test]
+fn a_confined_successor_resubmits_and_says_so() {
+    let img = image();
+    let (mem, memfd) = guest_memory(MEM_SIZE);
+    let mut ring = Ring::new(0, 0, QUEUE_SIZE);
+
+    let (mut fe, child) = confined_backend(&img, "--test-stall-after 2");
+    negotiate(&mut fe);
+    let region = fe.get_inflight_fd(&ask(1)).unwrap();
+    let view = Mapped::new(&region.1, region.0.mmap_size);
+    common::set_mem_table(&mut fe, &mem, &memfd);
+    set_up(&mut fe, &mem, &ring, 0);
+    let h1 = write_request(&mem, &mut ring, 1, 2, 0x5a);
+    assert_eq!(ring.kick_and_wait(&mem, 1), vec![(u32::from(h1), 1)]);
+    let h2 = write_request(&mem, &mut ring, 2, 3, 0x6b);
+    ring.kick();
+    wait_for("request 2 in flight", || view.inflight(0, h2) == 1);
+    let stderr = hang_up_child(fe, child);
+    assert!(!stderr.contains("resubmitted"), "{stderr}");
+
+    let (mut fe, child) = confined_backend(&img, "");
+    negotiate(&mut fe);
+    // SET twice: the second replaces (unmaps) the first mapping.
+    fe.set_inflight_fd(&region.0, region.1.as_raw_fd()).unwrap();
+    fe.set_inflight_fd(&region.0, region.1.as_raw_fd()).unwrap();
+    common::set_mem_table(&mut fe, &mem, &memfd);
+    set_up(&mut fe, &mem, &ring, ring.used_idx(&mem));
+    ring.kick();
+    assert_eq!(ring.wait_used(&mem, 1), vec![(u32::from(h2), 1)]);
+    assert_eq!(sector(&img, 3), vec![0x6b; 512]);
+    let stderr = hang_up_child(fe, child);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("in-flight")).collect();
+    assert_eq!(
+        lines,
+        ["bulkhead-blk: queue 0: resubmitted 1 in-flight request(s)"],
+        "{stderr}"
+    );
+}

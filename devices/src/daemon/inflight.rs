@@ -177,7 +177,10 @@ impl InflightSlot {
     /// GET_INFLIGHT_FD: lays a fresh region out in our memfd for the queues asked for
     /// (zeroed, each header with the version and queue size), uses it from now on, and
     /// returns the answer and the memfd to send with it.
-    pub fn get(&self, asked: &VhostUserInflight) -> Result<(VhostUserInflight, &File), InflightError> {
+    pub fn get(
+        &self,
+        asked: &VhostUserInflight,
+    ) -> Result<(VhostUserInflight, &File), InflightError> {
         let needed = self.check_shape(asked.num_queues, asked.queue_size)?;
         let region = Region::map(&self.memfd, 0, needed, asked.num_queues, asked.queue_size)?;
         for q in 0..usize::from(asked.num_queues) {
@@ -215,7 +218,13 @@ impl InflightSlot {
         }
         let file = File::from(fd);
         check_file(&file, given.mmap_offset, needed)?;
-        let region = Region::map(&file, given.mmap_offset, needed, given.num_queues, given.queue_size)?;
+        let region = Region::map(
+            &file,
+            given.mmap_offset,
+            needed,
+            given.num_queues,
+            given.queue_size,
+        )?;
         *self.region.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(region));
         Ok(())
     }
@@ -234,12 +243,21 @@ fn check_file(file: &File, offset: u64, len: u64) -> Result<(), InflightError> {
     // The plain fstat system call (std and glibc would use statx or newfstatat, which the
     // vhost-user role does not allow).
     // SAFETY: fstat writes one `stat` into `st`, which is that big.
-    let r = unsafe { libc::syscall(libc::SYS_fstat, file.as_raw_fd(), &mut st as *mut libc::stat) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fstat,
+            file.as_raw_fd(),
+            &mut st as *mut libc::stat,
+        )
+    };
     if r < 0 {
         return Err(InflightError::Os("fstat", io::Error::last_os_error()));
     }
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(InflightError::File(format!("not a regular file (mode {:#o})", st.st_mode)));
+        return Err(InflightError::File(format!(
+            "not a regular file (mode {:#o})",
+            st.st_mode
+        )));
     }
     let size = u64::try_from(st.st_size).unwrap_or(0);
     if offset.checked_add(len).is_none_or(|end| end > size) {
@@ -279,8 +297,18 @@ impl Drop for Region {
 }
 
 impl Region {
-    fn map(file: &File, offset: u64, len: u64, num_queues: u16, queue_size: u16) -> Result<Region, InflightError> {
-        let too_big = || InflightError::File(format!("a region of {len} bytes at {offset} can't be mapped"));
+    fn map(
+        file: &File,
+        offset: u64,
+        len: u64,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> Result<Region, InflightError> {
+        let too_big = || {
+            InflightError::File(format!(
+                "a region of {len} bytes at {offset} can't be mapped"
+            ))
+        };
         let size = usize::try_from(len).map_err(|_| too_big())?;
         let off = libc::off_t::try_from(offset).map_err(|_| too_big())?;
         // SAFETY: a new shared mapping of `size` bytes of `file` at a page-aligned offset,
@@ -366,7 +394,8 @@ impl QueueRegion<'_> {
     }
 
     fn entry(&self, head: u16) -> Option<usize> {
-        (head < self.entries).then(|| QUEUE_HEADER as usize + DESC_STATE as usize * usize::from(head))
+        (head < self.entries)
+            .then(|| QUEUE_HEADER as usize + DESC_STATE as usize * usize::from(head))
     }
 
     /// Entries laid out for this queue.
@@ -406,12 +435,14 @@ impl QueueRegion<'_> {
 
     /// Entry `head`'s inflight byte (None: out of range).
     pub fn inflight(&self, head: u16) -> Option<u8> {
-        self.entry(head).map(|e| self.u8_at(e).load(Ordering::Acquire))
+        self.entry(head)
+            .map(|e| self.u8_at(e).load(Ordering::Acquire))
     }
 
     /// Entry `head`'s counter.
     pub fn counter(&self, head: u16) -> Option<u64> {
-        self.entry(head).map(|e| self.u64_at(e + 8).load(Ordering::Acquire))
+        self.entry(head)
+            .map(|e| self.u64_at(e + 8).load(Ordering::Acquire))
     }
 
     /// Marks `head` in flight as request number `counter` (the counter first, so a reader
@@ -508,9 +539,18 @@ mod tests {
         }
         assert!(region.queue(2).is_none());
 
-        assert!(matches!(slot.get(&ask(3, 256)), Err(InflightError::Queues(3, 2))));
-        assert!(matches!(slot.get(&ask(1, 2048)), Err(InflightError::QueueSize(2048, 1024))));
-        assert!(matches!(slot.get(&ask(1, 0)), Err(InflightError::QueueSize(0, 1024))));
+        assert!(matches!(
+            slot.get(&ask(3, 256)),
+            Err(InflightError::Queues(3, 2))
+        ));
+        assert!(matches!(
+            slot.get(&ask(1, 2048)),
+            Err(InflightError::QueueSize(2048, 1024))
+        ));
+        assert!(matches!(
+            slot.get(&ask(1, 0)),
+            Err(InflightError::QueueSize(0, 1024))
+        ));
 
         // SET of our own memfd works; a short or unsealed file is refused.
         let dup = OwnedFd::from(file.try_clone().unwrap());
@@ -523,12 +563,18 @@ mod tests {
         given.mmap_offset = 0;
         given.mmap_size = 100;
         let dup = OwnedFd::from(slot.memfd.try_clone().unwrap());
-        assert!(matches!(slot.set(&given, Some(dup)), Err(InflightError::TooSmall { .. })));
+        assert!(matches!(
+            slot.set(&given, Some(dup)),
+            Err(InflightError::TooSmall { .. })
+        ));
         given.mmap_size = 2 * 4160;
         let plain = vmm_sys_util::tempfile::TempFile::new().unwrap();
         plain.as_file().set_len(1 << 20).unwrap();
         let fd = OwnedFd::from(plain.as_file().try_clone().unwrap());
-        assert!(matches!(slot.set(&given, Some(fd)), Err(InflightError::NotSealed)));
+        assert!(matches!(
+            slot.set(&given, Some(fd)),
+            Err(InflightError::NotSealed)
+        ));
         assert!(matches!(slot.set(&given, None), Err(InflightError::NoFd)));
     }
 
