@@ -567,7 +567,10 @@ fn private_sysfs() -> std::path::PathBuf {
         )
     };
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-    let dir = std::env::temp_dir().join(format!("bhmq-sysfs-{}", std::process::id()));
+    // One per caller: tests running at once must not unmount each other's.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("bhmq-sysfs-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (src, at) = (
         std::ffi::CString::new("sysfs").unwrap(),
@@ -752,4 +755,113 @@ fn a_disabled_pair_has_its_tap_queue_detached() {
         return;
     }
     thread::spawn(detach_in_netns).join().unwrap();
+}
+
+const SUCCESSOR_TAP_NAME: &str = "bhmq2";
+
+/// One queue of the two-queue TAP `SUCCESSOR_TAP_NAME`, as the launcher opens it.
+fn mq_queue() -> OwnedFd {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
+    let mut req = ifreq(SUCCESSOR_TAP_NAME, 0x0002 | 0x1000 | 0x4000 | 0x0100);
+    // SAFETY: TUNSETIFF reads and writes an ifreq, valid for the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+    assert_eq!(r, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+    OwnedFd::from(file)
+}
+
+/// Starts a backend on copies of `queues` (as the launcher hands a restarted process the
+/// same TAP queues) and negotiates two pairs.
+fn start_on(queues: &[OwnedFd]) -> (Frontend, JoinHandle<()>, mpsc::Receiver<i32>, Mem, File) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let fds: Vec<String> = queues
+        .iter()
+        .map(|q| q.try_clone().unwrap().into_raw_fd().to_string())
+        .collect();
+    let (daemon, done_rx) = daemon(vec![
+        "--fd".into(),
+        theirs.into_raw_fd().to_string(),
+        "--tap-fd".into(),
+        fds.join(","),
+        "--queue-pairs".into(),
+        queues.len().to_string(),
+    ]);
+    // A backend that failed before taking its socket leaves it open: don't wait forever.
+    ours.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut fe = Frontend::from_stream(ours, 4);
+    let (mem, memfd) = guest_memory(MEM_SIZE);
+    negotiate(&mut fe, &mem, &memfd, VIRTIO_NET_F_MQ);
+    (fe, daemon, done_rx, mem, memfd)
+}
+
+/// A backend dies with pair 1's TAP queue detached (never enabled); its successor gets the
+/// same descriptors, must start, and must get pair 1 working when the driver uses it.
+fn successor_in_netns() {
+    if let Err(e) = new_netns() {
+        common::skip::skip_or_fail(
+            common::skip::SkipKind::NotPermitted,
+            &format!("unshare(CLONE_NEWNET): {e}"),
+        );
+        return;
+    }
+    let sysfs = private_sysfs();
+    let queues = [mq_queue(), mq_queue()];
+    wait_attached(&sysfs, SUCCESSOR_TAP_NAME, 2);
+
+    let (fe, daemon, done_rx, _mem, _memfd) = start_on(&queues);
+    wait_attached(&sysfs, SUCCESSOR_TAP_NAME, 1);
+    drop(fe);
+    assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
+    let _ = daemon.join();
+    // Left detached by the dead backend: our copies share its queue state.
+    assert_eq!(attached_queues(&sysfs, SUCCESSOR_TAP_NAME), 1);
+
+    let (mut fe, daemon, done_rx, mem, _memfd) = start_on(&queues);
+    assert!(
+        done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "the successor exited at start"
+    );
+    wait_attached(&sysfs, SUCCESSOR_TAP_NAME, 1);
+    link_up(SUCCESSOR_TAP_NAME);
+    let sniffer = packet_socket(SUCCESSOR_TAP_NAME);
+    let mut rings: Vec<Ring> = (0..4)
+        .map(|i| Ring::new(i, 0x8000 * i as u64, QUEUE_SIZE))
+        .collect();
+    for r in &rings {
+        r.set_up(&mut fe, &mem);
+    }
+    fill_rx(&mem, &mut rings[2]);
+    wait_attached(&sysfs, SUCCESSOR_TAP_NAME, 2);
+    // TX through pair 1's queue (EBADFD if it were still detached).
+    let frame = our_frame(MAC, 0x41, 90);
+    let at = 0x10_0000;
+    mem.write_slice(&[0u8; NET_HDR_SIZE], GuestAddress(at))
+        .unwrap();
+    mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
+        .unwrap();
+    let head = rings[3].add_one(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
+    rings[3].kick();
+    assert_eq!(rings[3].wait_one_used(&mem), (u32::from(head), 0));
+    assert_eq!(recv_ours(&sniffer), frame, "TX on pair 1 of the successor");
+    drop(fe);
+    assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
+    let _ = daemon.join();
+    let at = std::ffi::CString::new(sysfs.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path valid for the call.
+    unsafe { libc::umount2(at.as_ptr(), libc::MNT_DETACH) };
+    let _ = std::fs::remove_dir(&sysfs);
+}
+
+#[test]
+fn a_successor_reattaches_tap_queues_its_predecessor_left_detached() {
+    if let Some(reason) = unsupported() {
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
+        return;
+    }
+    thread::spawn(successor_in_netns).join().unwrap();
 }

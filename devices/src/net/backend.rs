@@ -191,8 +191,19 @@ impl NetBackend {
         }
     }
 
-    /// Detaches the TAP queues of every pair but 0: no driver has enabled them yet.
+    /// Detaches the TAP queues of every pair but 0: no driver has enabled them yet. First
+    /// every queue is attached again if a process before us (a restarted backend's
+    /// predecessor, holding the same descriptors) left it detached, so that what the
+    /// links believe is what the kernel has.
     pub fn detach_idle_queues(&self) -> Result<(), LinkError> {
+        for pair in &self.rx {
+            if pair.link.reattach()? {
+                log::info!(
+                    "TAP queue of pair {} was left detached; attached it again",
+                    pair.index
+                );
+            }
+        }
         for pair in self.rx.iter().skip(1) {
             pair.link.reconcile(false, false)?;
         }

@@ -112,6 +112,33 @@ impl<S: QueueSwitch> QueueLink<S> {
         self.attached.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Makes the queue attached, as [`QueueLink::new`] assumes it is: a process that had
+    /// the same descriptor before us (a restarted backend's predecessor, which dies with
+    /// idle pairs detached) may have left it detached, and then a detach would fail and an
+    /// attach never be tried. Returns whether it had been detached. EINVAL means it already
+    /// was attached (or the TAP has a single queue).
+    pub fn reattach(&self) -> Result<bool, LinkError> {
+        let mut attached = self
+            .attached
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        match self.switch.set_attached(true) {
+            Ok(()) => {
+                *attached = true;
+                Ok(true)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                *attached = true;
+                Ok(false)
+            }
+            Err(source) => Err(LinkError {
+                pair: self.pair,
+                attach: true,
+                source,
+            }),
+        }
+    }
+
     /// Attaches or detaches the queue as [`wanted`] says for these ring states. On a failed
     /// attach the queue stays detached; on a failed detach it stays attached, and later
     /// detaches aren't tried until the queue is wanted again (the error is returned once).
@@ -162,11 +189,13 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// Records the calls; fails those listed in `fail` (by call number).
+    /// Records the calls; fails those listed in `fail` (by call number), with EINVAL or
+    /// `fail_with`.
     #[derive(Default)]
     struct Mock {
         calls: Mutex<Vec<bool>>,
         fail: Vec<usize>,
+        fail_with: Option<i32>,
     }
 
     impl QueueSwitch for Mock {
@@ -174,7 +203,9 @@ mod tests {
             let mut calls = self.calls.lock().unwrap();
             calls.push(attached);
             if self.fail.contains(&(calls.len() - 1)) {
-                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+                return Err(io::Error::from_raw_os_error(
+                    self.fail_with.unwrap_or(libc::EINVAL),
+                ));
             }
             Ok(())
         }
@@ -191,6 +222,32 @@ mod tests {
         assert!(wanted(1, true, false));
         assert!(wanted(3, false, true));
         assert!(wanted(3, true, true));
+    }
+
+    #[test]
+    fn a_queue_left_detached_is_attached_again() {
+        // The kernel says EINVAL to attaching an attached queue.
+        let link = QueueLink::new(
+            1,
+            Mock {
+                fail: vec![0],
+                ..Mock::default()
+            },
+        );
+        assert!(!link.reattach().unwrap(), "already attached");
+        assert!(link.reattach().unwrap(), "was detached");
+        assert!(link.is_attached());
+        assert_eq!(link.reconcile(false, false).unwrap(), Change::Detached);
+        assert_eq!(calls(&link), [true, true, false]);
+        let broken = QueueLink::new(
+            2,
+            Mock {
+                fail: vec![0],
+                fail_with: Some(libc::EPERM),
+                ..Mock::default()
+            },
+        );
+        assert!(broken.reattach().is_err(), "another error is one");
     }
 
     #[test]
