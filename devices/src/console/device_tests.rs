@@ -287,3 +287,39 @@ fn a_queue_full_of_bad_receive_buffers_is_skipped_in_bounded_steps() {
         u64::from(QUEUE_SIZE)
     );
 }
+
+/// Records, for each piece of output, the used index guest memory shows at that moment.
+struct UsedWatcher<'a> {
+    mem: &'a GuestRam,
+    used_idx: GuestAddress,
+    seen: Vec<(u8, u16)>,
+}
+
+impl Output for UsedWatcher<'_> {
+    fn output(&mut self, bytes: &[u8]) {
+        let idx: u16 = self.mem.read_obj(self.used_idx).unwrap();
+        self.seen.push((bytes[0], idx));
+    }
+}
+
+#[test]
+fn output_is_handed_over_before_its_chain_is_completed() {
+    // A process killed between the two must not have told the guest its bytes were sent:
+    // a successor then sends them again (a repeat), never loses them.
+    let mem = memory();
+    let mut h = Harness::new(&mem);
+    for (i, b) in b"abc".iter().enumerate() {
+        let at = 0x1_0000 + 0x1000 * i as u64;
+        fill(&mem, at, &[*b]);
+        h.chain(&[(at, 1)], R);
+    }
+    let mut watcher = UsedWatcher {
+        mem: &mem,
+        used_idx: h.vq.used_addr().unchecked_add(2),
+        seen: Vec::new(),
+    };
+    let mut tx = Transmitter::default();
+    tx.round(&mut h.queue, &mem, &mut watcher, &h.counters);
+    assert_eq!(watcher.seen, [(b'a', 0), (b'b', 1), (b'c', 2)]);
+    assert_eq!(h.used().len(), 3);
+}
