@@ -39,6 +39,26 @@ pub const MAX_PAYLOAD: usize = 64 * 1024;
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// First host port given to host-initiated streams (as Firecracker's).
 const FIRST_HOST_PORT: u32 = 1 << 30;
+/// Host ports start at a random point this far above [`FIRST_HOST_PORT`]: a restarted
+/// backend's guest may still hold streams its predecessor opened (it learns they are gone
+/// at its next packet, answered RST), and a new REQUEST on the same port pair as one of
+/// those would be taken for a packet of the old stream.
+const HOST_PORT_SPREAD: u32 = 1 << 29;
+
+/// Where host ports start: [`FIRST_HOST_PORT`] plus a random offset below
+/// [`HOST_PORT_SPREAD`].
+fn first_host_port() -> u32 {
+    let mut bytes = [0u8; 4];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_NONBLOCK) };
+    let offset = if n == 4 {
+        u32::from_ne_bytes(bytes) % HOST_PORT_SPREAD
+    } else {
+        // Not secrecy, only a different start than the predecessor's: the pid differs.
+        std::process::id().wrapping_mul(7919) % HOST_PORT_SPREAD
+    };
+    FIRST_HOST_PORT + offset
+}
 
 /// The epoll token of the hybrid listener.
 pub const LISTENER_TOKEN: u64 = u64::MAX - 1;
@@ -106,7 +126,7 @@ impl Muxer {
             by_fd: HashMap::new(),
             pending: HashMap::new(),
             control: VecDeque::new(),
-            next_host_port: FIRST_HOST_PORT,
+            next_host_port: first_host_port(),
             last: (0, 0),
             counters: Counters::default(),
         })

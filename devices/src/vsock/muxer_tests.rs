@@ -306,3 +306,13 @@ fn silent_clients_and_unanswered_connects_time_out() {
     assert_eq!(silent.read(&mut b).unwrap(), 0);
     assert_eq!(asked.read(&mut b).unwrap(), 0);
 }
+
+#[test]
+fn host_ports_start_at_a_random_point_each_life() {
+    let (a, b) = (first_host_port(), first_host_port());
+    for p in [a, b] {
+        assert!((FIRST_HOST_PORT..FIRST_HOST_PORT + HOST_PORT_SPREAD).contains(&p));
+    }
+    // A successor must not start where its predecessor did (chance of equal: 2^-29).
+    assert_ne!(a, b);
+}
