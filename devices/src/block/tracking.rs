@@ -202,13 +202,20 @@ fn check(part: &QueueRegion<'_>, ring: &impl RingView) -> Result<(Vec<u16>, u64)
     }
     let recorded = part.used_idx();
     if recorded != used {
-        // Killed between writing the used ring and recording it: the last head is done.
         if used.wrapping_sub(recorded) != 1 {
+            // Nothing in flight: the ring was set up afresh (a driver reset, the frontend
+            // keeping its region) and there is nothing to resubmit either way.
+            if (0..size).all(|head| part.inflight(head) == Some(0)) {
+                part.reset();
+                part.set_used_idx(used);
+                return Ok((Vec::new(), 0));
+            }
             return Err(RegionError::UsedIdx {
                 region: recorded,
                 ring: used,
             });
         }
+        // Killed between writing the used ring and recording it: the last head is done.
         let last = part.last_batch_head();
         if last >= size {
             return Err(RegionError::LastBatchHead(last));
@@ -347,10 +354,15 @@ mod tests {
         ));
 
         part().write_header(1, 8, 0, 5);
+        part().write_entry(1, 1, 0);
         assert!(matches!(
-            refused(&ring(9, &[])),
+            refused(&ring(9, &[1])),
             Err(RegionError::UsedIdx { .. })
         ));
+        // The same with nothing in flight: a ring set up afresh, nothing to refuse.
+        part().write_header(1, 8, 0, 5);
+        assert_eq!(refused(&ring(0, &[])), Ok(vec![]));
+        assert_eq!(part().used_idx(), 0);
 
         part().write_header(1, 8, 200, 5);
         assert_eq!(refused(&ring(6, &[])), Err(RegionError::LastBatchHead(200)));
