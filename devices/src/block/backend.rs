@@ -9,6 +9,11 @@
 //! vring's lock for a round (at most a queue's worth of requests, then at most the poll
 //! time); `GET_VRING_BASE` therefore waits for the round in progress, stops the next, and
 //! returns an index with nothing in flight.
+//!
+//! With inflight tracking ([`BlockBackend::track_inflight`]), each request is recorded in
+//! the shared region while in flight, and a queue's first event after SET_VRING_BASE first
+//! resubmits what a predecessor process left in flight (see `tracking.rs`), logging
+//! `resubmitted N in-flight request(s)` on stderr.
 
 use crate::daemon::thread_name::confine_worker_thread;
 use bulkhead_seccomp::Role;
@@ -182,7 +187,8 @@ pub fn features(read_only: bool, num_queues: u16) -> u64 {
 }
 
 /// The vhost-user protocol features offered: all handled by `vhost-user-backend`, the
-/// device-specific part being `get_config` below.
+/// device-specific part being `get_config` below. The relay adds INFLIGHT_SHMFD, which it
+/// serves itself (`daemon::inflight`), when the frontend's socket is a connected one.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::MQ
@@ -268,8 +274,6 @@ impl VhostUserBackend for BlockBackend {
         let mut worker = worker.lock().unwrap_or_else(PoisonError::into_inner);
         let atomic = self.memory();
         let mem = atomic.memory();
-        // The vring lock is held for one round at a time (a bounded amount of work), so
-        // control messages such as GET_VRING_BASE get in between rounds.
         if let Some(slot) = &self.inflight {
             let mut state = vring.get_mut();
             // The queue was (re)started: what a predecessor left in flight goes first.
@@ -285,6 +289,8 @@ impl VhostUserBackend for BlockBackend {
                 }
             }
         }
+        // The vring lock is held for one round at a time (a bounded amount of work), so
+        // control messages such as GET_VRING_BASE get in between rounds.
         loop {
             let mut state = vring.get_mut();
             let round = worker.serve_round(state.get_queue_mut(), &mem);
