@@ -464,6 +464,64 @@ fn a_hostile_region_is_refused_and_the_ring_served_as_it_is() {
     hang_up(fe, handle, done);
 }
 
+#[test]
+fn each_queue_resubmits_its_own() {
+    let img = image();
+    let (mem, memfd) = guest_memory(MEM_SIZE);
+    let mut rings = [
+        Ring::new(0, 0, QUEUE_SIZE),
+        Ring::new(1, 0x8000, QUEUE_SIZE),
+    ];
+    // Both queues freeze on their first request.
+    let (mut fe, handle, done) = backend(&img, 2, &["--test-stall-after", "1"]);
+    negotiate(&mut fe);
+    let region = fe.get_inflight_fd(&ask(2)).unwrap();
+    let view = Mapped::new(&region.1, region.0.mmap_size);
+    common::set_mem_table(&mut fe, &mem, &memfd);
+    for r in &rings {
+        set_up(&mut fe, &mem, r, 0);
+    }
+    let heads: Vec<u16> = (0..2)
+        .map(|q| {
+            let h = write_request(
+                &mem,
+                &mut rings[q],
+                10 + q as u64,
+                40 + q as u64,
+                0x70 + q as u8,
+            );
+            rings[q].kick();
+            h
+        })
+        .collect();
+    for q in 0..2 {
+        wait_for("a request in flight on each queue", || {
+            view.inflight(q, heads[q]) == 1
+        });
+    }
+    hang_up(fe, handle, done);
+
+    // The successor freezes on its first pop too: what it completes came from the region.
+    let (mut fe, handle, done) = backend(&img, 2, &["--test-stall-after", "1"]);
+    negotiate(&mut fe);
+    fe.set_inflight_fd(&region.0, region.1.as_raw_fd()).unwrap();
+    common::set_mem_table(&mut fe, &mem, &memfd);
+    for r in &rings {
+        set_up(&mut fe, &mem, r, 0);
+    }
+    for (q, ring) in rings.iter_mut().enumerate() {
+        ring.kick();
+        assert_eq!(ring.wait_used(&mem, 1), vec![(u32::from(heads[q]), 1)]);
+        assert_eq!(sector(&img, 40 + q as u64), vec![0x70 + q as u8; 512]);
+        assert_eq!(
+            view.u16(q * QUEUE_REGION as usize + 14),
+            1,
+            "queue {q}'s used_idx"
+        );
+    }
+    hang_up(fe, handle, done);
+}
+
 /// Set in a copy of this test binary that runs `bulkhead-blk` as its own process:
 /// `FD IMAGE [ARGS...]`, space-separated.
 const CHILD_ENV: &str = "BULKHEAD_INFLIGHT_TEST_CHILD";
