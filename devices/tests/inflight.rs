@@ -494,9 +494,9 @@ fn each_queue_resubmits_its_own() {
             h
         })
         .collect();
-    for q in 0..2 {
+    for (q, &head) in heads.iter().enumerate() {
         wait_for("a request in flight on each queue", || {
-            view.inflight(q, heads[q]) == 1
+            view.inflight(q, head) == 1
         });
     }
     hang_up(fe, handle, done);
