@@ -161,6 +161,11 @@ pub struct DeviceProcess {
     control: Option<LauncherChannel>,
     /// Whether it said it is confined and serving.
     pub ready: bool,
+    /// Whether the supervisor watches for its end (it stops once it dealt with it).
+    pub watched: bool,
+    /// Whether its end was dealt with (its device given up, the VM going on): not a
+    /// failure of the VM.
+    pub settled: bool,
     /// The RLIMIT_FSIZE it was given (`None`: none).
     file_size_limit: Option<u64>,
     /// How to start another copy (a device process bulkhead may restart).
@@ -228,12 +233,52 @@ impl DeviceProcess {
         Some(status)
     }
 
-    /// Asks it to stop over its control socket (`Shutdown`), without waiting for an
-    /// answer; false if it has no control socket or the request could not be sent.
-    pub fn ask_to_stop(&mut self) -> bool {
-        self.control
+    /// Asks it to stop over its control socket (`Shutdown`) and gives it `grace` to end;
+    /// a refusal (any answer), no control socket or the grace period running out goes on
+    /// as [`DeviceProcess::stop`] (SIGTERM, then SIGKILL). Returns how it ended.
+    pub fn stop_as_asked(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let asked = self
+            .control
             .as_mut()
-            .is_some_and(|c| c.send(&bulkhead_protocol::ToProcess::Shutdown, &[]).is_ok())
+            .is_some_and(|c| c.send(&bulkhead_protocol::ToProcess::Shutdown, &[]).is_ok());
+        let deadline = Instant::now() + grace;
+        while asked && Instant::now() < deadline {
+            if let Some(status) = self.wait_for_end(Duration::ZERO) {
+                return Some(status);
+            }
+            if self.control_answered(Duration::from_millis(5)) {
+                // Ready/Exited are notes; anything else is its refusal.
+                match self.control.as_mut().map(|c| c.recv()) {
+                    Some(Ok((ToLauncher::Exited { .. } | ToLauncher::Ready { .. }, _))) => {}
+                    Some(Ok((answer, _))) => {
+                        log::info!(
+                            "{}: {} answered Shutdown with {}",
+                            self.name,
+                            self.program,
+                            crate::untrusted::sanitize(&format!("{answer:?}"))
+                        );
+                        break;
+                    }
+                    // Its end closes the socket: seen on the next round.
+                    Some(Err(_)) | None => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        self.stop()
+    }
+
+    /// Whether its control socket has something to read within `timeout`.
+    fn control_answered(&self, timeout: Duration) -> bool {
+        let Some(channel) = self.control.as_ref() else {
+            return false;
+        };
+        let mut fd = libc::pollfd {
+            fd: channel.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid fd in a local of the length given.
+        unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) > 0 }
     }
 
     /// How it ended, for messages: the exit status or signal and, for a process seccomp
@@ -580,6 +625,8 @@ fn spawn_as(
         heard,
         control,
         ready: false,
+        watched: true,
+        settled: false,
         file_size_limit: if c.jail { needs.max_file_size } else { None },
         recipe: None,
         pidfd,

@@ -63,11 +63,6 @@ impl Recipe {
         self
     }
 
-    /// The device's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The program started.
     pub fn program(&self) -> &Path {
         &self.program
