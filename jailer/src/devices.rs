@@ -151,6 +151,7 @@ impl Devices {
             device_type,
             queues,
             socket,
+            restartable: false,
         });
         self.processes.extend(process);
     }
