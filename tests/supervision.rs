@@ -489,8 +489,8 @@ fn uids_of(pid: u32) -> String {
 /// With the default policy (5 within 60 s), a `bulkhead-blk` killed with SIGKILL is
 /// restarted: a new process, as the same uid, in a new cgroup (the old one removed), shown
 /// in `ctl status` with its restart; one line on stderr names the old pid and the signal,
-/// the new pid, the budget and the time the disk was unavailable. The VM goes on and ends
-/// with status 0.
+/// the new pid, the budget and the time the disk was unavailable. Then `ctl restart disk0
+/// --exec COPY` replaces it with another program. The VM goes on and ends with status 0.
 #[test]
 fn a_killed_block_process_is_restarted_and_reported() {
     require_kvm!();
@@ -542,10 +542,69 @@ fn a_killed_block_process_is_restarted_and_reported() {
         !cgroups.iter().any(|c| c.ends_with("-disk0")),
         "the dead process's cgroup is left: {cgroups:?}"
     );
+
+    // Live replacement with another program (a copy of the backend, standing for a new
+    // build): the old process is asked to stop, the copy runs from then on.
+    let dir = std::env::temp_dir().join(format!("bulkhead-restart-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("bulkhead-blk-new");
+    let blk = std::path::Path::new(env!("CARGO_BIN_EXE_bulkhead")).with_file_name("bulkhead-blk");
+    std::fs::copy(&blk, &copy).expect("copying bulkhead-blk");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(&socket)
+        .args(["restart", "disk0", "--exec"])
+        .arg(&copy)
+        .output()
+        .expect("running bulkhead ctl restart");
+    assert!(out.status.success(), "{out:?}");
+    let replaced = children(pid)
+        .into_iter()
+        .find(|(_, n)| n == "bulkhead-blk-new")
+        .map(|(p, _)| p)
+        .unwrap_or_else(|| panic!("no bulkhead-blk-new among {:?}", children(pid)));
+    assert!(
+        !children(pid).iter().any(|(p, _)| *p == new),
+        "the replaced process is still there"
+    );
+    let (code, out) = ctl(&socket, "status");
+    assert!(
+        code == Some(0)
+            && out.contains(&format!(
+                "process: disk0 (bulkhead-blk-new, restarted 2 times) pid {replaced} running"
+            )),
+        "{out}"
+    );
+    assert_eq!(uids_of(replaced), uid);
+    // A device that is not there, and a program that is not: refused, the VM goes on.
+    let (code, out) = ctl(&socket, "restart");
+    assert_ne!(code, Some(0), "{out}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(&socket)
+        .args(["restart", "disk7"])
+        .output()
+        .expect("running bulkhead ctl restart");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && text.contains("disk7: no such device process"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
     let (code, out) = ctl(&socket, "shutdown");
     assert_eq!(code, Some(0), "{out}");
     let (code, stderr) = vm.finish();
     assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "bulkhead: disk0: bulkhead-blk (pid {new}) replaced as asked (ctl restart); \
+             restarted as pid {replaced} (not counted in the restart budget); unavailable "
+        )),
+        "{stderr}"
+    );
     let expected = format!(
         "bulkhead: disk0: bulkhead-blk (pid {old}) killed by signal 9 (SIGKILL); restarted as \
          pid {new} (restart 1 of 5 within 60 s); unavailable "
@@ -562,5 +621,6 @@ fn a_killed_block_process_is_restarted_and_reported() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     let mut all = kids;
     all.push((new, "bulkhead-blk".into()));
+    all.push((replaced, "bulkhead-blk-new".into()));
     assert_nothing_left(pid, &all);
 }
