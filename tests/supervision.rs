@@ -624,3 +624,77 @@ fn a_killed_block_process_is_restarted_and_reported() {
     all.push((replaced, "bulkhead-blk-new".into()));
     assert_nothing_left(pid, &all);
 }
+
+/// The death beyond the budget (`restart=1/60`: the second within a minute) is not
+/// restarted: one line says so and names the policy, the device is given up, and the VM
+/// goes on (the API answers, the other processes run) and ends with status 0.
+#[test]
+fn the_death_beyond_the_budget_gives_the_device_up_and_the_vm_goes_on() {
+    require_kvm!();
+    let _serial = serial();
+    require_netns!();
+    let socket = std::env::temp_dir().join(format!("bulkhead-budget-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let vm = Running::start_with_keys(
+        "restart-budget",
+        &["--api-socket", socket.to_str().unwrap()],
+        ",restart=1/60",
+    );
+    let pid = vm.pid();
+    let kids = children(pid);
+    let blk = |except: &[u32]| {
+        children(pid)
+            .into_iter()
+            .find(|(p, n)| n == "bulkhead-blk" && !except.contains(p))
+            .map(|(p, _)| p)
+    };
+    let first = blk(&[]).expect("a bulkhead-blk");
+    // SAFETY: kill(2) of a child of the bulkhead process this test started.
+    assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        if let Some(p) = blk(&[first]) {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no restart");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Wait until the vmm has it (the status shows the restart), then kill it too.
+    loop {
+        let (_, out) = ctl(&socket, "status");
+        if out.contains(&format!("restarted once) pid {second} running")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(second as i32, libc::SIGKILL) }, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(blk(&[first, second]), None, "restarted beyond the budget");
+    let (code, out) = ctl(&socket, "status");
+    assert_eq!(code, Some(0), "the VM did not go on: {out}");
+    assert!(
+        out.contains(&format!(
+            "disk0 (bulkhead-blk, restarted once) pid {second} failed"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("(bulkhead-net) pid"), "{out}");
+    let (code, out) = ctl(&socket, "shutdown");
+    assert_eq!(code, Some(0), "{out}");
+    let (code, stderr) = vm.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let expected = format!(
+        "bulkhead: disk0: bulkhead-blk (pid {second}) killed by signal 9 (SIGKILL); not \
+         restarted: its restart budget (restart=1/60) is spent; disk0 is stopped (the guest \
+         sees it needs a reset), the VM goes on"
+    );
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in:\n{stderr}"
+    );
+    let mut all = kids;
+    all.push((second, "bulkhead-blk".into()));
+    assert_nothing_left(pid, &all);
+}
