@@ -87,6 +87,7 @@ impl Supervisor<'_> {
     /// The vmm lost device `device` (its backend hung up, answered garbage or timed out):
     /// the process is killed if it still runs, then handled as a death.
     pub(super) fn device_lost(&mut self, device: &str, reason: &str) {
+        let seen = Instant::now();
         let (device, reason) = (sanitize(device), sanitize(reason));
         if self.stopping() {
             return;
@@ -115,12 +116,12 @@ impl Supervisor<'_> {
                 let status = p
                     .wait_for_end(Duration::from_secs(5))
                     .unwrap_or(ExitStatus::from_raw(libc::SIGKILL));
-                (status, format!("was lost by the vmm ({reason}) and killed"))
+                (status, format!("lost by the vmm ({reason}), killed"))
             }
         };
         p.watched = false;
         let (status, how) = status;
-        let _ = self.replace(i, Cause::Died { status, how }, None, Instant::now());
+        let _ = self.replace(i, Cause::Died { status, how }, None, seen);
     }
 
     /// `bulkhead ctl restart DEVICE [--exec PATH]`: the old process is asked to stop
