@@ -846,6 +846,31 @@ mod tests {
     }
 
     #[test]
+    fn a_process_that_ignores_the_stop_request_is_killed_after_the_grace_period() {
+        // It never answers (no launcher protocol) and ignores SIGTERM's default via trap.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "trap '' TERM; while :; do sleep 0.05; done"]);
+        let plain = Confinement {
+            jail: false,
+            ..Confinement::default()
+        };
+        let needs = Needs {
+            reports: true,
+            ..Needs::default()
+        };
+        let (mut process, _sock) = spawn_with("disk8", cmd, vec![], false, &needs, &plain).unwrap();
+        assert!(
+            process.pidfd().is_some(),
+            "a plain child has a pidfd to watch"
+        );
+        let started = Instant::now();
+        let status = process.stop_as_asked(Duration::from_millis(200)).unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        // The grace period asked, then stop's own for SIGTERM.
+        assert!(started.elapsed() >= Duration::from_millis(200) + STOP_GRACE);
+    }
+
+    #[test]
     fn missing_image_is_named() {
         let e = start_blk(
             "disk0",

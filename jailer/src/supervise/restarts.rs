@@ -399,3 +399,35 @@ fn check_program(device: &str, path: &str) -> Result<PathBuf, String> {
     }
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_program_to_exec_must_be_an_executable_file() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-exec-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let program = dir.join("prog");
+        std::fs::write(&program, "#!/bin/sh\n").unwrap();
+        let path = program.to_str().unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = check_program("disk0", path).unwrap_err();
+        assert!(
+            e.contains("not an executable file") && e.contains(path),
+            "{e}"
+        );
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(check_program("disk0", path), Ok(program.clone()));
+        let e = check_program("disk0", dir.to_str().unwrap()).unwrap_err();
+        assert!(e.starts_with("disk0: "), "{e}");
+        let missing = dir.join("missing");
+        let e = check_program("disk0", missing.to_str().unwrap()).unwrap_err();
+        assert!(
+            e.contains("disk0: opening program") && e.contains("missing"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
