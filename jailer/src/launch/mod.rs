@@ -861,6 +861,8 @@ mod tests {
             process.pidfd().is_some(),
             "a plain child has a pidfd to watch"
         );
+        // Time for the shell to set its trap.
+        std::thread::sleep(Duration::from_millis(300));
         let started = Instant::now();
         let status = process.stop_as_asked(Duration::from_secs(30)).unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
