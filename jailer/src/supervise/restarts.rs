@@ -245,9 +245,7 @@ impl Supervisor<'_> {
         if let Some(exec) = exec {
             recipe.set_program(exec);
         }
-        let mut started = recipe
-            .start()
-            .and_then(|(mut new, socket)| new.wait_ready().map(|()| (new, socket)));
+        let mut started = start_ready(&mut recipe);
         if started.is_err() && recipe.program() != old_program {
             // A new build that does not start: the old program serves on.
             if let Err(e) = &started {
@@ -259,9 +257,7 @@ impl Supervisor<'_> {
                 );
             }
             recipe.set_program(old_program);
-            started = recipe
-                .start()
-                .and_then(|(mut new, socket)| new.wait_ready().map(|()| (new, socket)));
+            started = start_ready(&mut recipe);
         }
         let (mut new, socket) = match started {
             Ok(started) => started,
@@ -370,6 +366,20 @@ impl Supervisor<'_> {
                 }
                 other => self.record(other),
             }
+        }
+    }
+}
+
+/// Starts a process from `recipe` and waits until it is ready; one that is not is stopped.
+fn start_ready(
+    recipe: &mut crate::launch::Recipe,
+) -> Result<(DeviceProcess, std::os::unix::net::UnixStream), crate::launch::LaunchError> {
+    let (mut new, socket) = recipe.start()?;
+    match new.wait_ready() {
+        Ok(()) => Ok((new, socket)),
+        Err(e) => {
+            let _ = new.stop();
+            Err(e)
         }
     }
 }
