@@ -102,12 +102,12 @@ pub struct RunArgs {
     /// backend already listening there (e.g. qemu-storage-daemon). Every device process
     /// bulkhead starts takes restart=off|N|N/SECS: restarted when it dies, up to N times
     /// within SECS seconds (default 5/60); off: its death stops the VM.
-    #[arg(long, value_name = "path=IMAGE[,readonly=on][,serial=ID][,queues=N]|socket=PATH", value_parser = crate::disk_arg::parse)]
+    #[arg(long, value_name = "path=IMAGE[,readonly=on][,serial=ID][,queues=N][,restart=off|N/SECS]|socket=PATH", value_parser = crate::disk_arg::parse)]
     pub disk: Vec<crate::disk_arg::DiskArg>,
     /// A virtio-net device (repeatable): tap=NAME[,mac=MAC][,queues=N] uses (or creates) a
     /// TAP; auto[,mac=MAC][,host-ip=CIDR][,guest-ip=CIDR][,queues=N] creates a TAP in a new
     /// network namespace with the host side addressed (default 10.0.2.1/24), removed at exit.
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]|auto[,...]", value_parser = crate::net_arg::parse)]
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]|auto[,...][,restart=off|N/SECS]", value_parser = crate::net_arg::parse)]
     pub net: Vec<crate::net_arg::NetArg>,
     /// The virtio console: stdio (this terminal), socket=PATH (a Unix socket to connect to),
     /// pty (a new pseudo-terminal), file=PATH (output only) or off; then ,restart=POLICY.
@@ -116,7 +116,7 @@ pub struct RunArgs {
     /// A virtio-vsock device (one per VM) in a bulkhead-vsock process, with Firecracker's
     /// hybrid vsock: host programs connect to the Unix socket uds= and send
     /// "CONNECT <port>\n"; the guest's connections to CID 2 port P reach <uds>_P.
-    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = crate::vsock_arg::parse)]
+    #[arg(long, value_name = "cid=N,uds=PATH[,restart=off|N/SECS]", value_parser = crate::vsock_arg::parse)]
     pub vsock: Option<crate::vsock_arg::VsockArg>,
     /// Restart a device process that seccomp killed (SIGSYS) like any other that died; by
     /// default such a death is a security event: reported, not restarted, and the VM stops.
