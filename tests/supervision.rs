@@ -698,3 +698,72 @@ fn the_death_beyond_the_budget_gives_the_device_up_and_the_vm_goes_on() {
     all.push((second, "bulkhead-blk".into()));
     assert_nothing_left(pid, &all);
 }
+
+/// A device process killed by SIGSYS (as seccomp kills; `kill -SYS` gives the same wait
+/// status) is a security event: by default reported, not restarted, and the VM stops with
+/// 125; with `--restart-on-sigsys` it is restarted like any other death.
+#[test]
+fn a_sigsys_death_stops_the_vm_unless_restart_on_sigsys() {
+    require_kvm!();
+    let _serial = serial();
+    require_netns!();
+    for restart_on_sigsys in [false, true] {
+        let extra: &[&str] = if restart_on_sigsys {
+            &["--restart-on-sigsys"]
+        } else {
+            &[]
+        };
+        let vm = Running::start_with(&format!("sigsys-{restart_on_sigsys}"), extra);
+        let pid = vm.pid();
+        let kids = children(pid);
+        let (victim, _) = *kids
+            .iter()
+            .find(|(_, n)| n == "bulkhead-blk")
+            .expect("a bulkhead-blk");
+        // SAFETY: kill(2) of a child of the bulkhead process this test started.
+        assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGSYS) }, 0);
+        let head = format!("bulkhead: disk0: security event: bulkhead-blk (pid {victim}) killed by signal 31 (SIGSYS)");
+        if !restart_on_sigsys {
+            let (code, stderr) = vm.finish();
+            assert_eq!(code, Some(125), "{stderr}");
+            let line = stderr
+                .lines()
+                .find(|l| l.starts_with(&head))
+                .unwrap_or_else(|| panic!("expected {head:?} in:\n{stderr}"));
+            assert!(line.ends_with("; not restarted (a seccomp kill is not a crash; --restart-on-sigsys restarts it); stopping the VM"), "{line}");
+            assert!(!stderr.contains("restarted as pid"), "{stderr}");
+            assert_nothing_left(pid, &kids);
+            continue;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let new = loop {
+            if let Some((p, _)) = children(pid)
+                .into_iter()
+                .find(|(p, n)| n == "bulkhead-blk" && *p != victim)
+            {
+                break p;
+            }
+            assert!(std::time::Instant::now() < deadline, "not restarted");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // Let the restart be reported, then stop the VM as a user would.
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: SIGTERM to the bulkhead process this test started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+        let (code, stderr) = vm.finish();
+        assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
+        let expected =
+            format!("bulkhead: disk0: bulkhead-blk (pid {victim}) killed by signal 31 (SIGSYS)");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&expected)
+                && l.contains(&format!(
+                    "; restarted as pid {new} (restart 1 of 5 within 60 s)"
+                ))),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("security event"), "{stderr}");
+        let mut all = kids;
+        all.push((new, "bulkhead-blk".into()));
+        assert_nothing_left(pid, &all);
+    }
+}
