@@ -91,6 +91,19 @@ impl SoakVm {
         device_extra: &str,
         args: &[&str],
     ) -> SoakVm {
+        SoakVm::start_then(kind, t, soak_ms, device_extra, args, "")
+    }
+
+    /// [`start`](Self::start), the guest running the scenarios `then` (`,a,b`) after the
+    /// soak.
+    pub fn start_then(
+        kind: Kind,
+        t: Transport,
+        soak_ms: u64,
+        device_extra: &str,
+        args: &[&str],
+        then: &str,
+    ) -> SoakVm {
         let tag = format!("soak-{}-{t}-{}", kind.scenario(), unique());
         let api_socket = std::env::temp_dir().join(format!("bulkhead-{tag}.api"));
         let _ = std::fs::remove_file(&api_socket);
@@ -118,7 +131,7 @@ impl SoakVm {
         cmd.arg("--api-socket").arg(&api_socket).args(args).args([
             "--cmdline",
             &format!(
-                "bulkhead.test={} bulkhead.soak-ms={soak_ms} bulkhead.net.ip={GUEST_IP}/24 \
+                "bulkhead.test={}{then} bulkhead.soak-ms={soak_ms} bulkhead.net.ip={GUEST_IP}/24 \
                  bulkhead.net.peer={HOST_IP} bulkhead.net.soak-port={SOAK_PORT}",
                 kind.scenario()
             ),
