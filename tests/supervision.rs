@@ -1,5 +1,6 @@
 //! The launcher supervises every process of a VM: killing any one of them (SIGKILL) ends
-//! the VM with a message naming it, and a stop signal to the launcher stops the VM in
+//! the VM with a message naming it when its device has `restart=off` (the vmm's, always);
+//! with the default policy a killed device process is restarted and reported; and a stop signal to the launcher stops the VM in
 //! order (the vmm first, once asked, then each backend, each ending cleanly: the
 //! launcher's log of each stop). Afterwards no process and no network namespace of the VM
 //! is left. (Which process the kernel saw end first is no evidence of the order: the vmm
@@ -17,7 +18,7 @@ fn kill_one(program: &str, device: &str) {
     require_kvm!();
     let _serial = serial();
     require_netns!();
-    let vm = Running::start(&format!("kill-{device}"));
+    let vm = Running::start_restart_off(&format!("kill-{device}"));
     let kids = children(vm.pid());
     let names: Vec<&str> = kids.iter().map(|(_, n)| n.as_str()).collect();
     for expected in [
@@ -473,4 +474,93 @@ fn a_file_that_replaced_the_api_socket_is_kept() {
         Some(&b"not bulkhead's"[..]),
         "the file that replaced the API socket was not kept"
     );
+}
+
+/// The uid line of `/proc/<pid>/status`.
+fn uids_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// With the default policy (5 within 60 s), a `bulkhead-blk` killed with SIGKILL is
+/// restarted: a new process, as the same uid, in a new cgroup (the old one removed), shown
+/// in `ctl status` with its restart; one line on stderr names the old pid and the signal,
+/// the new pid, the budget and the time the disk was unavailable. The VM goes on and ends
+/// with status 0.
+#[test]
+fn a_killed_block_process_is_restarted_and_reported() {
+    require_kvm!();
+    let _serial = serial();
+    require_netns!();
+    let socket = std::env::temp_dir().join(format!("bulkhead-restart-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let vm = Running::start_with("restart-blk", &["--api-socket", socket.to_str().unwrap()]);
+    let pid = vm.pid();
+    let kids = children(pid);
+    let (old, _) = *kids
+        .iter()
+        .find(|(_, n)| n == "bulkhead-blk")
+        .expect("a bulkhead-blk");
+    let uid = uids_of(old);
+    assert!(uid.starts_with("Uid:"), "no uid for {old}");
+    let cgroups_before = cgroups_of(pid);
+    // SAFETY: kill(2) of a child of the bulkhead process this test started.
+    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGKILL) }, 0);
+    // The new process shows in the launcher's status.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (new, status) = loop {
+        let (code, out) = ctl(&socket, "status");
+        let new = children(pid)
+            .into_iter()
+            .find(|(p, n)| n == "bulkhead-blk" && *p != old);
+        if let (Some(0), Some((new, _))) = (code, new) {
+            if out.contains(&format!(
+                "process: disk0 (bulkhead-blk, restarted once) pid {new} running"
+            )) {
+                break (new, out);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restarted bulkhead-blk in the status:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!status.contains(&format!("pid {old} ")), "{status}");
+    assert_eq!(uids_of(new), uid, "the new process runs as another uid");
+    let cgroups = cgroups_of(pid);
+    // (A host without cgroup controllers gives no process a cgroup.)
+    assert!(
+        cgroups_before.is_empty() || cgroups.iter().any(|c| c.ends_with("-disk0-r1")),
+        "no cgroup of the new process in {cgroups:?} (before: {cgroups_before:?})"
+    );
+    assert!(
+        !cgroups.iter().any(|c| c.ends_with("-disk0")),
+        "the dead process's cgroup is left: {cgroups:?}"
+    );
+    let (code, out) = ctl(&socket, "shutdown");
+    assert_eq!(code, Some(0), "{out}");
+    let (code, stderr) = vm.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let expected = format!(
+        "bulkhead: disk0: bulkhead-blk (pid {old}) killed by signal 9 (SIGKILL); restarted as \
+         pid {new} (restart 1 of 5 within 60 s); unavailable "
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&expected))
+        .unwrap_or_else(|| panic!("expected {expected:?} in:\n{stderr}"));
+    let ms: u64 = line[expected.len()..]
+        .strip_suffix(" ms")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {line:?}"));
+    assert!(ms < 30_000, "{line}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let mut all = kids;
+    all.push((new, "bulkhead-blk".into()));
+    assert_nothing_left(pid, &all);
 }

@@ -20,7 +20,7 @@ use crate::virtio::vhost_user::{BackendSocket, SharedMemory, VhostUserDevice, Vh
 use crate::virtio::{self, mmio::MmioTransport, monitor::Watched, MmioSlot, Transports};
 use bulkhead_protocol::capped::CappedFile;
 use kvm_ioctls::IoEventAddress;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 /// A VM ready to run.
 pub struct Vm {
@@ -281,11 +281,8 @@ fn create_virtio_devices(
             |n| Interrupts::shared(call, n),
             shared.clone(),
         )?;
-        let socket = dup_fd(device.as_raw_fd()).map_err(device_err("duplicating its socket"))?;
-        out.watched.push(Watched {
-            name: dev.name.clone(),
-            socket,
-        });
+        device.set_restartable(dev.restartable);
+        out.watched.push(device.link());
         let transport = Arc::new(Mutex::new(MmioTransport::new(Box::new(device))));
         io.mmio.insert(base, virtio::MMIO_SIZE, transport.clone())?;
         out.transports.push((dev.name.clone(), transport));
@@ -297,17 +294,6 @@ fn create_virtio_devices(
 
 /// Offset of QueueNotify in a virtio-mmio window.
 const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
-
-fn dup_fd(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an fd this process owns returns a new fd or -1; it
-    // touches no memory.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if new < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `new` is a fresh fd nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
-}
 
 fn create_memory(config: &VmConfig) -> Result<GuestMemory, BuildError> {
     GuestMemory::new(config.memory_mib << 20).map_err(|source| BuildError::Memory {

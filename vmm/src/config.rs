@@ -127,6 +127,9 @@ pub struct VirtioDeviceConfig {
     pub queues: u16,
     /// How to reach the backend.
     pub socket: BackendSocket,
+    /// The launcher restarts the backend when it dies (`restart=on`): its loss is reported
+    /// and waited out instead of stopping the VM.
+    pub restartable: bool,
 }
 
 /// A VM's configuration.
@@ -297,6 +300,7 @@ mod tests {
                     device_type: 2,
                     queues,
                     socket: BackendSocket::Path(PathBuf::new()),
+                    restartable: false,
                 })
                 .collect(),
             transport,

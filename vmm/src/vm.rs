@@ -15,7 +15,7 @@ use crate::devices::VmStop;
 use crate::kvm::pause::Pause;
 use crate::kvm::run_loop;
 use crate::virtio::monitor;
-use crate::virtio::Transports;
+use crate::virtio::{ReconnectError, Transports};
 use vmm_sys_util::eventfd::EventFd;
 
 /// How often stopping vCPU threads are kicked again until they have left `KVM_RUN` (a kick
@@ -37,18 +37,41 @@ pub struct VmHandle {
 }
 
 impl VmHandle {
-    /// Tells device `name`'s driver its configuration changed.
-    pub fn config_changed(&self, name: &str) -> Result<(), String> {
+    fn transport(
+        &self,
+        name: &str,
+    ) -> Result<std::sync::MutexGuard<'_, dyn crate::virtio::ConfigChange + 'static>, String> {
         let (_, transport) = self
             .transports
             .iter()
             .find(|(n, _)| n == name)
             .ok_or_else(|| format!("no device {name}"))?;
-        transport
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        Ok(transport.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Tells device `name`'s driver its configuration changed.
+    pub fn config_changed(&self, name: &str) -> Result<(), String> {
+        self.transport(name)?
             .config_changed()
             .map_err(|e| format!("{name}: raising the config interrupt: {e}"))
+    }
+
+    /// Hands device `name` to a new backend process connected through `socket` (see
+    /// `virtio::vhost_user::replay`).
+    pub fn reconnect(
+        &self,
+        name: &str,
+        socket: std::os::unix::net::UnixStream,
+    ) -> Result<(), ReconnectError> {
+        self.transport(name)
+            .map_err(ReconnectError::Refused)?
+            .reconnect(socket)
+    }
+
+    /// No backend will come for device `name`: it needs a reset.
+    pub fn give_up(&self, name: &str, why: &str) -> Result<(), String> {
+        self.transport(name)?.give_up(why);
+        Ok(())
     }
 }
 
@@ -64,23 +87,33 @@ impl Vm {
     /// Runs the vCPUs until the guest or a vCPU stops the VM; returns why. Guest memory
     /// stays mapped until the `Vm` is dropped (so its size can still be measured).
     pub fn run(&mut self) -> Result<VmStop, RunError> {
-        self.run_with(|_| {})
+        self.run_with(|_| None)
     }
 
     /// [`Vm::run`], first handing `control` (before any VM thread exists) a [`VmHandle`]
-    /// through which the caller can pause, resume or stop the VM.
-    pub fn run_with(&mut self, control: impl FnOnce(VmHandle)) -> Result<VmStop, RunError> {
+    /// through which the caller can pause, resume or stop the VM, and reconnect devices.
+    /// `control` returns where lost backends of restartable devices are reported; without
+    /// it (nobody would reconnect them) a lost backend stops the VM, as for any device.
+    pub fn run_with(
+        &mut self,
+        control: impl FnOnce(VmHandle) -> Option<monitor::Report>,
+    ) -> Result<VmStop, RunError> {
         run_loop::install_kick_handler()
             .map_err(|e| RunError::Thread("signal handler".into(), e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let pause = Arc::new(Pause::default());
-        control(VmHandle {
+        let report = control(VmHandle {
             stop: tx.clone(),
             pause: pause.clone(),
             transports: self.transports.clone(),
             keyboard: self.keyboard.clone(),
         });
+        if report.is_none() {
+            for link in &self.watched {
+                link.set_restartable(false);
+            }
+        }
         if self.serial_stdin {
             // Detached: a blocking read on stdin cannot be interrupted; it ends with the process.
             serial_input::spawn(std::io::stdin(), self.serial.clone(), stop.clone())
@@ -118,7 +151,7 @@ impl Vm {
                 .map_err(|e| RunError::Thread("vhost-monitor".into(), e))?;
             let watched = std::mem::take(&mut self.watched);
             Some(
-                monitor::spawn(watched, exit, tx.clone())
+                monitor::spawn(watched, exit, tx.clone(), report)
                     .map_err(|e| RunError::Thread("vhost-monitor".into(), e))?,
             )
         };

@@ -55,4 +55,13 @@ pub const RULES: &[Rule] = &[
         "std checks a descriptor is open before closing it (debug builds)",
     ),
     Rule::any(SYS_close, "descriptors of a reply or a device reset"),
+    Rule::any(
+        SYS_fstat,
+        "starting a device: the inflight region its backend hands out is checked against its size",
+    ),
+    Rule::when(
+        SYS_fcntl,
+        &[Arg::Eq32(1, F_GET_SEALS as u32)],
+        "starting a device: the inflight region must be a memfd sealed against shrinking",
+    ),
 ];

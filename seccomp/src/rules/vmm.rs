@@ -49,6 +49,36 @@ pub const RULES: &[Rule] = &[
         "the monitor keeps a copy of its exit eventfd",
     ),
     Rule::any(SYS_eventfd2, "the backend monitor's exit event"),
+    Rule::when(
+        SYS_setsockopt,
+        &[
+            Arg::Eq32(1, SOL_SOCKET as u32),
+            Arg::Eq32(2, SO_RCVTIMEO as u32),
+        ],
+        "vmm-control: a restarted backend's socket gets the reply timeout",
+    ),
+    Rule::when(
+        SYS_setsockopt,
+        &[
+            Arg::Eq32(1, SOL_SOCKET as u32),
+            Arg::Eq32(2, SO_SNDTIMEO as u32),
+        ],
+        "vmm-control: a restarted backend's socket gets the send timeout",
+    ),
+    Rule::when(
+        SYS_shutdown,
+        &[Arg::Eq32(1, SHUT_RDWR as u32)],
+        "vmm-control: ending the connection of a restarted backend that was refused",
+    ),
+    Rule::any(
+        SYS_fstat,
+        "the inflight region a backend hands out is checked against its size",
+    ),
+    Rule::when(
+        SYS_fcntl,
+        &[Arg::Eq32(1, F_GET_SEALS as u32)],
+        "the inflight region a backend hands out must be a memfd sealed against shrinking",
+    ),
     Rule::any(
         SYS_rt_sigtimedwait,
         "vmm-signals waits for SIGTERM/SIGINT to stop the VM",

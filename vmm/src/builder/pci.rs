@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{dup_fd, BuildError, VirtioDevices};
+use super::{BuildError, VirtioDevices};
 use crate::config::{ConfigError, VirtioDeviceConfig};
 use crate::kvm::irq_routing::{InterruptHost, KvmInterrupts, FIRST_MSI_GSI};
 use crate::kvm::run_loop::IoBuses;
@@ -19,7 +19,6 @@ use crate::pci::config_ports::{ConfigPorts, CONFIG_ADDRESS_PORT, CONFIG_PORTS_LE
 use crate::pci::ecam::Ecam;
 use crate::pci::host_bridge::HostBridge;
 use crate::virtio::interrupts::Interrupts;
-use crate::virtio::monitor::Watched;
 use crate::virtio::pci::layout::BAR_SIZE;
 use crate::virtio::pci::VirtioPciFunction;
 use crate::virtio::vhost_user::{SharedMemory, VhostUserDevice};
@@ -93,11 +92,8 @@ pub(super) fn create(
         let irqs = irqs.ok_or_else(|| {
             device_err("creating its interrupt eventfds")(std::io::Error::other("none made"))
         })?;
-        let socket = dup_fd(device.as_raw_fd()).map_err(device_err("duplicating its socket"))?;
-        out.watched.push(Watched {
-            name: dev.name.clone(),
-            socket,
-        });
+        device.set_restartable(dev.restartable);
+        out.watched.push(device.link());
         let function =
             VirtioPciFunction::new(Box::new(device), ours, irqs, host.clone(), next_gsi, bar0)?;
         let vectors = function.vectors() as u32;

@@ -15,6 +15,7 @@ use bulkhead_seccomp::Role;
 
 use super::fds::check_socket;
 use crate::devices::VmStop;
+use crate::virtio::ReconnectError;
 use crate::vm::VmHandle;
 
 /// How long the launcher gets to answer the handshake.
@@ -79,6 +80,21 @@ impl Control {
         send(&self.sender, msg)
     }
 
+    /// Where the backend monitor reports a restartable device's lost backend: a
+    /// [`ToLauncher::DeviceLost`] to the launcher, which restarts it.
+    pub fn lost_reporter(&self) -> crate::virtio::monitor::Report {
+        let sender = self.sender.clone();
+        Box::new(move |lost: crate::virtio::monitor::Lost| {
+            send(
+                &sender,
+                ToLauncher::DeviceLost {
+                    device: lost.device,
+                    reason: lost.reason,
+                },
+            )
+        })
+    }
+
     /// Serves the launcher's requests on a thread until the channel closes; a closed
     /// channel (the launcher is gone) stops the VM.
     pub fn serve(&self, vm: VmHandle, info: StatusInfo) {
@@ -106,6 +122,31 @@ fn send(sender: &Mutex<ProcessChannel>, msg: ToLauncher) {
     }
 }
 
+/// Replays device `device`'s set-up to the new backend behind `fd`; the answer to the
+/// launcher: `Reconnected`, `DeviceStopped` (it cannot take over: the device needs a
+/// reset, the VM goes on), or `DeviceLost` (the new backend hung up during the replay:
+/// the device waits for another).
+fn reconnect(vm: &VmHandle, device: String, fd: std::os::fd::OwnedFd) -> ToLauncher {
+    let started = std::time::Instant::now();
+    match vm.reconnect(&device, UnixStream::from(fd)) {
+        Ok(()) => {
+            log::info!(
+                "{device}: reconnected to its new backend in {} ms",
+                started.elapsed().as_millis()
+            );
+            ToLauncher::Reconnected { device }
+        }
+        Err(ReconnectError::Lost(reason)) => {
+            log::warn!("{reason}");
+            ToLauncher::DeviceLost { device, reason }
+        }
+        Err(ReconnectError::Refused(reason)) => {
+            log::error!("{reason}; the device is stopped, the VM goes on");
+            ToLauncher::DeviceStopped { device, reason }
+        }
+    }
+}
+
 fn serve(
     mut receiving: ProcessChannel,
     sender: &Mutex<ProcessChannel>,
@@ -121,8 +162,8 @@ fn serve(
         })
     };
     loop {
-        let request = match receiving.recv() {
-            Ok((request, _fds)) => request,
+        let (request, mut fds) = match receiving.recv() {
+            Ok(received) => received,
             Err(e) => {
                 if !e.is_closed() {
                     log::error!("control channel: {e}");
@@ -154,6 +195,16 @@ fn serve(
                 }
                 continue;
             }
+            ToProcess::Reconnect { device } => match fds.pop() {
+                Some(fd) => reconnect(vm, device, fd),
+                None => ToLauncher::Error {
+                    message: "Reconnect came without its socket".into(),
+                },
+            },
+            ToProcess::GiveUp { device, reason } => match vm.give_up(&device, &reason) {
+                Ok(()) => ToLauncher::DeviceStopped { device, reason },
+                Err(message) => ToLauncher::Error { message },
+            },
             ToProcess::CtrlAltDel => {
                 let pressed = vm
                     .keyboard

@@ -106,9 +106,10 @@ fn run(args: &VmmArgs, control: Option<&mut Control>, stats: Stats) -> Outcome {
     }
     let result = vm.run_with(|handle| {
         stop_on_signals(handle.stop.clone());
-        if let Some(c) = control {
+        control.map(|c| {
             c.serve(handle, info);
-        }
+            c.lost_reporter()
+        })
     });
     // While guest memory is still mapped, so its size shows.
     stats.report();
@@ -145,6 +146,7 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
             device_type: d.device_type,
             queues: d.queues,
             socket,
+            restartable: d.restartable,
         });
     }
     let mut config = VmConfig::new(

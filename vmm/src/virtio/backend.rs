@@ -23,6 +23,19 @@ pub struct ActivateError {
     pub what: String,
 }
 
+/// Why a new backend could not take over a device ([`VirtioBackend::reconnect`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReconnectError {
+    /// The new backend hung up during the replay: lost again, waiting for another one.
+    #[error("{0}")]
+    Lost(String),
+    /// The new backend cannot take over (it lacks what was negotiated, refused a request,
+    /// did not answer in time, or the state to hand over is not sound): the device is
+    /// stopped and needs a reset.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// A virtio device as seen by its transport.
 pub trait VirtioBackend: Send {
     /// Name for messages (e.g. `disk0`).
@@ -55,4 +68,14 @@ pub trait VirtioBackend: Send {
     fn notify(&mut self, _queue: u32) {}
     /// Raises the device's interrupt (for a config change the vmm signals).
     fn interrupt(&mut self) -> std::io::Result<()>;
+    /// A new backend process for the device, connected through `socket`: the device's
+    /// set-up is replayed to it.
+    fn reconnect(&mut self, _socket: std::os::unix::net::UnixStream) -> Result<(), ReconnectError> {
+        Err(ReconnectError::Refused(format!(
+            "{}: not served by a backend process",
+            self.name()
+        )))
+    }
+    /// No backend will serve the device again (`why`): it stops talking to one.
+    fn stop(&mut self, _why: &str) {}
 }

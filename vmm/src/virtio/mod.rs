@@ -17,17 +17,30 @@ pub mod pci;
 pub mod state;
 pub mod vhost_user;
 
-pub use backend::{QueueConfig, VirtioBackend};
+pub use backend::{QueueConfig, ReconnectError, VirtioBackend};
 
-/// A transport the vmm can tell that a device's configuration changed (a resize).
+/// What the vmm's control thread does to a device through its transport: tell the driver
+/// the configuration changed (a resize), hand the device to a new backend process, or stop
+/// it for good.
 pub trait ConfigChange: Send {
     /// Raises the config-change notification, if a driver is running.
     fn config_changed(&mut self) -> std::io::Result<()>;
+    /// Replays the device's set-up to a new backend connected through `socket`; if it
+    /// cannot take over, the device needs a reset and the driver is told.
+    fn reconnect(&mut self, socket: std::os::unix::net::UnixStream) -> Result<(), ReconnectError>;
+    /// No backend will come: the device needs a reset and the driver is told.
+    fn give_up(&mut self, why: &str);
 }
 
 impl ConfigChange for mmio::MmioTransport {
     fn config_changed(&mut self) -> std::io::Result<()> {
         mmio::MmioTransport::config_changed(self)
+    }
+    fn reconnect(&mut self, socket: std::os::unix::net::UnixStream) -> Result<(), ReconnectError> {
+        mmio::MmioTransport::reconnect(self, socket)
+    }
+    fn give_up(&mut self, why: &str) {
+        mmio::MmioTransport::give_up(self, why)
     }
 }
 

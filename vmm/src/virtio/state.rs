@@ -13,7 +13,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 
 use bulkhead_ratelimit::{error_limited, warn_limited};
 
-use super::backend::{QueueConfig, VirtioBackend};
+use super::backend::{QueueConfig, ReconnectError, VirtioBackend};
 
 /// Transport features the vmm can offer on top of device-specific bits 0..=23.
 const TRANSPORT_FEATURES: u64 =
@@ -290,6 +290,34 @@ impl DeviceState {
             error_limited!("starting virtio device {e}");
             self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
         }
+    }
+
+    /// Hands the device to a new backend process connected through `socket` (its old one
+    /// died or is being replaced). If the new one cannot take over, the device is marked
+    /// DEVICE_NEEDS_RESET ([`DeviceState::stop`]); a new backend that hung up during the
+    /// replay leaves the device waiting for another. Returns whether the driver must be
+    /// told (a config-change notification) along with the outcome.
+    pub fn reconnect(
+        &mut self,
+        socket: std::os::unix::net::UnixStream,
+    ) -> (bool, Result<(), ReconnectError>) {
+        let result = self.backend.reconnect(socket);
+        let notify = match &result {
+            Err(ReconnectError::Refused(why)) => self.stop(why),
+            _ => false,
+        };
+        (notify, result)
+    }
+
+    /// No backend will serve the device any more (`why`): the device is marked
+    /// DEVICE_NEEDS_RESET, which stays until the driver resets it (virtio 1.2, 2.1.2).
+    /// Returns whether a driver is running, which the transport then sends a
+    /// configuration-change notification.
+    pub fn stop(&mut self, why: &str) -> bool {
+        error_limited!("{}: stopped, it needs a reset: {why}", self.name());
+        self.backend.stop(why);
+        self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+        self.driver_ok()
     }
 
     /// Resets the device: the backend is stopped if it was started, and every register

@@ -9,12 +9,24 @@
 //! a timeout, so a backend that stops answering fails the operation instead of hanging a
 //! vCPU.
 //!
+//! A device keeps what a new backend process needs ([`Activation`], the inflight region,
+//! the kick and call eventfds, the guest memfd) so that, when its backend dies, a new one
+//! can take over ([`replay`]); while none serves it, config reads come from a cache and
+//! the driver's set-up is recorded for the replay.
+//!
 //! [`activate`]: VirtioBackend::activate
+
+mod inflight;
+mod link;
+pub mod replay;
+
+pub use link::Link;
 
 use bulkhead_ratelimit::{debug_limited, info_limited, warn_limited};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
@@ -23,10 +35,11 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::{ActivateError, QueueConfig, VirtioBackend};
+use super::backend::{ActivateError, QueueConfig, ReconnectError, VirtioBackend};
 use super::config_size::config_size;
 use super::interrupts::Interrupts;
 use super::net_ctrl::{CtrlQueue, CTRL_QUEUE_SIZE, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
+use inflight::Inflight;
 
 /// How long to wait for any reply from a backend.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -107,17 +120,60 @@ pub struct VhostUserDevice {
     name: String,
     device_type: u32,
     frontend: Frontend,
+    /// What the first backend offered: what the guest is offered, whichever backend
+    /// serves it later.
     backend_features: u64,
+    /// The protocol features acked with the first backend; every later one must offer them.
     protocol_features: VhostUserProtocolFeatures,
     queue_sizes: Vec<u16>,
     kicks: Vec<EventFd>,
     interrupts: Interrupts,
     memory: SharedMemory,
     config_size: usize,
+    /// Some set-up reached the backend since the last reset (a reset must undo it).
     active: bool,
+    /// The driver's set-up since the last reset, as a new backend must get it.
+    activation: Option<Activation>,
+    /// The inflight region (GET_INFLIGHT_FD after the first SET_FEATURES), kept for every
+    /// later backend until a reset.
+    inflight: Option<Inflight>,
+    /// The last config space read from a backend, served while none answers.
+    config_cache: Option<Vec<u8>>,
+    /// The connection's state, shared with the backend monitor.
+    link: Arc<Link>,
+    /// No backend will serve the device again (why): it needs a reset.
+    stopped: Option<String>,
     /// virtio-net with several queue pairs: the vmm serves the control queue (the last
     /// queue) and enables pairs as the driver asks.
     net_ctrl: Option<NetCtrl>,
+}
+
+/// The driver's set-up of a running device: what a new backend is given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Activation {
+    /// The features the driver acked.
+    pub features: u64,
+    /// Each data queue's configuration (`None`: not enabled by the driver).
+    pub queues: Vec<Option<QueueConfig>>,
+    /// How many data queues are enabled (a multiqueue net device enables its pairs as
+    /// the driver asks; every other device all of them).
+    pub enabled: usize,
+}
+
+/// Why starting a backend failed.
+enum StartError {
+    /// The driver's set-up is not valid (a bad queue size or address): its fault.
+    Driver(String),
+    /// The backend refused a request, answered garbage, lied or went away.
+    Backend(String),
+}
+
+impl StartError {
+    fn what(self) -> String {
+        match self {
+            StartError::Driver(s) | StartError::Backend(s) => s,
+        }
+    }
 }
 
 /// The vmm-served control queue of a multiqueue net device.
@@ -142,49 +198,15 @@ impl VhostUserDevice {
         memory: SharedMemory,
     ) -> Result<Self, VhostUserError> {
         let stream = open(name, socket)?;
-        let proto = |what| {
-            let name = name.to_owned();
-            move |source| VhostUserError::Protocol { name, what, source }
-        };
+        let watch = stream
+            .try_clone()
+            .map_err(|source| VhostUserError::Interrupts {
+                name: name.to_owned(),
+                source,
+            })?;
         let mut frontend = Frontend::from_stream(stream, kicks.len() as u64);
-        frontend.set_owner().map_err(proto("SET_OWNER"))?;
-        let backend_features = frontend.get_features().map_err(proto("GET_FEATURES"))?;
-        if backend_features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
-            return Err(VhostUserError::Unsuitable {
-                name: name.to_owned(),
-                what: "does not offer VHOST_USER_F_PROTOCOL_FEATURES".into(),
-            });
-        }
-        let offered = frontend
-            .get_protocol_features()
-            .map_err(proto("GET_PROTOCOL_FEATURES"))?;
-        let wanted = VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK;
-        let protocol_features = offered & wanted;
-        frontend
-            .set_protocol_features(protocol_features)
-            .map_err(proto("SET_PROTOCOL_FEATURES"))?;
-        if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        }
-        if !protocol_features.contains(VhostUserProtocolFeatures::CONFIG) {
-            return Err(VhostUserError::Unsuitable {
-                name: name.to_owned(),
-                what: "does not offer the CONFIG protocol feature (config space)".into(),
-            });
-        }
-        // Without MQ a backend serves its device type's usual queues (one for block, a pair
-        // for net and console), which is what is asked for then.
-        if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
-            let max = frontend.get_queue_num().map_err(proto("GET_QUEUE_NUM"))?;
-            if (max as usize) < kicks.len() {
-                return Err(VhostUserError::Unsuitable {
-                    name: name.to_owned(),
-                    what: format!("serves {max} queues, {} were asked for", kicks.len()),
-                });
-            }
-        }
+        let (backend_features, protocol_features) =
+            handshake(name, &mut frontend, None, kicks.len())?;
         // virtio-net with more than one pair: a control queue the vmm serves (MQ needs it).
         let multiqueue_net = device_type == VIRTIO_ID_NET
             && kicks.len() > 2
@@ -208,7 +230,12 @@ impl VhostUserDevice {
                 source: std::io::Error::other("one call eventfd per queue is needed"),
             });
         }
-        Ok(VhostUserDevice {
+        let link = Link::new(name).map_err(|source| VhostUserError::Interrupts {
+            name: name.to_owned(),
+            source,
+        })?;
+        link.connected(watch.into());
+        let mut device = VhostUserDevice {
             name: name.to_owned(),
             device_type,
             frontend,
@@ -220,8 +247,69 @@ impl VhostUserDevice {
             memory,
             config_size: config_size(device_type, backend_features).min(MAX_CONFIG),
             active: false,
+            activation: None,
+            inflight: None,
+            config_cache: None,
+            link: Arc::new(link),
+            stopped: None,
             net_ctrl,
-        })
+        };
+        // The cache a vCPU reads from while no backend answers.
+        device.fetch_config();
+        Ok(device)
+    }
+
+    /// The connection's state, for the backend monitor.
+    pub fn link(&self) -> Arc<Link> {
+        self.link.clone()
+    }
+
+    /// Marks the device restartable (`restart=on`): a backend that goes away is waited
+    /// for, not a failure.
+    pub fn set_restartable(&self, on: bool) {
+        self.link.set_restartable(on);
+    }
+
+    /// The driver's set-up a new backend would be given (tests, messages).
+    pub fn activation(&self) -> Option<&Activation> {
+        self.activation.as_ref()
+    }
+
+    /// Whether a backend serves the device now.
+    fn reachable(&self) -> bool {
+        self.stopped.is_none() && self.link.is_up()
+    }
+
+    /// A request to the backend failed: for a restartable device the backend is lost
+    /// (the monitor reports it and the launcher restarts it). Returns whether it is.
+    fn backend_failed(&self, what: &str, e: &dyn std::fmt::Display) -> bool {
+        self.link.fail(format!("{what}: {e}"))
+    }
+
+    /// Reads the whole config space from the backend into the cache.
+    fn fetch_config(&mut self) -> Option<&[u8]> {
+        let size = self.config_size;
+        if size == 0 {
+            return None;
+        }
+        let request = vec![0u8; size];
+        match self
+            .frontend
+            .get_config(0, size as u32, VhostUserConfigFlags::WRITABLE, &request)
+        {
+            Ok((_, payload)) if payload.len() == size => {
+                self.config_cache = Some(payload);
+            }
+            Ok(_) => {
+                warn_limited!("{}: GET_CONFIG reply of the wrong size", self.name);
+                self.backend_failed("GET_CONFIG", &"a reply of the wrong size");
+            }
+            Err(e) => {
+                warn_limited!("{}: reading config space: {e}", self.name);
+                self.backend_failed("GET_CONFIG", &e);
+            }
+        }
+        self.config_cache.as_deref()
     }
 
     fn regions(&self) -> Result<Vec<VhostUserMemoryRegionInfo>, String> {
@@ -257,64 +345,191 @@ impl VhostUserDevice {
             .map_err(|_| format!("the driver put the {what} at {gpa:#x}, outside guest memory"))
     }
 
-    fn start(&mut self, features: u64, queues: &[Option<QueueConfig>]) -> Result<(), String> {
-        let fail = |what: &'static str| move |e: vhost::Error| format!("{what}: {e}");
-        let regions = self.regions()?;
-        self.frontend
-            .set_features(features | (self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES))
-            .map_err(fail("SET_FEATURES"))?;
-        self.frontend
-            .set_mem_table(&regions)
-            .map_err(fail("SET_MEM_TABLE"))?;
-        let data_queues = self.kicks.len();
-        // A multiqueue net device starts on its first pair; the driver asks for more on the
-        // control queue (only if it negotiated MQ).
-        let enabled = if self.net_ctrl.is_some() {
-            2
-        } else {
-            data_queues
-        };
-        for (i, q) in queues.iter().enumerate().take(data_queues) {
+    /// Sends the driver's set-up to the backend: features, the inflight region (fetched
+    /// from the backend the first time, handed to every later one), the memory table, and
+    /// each ready queue. A first start begins each ring at 0; a `replay` to a new backend
+    /// begins it where the used ring stands in guest memory.
+    fn start(&mut self, act: &Activation, replay: bool) -> Result<(), StartError> {
+        let backend =
+            |what: &'static str| move |e: vhost::Error| StartError::Backend(format!("{what}: {e}"));
+        let regions = self.regions().map_err(StartError::Driver)?;
+        // Every queue is checked before anything reaches the backend.
+        let mut rings = Vec::new();
+        for (i, q) in act.queues.iter().enumerate().take(self.kicks.len()) {
             let Some(q) = q else { continue };
             if q.size == 0 || q.size > QUEUE_SIZE || !q.size.is_power_of_two() {
-                return Err(format!("queue {i}: bad size {}", q.size));
+                return Err(StartError::Driver(format!(
+                    "queue {i}: bad size {}",
+                    q.size
+                )));
             }
             let config = VringConfigData {
                 queue_max_size: QUEUE_SIZE,
                 queue_size: q.size,
                 flags: 0,
-                desc_table_addr: self.host_addr(q.desc, "descriptor table")?,
-                used_ring_addr: self.host_addr(q.used, "used ring")?,
-                avail_ring_addr: self.host_addr(q.avail, "available ring")?,
+                desc_table_addr: self
+                    .host_addr(q.desc, "descriptor table")
+                    .map_err(StartError::Driver)?,
+                used_ring_addr: self
+                    .host_addr(q.used, "used ring")
+                    .map_err(StartError::Driver)?,
+                avail_ring_addr: self
+                    .host_addr(q.avail, "available ring")
+                    .map_err(StartError::Driver)?,
                 log_addr: None,
             };
+            let base = if replay {
+                replay::ring_base(&self.memory.mem, i, q)?
+            } else {
+                0
+            };
+            rings.push((i, q.size, config, base));
+        }
+        self.frontend
+            .set_features(act.features | (self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES))
+            .map_err(backend("SET_FEATURES"))?;
+        if self
+            .protocol_features
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        {
+            match &self.inflight {
+                Some(region) => self
+                    .frontend
+                    .set_inflight_fd(&region.info, region.file.as_raw_fd())
+                    .map_err(backend("SET_INFLIGHT_FD"))?,
+                None => {
+                    let wanted = inflight::request(self.kicks.len(), QUEUE_SIZE);
+                    let (info, file) = self
+                        .frontend
+                        .get_inflight_fd(&wanted)
+                        .map_err(backend("GET_INFLIGHT_FD"))?;
+                    self.inflight = Some(
+                        Inflight::check(&wanted, info, file)
+                            .map_err(|e| StartError::Backend(format!("GET_INFLIGHT_FD: {e}")))?,
+                    );
+                }
+            }
+        }
+        self.frontend
+            .set_mem_table(&regions)
+            .map_err(backend("SET_MEM_TABLE"))?;
+        for (i, size, config, base) in rings {
             self.frontend
-                .set_vring_num(i, q.size)
-                .map_err(fail("SET_VRING_NUM"))?;
+                .set_vring_num(i, size)
+                .map_err(backend("SET_VRING_NUM"))?;
             self.frontend
                 .set_vring_addr(i, &config)
-                .map_err(fail("SET_VRING_ADDR"))?;
+                .map_err(backend("SET_VRING_ADDR"))?;
             self.frontend
-                .set_vring_base(i, 0)
-                .map_err(fail("SET_VRING_BASE"))?;
+                .set_vring_base(i, base)
+                .map_err(backend("SET_VRING_BASE"))?;
             self.frontend
                 .set_vring_call(i, &self.interrupts.queues[i])
-                .map_err(fail("SET_VRING_CALL"))?;
+                .map_err(backend("SET_VRING_CALL"))?;
             self.frontend
                 .set_vring_kick(i, &self.kicks[i])
-                .map_err(fail("SET_VRING_KICK"))?;
+                .map_err(backend("SET_VRING_KICK"))?;
             self.frontend
-                .set_vring_enable(i, i < enabled)
-                .map_err(fail("SET_VRING_ENABLE"))?;
-        }
-        if let Some(ctrl) = &mut self.net_ctrl {
-            ctrl.queue = match queues.get(ctrl.index as usize) {
-                Some(Some(q)) => Some(CtrlQueue::new(q, features).map_err(|e| e.to_string())?),
-                _ => None,
-            };
+                .set_vring_enable(i, i < act.enabled)
+                .map_err(backend("SET_VRING_ENABLE"))?;
         }
         Ok(())
     }
+
+    /// The driver's set-up from `features` and `queues`, before any pair of a multiqueue
+    /// net device beyond the first is enabled.
+    fn activation_of(&self, features: u64, queues: &[Option<QueueConfig>]) -> Activation {
+        let data_queues = self.kicks.len();
+        Activation {
+            features,
+            queues: queues.iter().take(data_queues).copied().collect(),
+            // A multiqueue net device starts on its first pair; the driver asks for more
+            // on the control queue (only if it negotiated MQ).
+            enabled: if self.net_ctrl.is_some() {
+                2
+            } else {
+                data_queues
+            },
+        }
+    }
+}
+
+/// Does the handshake on a new connection: SET_OWNER, features, protocol features and the
+/// queue count. The first time (`before` is `None`) it takes what the backend offers of
+/// what the vmm uses; for a later backend, `before` is (the virtio features it must offer,
+/// the protocol features acked the first time), which it must offer again and is given.
+/// Returns the backend's features and the acked protocol features.
+fn handshake(
+    name: &str,
+    frontend: &mut Frontend,
+    before: Option<(u64, VhostUserProtocolFeatures)>,
+    queues: usize,
+) -> Result<(u64, VhostUserProtocolFeatures), VhostUserError> {
+    let proto = |what| {
+        let name = name.to_owned();
+        move |source| VhostUserError::Protocol { name, what, source }
+    };
+    let unsuitable = |what: String| VhostUserError::Unsuitable {
+        name: name.to_owned(),
+        what,
+    };
+    frontend.set_owner().map_err(proto("SET_OWNER"))?;
+    let backend_features = frontend.get_features().map_err(proto("GET_FEATURES"))?;
+    if backend_features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
+        return Err(unsuitable(
+            "does not offer VHOST_USER_F_PROTOCOL_FEATURES".into(),
+        ));
+    }
+    if let Some((required, _)) = before {
+        let missing = required & !backend_features;
+        if missing != 0 {
+            return Err(unsuitable(format!(
+                "offers features {backend_features:#x}, without {missing:#x} that were negotiated"
+            )));
+        }
+    }
+    let offered = frontend
+        .get_protocol_features()
+        .map_err(proto("GET_PROTOCOL_FEATURES"))?;
+    let protocol_features = match before {
+        None => {
+            offered
+                & (VhostUserProtocolFeatures::CONFIG
+                    | VhostUserProtocolFeatures::MQ
+                    | VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        }
+        Some((_, acked)) if !offered.contains(acked) => {
+            return Err(unsuitable(format!(
+                "offers protocol features {:#x}, without {:#x} that were negotiated",
+                offered.bits(),
+                (acked - offered).bits()
+            )));
+        }
+        Some((_, acked)) => acked,
+    };
+    frontend
+        .set_protocol_features(protocol_features)
+        .map_err(proto("SET_PROTOCOL_FEATURES"))?;
+    if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    }
+    if !protocol_features.contains(VhostUserProtocolFeatures::CONFIG) {
+        return Err(unsuitable(
+            "does not offer the CONFIG protocol feature (config space)".into(),
+        ));
+    }
+    // Without MQ a backend serves its device type's usual queues (one for block, a pair
+    // for net and console), which is what is asked for then.
+    if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
+        let max = frontend.get_queue_num().map_err(proto("GET_QUEUE_NUM"))?;
+        if (max as usize) < queues {
+            return Err(unsuitable(format!(
+                "serves {max} queues, {queues} were asked for"
+            )));
+        }
+    }
+    Ok((backend_features, protocol_features))
 }
 
 /// Connects (or adopts) device `name`'s backend socket and sets its timeouts; sends
@@ -381,16 +596,15 @@ impl VirtioBackend for VhostUserDevice {
             );
             return;
         }
-        let request = vec![0u8; size];
-        match self
-            .frontend
-            .get_config(0, size as u32, VhostUserConfigFlags::WRITABLE, &request)
-        {
-            Ok((_, payload)) if payload.len() == size => {
-                data.copy_from_slice(&payload[offset as usize..end]);
-            }
-            Ok(_) => warn_limited!("{}: GET_CONFIG reply of the wrong size", self.name),
-            Err(e) => warn_limited!("{}: reading config space: {e}", self.name),
+        // While no backend answers, the last config space one gave (a vCPU must neither
+        // fail nor wait for a timeout).
+        let config = if self.reachable() {
+            self.fetch_config()
+        } else {
+            self.config_cache.as_deref()
+        };
+        if let Some(config) = config {
+            data.copy_from_slice(&config[offset as usize..end]);
         }
     }
 
@@ -398,11 +612,19 @@ impl VirtioBackend for VhostUserDevice {
         let Ok(off) = u32::try_from(offset) else {
             return;
         };
+        if !self.reachable() {
+            warn_limited!(
+                "{}: config write at {offset:#x} while no backend serves the device; dropped",
+                self.name
+            );
+            return;
+        }
         if let Err(e) = self
             .frontend
             .set_config(off, VhostUserConfigFlags::WRITABLE, data)
         {
             warn_limited!("{}: writing config space at {offset:#x}: {e}", self.name);
+            self.backend_failed("SET_CONFIG", &e);
         }
     }
 
@@ -411,13 +633,34 @@ impl VirtioBackend for VhostUserDevice {
         features: u64,
         queues: &[Option<QueueConfig>],
     ) -> Result<(), ActivateError> {
+        let name = self.name.clone();
+        let error = |what| ActivateError { device: name, what };
+        if let Some(why) = &self.stopped {
+            return Err(error(format!("no backend serves it: {why}")));
+        }
+        let act = self.activation_of(features, queues);
+        if !self.link.is_up() {
+            // Its backend is being restarted: the new one gets this set-up.
+            info_limited!(
+                "{}: driver started the device while its backend restarts",
+                self.name
+            );
+            self.activation = Some(act);
+            return Ok(());
+        }
         // Whatever part of the set-up reaches the backend (a started ring) is undone by
         // the next reset, even if a later step fails.
         self.active = true;
-        self.start(features, queues).map_err(|what| ActivateError {
-            device: self.name.clone(),
-            what,
-        })?;
+        match self.start(&act, false) {
+            Ok(()) => {}
+            Err(StartError::Backend(what)) if self.backend_failed("starting", &what) => {
+                // Lost: the launcher restarts the backend, and the new one gets the set-up.
+                self.activation = Some(act);
+                return Ok(());
+            }
+            Err(e) => return Err(error(e.what())),
+        }
+        self.activation = Some(act);
         info_limited!(
             "{}: started, features {features:#x}, protocol features {:#x}",
             self.name,
@@ -435,20 +678,30 @@ impl VirtioBackend for VhostUserDevice {
             return;
         };
         let pairs_max = (self.kicks.len() / 2) as u16;
-        let (frontend, name) = (&mut self.frontend, &self.name);
+        let reachable = self.stopped.is_none() && self.link.is_up();
+        let (frontend, name, link) = (&mut self.frontend, &self.name, &self.link);
+        let mut enabled = None;
         let interrupt = cq.process(&self.memory.mem, |pairs| {
             if pairs == 0 || pairs > pairs_max {
                 return false;
             }
-            for i in 0..usize::from(pairs_max) * 2 {
+            // While the backend restarts, the new one gets the pairs with the replay.
+            for i in (0..usize::from(pairs_max) * 2).filter(|_| reachable) {
                 if let Err(e) = frontend.set_vring_enable(i, i < usize::from(pairs) * 2) {
                     warn_limited!("{name}: enabling queue {i}: {e}");
-                    return false;
+                    if !link.fail(format!("SET_VRING_ENABLE: {e}")) {
+                        return false;
+                    }
+                    break;
                 }
             }
             info_limited!("{name}: the driver uses {pairs} queue pairs");
+            enabled = Some(usize::from(pairs) * 2);
             true
         });
+        if let (Some(n), Some(act)) = (enabled, self.activation.as_mut()) {
+            act.enabled = n;
+        }
         let call = self.interrupts.queues.get(queue as usize);
         if let (true, Some(call)) = (interrupt, call) {
             if let Err(e) = call.write(1) {
@@ -469,7 +722,10 @@ impl VirtioBackend for VhostUserDevice {
         if let Some(ctrl) = &mut self.net_ctrl {
             ctrl.queue = None;
         }
-        if !self.active {
+        self.activation = None;
+        // A new region for the next start: nothing is in flight after a reset.
+        self.inflight = None;
+        if !std::mem::take(&mut self.active) || !self.reachable() {
             return;
         }
         // Stop every ring: GET_VRING_BASE makes the backend stop processing it.
@@ -479,9 +735,19 @@ impl VirtioBackend for VhostUserDevice {
             }
             if let Err(e) = self.frontend.get_vring_base(i) {
                 warn_limited!("{}: stopping queue {i}: {e}", self.name);
+                if self.backend_failed("GET_VRING_BASE", &e) {
+                    return;
+                }
             }
         }
-        self.active = false;
+    }
+
+    fn reconnect(&mut self, socket: UnixStream) -> Result<(), ReconnectError> {
+        replay::reconnect(self, socket)
+    }
+
+    fn stop(&mut self, why: &str) {
+        self.stopped = Some(why.to_owned());
     }
 }
 
