@@ -12,7 +12,8 @@
 //!   message: the guest's soak fails with DEVICE_NEEDS_RESET, and the VM goes on (the next
 //!   scenario runs).
 //! - `kill -SYS` (what a seccomp kill looks like) is never restarted by default: the VM
-//!   stops, and the message names seccomp.
+//!   stops, and the message names seccomp; with `--restart-on-sigsys` it is restarted.
+//! - `restart=off` keeps a death fatal, as before restarts existed.
 //!
 //! The moments are random (seed printed; `BULKHEAD_TEST_SEED=N` repeats a run).
 
@@ -396,6 +397,46 @@ fn sigsys_is_not_restarted_and_stops_the_vm(t: Transport) {
     );
 }
 
+fn sigsys_is_restarted_with_restart_on_sigsys(t: Transport) {
+    require_kvm!();
+    let mut vm = SoakVm::start(Kind::Blk, t, 5000, "", &["--restart-on-sigsys"]);
+    vm.wait_started();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = device_pid(&vm);
+    // SAFETY: kill(2) of the device process this test's launcher started (checked).
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSYS) }, 0);
+    let line = await_reports(&mut vm, "restarted as pid ", 1).remove(0);
+    assert!(line.contains(&format!("(pid {pid})")), "{line}");
+    let done = vm.finish(Duration::from_secs(60));
+    assert_passed(t, &done, Kind::Blk);
+    let c = done.pass(Kind::Blk);
+    let img = done.image.as_ref().expect("an image");
+    check_blk_image(&img.read(), &img.original, c["last"], AREA)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", img.path.display(), done.dump()));
+}
+
+fn restart_off_keeps_a_death_fatal(t: Transport) {
+    require_kvm!();
+    let mut vm = SoakVm::start(Kind::Blk, t, 60_000, ",restart=off", &[]);
+    vm.wait_started();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = device_pid(&vm);
+    // SAFETY: kill(2) of the device process this test's launcher started (checked).
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let done = vm.finish(Duration::from_secs(60));
+    assert!(
+        matches!(done.code, Some(c) if c != 0),
+        "the VM must stop with a non-zero status:\n{}",
+        done.dump()
+    );
+    assert!(
+        reports(&done.stderr, "disk0", "restarted as pid ").is_empty(),
+        "{}",
+        done.dump()
+    );
+    assert!(!done.stdout.contains("PASS blk-soak"), "{}", done.dump());
+}
+
 on_both_transports!(
     blk_soak_survives_five_kills,
     blk_soak_survives_five_ctl_restarts,
@@ -404,5 +445,7 @@ on_both_transports!(
     console_soak_survives_five_kills,
     console_soak_survives_five_ctl_restarts,
     sixth_kill_stops_the_device_and_the_vm_goes_on,
-    sigsys_is_not_restarted_and_stops_the_vm
+    sigsys_is_not_restarted_and_stops_the_vm,
+    sigsys_is_restarted_with_restart_on_sigsys,
+    restart_off_keeps_a_death_fatal
 );
