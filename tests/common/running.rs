@@ -32,6 +32,12 @@ impl Running {
         Running::start_devices(super::bulkhead(), tag, &[], 60_000, ",restart=off")
     }
 
+    /// With `extra` flags and `device_keys` (`,key=value...`) after each device's value.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn start_with_keys(tag: &str, extra: &[&str], device_keys: &str) -> Running {
+        Running::start_devices(super::bulkhead(), tag, extra, 60_000, device_keys)
+    }
+
     /// Started as `cmd` (`bulkhead` under another name, say), the guest serving for
     /// `serve_ms` and then ending with status 0.
     pub fn start_via(

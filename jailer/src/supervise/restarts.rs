@@ -28,6 +28,8 @@ use crate::untrusted::sanitize;
 
 /// How long the vmm gets to replay a device's set-up to its new backend.
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a process the vmm lost gets to turn out dead before it is killed.
+const LOST_GRACE: Duration = Duration::from_millis(250);
 /// How long a process replaced by `ctl restart` gets to stop when asked.
 const REPLACE_GRACE: Duration = Duration::from_secs(2);
 
@@ -79,7 +81,7 @@ impl Supervisor<'_> {
             // restart=off: the vmm stops the VM (DeviceFailed), as before restarts.
             return;
         }
-        let _ = self.replace(i, Cause::Died { status, how }, None);
+        let _ = self.replace(i, Cause::Died { status, how }, None, Instant::now());
     }
 
     /// The vmm lost device `device` (its backend hung up, answered garbage or timed out):
@@ -97,7 +99,8 @@ impl Supervisor<'_> {
             return;
         }
         let p = &mut self.devices.processes[i];
-        let status = match p.exited() {
+        // A process that died is reapable a moment after the vmm saw its socket close.
+        let status = match p.wait_for_end(LOST_GRACE) {
             Some(status) => {
                 let how = describe_for_report(p, status);
                 (status, how)
@@ -117,7 +120,7 @@ impl Supervisor<'_> {
         };
         p.watched = false;
         let (status, how) = status;
-        let _ = self.replace(i, Cause::Died { status, how }, None);
+        let _ = self.replace(i, Cause::Died { status, how }, None, Instant::now());
     }
 
     /// `bulkhead ctl restart DEVICE [--exec PATH]`: the old process is asked to stop
@@ -159,6 +162,7 @@ impl Supervisor<'_> {
             Some(path) => Some(check_program(device, path)?),
             None => None,
         };
+        let asked = Instant::now();
         let p = &mut self.devices.processes[i];
         p.watched = false;
         log::info!(
@@ -167,7 +171,7 @@ impl Supervisor<'_> {
             p.pid()
         );
         let _ = p.stop_as_asked(REPLACE_GRACE);
-        self.replace(i, Cause::Asked, exec)
+        self.replace(i, Cause::Asked, exec, asked)
     }
 
     /// Device `name`'s restart policy (`Off` for a device without a process of ours).
@@ -179,9 +183,15 @@ impl Supervisor<'_> {
 
     /// Replaces device process `i`, which has ended, for `cause`: the SIGSYS rule and the
     /// budget for a death, then a new process from its recipe (`exec`: another program
-    /// from now on), reconnected by the vmm; the report on stderr.
-    fn replace(&mut self, i: usize, cause: Cause, exec: Option<PathBuf>) -> Result<(), String> {
-        let seen = Instant::now();
+    /// from now on), reconnected by the vmm; the report on stderr, with the time from
+    /// `seen` (the death seen, or the stop asked for) to the vmm's `Reconnected`.
+    fn replace(
+        &mut self,
+        i: usize,
+        cause: Cause,
+        exec: Option<PathBuf>,
+        seen: Instant,
+    ) -> Result<(), String> {
         let p = &mut self.devices.processes[i];
         let (name, program, pid) = (p.name.clone(), p.program.clone(), p.pid());
         let _ = p.wait_for_end(Duration::ZERO); // its cgroup goes before the new one comes
