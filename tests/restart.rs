@@ -169,11 +169,10 @@ fn blows(vm: &mut SoakVm, how: Blow, count: usize, rng: &mut Rng) -> Vec<String>
             "restart {i} of pid {pid}: {line}"
         );
         match how {
-            // The launcher sees the death itself, or the vmm's DeviceLost first (the
-            // socket closes before the dying process can be reaped).
+            // Also when the vmm's DeviceLost comes first (the socket closes before the
+            // dying process can be reaped): the launcher reports the real cause.
             Blow::Kill => assert!(
-                (line.contains(&format!("(pid {pid}) killed by signal 9"))
-                    || line.contains(&format!("(pid {pid}) was lost by the vmm")))
+                line.contains(&format!("(pid {pid}) killed by signal 9"))
                     && line.contains(&format!("(restart {i} of 5 within 60 s)")),
                 "{line}"
             ),
@@ -262,14 +261,20 @@ fn net_under(t: Transport, how: Blow) {
     let lines = blows(&mut vm, how, KILLS, &mut rng);
     // After the last restart: ping answers and the echo goes on.
     let ns = vm.ns.clone().expect("a namespace");
-    let echoed = vm.echo.as_ref().expect("an echo").echoed();
+    // Datagrams in flight at the last kill may be lost: the guest lets each go after
+    // 100 ms, so the echo may pause that long before it goes on.
+    let echo = vm.echo.as_ref().expect("an echo");
+    let (echoed, since) = (echo.echoed(), Instant::now());
+    while echo.echoed() == echoed && since.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (echoed_after, resumed_in) = (echo.echoed(), since.elapsed());
     let pinged = ping(&ns);
-    let echoed_after = vm.echo.as_ref().expect("an echo").echoed();
     let done = vm.finish(Duration::from_secs(120));
     pinged.unwrap_or_else(|e| panic!("no ping after the restarts: {e}\n{}", done.dump()));
     assert!(
         echoed_after > echoed,
-        "the UDP echo did not resume ({echoed} datagrams before the ping, {echoed_after} after)\n{}",
+        "the UDP echo did not resume within 5 s of the last restart ({echoed} datagrams)\n{}",
         done.dump()
     );
     assert_passed(t, &done, Kind::Net);
@@ -277,7 +282,8 @@ fn net_under(t: Transport, how: Blow) {
     assert_eq!(c["received"] + c["lost"], c["sent"], "{}", done.dump());
     assert!(c["received"] > 0, "{}", done.dump());
     eprintln!(
-        "net-soak {t} {how:?} x{KILLS}: sent={} received={} lost={} duplicates={} max-stall-ms={}\n{}",
+        "net-soak {t} {how:?} x{KILLS}: sent={} received={} lost={} duplicates={} max-stall-ms={} \
+         (echo resumed {resumed_in:?} after the last report)\n{}",
         c["sent"],
         c["received"],
         c["lost"],
@@ -338,8 +344,7 @@ fn sixth_kill_stops_the_device_and_the_vm_goes_on(t: Transport) {
     let stopped = await_reports(&mut vm, "is stopped", 1);
     let line = &stopped[0];
     assert!(
-        (line.contains(&format!("(pid {pid}) killed by signal 9"))
-            || line.contains(&format!("(pid {pid}) was lost by the vmm")))
+        line.contains(&format!("(pid {pid}) killed by signal 9"))
             && line.contains("restart budget (restart=5/60) is spent")
             && line.contains("the VM goes on"),
         "{line}"

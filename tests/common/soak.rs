@@ -489,9 +489,15 @@ pub struct Echo {
 impl Echo {
     /// Echoes every datagram to `port` in namespace `ns` back to its sender.
     pub fn start(ns: &str, port: u16) -> Echo {
-        let sock = super::netns::in_netns(ns, move || UdpSocket::bind(("0.0.0.0", port)))
-            .expect("entering the namespace")
-            .expect("binding the echo socket");
+        // The name may be there a moment before the namespace is mounted on it (EINVAL).
+        let end = Instant::now() + Duration::from_secs(10);
+        let sock = loop {
+            match super::netns::in_netns(ns, move || UdpSocket::bind(("0.0.0.0", port))) {
+                Ok(bound) => break bound.expect("binding the echo socket"),
+                Err(e) if Instant::now() > end => panic!("entering namespace {ns}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("read timeout");
         let stop = Arc::new(AtomicBool::new(false));

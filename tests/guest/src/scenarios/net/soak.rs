@@ -28,8 +28,10 @@ use crate::time::{self, Deadline};
 
 /// Datagrams unanswered at most.
 pub const WINDOW: u64 = 32;
-/// A datagram unanswered this long no longer holds the window.
-pub const GIVE_UP_MS: u64 = 500;
+/// A datagram unanswered this long no longer holds the window (the window spans
+/// [`WINDOW`] sequence numbers from the oldest unanswered one, so a lost datagram pauses
+/// sending about this long: it shows as a stall of about this much).
+pub const GIVE_UP_MS: u64 = 100;
 /// The warm-up datagram is sent again this often until it is echoed.
 pub const HELLO_RETRY_MS: u64 = 100;
 /// How long the warm-up may take (the host's echo may start after the VM).
