@@ -6,7 +6,8 @@
 //!
 //! - kill to the first completed request after it: the guest's stall line
 //!   (`blk-soak: stall <ms> ms`, the gap between two consecutive completions measured on
-//!   its TSC) that reaches the host between this kill and the next; the gap starts at the
+//!   its TSC) that reaches the host between this kill and the next (within 2 s; `-` if
+//!   none: the figures say over how many kills they are); the gap starts at the
 //!   last completion before the kill, at most one request's time (tens of µs) earlier;
 //! - the launcher's `unavailable <ms>` (it saw the death to the vmm's `Reconnected`);
 //! - requests the new `bulkhead-blk` resubmitted from the inflight region (its
@@ -25,6 +26,8 @@ use crate::cli::RestartBenchArgs as BenchArgs;
 
 /// The budget given to the disk: more restarts than any run kills.
 const POLICY: &str = "restart=1000/60";
+/// How long after a kill its stall line may arrive (to be counted as its).
+const WINDOW: Duration = Duration::from_secs(2);
 /// How long a restart may take to be reported.
 const REPORT_BOUND: Duration = Duration::from_secs(30);
 /// The soak's length per kill: a random pause (200..800 ms) and the restart.
@@ -275,13 +278,17 @@ fn bench(args: &BenchArgs, exe: &Path, image: &Path, api: &Path) -> Result<(), S
     let status = wait_end(&mut vm.child, Duration::from_millis(soak_ms + 60_000))?;
     let out = Vm::lines(&vm.stdout);
     let err = Vm::lines(&vm.stderr);
-    // Each kill's stall: the longest stall line that arrived between it and the next kill.
+    // Each kill's stall: the longest stall line that arrived between it and the next kill,
+    // at most WINDOW after it (the soak's own stalls after the last kill are not its).
     for k in 0..kills.len() {
         let from = kills[k].0;
-        let to = kills.get(k + 1).map(|n| n.0);
+        let mut to = from + WINDOW;
+        if let Some(next) = kills.get(k + 1) {
+            to = to.min(next.0);
+        }
         kills[k].1.first_completion_ms = out
             .iter()
-            .filter(|(at, _)| *at >= from && to.is_none_or(|t| *at < t))
+            .filter(|(at, _)| *at >= from && *at < to)
             .filter_map(|(_, l)| stall_ms(l))
             .reduce(f64::max);
     }
