@@ -77,6 +77,8 @@ pub enum Error {
         /// Found.
         found: u8,
     },
+    /// Completions of requests not in flight (completed twice?).
+    Strays(u32),
     /// An echoed datagram is not one that was sent.
     NetCorrupt(NetCorrupt),
     /// An echo of a sequence number not sent yet.
@@ -151,6 +153,10 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "write {n} read back from sector {sector}: byte {byte} is {found:#04x}, expected {expected:#04x}"
+            ),
+            Self::Strays(n) => write!(
+                f,
+                "{n} completion(s) of requests not in flight (a request completed twice?)"
             ),
             Self::NetCorrupt(e) => e.fmt(f),
             Self::NeverSent(seq) => write!(f, "echo of datagram {seq}, which was never sent"),

@@ -8,7 +8,8 @@
 //! Prints `blk<N> soak area=<sectors> ms=<ms>` first, stall lines
 //! (`blk-soak: stall <ms> ms`, see `super::super::soak`) meanwhile, and passes with
 //! `PASS blk-soak writes=W reads=R flushes=F last=N max-stall-ms=M`. Any status other than
-//! OK, a mismatch, DEVICE_NEEDS_RESET or [`PATIENCE_MS`](super::super::soak::PATIENCE_MS)
+//! OK, a mismatch, a completion of no request in flight (one completed twice),
+//! DEVICE_NEEDS_RESET or [`PATIENCE_MS`](super::super::soak::PATIENCE_MS)
 //! without a completion fails it.
 
 use super::Error as BlkError;
@@ -58,6 +59,7 @@ pub fn run_soak(machine: &mut Machine) -> Result<Summary, Error> {
     }
     disk.ensure_slots(&mut machine.frames, 1, SECTOR as u32)?;
     crate::say!("{} soak area={area} ms={}", disk.name(), opts.ms);
+    let strays = disk.strays();
     let mut watch = Watch::new("blk-soak", opts.stall_ms);
     let end = Deadline::after_ms(opts.ms);
     let (mut writes, mut reads, mut flushes, mut n) = (0u64, 0u64, 0u64, 0u64);
@@ -94,6 +96,10 @@ pub fn run_soak(machine: &mut Machine) -> Result<Summary, Error> {
     ok("flush", n, run(disk, &Request::flush(), "the last flush")?)?;
     flushes += 1;
     watch.completed();
+    // A request completed twice shows as a completion nobody waited for.
+    if disk.strays() != strays {
+        return Err(Error::Strays(disk.strays() - strays));
+    }
     Ok(Summary::Blk {
         writes,
         reads,
