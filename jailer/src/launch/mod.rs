@@ -846,6 +846,31 @@ mod tests {
     }
 
     #[test]
+    fn a_process_that_ignores_the_stop_request_is_killed_after_the_grace_period() {
+        // No control socket to ask over (a child without the launcher protocol) and
+        // SIGTERM ignored: it goes on as `stop` does, SIGKILL after STOP_GRACE.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "trap '' TERM; while :; do sleep 0.05; done"]);
+        let plain = Confinement {
+            jail: false,
+            ..Confinement::default()
+        };
+        let (mut process, _sock) =
+            spawn_with("disk8", cmd, vec![], false, &Needs::default(), &plain).unwrap();
+        assert!(
+            process.pidfd().is_some(),
+            "a plain child has a pidfd to watch"
+        );
+        // Time for the shell to set its trap.
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let status = process.stop_as_asked(Duration::from_secs(30)).unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        let took = started.elapsed();
+        assert!(took >= STOP_GRACE && took < STOP_GRACE * 3, "{took:?}");
+    }
+
+    #[test]
     fn missing_image_is_named() {
         let e = start_blk(
             "disk0",

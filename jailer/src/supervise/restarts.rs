@@ -87,6 +87,7 @@ impl Supervisor<'_> {
     /// The vmm lost device `device` (its backend hung up, answered garbage or timed out):
     /// the process is killed if it still runs, then handled as a death.
     pub(super) fn device_lost(&mut self, device: &str, reason: &str) {
+        let seen = Instant::now();
         let (device, reason) = (sanitize(device), sanitize(reason));
         if self.stopping() {
             return;
@@ -115,12 +116,12 @@ impl Supervisor<'_> {
                 let status = p
                     .wait_for_end(Duration::from_secs(5))
                     .unwrap_or(ExitStatus::from_raw(libc::SIGKILL));
-                (status, format!("was lost by the vmm ({reason}) and killed"))
+                (status, format!("lost by the vmm ({reason}), killed"))
             }
         };
         p.watched = false;
         let (status, how) = status;
-        let _ = self.replace(i, Cause::Died { status, how }, None, Instant::now());
+        let _ = self.replace(i, Cause::Died { status, how }, None, seen);
     }
 
     /// `bulkhead ctl restart DEVICE [--exec PATH]`: the old process is asked to stop
@@ -244,9 +245,7 @@ impl Supervisor<'_> {
         if let Some(exec) = exec {
             recipe.set_program(exec);
         }
-        let mut started = recipe
-            .start()
-            .and_then(|(mut new, socket)| new.wait_ready().map(|()| (new, socket)));
+        let mut started = start_ready(&mut recipe);
         if started.is_err() && recipe.program() != old_program {
             // A new build that does not start: the old program serves on.
             if let Err(e) = &started {
@@ -258,9 +257,7 @@ impl Supervisor<'_> {
                 );
             }
             recipe.set_program(old_program);
-            started = recipe
-                .start()
-                .and_then(|(mut new, socket)| new.wait_ready().map(|()| (new, socket)));
+            started = start_ready(&mut recipe);
         }
         let (mut new, socket) = match started {
             Ok(started) => started,
@@ -373,6 +370,20 @@ impl Supervisor<'_> {
     }
 }
 
+/// Starts a process from `recipe` and waits until it is ready; one that is not is stopped.
+fn start_ready(
+    recipe: &mut crate::launch::Recipe,
+) -> Result<(DeviceProcess, std::os::unix::net::UnixStream), crate::launch::LaunchError> {
+    let (mut new, socket) = recipe.start()?;
+    match new.wait_ready() {
+        Ok(()) => Ok((new, socket)),
+        Err(e) => {
+            let _ = new.stop();
+            Err(e)
+        }
+    }
+}
+
 /// How `p` ended, for a report line: `killed by signal 9 (SIGKILL)`, `exited with status
 /// 3`, with the call seccomp refused for SIGSYS.
 fn describe_for_report(p: &DeviceProcess, status: ExitStatus) -> String {
@@ -397,4 +408,36 @@ fn check_program(device: &str, path: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_program_to_exec_must_be_an_executable_file() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-exec-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let program = dir.join("prog");
+        std::fs::write(&program, "#!/bin/sh\n").unwrap();
+        let path = program.to_str().unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = check_program("disk0", path).unwrap_err();
+        assert!(
+            e.contains("not an executable file") && e.contains(path),
+            "{e}"
+        );
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(check_program("disk0", path), Ok(program.clone()));
+        let e = check_program("disk0", dir.to_str().unwrap()).unwrap_err();
+        assert!(e.starts_with("disk0: "), "{e}");
+        let missing = dir.join("missing");
+        let e = check_program("disk0", missing.to_str().unwrap()).unwrap_err();
+        assert!(
+            e.contains("disk0: opening program") && e.contains("missing"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
