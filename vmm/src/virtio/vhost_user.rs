@@ -19,6 +19,7 @@
 mod inflight;
 mod link;
 pub mod replay;
+mod watchdog;
 
 pub use link::Link;
 
@@ -169,6 +170,14 @@ enum StartError {
 }
 
 impl StartError {
+    /// The same, saying so if the exchange was cut short by its deadline.
+    fn timed_out(self, guard: &watchdog::Guard) -> StartError {
+        match self {
+            StartError::Backend(s) => StartError::Backend(timed_out_text(s, guard)),
+            driver => driver,
+        }
+    }
+
     fn what(self) -> String {
         match self {
             StartError::Driver(s) | StartError::Backend(s) => s,
@@ -205,8 +214,10 @@ impl VhostUserDevice {
                 source,
             })?;
         let mut frontend = Frontend::from_stream(stream, kicks.len() as u64);
+        let guard = watchdog::arm(frontend.as_raw_fd(), REPLY_TIMEOUT);
         let (backend_features, protocol_features) =
-            handshake(name, &mut frontend, None, kicks.len())?;
+            handshake(name, &mut frontend, None, kicks.len()).map_err(|e| timed_out(e, &guard))?;
+        drop(guard);
         // virtio-net with more than one pair: a control queue the vmm serves (MQ needs it).
         let multiqueue_net = device_type == VIRTIO_ID_NET
             && kicks.len() > 2
@@ -275,6 +286,11 @@ impl VhostUserDevice {
         self.activation.as_ref()
     }
 
+    /// A deadline on the exchange that follows, until the guard is dropped.
+    fn guard(&self) -> watchdog::Guard {
+        watchdog::arm(self.frontend.as_raw_fd(), REPLY_TIMEOUT)
+    }
+
     /// Whether a backend serves the device now.
     fn reachable(&self) -> bool {
         self.stopped.is_none() && self.link.is_up()
@@ -293,6 +309,7 @@ impl VhostUserDevice {
             return None;
         }
         let request = vec![0u8; size];
+        let guard = self.guard();
         match self
             .frontend
             .get_config(0, size as u32, VhostUserConfigFlags::WRITABLE, &request)
@@ -305,6 +322,7 @@ impl VhostUserDevice {
                 self.backend_failed("GET_CONFIG", &"a reply of the wrong size");
             }
             Err(e) => {
+                let e = timed_out_text(e, &guard);
                 warn_limited!("{}: reading config space: {e}", self.name);
                 self.backend_failed("GET_CONFIG", &e);
             }
@@ -451,6 +469,30 @@ impl VhostUserDevice {
                 data_queues
             },
         }
+    }
+}
+
+/// `e`, saying so if the exchange was cut short by its deadline.
+fn timed_out_text(e: impl std::fmt::Display, guard: &watchdog::Guard) -> String {
+    if guard.fired() {
+        format!("{e} (no reply within {REPLY_TIMEOUT:?}: the connection was shut down)")
+    } else {
+        e.to_string()
+    }
+}
+
+/// A handshake error, saying so if it was cut short by its deadline.
+fn timed_out(e: VhostUserError, guard: &watchdog::Guard) -> VhostUserError {
+    match e {
+        VhostUserError::Protocol { name, what, source } if guard.fired() => {
+            VhostUserError::Unsuitable {
+                name,
+                what: format!(
+                    "did not answer {what} within {REPLY_TIMEOUT:?} ({source}); the connection was shut down"
+                ),
+            }
+        }
+        other => other,
     }
 }
 
@@ -619,10 +661,12 @@ impl VirtioBackend for VhostUserDevice {
             );
             return;
         }
+        let guard = self.guard();
         if let Err(e) = self
             .frontend
             .set_config(off, VhostUserConfigFlags::WRITABLE, data)
         {
+            let e = timed_out_text(e, &guard);
             warn_limited!("{}: writing config space at {offset:#x}: {e}", self.name);
             self.backend_failed("SET_CONFIG", &e);
         }
@@ -651,7 +695,10 @@ impl VirtioBackend for VhostUserDevice {
         // Whatever part of the set-up reaches the backend (a started ring) is undone by
         // the next reset, even if a later step fails.
         self.active = true;
-        match self.start(&act, false) {
+        let guard = self.guard();
+        let started = self.start(&act, false).map_err(|e| e.timed_out(&guard));
+        drop(guard);
+        match started {
             Ok(()) => {}
             Err(StartError::Backend(what)) if self.backend_failed("starting", &what) => {
                 // Lost: the launcher restarts the backend, and the new one gets the set-up.
@@ -679,6 +726,7 @@ impl VirtioBackend for VhostUserDevice {
         };
         let pairs_max = (self.kicks.len() / 2) as u16;
         let reachable = self.stopped.is_none() && self.link.is_up();
+        let _guard = watchdog::arm(self.frontend.as_raw_fd(), REPLY_TIMEOUT);
         let (frontend, name, link) = (&mut self.frontend, &self.name, &self.link);
         let mut enabled = None;
         let interrupt = cq.process(&self.memory.mem, |pairs| {
@@ -729,6 +777,7 @@ impl VirtioBackend for VhostUserDevice {
             return;
         }
         // Stop every ring: GET_VRING_BASE makes the backend stop processing it.
+        let _guard = self.guard();
         for i in 0..self.kicks.len() {
             if let Err(e) = self.frontend.set_vring_enable(i, false) {
                 warn_limited!("{}: disabling queue {i}: {e}", self.name);
