@@ -36,10 +36,12 @@ fn children_named(pid: u32, comm: &str) -> Vec<u32> {
 fn flushed_writes_survive_sigkill_of_the_block_process() {
     require_kvm!();
     let img = Image::new("blk-kill", 16 << 20);
+    // restart=off: the process's death stops the VM (with a restart policy it would be
+    // restarted; see tests/supervision.rs).
     let mut child = common::bulkhead()
         .arg("run")
         .arg("--disk")
-        .arg(img.disk_arg(""))
+        .arg(img.disk_arg(",restart=off"))
         .args([
             "--cmdline",
             // After the flush the guest keeps the disk busy (reads elsewhere) for a minute.

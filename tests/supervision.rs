@@ -1,5 +1,6 @@
 //! The launcher supervises every process of a VM: killing any one of them (SIGKILL) ends
-//! the VM with a message naming it, and a stop signal to the launcher stops the VM in
+//! the VM with a message naming it when its device has `restart=off` (the vmm's, always);
+//! with the default policy a killed device process is restarted and reported; and a stop signal to the launcher stops the VM in
 //! order (the vmm first, once asked, then each backend, each ending cleanly: the
 //! launcher's log of each stop). Afterwards no process and no network namespace of the VM
 //! is left. (Which process the kernel saw end first is no evidence of the order: the vmm
@@ -17,7 +18,7 @@ fn kill_one(program: &str, device: &str) {
     require_kvm!();
     let _serial = serial();
     require_netns!();
-    let vm = Running::start(&format!("kill-{device}"));
+    let vm = Running::start_restart_off(&format!("kill-{device}"));
     let kids = children(vm.pid());
     let names: Vec<&str> = kids.iter().map(|(_, n)| n.as_str()).collect();
     for expected in [
@@ -473,4 +474,296 @@ fn a_file_that_replaced_the_api_socket_is_kept() {
         Some(&b"not bulkhead's"[..]),
         "the file that replaced the API socket was not kept"
     );
+}
+
+/// The uid line of `/proc/<pid>/status`.
+fn uids_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// With the default policy (5 within 60 s), a `bulkhead-blk` killed with SIGKILL is
+/// restarted: a new process, as the same uid, in a new cgroup (the old one removed), shown
+/// in `ctl status` with its restart; one line on stderr names the old pid and the signal,
+/// the new pid, the budget and the time the disk was unavailable. Then `ctl restart disk0
+/// --exec COPY` replaces it with another program. The VM goes on and ends with status 0.
+#[test]
+fn a_killed_block_process_is_restarted_and_reported() {
+    require_kvm!();
+    let _serial = serial();
+    require_netns!();
+    let socket = std::env::temp_dir().join(format!("bulkhead-restart-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let vm = Running::start_with("restart-blk", &["--api-socket", socket.to_str().unwrap()]);
+    let pid = vm.pid();
+    let kids = children(pid);
+    let (old, _) = *kids
+        .iter()
+        .find(|(_, n)| n == "bulkhead-blk")
+        .expect("a bulkhead-blk");
+    let uid = uids_of(old);
+    assert!(uid.starts_with("Uid:"), "no uid for {old}");
+    let cgroups_before = cgroups_of(pid);
+    // SAFETY: kill(2) of a child of the bulkhead process this test started.
+    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGKILL) }, 0);
+    // The new process shows in the launcher's status.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (new, status) = loop {
+        let (code, out) = ctl(&socket, "status");
+        let new = children(pid)
+            .into_iter()
+            .find(|(p, n)| n == "bulkhead-blk" && *p != old);
+        if let (Some(0), Some((new, _))) = (code, new) {
+            if out.contains(&format!(
+                "process: disk0 (bulkhead-blk, restarted once) pid {new} running"
+            )) {
+                break (new, out);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restarted bulkhead-blk in the status:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!status.contains(&format!("pid {old} ")), "{status}");
+    assert_eq!(uids_of(new), uid, "the new process runs as another uid");
+    let cgroups = cgroups_of(pid);
+    // (A host without cgroup controllers gives no process a cgroup.)
+    assert!(
+        cgroups_before.is_empty() || cgroups.iter().any(|c| c.ends_with("-disk0-r1")),
+        "no cgroup of the new process in {cgroups:?} (before: {cgroups_before:?})"
+    );
+    assert!(
+        !cgroups.iter().any(|c| c.ends_with("-disk0")),
+        "the dead process's cgroup is left: {cgroups:?}"
+    );
+
+    // Live replacement with another program (a copy of the backend, standing for a new
+    // build): the old process is asked to stop, the copy runs from then on.
+    let dir = std::env::temp_dir().join(format!("bulkhead-restart-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("bulkhead-blk-new");
+    let blk = std::path::Path::new(env!("CARGO_BIN_EXE_bulkhead")).with_file_name("bulkhead-blk");
+    std::fs::copy(&blk, &copy).expect("copying bulkhead-blk");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(&socket)
+        .args(["restart", "disk0", "--exec"])
+        .arg(&copy)
+        .output()
+        .expect("running bulkhead ctl restart");
+    assert!(out.status.success(), "{out:?}");
+    let replaced = children(pid)
+        .into_iter()
+        .find(|(_, n)| n == "bulkhead-blk-new")
+        .map(|(p, _)| p)
+        .unwrap_or_else(|| panic!("no bulkhead-blk-new among {:?}", children(pid)));
+    assert!(
+        !children(pid).iter().any(|(p, _)| *p == new),
+        "the replaced process is still there"
+    );
+    let (code, out) = ctl(&socket, "status");
+    assert!(
+        code == Some(0)
+            && out.contains(&format!(
+                "process: disk0 (bulkhead-blk-new, restarted 2 times) pid {replaced} running"
+            )),
+        "{out}"
+    );
+    assert_eq!(uids_of(replaced), uid);
+    // A device that is not there, and a program that is not: refused, the VM goes on.
+    let (code, out) = ctl(&socket, "restart");
+    assert_ne!(code, Some(0), "{out}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(&socket)
+        .args(["restart", "disk7"])
+        .output()
+        .expect("running bulkhead ctl restart");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && text.contains("disk7: no such device process"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let (code, out) = ctl(&socket, "shutdown");
+    assert_eq!(code, Some(0), "{out}");
+    let (code, stderr) = vm.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "bulkhead: disk0: bulkhead-blk (pid {new}) replaced as asked (ctl restart); \
+             restarted as pid {replaced} (not counted in the restart budget); unavailable "
+        )),
+        "{stderr}"
+    );
+    let expected = format!(
+        "bulkhead: disk0: bulkhead-blk (pid {old}) killed by signal 9 (SIGKILL); restarted as \
+         pid {new} (restart 1 of 5 within 60 s); unavailable "
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&expected))
+        .unwrap_or_else(|| panic!("expected {expected:?} in:\n{stderr}"));
+    let ms: u64 = line[expected.len()..]
+        .strip_suffix(" ms")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {line:?}"));
+    assert!(ms < 30_000, "{line}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let mut all = kids;
+    all.push((new, "bulkhead-blk".into()));
+    all.push((replaced, "bulkhead-blk-new".into()));
+    assert_nothing_left(pid, &all);
+}
+
+/// The death beyond the budget (`restart=1/60`: the second within a minute) is not
+/// restarted: one line says so and names the policy, the device is given up, and the VM
+/// goes on (the API answers, the other processes run) and ends with status 0.
+#[test]
+fn the_death_beyond_the_budget_gives_the_device_up_and_the_vm_goes_on() {
+    require_kvm!();
+    let _serial = serial();
+    require_netns!();
+    let socket = std::env::temp_dir().join(format!("bulkhead-budget-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let vm = Running::start_with_keys(
+        "restart-budget",
+        &["--api-socket", socket.to_str().unwrap()],
+        ",restart=1/60",
+    );
+    let pid = vm.pid();
+    let kids = children(pid);
+    let blk = |except: &[u32]| {
+        children(pid)
+            .into_iter()
+            .find(|(p, n)| n == "bulkhead-blk" && !except.contains(p))
+            .map(|(p, _)| p)
+    };
+    let first = blk(&[]).expect("a bulkhead-blk");
+    // SAFETY: kill(2) of a child of the bulkhead process this test started.
+    assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        if let Some(p) = blk(&[first]) {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no restart");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Wait until the vmm has it (the status shows the restart), then kill it too.
+    loop {
+        let (_, out) = ctl(&socket, "status");
+        if out.contains(&format!("restarted once) pid {second} running")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(second as i32, libc::SIGKILL) }, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(blk(&[first, second]), None, "restarted beyond the budget");
+    let (code, out) = ctl(&socket, "status");
+    assert_eq!(code, Some(0), "the VM did not go on: {out}");
+    assert!(
+        out.contains(&format!(
+            "disk0 (bulkhead-blk, restarted once) pid {second} failed"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("(bulkhead-net) pid"), "{out}");
+    let (code, out) = ctl(&socket, "shutdown");
+    assert_eq!(code, Some(0), "{out}");
+    let (code, stderr) = vm.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let expected = format!(
+        "bulkhead: disk0: bulkhead-blk (pid {second}) killed by signal 9 (SIGKILL); not \
+         restarted: its restart budget (restart=1/60) is spent; disk0 is stopped (the guest \
+         sees it needs a reset), the VM goes on"
+    );
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in:\n{stderr}"
+    );
+    let mut all = kids;
+    all.push((second, "bulkhead-blk".into()));
+    assert_nothing_left(pid, &all);
+}
+
+/// A device process killed by SIGSYS (as seccomp kills; `kill -SYS` gives the same wait
+/// status) is a security event: by default reported, not restarted, and the VM stops with
+/// 125; with `--restart-on-sigsys` it is restarted like any other death.
+#[test]
+fn a_sigsys_death_stops_the_vm_unless_restart_on_sigsys() {
+    require_kvm!();
+    let _serial = serial();
+    require_netns!();
+    for restart_on_sigsys in [false, true] {
+        let extra: &[&str] = if restart_on_sigsys {
+            &["--restart-on-sigsys"]
+        } else {
+            &[]
+        };
+        let vm = Running::start_with(&format!("sigsys-{restart_on_sigsys}"), extra);
+        let pid = vm.pid();
+        let kids = children(pid);
+        let (victim, _) = *kids
+            .iter()
+            .find(|(_, n)| n == "bulkhead-blk")
+            .expect("a bulkhead-blk");
+        // SAFETY: kill(2) of a child of the bulkhead process this test started.
+        assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGSYS) }, 0);
+        let head = format!("bulkhead: disk0: security event: bulkhead-blk (pid {victim}) killed by signal 31 (SIGSYS)");
+        if !restart_on_sigsys {
+            let (code, stderr) = vm.finish();
+            assert_eq!(code, Some(125), "{stderr}");
+            let line = stderr
+                .lines()
+                .find(|l| l.starts_with(&head))
+                .unwrap_or_else(|| panic!("expected {head:?} in:\n{stderr}"));
+            assert!(line.ends_with("; not restarted (a seccomp kill is not a crash; --restart-on-sigsys restarts it); stopping the VM"), "{line}");
+            assert!(!stderr.contains("restarted as pid"), "{stderr}");
+            assert_nothing_left(pid, &kids);
+            continue;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let new = loop {
+            if let Some((p, _)) = children(pid)
+                .into_iter()
+                .find(|(p, n)| n == "bulkhead-blk" && *p != victim)
+            {
+                break p;
+            }
+            assert!(std::time::Instant::now() < deadline, "not restarted");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // Let the restart be reported, then stop the VM as a user would.
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: SIGTERM to the bulkhead process this test started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+        let (code, stderr) = vm.finish();
+        assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
+        let expected =
+            format!("bulkhead: disk0: bulkhead-blk (pid {victim}) killed by signal 31 (SIGSYS)");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&expected)
+                && l.contains(&format!(
+                    "; restarted as pid {new} (restart 1 of 5 within 60 s)"
+                ))),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("security event"), "{stderr}");
+        let mut all = kids;
+        all.push((new, "bulkhead-blk".into()));
+        assert_nothing_left(pid, &all);
+    }
 }

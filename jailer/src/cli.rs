@@ -99,23 +99,29 @@ pub struct RunArgs {
     pub serial: SerialOutput,
     /// A virtio-blk disk (repeatable): path=IMAGE[,readonly=on][,serial=ID][,queues=N][,direct=on]
     /// runs a bulkhead-blk process on the image (direct=on: O_DIRECT, bypassing the page cache); socket=PATH[,queues=N] uses a vhost-user-blk
-    /// backend already listening there (e.g. qemu-storage-daemon).
-    #[arg(long, value_name = "path=IMAGE[,readonly=on][,serial=ID][,queues=N]|socket=PATH", value_parser = crate::disk_arg::parse)]
+    /// backend already listening there (e.g. qemu-storage-daemon). Every device process
+    /// bulkhead starts takes restart=off|N|N/SECS: restarted when it dies, up to N times
+    /// within SECS seconds (default 5/60); off: its death stops the VM.
+    #[arg(long, value_name = "path=IMAGE[,readonly=on][,serial=ID][,queues=N][,restart=off|N/SECS]|socket=PATH", value_parser = crate::disk_arg::parse)]
     pub disk: Vec<crate::disk_arg::DiskArg>,
     /// A virtio-net device (repeatable): tap=NAME[,mac=MAC][,queues=N] uses (or creates) a
     /// TAP; auto[,mac=MAC][,host-ip=CIDR][,guest-ip=CIDR][,queues=N] creates a TAP in a new
     /// network namespace with the host side addressed (default 10.0.2.1/24), removed at exit.
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]|auto[,...]", value_parser = crate::net_arg::parse)]
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]|auto[,...][,restart=off|N/SECS]", value_parser = crate::net_arg::parse)]
     pub net: Vec<crate::net_arg::NetArg>,
     /// The virtio console: stdio (this terminal), socket=PATH (a Unix socket to connect to),
-    /// pty (a new pseudo-terminal), file=PATH (output only) or off.
-    #[arg(long, value_name = "stdio|socket=PATH|pty|file=PATH|off", value_parser = crate::launch::console::parse)]
+    /// pty (a new pseudo-terminal), file=PATH (output only) or off; then ,restart=POLICY.
+    #[arg(long, value_name = "stdio|socket=PATH|pty|file=PATH|off[,restart=off|N/SECS]", value_parser = crate::launch::console::parse)]
     pub console: Option<crate::launch::console::ConsoleChoice>,
     /// A virtio-vsock device (one per VM) in a bulkhead-vsock process, with Firecracker's
     /// hybrid vsock: host programs connect to the Unix socket uds= and send
     /// "CONNECT <port>\n"; the guest's connections to CID 2 port P reach <uds>_P.
-    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = crate::vsock_arg::parse)]
+    #[arg(long, value_name = "cid=N,uds=PATH[,restart=off|N/SECS]", value_parser = crate::vsock_arg::parse)]
     pub vsock: Option<crate::vsock_arg::VsockArg>,
+    /// Restart a device process that seccomp killed (SIGSYS) like any other that died; by
+    /// default such a death is a security event: reported, not restarted, and the VM stops.
+    #[arg(long)]
+    pub restart_on_sigsys: bool,
     /// Serve an API socket at PATH for `bulkhead ctl` (status, pause, resume, shutdown);
     /// created mode 0600, removed when the VM ends.
     #[arg(long, value_name = "PATH")]
@@ -172,6 +178,18 @@ pub enum CtlAction {
         /// The new image (a relative path is taken from this directory).
         #[arg(long, value_name = "IMAGE")]
         path: PathBuf,
+    },
+    /// Replace device NAME's process (`disk0`, `net0`, `console0`, `vsock0`) while the
+    /// guest runs: the old one is asked to stop (killed after a grace period), a new one
+    /// starts with the same resources and jail and the vmm reconnects the device to it.
+    /// Not counted in the device's restart budget.
+    Restart {
+        /// The device.
+        name: String,
+        /// Start this program instead from now on (a new build of the backend; opened by
+        /// the launcher under the path rules, as disk images are).
+        #[arg(long, value_name = "PATH")]
+        exec: Option<PathBuf>,
     },
 }
 

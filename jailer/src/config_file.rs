@@ -241,6 +241,47 @@ mod tests {
     }
 
     #[test]
+    fn restart_policies_are_fields() {
+        use crate::restart::RestartPolicy;
+        let p = write(
+            "restart",
+            r#"{"restart_on_sigsys": true, "disk": ["path=/a.img,restart=off"],
+                "net": ["auto,restart=2/30"], "console": "pty,restart=1"}"#,
+        );
+        let args = expand(os(&["--config", p.to_str().unwrap()])).unwrap();
+        let _ = std::fs::remove_file(&p);
+        let mut argv = os(&["bulkhead", "run"]);
+        argv.extend(args);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Run(r) => {
+                assert!(r.restart_on_sigsys);
+                assert_eq!(r.disk[0].restart, RestartPolicy::Off);
+                assert_eq!(
+                    r.net[0].restart,
+                    RestartPolicy::Budget {
+                        restarts: 2,
+                        window_secs: 30
+                    }
+                );
+                assert_eq!(r.console.map(|c| c.1.to_string()), Some("1/60".into()));
+            }
+            _ => unreachable!(),
+        }
+        let p = write("restart-bad", r#"{"disk": ["path=/a.img,restart=always"]}"#);
+        let e = expand(os(&["--config", p.to_str().unwrap()]))
+            .and_then(|args| {
+                let mut argv = os(&["bulkhead", "run"]);
+                argv.extend(args);
+                crate::cli::Cli::try_parse_from(argv)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_err();
+        let _ = std::fs::remove_file(&p);
+        assert!(e.contains("restart=always"), "{e}");
+    }
+
+    #[test]
     fn bad_files_say_what_and_where() {
         for (tag, text, why) in [
             (

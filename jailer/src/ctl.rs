@@ -1,4 +1,5 @@
-//! `bulkhead ctl --api-socket PATH status|pause|resume|shutdown|disk NAME --path IMAGE`:
+//! `bulkhead ctl --api-socket PATH status|pause|resume|shutdown|disk NAME --path IMAGE|
+//! restart NAME [--exec PATH]`:
 //! one request to a running VM's API socket, the answer printed.
 
 use std::os::unix::net::UnixStream;
@@ -11,6 +12,9 @@ use crate::untrusted::sanitize;
 
 /// How long the VM gets to answer.
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a `restart` may take: the old process's grace period, the new one's start
+/// (jail, handshake, Ready) and the vmm's reconnection.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `bulkhead ctl`; returns the exit status (0 done, 1 the VM refused, 125 no answer).
 pub fn main(args: CtlArgs) -> i32 {
@@ -19,24 +23,20 @@ pub fn main(args: CtlArgs) -> i32 {
         CtlAction::Pause => ApiRequest::Pause,
         CtlAction::Resume => ApiRequest::Resume,
         CtlAction::Shutdown => ApiRequest::Shutdown,
-        CtlAction::Disk { name, path } => {
-            // The launcher runs elsewhere: a relative path is ours, made absolute here.
-            let path = match std::path::absolute(path) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("bulkhead: error: {}: {e}", path.display());
-                    return 125;
-                }
-            };
-            let Some(path) = path.to_str() else {
-                eprintln!("bulkhead: error: {}: not UTF-8", path.display());
-                return 125;
-            };
-            ApiRequest::SwapDisk {
+        CtlAction::Disk { name, path } => match absolute(path) {
+            Ok(path) => ApiRequest::SwapDisk {
                 device: name.clone(),
-                path: path.to_owned(),
-            }
-        }
+                path,
+            },
+            Err(code) => return code,
+        },
+        CtlAction::Restart { name, exec } => ApiRequest::Restart {
+            device: name.clone(),
+            exec: match exec.as_deref().map(absolute).transpose() {
+                Ok(exec) => exec,
+                Err(code) => return code,
+            },
+        },
     };
     let at = args.api_socket.display();
     match ask(&args, &request) {
@@ -65,11 +65,31 @@ pub fn main(args: CtlArgs) -> i32 {
     }
 }
 
+/// `path` made absolute (the launcher runs elsewhere: a relative path is ours), as UTF-8;
+/// else the error is printed and the exit status returned.
+fn absolute(path: &std::path::Path) -> Result<String, i32> {
+    let path = std::path::absolute(path).map_err(|e| {
+        eprintln!("bulkhead: error: {}: {e}", path.display());
+        125
+    })?;
+    match path.to_str() {
+        Some(p) => Ok(p.to_owned()),
+        None => {
+            eprintln!("bulkhead: error: {}: not UTF-8", path.display());
+            Err(125)
+        }
+    }
+}
+
 fn ask(args: &CtlArgs, request: &ApiRequest) -> Result<ApiReply, String> {
     let stream = UnixStream::connect(&args.api_socket).map_err(|e| e.to_string())?;
     let mut channel = ApiClientChannel::new(stream, "the VM");
+    let timeout = match request {
+        ApiRequest::Restart { .. } => RESTART_TIMEOUT,
+        _ => TIMEOUT,
+    };
     channel
-        .set_timeouts(Some(TIMEOUT), Some(TIMEOUT))
+        .set_timeouts(Some(timeout), Some(TIMEOUT))
         .and_then(|()| channel.handshake())
         .and_then(|()| channel.send(request, &[]))
         .map_err(|e| e.to_string())?;

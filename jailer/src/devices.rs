@@ -12,6 +12,7 @@ use crate::launch::console::ConsoleStream;
 use crate::launch::{self, wait_briefly, DeviceProcess, LaunchError};
 use crate::net_arg::{format_mac, random_mac, NetArg, NetBackend};
 use crate::netns::{NetNs as NamedNetNs, NetNsError};
+use crate::restart::{Budget, RestartPolicy};
 use crate::safe_open::SocketFile;
 use crate::tap::TapError;
 use crate::vsock_arg::VsockArg;
@@ -70,6 +71,8 @@ pub struct Devices {
     /// Socket files bulkhead bound for its devices (`--console socket=`), removed after
     /// the processes are gone.
     socket_files: Vec<SocketFile>,
+    /// The restart budget of each device whose process bulkhead started, by name.
+    pub budgets: Vec<(String, Budget)>,
 }
 
 impl Devices {
@@ -77,7 +80,7 @@ impl Devices {
     pub fn start(
         disks: &[DiskArg],
         nets: &[NetArg],
-        console: Option<&ConsoleStream>,
+        console: Option<(&ConsoleStream, RestartPolicy)>,
         vsock: Option<&VsockArg>,
     ) -> Result<Devices, DeviceError> {
         let mut devices = Devices::default();
@@ -94,7 +97,7 @@ impl Devices {
         &mut self,
         disks: &[DiskArg],
         nets: &[NetArg],
-        console: Option<&ConsoleStream>,
+        console: Option<(&ConsoleStream, RestartPolicy)>,
         vsock: Option<&VsockArg>,
     ) -> Result<(), DeviceError> {
         for (i, disk) in disks.iter().enumerate() {
@@ -103,8 +106,9 @@ impl Devices {
         for (i, net) in nets.iter().enumerate() {
             self.start_net(&format!("net{i}"), net)?;
         }
-        if let Some(stream) = console {
+        if let Some((stream, policy)) = console {
             let (process, socket, file) = launch::start_console(CONSOLE, stream)?;
+            self.budgets.push((CONSOLE.into(), Budget::new(policy)));
             self.socket_files.extend(file);
             self.add(
                 CONSOLE,
@@ -117,6 +121,7 @@ impl Devices {
         // Last, so that no other device moves.
         if let Some(arg) = vsock {
             let (process, socket, file) = launch::start_vsock(VSOCK, arg)?;
+            self.budgets.push((VSOCK.into(), Budget::new(arg.restart)));
             self.socket_files.push(file);
             self.add(
                 VSOCK,
@@ -168,6 +173,8 @@ impl Devices {
                     *direct,
                 )?;
                 self.images.push((name.to_owned(), *readonly, *direct));
+                self.budgets
+                    .push((name.to_owned(), Budget::new(disk.restart)));
                 self.add(
                     name,
                     VIRTIO_ID_BLOCK,
@@ -230,6 +237,8 @@ impl Devices {
             }
         };
         let (process, socket) = launch::start_net(name, taps, &mac, netns)?;
+        self.budgets
+            .push((name.to_owned(), Budget::new(net.restart)));
         self.add(
             name,
             VIRTIO_ID_NET,
@@ -250,10 +259,31 @@ impl Devices {
         })
     }
 
+    /// The devices the vmm is to reconnect when their process is restarted (`restart=on`
+    /// in its `--device`): those whose policy restarts them.
+    pub fn restartable(&self) -> Vec<String> {
+        self.budgets
+            .iter()
+            .filter(|(_, b)| b.policy().restarts())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Device `name`'s restart budget, if bulkhead started its process.
+    pub fn budget(&mut self, name: &str) -> Option<&mut Budget> {
+        self.budgets
+            .iter_mut()
+            .find_map(|(n, b)| (n == name).then_some(b))
+    }
+
     /// The first backend process that has already ended badly (a signal or a non-zero
-    /// status; not waiting for any), with how it ended; marks it reported.
+    /// status; not waiting for any), with how it ended; marks it reported. A process whose
+    /// end the supervisor settled (its device was given up, the VM going on) is not one.
     pub fn failed(&mut self) -> Option<(String, String)> {
         self.processes.iter_mut().find_map(|p| {
+            if p.settled {
+                return None;
+            }
             let status = p.exited()?;
             if status.success() {
                 return None;

@@ -1,5 +1,6 @@
-//! `--disk` values: `path=PATH[,readonly=on|off][,serial=ID][,queues=N][,direct=on]` for a disk served by
-//! a `bulkhead-blk` process bulkhead starts, or `socket=PATH[,queues=N]` for a vhost-user-blk
+//! `--disk` values: `path=PATH[,readonly=on|off][,serial=ID][,queues=N][,direct=on][,restart=off|N/SECS]`
+//! for a disk served by a `bulkhead-blk` process bulkhead starts (restarted as `restart=`
+//! says when it dies, see [`crate::restart`]), or `socket=PATH[,queues=N]` for a vhost-user-blk
 //! backend someone else started (qemu-storage-daemon, for one).
 
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ pub struct DiskArg {
     pub backend: DiskBackend,
     /// Queues to offer the guest.
     pub queues: u16,
+    /// What to do when its `bulkhead-blk` dies (`Off` for `socket=`: not ours to restart).
+    pub restart: crate::restart::RestartPolicy,
 }
 
 /// Parses a `--disk` value.
@@ -39,6 +42,7 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
     let (mut path, mut socket, mut readonly, mut serial, mut queues) =
         (None, None, false, None, 1u16);
     let mut direct = false;
+    let mut restart = None;
     for part in s.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -63,10 +67,11 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
                     .filter(|n| (1..=64).contains(n))
                     .ok_or_else(|| format!("queues={value}: expected 1 to 64"))?;
             }
+            "restart" => restart = Some(crate::restart::parse(value)?),
             "path" | "socket" => return Err(format!("{key}= needs a value")),
             _ => {
                 return Err(format!(
-                    "unknown key {key:?} (expected path, socket, readonly, serial, queues)"
+                    "unknown key {key:?} (expected path, socket, readonly, serial, queues, direct, restart)"
                 ))
             }
         }
@@ -79,6 +84,12 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
             direct,
         },
         (None, Some(sock)) => {
+            if restart.is_some() {
+                return Err(
+                    "restart= is for disks bulkhead serves (path=): a socket= backend is not bulkhead's to restart"
+                        .into(),
+                );
+            }
             if readonly || direct || serial.is_some() {
                 return Err(
                     "readonly=, direct= and serial= belong to the backend when socket= is used"
@@ -90,7 +101,15 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
         (Some(_), Some(_)) => return Err("give path= or socket=, not both".into()),
         (None, None) => return Err("needs path=IMAGE or socket=PATH".into()),
     };
-    Ok(DiskArg { backend, queues })
+    let restart = match backend {
+        DiskBackend::Image { .. } => restart.unwrap_or_default(),
+        DiskBackend::Socket(_) => crate::restart::RestartPolicy::Off,
+    };
+    Ok(DiskArg {
+        backend,
+        queues,
+        restart,
+    })
 }
 
 fn on_off(key: &str, value: &str) -> Result<bool, String> {
@@ -116,10 +135,25 @@ mod tests {
                     serial: Some("abc".into()),
                     direct: true,
                 },
-                queues: 4
+                queues: 4,
+                restart: crate::restart::DEFAULT,
             })
         );
         assert_eq!(parse("path=/d.img").unwrap().queues, 1);
+        use crate::restart::RestartPolicy;
+        assert_eq!(
+            parse("path=/d.img,restart=off").unwrap().restart,
+            RestartPolicy::Off
+        );
+        assert_eq!(
+            parse("path=/d.img,restart=2/10").unwrap().restart,
+            RestartPolicy::Budget {
+                restarts: 2,
+                window_secs: 10
+            }
+        );
+        let e = parse("path=/d.img,restart=lots").unwrap_err();
+        assert!(e.contains("restart=lots") && e.contains("N/SECS"), "{e}");
     }
 
     #[test]
@@ -130,6 +164,13 @@ mod tests {
         );
         assert!(parse("socket=/s,readonly=on").is_err());
         assert!(parse("socket=/s,direct=on").is_err());
+        // An external backend is never restarted by bulkhead.
+        assert_eq!(
+            parse("socket=/s").unwrap().restart,
+            crate::restart::RestartPolicy::Off
+        );
+        let e = parse("socket=/s,restart=3").unwrap_err();
+        assert!(e.contains("not bulkhead's to restart"), "{e}");
     }
 
     #[test]

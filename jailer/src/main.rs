@@ -18,6 +18,7 @@ mod liveness;
 mod net_arg;
 mod netns;
 mod open_as;
+mod restart;
 mod run;
 mod run_dir;
 mod safe_open;

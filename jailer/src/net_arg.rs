@@ -30,6 +30,8 @@ pub struct NetArg {
     pub mac: Option<Mac>,
     /// Queue pairs.
     pub queues: u16,
+    /// What to do when its `bulkhead-net` dies.
+    pub restart: crate::restart::RestartPolicy,
 }
 
 /// Most queue pairs a `--net` may have (`bulkhead-net`'s limit).
@@ -55,6 +57,7 @@ pub fn parse(s: &str) -> Result<NetArg, String> {
         _ => return Err(format!("{first:?}: expected tap=NAME or auto first")),
     }
     let (mut mac, mut queues) = (None, 1u16);
+    let mut restart = crate::restart::DEFAULT;
     let (mut host_ip, mut guest_ip) = (DEFAULT_HOST_IP.to_owned(), DEFAULT_GUEST_IP.to_owned());
     for part in parts {
         let (key, value) = part
@@ -72,9 +75,10 @@ pub fn parse(s: &str) -> Result<NetArg, String> {
             "host-ip" if auto => host_ip = check_cidr(value)?,
             "guest-ip" if auto => guest_ip = check_cidr(value)?,
             "host-ip" | "guest-ip" => return Err(format!("{key}= goes with auto, not tap=")),
+            "restart" => restart = crate::restart::parse(value)?,
             _ => {
                 return Err(format!(
-                    "unknown key {key:?} (expected mac, queues, host-ip, guest-ip)"
+                    "unknown key {key:?} (expected mac, queues, host-ip, guest-ip, restart)"
                 ))
             }
         }
@@ -87,6 +91,7 @@ pub fn parse(s: &str) -> Result<NetArg, String> {
         backend,
         mac,
         queues,
+        restart,
     })
 }
 
@@ -165,6 +170,14 @@ mod tests {
                 guest_ip: DEFAULT_GUEST_IP.into()
             }
         );
+        assert_eq!(parse("auto").unwrap().restart, crate::restart::DEFAULT);
+        assert_eq!(
+            parse("tap=t0,restart=1/1").unwrap().restart,
+            crate::restart::RestartPolicy::Budget {
+                restarts: 1,
+                window_secs: 1
+            }
+        );
     }
 
     #[test]
@@ -183,6 +196,8 @@ mod tests {
             "auto,queues=17",
             "auto,queues=x",
             "auto,colour=red",
+            "auto,restart=on",
+            "auto,restart=",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }

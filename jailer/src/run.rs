@@ -92,11 +92,16 @@ fn run(args: &RunArgs) -> i32 {
         None => None,
     };
     let console = args.console.clone().and_then(|c| c.0);
-    let mut devices =
-        match Devices::start(&args.disk, &args.net, console.as_ref(), args.vsock.as_ref()) {
-            Ok(d) => d,
-            Err(e) => return fail(&e),
-        };
+    let console_restart = args.console.as_ref().map(|c| c.1).unwrap_or_default();
+    let mut devices = match Devices::start(
+        &args.disk,
+        &args.net,
+        console.as_ref().map(|c| (c, console_restart)),
+        args.vsock.as_ref(),
+    ) {
+        Ok(d) => d,
+        Err(e) => return fail(&e),
+    };
     if let Some(code) = stopped_while_starting(&signals) {
         devices.stop();
         return code;
@@ -105,7 +110,8 @@ fn run(args: &RunArgs) -> i32 {
     let serial_input =
         console != Some(ConsoleStream::Stdio) && config.serial == SerialOutput::Stdio;
     let configs = std::mem::take(&mut devices.configs);
-    let (vmm, control) = match launch::start_vmm(args, configs, serial_input) {
+    let restartable = devices.restartable();
+    let (vmm, control) = match launch::start_vmm(args, configs, serial_input, &restartable) {
         Ok(v) => v,
         Err(e) => {
             devices.stop();
@@ -115,7 +121,9 @@ fn run(args: &RunArgs) -> i32 {
     // SAFETY: isatty only inspects fd 0.
     let terminal = unsafe { libc::isatty(0) } == 1;
     let resize = (console == Some(ConsoleStream::Stdio) && terminal).then(|| CONSOLE.into());
-    let code = match Supervisor::new(vmm, control, &mut devices, api, resize) {
+    let code = match Supervisor::new(vmm, control, &mut devices, api, resize)
+        .map(|s| s.restart_on_sigsys(args.restart_on_sigsys))
+    {
         Ok(supervisor) => supervisor.run(&signals),
         Err(code) => code,
     };

@@ -6,6 +6,11 @@
 //! that has not ended within [`STOP_GRACE`] is killed. The processes run in sessions of
 //! their own (see `launch::spawn`), so a Ctrl-C on the terminal reaches only the launcher,
 //! which stops everything in order.
+//!
+//! Every device process's pidfd is watched too: one that dies is restarted as its
+//! `restart=` policy says (see [`restarts`]).
+
+mod restarts;
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -46,6 +51,14 @@ pub struct Supervisor<'a> {
     report: Report,
     signal: Option<i32>,
     stop_deadline: Option<Instant>,
+    /// `--restart-on-sigsys`: a seccomp kill is restarted like any death.
+    restart_on_sigsys: bool,
+    /// Devices given up (budget spent, restart failed): the VM goes on without them.
+    given_up: Vec<String>,
+    /// `DeviceLost`s that came while another device was being reconnected.
+    pending_lost: Vec<(String, String)>,
+    /// The vmm's channel failed while a device was being reconnected.
+    channel_gone: bool,
 }
 
 impl<'a> Supervisor<'a> {
@@ -74,7 +87,17 @@ impl<'a> Supervisor<'a> {
             report: Report::default(),
             signal: None,
             stop_deadline: None,
+            restart_on_sigsys: false,
+            given_up: Vec::new(),
+            pending_lost: Vec::new(),
+            channel_gone: false,
         })
+    }
+
+    /// `--restart-on-sigsys`: restart a process seccomp killed like any other.
+    pub fn restart_on_sigsys(mut self, on: bool) -> Self {
+        self.restart_on_sigsys = on;
+        self
     }
 
     /// Runs until the VM has ended; returns the exit status, having told the user what
@@ -90,9 +113,24 @@ impl<'a> Supervisor<'a> {
 
     /// Waits for one event and handles it; false when the vmm's channel is gone.
     fn wait_once(&mut self, signals: &StopSignals) -> bool {
+        while let Some((device, reason)) = self.pending_lost.pop() {
+            self.device_lost(&device, &reason);
+        }
+        if self.channel_gone {
+            return false;
+        }
         let mut fds = vec![pollin(self.channel_fd()), pollin(signals.fd())];
         if let Some(api) = &self.api {
             fds.push(pollin(api.listener_fd()));
+        }
+        // Then each watched device process's pidfd: (index in fds, index of the process).
+        let first_pidfd = fds.len();
+        let mut watched = Vec::new();
+        for (i, p) in self.devices.processes.iter().enumerate() {
+            if let Some(fd) = p.pidfd().filter(|_| p.watched) {
+                fds.push(pollin(fd.as_raw_fd()));
+                watched.push(i);
+            }
         }
         let timeout = self.stop_deadline.map_or(-1, |d| {
             d.saturating_duration_since(Instant::now()).as_millis() as i32
@@ -124,8 +162,14 @@ impl<'a> Supervisor<'a> {
             }
             return true;
         }
-        if fds.get(2).is_some_and(|f| f.revents != 0) {
+        if self.api.is_some() && fds[2].revents != 0 {
             self.serve_api();
+            return true;
+        }
+        // The vmm's messages and stop signals first (a device ending as the VM ends is no
+        // crash); a pidfd stays readable, so it is seen again on the next round.
+        if let Some(k) = fds[first_pidfd..].iter().position(|f| f.revents != 0) {
+            self.device_ended(watched[k]);
         }
         true
     }
@@ -191,6 +235,12 @@ impl<'a> Supervisor<'a> {
                 self.report.error.get_or_insert(sanitize(&message));
             }
             ToLauncher::Exited { code } => self.report.exited = Some(code),
+            ToLauncher::DeviceLost { device, reason } => {
+                self.pending_lost.push((device, reason));
+            }
+            ToLauncher::Reconnected { device } | ToLauncher::DeviceStopped { device, .. } => {
+                log::info!("the vmm says {} unprompted", sanitize(&device));
+            }
             other => log::warn!(
                 "the vmm said {} unprompted; ignored",
                 sanitize(&format!("{other:?}"))
@@ -240,9 +290,12 @@ impl<'a> Supervisor<'a> {
                     Err(e) => ApiReply::Error(sanitize(&e)),
                 }
             }
-            Ok(ApiRequest::Restart { device, .. }) => ApiReply::Error(format!(
-                "{device}: restarting a device is not supported yet"
-            )),
+            Ok(ApiRequest::Restart { device, exec }) => {
+                match self.restart_asked(&device, exec.as_deref()) {
+                    Ok(()) => ApiReply::Ok,
+                    Err(e) => ApiReply::Error(sanitize(&e)),
+                }
+            }
             Ok(ApiRequest::Hello { .. }) => ApiReply::Error("a second Hello".into()),
             Err(e) => {
                 log::warn!("API socket: {}", sanitize(&e));
@@ -300,6 +353,11 @@ impl<'a> Supervisor<'a> {
             read_only,
             block_device: image.block_device,
         };
+        // A restarted process gets the new image (and its size limit) from now on.
+        let kept = image
+            .file
+            .try_clone()
+            .map_err(|e| format!("{device}: {e}"))?;
         let capacity = match process.ask(&request, &[image.file.as_fd()])? {
             ToLauncher::DiskSwapped { capacity_sectors } => capacity_sectors,
             ToLauncher::Error { message } => {
@@ -313,6 +371,9 @@ impl<'a> Supervisor<'a> {
             }
         };
         drop(image);
+        if let Some(recipe) = process.recipe_mut() {
+            recipe.replace_fd(0, kept.into());
+        }
         log::info!(
             "{device}: now serving {} ({capacity} sectors)",
             path.display()
@@ -353,8 +414,19 @@ impl<'a> Supervisor<'a> {
             state: state(&mut self.vmm),
         }];
         for p in self.devices.processes.iter_mut() {
+            let restarts = self
+                .devices
+                .budgets
+                .iter()
+                .find_map(|(n, b)| (*n == p.name).then_some(b.total))
+                .unwrap_or(0);
+            let name = match restarts {
+                0 => format!("{} ({})", p.name, p.program),
+                1 => format!("{} ({}, restarted once)", p.name, p.program),
+                n => format!("{} ({}, restarted {n} times)", p.name, p.program),
+            };
             all.push(DeviceStatus {
-                name: format!("{} ({})", p.name, p.program),
+                name,
                 pid: p.pid(),
                 state: state(p),
             });

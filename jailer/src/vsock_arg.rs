@@ -17,11 +17,14 @@ pub struct VsockArg {
     /// The Unix socket host programs connect to; guest-initiated connections go to
     /// `<uds>_<port>`.
     pub uds: PathBuf,
+    /// What to do when its `bulkhead-vsock` dies.
+    pub restart: crate::restart::RestartPolicy,
 }
 
 /// Parses a `--vsock` value.
 pub fn parse(s: &str) -> Result<VsockArg, String> {
     let (mut cid, mut uds) = (None, None);
+    let mut restart = crate::restart::DEFAULT;
     for part in s.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -43,12 +46,14 @@ pub fn parse(s: &str) -> Result<VsockArg, String> {
             }
             "uds" if !value.is_empty() => uds = Some(PathBuf::from(value)),
             "uds" => return Err("uds= needs a path".into()),
-            _ => return Err(format!("unknown key {key:?} (expected cid, uds)")),
+            "restart" => restart = crate::restart::parse(value)?,
+            _ => return Err(format!("unknown key {key:?} (expected cid, uds, restart)")),
         }
     }
     Ok(VsockArg {
         cid: cid.ok_or("cid=N is missing")?,
         uds: uds.ok_or("uds=PATH is missing")?,
+        restart,
     })
 }
 
@@ -62,9 +67,15 @@ mod tests {
             parse("cid=3,uds=/run/v.sock"),
             Ok(VsockArg {
                 cid: 3,
-                uds: "/run/v.sock".into()
+                uds: "/run/v.sock".into(),
+                restart: crate::restart::DEFAULT,
             })
         );
+        assert_eq!(
+            parse("cid=3,uds=/a,restart=off").map(|v| v.restart),
+            Ok(crate::restart::RestartPolicy::Off)
+        );
+        assert!(parse("cid=3,uds=/a,restart=0").is_err());
         assert_eq!(parse("uds=/a,cid=52").map(|v| v.cid), Ok(52));
     }
 

@@ -26,13 +26,37 @@ impl Running {
         Running::start_via(super::bulkhead(), tag, extra, 60_000)
     }
 
+    /// With `restart=off` on every device: a process that dies stops the VM.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn start_restart_off(tag: &str) -> Running {
+        Running::start_devices(super::bulkhead(), tag, &[], 60_000, ",restart=off")
+    }
+
+    /// With `extra` flags and `device_keys` (`,key=value...`) after each device's value.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn start_with_keys(tag: &str, extra: &[&str], device_keys: &str) -> Running {
+        Running::start_devices(super::bulkhead(), tag, extra, 60_000, device_keys)
+    }
+
     /// Started as `cmd` (`bulkhead` under another name, say), the guest serving for
     /// `serve_ms` and then ending with status 0.
     pub fn start_via(
+        cmd: std::process::Command,
+        tag: &str,
+        extra: &[&str],
+        serve_ms: u32,
+    ) -> Running {
+        Running::start_devices(cmd, tag, extra, serve_ms, "")
+    }
+
+    /// [`Running::start_via`] with `device_keys` (`,key=value...`) after each device's
+    /// value.
+    fn start_devices(
         mut cmd: std::process::Command,
         tag: &str,
         extra: &[&str],
         serve_ms: u32,
+        device_keys: &str,
     ) -> Running {
         let img = Image::new(tag, 1 << 20);
         let console =
@@ -40,10 +64,11 @@ impl Running {
         let mut child = cmd
             .arg("run")
             .arg("--disk")
-            .arg(img.disk_arg(""))
-            .args(["--net", "auto"])
+            .arg(img.disk_arg(device_keys))
+            .arg("--net")
+            .arg(format!("auto{device_keys}"))
             .arg("--console")
-            .arg(format!("file={}", console.display()))
+            .arg(format!("file={}{device_keys}", console.display()))
             .arg("--cmdline")
             .arg(format!(
                 "bulkhead.test=net-serve bulkhead.net.serve-ms={serve_ms}"

@@ -8,6 +8,9 @@ mod firecracker;
 #[path = "../net_arg.rs"]
 mod net_arg;
 #[allow(dead_code)]
+#[path = "../restart.rs"]
+mod restart;
+#[allow(dead_code)]
 #[path = "../tap.rs"]
 mod tap;
 #[allow(dead_code)]

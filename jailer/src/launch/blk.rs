@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::{
-    backend_program, open_named, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD,
-    SOCKET_FD,
+    backend_program, open_named, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD,
 };
 use crate::safe_open::Access;
 
@@ -55,7 +54,8 @@ pub fn start_blk(
         reports: true,
         ..Needs::default()
     };
-    spawn(name, cmd, vec![OwnedFd::from(disk)], false, &needs)
+    let recipe = super::Recipe::new(name, &cmd, vec![OwnedFd::from(disk)], false, needs);
+    super::recipe::launch(recipe)
 }
 
 /// An image opened for a running disk (`PATCH /drives/{id}`, `bulkhead ctl disk`).

@@ -8,8 +8,7 @@ use std::process::Command;
 use bulkhead_vmm::process::args::split_max_size;
 
 use super::{
-    backend_program, open_named, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD,
-    SOCKET_FD,
+    backend_program, open_named, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD,
 };
 use crate::safe_open::{Access, SocketFile};
 
@@ -31,13 +30,15 @@ pub enum ConsoleStream {
     },
 }
 
-/// A `--console` value: a stream, or `None` for `off`.
+/// A `--console` value: a stream, or `None` for `off`, and what to do when its process
+/// dies (`VALUE,restart=off|N/SECS`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConsoleChoice(pub Option<ConsoleStream>);
+pub struct ConsoleChoice(pub Option<ConsoleStream>, pub crate::restart::RestartPolicy);
 
 /// Parses a `--console` value.
 pub fn parse(s: &str) -> Result<ConsoleChoice, String> {
-    parse_stream(s).map(ConsoleChoice)
+    let (s, restart) = crate::restart::split_policy(s)?;
+    parse_stream(s).map(|stream| ConsoleChoice(stream, restart))
 }
 
 fn parse_stream(s: &str) -> Result<Option<ConsoleStream>, String> {
@@ -110,7 +111,8 @@ pub fn start_console(name: &str, stream: &ConsoleStream) -> Result<StartedConsol
         reports: true,
         ..Needs::default()
     };
-    let (process, socket) = spawn(name, cmd, fds, *stream == ConsoleStream::Stdio, &needs)?;
+    let recipe = super::Recipe::new(name, &cmd, fds, *stream == ConsoleStream::Stdio, needs);
+    let (process, socket) = super::recipe::launch(recipe)?;
     Ok((process, socket, socket_file))
 }
 
@@ -133,7 +135,25 @@ mod tests {
 
     #[test]
     fn console_values() {
-        assert_eq!(parse("off"), Ok(ConsoleChoice(None)));
+        use crate::restart::{RestartPolicy, DEFAULT};
+        assert_eq!(parse("off"), Ok(ConsoleChoice(None, DEFAULT)));
+        assert_eq!(
+            parse("file=/tmp/c.log,max-size=1M,restart=off"),
+            Ok(ConsoleChoice(
+                Some(ConsoleStream::File {
+                    path: "/tmp/c.log".into(),
+                    max_size: 1 << 20
+                }),
+                RestartPolicy::Off
+            ))
+        );
+        assert_eq!(
+            parse("pty,restart=2").map(|c| c.1),
+            Ok(RestartPolicy::Budget {
+                restarts: 2,
+                window_secs: 60
+            })
+        );
         assert_eq!(parse_stream("stdio"), Ok(Some(ConsoleStream::Stdio)));
         assert_eq!(
             parse_stream("socket=/run/c.sock"),
@@ -160,6 +180,8 @@ mod tests {
             "file=",
             "file=/x,max-size=0",
             "file=/x,max-size=9Q",
+            "pty,restart=never",
+            "restart=off",
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

@@ -6,6 +6,7 @@ mod blk;
 pub mod confine;
 pub mod console;
 mod net;
+pub mod recipe;
 mod stderr;
 mod vmm;
 pub mod vsock;
@@ -13,12 +14,13 @@ pub mod vsock;
 pub use blk::{open_swap_image, start_blk};
 pub use console::start_console;
 pub use net::start_net;
+pub use recipe::Recipe;
 pub use vmm::{start_vmm, VMM};
 pub use vsock::start_vsock;
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -159,8 +161,17 @@ pub struct DeviceProcess {
     control: Option<LauncherChannel>,
     /// Whether it said it is confined and serving.
     pub ready: bool,
+    /// Whether the supervisor watches for its end (it stops once it dealt with it).
+    pub watched: bool,
+    /// Whether its end was dealt with (its device given up, the VM going on): not a
+    /// failure of the VM.
+    pub settled: bool,
     /// The RLIMIT_FSIZE it was given (`None`: none).
     file_size_limit: Option<u64>,
+    /// How to start another copy (a device process bulkhead may restart).
+    recipe: Option<Box<Recipe>>,
+    /// A pidfd of a plain (`--jail off`) child, to watch it end; a jailed one has its own.
+    pidfd: Option<OwnedFd>,
 }
 
 impl DeviceProcess {
@@ -170,6 +181,104 @@ impl DeviceProcess {
             Child::Plain(c) => c.id(),
             Child::Jailed(c) => c.pid() as u32,
         }
+    }
+
+    /// Keeps `recipe`, from which another copy can be started.
+    pub fn keep_recipe(&mut self, recipe: Recipe) {
+        self.recipe = Some(Box::new(recipe));
+    }
+
+    /// Takes its recipe (for a restart), if it has one.
+    pub fn take_recipe(&mut self) -> Option<Recipe> {
+        self.recipe.take().map(|r| *r)
+    }
+
+    /// Its recipe, if it has one.
+    pub fn recipe_mut(&mut self) -> Option<&mut Recipe> {
+        self.recipe.as_deref_mut()
+    }
+
+    /// A pidfd that becomes readable when the process ends (`None` if none could be made).
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.child {
+            Child::Plain(_) => self.pidfd.as_ref().map(|f| f.as_fd()),
+            Child::Jailed(c) => Some(c.pidfd()),
+        }
+    }
+
+    /// Sends it SIGKILL (if not reaped yet).
+    pub fn kill(&mut self) {
+        if self.exited().is_none() {
+            self.signal(libc::SIGKILL);
+        }
+    }
+
+    /// Waits up to `grace` for it to end (reaping it); once ended, its cgroup is removed.
+    pub fn wait_for_end(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + grace;
+        let status = loop {
+            if let Some(s) = self.exited() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        if let Child::Jailed(c) = &mut self.child {
+            if let Err(e) = c.cleanup() {
+                log::warn!("{}: {e}", self.name);
+            }
+        }
+        Some(status)
+    }
+
+    /// Asks it to stop over its control socket (`Shutdown`) and gives it `grace` to end;
+    /// a refusal (any answer), no control socket or the grace period running out goes on
+    /// as [`DeviceProcess::stop`] (SIGTERM, then SIGKILL). Returns how it ended.
+    pub fn stop_as_asked(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let asked = self
+            .control
+            .as_mut()
+            .is_some_and(|c| c.send(&bulkhead_protocol::ToProcess::Shutdown, &[]).is_ok());
+        let deadline = Instant::now() + grace;
+        while asked && Instant::now() < deadline {
+            if let Some(status) = self.wait_for_end(Duration::ZERO) {
+                return Some(status);
+            }
+            if self.control_answered(Duration::from_millis(5)) {
+                // Ready/Exited are notes; anything else is its refusal.
+                match self.control.as_mut().map(|c| c.recv()) {
+                    Some(Ok((ToLauncher::Exited { .. } | ToLauncher::Ready { .. }, _))) => {}
+                    Some(Ok((answer, _))) => {
+                        log::info!(
+                            "{}: {} answered Shutdown with {}",
+                            self.name,
+                            self.program,
+                            crate::untrusted::sanitize(&format!("{answer:?}"))
+                        );
+                        break;
+                    }
+                    // Its end closes the socket: seen on the next round.
+                    Some(Err(_)) | None => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        self.stop()
+    }
+
+    /// Whether its control socket has something to read within `timeout`.
+    fn control_answered(&self, timeout: Duration) -> bool {
+        let Some(channel) = self.control.as_ref() else {
+            return false;
+        };
+        let mut fd = libc::pollfd {
+            fd: channel.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid fd in a local of the length given.
+        unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) > 0 }
     }
 
     /// How it ended, for messages: the exit status or signal and, for a process seccomp
@@ -295,6 +404,9 @@ impl DeviceProcess {
             ));
         }
         self.file_size_limit = Some(size);
+        if let Some(recipe) = self.recipe.as_deref_mut() {
+            recipe.allow_file_size(size);
+        }
         Ok(())
     }
 
@@ -425,6 +537,20 @@ fn spawn_with(
     needs: &Needs,
     c: &Confinement,
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
+    spawn_as(name, name, cmd, fds, inherit_stdin, needs, c)
+}
+
+/// [`spawn_with`] in a jail (and cgroup) named after `jail_name` (a restarted process's
+/// is not its first one's).
+fn spawn_as(
+    name: &str,
+    jail_name: &str,
+    cmd: Command,
+    fds: Vec<OwnedFd>,
+    inherit_stdin: bool,
+    needs: &Needs,
+    c: &Confinement,
+) -> Result<(DeviceProcess, UnixStream), LaunchError> {
     let program = Path::new(cmd.get_program())
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -460,7 +586,16 @@ fn spawn_with(
         control = Some((launcher_end, process_end));
     }
     let child = if c.jail {
-        spawn_jailed(name, &cmd, &pairs, inherit_stdin, &errors, needs, c)?
+        spawn_jailed(
+            name,
+            jail_name,
+            &cmd,
+            &pairs,
+            inherit_stdin,
+            &errors,
+            needs,
+            c,
+        )?
     } else {
         spawn_plain(cmd, &pairs, inherit_stdin, &errors, c).map_err(spawn_err)?
     };
@@ -478,6 +613,10 @@ fn spawn_with(
     };
     drop(theirs);
     drop(fds);
+    let pidfd = match &child {
+        Child::Plain(p) => pidfd_open(p.id()),
+        Child::Jailed(_) => None,
+    };
     let mut process = DeviceProcess {
         name: name.to_owned(),
         program,
@@ -486,7 +625,11 @@ fn spawn_with(
         heard,
         control,
         ready: false,
+        watched: true,
+        settled: false,
         file_size_limit: if c.jail { needs.max_file_size } else { None },
+        recipe: None,
+        pidfd,
     };
     if let Some(channel) = process.control.as_mut() {
         if let Err(e) = channel.handshake() {
@@ -514,8 +657,10 @@ const PASSED_ENV: [&str; 2] = ["RUST_LOG", "BULKHEAD_SECCOMP_SELFTEST"];
 /// Through the jailer: namespaces, cgroup, rlimits, only the given fds, no environment but
 /// [`PASSED_ENV`]; the program finishes its jail itself (the flags from
 /// `Jail::finish_flags`).
+#[allow(clippy::too_many_arguments)]
 fn spawn_jailed(
     name: &str,
+    jail_name: &str,
     cmd: &Command,
     pairs: &[(RawFd, RawFd)],
     inherit_stdin: bool,
@@ -523,7 +668,7 @@ fn spawn_jailed(
     needs: &Needs,
     c: &Confinement,
 ) -> Result<Child, LaunchError> {
-    let jail = confine::jail_for(name, needs, c);
+    let jail = confine::jail_for(jail_name, needs, c);
     let mut args: Vec<OsString> = cmd.get_args().map(OsString::from).collect();
     args.extend(jail.finish_flags().into_iter().map(OsString::from));
     let null = if inherit_stdin {
@@ -587,6 +732,22 @@ fn spawn_plain(
         })
     };
     Ok(Child::Plain(cmd.spawn()?))
+}
+
+/// A pidfd of our child `pid` (not reaped yet, so the pid is still its), `None` if the
+/// kernel has no pidfd_open.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd < 0 {
+        log::warn!(
+            "pidfd_open({pid}): {}; its end is noticed only through the vmm",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    // SAFETY: the fd was just returned by the kernel and is owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// In a forked child: makes each `(from, to)` fd available as `to`, inheritable. Goes
@@ -682,6 +843,31 @@ mod tests {
             "{e}"
         );
         assert!(!process.ready);
+    }
+
+    #[test]
+    fn a_process_that_ignores_the_stop_request_is_killed_after_the_grace_period() {
+        // No control socket to ask over (a child without the launcher protocol) and
+        // SIGTERM ignored: it goes on as `stop` does, SIGKILL after STOP_GRACE.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "trap '' TERM; while :; do sleep 0.05; done"]);
+        let plain = Confinement {
+            jail: false,
+            ..Confinement::default()
+        };
+        let (mut process, _sock) =
+            spawn_with("disk8", cmd, vec![], false, &Needs::default(), &plain).unwrap();
+        assert!(
+            process.pidfd().is_some(),
+            "a plain child has a pidfd to watch"
+        );
+        // Time for the shell to set its trap.
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let status = process.stop_as_asked(Duration::from_secs(30)).unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        let took = started.elapsed();
+        assert!(took >= STOP_GRACE && took < STOP_GRACE * 3, "{took:?}");
     }
 
     #[test]

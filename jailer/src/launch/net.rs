@@ -6,7 +6,7 @@ use std::process::Command;
 
 use bulkhead::jail::NetNs;
 
-use super::{backend_program, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
+use super::{backend_program, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
 use crate::net_arg::{format_mac, Mac};
 
 /// Starts `bulkhead-net` for device `name` on the TAP queues `taps`, with `mac`, in network
@@ -33,5 +33,5 @@ pub fn start_net(
         reports: true,
         ..Needs::default()
     };
-    spawn(name, cmd, taps, false, &needs)
+    super::recipe::launch(super::Recipe::new(name, &cmd, taps, false, needs))
 }

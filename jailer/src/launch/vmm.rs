@@ -21,12 +21,15 @@ use crate::safe_open::Access;
 pub const VMM: &str = "vmm";
 
 /// Starts `bulkhead-vmm` for `args` with `devices` (consumed: their sockets move to the
-/// vmm). `serial_input`: whether the serial console reads standard input. Returns the
-/// process and the launcher's end of its control socket.
+/// vmm). `serial_input`: whether the serial console reads standard input. The devices
+/// named in `restartable` are reconnected by the vmm when their process is restarted
+/// (`restart=on`); for the others a lost backend stops the VM. Returns the process and
+/// the launcher's end of its control socket.
 pub fn start_vmm(
     args: &RunArgs,
     devices: Vec<VirtioDeviceConfig>,
     serial_input: bool,
+    restartable: &[String],
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
     let program = backend_program(VMM, "bulkhead-vmm")?;
     let mut cmd = Command::new(&program);
@@ -80,11 +83,11 @@ pub fn start_vmm(
             }
         };
         let arg = DeviceArg {
+            restartable: restartable.contains(&d.name),
             name: d.name,
             device_type: d.device_type,
             queues: d.queues,
             socket,
-            restartable: false,
         };
         cmd.arg("--device").arg(arg.to_arg());
     }

@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{backend_program, spawn, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD};
+use super::{backend_program, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD};
 use crate::safe_open::SocketFile;
 use crate::vsock_arg::VsockArg;
 
@@ -30,11 +30,6 @@ pub type StartedVsock = (DeviceProcess, UnixStream, SocketFile);
 /// Starts `bulkhead-vsock` for device `name`.
 pub fn start_vsock(name: &str, arg: &VsockArg) -> Result<StartedVsock, LaunchError> {
     let program = backend_program(name, "bulkhead-vsock")?;
-    let spawn_err = |source| LaunchError::Spawn {
-        name: name.to_owned(),
-        program: program.display().to_string(),
-        source,
-    };
     let (listener, socket_file) = crate::safe_open::bind_socket(&arg.uds, true)
         .map(|bound| bound.removed_on_drop(&arg.uds))
         .map_err(|source| LaunchError::Open {
@@ -42,13 +37,13 @@ pub fn start_vsock(name: &str, arg: &VsockArg) -> Result<StartedVsock, LaunchErr
             name: name.to_owned(),
             source,
         })?;
-    let (ours, theirs) = UnixStream::pair().map_err(spawn_err)?;
     let mut cmd = Command::new(&program);
     cmd.args(["--fd", &super::SOCKET_FD.to_string()]);
     cmd.args(["--guest-cid", &arg.cid.to_string()]);
     cmd.args(["--listen-fd", &FIRST_EXTRA_FD.to_string()]);
     cmd.args(["--broker-fd", &(FIRST_EXTRA_FD + 1).to_string()]);
-    let fds: Vec<OwnedFd> = vec![listener.into(), theirs.into()];
+    // The broker's end of a new pair is added at each start, as fd 5.
+    let fds: Vec<OwnedFd> = vec![listener.into()];
     let needs = Needs {
         workers: WORKERS,
         // Streams (256), CONNECT clients (64) and the process's own.
@@ -56,14 +51,19 @@ pub fn start_vsock(name: &str, arg: &VsockArg) -> Result<StartedVsock, LaunchErr
         reports: true,
         ..Needs::default()
     };
-    let (process, socket) = spawn(name, cmd, fds, false, &needs)?;
-    let uds = arg.uds.clone();
+    let recipe = super::Recipe::new(name, &cmd, fds, false, needs).with_broker(&arg.uds);
+    let (process, socket) = super::recipe::launch(recipe)?;
+    Ok((process, socket, socket_file))
+}
+
+/// Starts the thread answering, on `ours`, the requests of device `name`'s vsock process
+/// (one thread per process: it ends when that process's end closes).
+pub(super) fn start_broker(name: &str, ours: UnixStream, uds: PathBuf) -> std::io::Result<()> {
     let broker_name = name.to_owned();
     std::thread::Builder::new()
         .name(format!("{name}-broker"))
         .spawn(move || broker(&broker_name, ours, &uds))
-        .map_err(spawn_err)?;
-    Ok((process, socket, socket_file))
+        .map(drop)
 }
 
 /// The path a guest's connection to host port `port` reaches.
