@@ -9,5 +9,7 @@ mod debian_kernel;
 mod initramfs;
 #[path = "common_selftest/skip.rs"]
 mod skip;
+#[path = "common_selftest/soak.rs"]
+mod soak;
 #[path = "common_selftest/strace.rs"]
 mod strace;

@@ -345,6 +345,7 @@ fn termination_while_serving_exits_cleanly() {
         direct: false,
         logical_block_size: 512,
         poll: Duration::from_micros(32),
+        stall_after: None,
     };
     let termination = Termination::manual();
     let t = termination.clone();

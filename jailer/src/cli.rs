@@ -220,6 +220,21 @@ pub enum BenchWhat {
     /// Stream throughput and round-trip latency guest<->host through bulkhead-vsock
     /// (hybrid vsock), on both transports, beside a Unix socket pair on the host.
     Vsock(VsockBenchArgs),
+    /// bulkhead-blk killed (SIGKILL) at random moments under the guest's blk-soak: kill to
+    /// the first completed request (median, worst), the launcher's unavailable time, and
+    /// the requests resubmitted from the inflight region.
+    Restart(RestartBenchArgs),
+}
+
+/// `bulkhead bench restart`.
+#[derive(Args, Debug, Clone)]
+pub struct RestartBenchArgs {
+    /// How many times bulkhead-blk is killed.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub kills: u32,
+    /// The guest's transport: mmio or pci.
+    #[arg(long, value_name = "mmio|pci", default_value = "mmio")]
+    pub transport: bulkhead_vmm::config::Transport,
 }
 
 /// `bulkhead bench vsock`.

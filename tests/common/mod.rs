@@ -15,6 +15,7 @@ pub mod netns;
 pub mod qsd;
 pub mod running;
 pub mod skip;
+pub mod soak;
 pub mod spawned;
 pub mod strace;
 pub mod transport;

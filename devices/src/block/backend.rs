@@ -23,6 +23,7 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
@@ -35,6 +36,7 @@ use super::virtio::{
     VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use super::GuestRam;
+use crate::daemon::inflight::InflightSlot;
 
 /// Guest memory as `vhost-user-backend` shares it with us.
 pub type SharedMemory = GuestMemoryAtomic<GuestRam>;
@@ -50,6 +52,8 @@ pub struct BlockBackend {
     num_queues: usize,
     mem: RwLock<SharedMemory>,
     workers: Vec<Mutex<QueueWorker>>,
+    /// Inflight tracking, when the relay serves it.
+    inflight: Option<Arc<InflightSlot>>,
 }
 
 impl BlockBackend {
@@ -81,6 +85,22 @@ impl BlockBackend {
             num_queues: usize::from(num_queues),
             mem: RwLock::new(SharedMemory::new(GuestRam::new())),
             workers,
+            inflight: None,
+        }
+    }
+
+    /// Tracks requests in flight in the region `slot` gets from the frontend, and
+    /// resubmits what a predecessor left in flight when a queue starts.
+    pub fn track_inflight(&mut self, slot: Arc<InflightSlot>) {
+        self.inflight = Some(slot);
+    }
+
+    /// Test only: every queue freezes on popping its `n`th request.
+    pub fn stall_after(&self, n: Option<u64>) {
+        for w in &self.workers {
+            w.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stall_after(n);
         }
     }
 
@@ -250,6 +270,21 @@ impl VhostUserBackend for BlockBackend {
         let mem = atomic.memory();
         // The vring lock is held for one round at a time (a bounded amount of work), so
         // control messages such as GET_VRING_BASE get in between rounds.
+        if let Some(slot) = &self.inflight {
+            let mut state = vring.get_mut();
+            // The queue was (re)started: what a predecessor left in flight goes first.
+            if state.get_queue().ready() && slot.take_started(thread_id) {
+                let n = worker.resume(state.get_queue_mut(), &mem, slot.region(), thread_id);
+                if n > 0 {
+                    eprintln!(
+                        "bulkhead-blk: queue {thread_id}: resubmitted {n} in-flight request(s)"
+                    );
+                    if let Err(e) = state.signal_used_queue() {
+                        warn_limited!("queue {thread_id}: signalling the call eventfd: {e}");
+                    }
+                }
+            }
+        }
         loop {
             let mut state = vring.get_mut();
             let round = worker.serve_round(state.get_queue_mut(), &mem);

@@ -73,7 +73,15 @@ pub struct Args {
     /// latency and fewer guest exits, like QEMU's iothread poll-max-ns.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = DEFAULT_POLL_US)]
     pub poll_us: u32,
+
+    /// Test only: each queue freezes on popping its Nth request, leaving it in flight (as a
+    /// process killed at that moment would). Also `BULKHEAD_TEST_BLK_STALL_AFTER=N`.
+    #[arg(long, value_name = "N", hide = true)]
+    pub test_stall_after: Option<u64>,
 }
+
+/// The environment variable for `--test-stall-after` (for processes the launcher starts).
+pub const STALL_ENV: &str = "BULKHEAD_TEST_BLK_STALL_AFTER";
 
 impl BackendArgs for Args {
     fn common(&self) -> &CommonArgs {
@@ -115,6 +123,8 @@ pub struct Config {
     pub logical_block_size: u32,
     /// How long a queue thread polls for more work before sleeping.
     pub poll: Duration,
+    /// Test only: freeze each queue on popping this many requests.
+    pub stall_after: Option<u64>,
 }
 
 /// A command line that doesn't make sense.
@@ -191,6 +201,9 @@ impl TryFrom<Args> for Config {
             direct: args.direct,
             logical_block_size: args.logical_block_size,
             poll: Duration::from_micros(u64::from(args.poll_us)),
+            stall_after: args
+                .test_stall_after
+                .or_else(|| std::env::var(STALL_ENV).ok().and_then(|v| v.parse().ok())),
         })
     }
 }

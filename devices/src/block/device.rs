@@ -8,14 +8,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulkhead_ratelimit::{debug_limited, warn_limited};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::disk::Disk;
 use super::execute::Executor;
 use super::request::ChainParser;
+use super::resubmit::HeadChain;
+use super::tracking::{RingView, Tracker};
 use super::virtio::{ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use super::GuestRam;
+use crate::daemon::inflight::Region;
 
 /// Sizes of the split-ring parts (virtio 1.2, 2.7): flags + idx + ring + event word.
 const DESC_SIZE: u64 = 16;
@@ -58,6 +62,29 @@ pub struct QueueWorker {
     parser: ChainParser,
     executor: Executor,
     poll: Duration,
+    tracker: Tracker,
+    stall: Stall,
+}
+
+/// Test only: a worker that freezes with a request popped (and marked in flight) but not
+/// served, as a process killed at that moment would leave it.
+#[derive(Debug, Default)]
+struct Stall {
+    /// Freeze on popping this many requests (counted per queue).
+    after: Option<u64>,
+    popped: u64,
+    frozen: bool,
+}
+
+impl Stall {
+    /// Counts a pop; true if the worker must freeze now.
+    fn pop(&mut self) -> bool {
+        self.popped += 1;
+        if self.after == Some(self.popped) {
+            self.frozen = true;
+        }
+        self.frozen
+    }
 }
 
 impl QueueWorker {
@@ -68,6 +95,76 @@ impl QueueWorker {
             parser: ChainParser::default(),
             executor: Executor::new(disk, serial),
             poll,
+            tracker: Tracker::default(),
+            stall: Stall::default(),
+        }
+    }
+
+    /// Test only: freeze on popping the `n`th request (see [`Stall`]).
+    pub fn stall_after(&mut self, n: Option<u64>) {
+        self.stall.after = n;
+    }
+
+    /// The queue (re)starts (after SET_VRING_BASE, before its first kick is served), with
+    /// `region` tracking it as queue `index`: checks what the region says was in flight
+    /// (see [`super::tracking`]), serves those requests again in their order, and moves the
+    /// next available index past them. Returns how many were resubmitted; the caller
+    /// signals the driver if any were.
+    pub fn resume(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestRam,
+        region: Option<Arc<Region>>,
+        index: usize,
+    ) -> usize {
+        if region.is_some() && !rings_in_memory(queue, mem) {
+            warn_limited!("queue {index}: rings outside guest memory; not resubmitting");
+            return 0;
+        }
+        let ring = match LiveRing::read(queue, mem) {
+            Some(ring) => ring,
+            None => {
+                warn_limited!("queue {index}: ring indexes unreadable; not resubmitting");
+                return 0;
+            }
+        };
+        let heads = match self.tracker.restart(region, index, &ring) {
+            Ok(heads) => heads,
+            Err(e) => {
+                warn_limited!(
+                    "queue {index}: inflight region refused: {e}; serving from the available ring at index {}",
+                    ring.used
+                );
+                return 0;
+            }
+        };
+        let desc_table = GuestAddress(queue.desc_table());
+        for &head in &heads {
+            let chain = HeadChain::new(mem, desc_table, ring.size, head);
+            let used_len = match chain {
+                Some(chain) => self.serve_chain(chain, head, mem),
+                None => 0,
+            };
+            self.complete(queue, mem, head, used_len);
+        }
+        if !heads.is_empty() {
+            queue.set_next_avail(ring.used.wrapping_add(heads.len() as u16));
+        }
+        heads.len()
+    }
+
+    /// Writes the used entry for `head`, with the region's bookkeeping around it.
+    fn complete(&mut self, queue: &mut Queue, mem: &GuestRam, head: u16, used_len: u32) -> bool {
+        self.tracker.completing(head);
+        match queue.add_used(mem, head, used_len) {
+            Ok(()) => {
+                self.tracker.completed(head, queue.next_used());
+                true
+            }
+            Err(e) => {
+                warn_limited!("completing descriptor {head}: {e}");
+                false
+            }
         }
     }
 
@@ -108,7 +205,7 @@ impl QueueWorker {
             interrupt: false,
             again: false,
         };
-        if !queue.ready() {
+        if !queue.ready() || self.stall.frozen {
             return done;
         }
         if !rings_in_memory(queue, mem) {
@@ -179,11 +276,15 @@ impl QueueWorker {
                 };
             };
             let head = chain.head_index();
-            let used_len = self.serve_chain(chain, mem);
-            match queue.add_used(mem, head, used_len) {
-                Ok(()) => completed = true,
-                Err(e) => warn_limited!("completing descriptor {head}: {e}"),
+            self.tracker.popped(head);
+            if self.stall.pop() {
+                return Drained {
+                    completed,
+                    end: DrainEnd::Unusable,
+                };
             }
+            let used_len = self.serve_chain(chain, head, mem);
+            completed |= self.complete(queue, mem, head, used_len);
         }
         Drained {
             completed,
@@ -194,8 +295,12 @@ impl QueueWorker {
     /// Parses and executes one chain and writes its status byte. Returns the used length:
     /// bytes written into the chain's writable buffers, status included; 0 when the chain
     /// has no usable status byte (it is completed and otherwise dropped).
-    pub fn serve_chain(&mut self, chain: DescriptorChain<&GuestRam>, mem: &GuestRam) -> u32 {
-        let head = chain.head_index();
+    pub fn serve_chain(
+        &mut self,
+        chain: impl IntoIterator<Item = Descriptor>,
+        head: u16,
+        mem: &GuestRam,
+    ) -> u32 {
         let (status_addr, status, written): (Option<GuestAddress>, u8, u32) =
             match self.parser.parse(chain, mem) {
                 Ok(req) => match self.executor.execute(mem, &req) {
@@ -232,6 +337,50 @@ impl QueueWorker {
                 0
             }
         }
+    }
+}
+
+/// The ring's indexes as guest memory has them, for a (re)start.
+struct LiveRing<'a> {
+    mem: &'a GuestRam,
+    avail_ring: u64,
+    size: u16,
+    used: u16,
+    avail: u16,
+}
+
+impl<'a> LiveRing<'a> {
+    fn read(queue: &Queue, mem: &'a GuestRam) -> Option<LiveRing<'a>> {
+        Some(LiveRing {
+            mem,
+            avail_ring: queue.avail_ring(),
+            size: queue.size(),
+            used: queue.used_idx(mem, Ordering::Acquire).ok()?.0,
+            avail: queue.avail_idx(mem, Ordering::Acquire).ok()?.0,
+        })
+    }
+}
+
+impl RingView for LiveRing<'_> {
+    fn size(&self) -> u16 {
+        self.size
+    }
+    fn used_idx(&self) -> u16 {
+        self.used
+    }
+    fn avail_idx(&self) -> u16 {
+        self.avail
+    }
+    fn avail_entry(&self, pos: u16) -> Option<u16> {
+        if self.size == 0 {
+            return None;
+        }
+        let slot = u64::from(pos % self.size);
+        let at = GuestAddress(self.avail_ring)
+            .checked_add(4)?
+            .checked_add(slot * AVAIL_ENTRY)?;
+        let entry: u16 = self.mem.read_obj(at).ok()?;
+        Some(u16::from_le(entry))
     }
 }
 

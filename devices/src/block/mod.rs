@@ -10,6 +10,8 @@
 //! | `iovec.rs` | guest buffers as iovecs (zero-copy I/O), the `O_DIRECT` bounce buffer |
 //! | `execute.rs` | a request → disk I/O and a status |
 //! | `device.rs` | a virtqueue drained, statuses and used entries written, interrupts decided |
+//! | `tracking.rs` | a queue's inflight region kept up to date; what a restart makes of it |
+//! | `resubmit.rs` | a descriptor chain walked from a head index (requests resubmitted) |
 //! | `backend.rs` | the `vhost-user-backend` glue: features, config space, queue threads |
 //!
 //! Everything up to `device.rs` knows nothing of vhost-user and is tested with
@@ -22,6 +24,8 @@ mod disk;
 mod execute;
 mod iovec;
 mod request;
+pub mod resubmit;
+pub mod tracking;
 mod virtio;
 
 use std::ffi::OsString;
@@ -33,6 +37,7 @@ pub use device::{QueueWorker, Round};
 pub use disk::{Disk, DiskError, DiskOptions};
 pub use virtio::{ConfigSpace, CONFIG_SPACE_SIZE, MAX_QUEUE_SIZE, SEG_MAX};
 
+use crate::daemon::inflight::InflightSlot;
 use crate::daemon::{self, DaemonError, Ended, Termination};
 
 /// Guest memory as this backend maps it (no dirty-page bitmap: we don't offer
@@ -121,13 +126,29 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
             ""
         },
     );
-    let backend = Arc::new(BlockBackend::new(
+    // The memfd for GET_INFLIGHT_FD, made now: no seccomp role may create one. Without it
+    // the disk still works, without inflight tracking (the feature is not offered).
+    let inflight = match InflightSlot::new(config.queues, MAX_QUEUE_SIZE) {
+        Ok(slot) => Some(slot),
+        Err(e) => {
+            log::warn!("inflight I/O tracking off: creating its memfd: {e}");
+            None
+        }
+    };
+    let mut backend = BlockBackend::new(
         Arc::new(disk),
         config.serial,
         config.queues,
         config.logical_block_size,
         config.poll,
-    ));
+    );
+    if let Some(slot) = &inflight {
+        backend.track_inflight(Arc::clone(slot));
+    }
+    if config.stall_after.is_some() {
+        backend.stall_after(config.stall_after);
+    }
+    let backend = Arc::new(backend);
     daemon::control::set_handler(swap_handler(
         Arc::clone(&backend),
         config.logical_block_size,
@@ -143,6 +164,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         &config.endpoint,
         termination,
         || Ok(()),
+        inflight,
     )?)
 }
 

@@ -25,9 +25,7 @@
 //! that a queue's worker keeps and reuses, and guest-claimed lengths are only ever compared
 //! and summed, never used to size a buffer.
 
-use std::ops::Deref;
-
-use virtio_queue::DescriptorChain;
+use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::virtio::{RequestHeader, HEADER_SIZE, MAX_DESCRIPTORS};
@@ -136,16 +134,13 @@ impl Default for ChainParser {
 }
 
 impl ChainParser {
-    /// Parses one chain.
-    pub fn parse<'s, M>(
+    /// Parses one chain: a `DescriptorChain` popped from the available ring, or a
+    /// [`super::resubmit::HeadChain`] walked from a head the inflight region names.
+    pub fn parse<'s>(
         &'s mut self,
-        chain: DescriptorChain<M>,
+        chain: impl IntoIterator<Item = Descriptor>,
         mem: &GuestRam,
-    ) -> Result<Request<'s>, Rejected>
-    where
-        M: Deref,
-        M::Target: vm_memory::GuestMemory,
-    {
+    ) -> Result<Request<'s>, Rejected> {
         let Walk {
             count,
             terminated,
@@ -234,11 +229,7 @@ impl ChainParser {
     /// the first `MAX_DESCRIPTORS`. Returns how many descriptors there were, whether the
     /// last one ends the chain, and the last non-empty writable one (the status byte's
     /// home, needed when the chain is too long to keep whole).
-    fn walk<M>(&mut self, chain: DescriptorChain<M>) -> Walk
-    where
-        M: Deref,
-        M::Target: vm_memory::GuestMemory,
-    {
+    fn walk(&mut self, chain: impl IntoIterator<Item = Descriptor>) -> Walk {
         self.walked.clear();
         let mut count = 0;
         let mut last_has_next = false;

@@ -130,6 +130,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
             }
             Ok(())
         },
+        None,
     );
     if let Some(io) = io {
         io.stop();

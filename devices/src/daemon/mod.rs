@@ -12,6 +12,7 @@ mod confine;
 pub mod connection;
 pub mod control;
 pub mod exit_event;
+pub mod inflight;
 pub mod main;
 pub mod relay;
 pub mod signals;
@@ -98,7 +99,9 @@ pub enum DaemonError {
 /// threaded), starts the signal watcher, runs `started` (which may start threads of the
 /// caller's), installs `process`'s filter (every role of this backend together) so that
 /// the queue threads are confined from birth (they narrow to their own role at their first
-/// event), then starts them.
+/// event), then starts them. With `inflight` (made before, as it makes a memfd), the relay
+/// for a connected socket offers and serves inflight I/O tracking (see [`inflight`]); a
+/// socket the daemon listens on is served by the library alone, without it.
 pub fn serve<T>(
     name: &str,
     roles: Roles,
@@ -106,6 +109,7 @@ pub fn serve<T>(
     endpoint: &Endpoint,
     termination: &Termination,
     started: impl FnOnce() -> std::io::Result<()>,
+    inflight: Option<std::sync::Arc<inflight::InflightSlot>>,
 ) -> Result<Ended, DaemonError>
 where
     T: VhostUserBackend + Clone + 'static,
@@ -174,7 +178,7 @@ where
                     endpoint: endpoint.clone(),
                     error,
                 })?;
-            Some(pending.start(stream).map_err(relay_error)?)
+            Some(pending.start(stream, inflight).map_err(relay_error)?)
         }
     };
     info!("serving a frontend on {endpoint}");

@@ -15,6 +15,13 @@
 //! says), each with its descriptors, in one `sendmsg`: the receiving library reads a
 //! message's descriptors with its header, so they must arrive on the header's bytes.
 //!
+//! For a backend that tracks inflight I/O ([`super::inflight`]), the relay also offers
+//! `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`, hides it from the library (which would drop
+//! the connection on GET/SET_INFLIGHT_FD), answers those two messages itself, and tells the
+//! queues when SET_VRING_BASE restarts one. Replies from both threads go out whole under
+//! one lock, and a message the relay answers is answered before the next one is read, so
+//! the frontend sees its replies in order.
+//!
 //! The private listener is a Unix socket in the abstract namespace under a random name.
 //! In the confined process it sits in an empty network namespace where nobody else can
 //! reach it; run standalone, another process could race to connect first, so once the
@@ -25,11 +32,16 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use log::{debug, warn};
+use vhost::vhost_user::message::{FrontendReq, VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::Listener;
+use vm_memory::ByteValued;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use super::inflight::{InflightSlot, INFLIGHT_SHMFD};
 
 /// vhost-user message header: request, flags, body size (u32 each).
 const HEADER_SIZE: usize = 12;
@@ -38,6 +50,10 @@ const HEADER_SIZE: usize = 12;
 const MAX_BODY: usize = 64 * 1024;
 /// Most descriptors one message carries (vhost's `MAX_ATTACHED_FD_ENTRIES`).
 const MAX_FDS: usize = 32;
+/// Header flags: protocol version 1, a reply, the frontend wants an ack.
+const VERSION_1: u32 = 0x1;
+const REPLY: u32 = 0x4;
+const NEED_REPLY: u32 = 0x8;
 
 /// Why the relay could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -80,13 +96,19 @@ pub fn prepare() -> Result<Pending, RelayError> {
 impl Pending {
     /// Call once the daemon has accepted: closes the listener, checks the daemon accepted
     /// our connection, and starts relaying between it and `frontend`.
-    pub fn start(self, frontend: UnixStream) -> Result<Relay, RelayError> {
+    /// With `inflight`, the relay handles inflight tracking for the backend (see the
+    /// module's documentation).
+    pub fn start(
+        self,
+        frontend: UnixStream,
+        inflight: Option<Arc<InflightSlot>>,
+    ) -> Result<Relay, RelayError> {
         let Pending { listener, inner } = self;
         drop(listener);
         if hung_up(&inner).map_err(RelayError::Setup)? {
             return Err(RelayError::Hijacked);
         }
-        Relay::start(frontend, inner)
+        Relay::start(frontend, inner, inflight)
     }
 }
 
@@ -99,17 +121,30 @@ pub struct Relay {
 }
 
 impl Relay {
-    fn start(frontend: UnixStream, inner: UnixStream) -> Result<Relay, RelayError> {
+    fn start(
+        frontend: UnixStream,
+        inner: UnixStream,
+        inflight: Option<Arc<InflightSlot>>,
+    ) -> Result<Relay, RelayError> {
         let clone = |s: &UnixStream| s.try_clone().map_err(RelayError::Setup);
+        // Held while a whole message goes to the frontend, from either thread.
+        let to_frontend = Arc::new(Mutex::new(()));
         let mut threads = Vec::new();
-        for (name, from, to) in [
-            ("vu-relay-in", clone(&frontend)?, clone(&inner)?),
-            ("vu-relay-out", clone(&inner)?, clone(&frontend)?),
+        for (name, from, to, inbound) in [
+            ("vu-relay-in", clone(&frontend)?, clone(&inner)?, true),
+            ("vu-relay-out", clone(&inner)?, clone(&frontend)?, false),
         ] {
+            let mut hook = Hook {
+                slot: inflight.clone(),
+                inbound,
+                acked: false,
+                reply_ack: false,
+                lock: Arc::clone(&to_frontend),
+            };
             let thread = thread::Builder::new()
                 .name(name.into())
                 .spawn(move || {
-                    match pump(&from, &to) {
+                    match pump(&from, &to, &mut hook) {
                         Ok(()) => debug!("{name}: peer closed"),
                         Err(e) => warn!("{name}: {e}"),
                     }
@@ -138,8 +173,171 @@ impl Relay {
     }
 }
 
-/// Copies whole messages from `from` to `to` until `from` closes between messages.
-fn pump(from: &UnixStream, to: &UnixStream) -> io::Result<()> {
+/// What one relay thread does besides copying: nothing without an inflight slot.
+struct Hook {
+    slot: Option<Arc<InflightSlot>>,
+    /// Frontend to daemon (else daemon to frontend).
+    inbound: bool,
+    /// The frontend acked INFLIGHT_SHMFD.
+    acked: bool,
+    /// The frontend acked REPLY_ACK (NEED_REPLY is then honoured).
+    reply_ack: bool,
+    /// Held while a whole message goes to the frontend.
+    lock: Arc<Mutex<()>>,
+}
+
+/// What to do with a message.
+enum Verdict {
+    /// Pass it on.
+    Forward,
+    /// Answered (or dropped) here.
+    Handled,
+}
+
+impl Hook {
+    /// Sends a whole message to the frontend under the lock.
+    fn send_to_frontend(&self, to: &UnixStream, buf: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        let _held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        send_raw(to, buf, fds)
+    }
+
+    /// Looks at (and may change or answer) one message. `frontend` is the frontend's end.
+    fn on_message(
+        &mut self,
+        header: &[u8],
+        body: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+        frontend: &UnixStream,
+    ) -> io::Result<Verdict> {
+        let Some(slot) = self.slot.clone() else {
+            return Ok(Verdict::Forward);
+        };
+        let code = le_u32(&header[0..4]);
+        let flags = le_u32(&header[4..8]);
+        let Ok(request) = FrontendReq::try_from(code) else {
+            return Ok(Verdict::Forward);
+        };
+        if !self.inbound {
+            // The library's answer to GET_PROTOCOL_FEATURES gains the inflight bit.
+            if request == FrontendReq::GET_PROTOCOL_FEATURES
+                && flags & REPLY != 0
+                && body.len() == 8
+            {
+                let offered = le_u64(body) | INFLIGHT_SHMFD;
+                body.copy_from_slice(&offered.to_le_bytes());
+            }
+            return Ok(Verdict::Forward);
+        }
+        match request {
+            FrontendReq::SET_PROTOCOL_FEATURES if body.len() == 8 => {
+                let acked = le_u64(body);
+                self.acked = acked & INFLIGHT_SHMFD != 0;
+                self.reply_ack = acked & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
+                // The library never offered the bit: it must not see it acked.
+                body.copy_from_slice(&(acked & !INFLIGHT_SHMFD).to_le_bytes());
+                Ok(Verdict::Forward)
+            }
+            FrontendReq::SET_VRING_BASE if body.len() == 8 => {
+                slot.vring_base(le_u32(&body[0..4]));
+                Ok(Verdict::Forward)
+            }
+            FrontendReq::GET_INFLIGHT_FD | FrontendReq::SET_INFLIGHT_FD => {
+                if !self.acked {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{request:?} without INFLIGHT_SHMFD negotiated"),
+                    ));
+                }
+                let Some(asked) = inflight_body(body) else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{request:?} with a {}-byte body", body.len()),
+                    ));
+                };
+                if request == FrontendReq::GET_INFLIGHT_FD {
+                    self.answer_get(&slot, code, &asked, frontend)?;
+                } else {
+                    let result = slot.set(&asked, fds.pop());
+                    if let Err(e) = &result {
+                        warn!("SET_INFLIGHT_FD refused: {e}");
+                    } else {
+                        debug!(
+                            "inflight region set: {} queues of {}",
+                            asked.num_queues, asked.queue_size
+                        );
+                    }
+                    if self.reply_ack && flags & NEED_REPLY != 0 {
+                        let status = u64::from(result.is_err());
+                        let reply = message(code, &status.to_le_bytes());
+                        self.send_to_frontend(frontend, &reply, &[])?;
+                    }
+                }
+                Ok(Verdict::Handled)
+            }
+            _ => Ok(Verdict::Forward),
+        }
+    }
+
+    /// GET_INFLIGHT_FD: the answer with the memfd, or (refused) a zero-sized answer with
+    /// no descriptor, which the frontend takes as a failure.
+    fn answer_get(
+        &self,
+        slot: &InflightSlot,
+        code: u32,
+        asked: &VhostUserInflight,
+        frontend: &UnixStream,
+    ) -> io::Result<()> {
+        match slot.get(asked) {
+            Ok((answer, file)) => {
+                let reply = message(code, answer.as_slice());
+                self.send_to_frontend(frontend, &reply, &[file.as_raw_fd()])
+            }
+            Err(e) => {
+                warn!("GET_INFLIGHT_FD refused: {e}");
+                let refused = VhostUserInflight::default();
+                let reply = message(code, refused.as_slice());
+                self.send_to_frontend(frontend, &reply, &[])
+            }
+        }
+    }
+}
+
+/// A reply: `code`, version 1 with the reply flag, `body`.
+fn message(code: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HEADER_SIZE + body.len());
+    m.extend_from_slice(&code.to_le_bytes());
+    m.extend_from_slice(&(VERSION_1 | REPLY).to_le_bytes());
+    m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn inflight_body(body: &[u8]) -> Option<VhostUserInflight> {
+    let mut value = VhostUserInflight::default();
+    // Copied: the body sits unaligned in the relay's buffer.
+    let bytes = value.as_mut_slice();
+    if body.len() != bytes.len() {
+        return None;
+    }
+    bytes.copy_from_slice(body);
+    Some(value)
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// Copies whole messages from `from` to `to` until `from` closes between messages, letting
+/// `hook` look at (change, or answer) each first.
+fn pump(from: &UnixStream, to: &UnixStream, hook: &mut Hook) -> io::Result<()> {
     let mut buf = vec![0u8; HEADER_SIZE + MAX_BODY];
     let mut fds: Vec<OwnedFd> = Vec::with_capacity(MAX_FDS);
     loop {
@@ -158,7 +356,15 @@ fn pump(from: &UnixStream, to: &UnixStream) -> io::Result<()> {
         if !recv_exact(from, &mut body[..size], &mut fds)? {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        send_all(to, &buf[..HEADER_SIZE + size], &fds)?;
+        if let Verdict::Handled = hook.on_message(header, &mut body[..size], &mut fds, from)? {
+            continue;
+        }
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        if hook.inbound {
+            send_raw(to, &buf[..HEADER_SIZE + size], &raw)?;
+        } else {
+            hook.send_to_frontend(to, &buf[..HEADER_SIZE + size], &raw)?;
+        }
     }
 }
 
@@ -203,10 +409,9 @@ fn recv_exact(from: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::
 }
 
 /// Sends `buf`, the descriptors riding on its first byte.
-fn send_all(to: &UnixStream, buf: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+fn send_raw(to: &UnixStream, buf: &[u8], raw: &[RawFd]) -> io::Result<()> {
     let mut sent = 0;
-    let mut attach: &[RawFd] = &raw;
+    let mut attach: &[RawFd] = raw;
     while sent < buf.len() {
         match to.send_with_fds(&[&buf[sent..]], attach) {
             Ok(n) => {
@@ -276,7 +481,7 @@ mod tests {
         // What the daemon does: accept on the private listener.
         let server = pending.listener.accept().unwrap().unwrap();
         let (frontend, vmm) = UnixStream::pair().unwrap();
-        let relay = pending.start(frontend).unwrap();
+        let relay = pending.start(frontend, None).unwrap();
 
         // Two messages in one write, the second carrying a descriptor.
         let (mut probe_a, probe_b) = UnixStream::pair().unwrap();

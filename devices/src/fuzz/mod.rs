@@ -1,4 +1,5 @@
 //! Fuzzing entry points for what a guest feeds the device backends: block request chains,
+//! block requests resubmitted from an inflight region (which a predecessor process left),
 //! net TX chains and RX frames, console transmit and receive chains, vsock packets and
 //! host peers against the vsock connection table.
 //!
@@ -12,6 +13,7 @@ pub mod block;
 pub mod console;
 pub mod input;
 pub mod net;
+pub mod resubmit;
 pub mod ring;
 pub mod stable;
 pub mod vsock;
@@ -19,4 +21,5 @@ pub mod vsock;
 pub use block::fuzz_block;
 pub use console::fuzz_console;
 pub use net::fuzz_net;
+pub use resubmit::fuzz_resubmit;
 pub use vsock::fuzz_vsock;

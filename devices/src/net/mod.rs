@@ -179,6 +179,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         &config.endpoint,
         termination,
         || Ok(()),
+        None,
     );
     backend.stop();
     log::debug!("counters at exit: {:?}", backend.counters().snapshot());

@@ -116,6 +116,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
             }
             Ok(())
         },
+        None,
     );
     if let Some(io) = io {
         let c = io.stop();

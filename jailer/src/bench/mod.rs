@@ -2,7 +2,8 @@
 //! run (never timed assertions): `boot` (start-up time, memory overhead), `blk` (guest
 //! block I/O through bulkhead-blk, through qemu-storage-daemon, and the host's own I/O),
 //! `net` (UDP throughput beside a veth pair), `vsock` (stream throughput and round trips
-//! beside a Unix socket pair) and `confine` (what confinement costs). `blk`
+//! beside a Unix socket pair), `confine` (what confinement costs) and `restart` (what a
+//! killed bulkhead-blk costs the guest). `blk`
 //! and `net` run the guest on both virtio transports and show them side by side.
 
 mod blk;
@@ -12,6 +13,7 @@ mod guest_transport;
 mod host_io;
 mod net;
 mod qsd;
+mod restart;
 mod runs;
 mod vsock;
 
@@ -25,6 +27,7 @@ pub fn main(args: BenchArgs) -> i32 {
         BenchWhat::Net(a) => net::main(a),
         BenchWhat::Confine(a) => confine::main(a),
         BenchWhat::Vsock(a) => vsock::main(a),
+        BenchWhat::Restart(a) => restart::main(a),
     }
 }
 

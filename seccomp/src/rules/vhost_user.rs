@@ -47,6 +47,15 @@ pub const RULES: &[Rule] = &[
         &[Arg::Eq32(1, F_DUPFD_CLOEXEC as u32)],
         "the daemon keeps a copy of the connection to shut it down",
     ),
+    Rule::when(
+        SYS_fcntl,
+        &[Arg::Eq32(1, F_GET_SEALS as u32)],
+        "bulkhead-blk's relay checks an inflight region (SET_INFLIGHT_FD) can't shrink under its mapping",
+    ),
+    Rule::any(
+        SYS_fstat,
+        "bulkhead-blk's relay checks an inflight region's file is regular and big enough before mapping it",
+    ),
     Rule::any(SYS_brk, "the main thread's malloc arena grows"),
     Rule::when(
         SYS_ioctl,

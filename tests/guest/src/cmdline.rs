@@ -40,6 +40,27 @@ pub struct Config {
     pub vsock: VsockOptions,
     /// `bulkhead.idle-ms=N`: how long `idle` waits for Ctrl+Alt+Del (default 0: forever).
     pub idle_ms: u64,
+    /// `bulkhead.soak-*`.
+    pub soak: SoakOptions,
+}
+
+/// Options of the soak scenarios (`blk-soak`, `net-soak`, `console-soak`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoakOptions {
+    /// `bulkhead.soak-ms=N`: how long each soak runs (default 5000).
+    pub ms: u64,
+    /// `bulkhead.soak-stall-ms=N`: a gap of at least this many ms between two completed
+    /// operations is reported as a stall line (default 20).
+    pub stall_ms: u64,
+}
+
+impl Default for SoakOptions {
+    fn default() -> Self {
+        Self {
+            ms: 5000,
+            stall_ms: 20,
+        }
+    }
 }
 
 /// Options of the vsock scenarios.
@@ -98,6 +119,8 @@ pub struct NetOptions {
     pub num_sizes: usize,
     /// `bulkhead.net.bench-ms=N`: each `net-bench` run (default 1000).
     pub bench_ms: u64,
+    /// `bulkhead.net.soak-port=N`: the host's UDP port `net-soak` sends to (default 7000).
+    pub soak_port: u16,
 }
 
 impl NetOptions {
@@ -123,6 +146,7 @@ impl Default for NetOptions {
             sizes,
             num_sizes: 3,
             bench_ms: 1000,
+            soak_port: 7000,
         }
     }
 }
@@ -363,6 +387,7 @@ pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
         serial_bytes: 1 << 20,
         vsock: VsockOptions::default(),
         idle_ms: 0,
+        soak: SoakOptions::default(),
     };
     for token in line
         .split(|c| c.is_ascii_whitespace())
@@ -481,6 +506,13 @@ pub fn parse(line: &[u8]) -> Result<Config, CmdlineError<'_>> {
                     .map(|n| n as u32));
             }
             b"bulkhead.idle-ms" => config.idle_ms = value!("bulkhead.idle-ms", parse_ms),
+            b"bulkhead.soak-ms" => config.soak.ms = value!("bulkhead.soak-ms", parse_ms),
+            b"bulkhead.soak-stall-ms" => {
+                config.soak.stall_ms = value!("bulkhead.soak-stall-ms", parse_ms);
+            }
+            b"bulkhead.net.soak-port" => {
+                net.soak_port = value!("bulkhead.net.soak-port", parse_port);
+            }
             _ => {}
         }
     }
@@ -788,6 +820,38 @@ mod tests {
                 "bulkhead.console.resizes=100001",
                 "bulkhead.console.resizes",
             ),
+        ] {
+            let value = &bad.as_bytes()[key.len() + 1..];
+            assert_eq!(
+                parse(bad.as_bytes()).err(),
+                Some(CmdlineError::BadValue { key, value }),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn soak_options_and_defaults() {
+        let c = parse(b"").unwrap();
+        assert_eq!((c.soak.ms, c.soak.stall_ms), (5000, 20));
+        assert_eq!(c.net.soak_port, 7000);
+        let c =
+            parse(b"bulkhead.soak-ms=2000 bulkhead.soak-stall-ms=0x10 bulkhead.net.soak-port=7100")
+                .unwrap();
+        assert_eq!(
+            c.soak,
+            SoakOptions {
+                ms: 2000,
+                stall_ms: 16
+            }
+        );
+        assert_eq!(c.net.soak_port, 7100);
+        for (bad, key) in [
+            ("bulkhead.soak-ms=0", "bulkhead.soak-ms"),
+            ("bulkhead.soak-ms=3600001", "bulkhead.soak-ms"),
+            ("bulkhead.soak-stall-ms=x", "bulkhead.soak-stall-ms"),
+            ("bulkhead.net.soak-port=0", "bulkhead.net.soak-port"),
+            ("bulkhead.net.soak-port=65536", "bulkhead.net.soak-port"),
         ] {
             let value = &bad.as_bytes()[key.len() + 1..];
             assert_eq!(

@@ -15,4 +15,5 @@ pub mod mptable;
 pub mod net;
 pub mod pci;
 pub mod scenario;
+pub mod soak;
 pub mod virtio;

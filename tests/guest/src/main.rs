@@ -36,7 +36,7 @@ mod vsocks;
 
 // The host-testable half of the guest (src/lib.rs), used here as if it were local modules.
 use bulkhead_guest::{
-    acpi, bootparams, cmdline, escape, layout, mptable, net, pci, scenario, virtio,
+    acpi, bootparams, cmdline, escape, layout, mptable, net, pci, scenario, soak, virtio,
 };
 
 use core::fmt::Display;
@@ -91,7 +91,8 @@ pub extern "C" fn bsp_main(zero_page: u64) -> ! {
     let mut status = Status::Pass;
     for &scenario in scenarios {
         match scenarios::run(scenario, &mut machine) {
-            Ok(()) => say!("PASS {}", scenario.name()),
+            Ok(None) => say!("PASS {}", scenario.name()),
+            Ok(Some(counts)) => say!("PASS {} {counts}", scenario.name()),
             Err(why) => {
                 say!("FAIL {}: {why}", scenario.name());
                 status = Status::Fail;

@@ -78,10 +78,18 @@ pub enum Scenario {
     VsockLatency,
     /// Halts until an i8042 Ctrl+Alt+Del (or `bulkhead.idle-ms`), then resets.
     Idle,
+    /// Sequenced single-sector writes, each read back, FLUSH every 16, for
+    /// `bulkhead.soak-ms`; stalls reported.
+    BlkSoak,
+    /// Sequenced UDP datagrams echoed by the host, loss and duplicates counted, corruption
+    /// refused, for `bulkhead.soak-ms`.
+    NetSoak,
+    /// Sequenced lines on the virtio console for `bulkhead.soak-ms`.
+    ConsoleSoak,
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 36] = [
+const NAMES: [(Scenario, &str); 39] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -118,6 +126,9 @@ const NAMES: [(Scenario, &str); 36] = [
     (Scenario::VsockHostile, "vsock-hostile"),
     (Scenario::VsockLatency, "vsock-latency"),
     (Scenario::Idle, "idle"),
+    (Scenario::BlkSoak, "blk-soak"),
+    (Scenario::NetSoak, "net-soak"),
+    (Scenario::ConsoleSoak, "console-soak"),
 ];
 
 /// What runs without `bulkhead.test`: every scenario that is harmless to the devices found.

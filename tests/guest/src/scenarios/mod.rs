@@ -7,6 +7,7 @@
 
 mod blk;
 pub mod console;
+mod console_soak;
 mod cpus;
 mod exception;
 mod fail;
@@ -16,11 +17,13 @@ pub mod net;
 mod panic;
 mod pci;
 mod serial_flood;
+pub mod soak;
 mod transport;
 pub mod vsock;
 
 use crate::machine::Machine;
 use crate::scenario::Scenario;
+use crate::soak::Summary;
 use core::fmt;
 
 /// Why a scenario failed.
@@ -40,6 +43,8 @@ pub enum Failure {
     Pci(pci::Error),
     /// See `vsock/mod.rs` (and `idle.rs`).
     Vsock(vsock::Error),
+    /// See `soak.rs`.
+    Soak(soak::Error),
     /// The `fail` scenario.
     Fail,
 }
@@ -54,13 +59,28 @@ impl fmt::Display for Failure {
             Self::Transport(e) => e.fmt(f),
             Self::Pci(e) => e.fmt(f),
             Self::Vsock(e) => e.fmt(f),
+            Self::Soak(e) => e.fmt(f),
             Self::Fail => write!(f, "this scenario always fails"),
         }
     }
 }
 
-/// Run one scenario.
-pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
+/// Run one scenario; a soak that passed returns its counts.
+pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<Option<Summary>, Failure> {
+    let soak = match scenario {
+        Scenario::BlkSoak => Some(blk::soak::run_soak(machine)),
+        Scenario::NetSoak => Some(net::soak::run_soak(machine)),
+        Scenario::ConsoleSoak => Some(console_soak::run_soak(machine)),
+        _ => None,
+    };
+    if let Some(result) = soak {
+        return result.map(Some).map_err(Failure::Soak);
+    }
+    run_plain(scenario, machine).map(|()| None)
+}
+
+/// Run a scenario that has no counts.
+fn run_plain(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
     match scenario {
         Scenario::Cpus => cpus::run(machine).map_err(Failure::Cpus),
         Scenario::Memory => memory::run(machine).map_err(Failure::Memory),
@@ -100,6 +120,9 @@ pub fn run(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
         Scenario::SerialFlood => {
             serial_flood::run(machine);
             Ok(())
+        }
+        Scenario::BlkSoak | Scenario::NetSoak | Scenario::ConsoleSoak => {
+            unreachable!("soaks run in run()")
         }
     }
 }

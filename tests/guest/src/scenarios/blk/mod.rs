@@ -12,6 +12,7 @@ pub mod mq;
 pub mod probe;
 pub mod readonly;
 pub mod rw;
+pub mod soak;
 pub mod swap;
 
 use crate::cmdline::{SectorRange, Serial};

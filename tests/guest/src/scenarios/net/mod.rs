@@ -8,6 +8,7 @@ pub mod identify;
 pub mod probe;
 pub mod send;
 pub mod serve;
+pub mod soak;
 
 use crate::cmdline::NetOptions;
 use crate::net::{self, Answer, Iface, Ip, IpFmt, Mac, MacFmt, Packet};
