@@ -466,7 +466,6 @@ mod reconnect {
                 GET_PROTOCOL_FEATURES,
                 SET_PROTOCOL_FEATURES,
                 GET_QUEUE_NUM,
-                GET_CONFIG,
                 SET_FEATURES,
                 GET_INFLIGHT_FD,
                 SET_MEM_TABLE,
@@ -744,6 +743,31 @@ mod reconnect {
         }
         assert!(
             start.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn without_restart_a_gone_backend_reads_zeros_at_once() {
+        let mut r = rig(Script::default(), false);
+        let mut before = [0u8; 4];
+        r.device.read_config(0, &mut before);
+        assert_eq!(before, [0, 1, 2, 3]);
+        // A peer that hangs up on the first config read.
+        let mut dying = rig(
+            Script {
+                die_on: Some(GET_CONFIG),
+                ..Script::default()
+            },
+            false,
+        );
+        let start = Instant::now();
+        let mut during = [0xffu8; 4];
+        dying.device.read_config(0, &mut during);
+        assert_eq!(during, [0, 0, 0, 0], "zeros, as before the cache");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
             "{:?}",
             start.elapsed()
         );

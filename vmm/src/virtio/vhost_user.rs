@@ -246,7 +246,7 @@ impl VhostUserDevice {
             source,
         })?;
         link.connected(watch.into());
-        let mut device = VhostUserDevice {
+        Ok(VhostUserDevice {
             name: name.to_owned(),
             device_type,
             frontend,
@@ -264,10 +264,7 @@ impl VhostUserDevice {
             link: Arc::new(link),
             stopped: None,
             net_ctrl,
-        };
-        // The cache a vCPU reads from while no backend answers.
-        device.fetch_config();
-        Ok(device)
+        })
     }
 
     /// The connection's state, for the backend monitor.
@@ -302,7 +299,7 @@ impl VhostUserDevice {
         self.link.fail(format!("{what}: {e}"))
     }
 
-    /// Reads the whole config space from the backend into the cache.
+    /// Reads the whole config space from the backend into the cache; `None` if it failed.
     fn fetch_config(&mut self) -> Option<&[u8]> {
         let size = self.config_size;
         if size == 0 {
@@ -316,18 +313,20 @@ impl VhostUserDevice {
         {
             Ok((_, payload)) if payload.len() == size => {
                 self.config_cache = Some(payload);
+                self.config_cache.as_deref()
             }
             Ok(_) => {
                 warn_limited!("{}: GET_CONFIG reply of the wrong size", self.name);
                 self.backend_failed("GET_CONFIG", &"a reply of the wrong size");
+                None
             }
             Err(e) => {
                 let e = timed_out_text(e, &guard);
                 warn_limited!("{}: reading config space: {e}", self.name);
                 self.backend_failed("GET_CONFIG", &e);
+                None
             }
         }
-        self.config_cache.as_deref()
     }
 
     fn regions(&self) -> Result<Vec<VhostUserMemoryRegionInfo>, String> {
@@ -638,14 +637,14 @@ impl VirtioBackend for VhostUserDevice {
             );
             return;
         }
-        // While no backend answers, the last config space one gave (a vCPU must neither
-        // fail nor wait for a timeout).
-        let config = if self.reachable() {
-            self.fetch_config()
-        } else {
-            self.config_cache.as_deref()
-        };
-        if let Some(config) = config {
+        // While no backend answers (a restartable device's backend is being replaced),
+        // the last config space one gave: a vCPU must neither fail nor wait for a timeout.
+        // A device that is not restartable reads zeros when its backend fails, as before.
+        let fresh = self.reachable() && self.fetch_config().is_some();
+        if !fresh && (self.reachable() || !self.link.restartable()) {
+            return;
+        }
+        if let Some(config) = &self.config_cache {
             data.copy_from_slice(&config[offset as usize..end]);
         }
     }
