@@ -748,6 +748,99 @@ mod reconnect {
         );
     }
 
+    /// A two-pair net device: the driver enables its second pair on the vmm's control
+    /// queue; a new backend gets both pairs enabled.
+    #[test]
+    fn the_net_pairs_the_driver_enabled_are_replayed() {
+        const NET_F_CTRL_VQ: u64 = 1 << 17;
+        const NET_F_MQ: u64 = 1 << 22;
+        let script = Script {
+            features: VERSION_1 | PROTOCOL_FEATURES | NET_F_MQ,
+            ..Script::default()
+        };
+        let (ours, first, _t) = peer(script.clone());
+        let memory = GuestMemory::new(1 << 20).unwrap();
+        let shared = SharedMemory {
+            mem: memory.mem.clone(),
+            memfd: memory.file.as_raw_fd(),
+        };
+        let mut device = VhostUserDevice::connect(
+            "net0",
+            1,
+            BackendSocket::Connected(ours),
+            (0..4)
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+                .collect(),
+            |n| Interrupts::shared(EventFd::new(libc::EFD_NONBLOCK)?, n),
+            shared,
+        )
+        .unwrap();
+        device.set_restartable(true);
+        assert_eq!(
+            device.queue_max_sizes().len(),
+            5,
+            "4 data queues and control"
+        );
+        let ring = |i: u64| QueueConfig {
+            size: 64,
+            desc: 0x1_0000 + i * 0x1000,
+            avail: 0x1_0800 + i * 0x1000,
+            used: 0x1_0c00 + i * 0x1000,
+        };
+        let queues: Vec<_> = (0..5).map(|i| Some(ring(i))).collect();
+        let features = VERSION_1 | NET_F_MQ | NET_F_CTRL_VQ;
+        device.activate(features, &queues).unwrap();
+        assert_eq!(device.activation().unwrap().enabled, 2, "the first pair");
+        // The driver's VQ_PAIRS_SET(2) on the control queue: a command (class MQ, 0),
+        // the pair count, a status byte.
+        let m = &memory.mem;
+        let ctrl = ring(4);
+        let (cmd, pairs, status) = (0x8_0000u64, 0x8_0010u64, 0x8_0020u64);
+        m.write_obj([4u8, 0u8], GuestAddress(cmd)).unwrap();
+        m.write_obj(2u16, GuestAddress(pairs)).unwrap();
+        m.write_obj(0xffu8, GuestAddress(status)).unwrap();
+        let desc = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            let at = ctrl.desc + i * 16;
+            m.write_obj(addr, GuestAddress(at)).unwrap();
+            m.write_obj(len, GuestAddress(at + 8)).unwrap();
+            m.write_obj(flags, GuestAddress(at + 12)).unwrap();
+            m.write_obj(next, GuestAddress(at + 14)).unwrap();
+        };
+        desc(0, cmd, 2, 1, 1);
+        desc(1, pairs, 2, 1, 2);
+        desc(2, status, 1, 2, 0);
+        m.write_obj(0u16, GuestAddress(ctrl.avail + 4)).unwrap();
+        m.write_obj(1u16, GuestAddress(ctrl.avail + 2)).unwrap();
+        device.notify(4);
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(status)).unwrap(),
+            0,
+            "VIRTIO_NET_OK"
+        );
+        assert_eq!(device.activation().unwrap().enabled, 4);
+        settle(&first);
+        let enables = |log: &Log| -> Vec<(u32, u32)> {
+            log.lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.code == SET_VRING_ENABLE)
+                .map(|s| {
+                    let v = |a: usize| u32::from_le_bytes(s.body[a..a + 4].try_into().unwrap());
+                    (v(0), v(4))
+                })
+                .collect()
+        };
+        assert_eq!(
+            enables(&first)[4..],
+            [(0, 1), (1, 1), (2, 1), (3, 1)],
+            "after the start's (1,1,0,0)"
+        );
+        let (ours, log, _t2) = peer(script);
+        device.reconnect(ours).unwrap();
+        settle(&log);
+        assert_eq!(enables(&log), [(0, 1), (1, 1), (2, 1), (3, 1)]);
+    }
+
     #[test]
     fn without_restart_a_gone_backend_reads_zeros_at_once() {
         let mut r = rig(Script::default(), false);

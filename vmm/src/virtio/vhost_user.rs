@@ -677,9 +677,22 @@ impl VirtioBackend for VhostUserDevice {
         queues: &[Option<QueueConfig>],
     ) -> Result<(), ActivateError> {
         let name = self.name.clone();
-        let error = |what| ActivateError { device: name, what };
+        let error = |what| ActivateError {
+            device: name.clone(),
+            what,
+        };
         if let Some(why) = &self.stopped {
             return Err(error(format!("no backend serves it: {why}")));
+        }
+        // The control queue of a multiqueue net device is the vmm's own, whatever the
+        // backend does.
+        if let Some(ctrl) = &mut self.net_ctrl {
+            ctrl.queue = match queues.get(ctrl.index as usize) {
+                Some(Some(q)) => {
+                    Some(CtrlQueue::new(q, features).map_err(|e| error(e.to_string()))?)
+                }
+                _ => None,
+            };
         }
         let act = self.activation_of(features, queues);
         if !self.link.is_up() {
