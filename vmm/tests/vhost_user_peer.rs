@@ -229,6 +229,8 @@ mod reconnect {
         die_on: Option<u32>,
         /// Never answers this request (waits until the frontend gives up).
         silent_on: Option<u32>,
+        /// Refuses this request (a non-zero REPLY_ACK).
+        nack_on: Option<u32>,
     }
 
     impl Default for Script {
@@ -239,6 +241,7 @@ mod reconnect {
                 region: Region::Sound,
                 die_on: None,
                 silent_on: None,
+                nack_on: None,
             }
         }
     }
@@ -356,7 +359,10 @@ mod reconnect {
                     b.extend_from_slice(body.get(16..24).unwrap_or(&[0u8; 8]));
                     reply(&mut s, code, &b, Some(&file))
                 }
-                _ if need_reply => reply(&mut s, code, &0u64.to_le_bytes(), None),
+                _ if need_reply => {
+                    let refused = u64::from(script.nack_on == Some(code));
+                    reply(&mut s, code, &refused.to_le_bytes(), None)
+                }
                 _ => {}
             }
         }
@@ -655,6 +661,26 @@ mod reconnect {
             ..Script::default()
         });
         result.unwrap();
+    }
+
+    #[test]
+    fn a_peer_that_refuses_the_kept_region_is_refused() {
+        let mut r = rig(Script::default(), true);
+        r.device.activate(ACKED, &queue()).unwrap();
+        let (result, took, log) = r.reconnect(Script {
+            nack_on: Some(SET_INFLIGHT_FD),
+            ..Script::default()
+        });
+        match result {
+            Err(ReconnectError::Refused(why)) => assert!(why.contains("SET_INFLIGHT_FD"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        settle(&log);
+        assert!(
+            !codes(&log).contains(&SET_MEM_TABLE),
+            "nothing after the refusal"
+        );
     }
 
     #[test]
