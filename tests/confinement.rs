@@ -91,13 +91,14 @@ fn fd_kinds(pid: u32, image: &str, console: &str) -> BTreeMap<String, usize> {
 /// and vCPU (`kvm-vm`, `kvm-vcpu:0`), no `/dev/kvm` (closed once the VM exists).
 fn expected_fds(program: &str) -> BTreeMap<String, usize> {
     let list: &[(&str, usize)] = match program {
-        // With the vsock device's socket (and its copy) and its eventfds, and the i8042's
-        // IRQ 1 irqfd (Ctrl+Alt+Del).
+        // With the vsock device's socket (and its copy) and its eventfds, the i8042's
+        // IRQ 1 irqfd (Ctrl+Alt+Del), and one per device by which the vhost-monitor
+        // learns of a reconnected backend (4).
         "bulkhead-vmm" => &[
             ("/dev/null", 1),
             ("pipe", 2),
             ("socket", 11),
-            ("eventfd", 16),
+            ("eventfd", 20),
             ("memfd", 2),
             ("kvm-vm", 1),
             ("kvm-vcpu:0", 1),
@@ -147,7 +148,8 @@ fn expected_fds(program: &str) -> BTreeMap<String, usize> {
 /// each carries: a role is four filters (its allowlist, `clone3` and `openat` answered
 /// with an errno, the kill on the SIGSYS handler's `tgkill`). In the vmm each thread runs
 /// one role (vmm-main, vcpu on `vcpu0`; the kernel's `kvm-nx-lpage-recovery` worker, where
-/// the kernel has one, is made by a vCPU and inherits it). A backend runs its process role
+/// the kernel has one, is made by a vCPU and inherits it; `vhost-watchdog` ends a
+/// vhost-user exchange that passed its deadline). A backend runs its process role
 /// from birth and its main thread narrows to the vhost-user (console-main) role: 8; a
 /// queue thread narrows at its first event (`net-q0` and the RX thread it starts: 8),
 /// while one the guest never used still waits, unnamed (`vring_worker`), under the
@@ -159,6 +161,7 @@ fn expected_threads(program: &str) -> Vec<(&'static str, &'static str)> {
         "bulkhead-vmm" => vec![
             ("vcpu0", "4"),
             ("vhost-monitor", "4"),
+            ("vhost-watchdog", "4"),
             ("vmm", "4"),
             ("vmm-control", "4"),
             ("vmm-signals", "4"),

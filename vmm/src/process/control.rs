@@ -1,6 +1,7 @@
 //! The vmm's end of its control channel to the launcher (`bulkhead-protocol`): the
 //! handshake, `Ready` once the VM is built, the launcher's requests (shutdown, pause,
-//! resume, status) served on a thread of their own, and the closing messages.
+//! resume, status, a restarted device backend to reconnect or give up) served on a thread
+//! of their own, the backend monitor's `DeviceLost` reports, and the closing messages.
 
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;

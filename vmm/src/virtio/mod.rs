@@ -5,7 +5,9 @@
 //! The data path never crosses the vmm: the guest's queue notification is an ioeventfd
 //! that is the backend's kick fd, and the backend's call fd is an irqfd (on an IOAPIC pin
 //! for mmio, on the queue's MSI-X vector for pci, [`interrupts`]). The vmm handles only
-//! set-up (feature negotiation, queue addresses), config space and reset.
+//! set-up (feature negotiation, queue addresses), config space and reset, and, when a
+//! restartable device's backend process dies, hands the device to its successor
+//! (`vhost_user::replay`) or marks it DEVICE_NEEDS_RESET.
 
 pub mod backend;
 pub mod config_size;

@@ -108,9 +108,8 @@ fn watch(watched: &[Watched], exit: &EventFd, report: Option<&Report>) -> Option
                     });
                 }
                 if let Some((_, generation)) = e.socket.take() {
-                    if e.link.hung_up(generation) {
-                        lost(report, e.link.name(), HUNG_UP);
-                    }
+                    e.link
+                        .hung_up_then(generation, || lost(report, e.link.name(), HUNG_UP));
                 }
             }
             if pair[0].revents != 0 {
@@ -136,7 +135,8 @@ fn take_news(e: &mut Entry, report: Option<&Report>) {
         e.socket = None;
     }
     if let Some(why) = news.failure {
-        lost(report, e.link.name(), &why);
+        e.link
+            .still_current_then(news.generation, || lost(report, e.link.name(), &why));
     }
 }
 

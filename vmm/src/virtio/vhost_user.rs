@@ -19,6 +19,7 @@
 mod inflight;
 mod link;
 pub mod replay;
+mod watchdog;
 
 pub use link::Link;
 
@@ -169,6 +170,14 @@ enum StartError {
 }
 
 impl StartError {
+    /// The same, saying so if the exchange was cut short by its deadline.
+    fn timed_out(self, guard: &watchdog::Guard) -> StartError {
+        match self {
+            StartError::Backend(s) => StartError::Backend(timed_out_text(s, guard)),
+            driver => driver,
+        }
+    }
+
     fn what(self) -> String {
         match self {
             StartError::Driver(s) | StartError::Backend(s) => s,
@@ -205,8 +214,10 @@ impl VhostUserDevice {
                 source,
             })?;
         let mut frontend = Frontend::from_stream(stream, kicks.len() as u64);
+        let guard = watchdog::arm(frontend.as_raw_fd(), REPLY_TIMEOUT);
         let (backend_features, protocol_features) =
-            handshake(name, &mut frontend, None, kicks.len())?;
+            handshake(name, &mut frontend, None, kicks.len()).map_err(|e| timed_out(e, &guard))?;
+        drop(guard);
         // virtio-net with more than one pair: a control queue the vmm serves (MQ needs it).
         let multiqueue_net = device_type == VIRTIO_ID_NET
             && kicks.len() > 2
@@ -235,7 +246,7 @@ impl VhostUserDevice {
             source,
         })?;
         link.connected(watch.into());
-        let mut device = VhostUserDevice {
+        Ok(VhostUserDevice {
             name: name.to_owned(),
             device_type,
             frontend,
@@ -253,10 +264,7 @@ impl VhostUserDevice {
             link: Arc::new(link),
             stopped: None,
             net_ctrl,
-        };
-        // The cache a vCPU reads from while no backend answers.
-        device.fetch_config();
-        Ok(device)
+        })
     }
 
     /// The connection's state, for the backend monitor.
@@ -275,6 +283,11 @@ impl VhostUserDevice {
         self.activation.as_ref()
     }
 
+    /// A deadline on the exchange that follows, until the guard is dropped.
+    fn guard(&self) -> watchdog::Guard {
+        watchdog::arm(self.frontend.as_raw_fd(), REPLY_TIMEOUT)
+    }
+
     /// Whether a backend serves the device now.
     fn reachable(&self) -> bool {
         self.stopped.is_none() && self.link.is_up()
@@ -286,30 +299,34 @@ impl VhostUserDevice {
         self.link.fail(format!("{what}: {e}"))
     }
 
-    /// Reads the whole config space from the backend into the cache.
+    /// Reads the whole config space from the backend into the cache; `None` if it failed.
     fn fetch_config(&mut self) -> Option<&[u8]> {
         let size = self.config_size;
         if size == 0 {
             return None;
         }
         let request = vec![0u8; size];
+        let guard = self.guard();
         match self
             .frontend
             .get_config(0, size as u32, VhostUserConfigFlags::WRITABLE, &request)
         {
             Ok((_, payload)) if payload.len() == size => {
                 self.config_cache = Some(payload);
+                self.config_cache.as_deref()
             }
             Ok(_) => {
                 warn_limited!("{}: GET_CONFIG reply of the wrong size", self.name);
                 self.backend_failed("GET_CONFIG", &"a reply of the wrong size");
+                None
             }
             Err(e) => {
+                let e = timed_out_text(e, &guard);
                 warn_limited!("{}: reading config space: {e}", self.name);
                 self.backend_failed("GET_CONFIG", &e);
+                None
             }
         }
-        self.config_cache.as_deref()
     }
 
     fn regions(&self) -> Result<Vec<VhostUserMemoryRegionInfo>, String> {
@@ -451,6 +468,30 @@ impl VhostUserDevice {
                 data_queues
             },
         }
+    }
+}
+
+/// `e`, saying so if the exchange was cut short by its deadline.
+fn timed_out_text(e: impl std::fmt::Display, guard: &watchdog::Guard) -> String {
+    if guard.fired() {
+        format!("{e} (no reply within {REPLY_TIMEOUT:?}: the connection was shut down)")
+    } else {
+        e.to_string()
+    }
+}
+
+/// A handshake error, saying so if it was cut short by its deadline.
+fn timed_out(e: VhostUserError, guard: &watchdog::Guard) -> VhostUserError {
+    match e {
+        VhostUserError::Protocol { name, what, source } if guard.fired() => {
+            VhostUserError::Unsuitable {
+                name,
+                what: format!(
+                    "did not answer {what} within {REPLY_TIMEOUT:?} ({source}); the connection was shut down"
+                ),
+            }
+        }
+        other => other,
     }
 }
 
@@ -596,14 +637,14 @@ impl VirtioBackend for VhostUserDevice {
             );
             return;
         }
-        // While no backend answers, the last config space one gave (a vCPU must neither
-        // fail nor wait for a timeout).
-        let config = if self.reachable() {
-            self.fetch_config()
-        } else {
-            self.config_cache.as_deref()
-        };
-        if let Some(config) = config {
+        // While no backend answers (a restartable device's backend is being replaced),
+        // the last config space one gave: a vCPU must neither fail nor wait for a timeout.
+        // A device that is not restartable reads zeros when its backend fails, as before.
+        let fresh = self.reachable() && self.fetch_config().is_some();
+        if !fresh && (self.reachable() || !self.link.restartable()) {
+            return;
+        }
+        if let Some(config) = &self.config_cache {
             data.copy_from_slice(&config[offset as usize..end]);
         }
     }
@@ -619,10 +660,12 @@ impl VirtioBackend for VhostUserDevice {
             );
             return;
         }
+        let guard = self.guard();
         if let Err(e) = self
             .frontend
             .set_config(off, VhostUserConfigFlags::WRITABLE, data)
         {
+            let e = timed_out_text(e, &guard);
             warn_limited!("{}: writing config space at {offset:#x}: {e}", self.name);
             self.backend_failed("SET_CONFIG", &e);
         }
@@ -634,9 +677,22 @@ impl VirtioBackend for VhostUserDevice {
         queues: &[Option<QueueConfig>],
     ) -> Result<(), ActivateError> {
         let name = self.name.clone();
-        let error = |what| ActivateError { device: name, what };
+        let error = |what| ActivateError {
+            device: name.clone(),
+            what,
+        };
         if let Some(why) = &self.stopped {
             return Err(error(format!("no backend serves it: {why}")));
+        }
+        // The control queue of a multiqueue net device is the vmm's own, whatever the
+        // backend does.
+        if let Some(ctrl) = &mut self.net_ctrl {
+            ctrl.queue = match queues.get(ctrl.index as usize) {
+                Some(Some(q)) => {
+                    Some(CtrlQueue::new(q, features).map_err(|e| error(e.to_string()))?)
+                }
+                _ => None,
+            };
         }
         let act = self.activation_of(features, queues);
         if !self.link.is_up() {
@@ -651,7 +707,10 @@ impl VirtioBackend for VhostUserDevice {
         // Whatever part of the set-up reaches the backend (a started ring) is undone by
         // the next reset, even if a later step fails.
         self.active = true;
-        match self.start(&act, false) {
+        let guard = self.guard();
+        let started = self.start(&act, false).map_err(|e| e.timed_out(&guard));
+        drop(guard);
+        match started {
             Ok(()) => {}
             Err(StartError::Backend(what)) if self.backend_failed("starting", &what) => {
                 // Lost: the launcher restarts the backend, and the new one gets the set-up.
@@ -679,6 +738,7 @@ impl VirtioBackend for VhostUserDevice {
         };
         let pairs_max = (self.kicks.len() / 2) as u16;
         let reachable = self.stopped.is_none() && self.link.is_up();
+        let _guard = watchdog::arm(self.frontend.as_raw_fd(), REPLY_TIMEOUT);
         let (frontend, name, link) = (&mut self.frontend, &self.name, &self.link);
         let mut enabled = None;
         let interrupt = cq.process(&self.memory.mem, |pairs| {
@@ -729,6 +789,7 @@ impl VirtioBackend for VhostUserDevice {
             return;
         }
         // Stop every ring: GET_VRING_BASE makes the backend stop processing it.
+        let _guard = self.guard();
         for i in 0..self.kicks.len() {
             if let Err(e) = self.frontend.set_vring_enable(i, false) {
                 warn_limited!("{}: disabling queue {i}: {e}", self.name);

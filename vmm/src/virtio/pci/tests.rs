@@ -543,3 +543,34 @@ fn bar_accesses_of_every_size_at_every_offset() {
     r.bring_up(1, BAR_A);
     r.check_running();
 }
+
+#[test]
+fn a_device_that_cannot_be_restored_needs_a_reset_and_the_driver_is_told() {
+    use crate::virtio::{ConfigChange, ReconnectError};
+    let mut r = rig();
+    r.bring_up(1, BAR_A);
+    r.bring_up(2, BAR_B);
+    let (virtio, _) = r.caps(1);
+    let status = |r: &Rig, bar: u64| r.mem_read(bar + virtio[&1].0 + 0x14, 1);
+    assert_eq!(status(&r, BAR_A), 0xf);
+    // The fake is no vhost-user device: a new backend for it is refused.
+    let (socket, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let result = r.functions[0].lock().unwrap().reconnect(socket);
+    assert!(
+        matches!(result, Err(ReconnectError::Refused(_))),
+        "{result:?}"
+    );
+    assert_eq!(status(&r, BAR_A), 0xf | 0x40, "DEVICE_NEEDS_RESET");
+    assert_eq!(
+        r.mem_read(BAR_A + virtio[&3].0, 1),
+        3,
+        "config change in the ISR"
+    );
+    // Given up: the same.
+    r.functions[1].lock().unwrap().give_up("no new backend");
+    assert_eq!(status(&r, BAR_B), 0xf | 0x40);
+    assert_eq!(r.mem_read(BAR_B + virtio[&3].0, 1), 3);
+    // The driver's reset clears it.
+    r.mem_write(BAR_A + virtio[&1].0 + 0x14, 0, 1);
+    assert_eq!(status(&r, BAR_A), 0);
+}

@@ -151,11 +151,30 @@ impl Link {
     /// Monitor: the socket of generation `generation` hung up. Returns whether that is
     /// news to report (it was the current connection and it was up).
     pub fn hung_up(&self, generation: u64) -> bool {
+        self.hung_up_then(generation, || ())
+    }
+
+    /// Monitor: [`Link::hung_up`], and if it is news, `report` it before a reconnection
+    /// can begin (under the link's lock): a loss is never reported after the launcher was
+    /// told the new backend took over.
+    pub fn hung_up_then(&self, generation: u64, report: impl FnOnce()) -> bool {
         let mut inner = self.lock();
         if inner.generation != generation || !inner.up {
             return false;
         }
         inner.up = false;
+        report();
+        true
+    }
+
+    /// Monitor: `report`s a failure taken with [`Link::take_news`] at `generation`, if no
+    /// reconnection began since (under the link's lock, as [`Link::hung_up_then`]).
+    pub fn still_current_then(&self, generation: u64, report: impl FnOnce()) -> bool {
+        let inner = self.lock();
+        if inner.generation != generation {
+            return false;
+        }
+        report();
         true
     }
 }
@@ -183,6 +202,27 @@ mod tests {
         assert_eq!(news.failure.as_deref(), Some("timeout"));
         assert!(!link.is_up());
         assert!(!link.hung_up(news.generation), "already reported as lost");
+    }
+
+    #[test]
+    fn a_failure_seen_before_a_reconnection_is_not_reported_after_it() {
+        let link = Link::new("disk0").unwrap();
+        link.set_restartable(true);
+        link.connected(socket());
+        assert!(link.fail("GET_CONFIG: timed out".into()));
+        let news = link.take_news();
+        assert!(news.failure.is_some());
+        // The control thread starts replaying to a new backend before the monitor reports.
+        link.begin_reconnect();
+        let mut reported = false;
+        assert!(!link.still_current_then(news.generation, || reported = true));
+        assert!(
+            !reported,
+            "the launcher must not hear of it after Reconnected"
+        );
+        let mut reported = false;
+        assert!(!link.hung_up_then(news.generation, || reported = true));
+        assert!(!reported);
     }
 
     #[test]

@@ -52,7 +52,10 @@ pub(super) fn reconnect(
     );
     // The old connection (if it was still open) is closed here.
     dev.frontend = Frontend::from_stream(socket, dev.kicks.len() as u64);
-    let result = replay(dev);
+    let guard = super::watchdog::arm(dev.frontend.as_raw_fd(), REPLY_TIMEOUT);
+    let result = replay(dev, &guard);
+    let timed_out = guard.fired();
+    drop(guard);
     match result {
         Ok(()) => {
             dev.link.connected(watch);
@@ -63,7 +66,8 @@ pub(super) fn reconnect(
             Ok(())
         }
         Err(why) => {
-            let hung_up = hung_up(&watch);
+            // (A timeout shut the socket down itself: that is no hang-up of the backend.)
+            let hung_up = !timed_out && hung_up(&watch);
             // A refused backend is told by the end of its connection.
             // SAFETY: shutdown(2) on a socket this process owns touches no memory.
             unsafe { libc::shutdown(watch.as_raw_fd(), libc::SHUT_RDWR) };
@@ -90,7 +94,7 @@ fn info_log(dev: &VhostUserDevice) {
 }
 
 /// The handshake, the driver's set-up, then the kicks and calls.
-fn replay(dev: &mut VhostUserDevice) -> Result<(), String> {
+fn replay(dev: &mut VhostUserDevice, guard: &super::watchdog::Guard) -> Result<(), String> {
     let required = match &dev.activation {
         // The bits the driver acked that a backend provides (the vmm adds CTRL_VQ).
         Some(act) => {
@@ -105,12 +109,13 @@ fn replay(dev: &mut VhostUserDevice) -> Result<(), String> {
         Some((required, dev.protocol_features)),
         dev.kicks.len(),
     )
-    .map_err(|e| without_name(&e))?;
+    .map_err(|e| super::timed_out_text(without_name(&e), guard))?;
     let Some(act) = dev.activation.clone() else {
         return Ok(());
     };
     dev.active = true;
-    dev.start(&act, true).map_err(StartError::what)?;
+    dev.start(&act, true)
+        .map_err(|e| e.timed_out(guard).what())?;
     for (i, q) in act.queues.iter().enumerate() {
         if q.is_none() {
             continue;
