@@ -280,7 +280,8 @@ fn create_virtio_devices(
             kicks,
             |n| Interrupts::shared(call, n),
             shared.clone(),
-        )?;
+        )?
+        .with_local_mac(dev.local_mac)?;
         let socket = dup_fd(device.as_raw_fd()).map_err(device_err("duplicating its socket"))?;
         out.watched.push(Watched {
             name: dev.name.clone(),

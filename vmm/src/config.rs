@@ -127,6 +127,8 @@ pub struct VirtioDeviceConfig {
     pub queues: u16,
     /// How to reach the backend.
     pub socket: BackendSocket,
+    /// A net device's MAC when the vmm serves its config (an external backend).
+    pub local_mac: Option<crate::virtio::local_config::Mac>,
 }
 
 /// A VM's configuration.
@@ -297,6 +299,7 @@ mod tests {
                     device_type: 2,
                     queues,
                     socket: BackendSocket::Path(PathBuf::new()),
+                    local_mac: None,
                 })
                 .collect(),
             transport,

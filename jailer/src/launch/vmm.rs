@@ -85,6 +85,7 @@ pub fn start_vmm(
             queues: d.queues,
             socket,
             restartable: false,
+            mac: d.local_mac,
         };
         cmd.arg("--device").arg(arg.to_arg());
     }

@@ -89,7 +89,8 @@ pub(super) fn create(
                 Ok(i)
             },
             shared.clone(),
-        )?;
+        )?
+        .with_local_mac(dev.local_mac)?;
         let irqs = irqs.ok_or_else(|| {
             device_err("creating its interrupt eventfds")(std::io::Error::other("none made"))
         })?;

@@ -145,6 +145,7 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
             device_type: d.device_type,
             queues: d.queues,
             socket,
+            local_mac: d.mac,
         });
     }
     let mut config = VmConfig::new(

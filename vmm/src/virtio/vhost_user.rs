@@ -26,6 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::{ActivateError, QueueConfig, VirtioBackend};
 use super::config_size::config_size;
 use super::interrupts::Interrupts;
+use super::local_config::{self, LocalNetConfig};
 use super::net_ctrl::{CtrlQueue, CTRL_QUEUE_SIZE, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
 
 /// How long to wait for any reply from a backend.
@@ -37,6 +38,8 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 pub const QUEUE_SIZE: u16 = 256;
 /// virtio-net's device type.
 const VIRTIO_ID_NET: u32 = 1;
+/// virtio-console's device type.
+const VIRTIO_ID_CONSOLE: u32 = 3;
 /// Largest config space read or write forwarded (the vhost-user limit is 256 bytes).
 const MAX_CONFIG: usize = 256;
 
@@ -118,6 +121,8 @@ pub struct VhostUserDevice {
     /// virtio-net with several queue pairs: the vmm serves the control queue (the last
     /// queue) and enables pairs as the driver asks.
     net_ctrl: Option<NetCtrl>,
+    /// A net device whose config space the vmm serves (see `local_config`).
+    local: Option<LocalNetConfig>,
 }
 
 /// The vmm-served control queue of a multiqueue net device.
@@ -162,13 +167,20 @@ impl VhostUserDevice {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK;
         let protocol_features = offered & wanted;
+        info_limited!(
+            "{name}: the backend offers features {backend_features:#x}, protocol features {:#x}",
+            offered.bits()
+        );
         frontend
             .set_protocol_features(protocol_features)
             .map_err(proto("SET_PROTOCOL_FEATURES"))?;
         if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
-        if !protocol_features.contains(VhostUserProtocolFeatures::CONFIG) {
+        // A net backend may lack it: the vmm then serves the config (`with_local_mac`).
+        if !protocol_features.contains(VhostUserProtocolFeatures::CONFIG)
+            && device_type != VIRTIO_ID_NET
+        {
             return Err(VhostUserError::Unsuitable {
                 name: name.to_owned(),
                 what: "does not offer the CONFIG protocol feature (config space)".into(),
@@ -221,7 +233,35 @@ impl VhostUserDevice {
             config_size: config_size(device_type, backend_features).min(MAX_CONFIG),
             active: false,
             net_ctrl,
+            local: None,
         })
+    }
+
+    /// For a net device whose MAC the launcher gives (an external backend): the vmm
+    /// serves its config space (see `local_config`). A net backend without CONFIG needs
+    /// one.
+    pub fn with_local_mac(
+        mut self,
+        mac: Option<local_config::Mac>,
+    ) -> Result<Self, VhostUserError> {
+        let has_config = self
+            .protocol_features
+            .contains(VhostUserProtocolFeatures::CONFIG);
+        match mac {
+            Some(mac) if self.device_type == VIRTIO_ID_NET => {
+                let pairs = (self.kicks.len() / 2).max(1) as u16;
+                self.local = Some(LocalNetConfig { mac, pairs });
+                self.config_size = local_config::NET_CONFIG_SIZE;
+            }
+            None if !has_config => {
+                return Err(VhostUserError::Unsuitable {
+                    name: self.name,
+                    what: "does not offer the CONFIG protocol feature (config space), and no MAC was given for the vmm to serve one".into(),
+                })
+            }
+            _ => {}
+        }
+        Ok(self)
     }
 
     fn regions(&self) -> Result<Vec<VhostUserMemoryRegionInfo>, String> {
@@ -260,6 +300,10 @@ impl VhostUserDevice {
     fn start(&mut self, features: u64, queues: &[Option<QueueConfig>]) -> Result<(), String> {
         let fail = |what: &'static str| move |e: vhost::Error| format!("{what}: {e}");
         let regions = self.regions()?;
+        let features = match &self.local {
+            Some(local) => local.to_backend(features, self.backend_features),
+            None => features,
+        };
         self.frontend
             .set_features(features | (self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES))
             .map_err(fail("SET_FEATURES"))?;
@@ -357,6 +401,16 @@ impl VirtioBackend for VhostUserDevice {
             // virtio-net's MQ requires CTRL_VQ: without one, one pair only.
             features &= !(1 << VIRTIO_NET_F_MQ);
         }
+        if let Some(local) = &self.local {
+            let ctrl = if self.net_ctrl.is_some() {
+                1 << VIRTIO_NET_F_CTRL_VQ
+            } else {
+                0
+            };
+            features = local.features(features) | ctrl;
+        } else if self.device_type == VIRTIO_ID_CONSOLE {
+            features = local_config::console_features(features, self.kicks.len());
+        }
         features
     }
 
@@ -365,6 +419,9 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        if let Some(local) = &self.local {
+            return local.read(offset, data);
+        }
         data.fill(0);
         // The whole config space from offset 0: see config_size.rs for why.
         let size = self.config_size;
@@ -395,6 +452,9 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
+        if self.local.is_some() {
+            return debug_limited!("{}: config write ignored (the vmm serves it)", self.name);
+        }
         let Ok(off) = u32::try_from(offset) else {
             return;
         };
