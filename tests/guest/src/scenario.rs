@@ -46,6 +46,8 @@ pub enum Scenario {
     NetSend,
     /// UDP throughput, both ways.
     NetBench,
+    /// Frames sent to a MAC-swapping backend come back intact.
+    NetMacswap,
     /// Sets up the virtio console, writes one known line, sees the device take it.
     ConsoleProbe,
     /// Writes lines on the virtio console.
@@ -81,7 +83,7 @@ pub enum Scenario {
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 36] = [
+const NAMES: [(Scenario, &str); 37] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -103,6 +105,7 @@ const NAMES: [(Scenario, &str); 36] = [
     (Scenario::NetServe, "net-serve"),
     (Scenario::NetSend, "net-send"),
     (Scenario::NetBench, "net-bench"),
+    (Scenario::NetMacswap, "net-macswap"),
     (Scenario::ConsoleProbe, "console-probe"),
     (Scenario::ConsoleWrite, "console-write"),
     (Scenario::ConsoleEcho, "console-echo"),

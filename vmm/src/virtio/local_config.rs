@@ -19,6 +19,7 @@ const NET_F_GUEST_TSO4: u32 = 7;
 const NET_F_HOST_UFO: u32 = 14;
 const NET_F_MRG_RXBUF: u32 = 15;
 const NET_F_STATUS: u32 = 16;
+const NET_F_CTRL_VQ: u32 = 17;
 const NET_F_MQ: u32 = 22;
 /// Transport-level feature bits (virtio 1.x) a backend may offer and the vmm honours.
 const F_RING_INDIRECT_DESC: u32 = 28;
@@ -70,16 +71,23 @@ impl LocalNetConfig {
     /// The bits F_MAC and F_STATUS the vmm adds.
     pub const OWN: u64 = (1 << NET_F_MAC) | (1 << NET_F_STATUS);
 
-    /// The features offered to the driver, from the backend's.
-    pub fn features(&self, backend: u64) -> u64 {
-        (backend & passed_on()) | Self::OWN
+    /// The features offered to the driver, from the backend's; MQ only with the control
+    /// queue the vmm serves (`ctrl`), which it also adds (MQ needs CTRL_VQ, and the
+    /// backend's own control queue, if it offers one, is not used).
+    pub fn features(&self, backend: u64, ctrl: bool) -> u64 {
+        let features = (backend & passed_on()) | Self::OWN;
+        if ctrl {
+            features | (1 << NET_F_CTRL_VQ)
+        } else {
+            features & !(1 << NET_F_MQ)
+        }
     }
 
-    /// The features the driver accepted, as the backend may see them: without the bits
-    /// the vmm serves unless the backend offered them too (a backend may refuse features it
-    /// never offered: DPDK does).
+    /// The features the driver accepted, as the backend may see them: only those it
+    /// offered (F_MAC, F_STATUS and CTRL_VQ may be the vmm's; a backend refuses features
+    /// it never offered: DPDK does).
     pub fn to_backend(&self, accepted: u64, backend: u64) -> u64 {
-        accepted & !(Self::OWN & !backend)
+        accepted & backend
     }
 
     /// The config bytes at `offset` (zeros past the end).
@@ -159,9 +167,15 @@ mod tests {
         let mtu = 1 << 3;
         let ctrl_rx = 1 << 18;
         let announce = 1 << 21;
-        let backend = (1 << 32) | (1 << 15) | mtu | ctrl_rx | announce | (1 << 30);
-        let offered = CFG.features(backend);
+        let (ctrl_vq, mq) = (1 << 17, 1 << 22);
+        let backend = (1 << 32) | (1 << 15) | mtu | ctrl_rx | announce | (1 << 30) | ctrl_vq | mq;
+        let offered = CFG.features(backend, false);
         assert_eq!(offered, (1 << 32) | (1 << 15) | LocalNetConfig::OWN);
+        assert_eq!(
+            CFG.features(backend, true),
+            offered | mq | ctrl_vq,
+            "MQ with the vmm's control queue"
+        );
         // F_MAC and F_STATUS go to the backend only if it offered them.
         assert_eq!(CFG.to_backend(offered, backend), (1 << 32) | (1 << 15));
         assert_eq!(

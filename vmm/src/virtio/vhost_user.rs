@@ -402,12 +402,7 @@ impl VirtioBackend for VhostUserDevice {
             features &= !(1 << VIRTIO_NET_F_MQ);
         }
         if let Some(local) = &self.local {
-            let ctrl = if self.net_ctrl.is_some() {
-                1 << VIRTIO_NET_F_CTRL_VQ
-            } else {
-                0
-            };
-            features = local.features(features) | ctrl;
+            features = local.features(features, self.net_ctrl.is_some());
         } else if self.device_type == VIRTIO_ID_CONSOLE {
             features = local_config::console_features(features, self.kicks.len());
         }
