@@ -161,6 +161,7 @@ impl Devices {
         );
         if let Some(config) = self.configs.last_mut() {
             config.local_mac = mac;
+            config.queue_size = backend.queue_size;
         }
         Ok(())
     }
@@ -179,6 +180,7 @@ impl Devices {
             queues,
             socket,
             local_mac: None,
+            queue_size: None,
         });
         self.processes.extend(process);
     }

@@ -42,7 +42,8 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
     let (mut path, mut socket, mut readonly, mut serial, mut queues) =
         (None, None, false, None, 1u16);
     let mut direct = false;
-    let (mut listen, mut timeout) = (None, None);
+    // listen=, connect-timeout=, queue-size=: the external backend's (see `external_arg`).
+    let mut external_keys = Vec::new();
     for part in s.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -55,8 +56,7 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
             "socket" | "vhost-user" if !value.is_empty() => {
                 return Err("give socket= (the old spelling) or vhost-user=, once".into())
             }
-            "listen" => listen = Some(value),
-            "connect-timeout" => timeout = Some(value),
+            "listen" | "connect-timeout" | "queue-size" => external_keys.push((key, value)),
             "readonly" | "ro" => readonly = on_off(key, value)?,
             "direct" => direct = on_off(key, value)?,
             "serial" => {
@@ -82,8 +82,8 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
             }
         }
     }
-    if (listen.is_some() || timeout.is_some()) && socket.is_none() {
-        return Err("listen= and connect-timeout= go with vhost-user=".into());
+    if let (Some((key, _)), None) = (external_keys.first(), &socket) {
+        return Err(format!("{key}= goes with vhost-user="));
     }
     let backend = match (path, socket) {
         (Some(path), None) => DiskBackend::Image {
@@ -100,12 +100,10 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
                 );
             }
             let mut ext = ExternalBackend::new(sock);
-            for (key, value) in [("listen", listen), ("connect-timeout", timeout)] {
-                if let Some(value) = value {
-                    ext.key(key, value)?;
-                }
+            for (key, value) in &external_keys {
+                ext.key(key, value)?;
             }
-            ext.check(timeout.is_some())?;
+            ext.check(external_keys.iter().any(|(k, _)| *k == "connect-timeout"))?;
             DiskBackend::Socket(ext)
         }
         (Some(_), Some(_)) => return Err("give path= or vhost-user=, not both".into()),

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 pub const DEFAULT_CONNECT_TIMEOUT: u64 = 30;
 /// Longest `connect-timeout=` accepted, in seconds.
 const MAX_CONNECT_TIMEOUT: u64 = 3600;
+/// Largest `queue-size=` (the vmm's own queue size).
+const MAX_QUEUE_SIZE: u16 = 256;
 
 /// A backend someone else started.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +27,9 @@ pub struct ExternalBackend {
     pub listen: bool,
     /// How long to wait for it to connect, with `listen=on` (seconds).
     pub connect_timeout: u64,
+    /// The largest queue size it takes (`queue-size=`; the vmm offers 256 otherwise, and
+    /// vhost-user has no message to ask a backend).
+    pub queue_size: Option<u16>,
 }
 
 impl ExternalBackend {
@@ -34,6 +39,7 @@ impl ExternalBackend {
             path: path.into(),
             listen: false,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            queue_size: None,
         }
     }
 
@@ -47,7 +53,7 @@ impl ExternalBackend {
         })
     }
 
-    /// Takes `listen=` and `connect-timeout=`; `Ok(false)` for any other key.
+    /// Takes `listen=`, `connect-timeout=` and `queue-size=`; `Ok(false)` for any other key.
     pub fn key(&mut self, key: &str, value: &str) -> Result<bool, String> {
         match key {
             "listen" => {
@@ -67,6 +73,19 @@ impl ExternalBackend {
                             "connect-timeout={value}: expected 1 to {MAX_CONNECT_TIMEOUT} seconds"
                         )
                     })?
+            }
+            "queue-size" => {
+                self.queue_size = Some(
+                    value
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| n.is_power_of_two() && *n <= MAX_QUEUE_SIZE)
+                        .ok_or_else(|| {
+                            format!(
+                            "queue-size={value}: expected a power of two up to {MAX_QUEUE_SIZE}"
+                        )
+                        })?,
+                )
             }
             _ => return Ok(false),
         }
@@ -96,7 +115,7 @@ pub fn parse_alone(s: &str) -> Option<Result<ExternalBackend, String>> {
             timeout_given |= key == "connect-timeout";
             if !ext.key(key, value)? {
                 return Err(format!(
-                    "unknown key {key:?} (expected listen, connect-timeout)"
+                    "unknown key {key:?} (expected listen, connect-timeout, queue-size)"
                 ));
             }
         }
@@ -116,11 +135,11 @@ mod tests {
             parse_alone("vhost-user=/run/c.sock"),
             Some(Ok(ExternalBackend::new("/run/c.sock")))
         );
-        let e = parse_alone("vhost-user=/s,listen=on,connect-timeout=5")
+        let e = parse_alone("vhost-user=/s,listen=on,connect-timeout=5,queue-size=128")
             .unwrap()
             .unwrap();
         assert!(e.listen);
-        assert_eq!(e.connect_timeout, 5);
+        assert_eq!((e.connect_timeout, e.queue_size), (5, Some(128)));
         for bad in [
             "vhost-user=",
             "vhost-user=/s,listen=maybe",
@@ -128,6 +147,9 @@ mod tests {
             "vhost-user=/s,listen=on,connect-timeout=0",
             "vhost-user=/s,colour=red",
             "vhost-user=/s,listen",
+            "vhost-user=/s,queue-size=100",
+            "vhost-user=/s,queue-size=512",
+            "vhost-user=/s,queue-size=0",
         ] {
             assert!(parse_alone(bad).unwrap().is_err(), "{bad} accepted");
         }

@@ -281,7 +281,7 @@ fn create_virtio_devices(
             |n| Interrupts::shared(call, n),
             shared.clone(),
         )?
-        .with_local_mac(dev.local_mac)?;
+        .with_local(dev.local_mac, dev.queue_size)?;
         let socket = dup_fd(device.as_raw_fd()).map_err(device_err("duplicating its socket"))?;
         out.watched.push(Watched {
             name: dev.name.clone(),

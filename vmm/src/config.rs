@@ -129,6 +129,9 @@ pub struct VirtioDeviceConfig {
     pub socket: BackendSocket,
     /// A net device's MAC when the vmm serves its config (an external backend).
     pub local_mac: Option<crate::virtio::local_config::Mac>,
+    /// The largest queue size the backend takes, when below the vmm's 256 (an external
+    /// backend's `queue-size=`).
+    pub queue_size: Option<u16>,
 }
 
 /// A VM's configuration.
@@ -300,6 +303,7 @@ mod tests {
                     queues,
                     socket: BackendSocket::Path(PathBuf::new()),
                     local_mac: None,
+                    queue_size: None,
                 })
                 .collect(),
             transport,

@@ -86,6 +86,7 @@ pub fn start_vmm(
             socket,
             restartable: false,
             mac: d.local_mac,
+            queue_size: d.queue_size,
         };
         cmd.arg("--device").arg(arg.to_arg());
     }

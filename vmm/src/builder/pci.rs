@@ -90,7 +90,7 @@ pub(super) fn create(
             },
             shared.clone(),
         )?
-        .with_local_mac(dev.local_mac)?;
+        .with_local(dev.local_mac, dev.queue_size)?;
         let irqs = irqs.ok_or_else(|| {
             device_err("creating its interrupt eventfds")(std::io::Error::other("none made"))
         })?;

@@ -94,6 +94,8 @@ pub struct DeviceArg {
     /// A net device's MAC (`mac=`), for the vmm to serve its config space itself (an
     /// external backend, see `virtio::local_config`).
     pub mac: Option<crate::virtio::local_config::Mac>,
+    /// The largest queue size the backend takes (`queue-size=`, an external backend's).
+    pub queue_size: Option<u16>,
 }
 
 impl DeviceArg {
@@ -108,8 +110,12 @@ impl DeviceArg {
             .mac
             .map(|m| format!(",mac={}", crate::virtio::local_config::format_mac(&m)))
             .unwrap_or_default();
+        let size = self
+            .queue_size
+            .map(|n| format!(",queue-size={n}"))
+            .unwrap_or_default();
         format!(
-            "name={},type={},queues={},{at}{restart}{mac}",
+            "name={},type={},queues={},{at}{restart}{mac}{size}",
             self.name, self.device_type, self.queues
         )
     }
@@ -149,7 +155,7 @@ pub fn split_max_size(value: &str) -> Result<(&str, u64), String> {
 
 fn parse_device(s: &str) -> Result<DeviceArg, String> {
     let (mut name, mut device_type, mut queues, mut socket) = (None, None, None, None);
-    let (mut restartable, mut mac) = (false, None);
+    let (mut restartable, mut mac, mut queue_size) = (false, None, None);
     for item in s.split(',') {
         let (key, value) = item
             .split_once('=')
@@ -188,6 +194,12 @@ fn parse_device(s: &str) -> Result<DeviceArg, String> {
                 }
             }
             "mac" => mac = Some(crate::virtio::local_config::parse_mac(value)?),
+            "queue-size" => {
+                queue_size = Some(
+                    u16::try_from(number("queue-size")?)
+                        .map_err(|_| format!("queue-size={value}: too large"))?,
+                )
+            }
             _ => return Err(format!("{item:?}: unknown or empty key")),
         }
     }
@@ -198,6 +210,7 @@ fn parse_device(s: &str) -> Result<DeviceArg, String> {
         socket: socket.ok_or("fd= or socket= missing")?,
         restartable,
         mac,
+        queue_size,
     })
 }
 
@@ -215,6 +228,7 @@ mod tests {
                 socket: DeviceSocket::Fd(5),
                 restartable: true,
                 mac: None,
+                queue_size: None,
             },
             DeviceArg {
                 name: "net0".into(),
@@ -223,6 +237,7 @@ mod tests {
                 socket: DeviceSocket::Path("/run/x.sock".into()),
                 restartable: false,
                 mac: Some([2, 0, 0, 0, 0, 0xa1]),
+                queue_size: Some(128),
             },
         ] {
             assert_eq!(parse_device(&d.to_arg()), Ok(d.clone()));

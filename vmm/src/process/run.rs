@@ -146,6 +146,7 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
             queues: d.queues,
             socket,
             local_mac: d.mac,
+            queue_size: d.queue_size,
         });
     }
     let mut config = VmConfig::new(

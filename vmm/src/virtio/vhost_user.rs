@@ -177,7 +177,7 @@ impl VhostUserDevice {
         if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
-        // A net backend may lack it: the vmm then serves the config (`with_local_mac`).
+        // A net backend may lack it: the vmm then serves the config (`with_local`).
         if !protocol_features.contains(VhostUserProtocolFeatures::CONFIG)
             && device_type != VIRTIO_ID_NET
         {
@@ -237,13 +237,27 @@ impl VhostUserDevice {
         })
     }
 
-    /// For a net device whose MAC the launcher gives (an external backend): the vmm
-    /// serves its config space (see `local_config`). A net backend without CONFIG needs
-    /// one.
-    pub fn with_local_mac(
+    /// Settings the launcher gives for an external backend: a net device's MAC (the vmm
+    /// then serves its config space, see `local_config`; a net backend without CONFIG
+    /// needs one), and the largest queue size the backend takes (`queue_size`, at most
+    /// [`QUEUE_SIZE`]; vhost-user has no message to ask it).
+    pub fn with_local(
         mut self,
         mac: Option<local_config::Mac>,
+        queue_size: Option<u16>,
     ) -> Result<Self, VhostUserError> {
+        if let Some(size) = queue_size {
+            if size == 0 || size > QUEUE_SIZE || !size.is_power_of_two() {
+                return Err(VhostUserError::Unsuitable {
+                    name: self.name,
+                    what: format!("queue size {size}: expected a power of two up to {QUEUE_SIZE}"),
+                });
+            }
+            let data = self.kicks.len();
+            for s in self.queue_sizes.iter_mut().take(data) {
+                *s = size;
+            }
+        }
         let has_config = self
             .protocol_features
             .contains(VhostUserProtocolFeatures::CONFIG);
@@ -320,11 +334,12 @@ impl VhostUserDevice {
         };
         for (i, q) in queues.iter().enumerate().take(data_queues) {
             let Some(q) = q else { continue };
-            if q.size == 0 || q.size > QUEUE_SIZE || !q.size.is_power_of_two() {
+            let max = self.queue_sizes.get(i).copied().unwrap_or(QUEUE_SIZE);
+            if q.size == 0 || q.size > max || !q.size.is_power_of_two() {
                 return Err(format!("queue {i}: bad size {}", q.size));
             }
             let config = VringConfigData {
-                queue_max_size: QUEUE_SIZE,
+                queue_max_size: max,
                 queue_size: q.size,
                 flags: 0,
                 desc_table_addr: self.host_addr(q.desc, "descriptor table")?,
