@@ -11,7 +11,7 @@ use crate::safe_open::{SafeOpenError, SocketFile};
 #[derive(Debug, thiserror::Error)]
 pub enum ExternalError {
     /// The socket could not be connected or bound.
-    #[error("{device}: vhost-user socket")]
+    #[error("{device}: opening vhost-user socket")]
     Open {
         /// Device name.
         device: String,
