@@ -98,20 +98,23 @@ pub struct RunArgs {
     #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio", value_parser = bulkhead_vmm::process::args::parse_serial)]
     pub serial: SerialOutput,
     /// A virtio-blk disk (repeatable): path=IMAGE[,readonly=on][,serial=ID][,queues=N][,direct=on]
-    /// runs a bulkhead-blk process on the image (direct=on: O_DIRECT, bypassing the page cache); socket=PATH[,queues=N] uses a vhost-user-blk
-    /// backend already listening there (e.g. qemu-storage-daemon). Every device process
-    /// bulkhead starts takes restart=off|N|N/SECS: restarted when it dies, up to N times
-    /// within SECS seconds (default 5/60); off: its death stops the VM.
-    #[arg(long, value_name = "path=IMAGE[,readonly=on][,serial=ID][,queues=N][,restart=off|N/SECS]|socket=PATH", value_parser = crate::disk_arg::parse)]
+    /// runs a bulkhead-blk process on the image (direct=on: O_DIRECT, bypassing the page cache); vhost-user=PATH[,queues=N][,listen=on]
+    /// uses a vhost-user-blk backend someone else started (e.g. qemu-storage-daemon; socket=PATH is the old spelling).
+    /// Every device process bulkhead starts takes restart=off|N|N/SECS: restarted when it
+    /// dies, up to N times within SECS seconds (default 5/60); off: its death stops the VM.
+    /// Backends someone else started are never restarted by bulkhead.
+    #[arg(long, value_name = "path=IMAGE[,readonly=on][,serial=ID][,queues=N][,restart=off|N/SECS]|vhost-user=PATH[,listen=on]", value_parser = crate::disk_arg::parse)]
     pub disk: Vec<crate::disk_arg::DiskArg>,
     /// A virtio-net device (repeatable): tap=NAME[,mac=MAC][,queues=N] uses (or creates) a
     /// TAP; auto[,mac=MAC][,host-ip=CIDR][,guest-ip=CIDR][,queues=N] creates a TAP in a new
-    /// network namespace with the host side addressed (default 10.0.2.1/24), removed at exit.
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]|auto[,...][,restart=off|N/SECS]", value_parser = crate::net_arg::parse)]
+    /// network namespace with the host side addressed (default 10.0.2.1/24), removed at exit;
+    /// vhost-user=PATH[,mac=MAC][,queues=N][,listen=on] uses a backend someone else started.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]|auto[,...][,restart=off|N/SECS]|vhost-user=PATH[,...]", value_parser = crate::net_arg::parse)]
     pub net: Vec<crate::net_arg::NetArg>,
     /// The virtio console: stdio (this terminal), socket=PATH (a Unix socket to connect to),
-    /// pty (a new pseudo-terminal), file=PATH (output only) or off; then ,restart=POLICY.
-    #[arg(long, value_name = "stdio|socket=PATH|pty|file=PATH|off[,restart=off|N/SECS]", value_parser = crate::launch::console::parse)]
+    /// pty (a new pseudo-terminal), file=PATH (output only), off, then ,restart=POLICY; or
+    /// vhost-user=PATH[,listen=on] (a vhost-user console backend someone else started).
+    #[arg(long, value_name = "stdio|socket=PATH|pty|file=PATH|off[,restart=off|N/SECS]|vhost-user=PATH", value_parser = crate::launch::console::parse)]
     pub console: Option<crate::launch::console::ConsoleChoice>,
     /// A virtio-vsock device (one per VM) in a bulkhead-vsock process, with Firecracker's
     /// hybrid vsock: host programs connect to the Unix socket uds= and send

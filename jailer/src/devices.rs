@@ -45,6 +45,9 @@ pub enum DeviceError {
         #[source]
         source: TapError,
     },
+    /// An external backend could not be reached.
+    #[error(transparent)]
+    External(#[from] crate::external::ExternalError),
     /// `--net auto`'s namespace could not be set up.
     #[error("{device}: {source}")]
     NetNs {
@@ -106,7 +109,9 @@ impl Devices {
         for (i, net) in nets.iter().enumerate() {
             self.start_net(&format!("net{i}"), net)?;
         }
-        if let Some((stream, policy)) = console {
+        if let Some((ConsoleStream::VhostUser(ext), _)) = console {
+            self.start_external(CONSOLE, VIRTIO_ID_CONSOLE, 2, ext, None)?;
+        } else if let Some((stream, policy)) = console {
             let (process, socket, file) = launch::start_console(CONSOLE, stream)?;
             self.budgets.push((CONSOLE.into(), Budget::new(policy)));
             self.socket_files.extend(file);
@@ -138,6 +143,34 @@ impl Devices {
         Ok(())
     }
 
+    /// Device `name` served by a backend someone else started: connected (or accepted,
+    /// with `listen=on`) here, under the rule for paths a user names; the vmm gets the
+    /// connected socket; no process is started. A net device's MAC goes to the vmm, which
+    /// serves its config space.
+    fn start_external(
+        &mut self,
+        name: &str,
+        device_type: u32,
+        queues: u16,
+        backend: &crate::external::ExternalBackend,
+        mac: Option<bulkhead_vmm::virtio::local_config::Mac>,
+    ) -> Result<(), DeviceError> {
+        let (socket, file) = crate::external::connect(name, backend)?;
+        self.socket_files.extend(file);
+        self.add(
+            name,
+            device_type,
+            queues,
+            BackendSocket::Connected(socket),
+            None,
+        );
+        if let Some(config) = self.configs.last_mut() {
+            config.local_mac = mac;
+            config.queue_size = backend.queue_size;
+        }
+        Ok(())
+    }
+
     fn add(
         &mut self,
         name: &str,
@@ -152,6 +185,8 @@ impl Devices {
             queues,
             socket,
             restartable: false,
+            local_mac: None,
+            queue_size: None,
         });
         self.processes.extend(process);
     }
@@ -183,22 +218,8 @@ impl Devices {
                     Some(process),
                 );
             }
-            DiskBackend::Socket(path) => {
-                // Connected here, under the rule for paths a user names; the vmm gets the
-                // connected socket.
-                let socket =
-                    crate::safe_open::connect_socket(path).map_err(|source| LaunchError::Open {
-                        what: "vhost-user socket",
-                        name: name.to_owned(),
-                        source,
-                    })?;
-                self.add(
-                    name,
-                    VIRTIO_ID_BLOCK,
-                    disk.queues,
-                    BackendSocket::Connected(socket),
-                    None,
-                );
+            DiskBackend::Socket(ext) => {
+                self.start_external(name, VIRTIO_ID_BLOCK, disk.queues, ext, None)?;
             }
         }
         Ok(())
@@ -206,6 +227,14 @@ impl Devices {
 
     fn start_net(&mut self, name: &str, net: &NetArg) -> Result<(), DeviceError> {
         let mac = net.mac.unwrap_or_else(random_mac);
+        if let NetBackend::VhostUser(ext) = &net.backend {
+            eprintln!(
+                "bulkhead: {name}: vhost-user backend on {}, guest MAC {}",
+                ext.path.display(),
+                format_mac(&mac)
+            );
+            return self.start_external(name, VIRTIO_ID_NET, 2 * net.queues, ext, Some(mac));
+        }
         let tap_err = |source| DeviceError::Tap {
             device: name.to_owned(),
             source,
@@ -219,6 +248,7 @@ impl Devices {
                 crate::tap::open(tap, net.queues).map_err(tap_err)?,
                 NetNs::Host,
             ),
+            NetBackend::VhostUser(_) => return Ok(()),
             NetBackend::Auto { host_ip, guest_ip } => {
                 let ns = NamedNetNs::create(&format!("bulkhead-{}-{name}", std::process::id()))
                     .map_err(ns_err)?;

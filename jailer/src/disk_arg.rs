@@ -1,9 +1,13 @@
 //! `--disk` values: `path=PATH[,readonly=on|off][,serial=ID][,queues=N][,direct=on][,restart=off|N/SECS]`
 //! for a disk served by a `bulkhead-blk` process bulkhead starts (restarted as `restart=`
-//! says when it dies, see [`crate::restart`]), or `socket=PATH[,queues=N]` for a vhost-user-blk
-//! backend someone else started (qemu-storage-daemon, for one).
+//! says when it dies, see [`crate::restart`]), or `vhost-user=PATH[,queues=N][,listen=on]`
+//! for a vhost-user-blk backend someone else started (qemu-storage-daemon, for one; see
+//! `external`; never restarted by bulkhead). `socket=PATH` is the old spelling of
+//! `vhost-user=PATH`, still accepted.
 
 use std::path::PathBuf;
+
+use crate::external_arg::ExternalBackend;
 
 /// Longest serial a virtio-blk GET_ID answer holds.
 pub const MAX_SERIAL: usize = 20;
@@ -22,8 +26,8 @@ pub enum DiskBackend {
         /// Bypass the host page cache (O_DIRECT).
         direct: bool,
     },
-    /// An external vhost-user-blk backend listening on this socket.
-    Socket(PathBuf),
+    /// An external vhost-user-blk backend (`vhost-user=PATH`, or the old `socket=PATH`).
+    Socket(ExternalBackend),
 }
 
 /// One `--disk`.
@@ -43,13 +47,21 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
         (None, None, false, None, 1u16);
     let mut direct = false;
     let mut restart = None;
+    // listen=, connect-timeout=, queue-size=: the external backend's (see `external_arg`).
+    let mut external_keys = Vec::new();
     for part in s.split(',') {
         let (key, value) = part
             .split_once('=')
             .ok_or_else(|| format!("{part:?}: expected key=value"))?;
         match key {
             "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
-            "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
+            "socket" | "vhost-user" if !value.is_empty() && socket.is_none() => {
+                socket = Some(PathBuf::from(value))
+            }
+            "socket" | "vhost-user" if !value.is_empty() => {
+                return Err("give socket= (the old spelling) or vhost-user=, once".into())
+            }
+            "listen" | "connect-timeout" | "queue-size" => external_keys.push((key, value)),
             "readonly" | "ro" => readonly = on_off(key, value)?,
             "direct" => direct = on_off(key, value)?,
             "serial" => {
@@ -68,13 +80,16 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
                     .ok_or_else(|| format!("queues={value}: expected 1 to 64"))?;
             }
             "restart" => restart = Some(crate::restart::parse(value)?),
-            "path" | "socket" => return Err(format!("{key}= needs a value")),
+            "path" | "socket" | "vhost-user" => return Err(format!("{key}= needs a value")),
             _ => {
                 return Err(format!(
-                    "unknown key {key:?} (expected path, socket, readonly, serial, queues, direct, restart)"
+                    "unknown key {key:?} (expected path, vhost-user, readonly, serial, queues, direct, restart, listen)"
                 ))
             }
         }
+    }
+    if let (Some((key, _)), None) = (external_keys.first(), &socket) {
+        return Err(format!("{key}= goes with vhost-user="));
     }
     let backend = match (path, socket) {
         (Some(path), None) => DiskBackend::Image {
@@ -86,20 +101,25 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
         (None, Some(sock)) => {
             if restart.is_some() {
                 return Err(
-                    "restart= is for disks bulkhead serves (path=): a socket= backend is not bulkhead's to restart"
+                    "restart= is for disks bulkhead serves (path=): a vhost-user= backend is not bulkhead's to restart"
                         .into(),
                 );
             }
             if readonly || direct || serial.is_some() {
                 return Err(
-                    "readonly=, direct= and serial= belong to the backend when socket= is used"
+                    "readonly=, direct= and serial= belong to the backend when vhost-user= is used"
                         .into(),
                 );
             }
-            DiskBackend::Socket(sock)
+            let mut ext = ExternalBackend::new(sock);
+            for (key, value) in &external_keys {
+                ext.key(key, value)?;
+            }
+            ext.check(external_keys.iter().any(|(k, _)| *k == "connect-timeout"))?;
+            DiskBackend::Socket(ext)
         }
-        (Some(_), Some(_)) => return Err("give path= or socket=, not both".into()),
-        (None, None) => return Err("needs path=IMAGE or socket=PATH".into()),
+        (Some(_), Some(_)) => return Err("give path= or vhost-user=, not both".into()),
+        (None, None) => return Err("needs path=IMAGE or vhost-user=PATH".into()),
     };
     let restart = match backend {
         DiskBackend::Image { .. } => restart.unwrap_or_default(),
@@ -160,8 +180,22 @@ mod tests {
     fn socket_disks() {
         assert_eq!(
             parse("socket=/run/qsd.sock").unwrap().backend,
-            DiskBackend::Socket("/run/qsd.sock".into())
+            DiskBackend::Socket(ExternalBackend::new("/run/qsd.sock"))
         );
+        assert_eq!(
+            parse("vhost-user=/run/qsd.sock,queues=2").unwrap(),
+            parse("socket=/run/qsd.sock,queues=2").unwrap()
+        );
+        let DiskBackend::Socket(ext) = parse("vhost-user=/s,listen=on,connect-timeout=9")
+            .unwrap()
+            .backend
+        else {
+            panic!("not a socket disk")
+        };
+        assert!(ext.listen && ext.connect_timeout == 9);
+        assert!(parse("vhost-user=/s,socket=/t").is_err());
+        assert!(parse("path=/a,listen=on").is_err());
+        assert!(parse("vhost-user=/s,connect-timeout=9").is_err());
         assert!(parse("socket=/s,readonly=on").is_err());
         assert!(parse("socket=/s,direct=on").is_err());
         // An external backend is never restarted by bulkhead.

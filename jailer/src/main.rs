@@ -12,6 +12,8 @@ mod ctl;
 mod demo;
 mod devices;
 mod disk_arg;
+mod external;
+mod external_arg;
 mod identity;
 mod launch;
 mod liveness;

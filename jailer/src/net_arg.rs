@@ -3,6 +3,10 @@
 //! namespace with a TAP in it, the host side addressed, both removed when the VM ends.
 //! `queues=N` (1 to 16) opens a multi-queue TAP, one queue per virtio-net queue pair; the
 //! guest starts on one pair and asks for more on the control queue the vmm serves.
+//! `vhost-user=PATH[,mac=MAC][,queues=N][,listen=on][,connect-timeout=SECS]`: a vhost-user-net
+//! backend someone else started (see `external`); the vmm serves the device's config.
+
+use crate::external_arg::ExternalBackend;
 
 /// A MAC address.
 pub type Mac = [u8; 6];
@@ -19,6 +23,8 @@ pub enum NetBackend {
         /// Address (with prefix) the guest is meant to use (told on its command line).
         guest_ip: String,
     },
+    /// A vhost-user backend someone else started.
+    VhostUser(ExternalBackend),
 }
 
 /// One `--net`.
@@ -48,21 +54,37 @@ pub fn parse(s: &str) -> Result<NetArg, String> {
     let first = parts.next().unwrap_or_default();
     let mut tap = None;
     let mut auto = false;
+    let mut external = match ExternalBackend::from_first(first) {
+        Some(e) => Some(e?),
+        None => None,
+    };
+    let mut timeout_given = false;
     match first.split_once('=') {
+        _ if external.is_some() => {}
         Some(("tap", name)) => {
             crate::tap::check_name(name).map_err(|e| e.to_string())?;
             tap = Some(name.to_owned());
         }
         None if first == "auto" => auto = true,
-        _ => return Err(format!("{first:?}: expected tap=NAME or auto first")),
+        _ => {
+            return Err(format!(
+                "{first:?}: expected tap=NAME, auto or vhost-user=PATH first"
+            ))
+        }
     }
     let (mut mac, mut queues) = (None, 1u16);
-    let mut restart = crate::restart::DEFAULT;
+    let mut restart = None;
     let (mut host_ip, mut guest_ip) = (DEFAULT_HOST_IP.to_owned(), DEFAULT_GUEST_IP.to_owned());
     for part in parts {
         let (key, value) = part
             .split_once('=')
             .ok_or_else(|| format!("{part:?}: expected key=value"))?;
+        if let Some(ext) = external.as_mut() {
+            timeout_given |= key == "connect-timeout";
+            if ext.key(key, value)? {
+                continue;
+            }
+        }
         match key {
             "mac" => mac = Some(parse_mac(value)?),
             "queues" => {
@@ -74,8 +96,8 @@ pub fn parse(s: &str) -> Result<NetArg, String> {
             }
             "host-ip" if auto => host_ip = check_cidr(value)?,
             "guest-ip" if auto => guest_ip = check_cidr(value)?,
-            "host-ip" | "guest-ip" => return Err(format!("{key}= goes with auto, not tap=")),
-            "restart" => restart = crate::restart::parse(value)?,
+            "host-ip" | "guest-ip" => return Err(format!("{key}= goes with auto only")),
+            "restart" => restart = Some(crate::restart::parse(value)?),
             _ => {
                 return Err(format!(
                     "unknown key {key:?} (expected mac, queues, host-ip, guest-ip, restart)"
@@ -83,9 +105,23 @@ pub fn parse(s: &str) -> Result<NetArg, String> {
             }
         }
     }
-    let backend = match tap {
-        Some(name) => NetBackend::Tap(name),
-        None => NetBackend::Auto { host_ip, guest_ip },
+    let backend = match (tap, external) {
+        (_, Some(ext)) => {
+            ext.check(timeout_given)?;
+            if restart.is_some() {
+                return Err(
+                    "restart= is for NICs bulkhead serves (tap=, auto): a vhost-user= backend is not bulkhead's to restart"
+                        .into(),
+                );
+            }
+            NetBackend::VhostUser(ext)
+        }
+        (Some(name), None) => NetBackend::Tap(name),
+        (None, None) => NetBackend::Auto { host_ip, guest_ip },
+    };
+    let restart = match backend {
+        NetBackend::VhostUser(_) => crate::restart::RestartPolicy::Off,
+        _ => restart.unwrap_or(crate::restart::DEFAULT),
     };
     Ok(NetArg {
         backend,
@@ -178,6 +214,25 @@ mod tests {
                 window_secs: 1
             }
         );
+    }
+
+    #[test]
+    fn vhost_user() {
+        let a = parse("vhost-user=/run/n.sock,mac=02:00:00:00:00:01,queues=2,listen=on").unwrap();
+        let mut ext = ExternalBackend::new("/run/n.sock");
+        ext.listen = true;
+        assert_eq!(a.backend, NetBackend::VhostUser(ext));
+        assert_eq!((a.mac, a.queues), (Some([2, 0, 0, 0, 0, 1]), 2));
+        for bad in [
+            "vhost-user=",
+            "vhost-user=/s,host-ip=1.2.3.4/24",
+            "vhost-user=/s,connect-timeout=3",
+            "vhost-user=/s,listen=often",
+            "tap=t,listen=on",
+            "vhost-user=/s,restart=3",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -280,7 +280,8 @@ fn create_virtio_devices(
             kicks,
             |n| Interrupts::shared(call, n),
             shared.clone(),
-        )?;
+        )?
+        .with_local(dev.local_mac, dev.queue_size)?;
         device.set_restartable(dev.restartable);
         out.watched.push(device.link());
         let transport = Arc::new(Mutex::new(MmioTransport::new(Box::new(device))));

@@ -130,6 +130,11 @@ pub struct VirtioDeviceConfig {
     /// The launcher restarts the backend when it dies (`restart=on`): its loss is reported
     /// and waited out instead of stopping the VM.
     pub restartable: bool,
+    /// A net device's MAC when the vmm serves its config (an external backend).
+    pub local_mac: Option<crate::virtio::local_config::Mac>,
+    /// The largest queue size the backend takes, when below the vmm's 256 (an external
+    /// backend's `queue-size=`).
+    pub queue_size: Option<u16>,
 }
 
 /// A VM's configuration.
@@ -301,6 +306,8 @@ mod tests {
                     queues,
                     socket: BackendSocket::Path(PathBuf::new()),
                     restartable: false,
+                    local_mac: None,
+                    queue_size: None,
                 })
                 .collect(),
             transport,

@@ -5,6 +5,9 @@
 mod firecracker;
 // The launcher's own modules this binary shares (TAP names, MACs, untrusted text).
 #[allow(dead_code)]
+#[path = "../external_arg.rs"]
+mod external_arg;
+#[allow(dead_code)]
 #[path = "../net_arg.rs"]
 mod net_arg;
 #[allow(dead_code)]

@@ -28,6 +28,9 @@ pub enum ConsoleStream {
         /// Its size limit (`max-size=`, 16 MiB by default).
         max_size: u64,
     },
+    /// Not a stream: a vhost-user console backend someone else started
+    /// (`vhost-user=PATH`, see `external`); no `bulkhead-console` is started.
+    VhostUser(crate::external_arg::ExternalBackend),
 }
 
 /// A `--console` value: a stream, or `None` for `off`, and what to do when its process
@@ -42,6 +45,9 @@ pub fn parse(s: &str) -> Result<ConsoleChoice, String> {
 }
 
 fn parse_stream(s: &str) -> Result<Option<ConsoleStream>, String> {
+    if let Some(ext) = crate::external_arg::parse_alone(s) {
+        return ext.map(|e| Some(ConsoleStream::VhostUser(e)));
+    }
     Ok(Some(match s {
         "off" => return Ok(None),
         "stdio" => ConsoleStream::Stdio,
@@ -60,7 +66,7 @@ fn parse_stream(s: &str) -> Result<Option<ConsoleStream>, String> {
             }
             _ => {
                 return Err(format!(
-                    "{s:?}: expected stdio, socket=PATH, pty, file=PATH[,max-size=SIZE] or off"
+                    "{s:?}: expected stdio, socket=PATH, pty, file=PATH[,max-size=SIZE], vhost-user=PATH or off"
                 ))
             }
         },
@@ -83,6 +89,16 @@ pub fn start_console(name: &str, stream: &ConsoleStream) -> Result<StartedConsol
     let mut max_file_size = Some(0);
     let mut socket_file = None;
     match stream {
+        ConsoleStream::VhostUser(e) => {
+            return Err(LaunchError::Spawn {
+                name: name.to_owned(),
+                program: program.display().to_string(),
+                source: std::io::Error::other(format!(
+                    "vhost-user={} is served by an external backend",
+                    e.path.display()
+                )),
+            })
+        }
         ConsoleStream::Stdio => {
             cmd.arg("--stdio");
             max_file_size = None;

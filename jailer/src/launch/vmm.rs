@@ -88,6 +88,8 @@ pub fn start_vmm(
             device_type: d.device_type,
             queues: d.queues,
             socket,
+            mac: d.local_mac,
+            queue_size: d.queue_size,
         };
         cmd.arg("--device").arg(arg.to_arg());
     }

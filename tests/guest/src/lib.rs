@@ -11,6 +11,7 @@ pub mod cmdline;
 pub mod escape;
 pub mod kbd;
 pub mod layout;
+pub mod macswap;
 pub mod mptable;
 pub mod net;
 pub mod pci;

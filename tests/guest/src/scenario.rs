@@ -46,6 +46,8 @@ pub enum Scenario {
     NetSend,
     /// UDP throughput, both ways.
     NetBench,
+    /// Frames sent to a MAC-swapping backend come back intact.
+    NetMacswap,
     /// Sets up the virtio console, writes one known line, sees the device take it.
     ConsoleProbe,
     /// Writes lines on the virtio console.
@@ -89,7 +91,7 @@ pub enum Scenario {
 }
 
 /// All scenarios, with their command-line names.
-const NAMES: [(Scenario, &str); 39] = [
+const NAMES: [(Scenario, &str); 40] = [
     (Scenario::Cpus, "cpus"),
     (Scenario::Memory, "memory"),
     (Scenario::Fail, "fail"),
@@ -111,6 +113,7 @@ const NAMES: [(Scenario, &str); 39] = [
     (Scenario::NetServe, "net-serve"),
     (Scenario::NetSend, "net-send"),
     (Scenario::NetBench, "net-bench"),
+    (Scenario::NetMacswap, "net-macswap"),
     (Scenario::ConsoleProbe, "console-probe"),
     (Scenario::ConsoleWrite, "console-write"),
     (Scenario::ConsoleEcho, "console-echo"),

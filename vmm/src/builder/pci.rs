@@ -88,7 +88,8 @@ pub(super) fn create(
                 Ok(i)
             },
             shared.clone(),
-        )?;
+        )?
+        .with_local(dev.local_mac, dev.queue_size)?;
         let irqs = irqs.ok_or_else(|| {
             device_err("creating its interrupt eventfds")(std::io::Error::other("none made"))
         })?;

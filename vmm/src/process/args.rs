@@ -91,6 +91,11 @@ pub struct DeviceArg {
     /// hang-up the vmm reports [`ToLauncher::DeviceLost`](bulkhead_protocol::ToLauncher)
     /// and waits for a `Reconnect` instead of stopping the VM.
     pub restartable: bool,
+    /// A net device's MAC (`mac=`), for the vmm to serve its config space itself (an
+    /// external backend, see `virtio::local_config`).
+    pub mac: Option<crate::virtio::local_config::Mac>,
+    /// The largest queue size the backend takes (`queue-size=`, an external backend's).
+    pub queue_size: Option<u16>,
 }
 
 impl DeviceArg {
@@ -101,8 +106,16 @@ impl DeviceArg {
             DeviceSocket::Path(p) => format!("socket={}", p.display()),
         };
         let restart = if self.restartable { ",restart=on" } else { "" };
+        let mac = self
+            .mac
+            .map(|m| format!(",mac={}", crate::virtio::local_config::format_mac(&m)))
+            .unwrap_or_default();
+        let size = self
+            .queue_size
+            .map(|n| format!(",queue-size={n}"))
+            .unwrap_or_default();
         format!(
-            "name={},type={},queues={},{at}{restart}",
+            "name={},type={},queues={},{at}{restart}{mac}{size}",
             self.name, self.device_type, self.queues
         )
     }
@@ -142,7 +155,7 @@ pub fn split_max_size(value: &str) -> Result<(&str, u64), String> {
 
 fn parse_device(s: &str) -> Result<DeviceArg, String> {
     let (mut name, mut device_type, mut queues, mut socket) = (None, None, None, None);
-    let mut restartable = false;
+    let (mut restartable, mut mac, mut queue_size) = (false, None, None);
     for item in s.split(',') {
         let (key, value) = item
             .split_once('=')
@@ -180,6 +193,13 @@ fn parse_device(s: &str) -> Result<DeviceArg, String> {
                     _ => return Err(format!("restart={value:?}: expected on or off")),
                 }
             }
+            "mac" => mac = Some(crate::virtio::local_config::parse_mac(value)?),
+            "queue-size" => {
+                queue_size = Some(
+                    u16::try_from(number("queue-size")?)
+                        .map_err(|_| format!("queue-size={value}: too large"))?,
+                )
+            }
             _ => return Err(format!("{item:?}: unknown or empty key")),
         }
     }
@@ -189,6 +209,8 @@ fn parse_device(s: &str) -> Result<DeviceArg, String> {
         queues: queues.ok_or("queues= missing")?,
         socket: socket.ok_or("fd= or socket= missing")?,
         restartable,
+        mac,
+        queue_size,
     })
 }
 
@@ -205,6 +227,8 @@ mod tests {
                 queues: 4,
                 socket: DeviceSocket::Fd(5),
                 restartable: true,
+                mac: None,
+                queue_size: None,
             },
             DeviceArg {
                 name: "net0".into(),
@@ -212,6 +236,8 @@ mod tests {
                 queues: 2,
                 socket: DeviceSocket::Path("/run/x.sock".into()),
                 restartable: false,
+                mac: Some([2, 0, 0, 0, 0, 0xa1]),
+                queue_size: Some(128),
             },
         ] {
             assert_eq!(parse_device(&d.to_arg()), Ok(d.clone()));
@@ -229,6 +255,7 @@ mod tests {
             ("name=d,type=2,queues=1,fd=4,colour=red", "unknown"),
             ("name=d,type=2,queues=1,fd", "key=value"),
             ("name=d,type=2,queues=1,fd=4,restart=yes", "on or off"),
+            ("name=d,type=1,queues=2,fd=4,mac=02:00", "six hex bytes"),
         ] {
             let e = parse_device(arg).unwrap_err();
             assert!(e.contains(why), "{arg}: {e}");

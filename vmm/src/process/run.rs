@@ -147,6 +147,8 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
             queues: d.queues,
             socket,
             restartable: d.restartable,
+            local_mac: d.mac,
+            queue_size: d.queue_size,
         });
     }
     let mut config = VmConfig::new(

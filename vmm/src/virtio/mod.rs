@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod config_size;
 pub mod interrupts;
+pub mod local_config;
 pub mod mmio;
 pub mod monitor;
 pub mod net_ctrl;

@@ -39,6 +39,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::{ActivateError, QueueConfig, ReconnectError, VirtioBackend};
 use super::config_size::config_size;
 use super::interrupts::Interrupts;
+use super::local_config::{self, LocalNetConfig};
 use super::net_ctrl::{CtrlQueue, CTRL_QUEUE_SIZE, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
 use inflight::Inflight;
 
@@ -51,6 +52,8 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 pub const QUEUE_SIZE: u16 = 256;
 /// virtio-net's device type.
 const VIRTIO_ID_NET: u32 = 1;
+/// virtio-console's device type.
+const VIRTIO_ID_CONSOLE: u32 = 3;
 /// Largest config space read or write forwarded (the vhost-user limit is 256 bytes).
 const MAX_CONFIG: usize = 256;
 
@@ -147,6 +150,8 @@ pub struct VhostUserDevice {
     /// virtio-net with several queue pairs: the vmm serves the control queue (the last
     /// queue) and enables pairs as the driver asks.
     net_ctrl: Option<NetCtrl>,
+    /// A net device whose config space the vmm serves (see `local_config`).
+    local: Option<LocalNetConfig>,
 }
 
 /// The driver's set-up of a running device: what a new backend is given.
@@ -216,7 +221,8 @@ impl VhostUserDevice {
         let mut frontend = Frontend::from_stream(stream, kicks.len() as u64);
         let guard = watchdog::arm(frontend.as_raw_fd(), REPLY_TIMEOUT);
         let (backend_features, protocol_features) =
-            handshake(name, &mut frontend, None, kicks.len()).map_err(|e| timed_out(e, &guard))?;
+            handshake(name, device_type, &mut frontend, None, kicks.len())
+                .map_err(|e| timed_out(e, &guard))?;
         drop(guard);
         // virtio-net with more than one pair: a control queue the vmm serves (MQ needs it).
         let multiqueue_net = device_type == VIRTIO_ID_NET
@@ -264,6 +270,7 @@ impl VhostUserDevice {
             link: Arc::new(link),
             stopped: None,
             net_ctrl,
+            local: None,
         })
     }
 
@@ -329,6 +336,47 @@ impl VhostUserDevice {
         }
     }
 
+    /// Settings the launcher gives for an external backend: a net device's MAC (the vmm
+    /// then serves its config space, see `local_config`; a net backend without CONFIG
+    /// needs one), and the largest queue size the backend takes (`queue_size`, at most
+    /// [`QUEUE_SIZE`]; vhost-user has no message to ask it).
+    pub fn with_local(
+        mut self,
+        mac: Option<local_config::Mac>,
+        queue_size: Option<u16>,
+    ) -> Result<Self, VhostUserError> {
+        if let Some(size) = queue_size {
+            if size == 0 || size > QUEUE_SIZE || !size.is_power_of_two() {
+                return Err(VhostUserError::Unsuitable {
+                    name: self.name,
+                    what: format!("queue size {size}: expected a power of two up to {QUEUE_SIZE}"),
+                });
+            }
+            let data = self.kicks.len();
+            for s in self.queue_sizes.iter_mut().take(data) {
+                *s = size;
+            }
+        }
+        let has_config = self
+            .protocol_features
+            .contains(VhostUserProtocolFeatures::CONFIG);
+        match mac {
+            Some(mac) if self.device_type == VIRTIO_ID_NET => {
+                let pairs = (self.kicks.len() / 2).max(1) as u16;
+                self.local = Some(LocalNetConfig { mac, pairs });
+                self.config_size = local_config::NET_CONFIG_SIZE;
+            }
+            None if !has_config => {
+                return Err(VhostUserError::Unsuitable {
+                    name: self.name,
+                    what: "does not offer the CONFIG protocol feature (config space), and no MAC was given for the vmm to serve one".into(),
+                })
+            }
+            _ => {}
+        }
+        Ok(self)
+    }
+
     fn regions(&self) -> Result<Vec<VhostUserMemoryRegionInfo>, String> {
         let mut out = Vec::new();
         for region in self.memory.mem.iter() {
@@ -374,14 +422,15 @@ impl VhostUserDevice {
         let mut rings = Vec::new();
         for (i, q) in act.queues.iter().enumerate().take(self.kicks.len()) {
             let Some(q) = q else { continue };
-            if q.size == 0 || q.size > QUEUE_SIZE || !q.size.is_power_of_two() {
+            let max = self.queue_sizes.get(i).copied().unwrap_or(QUEUE_SIZE);
+            if q.size == 0 || q.size > max || !q.size.is_power_of_two() {
                 return Err(StartError::Driver(format!(
                     "queue {i}: bad size {}",
                     q.size
                 )));
             }
             let config = VringConfigData {
-                queue_max_size: QUEUE_SIZE,
+                queue_max_size: max,
                 queue_size: q.size,
                 flags: 0,
                 desc_table_addr: self
@@ -402,8 +451,13 @@ impl VhostUserDevice {
             };
             rings.push((i, q.size, config, base));
         }
+        // A net device whose config the vmm serves: only the backend's own bits go to it.
+        let features = match &self.local {
+            Some(local) => local.to_backend(act.features, self.backend_features),
+            None => act.features,
+        };
         self.frontend
-            .set_features(act.features | (self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES))
+            .set_features(features | (self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES))
             .map_err(backend("SET_FEATURES"))?;
         if self
             .protocol_features
@@ -502,6 +556,7 @@ fn timed_out(e: VhostUserError, guard: &watchdog::Guard) -> VhostUserError {
 /// Returns the backend's features and the acked protocol features.
 fn handshake(
     name: &str,
+    device_type: u32,
     frontend: &mut Frontend,
     before: Option<(u64, VhostUserProtocolFeatures)>,
     queues: usize,
@@ -532,6 +587,12 @@ fn handshake(
     let offered = frontend
         .get_protocol_features()
         .map_err(proto("GET_PROTOCOL_FEATURES"))?;
+    if before.is_none() {
+        info_limited!(
+            "{name}: the backend offers features {backend_features:#x}, protocol features {:#x}",
+            offered.bits()
+        );
+    }
     let protocol_features = match before {
         None => {
             offered
@@ -555,7 +616,10 @@ fn handshake(
     if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
         frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
     }
-    if !protocol_features.contains(VhostUserProtocolFeatures::CONFIG) {
+    // A net backend may lack it: the vmm then serves the config (`with_local`).
+    if !protocol_features.contains(VhostUserProtocolFeatures::CONFIG)
+        && device_type != VIRTIO_ID_NET
+    {
         return Err(unsuitable(
             "does not offer the CONFIG protocol feature (config space)".into(),
         ));
@@ -613,6 +677,11 @@ impl VirtioBackend for VhostUserDevice {
             // virtio-net's MQ requires CTRL_VQ: without one, one pair only.
             features &= !(1 << VIRTIO_NET_F_MQ);
         }
+        if let Some(local) = &self.local {
+            features = local.features(features, self.net_ctrl.is_some());
+        } else if self.device_type == VIRTIO_ID_CONSOLE {
+            features = local_config::console_features(features, self.kicks.len());
+        }
         features
     }
 
@@ -621,6 +690,9 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        if let Some(local) = &self.local {
+            return local.read(offset, data);
+        }
         data.fill(0);
         // The whole config space from offset 0: see config_size.rs for why.
         let size = self.config_size;
@@ -650,6 +722,9 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
+        if self.local.is_some() {
+            return debug_limited!("{}: config write ignored (the vmm serves it)", self.name);
+        }
         let Ok(off) = u32::try_from(offset) else {
             return;
         };

@@ -103,6 +103,7 @@ fn run_plain(scenario: Scenario, machine: &mut Machine) -> Result<(), Failure> {
         Scenario::NetServe => net::serve::run(machine).map_err(Failure::Net),
         Scenario::NetSend => net::send::run(machine).map_err(Failure::Net),
         Scenario::NetBench => net::bench::run(machine).map_err(Failure::Net),
+        Scenario::NetMacswap => net::macswap::run(machine).map_err(Failure::Net),
         Scenario::ConsoleProbe => console::probe(machine).map_err(Failure::Net),
         Scenario::ConsoleWrite => console::write(machine).map_err(Failure::Net),
         Scenario::ConsoleEcho => console::echo(machine).map_err(Failure::Net),

@@ -105,6 +105,7 @@ fn replay(dev: &mut VhostUserDevice, guard: &super::watchdog::Guard) -> Result<(
     };
     handshake(
         &dev.name,
+        dev.device_type,
         &mut dev.frontend,
         Some((required, dev.protocol_features)),
         dev.kicks.len(),

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod identify;
+pub mod macswap;
 pub mod probe;
 pub mod send;
 pub mod serve;
@@ -63,6 +64,8 @@ pub enum Error {
     /// `console-resize` on virtio-pci: size changes seen, but no configuration-change
     /// interrupt (MSI-X) came.
     NoConfigInterrupt(u32),
+    /// `net-macswap`: a frame did not come back as sent.
+    Macswap(bulkhead_guest::macswap::Mismatch),
 }
 
 impl From<DevError> for Error {
@@ -100,6 +103,7 @@ impl fmt::Display for Error {
                 f,
                 "timeout waiting for console0 size changes: saw {seen} of {wanted} in {ms} ms"
             ),
+            Self::Macswap(m) => m.fmt(f),
             Self::NoConfigInterrupt(seen) => write!(
                 f,
                 "console0 (virtio-pci) changed size {seen} times but sent no configuration-change interrupt"
