@@ -68,6 +68,8 @@ fn fd_kinds(pid: u32, image: &str, console: &str) -> BTreeMap<String, usize> {
             "console file".to_owned()
         } else if target.starts_with("/memfd:bulkhead-guest-ram") {
             "memfd".to_owned()
+        } else if target.starts_with("/memfd:bulkhead-inflight") {
+            "inflight memfd".to_owned()
         } else if let Some(k) = ["socket", "pipe"]
             .into_iter()
             .find(|k| target.starts_with(&format!("{k}:[")))
@@ -104,7 +106,8 @@ fn expected_fds(program: &str) -> BTreeMap<String, usize> {
             ("kvm-vcpu:0", 1),
         ],
         // One socket more than the others: the control thread's copy of the launcher's
-        // socket, on which image swaps arrive.
+        // socket, on which image swaps arrive; and the inflight region's memfd, made before
+        // the jail and handed out on GET_INFLIGHT_FD (a restarted process resubmits from it).
         "bulkhead-blk" => &[
             ("/dev/null", 1),
             ("pipe", 2),
@@ -112,6 +115,7 @@ fn expected_fds(program: &str) -> BTreeMap<String, usize> {
             ("eventfd", 4),
             ("eventpoll", 1),
             ("image", 1),
+            ("inflight memfd", 1),
         ],
         "bulkhead-net" => &[
             ("/dev/null", 1),
