@@ -209,7 +209,7 @@ impl Supervisor<'_> {
             };
             let (mut new, socket) = match start_new(&name, &mut recipe, exec.take()) {
                 Ok(started) => started,
-                Err((e, status)) => {
+                Err(NotStarted { why, sigsys }) => {
                     // Counted as a death of the device: tried again within the budget.
                     let failed = recipe
                         .program()
@@ -217,13 +217,10 @@ impl Supervisor<'_> {
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
                     self.devices.processes[i].keep_recipe(recipe);
-                    eprintln!(
-                        "bulkhead: {name}: {what}; restarting it ({which}) failed: {}",
-                        crate::run::chain(&e)
-                    );
+                    eprintln!("bulkhead: {name}: {what}; restarting it ({which}) failed: {why}");
                     what = format!("the new {failed} did not start");
                     cause = Cause::Died {
-                        sigsys: status.and_then(|s| s.signal()) == Some(libc::SIGSYS),
+                        sigsys,
                         how: String::new(),
                     };
                     died_at = Instant::now();
@@ -277,7 +274,7 @@ impl Supervisor<'_> {
                     self.settle(i);
                     return Err(why);
                 }
-                Answer::NoAnswer(why) => {
+                Answer::TimedOut(why) => {
                     let p = &mut self.devices.processes[i];
                     p.kill();
                     let _ = p.wait_for_end(Duration::from_secs(5));
@@ -416,7 +413,7 @@ impl Supervisor<'_> {
                             how: format!("{} during the reconnect", describe_for_report(p, status)),
                         }
                     }
-                    None => Answer::NoAnswer(format!("no answer within {RECONNECT_TIMEOUT:?}")),
+                    None => Answer::TimedOut(format!("no answer within {RECONNECT_TIMEOUT:?}")),
                 };
             }
             let pidfd = match died {
@@ -499,19 +496,19 @@ enum Answer {
     /// `DeviceStopped`: the vmm's reason (defused).
     Stopped(String),
     /// No answer in time: the device must be given up (`GiveUp`).
-    NoAnswer(String),
+    TimedOut(String),
     /// The VM ended or its channel broke meanwhile.
     Ended(String),
 }
 
 /// Starts a process for `name` from `recipe`, with program `exec` from now on if given
 /// (one that does not start leaves the old program in the recipe, started again), and
-/// waits until it is ready. On failure, the error and how the failed process ended.
+/// waits until it is ready.
 fn start_new(
     name: &str,
     recipe: &mut crate::launch::Recipe,
     exec: Option<PathBuf>,
-) -> Result<(DeviceProcess, UnixStream), (crate::launch::LaunchError, Option<ExitStatus>)> {
+) -> Result<(DeviceProcess, UnixStream), NotStarted> {
     let Some(exec) = exec else {
         return start_ready(recipe);
     };
@@ -519,12 +516,11 @@ fn start_new(
     recipe.set_program(exec);
     match start_ready(recipe) {
         Ok(started) => Ok(started),
-        Err((e, _)) => {
+        Err(NotStarted { why, .. }) => {
             // A new build that does not start: the old program serves on.
             eprintln!(
-                "bulkhead: {name}: the new program {} did not start ({}); starting {} again",
+                "bulkhead: {name}: the new program {} did not start ({why}); starting {} again",
                 recipe.program().display(),
-                crate::run::chain(&e),
                 old_program.display()
             );
             recipe.set_program(old_program);
@@ -534,19 +530,33 @@ fn start_new(
 }
 
 /// Starts a process from `recipe` and waits until it is ready; one that is not is stopped
-/// (and its cgroup removed): the error, and how it ended.
+/// (and its cgroup removed).
 fn start_ready(
     recipe: &mut crate::launch::Recipe,
-) -> Result<(DeviceProcess, UnixStream), (crate::launch::LaunchError, Option<ExitStatus>)> {
-    let (mut new, socket) = recipe.start().map_err(|e| (e, None))?;
+) -> Result<(DeviceProcess, UnixStream), NotStarted> {
+    let (mut new, socket) = recipe.start().map_err(|e| NotStarted {
+        why: crate::run::chain(&e),
+        sigsys: false,
+    })?;
     match new.wait_ready() {
         Ok(()) => Ok((new, socket)),
         Err(e) => {
             let status = new.stop();
             let _ = new.wait_for_end(Duration::ZERO);
-            Err((e, status))
+            Err(NotStarted {
+                why: crate::run::chain(&e),
+                sigsys: status.and_then(|s| s.signal()) == Some(libc::SIGSYS),
+            })
         }
     }
+}
+
+/// Why a new process did not start.
+struct NotStarted {
+    /// The error, with its causes.
+    why: String,
+    /// Whether seccomp killed it (SIGSYS).
+    sigsys: bool,
 }
 
 /// How `p` ended, for a report line: `killed by signal 9 (SIGKILL)`, `exited with status
