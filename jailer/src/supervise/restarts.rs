@@ -200,8 +200,10 @@ impl Supervisor<'_> {
         }
         // When the death being handled was seen (the budget counts deaths by it).
         let mut died_at = seen;
+        // New processes that failed in a row here (see `admit`).
+        let mut failed_in_a_row = 0;
         loop {
-            let which = self.admit(i, &cause, &what, died_at)?;
+            let which = self.admit(i, &cause, &what, died_at, failed_in_a_row)?;
             let Some(mut recipe) = self.devices.processes[i].take_recipe() else {
                 let why = "not restarted: bulkhead keeps no recipe for it".to_owned();
                 self.give_up(i, &what, &why);
@@ -224,6 +226,7 @@ impl Supervisor<'_> {
                         how: String::new(),
                     };
                     died_at = Instant::now();
+                    failed_in_a_row += 1;
                     continue;
                 }
             };
@@ -263,6 +266,7 @@ impl Supervisor<'_> {
                         how,
                     };
                     died_at = Instant::now();
+                    failed_in_a_row += 1;
                 }
                 Answer::Stopped(why) => {
                     // The vmm stopped the device itself (NEEDS_RESET): no GiveUp needed.
@@ -292,14 +296,20 @@ impl Supervisor<'_> {
     }
 
     /// Whether the device of process `i` may have another process after `cause` (the
-    /// death seen at `at`): the SIGSYS rule (a refusal stops the VM) and the budget (a
-    /// refusal gives the device up). Returns which restart this is, for the report.
+    /// death seen at `at`, after `failed_in_a_row` new processes failed in this
+    /// replacement): the SIGSYS rule (a refusal stops the VM) and the budget (a refusal
+    /// gives the device up). Returns which restart this is, for the report.
+    ///
+    /// At most as many new processes in a row as the policy allows restarts, whatever
+    /// its window: a window shorter than a failed start would let the budget refill, and
+    /// the VM's supervision would wait on this replacement forever.
     fn admit(
         &mut self,
         i: usize,
         cause: &Cause,
         what: &str,
         at: Instant,
+        failed_in_a_row: u32,
     ) -> Result<String, String> {
         let Cause::Died { sigsys, how } = cause else {
             return Ok("not counted in the restart budget".into());
@@ -323,13 +333,21 @@ impl Supervisor<'_> {
         }
         let policy = self.policy(&name);
         match self.devices.budget(&name).map(|b| b.take(at)) {
-            Some(Ok(n)) => Ok(match policy {
+            Some(Ok(n)) => match policy {
+                RestartPolicy::Budget { restarts, .. } if failed_in_a_row >= restarts => {
+                    let why = format!(
+                        "not restarted: {failed_in_a_row} new processes in a row did not start \
+                         or were lost (restart={policy})"
+                    );
+                    self.give_up(i, what, &why);
+                    Err(why)
+                }
                 RestartPolicy::Budget {
                     restarts,
                     window_secs,
-                } => format!("restart {n} of {restarts} within {window_secs} s"),
-                RestartPolicy::Off => "not counted in the restart budget".into(),
-            }),
+                } => Ok(format!("restart {n} of {restarts} within {window_secs} s")),
+                RestartPolicy::Off => Ok("not counted in the restart budget".into()),
+            },
             Some(Err(Spent)) | None => {
                 let why = format!("not restarted: its restart budget (restart={policy}) is spent");
                 self.give_up(i, what, &why);
