@@ -1,6 +1,8 @@
 //! The launcher supervises every process of a VM: killing any one of them (SIGKILL) ends
 //! the VM with a message naming it when its device has `restart=off` (the vmm's, always);
-//! with the default policy a killed device process is restarted and reported; and a stop signal to the launcher stops the VM in
+//! with the default policy a killed device process is restarted and reported (also a new
+//! process that does not start or dies while the vmm reconnects it: another death in the
+//! budget); and a stop signal to the launcher stops the VM in
 //! order (the vmm first, once asked, then each backend, each ending cleanly: the
 //! launcher's log of each stop). Afterwards no process and no network namespace of the VM
 //! is left. (Which process the kernel saw end first is no evidence of the order: the vmm
@@ -766,4 +768,251 @@ fn a_sigsys_death_stops_the_vm_unless_restart_on_sigsys() {
         all.push((new, "bulkhead-blk".into()));
         assert_nothing_left(pid, &all);
     }
+}
+
+/// Whether process `pid` is under seccomp (filter mode): a backend is confined before it
+/// says it is ready.
+fn seccomp_on(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().eq(["Seccomp:", "2"]))
+}
+
+/// A new `bulkhead-blk` that dies while the vmm replays the device's set-up to it is
+/// another death of the disk: the vmm answers `DeviceLost`, and the launcher counts it in
+/// the budget and starts another (default policy), or (`restart=1/60`) gives the disk up
+/// with one line naming the policy; the VM goes on either way. To make the new process
+/// die during the replay, the vmm is stopped (SIGSTOP) while the old process is killed,
+/// the launcher starts the new one and hands it over (`Reconnect` waits in the channel),
+/// the new one is killed, then the vmm goes on and finds it gone.
+#[test]
+fn a_new_block_process_lost_during_the_reconnect_counts_as_a_death() {
+    require_kvm!();
+    let _serial = serial();
+    require_netns!();
+    for keys in ["", ",restart=1/60"] {
+        let socket =
+            std::env::temp_dir().join(format!("bulkhead-lost-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let vm = Running::start_with_keys(
+            &format!("lost-replay{}", keys.len()),
+            &["--api-socket", socket.to_str().unwrap()],
+            keys,
+        );
+        let pid = vm.pid();
+        let kids = children(pid);
+        let of = |name: &str| kids.iter().find(|(_, n)| n == name).map(|(p, _)| *p);
+        let vmm = of("bulkhead-vmm").expect("a bulkhead-vmm");
+        let first = of("bulkhead-blk").expect("a bulkhead-blk");
+        let blk = |except: &[u32]| {
+            children(pid)
+                .into_iter()
+                .find(|(p, n)| n == "bulkhead-blk" && !except.contains(p))
+                .map(|(p, _)| p)
+        };
+        // SAFETY: signals to children of the bulkhead process this test started.
+        assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGSTOP) }, 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let second = loop {
+            if let Some(p) = blk(&[first]).filter(|&p| seccomp_on(p)) {
+                break p;
+            }
+            if std::time::Instant::now() > deadline {
+                // SAFETY: as above.
+                unsafe { libc::kill(vmm as i32, libc::SIGCONT) };
+                panic!("no new confined bulkhead-blk");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Confined, then ready: the launcher sends Reconnect at once.
+        std::thread::sleep(Duration::from_millis(1000));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(second as i32, libc::SIGKILL) }, 0);
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGCONT) }, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let third = loop {
+            let (_, out) = ctl(&socket, "status");
+            if keys.is_empty() {
+                if let Some(p) = blk(&[first, second]) {
+                    if out.contains(&format!("restarted 2 times) pid {p} running")) {
+                        break Some(p);
+                    }
+                }
+            } else if out.contains(&format!("restarted once) pid {second} failed")) {
+                break None;
+            }
+            assert!(std::time::Instant::now() < deadline, "{out}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if !keys.is_empty() {
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(blk(&[first, second]), None, "restarted beyond the budget");
+        }
+        let (code, out) = ctl(&socket, "status");
+        assert_eq!(code, Some(0), "the VM did not go on: {out}");
+        assert!(out.contains("(bulkhead-net) pid"), "{out}");
+        let (code, out) = ctl(&socket, "shutdown");
+        assert_eq!(code, Some(0), "{out}");
+        let (code, stderr) = vm.finish();
+        assert_eq!(code, Some(0), "{stderr}");
+        let policy = if keys.is_empty() { 5 } else { 1 };
+        let lost = format!(
+            "bulkhead: disk0: bulkhead-blk (pid {first}) killed by signal 9 (SIGKILL); \
+             restarted as pid {second} (restart 1 of {policy} within 60 s), but it was lost \
+             before the vmm reconnected it"
+        );
+        assert!(
+            stderr.lines().any(|l| l == lost),
+            "expected {lost:?} in:\n{stderr}"
+        );
+        let again = format!(
+            "bulkhead: disk0: bulkhead-blk (pid {second}) killed by signal 9 (SIGKILL) during \
+             the reconnect; "
+        );
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&again))
+            .unwrap_or_else(|| panic!("expected {again:?} in:\n{stderr}"));
+        let rest = &line[again.len()..];
+        match third {
+            Some(third) => assert!(
+                rest.starts_with(&format!(
+                    "restarted as pid {third} (restart 2 of 5 within 60 s); unavailable "
+                )),
+                "{line}"
+            ),
+            None => {
+                assert_eq!(
+                    rest,
+                    "not restarted: its restart budget (restart=1/60) is spent; disk0 is \
+                     stopped (the guest sees it needs a reset), the VM goes on"
+                );
+                // The vmm was told (GiveUp) and marked the device NEEDS_RESET.
+                assert!(
+                    stderr.contains(
+                        "disk0: stopped, it needs a reset: not restarted: its restart budget \
+                         (restart=1/60) is spent"
+                    ),
+                    "{stderr}"
+                );
+            }
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let mut all = kids;
+        all.push((second, "bulkhead-blk".into()));
+        all.extend(third.map(|p| (p, "bulkhead-blk".into())));
+        assert_nothing_left(pid, &all);
+    }
+}
+
+/// A new process that does not start is a death of the device like any other: counted in
+/// the budget and tried again within it. (`--jail off`, so that a shell script can stand
+/// for the program: `ctl restart --exec` makes it the disk's program; it runs
+/// `bulkhead-blk` on its first and third start and exits at once, status 3, on its
+/// second.)
+#[test]
+fn a_new_process_that_does_not_start_is_counted_and_tried_again() {
+    require_kvm!();
+    let _serial = serial();
+    require_netns!();
+    let dir = std::env::temp_dir().join(format!("bulkhead-nostart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let blk = std::path::Path::new(env!("CARGO_BIN_EXE_bulkhead")).with_file_name("bulkhead-blk");
+    let starts = dir.join("starts");
+    let wrapper = dir.join("blk-wrap");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nn=$(cat {s} 2>/dev/null || echo 0)\nn=$((n + 1))\necho $n > {s}\n\
+             [ \"$n\" = 2 ] && exit 3\nexec {blk} \"$@\"\n",
+            s = starts.display(),
+            blk = blk.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let socket = dir.join("api.sock");
+    let vm = Running::start_with(
+        "nostart",
+        &["--jail", "off", "--api-socket", socket.to_str().unwrap()],
+    );
+    let pid = vm.pid();
+    let kids = children(pid);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(&socket)
+        .args(["restart", "disk0", "--exec"])
+        .arg(&wrapper)
+        .output()
+        .expect("running bulkhead ctl restart");
+    assert!(out.status.success(), "{out:?}");
+    let (_, status) = ctl(&socket, "status");
+    let first = status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("process: disk0 (blk-wrap, restarted once) pid ")?
+                .strip_suffix(" running")?
+                .parse::<u32>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no blk-wrap in the status:\n{status}"));
+    // SAFETY: kill(2) of a child of the bulkhead process this test started.
+    assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let third = loop {
+        let (_, out) = ctl(&socket, "status");
+        let third = out.lines().find_map(|l| {
+            l.strip_prefix("process: disk0 (blk-wrap, restarted 3 times) pid ")?
+                .strip_suffix(" running")?
+                .parse::<u32>()
+                .ok()
+        });
+        if let Some(third) = third {
+            break third;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        std::fs::read_to_string(&starts).unwrap_or_default().trim(),
+        "3",
+        "blk-wrap did not start 3 times"
+    );
+    let (code, out) = ctl(&socket, "shutdown");
+    assert_eq!(code, Some(0), "{out}");
+    let (code, stderr) = vm.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let failed = format!(
+        "bulkhead: disk0: blk-wrap (pid {first}) killed by signal 9 (SIGKILL); restarting it \
+         (restart 1 of 5 within 60 s) failed: "
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&failed))
+        .unwrap_or_else(|| panic!("expected {failed:?} in:\n{stderr}"));
+    assert!(line.contains("exited with status 3"), "{line}");
+    let again = format!(
+        "bulkhead: disk0: the new blk-wrap did not start; restarted as pid {third} (restart 2 \
+         of 5 within 60 s); unavailable "
+    );
+    assert!(
+        stderr.lines().any(|l| l.starts_with(&again)),
+        "expected {again:?} in:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let mut all = kids;
+    all.push((first, "bulkhead-blk".into()));
+    all.push((third, "bulkhead-blk".into()));
+    assert_nothing_left(pid, &all);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,6 +10,7 @@
 //! Every device process's pidfd is watched too: one that dies is restarted as its
 //! `restart=` policy says (see [`restarts`]).
 
+mod answer;
 mod restarts;
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};

@@ -13,7 +13,8 @@
 //! the device up (`GiveUp`: the guest sees NEEDS_RESET) and the VM goes on. Nothing is
 //! restarted while the VM is stopping, nor before the vmm said it is ready.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_protocol::{ToLauncher, ToProcess};
 
+use super::answer::{self, Heard};
 use super::Supervisor;
 use crate::launch::DeviceProcess;
 use crate::restart::{RestartPolicy, Spent};
@@ -28,6 +30,9 @@ use crate::untrusted::sanitize;
 
 /// How long the vmm gets to replay a device's set-up to its new backend.
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the vmm gets to answer `Reconnect` once the new process has died (its own
+/// watchdog ends an exchange after 5 s).
+const ANSWER_AFTER_DEATH: Duration = Duration::from_secs(10);
 /// How long a process the vmm lost gets to turn out dead before it is killed.
 const LOST_GRACE: Duration = Duration::from_millis(250);
 /// How long a process replaced by `ctl restart` gets to stop when asked.
@@ -37,8 +42,10 @@ const REPLACE_GRACE: Duration = Duration::from_secs(2);
 enum Cause {
     /// It died (or the vmm lost it and it was killed): counted in the budget.
     Died {
-        status: ExitStatus,
-        /// How it ended, for the report (`killed by signal 9 (SIGKILL)`).
+        /// Whether seccomp killed it (SIGSYS): a security event.
+        sigsys: bool,
+        /// How it ended, for the report (`killed by signal 9 (SIGKILL)`); empty for a
+        /// new process that did not start (the report says so).
         how: String,
     },
     /// `bulkhead ctl restart`: not counted.
@@ -81,7 +88,8 @@ impl Supervisor<'_> {
             // restart=off: the vmm stops the VM (DeviceFailed), as before restarts.
             return;
         }
-        let _ = self.replace(i, Cause::Died { status, how }, None, Instant::now());
+        let sigsys = status.signal() == Some(libc::SIGSYS);
+        let _ = self.replace(i, Cause::Died { sigsys, how }, None, Instant::now());
     }
 
     /// The vmm lost device `device` (its backend hung up, answered garbage or timed out):
@@ -99,29 +107,9 @@ impl Supervisor<'_> {
         if self.given_up.contains(&device) {
             return;
         }
-        let p = &mut self.devices.processes[i];
-        // A process that died is reapable a moment after the vmm saw its socket close.
-        let status = match p.wait_for_end(LOST_GRACE) {
-            Some(status) => {
-                let how = describe_for_report(p, status);
-                (status, how)
-            }
-            None => {
-                log::warn!(
-                    "{device}: the vmm lost {} (pid {}): {reason}; killing it",
-                    p.program,
-                    p.pid()
-                );
-                p.kill();
-                let status = p
-                    .wait_for_end(Duration::from_secs(5))
-                    .unwrap_or(ExitStatus::from_raw(libc::SIGKILL));
-                (status, format!("lost by the vmm ({reason}), killed"))
-            }
-        };
-        p.watched = false;
-        let (status, how) = status;
-        let _ = self.replace(i, Cause::Died { status, how }, None, seen);
+        let (status, how) = self.end_lost(i, &reason);
+        let sigsys = status.signal() == Some(libc::SIGSYS);
+        let _ = self.replace(i, Cause::Died { sigsys, how }, None, seen);
     }
 
     /// `bulkhead ctl restart DEVICE [--exec PATH]`: the old process is asked to stop
@@ -186,6 +174,12 @@ impl Supervisor<'_> {
     /// budget for a death, then a new process from its recipe (`exec`: another program
     /// from now on), reconnected by the vmm; the report on stderr, with the time from
     /// `seen` (the death seen, or the stop asked for) to the vmm's `Reconnected`.
+    ///
+    /// A new process that does not start, or that the vmm loses during the replay (or that
+    /// dies before the vmm answered), is another death of the device: reported, counted in
+    /// the budget and replaced while the budget allows, else the device is given up. Every
+    /// way out without `Reconnected` while the VM runs leaves the device stopped by the
+    /// vmm: its `DeviceStopped`, or a `GiveUp` sent here.
     fn replace(
         &mut self,
         i: usize,
@@ -193,112 +187,170 @@ impl Supervisor<'_> {
         exec: Option<PathBuf>,
         seen: Instant,
     ) -> Result<(), String> {
+        let (mut cause, mut exec) = (cause, exec);
         let p = &mut self.devices.processes[i];
         let (name, program, pid) = (p.name.clone(), p.program.clone(), p.pid());
         let _ = p.wait_for_end(Duration::ZERO); // its cgroup goes before the new one comes
-        let what = match &cause {
+        let mut what = match &cause {
             Cause::Died { how, .. } => format!("{program} (pid {pid}) {how}"),
             Cause::Asked => format!("{program} (pid {pid}) replaced as asked (ctl restart)"),
         };
-        let mut which = String::from("not counted in the restart budget");
         if let (Cause::Asked, Some(budget)) = (&cause, self.devices.budget(&name)) {
             budget.count_asked();
         }
-        if let Cause::Died { status, how } = &cause {
-            if status.signal() == Some(libc::SIGSYS) && !self.restart_on_sigsys {
-                eprintln!(
-                    "bulkhead: {name}: security event: {what}; not restarted (a seccomp kill is \
-                     not a crash; --restart-on-sigsys restarts it); stopping the VM"
-                );
-                self.devices.processes[i].reported = true;
-                self.report
-                    .device_failed
-                    .get_or_insert((name, format!("{program} (pid {pid}) {how}")));
-                self.shut_down();
-                return Err("stopped".into());
-            }
-            let policy = self.policy(&name);
-            match self.devices.budget(&name).map(|b| b.take(seen)) {
-                Some(Ok(n)) => {
-                    if let RestartPolicy::Budget {
-                        restarts,
-                        window_secs,
-                    } = policy
-                    {
-                        which = format!("restart {n} of {restarts} within {window_secs} s");
-                    }
+        // When the death being handled was seen (the budget counts deaths by it).
+        let mut died_at = seen;
+        // New processes that failed in a row here (see `admit`).
+        let mut failed_in_a_row = 0;
+        loop {
+            let which = self.admit(i, &cause, &what, died_at, failed_in_a_row)?;
+            let Some(mut recipe) = self.devices.processes[i].take_recipe() else {
+                let why = "not restarted: bulkhead keeps no recipe for it".to_owned();
+                self.give_up(i, &what, &why);
+                return Err(why);
+            };
+            let (mut new, socket) = match start_new(&name, &mut recipe, exec.take()) {
+                Ok(started) => started,
+                Err(NotStarted { why, sigsys }) => {
+                    // Counted as a death of the device: tried again within the budget.
+                    let failed = recipe
+                        .program()
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    self.devices.processes[i].keep_recipe(recipe);
+                    eprintln!("bulkhead: {name}: {what}; restarting it ({which}) failed: {why}");
+                    what = format!("the new {failed} did not start");
+                    cause = Cause::Died {
+                        sigsys,
+                        how: String::new(),
+                    };
+                    died_at = Instant::now();
+                    failed_in_a_row += 1;
+                    continue;
                 }
-                Some(Err(Spent)) | None => {
-                    let why =
-                        format!("not restarted: its restart budget (restart={policy}) is spent");
+            };
+            new.keep_recipe(recipe);
+            let (new_pid, new_program) = (new.pid(), new.program.clone());
+            let old = std::mem::replace(&mut self.devices.processes[i], new);
+            drop(old);
+            if let Err(e) = self.channel.send(
+                &ToProcess::Reconnect {
+                    device: name.clone(),
+                },
+                &[socket.as_fd()],
+            ) {
+                // The vmm's channel is broken: the VM is ending, nobody to tell.
+                let why = format!("handing its new process to the vmm failed: {e}");
+                eprintln!("bulkhead: {name}: {what}; {why}");
+                return Err(why);
+            }
+            drop(socket);
+            let restarted = format!("restarted as pid {new_pid} ({which})");
+            match self.await_reconnected(i) {
+                Answer::Reconnected => {
+                    let unavailable = seen.elapsed().as_millis();
+                    eprintln!(
+                        "bulkhead: {name}: {what}; {restarted}; unavailable {unavailable} ms"
+                    );
+                    return Ok(());
+                }
+                Answer::Lost { status, how } => {
+                    eprintln!(
+                        "bulkhead: {name}: {what}; {restarted}, but it was lost before the vmm \
+                         reconnected it"
+                    );
+                    what = format!("{new_program} (pid {new_pid}) {how}");
+                    cause = Cause::Died {
+                        sigsys: status.signal() == Some(libc::SIGSYS),
+                        how,
+                    };
+                    died_at = Instant::now();
+                    failed_in_a_row += 1;
+                }
+                Answer::Stopped(why) => {
+                    // The vmm stopped the device itself (NEEDS_RESET): no GiveUp needed.
+                    eprintln!(
+                        "bulkhead: {name}: {what}; {restarted}, but the vmm could not \
+                         reconnect it: {why}; {name} is stopped (the guest sees it needs a \
+                         reset), the VM goes on"
+                    );
+                    self.settle(i);
+                    return Err(why);
+                }
+                Answer::TimedOut(why) => {
+                    let p = &mut self.devices.processes[i];
+                    p.kill();
+                    let _ = p.wait_for_end(Duration::from_secs(5));
+                    let why = format!("{restarted}, but the vmm could not reconnect it: {why}");
                     self.give_up(i, &what, &why);
+                    return Err(why);
+                }
+                Answer::Ended(why) => {
+                    eprintln!("bulkhead: {name}: {what}; {restarted}, but {why}");
+                    self.settle(i);
                     return Err(why);
                 }
             }
         }
-        let Some(mut recipe) = self.devices.processes[i].take_recipe() else {
-            let why = "not restarted: bulkhead keeps no recipe for it".to_owned();
-            self.give_up(i, &what, &why);
-            return Err(why);
+    }
+
+    /// Whether the device of process `i` may have another process after `cause` (the
+    /// death seen at `at`, after `failed_in_a_row` new processes failed in this
+    /// replacement): the SIGSYS rule (a refusal stops the VM) and the budget (a refusal
+    /// gives the device up). Returns which restart this is, for the report.
+    ///
+    /// At most as many new processes in a row as the policy allows restarts, whatever
+    /// its window: a window shorter than a failed start would let the budget refill, and
+    /// the VM's supervision would wait on this replacement forever.
+    fn admit(
+        &mut self,
+        i: usize,
+        cause: &Cause,
+        what: &str,
+        at: Instant,
+        failed_in_a_row: u32,
+    ) -> Result<String, String> {
+        let Cause::Died { sigsys, how } = cause else {
+            return Ok("not counted in the restart budget".into());
         };
-        let old_program = recipe.program().to_owned();
-        if let Some(exec) = exec {
-            recipe.set_program(exec);
+        let name = self.devices.processes[i].name.clone();
+        if *sigsys && !self.restart_on_sigsys {
+            eprintln!(
+                "bulkhead: {name}: security event: {what}; not restarted (a seccomp kill is \
+                 not a crash; --restart-on-sigsys restarts it); stopping the VM"
+            );
+            let p = &mut self.devices.processes[i];
+            p.reported = true;
+            let failed = if how.is_empty() {
+                what.to_owned()
+            } else {
+                format!("{} (pid {}) {how}", p.program, p.pid())
+            };
+            self.report.device_failed.get_or_insert((name, failed));
+            self.shut_down();
+            return Err("stopped".into());
         }
-        let mut started = start_ready(&mut recipe);
-        if started.is_err() && recipe.program() != old_program {
-            // A new build that does not start: the old program serves on.
-            if let Err(e) = &started {
-                eprintln!(
-                    "bulkhead: {name}: the new program {} did not start ({}); starting {} again",
-                    recipe.program().display(),
-                    crate::run::chain(e),
-                    old_program.display()
-                );
-            }
-            recipe.set_program(old_program);
-            started = start_ready(&mut recipe);
-        }
-        let (mut new, socket) = match started {
-            Ok(started) => started,
-            Err(e) => {
-                self.devices.processes[i].keep_recipe(recipe);
-                let why = format!("restarting it failed: {}", crate::run::chain(&e));
-                self.give_up(i, &what, &why);
-                return Err(why);
-            }
-        };
-        new.keep_recipe(recipe);
-        let new_pid = new.pid();
-        let old = std::mem::replace(&mut self.devices.processes[i], new);
-        drop(old);
-        if let Err(e) = self.channel.send(
-            &ToProcess::Reconnect {
-                device: name.clone(),
+        let policy = self.policy(&name);
+        match self.devices.budget(&name).map(|b| b.take(at)) {
+            Some(Ok(n)) => match policy {
+                RestartPolicy::Budget { restarts, .. } if failed_in_a_row >= restarts => {
+                    let why = format!(
+                        "not restarted: {failed_in_a_row} new processes in a row did not start \
+                         or were lost (restart={policy})"
+                    );
+                    self.give_up(i, what, &why);
+                    Err(why)
+                }
+                RestartPolicy::Budget {
+                    restarts,
+                    window_secs,
+                } => Ok(format!("restart {n} of {restarts} within {window_secs} s")),
+                RestartPolicy::Off => Ok("not counted in the restart budget".into()),
             },
-            &[socket.as_fd()],
-        ) {
-            let why = format!("handing its new process to the vmm failed: {e}");
-            eprintln!("bulkhead: {name}: {what}; {why}");
-            return Err(why);
-        }
-        drop(socket);
-        match self.await_reconnected(&name) {
-            Ok(()) => {
-                let unavailable = seen.elapsed().as_millis();
-                eprintln!(
-                    "bulkhead: {name}: {what}; restarted as pid {new_pid} ({which}); \
-                     unavailable {unavailable} ms"
-                );
-                Ok(())
-            }
-            Err(why) => {
-                eprintln!(
-                    "bulkhead: {name}: {what}; restarted as pid {new_pid}, but the vmm could \
-                     not reconnect it: {why}; {name} is stopped (the guest sees it needs a \
-                     reset), the VM goes on"
-                );
-                self.settle(i);
+            Some(Err(Spent)) | None => {
+                let why = format!("not restarted: its restart budget (restart={policy}) is spent");
+                self.give_up(i, what, &why);
                 Err(why)
             }
         }
@@ -333,55 +385,196 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Waits for the vmm's answer to `Reconnect` for `device`; other messages meanwhile
-    /// are recorded (a `DeviceLost` for `device` is about its old process: ignored).
-    fn await_reconnected(&mut self, device: &str) -> Result<(), String> {
-        let deadline = Instant::now() + RECONNECT_TIMEOUT;
+    /// Process `i`, which the vmm lost: its end if it comes within [`LOST_GRACE`], else it
+    /// is killed. Returns how it ended, for the report.
+    fn end_lost(&mut self, i: usize, reason: &str) -> (ExitStatus, String) {
+        let p = &mut self.devices.processes[i];
+        p.watched = false;
+        // A process that died is reapable a moment after the vmm saw its socket close.
+        if let Some(status) = p.wait_for_end(LOST_GRACE) {
+            return (status, describe_for_report(p, status));
+        }
+        log::warn!(
+            "{}: the vmm lost {} (pid {}): {reason}; killing it",
+            p.name,
+            p.program,
+            p.pid()
+        );
+        p.kill();
+        let status = p
+            .wait_for_end(Duration::from_secs(5))
+            .unwrap_or(ExitStatus::from_raw(libc::SIGKILL));
+        (status, format!("lost by the vmm ({reason}), killed"))
+    }
+
+    /// Waits for the vmm's answer to `Reconnect` for device process `i` (just started),
+    /// watching the process meanwhile; other messages are recorded. A `DeviceLost` about
+    /// the device's previous process is set aside (see [`answer`]), and handled after
+    /// `Reconnected` if the new process has ended by then.
+    fn await_reconnected(&mut self, i: usize) -> Answer {
+        let device = self.devices.processes[i].name.clone();
+        let mut deadline = Instant::now() + RECONNECT_TIMEOUT;
+        // How the new process ended, once its pidfd said so.
+        let mut died: Option<ExitStatus> = None;
+        let mut lost_before: Option<String> = None;
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let p = &mut self.devices.processes[i];
+                return match died {
+                    // Dead, and the vmm said nothing: it is lost; another may be tried.
+                    Some(status) => {
+                        p.watched = false;
+                        let _ = p.wait_for_end(Duration::ZERO);
+                        Answer::Lost {
+                            status,
+                            how: format!("{} during the reconnect", describe_for_report(p, status)),
+                        }
+                    }
+                    None => Answer::TimedOut(format!("no answer within {RECONNECT_TIMEOUT:?}")),
+                };
+            }
+            let pidfd = match died {
+                None => self.devices.processes[i]
+                    .pidfd()
+                    .map_or(-1, |fd| fd.as_raw_fd()),
+                Some(_) => -1, // (poll skips a negative fd)
+            };
+            let mut fds = [super::pollin(self.channel_fd()), super::pollin(pidfd)];
+            let ms = left.as_millis().clamp(1, 1000) as libc::c_int;
+            // SAFETY: poll on valid fds (or -1, skipped) in a local array of the length given.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if n <= 0 {
+                continue;
+            }
+            if fds[1].revents != 0 {
+                if let Some(status) = self.devices.processes[i].exited() {
+                    // The vmm sees the hang-up too and answers; if it does not soon, the
+                    // death is handled without its answer.
+                    log::info!("{device}: its new process ended during the reconnect: {status:?}");
+                    died = Some(status);
+                    deadline = deadline.min(Instant::now() + ANSWER_AFTER_DEATH);
+                }
+            }
+            if fds[0].revents == 0 {
+                continue;
+            }
             let msg = match self.channel.recv() {
                 Ok((msg, _)) => msg,
-                Err(e) if e.is_timeout() && Instant::now() < deadline => continue,
-                Err(e) if e.is_timeout() => {
-                    return Err(format!("no answer within {RECONNECT_TIMEOUT:?}"))
-                }
+                Err(e) if e.is_timeout() => continue,
                 Err(e) => {
                     self.channel_gone = true;
-                    return Err(format!("the vmm's channel: {e}"));
+                    return Answer::Ended(format!("the vmm's channel failed: {e}"));
                 }
             };
-            match msg {
-                ToLauncher::Reconnected { device: d } if d == device => return Ok(()),
-                ToLauncher::DeviceStopped { device: d, reason } if d == device => {
-                    return Err(sanitize(&reason))
+            match answer::classify(&device, msg) {
+                Heard::Reconnected => {
+                    // A loss reported just before the answer may be the new process's:
+                    // handled as any loss if that process has ended.
+                    if let Some(reason) = lost_before {
+                        if self.devices.processes[i].exited().is_some() {
+                            self.pending_lost.push((device, reason));
+                        }
+                    }
+                    return Answer::Reconnected;
                 }
-                ToLauncher::DeviceLost { device: d, .. } if d == device => {
-                    log::debug!("{device}: DeviceLost for its old process");
+                Heard::Stopped(reason) => return Answer::Stopped(sanitize(&reason)),
+                Heard::LostInReplay(reason) => {
+                    let reason = sanitize(&reason);
+                    let (status, how) = self.end_lost(i, &reason);
+                    return Answer::Lost {
+                        status,
+                        how: format!("{how} during the reconnect"),
+                    };
                 }
-                ToLauncher::DeviceLost { device: d, reason } => {
+                Heard::LostBefore(reason) => {
+                    log::debug!("{device}: DeviceLost before the reconnect: {reason}");
+                    lost_before = Some(reason);
+                }
+                Heard::Exited(code) => {
+                    self.report.exited = Some(code);
+                    return Answer::Ended("the VM has ended".into());
+                }
+                Heard::Other(ToLauncher::DeviceLost { device: d, reason }) => {
                     self.pending_lost.push((d, reason));
                 }
-                ToLauncher::Exited { code } => {
-                    self.report.exited = Some(code);
-                    return Err("the VM has ended".into());
-                }
-                other => self.record(other),
+                Heard::Other(other) => self.record(other),
             }
         }
     }
 }
 
-/// Starts a process from `recipe` and waits until it is ready; one that is not is stopped.
+/// The vmm's answer to `Reconnect`, as the launcher takes it.
+enum Answer {
+    /// `Reconnected`.
+    Reconnected,
+    /// The new process was lost (the vmm's `DeviceLost` during the replay, or its death
+    /// without an answer): how it ended. The device waits for another `Reconnect`.
+    Lost { status: ExitStatus, how: String },
+    /// `DeviceStopped`: the vmm's reason (defused).
+    Stopped(String),
+    /// No answer in time: the device must be given up (`GiveUp`).
+    TimedOut(String),
+    /// The VM ended or its channel broke meanwhile.
+    Ended(String),
+}
+
+/// Starts a process for `name` from `recipe`, with program `exec` from now on if given
+/// (one that does not start leaves the old program in the recipe, started again), and
+/// waits until it is ready.
+fn start_new(
+    name: &str,
+    recipe: &mut crate::launch::Recipe,
+    exec: Option<PathBuf>,
+) -> Result<(DeviceProcess, UnixStream), NotStarted> {
+    let Some(exec) = exec else {
+        return start_ready(recipe);
+    };
+    let old_program = recipe.program().to_owned();
+    recipe.set_program(exec);
+    match start_ready(recipe) {
+        Ok(started) => Ok(started),
+        Err(NotStarted { why, .. }) => {
+            // A new build that does not start: the old program serves on.
+            eprintln!(
+                "bulkhead: {name}: the new program {} did not start ({why}); starting {} again",
+                recipe.program().display(),
+                old_program.display()
+            );
+            recipe.set_program(old_program);
+            start_ready(recipe)
+        }
+    }
+}
+
+/// Starts a process from `recipe` and waits until it is ready; one that is not is stopped
+/// (and its cgroup removed).
 fn start_ready(
     recipe: &mut crate::launch::Recipe,
-) -> Result<(DeviceProcess, std::os::unix::net::UnixStream), crate::launch::LaunchError> {
-    let (mut new, socket) = recipe.start()?;
+) -> Result<(DeviceProcess, UnixStream), NotStarted> {
+    let (mut new, socket) = recipe.start().map_err(|e| NotStarted {
+        why: crate::run::chain(&e),
+        sigsys: false,
+    })?;
     match new.wait_ready() {
         Ok(()) => Ok((new, socket)),
         Err(e) => {
-            let _ = new.stop();
-            Err(e)
+            let status = new.stop();
+            let _ = new.wait_for_end(Duration::ZERO);
+            Err(NotStarted {
+                why: crate::run::chain(&e),
+                sigsys: status.and_then(|s| s.signal()) == Some(libc::SIGSYS),
+            })
         }
     }
+}
+
+/// Why a new process did not start.
+struct NotStarted {
+    /// The error, with its causes.
+    why: String,
+    /// Whether seccomp killed it (SIGSYS).
+    sigsys: bool,
 }
 
 /// How `p` ended, for a report line: `killed by signal 9 (SIGKILL)`, `exited with status
