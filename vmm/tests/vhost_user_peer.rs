@@ -1,16 +1,17 @@
 //! A hostile or broken vhost-user peer: the frontend's handshake fails with an error that
 //! names the device and the request — never a panic, never a hang past the reply timeout.
 
+#[path = "common/peer.rs"]
+mod peer;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use bulkhead_vmm::memory::GuestMemory;
 use bulkhead_vmm::virtio::interrupts::Interrupts;
-use bulkhead_vmm::virtio::vhost_user::{
-    BackendSocket, SharedMemory, VhostUserDevice, REPLY_TIMEOUT,
-};
-use std::os::fd::AsRawFd;
+use bulkhead_vmm::virtio::vhost_user::{BackendSocket, VhostUserDevice, REPLY_TIMEOUT};
+use peer::{chain, read_request, reply, shared};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Connects a frontend for `disk0` to a peer played by `peer` on a thread.
@@ -18,48 +19,26 @@ fn connect_to(peer: impl FnOnce(UnixStream) + Send + 'static) -> Result<VhostUse
     let (ours, theirs) = UnixStream::pair().unwrap();
     let t = std::thread::spawn(move || peer(theirs));
     let memory = GuestMemory::new(1 << 20).unwrap();
-    let shared = SharedMemory {
-        mem: memory.mem.clone(),
-        memfd: memory.file.as_raw_fd(),
-    };
     let result = VhostUserDevice::connect(
         "disk0",
         2,
         BackendSocket::Connected(ours),
         vec![EventFd::new(0).unwrap()],
         |n| Interrupts::shared(EventFd::new(0)?, n),
-        shared,
+        shared(&memory),
     )
-    .map_err(|e| {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
-            src = s.source();
-        }
-        msg
-    });
+    .map_err(|e| chain(&e));
     let _ = t.join();
     result
 }
 
-/// Reads one request header (and its body) from the frontend; returns the request code.
-fn read_request(s: &mut UnixStream) -> Option<u32> {
-    let mut hdr = [0u8; 12];
-    s.read_exact(&mut hdr).ok()?;
-    let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
-    let mut body = vec![0u8; size];
-    s.read_exact(&mut body).ok()?;
-    Some(u32::from_le_bytes(hdr[0..4].try_into().unwrap()))
+/// Reads one request from the frontend; its code (0 if the frontend hung up).
+fn read_code(s: &mut UnixStream) -> u32 {
+    read_request(s).map_or(0, |r| r.code)
 }
 
 fn reply_u64(s: &mut UnixStream, request: u32, value: u64) {
-    let mut m = Vec::new();
-    m.extend_from_slice(&request.to_le_bytes());
-    m.extend_from_slice(&0x5u32.to_le_bytes()); // version 1 | reply
-    m.extend_from_slice(&8u32.to_le_bytes());
-    m.extend_from_slice(&value.to_le_bytes());
-    let _ = s.write_all(&m);
+    reply(s, request, &value.to_le_bytes());
 }
 
 #[test]
@@ -135,7 +114,7 @@ fn peer_that_answers_the_wrong_request() {
 fn peer_without_protocol_features_is_refused() {
     let e = connect_to(|mut s| {
         let _ = read_request(&mut s);
-        let req = read_request(&mut s).unwrap_or(0);
+        let req = read_code(&mut s);
         reply_u64(&mut s, req, 1 << 32); // VERSION_1 only
     })
     .err()
@@ -150,9 +129,9 @@ fn peer_without_protocol_features_is_refused() {
 fn peer_without_config_space_is_refused() {
     let e = connect_to(|mut s| {
         let _ = read_request(&mut s); // SET_OWNER
-        let req = read_request(&mut s).unwrap_or(0); // GET_FEATURES
+        let req = read_code(&mut s); // GET_FEATURES
         reply_u64(&mut s, req, (1 << 32) | (1 << 30));
-        let req = read_request(&mut s).unwrap_or(0); // GET_PROTOCOL_FEATURES
+        let req = read_code(&mut s); // GET_PROTOCOL_FEATURES
         reply_u64(&mut s, req, 0);
         let _ = read_request(&mut s); // SET_PROTOCOL_FEATURES
     })
@@ -167,219 +146,17 @@ fn peer_without_config_space_is_refused() {
 // refuses what it must (the device needs a reset, the VM goes on) and never hangs.
 
 mod reconnect {
+    use super::peer::*;
     use super::*;
     use bulkhead_vmm::devices::bus::BusDevice;
     use bulkhead_vmm::virtio::mmio::MmioTransport;
     use bulkhead_vmm::virtio::{QueueConfig, ReconnectError, VirtioBackend};
-    use std::fs::File;
-    use std::sync::{Arc, Mutex};
     use vm_memory::{Bytes, GuestAddress};
-    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-    const SET_OWNER: u32 = 3;
-    const GET_FEATURES: u32 = 1;
-    const SET_FEATURES: u32 = 2;
-    const SET_MEM_TABLE: u32 = 5;
-    const SET_VRING_NUM: u32 = 8;
-    const SET_VRING_ADDR: u32 = 9;
-    const SET_VRING_BASE: u32 = 10;
-    const GET_VRING_BASE: u32 = 11;
-    const SET_VRING_KICK: u32 = 12;
-    const SET_VRING_CALL: u32 = 13;
-    const GET_PROTOCOL_FEATURES: u32 = 15;
-    const SET_PROTOCOL_FEATURES: u32 = 16;
-    const GET_QUEUE_NUM: u32 = 17;
-    const SET_VRING_ENABLE: u32 = 18;
-    const GET_CONFIG: u32 = 24;
-    const GET_INFLIGHT_FD: u32 = 31;
-    const SET_INFLIGHT_FD: u32 = 32;
-
-    const VERSION_1: u64 = 1 << 32;
-    const EVENT_IDX: u64 = 1 << 29;
-    const PROTOCOL_FEATURES: u64 = 1 << 30;
-    const BLK_F_FLUSH: u64 = 1 << 9;
-    const P_MQ: u64 = 1 << 0;
-    const P_REPLY_ACK: u64 = 1 << 3;
-    const P_CONFIG: u64 = 1 << 9;
-    const P_INFLIGHT: u64 = 1 << 12;
-
-    /// What the driver acked in these tests.
-    const ACKED: u64 = VERSION_1 | EVENT_IDX | BLK_F_FLUSH;
     /// Where the one queue's rings are (guest-physical).
     const DESC: u64 = 0x1000;
     const AVAIL: u64 = 0x2000;
     const USED: u64 = 0x3000;
-
-    /// How the inflight region is answered.
-    #[derive(Clone, Copy)]
-    enum Region {
-        /// A sealed memfd of the size claimed.
-        Sound,
-        /// Claims more than its memfd holds.
-        Short,
-    }
-
-    /// How a scripted peer behaves.
-    #[derive(Clone)]
-    struct Script {
-        features: u64,
-        protocol: u64,
-        region: Region,
-        /// Hangs up on receiving this request.
-        die_on: Option<u32>,
-        /// Never answers this request (waits until the frontend gives up).
-        silent_on: Option<u32>,
-        /// Refuses this request (a non-zero REPLY_ACK).
-        nack_on: Option<u32>,
-    }
-
-    impl Default for Script {
-        fn default() -> Self {
-            Script {
-                features: ACKED | PROTOCOL_FEATURES | (1 << 6),
-                protocol: P_MQ | P_REPLY_ACK | P_CONFIG | P_INFLIGHT,
-                region: Region::Sound,
-                die_on: None,
-                silent_on: None,
-                nack_on: None,
-            }
-        }
-    }
-
-    /// One request as the peer received it.
-    #[derive(Debug)]
-    struct Seen {
-        code: u32,
-        flags: u32,
-        body: Vec<u8>,
-        fd: bool,
-    }
-
-    type Log = Arc<Mutex<Vec<Seen>>>;
-
-    fn recv(s: &mut UnixStream) -> Option<(Seen, Option<File>)> {
-        let mut hdr = [0u8; 12];
-        let (n, file) = s.recv_with_fd(&mut hdr).ok()?;
-        if n == 0 {
-            return None;
-        }
-        s.read_exact(&mut hdr[n..]).ok()?;
-        let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
-        let mut body = vec![0u8; size];
-        s.read_exact(&mut body).ok()?;
-        let code = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
-        let flags = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
-        let fd = file.is_some();
-        Some((
-            Seen {
-                code,
-                flags,
-                body,
-                fd,
-            },
-            file,
-        ))
-    }
-
-    fn reply(s: &mut UnixStream, code: u32, body: &[u8], fd: Option<&File>) {
-        let mut m = Vec::new();
-        m.extend_from_slice(&code.to_le_bytes());
-        m.extend_from_slice(&0x5u32.to_le_bytes());
-        m.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        m.extend_from_slice(body);
-        match fd {
-            Some(f) => {
-                let _ = s.send_with_fd(&m[..], f.as_raw_fd());
-            }
-            None => {
-                let _ = s.write_all(&m);
-            }
-        }
-    }
-
-    fn memfd(size: u64, seal: bool) -> File {
-        // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd or -1.
-        let fd = unsafe { libc::memfd_create(c"peer-inflight".as_ptr(), libc::MFD_ALLOW_SEALING) };
-        assert!(fd >= 0);
-        // SAFETY: a fresh fd nothing else owns.
-        let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        f.set_len(size).unwrap();
-        if seal {
-            // SAFETY: fcntl(F_ADD_SEALS) on our own memfd.
-            unsafe {
-                libc::fcntl(
-                    fd,
-                    libc::F_ADD_SEALS,
-                    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
-                )
-            };
-        }
-        f
-    }
-
-    /// Serves `script` on `s`, recording every request, until the frontend hangs up.
-    fn serve(mut s: UnixStream, script: Script, log: Log) {
-        while let Some((seen, _file)) = recv(&mut s) {
-            let code = seen.code;
-            let need_reply = seen.flags & 0x8 != 0;
-            let body = seen.body.clone();
-            log.lock().unwrap().push(seen);
-            if script.die_on == Some(code) {
-                return;
-            }
-            if script.silent_on == Some(code) {
-                // Until the frontend hangs up.
-                let mut sink = Vec::new();
-                let _ = s.read_to_end(&mut sink);
-                return;
-            }
-            match code {
-                GET_FEATURES => reply(&mut s, code, &script.features.to_le_bytes(), None),
-                GET_PROTOCOL_FEATURES => reply(&mut s, code, &script.protocol.to_le_bytes(), None),
-                GET_QUEUE_NUM => reply(&mut s, code, &4u64.to_le_bytes(), None),
-                GET_CONFIG => {
-                    // The request echoed, its payload a pattern.
-                    let mut b = body;
-                    for (i, x) in b.iter_mut().enumerate().skip(12) {
-                        *x = (i - 12) as u8;
-                    }
-                    reply(&mut s, code, &b, None)
-                }
-                GET_VRING_BASE => reply(&mut s, code, &body, None),
-                GET_INFLIGHT_FD => {
-                    let size = 4160u64;
-                    let file = match script.region {
-                        Region::Sound => memfd(size, true),
-                        Region::Short => memfd(size / 2, true),
-                    };
-                    let mut b = Vec::new();
-                    b.extend_from_slice(&size.to_le_bytes());
-                    b.extend_from_slice(&0u64.to_le_bytes());
-                    // The queue count and size asked for, echoed.
-                    b.extend_from_slice(body.get(16..24).unwrap_or(&[0u8; 8]));
-                    reply(&mut s, code, &b, Some(&file))
-                }
-                _ if need_reply => {
-                    let refused = u64::from(script.nack_on == Some(code));
-                    reply(&mut s, code, &refused.to_le_bytes(), None)
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// A peer on a thread; its log.
-    fn peer(script: Script) -> (UnixStream, Log, std::thread::JoinHandle<()>) {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let log: Log = Arc::default();
-        let l = log.clone();
-        let t = std::thread::spawn(move || serve(theirs, script, l));
-        (ours, log, t)
-    }
-
-    fn codes(log: &Log) -> Vec<u32> {
-        log.lock().unwrap().iter().map(|s| s.code).collect()
-    }
 
     /// A device `disk0` (one queue) on a first peer, the guest memory, the kick eventfd
     /// and the call eventfd (the vmm's own handles on them).
@@ -392,12 +169,9 @@ mod reconnect {
     }
 
     fn rig(script: Script, restartable: bool) -> Rig {
-        let (ours, first, _t) = peer(script);
+        let (ours, first, _t) = spawn(script);
         let memory = GuestMemory::new(1 << 20).unwrap();
-        let shared = SharedMemory {
-            mem: memory.mem.clone(),
-            memfd: memory.file.as_raw_fd(),
-        };
+        let shared = shared(&memory);
         let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let call2 = call.try_clone().unwrap();
@@ -444,7 +218,7 @@ mod reconnect {
         /// Reconnects to a new peer playing `script`: the outcome, how long it took, and
         /// what the peer saw.
         fn reconnect(&mut self, script: Script) -> (Result<(), ReconnectError>, Duration, Log) {
-            let (ours, log, t) = peer(script);
+            let (ours, log, t) = spawn(script);
             let start = Instant::now();
             let r = self.device.reconnect(ours);
             let took = start.elapsed();
@@ -459,10 +233,32 @@ mod reconnect {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    /// A restartable disk whose driver started it, on a well-behaved first peer.
+    fn started() -> Rig {
+        let mut r = rig(Script::disk(), true);
+        r.device.activate(ACKED, &queue()).unwrap();
+        r
+    }
+
+    /// Why the reconnection was refused (panics on any other outcome).
+    fn refused(result: Result<(), ReconnectError>) -> String {
+        match result {
+            Err(ReconnectError::Refused(why)) => why,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Why the new backend was lost (panics on any other outcome).
+    fn lost(result: Result<(), ReconnectError>) -> String {
+        match result {
+            Err(ReconnectError::Lost(why)) => why,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn the_replay_order_and_what_the_new_backend_is_given() {
-        let mut r = rig(Script::default(), true);
-        r.device.activate(ACKED, &queue()).unwrap();
+        let mut r = started();
         settle(&r.first);
         assert_eq!(
             codes(&r.first),
@@ -486,7 +282,7 @@ mod reconnect {
         );
         // The old backend took requests up to 9 and completed up to 7, then died.
         r.rings(9, 7);
-        let (result, _, log) = r.reconnect(Script::default());
+        let (result, _, log) = r.reconnect(Script::disk());
         result.unwrap();
         settle(&log);
         assert_eq!(
@@ -514,7 +310,7 @@ mod reconnect {
         // SET_FEATURES: what the driver acked (and the protocol-features bit).
         assert_eq!(
             u64::from_le_bytes(find(SET_FEATURES).body[..8].try_into().unwrap()),
-            ACKED | PROTOCOL_FEATURES
+            ACKED | F_PROTOCOL
         );
         // SET_PROTOCOL_FEATURES: exactly what was acked the first time.
         assert_eq!(
@@ -548,10 +344,9 @@ mod reconnect {
 
     #[test]
     fn a_reset_drops_the_region_and_a_later_backend_is_not_given_it() {
-        let mut r = rig(Script::default(), true);
-        r.device.activate(ACKED, &queue()).unwrap();
+        let mut r = started();
         r.device.reset();
-        let (result, _, log) = r.reconnect(Script::default());
+        let (result, _, log) = r.reconnect(Script::disk());
         result.unwrap();
         settle(&log);
         let codes = codes(&log);
@@ -566,7 +361,7 @@ mod reconnect {
         let mut r = rig(
             Script {
                 die_on: Some(SET_MEM_TABLE),
-                ..Script::default()
+                ..Script::disk()
             },
             true,
         );
@@ -574,7 +369,7 @@ mod reconnect {
         r.device.activate(ACKED, &queue()).unwrap();
         assert!(r.device.activation().is_some());
         r.rings(3, 3);
-        let (result, _, log) = r.reconnect(Script::default());
+        let (result, _, log) = r.reconnect(Script::disk());
         result.unwrap();
         settle(&log);
         assert!(codes(&log).contains(&SET_VRING_ENABLE));
@@ -589,7 +384,7 @@ mod reconnect {
         let mut r = rig(
             Script {
                 die_on: Some(SET_MEM_TABLE),
-                ..Script::default()
+                ..Script::disk()
             },
             false,
         );
@@ -599,82 +394,64 @@ mod reconnect {
 
     #[test]
     fn a_peer_that_dies_during_the_replay_is_lost_again() {
-        let mut r = rig(Script::default(), true);
-        r.device.activate(ACKED, &queue()).unwrap();
+        let mut r = started();
         let (result, took, _) = r.reconnect(Script {
             die_on: Some(SET_VRING_ADDR),
-            ..Script::default()
+            ..Script::disk()
         });
-        match result {
-            Err(ReconnectError::Lost(why)) => assert!(why.starts_with("disk0: "), "{why}"),
-            other => panic!("{other:?}"),
-        }
+        let why = lost(result);
+        assert!(why.starts_with("disk0: "), "{why}");
         assert!(took < Duration::from_secs(2), "{took:?}");
         // And the one after it takes over.
-        let (result, _, _) = r.reconnect(Script::default());
+        let (result, _, _) = r.reconnect(Script::disk());
         result.unwrap();
     }
 
     #[test]
     fn a_peer_offering_fewer_features_is_refused() {
-        let mut r = rig(Script::default(), true);
-        r.device.activate(ACKED, &queue()).unwrap();
+        let mut r = started();
         let (result, _, log) = r.reconnect(Script {
-            features: VERSION_1 | PROTOCOL_FEATURES,
-            ..Script::default()
+            features: F_VERSION_1 | F_PROTOCOL,
+            ..Script::disk()
         });
-        match result {
-            Err(ReconnectError::Refused(why)) => {
-                assert!(why.contains("without 0x20000200"), "{why}")
-            }
-            other => panic!("{other:?}"),
-        }
+        let why = refused(result);
+        assert!(why.contains("without 0x20000200"), "{why}");
         settle(&log);
         assert!(!codes(&log).contains(&SET_FEATURES));
         // Fewer protocol features (no inflight region) is refused too.
         let (result, _, _) = r.reconnect(Script {
             protocol: P_MQ | P_REPLY_ACK | P_CONFIG,
-            ..Script::default()
+            ..Script::disk()
         });
-        match result {
-            Err(ReconnectError::Refused(why)) => {
-                assert!(why.contains("protocol features"), "{why}")
-            }
-            other => panic!("{other:?}"),
-        }
+        let why = refused(result);
+        assert!(why.contains("protocol features"), "{why}");
     }
 
     #[test]
     fn before_the_driver_starts_the_device_every_offered_feature_is_required() {
-        let mut r = rig(Script::default(), true);
+        let mut r = rig(Script::disk(), true);
         let (result, _, _) = r.reconnect(Script {
-            features: Script::default().features & !(1 << 6),
-            ..Script::default()
+            features: Script::disk().features & !(1 << 6),
+            ..Script::disk()
         });
-        assert!(
-            matches!(result, Err(ReconnectError::Refused(_))),
-            "{result:?}"
-        );
+        refused(result);
         // More features are fine (the guest is offered what the first backend offered).
         let (result, _, _) = r.reconnect(Script {
-            features: Script::default().features | (1 << 10),
-            ..Script::default()
+            features: Script::disk().features | (1 << 10),
+            ..Script::disk()
         });
         result.unwrap();
     }
 
     #[test]
     fn a_peer_that_refuses_the_kept_region_is_refused() {
-        let mut r = rig(Script::default(), true);
-        r.device.activate(ACKED, &queue()).unwrap();
+        let mut r = started();
         let (result, took, log) = r.reconnect(Script {
             nack_on: Some(SET_INFLIGHT_FD),
-            ..Script::default()
+            ..Script::disk()
         });
-        match result {
-            Err(ReconnectError::Refused(why)) => assert!(why.contains("SET_INFLIGHT_FD"), "{why}"),
-            other => panic!("{other:?}"),
-        }
+        let why = refused(result);
+        assert!(why.contains("SET_INFLIGHT_FD"), "{why}");
         assert!(took < Duration::from_secs(2), "{took:?}");
         settle(&log);
         assert!(
@@ -685,24 +462,18 @@ mod reconnect {
 
     #[test]
     fn a_used_ring_position_that_cannot_be_is_refused() {
-        let mut r = rig(Script::default(), true);
-        r.device.activate(ACKED, &queue()).unwrap();
+        let mut r = started();
         // 300 requests taken and not completed, in a 256-entry ring.
         r.rings(300, 0);
-        let (result, _, log) = r.reconnect(Script::default());
-        match result {
-            Err(ReconnectError::Refused(why)) => assert!(why.contains("ring position"), "{why}"),
-            other => panic!("{other:?}"),
-        }
+        let (result, _, log) = r.reconnect(Script::disk());
+        let why = refused(result);
+        assert!(why.contains("ring position"), "{why}");
         settle(&log);
         assert!(!codes(&log).contains(&SET_VRING_BASE), "nothing started");
         // The used index ahead of the available one is as wrong.
         r.rings(5, 6);
-        let (result, _, _) = r.reconnect(Script::default());
-        assert!(
-            matches!(result, Err(ReconnectError::Refused(_))),
-            "{result:?}"
-        );
+        let (result, _, _) = r.reconnect(Script::disk());
+        refused(result);
     }
 
     #[test]
@@ -710,7 +481,7 @@ mod reconnect {
         let mut r = rig(
             Script {
                 region: Region::Short,
-                ..Script::default()
+                ..Script::disk()
             },
             false,
         );
@@ -721,29 +492,21 @@ mod reconnect {
 
     #[test]
     fn a_peer_that_never_answers_during_the_replay_times_out() {
-        let mut r = rig(Script::default(), true);
-        r.device.activate(ACKED, &queue()).unwrap();
+        let mut r = started();
         let (result, took, _) = r.reconnect(Script {
             silent_on: Some(GET_PROTOCOL_FEATURES),
-            ..Script::default()
+            ..Script::disk()
         });
-        match result {
-            Err(ReconnectError::Refused(why)) => {
-                assert!(why.contains("GET_PROTOCOL_FEATURES"), "{why}")
-            }
-            other => panic!("{other:?}"),
-        }
+        let why = refused(result);
+        assert!(why.contains("GET_PROTOCOL_FEATURES"), "{why}");
         assert!(took < REPLY_TIMEOUT + Duration::from_secs(2), "{took:?}");
     }
 
     #[test]
     fn config_reads_during_an_outage_come_from_the_cache_at_once() {
-        let (ours, _log, t) = peer(Script::default());
+        let (ours, _log, t) = spawn(Script::disk());
         let memory = GuestMemory::new(1 << 20).unwrap();
-        let shared = SharedMemory {
-            mem: memory.mem.clone(),
-            memfd: memory.file.as_raw_fd(),
-        };
+        let shared = shared(&memory);
         let mut device = VhostUserDevice::connect(
             "disk0",
             2,
@@ -781,15 +544,12 @@ mod reconnect {
         const NET_F_CTRL_VQ: u64 = 1 << 17;
         const NET_F_MQ: u64 = 1 << 22;
         let script = Script {
-            features: VERSION_1 | PROTOCOL_FEATURES | NET_F_MQ,
-            ..Script::default()
+            features: F_VERSION_1 | F_PROTOCOL | NET_F_MQ,
+            ..Script::disk()
         };
-        let (ours, first, _t) = peer(script.clone());
+        let (ours, first, _t) = spawn(script.clone());
         let memory = GuestMemory::new(1 << 20).unwrap();
-        let shared = SharedMemory {
-            mem: memory.mem.clone(),
-            memfd: memory.file.as_raw_fd(),
-        };
+        let shared = shared(&memory);
         let mut device = VhostUserDevice::connect(
             "net0",
             1,
@@ -814,7 +574,7 @@ mod reconnect {
             used: 0x1_0c00 + i * 0x1000,
         };
         let queues: Vec<_> = (0..5).map(|i| Some(ring(i))).collect();
-        let features = VERSION_1 | NET_F_MQ | NET_F_CTRL_VQ;
+        let features = F_VERSION_1 | NET_F_MQ | NET_F_CTRL_VQ;
         device.activate(features, &queues).unwrap();
         assert_eq!(device.activation().unwrap().enabled, 2, "the first pair");
         // The driver's VQ_PAIRS_SET(2) on the control queue: a command (class MQ, 0),
@@ -861,7 +621,7 @@ mod reconnect {
             [(0, 1), (1, 1), (2, 1), (3, 1)],
             "after the start's (1,1,0,0)"
         );
-        let (ours, log, _t2) = peer(script);
+        let (ours, log, _t2) = spawn(script);
         device.reconnect(ours).unwrap();
         settle(&log);
         assert_eq!(enables(&log), [(0, 1), (1, 1), (2, 1), (3, 1)]);
@@ -869,7 +629,7 @@ mod reconnect {
 
     #[test]
     fn without_restart_a_gone_backend_reads_zeros_at_once() {
-        let mut r = rig(Script::default(), false);
+        let mut r = rig(Script::disk(), false);
         let mut before = [0u8; 4];
         r.device.read_config(0, &mut before);
         assert_eq!(before, [0, 1, 2, 3]);
@@ -877,7 +637,7 @@ mod reconnect {
         let mut dying = rig(
             Script {
                 die_on: Some(GET_CONFIG),
-                ..Script::default()
+                ..Script::disk()
             },
             false,
         );
@@ -894,7 +654,7 @@ mod reconnect {
 
     #[test]
     fn a_refused_reconnection_marks_the_device_needs_reset_and_tells_the_driver() {
-        let r = rig(Script::default(), true);
+        let r = rig(Script::disk(), true);
         let mut t = MmioTransport::new(Box::new(r.device));
         let wr = |t: &mut MmioTransport, off: u64, v: u32| {
             t.write(off, &v.to_le_bytes());
@@ -920,16 +680,13 @@ mod reconnect {
         wr(&mut t, 0x44, 1);
         wr(&mut t, 0x70, 0xf);
         assert_eq!(rd(&mut t, 0x70), 0xf);
-        let (ours, _log, _t) = peer(Script {
-            features: VERSION_1 | PROTOCOL_FEATURES,
-            ..Script::default()
+        let (ours, _log, _t) = spawn(Script {
+            features: F_VERSION_1 | F_PROTOCOL,
+            ..Script::disk()
         });
         let _ = r.call.read();
         let result = t.reconnect(ours);
-        assert!(
-            matches!(result, Err(ReconnectError::Refused(_))),
-            "{result:?}"
-        );
+        refused(result);
         assert_eq!(rd(&mut t, 0x70), 0xf | 0x40, "DEVICE_NEEDS_RESET");
         assert_eq!(
             rd(&mut t, 0x60) & 2,
@@ -941,7 +698,7 @@ mod reconnect {
         wr(&mut t, 0x70, 0);
         assert_eq!(rd(&mut t, 0x70), 0);
         // Given up: the same for a device whose launcher has no new backend.
-        let r2 = rig(Script::default(), true);
+        let r2 = rig(Script::disk(), true);
         let mut t2 = MmioTransport::new(Box::new(r2.device));
         t2.give_up("restart budget spent");
         wr(&mut t2, 0x70, 1);
