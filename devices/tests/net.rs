@@ -191,12 +191,63 @@ fn our_frame(src: [u8; 6], payload: u8, len: usize) -> Vec<u8> {
     f
 }
 
-fn run_in_netns() {
+/// Runs `body` on a thread of its own (so a namespace it enters is its alone and goes
+/// when it ends), unless the host does not permit these tests (then skips or fails, as
+/// `common::skip` says): what `body` returned.
+fn if_permitted<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    if let Some(reason) = unsupported() {
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
+        return None;
+    }
+    Some(thread::spawn(body).join().unwrap())
+}
+
+/// Moves this thread into a new network namespace; false (having skipped or failed, as
+/// `common::skip` says) if it cannot.
+fn enter_netns() -> bool {
     if let Err(e) = new_netns() {
         common::skip::skip_or_fail(
             common::skip::SkipKind::NotPermitted,
             &format!("unshare(CLONE_NEWNET): {e}"),
         );
+        return false;
+    }
+    true
+}
+
+/// The frontend leaves: the backend must exit with status 0 within 10 s.
+fn ends_cleanly(fe: Frontend, done_rx: &mpsc::Receiver<i32>) {
+    drop(fe);
+    let status = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the backend did not exit within 10 s of its frontend leaving");
+    assert_eq!(status, 0);
+}
+
+/// The four rings of two pairs (RX 0, TX 0, RX 1, TX 1), set up.
+fn two_pairs(fe: &mut Frontend, mem: &Mem) -> Vec<Ring> {
+    let rings: Vec<Ring> = (0..4)
+        .map(|i| Ring::new(i, 0x8000 * i as u64, QUEUE_SIZE))
+        .collect();
+    for r in &rings {
+        r.set_up(fe, mem);
+    }
+    rings
+}
+
+/// Sends `hdr` + `frame` (written at `at`) on TX ring `tx`; the chain must come back
+/// used, with nothing written.
+fn transmit(mem: &Mem, tx: &mut Ring, at: u64, hdr: &[u8; NET_HDR_SIZE], frame: &[u8]) {
+    mem.write_slice(hdr, GuestAddress(at)).unwrap();
+    mem.write_slice(frame, GuestAddress(at + NET_HDR_SIZE as u64))
+        .unwrap();
+    let head = tx.add_one(mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
+    tx.kick();
+    assert_eq!(tx.wait_one_used(mem), (u32::from(head), 0));
+}
+
+fn run_in_netns() {
+    if !enter_netns() {
         return;
     }
     let tap = create_tap();
@@ -237,23 +288,12 @@ fn run_in_netns() {
     let at = 0x18_0000u64;
     let mut hdr = [0u8; NET_HDR_SIZE];
     hdr[1] = 0x55;
-    mem.write_slice(&hdr, GuestAddress(at)).unwrap();
-    mem.write_slice(&bad, GuestAddress(at + NET_HDR_SIZE as u64))
-        .unwrap();
-    let head = tx.add_one(&mem, at, (NET_HDR_SIZE + bad.len()) as u32, false);
-    tx.kick();
-    assert_eq!(tx.wait_one_used(&mem), (u32::from(head), 0));
+    transmit(&mem, &mut tx, at, &hdr, &bad);
 
     // TX: header (all zero: no offload) + frame.
     let frame = our_frame(MAC, 0x5a, 200);
     let at = 0x10_0000u64;
-    mem.write_slice(&[0u8; NET_HDR_SIZE], GuestAddress(at))
-        .unwrap();
-    mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
-        .unwrap();
-    let head = tx.add_one(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
-    tx.kick();
-    assert_eq!(tx.wait_one_used(&mem), (u32::from(head), 0));
+    transmit(&mem, &mut tx, at, &[0; NET_HDR_SIZE], &frame);
     assert_eq!(recv_ours(&sniffer), frame, "the guest's frame on the TAP");
 
     // RX: buffers for whatever the host sends (IPv6 autoconfiguration may come first).
@@ -316,11 +356,7 @@ fn rx_holds(mem: &Mem, base: u64, len: u32, frame: &[u8]) -> bool {
 /// `--tap NAME --queue-pairs 2`: the backend opens a multi-queue TAP, offers MQ, and both
 /// pairs carry frames.
 fn multiqueue_in_netns() {
-    if let Err(e) = new_netns() {
-        common::skip::skip_or_fail(
-            common::skip::SkipKind::NotPermitted,
-            &format!("unshare(CLONE_NEWNET): {e}"),
-        );
+    if !enter_netns() {
         return;
     }
     let (ours, theirs) = UnixStream::pair().unwrap();
@@ -345,24 +381,12 @@ fn multiqueue_in_netns() {
     link_up(MQ_TAP_NAME);
     let sniffer = packet_socket(MQ_TAP_NAME);
 
-    let mut rings: Vec<Ring> = (0..4)
-        .map(|i| Ring::new(i, 0x8000 * i as u64, QUEUE_SIZE))
-        .collect();
-    for r in &rings {
-        r.set_up(&mut fe, &mem);
-    }
+    let mut rings = two_pairs(&mut fe, &mem);
     // TX on each pair.
     for (pair, tx) in [(0u8, 1usize), (1, 3)] {
         let frame = our_frame(MAC, 0x30 + pair, 100 + usize::from(pair));
         let at = 0x10_0000 + 0x1000 * u64::from(pair);
-        mem.write_slice(&[0u8; NET_HDR_SIZE], GuestAddress(at))
-            .unwrap();
-        mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
-            .unwrap();
-        let ring = &mut rings[tx];
-        let head = ring.add_one(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
-        ring.kick();
-        assert_eq!(ring.wait_one_used(&mem), (u32::from(head), 0));
+        transmit(&mem, &mut rings[tx], at, &[0; NET_HDR_SIZE], &frame);
         assert_eq!(recv_ours(&sniffer), frame, "TX of pair {pair}");
     }
     // RX: buffers on both pairs; the TAP picks a queue by flow hash.
@@ -393,40 +417,23 @@ fn multiqueue_in_netns() {
         thread::sleep(Duration::from_millis(5));
     }
     assert!(found, "the host's frame in an RX buffer of either pair");
-    drop(fe);
-    let status = done_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the backend did not exit within 10 s of its frontend leaving");
-    assert_eq!(status, 0);
+    ends_cleanly(fe, &done_rx);
     let _ = daemon.join();
 }
 
 #[test]
 fn multiqueue_tap_opened_by_name() {
-    if let Some(reason) = unsupported() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
-        return;
-    }
-    thread::spawn(multiqueue_in_netns).join().unwrap();
+    if_permitted(multiqueue_in_netns);
 }
 
 #[test]
 fn frames_cross_a_real_tap_in_a_private_namespace() {
-    if let Some(reason) = unsupported() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
-        return;
-    }
-    // A thread of our own, so the namespace is its alone and goes when it ends.
-    thread::spawn(run_in_netns).join().unwrap();
+    if_permitted(run_in_netns);
 }
 
 #[test]
 fn a_tap_without_vnet_headers_is_refused() {
-    if let Some(reason) = unsupported() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
-        return;
-    }
-    let status = thread::spawn(|| {
+    let Some(status) = if_permitted(|| {
         new_netns().unwrap();
         let tap = create_tap_with(0x0002 | 0x1000); // IFF_TAP | IFF_NO_PI only
         let (_ours, theirs) = UnixStream::pair().unwrap();
@@ -441,9 +448,9 @@ fn a_tap_without_vnet_headers_is_refused() {
             "--tap-fd".into(),
             tap.into_raw_fd().to_string(),
         ])
-    })
-    .join()
-    .unwrap();
+    }) else {
+        return;
+    };
     assert_eq!(status, 1);
 }
 
@@ -511,29 +518,15 @@ fn mergeable_in_netns() {
     for n in 0..2u8 {
         let frame = our_frame(MAC, 0x40 + n, 300);
         let at = 0x10_0000 + 0x1000 * u64::from(n);
-        mem.write_slice(&[0u8; NET_HDR_SIZE], GuestAddress(at))
-            .unwrap();
-        mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
-            .unwrap();
-        let head = tx.add_one(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
-        tx.kick();
-        assert_eq!(tx.wait_one_used(&mem), (u32::from(head), 0));
+        transmit(&mem, &mut tx, at, &[0; NET_HDR_SIZE], &frame);
         assert_eq!(recv_ours(&sniffer), frame);
     }
-    drop(fe);
-    let status = done_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the backend did not exit within 10 s of its frontend leaving");
-    assert_eq!(status, 0);
+    ends_cleanly(fe, &done_rx);
 }
 
 #[test]
 fn mergeable_buffers_and_event_idx_on_a_real_tap() {
-    if let Some(reason) = unsupported() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
-        return;
-    }
-    thread::spawn(mergeable_in_netns).join().unwrap();
+    if_permitted(mergeable_in_netns);
 }
 
 const DETACH_TAP_NAME: &str = "bhmq1";
@@ -580,6 +573,14 @@ fn private_sysfs() -> std::path::PathBuf {
     let r = unsafe { libc::mount(src.as_ptr(), at.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
     assert_eq!(r, 0, "mounting sysfs: {}", std::io::Error::last_os_error());
     dir
+}
+
+/// Unmounts and removes what [`private_sysfs`] made.
+fn drop_private_sysfs(sysfs: &std::path::Path) {
+    let at = std::ffi::CString::new(sysfs.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path valid for the call.
+    unsafe { libc::umount2(at.as_ptr(), libc::MNT_DETACH) };
+    let _ = std::fs::remove_dir(sysfs);
 }
 
 /// Waits (3 s at most) for `attached_queues(name)` to be `n`.
@@ -682,11 +683,7 @@ fn fill_rx(mem: &Mem, ring: &mut Ring) {
 /// frames once attached, is detached again when the frontend disables its rings (then
 /// every frame reaches pair 0), and attached again when they are re-enabled.
 fn detach_in_netns() {
-    if let Err(e) = new_netns() {
-        common::skip::skip_or_fail(
-            common::skip::SkipKind::NotPermitted,
-            &format!("unshare(CLONE_NEWNET): {e}"),
-        );
+    if !enter_netns() {
         return;
     }
     let sysfs = private_sysfs();
@@ -709,12 +706,7 @@ fn detach_in_netns() {
     wait_attached(&sysfs, DETACH_TAP_NAME, 1);
     link_up(DETACH_TAP_NAME);
     let sniffer = packet_socket(DETACH_TAP_NAME);
-    let mut rings: Vec<Ring> = (0..4)
-        .map(|i| Ring::new(i, 0x8000 * i as u64, QUEUE_SIZE))
-        .collect();
-    for r in &rings {
-        r.set_up(&mut fe, &mem);
-    }
+    let mut rings = two_pairs(&mut fe, &mem);
     fill_rx(&mem, &mut rings[0]);
     fill_rx(&mem, &mut rings[2]);
     // The RX kick on pair 1 attached its queue: flows spread over both.
@@ -736,25 +728,14 @@ fn detach_in_netns() {
     rings[2].kick();
     wait_attached(&sysfs, DETACH_TAP_NAME, 2);
 
-    drop(fe);
-    let status = done_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the backend did not exit within 10 s of its frontend leaving");
-    assert_eq!(status, 0);
+    ends_cleanly(fe, &done_rx);
     let _ = daemon.join();
-    let at = std::ffi::CString::new(sysfs.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a NUL-terminated path valid for the call.
-    unsafe { libc::umount2(at.as_ptr(), libc::MNT_DETACH) };
-    let _ = std::fs::remove_dir(&sysfs);
+    drop_private_sysfs(&sysfs);
 }
 
 #[test]
 fn a_disabled_pair_has_its_tap_queue_detached() {
-    if let Some(reason) = unsupported() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
-        return;
-    }
-    thread::spawn(detach_in_netns).join().unwrap();
+    if_permitted(detach_in_netns);
 }
 
 const SUCCESSOR_TAP_NAME: &str = "bhmq2";
@@ -802,11 +783,7 @@ fn start_on(queues: &[OwnedFd]) -> (Frontend, JoinHandle<()>, mpsc::Receiver<i32
 /// A backend dies with pair 1's TAP queue detached (never enabled); its successor gets the
 /// same descriptors, must start, and must get pair 1 working when the driver uses it.
 fn successor_in_netns() {
-    if let Err(e) = new_netns() {
-        common::skip::skip_or_fail(
-            common::skip::SkipKind::NotPermitted,
-            &format!("unshare(CLONE_NEWNET): {e}"),
-        );
+    if !enter_netns() {
         return;
     }
     let sysfs = private_sysfs();
@@ -815,8 +792,7 @@ fn successor_in_netns() {
 
     let (fe, daemon, done_rx, _mem, _memfd) = start_on(&queues);
     wait_attached(&sysfs, SUCCESSOR_TAP_NAME, 1);
-    drop(fe);
-    assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
+    ends_cleanly(fe, &done_rx);
     let _ = daemon.join();
     // Left detached by the dead backend: our copies share its queue state.
     assert_eq!(attached_queues(&sysfs, SUCCESSOR_TAP_NAME), 1);
@@ -829,39 +805,20 @@ fn successor_in_netns() {
     wait_attached(&sysfs, SUCCESSOR_TAP_NAME, 1);
     link_up(SUCCESSOR_TAP_NAME);
     let sniffer = packet_socket(SUCCESSOR_TAP_NAME);
-    let mut rings: Vec<Ring> = (0..4)
-        .map(|i| Ring::new(i, 0x8000 * i as u64, QUEUE_SIZE))
-        .collect();
-    for r in &rings {
-        r.set_up(&mut fe, &mem);
-    }
+    let mut rings = two_pairs(&mut fe, &mem);
     fill_rx(&mem, &mut rings[2]);
     wait_attached(&sysfs, SUCCESSOR_TAP_NAME, 2);
     // TX through pair 1's queue (EBADFD if it were still detached).
     let frame = our_frame(MAC, 0x41, 90);
     let at = 0x10_0000;
-    mem.write_slice(&[0u8; NET_HDR_SIZE], GuestAddress(at))
-        .unwrap();
-    mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
-        .unwrap();
-    let head = rings[3].add_one(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
-    rings[3].kick();
-    assert_eq!(rings[3].wait_one_used(&mem), (u32::from(head), 0));
+    transmit(&mem, &mut rings[3], at, &[0; NET_HDR_SIZE], &frame);
     assert_eq!(recv_ours(&sniffer), frame, "TX on pair 1 of the successor");
-    drop(fe);
-    assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
+    ends_cleanly(fe, &done_rx);
     let _ = daemon.join();
-    let at = std::ffi::CString::new(sysfs.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a NUL-terminated path valid for the call.
-    unsafe { libc::umount2(at.as_ptr(), libc::MNT_DETACH) };
-    let _ = std::fs::remove_dir(&sysfs);
+    drop_private_sysfs(&sysfs);
 }
 
 #[test]
 fn a_successor_reattaches_tap_queues_its_predecessor_left_detached() {
-    if let Some(reason) = unsupported() {
-        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
-        return;
-    }
-    thread::spawn(successor_in_netns).join().unwrap();
+    if_permitted(successor_in_netns);
 }
