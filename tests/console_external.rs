@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::scratch::Dir;
 use common::skip::SkipKind;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -36,24 +37,6 @@ const CMDLINE_VDC: &str = "bulkhead.test=console-probe,console-write,console-ech
 const LINES: &str = "bulkhead-guest console: hello 0\nbulkhead-guest console: hello 1\nbulkhead-guest console: hello 2\n";
 /// What the host types (then Ctrl-D, which ends the echo).
 const INPUT: &[u8] = b"host->guest 0123456789 abcdefghijklmnopqrstuvwxyz";
-
-/// A scratch directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("bulkhead-conext-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("creating the scratch directory");
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A backend process, killed (by pid) and reaped on drop.
 struct Backend(Child);
@@ -188,7 +171,7 @@ fn vhost_device_console_carries_guest_lines_in_order_and_a_byte_back() {
     let Some(bin) = vhost_device_console() else {
         return;
     };
-    let dir = Dir::new("vdc");
+    let dir = Dir::new("conext", "vdc");
     let sock = dir.0.join("console.sock");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -242,7 +225,7 @@ fn vhost_device_console_carries_guest_lines_in_order_and_a_byte_back() {
 #[test]
 fn standalone_bulkhead_console_carries_bytes_both_ways() {
     require_kvm!();
-    let dir = Dir::new("standalone");
+    let dir = Dir::new("conext", "standalone");
     let sock = dir.0.join("vhost.sock");
     let stream_path = dir.0.join("stream.sock");
     let program = Path::new(env!("CARGO_BIN_EXE_bulkhead")).with_file_name("bulkhead-console");

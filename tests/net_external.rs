@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::scratch::Dir;
 use common::skip::SkipKind;
 use common::transport::{bulkhead_run, Transport};
 
@@ -26,24 +27,6 @@ const GUEST_MAC: &str = "02:00:00:d9:d9:01";
 /// Frames `net-macswap` sends (bulkhead_guest::macswap::FRAMES).
 const FRAMES: u64 = 64;
 const TESTPMD: &str = "/usr/bin/dpdk-testpmd";
-
-/// A scratch directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("bulkhead-netext-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("creating the scratch directory");
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running dpdk-testpmd in macswap mode, stopped (SIGINT, then SIGKILL) on drop.
 struct Testpmd {
@@ -218,7 +201,7 @@ fn testpmd_listens(t: Transport) {
     if !testpmd_installed() {
         return;
     }
-    let dir = Dir::new(&format!("c0-{}", t.as_str()));
+    let dir = Dir::new("netext", &format!("c0-{}", t.as_str()));
     let sock = dir.0.join("vhost-net.sock");
     let mut pmd = Testpmd::start(&dir.0, &sock, false, 1);
     if !wait_listening(&mut pmd, &sock) {
@@ -240,7 +223,7 @@ fn bulkhead_listens_and_testpmd_connects() {
     if !testpmd_installed() {
         return;
     }
-    let dir = Dir::new("c1");
+    let dir = Dir::new("netext", "c1");
     let sock = dir.0.join("vhost-net.sock");
     let mut cmd = common::bulkhead();
     cmd.args(["run", "--net"])
@@ -300,7 +283,7 @@ fn two_queue_pairs_through_testpmd() {
     if !testpmd_installed() {
         return;
     }
-    let dir = Dir::new("mq");
+    let dir = Dir::new("netext", "mq");
     let sock = dir.0.join("vhost-net.sock");
     let mut pmd = Testpmd::start(&dir.0, &sock, false, 2);
     if !wait_listening(&mut pmd, &sock) {
@@ -332,7 +315,7 @@ fn two_queue_pairs_through_testpmd() {
 
 #[test]
 fn listen_without_a_backend_times_out_and_starts_no_vm() {
-    let dir = Dir::new("timeout");
+    let dir = Dir::new("netext", "timeout");
     let sock = dir.0.join("nobody.sock");
     let mut cmd = common::bulkhead();
     cmd.args(["run", "--net"])

@@ -14,6 +14,7 @@ pub mod netns;
 #[path = "../../jailer/src/bench/qsd.rs"]
 pub mod qsd;
 pub mod running;
+pub mod scratch;
 pub mod skip;
 pub mod soak;
 pub mod spawned;
