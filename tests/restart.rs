@@ -19,6 +19,7 @@
 
 mod common;
 
+use common::report_line::restarted_as;
 use common::soak::{
     check_blk_image, check_console_lines, stalls, Finished, Kind, SoakVm, AREA, GUEST_IP,
 };
@@ -71,23 +72,13 @@ fn reports(stderr: &str, device: &str, needle: &str) -> Vec<String> {
         .collect()
 }
 
-/// `restarted as pid N` of a report line.
-fn new_pid(line: &str) -> Option<u32> {
-    line.split("restarted as pid ")
-        .nth(1)?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// The device process's pid now: from the launcher's last restart report, else from
 /// `ctl status`; checked to be that program (so nothing else is ever signalled).
 fn device_pid(vm: &SoakVm) -> u32 {
     let restarted = reports(&vm.stderr(), vm.kind.device(), "restarted as pid ");
     let pid = restarted
         .last()
-        .and_then(|l| new_pid(l))
+        .and_then(|l| restarted_as(l))
         .or_else(|| vm.device_pid())
         .unwrap_or_else(|| {
             panic!(
@@ -165,7 +156,7 @@ fn blows(vm: &mut SoakVm, how: Blow, count: usize, rng: &mut Rng) -> Vec<String>
         lines = await_reports(vm, "restarted as pid ", i);
         let line = lines.last().expect("at least one");
         assert!(
-            new_pid(line).is_some_and(|p| p != pid),
+            restarted_as(line).is_some_and(|p| p != pid),
             "restart {i} of pid {pid}: {line}"
         );
         match how {

@@ -13,6 +13,8 @@ pub mod initramfs;
 pub mod netns;
 #[path = "../../jailer/src/bench/qsd.rs"]
 pub mod qsd;
+#[path = "../../jailer/src/bench/report_line.rs"]
+pub mod report_line;
 pub mod running;
 pub mod scratch;
 pub mod skip;

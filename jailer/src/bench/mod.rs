@@ -13,6 +13,7 @@ mod guest_transport;
 mod host_io;
 mod net;
 mod qsd;
+mod report_line;
 mod restart;
 mod runs;
 mod vsock;

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::median;
+use super::report_line;
 use crate::cli::RestartBenchArgs as BenchArgs;
 
 /// The budget given to the disk: more restarts than any run kills.
@@ -139,12 +140,7 @@ fn restarted_pid(line: &str) -> Option<u32> {
     if !line.starts_with("bulkhead: disk0: ") {
         return None;
     }
-    line.split("restarted as pid ")
-        .nth(1)?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    report_line::restarted_as(line)
 }
 
 /// `unavailable N ms` of a report line.
