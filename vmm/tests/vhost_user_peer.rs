@@ -150,7 +150,7 @@ mod reconnect {
     use super::*;
     use bulkhead_vmm::devices::bus::BusDevice;
     use bulkhead_vmm::virtio::mmio::MmioTransport;
-    use bulkhead_vmm::virtio::{QueueConfig, ReconnectError, VirtioBackend};
+    use bulkhead_vmm::virtio::{ConfigChange, QueueConfig, ReconnectError, VirtioBackend};
     use vm_memory::{Bytes, GuestAddress};
 
     /// Where the one queue's rings are (guest-physical).

@@ -12,7 +12,7 @@
 
 use virtio_bindings::virtio_mmio::*;
 
-use bulkhead_ratelimit::{debug_limited, warn_limited};
+use bulkhead_ratelimit::debug_limited;
 
 use super::backend::VirtioBackend;
 use super::state::DeviceState;
@@ -61,33 +61,9 @@ impl MmioTransport {
         self.state.backend().interrupt()
     }
 
-    /// Hands the device to a new backend (see [`DeviceState::reconnect`]); a device that
-    /// cannot be restored needs a reset, and a running driver gets a config interrupt.
-    pub fn reconnect(
-        &mut self,
-        socket: std::os::unix::net::UnixStream,
-    ) -> Result<(), super::ReconnectError> {
-        let (notify, result) = self.state.reconnect(socket);
-        if notify {
-            self.needs_reset_notification();
-        }
-        result
-    }
-
-    /// No backend will come: the device needs a reset, and a running driver is told.
-    pub fn give_up(&mut self, why: &str) {
-        if self.state.stop(why) {
-            self.needs_reset_notification();
-        }
-    }
-
-    fn needs_reset_notification(&mut self) {
-        if let Err(e) = self.config_changed() {
-            warn_limited!(
-                "{}: config interrupt for DEVICE_NEEDS_RESET: {e}",
-                self.name()
-            );
-        }
+    /// The device state this transport serves (for [`super::ConfigChange`]).
+    pub(super) fn device_state(&mut self) -> &mut DeviceState {
+        &mut self.state
     }
 
     fn read_register(&mut self, offset: u32) -> u32 {

@@ -24,26 +24,52 @@ pub use backend::{QueueConfig, ReconnectError, VirtioBackend};
 
 /// What the vmm's control thread does to a device through its transport: tell the driver
 /// the configuration changed (a resize), hand the device to a new backend process, or stop
-/// it for good.
+/// it for good. A transport gives its notification, name and device state; handing over
+/// and stopping are the same on every transport.
 pub trait ConfigChange: Send {
     /// Raises the config-change notification, if a driver is running.
     fn config_changed(&mut self) -> std::io::Result<()>;
-    /// Replays the device's set-up to a new backend connected through `socket`; if it
-    /// cannot take over, the device needs a reset and the driver is told.
-    fn reconnect(&mut self, socket: std::os::unix::net::UnixStream) -> Result<(), ReconnectError>;
-    /// No backend will come: the device needs a reset and the driver is told.
-    fn give_up(&mut self, why: &str);
+    /// The device's name.
+    fn name(&self) -> &str;
+    /// The device state the transport serves.
+    fn device_state(&mut self) -> &mut state::DeviceState;
+    /// Replays the device's set-up to a new backend connected through `socket` (see
+    /// [`state::DeviceState::reconnect`]); if it cannot take over, the device needs a reset
+    /// and a running driver gets a config interrupt.
+    fn reconnect(&mut self, socket: std::os::unix::net::UnixStream) -> Result<(), ReconnectError> {
+        let (notify, result) = self.device_state().reconnect(socket);
+        if notify {
+            needs_reset_notification(self);
+        }
+        result
+    }
+    /// No backend will come: the device needs a reset and a running driver is told.
+    fn give_up(&mut self, why: &str) {
+        if self.device_state().stop(why) {
+            needs_reset_notification(self);
+        }
+    }
+}
+
+/// Tells a running driver (a config interrupt) that the device needs a reset.
+fn needs_reset_notification<T: ConfigChange + ?Sized>(transport: &mut T) {
+    if let Err(e) = transport.config_changed() {
+        bulkhead_ratelimit::warn_limited!(
+            "{}: config interrupt for DEVICE_NEEDS_RESET: {e}",
+            transport.name()
+        );
+    }
 }
 
 impl ConfigChange for mmio::MmioTransport {
     fn config_changed(&mut self) -> std::io::Result<()> {
         mmio::MmioTransport::config_changed(self)
     }
-    fn reconnect(&mut self, socket: std::os::unix::net::UnixStream) -> Result<(), ReconnectError> {
-        mmio::MmioTransport::reconnect(self, socket)
+    fn name(&self) -> &str {
+        mmio::MmioTransport::name(self)
     }
-    fn give_up(&mut self, why: &str) {
-        mmio::MmioTransport::give_up(self, why)
+    fn device_state(&mut self) -> &mut state::DeviceState {
+        mmio::MmioTransport::device_state(self)
     }
 }
 

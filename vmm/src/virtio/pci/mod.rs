@@ -338,31 +338,11 @@ impl super::ConfigChange for VirtioPciFunction {
     fn config_changed(&mut self) -> std::io::Result<()> {
         VirtioPciFunction::config_changed(self)
     }
-    fn reconnect(
-        &mut self,
-        socket: std::os::unix::net::UnixStream,
-    ) -> Result<(), super::ReconnectError> {
-        let (notify, result) = self.state.reconnect(socket);
-        if notify {
-            self.needs_reset_notification();
-        }
-        result
+    fn name(&self) -> &str {
+        VirtioPciFunction::name(self)
     }
-    fn give_up(&mut self, why: &str) {
-        if self.state.stop(why) {
-            self.needs_reset_notification();
-        }
-    }
-}
-
-impl VirtioPciFunction {
-    fn needs_reset_notification(&mut self) {
-        if let Err(e) = self.config_changed() {
-            bulkhead_ratelimit::warn_limited!(
-                "{}: config interrupt for DEVICE_NEEDS_RESET: {e}",
-                self.name
-            );
-        }
+    fn device_state(&mut self) -> &mut DeviceState {
+        &mut self.state
     }
 }
 
