@@ -24,7 +24,6 @@ mod standalone;
 pub mod thread_name;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use log::info;
@@ -100,12 +99,16 @@ pub enum DaemonError {
     },
 }
 
-static ONCE: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// `--once`, for [`serve`] on this thread: per thread, as a test process runs several
+    /// daemons side by side, each on a thread of its own.
+    static ONCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
-/// `--once`: serve one frontend even on a socket the backend listens on (set from the
-/// command line by [`main::backend_main`]).
+/// `--once`: serve one frontend even on a socket the backend listens on. Set from the
+/// command line by [`main::backend_main`], for [`serve`] called later on the same thread.
 pub fn set_once(once: bool) {
-    ONCE.store(once, Ordering::SeqCst);
+    ONCE.set(once);
 }
 
 /// What a backend adds to [`serve`] besides its roles and state.
@@ -180,7 +183,7 @@ where
     control::set_termination(termination.clone());
     control::listen().map_err(DaemonError::Started)?;
     if let Opened::Listening(listener, wake) = connection {
-        if !ONCE.load(Ordering::SeqCst) {
+        if !ONCE.get() {
             return standalone::serve_many(
                 standalone::Served {
                     name,

@@ -13,8 +13,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-/// The pipe's write end, held for the process's life.
-static HELD: Mutex<Option<OwnedFd>> = Mutex::new(None);
+/// The pipes' write ends, held for the process's life (one per keeper: a process may run
+/// several daemons, as the tests do).
+static HELD: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
 
 /// Forks the keeper for the socket at `path` (just bound). Call while single-threaded.
 pub(super) fn keep(path: &Path) -> io::Result<()> {
@@ -39,7 +40,7 @@ pub(super) fn keep(path: &Path) -> io::Result<()> {
         }
         _ => {
             drop(read);
-            *HELD.lock().unwrap_or_else(|e| e.into_inner()) = Some(write);
+            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(write);
             Ok(())
         }
     }
