@@ -64,11 +64,12 @@ fn identity(path: &CString) -> io::Result<(u64, u64)> {
 fn wait_and_remove(read: RawFd, path: &CString, bound: (u64, u64)) -> ! {
     // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"socket-keeper".as_ptr()) };
-    // Nothing of the backend's (its disk, the frontend's socket) stays open here.
+    // Nothing of the backend's (its disk, the frontend's socket, its stderr: a reader of
+    // that pipe sees its end when the backend exits) stays open here.
     // SAFETY: close_range on descriptor ranges; the pipe's end is outside both.
     unsafe {
-        if read > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, (read - 1) as u32, 0u32);
+        if read > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, (read - 1) as u32, 0u32);
         }
         libc::syscall(libc::SYS_close_range, (read + 1) as u32, u32::MAX, 0u32);
     }
