@@ -307,8 +307,10 @@ fn several_queues_are_offered(t: Transport) {
 fn standalone_backend_on_a_socket_path(t: Transport) {
     require_kvm!();
     let img = Image::new("blk-standalone", IMAGE_SIZE);
+    // One path per transport: the mmio and pci halves run side by side in one process.
     let socket = std::env::temp_dir().join(format!(
-        "bulkhead-blk-standalone-{}.sock",
+        "bulkhead-blk-standalone-{}-{}.sock",
+        t.as_str(),
         std::process::id()
     ));
     let _ = std::fs::remove_file(&socket);
