@@ -302,16 +302,20 @@ fn several_queues_are_offered(t: Transport) {
     assert_pattern_only(&img.path, &img.original, &img.read(), 64, 32);
 }
 
-/// bulkhead-blk started by hand, QEMU-style, on a socket path; bulkhead connects to it.
+/// bulkhead-blk started by hand, QEMU-style, on a socket path with --once; bulkhead connects
+/// to it.
 fn standalone_backend_on_a_socket_path(t: Transport) {
     require_kvm!();
     let img = Image::new("blk-standalone", IMAGE_SIZE);
+    // One path per transport: the mmio and pci halves run side by side in one process.
     let socket = std::env::temp_dir().join(format!(
-        "bulkhead-blk-standalone-{}.sock",
+        "bulkhead-blk-standalone-{}-{}.sock",
+        t.as_str(),
         std::process::id()
     ));
     let _ = std::fs::remove_file(&socket);
     let mut backend = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead-blk"))
+        .arg("--once")
         .arg("--socket-path")
         .arg(&socket)
         .arg("--blk-file")
@@ -329,7 +333,8 @@ fn standalone_backend_on_a_socket_path(t: Transport) {
         &[format!("socket={}", socket.display())],
         "bulkhead.test=blk-identify,blk-rw bulkhead.blk.rw=300:4 bulkhead.blk.serial=by-hand",
     );
-    // It serves one frontend and exits 0 when that one disconnects.
+    // With --once it serves one frontend and exits 0 when that one disconnects (without,
+    // it keeps listening: tests/blk_standalone.rs).
     let status = common::wait_until(
         &mut backend,
         std::time::Instant::now() + Duration::from_secs(10),

@@ -105,9 +105,10 @@ fn expected_fds(program: &str) -> BTreeMap<String, usize> {
             ("kvm-vm", 1),
             ("kvm-vcpu:0", 1),
         ],
-        // One socket more than the others: the control thread's copy of the launcher's
-        // socket, on which image swaps arrive; and the inflight region's memfd, made before
-        // the jail and handed out on GET_INFLIGHT_FD (a restarted process resubmits from it).
+        // Every backend holds the control thread's copy of the launcher's socket, on which
+        // Shutdown (and bulkhead-blk's image swaps) arrive; bulkhead-blk also the inflight
+        // region's memfd, made before the jail and handed out on GET_INFLIGHT_FD (a
+        // restarted process resubmits from it).
         "bulkhead-blk" => &[
             ("/dev/null", 1),
             ("pipe", 2),
@@ -120,7 +121,7 @@ fn expected_fds(program: &str) -> BTreeMap<String, usize> {
         "bulkhead-net" => &[
             ("/dev/null", 1),
             ("pipe", 2),
-            ("socket", 9),
+            ("socket", 10),
             ("eventfd", 9),
             ("eventpoll", 1),
             ("memfd", 1),
@@ -129,7 +130,7 @@ fn expected_fds(program: &str) -> BTreeMap<String, usize> {
         "bulkhead-console" => &[
             ("/dev/null", 1),
             ("pipe", 2),
-            ("socket", 9),
+            ("socket", 10),
             ("eventfd", 5),
             ("eventpoll", 1),
             ("console file", 1),
@@ -139,7 +140,7 @@ fn expected_fds(program: &str) -> BTreeMap<String, usize> {
         "bulkhead-vsock" => &[
             ("/dev/null", 1),
             ("pipe", 2),
-            ("socket", 11),
+            ("socket", 12),
             ("eventfd", 5),
             ("eventpoll", 2),
         ],
@@ -159,7 +160,8 @@ fn expected_fds(program: &str) -> BTreeMap<String, usize> {
 /// while one the guest never used still waits, unnamed (`vring_worker`), under the
 /// process role alone: 4; the threads started confined before the process filter
 /// (`signals`: vhost-user, `console-io`: console-worker) run that role alone: 4, as does
-/// bulkhead-blk's `control` thread (image swaps), started under the process filter.
+/// each backend's `control` thread (the launcher's Shutdown; bulkhead-blk's image swaps),
+/// started under the process filter.
 fn expected_threads(program: &str) -> Vec<(&'static str, &'static str)> {
     match program {
         "bulkhead-vmm" => vec![
@@ -182,6 +184,7 @@ fn expected_threads(program: &str) -> Vec<(&'static str, &'static str)> {
         "bulkhead-net" => vec![
             ("bulkhead-net", "8"),
             ("bulkhead-net", "8"),
+            ("control", "4"),
             ("net-q0", "8"),
             ("net-rx0", "8"),
             ("signals", "4"),
@@ -192,6 +195,7 @@ fn expected_threads(program: &str) -> Vec<(&'static str, &'static str)> {
             ("bulkhead-consol", "8"),
             ("bulkhead-consol", "8"),
             ("console-io", "4"),
+            ("control", "4"),
             ("signals", "4"),
             ("vring_worker", "4"),
             ("vu-relay-in", "8"),
@@ -200,6 +204,7 @@ fn expected_threads(program: &str) -> Vec<(&'static str, &'static str)> {
         "bulkhead-vsock" => vec![
             ("bulkhead-vsock", "8"),
             ("bulkhead-vsock", "8"),
+            ("control", "4"),
             ("signals", "4"),
             ("vring_worker", "4"),
             ("vsock-io", "4"),

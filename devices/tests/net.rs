@@ -822,3 +822,124 @@ fn successor_in_netns() {
 fn a_successor_reattaches_tap_queues_its_predecessor_left_detached() {
     if_permitted(successor_in_netns);
 }
+
+/// One standalone backend (a listening socket, no `--once`), two frontends in a row: each
+/// gets its frame out on the TAP and the host's frame in, through the same process state
+/// (the TAP, its RX thread stopped and started again); then termination ends it with
+/// `Terminated`.
+fn standalone_in_netns() {
+    use bulkhead_devices::daemon::{Ended, Termination};
+    use clap::Parser;
+    if let Err(e) = new_netns() {
+        common::skip::skip_or_fail(
+            common::skip::SkipKind::NotPermitted,
+            &format!("unshare(CLONE_NEWNET): {e}"),
+        );
+        return;
+    }
+    let tap = create_tap();
+    link_up(TAP_NAME);
+    let sniffer = packet_socket(TAP_NAME);
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let path = dir.as_path().join("net.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let args = bulkhead_devices::net::Args::parse_from([
+        "bulkhead-net".to_string(),
+        "--fd".into(),
+        listener.into_raw_fd().to_string(),
+        "--tap-fd".into(),
+        tap.into_raw_fd().to_string(),
+        "--mac".into(),
+        "52:54:00:12:34:56".into(),
+    ]);
+    let config = bulkhead_devices::net::Config::try_from(args).unwrap();
+    let termination = Termination::manual();
+    let stopper = termination.clone();
+    let daemon = thread::spawn(move || {
+        bulkhead_devices::net::run_with(config, &termination).map_err(|e| e.to_string())
+    });
+
+    for round in 0..2u8 {
+        let mut fe = Frontend::connect(&path, 2).unwrap();
+        let (mem, memfd) = guest_memory(MEM_SIZE);
+        negotiate(&mut fe, &mem, &memfd, 0);
+        let mut rx = Ring::new(0, 0, QUEUE_SIZE);
+        let mut tx = Ring::new(1, 0x8000, QUEUE_SIZE);
+        rx.set_up(&mut fe, &mem);
+        tx.set_up(&mut fe, &mem);
+
+        let frame = our_frame(MAC, 0x30 + round, 200);
+        let at = 0x10_0000u64;
+        mem.write_slice(&[0u8; NET_HDR_SIZE], GuestAddress(at))
+            .unwrap();
+        mem.write_slice(&frame, GuestAddress(at + NET_HDR_SIZE as u64))
+            .unwrap();
+        let head = tx.add_one(&mem, at, (NET_HDR_SIZE + frame.len()) as u32, false);
+        tx.kick();
+        assert_eq!(
+            tx.wait_one_used(&mem),
+            (u32::from(head), 0),
+            "round {round}"
+        );
+        assert_eq!(
+            recv_ours(&sniffer),
+            frame,
+            "frontend {round}'s frame on the TAP"
+        );
+
+        for i in 0..16u64 {
+            rx.add_one(&mem, 0x20_0000 + i * 0x1000, 2048, true);
+        }
+        rx.kick();
+        let host_frame = our_frame([0x02, 0, 0, 0, 0, 1], 0xa0 + round, 300);
+        // SAFETY: `host_frame` is valid for reads of its length.
+        let n = unsafe {
+            libc::send(
+                sniffer.as_raw_fd(),
+                host_frame.as_ptr().cast(),
+                host_frame.len(),
+                0,
+            )
+        };
+        assert_eq!(n, host_frame.len() as isize);
+        let found = (0..16).find_map(|_| {
+            let (id, len) = rx.wait_one_used(&mem);
+            let base = 0x20_0000 + u64::from(id) * 0x1000;
+            let mut buf = vec![0u8; len as usize];
+            mem.read_slice(&mut buf, GuestAddress(base)).unwrap();
+            (buf.len() >= NET_HDR_SIZE + 14
+                && buf[NET_HDR_SIZE + 12..NET_HDR_SIZE + 14] == ETHERTYPE)
+                .then_some(buf)
+        });
+        let buf = found.unwrap_or_else(|| panic!("the host's frame for frontend {round}"));
+        assert_eq!(
+            buf[NET_HDR_SIZE..],
+            host_frame[..],
+            "frame intact, round {round}"
+        );
+        drop(fe);
+        assert!(
+            !daemon.is_finished(),
+            "the backend ended after frontend {round}"
+        );
+    }
+    stopper.trigger();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "no end within 10 s of termination"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(daemon.join().unwrap(), Ok(Ended::Terminated));
+}
+
+#[test]
+fn a_standalone_backend_serves_two_frontends_on_one_tap() {
+    if let Some(reason) = unsupported() {
+        common::skip::skip_or_fail(common::skip::SkipKind::NotPermitted, &reason);
+        return;
+    }
+    thread::spawn(standalone_in_netns).join().unwrap();
+}

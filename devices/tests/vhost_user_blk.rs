@@ -213,7 +213,9 @@ fn read_only_over_a_listening_fd() {
     let path = dir.as_path().join("blk.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let fd = listener.into_raw_fd();
+    // --once: it exits when this frontend goes (otherwise it would wait for the next).
     let d = daemon(vec![
+        "--once".into(),
         "--fd".into(),
         fd.to_string(),
         "--disk".into(),
@@ -262,7 +264,9 @@ fn socket_path_and_disk_fd() {
         .open(img.as_path())
         .unwrap();
     let disk_fd = disk.into_raw_fd();
+    // --once: it exits when this frontend goes (otherwise it would wait for the next).
     let d = daemon(vec![
+        "--once".into(),
         "--socket-path".into(),
         path.display().to_string(),
         "--disk-fd".into(),

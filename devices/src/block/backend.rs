@@ -154,6 +154,13 @@ impl BlockBackend {
         Ok(disk.capacity_sectors())
     }
 
+    /// Flushes the image served now (fdatasync): between frontends of a standalone
+    /// backend, and on the launcher's `Shutdown`.
+    pub fn flush(&self) -> io::Result<()> {
+        let disk = Arc::clone(&self.disk.lock().unwrap_or_else(PoisonError::into_inner));
+        disk.flush()
+    }
+
     fn memory(&self) -> SharedMemory {
         self.mem
             .read()

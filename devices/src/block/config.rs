@@ -15,12 +15,14 @@ use crate::daemon::{BackendArgs, CommonArgs};
 /// supported).
 pub const CAPABILITIES: &str = r#"{"type": "block", "features": ["read-only", "blk-file"]}"#;
 
-/// A vhost-user-blk backend serving one raw disk image to one frontend (a VMM).
+/// A vhost-user-blk backend serving one raw disk image to a frontend (a VMM).
 ///
 /// The image is a regular file or a block device. Its size must be a non-zero multiple of
 /// 512 bytes (of 4096 with --logical-block-size 4096); anything else is refused at start-up.
-/// The process serves one frontend and exits with status 0 when it disconnects or on
-/// SIGTERM/SIGINT; any error is reported on one line and the exit status is 1. Logging is
+/// On --socket-path or a listening --fd it serves frontends one after the other until
+/// SIGTERM/SIGINT (status 0; the socket it created is removed); with --once, or on a
+/// connected --fd, one frontend, exiting with status 0 when it disconnects.
+/// Any error is reported on one line and the exit status is 1. Logging is
 /// controlled by RUST_LOG (default: warn).
 #[derive(Debug, Parser)]
 #[command(name = "bulkhead-blk", version, about, long_about)]

@@ -154,6 +154,14 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         config.logical_block_size,
         config.direct,
     ));
+    daemon::control::on_shutdown(Box::new({
+        let backend = Arc::clone(&backend);
+        move || flush_logged(&backend)
+    }));
+    let between: Box<dyn FnMut()> = Box::new({
+        let backend = Arc::clone(&backend);
+        move || flush_logged(&backend)
+    });
     Ok(daemon::serve(
         "bulkhead-blk",
         daemon::Roles {
@@ -164,8 +172,19 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         &config.endpoint,
         termination,
         || Ok(()),
-        inflight,
+        daemon::Extras {
+            inflight,
+            between: Some(between),
+        },
     )?)
+}
+
+/// Flushes the image, logging a failure (there is no frontend left to tell).
+fn flush_logged(backend: &BlockBackend) {
+    match backend.flush() {
+        Ok(()) => log::info!("image flushed"),
+        Err(e) => log::warn!("flushing the image: {e}"),
+    }
 }
 
 /// Answers the launcher's `SwapDisk`: the image whose fd came with it is served from now

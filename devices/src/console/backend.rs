@@ -123,6 +123,15 @@ impl ConsoleBackend {
             .clone()
     }
 
+    /// Forgets the last frontend's vrings (a standalone backend, between frontends): the
+    /// next frontend's arrive with its first kick.
+    pub fn forget_frontend(&self) {
+        self.vrings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     fn vring(&self, index: u16) -> Option<Vring> {
         self.vrings
             .lock()

@@ -15,8 +15,10 @@ pub const CAPABILITIES: &str = r#"{"type": "console"}"#;
 /// A vhost-user virtio-console backend: port 0 of a console bridged to one stream.
 ///
 /// Guest output goes to the stream, in order; bytes read from the stream reach the guest.
-/// The process serves one frontend and exits with status 0 when it disconnects or on
-/// SIGTERM/SIGINT; any error is reported on one line and the exit status is 1. Logging is
+/// On --socket-path or a listening --fd it serves frontends one after the other until
+/// SIGTERM/SIGINT (status 0; the socket it created is removed); with --once, or on a
+/// connected --fd, one frontend, exiting with status 0 when it disconnects.
+/// Any error is reported on one line and the exit status is 1. Logging is
 /// controlled by RUST_LOG (default: warn).
 #[derive(Debug, Parser)]
 #[command(name = "bulkhead-console", version, about, long_about)]

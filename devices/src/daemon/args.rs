@@ -10,14 +10,21 @@ use super::{Endpoint, LauncherArgs};
 /// The flags every backend takes.
 #[derive(Clone, Debug, clap::Args)]
 pub struct CommonArgs {
-    /// Create a Unix socket at PATH and serve the first frontend to connect.
+    /// Create a Unix socket at PATH and serve frontends on it, one after the other, until
+    /// SIGTERM/SIGINT (then remove it); with `--once`, the first frontend only.
     #[arg(long, value_name = "PATH", conflicts_with = "fd")]
     pub socket_path: Option<PathBuf>,
 
-    /// Serve the frontend on inherited descriptor N: a listening Unix socket (accept one
-    /// frontend on it, QEMU's convention) or an already-connected one (a socketpair end).
+    /// Serve the frontend on inherited descriptor N: a listening Unix socket (accept
+    /// frontends on it one after the other, QEMU's convention) or an already-connected one
+    /// (a socketpair end: one frontend, `--once` implied).
     #[arg(long, value_name = "N")]
     pub fd: Option<RawFd>,
+
+    /// Serve one frontend, then exit (status 0) when it disconnects, instead of waiting
+    /// for the next one. Implied for a connected `--fd`.
+    #[arg(long)]
+    pub once: bool,
 
     /// Print this backend's capabilities as JSON (QEMU's vhost-user.json) and exit.
     #[arg(long)]

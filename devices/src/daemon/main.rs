@@ -60,6 +60,7 @@ where
             return 1;
         }
     }
+    super::set_once(args.common().once);
     bulkhead_seccomp::mode::set_process_mode(seccomp);
     super::confine::set_jail(jail);
     arm_self_test(seccomp_selftest.or_else(self_test_from_env));
@@ -74,6 +75,7 @@ where
             1
         }
     };
+    super::control::finish();
     super::control::exited(code);
     code
 }

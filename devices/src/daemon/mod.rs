@@ -3,9 +3,12 @@
 //! `vhost-user-backend`'s daemon until it disconnects or SIGTERM/SIGINT arrives, and stop
 //! the queue threads.
 //!
-//! One frontend per process: when it goes, the process exits (status 0). Reconnecting is
-//! the launcher's job (start a fresh process), as vhost-user's "backend program
-//! conventions" have it.
+//! A connected socket (what bulkhead's launcher passes), or `--once`: one frontend per
+//! process; when it goes, the process exits (status 0), and reconnecting is the launcher's
+//! job (start a fresh process). A socket the backend listens on, without `--once` (a
+//! backend run standalone): frontends are served one after the other, each by a fresh
+//! `VhostUserDaemon` over the same backend state, until SIGTERM/SIGINT ([`standalone`]),
+//! as QEMU's and qemu-storage-daemon's backends do.
 
 pub mod args;
 mod confine;
@@ -16,9 +19,12 @@ pub mod inflight;
 pub mod main;
 pub mod relay;
 pub mod signals;
+mod socket_keeper;
+mod standalone;
 pub mod thread_name;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use log::info;
 use vhost::vhost_user::Error as ProtocolError;
@@ -93,15 +99,48 @@ pub enum DaemonError {
     },
 }
 
+thread_local! {
+    /// `--once`, for [`serve`] on this thread: per thread, as a test process runs several
+    /// daemons side by side, each on a thread of its own.
+    static ONCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `--once`: serve one frontend even on a socket the backend listens on. Set from the
+/// command line by [`main::backend_main`], for [`serve`] called later on the same thread.
+pub fn set_once(once: bool) {
+    ONCE.set(once);
+}
+
+/// What a backend adds to [`serve`] besides its roles and state.
+#[derive(Default)]
+pub struct Extras {
+    /// Inflight I/O tracking, offered and served by the relay of a connected socket.
+    pub inflight: Option<Arc<inflight::InflightSlot>>,
+    /// Run on the main thread (still under the process role) after each frontend when
+    /// frontends are served one after the other: flush, forget the connection's state.
+    pub between: Option<Box<dyn FnMut()>>,
+}
+
+impl std::fmt::Debug for Extras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extras")
+            .field("inflight", &self.inflight.is_some())
+            .field("between", &self.between.is_some())
+            .finish()
+    }
+}
+
 /// Serves one frontend on `endpoint` with `backend` until it disconnects or `termination`
 /// fires. Create `termination` before anything starts threads (so they inherit its signal
 /// mask). Once the socket is open, this function finishes the process's jail (single-
 /// threaded), starts the signal watcher, runs `started` (which may start threads of the
 /// caller's), installs `process`'s filter (every role of this backend together) so that
 /// the queue threads are confined from birth (they narrow to their own role at their first
-/// event), then starts them. With `inflight` (made before, as it makes a memfd), the relay
-/// for a connected socket offers and serves inflight I/O tracking (see [`inflight`]); a
-/// socket the daemon listens on is served by the library alone, without it.
+/// event), then starts them. With `extras.inflight` (made before, as it makes a memfd), the
+/// relay for a connected socket offers and serves inflight I/O tracking (see
+/// [`inflight`]); a socket the daemon listens on is served by the library alone, without
+/// it. On a listening socket without `--once`, frontends are served one after the other
+/// ([`standalone`]), `extras.between` running after each.
 pub fn serve<T>(
     name: &str,
     roles: Roles,
@@ -109,7 +148,7 @@ pub fn serve<T>(
     endpoint: &Endpoint,
     termination: &Termination,
     started: impl FnOnce() -> std::io::Result<()>,
-    inflight: Option<std::sync::Arc<inflight::InflightSlot>>,
+    extras: Extras,
 ) -> Result<Ended, DaemonError>
 where
     T: VhostUserBackend + Clone + 'static,
@@ -127,20 +166,77 @@ where
             Opened::Relayed(relay::prepare().map_err(relay_error)?, stream)
         }
         Connection::Listening(listener) => {
-            // Shutting a listening socket down wakes a blocked accept with an error.
-            // SAFETY: dup of a descriptor the listener owns; the copy is owned by the
-            // OwnedFd.
-            let dup = unsafe { libc::dup(listener.as_raw_fd()) };
-            // SAFETY: `dup` is a fresh descriptor that nothing else owns.
-            let wake = (dup >= 0).then(|| unsafe { OwnedFd::from_raw_fd(dup) });
+            let wake = wake_copy(&listener);
             Opened::Listening(listener, wake)
         }
     };
+    if let Endpoint::Path(path) = endpoint {
+        // Still single-threaded: the keeper is forked now, before landlock.
+        if let Err(e) = socket_keeper::keep(path) {
+            log::warn!("{endpoint}: it will not be removed at exit (starting its keeper: {e})");
+        }
+    }
     confine::confine(termination)?;
     started().map_err(DaemonError::Started)?;
     bulkhead_seccomp::install(roles.process, bulkhead_seccomp::mode::process_mode())
         .map_err(DaemonError::Seccomp)?;
+    control::set_termination(termination.clone());
     control::listen().map_err(DaemonError::Started)?;
+    if let Opened::Listening(listener, wake) = connection {
+        if !ONCE.get() {
+            return standalone::serve_many(
+                standalone::Served {
+                    name,
+                    role: roles.main,
+                    backend,
+                    endpoint,
+                    termination,
+                },
+                listener,
+                wake,
+                extras.between,
+            );
+        }
+        return serve_one(
+            name,
+            roles,
+            backend,
+            endpoint,
+            termination,
+            Opened::Listening(listener, wake),
+            None,
+        );
+    }
+    serve_one(
+        name,
+        roles,
+        backend,
+        endpoint,
+        termination,
+        connection,
+        extras.inflight,
+    )
+}
+
+/// Serves the one frontend of `connection` (the main thread narrows to `roles.main`).
+fn serve_one<T>(
+    name: &str,
+    roles: Roles,
+    backend: T,
+    endpoint: &Endpoint,
+    termination: &Termination,
+    connection: Opened,
+    inflight: Option<Arc<inflight::InflightSlot>>,
+) -> Result<Ended, DaemonError>
+where
+    T: VhostUserBackend + Clone + 'static,
+    T::Bitmap: BitmapReplace + NewBitmap + Clone + Send + Sync,
+    T::Vring: Clone + Send + Sync,
+{
+    let relay_error = |source| DaemonError::Relay {
+        endpoint: endpoint.clone(),
+        source,
+    };
     let mut daemon = VhostUserDaemon::new(
         name.to_string(),
         backend,
@@ -190,9 +286,16 @@ where
     if let Some(relay) = relay {
         relay.stop();
     }
+    // Joins the queue threads: the requests in hand are finished when serve returns.
+    drop(daemon);
     if termination.signalled() {
         return Ok(Ended::Terminated);
     }
+    ended(result, endpoint)
+}
+
+/// How serving a frontend ended, from the daemon's `wait`.
+fn ended(result: Result<(), LibError>, endpoint: &Endpoint) -> Result<Ended, DaemonError> {
     match result {
         Ok(())
         | Err(LibError::HandleRequest(
@@ -238,6 +341,15 @@ fn confine_main(role: bulkhead_seccomp::Role) -> Result<(), DaemonError> {
     control::ready(role.name());
     thread_name::self_test(thread_name::SelfTest::Main);
     Ok(())
+}
+
+/// A copy of `listener`'s descriptor, to shut down on SIGTERM (which wakes a blocked
+/// accept with an error).
+fn wake_copy(listener: &vhost::vhost_user::Listener) -> Option<OwnedFd> {
+    // SAFETY: dup of a descriptor the listener owns; the copy is owned by the OwnedFd.
+    let dup = unsafe { libc::dup(listener.as_raw_fd()) };
+    // SAFETY: `dup` is a fresh descriptor that nothing else owns.
+    (dup >= 0).then(|| unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
 /// Tells every queue thread to exit.

@@ -228,6 +228,19 @@ impl NetBackend {
         }
     }
 
+    /// Between two frontends of a standalone backend: stops the RX threads, forgets the
+    /// last frontend's vrings (the next one's arrive with its kicks, which start the RX
+    /// threads again) and detaches the TAP queues of every pair but the first again.
+    pub fn forget_frontend(&self) -> Result<(), LinkError> {
+        self.stop();
+        for pair in &self.rx {
+            *pair.vrings.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            pair.started.store(false, Ordering::SeqCst);
+        }
+        self.shared.stop.store(false, Ordering::SeqCst);
+        self.detach_idle_queues()
+    }
+
     /// Before a pair's event is served: remembers its vrings, attaches its TAP queue if it
     /// was enabled since, and makes sure its RX thread runs (it watches the link too).
     fn prepare_pair(&self, pair: &Arc<RxPair>, vrings: &[Vring]) {

@@ -19,8 +19,10 @@ pub const CAPABILITIES: &str = r#"{"type": "net"}"#;
 ///
 /// The TAP is opened by name (--tap) or inherited (--tap-fd, one descriptor per queue pair,
 /// opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR and IFF_MULTI_QUEUE when there are several).
-/// The process serves one frontend and exits with status 0 when it disconnects or on
-/// SIGTERM/SIGINT; any error, including the TAP disappearing, is reported on one line and
+/// On --socket-path or a listening --fd it serves frontends one after the other until
+/// SIGTERM/SIGINT (status 0; the socket it created is removed); with --once, or on a
+/// connected --fd, one frontend, exiting with status 0 when it disconnects.
+/// Any error, including the TAP disappearing, is reported on one line and
 /// the exit status is 1. Logging is controlled by RUST_LOG (default: warn).
 #[derive(Debug, Parser)]
 #[command(name = "bulkhead-net", version, about, long_about)]

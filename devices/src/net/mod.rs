@@ -166,7 +166,7 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
     );
     backend.set_poll(config.poll);
     backend.detach_idle_queues().map_err(|source| Error::Link {
-        tap: tap_name,
+        tap: tap_name.clone(),
         source,
     })?;
     let served = daemon::serve(
@@ -179,7 +179,17 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         &config.endpoint,
         termination,
         || Ok(()),
-        None,
+        daemon::Extras {
+            inflight: None,
+            between: Some(Box::new({
+                let backend = Arc::clone(&backend);
+                move || {
+                    if let Err(e) = backend.forget_frontend() {
+                        log::warn!("TAP {tap_name}: between frontends: {e}");
+                    }
+                }
+            })),
+        },
     );
     backend.stop();
     log::debug!("counters at exit: {:?}", backend.counters().snapshot());

@@ -116,7 +116,13 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
             }
             Ok(())
         },
-        None,
+        daemon::Extras {
+            inflight: None,
+            between: Some(Box::new({
+                let backend = Arc::clone(&backend);
+                move || backend.forget_frontend()
+            })),
+        },
     );
     if let Some(io) = io {
         let c = io.stop();
