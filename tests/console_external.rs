@@ -261,7 +261,18 @@ fn standalone_bulkhead_console_carries_bytes_both_ways() {
     );
     let out = vm.join().expect("the VM's thread");
     assert_vm_passed(&out, INPUT.len());
-    // It served one frontend and exits 0 once it hung up.
+    // Run on its own (no --once) it keeps listening for the next frontend once this one
+    // hung up, and a SIGTERM ends it: exit 0, its socket removed.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        backend.0.try_wait().expect("waiting for it").is_none(),
+        "a standalone bulkhead-console ended after its first frontend"
+    );
+    // SAFETY: SIGTERM to the bulkhead-console this test started (its pid, still a child).
+    assert_eq!(
+        unsafe { libc::kill(backend.0.id() as i32, libc::SIGTERM) },
+        0
+    );
     let end = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = backend.0.try_wait().expect("waiting for it") {
@@ -269,9 +280,14 @@ fn standalone_bulkhead_console_carries_bytes_both_ways() {
         }
         assert!(
             Instant::now() < end,
-            "bulkhead-console still running after the VM"
+            "bulkhead-console still running 10 s after SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "bulkhead-console: {status}");
+    let end = Instant::now() + Duration::from_secs(5);
+    while sock.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sock.exists(), "{} left after SIGTERM", sock.display());
 }
