@@ -268,11 +268,10 @@ fn standalone_bulkhead_console_carries_bytes_both_ways() {
         backend.0.try_wait().expect("waiting for it").is_none(),
         "a standalone bulkhead-console ended after its first frontend"
     );
+    let pid = backend.0.id() as i32;
     // SAFETY: SIGTERM to the bulkhead-console this test started (its pid, still a child).
-    assert_eq!(
-        unsafe { libc::kill(backend.0.id() as i32, libc::SIGTERM) },
-        0
-    );
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "SIGTERM to bulkhead-console");
     let end = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = backend.0.try_wait().expect("waiting for it") {
