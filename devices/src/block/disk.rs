@@ -192,17 +192,7 @@ impl Disk {
         block_device: bool,
         options: DiskOptions,
     ) -> Result<Disk, DiskError> {
-        if size == 0 {
-            return Err(DiskError::Empty { name });
-        }
-        let multiple = SECTOR_SIZE.max(u64::from(options.logical_block_size));
-        if size % multiple != 0 {
-            return Err(DiskError::Misaligned {
-                name,
-                size,
-                multiple,
-            });
-        }
+        let name = check_size(name, size, &options)?;
         if options.direct {
             return Err(DiskError::Direct {
                 name,
@@ -238,17 +228,7 @@ impl Disk {
         } else {
             return Err(DiskError::NotADisk { name });
         };
-        if size == 0 {
-            return Err(DiskError::Empty { name });
-        }
-        let multiple = SECTOR_SIZE.max(u64::from(options.logical_block_size));
-        if size % multiple != 0 {
-            return Err(DiskError::Misaligned {
-                name,
-                size,
-                multiple,
-            });
-        }
+        let name = check_size(name, size, &options)?;
         let direct = if options.direct {
             let alignment =
                 direct_alignment(&file, block_device).map_err(|reason| DiskError::Direct {
@@ -516,6 +496,23 @@ impl Disk {
         }
         Ok(())
     }
+}
+
+/// `size` is a disk's: not empty, a whole number of logical blocks (at least sectors).
+/// Gives `name` back for the caller's next error.
+fn check_size(name: String, size: u64, options: &DiskOptions) -> Result<String, DiskError> {
+    if size == 0 {
+        return Err(DiskError::Empty { name });
+    }
+    let multiple = SECTOR_SIZE.max(u64::from(options.logical_block_size));
+    if size % multiple != 0 {
+        return Err(DiskError::Misaligned {
+            name,
+            size,
+            multiple,
+        });
+    }
+    Ok(name)
 }
 
 /// 64 KiB of zeros, 4 KiB aligned so it also serves `O_DIRECT` images.

@@ -182,8 +182,8 @@ where
         .map_err(DaemonError::Seccomp)?;
     control::set_termination(termination.clone());
     control::listen().map_err(DaemonError::Started)?;
-    if let Opened::Listening(listener, wake) = connection {
-        if !ONCE.get() {
+    let connection = match connection {
+        Opened::Listening(listener, wake) if !ONCE.get() => {
             return standalone::serve_many(
                 standalone::Served {
                     name,
@@ -195,18 +195,15 @@ where
                 listener,
                 wake,
                 extras.between,
-            );
+            )
         }
-        return serve_one(
-            name,
-            roles,
-            backend,
-            endpoint,
-            termination,
-            Opened::Listening(listener, wake),
-            None,
-        );
-    }
+        once => once,
+    };
+    // Only the relay of a connected socket offers inflight tracking.
+    let inflight = match connection {
+        Opened::Relayed(..) => extras.inflight,
+        Opened::Listening(..) => None,
+    };
     serve_one(
         name,
         roles,
@@ -214,7 +211,7 @@ where
         endpoint,
         termination,
         connection,
-        extras.inflight,
+        inflight,
     )
 }
 
