@@ -126,11 +126,9 @@ impl Cgroup {
         enable: &str,
         limits: &CgroupLimits,
     ) -> Result<(), CgroupError> {
-        let parent = root.join(PARENT);
-        mkdir_all(&parent)?;
-        write(&parent.join("cgroup.subtree_control"), enable)?;
-        let leaf = parent.join(id);
-        mkdir(&leaf)?;
+        let leaf = mkdir_leaf(&root.join(PARENT), id, |parent| {
+            write(&parent.join("cgroup.subtree_control"), enable)
+        })?;
         self.leaves.push(leaf.clone());
         if let Some(bytes) = limits.memory_max {
             write(&leaf.join("memory.max"), &bytes.to_string())?;
@@ -154,10 +152,7 @@ impl Cgroup {
         limits: &CgroupLimits,
     ) -> Result<(), CgroupError> {
         for controller in v1_controllers(root) {
-            let parent = root.join(controller).join(PARENT);
-            mkdir_all(&parent)?;
-            let leaf = parent.join(id);
-            mkdir(&leaf)?;
+            let leaf = mkdir_leaf(&root.join(controller).join(PARENT), id, |_| Ok(()))?;
             self.leaves.push(leaf.clone());
             match controller {
                 "memory" => {
@@ -265,8 +260,26 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     fs::write(path, value).map_err(|source| error("writing cgroup file", path, source))
 }
 
-fn mkdir(path: &Path) -> Result<(), CgroupError> {
-    fs::create_dir(path).map_err(|source| error("creating cgroup", path, source))
+/// Makes `parent/id`, and `parent` (then `prepare`s it) if need be. Another launcher
+/// removes `parent` when its own last jail under it goes (`remove`), which can land between
+/// making `parent` and making `id` in it: then `parent` is made and prepared again, a few
+/// times at most.
+fn mkdir_leaf(
+    parent: &Path,
+    id: &str,
+    prepare: impl Fn(&Path) -> Result<(), CgroupError>,
+) -> Result<PathBuf, CgroupError> {
+    let leaf = parent.join(id);
+    let mut attempts = 0;
+    loop {
+        mkdir_all(parent)?;
+        prepare(parent)?;
+        match fs::create_dir(&leaf) {
+            Ok(()) => return Ok(leaf),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
+            Err(source) => return Err(error("creating cgroup", &leaf, source)),
+        }
+    }
 }
 
 fn mkdir_all(path: &Path) -> Result<(), CgroupError> {
