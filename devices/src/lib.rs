@@ -7,5 +7,6 @@ pub mod daemon;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzz;
+pub mod image;
 pub mod net;
 pub mod vsock;
