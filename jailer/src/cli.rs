@@ -97,13 +97,15 @@ pub struct RunArgs {
     /// Serial console (8250 at 0x3f8): stdio, file=PATH, or off.
     #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio", value_parser = bulkhead_vmm::process::args::parse_serial)]
     pub serial: SerialOutput,
-    /// A virtio-blk disk (repeatable): path=IMAGE[,readonly=on][,serial=ID][,queues=N][,direct=on]
-    /// runs a bulkhead-blk process on the image (direct=on: O_DIRECT, bypassing the page cache); vhost-user=PATH[,queues=N][,listen=on]
+    /// A virtio-blk disk (repeatable): path=IMAGE[,format=raw|qcow2][,lock=on|off][,readonly=on][,serial=ID][,queues=N][,direct=on]
+    /// runs a bulkhead-blk process on the image (format= absent: raw, and a file that looks like a qcow2 is refused;
+    /// a qcow2's backing files are opened too; every file is locked as QEMU locks it unless lock=off;
+    /// direct=on: O_DIRECT, bypassing the page cache); vhost-user=PATH[,queues=N][,listen=on]
     /// uses a vhost-user-blk backend someone else started (e.g. qemu-storage-daemon; socket=PATH is the old spelling).
     /// Every device process bulkhead starts takes restart=off|N|N/SECS: restarted when it
     /// dies, up to N times within SECS seconds (default 5/60); off: its death stops the VM.
     /// Backends someone else started are never restarted by bulkhead.
-    #[arg(long, value_name = "path=IMAGE[,readonly=on][,serial=ID][,queues=N][,restart=off|N/SECS]|vhost-user=PATH[,listen=on]", value_parser = crate::disk_arg::parse)]
+    #[arg(long, value_name = "path=IMAGE[,format=raw|qcow2][,lock=on|off][,readonly=on][,serial=ID][,queues=N][,restart=off|N/SECS]|vhost-user=PATH[,listen=on]", value_parser = crate::disk_arg::parse)]
     pub disk: Vec<crate::disk_arg::DiskArg>,
     /// A virtio-net device (repeatable): tap=NAME[,mac=MAC][,queues=N] uses (or creates) a
     /// TAP; auto[,mac=MAC][,host-ip=CIDR][,guest-ip=CIDR][,queues=N] creates a TAP in a new

@@ -59,6 +59,17 @@ pub enum DeviceError {
     },
 }
 
+/// A disk served by a `bulkhead-blk` of ours, as its image was opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedImage {
+    /// Device name (`disk0`).
+    pub name: String,
+    /// How its image is opened (a swapped-in image is opened alike).
+    pub options: launch::ImageOptions,
+    /// O_DIRECT.
+    pub direct: bool,
+}
+
 /// The started devices; call [`Devices::stop`] when the VM has ended.
 #[derive(Default)]
 pub struct Devices {
@@ -68,9 +79,9 @@ pub struct Devices {
     pub processes: Vec<DeviceProcess>,
     /// Namespaces to delete after the processes are gone.
     namespaces: Vec<NamedNetNs>,
-    /// The disks served by a `bulkhead-blk` of ours: name, read-only, O_DIRECT (for
-    /// swapping their image on a running VM).
-    pub images: Vec<(String, bool, bool)>,
+    /// The disks served by a `bulkhead-blk` of ours (for swapping their image on a
+    /// running VM).
+    pub images: Vec<ServedImage>,
     /// Socket files bulkhead bound for its devices (`--console socket=`), removed after
     /// the processes are gone.
     socket_files: Vec<SocketFile>,
@@ -198,16 +209,27 @@ impl Devices {
                 readonly,
                 serial,
                 direct,
+                format,
+                lock,
             } => {
+                let options = launch::ImageOptions {
+                    readonly: *readonly,
+                    format: *format,
+                    lock: *lock,
+                };
                 let (process, socket) = launch::start_blk(
                     name,
                     path,
-                    *readonly,
+                    options,
                     serial.as_deref(),
                     disk.queues,
                     *direct,
                 )?;
-                self.images.push((name.to_owned(), *readonly, *direct));
+                self.images.push(ServedImage {
+                    name: name.to_owned(),
+                    options,
+                    direct: *direct,
+                });
                 self.budgets
                     .push((name.to_owned(), Budget::new(disk.restart)));
                 self.add(

@@ -1,11 +1,15 @@
-//! `--disk` values: `path=PATH[,readonly=on|off][,serial=ID][,queues=N][,direct=on][,restart=off|N/SECS]`
+//! `--disk` values: `path=PATH[,format=raw|qcow2][,lock=on|off][,readonly=on|off][,serial=ID][,queues=N][,direct=on][,restart=off|N/SECS]`
 //! for a disk served by a `bulkhead-blk` process bulkhead starts (restarted as `restart=`
-//! says when it dies, see [`crate::restart`]), or `vhost-user=PATH[,queues=N][,listen=on]`
+//! says when it dies, see [`crate::restart`]; `format=` absent: probed, a file that looks
+//! like a qcow2 refused, see `bulkhead_devices::image::format`; `lock=off` takes no
+//! QEMU-compatible image locks, see `bulkhead_devices::image::lock`), or `vhost-user=PATH[,queues=N][,listen=on]`
 //! for a vhost-user-blk backend someone else started (qemu-storage-daemon, for one; see
 //! `external`; never restarted by bulkhead). `socket=PATH` is the old spelling of
 //! `vhost-user=PATH`, still accepted.
 
 use std::path::PathBuf;
+
+use bulkhead_devices::image::ImageFormat;
 
 use crate::external_arg::ExternalBackend;
 
@@ -25,6 +29,10 @@ pub enum DiskBackend {
         serial: Option<String>,
         /// Bypass the host page cache (O_DIRECT).
         direct: bool,
+        /// The image's format as the user said (`None`: probed, raw only).
+        format: Option<ImageFormat>,
+        /// Take QEMU-compatible locks on every file of the image's chain.
+        lock: bool,
     },
     /// An external vhost-user-blk backend (`vhost-user=PATH`, or the old `socket=PATH`).
     Socket(ExternalBackend),
@@ -46,6 +54,7 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
     let (mut path, mut socket, mut readonly, mut serial, mut queues) =
         (None, None, false, None, 1u16);
     let mut direct = false;
+    let (mut format, mut lock) = (None, None);
     let mut restart = None;
     // listen=, connect-timeout=, queue-size=: the external backend's (see `external_arg`).
     let mut external_keys = Vec::new();
@@ -64,6 +73,8 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
             "listen" | "connect-timeout" | "queue-size" => external_keys.push((key, value)),
             "readonly" | "ro" => readonly = on_off(key, value)?,
             "direct" => direct = on_off(key, value)?,
+            "format" => format = Some(value.parse::<ImageFormat>()?),
+            "lock" => lock = Some(on_off(key, value)?),
             "serial" => {
                 if value.len() > MAX_SERIAL || !value.is_ascii() {
                     return Err(format!(
@@ -83,7 +94,7 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
             "path" | "socket" | "vhost-user" => return Err(format!("{key}= needs a value")),
             _ => {
                 return Err(format!(
-                    "unknown key {key:?} (expected path, vhost-user, readonly, serial, queues, direct, restart, listen)"
+                    "unknown key {key:?} (expected path, format, lock, vhost-user, readonly, serial, queues, direct, restart, listen)"
                 ))
             }
         }
@@ -97,6 +108,8 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
             readonly,
             serial,
             direct,
+            format,
+            lock: lock.unwrap_or(true),
         },
         (None, Some(sock)) => {
             if restart.is_some() {
@@ -105,9 +118,9 @@ pub fn parse(s: &str) -> Result<DiskArg, String> {
                         .into(),
                 );
             }
-            if readonly || direct || serial.is_some() {
+            if readonly || direct || serial.is_some() || format.is_some() || lock.is_some() {
                 return Err(
-                    "readonly=, direct= and serial= belong to the backend when vhost-user= is used"
+                    "readonly=, direct=, serial=, format= and lock= belong to the backend when vhost-user= is used"
                         .into(),
                 );
             }
@@ -154,6 +167,8 @@ mod tests {
                     readonly: true,
                     serial: Some("abc".into()),
                     direct: true,
+                    format: None,
+                    lock: true,
                 },
                 queues: 4,
                 restart: crate::restart::DEFAULT,
@@ -174,6 +189,28 @@ mod tests {
         );
         let e = parse("path=/d.img,restart=lots").unwrap_err();
         assert!(e.contains("restart=lots") && e.contains("N/SECS"), "{e}");
+    }
+
+    #[test]
+    fn format_and_lock() {
+        let image = |s: &str| match parse(s).unwrap().backend {
+            DiskBackend::Image { format, lock, .. } => (format, lock),
+            DiskBackend::Socket(_) => panic!("{s}: not an image"),
+        };
+        assert_eq!(image("path=/d"), (None, true));
+        assert_eq!(
+            image("path=/d.qcow2,format=qcow2,lock=off"),
+            (Some(ImageFormat::Qcow2), false)
+        );
+        assert_eq!(
+            image("path=/d,format=raw,lock=on"),
+            (Some(ImageFormat::Raw), true)
+        );
+        let e = parse("path=/d,format=vmdk").unwrap_err();
+        assert!(e.contains("format=vmdk: expected raw or qcow2"), "{e}");
+        assert!(parse("path=/d,lock=maybe").is_err());
+        assert!(parse("vhost-user=/s,format=qcow2").is_err());
+        assert!(parse("vhost-user=/s,lock=off").is_err());
     }
 
     #[test]

@@ -315,10 +315,13 @@ impl<'a> Supervisor<'a> {
         if self.report.exited.is_some() || self.stop_deadline.is_some() {
             return Err("the VM is not running (it is stopping or has ended)".into());
         }
-        let Some(&(_, read_only, direct)) =
-            self.devices.images.iter().find(|(name, ..)| name == device)
-        else {
-            let disks: Vec<&str> = self.devices.images.iter().map(|d| d.0.as_str()).collect();
+        let Some(served) = self.devices.images.iter().find(|d| d.name == device) else {
+            let disks: Vec<&str> = self
+                .devices
+                .images
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect();
             return Err(format!(
                 "{device}: not a disk served by bulkhead-blk (the disks are: {})",
                 if disks.is_empty() {
@@ -328,13 +331,15 @@ impl<'a> Supervisor<'a> {
                 }
             ));
         };
-        if direct {
+        if served.direct {
             return Err(format!(
                 "{device}: a disk opened with direct=on cannot have its image swapped yet"
             ));
         }
-        let image =
-            crate::launch::open_swap_image(device, path, read_only).map_err(|e| chain(&e))?;
+        let (options, read_only) = (served.options, served.options.readonly);
+        // Locked as at start; the old image's locks go with its last descriptors (the
+        // recipe's, replaced below, and the backend's, closed once it swapped).
+        let image = crate::launch::open_swap_image(device, path, options).map_err(|e| chain(&e))?;
         let process = self
             .devices
             .processes

@@ -109,6 +109,9 @@ fn disk_value(d: &Drive) -> Result<OsString, String> {
         }
     };
     if d.socket.is_none() {
+        // Firecracker's drives are raw files, whatever their first bytes look like; they
+        // are locked as any disk is.
+        v.push(",format=raw");
         if d.is_read_only == Some(true) {
             v.push(",readonly=on");
         }
@@ -184,9 +187,9 @@ mod tests {
                 "--cmdline",
                 "console=ttyS0 root=/dev/vda rw",
                 "--disk",
-                "path=/img/rootfs,serial=rootfs",
+                "path=/img/rootfs,format=raw,serial=rootfs",
                 "--disk",
-                "path=/img/data,readonly=on,serial=data",
+                "path=/img/data,format=raw,readonly=on,serial=data",
                 "--net",
                 "tap=tap0,mac=06:00:ac:10:00:02",
                 "--vsock",

@@ -6,29 +6,24 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 
-use super::{
-    backend_program, open_named, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD,
-};
-use crate::safe_open::Access;
+use bulkhead_devices::image::ImageFormat;
 
-/// Starts `bulkhead-blk` on the image at `path`: the launcher opens the image (so the
-/// backend needs no access to the filesystem) and hands it over as fd 4, with its end of a
-/// socket pair as fd 3. Returns the process and the vmm's end of the socket.
+use super::chain::{open_error, open_image, ImageError, ImageOptions};
+use super::{backend_program, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
+
+/// Starts `bulkhead-blk` on the image at `path`: the launcher opens the image and every
+/// backing file it names, checks and locks them (see [`super::chain`]), and hands them
+/// over as fds 4, 5, ... (so the backend needs no access to the filesystem), with its end
+/// of a socket pair as fd 3. Returns the process and the vmm's end of the socket.
 pub fn start_blk(
     name: &str,
     path: &Path,
-    readonly: bool,
+    image: ImageOptions,
     serial: Option<&str>,
     queues: u16,
     direct: bool,
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
-    let access = if readonly {
-        Access::Read
-    } else {
-        Access::ReadWrite
-    };
-    let disk = open_named(name, "disk image", path, access)?;
-    let size = image_size(name, path, &disk)?;
+    let opened = open_image(name, path, image)?;
     let program = backend_program(name, "bulkhead-blk")?;
     let mut cmd = Command::new(&program);
     cmd.args([
@@ -37,8 +32,18 @@ pub fn start_blk(
         "--disk-fd",
         &FIRST_EXTRA_FD.to_string(),
     ]);
+    // The chain's formats (`--format`, `--backing-fd FD:FORMAT`, the backing files below
+    // the top in order), said only for a qcow2 until every bulkhead-blk takes `--format`
+    // (raw is its default).
+    if opened.format() == ImageFormat::Qcow2 {
+        cmd.args(["--format", opened.format().as_str()]);
+        for (link, fd) in opened.chain.links.iter().zip(FIRST_EXTRA_FD..).skip(1) {
+            cmd.arg("--backing-fd")
+                .arg(format!("{fd}:{}", link.format.as_str()));
+        }
+    }
     cmd.arg("--queues").arg(queues.to_string());
-    if readonly {
+    if image.readonly {
         cmd.arg("--read-only");
     }
     if direct {
@@ -47,20 +52,27 @@ pub fn start_blk(
     if let Some(s) = serial {
         cmd.args(["--serial", s]);
     }
-    // The image may not grow through the backend (RLIMIT_FSIZE; no effect on a block device).
+    // The image may grow through the backend only as far as its format allows
+    // (RLIMIT_FSIZE; no effect on a block device).
     let needs = Needs {
         workers: u64::from(queues),
-        max_file_size: Some(size),
+        max_file_size: Some(opened.max_file_size),
         reports: true,
         ..Needs::default()
     };
-    let recipe = super::Recipe::new(name, &cmd, vec![OwnedFd::from(disk)], false, needs);
+    let fds = opened
+        .chain
+        .links
+        .into_iter()
+        .map(|link| OwnedFd::from(link.file))
+        .collect();
+    let recipe = super::Recipe::new(name, &cmd, fds, false, needs);
     super::recipe::launch(recipe)
 }
 
 /// An image opened for a running disk (`PATCH /drives/{id}`, `bulkhead ctl disk`).
 pub struct SwapImage {
-    /// The open image.
+    /// The open image (locked as at start unless the disk has `lock=off`).
     pub file: File,
     /// Its size in bytes (checked as at start-up).
     pub size: u64,
@@ -69,42 +81,65 @@ pub struct SwapImage {
 }
 
 /// Opens the image at `path` for disk `name` by the same rules (and `--open-as` identity)
-/// as at start-up, and checks it as [`start_blk`] does.
-pub fn open_swap_image(name: &str, path: &Path, readonly: bool) -> Result<SwapImage, LaunchError> {
-    use std::os::unix::fs::FileTypeExt;
-    let access = if readonly {
-        Access::Read
-    } else {
-        Access::ReadWrite
-    };
-    let file = open_named(name, "disk image", path, access)?;
-    let file_type = file.metadata().map_err(open_error(name, path))?.file_type();
-    if !file_type.is_file() && !file_type.is_block_device() {
+/// as at start-up, checks and locks it as [`start_blk`] does. The swap protocol carries
+/// one raw image: a qcow2 (the disk's `format=`, else a probe) is refused.
+pub fn open_swap_image(
+    name: &str,
+    path: &Path,
+    image: ImageOptions,
+) -> Result<SwapImage, LaunchError> {
+    if image.format == Some(ImageFormat::Qcow2) {
+        return Err(swap_refused(name, path));
+    }
+    let opened = open_image(name, path, image).map_err(|e| match e {
+        LaunchError::Image { source, .. }
+            if matches!(
+                *source,
+                ImageError::Format(bulkhead_devices::image::FormatError::LooksLikeQcow2 { .. })
+            ) =>
+        {
+            swap_refused(name, path)
+        }
+        e => e,
+    })?;
+    let file_type = opened
+        .top()
+        .metadata()
+        .map_err(open_error(name, path))?
+        .file_type();
+    if !file_type.is_file() && !opened.block_device {
         return Err(open_error(name, path)(std::io::Error::other(
             "neither a regular file nor a block device",
         )));
     }
-    let size = image_size(name, path, &file)?;
+    let (size, block_device) = (opened.size, opened.block_device);
+    let Some(top) = opened.chain.links.into_iter().next() else {
+        return Err(swap_refused(name, path));
+    };
     Ok(SwapImage {
-        file,
+        file: top.file,
         size,
-        block_device: file_type.is_block_device(),
+        block_device,
     })
 }
 
-/// The error for disk image `path` of device `name`.
-fn open_error<'a>(name: &'a str, path: &'a Path) -> impl Fn(std::io::Error) -> LaunchError + 'a {
-    move |source| LaunchError::OpenDisk {
+/// A swap that would need a qcow2 served.
+fn swap_refused(name: &str, path: &Path) -> LaunchError {
+    LaunchError::OpenDisk {
         what: "disk image",
         name: name.to_owned(),
         path: path.to_owned(),
-        source,
+        source: std::io::Error::other(
+            "a drive swap serves raw images only (a qcow2 image cannot be swapped in, nor a \
+             qcow2 disk's image swapped, yet; a raw file starting with a qcow2 header needs \
+             the disk started with format=raw)",
+        ),
     }
 }
 
 /// The image's size; refuses, naming the file, an image the block backend would refuse by
 /// its fd alone.
-fn image_size(name: &str, path: &Path, mut disk: &File) -> Result<u64, LaunchError> {
+pub(super) fn image_size(name: &str, path: &Path, mut disk: &File) -> Result<u64, LaunchError> {
     use std::io::Seek;
     // Seeking to the end gives the size of block devices too.
     let size = disk

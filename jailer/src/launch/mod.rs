@@ -3,6 +3,7 @@
 //! kind of process says what it is given.
 
 mod blk;
+pub mod chain;
 pub mod confine;
 pub mod console;
 mod net;
@@ -12,6 +13,7 @@ mod vmm;
 pub mod vsock;
 
 pub use blk::{open_swap_image, start_blk};
+pub use chain::ImageOptions;
 pub use console::start_console;
 pub use net::start_net;
 pub use recipe::Recipe;
@@ -36,8 +38,9 @@ pub use confine::{configure, confinement, Confinement, Needs};
 pub const SOCKET_FD: RawFd = 3;
 /// The first fd of the resources passed to a backend (disk image, TAP queues, stream).
 pub const FIRST_EXTRA_FD: RawFd = 4;
-/// Most fds passed to one backend (socket included).
-pub const MAX_PASSED_FDS: usize = 16;
+/// Most fds passed to one backend (socket and control socket included): room for a disk's
+/// longest backing chain.
+pub const MAX_PASSED_FDS: usize = bulkhead_devices::image::chain::MAX_CHAIN + 4;
 /// How long a process gets for its handshake and to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a backend gets to exit after SIGTERM before SIGKILL.
@@ -92,6 +95,15 @@ pub enum LaunchError {
         size: u64,
         /// What is wrong with it.
         why: &'static str,
+    },
+    /// A disk image (or a file of its backing chain) can't be served: its format, chain,
+    /// size or locks (see [`chain`]).
+    #[error("{name}")]
+    Image {
+        /// Device name.
+        name: String,
+        /// What is wrong (names the file).
+        source: Box<chain::ImageError>,
     },
     /// The jailer could not start it.
     #[error("{name}: {source}")]
@@ -875,7 +887,11 @@ mod tests {
         let e = start_blk(
             "disk0",
             Path::new("/nonexistent/d.img"),
-            false,
+            ImageOptions {
+                readonly: false,
+                format: None,
+                lock: true,
+            },
             None,
             1,
             false,
