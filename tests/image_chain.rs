@@ -1,0 +1,274 @@
+//! Images refused at start by the launcher, each with a message naming the file and the
+//! problem (issue 13, "Bad images"): a backing loop, a missing backing file, an image that
+//! may grow bigger than the host allows, an external data file, a qcow2 given without
+//! `format=`, a virtual size that is not whole sectors. All end in the launcher before any
+//! process starts, so they need no KVM; they need `qemu-img` to make the images.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::skip::SkipKind;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A scratch directory, removed with what it holds.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let path =
+            std::env::temp_dir().join(format!("bulkhead-chain-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).expect("making the scratch directory");
+        Dir(path)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// `qemu-img ARGS` in this directory; panics with its output if it fails.
+    fn qemu_img(&self, args: &[&str]) {
+        let out = Command::new("qemu-img")
+            .args(args)
+            .current_dir(&self.0)
+            .output()
+            .expect("running qemu-img");
+        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Skips the calling test (a failure under CI) when qemu-img is not installed.
+macro_rules! require_qemu_img {
+    () => {
+        if Command::new("qemu-img").arg("--version").output().is_err() {
+            skip!(
+                SkipKind::MissingTool,
+                "qemu-img (Debian package qemu-utils) is not installed"
+            );
+        }
+    };
+}
+
+/// `bulkhead run --disk DISK` (through `wrapper` if given, e.g. prlimit): asserts that the
+/// launcher refused it (status 125) with a message holding every one of `want`.
+fn assert_refused(wrapper: &[&str], disk: &str, want: &[&str]) {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_bulkhead"));
+            c.stdin(std::process::Stdio::null());
+            c
+        }
+        None => common::bulkhead(),
+    };
+    cmd.args([
+        "run",
+        "--disk",
+        disk,
+        "--cmdline",
+        "bulkhead.test=blk-probe",
+    ]);
+    let out = common::run(cmd, DEADLINE);
+    out.assert_no_panic();
+    assert_eq!(out.code(), 125, "{out:#?}");
+    for w in want {
+        assert!(out.stderr.contains(w), "no {w:?} in:\n{}", out.stderr);
+    }
+    // Refused before any process started: nothing of the VM was spawned.
+    assert!(
+        !out.stderr.contains("bulkhead-blk (pid"),
+        "a backend was started:\n{}",
+        out.stderr
+    );
+}
+
+fn disk(path: &Path, keys: &str) -> String {
+    format!("path={}{keys}", path.display())
+}
+
+#[test]
+fn a_backing_loop_is_refused_naming_the_files() {
+    require_qemu_img!();
+    let d = Dir::new("loop");
+    // -u: qemu-img does not open the backing file, which does not exist yet.
+    d.qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2", "1M",
+    ]);
+    d.qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-u", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M",
+    ]);
+    let (a, b) = (d.path("a.qcow2"), d.path("b.qcow2"));
+    assert_refused(
+        &[],
+        &disk(&a, ",format=qcow2"),
+        &[&format!(
+            "bulkhead: error: disk0: backing file {} of disk image {} is already in the chain (a backing loop)",
+            a.display(),
+            b.display()
+        )],
+    );
+}
+
+#[test]
+fn a_missing_backing_file_is_refused_naming_it_and_the_overlay() {
+    require_qemu_img!();
+    let d = Dir::new("missing");
+    d.qemu_img(&["create", "-q", "-f", "raw", "base.raw", "1M"]);
+    d.qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        "top.qcow2",
+    ]);
+    std::fs::remove_file(d.path("base.raw")).expect("removing the base");
+    assert_refused(
+        &[],
+        &disk(&d.path("top.qcow2"), ",format=qcow2"),
+        &[
+            &format!(
+                "bulkhead: error: disk0: backing file {} of disk image {}",
+                d.path("base.raw").display(),
+                d.path("top.qcow2").display()
+            ),
+            "No such file or directory",
+        ],
+    );
+}
+
+#[test]
+fn an_image_that_may_grow_bigger_than_the_launcher_may_write_is_refused() {
+    require_qemu_img!();
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        skip!(
+            SkipKind::MissingTool,
+            "prlimit (Debian package util-linux) is not installed"
+        );
+    }
+    let d = Dir::new("fsize");
+    d.qemu_img(&["create", "-q", "-f", "qcow2", "big.qcow2", "1G"]);
+    let big = d.path("big.qcow2");
+    // 512 MiB may be written: a 1 GiB disk, once fully allocated, is more.
+    let limit = 512u64 << 20;
+    let fsize = format!("--fsize={limit}");
+    assert_refused(
+        &["prlimit", &fsize, "--"],
+        &disk(&big, ",format=qcow2"),
+        &[
+            &format!(
+                "bulkhead: error: disk0: disk image {} (qcow2, virtual size 1073741824 bytes) may grow to",
+                big.display()
+            ),
+            &format!("more than this process may write (RLIMIT_FSIZE {limit} bytes"),
+        ],
+    );
+}
+
+#[test]
+fn an_image_bigger_than_the_file_system_holds_is_refused() {
+    require_qemu_img!();
+    let d = Dir::new("fsmax");
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct this function owns.
+    let ext4 = unsafe {
+        let path = std::ffi::CString::new(d.0.as_os_str().as_encoded_bytes()).unwrap();
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(path.as_ptr(), &mut st) == 0 && st.f_type == 0xef53
+    };
+    if !ext4 {
+        // Not a missing tool: other file systems (xfs, btrfs, tmpfs) hold files larger than
+        // any qcow2 qemu-img makes, so there is nothing to refuse there.
+        eprintln!(
+            "{}: the scratch directory is not on ext4 (largest file 16 TiB); nothing to check",
+            common::skip::test_name()
+        );
+        return;
+    }
+    d.qemu_img(&["create", "-q", "-f", "qcow2", "huge.qcow2", "32T"]);
+    let huge = d.path("huge.qcow2");
+    assert_refused(
+        &[],
+        &disk(&huge, ",format=qcow2"),
+        &[
+            &format!(
+                "disk image {} (qcow2, virtual size 35184372088832 bytes) may grow to",
+                huge.display()
+            ),
+            "more than the largest file its file system holds",
+        ],
+    );
+}
+
+#[test]
+fn an_external_data_file_is_refused() {
+    require_qemu_img!();
+    let d = Dir::new("datafile");
+    d.qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=data.raw",
+        "top.qcow2",
+        "1M",
+    ]);
+    let top = d.path("top.qcow2");
+    assert_refused(
+        &[],
+        &disk(&top, ",format=qcow2"),
+        &[&format!(
+            "disk image {} keeps its data in an external data file",
+            top.display()
+        )],
+    );
+}
+
+#[test]
+fn a_qcow2_without_format_is_refused_and_the_user_asked_to_say() {
+    require_qemu_img!();
+    let d = Dir::new("probe");
+    d.qemu_img(&["create", "-q", "-f", "qcow2", "top.qcow2", "1M"]);
+    let top = d.path("top.qcow2");
+    assert_refused(
+        &[],
+        &disk(&top, ""),
+        &[&format!(
+            "disk image {} starts with a qcow2 header: pass format=qcow2",
+            top.display()
+        )],
+    );
+}
+
+#[test]
+fn a_virtual_size_that_is_not_whole_sectors_is_refused() {
+    require_qemu_img!();
+    let d = Dir::new("vsize");
+    d.qemu_img(&["create", "-q", "-f", "qcow2", "odd.qcow2", "1M"]);
+    let odd = d.path("odd.qcow2");
+    let mut bytes = std::fs::read(&odd).expect("reading the image");
+    // The header's virtual size (bytes 24..32, big-endian).
+    bytes[24..32].copy_from_slice(&1000u64.to_be_bytes());
+    std::fs::write(&odd, bytes).expect("writing the image");
+    assert_refused(
+        &[],
+        &disk(&odd, ",format=qcow2"),
+        &[&format!(
+            "disk image {} (qcow2) has a virtual size of 1000 bytes, not a multiple of 512",
+            odd.display()
+        )],
+    );
+}
