@@ -1,0 +1,210 @@
+//! Image locks QEMU respects (issue 13): a running VM holds QEMU's OFD lock bytes on its
+//! image, so a second `bulkhead run`, qemu-storage-daemon and qemu-io are refused on it,
+//! and bulkhead is refused on an image qemu-storage-daemon writes; read-only VMs share;
+//! `lock=off` (here from a `--config` file) lets a second one in.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::disk::Image;
+use common::skip::SkipKind;
+use common::spawned::Spawned;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A VM serving `disk`, its guest idle after probing it (so the image is held until the
+/// test ends the VM).
+fn holding_vm(disk: &str) -> Spawned {
+    let mut cmd = common::bulkhead();
+    cmd.args([
+        "run",
+        "--disk",
+        disk,
+        "--cmdline",
+        "bulkhead.test=blk-probe,idle",
+    ]);
+    let mut vm = Spawned::start(&mut cmd);
+    vm.wait_for_line("bulkhead-guest: PASS blk-probe", WAIT);
+    vm
+}
+
+/// Ends `vm` in order; it must have run fine.
+fn end(vm: Spawned) {
+    let (code, console, stderr) = vm.terminate(WAIT);
+    assert!(
+        code.is_some(),
+        "the VM had to be killed:\n{console}\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A second VM on `disk` that just probes it: its output.
+fn second_vm(disk: &str) -> common::Output {
+    common::run_vm(
+        &["--disk", disk, "--cmdline", "bulkhead.test=blk-probe"],
+        WAIT,
+    )
+}
+
+/// Asserts `out` is the launcher's refusal of `img` for a lock, held by `holder`.
+fn assert_lock_refusal(out: &common::Output, img: &Path, holder: &str, what: &str) {
+    assert_eq!(out.code(), 125, "{out:#?}");
+    let want = format!(
+        "bulkhead: error: disk0: disk image {} is in use by {holder}",
+        img.display()
+    );
+    assert!(
+        out.stderr.contains(&want),
+        "no {want:?} in:\n{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(what), "no {what:?} in:\n{}", out.stderr);
+    assert!(out.stderr.contains("lock=off"), "{}", out.stderr);
+}
+
+/// `qemu-io -f raw -c 'write 0 512' IMAGE`: whether it wrote, and what it said.
+fn qemu_io_write(img: &Path) -> Option<(bool, String)> {
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write 0 512"])
+        .arg(img)
+        .output()
+        .ok()?;
+    Some((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    ))
+}
+
+#[test]
+fn a_second_writer_is_refused_naming_the_image_and_the_holder() {
+    require_kvm!();
+    let img = Image::new("lock-two", 1 << 20);
+    let vm = holding_vm(&img.disk_arg(""));
+    let holder = format!("bulkhead (pid {})", vm.pid());
+    let out = second_vm(&img.disk_arg(""));
+    assert_lock_refusal(
+        &out,
+        &img.path,
+        &holder,
+        "another process does not let others use it for writing",
+    );
+    // Read-only, it is refused too: the writer does not share writing with readers.
+    let out = second_vm(&img.disk_arg(",readonly=on"));
+    assert_lock_refusal(
+        &out,
+        &img.path,
+        &holder,
+        "another process has it open for writing",
+    );
+    end(vm);
+    // Gone with the VM: the image serves again.
+    let out = second_vm(&img.disk_arg(""));
+    assert_eq!(out.code(), 0, "{out:#?}");
+}
+
+#[test]
+fn read_only_vms_share_and_keep_writers_out() {
+    require_kvm!();
+    let img = Image::new("lock-ro", 1 << 20);
+    let vm = holding_vm(&img.disk_arg(",readonly=on"));
+    let out = second_vm(&img.disk_arg(",readonly=on"));
+    assert_eq!(out.code(), 0, "a second reader was refused: {out:#?}");
+    let out = second_vm(&img.disk_arg(""));
+    assert_lock_refusal(
+        &out,
+        &img.path,
+        &format!("bulkhead (pid {})", vm.pid()),
+        "another process does not let others use it for writing",
+    );
+    end(vm);
+    assert!(img.read() == img.original, "a read-only image changed");
+}
+
+#[test]
+fn lock_off_from_a_config_file_lets_a_second_one_in() {
+    require_kvm!();
+    let img = Image::new("lock-off", 1 << 20);
+    let vm = holding_vm(&img.disk_arg(""));
+    let config =
+        std::env::temp_dir().join(format!("bulkhead-lock-off-{}.json", std::process::id()));
+    let json = format!(
+        r#"{{"disk": ["{},format=raw,lock=off"]}}"#,
+        img.disk_arg("")
+    );
+    std::fs::write(&config, json).expect("writing the config file");
+    let out = common::run_vm(
+        &[
+            "--config",
+            config.to_str().expect("UTF-8 path"),
+            "--cmdline",
+            "bulkhead.test=blk-probe",
+        ],
+        WAIT,
+    );
+    let _ = std::fs::remove_file(&config);
+    assert_eq!(out.code(), 0, "lock=off was refused: {out:#?}");
+    end(vm);
+}
+
+#[test]
+fn qemu_sees_a_running_vms_locks() {
+    require_kvm!();
+    let img = Image::new("lock-qemu", 1 << 20);
+    let vm = holding_vm(&img.disk_arg(""));
+    let Some((wrote, said)) = qemu_io_write(&img.path) else {
+        skip!(
+            SkipKind::MissingTool,
+            "qemu-io (Debian package qemu-utils) is not installed"
+        );
+    };
+    assert!(
+        !wrote && said.contains("Failed to get \"write\" lock"),
+        "{said}"
+    );
+    // qemu-storage-daemon exporting it writable cannot start.
+    match common::qsd::start(&img.path, false, "lock-qemu") {
+        Err(common::qsd::QsdError::Exited(status, _)) => assert!(!status.success()),
+        Err(e) => panic!("qemu-storage-daemon: {e}"),
+        Ok(_) => panic!("qemu-storage-daemon exported an image a VM writes"),
+    }
+    end(vm);
+    // Without the VM, both get in (so the refusals above were the locks).
+    let (wrote, said) = qemu_io_write(&img.path).expect("qemu-io ran before");
+    assert!(wrote, "{said}");
+    let qsd = common::qsd::start(&img.path, false, "lock-qemu").expect("qemu-storage-daemon");
+    drop(qsd);
+}
+
+#[test]
+fn an_image_qemu_storage_daemon_writes_is_refused() {
+    require_kvm!();
+    let img = Image::new("lock-qsd", 1 << 20);
+    let qsd = match common::qsd::start(&img.path, false, "lock-qsd") {
+        Ok(q) => q,
+        Err(e @ common::qsd::QsdError::NotInstalled(_)) => {
+            skip!(SkipKind::MissingTool, "{e}");
+        }
+        Err(e) => panic!("qemu-storage-daemon: {e}"),
+    };
+    let out = second_vm(&img.disk_arg(""));
+    assert_lock_refusal(
+        &out,
+        &img.path,
+        "qemu-storage-daemon (pid ",
+        "another process has it open for writing",
+    );
+    // A reader is refused too: qemu-storage-daemon writes under it.
+    let out = second_vm(&img.disk_arg(",readonly=on"));
+    assert_lock_refusal(
+        &out,
+        &img.path,
+        "qemu-storage-daemon (pid ",
+        "another process has it open for writing",
+    );
+    drop(qsd);
+    let out = second_vm(&img.disk_arg(""));
+    assert_eq!(out.code(), 0, "{out:#?}");
+}
