@@ -70,8 +70,13 @@ pub enum HeaderError {
     #[error("reading its qcow2 header: {0}")]
     Read(#[source] io::Error),
     /// The file ends inside the header (or a part it points at).
-    #[error("truncated qcow2 header: the file ends inside {0}")]
-    Truncated(&'static str),
+    #[error("truncated qcow2 image: its {what} ends at byte {end}, past the end of the file")]
+    Truncated {
+        /// What the file ends inside.
+        what: &'static str,
+        /// Where that ends.
+        end: u64,
+    },
     /// Not a qcow2 at all.
     #[error("not a qcow2 image (no qcow2 magic)")]
     Magic,
@@ -96,7 +101,10 @@ impl Qcow2Header {
             return Err(if got >= 4 && fixed[..4] != QCOW2_MAGIC {
                 HeaderError::Magic
             } else {
-                HeaderError::Truncated("the header")
+                HeaderError::Truncated {
+                    what: "header",
+                    end: V2_HEADER_LEN.into(),
+                }
             });
         }
         if fixed[..4] != QCOW2_MAGIC {
@@ -122,7 +130,10 @@ impl Qcow2Header {
         let l1_size = be32(&fixed, 36);
         let (incompatible, refcount_order, header_len) = if version == 3 {
             if got < V3_HEADER_LEN as usize {
-                return Err(HeaderError::Truncated("the version 3 header"));
+                return Err(HeaderError::Truncated {
+                    what: "header",
+                    end: V3_HEADER_LEN.into(),
+                });
             }
             let header_len = be32(&fixed, 100);
             if header_len < V3_HEADER_LEN || header_len % 8 != 0 {
@@ -177,7 +188,10 @@ impl Qcow2Header {
             }
             let mut name = vec![0u8; backing_size as usize];
             if read_upto(file, &mut name, backing_offset)? < name.len() {
-                return Err(HeaderError::Truncated("the backing file name"));
+                return Err(HeaderError::Truncated {
+                    what: "backing file name",
+                    end: backing_offset + u64::from(backing_size),
+                });
             }
             Some(name)
         } else {
@@ -249,7 +263,10 @@ fn read_extensions(file: &File, start: u64, end: u64) -> Result<Extensions, Head
     while at + 8 <= end {
         let mut head = [0u8; 8];
         if read_upto(file, &mut head, at)? < head.len() {
-            return Err(HeaderError::Truncated("the header extensions"));
+            return Err(HeaderError::Truncated {
+                what: "header extension list",
+                end: at + 8,
+            });
         }
         let (kind, len) = (be32(&head, 0), be32(&head, 4));
         if kind == EXT_END {
@@ -275,7 +292,10 @@ fn read_extensions(file: &File, start: u64, end: u64) -> Result<Extensions, Head
                 }
                 let mut name = vec![0u8; len as usize];
                 if read_upto(file, &mut name, data_at)? < name.len() {
-                    return Err(HeaderError::Truncated("the backing format name"));
+                    return Err(HeaderError::Truncated {
+                        what: "backing format name",
+                        end: data_at + u64::from(len),
+                    });
                 }
                 ext.backing_format = Some(String::from_utf8_lossy(&name).into_owned());
             }
@@ -395,7 +415,8 @@ mod tests {
     #[test]
     fn bad_headers_are_refused_naming_the_field() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (v3(&[], None)[..50].to_vec(), "truncated"),
+            (v3(&[], None)[..50].to_vec(), "its header ends at byte 72"),
+            (v3(&[], None)[..90].to_vec(), "its header ends at byte 104"),
             (vec![0u8; 200], "no qcow2 magic"),
             (
                 {
@@ -432,11 +453,11 @@ mod tests {
             ),
             (
                 v3(&ext(EXT_BACKING_FORMAT, b"raw"), None)[..108].to_vec(),
-                "ends inside the header extensions",
+                "its header extension list ends at byte 112",
             ),
             (
                 v3(&[], Some(b"base"))[..514].to_vec(),
-                "ends inside the backing file name",
+                "its backing file name ends at byte 516",
             ),
         ];
         for (bytes, want) in cases {
