@@ -429,3 +429,55 @@ fn a_restarted_backend_gets_the_whole_chain() {
     );
     assert!(base.read() == base.original, "the base changed");
 }
+
+#[test]
+fn a_backing_file_its_overlays_owner_could_not_read_is_refused() {
+    require_qemu_img!();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip!(
+            SkipKind::NotPermitted,
+            "needs root (to give the overlay to another user)"
+        );
+    }
+    let d = Dir::new("owner");
+    d.qemu_img(&["create", "-q", "-f", "raw", "secret.raw", "1M"]);
+    d.qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "secret.raw",
+        "-F",
+        "raw",
+        "top.qcow2",
+    ]);
+    let (secret, top) = (d.path("secret.raw"), d.path("top.qcow2"));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // The overlay is another user's: its header may name only what that user could read.
+    std::os::unix::fs::chown(&top, Some(4242), Some(4242)).expect("chown");
+    assert_refused(
+        &[],
+        &disk(&top, ",format=qcow2"),
+        &[&format!(
+            "bulkhead: error: disk0: backing file {} (owner uid 0, mode 600) of disk image {} \
+             (owner uid 4242): refused",
+            secret.display(),
+            top.display()
+        )],
+    );
+    // Readable by everyone, it is let through (to whatever comes next).
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut cmd = common::bulkhead();
+    cmd.args(["run", "--disk", &disk(&top, ",format=qcow2")])
+        .args(["--cmdline", "bulkhead.test=blk-probe"]);
+    let out = common::run(cmd, DEADLINE);
+    out.assert_no_panic();
+    assert!(
+        !out.stderr.contains("refused: a backing file"),
+        "{}",
+        out.stderr
+    );
+}
