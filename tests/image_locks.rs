@@ -279,3 +279,81 @@ fn a_served_overlay_locks_its_backing_file_and_itself() {
     end(vm);
     assert!(base.read() == base.original, "the base changed");
 }
+
+fn ctl(sock: &Path, args: &[&str]) -> std::process::Output {
+    common::bulkhead()
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("running bulkhead ctl")
+}
+
+#[test]
+fn a_swapped_in_image_is_locked_and_the_old_one_let_go() {
+    require_kvm!();
+    let (a, b, c) = (
+        Image::new("swap-a", 1 << 20),
+        Image::new("swap-b", 1 << 20),
+        Image::new("swap-c", 1 << 20),
+    );
+    let sock = Removed(
+        std::env::temp_dir().join(format!("bulkhead-lock-swap-{}.sock", std::process::id())),
+    );
+    let mut cmd = common::bulkhead();
+    cmd.arg("run")
+        .arg("--api-socket")
+        .arg(&sock.0)
+        .args(["--disk", &a.disk_arg("")])
+        .args(["--cmdline", "bulkhead.test=blk-probe,idle"]);
+    let mut vm = Spawned::start(&mut cmd);
+    vm.wait_for_line("bulkhead-guest: PASS blk-probe", WAIT);
+    let path = |img: &Image| img.path.to_str().expect("UTF-8 path").to_owned();
+
+    // An image another VM writes is refused, naming it and that VM; the disk goes on.
+    let other = holding_vm(&b.disk_arg(""));
+    let out = ctl(&sock.0, &["disk", "disk0", "--path", &path(&b)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let want = format!(
+        "disk image {} is in use by bulkhead (pid {})",
+        b.path.display(),
+        other.pid()
+    );
+    assert!(err.contains(&want), "no {want:?} in {err}");
+    end(other);
+
+    // A qcow2 cannot be swapped in.
+    let q = Removed(b.path.with_extension("qcow2"));
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q.0)
+        .arg("1M")
+        .output();
+    if let Ok(made) = made {
+        assert!(made.status.success(), "{made:?}");
+        let out = ctl(&sock.0, &["disk", "disk0", "--path", q.0.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("a drive swap serves raw images only"), "{err}");
+    }
+
+    // A free image is swapped in: it is held from now on, and the old one let go.
+    let out = ctl(&sock.0, &["disk", "disk0", "--path", &path(&c)]);
+    assert!(out.status.success(), "{out:?}");
+    let out = second_vm(&a.disk_arg(""));
+    assert_eq!(
+        out.code(),
+        0,
+        "the swapped-out image is still held: {out:#?}"
+    );
+    let out = second_vm(&c.disk_arg(""));
+    assert_lock_refusal(
+        &out,
+        &c.path,
+        &format!("bulkhead (pid {})", vm.pid()),
+        "another process does not let others use it for writing",
+    );
+    end(vm);
+}
