@@ -92,9 +92,9 @@ pub fn open_swap_image(
         return Err(swap_refused(name, path));
     }
     let opened = open_image(name, path, image).map_err(|e| match e {
-        LaunchError::Image { source, .. }
+        LaunchError::Image { error, .. }
             if matches!(
-                *source,
+                *error,
                 ImageError::Format(bulkhead_devices::image::FormatError::LooksLikeQcow2 { .. })
             ) =>
         {

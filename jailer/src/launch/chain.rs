@@ -134,9 +134,9 @@ pub fn open_image(
     path: &Path,
     options: ImageOptions,
 ) -> Result<OpenedImage, LaunchError> {
-    let image_err = |source: ImageError| LaunchError::Image {
+    let image_err = |error: ImageError| LaunchError::Image {
         name: name.to_owned(),
-        source: Box::new(source),
+        error: Box::new(error),
     };
     let access = if options.readonly {
         Access::Read
@@ -182,20 +182,25 @@ pub fn open_image(
     })
 }
 
-/// A backing file, opened read-only by the rules for paths a user names (an error keeps
-/// its kind, so a missing file reads as one).
+/// A backing file, opened read-only by the rules for paths a user names. A failed open of
+/// the file itself is its OS error (the message names the file already); a refusal by the
+/// rules, or a failure on the way to it, keeps its whole text and the OS error's kind.
 fn open_backing(path: &Path) -> io::Result<File> {
-    crate::safe_open::open(path, Access::Read).map_err(|e| {
-        let mut kind = io::ErrorKind::Other;
-        let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            if let Some(io) = c.downcast_ref::<io::Error>() {
-                kind = io.kind();
-                break;
+    use crate::safe_open::SafeOpenError;
+    crate::safe_open::open(path, Access::Read).map_err(|e| match e {
+        SafeOpenError::Io {
+            source, component, ..
+        } if component == path => source,
+        e => {
+            let kind = e.io_kind().unwrap_or(io::ErrorKind::Other);
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
             }
-            cause = c.source();
+            io::Error::new(kind, text)
         }
-        io::Error::new(kind, e)
     })
 }
 

@@ -98,12 +98,14 @@ pub enum LaunchError {
     },
     /// A disk image (or a file of its backing chain) can't be served: its format, chain,
     /// size or locks (see [`chain`]).
-    #[error("{name}")]
+    /// (Not a `source`: its message already holds its causes, in the devices crate's
+    /// style, and a printer of causes would repeat them.)
+    #[error("{name}: {error}")]
     Image {
         /// Device name.
         name: String,
         /// What is wrong (names the file).
-        source: Box<chain::ImageError>,
+        error: Box<chain::ImageError>,
     },
     /// The jailer could not start it.
     #[error("{name}: {source}")]
