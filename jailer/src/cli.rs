@@ -137,6 +137,10 @@ pub struct RunArgs {
     /// Print the vmm's memory use and guest-entry time on exit (used by `bulkhead bench`).
     #[arg(long, hide = true)]
     pub report_stats: bool,
+    /// Print a start-up trace on stderr: each step of every process, CLOCK_MONOTONIC ns
+    /// (`bulkhead-trace: NS PROCESS STEP`; also `BULKHEAD_BOOT_TRACE=1`).
+    #[arg(long)]
+    pub boot_timer: bool,
 }
 
 impl RunArgs {

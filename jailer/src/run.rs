@@ -1,7 +1,8 @@
 //! `bulkhead run`: build the VM, run it, turn why it stopped into an exit status.
 //!
-//! The launcher starts the device backends, then the vmm process (`bulkhead-vmm`) with the
-//! vmm's end of each backend's socket, and waits for the vmm to report why the VM stopped.
+//! The launcher starts the device backends and, without waiting for them, the vmm process
+//! (`bulkhead-vmm`) with the vmm's end of each backend's socket; waits for every backend's
+//! Ready in one loop, then for the vmm to report why the VM stopped.
 
 use bulkhead_vmm::config::{ConfigError, Machine, SerialOutput, VmConfig};
 pub use bulkhead_vmm::process::{chain, EXIT_BULKHEAD_FAILED};
@@ -11,7 +12,7 @@ use crate::cli::RunArgs;
 use crate::devices::{Devices, CONSOLE};
 use crate::identity::Identity;
 use crate::launch::console::ConsoleStream;
-use crate::launch::{self, confine, Confinement};
+use crate::launch::{self, confine, trace, Confinement};
 use crate::stop_signals::StopSignals;
 use crate::supervise::Supervisor;
 
@@ -33,6 +34,9 @@ pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
     )
 }
 
+/// The launcher's name in the start-up trace.
+const LAUNCHER: &str = "launcher";
+
 /// Runs `bulkhead run`; returns the process exit status.
 pub fn main(args: RunArgs) -> i32 {
     run(&args)
@@ -49,10 +53,13 @@ fn run(args: &RunArgs) -> i32 {
         }
     };
     bulkhead_seccomp::mode::set_children_mode(args.seccomp);
+    trace::init(args.boot_timer);
+    trace::mark(LAUNCHER, "run");
     let config = match vm_config(args) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    trace::mark(LAUNCHER, "config");
     // Held until the VM is gone: the uid is this VM's alone meanwhile.
     let _identity = match confine(args, &config) {
         Ok(identity) => identity,
@@ -61,6 +68,7 @@ fn run(args: &RunArgs) -> i32 {
             return EXIT_BULKHEAD_FAILED;
         }
     };
+    trace::mark(LAUNCHER, "identity");
     // Before anything is opened: the API socket, the devices' files, the vmm's.
     if let Some(id) = args.open_as {
         crate::open_as::configure(id);
@@ -80,6 +88,7 @@ fn run(args: &RunArgs) -> i32 {
     } else {
         None
     };
+    trace::mark(LAUNCHER, "lock+stale-sweep");
     log::info!(
         "booting {} with {} MiB and {} vCPU(s)",
         config.boot.kernel.display_path().display(),
@@ -102,6 +111,7 @@ fn run(args: &RunArgs) -> i32 {
         Ok(d) => d,
         Err(e) => return fail(&e),
     };
+    trace::mark(LAUNCHER, "backends-started");
     if let Some(code) = stopped_while_starting(&signals) {
         devices.stop();
         return code;
@@ -111,13 +121,33 @@ fn run(args: &RunArgs) -> i32 {
         console != Some(ConsoleStream::Stdio) && config.serial == SerialOutput::Stdio;
     let configs = std::mem::take(&mut devices.configs);
     let restartable = devices.restartable();
-    let (vmm, control) = match launch::start_vmm(args, configs, serial_input, &restartable) {
+    // The vmm starts while the backends start (it sets up KVM and guest memory meanwhile;
+    // its vhost-user set-up waits for each backend, which reads it only once jailed and
+    // serving), then every backend's Ready is awaited in one loop.
+    let (mut vmm, control) = match launch::start_vmm(args, configs, serial_input, &restartable) {
         Ok(v) => v,
         Err(e) => {
             devices.stop();
             return fail(&e);
         }
     };
+    trace::mark(LAUNCHER, "vmm-started");
+    if let Err(e) = devices.wait_ready() {
+        // The vmm has not run the guest (it waits for the backend that failed): ended
+        // first, as the VM's stop does, then the backends.
+        vmm.kill();
+        vmm.wait_for_end(std::time::Duration::from_secs(5));
+        devices.stop();
+        trace::print();
+        return fail(&e);
+    }
+    trace::mark(LAUNCHER, "backends-ready");
+    if let Some(code) = stopped_while_starting(&signals) {
+        vmm.kill();
+        vmm.wait_for_end(std::time::Duration::from_secs(5));
+        devices.stop();
+        return code;
+    }
     // SAFETY: isatty only inspects fd 0.
     let terminal = unsafe { libc::isatty(0) } == 1;
     let resize = (console == Some(ConsoleStream::Stdio) && terminal).then(|| CONSOLE.into());

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use bulkhead::jail::cgroup::{CGROUP_ROOT, PARENT};
 
-use crate::netns::{ip, NETNS_DIR};
+use crate::netns::NETNS_DIR;
 
 mod scratch;
 
@@ -53,12 +53,9 @@ pub fn reap() -> Vec<String> {
     for ns in stale_in(Path::new(NETNS_DIR), is_running_launcher) {
         let name = ns.file_name().map(|n| n.to_string_lossy().into_owned());
         if let Some(name) = name {
-            match ip(
-                "removing a stale network namespace",
-                &["netns", "delete", &name],
-            ) {
+            match crate::netns::delete(&name) {
                 Ok(()) => removed.push(format!("network namespace {name}")),
-                Err(e) => log::warn!("{e}"),
+                Err(e) => log::warn!("removing stale network namespace {name}: {e}"),
             }
         }
     }

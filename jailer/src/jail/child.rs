@@ -7,6 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
 use super::cgroup::{Cgroup, CgroupError, CgroupVersion};
+use super::SpawnTimings;
 
 /// A process started by [`super::Jail::spawn`]. Dropping it kills (SIGKILL) and reaps the
 /// process if it still runs, and removes its cgroup: no jailed process outlives its handle.
@@ -17,17 +18,30 @@ pub struct JailedChild {
     pidfd: OwnedFd,
     cgroup: Option<Cgroup>,
     status: Option<ExitStatus>,
+    timings: SpawnTimings,
 }
 
 impl JailedChild {
-    pub(crate) fn new(id: String, pid: i32, pidfd: OwnedFd, cgroup: Option<Cgroup>) -> Self {
+    pub(crate) fn new(
+        id: String,
+        pid: i32,
+        pidfd: OwnedFd,
+        cgroup: Option<Cgroup>,
+        timings: SpawnTimings,
+    ) -> Self {
         JailedChild {
             id,
             pid,
             pidfd,
             cgroup,
             status: None,
+            timings,
         }
+    }
+
+    /// When the steps of its start happened.
+    pub fn timings(&self) -> SpawnTimings {
+        self.timings
     }
 
     /// The jail's id.

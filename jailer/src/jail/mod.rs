@@ -121,17 +121,23 @@ impl Jail {
             kind,
         };
         self.check().map_err(err)?;
-        let prepared = Prepared::new(self, program, args, fds, env).map_err(err)?;
+        let mut timings = SpawnTimings {
+            start: now_ns(),
+            ..SpawnTimings::default()
+        };
         let mut cgroup = cgroup::Cgroup::create(&self.cgroup_root, &self.id, &self.cgroup)
             .map_err(|e| err(SpawnErrorKind::Cgroup(e)))?;
-        match prepared.start(cgroup.as_ref()) {
+        timings.cgroup_made = now_ns();
+        let started = Prepared::new(self, program, args, fds, env, cgroup.as_ref())
+            .and_then(|prepared| prepared.start(&mut timings));
+        match started {
             Ok((pid, pidfd)) => {
                 log::info!(
                     "jail {}: {} started as pid {pid}",
                     self.id,
                     program.display()
                 );
-                Ok(JailedChild::new(self.id.clone(), pid, pidfd, cgroup))
+                Ok(JailedChild::new(self.id.clone(), pid, pidfd, cgroup, timings))
             }
             Err(kind) => {
                 if let Some(cgroup) = cgroup.as_mut() {
@@ -212,10 +218,34 @@ pub enum SpawnErrorKind {
     Child(#[source] ChildFailure),
 }
 
+/// When the steps of one start happened (CLOCK_MONOTONIC, ns; 0: not reached), for
+/// start-up traces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpawnTimings {
+    /// `spawn` was called.
+    pub start: u64,
+    /// The cgroup was made (with its limits).
+    pub cgroup_made: u64,
+    /// `clone3` returned in the parent.
+    pub cloned: u64,
+    /// The child executed the program (it entered its cgroup before).
+    pub executing: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (comparable across processes).
+pub fn now_ns() -> u64 {
+    // SAFETY: a zeroed timespec on the stack for clock_gettime to fill.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: CLOCK_MONOTONIC always exists; `ts` is valid for writing.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Everything allocated for the child, kept alive until it has executed.
 struct Prepared {
     plan: clone::ChildPlan,
     _netns: Option<OwnedFd>,
+    _cgroup: Option<cgroup::Entry>,
     _program: Option<File>,
     sync_read: OwnedFd,
     sync_write: OwnedFd,
@@ -230,8 +260,20 @@ impl Prepared {
         args: &[OsString],
         fds: &[(RawFd, RawFd)],
         env: &[(OsString, OsString)],
+        cgroup: Option<&cgroup::Cgroup>,
     ) -> Result<Prepared, SpawnErrorKind> {
         let netns = jail.netns.prepare()?;
+        let entry = cgroup
+            .map(cgroup::Cgroup::entry)
+            .transpose()
+            .map_err(SpawnErrorKind::Cgroup)?;
+        let (into_cgroup, cgroup_tasks) = match &entry {
+            Some(cgroup::Entry::Clone(dir)) => (Some(dir.as_raw_fd()), Vec::new()),
+            Some(cgroup::Entry::Tasks(files)) => {
+                (None, files.iter().map(|f| f.as_raw_fd()).collect())
+            }
+            None => (None, Vec::new()),
+        };
         let (sync_read, sync_write) = pipe()?;
         let (report_read, report_write) = pipe()?;
         let (exec, program_file) = match jail.finish {
@@ -270,6 +312,8 @@ impl Prepared {
                 | libc::CLONE_NEWUTS) as u64
                 | netns.clone_flag,
             netns: netns.join.as_ref().map(|fd| fd.as_raw_fd()),
+            into_cgroup,
+            cgroup_tasks,
             sync_read: sync_read.as_raw_fd(),
             sync_write: sync_write.as_raw_fd(),
             report: report_write.as_raw_fd(),
@@ -289,6 +333,7 @@ impl Prepared {
         Ok(Prepared {
             plan,
             _netns: netns.join,
+            _cgroup: entry,
             _program: program_file,
             sync_read,
             sync_write,
@@ -297,9 +342,11 @@ impl Prepared {
         })
     }
 
-    /// Clones the child, puts it in `cgroup`, lets it go on and waits until it executes.
-    fn start(mut self, cgroup: Option<&cgroup::Cgroup>) -> Result<(i32, OwnedFd), SpawnErrorKind> {
+    /// Clones the child (which enters its cgroup itself), lets it go on and waits until it
+    /// executes.
+    fn start(mut self, timings: &mut SpawnTimings) -> Result<(i32, OwnedFd), SpawnErrorKind> {
         let (pid, pidfd) = clone::spawn(&mut self.plan).map_err(SpawnErrorKind::Clone)?;
+        timings.cloned = now_ns();
         drop(self.sync_read);
         drop(self.report_write);
         let abort = |pidfd: &OwnedFd| {
@@ -321,12 +368,6 @@ impl Prepared {
                 );
             }
         };
-        if let Some(cgroup) = cgroup {
-            if let Err(e) = cgroup.add(pid) {
-                abort(&pidfd);
-                return Err(SpawnErrorKind::Cgroup(e));
-            }
-        }
         let mut sync = File::from(self.sync_write);
         if let Err(e) = sync.write_all(&[1]) {
             abort(&pidfd);
@@ -336,7 +377,10 @@ impl Prepared {
         let mut report = Vec::new();
         let read = File::from(self.report_read).read_to_end(&mut report);
         match read {
-            Ok(_) if report.is_empty() => Ok((pid, pidfd)),
+            Ok(_) if report.is_empty() => {
+                timings.executing = now_ns();
+                Ok((pid, pidfd))
+            }
             Ok(_) => {
                 abort(&pidfd);
                 Err(SpawnErrorKind::Child(ChildFailure::decode(&report)))
