@@ -106,9 +106,11 @@ impl Devices {
     ) -> Result<(), DeviceError> {
         for (i, disk) in disks.iter().enumerate() {
             self.start_disk(&format!("disk{i}"), disk)?;
+            self.serially()?;
         }
         for (i, net) in nets.iter().enumerate() {
             self.start_net(&format!("net{i}"), net)?;
+            self.serially()?;
         }
         if let Some((ConsoleStream::VhostUser(ext), _)) = console {
             self.start_external(CONSOLE, VIRTIO_ID_CONSOLE, 2, ext, None)?;
@@ -123,6 +125,7 @@ impl Devices {
                 BackendSocket::Connected(socket),
                 Some(process),
             );
+            self.serially()?;
         }
         // Last, so that no other device moves.
         if let Some(arg) = vsock {
@@ -188,6 +191,17 @@ impl Devices {
             queue_size: None,
         });
         self.processes.extend(process);
+    }
+
+    /// With `BULKHEAD_START=serial` (see [`launch::confine::serial_start`]): waits for
+    /// the process just started to be ready before the next one starts.
+    fn serially(&mut self) -> Result<(), DeviceError> {
+        if launch::confine::serial_start() {
+            if let Some(p) = self.processes.last_mut() {
+                p.wait_ready()?;
+            }
+        }
+        Ok(())
     }
 
     fn start_disk(&mut self, name: &str, disk: &DiskArg) -> Result<(), DeviceError> {

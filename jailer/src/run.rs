@@ -81,7 +81,8 @@ fn run(args: &RunArgs) -> i32 {
             Ok(lock) => lock,
             Err(e) => return fail(&e),
         };
-        for what in crate::stale::reap() {
+        // Only what would be in the way now; the rest is swept off the start's path.
+        for what in crate::stale::reap_own() {
             eprintln!("bulkhead: removed the {what} of a bulkhead that is gone");
         }
         Some(lock)
@@ -121,6 +122,12 @@ fn run(args: &RunArgs) -> i32 {
         console != Some(ConsoleStream::Stdio) && config.serial == SerialOutput::Stdio;
     let configs = std::mem::take(&mut devices.configs);
     let restartable = devices.restartable();
+    if launch::confine::serial_start() {
+        if let Err(e) = devices.wait_ready() {
+            devices.stop();
+            return fail(&e);
+        }
+    }
     // The vmm starts while the backends start (it sets up KVM and guest memory meanwhile;
     // its vhost-user set-up waits for each backend, which reads it only once jailed and
     // serving), then every backend's Ready is awaited in one loop.
@@ -142,6 +149,18 @@ fn run(args: &RunArgs) -> i32 {
         return fail(&e);
     }
     trace::mark(LAUNCHER, "backends-ready");
+    // What launchers that are gone left (theirs only: ours is held by our lock), swept
+    // while the vmm finishes and the guest runs; joined before exit.
+    let sweeper = _alive.as_ref().and_then(|_| {
+        std::thread::Builder::new()
+            .name("stale-sweep".into())
+            .spawn(|| {
+                for what in crate::stale::reap() {
+                    eprintln!("bulkhead: removed the {what} of a bulkhead that is gone");
+                }
+            })
+            .ok()
+    });
     if let Some(code) = stopped_while_starting(&signals) {
         vmm.kill();
         vmm.wait_for_end(std::time::Duration::from_secs(5));
@@ -158,6 +177,9 @@ fn run(args: &RunArgs) -> i32 {
         Err(code) => code,
     };
     devices.stop();
+    if let Some(sweeper) = sweeper {
+        let _ = sweeper.join();
+    }
     code
 }
 

@@ -63,6 +63,18 @@ pub struct CgroupError {
     source: io::Error,
 }
 
+/// How a jailed process gets into its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CgroupEntry {
+    /// Born there ([`Cgroup::entry`]): the default.
+    #[default]
+    Born,
+    /// Moved there by the parent between clone and exec (its pid into `cgroup.procs`), as
+    /// earlier versions did: slower on v1, kept to measure the difference
+    /// (`BULKHEAD_START=serial`).
+    Moved,
+}
+
 /// How a child enters its cgroup, opened by the parent before clone (see [`Cgroup::entry`]).
 #[derive(Debug)]
 pub enum Entry {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use bulkhead_seccomp::jail::JailArgs;
 use bulkhead_seccomp::landlock::LandlockMode;
 
-pub use cgroup::{CgroupError, CgroupLimits, CgroupVersion};
+pub use cgroup::{CgroupEntry, CgroupError, CgroupLimits, CgroupVersion};
 pub use child::{exit_code, JailedChild};
 pub use clone::{ChildFailure, ChildStep};
 pub use fds::FdPlanError;
@@ -61,6 +61,8 @@ pub struct Jail {
     pub cgroup: CgroupLimits,
     /// Where the cgroup filesystems are ([`cgroup::CGROUP_ROOT`]).
     pub cgroup_root: PathBuf,
+    /// How the process gets into its cgroup.
+    pub cgroup_entry: CgroupEntry,
     /// Its rlimits.
     pub rlimits: Rlimits,
     /// Who finishes the jail.
@@ -81,6 +83,7 @@ impl Jail {
             netns: NetNs::New,
             cgroup: CgroupLimits::default(),
             cgroup_root: PathBuf::from(cgroup::CGROUP_ROOT),
+            cgroup_entry: CgroupEntry::Born,
             rlimits: Rlimits::default(),
             finish: Finish::ByProgram,
             landlock: LandlockMode::Enforce,
@@ -128,8 +131,12 @@ impl Jail {
         let mut cgroup = cgroup::Cgroup::create(&self.cgroup_root, &self.id, &self.cgroup)
             .map_err(|e| err(SpawnErrorKind::Cgroup(e)))?;
         timings.cgroup_made = now_ns();
-        let started = Prepared::new(self, program, args, fds, env, cgroup.as_ref())
-            .and_then(|prepared| prepared.start(&mut timings));
+        let (born, moved) = match self.cgroup_entry {
+            CgroupEntry::Born => (cgroup.as_ref(), None),
+            CgroupEntry::Moved => (None, cgroup.as_ref()),
+        };
+        let started = Prepared::new(self, program, args, fds, env, born)
+            .and_then(|prepared| prepared.start(moved, &mut timings));
         match started {
             Ok((pid, pidfd)) => {
                 log::info!(
@@ -343,8 +350,13 @@ impl Prepared {
     }
 
     /// Clones the child (which enters its cgroup itself), lets it go on and waits until it
-    /// executes.
-    fn start(mut self, timings: &mut SpawnTimings) -> Result<(i32, OwnedFd), SpawnErrorKind> {
+    /// executes. `move_into`: a cgroup the parent moves it into first
+    /// ([`CgroupEntry::Moved`]).
+    fn start(
+        mut self,
+        move_into: Option<&cgroup::Cgroup>,
+        timings: &mut SpawnTimings,
+    ) -> Result<(i32, OwnedFd), SpawnErrorKind> {
         let (pid, pidfd) = clone::spawn(&mut self.plan).map_err(SpawnErrorKind::Clone)?;
         timings.cloned = now_ns();
         drop(self.sync_read);
@@ -368,6 +380,12 @@ impl Prepared {
                 );
             }
         };
+        if let Some(cgroup) = move_into {
+            if let Err(e) = cgroup.add(pid) {
+                abort(&pidfd);
+                return Err(SpawnErrorKind::Cgroup(e));
+            }
+        }
         let mut sync = File::from(self.sync_write);
         if let Err(e) = sync.write_all(&[1]) {
             abort(&pidfd);
