@@ -148,6 +148,10 @@ fn run(args: &RunArgs) -> i32 {
         trace::print();
         return fail(&e);
     }
+    if let Err(e) = vmm.executed() {
+        devices.stop();
+        return fail(&e);
+    }
     trace::mark(LAUNCHER, "backends-ready");
     // What launchers that are gone left (theirs only: ours is held by our lock), swept
     // while the vmm finishes and the guest runs; joined before exit.

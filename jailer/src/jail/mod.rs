@@ -21,7 +21,7 @@ mod rlimits;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -118,6 +118,22 @@ impl Jail {
         fds: &[(RawFd, RawFd)],
         env: &[(OsString, OsString)],
     ) -> Result<JailedChild, SpawnError> {
+        let mut child = self.start(program, args, fds, env)?;
+        child.wait_exec()?;
+        Ok(child)
+    }
+
+    /// [`Jail::spawn`] without waiting for the exec: returns once the child is cloned (in
+    /// its cgroup, going on by itself), so that a launcher can start the next process
+    /// meanwhile. [`JailedChild::wait_exec`] says whether the program is executing or which
+    /// step failed (a failed child is killed and reaped there, or when the handle drops).
+    pub fn start(
+        &self,
+        program: &Path,
+        args: &[OsString],
+        fds: &[(RawFd, RawFd)],
+        env: &[(OsString, OsString)],
+    ) -> Result<JailedChild, SpawnError> {
         let err = |kind| SpawnError {
             id: self.id.clone(),
             program: program.to_path_buf(),
@@ -138,13 +154,23 @@ impl Jail {
         let started = Prepared::new(self, program, args, fds, env, born)
             .and_then(|prepared| prepared.start(moved, &mut timings));
         match started {
-            Ok((pid, pidfd)) => {
+            Ok((pid, pidfd, report)) => {
                 log::info!(
                     "jail {}: {} started as pid {pid}",
                     self.id,
                     program.display()
                 );
-                Ok(JailedChild::new(self.id.clone(), pid, pidfd, cgroup, timings))
+                Ok(JailedChild::new(
+                    self.id.clone(),
+                    pid,
+                    pidfd,
+                    cgroup,
+                    timings,
+                    Some(child::Pending {
+                        report,
+                        program: program.to_path_buf(),
+                    }),
+                ))
             }
             Err(kind) => {
                 if let Some(cgroup) = cgroup.as_mut() {
@@ -349,14 +375,14 @@ impl Prepared {
         })
     }
 
-    /// Clones the child (which enters its cgroup itself), lets it go on and waits until it
-    /// executes. `move_into`: a cgroup the parent moves it into first
+    /// Clones the child (which enters its cgroup itself) and lets it go on; returns its pid,
+    /// pidfd and the read end of its report pipe (end-of-file once it executes). `move_into`: a cgroup the parent moves it into first
     /// ([`CgroupEntry::Moved`]).
     fn start(
         mut self,
         move_into: Option<&cgroup::Cgroup>,
         timings: &mut SpawnTimings,
-    ) -> Result<(i32, OwnedFd), SpawnErrorKind> {
+    ) -> Result<(i32, OwnedFd, OwnedFd), SpawnErrorKind> {
         let (pid, pidfd) = clone::spawn(&mut self.plan).map_err(SpawnErrorKind::Clone)?;
         timings.cloned = now_ns();
         drop(self.sync_read);
@@ -392,22 +418,7 @@ impl Prepared {
             return Err(SpawnErrorKind::Sync(e));
         }
         drop(sync);
-        let mut report = Vec::new();
-        let read = File::from(self.report_read).read_to_end(&mut report);
-        match read {
-            Ok(_) if report.is_empty() => {
-                timings.executing = now_ns();
-                Ok((pid, pidfd))
-            }
-            Ok(_) => {
-                abort(&pidfd);
-                Err(SpawnErrorKind::Child(ChildFailure::decode(&report)))
-            }
-            Err(e) => {
-                abort(&pidfd);
-                Err(SpawnErrorKind::Sync(e))
-            }
-        }
+        Ok((pid, pidfd, self.report_read))
     }
 }
 

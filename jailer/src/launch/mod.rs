@@ -314,9 +314,29 @@ impl DeviceProcess {
         Ok(())
     }
 
+    /// Confirms that a jailed process is executing its program (the jailer started it
+    /// without waiting); a step of its jail that failed is the error, named. At once for a
+    /// process confirmed already or started plainly.
+    pub fn executed(&mut self) -> Result<(), LaunchError> {
+        if let Child::Jailed(c) = &mut self.child {
+            if c.exec_pending() {
+                c.wait_exec().map_err(|e| {
+                    self.reported = true;
+                    LaunchError::Jail {
+                        name: self.name.clone(),
+                        source: Box::new(e),
+                    }
+                })?;
+                trace::mark_at(c.timings().executing, &self.name, "exec-confirmed");
+            }
+        }
+        Ok(())
+    }
+
     /// One step towards `Ready`, waiting (up to [`READY_TIMEOUT`]) for the process to
     /// speak: the handshake if it is not done, else one message. True once it is ready.
     pub(crate) fn advance(&mut self) -> Result<bool, LaunchError> {
+        self.executed()?;
         enum Next {
             Ready,
             More,
@@ -741,8 +761,10 @@ fn spawn_jailed(
         .iter()
         .filter_map(|name| std::env::var_os(name).map(|v| (OsString::from(name), v)))
         .collect();
+    // Not waiting for the exec: confirmed by `DeviceProcess::executed` (the next process
+    // starts meanwhile).
     let child = jail
-        .spawn(Path::new(cmd.get_program()), &args, &all, &env)
+        .start(Path::new(cmd.get_program()), &args, &all, &env)
         .map_err(|e| LaunchError::Jail {
             name: name.to_owned(),
             source: Box::new(e),

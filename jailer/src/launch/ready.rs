@@ -28,7 +28,10 @@ pub fn wait_all(processes: &mut [DeviceProcess]) -> Result<(), LaunchError> {
                     });
                     waiting.push(i);
                 }
-                None => p.ready = true,
+                None => {
+                    p.executed()?;
+                    p.ready = true;
+                }
             }
         }
         let Some(&first) = waiting.first() else {

@@ -55,8 +55,8 @@ pub fn mark(process: &str, step: &'static str) {
 pub fn spawned(process: &str, t: &SpawnTimings) {
     mark_at(t.start, process, "spawn");
     mark_at(t.cgroup_made, process, "cgroup-created");
-    mark_at(t.cloned, process, "cloned");
-    mark_at(t.executing, process, "cgroup-entered+executing");
+    mark_at(t.cloned, process, "cloned+in-cgroup");
+    mark_at(t.executing, process, "executing");
 }
 
 /// The marks so far as trace lines, in time order; they are taken (printed once).
