@@ -140,11 +140,7 @@ fn run(args: &RunArgs) -> i32 {
     };
     trace::mark(LAUNCHER, "vmm-started");
     if let Err(e) = devices.wait_ready() {
-        // The vmm has not run the guest (it waits for the backend that failed): ended
-        // first, as the VM's stop does, then the backends.
-        vmm.kill();
-        vmm.wait_for_end(std::time::Duration::from_secs(5));
-        devices.stop();
+        abandon(&mut vmm, &mut devices);
         trace::print();
         return fail(&e);
     }
@@ -153,6 +149,10 @@ fn run(args: &RunArgs) -> i32 {
         return fail(&e);
     }
     trace::mark(LAUNCHER, "backends-ready");
+    if let Some(code) = stopped_while_starting(&signals) {
+        abandon(&mut vmm, &mut devices);
+        return code;
+    }
     // What launchers that are gone left (theirs only: ours is held by our lock), swept
     // while the vmm finishes and the guest runs; joined before exit.
     let sweeper = _alive.as_ref().and_then(|_| {
@@ -165,12 +165,6 @@ fn run(args: &RunArgs) -> i32 {
             })
             .ok()
     });
-    if let Some(code) = stopped_while_starting(&signals) {
-        vmm.kill();
-        vmm.wait_for_end(std::time::Duration::from_secs(5));
-        devices.stop();
-        return code;
-    }
     // SAFETY: isatty only inspects fd 0.
     let terminal = unsafe { libc::isatty(0) } == 1;
     let resize = (console == Some(ConsoleStream::Stdio) && terminal).then(|| CONSOLE.into());
@@ -185,6 +179,14 @@ fn run(args: &RunArgs) -> i32 {
         let _ = sweeper.join();
     }
     code
+}
+
+/// Stops a VM that did not finish starting: the vmm first (it has not run the guest: it
+/// waits for the backends), as the VM's stop does, then the backends.
+fn abandon(vmm: &mut launch::DeviceProcess, devices: &mut Devices) {
+    vmm.kill();
+    vmm.wait_for_end(std::time::Duration::from_secs(5));
+    devices.stop();
 }
 
 /// The exit status for a stop signal caught while the VM was starting, if one was.
