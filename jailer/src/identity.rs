@@ -180,7 +180,9 @@ fn allocate_in(
 ) -> Result<Identity, IdentityError> {
     run_dir::ensure_dir(dir)?;
     let hint = Hint::lock(&dir.join("next"))?;
-    let start = hint.read().filter(|h| (range.first..=range.last).contains(h));
+    let start = hint
+        .read()
+        .filter(|h| (range.first..=range.last).contains(h));
     let start = start.unwrap_or(range.first);
     let candidates = (start..=range.last).chain(range.first..start);
     for uid in candidates {

@@ -351,9 +351,9 @@ impl DeviceProcess {
                     trace::mark(&self.name, "handshake");
                     Next::More
                 }
-                Err(e) if e.is_timeout() => Next::Failed(format!(
-                    "did not say it was ready within {READY_TIMEOUT:?}"
-                )),
+                Err(e) if e.is_timeout() => {
+                    Next::Failed(format!("did not say it was ready within {READY_TIMEOUT:?}"))
+                }
                 Err(e) => {
                     // Its end explains it.
                     log::debug!("{}: handshake: {e}", self.name);
@@ -374,9 +374,9 @@ impl DeviceProcess {
                     );
                     Next::More
                 }
-                Err(e) if e.is_timeout() => Next::Failed(format!(
-                    "did not say it was ready within {READY_TIMEOUT:?}"
-                )),
+                Err(e) if e.is_timeout() => {
+                    Next::Failed(format!("did not say it was ready within {READY_TIMEOUT:?}"))
+                }
                 Err(_) => Next::Ended,
             },
         };
