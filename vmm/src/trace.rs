@@ -63,6 +63,22 @@ pub fn mark(step: Step) {
     }
 }
 
+/// The vmm's CPU time (user + system, all threads) when it said Ready, in microseconds.
+pub static READY_CPU_US: AtomicU64 = AtomicU64::new(0);
+
+/// Records the process's CPU time so far as [`READY_CPU_US`].
+pub fn record_cpu() {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only `ts`, a valid timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
+        let us = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
+        READY_CPU_US.store(us, Ordering::Relaxed);
+    }
+}
+
 /// Whether the environment asks for the trace.
 pub fn wanted() -> bool {
     std::env::var_os(ENV).is_some_and(|v| !v.is_empty() && v != "0")

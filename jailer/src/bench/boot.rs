@@ -4,8 +4,10 @@
 //! Each run starts `bulkhead run --report-stats --boot-timer` as a child and measures,
 //! from just before the spawn (CLOCK_MONOTONIC): the first guest entry (reported by the
 //! vmm), the first line on the guest's serial console (read here), and the child's exit
-//! (the guest powered off); the CPU (user + system) of the launcher and every process it
-//! started and reaped (`RUSAGE_CHILDREN` before and after); the vmm's peak RSS beside the
+//! (the guest powered off); the CPU (user + system) to start: the launcher's own (whole
+//! run: it idles once the VM runs) and the vmm's until it said Ready (reported by each);
+//! the CPU of the launcher and every process it started and reaped over the whole run,
+//! guest included (`RUSAGE_CHILDREN` before and after); the vmm's peak RSS beside the
 //! part of it that is guest memory. `--devices` gives the VM a disk, a network device
 //! (`--net auto`) and a console, each in its own process; `--jail off` starts them
 //! plainly; `--compare` alternates each run with one started as earlier versions did
@@ -31,6 +33,8 @@ struct Sample {
     first_line_us: f64,
     exit_us: f64,
     cpu_us: f64,
+    /// The launcher's own CPU (whole run) and the vmm's until it said Ready.
+    start_cpu_us: f64,
     overhead_kib: u64,
     peak_kib: u64,
     /// (process, step) → microseconds after the spawn.
@@ -92,12 +96,13 @@ fn run(args: &BenchArgs) -> Result<(), String> {
         for (k, &path) in paths.iter().enumerate() {
             let s = boot_once(&exe, args, path, &scratch)?;
             println!(
-                "  run {:>2} {:<10}: entry {:>7.2} ms  first line {:>7.2} ms  power-off {:>7.2} ms  CPU {:>6.2} ms  overhead {:>6} KiB (peak RSS {} KiB)",
+                "  run {:>2} {:<10}: entry {:>7.2} ms  first line {:>7.2} ms  power-off {:>7.2} ms  CPU to start {:>5.2} ms, whole run {:>6.2} ms  overhead {:>6} KiB (peak RSS {} KiB)",
                 i + 1,
                 if path == StartPath::Current { "" } else { "serial" },
                 s.entry_us / 1e3,
                 s.first_line_us / 1e3,
                 s.exit_us / 1e3,
+                s.start_cpu_us / 1e3,
                 s.cpu_us / 1e3,
                 s.overhead_kib,
                 s.peak_kib
@@ -149,13 +154,17 @@ fn summarize(path: StartPath, samples: &[Sample], args: &BenchArgs) {
         spread(samples, |s| s.exit_us)
     );
     println!(
-        "  CPU of all processes:      {}{}",
-        spread(samples, |s| s.cpu_us),
+        "  CPU to start: launcher + vmm until Ready: {}{}",
+        spread(samples, |s| s.start_cpu_us),
         if !args.jail && !args.devices {
             " (goal <= 6 ms)"
         } else {
             ""
         }
+    );
+    println!(
+        "  CPU of all processes, whole run (the guest's own included): {}",
+        spread(samples, |s| s.cpu_us)
     );
     let overhead = median(
         &samples
@@ -329,6 +338,7 @@ fn boot_once(
             .ok_or_else(|| format!("bulkhead run did not report {name}:\n{stderr}"))
     };
     let entry_ns = field("first_entry_monotonic_ns")?;
+    let start_cpu_us = (field("launcher_cpu_us")? + field("ready_cpu_us")?) as f64;
     let peak = field("vm_hwm_kib")?;
     let shmem = field("rss_shmem_kib")?;
     let us = |t: u64| t.saturating_sub(t0) as f64 / 1e3;
@@ -342,6 +352,7 @@ fn boot_once(
         first_line_us: us(first_line_ns),
         exit_us: us(exit_ns),
         cpu_us,
+        start_cpu_us,
         overhead_kib: peak.saturating_sub(shmem),
         peak_kib: peak,
         steps,

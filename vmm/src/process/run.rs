@@ -113,6 +113,7 @@ fn run(args: &VmmArgs, control: Option<&mut Control>, stats: Stats) -> Outcome {
             pid: std::process::id(),
         });
         crate::trace::mark(crate::trace::Step::Ready);
+        crate::trace::record_cpu();
     }
     let result = vm.run_with(|handle| {
         stop_on_signals(handle.stop.clone());
@@ -279,8 +280,9 @@ impl Stats {
             return;
         };
         eprintln!(
-            "bulkhead-stats: first_entry_monotonic_ns={} exits_pio={} exits_mmio={} exits_other={}",
+            "bulkhead-stats: first_entry_monotonic_ns={} ready_cpu_us={} exits_pio={} exits_mmio={} exits_other={}",
             FIRST_ENTRY_NS.load(Relaxed),
+            crate::trace::READY_CPU_US.load(Relaxed),
             EXIT_COUNTS.pio.load(Relaxed),
             EXIT_COUNTS.mmio.load(Relaxed),
             EXIT_COUNTS.other.load(Relaxed),
