@@ -46,9 +46,8 @@ impl Ifconfig {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: a new fd nothing else owns.
-        Ok(Ifconfig {
-            socket: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Ifconfig { socket })
     }
 
     /// Sets IFF_UP on interface `name`.

@@ -112,6 +112,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_step_has_its_own_slot() {
+        for (i, (step, _)) in STEPS.iter().enumerate() {
+            assert_eq!(*step as usize, i, "{step:?}");
+        }
+    }
+
+    #[test]
     fn marks_are_kept_once_and_printed_in_order() {
         mark(Step::Memory);
         let first = MARKS[Step::Memory as usize].load(Ordering::Relaxed);
