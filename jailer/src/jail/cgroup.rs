@@ -215,6 +215,16 @@ impl Cgroup {
         Ok(())
     }
 
+    /// A cgroup v2 leaf made elsewhere (tests of `CLONE_INTO_CGROUP` on a unified
+    /// hierarchy that offers no controllers).
+    #[cfg(test)]
+    pub(crate) fn v2_at(leaf: PathBuf) -> Cgroup {
+        Cgroup {
+            version: CgroupVersion::V2,
+            leaves: vec![leaf],
+        }
+    }
+
     /// Which interface this cgroup uses.
     pub fn version(&self) -> CgroupVersion {
         self.version

@@ -461,6 +461,61 @@ mod tests {
         ));
     }
 
+    /// cgroup v2: `clone3(CLONE_INTO_CGROUP)` puts the child in the cgroup before its
+    /// first instruction; the program (cat) reads its own membership. Needs root and a
+    /// unified hierarchy (a v2 cgroup holds processes without any controller enabled).
+    #[test]
+    fn a_child_is_born_in_its_v2_cgroup() {
+        let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .map(Path::new)
+            .into_iter()
+            .find(|p| p.join("cgroup.subtree_control").is_file());
+        // SAFETY: geteuid has no preconditions.
+        let (Some(unified), true) = (unified, unsafe { libc::geteuid() } == 0) else {
+            eprintln!("skipped: needs root and a cgroup v2 hierarchy");
+            return;
+        };
+        let name = format!("bulkhead-born-test-{}", std::process::id());
+        let leaf = unified.join(&name);
+        std::fs::create_dir(&leaf).unwrap();
+        let cgroup = cgroup::Cgroup::v2_at(leaf.clone());
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let mut jail = Jail::new("born-v2", 65534, 65534);
+        jail.netns = NetNs::Host;
+        let prepared = Prepared::new(
+            &jail,
+            Path::new("/bin/cat"),
+            &["/proc/self/cgroup".into()],
+            &[(writer.as_raw_fd(), 1)],
+            &[],
+            Some(&cgroup),
+        )
+        .unwrap();
+        let mut timings = SpawnTimings::default();
+        let (pid, pidfd, report) = prepared.start(None, &mut timings).unwrap();
+        drop(writer);
+        let mut child = JailedChild::new(
+            "born-v2".into(),
+            pid,
+            pidfd,
+            None,
+            timings,
+            Some(child::Pending {
+                report,
+                program: "/bin/cat".into(),
+            }),
+        );
+        child.wait_exec().unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut out).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        let _ = std::fs::remove_dir(&leaf);
+        assert!(
+            out.lines().any(|l| l == format!("0::/{name}")),
+            "not born in /{name}:\n{out}"
+        );
+    }
+
     #[test]
     fn finish_flags_name_the_identity() {
         let flags = Jail::new("x", 1000, 1001).finish_flags();
