@@ -515,3 +515,64 @@ fn library_spawn_places_fds_waits_and_kills_on_drop() {
     );
     assert!(cgroup_dirs(&jail.id).is_empty());
 }
+
+/// The first thing the program does is read its own /proc/self/cgroup: it names the
+/// jail's cgroup in every hierarchy the jail made, so the process entered it before it
+/// executed (born there, or, with `CgroupEntry::Moved`, moved by the parent first).
+#[test]
+fn the_program_runs_in_its_cgroup_from_its_first_instruction() {
+    if !is_root() {
+        return;
+    }
+    use bulkhead::jail::{CgroupEntry, CgroupLimits, Jail};
+    use std::io::Read;
+    for entry in [CgroupEntry::Born, CgroupEntry::Moved] {
+        let mut jail = Jail::new(&id(&format!("born-{entry:?}")), UID, GID);
+        jail.cgroup = CgroupLimits {
+            memory_max: Some(64 << 20),
+            cpus: Some(0.5),
+            pids_max: Some(16),
+        };
+        jail.cgroup_entry = entry;
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let mut child = jail
+            .spawn(
+                Path::new("/bin/cat"),
+                &["/proc/self/cgroup".into()],
+                &[(writer.as_raw_fd(), 1)],
+                &[],
+            )
+            .unwrap();
+        drop(writer);
+        let dirs = child.cgroup_paths().to_vec();
+        let mut out = String::new();
+        reader.read_to_string(&mut out).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0), "{out}");
+        child.cleanup().unwrap();
+        assert!(!dirs.is_empty(), "this host offers cgroup controllers");
+        for dir in &dirs {
+            // /sys/fs/cgroup/memory/bulkhead/ID -> a line "N:memory:/bulkhead/ID"; on v2
+            // /sys/fs/cgroup/bulkhead/ID -> "0::/bulkhead/ID".
+            let rel = dir.strip_prefix("/sys/fs/cgroup").unwrap();
+            let (controller, path) = match rel.components().count() {
+                2 => (String::new(), format!("/{}", rel.display())),
+                _ => {
+                    let mut parts = rel.iter();
+                    let c = parts.next().unwrap().to_string_lossy().into_owned();
+                    (c, format!("/{}", parts.as_path().display()))
+                }
+            };
+            assert!(
+                out.lines().any(|l| {
+                    let mut f = l.splitn(3, ':');
+                    let (_, list, p) = (f.next(), f.next().unwrap_or(""), f.next());
+                    p == Some(path.as_str())
+                        && (controller.is_empty() || list.split(',').any(|c| c == controller))
+                }),
+                "{entry:?}: no line for {} in\n{out}",
+                dir.display()
+            );
+        }
+        assert!(cgroup_dirs(&jail.id).is_empty());
+    }
+}

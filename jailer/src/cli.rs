@@ -139,6 +139,10 @@ pub struct RunArgs {
     /// Print the vmm's memory use and guest-entry time on exit (used by `bulkhead bench`).
     #[arg(long, hide = true)]
     pub report_stats: bool,
+    /// Print a start-up trace on stderr: each step of every process, CLOCK_MONOTONIC ns
+    /// (`bulkhead-trace: NS PROCESS STEP`; also `BULKHEAD_BOOT_TRACE=1`).
+    #[arg(long)]
+    pub boot_timer: bool,
 }
 
 impl RunArgs {
@@ -312,6 +316,20 @@ pub struct BootBenchArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u64,
+    /// Give the VM a disk (a scratch image), a network device (--net auto) and a console
+    /// (to a file), each served by its own process.
+    #[arg(long)]
+    pub devices: bool,
+    /// Start the processes through the jailer (on) or plainly (off).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub jail: bool,
+    /// Also start each VM as earlier versions did (BULKHEAD_START=serial: one process
+    /// after another, moved into its cgroup), alternating, and print both.
+    #[arg(long)]
+    pub compare: bool,
+    /// Print the median time of every step of the start-up trace (--boot-timer).
+    #[arg(long)]
+    pub trace: bool,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {

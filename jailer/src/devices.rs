@@ -90,7 +90,8 @@ pub struct Devices {
 }
 
 impl Devices {
-    /// Starts every device; on error, stops what was started.
+    /// Starts every device's process, without waiting for any to be ready (see
+    /// [`Devices::wait_ready`]); on error, stops what was started.
     pub fn start(
         disks: &[DiskArg],
         nets: &[NetArg],
@@ -116,9 +117,11 @@ impl Devices {
     ) -> Result<(), DeviceError> {
         for (i, disk) in disks.iter().enumerate() {
             self.start_disk(&format!("disk{i}"), disk)?;
+            self.serially()?;
         }
         for (i, net) in nets.iter().enumerate() {
             self.start_net(&format!("net{i}"), net)?;
+            self.serially()?;
         }
         if let Some((ConsoleStream::VhostUser(ext), _)) = console {
             self.start_external(CONSOLE, VIRTIO_ID_CONSOLE, 2, ext, None)?;
@@ -133,6 +136,7 @@ impl Devices {
                 BackendSocket::Connected(socket),
                 Some(process),
             );
+            self.serially()?;
         }
         // Last, so that no other device moves.
         if let Some(arg) = vsock {
@@ -147,10 +151,8 @@ impl Devices {
                 Some(process),
             );
         }
-        // Every backend confined and serving before the vmm (and the guest) starts.
-        for p in &mut self.processes {
-            p.wait_ready()?;
-        }
+        // Not waiting for any: the caller starts the vmm meanwhile and then waits for all
+        // (`launch::ready::wait_all`).
         Ok(())
     }
 
@@ -200,6 +202,17 @@ impl Devices {
             queue_size: None,
         });
         self.processes.extend(process);
+    }
+
+    /// With `BULKHEAD_START=serial` (see [`launch::confine::serial_start`]): waits for
+    /// the process just started to be ready before the next one starts.
+    fn serially(&mut self) -> Result<(), DeviceError> {
+        if launch::confine::serial_start() {
+            if let Some(p) = self.processes.last_mut() {
+                p.wait_ready()?;
+            }
+        }
+        Ok(())
     }
 
     fn start_disk(&mut self, name: &str, disk: &DiskArg) -> Result<(), DeviceError> {
@@ -272,11 +285,14 @@ impl Devices {
             ),
             NetBackend::VhostUser(_) => return Ok(()),
             NetBackend::Auto { host_ip, guest_ip } => {
-                let ns = NamedNetNs::create(&format!("bulkhead-{}-{name}", std::process::id()))
-                    .map_err(ns_err)?;
-                // On an error below, dropping `ns` deletes the namespace again.
-                let taps = ns.open_tap(AUTO_TAP, net.queues).map_err(ns_err)?;
-                ns.configure(AUTO_TAP, host_ip).map_err(ns_err)?;
+                let (ns, taps) = NamedNetNs::create_with_tap(
+                    &format!("bulkhead-{}-{name}", std::process::id()),
+                    AUTO_TAP,
+                    net.queues,
+                    host_ip,
+                )
+                .map_err(ns_err)?;
+                crate::launch::trace::mark(name, "netns+tap");
                 let ns_name = ns.name.clone();
                 self.namespaces.push(ns);
                 let guest = guest_ip.split('/').next().unwrap_or(guest_ip);
@@ -299,6 +315,11 @@ impl Devices {
             Some(process),
         );
         Ok(())
+    }
+
+    /// Waits until every backend process is confined and serving, in one loop.
+    pub fn wait_ready(&mut self) -> Result<(), DeviceError> {
+        Ok(launch::ready::wait_all(&mut self.processes)?)
     }
 
     /// The first backend process that has ended (waiting briefly for one that is ending),

@@ -15,6 +15,7 @@ mod disk_arg;
 mod external;
 mod external_arg;
 mod identity;
+mod ifconfig;
 mod launch;
 mod liveness;
 mod net_arg;

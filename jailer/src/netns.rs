@@ -1,10 +1,15 @@
 //! `--net auto`: a network namespace of bulkhead's own holding the VM's TAP, its host side
 //! addressed, named so the user can reach the guest (`ip netns exec NAME ping ...`), and
-//! deleted when the VM ends. Uses iproute2's `ip` for the namespace and addresses.
+//! deleted when the VM ends. Made in this process (a thread's `unshare`, a bind mount,
+//! ioctls), as iproute2 makes them; [`ip`] remains for the benchmarks' own set-up.
 
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Stdio};
 
+use crate::ifconfig::Ifconfig;
 use crate::tap;
 
 /// Errors while setting up the namespace.
@@ -32,6 +37,20 @@ pub enum NetNsError {
     /// The TAP could not be opened inside it.
     #[error(transparent)]
     Tap(#[from] tap::TapError),
+    /// Making it (or its mount point) failed.
+    #[error("{what} network namespace {name}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The namespace.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Configuring an interface in it failed.
+    #[error(transparent)]
+    If(#[from] crate::ifconfig::IfError),
 }
 
 /// Where `ip netns` keeps named network namespaces.
@@ -71,46 +90,141 @@ pub fn ip(what: &str, args: &[&str]) -> Result<(), NetNsError> {
 }
 
 impl NetNs {
-    /// Creates namespace `name`.
-    pub fn create(name: &str) -> Result<NetNs, NetNsError> {
-        ip("creating a network namespace", &["netns", "add", name])?;
-        Ok(NetNs {
-            name: name.to_owned(),
-        })
-    }
-
-    /// Opens TAP `tap` (creating it) inside the namespace, from a thread that enters it (a
-    /// thread's network namespace is its own, so bulkhead's stays as it was).
-    pub fn open_tap(&self, tap: &str, queues: u16) -> Result<Vec<OwnedFd>, NetNsError> {
-        let path = path(&self.name).to_string_lossy().into_owned();
-        let name = self.name.clone();
-        let tap = tap.to_owned();
-        // The thread ends right after opening the TAP.
-        let enter = move || -> Result<Vec<OwnedFd>, NetNsError> {
-            enter_thread(&path).map_err(|source| NetNsError::Enter { name, source })?;
-            Ok(tap::open(&tap, queues)?)
+    /// Creates namespace `name` holding TAP `tap` (created, with `queues` queues), its
+    /// loopback and the TAP up and `host_ip` on the TAP; returns it and the TAP's fds. All
+    /// of it in this process, as `ip netns add` and `ip addr` would do it: the namespace is
+    /// a thread's own (`unshare`: a thread's network namespace is its own, so bulkhead's
+    /// stays as it was), bind-mounted at `/run/netns/NAME` so that `ip netns exec` finds it,
+    /// and the interfaces are configured with ioctls from that thread ([`Ifconfig`]).
+    pub fn create_with_tap(
+        name: &str,
+        tap: &str,
+        queues: u16,
+        host_ip: &str,
+    ) -> Result<(NetNs, Vec<OwnedFd>), NetNsError> {
+        let io_err = |what: &'static str| {
+            let name = name.to_owned();
+            move |source| NetNsError::Io { what, name, source }
         };
-        std::thread::spawn(enter).join().unwrap_or_else(|_| {
-            Err(NetNsError::Enter {
-                name: self.name.clone(),
-                source: std::io::Error::other("the thread entering it panicked"),
-            })
+        shared_run_dir().map_err(io_err("preparing /run/netns for"))?;
+        let file = path(name);
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&file)
+            .map_err(io_err("creating the mount point of"))?;
+        // From here on, dropping `ns` removes what was made.
+        let ns = NetNs {
+            name: name.to_owned(),
+        };
+        let (tap, host_ip) = (tap.to_owned(), host_ip.to_owned());
+        let made = std::thread::spawn(move || -> Result<Vec<OwnedFd>, NetNsError> {
+            let ns_name = file.to_string_lossy().into_owned();
+            let io_err = |what: &'static str| {
+                let name = ns_name.clone();
+                move |source| NetNsError::Io { what, name, source }
+            };
+            // SAFETY: unshare with a constant flag; affects only this thread.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(io_err("creating")(std::io::Error::last_os_error()));
+            }
+            bind(c"/proc/thread-self/ns/net", &file).map_err(io_err("bind-mounting"))?;
+            let taps = tap::open(&tap, queues)?;
+            let ifc = Ifconfig::new().map_err(io_err("opening an ioctl socket in"))?;
+            ifc.up("lo")?;
+            ifc.address(&tap, &host_ip)?;
+            ifc.up(&tap)?;
+            Ok(taps)
         })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(NetNsError::Enter {
+                name: name.to_owned(),
+                source: std::io::Error::other("the thread making it panicked"),
+            })
+        })?;
+        Ok((ns, made))
     }
+}
 
-    /// Brings up loopback and `tap` with `host_ip` on it.
-    pub fn configure(&self, tap: &str, host_ip: &str) -> Result<(), NetNsError> {
-        let ns = self.name.as_str();
-        ip(
-            "bringing up loopback",
-            &["-n", ns, "link", "set", "lo", "up"],
-        )?;
-        ip(
-            "addressing the TAP",
-            &["-n", ns, "addr", "add", host_ip, "dev", tap],
-        )?;
-        ip("bringing up the TAP", &["-n", ns, "link", "set", tap, "up"])
+/// Deletes named namespace `name` as `ip netns del` does: its bind mount is detached and
+/// the mount point removed (the kernel frees the namespace once nothing else holds it).
+pub fn delete(name: &str) -> std::io::Result<()> {
+    let file = path(name);
+    let c = CString::new(file.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a NUL-terminated path; MNT_DETACH; EINVAL (not mounted) is fine below.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) && e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e);
+        }
     }
+    std::fs::remove_file(&file)
+}
+
+/// Makes /run/netns and makes it a shared mount (a bind mount of itself first if it is
+/// none), as iproute2 does, so that namespaces mounted there show in every mount namespace.
+fn shared_run_dir() -> std::io::Result<()> {
+    std::fs::create_dir_all(NETNS_DIR)?;
+    let dir = c"/run/netns";
+    let mut bound = false;
+    loop {
+        // SAFETY: constant NUL-terminated strings; only propagation flags change.
+        let rc = unsafe {
+            libc::mount(
+                c"".as_ptr(),
+                dir.as_ptr(),
+                c"none".as_ptr(),
+                libc::MS_SHARED | libc::MS_REC,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) || bound {
+            return Err(e);
+        }
+        // Not a mount point yet.
+        // SAFETY: as above, a recursive bind mount of the directory onto itself.
+        let rc = unsafe {
+            libc::mount(
+                dir.as_ptr(),
+                dir.as_ptr(),
+                c"none".as_ptr(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        bound = true;
+    }
+}
+
+/// Bind-mounts `source` on `target`.
+fn bind(source: &std::ffi::CStr, target: &std::path::Path) -> std::io::Result<()> {
+    let target = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: NUL-terminated paths; a plain bind mount.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            c"none".as_ptr(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Moves the calling thread (only it: a thread's network namespace is its own) into the
@@ -127,11 +241,8 @@ pub fn enter_thread(path: &str) -> std::io::Result<()> {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        if let Err(e) = ip(
-            "deleting the network namespace",
-            &["netns", "del", &self.name],
-        ) {
-            log::warn!("{e}");
+        if let Err(e) = delete(&self.name) {
+            log::warn!("deleting network namespace {}: {e}", self.name);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `bulkhead run`: build the VM, run it, turn why it stopped into an exit status.
 //!
-//! The launcher starts the device backends, then the vmm process (`bulkhead-vmm`) with the
-//! vmm's end of each backend's socket, and waits for the vmm to report why the VM stopped.
+//! The launcher starts the device backends and, without waiting for them, the vmm process
+//! (`bulkhead-vmm`) with the vmm's end of each backend's socket; waits for every backend's
+//! Ready in one loop, then for the vmm to report why the VM stopped.
 
 use bulkhead_vmm::config::{ConfigError, Machine, SerialOutput, VmConfig};
 pub use bulkhead_vmm::process::{chain, EXIT_BULKHEAD_FAILED};
@@ -11,7 +12,7 @@ use crate::cli::RunArgs;
 use crate::devices::{Devices, CONSOLE};
 use crate::identity::Identity;
 use crate::launch::console::ConsoleStream;
-use crate::launch::{self, confine, Confinement};
+use crate::launch::{self, confine, trace, Confinement};
 use crate::stop_signals::StopSignals;
 use crate::supervise::Supervisor;
 
@@ -33,6 +34,9 @@ pub fn vm_config(args: &RunArgs) -> Result<VmConfig, ConfigError> {
     )
 }
 
+/// The launcher's name in the start-up trace.
+const LAUNCHER: &str = "launcher";
+
 /// Runs `bulkhead run`; returns the process exit status.
 pub fn main(args: RunArgs) -> i32 {
     run(&args)
@@ -49,10 +53,13 @@ fn run(args: &RunArgs) -> i32 {
         }
     };
     bulkhead_seccomp::mode::set_children_mode(args.seccomp);
+    trace::init(args.boot_timer);
+    trace::mark(LAUNCHER, "run");
     let config = match vm_config(args) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    trace::mark(LAUNCHER, "config");
     // Held until the VM is gone: the uid is this VM's alone meanwhile.
     let _identity = match confine(args, &config) {
         Ok(identity) => identity,
@@ -61,6 +68,7 @@ fn run(args: &RunArgs) -> i32 {
             return EXIT_BULKHEAD_FAILED;
         }
     };
+    trace::mark(LAUNCHER, "identity");
     // Before anything is opened: the API socket, the devices' files, the vmm's.
     if let Some(id) = args.open_as {
         crate::open_as::configure(id);
@@ -73,13 +81,15 @@ fn run(args: &RunArgs) -> i32 {
             Ok(lock) => lock,
             Err(e) => return fail(&e),
         };
-        for what in crate::stale::reap() {
+        // Only what would be in the way now; the rest is swept off the start's path.
+        for what in crate::stale::reap_own() {
             eprintln!("bulkhead: removed the {what} of a bulkhead that is gone");
         }
         Some(lock)
     } else {
         None
     };
+    trace::mark(LAUNCHER, "lock+stale-sweep");
     log::info!(
         "booting {} with {} MiB and {} vCPU(s)",
         config.boot.kernel.display_path().display(),
@@ -102,6 +112,7 @@ fn run(args: &RunArgs) -> i32 {
         Ok(d) => d,
         Err(e) => return fail(&e),
     };
+    trace::mark(LAUNCHER, "backends-started");
     if let Some(code) = stopped_while_starting(&signals) {
         devices.stop();
         return code;
@@ -111,13 +122,49 @@ fn run(args: &RunArgs) -> i32 {
         console != Some(ConsoleStream::Stdio) && config.serial == SerialOutput::Stdio;
     let configs = std::mem::take(&mut devices.configs);
     let restartable = devices.restartable();
-    let (vmm, control) = match launch::start_vmm(args, configs, serial_input, &restartable) {
+    if launch::confine::serial_start() {
+        if let Err(e) = devices.wait_ready() {
+            devices.stop();
+            return fail(&e);
+        }
+    }
+    // The vmm starts while the backends start (it sets up KVM and guest memory meanwhile;
+    // its vhost-user set-up waits for each backend, which reads it only once jailed and
+    // serving), then every backend's Ready is awaited in one loop.
+    let (mut vmm, control) = match launch::start_vmm(args, configs, serial_input, &restartable) {
         Ok(v) => v,
         Err(e) => {
             devices.stop();
             return fail(&e);
         }
     };
+    trace::mark(LAUNCHER, "vmm-started");
+    if let Err(e) = devices.wait_ready() {
+        abandon(&mut vmm, &mut devices);
+        trace::print();
+        return fail(&e);
+    }
+    if let Err(e) = vmm.executed() {
+        devices.stop();
+        return fail(&e);
+    }
+    trace::mark(LAUNCHER, "backends-ready");
+    if let Some(code) = stopped_while_starting(&signals) {
+        abandon(&mut vmm, &mut devices);
+        return code;
+    }
+    // What launchers that are gone left (theirs only: ours is held by our lock), swept
+    // while the vmm finishes and the guest runs; joined before exit.
+    let sweeper = _alive.as_ref().and_then(|_| {
+        std::thread::Builder::new()
+            .name("stale-sweep".into())
+            .spawn(|| {
+                for what in crate::stale::reap() {
+                    eprintln!("bulkhead: removed the {what} of a bulkhead that is gone");
+                }
+            })
+            .ok()
+    });
     // SAFETY: isatty only inspects fd 0.
     let terminal = unsafe { libc::isatty(0) } == 1;
     let resize = (console == Some(ConsoleStream::Stdio) && terminal).then(|| CONSOLE.into());
@@ -128,7 +175,36 @@ fn run(args: &RunArgs) -> i32 {
         Err(code) => code,
     };
     devices.stop();
+    if let Some(sweeper) = sweeper {
+        let _ = sweeper.join();
+    }
+    if args.report_stats {
+        report_own_cpu();
+    }
     code
+}
+
+/// For `bulkhead bench`: the launcher's own CPU time (user + system), its children's not
+/// included.
+fn report_own_cpu() {
+    // SAFETY: a zeroed rusage for getrusage to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF and a valid rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+        let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        eprintln!(
+            "bulkhead-stats: launcher_cpu_us={}",
+            us(usage.ru_utime) + us(usage.ru_stime)
+        );
+    }
+}
+
+/// Stops a VM that did not finish starting: the vmm first (it has not run the guest: it
+/// waits for the backends), as the VM's stop does, then the backends.
+fn abandon(vmm: &mut launch::DeviceProcess, devices: &mut Devices) {
+    vmm.kill();
+    vmm.wait_for_end(std::time::Duration::from_secs(5));
+    devices.stop();
 }
 
 /// The exit status for a stop signal caught while the VM was starting, if one was.

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use bulkhead::jail::cgroup::{CGROUP_ROOT, PARENT};
 
-use crate::netns::{ip, NETNS_DIR};
+use crate::netns::NETNS_DIR;
 
 mod scratch;
 
@@ -20,13 +20,6 @@ fn launcher_pid(name: &str) -> Option<u32> {
     let (pid, device) = rest.split_once('-')?;
     (!device.is_empty()).then_some(())?;
     pid.parse().ok()
-}
-
-/// Whether launcher `pid`, which made a resource at time `made`, is running. Our own pid
-/// counts as gone: the reaper runs before this launcher makes anything, so what carries
-/// its pid was left by a dead launcher that had the same pid.
-fn is_running_launcher(pid: u32, made: Option<SystemTime>) -> bool {
-    pid != std::process::id() && crate::liveness::is_running(pid, made)
 }
 
 /// Entries of `dir` named `bulkhead-<pid>-...` whose launcher is gone, as `running` says.
@@ -47,18 +40,41 @@ fn stale_in(dir: &Path, running: impl Fn(u32, Option<SystemTime>) -> bool) -> Ve
         .collect()
 }
 
-/// Removes what launchers that are gone left behind; returns what was removed.
+/// Before this launcher makes anything: removes the namespaces and cgroups named after its
+/// own pid (a dead launcher's that had it), which would be in its way. Cheap: directory
+/// listings, no liveness checks.
+pub fn reap_own() -> Vec<String> {
+    let own = std::process::id();
+    reap_names(|pid, _| pid != own)
+}
+
+/// Removes what launchers that are gone left behind; returns what was removed. Safe to
+/// run while this launcher starts its VM (from another thread, off the start's path): its
+/// own are kept, since it holds its lock ([`crate::liveness`]).
 pub fn reap() -> Vec<String> {
+    let mut removed = reap_names(crate::liveness::is_running);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let owner = unsafe { libc::geteuid() };
+    for dir in scratch::reap_in(&std::env::temp_dir(), owner, crate::liveness::is_running) {
+        removed.push(format!("scratch disk directory {}", dir.display()));
+    }
+    let locks = crate::liveness::remove_dead_locks();
+    if locks > 0 {
+        log::info!("removed {locks} lock file(s) of launchers that are gone");
+    }
+    removed
+}
+
+/// Removes the network namespaces and cgroups named `bulkhead-<pid>-...` whose launcher
+/// `running` says is gone.
+fn reap_names(running: impl Fn(u32, Option<SystemTime>) -> bool + Copy) -> Vec<String> {
     let mut removed = Vec::new();
-    for ns in stale_in(Path::new(NETNS_DIR), is_running_launcher) {
+    for ns in stale_in(Path::new(NETNS_DIR), running) {
         let name = ns.file_name().map(|n| n.to_string_lossy().into_owned());
         if let Some(name) = name {
-            match ip(
-                "removing a stale network namespace",
-                &["netns", "delete", &name],
-            ) {
+            match crate::netns::delete(&name) {
                 Ok(()) => removed.push(format!("network namespace {name}")),
-                Err(e) => log::warn!("{e}"),
+                Err(e) => log::warn!("removing stale network namespace {name}: {e}"),
             }
         }
     }
@@ -68,22 +84,13 @@ pub fn reap() -> Vec<String> {
         parents.extend(controllers.flatten().map(|c| c.path().join(PARENT)));
     }
     for parent in parents {
-        for cgroup in stale_in(&parent, is_running_launcher) {
+        for cgroup in stale_in(&parent, running) {
             // A cgroup with no process left is removed with rmdir.
             match std::fs::remove_dir(&cgroup) {
                 Ok(()) => removed.push(format!("cgroup {}", cgroup.display())),
                 Err(e) => log::warn!("removing stale cgroup {}: {e}", cgroup.display()),
             }
         }
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let owner = unsafe { libc::geteuid() };
-    for dir in scratch::reap_in(&std::env::temp_dir(), owner, crate::liveness::is_running) {
-        removed.push(format!("scratch disk directory {}", dir.display()));
-    }
-    let locks = crate::liveness::remove_dead_locks();
-    if locks > 0 {
-        log::info!("removed {locks} lock file(s) of launchers that are gone");
     }
     removed
 }
@@ -119,8 +126,6 @@ mod tests {
         assert!(stale.contains(&gone), "{stale:?}");
         assert!(!stale.contains(&alive), "{stale:?}");
         assert!(!stale.contains(&other), "{stale:?}");
-        assert!(!is_running_launcher(4294967295, None));
-        // Ours: reaping runs before this launcher makes anything.
-        assert!(!is_running_launcher(std::process::id(), None));
+        assert!(!crate::liveness::is_running(4294967295, None));
     }
 }

@@ -224,6 +224,8 @@ impl<'a> Supervisor<'a> {
                     String::new()
                 };
                 log::info!("{} (pid {pid}) ready{identity}", sanitize(&role));
+                crate::launch::trace::mark(VMM, "ready");
+                crate::launch::trace::print();
                 self.report.ready = true;
                 self.vmm.ready = true;
             }

@@ -130,8 +130,11 @@ pub fn prepare(mut config: VmConfig) -> Result<Prepared, BuildError> {
     config.validate()?;
     boot::open_files(&mut config.boot)?;
     let kvm = kvm_vm::open_kvm()?;
+    crate::trace::mark(crate::trace::Step::KvmOpened);
     let memory = create_memory(&config)?;
+    crate::trace::mark(crate::trace::Step::Memory);
     let vm_fd = kvm_vm::create(&kvm, &memory.mem)?;
+    crate::trace::mark(crate::trace::Step::VmCreated);
     let LegacyDevices {
         io,
         serial,

@@ -7,6 +7,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
 use super::cgroup::{Cgroup, CgroupError, CgroupVersion};
+use super::{ChildFailure, SpawnError, SpawnErrorKind, SpawnTimings};
+use std::io::Read;
 
 /// A process started by [`super::Jail::spawn`]. Dropping it kills (SIGKILL) and reaps the
 /// process if it still runs, and removes its cgroup: no jailed process outlives its handle.
@@ -17,17 +19,77 @@ pub struct JailedChild {
     pidfd: OwnedFd,
     cgroup: Option<Cgroup>,
     status: Option<ExitStatus>,
+    timings: SpawnTimings,
+    /// Its exec not yet confirmed ([`JailedChild::wait_exec`]).
+    pending: Option<Pending>,
+}
+
+/// A child whose exec is not yet confirmed: the read end of its report pipe (end-of-file
+/// once it executes, a [`ChildFailure`] if a step failed) and the program, for the error.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub report: OwnedFd,
+    pub program: std::path::PathBuf,
 }
 
 impl JailedChild {
-    pub(crate) fn new(id: String, pid: i32, pidfd: OwnedFd, cgroup: Option<Cgroup>) -> Self {
+    pub(crate) fn new(
+        id: String,
+        pid: i32,
+        pidfd: OwnedFd,
+        cgroup: Option<Cgroup>,
+        timings: SpawnTimings,
+        pending: Option<Pending>,
+    ) -> Self {
         JailedChild {
             id,
             pid,
             pidfd,
             cgroup,
             status: None,
+            timings,
+            pending,
         }
+    }
+
+    /// Whether its exec is still to be confirmed with [`JailedChild::wait_exec`].
+    pub fn exec_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Waits until the program executes (at once if that is known already); a step of the
+    /// child that failed is the error, and the child is then killed and reaped and its
+    /// cgroup removed.
+    pub fn wait_exec(&mut self) -> Result<(), SpawnError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let mut report = Vec::new();
+        let kind = match std::fs::File::from(pending.report).read_to_end(&mut report) {
+            Ok(_) if report.is_empty() => {
+                self.timings.executing = super::now_ns();
+                return Ok(());
+            }
+            Ok(_) => SpawnErrorKind::Child(ChildFailure::decode(&report)),
+            Err(e) => SpawnErrorKind::Sync(e),
+        };
+        let _ = self.kill(libc::SIGKILL);
+        if let Err(e) = self.wait() {
+            log::error!("{e}");
+        }
+        if let Err(e) = self.cleanup() {
+            log::error!("jail {}: {e}", self.id);
+        }
+        Err(SpawnError {
+            id: self.id.clone(),
+            program: pending.program,
+            kind,
+        })
+    }
+
+    /// When the steps of its start happened.
+    pub fn timings(&self) -> SpawnTimings {
+        self.timings
     }
 
     /// The jail's id.

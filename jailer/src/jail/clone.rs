@@ -4,7 +4,8 @@
 //! `clone3`, because the child of a multi-threaded parent may not allocate or take locks
 //! (another thread may have held them at the time of the clone). The child only makes
 //! syscalls on that plan, in this order: default signal mask and SIGPIPE, die with the
-//! parent, wait for the parent to have put it in its cgroup, join a network namespace, make
+//! parent, enter its cgroup (v1: "0" into each `tasks`; on v2 it was born there), wait for
+//! the parent's go (end-of-file: the parent is gone), join a network namespace, make
 //! mounts private, set the hostname, place fds, set rlimits, optionally finish the jail
 //! itself (empty root, identity, landlock), exec. A failure is written to a report pipe
 //! (close-on-exec, so a successful exec reads as end-of-file) as a step and an errno.
@@ -41,7 +42,11 @@ pub(crate) struct ChildPlan {
     pub flags: u64,
     /// The network namespace to join.
     pub netns: Option<RawFd>,
-    /// Read end of the pipe the parent writes one byte to once the cgroup is set.
+    /// v2: the cgroup directory to be born in (`CLONE_INTO_CGROUP`).
+    pub into_cgroup: Option<RawFd>,
+    /// v1: the `tasks` file of each hierarchy, which the child writes "0" to.
+    pub cgroup_tasks: Vec<RawFd>,
+    /// Read end of the pipe the parent writes one byte to once the child may go on.
     pub sync_read: RawFd,
     /// The parent's end, which the child closes.
     pub sync_write: RawFd,
@@ -81,10 +86,12 @@ pub enum ChildStep {
     Rlimits,
     /// The exec itself.
     Exec,
+    /// Entering its v1 cgroups.
+    Cgroup,
 }
 
 impl ChildStep {
-    const ALL: [ChildStep; 9] = [
+    const ALL: [ChildStep; 10] = [
         ChildStep::Signals,
         ChildStep::DeathSignal,
         ChildStep::Sync,
@@ -94,6 +101,7 @@ impl ChildStep {
         ChildStep::Fds,
         ChildStep::Rlimits,
         ChildStep::Exec,
+        ChildStep::Cgroup,
     ];
 
     fn name(self) -> &'static str {
@@ -107,6 +115,7 @@ impl ChildStep {
             ChildStep::Fds => "placing and closing fds",
             ChildStep::Rlimits => "setting rlimits",
             ChildStep::Exec => "executing the program",
+            ChildStep::Cgroup => "entering its cgroup",
         }
     }
 }
@@ -200,7 +209,10 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// Clones the child with `plan.flags` and a pidfd; the child runs the plan and never
+/// `CLONE_INTO_CGROUP` (Linux 5.7), not in the libc crate.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Clones the child with `plan.flags` and a pidfd (and into its v2 cgroup); the child runs the plan and never
 /// returns. Returns the child's pid (in the parent's namespace) and its pidfd.
 pub(crate) fn spawn(plan: &mut ChildPlan) -> io::Result<(i32, OwnedFd)> {
     let mut pidfd: RawFd = -1;
@@ -210,6 +222,10 @@ pub(crate) fn spawn(plan: &mut ChildPlan) -> io::Result<(i32, OwnedFd)> {
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
+    if let Some(cgroup) = plan.into_cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cgroup as u64;
+    }
     // SAFETY: a valid clone_args of the size passed; no CLONE_VM and no stack, so the child
     // runs on a copy of this stack like after fork, and only runs `child`, which never
     // returns and does not allocate.
@@ -263,6 +279,14 @@ fn run(plan: &mut ChildPlan) -> Result<Never, ChildFailure> {
     // SAFETY: prctl with integer arguments only.
     let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     sys(ret, S::DeathSignal)?;
+    for &tasks in &plan.cgroup_tasks {
+        // SAFETY: a `tasks` file the parent opened for writing; "0" is this thread, the
+        // only one of this process.
+        let n = unsafe { libc::write(tasks, c"0".as_ptr().cast(), 1) };
+        if n != 1 {
+            return Err(last(S::Cgroup));
+        }
+    }
     wait_for_parent(plan)?;
     if let Some(netns) = plan.netns {
         // SAFETY: `netns` is a namespace fd opened by the parent before clone.

@@ -21,7 +21,7 @@ mod rlimits;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use bulkhead_seccomp::jail::JailArgs;
 use bulkhead_seccomp::landlock::LandlockMode;
 
-pub use cgroup::{CgroupError, CgroupLimits, CgroupVersion};
+pub use cgroup::{CgroupEntry, CgroupError, CgroupLimits, CgroupVersion};
 pub use child::{exit_code, JailedChild};
 pub use clone::{ChildFailure, ChildStep};
 pub use fds::FdPlanError;
@@ -61,6 +61,8 @@ pub struct Jail {
     pub cgroup: CgroupLimits,
     /// Where the cgroup filesystems are ([`cgroup::CGROUP_ROOT`]).
     pub cgroup_root: PathBuf,
+    /// How the process gets into its cgroup.
+    pub cgroup_entry: CgroupEntry,
     /// Its rlimits.
     pub rlimits: Rlimits,
     /// Who finishes the jail.
@@ -81,6 +83,7 @@ impl Jail {
             netns: NetNs::New,
             cgroup: CgroupLimits::default(),
             cgroup_root: PathBuf::from(cgroup::CGROUP_ROOT),
+            cgroup_entry: CgroupEntry::Born,
             rlimits: Rlimits::default(),
             finish: Finish::ByProgram,
             landlock: LandlockMode::Enforce,
@@ -115,23 +118,59 @@ impl Jail {
         fds: &[(RawFd, RawFd)],
         env: &[(OsString, OsString)],
     ) -> Result<JailedChild, SpawnError> {
+        let mut child = self.start(program, args, fds, env)?;
+        child.wait_exec()?;
+        Ok(child)
+    }
+
+    /// [`Jail::spawn`] without waiting for the exec: returns once the child is cloned (in
+    /// its cgroup, going on by itself), so that a launcher can start the next process
+    /// meanwhile. [`JailedChild::wait_exec`] says whether the program is executing or which
+    /// step failed (a failed child is killed and reaped there, or when the handle drops).
+    pub fn start(
+        &self,
+        program: &Path,
+        args: &[OsString],
+        fds: &[(RawFd, RawFd)],
+        env: &[(OsString, OsString)],
+    ) -> Result<JailedChild, SpawnError> {
         let err = |kind| SpawnError {
             id: self.id.clone(),
             program: program.to_path_buf(),
             kind,
         };
         self.check().map_err(err)?;
-        let prepared = Prepared::new(self, program, args, fds, env).map_err(err)?;
+        let mut timings = SpawnTimings {
+            start: now_ns(),
+            ..SpawnTimings::default()
+        };
         let mut cgroup = cgroup::Cgroup::create(&self.cgroup_root, &self.id, &self.cgroup)
             .map_err(|e| err(SpawnErrorKind::Cgroup(e)))?;
-        match prepared.start(cgroup.as_ref()) {
-            Ok((pid, pidfd)) => {
+        timings.cgroup_made = now_ns();
+        let (born, moved) = match self.cgroup_entry {
+            CgroupEntry::Born => (cgroup.as_ref(), None),
+            CgroupEntry::Moved => (None, cgroup.as_ref()),
+        };
+        let started = Prepared::new(self, program, args, fds, env, born)
+            .and_then(|prepared| prepared.start(moved, &mut timings));
+        match started {
+            Ok((pid, pidfd, report)) => {
                 log::info!(
                     "jail {}: {} started as pid {pid}",
                     self.id,
                     program.display()
                 );
-                Ok(JailedChild::new(self.id.clone(), pid, pidfd, cgroup))
+                Ok(JailedChild::new(
+                    self.id.clone(),
+                    pid,
+                    pidfd,
+                    cgroup,
+                    timings,
+                    Some(child::Pending {
+                        report,
+                        program: program.to_path_buf(),
+                    }),
+                ))
             }
             Err(kind) => {
                 if let Some(cgroup) = cgroup.as_mut() {
@@ -212,10 +251,34 @@ pub enum SpawnErrorKind {
     Child(#[source] ChildFailure),
 }
 
+/// When the steps of one start happened (CLOCK_MONOTONIC, ns; 0: not reached), for
+/// start-up traces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpawnTimings {
+    /// `spawn` was called.
+    pub start: u64,
+    /// The cgroup was made (with its limits).
+    pub cgroup_made: u64,
+    /// `clone3` returned in the parent.
+    pub cloned: u64,
+    /// The child executed the program (it entered its cgroup before).
+    pub executing: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (comparable across processes).
+pub fn now_ns() -> u64 {
+    // SAFETY: a zeroed timespec on the stack for clock_gettime to fill.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: CLOCK_MONOTONIC always exists; `ts` is valid for writing.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Everything allocated for the child, kept alive until it has executed.
 struct Prepared {
     plan: clone::ChildPlan,
     _netns: Option<OwnedFd>,
+    _cgroup: Option<cgroup::Entry>,
     _program: Option<File>,
     sync_read: OwnedFd,
     sync_write: OwnedFd,
@@ -230,8 +293,20 @@ impl Prepared {
         args: &[OsString],
         fds: &[(RawFd, RawFd)],
         env: &[(OsString, OsString)],
+        cgroup: Option<&cgroup::Cgroup>,
     ) -> Result<Prepared, SpawnErrorKind> {
         let netns = jail.netns.prepare()?;
+        let entry = cgroup
+            .map(cgroup::Cgroup::entry)
+            .transpose()
+            .map_err(SpawnErrorKind::Cgroup)?;
+        let (into_cgroup, cgroup_tasks) = match &entry {
+            Some(cgroup::Entry::Clone(dir)) => (Some(dir.as_raw_fd()), Vec::new()),
+            Some(cgroup::Entry::Tasks(files)) => {
+                (None, files.iter().map(|f| f.as_raw_fd()).collect())
+            }
+            None => (None, Vec::new()),
+        };
         let (sync_read, sync_write) = pipe()?;
         let (report_read, report_write) = pipe()?;
         let (exec, program_file) = match jail.finish {
@@ -270,6 +345,8 @@ impl Prepared {
                 | libc::CLONE_NEWUTS) as u64
                 | netns.clone_flag,
             netns: netns.join.as_ref().map(|fd| fd.as_raw_fd()),
+            into_cgroup,
+            cgroup_tasks,
             sync_read: sync_read.as_raw_fd(),
             sync_write: sync_write.as_raw_fd(),
             report: report_write.as_raw_fd(),
@@ -289,6 +366,7 @@ impl Prepared {
         Ok(Prepared {
             plan,
             _netns: netns.join,
+            _cgroup: entry,
             _program: program_file,
             sync_read,
             sync_write,
@@ -297,9 +375,16 @@ impl Prepared {
         })
     }
 
-    /// Clones the child, puts it in `cgroup`, lets it go on and waits until it executes.
-    fn start(mut self, cgroup: Option<&cgroup::Cgroup>) -> Result<(i32, OwnedFd), SpawnErrorKind> {
+    /// Clones the child (which enters its cgroup itself) and lets it go on; returns its pid,
+    /// pidfd and the read end of its report pipe (end-of-file once it executes). `move_into`: a cgroup the parent moves it into first
+    /// ([`CgroupEntry::Moved`]).
+    fn start(
+        mut self,
+        move_into: Option<&cgroup::Cgroup>,
+        timings: &mut SpawnTimings,
+    ) -> Result<(i32, OwnedFd, OwnedFd), SpawnErrorKind> {
         let (pid, pidfd) = clone::spawn(&mut self.plan).map_err(SpawnErrorKind::Clone)?;
+        timings.cloned = now_ns();
         drop(self.sync_read);
         drop(self.report_write);
         let abort = |pidfd: &OwnedFd| {
@@ -321,7 +406,7 @@ impl Prepared {
                 );
             }
         };
-        if let Some(cgroup) = cgroup {
+        if let Some(cgroup) = move_into {
             if let Err(e) = cgroup.add(pid) {
                 abort(&pidfd);
                 return Err(SpawnErrorKind::Cgroup(e));
@@ -333,19 +418,7 @@ impl Prepared {
             return Err(SpawnErrorKind::Sync(e));
         }
         drop(sync);
-        let mut report = Vec::new();
-        let read = File::from(self.report_read).read_to_end(&mut report);
-        match read {
-            Ok(_) if report.is_empty() => Ok((pid, pidfd)),
-            Ok(_) => {
-                abort(&pidfd);
-                Err(SpawnErrorKind::Child(ChildFailure::decode(&report)))
-            }
-            Err(e) => {
-                abort(&pidfd);
-                Err(SpawnErrorKind::Sync(e))
-            }
-        }
+        Ok((pid, pidfd, self.report_read))
     }
 }
 
@@ -386,6 +459,61 @@ mod tests {
             spawn(&Jail::new("ok", 0, 1000)),
             SpawnErrorKind::Privileged
         ));
+    }
+
+    /// cgroup v2: `clone3(CLONE_INTO_CGROUP)` puts the child in the cgroup before its
+    /// first instruction; the program (cat) reads its own membership. Needs root and a
+    /// unified hierarchy (a v2 cgroup holds processes without any controller enabled).
+    #[test]
+    fn a_child_is_born_in_its_v2_cgroup() {
+        let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .map(Path::new)
+            .into_iter()
+            .find(|p| p.join("cgroup.subtree_control").is_file());
+        // SAFETY: geteuid has no preconditions.
+        let (Some(unified), true) = (unified, unsafe { libc::geteuid() } == 0) else {
+            eprintln!("skipped: needs root and a cgroup v2 hierarchy");
+            return;
+        };
+        let name = format!("bulkhead-born-test-{}", std::process::id());
+        let leaf = unified.join(&name);
+        std::fs::create_dir(&leaf).unwrap();
+        let cgroup = cgroup::Cgroup::v2_at(leaf.clone());
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let mut jail = Jail::new("born-v2", 65534, 65534);
+        jail.netns = NetNs::Host;
+        let prepared = Prepared::new(
+            &jail,
+            Path::new("/bin/cat"),
+            &["/proc/self/cgroup".into()],
+            &[(writer.as_raw_fd(), 1)],
+            &[],
+            Some(&cgroup),
+        )
+        .unwrap();
+        let mut timings = SpawnTimings::default();
+        let (pid, pidfd, report) = prepared.start(None, &mut timings).unwrap();
+        drop(writer);
+        let mut child = JailedChild::new(
+            "born-v2".into(),
+            pid,
+            pidfd,
+            None,
+            timings,
+            Some(child::Pending {
+                report,
+                program: "/bin/cat".into(),
+            }),
+        );
+        child.wait_exec().unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut out).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        let _ = std::fs::remove_dir(&leaf);
+        assert!(
+            out.lines().any(|l| l == format!("0::/{name}")),
+            "not born in /{name}:\n{out}"
+        );
     }
 
     #[test]

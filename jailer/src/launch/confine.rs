@@ -146,7 +146,19 @@ pub fn jail_for(name: &str, needs: &Needs, c: &Confinement) -> Jail {
         nproc: Some(c.nproc),
     };
     jail.landlock = c.landlock;
+    if serial_start() {
+        jail.cgroup_entry = bulkhead::jail::CgroupEntry::Moved;
+    }
     jail
+}
+
+/// `BULKHEAD_START=serial` in the launcher's environment: start the VM as earlier
+/// versions did, to measure the difference in one run (`bulkhead bench boot --compare`):
+/// each backend waited for (Ready) before the next starts, the vmm after all of them,
+/// every process moved into its cgroup by the launcher instead of born there.
+pub fn serial_start() -> bool {
+    static SERIAL: OnceLock<bool> = OnceLock::new();
+    *SERIAL.get_or_init(|| std::env::var_os("BULKHEAD_START").is_some_and(|v| v == "serial"))
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@ pub mod chain;
 pub mod confine;
 pub mod console;
 mod net;
+pub mod ready;
 pub mod recipe;
 mod stderr;
+pub mod trace;
 mod vmm;
 pub mod vsock;
 
@@ -175,6 +177,9 @@ pub struct DeviceProcess {
     control: Option<LauncherChannel>,
     /// Whether it said it is confined and serving.
     pub ready: bool,
+    /// Whether the control socket's handshake is done (it is done when the process first
+    /// speaks, so that starting one process never waits for another).
+    shaken: bool,
     /// Whether the supervisor watches for its end (it stops once it dealt with it).
     pub watched: bool,
     /// Whether its end was dealt with (its device given up, the VM going on): not a
@@ -317,41 +322,108 @@ impl DeviceProcess {
 
     /// Waits until the process says it is confined and serving (`Ready`); an `Error` it
     /// reports, or its end, is the error. Processes without a control socket are ready.
+    /// (Several at once: [`ready::wait_all`].)
     pub fn wait_ready(&mut self) -> Result<(), LaunchError> {
-        let Some(channel) = self.control.as_mut() else {
-            self.ready = true;
-            return Ok(());
-        };
-        let how = loop {
-            match channel.recv() {
-                Ok((ToLauncher::Ready { .. }, _)) => {
-                    self.ready = true;
-                    return Ok(());
-                }
-                Ok((ToLauncher::Error { message }, _)) => {
-                    break format!("could not start: {}", crate::untrusted::sanitize(&message));
-                }
-                Ok((other, _)) => log::debug!(
-                    "{}: {} before Ready",
-                    self.name,
-                    crate::untrusted::sanitize(&format!("{other:?}"))
-                ),
-                Err(e) if e.is_timeout() => {
-                    break format!("did not say it was ready within {READY_TIMEOUT:?}")
-                }
-                Err(_) => {
-                    break wait_briefly(250, || self.exited())
-                        .map_or_else(|| "closed its control socket".into(), |s| self.describe(s))
-                }
+        while !self.advance()? {}
+        Ok(())
+    }
+
+    /// Confirms that a jailed process is executing its program (the jailer started it
+    /// without waiting); a step of its jail that failed is the error, named. At once for a
+    /// process confirmed already or started plainly.
+    pub fn executed(&mut self) -> Result<(), LaunchError> {
+        if let Child::Jailed(c) = &mut self.child {
+            if c.exec_pending() {
+                c.wait_exec().map_err(|e| {
+                    self.reported = true;
+                    LaunchError::Jail {
+                        name: self.name.clone(),
+                        source: Box::new(e),
+                    }
+                })?;
+                trace::mark_at(c.timings().executing, &self.name, "exec-confirmed");
             }
+        }
+        Ok(())
+    }
+
+    /// One step towards `Ready`, waiting (up to [`READY_TIMEOUT`]) for the process to
+    /// speak: the handshake if it is not done, else one message. True once it is ready.
+    pub(crate) fn advance(&mut self) -> Result<bool, LaunchError> {
+        self.executed()?;
+        enum Next {
+            Ready,
+            More,
+            Failed(String),
+            Ended,
+        }
+        let next = match self.control.as_mut() {
+            None => Next::Ready,
+            Some(channel) if !self.shaken => match channel.handshake() {
+                Ok(()) => {
+                    self.shaken = true;
+                    trace::mark(&self.name, "handshake");
+                    Next::More
+                }
+                Err(e) if e.is_timeout() => {
+                    Next::Failed(format!("did not say it was ready within {READY_TIMEOUT:?}"))
+                }
+                Err(e) => {
+                    // Its end explains it.
+                    log::debug!("{}: handshake: {e}", self.name);
+                    Next::Ended
+                }
+            },
+            Some(channel) => match channel.recv() {
+                Ok((ToLauncher::Ready { .. }, _)) => Next::Ready,
+                Ok((ToLauncher::Error { message }, _)) => Next::Failed(format!(
+                    "could not start: {}",
+                    crate::untrusted::sanitize(&message)
+                )),
+                Ok((other, _)) => {
+                    log::debug!(
+                        "{}: {} before Ready",
+                        self.name,
+                        crate::untrusted::sanitize(&format!("{other:?}"))
+                    );
+                    Next::More
+                }
+                Err(e) if e.is_timeout() => {
+                    Next::Failed(format!("did not say it was ready within {READY_TIMEOUT:?}"))
+                }
+                Err(_) => Next::Ended,
+            },
         };
+        let how = match next {
+            Next::Ready => {
+                if !self.ready {
+                    self.ready = true;
+                    trace::mark(&self.name, "ready");
+                }
+                return Ok(true);
+            }
+            Next::More => return Ok(false),
+            Next::Failed(how) => how,
+            Next::Ended => wait_briefly(250, || self.exited())
+                .map_or_else(|| "closed its control socket".into(), |s| self.describe(s)),
+        };
+        Err(self.not_ready(how))
+    }
+
+    /// The error of a process that did not get to `Ready`, `how` (marked reported).
+    pub(crate) fn not_ready(&mut self, how: String) -> LaunchError {
         self.reported = true;
-        Err(LaunchError::NotReady {
+        LaunchError::NotReady {
             name: self.name.clone(),
             program: self.program.clone(),
             pid: self.pid(),
             how,
-        })
+        }
+    }
+
+    /// The launcher's end of its control socket, if it has one.
+    pub(crate) fn control_fd(&self) -> Option<RawFd> {
+        self.control.as_ref().map(|c| c.as_fd().as_raw_fd())
     }
 
     /// How it ended, if it already has.
@@ -631,7 +703,7 @@ fn spawn_as(
         Child::Plain(p) => pidfd_open(p.id()),
         Child::Jailed(_) => None,
     };
-    let mut process = DeviceProcess {
+    let process = DeviceProcess {
         name: name.to_owned(),
         program,
         reported: false,
@@ -639,17 +711,16 @@ fn spawn_as(
         heard,
         control,
         ready: false,
+        shaken: false,
         watched: true,
         settled: false,
         file_size_limit: if c.jail { needs.max_file_size } else { None },
         recipe: None,
         pidfd,
     };
-    if let Some(channel) = process.control.as_mut() {
-        if let Err(e) = channel.handshake() {
-            log::debug!("{name}: handshake: {e}");
-            // Its end explains it; wait_ready reports it.
-        }
+    match &process.child {
+        Child::Jailed(c) => trace::spawned(name, &c.timings()),
+        Child::Plain(_) => trace::mark(name, "executing"),
     }
     log::info!(
         "{name}: started {} (pid {}){}",
@@ -664,9 +735,9 @@ fn spawn_as(
     Ok((process, ours))
 }
 
-/// The only environment a jailed process gets from the launcher's: logging, and the
-/// seccomp self-test trigger of the tests.
-const PASSED_ENV: [&str; 2] = ["RUST_LOG", "BULKHEAD_SECCOMP_SELFTEST"];
+/// The only environment a jailed process gets from the launcher's: logging, the seccomp
+/// self-test trigger of the tests, and the start-up trace switch.
+const PASSED_ENV: [&str; 3] = ["RUST_LOG", "BULKHEAD_SECCOMP_SELFTEST", trace::ENV];
 
 /// Through the jailer: namespaces, cgroup, rlimits, only the given fds, no environment but
 /// [`PASSED_ENV`]; the program finishes its jail itself (the flags from
@@ -704,8 +775,10 @@ fn spawn_jailed(
         .iter()
         .filter_map(|name| std::env::var_os(name).map(|v| (OsString::from(name), v)))
         .collect();
+    // Not waiting for the exec: confirmed by `DeviceProcess::executed` (the next process
+    // starts meanwhile).
     let child = jail
-        .spawn(Path::new(cmd.get_program()), &args, &all, &env)
+        .start(Path::new(cmd.get_program()), &args, &all, &env)
         .map_err(|e| LaunchError::Jail {
             name: name.to_owned(),
             source: Box::new(e),

@@ -34,6 +34,23 @@ impl Trigger for IrqTrigger {
 /// Where the guest's serial output goes.
 pub type SerialOut = Box<dyn Write + Send>;
 
+/// The guest's output, noting when its first line ends (for the start-up trace).
+struct FirstLine(SerialOut);
+
+impl Write for FirstLine {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(buf)?;
+        if buf.get(..n).unwrap_or(buf).contains(&b'\n') {
+            crate::trace::mark(crate::trace::Step::FirstLine);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// The UART on the port bus.
 pub struct SerialDevice {
     inner: Serial<IrqTrigger, NoEvents, SerialOut>,
@@ -45,7 +62,7 @@ impl SerialDevice {
     /// A UART writing to `out` and interrupting through `irq`.
     pub fn new(irq: EventFd, out: SerialOut) -> Self {
         SerialDevice {
-            inner: Serial::new(IrqTrigger(irq), out),
+            inner: Serial::new(IrqTrigger(irq), Box::new(FirstLine(out))),
             output_failed: false,
         }
     }

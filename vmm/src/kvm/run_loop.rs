@@ -190,6 +190,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         .spawn(move || {
+            crate::trace::mark(crate::trace::Step::VcpuThread);
             // Confined before the guest runs: every exit is guest-controlled input.
             if let Err(e) = bulkhead_seccomp::thread::confine_current_thread(
                 || format!("vcpu{index}"),
@@ -202,6 +203,7 @@ pub fn spawn(
                 });
                 return;
             }
+            crate::trace::mark(crate::trace::Step::VcpuConfined);
             let mut state = VcpuState::Running;
             while let VcpuState::Running = state {
                 pause.park_if_paused(&stop);

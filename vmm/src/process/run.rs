@@ -18,6 +18,7 @@ use crate::virtio::vhost_user::BackendSocket;
 
 /// Runs `bulkhead-vmm` with `args`; returns the exit status.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    crate::trace::mark(crate::trace::Step::Main);
     let args = match VmmArgs::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
@@ -42,6 +43,9 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     };
     let stats = Stats::open(args.report_stats);
     let outcome = run(&args, control.as_mut(), stats);
+    if crate::trace::wanted() {
+        crate::trace::print();
+    }
     match &control {
         Some(c) if c.is_open() => outcome.messages().into_iter().for_each(|m| c.send(m)),
         _ => {
@@ -74,9 +78,13 @@ fn run(args: &VmmArgs, control: Option<&mut Control>, stats: Stats) -> Outcome {
         return Outcome::Failed(format!("confining the vmm: {}", chain(&e)));
     }
     log::debug!("jailed; reading from peers and the kernel image from now on");
+    crate::trace::mark(crate::trace::Step::Jailed);
     let control = match control {
         Some(c) => match c.handshake() {
-            Ok(()) => Some(&*c),
+            Ok(()) => {
+                crate::trace::mark(crate::trace::Step::Handshake);
+                Some(&*c)
+            }
             Err(e) => return Outcome::Failed(e),
         },
         None => None,
@@ -93,6 +101,7 @@ fn run(args: &VmmArgs, control: Option<&mut Control>, stats: Stats) -> Outcome {
         Ok(vm) => vm,
         Err(e) => return Outcome::Failed(chain(&e)),
     };
+    crate::trace::mark(crate::trace::Step::Built);
     // Guest memory and the kernel are in place: from now on the only file this process
     // writes is the serial file, whose cap this backs up.
     if let Some(Err(e)) = vm.max_file_size.map(limit_file_size) {
@@ -103,6 +112,8 @@ fn run(args: &VmmArgs, control: Option<&mut Control>, stats: Stats) -> Outcome {
             role: "vmm".into(),
             pid: std::process::id(),
         });
+        crate::trace::mark(crate::trace::Step::Ready);
+        crate::trace::record_cpu();
     }
     let result = vm.run_with(|handle| {
         stop_on_signals(handle.stop.clone());
@@ -269,8 +280,9 @@ impl Stats {
             return;
         };
         eprintln!(
-            "bulkhead-stats: first_entry_monotonic_ns={} exits_pio={} exits_mmio={} exits_other={}",
+            "bulkhead-stats: first_entry_monotonic_ns={} ready_cpu_us={} exits_pio={} exits_mmio={} exits_other={}",
             FIRST_ENTRY_NS.load(Relaxed),
+            crate::trace::READY_CPU_US.load(Relaxed),
             EXIT_COUNTS.pio.load(Relaxed),
             EXIT_COUNTS.mmio.load(Relaxed),
             EXIT_COUNTS.other.load(Relaxed),
