@@ -1,6 +1,11 @@
 //! The devices of `bulkhead run`: for each `--disk`, `--net`, `--console` and `--vsock`, the process
 //! that serves it (started through `launch`) and the vmm's side of its connection, in the
 //! order they get virtio-mmio slots (disks, network devices, the console, then vsock).
+//!
+//! In two steps, so that the vmm (whose set-up is the longest way to the guest) starts
+//! first: [`Devices::plan`] does what the vmm's command line needs (images opened and
+//! locked, namespaces and TAPs, each device's socket pair), [`Devices::launch`] then
+//! starts the processes, which the vmm meets on their sockets once they serve.
 
 use std::os::unix::process::ExitStatusExt;
 
@@ -9,6 +14,7 @@ use bulkhead_vmm::virtio::vhost_user::BackendSocket;
 
 use crate::disk_arg::{DiskArg, DiskBackend};
 use crate::launch::console::ConsoleStream;
+use crate::launch::recipe::Planned;
 use crate::launch::{self, wait_briefly, DeviceProcess, LaunchError};
 use crate::net_arg::{format_mac, random_mac, NetArg, NetBackend};
 use crate::netns::{NetNs as NamedNetNs, NetNsError};
@@ -70,13 +76,16 @@ pub struct ServedImage {
     pub direct: bool,
 }
 
-/// The started devices; call [`Devices::stop`] when the VM has ended.
+/// The planned or started devices; call [`Devices::stop`] when the VM has ended (or did
+/// not start).
 #[derive(Default)]
 pub struct Devices {
     /// The vmm's side, in slot order.
     pub configs: Vec<VirtioDeviceConfig>,
     /// The backend processes bulkhead started.
     pub processes: Vec<DeviceProcess>,
+    /// The backend processes planned and not started yet, in slot order.
+    planned: Vec<Planned>,
     /// Namespaces to delete after the processes are gone.
     namespaces: Vec<NamedNetNs>,
     /// The disks served by a `bulkhead-blk` of ours (for swapping their image on a
@@ -90,16 +99,16 @@ pub struct Devices {
 }
 
 impl Devices {
-    /// Starts every device's process, without waiting for any to be ready (see
-    /// [`Devices::wait_ready`]); on error, stops what was started.
-    pub fn start(
+    /// Plans every device (see the module's doc), starting no process (see
+    /// [`Devices::launch`]); on error, undoes what was done.
+    pub fn plan(
         disks: &[DiskArg],
         nets: &[NetArg],
         console: Option<(&ConsoleStream, RestartPolicy)>,
         vsock: Option<&VsockArg>,
     ) -> Result<Devices, DeviceError> {
         let mut devices = Devices::default();
-        match devices.start_all(disks, nets, console, vsock) {
+        match devices.plan_all(disks, nets, console, vsock) {
             Ok(()) => Ok(devices),
             Err(e) => {
                 devices.stop();
@@ -108,7 +117,24 @@ impl Devices {
         }
     }
 
-    fn start_all(
+    /// Starts the planned processes in slot order, without waiting for any to be ready
+    /// (see [`Devices::wait_ready`]; with `BULKHEAD_START=serial`, waiting for each before
+    /// the next starts). On error, the caller stops the devices ([`Devices::stop`]): the
+    /// processes not started yet are dropped with their sockets (a vmm started already
+    /// reads the end of those connections).
+    pub fn launch(&mut self) -> Result<(), DeviceError> {
+        for planned in std::mem::take(&mut self.planned) {
+            self.processes.push(planned.launch()?);
+            if launch::confine::serial_start() {
+                if let Some(p) = self.processes.last_mut() {
+                    p.wait_ready()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn plan_all(
         &mut self,
         disks: &[DiskArg],
         nets: &[NetArg],
@@ -117,11 +143,9 @@ impl Devices {
     ) -> Result<(), DeviceError> {
         for (i, disk) in disks.iter().enumerate() {
             self.start_disk(&format!("disk{i}"), disk)?;
-            self.serially()?;
         }
         for (i, net) in nets.iter().enumerate() {
             self.start_net(&format!("net{i}"), net)?;
-            self.serially()?;
         }
         if let Some((ConsoleStream::VhostUser(ext), _)) = console {
             self.start_external(CONSOLE, VIRTIO_ID_CONSOLE, 2, ext, None)?;
@@ -136,7 +160,6 @@ impl Devices {
                 BackendSocket::Connected(socket),
                 Some(process),
             );
-            self.serially()?;
         }
         // Last, so that no other device moves.
         if let Some(arg) = vsock {
@@ -151,8 +174,6 @@ impl Devices {
                 Some(process),
             );
         }
-        // Not waiting for any: the caller starts the vmm meanwhile and then waits for all
-        // (`launch::ready::wait_all`).
         Ok(())
     }
 
@@ -190,7 +211,7 @@ impl Devices {
         device_type: u32,
         queues: u16,
         socket: BackendSocket,
-        process: Option<DeviceProcess>,
+        process: Option<Planned>,
     ) {
         self.configs.push(VirtioDeviceConfig {
             name: name.to_owned(),
@@ -201,18 +222,7 @@ impl Devices {
             local_mac: None,
             queue_size: None,
         });
-        self.processes.extend(process);
-    }
-
-    /// With `BULKHEAD_START=serial` (see [`launch::confine::serial_start`]): waits for
-    /// the process just started to be ready before the next one starts.
-    fn serially(&mut self) -> Result<(), DeviceError> {
-        if launch::confine::serial_start() {
-            if let Some(p) = self.processes.last_mut() {
-                p.wait_ready()?;
-            }
-        }
-        Ok(())
+        self.planned.extend(process);
     }
 
     fn start_disk(&mut self, name: &str, disk: &DiskArg) -> Result<(), DeviceError> {
@@ -386,6 +396,7 @@ impl Devices {
                 None => log::warn!("{name}: {program} (pid {pid}) could not be reaped"),
             }
         }
+        self.planned.clear();
         self.namespaces.clear();
         self.socket_files.clear();
     }

@@ -103,7 +103,7 @@ fn run(args: &RunArgs) -> i32 {
     };
     let console = args.console.clone().and_then(|c| c.0);
     let console_restart = args.console.as_ref().map(|c| c.1).unwrap_or_default();
-    let mut devices = match Devices::start(
+    let mut devices = match Devices::plan(
         &args.disk,
         &args.net,
         console.as_ref().map(|c| (c, console_restart)),
@@ -112,7 +112,7 @@ fn run(args: &RunArgs) -> i32 {
         Ok(d) => d,
         Err(e) => return fail(&e),
     };
-    trace::mark(LAUNCHER, "backends-started");
+    trace::mark(LAUNCHER, "devices-planned");
     if let Some(code) = stopped_while_starting(&signals) {
         devices.stop();
         return code;
@@ -122,15 +122,17 @@ fn run(args: &RunArgs) -> i32 {
         console != Some(ConsoleStream::Stdio) && config.serial == SerialOutput::Stdio;
     let configs = std::mem::take(&mut devices.configs);
     let restartable = devices.restartable();
-    if launch::confine::serial_start() {
-        if let Err(e) = devices.wait_ready() {
+    let serial = launch::confine::serial_start();
+    if serial {
+        // As earlier versions did: every backend started and ready before the vmm.
+        if let Err(e) = devices.launch().and_then(|()| devices.wait_ready()) {
             devices.stop();
             return fail(&e);
         }
     }
-    // The vmm starts while the backends start (it sets up KVM and guest memory meanwhile;
-    // its vhost-user set-up waits for each backend, which reads it only once jailed and
-    // serving), then every backend's Ready is awaited in one loop.
+    // The vmm first (its exec, KVM and guest memory set-up is the longest way to the
+    // guest), on the sockets the backends will serve once they are jailed (its vhost-user
+    // set-up waits for each), then the backends, then every Ready in one loop.
     let (mut vmm, control) = match launch::start_vmm(args, configs, serial_input, &restartable) {
         Ok(v) => v,
         Err(e) => {
@@ -139,6 +141,14 @@ fn run(args: &RunArgs) -> i32 {
         }
     };
     trace::mark(LAUNCHER, "vmm-started");
+    if !serial {
+        if let Err(e) = devices.launch() {
+            abandon(&mut vmm, &mut devices);
+            trace::print();
+            return fail(&e);
+        }
+        trace::mark(LAUNCHER, "backends-started");
+    }
     if let Err(e) = devices.wait_ready() {
         abandon(&mut vmm, &mut devices);
         trace::print();

@@ -9,12 +9,14 @@ use std::process::Command;
 use bulkhead_devices::image::ImageFormat;
 
 use super::chain::{open_error, open_image, ImageError, ImageOptions};
-use super::{backend_program, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
+use super::recipe::Planned;
+use super::{backend_program, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
 
 /// Starts `bulkhead-blk` on the image at `path`: the launcher opens the image and every
 /// backing file it names, checks and locks them (see [`super::chain`]), and hands them
 /// over as fds 4, 5, ... (so the backend needs no access to the filesystem), with its end
-/// of a socket pair as fd 3. Returns the process and the vmm's end of the socket.
+/// of a socket pair as fd 3. Returns the planned process (started by
+/// [`super::recipe::Planned::launch`]) and the vmm's end of the socket.
 pub fn start_blk(
     name: &str,
     path: &Path,
@@ -22,7 +24,7 @@ pub fn start_blk(
     serial: Option<&str>,
     queues: u16,
     direct: bool,
-) -> Result<(DeviceProcess, UnixStream), LaunchError> {
+) -> Result<(Planned, UnixStream), LaunchError> {
     let opened = open_image(name, path, image)?;
     let program = backend_program(name, "bulkhead-blk")?;
     let mut cmd = Command::new(&program);
@@ -67,7 +69,7 @@ pub fn start_blk(
         .map(|link| OwnedFd::from(link.file))
         .collect();
     let recipe = super::Recipe::new(name, &cmd, fds, false, needs);
-    super::recipe::launch(recipe)
+    super::recipe::plan(recipe)
 }
 
 /// An image opened for a running disk (`PATCH /drives/{id}`, `bulkhead ctl disk`).

@@ -7,9 +7,8 @@ use std::process::Command;
 
 use bulkhead_vmm::process::args::split_max_size;
 
-use super::{
-    backend_program, open_named, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD,
-};
+use super::recipe::Planned;
+use super::{backend_program, open_named, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
 use crate::safe_open::{Access, SocketFile};
 
 /// Where the virtio console is connected.
@@ -73,11 +72,12 @@ fn parse_stream(s: &str) -> Result<Option<ConsoleStream>, String> {
     }))
 }
 
-/// A started console: its process, the vmm's side of its connection and, for a socket
-/// stream, the socket's file (removed when dropped, once the VM has ended).
-pub type StartedConsole = (DeviceProcess, UnixStream, Option<SocketFile>);
+/// A planned console: its process (started by [`super::recipe::Planned::launch`]), the
+/// vmm's side of its connection and, for a socket stream, the socket's file (removed when
+/// dropped, once the VM has ended).
+pub type StartedConsole = (Planned, UnixStream, Option<SocketFile>);
 
-/// Starts `bulkhead-console` for device `name` on `stream`.
+/// Plans `bulkhead-console` for device `name` on `stream`.
 pub fn start_console(name: &str, stream: &ConsoleStream) -> Result<StartedConsole, LaunchError> {
     let program = backend_program(name, "bulkhead-console")?;
     let mut cmd = Command::new(&program);
@@ -128,8 +128,8 @@ pub fn start_console(name: &str, stream: &ConsoleStream) -> Result<StartedConsol
         ..Needs::default()
     };
     let recipe = super::Recipe::new(name, &cmd, fds, *stream == ConsoleStream::Stdio, needs);
-    let (process, socket) = super::recipe::launch(recipe)?;
-    Ok((process, socket, socket_file))
+    let (planned, socket) = super::recipe::plan(recipe)?;
+    Ok((planned, socket, socket_file))
 }
 
 /// Binds console socket `path` for device `name`: in its directory resolved under the

@@ -623,11 +623,19 @@ fn spawn_with(
     needs: &Needs,
     c: &Confinement,
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
-    spawn_as(name, name, cmd, fds, inherit_stdin, needs, c)
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let pair = UnixStream::pair().map_err(|source| LaunchError::Spawn {
+        name: name.to_owned(),
+        program,
+        source,
+    })?;
+    spawn_as(name, name, cmd, fds, inherit_stdin, needs, c, pair)
 }
 
 /// [`spawn_with`] in a jail (and cgroup) named after `jail_name` (a restarted process's
-/// is not its first one's).
+/// is not its first one's), on the vhost-user socket pair `(ours, theirs)` (made by the
+/// caller: a device's may be made before its process, so that the vmm can start first).
+#[allow(clippy::too_many_arguments)]
 fn spawn_as(
     name: &str,
     jail_name: &str,
@@ -636,6 +644,7 @@ fn spawn_as(
     inherit_stdin: bool,
     needs: &Needs,
     c: &Confinement,
+    (ours, theirs): (UnixStream, UnixStream),
 ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
     let program = Path::new(cmd.get_program())
         .file_name()
@@ -649,7 +658,6 @@ fn spawn_as(
     if fds.len() + 1 > MAX_PASSED_FDS {
         return Err(spawn_err(std::io::Error::from_raw_os_error(libc::E2BIG)));
     }
-    let (ours, theirs) = UnixStream::pair().map_err(spawn_err)?;
     let mut pairs = vec![(theirs.as_raw_fd(), SOCKET_FD)];
     pairs.extend(
         fds.iter()

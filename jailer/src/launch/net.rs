@@ -6,17 +6,19 @@ use std::process::Command;
 
 use bulkhead::jail::NetNs;
 
-use super::{backend_program, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
+use super::recipe::Planned;
+use super::{backend_program, LaunchError, Needs, FIRST_EXTRA_FD, SOCKET_FD};
 use crate::net_arg::{format_mac, Mac};
 
 /// Starts `bulkhead-net` for device `name` on the TAP queues `taps`, with `mac`, in network
-/// namespace `netns` (the one holding the TAP).
+/// namespace `netns` (the one holding the TAP): planned, started by
+/// [`super::recipe::Planned::launch`].
 pub fn start_net(
     name: &str,
     taps: Vec<OwnedFd>,
     mac: &Mac,
     netns: NetNs,
-) -> Result<(DeviceProcess, UnixStream), LaunchError> {
+) -> Result<(Planned, UnixStream), LaunchError> {
     let program = backend_program(name, "bulkhead-net")?;
     let tap_fds: Vec<String> = (FIRST_EXTRA_FD..)
         .take(taps.len())
@@ -33,5 +35,5 @@ pub fn start_net(
         reports: true,
         ..Needs::default()
     };
-    super::recipe::launch(super::Recipe::new(name, &cmd, taps, false, needs))
+    super::recipe::plan(super::Recipe::new(name, &cmd, taps, false, needs))
 }

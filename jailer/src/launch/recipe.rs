@@ -111,6 +111,24 @@ impl Recipe {
 
     /// [`Recipe::start`] under confinement `c`.
     fn start_with(&mut self, c: &Confinement) -> Result<(DeviceProcess, UnixStream), LaunchError> {
+        let pair = UnixStream::pair().map_err(|e| self.spawn_err(e))?;
+        self.start_on(c, pair)
+    }
+
+    fn spawn_err(&self, source: std::io::Error) -> LaunchError {
+        LaunchError::Spawn {
+            name: self.name.clone(),
+            program: self.program.display().to_string(),
+            source,
+        }
+    }
+
+    /// [`Recipe::start_with`] on the vhost-user socket pair `(ours, theirs)`.
+    fn start_on(
+        &mut self,
+        c: &Confinement,
+        pair: (UnixStream, UnixStream),
+    ) -> Result<(DeviceProcess, UnixStream), LaunchError> {
         let spawn_err = |source| LaunchError::Spawn {
             name: self.name.clone(),
             program: self.program.display().to_string(),
@@ -140,6 +158,7 @@ impl Recipe {
             self.inherit_stdin,
             &self.needs,
             c,
+            pair,
         )?;
         self.generation += 1;
         if let Some((ours, uds)) = broker {
@@ -149,11 +168,38 @@ impl Recipe {
     }
 }
 
-/// Starts the first process of `recipe`, which it keeps.
-pub(super) fn launch(mut recipe: Recipe) -> Result<(DeviceProcess, UnixStream), LaunchError> {
-    let (mut process, socket) = recipe.start()?;
-    process.keep_recipe(recipe);
-    Ok((process, socket))
+/// The first process of a device, planned but not started yet: its recipe and the
+/// backend's end of its vhost-user socket pair (the vmm's end is handed out by [`plan`]),
+/// so that the vmm can be started before it. Dropped unstarted, the vmm's end reads the
+/// end of the connection.
+#[derive(Debug)]
+pub struct Planned {
+    recipe: Recipe,
+    pair: (UnixStream, UnixStream),
+}
+
+impl Planned {
+    /// Starts the process, which keeps the recipe.
+    pub fn launch(self) -> Result<DeviceProcess, LaunchError> {
+        let Planned { mut recipe, pair } = self;
+        let (mut process, _) = recipe.start_on(&confinement(), pair)?;
+        process.keep_recipe(recipe);
+        Ok(process)
+    }
+}
+
+/// Plans the first process of `recipe`: makes its socket pair; returns the plan and the
+/// vmm's end of the socket (a clone of the one the plan keeps).
+pub(super) fn plan(recipe: Recipe) -> Result<(Planned, UnixStream), LaunchError> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| recipe.spawn_err(e))?;
+    let vmm_end = ours.try_clone().map_err(|e| recipe.spawn_err(e))?;
+    Ok((
+        Planned {
+            recipe,
+            pair: (ours, theirs),
+        },
+        vmm_end,
+    ))
 }
 
 #[cfg(test)]

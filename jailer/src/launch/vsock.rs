@@ -16,18 +16,20 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{backend_program, DeviceProcess, LaunchError, Needs, FIRST_EXTRA_FD};
+use super::recipe::Planned;
+use super::{backend_program, LaunchError, Needs, FIRST_EXTRA_FD};
 use crate::safe_open::SocketFile;
 use crate::vsock_arg::VsockArg;
 
 /// Worker threads of `bulkhead-vsock`: its queue thread and its I/O thread.
 pub const WORKERS: u64 = 2;
 
-/// A started vsock device: its process, the vmm's side of its connection, and the uds
+/// A planned vsock device: its process (started by [`super::recipe::Planned::launch`]),
+/// the vmm's side of its connection, and the uds
 /// socket's file (removed when dropped, once the VM has ended).
-pub type StartedVsock = (DeviceProcess, UnixStream, SocketFile);
+pub type StartedVsock = (Planned, UnixStream, SocketFile);
 
-/// Starts `bulkhead-vsock` for device `name`.
+/// Plans `bulkhead-vsock` for device `name`.
 pub fn start_vsock(name: &str, arg: &VsockArg) -> Result<StartedVsock, LaunchError> {
     let program = backend_program(name, "bulkhead-vsock")?;
     let (listener, socket_file) = crate::safe_open::bind_socket(&arg.uds, true)
@@ -52,8 +54,8 @@ pub fn start_vsock(name: &str, arg: &VsockArg) -> Result<StartedVsock, LaunchErr
         ..Needs::default()
     };
     let recipe = super::Recipe::new(name, &cmd, fds, false, needs).with_broker(&arg.uds);
-    let (process, socket) = super::recipe::launch(recipe)?;
-    Ok((process, socket, socket_file))
+    let (planned, socket) = super::recipe::plan(recipe)?;
+    Ok((planned, socket, socket_file))
 }
 
 /// Starts the thread answering, on `ours`, the requests of device `name`'s vsock process
