@@ -53,7 +53,7 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
     Ok(kvm)
 }
 
-/// Creates a VM with an in-kernel irqchip and PIT and maps `mem` into it.
+/// Creates a VM, maps `mem` into it and gives it an in-kernel irqchip and PIT.
 pub fn create(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
     let vm = kvm
         .create_vm()
@@ -62,14 +62,10 @@ pub fn create(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
         .map_err(|e| VmError::Ioctl("KVM_SET_IDENTITY_MAP_ADDR", e))?;
     vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
         .map_err(|e| VmError::Ioctl("KVM_SET_TSS_ADDR", e))?;
-    vm.create_irq_chip()
-        .map_err(|e| VmError::Ioctl("creating the in-kernel irqchip", e))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit)
-        .map_err(|e| VmError::Ioctl("creating the in-kernel PIT", e))?;
+    // Guest memory before the irqchip and PIT: registering a memory slot once they exist
+    // waits out a grace period of the kernel's (measured here: 6-16 ms of wall time for
+    // KVM_SET_USER_MEMORY_REGION after KVM_CREATE_IRQCHIP, 0.2 ms before it; the CPU
+    // time is the same), which is on the way to the guest's first instruction.
     for (slot, region) in mem.iter().enumerate() {
         let host = mem.get_host_address(region.start_addr()).map_err(|_| {
             VmError::Ioctl("finding guest memory", kvm_ioctls::Error::new(libc::EFAULT))
@@ -87,5 +83,13 @@ pub fn create(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
             VmError::Ioctl("registering guest memory (KVM_SET_USER_MEMORY_REGION)", e)
         })?;
     }
+    vm.create_irq_chip()
+        .map_err(|e| VmError::Ioctl("creating the in-kernel irqchip", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| VmError::Ioctl("creating the in-kernel PIT", e))?;
     Ok(vm)
 }
