@@ -7,14 +7,13 @@
 //! module checks the image first so that a bad file gets a precise error rather than a
 //! generic "could not read kernel image".
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap, ReadVolatile};
 
 use crate::layout;
 
@@ -145,18 +144,12 @@ impl KernelImage {
             KernelImage::Embedded(name, _) => PathBuf::from(name),
         }
     }
-
-    fn open(&self) -> std::io::Result<File> {
-        match self {
-            KernelImage::File(f) => f.open_read(),
-            KernelImage::Embedded(name, bytes) => {
-                let mut f = crate::memory::memfd(name)?;
-                f.write_all(bytes)?;
-                Ok(f)
-            }
-        }
-    }
 }
+
+/// What a kernel image is read from: a reader that can also read straight into guest
+/// memory.
+trait Image: Read + ReadVolatile + Seek {}
+impl<T: Read + ReadVolatile + Seek> Image for T {}
 
 /// Loads `image` into `mem`, whose RAM below the MMIO gap ends at `ram_end`.
 pub fn load(
@@ -170,15 +163,43 @@ pub fn load(
         path: path.to_owned(),
         source,
     };
-    let mut file = image.open().map_err(read_err)?;
+    match image {
+        KernelImage::File(f) => {
+            let mut file = f.open_read().map_err(read_err)?;
+            let len = file.metadata().map_err(read_err)?.len();
+            load_image(mem, path, &mut file, len, ram_end)
+        }
+        // Read in place (an embedded image was once copied into a memfd first: 0.7 ms of
+        // CPU per start for the test guest).
+        KernelImage::Embedded(_, bytes) => load_image(
+            mem,
+            path,
+            &mut Cursor::new(*bytes),
+            bytes.len() as u64,
+            ram_end,
+        ),
+    }
+}
+
+/// Loads the kernel image `file` (`len` bytes) into `mem`.
+fn load_image(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    file: &mut impl Image,
+    len: u64,
+    ram_end: u64,
+) -> Result<LoadedKernel, KernelError> {
+    let read_err = |source| KernelError::Read {
+        path: path.to_owned(),
+        source,
+    };
     file.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    let len = file.metadata().map_err(read_err)?.len();
     let mut head = vec![0u8; 0x400.min(len as usize)];
     file.read_exact(&mut head).map_err(read_err)?;
     if head.starts_with(ELF_MAGIC) {
-        load_elf(mem, path, &mut file, len, ram_end)
+        load_elf(mem, path, file, len, ram_end)
     } else if is_bzimage(&head) {
-        load_bzimage(mem, path, &mut file, &head, len, ram_end)
+        load_bzimage(mem, path, file, &head, len, ram_end)
     } else {
         Err(KernelError::NotAKernel(path.to_owned()))
     }
@@ -194,7 +215,7 @@ fn is_bzimage(head: &[u8]) -> bool {
 fn load_elf(
     mem: &GuestMemoryMmap,
     path: &Path,
-    file: &mut File,
+    file: &mut impl Image,
     len: u64,
     ram_end: u64,
 ) -> Result<LoadedKernel, KernelError> {
@@ -227,7 +248,7 @@ struct Segment {
 }
 
 /// Reads the ELF and program headers and checks that the file holds what they describe.
-fn check_elf(path: &Path, file: &mut File, len: u64) -> Result<Vec<Segment>, KernelError> {
+fn check_elf(path: &Path, file: &mut impl Image, len: u64) -> Result<Vec<Segment>, KernelError> {
     let read_err = |source| KernelError::Read {
         path: path.to_owned(),
         source,
@@ -328,7 +349,7 @@ fn too_small(path: &Path, end: u64, ram_end: u64) -> KernelError {
 fn load_bzimage(
     mem: &GuestMemoryMmap,
     path: &Path,
-    file: &mut File,
+    file: &mut impl Image,
     head: &[u8],
     len: u64,
     ram_end: u64,
