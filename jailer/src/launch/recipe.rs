@@ -181,8 +181,12 @@ pub struct Planned {
 impl Planned {
     /// Starts the process, which keeps the recipe.
     pub fn launch(self) -> Result<DeviceProcess, LaunchError> {
+        self.launch_with(&confinement())
+    }
+
+    fn launch_with(self, c: &Confinement) -> Result<DeviceProcess, LaunchError> {
         let Planned { mut recipe, pair } = self;
-        let (mut process, _) = recipe.start_on(&confinement(), pair)?;
+        let (mut process, _) = recipe.start_on(c, pair)?;
         process.keep_recipe(recipe);
         Ok(process)
     }
@@ -254,6 +258,34 @@ mod tests {
         // The recipe's copy is a dup of the same open file: still usable here.
         file.write_all(b"x").unwrap();
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_planned_process_gets_the_socket_handed_out_before_it_started() {
+        use std::io::{BufRead, BufReader};
+        // The process answers on fd 3 once started; the vmm's end was handed out before.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo served >&3"]);
+        let recipe = Recipe::new("test9", &cmd, vec![], false, Needs::default());
+        let (planned, vmm_end) = plan(recipe).unwrap();
+        vmm_end
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut p = planned.launch_with(&plain()).unwrap();
+        assert!(wait(&mut p).success());
+        assert!(p.take_recipe().is_some(), "the process keeps its recipe");
+        let mut line = String::new();
+        BufReader::new(&vmm_end).read_line(&mut line).unwrap();
+        assert_eq!(line, "served\n");
+        // Everything else of the pair is closed: the vmm reads the end.
+        assert_eq!(BufReader::new(&vmm_end).read_line(&mut line).unwrap(), 0);
+
+        // A plan dropped unstarted (a device before it failed): the vmm reads the end.
+        let recipe = Recipe::new("test10", &cmd, vec![], false, Needs::default());
+        let (planned, vmm_end) = plan(recipe).unwrap();
+        drop(planned);
+        let mut buf = [0u8; 1];
+        assert_eq!((&vmm_end).read(&mut buf).unwrap(), 0);
     }
 
     #[test]
