@@ -141,6 +141,8 @@ fn run(args: &RunArgs) -> i32 {
         }
     };
     trace::mark(LAUNCHER, "vmm-started");
+    // Our Hello now: the vmm reads it once jailed and goes on to its devices meanwhile.
+    let channel = crate::supervise::hello(control);
     if !serial {
         if let Err(e) = devices.launch() {
             abandon(&mut vmm, &mut devices);
@@ -163,24 +165,27 @@ fn run(args: &RunArgs) -> i32 {
         abandon(&mut vmm, &mut devices);
         return code;
     }
+    // SAFETY: isatty only inspects fd 0.
+    let terminal = unsafe { libc::isatty(0) } == 1;
+    let resize = (console == Some(ConsoleStream::Stdio) && terminal).then(|| CONSOLE.into());
+    let supervisor = Supervisor::new(vmm, channel, &mut devices, api, resize)
+        .map(|s| s.restart_on_sigsys(args.restart_on_sigsys));
     // What launchers that are gone left (theirs only: ours is held by our lock), swept
-    // while the vmm finishes and the guest runs; joined before exit.
+    // while the vmm finishes and the guest runs, in a thread that gets a CPU only when
+    // the VM's processes leave one idle (it used to delay the vmm's set-up by a few ms on
+    // two cores); joined before exit.
     let sweeper = _alive.as_ref().and_then(|_| {
         std::thread::Builder::new()
             .name("stale-sweep".into())
             .spawn(|| {
+                idle_priority();
                 for what in crate::stale::reap() {
                     eprintln!("bulkhead: removed the {what} of a bulkhead that is gone");
                 }
             })
             .ok()
     });
-    // SAFETY: isatty only inspects fd 0.
-    let terminal = unsafe { libc::isatty(0) } == 1;
-    let resize = (console == Some(ConsoleStream::Stdio) && terminal).then(|| CONSOLE.into());
-    let code = match Supervisor::new(vmm, control, &mut devices, api, resize)
-        .map(|s| s.restart_on_sigsys(args.restart_on_sigsys))
-    {
+    let code = match supervisor {
         Ok(supervisor) => supervisor.run(&signals),
         Err(code) => code,
     };
@@ -192,6 +197,18 @@ fn run(args: &RunArgs) -> i32 {
         report_own_cpu();
     }
     code
+}
+
+/// Puts the calling thread in the SCHED_IDLE class (best effort).
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on the calling thread (0) with a valid param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        log::debug!(
+            "stale sweep at idle priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// For `bulkhead bench`: the launcher's own CPU time (user + system), its children's not

@@ -18,7 +18,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use bulkhead_protocol::{
-    ApiReply, ApiRequest, DeviceState, DeviceStatus, LauncherChannel, ToLauncher, ToProcess,
+    ApiReply, ApiRequest, ChannelError, DeviceState, DeviceStatus, LauncherChannel, ToLauncher,
+    ToProcess,
 };
 use bulkhead_vmm::process::EXIT_BULKHEAD_FAILED;
 
@@ -62,23 +63,31 @@ pub struct Supervisor<'a> {
     channel_gone: bool,
 }
 
+/// The launcher's end of the vmm's control socket `control`, with our `Hello` sent as
+/// soon as the vmm is started: the vmm reads it once jailed and goes on to its devices
+/// while the launcher still waits for the backends ([`Supervisor::new`] reads its answer).
+pub fn hello(control: UnixStream) -> Result<LauncherChannel, ChannelError> {
+    let mut channel = LauncherChannel::new(control, VMM);
+    channel.set_timeouts(Some(REPLY_TIMEOUT), Some(REPLY_TIMEOUT))?;
+    channel.send_hello()?;
+    Ok(channel)
+}
+
 impl<'a> Supervisor<'a> {
-    /// Shakes hands with the vmm over `control`; on failure returns the exit status after
-    /// saying how the vmm ended.
+    /// Finishes the handshake with the vmm over `channel` (made by [`hello`], which sent
+    /// ours); on failure returns the exit status after saying how the vmm ended.
     pub fn new(
         vmm: DeviceProcess,
-        control: UnixStream,
+        channel: Result<LauncherChannel, ChannelError>,
         devices: &'a mut Devices,
         api: Option<ApiSocket>,
         resize: Option<String>,
     ) -> Result<Supervisor<'a>, i32> {
-        let mut channel = LauncherChannel::new(control, VMM);
-        let shaken = channel
-            .set_timeouts(Some(REPLY_TIMEOUT), Some(REPLY_TIMEOUT))
-            .and_then(|()| channel.handshake());
-        if let Err(e) = shaken {
-            return Err(vmm_died(vmm, &format!("no handshake: {e}")));
-        }
+        let shaken = channel.and_then(|mut channel| channel.finish_handshake().map(|()| channel));
+        let channel = match shaken {
+            Ok(channel) => channel,
+            Err(e) => return Err(vmm_died(vmm, &format!("no handshake: {e}"))),
+        };
         Ok(Supervisor {
             vmm,
             channel,

@@ -93,6 +93,23 @@ impl<S: Message, R: Message> Channel<S, R> {
     #[doc(hidden)]
     pub fn handshake_as(&mut self, version: u32) -> Result<(), ChannelError> {
         self.send(&S::hello(version), &[])?;
+        self.receive_hello(version)
+    }
+
+    /// The first half of [`handshake`](Self::handshake): sends our `Hello`, so that a peer
+    /// waiting for it goes on while we do something else; [`Self::finish_handshake`]
+    /// then reads the peer's.
+    pub fn send_hello(&mut self) -> Result<(), ChannelError> {
+        self.send(&S::hello(PROTOCOL_VERSION), &[])
+    }
+
+    /// The second half of [`handshake`](Self::handshake), after [`Self::send_hello`]:
+    /// reads the peer's `Hello` and checks its version.
+    pub fn finish_handshake(&mut self) -> Result<(), ChannelError> {
+        self.receive_hello(PROTOCOL_VERSION)
+    }
+
+    fn receive_hello(&mut self, version: u32) -> Result<(), ChannelError> {
         let (hello, fds) = self.recv()?;
         if !fds.is_empty() {
             log::warn!(
