@@ -162,6 +162,20 @@ fn corrupt_l1_and_refcount_tables_are_refused() {
     let rb = peek64(&img2, rt);
     poke(&img2, rt, &(rb + 8).to_be_bytes());
     refused(&dir, &img2, "opening qcow2 image");
+    // An L1 entry pointing into the middle of a cluster (imago checks L1 entries at open).
+    let img3 = dir.join("l1-entry.qcow2");
+    assert!(create(&img3, &[], "64M"));
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0xaa 0 64k"])
+        .arg(&img3)
+        .output()
+        .expect("qemu-io comes with qemu-img");
+    assert!(out.status.success());
+    let l1 = peek64(&img3, L1_TABLE_OFFSET);
+    let entry = peek64(&img3, l1);
+    assert_ne!(entry, 0);
+    poke(&img3, l1, &(entry + 512).to_be_bytes());
+    refused(&dir, &img3, "is not aligned to cluster size");
 }
 
 #[test]
