@@ -438,3 +438,7 @@ fn build_chain(layers: Vec<Layer>, read_only: bool) -> Result<Access, Qcow2Error
         problem: "no image given".into(),
     })
 }
+
+#[cfg(test)]
+#[path = "qcow2_tests.rs"]
+mod tests;

@@ -75,14 +75,6 @@ impl Standalone {
     }
 }
 
-/// `runs` guest runs on the backend at `socket`.
-fn runs_on(exe: &Path, socket: &Path, args: &BlkBenchArgs) -> Result<Vec<GuestRun>, String> {
-    let disk = format!("socket={}", socket.display());
-    (0..args.runs)
-        .map(|i| guest_run(exe, Transport::Mmio, &disk, run_ms(args.ms, i)))
-        .collect()
-}
-
 /// Makes the qcow2 copy of `raw`, runs the three, prints the table.
 pub fn compare(exe: &Path, raw: &Path, args: &BlkBenchArgs) -> Result<(), String> {
     let qcow2 =
@@ -106,28 +98,51 @@ pub fn compare(exe: &Path, raw: &Path, args: &BlkBenchArgs) -> Result<(), String
         qcow2.0.display(),
         args.runs
     );
-    let mut columns: Vec<(&str, Result<Vec<GuestRun>, String>)> = Vec::new();
-    for (name, image, format) in [
-        ("bulkhead-blk raw", raw, "raw"),
-        ("bulkhead-blk qcow2", qcow2.0.as_path(), "qcow2"),
-    ] {
-        println!("running the guest on {name} ...");
-        let runs =
-            Standalone::start(exe, image, format).and_then(|b| runs_on(exe, &b.socket, args));
-        if let Err(e) = &runs {
-            println!("  failed: {e}");
+    // All three backends up first; then the runs interleaved (raw, qcow2, QSD, raw, ...),
+    // so that the machine's load at any moment weighs on each alike.
+    let raw_backend = Standalone::start(exe, raw, "raw");
+    let qcow2_backend = Standalone::start(exe, &qcow2.0, "qcow2");
+    let qsd_backend = if args.no_qsd {
+        Err("--no-qsd".to_string())
+    } else {
+        qsd::start_as(&qcow2.0, "qcow2", false, "bench-qcow2").map_err(|e| e.to_string())
+    };
+    let sockets = [
+        raw_backend.as_ref().map(|b| b.socket.clone()),
+        qcow2_backend.as_ref().map(|b| b.socket.clone()),
+        qsd_backend.as_ref().map(|q| q.socket.clone()),
+    ];
+    let names = [
+        "bulkhead-blk raw",
+        "bulkhead-blk qcow2",
+        "qemu-storage-daemon qcow2",
+    ];
+    let mut columns: Vec<(&str, Result<Vec<GuestRun>, String>)> = names
+        .iter()
+        .zip(&sockets)
+        .map(|(n, s)| (*n, s.clone().map(|_| Vec::new()).map_err(|e| e.clone())))
+        .collect();
+    for i in 0..args.runs {
+        println!("run {} of {} on each backend ...", i + 1, args.runs);
+        for (column, socket) in columns.iter_mut().zip(&sockets) {
+            let (Ok(runs), Ok(socket)) = (&mut column.1, socket) else {
+                continue;
+            };
+            let disk = format!("socket={}", socket.display());
+            match guest_run(exe, Transport::Mmio, &disk, run_ms(args.ms, i)) {
+                Ok(run) => runs.push(run),
+                Err(e) => {
+                    println!("  {} failed: {e}", column.0);
+                    column.1 = Err(e);
+                }
+            }
         }
-        columns.push((name, runs));
     }
-    println!("running the guest on qemu-storage-daemon qcow2 ...");
-    let theirs = qsd::start_as(&qcow2.0, "qcow2", false, "bench-qcow2")
-        .map_err(|e| e.to_string())
-        .and_then(|q| runs_on(exe, &q.socket, args));
-    if let Err(e) = &theirs {
-        println!("  failed: {e}");
+    for (name, runs) in &columns {
+        if let Err(e) = runs {
+            println!("{name}: not measured: {e}");
+        }
     }
-    columns.push(("qemu-storage-daemon qcow2", theirs));
-
     println!();
     println!("IOPS: median over the runs, ± half their range in percent of it");
     println!(
