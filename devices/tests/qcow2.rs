@@ -71,13 +71,33 @@ fn path_arg(p: &Path) -> String {
 
 #[test]
 fn qcow2_and_raw_given_the_same_requests_are_identical_and_the_qcow2_is_clean() {
+    same_requests("1.1");
+}
+
+#[test]
+fn a_version_2_qcow2_too() {
+    same_requests("0.10");
+}
+
+/// The script on a raw image and on a qcow2 of `compat` level (0.10: version 2).
+fn same_requests(compat: &str) {
     let dir = TempDir::new().unwrap();
     let qcow2 = dir.as_path().join("disk.qcow2");
     let raw = dir.as_path().join("disk.raw");
     if qemu_img(&["--version"]).is_none() {
         return;
     }
-    qemu_img_ok(&["create", "-q", "-f", "qcow2", &path_arg(&qcow2), "64M"]);
+    let compat = format!("compat={compat}");
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &compat,
+        &path_arg(&qcow2),
+        "64M",
+    ]);
     File::create(&raw).unwrap().set_len(SIZE).unwrap();
 
     let mut seen = Vec::new();

@@ -397,11 +397,30 @@ impl Qcow2Image {
         if self.read_only {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
-        if unmap {
+        let done = if unmap {
             self.exclusive().discard_to_zero(offset, len)
         } else {
             self.shared().write_zeroes(offset, len)
+        };
+        match done {
+            // Version 2 images have no zero clusters: imago says Unsupported; zeros are
+            // then written as data.
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => self.write_zero_bytes(offset, len),
+            other => other,
         }
+    }
+
+    /// Writes zeros over `[offset, offset + len)` as data, 64 KiB at a time.
+    fn write_zero_bytes(&self, offset: u64, len: u64) -> io::Result<()> {
+        static ZEROS: [u8; 65536] = [0; 65536];
+        let access = self.shared();
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(ZEROS.len() as u64) as usize;
+            access.write(&ZEROS[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
     }
 }
 
