@@ -1,8 +1,9 @@
 //! Issue 13, "bad images": each is made by `qemu-img create` and, where needed, damaged
 //! with byte writes at offsets the qcow2 header gives; `bulkhead-blk --blk-file X --format
 //! qcow2` refuses it at start (exit status 1) with a message naming the file and the
-//! problem, and leaves the file as it was. (A corruption found only during I/O is tested
-//! at the device in devices/tests/qcow2_bad.rs: IOERR to the guest, the device goes on.)
+//! problem, and leaves the file as it was. A corruption found only during I/O fails the
+//! test guest's request there, and the backend goes on serving the next VM (also at the
+//! device, request by request, in devices/tests/qcow2_bad.rs).
 
 mod common;
 
@@ -272,5 +273,109 @@ fn a_backing_file_named_but_not_opened_is_refused() {
         stderr.contains(&format!("fd {fd}"))
             && stderr.contains("names the backing file \"base.raw\", but no backing file"),
         "{stderr}"
+    );
+}
+
+/// A corruption found during I/O, with the test guest: an L2 entry of an overlay points
+/// into the middle of a cluster. The guest's writes there fail (its `blk-rw` reports the
+/// I/O error), the backend logs the image's name and goes on serving: a second VM on the
+/// same backend process writes and reads elsewhere (PASS), and the raw base never changes.
+#[test]
+fn a_corruption_found_during_io_fails_that_request_and_the_device_goes_on() {
+    require_kvm!();
+    let dir = Dir::new();
+    let base = dir.join("base.raw");
+    let top = dir.join("top.qcow2");
+    std::fs::write(&base, vec![0x33u8; 8 << 20]).unwrap();
+    if !create(
+        &top,
+        &["-o", "cluster_size=4096", "-b", "base.raw", "-F", "raw"],
+        "8M",
+    ) {
+        return;
+    }
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0xbb 2M 64k"])
+        .arg(&top)
+        .output()
+        .expect("qemu-io comes with qemu-img");
+    assert!(out.status.success());
+    // L1[1] (2 MiB up, with 4 KiB clusters) -> its L2 table -> entry 0, made unaligned.
+    let l1 = peek64(&top, L1_TABLE_OFFSET);
+    let l2 = peek64(&top, l1 + 8) & (((1 << 56) - 1) & !511);
+    assert_ne!(l2, 0);
+    let entry = peek64(&top, l2);
+    poke(&top, l2, &(entry + 512).to_be_bytes());
+    let base_before = std::fs::read(&base).unwrap();
+
+    let top_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&top)
+        .unwrap();
+    let base_file = std::fs::File::open(&base).unwrap();
+    let (t, b) = (
+        std::os::fd::AsRawFd::as_raw_fd(&top_file),
+        std::os::fd::AsRawFd::as_raw_fd(&base_file),
+    );
+    for fd in [t, b] {
+        // SAFETY: clears FD_CLOEXEC on our open files, so the backend inherits them.
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    }
+    let socket = dir.join("blk.sock");
+    let log = dir.join("blk.log");
+    let mut backend = Command::new(env!("CARGO_BIN_EXE_bulkhead-blk"))
+        .arg("--socket-path")
+        .arg(&socket)
+        .args(["--disk-fd", &t.to_string(), "--format", "qcow2"])
+        .args(["--backing-fd", &format!("{b}:raw")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting bulkhead-blk");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no socket from bulkhead-blk");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let guest = |rw: &str| {
+        let mut cmd = common::bulkhead();
+        cmd.args(["run", "--disk"])
+            .arg(format!("socket={}", socket.display()))
+            .arg("--cmdline")
+            .arg(format!(
+                "bulkhead.test=blk-rw,blk-flush bulkhead.blk.rw={rw}"
+            ));
+        common::run(cmd, Duration::from_secs(120))
+    };
+    // Sectors 4096.. are under the damaged entry.
+    let bad = guest("4096:64");
+    bad.assert_no_panic();
+    assert_ne!(bad.code(), 0, "{bad:#?}");
+    assert!(
+        bad.stdout.contains("bulkhead-guest: FAIL blk-rw"),
+        "{bad:#?}"
+    );
+    bad.assert_line("bulkhead-guest: PASS blk-flush");
+    let good = guest("64:64");
+    assert_eq!(good.code(), 0, "{good:#?}");
+    good.assert_line("bulkhead-guest: PASS blk-rw");
+    // SAFETY: kill with the pid of the backend this test started (not yet waited for).
+    assert_eq!(unsafe { libc::kill(backend.id() as i32, libc::SIGTERM) }, 0);
+    let status = common::wait_until(&mut backend, Instant::now() + Duration::from_secs(10));
+    if status.is_none() {
+        let _ = backend.kill();
+        let _ = backend.wait();
+    }
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{said}");
+    assert!(
+        said.contains(&format!("of fd {t}")) && said.contains("write at byte"),
+        "no log line naming the image:\n{said}"
+    );
+    assert!(
+        std::fs::read(&base).unwrap() == base_before,
+        "the base changed"
     );
 }
