@@ -299,6 +299,10 @@ pub struct BlkBenchArgs {
     /// Skip the qemu-storage-daemon run.
     #[arg(long)]
     pub no_qsd: bool,
+    /// qcow2: also run raw beside a fully allocated qcow2 copy of the image (standalone
+    /// bulkhead-blk on each) and qemu-storage-daemon serving that qcow2, and print ratios.
+    #[arg(long, value_name = "raw|qcow2")]
+    pub format: Option<bulkhead_devices::image::ImageFormat>,
 }
 
 /// `bulkhead bench boot`.
