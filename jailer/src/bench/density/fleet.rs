@@ -3,10 +3,12 @@
 //! and reading the guest's console (the launcher's stdout) line by line, reporting when
 //! the first line came and when the guest said it is ready. The children themselves are
 //! handed to the fleet, which alone signals and reaps them, so a pid it signals is never a
-//! reused one. Dropping a fleet kills (SIGKILL) and reaps what still runs.
+//! reused one. Dropping a fleet kills (SIGKILL) and reaps what still runs; if the bench
+//! itself is killed, each launcher gets SIGTERM (its parent-death signal) and stops its VM.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -256,16 +258,39 @@ fn reap(vm: &mut Vm, kill: bool) {
     }
 }
 
+/// In the child before exec: SIGTERM (a clean stop) when the thread that started it ends,
+/// which it does only once the VM's console closed or the bench died; an error if the
+/// bench is already gone.
+fn stop_with_this_thread(bench: u32) -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes only this process.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } as u32 != bench {
+        return Err(std::io::Error::other(
+            "the bench ended before the VM started",
+        ));
+    }
+    Ok(())
+}
+
 /// One VM's thread: starts it when the barrier opens, then reads its console.
 fn run_vm(vm: usize, spec: Spec, ready_line: &str, barrier: &Barrier, tx: &Sender<Event>) {
     let stderr = std::fs::File::create(&spec.stderr);
     barrier.wait();
     let t0 = monotonic_ns();
+    let bench = std::process::id();
     let spawned = stderr
         .map_err(|e| format!("creating {}: {e}", spec.stderr.display()))
         .and_then(|stderr| {
-            Command::new(&spec.exe)
-                .args(&spec.args)
+            let mut cmd = Command::new(&spec.exe);
+            // SAFETY: between fork and exec the closure calls only prctl and getppid,
+            // which are async-signal-safe, and allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || stop_with_this_thread(bench));
+            }
+            cmd.args(&spec.args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(stderr)
