@@ -189,14 +189,19 @@ fn fleet_phase(
     }
     let all: Vec<&procs::Proc> = owners.iter().flat_map(|o| &o.procs).collect();
     let (mut pss, mut shmem) = (0u64, 0u64);
-    let mut by_kind: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut by_kind: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
     for p in &all {
         let (ps, sh) = procs::pss_kib(p.pid).unwrap_or((0, 0));
         pss += ps;
         shmem += sh;
         by_kind.entry(&p.comm).or_default().0 += ps - sh;
     }
-    let start_cpu: u64 = all.iter().map(|p| procs::cpu_ns(p.pid)).sum();
+    let mut start_cpu = 0;
+    for p in &all {
+        let ns = procs::cpu_ns(p.pid);
+        start_cpu += ns;
+        by_kind.entry(&p.comm).or_default().2 += ns;
+    }
     let idle0: Vec<u64> = all.iter().map(|p| procs::cpu_ns(p.pid)).collect();
     std::thread::sleep(Duration::from_secs(args.idle_secs));
     let idle1: Vec<u64> = all.iter().map(|p| procs::cpu_ns(p.pid)).collect();
@@ -311,7 +316,7 @@ fn print_fleet(
     n: u32,
     fleet: &Fleet,
     f: &Figures,
-    by_kind: &BTreeMap<&str, (u64, u64)>,
+    by_kind: &BTreeMap<&str, (u64, u64, u64)>,
     idle_secs: u64,
 ) {
     let slowest = fleet.vms.iter().enumerate().max_by(|a, b| {
@@ -342,7 +347,7 @@ fn print_fleet(
     );
     let kinds: Vec<String> = by_kind
         .iter()
-        .map(|(k, (kib, _))| format!("{k} {:.2}", *kib as f64 / 1024.0 / f64::from(n)))
+        .map(|(k, (kib, _, _))| format!("{k} {:.2}", *kib as f64 / 1024.0 / f64::from(n)))
         .collect();
     println!(
         "    PSS beside guest memory by process, MiB per VM: {}",
@@ -353,6 +358,14 @@ fn print_fleet(
          (start, idle, stop; rusage): {:.2} ms",
         f.start_cpu_ms, f.life_cpu_ms
     );
+    let kinds: Vec<String> = by_kind
+        .iter()
+        .map(|(k, (_, _, ns))| format!("{k} {:.2}", *ns as f64 / 1e6 / f64::from(n)))
+        .collect();
+    println!(
+        "    CPU per start by process, ms per VM: {}",
+        kinds.join(", ")
+    );
     println!(
         "  idle CPU over {idle_secs} s: {:.4}% of a core per VM ({:.3}% for all {n})",
         f.idle_pct,
@@ -360,7 +373,7 @@ fn print_fleet(
     );
     let kinds: Vec<String> = by_kind
         .iter()
-        .map(|(k, (_, ns))| {
+        .map(|(k, (_, ns, _))| {
             format!(
                 "{k} {:.4}%",
                 *ns as f64 / 1e7 / idle_secs as f64 / f64::from(n)
