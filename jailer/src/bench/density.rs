@@ -436,6 +436,8 @@ fn bare_phase(program: &Path, n: u32, args: &BenchArgs) -> Result<Bare, String> 
         sleepers.push(c);
         Ok(())
     });
+    // Let each reach its sleep (spawn returns at exec, before the program ran).
+    std::thread::sleep(Duration::from_millis(500));
     let avail_running = procs::mem_available_kib()?;
     let pss: u64 = sleepers
         .iter()
