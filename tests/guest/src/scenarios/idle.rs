@@ -9,7 +9,7 @@
 //! interrupt path at CPL0, emulated on the development hosts, so the scenario sets no timer
 //! it does not need. With the keyboard's IRQ routed and no `bulkhead.idle-ms`, nothing but
 //! the keyboard wakes it (the vCPU sleeps in `hlt` for good); with `bulkhead.idle-ms` a
-//! LAPIC timer wakes it to check the deadline (its period the time left, at most
+//! LAPIC timer wakes it to check the deadline (its period a tenth of the wait, at most
 //! [`LONGEST_TIMER_MS`]); a VMM without an i8042 (status 0xff) or without the route is
 //! polled every [`POLL_MS`]. Prints `idle: waiting for ctrl-alt-del ms=<ms|forever>`, at the
 //! end `idle: keyboard bytes=<read from 0x60> irqs=<interrupts on the vector>
@@ -57,12 +57,14 @@ fn drain(kbd: &mut CtrlAltDel, bytes: &mut u32) -> bool {
 }
 
 /// The period of the wake-up timer, if one is needed: none when the keyboard interrupt is
-/// routed and there is no deadline (`idle_ms` 0); the time to the deadline (at most
+/// routed and there is no deadline (`idle_ms` 0); a tenth of the wait (at most
 /// [`LONGEST_TIMER_MS`]) with one; [`POLL_MS`] when the controller must be polled.
 fn wake_period_ms(routed: bool, idle_ms: u64) -> Option<u64> {
     match (routed, idle_ms) {
         (true, 0) => None,
-        (true, ms) => Some(ms.clamp(1, LONGEST_TIMER_MS)),
+        // A tenth of the wait: ten wake-ups in all, and a deadline measured on a TSC
+        // whose frequency is only assumed is overshot by at most a tenth.
+        (true, ms) => Some((ms / 10).clamp(1, LONGEST_TIMER_MS)),
         (false, 0) => Some(POLL_MS),
         (false, ms) => Some(ms.clamp(1, POLL_MS)),
     }
