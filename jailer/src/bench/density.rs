@@ -9,10 +9,11 @@
 //! took and the CPU the idle VMs use over a window; then stops them all (SIGTERM to each
 //! launcher) and checks from outside that nothing is left (`leftovers.rs`), failing if
 //! anything is. Baselines, in the same run: the same fleet under `--jail off`, and a bare
-//! clone+exec of a statically linked program (`busybox true` to exit, `busybox sleep` for
+//! clone+exec of a statically linked program (`bare.rs`: `busybox true` to exit, `busybox sleep` for
 //! memory), with ratios. Every phase is bounded; on any failure every VM started is
 //! stopped (and killed if it does not stop).
 
+mod bare;
 mod fleet;
 mod leftovers;
 mod procs;
@@ -20,13 +21,10 @@ mod procs;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use bulkhead_vmm::kvm::run_loop::monotonic_ns;
-
 use crate::cli::DensityBenchArgs as BenchArgs;
+use bare::Bare;
 use fleet::{Fleet, Spec};
 use leftovers::{Owner, Places};
 
@@ -99,7 +97,7 @@ fn run(args: &BenchArgs) -> Result<(), String> {
                 &scratch,
             )?),
         };
-        let bare = bare_phase(&program, args.vms, args)?;
+        let bare = bare::phase(&program, args.vms, args.timeout_secs)?;
         print_ratios(&confined, unconfined.as_ref(), &bare);
         Ok(())
     })();
@@ -384,86 +382,6 @@ fn print_fleet(
         "    idle CPU by process, % of a core per VM: {}",
         kinds.join(", ")
     );
-}
-
-/// The clone+exec baseline's figures.
-struct Bare {
-    exit_ms: Vec<f64>,
-    cpu_ms: f64,
-    pss_kib: f64,
-    avail_kib: f64,
-}
-
-/// `n` clone+execs of `program true` at once (spawn to exit), then `n` of `program sleep`
-/// for their memory.
-fn bare_phase(program: &Path, n: u32, args: &BenchArgs) -> Result<Bare, String> {
-    let barrier = Arc::new(Barrier::new(n as usize));
-    let cpu_before = procs::children_cpu_ns();
-    let threads: Vec<_> = (0..n)
-        .map(|_| {
-            let (barrier, program) = (barrier.clone(), program.to_path_buf());
-            std::thread::spawn(move || {
-                barrier.wait();
-                let t0 = monotonic_ns();
-                let status = Command::new(&program)
-                    .arg("true")
-                    .stdin(Stdio::null())
-                    .status();
-                match status {
-                    Ok(s) if s.success() => Ok((monotonic_ns() - t0) as f64 / 1e6),
-                    Ok(s) => Err(format!("{} true: {s}", program.display())),
-                    Err(e) => Err(format!("starting {}: {e}", program.display())),
-                }
-            })
-        })
-        .collect();
-    let mut exit_ms = Vec::new();
-    for t in threads {
-        exit_ms.push(
-            t.join()
-                .map_err(|_| "a clone+exec thread panicked".to_string())??,
-        );
-    }
-    let cpu_ms = procs::children_cpu_ns().saturating_sub(cpu_before) as f64 / 1e6 / f64::from(n);
-    let avail_before = procs::mem_available_kib()?;
-    let mut sleepers = Vec::new();
-    let spawned: Result<(), String> = (0..n).try_for_each(|_| {
-        let c = Command::new(program)
-            .args(["sleep", &args.timeout_secs.to_string()])
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting {} sleep: {e}", program.display()))?;
-        sleepers.push(c);
-        Ok(())
-    });
-    // Let each reach its sleep (spawn returns at exec, before the program ran).
-    std::thread::sleep(Duration::from_millis(500));
-    let avail_running = procs::mem_available_kib()?;
-    let pss: u64 = sleepers
-        .iter()
-        .filter_map(|c| procs::pss_kib(c.id()))
-        .map(|(p, _)| p)
-        .sum();
-    for c in &mut sleepers {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    spawned?;
-    let bare = Bare {
-        exit_ms,
-        cpu_ms,
-        pss_kib: pss as f64 / f64::from(n),
-        avail_kib: avail_before.saturating_sub(avail_running) as f64 / f64::from(n),
-    };
-    println!("clone+exec of {} ({n} at once):", program.display());
-    println!("  start to exit (`true`): {}", spread(&bare.exit_ms));
-    println!("  CPU per run: {:.2} ms", bare.cpu_ms);
-    println!(
-        "  memory per process (`sleep`): PSS {:.2} MiB, MemAvailable drop {:.2} MiB",
-        bare.pss_kib / 1024.0,
-        bare.avail_kib / 1024.0
-    );
-    Ok(bare)
 }
 
 fn print_ratios(c: &Figures, u: Option<&Figures>, b: &Bare) {
