@@ -9,9 +9,9 @@
 //! took and the CPU the idle VMs use over a window; then stops them all (SIGTERM to each
 //! launcher) and checks from outside that nothing is left (`leftovers.rs`), failing if
 //! anything is. Baselines, in the same run: the same fleet under `--jail off`, and a bare
-//! clone+exec of a statically linked program (`bare.rs`: `busybox true` to exit, `busybox sleep` for
-//! memory), with ratios. Every phase is bounded; on any failure every VM started is
-//! stopped (and killed if it does not stop).
+//! clone+exec of a statically linked program (`bare.rs`: `busybox true` to exit,
+//! `busybox sleep` for memory), with ratios. Every phase is bounded; on any failure every
+//! VM started is stopped (and killed if it does not stop).
 
 mod bare;
 mod fleet;
