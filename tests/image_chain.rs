@@ -302,7 +302,6 @@ fn overlay_on_raw(d: &Dir) -> (common::disk::Image, PathBuf) {
 }
 
 #[test]
-#[ignore = "needs a bulkhead-blk that serves qcow2 (branch qcow2): passes on a trial merge with it; drop this line when both are merged"]
 fn an_overlay_served_by_the_launcher_reads_its_base_and_writes_only_itself() {
     require_kvm!();
     require_qemu_img!();
@@ -376,7 +375,6 @@ fn fd_paths(pid: u32) -> Vec<(i32, PathBuf)> {
 }
 
 #[test]
-#[ignore = "needs a bulkhead-blk that serves qcow2 (branch qcow2): passes on a trial merge with it; drop this line when both are merged"]
 fn a_restarted_backend_gets_the_whole_chain() {
     require_kvm!();
     require_qemu_img!();

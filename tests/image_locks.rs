@@ -219,7 +219,6 @@ impl Drop for Removed {
 }
 
 #[test]
-#[ignore = "needs a bulkhead-blk that serves qcow2 (branch qcow2): passes on a trial merge with it; drop this line when both are merged"]
 fn a_served_overlay_locks_its_backing_file_and_itself() {
     require_kvm!();
     let base = Image::new("lock-base", 1 << 20);

@@ -7,9 +7,10 @@
 mod common;
 
 use std::fs::File;
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,11 +39,14 @@ fn image() -> TempFile {
 }
 
 /// A backend on a socketpair; its frontend, and its exit status on a channel.
-fn backend(
-    img: &TempFile,
-    queues: u16,
-    extra: &[&str],
-) -> (Frontend, JoinHandle<()>, mpsc::Receiver<i32>) {
+///
+/// `--lock off`: the tests start a successor on the image while a stalled predecessor's
+/// thread (`--test-stall-after`) still holds it open in this process, which QEMU-style
+/// locks would refuse. A backend that ends with a failure (a refused image, say) shuts
+/// the test's end of the socket down, so the frontend's next request fails at once: the
+/// backend's copy of a descriptor it never took up stays open in this process, and
+/// vhost's `Frontend` would wait on it for ever (it retries a timed-out receive).
+fn backend(img: &TempFile, queues: u16, extra: &[&str]) -> (Frontend, JoinHandle<()>, Exit) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let mut args = vec![
         "--fd".to_string(),
@@ -53,10 +57,30 @@ fn backend(
         queues.to_string(),
         "--poll-us".into(),
         "0".into(),
+        "--lock".into(),
+        "off".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let (handle, done) = common::daemon_reporting("bulkhead-blk", main_with_args, args);
-    (Frontend::from_stream(ours, u64::from(queues)), handle, done)
+    let (handle, status) = common::daemon_reporting("bulkhead-blk", main_with_args, args);
+    let socket = Arc::new(ours.try_clone().unwrap());
+    let watch = Arc::clone(&socket);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok(code) = status.recv() {
+            if code != 0 {
+                let _ = watch.shutdown(Shutdown::Both);
+            }
+            let _ = tx.send(code);
+        }
+    });
+    let exit = Exit { status: rx, socket };
+    (Frontend::from_stream(ours, u64::from(queues)), handle, exit)
+}
+
+/// A backend's exit status, and the test's second descriptor of its socket.
+struct Exit {
+    status: mpsc::Receiver<i32>,
+    socket: Arc<UnixStream>,
 }
 
 /// SET_OWNER, features, protocol features with INFLIGHT_SHMFD (and REPLY_ACK, every
@@ -252,9 +276,13 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Hangs up on a backend (as its death looks to the vmm, and the end of the process for
 /// the test) and waits for it to exit.
-fn hang_up(fe: Frontend, handle: JoinHandle<()>, done: mpsc::Receiver<i32>) {
+fn hang_up(fe: Frontend, handle: JoinHandle<()>, done: Exit) {
     drop(fe);
-    assert_eq!(done.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
+    let _ = done.socket.shutdown(Shutdown::Both);
+    assert_eq!(
+        done.status.recv_timeout(Duration::from_secs(10)).unwrap(),
+        0
+    );
     handle.join().unwrap();
 }
 
@@ -338,7 +366,7 @@ fn successor(
     memfd: &File,
     ring: &Ring,
     base: u16,
-) -> (Frontend, JoinHandle<()>, mpsc::Receiver<i32>) {
+) -> (Frontend, JoinHandle<()>, Exit) {
     let (mut fe, handle, done) = backend(img, 1, extra);
     negotiate(&mut fe);
     fe.set_inflight_fd(&region.0, region.1.as_raw_fd()).unwrap();

@@ -343,6 +343,9 @@ fn termination_while_serving_exits_cleanly() {
     let config = Config {
         endpoint: Endpoint::Fd(theirs.into_raw_fd()),
         image: Image::Path(img.as_path().to_owned()),
+        format: None,
+        backing: Vec::new(),
+        lock: true,
         read_only: false,
         serial: [0; 20],
         queues: 1,

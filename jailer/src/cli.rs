@@ -233,6 +233,34 @@ pub enum BenchWhat {
     /// the first completed request (median, worst), the launcher's unavailable time, and
     /// the requests resubmitted from the inflight region.
     Restart(RestartBenchArgs),
+    /// N confined VMs (idle test guest, disk, net, console) started at once: start latency
+    /// (p50/p99, slowest), VMs per second, memory and CPU per VM, idle CPU; all stopped
+    /// and checked to leave nothing; beside --jail off and a bare clone+exec.
+    Density(DensityBenchArgs),
+}
+
+/// `bulkhead bench density`.
+#[derive(Args, Debug, Clone)]
+pub struct DensityBenchArgs {
+    /// VMs started at once.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub vms: u32,
+    /// VMs of the `--jail off` baseline started at once (0: none; default: as many as --vms).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub baseline_vms: Option<u32>,
+    /// Seconds over which the idle VMs' CPU is measured.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_secs: u64,
+    /// Seconds each phase (all ready, all stopped) may take; then every VM is stopped.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout_secs: u64,
+    /// Guest memory of each VM in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=65536))]
+    pub memory: u64,
+    /// The statically linked program of the clone+exec baseline, run as `PROGRAM true` and
+    /// `PROGRAM sleep SECS` (default: busybox from busybox-static).
+    #[arg(long, value_name = "PATH")]
+    pub static_program: Option<PathBuf>,
 }
 
 /// `bulkhead bench restart`.
@@ -299,6 +327,10 @@ pub struct BlkBenchArgs {
     /// Skip the qemu-storage-daemon run.
     #[arg(long)]
     pub no_qsd: bool,
+    /// qcow2: also run raw beside a fully allocated qcow2 copy of the image (standalone
+    /// bulkhead-blk on each) and qemu-storage-daemon serving that qcow2, and print ratios.
+    #[arg(long, value_name = "raw|qcow2")]
+    pub format: Option<bulkhead_devices::image::ImageFormat>,
 }
 
 /// `bulkhead bench boot`.

@@ -35,6 +35,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use super::device::QueueWorker;
 use super::disk::Disk;
+use super::image::DiskImage;
 use super::virtio::{
     ConfigInfo, ConfigSpace, ID_BYTES, MAX_QUEUE_SIZE, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD,
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
@@ -53,7 +54,7 @@ pub struct BlockBackend {
     config: RwLock<ConfigSpace>,
     logical_block_size: u32,
     /// The image served now (each worker holds it too).
-    disk: Mutex<Arc<Disk>>,
+    disk: Mutex<Arc<DiskImage>>,
     num_queues: usize,
     mem: RwLock<SharedMemory>,
     workers: Vec<Mutex<QueueWorker>>,
@@ -67,7 +68,7 @@ impl BlockBackend {
     /// an idle queue for `poll` before sleeping. Guest memory arrives later, with the
     /// frontend's memory table.
     pub fn new(
-        disk: Arc<Disk>,
+        disk: Arc<DiskImage>,
         serial: [u8; ID_BYTES],
         num_queues: u16,
         logical_block_size: u32,
@@ -121,7 +122,7 @@ impl BlockBackend {
     /// dropped. Read-only-ness is the new image's for every request (a write to a
     /// read-only image fails with IOERR); the feature bits negotiated at start-up stay.
     pub fn swap_disk(&self, disk: Disk) -> Result<u64, String> {
-        let disk = Arc::new(disk);
+        let disk = Arc::new(DiskImage::from(disk));
         let mut workers: Vec<_> = self
             .workers
             .iter()
@@ -340,7 +341,8 @@ mod tests {
         let new = TempFile::new().unwrap();
         new.as_file().set_len(3 << 20).unwrap();
         let disk = Disk::open(old.as_path(), OPTIONS).unwrap();
-        let backend = BlockBackend::new(Arc::new(disk), [0; ID_BYTES], 2, 512, Duration::ZERO);
+        let backend =
+            BlockBackend::new(Arc::new(disk.into()), [0; ID_BYTES], 2, 512, Duration::ZERO);
         assert_eq!(capacity(&backend), 2048);
         let fd = OwnedFd::from(new.as_file().try_clone().unwrap());
         let adopted = Disk::adopt(fd, "new".into(), 3 << 20, false, OPTIONS).unwrap();
@@ -350,7 +352,10 @@ mod tests {
         let current = backend.disk.lock().unwrap().clone();
         assert_eq!(current.name(), "new");
         assert_eq!(Arc::strong_count(&current), 4);
-        current.write_all_at(b"x", 0).unwrap();
+        let DiskImage::Raw(raw) = &*current else {
+            panic!("a swapped-in image is raw");
+        };
+        raw.write_all_at(b"x", 0).unwrap();
         let mut b = [0u8; 1];
         new.as_file().read_exact_at(&mut b, 0).unwrap();
         assert_eq!(&b, b"x");

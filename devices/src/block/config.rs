@@ -9,16 +9,18 @@ use clap::Parser;
 use super::virtio::{ID_BYTES, MAX_QUEUES};
 use crate::daemon::Endpoint;
 use crate::daemon::{BackendArgs, CommonArgs};
+use crate::image::ImageFormat;
 
 /// The JSON `--print-capabilities` prints: QEMU's `docs/interop/vhost-user.json` schema for
 /// a block backend (`VHostUserBackendCapabilitiesBlock`: `--read-only` and `--blk-file`
 /// supported).
 pub const CAPABILITIES: &str = r#"{"type": "block", "features": ["read-only", "blk-file"]}"#;
 
-/// A vhost-user-blk backend serving one raw disk image to a frontend (a VMM).
+/// A vhost-user-blk backend serving one disk image to a frontend (a VMM).
 ///
-/// The image is a regular file or a block device. Its size must be a non-zero multiple of
-/// 512 bytes (of 4096 with --logical-block-size 4096); anything else is refused at start-up.
+/// The image is a raw regular file or block device, or a qcow2 file (--format qcow2) with
+/// its backing chain. Its (virtual) size must be a non-zero multiple of 512 bytes (of 4096
+/// with --logical-block-size 4096); anything else is refused at start-up.
 /// On --socket-path or a listening --fd it serves frontends one after the other until
 /// SIGTERM/SIGINT (status 0; the socket it created is removed); with --once, or on a
 /// connected --fd, one frontend, exiting with status 0 when it disconnects.
@@ -44,6 +46,23 @@ pub struct Args {
     /// unless --read-only).
     #[arg(long, value_name = "N")]
     pub disk_fd: Option<RawFd>,
+
+    /// The image's format. With --disk-fd, absent means raw. With --blk-file, absent means
+    /// probed, and a file that starts with a qcow2 header is refused (a guest can write one
+    /// into a raw disk): say --format qcow2 or --format raw.
+    #[arg(long, value_name = "raw|qcow2")]
+    pub format: Option<ImageFormat>,
+
+    /// With --disk-fd and --format qcow2: the backing chain as inherited descriptors, in
+    /// order (the first backs the top image), each opened read-only, FORMAT raw or qcow2.
+    /// Repeat for each file of the chain.
+    #[arg(long, value_name = "M:FORMAT")]
+    pub backing_fd: Vec<String>,
+
+    /// With --blk-file: take QEMU-compatible locks on every file of the chain before
+    /// serving (on), or not (off). With --disk-fd the launcher has taken them.
+    #[arg(long, value_name = "on|off")]
+    pub lock: Option<OnOff>,
 
     /// Serve the image read-only: the guest sees a read-only disk, and writes, discards and
     /// write-zeroes fail with an I/O error, leaving the image untouched.
@@ -97,6 +116,15 @@ pub const DEFAULT_POLL_US: u32 = 32;
 /// Most `--poll-us` accepts (10 ms: polling longer than that is just burning a CPU).
 pub const MAX_POLL_US: u32 = 10_000;
 
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Yes.
+    On,
+    /// No.
+    Off,
+}
+
 /// Where the image comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Image {
@@ -113,6 +141,12 @@ pub struct Config {
     pub endpoint: Endpoint,
     /// The image.
     pub image: Image,
+    /// Its format, when given (with --disk-fd, absent is raw).
+    pub format: Option<ImageFormat>,
+    /// With --disk-fd: the backing chain's descriptors and formats, top's backing first.
+    pub backing: Vec<(RawFd, ImageFormat)>,
+    /// With --blk-file: lock the chain's files.
+    pub lock: bool,
     /// Serve it read-only.
     pub read_only: bool,
     /// The GET_ID answer, zero-padded.
@@ -158,6 +192,15 @@ pub enum ConfigError {
     /// Poll time too long.
     #[error("--poll-us {0}: must be at most {max}", max = MAX_POLL_US)]
     Poll(u32),
+    /// A `--backing-fd` that is not `M:raw` or `M:qcow2`.
+    #[error("--backing-fd {0:?}: expected M:FORMAT, M a descriptor, FORMAT raw or qcow2")]
+    BackingFd(String),
+    /// A flag that does not go with the others.
+    #[error("{0}")]
+    Combination(&'static str),
+    /// One descriptor given twice.
+    #[error("descriptor {0} is given twice (--fd, --disk-fd, --backing-fd must differ)")]
+    FdTwice(RawFd),
 }
 
 impl TryFrom<Args> for Config {
@@ -194,9 +237,31 @@ impl TryFrom<Args> for Config {
         if args.poll_us > MAX_POLL_US {
             return Err(ConfigError::Poll(args.poll_us));
         }
+        let backing = chain_args(&args.backing_fd, &image, args.format, args.direct)?;
+        let mut fds: Vec<RawFd> = backing.iter().map(|(fd, _)| *fd).collect();
+        fds.extend(match &image {
+            Image::Fd(fd) => Some(*fd),
+            Image::Path(_) => None,
+        });
+        fds.extend(match &endpoint {
+            Endpoint::Fd(fd) => Some(*fd),
+            _ => None,
+        });
+        fds.sort_unstable();
+        if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::FdTwice(w[0]));
+        }
+        if args.lock.is_some() && matches!(image, Image::Fd(_)) {
+            return Err(ConfigError::Combination(
+                "--lock goes with --blk-file: with --disk-fd the launcher takes the locks",
+            ));
+        }
         Ok(Config {
             endpoint,
             image,
+            format: args.format,
+            backing,
+            lock: args.lock != Some(OnOff::Off),
             read_only: args.read_only,
             serial,
             queues: args.queues,
@@ -208,6 +273,46 @@ impl TryFrom<Args> for Config {
                 .or_else(|| std::env::var(STALL_ENV).ok().and_then(|v| v.parse().ok())),
         })
     }
+}
+
+/// Checks the flags of a chain and parses `--backing-fd`s.
+fn chain_args(
+    backing_fd: &[String],
+    image: &Image,
+    format: Option<ImageFormat>,
+    direct: bool,
+) -> Result<Vec<(RawFd, ImageFormat)>, ConfigError> {
+    if direct && format == Some(ImageFormat::Qcow2) {
+        return Err(ConfigError::Combination(
+            "--direct is for raw images: a qcow2 is served through the page cache",
+        ));
+    }
+    if backing_fd.is_empty() {
+        return Ok(Vec::new());
+    }
+    if matches!(image, Image::Path(_)) {
+        return Err(ConfigError::Combination(
+            "--backing-fd goes with --disk-fd: with --blk-file the backing chain is opened \
+             from the image's header",
+        ));
+    }
+    if format != Some(ImageFormat::Qcow2) {
+        return Err(ConfigError::Combination(
+            "--backing-fd needs --format qcow2: only a qcow2 has backing files",
+        ));
+    }
+    backing_fd
+        .iter()
+        .map(|arg| {
+            let bad = || ConfigError::BackingFd(arg.clone());
+            let (fd, format) = arg.split_once(':').ok_or_else(bad)?;
+            let fd: RawFd = fd.parse().map_err(|_| bad())?;
+            if fd < 0 {
+                return Err(bad());
+            }
+            Ok((fd, format.parse().map_err(|_| bad())?))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -309,6 +414,98 @@ mod tests {
                 std::iter::once("bulkhead-blk").chain(args.iter().copied())
             )
             .is_err());
+        }
+    }
+
+    #[test]
+    fn chain_flags() {
+        let c = parse(&[
+            "--fd",
+            "3",
+            "--disk-fd",
+            "4",
+            "--format",
+            "qcow2",
+            "--backing-fd",
+            "5:qcow2",
+            "--backing-fd",
+            "6:raw",
+        ])
+        .unwrap();
+        assert_eq!(c.format, Some(ImageFormat::Qcow2));
+        assert_eq!(c.backing, [(5, ImageFormat::Qcow2), (6, ImageFormat::Raw)]);
+        assert!(c.lock);
+        let c = parse(&["--fd", "3", "--disk", "/d", "--lock", "off"]).unwrap();
+        assert!(!c.lock);
+        assert_eq!(c.format, None);
+        for (args, want) in [
+            (
+                &["--fd", "3", "--disk-fd", "4", "--backing-fd", "5:raw"][..],
+                "--backing-fd needs --format qcow2",
+            ),
+            (
+                &[
+                    "--fd",
+                    "3",
+                    "--disk",
+                    "/d",
+                    "--format",
+                    "qcow2",
+                    "--backing-fd",
+                    "5:raw",
+                ],
+                "--backing-fd goes with --disk-fd",
+            ),
+            (
+                &[
+                    "--fd",
+                    "3",
+                    "--disk-fd",
+                    "4",
+                    "--format",
+                    "qcow2",
+                    "--backing-fd",
+                    "5",
+                ],
+                "--backing-fd \"5\": expected M:FORMAT",
+            ),
+            (
+                &[
+                    "--fd",
+                    "3",
+                    "--disk-fd",
+                    "4",
+                    "--format",
+                    "qcow2",
+                    "--backing-fd",
+                    "5:vmdk",
+                ],
+                "expected M:FORMAT",
+            ),
+            (
+                &[
+                    "--fd",
+                    "3",
+                    "--disk-fd",
+                    "4",
+                    "--format",
+                    "qcow2",
+                    "--backing-fd",
+                    "4:raw",
+                ],
+                "descriptor 4 is given twice",
+            ),
+            (
+                &["--fd", "3", "--disk-fd", "4", "--lock", "off"],
+                "--lock goes with --blk-file",
+            ),
+            (
+                &["--fd", "3", "--disk", "/d", "--format", "qcow2", "--direct"],
+                "--direct is for raw images",
+            ),
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
         }
     }
 

@@ -12,8 +12,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::disk::Disk;
 use super::execute::Executor;
+use super::image::DiskImage;
 use super::request::ChainParser;
 use super::resubmit::HeadChain;
 use super::tracking::{RingView, Tracker};
@@ -90,7 +90,7 @@ impl Stall {
 impl QueueWorker {
     /// A worker serving `disk`, answering GET_ID with `serial`, polling an idle queue for
     /// `poll` before sleeping.
-    pub fn new(disk: Arc<Disk>, serial: [u8; ID_BYTES], poll: Duration) -> Self {
+    pub fn new(disk: Arc<DiskImage>, serial: [u8; ID_BYTES], poll: Duration) -> Self {
         QueueWorker {
             parser: ChainParser::default(),
             executor: Executor::new(disk, serial),
@@ -169,7 +169,7 @@ impl QueueWorker {
     }
 
     /// Serves `disk` from the next request on; requests already served used the old one.
-    pub fn set_disk(&mut self, disk: Arc<Disk>) {
+    pub fn set_disk(&mut self, disk: Arc<DiskImage>) {
         self.executor.set_disk(disk);
     }
 

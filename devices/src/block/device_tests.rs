@@ -1,7 +1,8 @@
 //! Unit tests of `device.rs` (kept beside it so that file stays readable).
 
 use super::*;
-use crate::block::disk::DiskOptions;
+use crate::block::disk::{Disk, DiskOptions};
+use crate::block::image::DiskImage;
 use crate::block::virtio::{
     VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
@@ -36,7 +37,7 @@ fn pattern(i: u64) -> u8 {
 
 struct Image {
     file: TempFile,
-    disk: Arc<Disk>,
+    disk: Arc<DiskImage>,
 }
 
 fn image(read_only: bool) -> Image {
@@ -54,7 +55,7 @@ fn image(read_only: bool) -> Image {
     .unwrap();
     Image {
         file,
-        disk: Arc::new(disk),
+        disk: Arc::new(disk.into()),
     }
 }
 
@@ -86,7 +87,7 @@ struct Harness<'a> {
 }
 
 impl<'a> Harness<'a> {
-    fn new(mem: &'a GuestRam, disk: &Arc<Disk>) -> Self {
+    fn new(mem: &'a GuestRam, disk: &Arc<DiskImage>) -> Self {
         let vq = MockSplitQueue::new(mem, QUEUE_SIZE);
         let queue = vq.create_queue().unwrap();
         let mut serial = [0u8; ID_BYTES];
@@ -402,7 +403,7 @@ fn direct_io_with_aligned_and_unaligned_guest_buffers() {
             logical_block_size: 4096,
         },
     ) {
-        Ok(d) => Arc::new(d),
+        Ok(d) => Arc::new(DiskImage::from(d)),
         // A file system without O_DIRECT: nothing to test here (disk.rs checks the
         // error is a clear refusal).
         Err(_) => return,

@@ -10,7 +10,7 @@
 use std::io;
 use std::sync::Arc;
 
-use super::disk::Disk;
+use super::image::DiskImage;
 use super::iovec::{BounceBuffer, IoVecs};
 use super::request::{copy_from_guest, copy_to_guest, Request, Segment};
 use super::virtio::{
@@ -20,6 +20,7 @@ use super::virtio::{
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use super::GuestRam;
+use vm_memory::{GuestMemoryBackend, VolatileSlice};
 
 /// Why a request failed (for the log; the guest only sees the status).
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +139,7 @@ impl RequestError {
 /// Executes requests against one disk; one per queue worker (it owns the scratch space).
 #[derive(Debug)]
 pub struct Executor {
-    disk: Arc<Disk>,
+    disk: Arc<DiskImage>,
     serial: [u8; ID_BYTES],
     iovecs: IoVecs,
     bounce: Option<BounceBuffer>,
@@ -146,12 +147,12 @@ pub struct Executor {
 
 impl Executor {
     /// Serves `disk` from the next request on (a disk swapped in by the launcher).
-    pub fn set_disk(&mut self, disk: Arc<Disk>) {
+    pub fn set_disk(&mut self, disk: Arc<DiskImage>) {
         self.disk = disk;
     }
 
     /// An executor for `disk`, answering GET_ID with `serial` (zero-padded).
-    pub fn new(disk: Arc<Disk>, serial: [u8; ID_BYTES]) -> Self {
+    pub fn new(disk: Arc<DiskImage>, serial: [u8; ID_BYTES]) -> Self {
         Executor {
             disk,
             serial,
@@ -317,6 +318,15 @@ impl Executor {
         if len == 0 {
             return Ok(());
         }
+        let disk = match &*self.disk {
+            DiskImage::Raw(disk) => disk,
+            DiskImage::Qcow2(image) => {
+                let slices = guest_slices(mem, segs)?;
+                return image
+                    .read(&slices, offset)
+                    .map_err(|source| self.io_error("read", offset, source));
+            }
+        };
         if let Err(e) = self.iovecs.fill(mem, segs) {
             self.iovecs.clear();
             return Err(e.into());
@@ -328,10 +338,7 @@ impl Executor {
             // SAFETY: the iovecs describe guest memory that `mem` keeps mapped for this call;
             // it is shared with the guest, not aliased by any Rust reference, and valid for
             // writes (guest RAM is mapped read-write).
-            unsafe {
-                self.disk
-                    .read_exact_vectored_at(self.iovecs.as_mut_slice(), offset)
-            }
+            unsafe { disk.read_exact_vectored_at(self.iovecs.as_mut_slice(), offset) }
         };
         self.iovecs.clear();
         result.map_err(|source| self.io_error("read", offset, source))
@@ -348,6 +355,15 @@ impl Executor {
         if len == 0 {
             return Ok(());
         }
+        let disk = match &*self.disk {
+            DiskImage::Raw(disk) => disk,
+            DiskImage::Qcow2(image) => {
+                let slices = guest_slices(mem, segs)?;
+                return image
+                    .write(&slices, offset)
+                    .map_err(|source| self.io_error("write", offset, source));
+            }
+        };
         if let Err(e) = self.iovecs.fill(mem, segs) {
             self.iovecs.clear();
             return Err(e.into());
@@ -358,10 +374,7 @@ impl Executor {
         } else {
             // SAFETY: the iovecs describe guest memory that `mem` keeps mapped for this
             // call; pwritev only reads it.
-            unsafe {
-                self.disk
-                    .write_all_vectored_at(self.iovecs.as_mut_slice(), offset)
-            }
+            unsafe { disk.write_all_vectored_at(self.iovecs.as_mut_slice(), offset) }
         };
         self.iovecs.clear();
         result.map_err(|source| self.io_error("write", offset, source))
@@ -392,7 +405,10 @@ impl Executor {
         len: u64,
         offset: u64,
     ) -> io::Result<()> {
-        let disk = Arc::clone(&self.disk);
+        let image = Arc::clone(&self.disk);
+        let DiskImage::Raw(disk) = &*image else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
         let buf = self.bounce_buffer()?.as_mut_slice();
         let mut done = 0u64;
         while done < len {
@@ -411,7 +427,10 @@ impl Executor {
         len: u64,
         offset: u64,
     ) -> io::Result<()> {
-        let disk = Arc::clone(&self.disk);
+        let image = Arc::clone(&self.disk);
+        let DiskImage::Raw(disk) = &*image else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
         let buf = self.bounce_buffer()?.as_mut_slice();
         let mut done = 0u64;
         while done < len {
@@ -431,6 +450,20 @@ impl Executor {
             source,
         }
     }
+}
+
+/// The guest memory of `segs` as volatile slices (a segment spanning regions is several).
+fn guest_slices<'m>(
+    mem: &'m GuestRam,
+    segs: &[Segment],
+) -> Result<Vec<VolatileSlice<'m, ()>>, RequestError> {
+    let mut slices = Vec::with_capacity(segs.len());
+    for seg in segs {
+        for slice in mem.get_slices(seg.addr, seg.len as usize) {
+            slices.push(slice?);
+        }
+    }
+    Ok(slices)
 }
 
 fn no_data(len: u64, request: &'static str, direction: &'static str) -> Result<(), RequestError> {

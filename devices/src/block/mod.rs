@@ -4,7 +4,9 @@
 //! | file | what |
 //! | --- | --- |
 //! | `config.rs` | command line → [`Config`] |
-//! | `disk.rs` | the image: size checks, positional vectored I/O, flush, discard, zeroing |
+//! | `disk.rs` | a raw image: size checks, positional vectored I/O, flush, discard, zeroing |
+//! | `image.rs` | the image served: a raw [`Disk`] or a qcow2 chain (`image::qcow2`) |
+//! | `open.rs` | the command line's image opened: by path (chain, locks) or by descriptors |
 //! | `virtio.rs` | virtio-blk constants, header, configuration space bytes |
 //! | `request.rs` | a descriptor chain → a request, trusting nothing in it |
 //! | `iovec.rs` | guest buffers as iovecs (zero-copy I/O), the `O_DIRECT` bounce buffer |
@@ -22,7 +24,9 @@ mod config;
 mod device;
 mod disk;
 mod execute;
+mod image;
 mod iovec;
+mod open;
 mod request;
 pub mod resubmit;
 pub mod tracking;
@@ -35,6 +39,7 @@ pub use backend::{features, protocol_features, BlockBackend, SharedMemory};
 pub use config::{Args, Config, ConfigError, Image, CAPABILITIES};
 pub use device::{QueueWorker, Round};
 pub use disk::{Disk, DiskError, DiskOptions};
+pub use image::DiskImage;
 pub use virtio::{ConfigSpace, CONFIG_SPACE_SIZE, MAX_QUEUE_SIZE, SEG_MAX};
 
 use crate::daemon::inflight::InflightSlot;
@@ -62,6 +67,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The format can't be settled.
+    #[error(transparent)]
+    Format(#[from] crate::image::FormatError),
+    /// The backing chain can't be opened.
+    #[error(transparent)]
+    Chain(#[from] crate::image::chain::ChainError),
+    /// An image is locked by another process.
+    #[error(transparent)]
+    Lock(#[from] crate::image::lock::LockError),
+    /// The qcow2 chain can't be served.
+    #[error(transparent)]
+    Qcow2(#[from] crate::image::qcow2::Qcow2Error),
     /// Setting up signal handling.
     #[error("setting up SIGTERM handling: {0}")]
     Signals(#[source] std::io::Error),
@@ -107,17 +124,11 @@ pub fn run_with(config: Config, termination: &Termination) -> Result<Ended, Erro
         direct: config.direct,
         logical_block_size: config.logical_block_size,
     };
-    let disk = match &config.image {
-        Image::Path(path) => Disk::open(path, options)?,
-        Image::Fd(fd) => {
-            let owned = daemon::connection::take_fd(*fd)
-                .map_err(|source| Error::DiskFd { fd: *fd, source })?;
-            Disk::from_fd(owned, format!("fd {fd}"), options)?
-        }
-    };
+    let disk = open::open_image(&config, options)?;
     log::info!(
-        "serving {} ({} bytes{}{})",
+        "serving {} ({}, {} bytes{}{})",
         disk.name(),
+        disk.format(),
         disk.size(),
         if disk.read_only() { ", read-only" } else { "" },
         if disk.direct_alignment().is_some() {

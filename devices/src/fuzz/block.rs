@@ -45,7 +45,7 @@ pub fn fuzz_block(data: &[u8]) -> usize {
         .expect("a memfd image of whole blocks opens");
     let mut serial = [0u8; 20];
     serial[..9].copy_from_slice(b"fuzz-disk");
-    let mut worker = QueueWorker::new(Arc::new(disk), serial, Duration::ZERO);
+    let mut worker = QueueWorker::new(Arc::new(disk.into()), serial, Duration::ZERO);
 
     let mut ring = Ring::build(&mut input);
     let mut rounds = 0;

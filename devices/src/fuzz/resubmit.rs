@@ -81,7 +81,7 @@ pub fn fuzz_resubmit(data: &[u8]) -> usize {
     };
     let disk = Disk::from_fd(OwnedFd::from(image), "fuzz image".into(), options)
         .expect("a memfd image of whole blocks opens");
-    let mut worker = QueueWorker::new(Arc::new(disk), [0; 20], Duration::ZERO);
+    let mut worker = QueueWorker::new(Arc::new(disk.into()), [0; 20], Duration::ZERO);
     let mut ring = Ring::build(&mut input);
 
     let qsize = ring.queue.size();

@@ -7,6 +7,8 @@
 //! | `chain.rs` | a top image and the backing files it names, opened by a caller's opener |
 //! | `lock.rs` | QEMU's OFD byte-range locks (100+n held, 200+n not shared) |
 //! | `qcow2.rs` | a qcow2 chain served through `imago`, with bounded caches |
+//! | `qcow2_header.rs` | the qcow2 header checked before imago opens a file |
+//! | `qcow2_error.rs` | why a qcow2 chain can't be served |
 //!
 //! The launcher opens and locks every file of a chain (`chain`, `lock`) and hands the
 //! descriptors to `bulkhead-blk`, which opens nothing; a standalone `bulkhead-blk

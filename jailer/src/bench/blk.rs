@@ -3,6 +3,8 @@
 //! bulkhead-blk over virtio-mmio and over virtio-pci side by side (several runs each:
 //! medians and spread), through qemu-storage-daemon on the same image, beside the host's
 //! own pread/pwrite on that file; and the vmm's exits per request on each transport.
+//! With `--format qcow2`, also raw vs qcow2 vs qemu-storage-daemon's qcow2
+//! (`blk_format.rs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +18,11 @@ use super::runs::{self, run_ms, RunExits, Spread, TRANSPORTS};
 use super::{guest_transport, qsd};
 use crate::cli::BlkBenchArgs;
 
+#[path = "blk_format.rs"]
+mod format;
+
 /// The tests, as the guest runs them.
-const TESTS: [(Pattern, u64, u32); 8] = [
+pub(super) const TESTS: [(Pattern, u64, u32); 8] = [
     (Pattern::RandRead, 4096, 1),
     (Pattern::RandRead, 4096, 32),
     (Pattern::RandWrite, 4096, 1),
@@ -29,8 +34,8 @@ const TESTS: [(Pattern, u64, u32); 8] = [
 ];
 
 /// What one guest run reported.
-struct GuestRun {
-    results: HashMap<(String, u64, u32), Throughput>,
+pub(super) struct GuestRun {
+    pub(super) results: HashMap<(String, u64, u32), Throughput>,
     kicks: u64,
     exits: RunExits,
 }
@@ -160,6 +165,13 @@ fn run(args: &BlkBenchArgs) -> Result<(), String> {
          serial console; the requests go guest -> ioeventfd -> backend -> irqfd/MSI without \
          an exit)"
     );
+    if args.format == Some(bulkhead_devices::image::ImageFormat::Qcow2) {
+        println!();
+        if let Err(e) = format::compare(&exe, image, args) {
+            println!("bench blk --format qcow2: {e}");
+            failed.push("qcow2");
+        }
+    }
     if failed.is_empty() {
         Ok(())
     } else {
@@ -172,7 +184,7 @@ fn run(args: &BlkBenchArgs) -> Result<(), String> {
 
 /// Boots the test guest's `blk-bench` on `disk` over transport `t` for `ms` per test and
 /// collects its lines and the vmm's exits; checks it had its disk on `t`.
-fn guest_run(exe: &Path, t: Transport, disk: &str, ms: u64) -> Result<GuestRun, String> {
+pub(super) fn guest_run(exe: &Path, t: Transport, disk: &str, ms: u64) -> Result<GuestRun, String> {
     let out = Command::new(exe)
         .args(["run", "--report-stats", "--memory", "512", "--disk", disk])
         .args(["--transport", t.as_str()])

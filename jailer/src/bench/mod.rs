@@ -3,12 +3,14 @@
 //! block I/O through bulkhead-blk, through qemu-storage-daemon, and the host's own I/O),
 //! `net` (UDP throughput beside a veth pair), `vsock` (stream throughput and round trips
 //! beside a Unix socket pair), `confine` (what confinement costs) and `restart` (what a
-//! killed bulkhead-blk costs the guest). `blk`
+//! killed bulkhead-blk costs the guest), `density` (many idle confined VMs started at once:
+//! start latency, memory and CPU per VM, nothing left after). `blk`
 //! and `net` run the guest on both virtio transports and show them side by side.
 
 mod blk;
 mod boot;
 mod confine;
+mod density;
 mod guest_transport;
 mod host_io;
 mod net;
@@ -29,6 +31,7 @@ pub fn main(args: BenchArgs) -> i32 {
         BenchWhat::Confine(a) => confine::main(a),
         BenchWhat::Vsock(a) => vsock::main(a),
         BenchWhat::Restart(a) => restart::main(a),
+        BenchWhat::Density(a) => density::main(a),
     }
 }
 

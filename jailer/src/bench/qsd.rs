@@ -1,6 +1,6 @@
 //! qemu-storage-daemon as an independent vhost-user-blk backend, for the block benchmark
-//! and the interoperability tests (which include this file): it exports one raw image on a
-//! Unix socket and is killed, by pid, when dropped.
+//! and the interoperability tests (which include this file): it exports one image (raw, or
+//! through QEMU's qcow2 driver) on a Unix socket and is killed, by pid, when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,18 +45,30 @@ const SOCKET_WAIT: Duration = Duration::from_secs(10);
 /// Starts qemu-storage-daemon exporting `image` (writable unless `readonly`) on a socket
 /// named after `tag`.
 pub fn start(image: &Path, readonly: bool, tag: &str) -> Result<Qsd, QsdError> {
+    start_as(image, "raw", readonly, tag)
+}
+
+/// As [`start`], the image read through QEMU's `format` driver (`raw` or `qcow2`).
+pub fn start_as(image: &Path, format: &str, readonly: bool, tag: &str) -> Result<Qsd, QsdError> {
     let socket =
         std::env::temp_dir().join(format!("bulkhead-qsd-{tag}-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&socket);
-    let child = Command::new("qemu-storage-daemon")
-        .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=file0,filename={}",
-            image.display()
-        ))
+    let mut cmd = Command::new("qemu-storage-daemon");
+    cmd.arg("--blockdev").arg(format!(
+        "driver=file,node-name=file0,filename={}",
+        image.display()
+    ));
+    let node = if format == "raw" {
+        "file0"
+    } else {
+        cmd.arg("--blockdev")
+            .arg(format!("driver={format},node-name=fmt0,file=file0"));
+        "fmt0"
+    };
+    let child = cmd
         .arg("--export")
         .arg(format!(
-            "type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable={}",
+            "type=vhost-user-blk,id=exp0,node-name={node},addr.type=unix,addr.path={},writable={}",
             socket.display(),
             if readonly { "off" } else { "on" }
         ))
