@@ -2,7 +2,7 @@
 //! (the launcher's path rules, or a standalone backend's plain open) — read-write for the
 //! top unless read-only, read-only for every backing file.
 //!
-//! Each qcow2's header ([`header`]) names its backing file and, in a header extension,
+//! Each qcow2's header ([`Qcow2Header`]) names its backing file and, in a header extension,
 //! that file's format. A relative name is resolved against the directory of the file that
 //! names it, as QEMU does (`bdrv_get_full_backing_filename`), an absolute one taken as it
 //! is; a `file:` prefix is dropped, any other protocol (`nbd:`, `json:`, ...) refused. A
@@ -13,10 +13,9 @@
 //!
 //! Refused, naming the file: a backing file missing, a loop (the same device and inode
 //! twice), more than [`MAX_CHAIN`] files, an external data file (not served, and a path
-//! outside the chain), a header that can't be parsed, a backing format other than raw or
-//! qcow2.
-
-pub mod header;
+//! outside the chain), a header that can't be parsed or names a feature or table bulkhead
+//! does not serve ([`Qcow2Header::check_servable`], the checks `bulkhead-blk` makes again
+//! before serving), a backing format other than raw or qcow2.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -26,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::format::{self, ImageFormat};
-use header::{HeaderError, Qcow2Header};
+use super::qcow2_header::{HeaderError, Qcow2Header};
 
 /// Most files a chain may hold (top included): deeper is refused as a likely loop.
 pub const MAX_CHAIN: usize = 16;
@@ -148,7 +147,7 @@ pub enum ChainError {
 /// opened read-only with `open_backing`, its format taken from the naming file's header
 /// extension (or probed, where the probe says raw), and so on down. Refused, naming the
 /// file: a backing file missing, a loop (the same device and inode twice), more than
-/// [`MAX_CHAIN`] files, an external data file, a header that can't be parsed.
+/// [`MAX_CHAIN`] files, an external data file, a header that can't be parsed or served.
 pub fn open_chain(
     top_path: &Path,
     top: File,
@@ -163,15 +162,17 @@ pub fn open_chain(
     }];
     // A raw file ends the chain.
     while let Some(last) = links.last().filter(|l| l.format == ImageFormat::Qcow2) {
-        let header = Qcow2Header::read(&last.file).map_err(|source| ChainError::Header {
+        let header_err = |source| ChainError::Header {
             path: last.path.clone(),
             source,
-        })?;
+        };
+        let header = Qcow2Header::read(&last.file).map_err(header_err)?;
         if header.external_data_file {
             return Err(ChainError::ExternalData {
                 path: last.path.clone(),
             });
         }
+        header.check_servable().map_err(header_err)?;
         let Some(name) = &header.backing_file else {
             break;
         };

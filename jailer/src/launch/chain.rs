@@ -16,10 +16,10 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use bulkhead_devices::image::chain::header::{HeaderError, Qcow2Header};
 use bulkhead_devices::image::chain::{open_chain, Chain, ChainError};
 use bulkhead_devices::image::format::{self, FormatError};
 use bulkhead_devices::image::lock::{self, LockError, LockRole};
+use bulkhead_devices::image::qcow2_header::{HeaderError, Qcow2Header};
 use bulkhead_devices::image::ImageFormat;
 
 use super::{open_named, LaunchError};
