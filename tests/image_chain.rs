@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::running::has_option;
 use common::skip::SkipKind;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -411,13 +412,10 @@ fn a_restarted_backend_gets_the_whole_chain() {
     let fds = fd_paths(second);
     assert!(fds.contains(&(4, overlay.clone())), "{fds:?}");
     assert!(fds.contains(&(5, base.path.clone())), "{fds:?}");
-    let cmdline = std::fs::read(format!("/proc/{second}/cmdline")).unwrap_or_default();
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let said = |flag: &[u8], value: &[u8]| args.windows(2).any(|w| w[0] == flag && w[1] == value);
+    let args = common::running::args_of(second);
     assert!(
-        said(b"--format", b"qcow2") && said(b"--backing-fd", b"5:raw"),
-        "{:?}",
-        String::from_utf8_lossy(&cmdline)
+        has_option(&args, "--format", "qcow2") && has_option(&args, "--backing-fd", "5:raw"),
+        "{args:?}"
     );
     let (code, console, stderr) = vm.terminate(DEADLINE);
     assert!(code.is_some(), "{console}\n{stderr}");
