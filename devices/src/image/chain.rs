@@ -11,6 +11,9 @@
 //! above it, into what was a raw disk, to name files of the host). The chain ends at a raw
 //! file or a qcow2 without a backing file.
 //!
+//! A caller that opened the files as root also calls [`check_backing_owners`] (`owner.rs`):
+//! a backing file the owner of the image naming it could not read is refused.
+//!
 //! Refused, naming the file: a backing file missing, a loop (the same device and inode
 //! twice), more than [`MAX_CHAIN`] files, an external data file (not served, and a path
 //! outside the chain), a header that can't be parsed or names a feature or table bulkhead
@@ -23,6 +26,10 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+mod owner;
+
+pub use owner::check_backing_owners;
 
 use super::format::{self, ImageFormat};
 use super::qcow2_header::{HeaderError, Qcow2Header};
@@ -130,6 +137,26 @@ pub enum ChainError {
         path: PathBuf,
         /// The image naming it.
         named_by: PathBuf,
+    },
+    /// A backing file the owner of the image naming it could not read, opened as root
+    /// ([`check_backing_owners`]).
+    #[error(
+        "backing file {path} (owner uid {owner}, mode {mode:o}) of disk image {named_by} \
+         (owner uid {named_by_owner}): refused: a backing file must belong to the owner of the \
+         image naming it or be readable by everyone, since whoever writes that image's header \
+         chooses it"
+    )]
+    BackingOwner {
+        /// The backing file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// The image naming it.
+        named_by: PathBuf,
+        /// That image's owner.
+        named_by_owner: u32,
     },
     /// An I/O error on a named file.
     #[error("disk image {path}: {source}")]
