@@ -42,6 +42,18 @@ pub fn refused_standalone(path: &Path, args: &[&str], want: &[&str]) {
 /// by the launcher (status 125) before any backend started, its stderr holding every one
 /// of `want`.
 pub fn refused_by_launcher(wrapper: &[&str], disk: &str, want: &[&str]) {
+    let out = refused_at_start(wrapper, disk, want);
+    assert!(
+        !out.stderr.contains("bulkhead-blk (pid"),
+        "a backend was started:\n{}",
+        out.stderr
+    );
+}
+
+/// `bulkhead run --disk DISK` (through `wrapper` if given) must end with status 125 before
+/// the guest ran, its stderr holding every one of `want` (the launcher's refusal, or the
+/// backend's when only serving finds the problem); what it printed.
+pub fn refused_at_start(wrapper: &[&str], disk: &str, want: &[&str]) -> super::Output {
     let mut cmd = match wrapper.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
@@ -65,8 +77,9 @@ pub fn refused_by_launcher(wrapper: &[&str], disk: &str, want: &[&str]) {
         assert!(out.stderr.contains(w), "no {w:?} in:\n{}", out.stderr);
     }
     assert!(
-        !out.stderr.contains("bulkhead-blk (pid"),
-        "a backend was started:\n{}",
-        out.stderr
+        !out.stdout.contains("bulkhead-guest:"),
+        "the guest ran:\n{}",
+        out.stdout
     );
+    out
 }

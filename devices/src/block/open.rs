@@ -83,7 +83,7 @@ pub fn open_image(config: &Config, options: DiskOptions) -> Result<DiskImage, Er
         Image::Fd(fd) => {
             let owned = daemon::connection::take_fd(*fd)
                 .map_err(|source| Error::DiskFd { fd: *fd, source })?;
-            let name = format!("fd {fd}");
+            let name = fd_name(*fd);
             match config.format.unwrap_or(ImageFormat::Raw) {
                 ImageFormat::Raw => Ok(Disk::from_fd(owned, name, options)?.into()),
                 ImageFormat::Qcow2 => {
@@ -100,7 +100,7 @@ pub fn open_image(config: &Config, options: DiskOptions) -> Result<DiskImage, Er
                         let owned = daemon::connection::take_fd(fd)
                             .map_err(|source| Error::DiskFd { fd, source })?;
                         layers.push(Layer {
-                            name: format!("fd {fd}"),
+                            name: fd_name(fd),
                             file: File::from(owned),
                             format,
                         });
@@ -109,6 +109,17 @@ pub fn open_image(config: &Config, options: DiskOptions) -> Result<DiskImage, Er
                 }
             }
         }
+    }
+}
+
+/// What messages call the image file at inherited descriptor `fd`: `fd N (PATH)`, the
+/// path being where the launcher opened it (`/proc/self/fd/N`, read before the process
+/// confines itself), so that a refusal or an I/O error names the file; `fd N` alone when
+/// /proc can't say.
+fn fd_name(fd: i32) -> String {
+    match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+        Ok(path) if path.is_absolute() => format!("fd {fd} ({})", path.display()),
+        _ => format!("fd {fd}"),
     }
 }
 
