@@ -1,9 +1,12 @@
 //! Issue 13, "bad images": each is made by `qemu-img create` and, where needed, damaged
-//! with byte writes at offsets the qcow2 header gives; `bulkhead-blk --blk-file X --format
-//! qcow2` refuses it at start (exit status 1) with a message naming the file and the
-//! problem, and leaves the file as it was. A corruption found only during I/O fails the
-//! test guest's request there, and the backend goes on serving the next VM (also at the
-//! device, request by request, in devices/tests/qcow2_bad.rs).
+//! with byte writes at offsets the qcow2 header gives; it is refused at start with a
+//! message naming the file and the problem, and left as it was, both by a standalone
+//! `bulkhead-blk --blk-file X --format qcow2` (exit status 1) and by `bulkhead run --disk
+//! path=X,format=qcow2` (status 125: the launcher refuses what the header tells before any
+//! process starts; what only imago finds, the backend refuses, naming the file the
+//! launcher passed it). A corruption found only during I/O fails the test guest's request
+//! there, and the backend goes on serving the next VM (also at the device, request by
+//! request, in devices/tests/qcow2_bad.rs).
 
 mod common;
 
@@ -12,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::refusal::{refused_at_start, refused_by_launcher, refused_standalone};
 use common::skip::{skip_or_fail, SkipKind};
 
 /// A scratch directory removed with this value.
@@ -77,33 +81,42 @@ fn peek64(path: &Path, offset: u64) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// Serves `path` as qcow2 standalone; it must exit 1 within 10 s, its stderr naming the
-/// file and containing `problem`; the file is unchanged.
-fn refused(dir: &Dir, path: &Path, problem: &str) {
-    let before = std::fs::read(path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead-blk"))
-        .arg("--socket-path")
-        .arg(dir.join("blk.sock"))
-        .arg("--blk-file")
-        .arg(path)
-        .args(["--format", "qcow2"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting bulkhead-blk");
-    let status = common::wait_until(&mut child, Instant::now() + Duration::from_secs(10));
-    if status.is_none() {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{}: {stderr}", path.display());
+/// Who refuses an image `bulkhead run --disk` is given.
+#[derive(Clone, Copy)]
+enum By {
+    /// The launcher, from the header, before any process starts.
+    Launcher,
+    /// bulkhead-blk, when imago opens the file (the launcher does not read the tables).
+    Backend,
+}
+
+/// `path` is refused as a qcow2 both ways, each naming it and saying `problem`, and left
+/// as it was: by a standalone `bulkhead-blk --blk-file`, and by `bulkhead run --disk
+/// path=...,format=qcow2` (the launcher, where the header tells).
+fn refused(path: &Path, problem: &str) {
+    refused_by(By::Launcher, path, problem);
+}
+
+fn refused_by(by: By, path: &Path, problem: &str) {
     let name = path.display().to_string();
-    assert!(
-        stderr.contains(&name) && stderr.contains(problem),
-        "expected {name} and {problem:?} in: {stderr}"
-    );
+    refused_standalone(path, &["--format", "qcow2"], &[&name, problem]);
+    let before = std::fs::read(path).unwrap();
+    let disk = format!("path={name},format=qcow2");
+    match by {
+        By::Launcher => refused_by_launcher(&[], &disk, &[&name, problem]),
+        By::Backend => {
+            // The backend is started, before the VM's own process.
+            if let Some(why) = common::kvm_unavailable() {
+                eprintln!(
+                    "{}: launcher part skipped: {why}",
+                    common::skip::test_name()
+                );
+                return;
+            }
+            let how = "bulkhead-blk (pid";
+            refused_at_start(&[], &disk, &[how, "could not start", &name, problem]);
+        }
+    }
     assert!(std::fs::read(path).unwrap() == before, "{name} was changed");
 }
 
@@ -128,18 +141,14 @@ fn a_truncated_qcow2_is_refused() {
         .unwrap()
         .set_len(l1 + 4)
         .unwrap();
-    refused(
-        &dir,
-        &img,
-        "is truncated or corrupt: its L1 table ends at byte",
-    );
+    refused(&img, "is truncated or corrupt: its L1 table ends at byte");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&img)
         .unwrap()
         .set_len(50)
         .unwrap();
-    refused(&dir, &img, "its header ends at byte 72");
+    refused(&img, "its header ends at byte 72");
 }
 
 #[test]
@@ -151,10 +160,10 @@ fn corrupt_l1_and_refcount_tables_are_refused() {
     }
     let l1 = peek64(&img, L1_TABLE_OFFSET);
     poke(&img, L1_TABLE_OFFSET, &(l1 + 512).to_be_bytes());
-    refused(&dir, &img, "L1 table offset");
+    refused(&img, "L1 table offset");
     poke(&img, L1_TABLE_OFFSET, &l1.to_be_bytes());
     poke(&img, REFCOUNT_TABLE_OFFSET, &(1u64 << 40).to_be_bytes());
-    refused(&dir, &img, "its refcount table ends at byte");
+    refused(&img, "its refcount table ends at byte");
     // A refcount table entry pointing at an unaligned refcount block: imago's refusal,
     // named by us.
     let img2 = dir.join("refblock.qcow2");
@@ -162,7 +171,7 @@ fn corrupt_l1_and_refcount_tables_are_refused() {
     let rt = peek64(&img2, REFCOUNT_TABLE_OFFSET);
     let rb = peek64(&img2, rt);
     poke(&img2, rt, &(rb + 8).to_be_bytes());
-    refused(&dir, &img2, "opening qcow2 image");
+    refused_by(By::Backend, &img2, "opening qcow2 image");
     // An L1 entry pointing into the middle of a cluster (imago checks L1 entries at open).
     let img3 = dir.join("l1-entry.qcow2");
     assert!(create(&img3, &[], "64M"));
@@ -176,7 +185,7 @@ fn corrupt_l1_and_refcount_tables_are_refused() {
     let entry = peek64(&img3, l1);
     assert_ne!(entry, 0);
     poke(&img3, l1, &(entry + 512).to_be_bytes());
-    refused(&dir, &img3, "is not aligned to cluster size");
+    refused_by(By::Backend, &img3, "is not aligned to cluster size");
 }
 
 #[test]
@@ -198,13 +207,13 @@ fn unsupported_qcow2_features_are_refused() {
         if !create(&img, options, "64M") {
             return;
         }
-        refused(&dir, &img, problem);
+        refused(&img, problem);
     }
     let data = dir.join("data.raw");
     let img = dir.join("external.qcow2");
     let opt = format!("data_file={}", data.display());
     assert!(create(&img, &["-o", &opt], "64M"));
-    refused(&dir, &img, "an external data file");
+    refused(&img, "an external data file");
 
     // Bits set by hand in an ordinary image.
     for (bits, problem) in [
@@ -215,12 +224,12 @@ fn unsupported_qcow2_features_are_refused() {
         let img = dir.join("bits.qcow2");
         assert!(create(&img, &[], "64M"));
         poke(&img, INCOMPATIBLE_FEATURES, &bits.to_be_bytes());
-        refused(&dir, &img, problem);
+        refused(&img, problem);
     }
     let img = dir.join("encrypted.qcow2");
     assert!(create(&img, &[], "64M"));
     poke(&img, CRYPT_METHOD, &1u32.to_be_bytes());
-    refused(&dir, &img, "encryption");
+    refused(&img, "encryption");
 }
 
 #[test]
@@ -231,14 +240,18 @@ fn a_virtual_size_not_a_multiple_of_512_or_zero_is_refused() {
         return;
     }
     poke(&img, SIZE, &((64u64 << 20) - 100).to_be_bytes());
-    refused(
-        &dir,
+    refused(&img, "virtual size of 67108764 bytes");
+    // Each says why in its own words.
+    refused_standalone(
         &img,
-        "virtual size of 67108764 bytes, which is not a non-zero multiple of 512",
+        &["--format", "qcow2"],
+        &["virtual size of 67108764 bytes, which is not a non-zero multiple of 512"],
     );
+    let disk = format!("path={},format=qcow2", img.display());
+    refused_by_launcher(&[], &disk, &["67108764 bytes, not a multiple of 512"]);
     let img = dir.join("zero.qcow2");
     assert!(create(&img, &[], "0"));
-    refused(&dir, &img, "virtual size of 0 bytes");
+    refused(&img, "virtual size of 0 bytes");
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::disk::{assert_pattern_only, assert_zeroes_only, Image};
+use common::running;
 use common::transport::{assert_guest_used, bulkhead_run, Transport};
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -209,12 +210,15 @@ fn two_disks_are_two_processes(t: Transport) {
             ]),
     );
     vm.wait_for_line("bulkhead-guest: PASS blk-rw", Duration::from_secs(60));
-    let blk: Vec<u32> = common::running::children(vm.pid())
+    let blk: Vec<u32> = running::children(vm.pid())
         .into_iter()
         .filter(|(_, name)| name == "bulkhead-blk")
         .map(|(pid, _)| pid)
         .collect();
     let held: Vec<Vec<(u64, u64)>> = blk.iter().map(|&p| regular_files_held(p)).collect();
+    // The launcher says the format of a raw image too (the contract: `--format` always),
+    // and names no backing file.
+    let args: Vec<Vec<String>> = blk.iter().map(|&p| running::args_of(p)).collect();
     let (code, stdout, stderr) = vm.terminate(Duration::from_secs(30));
     assert_guest_used(t, &stdout);
     assert_eq!(
@@ -239,6 +243,13 @@ fn two_disks_are_two_processes(t: Transport) {
         })
         .collect();
     images.sort();
+    for said in &args {
+        assert!(
+            running::has_option(said, "--format", "raw")
+                && !said.iter().any(|x| x == "--backing-fd"),
+            "{said:?}"
+        );
+    }
     let mut want = vec![id(&a), id(&b)];
     want.sort();
     assert_eq!(images, want, "each process holds its own image");

@@ -1,8 +1,11 @@
 //! Images refused at start by the launcher, each with a message naming the file and the
 //! problem (issue 13, "Bad images"): a backing loop, a missing backing file, an image that
 //! may grow bigger than the host allows, an external data file, a qcow2 given without
-//! `format=`, a virtual size that is not whole sectors. All end in the launcher before any
-//! process starts, so they need no KVM; they need `qemu-img` to make the images.
+//! `format=`, a virtual size that is not whole sectors, a backing file the overlay's owner
+//! could not read. All end in the launcher before any process starts, so they need no KVM;
+//! they need `qemu-img` to make the images. The chain refusals (loop, missing backing file,
+//! owner) are also made by a standalone `bulkhead-blk --blk-file`, which opens the chain
+//! itself. Then overlays served end to end (KVM): the guest's writes, a restarted backend.
 
 mod common;
 
@@ -10,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::refusal::{refused_by_launcher, refused_standalone};
+use common::running::has_option;
 use common::skip::SkipKind;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -59,39 +64,6 @@ macro_rules! require_qemu_img {
     };
 }
 
-/// `bulkhead run --disk DISK` (through `wrapper` if given, e.g. prlimit): asserts that the
-/// launcher refused it (status 125) with a message holding every one of `want`.
-fn assert_refused(wrapper: &[&str], disk: &str, want: &[&str]) {
-    let mut cmd = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(env!("CARGO_BIN_EXE_bulkhead"));
-            c.stdin(std::process::Stdio::null());
-            c
-        }
-        None => common::bulkhead(),
-    };
-    cmd.args([
-        "run",
-        "--disk",
-        disk,
-        "--cmdline",
-        "bulkhead.test=blk-probe",
-    ]);
-    let out = common::run(cmd, DEADLINE);
-    out.assert_no_panic();
-    assert_eq!(out.code(), 125, "{out:#?}");
-    for w in want {
-        assert!(out.stderr.contains(w), "no {w:?} in:\n{}", out.stderr);
-    }
-    // Refused before any process started: nothing of the VM was spawned.
-    assert!(
-        !out.stderr.contains("bulkhead-blk (pid"),
-        "a backend was started:\n{}",
-        out.stderr
-    );
-}
-
 fn disk(path: &Path, keys: &str) -> String {
     format!("path={}{keys}", path.display())
 }
@@ -108,15 +80,17 @@ fn a_backing_loop_is_refused_naming_the_files() {
         "create", "-q", "-f", "qcow2", "-u", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M",
     ]);
     let (a, b) = (d.path("a.qcow2"), d.path("b.qcow2"));
-    assert_refused(
+    let said = format!(
+        "backing file {} of disk image {} is already in the chain (a backing loop)",
+        a.display(),
+        b.display()
+    );
+    refused_by_launcher(
         &[],
         &disk(&a, ",format=qcow2"),
-        &[&format!(
-            "bulkhead: error: disk0: backing file {} of disk image {} is already in the chain (a backing loop)",
-            a.display(),
-            b.display()
-        )],
+        &[&format!("bulkhead: error: disk0: {said}")],
     );
+    refused_standalone(&a, &["--format", "qcow2"], &[&said]);
 }
 
 #[test]
@@ -136,15 +110,25 @@ fn a_missing_backing_file_is_refused_naming_it_and_the_overlay() {
         "top.qcow2",
     ]);
     std::fs::remove_file(d.path("base.raw")).expect("removing the base");
-    assert_refused(
+    let said = format!(
+        "backing file {} of disk image {}",
+        d.path("base.raw").display(),
+        d.path("top.qcow2").display()
+    );
+    refused_by_launcher(
         &[],
         &disk(&d.path("top.qcow2"), ",format=qcow2"),
         &[
-            &format!(
-                "bulkhead: error: disk0: backing file {} of disk image {}",
-                d.path("base.raw").display(),
-                d.path("top.qcow2").display()
-            ),
+            &format!("bulkhead: error: disk0: {said}"),
+            "No such file or directory",
+        ],
+    );
+    let top = d.path("top.qcow2");
+    refused_standalone(
+        &top,
+        &["--format", "qcow2"],
+        &[
+            &format!("bulkhead-blk: {said}"),
             "No such file or directory",
         ],
     );
@@ -165,7 +149,7 @@ fn an_image_that_may_grow_bigger_than_the_launcher_may_write_is_refused() {
     // 512 MiB may be written: a 1 GiB disk, once fully allocated, is more.
     let limit = 512u64 << 20;
     let fsize = format!("--fsize={limit}");
-    assert_refused(
+    refused_by_launcher(
         &["prlimit", &fsize, "--"],
         &disk(&big, ",format=qcow2"),
         &[
@@ -199,7 +183,7 @@ fn an_image_bigger_than_the_file_system_holds_is_refused() {
     }
     d.qemu_img(&["create", "-q", "-f", "qcow2", "huge.qcow2", "32T"]);
     let huge = d.path("huge.qcow2");
-    assert_refused(
+    refused_by_launcher(
         &[],
         &disk(&huge, ",format=qcow2"),
         &[
@@ -227,7 +211,7 @@ fn an_external_data_file_is_refused() {
         "1M",
     ]);
     let top = d.path("top.qcow2");
-    assert_refused(
+    refused_by_launcher(
         &[],
         &disk(&top, ",format=qcow2"),
         &[&format!(
@@ -243,7 +227,7 @@ fn a_qcow2_without_format_is_refused_and_the_user_asked_to_say() {
     let d = Dir::new("probe");
     d.qemu_img(&["create", "-q", "-f", "qcow2", "top.qcow2", "1M"]);
     let top = d.path("top.qcow2");
-    assert_refused(
+    refused_by_launcher(
         &[],
         &disk(&top, ""),
         &[&format!(
@@ -263,7 +247,7 @@ fn a_virtual_size_that_is_not_whole_sectors_is_refused() {
     // The header's virtual size (bytes 24..32, big-endian).
     bytes[24..32].copy_from_slice(&1000u64.to_be_bytes());
     std::fs::write(&odd, bytes).expect("writing the image");
-    assert_refused(
+    refused_by_launcher(
         &[],
         &disk(&odd, ",format=qcow2"),
         &[&format!(
@@ -411,13 +395,10 @@ fn a_restarted_backend_gets_the_whole_chain() {
     let fds = fd_paths(second);
     assert!(fds.contains(&(4, overlay.clone())), "{fds:?}");
     assert!(fds.contains(&(5, base.path.clone())), "{fds:?}");
-    let cmdline = std::fs::read(format!("/proc/{second}/cmdline")).unwrap_or_default();
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let said = |flag: &[u8], value: &[u8]| args.windows(2).any(|w| w[0] == flag && w[1] == value);
+    let args = common::running::args_of(second);
     assert!(
-        said(b"--format", b"qcow2") && said(b"--backing-fd", b"5:raw"),
-        "{:?}",
-        String::from_utf8_lossy(&cmdline)
+        has_option(&args, "--format", "qcow2") && has_option(&args, "--backing-fd", "5:raw"),
+        "{args:?}"
     );
     let (code, console, stderr) = vm.terminate(DEADLINE);
     assert!(code.is_some(), "{console}\n{stderr}");
@@ -456,16 +437,18 @@ fn a_backing_file_its_overlays_owner_could_not_read_is_refused() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     // The overlay is another user's: its header may name only what that user could read.
     std::os::unix::fs::chown(&top, Some(4242), Some(4242)).expect("chown");
-    assert_refused(
+    let said = format!(
+        "backing file {} (owner uid 0, mode 600) of disk image {} (owner uid 4242): refused",
+        secret.display(),
+        top.display()
+    );
+    refused_by_launcher(
         &[],
         &disk(&top, ",format=qcow2"),
-        &[&format!(
-            "bulkhead: error: disk0: backing file {} (owner uid 0, mode 600) of disk image {} \
-             (owner uid 4242): refused",
-            secret.display(),
-            top.display()
-        )],
+        &[&format!("bulkhead: error: disk0: {said}"), "--open-as"],
     );
+    // A standalone bulkhead-blk run as root applies the same rule.
+    refused_standalone(&top, &["--format", "qcow2"], &[&said]);
     // Readable by everyone, it is let through (to whatever comes next).
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let mut cmd = common::bulkhead();

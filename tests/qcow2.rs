@@ -1,8 +1,10 @@
-//! Issue 13: a qcow2 written by the test guest. A standalone `bulkhead-blk --format qcow2`
-//! serves an image made by `qemu-img create -f qcow2`; `bulkhead run --disk socket=` boots
-//! the test guest on it (each transport), which writes its pattern, discards, zeroes and
-//! flushes. The same scenario on a raw image; then `qemu-img check` finds the qcow2 clean
-//! and `qemu-img compare` identical to the raw one. An overlay on a raw base (the chain
+//! Issue 13: a qcow2 written by the test guest, served two ways: by `bulkhead run --disk
+//! path=X,format=qcow2` (the launcher opens, checks and locks the chain and hands it to
+//! bulkhead-blk), and by a standalone `bulkhead-blk --format qcow2` that `bulkhead run
+//! --disk socket=` connects to. An image made by `qemu-img create -f qcow2`: the test
+//! guest (each transport) writes its pattern, discards, zeroes and flushes; the same
+//! scenario on a raw image; then `qemu-img check` finds the qcow2 clean and `qemu-img
+//! compare` identical to the raw one. An overlay on a raw base (standalone: the chain
 //! passed as `--disk-fd`/`--backing-fd`, as the launcher does): the guest's writes land in
 //! the overlay, which reads as the base plus them, and the base's bytes never change.
 
@@ -67,6 +69,11 @@ impl Backend {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The `--disk` value that connects to it.
+    fn disk(&self) -> String {
+        format!("socket={}", self.socket.display())
+    }
+
     /// SIGTERM, then the exit (status 0, the image flushed).
     fn stop(mut self) {
         let pid = self.child.id() as i32;
@@ -91,30 +98,62 @@ impl Drop for Backend {
 }
 
 /// The guest's scenario, on each transport: its pattern over 64 sectors (a different
-/// place each time), DISCARD and WRITE_ZEROES over 16 more, FLUSH.
-fn guest_writes(backend: &Backend) {
-    for (t, first, discard) in [
-        (Transport::Mmio, 2048u64, 4100u64),
-        (Transport::Pci, 9000, 12001),
-    ] {
+/// place each time), DISCARD and WRITE_ZEROES over 16 more, FLUSH; `disk` is the
+/// `--disk` value, `log` what the backend said (for a failure's message).
+fn guest_writes(disk: &str, log: &dyn Fn() -> String) {
+    for (t, first, discard) in SCENARIO {
         let mut cmd = common::transport::bulkhead_run(t);
-        cmd.arg("--disk")
-            .arg(format!("socket={}", backend.socket.display()))
-            .arg("--cmdline")
-            .arg(format!(
-                "bulkhead.test=blk-identify,blk-rw,blk-discard,blk-flush \
-                 bulkhead.blk.rw={first}:64 bulkhead.blk.discard={discard}:16 \
-                 bulkhead.blk.capacity={}",
-                SIZE / SECTOR
-            ));
+        cmd.arg("--disk").arg(disk).arg("--cmdline").arg(format!(
+            "bulkhead.test=blk-identify,blk-rw,blk-discard,blk-flush \
+             bulkhead.blk.rw={first}:64 bulkhead.blk.discard={discard}:16 \
+             bulkhead.blk.capacity={}",
+            SIZE / SECTOR
+        ));
         let out = common::run(cmd, DEADLINE);
         out.assert_no_panic();
-        assert_eq!(out.code(), 0, "{out:#?}\nbulkhead-blk:\n{}", backend.log());
+        assert_eq!(out.code(), 0, "{out:#?}\nbulkhead-blk:\n{}", log());
         for s in ["blk-identify", "blk-rw", "blk-discard", "blk-flush"] {
             out.assert_line(&format!("bulkhead-guest: PASS {s}"));
         }
         common::transport::assert_guest_used(t, &out.stdout);
     }
+}
+
+/// Where the scenario writes, per transport: (transport, first sector of the pattern,
+/// first sector discarded and zeroed).
+const SCENARIO: [(Transport, u64, u64); 2] =
+    [(Transport::Mmio, 2048, 4100), (Transport::Pci, 9000, 12001)];
+
+/// Serves the image at `path` (format `format`) to the guest's scenario: through `bulkhead
+/// run --disk path=` (the launcher opens, locks and hands it over), or a standalone
+/// `bulkhead-blk --blk-file` that `bulkhead run --disk socket=` connects to.
+fn serve(how: How, path: &Path, format: &str) {
+    match how {
+        How::Launcher => {
+            let disk = format!("path={},format={format}", path.display());
+            guest_writes(&disk, &String::new);
+        }
+        How::Standalone => {
+            let args = [
+                "--blk-file".to_string(),
+                path.display().to_string(),
+                "--format".into(),
+                format.into(),
+            ];
+            let backend = Backend::start(format, &args, &[]);
+            guest_writes(&backend.disk(), &|| backend.log());
+            backend.stop();
+        }
+    }
+}
+
+/// Who serves the image.
+#[derive(Clone, Copy, Debug)]
+enum How {
+    /// `bulkhead run --disk path=X,format=F`.
+    Launcher,
+    /// `bulkhead-blk --blk-file X --format F` beside `bulkhead run --disk socket=`.
+    Standalone,
 }
 
 fn qemu_img(args: &[&str]) -> Option<String> {
@@ -176,24 +215,27 @@ impl Drop for Scratch {
 #[test]
 fn a_qcow2_the_guest_wrote_is_clean_and_identical_to_a_raw_image() {
     require_kvm!();
-    let qcow2 = Scratch::new("guest.qcow2");
-    let raw = Scratch::new("guest.raw");
+    guest_wrote_qcow2_and_raw(How::Standalone);
+}
+
+#[test]
+fn a_qcow2_the_launcher_served_is_clean_and_identical_to_a_raw_image() {
+    require_kvm!();
+    guest_wrote_qcow2_and_raw(How::Launcher);
+}
+
+/// The scenario on a fresh qcow2 and a raw image alike, served `how`: `qemu-img check`
+/// finds the qcow2 clean, `qemu-img compare` the two identical.
+fn guest_wrote_qcow2_and_raw(how: How) {
+    let qcow2 = Scratch::new(&format!("guest-{how:?}.qcow2"));
+    let raw = Scratch::new(&format!("guest-{how:?}.raw"));
     let q = qcow2.0.display().to_string();
     if qemu_img(&["create", "-q", "-f", "qcow2", &q, &SIZE.to_string()]).is_none() {
         return;
     }
     File::create(&raw.0).unwrap().set_len(SIZE).unwrap();
-    for (path, format) in [(&qcow2.0, "qcow2"), (&raw.0, "raw")] {
-        let args = [
-            "--blk-file".to_string(),
-            path.display().to_string(),
-            "--format".into(),
-            format.into(),
-        ];
-        let backend = Backend::start(format, &args, &[]);
-        guest_writes(&backend);
-        backend.stop();
-    }
+    serve(how, &qcow2.0, "qcow2");
+    serve(how, &raw.0, "raw");
     check_clean(&qcow2.0);
     compare(&qcow2.0, &raw.0);
     // The guest's pattern is there (so the comparison is not of two empty disks).
@@ -205,37 +247,56 @@ fn a_qcow2_the_guest_wrote_is_clean_and_identical_to_a_raw_image() {
 #[test]
 fn an_overlay_on_a_raw_base_takes_the_guests_writes_and_the_base_never_changes() {
     require_kvm!();
+    overlay_on_a_raw_base(How::Standalone);
+}
+
+#[test]
+fn an_overlay_the_launcher_served_takes_the_guests_writes_and_the_base_never_changes() {
+    require_kvm!();
+    overlay_on_a_raw_base(How::Launcher);
+}
+
+/// An overlay on a raw base served `how`: standalone, the chain passed as `--disk-fd` and
+/// `--backing-fd` as the launcher passes it; by the launcher, which opens the chain itself.
+/// The overlay reads as the base plus the guest's writes, `qemu-img check` finds it clean,
+/// and the base never changes.
+fn overlay_on_a_raw_base(how: How) {
     let base = Image::new("qcow2-base", SIZE as usize);
-    let overlay = Scratch::new("overlay.qcow2");
-    let expect = Scratch::new("expect.raw");
+    let overlay = Scratch::new(&format!("overlay-{how:?}.qcow2"));
+    let expect = Scratch::new(&format!("expect-{how:?}.raw"));
     let o = overlay.0.display().to_string();
     let b = base.path.display().to_string();
     if qemu_img(&["create", "-q", "-f", "qcow2", "-b", &b, "-F", "raw", &o]).is_none() {
         return;
     }
-    let top = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&overlay.0)
-        .unwrap();
-    let below = File::open(&base.path).unwrap();
-    let args = [
-        "--disk-fd".to_string(),
-        top.as_raw_fd().to_string(),
-        "--format".into(),
-        "qcow2".into(),
-        "--backing-fd".into(),
-        format!("{}:raw", below.as_raw_fd()),
-    ];
-    let backend = Backend::start("overlay", &args, &[&top, &below]);
-    guest_writes(&backend);
-    backend.stop();
+    match how {
+        How::Launcher => guest_writes(&format!("path={o},format=qcow2"), &String::new),
+        How::Standalone => {
+            let top = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&overlay.0)
+                .unwrap();
+            let below = File::open(&base.path).unwrap();
+            let args = [
+                "--disk-fd".to_string(),
+                top.as_raw_fd().to_string(),
+                "--format".into(),
+                "qcow2".into(),
+                "--backing-fd".into(),
+                format!("{}:raw", below.as_raw_fd()),
+            ];
+            let backend = Backend::start("overlay", &args, &[&top, &below]);
+            guest_writes(&backend.disk(), &|| backend.log());
+            backend.stop();
+        }
+    }
     assert!(base.read() == base.original, "the base image changed");
     check_clean(&overlay.0);
     // What the overlay must read as: the base, the pattern where the guest wrote it,
     // zeros where it discarded and zeroed.
     let mut expected = base.original.clone();
-    for (first, discard) in [(2048u64, 4100u64), (9000, 12001)] {
+    for (_, first, discard) in SCENARIO {
         for o in first * SECTOR..(first + 64) * SECTOR {
             expected[o as usize] = pattern_byte(o);
         }

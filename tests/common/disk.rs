@@ -20,9 +20,14 @@ impl Drop for Image {
 }
 
 impl Image {
-    /// Creates `size` bytes of deterministic noise at a fresh temporary path named `tag`.
+    /// Creates `size` bytes of deterministic noise at a fresh temporary path named `tag`
+    /// (and numbered: a test run as `mmio::` and `pci::` at once makes two images of one
+    /// tag, which must not be one file, now that a served image is locked).
     pub fn new(tag: &str, size: usize) -> Image {
-        let path = std::env::temp_dir().join(format!("bulkhead-{tag}-{}.img", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("bulkhead-{tag}-{}-{n}.img", std::process::id()));
         let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ size as u64;
         let original: Vec<u8> = (0..size)
             .map(|_| {

@@ -13,6 +13,7 @@ pub mod initramfs;
 pub mod netns;
 #[path = "../../jailer/src/bench/qsd.rs"]
 pub mod qsd;
+pub mod refusal;
 #[path = "../../jailer/src/bench/report_line.rs"]
 pub mod report_line;
 pub mod running;

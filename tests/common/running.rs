@@ -163,6 +163,22 @@ pub fn children(pid: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// Process `pid`'s arguments (`/proc/PID/cmdline`, lossy), its program first; empty once
+/// it is gone.
+pub fn args_of(pid: u32) -> Vec<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Whether `args` hold `flag` directly followed by `value`.
+pub fn has_option(args: &[String], flag: &str, value: &str) -> bool {
+    args.windows(2).any(|w| w[0] == flag && w[1] == value)
+}
+
 /// Nothing of launcher `pid` is left: no process and no namespace.
 pub fn assert_nothing_left(pid: u32, children: &[(u32, String)]) {
     assert_gone(children, "the VM");

@@ -2,7 +2,8 @@
 //!
 //! `--blk-file PATH`: the file is opened here (read-write unless `--read-only`), its format
 //! settled (`--format`, else a probe that refuses a qcow2 header), a qcow2's backing chain
-//! opened with [`open_chain`] (each backing file read-only), and every file locked
+//! opened with [`open_chain`] (each backing file read-only; run as root, a backing file the
+//! overlay's owner could not read is refused, as the launcher does), and every file locked
 //! QEMU's way unless `--lock off`. `--disk-fd N [--backing-fd M:FORMAT]...`: the launcher
 //! opened and locked the files; they are taken over as they are.
 
@@ -17,7 +18,7 @@ use super::disk::{Disk, DiskError, DiskOptions};
 use super::image::DiskImage;
 use super::Error;
 use crate::daemon;
-use crate::image::chain::{open_chain, ChainLink};
+use crate::image::chain::{check_backing_owners, open_chain, ChainLink};
 use crate::image::format::{self, ImageFormat};
 use crate::image::lock::{lock, LockRole};
 use crate::image::qcow2::{Layer, Qcow2Image, Qcow2Options};
@@ -43,7 +44,14 @@ pub fn open_image(config: &Config, options: DiskOptions) -> Result<DiskImage, Er
                     file,
                     format,
                 }],
-                ImageFormat::Qcow2 => open_chain(path, file, format, &mut open_backing)?.links,
+                ImageFormat::Qcow2 => {
+                    let chain = open_chain(path, file, format, &mut open_backing)?;
+                    if nix::unistd::geteuid().is_root() {
+                        // Root could open what the overlay's owner could not read.
+                        check_backing_owners(&chain)?;
+                    }
+                    chain.links
+                }
             };
             if config.lock {
                 for (i, link) in chain.iter().enumerate() {
@@ -75,7 +83,7 @@ pub fn open_image(config: &Config, options: DiskOptions) -> Result<DiskImage, Er
         Image::Fd(fd) => {
             let owned = daemon::connection::take_fd(*fd)
                 .map_err(|source| Error::DiskFd { fd: *fd, source })?;
-            let name = format!("fd {fd}");
+            let name = fd_name(*fd);
             match config.format.unwrap_or(ImageFormat::Raw) {
                 ImageFormat::Raw => Ok(Disk::from_fd(owned, name, options)?.into()),
                 ImageFormat::Qcow2 => {
@@ -92,7 +100,7 @@ pub fn open_image(config: &Config, options: DiskOptions) -> Result<DiskImage, Er
                         let owned = daemon::connection::take_fd(fd)
                             .map_err(|source| Error::DiskFd { fd, source })?;
                         layers.push(Layer {
-                            name: format!("fd {fd}"),
+                            name: fd_name(fd),
                             file: File::from(owned),
                             format,
                         });
@@ -101,6 +109,17 @@ pub fn open_image(config: &Config, options: DiskOptions) -> Result<DiskImage, Er
                 }
             }
         }
+    }
+}
+
+/// What messages call the image file at inherited descriptor `fd`: `fd N (PATH)`, the
+/// path being where the launcher opened it (`/proc/self/fd/N`, read before the process
+/// confines itself), so that a refusal or an I/O error names the file; `fd N` alone when
+/// /proc can't say.
+fn fd_name(fd: i32) -> String {
+    match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+        Ok(path) if path.is_absolute() => format!("fd {fd} ({})", path.display()),
+        _ => format!("fd {fd}"),
     }
 }
 

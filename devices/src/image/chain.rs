@@ -2,7 +2,7 @@
 //! (the launcher's path rules, or a standalone backend's plain open) — read-write for the
 //! top unless read-only, read-only for every backing file.
 //!
-//! Each qcow2's header ([`header`]) names its backing file and, in a header extension,
+//! Each qcow2's header ([`Qcow2Header`]) names its backing file and, in a header extension,
 //! that file's format. A relative name is resolved against the directory of the file that
 //! names it, as QEMU does (`bdrv_get_full_backing_filename`), an absolute one taken as it
 //! is; a `file:` prefix is dropped, any other protocol (`nbd:`, `json:`, ...) refused. A
@@ -11,12 +11,14 @@
 //! above it, into what was a raw disk, to name files of the host). The chain ends at a raw
 //! file or a qcow2 without a backing file.
 //!
+//! A caller that opened the files as root also calls [`check_backing_owners`] (`owner.rs`):
+//! a backing file the owner of the image naming it could not read is refused.
+//!
 //! Refused, naming the file: a backing file missing, a loop (the same device and inode
 //! twice), more than [`MAX_CHAIN`] files, an external data file (not served, and a path
-//! outside the chain), a header that can't be parsed, a backing format other than raw or
-//! qcow2.
-
-pub mod header;
+//! outside the chain), a header that can't be parsed or names a feature or table bulkhead
+//! does not serve ([`Qcow2Header::check_servable`], the checks `bulkhead-blk` makes again
+//! before serving), a backing format other than raw or qcow2.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -25,8 +27,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+mod owner;
+
+pub use owner::check_backing_owners;
+
 use super::format::{self, ImageFormat};
-use header::{HeaderError, Qcow2Header};
+use super::qcow2_header::{HeaderError, Qcow2Header};
 
 /// Most files a chain may hold (top included): deeper is refused as a likely loop.
 pub const MAX_CHAIN: usize = 16;
@@ -132,6 +138,26 @@ pub enum ChainError {
         /// The image naming it.
         named_by: PathBuf,
     },
+    /// A backing file the owner of the image naming it could not read, opened as root
+    /// ([`check_backing_owners`]).
+    #[error(
+        "backing file {path} (owner uid {owner}, mode {mode:o}) of disk image {named_by} \
+         (owner uid {named_by_owner}): refused: a backing file must belong to the owner of the \
+         image naming it or be readable by everyone, since whoever writes that image's header \
+         chooses it"
+    )]
+    BackingOwner {
+        /// The backing file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// The image naming it.
+        named_by: PathBuf,
+        /// That image's owner.
+        named_by_owner: u32,
+    },
     /// An I/O error on a named file.
     #[error("disk image {path}: {source}")]
     Io {
@@ -148,7 +174,7 @@ pub enum ChainError {
 /// opened read-only with `open_backing`, its format taken from the naming file's header
 /// extension (or probed, where the probe says raw), and so on down. Refused, naming the
 /// file: a backing file missing, a loop (the same device and inode twice), more than
-/// [`MAX_CHAIN`] files, an external data file, a header that can't be parsed.
+/// [`MAX_CHAIN`] files, an external data file, a header that can't be parsed or served.
 pub fn open_chain(
     top_path: &Path,
     top: File,
@@ -163,15 +189,17 @@ pub fn open_chain(
     }];
     // A raw file ends the chain.
     while let Some(last) = links.last().filter(|l| l.format == ImageFormat::Qcow2) {
-        let header = Qcow2Header::read(&last.file).map_err(|source| ChainError::Header {
+        let header_err = |source| ChainError::Header {
             path: last.path.clone(),
             source,
-        })?;
+        };
+        let header = Qcow2Header::read(&last.file).map_err(header_err)?;
         if header.external_data_file {
             return Err(ChainError::ExternalData {
                 path: last.path.clone(),
             });
         }
+        header.check_servable().map_err(header_err)?;
         let Some(name) = &header.backing_file else {
             break;
         };

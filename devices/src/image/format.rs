@@ -122,30 +122,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn file_with(bytes: &[u8]) -> File {
-        let mut f = tempfile_in_tmp();
-        f.write_all(bytes).unwrap();
-        f
-    }
-
-    fn tempfile_in_tmp() -> File {
-        let path = std::env::temp_dir().join(format!(
-            "bulkhead-format-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        f
-    }
+    use crate::image::test_file::file_with;
 
     #[test]
     fn probe_tells_qcow2_from_raw() {

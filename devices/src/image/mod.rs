@@ -7,8 +7,9 @@
 //! | `chain.rs` | a top image and the backing files it names, opened by a caller's opener |
 //! | `lock.rs` | QEMU's OFD byte-range locks (100+n held, 200+n not shared) |
 //! | `qcow2.rs` | a qcow2 chain served through `imago`, with bounded caches |
-//! | `qcow2_header.rs` | the qcow2 header checked before imago opens a file |
+//! | `qcow2_header.rs` | the qcow2 header, parsed and checked once for the launcher, the chain and the backend |
 //! | `qcow2_error.rs` | why a qcow2 chain can't be served |
+//! | `test_file.rs` | unit tests' scratch files |
 //!
 //! The launcher opens and locks every file of a chain (`chain`, `lock`) and hands the
 //! descriptors to `bulkhead-blk`, which opens nothing; a standalone `bulkhead-blk
@@ -18,5 +19,8 @@ pub mod chain;
 pub mod format;
 pub mod lock;
 pub mod qcow2;
+pub mod qcow2_header;
+#[cfg(test)]
+mod test_file;
 
 pub use format::{FormatError, ImageFormat};

@@ -8,9 +8,10 @@
 //! read-only, by imago (`writable = false`) and by the kernel (a backing descriptor open
 //! for writing is refused), so nothing is ever written to a backing file.
 //!
-//! Before imago sees a file, its header is checked here (`header.rs`): what imago would
-//! refuse late, silently accept, or allocate without bound is refused at start, naming the
-//! file and the problem.
+//! Before imago sees a file, its header is checked here ([`Qcow2Header::read`] and
+//! [`Qcow2Header::check_servable`], the parser the launcher's chain opener uses too): what
+//! imago would refuse late, silently accept, or allocate without bound is refused at start,
+//! naming the file and the problem.
 //!
 //! # Memory bound
 //! imago keeps, per qcow2 file, an LRU cache of 128 L2 tables and one of 32 refcount
@@ -48,14 +49,12 @@ use imago::{DenyImplicitOpenGate, FormatAccess, ShallowMapping, StorageOpenOptio
 use vm_memory::VolatileSlice;
 
 use super::format::ImageFormat;
+use super::qcow2_header::Qcow2Header;
 
 #[path = "qcow2_error.rs"]
 mod error;
-#[path = "qcow2_header.rs"]
-mod header;
 
 pub use error::Qcow2Error;
-pub use header::{check_header, HeaderInfo};
 
 /// Most memory a chain's qcow2 metadata (caches and tables) may take: 1 GiB.
 pub const MAX_METADATA_BYTES: u64 = 1 << 30;
@@ -142,8 +141,8 @@ impl Qcow2Image {
             }
             let info = match layer.format {
                 ImageFormat::Qcow2 => {
-                    let info = check_header(&layer.file, &layer.name)?;
-                    bound = bound.saturating_add(info.metadata_bound(i == 0));
+                    let info = check_header(layer)?;
+                    bound = bound.saturating_add(metadata_bound(&info, i == 0));
                     Some(info)
                 }
                 ImageFormat::Raw => None,
@@ -154,7 +153,7 @@ impl Qcow2Image {
         if bound > MAX_METADATA_BYTES {
             return Err(Qcow2Error::TooMuchMemory { name, bytes: bound });
         }
-        let size = infos[0].as_ref().map_or(0, |i| i.size);
+        let size = infos[0].as_ref().map_or(0, |i| i.virtual_size);
         let multiple = 512u64.max(u64::from(options.logical_block_size));
         if size == 0 || size % multiple != 0 {
             return Err(Qcow2Error::Size {
@@ -340,6 +339,29 @@ impl Qcow2Image {
     }
 }
 
+/// Reads and checks the header of qcow2 `layer`, naming it in errors.
+pub fn check_header(layer: &Layer) -> Result<Qcow2Header, Qcow2Error> {
+    let named = |source| Qcow2Error::Header {
+        name: layer.name.clone(),
+        source,
+    };
+    let header = Qcow2Header::read(&layer.file).map_err(named)?;
+    header.check_servable().map_err(named)?;
+    Ok(header)
+}
+
+/// The most memory imago's caches and tables take for a file with `header` (`top`: the
+/// refcount table and refcount block cache exist only when writable, i.e. for the top
+/// image; counted for it whether or not it is served read-only).
+pub fn metadata_bound(header: &Qcow2Header, top: bool) -> u64 {
+    let cluster_size = header.cluster_size();
+    let mut bytes = L2_CACHE_TABLES * cluster_size + 8 * u64::from(header.l1_size);
+    if top {
+        bytes += REFBLOCK_CACHE_TABLES * cluster_size + header.reftable_bytes();
+    }
+    bytes
+}
+
 /// A backing file must be open read-only, so that the kernel refuses any write to it.
 fn check_read_only(layer: &Layer) -> Result<(), Qcow2Error> {
     // SAFETY: F_GETFL on a descriptor the layer owns; no memory is passed.
@@ -361,9 +383,11 @@ fn check_read_only(layer: &Layer) -> Result<(), Qcow2Error> {
 
 /// Layer `i` (with its header `info` if a qcow2) names a backing file exactly when a next
 /// layer was given.
-fn check_link(layers: &[Layer], i: usize, info: Option<&HeaderInfo>) -> Result<(), Qcow2Error> {
+fn check_link(layers: &[Layer], i: usize, info: Option<&Qcow2Header>) -> Result<(), Qcow2Error> {
     let layer = &layers[i];
-    let names = info.and_then(|h| h.backing_name.as_deref());
+    let names = info
+        .and_then(|h| h.backing_file.as_deref())
+        .map(String::from_utf8_lossy);
     let next = layers.get(i + 1);
     match (names, next) {
         (Some(backing), None) => Err(Qcow2Error::Chain {

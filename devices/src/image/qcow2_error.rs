@@ -3,6 +3,7 @@
 use std::io;
 
 use super::MAX_METADATA_BYTES;
+use crate::image::qcow2_header::HeaderError;
 
 /// Why a qcow2 chain can't be served.
 #[derive(Debug, thiserror::Error)]
@@ -16,22 +17,16 @@ pub enum Qcow2Error {
         #[source]
         source: io::Error,
     },
-    /// A table the header names lies (partly) past the end of the file.
-    #[error(
-        "disk image {name} is truncated or corrupt: its {what} ends at byte {end}, \
-         past the end of the file ({len} bytes)"
-    )]
-    Truncated {
+    /// The qcow2 header can't be used, or names what bulkhead does not serve.
+    #[error("disk image {name}: {source}")]
+    Header {
         /// The file.
         name: String,
-        /// Which part.
-        what: &'static str,
-        /// Where it ends.
-        end: u64,
-        /// The file's length.
-        len: u64,
+        /// What is wrong.
+        #[source]
+        source: HeaderError,
     },
-    /// A header field that makes no sense.
+    /// The header and imago disagree.
     #[error("disk image {name} has a corrupt qcow2 header: {problem}")]
     Corrupt {
         /// The file.

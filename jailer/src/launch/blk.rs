@@ -34,15 +34,13 @@ pub fn start_blk(
         "--disk-fd",
         &FIRST_EXTRA_FD.to_string(),
     ]);
-    // The chain's formats (`--format`, `--backing-fd FD:FORMAT`, the backing files below
-    // the top in order), said only for a qcow2 until every bulkhead-blk takes `--format`
-    // (raw is its default).
-    if opened.format() == ImageFormat::Qcow2 {
-        cmd.args(["--format", opened.format().as_str()]);
-        for (link, fd) in opened.chain.links.iter().zip(FIRST_EXTRA_FD..).skip(1) {
-            cmd.arg("--backing-fd")
-                .arg(format!("{fd}:{}", link.format.as_str()));
-        }
+    // The chain's formats: `--format` always (the backend's default, raw, is never relied
+    // on), then `--backing-fd FD:FORMAT` for the backing files below the top, in order
+    // (none for a raw top).
+    cmd.args(["--format", opened.format().as_str()]);
+    for (link, fd) in opened.chain.links.iter().zip(FIRST_EXTRA_FD..).skip(1) {
+        cmd.arg("--backing-fd")
+            .arg(format!("{fd}:{}", link.format.as_str()));
     }
     cmd.arg("--queues").arg(queues.to_string());
     if image.readonly {

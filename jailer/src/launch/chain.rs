@@ -16,10 +16,10 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use bulkhead_devices::image::chain::header::{HeaderError, Qcow2Header};
-use bulkhead_devices::image::chain::{open_chain, Chain, ChainError};
+use bulkhead_devices::image::chain::{check_backing_owners, open_chain, Chain, ChainError};
 use bulkhead_devices::image::format::{self, FormatError};
 use bulkhead_devices::image::lock::{self, LockError, LockRole};
+use bulkhead_devices::image::qcow2_header::{HeaderError, Qcow2Header};
 use bulkhead_devices::image::ImageFormat;
 
 use super::{open_named, LaunchError};
@@ -92,25 +92,10 @@ pub enum ImageError {
         /// What is wrong with it.
         why: &'static str,
     },
-    /// A backing file the owner of the image naming it could not read.
-    #[error(
-        "backing file {path} (owner uid {owner}, mode {mode:o}) of disk image {named_by} \
-         (owner uid {named_by_owner}): refused: a backing file must belong to the owner of the \
-         image naming it or be readable by everyone, since whoever writes that image's header \
-         chooses it (or open the disk with --open-as UID:GID)"
-    )]
-    BackingOwner {
-        /// The backing file.
-        path: PathBuf,
-        /// Its owner.
-        owner: u32,
-        /// Its permission bits.
-        mode: u32,
-        /// The image naming it.
-        named_by: PathBuf,
-        /// That image's owner.
-        named_by_owner: u32,
-    },
+    /// A backing file the owner of the image naming it could not read (a
+    /// [`ChainError::BackingOwner`]), with the launcher's way around it.
+    #[error("{0} (or open the disk with --open-as UID:GID)")]
+    BackingOwner(ChainError),
     /// The image may grow beyond what the host allows.
     #[error(
         "disk image {path} (qcow2, virtual size {virtual_size} bytes) may grow to {bound} bytes \
@@ -151,7 +136,7 @@ pub fn open_image(
         format::resolve(options.format, &top, &shown).map_err(|e| image_err(e.into()))?;
     let chain = open_chain(path, top, top_format, &mut |p: &Path| open_backing(p))
         .map_err(|e| image_err(e.into()))?;
-    check_backing_owners(&chain).map_err(image_err)?;
+    check_owners_as_root(&chain).map_err(image_err)?;
     let (size, max_file_size) = match top_format {
         ImageFormat::Raw => {
             let size = super::blk::image_size(name, path, &chain.links[0].file)?;
@@ -204,38 +189,17 @@ fn open_backing(path: &Path) -> io::Result<File> {
     })
 }
 
-/// Refuses a backing file that the owner of the image naming it could not read, when the
-/// launcher opens as root (no `--open-as`): the name comes from that image's header, so
-/// without this rule whoever may write an image could have root open any file (a key, a
-/// password database) as its base and its guest read it. Readable means owned by that
-/// user, or readable by everyone; a root-owned image may name anything.
-fn check_backing_owners(chain: &Chain) -> Result<(), ImageError> {
-    use std::os::unix::fs::MetadataExt;
+/// Refuses a backing file that the owner of the image naming it could not read
+/// ([`check_backing_owners`]), when the launcher opens as root (no `--open-as`; opened as
+/// its identity, the kernel already checked that identity's permissions).
+fn check_owners_as_root(chain: &Chain) -> Result<(), ImageError> {
     if crate::open_as::opener_uid() != 0 {
-        // Opened as --open-as's identity: the kernel already checked its permissions.
         return Ok(());
     }
-    for pair in chain.links.windows(2) {
-        let [naming, backing] = pair else { continue };
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| ImageError::Chain(ChainError::Io { path, source })
-        };
-        let named_by_owner = naming.file.metadata().map_err(io(&naming.path))?.uid();
-        let meta = backing.file.metadata().map_err(io(&backing.path))?;
-        let readable =
-            named_by_owner == 0 || meta.uid() == named_by_owner || meta.mode() & 0o004 != 0;
-        if !readable {
-            return Err(ImageError::BackingOwner {
-                path: backing.path.clone(),
-                owner: meta.uid(),
-                mode: meta.mode() & 0o7777,
-                named_by: naming.path.clone(),
-                named_by_owner,
-            });
-        }
-    }
-    Ok(())
+    check_backing_owners(chain).map_err(|e| match e {
+        e @ ChainError::BackingOwner { .. } => ImageError::BackingOwner(e),
+        e => ImageError::Chain(e),
+    })
 }
 
 /// A qcow2 top's virtual size and the bound of its file's size, checked against what the
