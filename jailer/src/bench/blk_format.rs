@@ -2,8 +2,8 @@
 //! raw image and on a fully allocated qcow2 copy of it (`qemu-img convert`), each served
 //! by a standalone `bulkhead-blk` (`--blk-file F --format raw|qcow2 --socket-path S`,
 //! `bulkhead run --disk socket=S`, virtio-mmio, `--runs` runs each: medians and spread),
-//! and on the same qcow2 served by qemu-storage-daemon (its qcow2 driver) the same number
-//! of times. Prints qcow2/raw (the goal: 4 KiB random reads within 20%) and ours/QSD.
+//! and on an identical qcow2 copy served by qemu-storage-daemon (its qcow2 driver) the
+//! same number of times. Prints qcow2/raw (the goal: 4 KiB random reads within 20%) and ours/QSD.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -75,21 +75,36 @@ impl Standalone {
     }
 }
 
-/// Makes the qcow2 copy of `raw`, runs the three, prints the table.
-pub fn compare(exe: &Path, raw: &Path, args: &BlkBenchArgs) -> Result<(), String> {
-    let qcow2 =
-        Removed(std::env::temp_dir().join(format!("bulkhead-bench-{}.qcow2", std::process::id())));
+/// A fully allocated qcow2 copy of `raw` at `dest` (`qemu-img convert`).
+fn qcow2_copy(raw: &Path, dest: &Path) -> Result<(), String> {
     let out = Command::new("qemu-img")
         .args(["convert", "-f", "raw", "-O", "qcow2"])
         .arg(raw)
-        .arg(&qcow2.0)
+        .arg(dest)
         .output()
         .map_err(|e| format!("qemu-img (package qemu-utils): {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "qemu-img convert: {}",
+            "qemu-img convert to {}: {}",
+            dest.display(),
             String::from_utf8_lossy(&out.stderr)
         ));
+    }
+    Ok(())
+}
+
+/// Makes the qcow2 copies of `raw`, runs the three, prints the table.
+pub fn compare(exe: &Path, raw: &Path, args: &BlkBenchArgs) -> Result<(), String> {
+    let scratch = |what: &str| {
+        Removed(std::env::temp_dir().join(format!("bulkhead-bench-{}{what}", std::process::id())))
+    };
+    let qcow2 = scratch(".qcow2");
+    qcow2_copy(raw, &qcow2.0)?;
+    // qemu-storage-daemon gets a copy of its own: both servers hold their image's write
+    // lock (and would each refuse the other), and two writers of one qcow2 corrupt it.
+    let qsd_qcow2 = scratch("-qsd.qcow2");
+    if !args.no_qsd {
+        qcow2_copy(raw, &qsd_qcow2.0)?;
     }
     println!(
         "bench blk --format qcow2: {} and its fully allocated qcow2 copy {}, {} runs each \
@@ -105,7 +120,7 @@ pub fn compare(exe: &Path, raw: &Path, args: &BlkBenchArgs) -> Result<(), String
     let qsd_backend = if args.no_qsd {
         Err("--no-qsd".to_string())
     } else {
-        qsd::start_as(&qcow2.0, "qcow2", false, "bench-qcow2").map_err(|e| e.to_string())
+        qsd::start_as(&qsd_qcow2.0, "qcow2", false, "bench-qcow2").map_err(|e| e.to_string())
     };
     let sockets = [
         raw_backend.as_ref().map(|b| b.socket.clone()),
