@@ -22,6 +22,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -216,19 +217,17 @@ fn install_handler() -> std::io::Result<()> {
     if HANDLER_INSTALLED.swap(true, Ordering::SeqCst) {
         return Ok(());
     }
-    // SAFETY: a zeroed sigaction is a valid starting value; the fields set are the
-    // handler (an extern "C" fn of the SA_SIGINFO signature, living for the whole
-    // program) and flags; sigemptyset initialises the mask it is given.
-    let ret = unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_sigsys as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND | libc::SA_NODEFER;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut())
-    };
-    if ret != 0 {
+    let action = SigAction::new(
+        SigHandler::SigAction(on_sigsys),
+        SaFlags::SA_RESETHAND | SaFlags::SA_NODEFER,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler is an extern "C" fn of the SA_SIGINFO signature (nix adds the
+    // flag for SigHandler::SigAction), living for the whole program, and async-signal-safe
+    // (see on_sigsys).
+    if let Err(e) = unsafe { sigaction(Signal::SIGSYS, &action) } {
         HANDLER_INSTALLED.store(false, Ordering::SeqCst);
-        return Err(std::io::Error::last_os_error());
+        return Err(e.into());
     }
     Ok(())
 }
