@@ -62,14 +62,20 @@ pub fn deny_all_fs() -> Result<ABI, LandlockError> {
         .and_then(|ruleset| ruleset.create())
         .and_then(|ruleset| ruleset.restrict_self())
         .map_err(LandlockError::Ruleset)?;
-    let abi = match status.landlock {
+    fail_closed(status.landlock, status.ruleset)
+}
+
+/// Our policy on the crate's best-effort outcome: the ruleset must be enforced, fully or
+/// without the rights the kernel's ABI lacks; no landlock at all is refused.
+fn fail_closed(landlock: LandlockStatus, ruleset: RulesetStatus) -> Result<ABI, LandlockError> {
+    let abi = match landlock {
         LandlockStatus::Available { effective_abi, .. } => effective_abi,
         LandlockStatus::NotEnabled => return Err(unavailable(libc::EOPNOTSUPP)),
         LandlockStatus::NotImplemented => return Err(unavailable(libc::ENOSYS)),
     };
-    match status.ruleset {
+    match ruleset {
         RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Ok(abi),
-        RulesetStatus::NotEnforced => Err(LandlockError::NotEnforced(status.landlock)),
+        RulesetStatus::NotEnforced => Err(LandlockError::NotEnforced(landlock)),
     }
 }
 
@@ -159,5 +165,30 @@ mod tests {
             "open after landlock"
         );
         assert!(std::fs::File::open("/proc/self/status").is_ok());
+    }
+
+    #[test]
+    fn only_an_enforced_ruleset_is_accepted() {
+        let v3 = LandlockStatus::Available {
+            effective_abi: ABI::V3,
+            kernel_abi: None,
+        };
+        let partial = fail_closed(v3, RulesetStatus::PartiallyEnforced);
+        assert_eq!(partial.unwrap(), ABI::V3);
+        assert!(fail_closed(v3, RulesetStatus::FullyEnforced).is_ok());
+        assert!(matches!(
+            fail_closed(v3, RulesetStatus::NotEnforced),
+            Err(LandlockError::NotEnforced(_))
+        ));
+        for (status, errno) in [
+            (LandlockStatus::NotImplemented, libc::ENOSYS),
+            (LandlockStatus::NotEnabled, libc::EOPNOTSUPP),
+        ] {
+            let err = fail_closed(status, RulesetStatus::NotEnforced).unwrap_err();
+            let LandlockError::Unavailable(failed) = err else {
+                panic!("{err}");
+            };
+            assert_eq!((failed.step, failed.errno), (Step::LandlockAbi, errno));
+        }
     }
 }
