@@ -35,8 +35,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// then fails with EFBIG instead of killing the process. [`CappedFile`] stops below that
 /// limit itself; this is for a file whose size changed under it.
 pub fn ignore_sigxfsz() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
     // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    // Cannot fail: SIGXFSZ is a valid signal that may be ignored.
+    let _ = unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) };
 }
 
 /// An append-only file that stops growing at `max` bytes: writes past it are dropped

@@ -1,27 +1,36 @@
-//! `sendmsg`/`recvmsg` on a Unix stream socket with file descriptors as `SCM_RIGHTS`.
+//! `sendmsg`/`recvmsg` on a Unix stream socket with file descriptors as `SCM_RIGHTS`,
+//! through nix's socket API.
 //!
-//! Written on libc rather than nix because a receiver must close *every* descriptor the
-//! kernel installed, including when the control buffer was too small (`MSG_CTRUNC`): nix
-//! refuses to iterate the control messages in that case, which would leak them.
+//! A receiver must close *every* descriptor the kernel installed, including when the
+//! control buffer was too small (`MSG_CTRUNC`: the kernel installs the fds that fit and
+//! drops the rest). nix refuses to iterate the control messages in that case, so the
+//! truncated control area is read here as bytes ([`rights_in`]) to take those fds too.
 
 use crate::message::MAX_FDS;
-use std::io;
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Size of one fd in a control message.
 const FD_SIZE: usize = std::mem::size_of::<RawFd>();
 
-/// Control buffer size in 8-byte words for one `SCM_RIGHTS` message of `fds` descriptors;
-/// u64 words give the buffer the alignment `cmsghdr` needs.
-const fn control_words(fds: usize) -> usize {
-    // SAFETY: CMSG_SPACE is pure arithmetic on its argument (it is `unsafe` only because
-    // libc declares every CMSG_* function so).
-    let bytes = unsafe { libc::CMSG_SPACE((fds * FD_SIZE) as libc::c_uint) } as usize;
-    bytes.div_ceil(8)
+/// `CMSG_ALIGN`: Linux aligns control headers and data to the size of a `size_t`.
+const fn cmsg_align(len: usize) -> usize {
+    let word = std::mem::size_of::<usize>();
+    len.saturating_add(word - 1) & !(word - 1)
 }
 
-/// Receive-side control buffer: room for [`MAX_FDS`] descriptors and no more.
-const CONTROL_WORDS: usize = control_words(MAX_FDS);
+/// `CMSG_LEN(0)`: bytes of a control header before its data.
+const HEADER_LEN: usize = cmsg_align(std::mem::size_of::<libc::cmsghdr>());
+
+/// `CMSG_SPACE(MAX_FDS * FD_SIZE)`: room for one `SCM_RIGHTS` message of [`MAX_FDS`]
+/// descriptors and no more.
+const CONTROL_LEN: usize = HEADER_LEN + cmsg_align(MAX_FDS * FD_SIZE);
+
+/// Receive-side control buffer, aligned for `cmsghdr` (nix reads headers in place).
+#[repr(C, align(8))]
+struct Control([u8; CONTROL_LEN]);
 
 /// What one `recvmsg` brought.
 pub(crate) struct Received {
@@ -37,118 +46,127 @@ pub(crate) struct Received {
 /// be fewer than `data.len()`; the fds went with them if the count is not zero.
 /// The channel keeps `fds.len() <= MAX_FDS`; tests send more to check the receiver.
 pub(crate) fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-    let mut control = vec![0u64; control_words(fds.len())];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: msghdr is plain old data; all-zero is its "no address, no control" state.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        let payload = (fds.len() * FD_SIZE) as libc::c_uint;
-        msg.msg_control = control.as_mut_ptr().cast();
-        // SAFETY: pure arithmetic; the result is at most control.len() * 8 bytes.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
-        // SAFETY: msg_control points at `control`, which is aligned for cmsghdr and at
-        // least msg_controllen bytes long, so the first header lies inside it.
-        let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-        if cmsg.is_null() {
-            return Err(io::Error::other("control buffer too small for SCM_RIGHTS"));
-        }
-        // SAFETY: cmsg points at the start of `control` (checked non-null above), which has
-        // room for the header and CMSG_LEN(payload) bytes of data; the fds are copied with
-        // unaligned writes into that data area.
-        unsafe {
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
-            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-            for (i, fd) in fds.iter().enumerate() {
-                data.add(i).write_unaligned(fd.as_raw_fd());
-            }
-        }
-    }
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
+    let iov = [IoSlice::new(data)];
     loop {
-        // SAFETY: msg points at iov (valid for data.len() bytes of `data`) and at `control`,
-        // both alive for the call; the fds in it are borrowed, hence open.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(Errno::EINTR) => continue,
+            result => return result.map_err(io::Error::from),
         }
     }
 }
 
 /// Receives into `buf`, taking ownership of any descriptors that came with the bytes.
 pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    let mut control = [0u64; CONTROL_WORDS];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
+    let mut control = Control([0; CONTROL_LEN]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let (bytes, truncated, raw) = loop {
+        let msg = match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut control.0),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            result => result.map_err(io::Error::from)?,
+        };
+        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+        // nix answers ENOBUFS rather than iterate a truncated area; read below instead.
+        let raw: Vec<RawFd> = match msg.cmsgs() {
+            Ok(cmsgs) => cmsgs
+                .filter_map(|c| match c {
+                    ControlMessageOwned::ScmRights(fds) => Some(fds),
+                    _ => None,
+                })
+                .flatten()
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        break (msg.bytes, truncated, raw);
     };
-    // SAFETY: msghdr is plain old data; all-zero is its "no address, no control" state.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    let n = loop {
-        // SAFETY: msg points at iov (buf.len() writable bytes of `buf`) and at `control`
-        // (msg_controllen writable bytes), both alive and exclusively borrowed for the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
+    let raw = if truncated {
+        rights_in(&control.0)
+    } else {
+        raw
     };
     Ok(Received {
-        bytes: n,
-        // SAFETY: `msg` was just filled by a successful recvmsg and its control area lives
-        // in `control`.
-        fds: unsafe { take_fds(&msg) },
-        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        bytes,
+        fds: own(raw),
+        truncated,
     })
 }
 
-/// Takes ownership of every fd in the `SCM_RIGHTS` messages of `msg`'s control area.
-///
-/// # Safety
-/// `msg` must have been filled by a successful `recvmsg` and its control buffer still be
-/// alive: the kernel then wrote well-formed headers within `msg_controllen` bytes, and each
-/// fd in them is newly installed in this process and owned by nobody else.
-unsafe fn take_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
+/// The fds in the `SCM_RIGHTS` messages of a control area a successful `recvmsg` filled
+/// (the rest of it still zero), read as bytes: a `cmsghdr` is a `size_t` length (header
+/// included) then level and type as `int`s, its data at [`HEADER_LEN`], the next header at
+/// the aligned end. A length that overruns the area is cut to it.
+fn rights_in(control: &[u8]) -> Vec<RawFd> {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let field = |at: usize, len: usize| control.get(at..at.checked_add(len)?);
+    let int = |at: usize| {
+        field(at, 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, i32::from_ne_bytes)
+    };
     let mut fds = Vec::new();
-    // SAFETY: by the contract above, the control area holds kernel-written headers.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
-    while !cmsg.is_null() {
-        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR return null or a header inside the control area.
-        let header = unsafe { &*cmsg };
-        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
-            // SAFETY: pure arithmetic.
-            let empty = unsafe { libc::CMSG_LEN(0) } as usize;
-            let count = (header.cmsg_len as usize).saturating_sub(empty) / FD_SIZE;
-            // SAFETY: the header's data area holds `count` fds (the kernel sized cmsg_len
-            // to what it wrote, truncated to the buffer if MSG_CTRUNC).
-            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
-            for i in 0..count {
-                // SAFETY: i < count, inside the data area; unaligned read of a plain int.
-                let raw = unsafe { data.add(i).read_unaligned() };
-                if raw >= 0 {
-                    // SAFETY: the kernel installed this fd for us alone; we are its owner.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
-                }
-            }
+    let mut at = 0;
+    while let Some(len) = field(at, WORD)
+        .and_then(|b| b.try_into().ok())
+        .map(usize::from_ne_bytes)
+    {
+        if len < HEADER_LEN {
+            break;
         }
-        // SAFETY: cmsg is a header inside msg's control area (see above).
-        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+        let end = at.saturating_add(len).min(control.len());
+        if int(at + WORD) == libc::SOL_SOCKET && int(at + WORD + 4) == libc::SCM_RIGHTS {
+            let data = control.get(at + HEADER_LEN..end).unwrap_or(&[]);
+            fds.extend(
+                data.chunks_exact(FD_SIZE)
+                    .filter_map(|b| b.try_into().ok())
+                    .map(RawFd::from_ne_bytes),
+            );
+        }
+        at = at.saturating_add(cmsg_align(len));
     }
     fds
+}
+
+/// Takes ownership of descriptors the kernel just installed for this process.
+fn own(raw: Vec<RawFd>) -> Vec<OwnedFd> {
+    raw.into_iter()
+        .filter(|fd| *fd >= 0)
+        // SAFETY: each fd came in an SCM_RIGHTS message of a successful recvmsg: the kernel
+        // installed it in this process for us alone, and nothing else has wrapped it.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_sizes_match_the_c_macros() {
+        // SAFETY: CMSG_LEN/CMSG_SPACE are pure arithmetic on their argument.
+        let (len, space) = unsafe { (libc::CMSG_LEN(0), libc::CMSG_SPACE((MAX_FDS * 4) as _)) };
+        assert_eq!(HEADER_LEN, len as usize);
+        assert_eq!(CONTROL_LEN, space as usize);
+    }
+
+    #[test]
+    fn rights_read_from_bytes_stop_at_the_area_end() {
+        let mut area = [0u8; CONTROL_LEN];
+        // A header claiming more than the area holds: only the fds inside it count.
+        area[..8].copy_from_slice(&usize::MAX.to_ne_bytes());
+        area[8..12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        area[12..16].copy_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
+        area[16..20].copy_from_slice(&7i32.to_ne_bytes());
+        let fds = rights_in(&area);
+        assert_eq!(fds.len(), MAX_FDS);
+        assert_eq!(fds[0], 7);
+        // An all-zero area (no control message) holds none.
+        assert!(rights_in(&[0u8; CONTROL_LEN]).is_empty());
+    }
 }

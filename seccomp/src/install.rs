@@ -22,6 +22,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -216,19 +217,17 @@ fn install_handler() -> std::io::Result<()> {
     if HANDLER_INSTALLED.swap(true, Ordering::SeqCst) {
         return Ok(());
     }
-    // SAFETY: a zeroed sigaction is a valid starting value; the fields set are the
-    // handler (an extern "C" fn of the SA_SIGINFO signature, living for the whole
-    // program) and flags; sigemptyset initialises the mask it is given.
-    let ret = unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_sigsys as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND | libc::SA_NODEFER;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut())
-    };
-    if ret != 0 {
+    let action = SigAction::new(
+        SigHandler::SigAction(on_sigsys),
+        SaFlags::SA_RESETHAND | SaFlags::SA_NODEFER,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler is an extern "C" fn of the SA_SIGINFO signature (nix adds the
+    // flag for SigHandler::SigAction), living for the whole program, and async-signal-safe
+    // (see on_sigsys).
+    if let Err(e) = unsafe { sigaction(Signal::SIGSYS, &action) } {
         HANDLER_INSTALLED.store(false, Ordering::SeqCst);
-        return Err(std::io::Error::last_os_error());
+        return Err(e.into());
     }
     Ok(())
 }
@@ -270,46 +269,31 @@ extern "C" fn on_sigsys(
     let program_len = program_name(&mut program);
     let line = Line::new(&program[..program_len], &thread[..thread_len], role, nr);
     let bytes = line.as_bytes();
-    // SAFETY: write(2) of a buffer we own, with its length, on stderr, whatever it is.
-    unsafe { libc::write(libc::STDERR_FILENO, bytes.as_ptr().cast(), bytes.len()) };
+    // Nothing to do if stderr is gone; std's stderr handle is a static, taken lock-free.
+    let _ = nix::unistd::write(std::io::stderr(), bytes);
     // The kill filter answers this with SECCOMP_RET_KILL_PROCESS (by SIGSYS); outside a
-    // pid namespace's init the reset default action would do the same.
-    // SAFETY: getpid and gettid take no arguments; tgkill signals this very thread.
-    unsafe {
-        libc::syscall(
-            libc::SYS_tgkill,
-            libc::getpid(),
-            libc::gettid(),
-            libc::SIGSYS,
-        )
-    };
+    // pid namespace's init the reset default action would do the same. Raw: nix has no
+    // tgkill (its pthread_kill goes through libc's thread bookkeeping).
+    let (pid, tid) = (nix::unistd::getpid(), nix::unistd::gettid());
+    // SAFETY: integer arguments only; tgkill signals this very thread.
+    unsafe { libc::syscall(libc::SYS_tgkill, pid.as_raw(), tid.as_raw(), libc::SIGSYS) };
 }
 
 /// The program's name, the last component of the path it was executed by (the
 /// auxiliary vector's `AT_EXECFN`), copied into `out` without allocating; returns its
 /// length.
 fn program_name(out: &mut [u8; 17]) -> usize {
-    // SAFETY: getauxval reads the process's auxiliary vector; AT_EXECFN, when present, is
-    // a pointer to the NUL-terminated path the program was executed by, valid for the
-    // process's life.
-    let path = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const u8;
+    // SAFETY: getauxval reads the process's auxiliary vector.
+    let path = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const libc::c_char;
     if path.is_null() {
         return 0;
     }
-    let mut start = 0usize;
-    let mut end = 0usize;
-    // SAFETY: the string is NUL-terminated (above); we stop at the NUL.
-    while unsafe { *path.add(end) } != 0 {
-        // SAFETY: as above, `end` is before the NUL.
-        if unsafe { *path.add(end) } == b'/' {
-            start = end + 1;
-        }
-        end += 1;
-    }
-    let n = (end - start).min(out.len());
-    for (i, slot) in out.iter_mut().take(n).enumerate() {
-        // SAFETY: start + i < end, within the string.
-        *slot = unsafe { *path.add(start + i) };
-    }
+    // SAFETY: AT_EXECFN, when present, points at the NUL-terminated path the program was
+    // executed by, valid (and unchanged) for the process's life. CStr::from_ptr only
+    // measures it: no allocation.
+    let path = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
+    let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+    let n = name.len().min(out.len());
+    out[..n].copy_from_slice(&name[..n]);
     n
 }

@@ -2,7 +2,12 @@
 //! with `SYS_exit` (a forked child of the threaded test process must not allocate; the
 //! filters are compiled before the fork).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag, AT_FDCWD};
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{dup2_stderr, fork, pipe2, ForkResult};
 
 use crate::install::compile;
 use crate::mode::SeccompMode;
@@ -12,16 +17,22 @@ use crate::rules;
 
 /// How a child ended, and what it wrote on stderr.
 struct Outcome {
-    status: libc::c_int,
+    status: WaitStatus,
     stderr: String,
 }
 
 impl Outcome {
     fn killed_by(&self) -> Option<libc::c_int> {
-        libc::WIFSIGNALED(self.status).then(|| libc::WTERMSIG(self.status))
+        match self.status {
+            WaitStatus::Signaled(_, signal, _) => Some(signal as libc::c_int),
+            _ => None,
+        }
     }
     fn exit_code(&self) -> Option<libc::c_int> {
-        libc::WIFEXITED(self.status).then(|| libc::WEXITSTATUS(self.status))
+        match self.status {
+            WaitStatus::Exited(_, code) => Some(code),
+            _ => None,
+        }
     }
 }
 
@@ -36,36 +47,25 @@ fn thread_exit(code: libc::c_long) -> ! {
 /// Runs `body` in a child under `role`'s filter in `mode`; `body` returns the exit code.
 fn run(role: Role, mode: SeccompMode, body: fn() -> libc::c_long) -> Outcome {
     let filter = compile(role, mode).unwrap().unwrap();
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both descriptors are fresh and owned here.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the child only makes raw calls (dup2, setrlimit, the non-allocating
-    // Filter::apply, the body's calls) and ends with SYS_exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let no_core = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: dup2 onto stderr of a pipe end we own; setrlimit reads the struct.
-        unsafe {
-            libc::dup2(w.as_raw_fd(), libc::STDERR_FILENO);
-            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+    // SAFETY: the child only makes non-allocating calls (dup2, setrlimit, the
+    // non-allocating Filter::apply, the body's raw calls) and ends with SYS_exit.
+    let child = match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            if dup2_stderr(&w).is_err() || setrlimit(Resource::RLIMIT_CORE, 0, 0).is_err() {
+                thread_exit(101);
+            }
+            if filter.apply().is_err() {
+                thread_exit(100);
+            }
+            thread_exit(body());
         }
-        if filter.apply().is_err() {
-            thread_exit(100);
-        }
-        thread_exit(body());
-    }
+        ForkResult::Parent { child } => child,
+    };
     drop(w);
     let mut stderr = Vec::new();
     std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut stderr).unwrap();
-    let mut status = 0;
-    // SAFETY: waitpid on our own child, writing the status into `status`.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let status = waitpid(child, None).unwrap();
     Outcome {
         status,
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
@@ -110,9 +110,7 @@ fn a_call_outside_the_list_kills_by_sigsys_with_a_report_in_every_role() {
 #[test]
 fn log_mode_lets_the_call_through() {
     let out = run(Role::BlkWorker, SeccompMode::Log, || {
-        // SAFETY: getppid has no arguments.
-        let ppid = unsafe { libc::syscall(libc::SYS_getppid) };
-        if ppid > 0 {
+        if nix::unistd::getppid().as_raw() > 0 {
             7
         } else {
             1
@@ -124,8 +122,8 @@ fn log_mode_lets_the_call_through() {
 #[test]
 fn allowed_calls_work_with_allowed_arguments() {
     let out = run(Role::BlkWorker, SeccompMode::Enforce, || {
-        // SAFETY: an anonymous private read-write mapping, unmapped again; fdatasync and
-        // preadv on a closed descriptor fail with EBADF without touching memory.
+        // SAFETY: an anonymous private read-write mapping, unmapped again; fdatasync on a
+        // closed descriptor fails with EBADF without touching memory.
         unsafe {
             let p = libc::mmap(
                 std::ptr::null_mut(),
@@ -145,10 +143,9 @@ fn allowed_calls_work_with_allowed_arguments() {
             if libc::syscall(libc::SYS_fdatasync, 999) != -1 {
                 return 4;
             }
-            let msg = b"ok";
-            if libc::syscall(libc::SYS_write, 2, msg.as_ptr(), msg.len()) != 2 {
-                return 5;
-            }
+        }
+        if nix::unistd::write(std::io::stderr(), b"ok") != Ok(2) {
+            return 5;
         }
         0
     });
@@ -188,9 +185,7 @@ fn clone3_answers_enosys_so_glibc_falls_back_to_clone() {
         // SAFETY: clone3 with no arguments struct; the filter answers before the kernel
         // reads it.
         let ret = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0) };
-        // SAFETY: errno of this thread.
-        let errno = unsafe { *libc::__errno_location() };
-        if ret == -1 && errno == libc::ENOSYS {
+        if ret == -1 && Errno::last() == Errno::ENOSYS {
             0
         } else {
             1
@@ -254,20 +249,9 @@ fn ioctls_are_allowed_by_request_number() {
 fn opening_a_path_gets_enoent_in_every_role() {
     for role in Role::ALL {
         let out = run(role, SeccompMode::Enforce, || {
-            let path = b"/etc/passwd\0";
-            // SAFETY: openat with a NUL-terminated path; the filter answers before the
-            // kernel reads it.
-            let ret = unsafe {
-                libc::syscall(
-                    libc::SYS_openat,
-                    libc::AT_FDCWD,
-                    path.as_ptr(),
-                    libc::O_RDONLY,
-                )
-            };
-            // SAFETY: errno of this thread.
-            let errno = unsafe { *libc::__errno_location() };
-            if ret == -1 && errno == libc::ENOENT {
+            // The filter answers openat before the kernel reads the path.
+            let opened = openat(AT_FDCWD, c"/etc/passwd", OFlag::O_RDONLY, Mode::empty());
+            if opened.err() == Some(Errno::ENOENT) {
                 0
             } else {
                 1

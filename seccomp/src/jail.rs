@@ -12,7 +12,7 @@
 use std::fmt;
 use std::io;
 
-use crate::landlock::LandlockMode;
+use crate::landlock::{LandlockError, LandlockMode};
 
 /// One step of a jail that can fail, named in errors; `repr(u32)` so that a child between
 /// clone and exec can report it to its parent through a pipe.
@@ -134,6 +134,14 @@ impl Failed {
             errno: io::Error::last_os_error().raw_os_error().unwrap_or(0),
         }
     }
+
+    /// A nix call's error into the step's [`Failed`], for `map_err`. Allocation-free.
+    pub(crate) fn nix(step: Step) -> impl FnOnce(nix::errno::Errno) -> Failed {
+        move |errno| Failed {
+            step,
+            errno: errno as i32,
+        }
+    }
 }
 
 impl fmt::Display for Failed {
@@ -177,6 +185,15 @@ pub enum JailError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// Landlock was asked for and the kernel could not enforce it.
+    #[error("finishing the jail of process {pid}: {source}")]
+    Landlock {
+        /// This process.
+        pid: u32,
+        /// What failed.
+        #[source]
+        source: LandlockError,
     },
     /// Landlock was asked for and the kernel has none.
     #[error("process {pid}: this kernel has no landlock ({source}); pass --landlock off to run without it")]
@@ -256,12 +273,13 @@ pub fn finish_jail(args: &JailArgs) -> Result<(), JailError> {
     if args.landlock == LandlockMode::Enforce {
         // Landlock needs no_new_privs unless the process holds CAP_SYS_ADMIN; set it here too
         // for a process that keeps its identity (run standalone).
-        // SAFETY: prctl with integer arguments only.
-        let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-        crate::root::check(ret, Step::NoNewPrivs).map_err(step)?;
-        let abi = crate::landlock::abi()
-            .map_err(|source| JailError::LandlockUnavailable { pid, source })?;
-        crate::landlock::deny_all(abi, None).map_err(step)?;
+        nix::sys::prctl::set_no_new_privs()
+            .map_err(Failed::nix(Step::NoNewPrivs))
+            .map_err(step)?;
+        let abi = crate::landlock::deny_all_fs().map_err(|e| match e {
+            LandlockError::Unavailable(source) => JailError::LandlockUnavailable { pid, source },
+            source => JailError::Landlock { pid, source },
+        })?;
         log::info!("process {pid}: landlock ABI {abi} denies all filesystem access");
     } else {
         log::warn!("process {pid}: landlock is off (--landlock off)");

@@ -1,14 +1,19 @@
 //! Landlock denying all filesystem access: a ruleset that handles every filesystem right
-//! the kernel's ABI knows, with no rule (or, for a jailer, one rule letting it execute the
-//! binary it opened before confining), enforced on the calling thread.
+//! up to ABI 5 that the kernel knows, with no rule (or, for a jailer, one rule letting it
+//! execute the binary it opened before confining), enforced on the calling thread.
 //!
-//! Raw syscalls rather than the `landlock` crate: a jailer's child applies the same ruleset
-//! between clone and exec, where nothing may allocate.
+//! A program confining itself ([`crate::jail::finish_jail`]) goes through the `landlock`
+//! crate, [`deny_all_fs`], with our policy on top of its best-effort compatibility: the
+//! rights the kernel's ABI lacks are left out (as the kernel's own ABI would), but a kernel
+//! with no landlock at all, or one that enforced nothing, is refused. A jailer's child,
+//! between clone and exec where nothing may allocate, calls [`abi`] and [`deny_all`],
+//! the same ruleset made with bare system calls in [`crate::pre_exec`].
 
 use std::os::fd::RawFd;
 
+use landlock::{Access, AccessFs, LandlockStatus, Ruleset, RulesetAttr, RulesetStatus, ABI};
+
 use crate::jail::{Failed, Step};
-use crate::root::check;
 
 /// Whether a process confines its filesystem access with landlock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -29,114 +34,75 @@ impl LandlockMode {
     }
 }
 
-const CREATE_RULESET_VERSION: u32 = 1;
-const RULE_PATH_BENEATH: u32 = 1;
+/// The newest ABI whose filesystem rights are handled: ABI 5 (IOCTL_DEV), as the raw path
+/// does. Later ABIs add RESOLVE_UNIX, which would change what a confined process may do.
+const HANDLED_ABI: ABI = ABI::V5;
 
-/// LANDLOCK_ACCESS_FS_EXECUTE.
-const ACCESS_FS_EXECUTE: u64 = 1 << 0;
-/// LANDLOCK_ACCESS_FS_READ_FILE.
-const ACCESS_FS_READ_FILE: u64 = 1 << 2;
-/// ABI 1: EXECUTE through MAKE_SYM, thirteen rights.
-const ACCESS_FS_ABI1: u64 = (1 << 13) - 1;
-/// ABI 2 adds REFER.
-const ACCESS_FS_REFER: u64 = 1 << 13;
-/// ABI 3 adds TRUNCATE.
-const ACCESS_FS_TRUNCATE: u64 = 1 << 14;
-/// ABI 5 adds IOCTL_DEV.
-const ACCESS_FS_IOCTL_DEV: u64 = 1 << 15;
-
-/// `struct landlock_ruleset_attr` up to `handled_access_fs` (the kernel takes a prefix).
-#[repr(C)]
-struct RulesetAttr {
-    handled_access_fs: u64,
+/// Why [`deny_all_fs`] did not confine the calling thread.
+#[derive(Debug, thiserror::Error)]
+pub enum LandlockError {
+    /// The kernel has no landlock: not built in (ENOSYS) or not enabled (EOPNOTSUPP).
+    #[error("{0}")]
+    Unavailable(#[source] Failed),
+    /// Creating or enforcing the ruleset failed.
+    #[error("enforcing landlock: {0}")]
+    Ruleset(#[source] landlock::RulesetError),
+    /// The kernel has landlock yet enforced none of the ruleset.
+    #[error("enforcing landlock: the kernel (landlock {0:?}) enforced none of the ruleset")]
+    NotEnforced(LandlockStatus),
 }
 
-/// `struct landlock_path_beneath_attr` (packed in the kernel's header).
-#[repr(C, packed)]
-struct PathBeneathAttr {
-    allowed_access: u64,
-    parent_fd: i32,
+/// Denies the calling thread (and threads it starts later) all filesystem access through
+/// the `landlock` crate; returns the ABI the ruleset was made for. Fails closed: Ok only
+/// once the kernel enforces the ruleset (fully, or without the rights its ABI lacks).
+/// Allocates; sets `no_new_privs` (the crate's default).
+pub fn deny_all_fs() -> Result<ABI, LandlockError> {
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(HANDLED_ABI))
+        .and_then(|ruleset| ruleset.create())
+        .and_then(|ruleset| ruleset.restrict_self())
+        .map_err(LandlockError::Ruleset)?;
+    fail_closed(status.landlock, status.ruleset)
+}
+
+/// Our policy on the crate's best-effort outcome: the ruleset must be enforced, fully or
+/// without the rights the kernel's ABI lacks; no landlock at all is refused.
+fn fail_closed(landlock: LandlockStatus, ruleset: RulesetStatus) -> Result<ABI, LandlockError> {
+    let abi = match landlock {
+        LandlockStatus::Available { effective_abi, .. } => effective_abi,
+        LandlockStatus::NotEnabled => return Err(unavailable(libc::EOPNOTSUPP)),
+        LandlockStatus::NotImplemented => return Err(unavailable(libc::ENOSYS)),
+    };
+    match ruleset {
+        RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Ok(abi),
+        RulesetStatus::NotEnforced => Err(LandlockError::NotEnforced(landlock)),
+    }
+}
+
+fn unavailable(errno: i32) -> LandlockError {
+    LandlockError::Unavailable(Failed {
+        step: Step::LandlockAbi,
+        errno,
+    })
 }
 
 /// The kernel's landlock ABI version; fails (ENOSYS, EOPNOTSUPP) where landlock is absent
-/// or disabled.
+/// or disabled. Allocation-free (see [`crate::pre_exec`]).
 pub fn abi() -> Result<u32, Failed> {
-    // SAFETY: the version query takes a null attribute and size 0.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<RulesetAttr>(),
-            0usize,
-            CREATE_RULESET_VERSION,
-        )
-    };
-    if ret < 1 {
-        return Err(Failed::last(Step::LandlockAbi));
-    }
-    Ok(ret as u32)
+    crate::pre_exec::landlock_abi()
 }
 
-/// Every filesystem access right ABI `abi` knows.
+/// Every filesystem access right ABI `abi` knows, up to ABI 5.
 pub fn handled_fs(abi: u32) -> u64 {
-    let mut access = ACCESS_FS_ABI1;
-    if abi >= 2 {
-        access |= ACCESS_FS_REFER;
-    }
-    if abi >= 3 {
-        access |= ACCESS_FS_TRUNCATE;
-    }
-    if abi >= 5 {
-        access |= ACCESS_FS_IOCTL_DEV;
-    }
-    access
+    crate::pre_exec::landlock_handled_fs(abi)
 }
 
 /// Enforces a ruleset that handles every filesystem right of `abi` and grants none, except
 /// execute and read on the file `exec_fd` when given (a jailer's foreign binary). Needs
-/// `no_new_privs` (or CAP_SYS_ADMIN). Allocation-free.
+/// `no_new_privs` (or CAP_SYS_ADMIN). Allocation-free, for a jailer's child between clone
+/// and exec (see [`crate::pre_exec`]); a program confining itself uses [`deny_all_fs`].
 pub fn deny_all(abi: u32, exec_fd: Option<RawFd>) -> Result<(), Failed> {
-    let attr = RulesetAttr {
-        handled_access_fs: handled_fs(abi),
-    };
-    // SAFETY: a valid attribute of the size passed; flags 0.
-    let ruleset = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            &attr,
-            std::mem::size_of::<RulesetAttr>(),
-            0u32,
-        )
-    } as i32;
-    check(ruleset, Step::LandlockRuleset)?;
-    let result = restrict(ruleset, exec_fd);
-    // SAFETY: `ruleset` is the fd created above, owned here and closed once.
-    unsafe { libc::close(ruleset) };
-    result
-}
-
-fn restrict(ruleset: RawFd, exec_fd: Option<RawFd>) -> Result<(), Failed> {
-    if let Some(fd) = exec_fd {
-        let rule = PathBeneathAttr {
-            allowed_access: ACCESS_FS_EXECUTE | ACCESS_FS_READ_FILE,
-            parent_fd: fd,
-        };
-        // SAFETY: a valid ruleset fd and a rule of the path-beneath layout; flags 0.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_add_rule,
-                ruleset,
-                RULE_PATH_BENEATH,
-                &rule,
-                0u32,
-            )
-        } as i32;
-        check(ret, Step::LandlockRule)?;
-    }
-    // SAFETY: a valid ruleset fd; flags 0.
-    check(
-        unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) } as i32,
-        Step::LandlockRestrict,
-    )
+    crate::pre_exec::landlock_deny_all(abi, exec_fd)
 }
 
 #[cfg(test)]
@@ -161,8 +127,7 @@ mod tests {
         };
         // Landlock and no_new_privs are per thread: confine a thread of this test only.
         let opened = std::thread::spawn(move || {
-            // SAFETY: prctl with integer arguments only; this thread only.
-            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            nix::sys::prctl::set_no_new_privs().unwrap();
             deny_all(abi, None).unwrap();
             std::fs::File::open("/proc/self/status").map(|_| ())
         })
@@ -174,5 +139,56 @@ mod tests {
             "open after landlock"
         );
         assert!(std::fs::File::open("/proc/self/status").is_ok());
+    }
+
+    #[test]
+    fn both_paths_handle_the_same_rights() {
+        assert_eq!(AccessFs::from_all(HANDLED_ABI).bits(), handled_fs(5));
+    }
+
+    #[test]
+    fn a_thread_confined_through_the_crate_cannot_open_files() {
+        if abi().is_err() {
+            eprintln!("skipped: this kernel has no landlock");
+            return;
+        }
+        let opened = std::thread::spawn(|| {
+            let abi = deny_all_fs().unwrap();
+            (abi, std::fs::File::open("/proc/self/status").map(|_| ()))
+        })
+        .join()
+        .unwrap();
+        assert!(opened.0 >= ABI::V1, "{:?}", opened.0);
+        assert_eq!(
+            opened.1.unwrap_err().raw_os_error(),
+            Some(libc::EACCES),
+            "open after landlock"
+        );
+        assert!(std::fs::File::open("/proc/self/status").is_ok());
+    }
+
+    #[test]
+    fn only_an_enforced_ruleset_is_accepted() {
+        let v3 = LandlockStatus::Available {
+            effective_abi: ABI::V3,
+            kernel_abi: None,
+        };
+        let partial = fail_closed(v3, RulesetStatus::PartiallyEnforced);
+        assert_eq!(partial.unwrap(), ABI::V3);
+        assert!(fail_closed(v3, RulesetStatus::FullyEnforced).is_ok());
+        assert!(matches!(
+            fail_closed(v3, RulesetStatus::NotEnforced),
+            Err(LandlockError::NotEnforced(_))
+        ));
+        for (status, errno) in [
+            (LandlockStatus::NotImplemented, libc::ENOSYS),
+            (LandlockStatus::NotEnabled, libc::EOPNOTSUPP),
+        ] {
+            let err = fail_closed(status, RulesetStatus::NotEnforced).unwrap_err();
+            let LandlockError::Unavailable(failed) = err else {
+                panic!("{err}");
+            };
+            assert_eq!((failed.step, failed.errno), (Step::LandlockAbi, errno));
+        }
     }
 }

@@ -15,6 +15,8 @@ pub mod identity;
 pub mod jail;
 /// Landlock denying all filesystem access.
 pub mod landlock;
+/// The raw system calls kept for a jailer's child between clone and exec.
+mod pre_exec;
 /// An empty read-only root (pivot_root into a tmpfs).
 pub mod root;
 

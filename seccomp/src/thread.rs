@@ -139,13 +139,16 @@ pub(crate) fn self_test_wanted(role: Role) -> bool {
     std::env::var_os(SELF_TEST_ENV).is_some_and(|v| v == role.name())
 }
 
-/// Sets the calling thread's name (the kernel keeps 15 bytes).
+/// Sets the calling thread's name (the kernel keeps 15 bytes; a NUL ends it).
 fn set_name(mut name: String) {
+    if let Some(nul) = name.find('\0') {
+        name.truncate(nul);
+    }
     while name.len() > 15 {
         name.pop();
     }
-    name.push('\0');
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from a
-    // pointer valid for the call.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    if let Ok(name) = std::ffi::CString::new(name) {
+        // Naming is cosmetic (logs, the SIGSYS report): a failure changes nothing else.
+        let _ = nix::sys::prctl::set_name(&name);
+    }
 }
