@@ -15,6 +15,7 @@ pub mod layout;
 pub mod memory;
 pub mod pci;
 pub mod process;
+mod sys;
 pub mod trace;
 pub mod virtio;
 pub mod vm;

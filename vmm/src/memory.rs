@@ -4,9 +4,7 @@
 //! slice of it at its file offset. Device back-ends receive the fd and the same offsets
 //! (vhost-user `SET_MEM_TABLE`).
 
-use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::FromRawFd;
 
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
@@ -68,14 +66,8 @@ impl GuestMemory {
 
 /// Creates an empty close-on-exec memfd.
 pub(crate) fn memfd(name: &str) -> std::io::Result<File> {
-    let name = CString::new(name).map_err(std::io::Error::other)?;
-    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: memfd_create returned a new fd that nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    Ok(File::from(memfd_create(name, MFdFlags::MFD_CLOEXEC)?))
 }
 
 #[cfg(test)]

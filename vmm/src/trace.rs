@@ -68,13 +68,9 @@ pub static READY_CPU_US: AtomicU64 = AtomicU64::new(0);
 
 /// Records the process's CPU time so far as [`READY_CPU_US`].
 pub fn record_cpu() {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only `ts`, a valid timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
-        let us = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
+    use nix::time::{clock_gettime, ClockId};
+    if let Ok(ts) = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID) {
+        let us = ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1000;
         READY_CPU_US.store(us, Ordering::Relaxed);
     }
 }

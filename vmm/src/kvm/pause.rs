@@ -76,10 +76,10 @@ impl Pause {
                 return false;
             }
             for t in &threads {
-                // SAFETY: pthread_kill of a registered vCPU thread, which lives as long as
-                // the VM runs (the threads are joined only after stopping, when nobody
-                // pauses any more); the kick signal's handler does nothing.
-                unsafe { libc::pthread_kill(*t, kick_signal()) };
+                // A registered vCPU thread lives as long as the VM runs (the threads are
+                // joined only after stopping, when nobody pauses any more); the kick
+                // signal's handler does nothing. A failed kick is retried next round.
+                let _ = crate::sys::signal_thread(*t, kick_signal());
             }
             let s = self.state();
             let _ = self

@@ -157,16 +157,13 @@ impl MsixIrqfds {
 }
 
 fn readable(fd: &EventFd) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `p` is one valid pollfd for a descriptor this struct owns; timeout 0 never
-    // blocks, and poll writes only `p.revents`.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n == 1 && p.revents & libc::POLLIN != 0
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut p = [PollFd::new(crate::sys::event_fd(fd), PollFlags::POLLIN)];
+    let n = poll(&mut p, PollTimeout::ZERO).unwrap_or(0);
+    n == 1
+        && p[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
 }
 
 #[cfg(test)]

@@ -22,15 +22,7 @@ pub fn check_socket(what: &str, fd: RawFd) -> Result<RawFd, FdError> {
         fd,
         why,
     };
-    // SAFETY: a zeroed stat is a valid value of the plain C struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat reads nothing but the fd number and writes only `st`.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(err(format!(
-            "is not open ({})",
-            std::io::Error::last_os_error()
-        )));
-    }
+    let st = crate::sys::fstat(fd).map_err(|e| err(format!("is not open ({e})")))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(err("is not a socket".into()));
     }
@@ -49,15 +41,7 @@ pub fn take_file(what: &str, fd: RawFd) -> Result<File, FdError> {
     if fd <= 2 {
         return Err(err("must be above 2".into()));
     }
-    // SAFETY: a zeroed stat is a valid value of the plain C struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat reads nothing but the fd number and writes only `st`.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(err(format!(
-            "is not open ({})",
-            std::io::Error::last_os_error()
-        )));
-    }
+    let st = crate::sys::fstat(fd).map_err(|e| err(format!("is not open ({e})")))?;
     if matches!(st.st_mode & libc::S_IFMT, libc::S_IFDIR | libc::S_IFSOCK) {
         return Err(err("is a directory or a socket, not a file".into()));
     }

@@ -215,23 +215,10 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
 
 /// Lowers RLIMIT_FSIZE to `max` bytes (soft and hard; never raises it).
 fn limit_file_size(max: u64) -> std::io::Result<()> {
-    let mut now = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes only `now`, a valid struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut now) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let max = max.min(now.rlim_max);
-    let limit = libc::rlimit {
-        rlim_cur: max,
-        rlim_max: max,
-    };
-    // SAFETY: setrlimit reads `limit`, a valid struct, and touches no other memory.
-    if unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_FSIZE)?;
+    let max = max.min(hard);
+    setrlimit(Resource::RLIMIT_FSIZE, max, max)?;
     Ok(())
 }
 

@@ -7,14 +7,17 @@
 //! What changes (a new connection, a failure a vCPU saw on a request) reaches the thread
 //! through each device's [`Link`].
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::vhost_user::Link;
 use crate::devices::VmStop;
+use crate::sys::{event_fd, peer_hung_up, POLLRDHUP};
 
 use bulkhead_seccomp::mode::process_mode;
 use bulkhead_seccomp::thread::spawn_confined;
@@ -76,31 +79,18 @@ fn watch(watched: &[Watched], exit: &EventFd, report: Option<&Report>) -> Option
         take_news(e, report);
     }
     loop {
-        let mut fds = Vec::with_capacity(entries.len() * 2 + 1);
-        for e in &entries {
-            fds.push(pollfd(e.link.wake_fd().as_raw_fd(), libc::POLLIN));
-            let socket = e.socket.as_ref().map_or(-1, |(s, _)| s.as_raw_fd());
-            fds.push(pollfd(socket, libc::POLLRDHUP));
-        }
-        fds.push(pollfd(exit.as_raw_fd(), libc::POLLIN));
-        // SAFETY: `fds` is a valid array of pollfd of the length passed; every fd in it is
-        // owned by `entries`, a link or `exit`, which outlive the call (a negative fd is
-        // ignored by poll).
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        let seen = match wait(&entries, exit) {
+            Ok(seen) => seen,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                log::error!("watching vhost-user backends: {e}");
+                return None;
             }
-            log::error!("watching vhost-user backends: {e}");
-            return None;
-        }
-        let (exit_fd, device_fds) = fds.split_last()?;
+        };
         // A hang-up first: told to end while a backend is already gone (the guest ended on
         // seeing its device fail), the failure is still what the VM stopped for.
-        let hung_up = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
-        for (e, pair) in entries.iter_mut().zip(device_fds.chunks(2)) {
-            if pair[1].revents & hung_up != 0 {
+        for (e, &(wake, hung_up)) in entries.iter_mut().zip(&seen.devices) {
+            if hung_up {
                 if !restartable(e) {
                     return Some(VmStop::DeviceFailed {
                         device: e.link.name().to_owned(),
@@ -112,14 +102,47 @@ fn watch(watched: &[Watched], exit: &EventFd, report: Option<&Report>) -> Option
                         .hung_up_then(generation, || lost(report, e.link.name(), HUNG_UP));
                 }
             }
-            if pair[0].revents != 0 {
+            if wake {
                 take_news(e, report);
             }
         }
-        if exit_fd.revents != 0 {
+        if seen.exit {
             return None;
         }
     }
+}
+
+/// What one poll saw: per entry, whether its wake eventfd was written and whether its
+/// watched socket (if any) hung up; and whether `exit` was written.
+struct Seen {
+    devices: Vec<(bool, bool)>,
+    exit: bool,
+}
+
+/// Waits until an entry's wake eventfd or watched socket, or `exit`, has something.
+fn wait(entries: &[Entry], exit: &EventFd) -> nix::Result<Seen> {
+    // Per entry its wake eventfd and, while one is watched, its socket; then `exit`.
+    let mut fds = Vec::with_capacity(entries.len() * 2 + 1);
+    for e in entries {
+        fds.push(PollFd::new(event_fd(e.link.wake_fd()), PollFlags::POLLIN));
+        if let Some((s, _)) = &e.socket {
+            fds.push(PollFd::new(s.as_fd(), POLLRDHUP));
+        }
+    }
+    fds.push(PollFd::new(event_fd(exit), PollFlags::POLLIN));
+    poll(&mut fds, PollTimeout::NONE)?;
+    let hung_up = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+    // (An eventfd polled for POLLIN reports only flags nix knows.)
+    let written = |p: Option<&PollFd>| p.is_some_and(|p| p.any() != Some(false));
+    let mut fds = fds.iter();
+    let mut devices = Vec::with_capacity(entries.len());
+    for e in entries {
+        let wake = written(fds.next());
+        let socket = e.socket.is_some() && fds.next().is_some_and(|p| peer_hung_up(p, hung_up));
+        devices.push((wake, socket));
+    }
+    let exit = written(fds.next());
+    Ok(Seen { devices, exit })
 }
 
 fn take_news(e: &mut Entry, report: Option<&Report>) {
@@ -147,14 +170,6 @@ fn lost(report: Option<&Report>, device: &str, reason: &str) {
             device: device.to_owned(),
             reason: reason.to_owned(),
         });
-    }
-}
-
-fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
     }
 }
 

@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use vhost::vhost_user::message::VhostUserInflight;
 
 /// Largest inflight region accepted, per queue (the split-ring layout needs 4112 bytes
@@ -63,16 +64,14 @@ impl Inflight {
                 "the inflight region claims {size} bytes at offset {offset}, its file has {file_size}"
             ));
         }
-        // SAFETY: fcntl(F_GET_SEALS) on an fd this process owns reads no memory of ours; it
-        // fails on anything but a memfd.
-        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-        if seals < 0 {
-            return Err(format!(
+        // F_GET_SEALS fails on anything but a memfd.
+        let seals = fcntl(&file, FcntlArg::F_GET_SEALS).map_err(|e| {
+            format!(
                 "the inflight region is not a memfd: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if seals & libc::F_SEAL_SHRINK == 0 {
+                std::io::Error::from(e)
+            )
+        })?;
+        if !SealFlag::from_bits_retain(seals).contains(SealFlag::F_SEAL_SHRINK) {
             return Err("the inflight region's memfd is not sealed against shrinking".into());
         }
         // Whatever the backend answered for these, the region is for the queues asked.
@@ -82,19 +81,10 @@ impl Inflight {
     }
 }
 
-/// The size of `file` (fstat, which the vmm's filters allow, not statx).
+/// The size of `file` (fstat, which the vmm's filters allow, not statx or newfstatat).
 fn fd_size(file: &File) -> Result<u64, String> {
-    // SAFETY: a zeroed `stat` is a valid value of the plain C struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: the fstat system call writes only `st`, a valid struct of the right type, for
-    // an fd this process owns.
-    let r = unsafe { libc::syscall(libc::SYS_fstat, file.as_raw_fd(), &mut st) };
-    if r != 0 {
-        return Err(format!(
-            "the inflight region's size: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let st = crate::sys::fstat(file.as_raw_fd())
+        .map_err(|e| format!("the inflight region's size: {e}"))?;
     u64::try_from(st.st_size).map_err(|_| "the inflight region has a negative size".into())
 }
 
@@ -102,16 +92,12 @@ fn fd_size(file: &File) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    fn memfd(size: u64, seals: libc::c_int) -> File {
-        // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd or -1.
-        let fd = unsafe { libc::memfd_create(c"inflight-test".as_ptr(), libc::MFD_ALLOW_SEALING) };
-        assert!(fd >= 0);
-        // SAFETY: `fd` is a fresh fd nothing else owns.
-        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+
+    fn memfd(size: u64, seals: SealFlag) -> File {
+        let file = File::from(memfd_create("inflight-test", MFdFlags::MFD_ALLOW_SEALING).unwrap());
         file.set_len(size).unwrap();
-        // SAFETY: fcntl(F_ADD_SEALS) on our own memfd; no memory is passed.
-        let sealed = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
-        assert_eq!(sealed, 0);
+        fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).unwrap();
         file
     }
 
@@ -127,7 +113,7 @@ mod tests {
     #[test]
     fn a_sound_region_is_kept_for_the_queues_asked() {
         let asked = request(2, 256);
-        let sealed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        let sealed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
         let r = Inflight::check(&asked, answer(8224, 0), memfd(8224, sealed)).unwrap();
         assert_eq!((r.info.num_queues, r.info.queue_size), (2, 256));
     }
@@ -135,7 +121,7 @@ mod tests {
     #[test]
     fn lies_about_the_region_are_refused() {
         let asked = request(1, 256);
-        let sealed = libc::F_SEAL_SHRINK;
+        let sealed = SealFlag::F_SEAL_SHRINK;
         for (info, file, why) in [
             (answer(0, 0), memfd(4096, sealed), "empty"),
             (answer(8192, 0), memfd(4096, sealed), "its file has 4096"),
@@ -144,7 +130,7 @@ mod tests {
             (answer(1 << 30, 0), memfd(4096, sealed), "at most"),
             (
                 answer(4096, 0),
-                memfd(4096, libc::F_SEAL_GROW),
+                memfd(4096, SealFlag::F_SEAL_GROW),
                 "not sealed",
             ),
         ] {

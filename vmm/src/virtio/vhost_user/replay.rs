@@ -16,11 +16,15 @@
 //! The kick and call eventfds stay the same (registered with KVM); the new backend gets
 //! duplicates over the socket. Every reply is awaited with the socket's timeout.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::Shutdown;
 use vhost::vhost_user::Frontend;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::sys::{peer_hung_up, POLLRDHUP};
 
 use super::{
     handshake, StartError, VhostUserDevice, VhostUserError, QUEUE_SIZE, REPLY_TIMEOUT,
@@ -69,8 +73,7 @@ pub(super) fn reconnect(
             // (A timeout shut the socket down itself: that is no hang-up of the backend.)
             let hung_up = !timed_out && hung_up(&watch);
             // A refused backend is told by the end of its connection.
-            // SAFETY: shutdown(2) on a socket this process owns touches no memory.
-            unsafe { libc::shutdown(watch.as_raw_fd(), libc::SHUT_RDWR) };
+            let _ = nix::sys::socket::shutdown(watch.as_raw_fd(), Shutdown::Both);
             let why = format!("{name}: {why}");
             Err(if hung_up {
                 ReconnectError::Lost(format!("{why} (the new backend hung up)"))
@@ -163,14 +166,9 @@ pub(super) fn ring_base(
 
 /// Whether `socket`'s peer hung up (without waiting).
 fn hung_up(socket: &OwnedFd) -> bool {
-    let mut p = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for an fd this process owns, timeout 0.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    let mut p = [PollFd::new(socket.as_fd(), POLLRDHUP)];
+    let n = poll(&mut p, PollTimeout::ZERO).unwrap_or(0);
+    n > 0 && peer_hung_up(&p[0], PollFlags::POLLHUP | PollFlags::POLLERR)
 }
 
 /// A handshake error's text without the device name (the caller adds it).

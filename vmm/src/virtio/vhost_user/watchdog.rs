@@ -40,8 +40,7 @@ impl Watchdog {
             for a in armed.1.iter_mut().filter(|a| !a.fired && a.deadline <= now) {
                 // The entry is removed (under this lock) before its socket can be closed,
                 // so `fd` is still the guarded socket.
-                // SAFETY: shutdown(2) on an open socket touches no memory of ours.
-                unsafe { libc::shutdown(a.fd, libc::SHUT_RDWR) };
+                let _ = nix::sys::socket::shutdown(a.fd, nix::sys::socket::Shutdown::Both);
                 a.fired = true;
             }
             let next = armed
