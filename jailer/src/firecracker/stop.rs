@@ -1,0 +1,81 @@
+//! The orderly stop. SIGTERM, SIGINT and SIGHUP are caught from `main`'s first instruction
+//! with the launcher's own self-pipe ([`crate::stop_signals`]), so none of them is the
+//! default action, which would leave the private directory and the API socket behind and
+//! the VM to be stopped only by the launcher's `PR_SET_PDEATHSIG`. A stop signal ends
+//! `bulkhead-firecracker` in order: the VM's launcher (if started, or starting) is sent
+//! SIGTERM, its own orderly stop, and waited for at most [`LAUNCHER_GRACE`], then killed;
+//! `main` then removes the API socket and the private directory; the exit status is
+//! 128 + the signal's number (143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP).
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use super::instance::Instance;
+use crate::stop_signals::StopSignals;
+
+/// How long the launcher gets to stop the VM after SIGTERM before it is killed: more than
+/// its own bounds (the vmm's stop, then the devices'), less than the 10 s that
+/// `bulkhead-jailer` gives this process after forwarding a signal.
+pub const LAUNCHER_GRACE: Duration = Duration::from_secs(8);
+
+/// The stop signals caught (none in unit tests, which catch nothing).
+#[derive(Default)]
+pub struct Stop {
+    signals: Option<StopSignals>,
+}
+
+impl Stop {
+    /// Installs the handlers; call once, first thing in `main`.
+    pub fn catch() -> std::io::Result<Stop> {
+        Ok(Stop {
+            signals: Some(StopSignals::catch()?),
+        })
+    }
+
+    /// Whether a signal waits to be read (a stop, or a resize to drop), without reading it.
+    pub fn pending(&self) -> bool {
+        self.wait(Duration::ZERO)
+    }
+
+    /// Sleeps for `d` or until a signal is caught, whichever comes first; whether one was.
+    pub fn wait(&self, d: Duration) -> bool {
+        let Some(signals) = &self.signals else {
+            std::thread::sleep(d);
+            return false;
+        };
+        let timeout = PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        matches!(nix::poll::poll(&mut fds, timeout), Ok(n) if n > 0)
+    }
+
+    /// The stop signal caught, if one was (resizes are read and dropped).
+    pub fn requested(&self) -> Option<i32> {
+        self.signals.as_ref()?.stop_requested()
+    }
+
+    /// The fd to poll with others, if signals are caught.
+    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+        self.signals.as_ref().map(StopSignals::fd)
+    }
+}
+
+/// Stops `vm` for `signal`: the launcher first (bounded), then the status to exit with.
+pub fn stop(vm: &mut Instance, signal: i32) -> i32 {
+    vm.logger.info(
+        "main",
+        &format!("signal {signal}: stopping (exit status {})", 128 + signal),
+    );
+    if let Some(launcher) = vm.launcher.as_mut() {
+        let pid = launcher.pid();
+        match launcher.stop(LAUNCHER_GRACE) {
+            Ok(code) => vm.logger.info(
+                "main",
+                &format!("the VM stopped: bulkhead run (pid {pid}) exited with {code}"),
+            ),
+            Err(e) => vm.logger.error("main", &e),
+        }
+    }
+    128 + signal
+}
