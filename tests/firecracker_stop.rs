@@ -142,6 +142,18 @@ impl Drop for Vm {
     }
 }
 
+/// The VM's launcher once bulkhead-firecracker has started it (within 10 s).
+fn launcher_started(fc: &Spawned) -> (u32, String) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(l) = children(fc.pid()).into_iter().find(|c| c.1 == "bulkhead") {
+            return l;
+        }
+        assert!(Instant::now() < end, "no launcher within 10 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The VM's launcher (bulkhead-firecracker's one child) and the launcher's children.
 fn vm_processes(fc: &Spawned) -> ((u32, String), Vec<(u32, String)>) {
     let launchers = children(fc.pid());
@@ -168,9 +180,25 @@ fn sigterm_stops_a_running_vm_and_leaves_nothing() {
         &["--api-sock", &sock, "--id", "stop2", "--config-file", &file],
     ));
     let private = private_dir(&vm.dir.0, "stop2", fc.pid());
-    fc.wait_for_line(
-        "bulkhead-guest: idle: waiting for ctrl-alt-del ms=forever",
-        BOOT,
+    // Terminal resizes (SIGWINCH, which shares the stop signals' pipe) all through the
+    // VM's start are no stop signal: the start goes on. (Sent from this thread, which
+    // alone reaps the process, and only while `running` says it is not reaped.)
+    let idle = "bulkhead-guest: idle: waiting for ctrl-alt-del ms=forever";
+    let end = Instant::now() + BOOT;
+    while fc.running() && Instant::now() < end {
+        signal(fc.pid(), Signal::SIGWINCH);
+        if fc
+            .next_line(Duration::from_millis(2))
+            .is_some_and(|l| l.trim_end() == idle)
+        {
+            break;
+        }
+    }
+    assert!(
+        fc.seen().iter().any(|l| l.trim_end() == idle),
+        "no idle guest within {BOOT:?} of resizes (running: {}):\n{}",
+        fc.running(),
+        fc.seen().join("\n")
     );
     let (launcher, kids) = vm_processes(&fc);
     let names: Vec<&str> = kids.iter().map(|k| k.1.as_str()).collect();
@@ -209,14 +237,7 @@ fn sigterm_while_the_vm_starts_stops_it_and_leaves_nothing() {
     ));
     let private = private_dir(&vm.dir.0, "stop3", fc.pid());
     // The launcher started (the VM is being made): stopped in the middle of InstanceStart.
-    let end = Instant::now() + Duration::from_secs(10);
-    let launcher = loop {
-        if let Some(l) = children(fc.pid()).into_iter().find(|c| c.1 == "bulkhead") {
-            break l;
-        }
-        assert!(Instant::now() < end, "no launcher within 10 s");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let launcher = launcher_started(&fc);
     let (code, console, stderr) = fc.terminate(STOP);
     assert_eq!(code, Some(143), "{console}\n{stderr}");
     assert_gone(std::slice::from_ref(&launcher), "bulkhead-firecracker");

@@ -128,6 +128,19 @@ impl Spawned {
         }
     }
 
+    /// The next console line within `timeout`, if one came (kept in [`Spawned::seen`]).
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// Whether the process still runs (once this says no, it is reaped: its pid is no
+    /// longer to be signalled).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Waits (at most `timeout`) for console line `line`.
     pub fn wait_for_line(&mut self, line: &str, timeout: Duration) {
         self.wait_for(timeout, |l| l == line);

@@ -28,7 +28,7 @@ pub struct Launcher {
 
 impl Launcher {
     /// Starts `bulkhead run` with `args` and waits until the VM answers on `ctl`; a stop
-    /// signal caught meanwhile (left unread for the caller) stops it and fails the start.
+    /// signal caught meanwhile (left for the caller to handle) stops it and fails the start.
     pub fn start(args: &[std::ffi::OsString], ctl: &Path, stop: &Stop) -> Result<Launcher, String> {
         let exe = std::env::current_exe()
             .map_err(|e| format!("Start microvm error: finding bulkhead: {e}"))?;
@@ -63,7 +63,7 @@ impl Launcher {
             if launcher.ask(ApiRequest::Status).is_ok() {
                 return Ok(launcher);
             }
-            if stop.pending() {
+            if stop.caught() {
                 let _ = launcher.stop(LAUNCHER_GRACE);
                 return Err("Start microvm error: bulkhead-firecracker is stopping.".into());
             }

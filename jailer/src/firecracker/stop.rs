@@ -7,6 +7,7 @@
 //! `main` then removes the API socket and the private directory; the exit status is
 //! 128 + the signal's number (143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP).
 
+use std::cell::Cell;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub const LAUNCHER_GRACE: Duration = Duration::from_secs(8);
 #[derive(Default)]
 pub struct Stop {
     signals: Option<StopSignals>,
+    /// A stop signal read from the pipe and not yet handled.
+    caught: Cell<Option<i32>>,
 }
 
 impl Stop {
@@ -31,28 +34,36 @@ impl Stop {
     pub fn catch() -> std::io::Result<Stop> {
         Ok(Stop {
             signals: Some(StopSignals::catch()?),
+            caught: Cell::new(None),
         })
     }
 
-    /// Whether a signal waits to be read (a stop, or a resize to drop), without reading it.
-    pub fn pending(&self) -> bool {
-        self.wait(Duration::ZERO)
+    /// Whether a stop signal was caught; it stays for [`Stop::requested`]. (A terminal
+    /// resize, SIGWINCH, which the launcher's pipe also reports, is read and dropped.)
+    pub fn caught(&self) -> bool {
+        if self.caught.get().is_none() {
+            let signal = self.signals.as_ref().and_then(StopSignals::stop_requested);
+            self.caught.set(signal);
+        }
+        self.caught.get().is_some()
     }
 
-    /// Sleeps for `d` or until a signal is caught, whichever comes first; whether one was.
-    pub fn wait(&self, d: Duration) -> bool {
+    /// Sleeps for `d` or until a signal arrives, whichever comes first.
+    pub fn wait(&self, d: Duration) {
         let Some(signals) = &self.signals else {
             std::thread::sleep(d);
-            return false;
+            return;
         };
         let timeout = PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        matches!(nix::poll::poll(&mut fds, timeout), Ok(n) if n > 0)
+        // An error (EINTR) only ends the sleep early; the callers look again.
+        let _ = nix::poll::poll(&mut fds, timeout);
     }
 
-    /// The stop signal caught, if one was (resizes are read and dropped).
+    /// The stop signal caught, if one was; taken (the stop is handled once).
     pub fn requested(&self) -> Option<i32> {
-        self.signals.as_ref()?.stop_requested()
+        self.caught();
+        self.caught.take()
     }
 
     /// The fd to poll with others, if signals are caught.
