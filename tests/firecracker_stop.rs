@@ -212,6 +212,11 @@ fn sigterm_stops_a_running_vm_and_leaves_nothing() {
     assert!(Path::new(&sock).exists() && private.is_dir());
     let (code, console, stderr) = fc.terminate(STOP);
     assert_eq!(code, Some(143), "{console}\n{stderr}");
+    assert!(
+        stderr.contains("bulkhead-firecracker: signal 15: stopping (exit status 143)")
+            && !stderr.contains("did not stop within"),
+        "{stderr}"
+    );
     assert_gone(std::slice::from_ref(&launcher), "bulkhead-firecracker");
     assert_nothing_left(launcher.0, &kids);
     assert_eq!(

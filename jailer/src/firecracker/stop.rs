@@ -73,11 +73,12 @@ impl Stop {
 }
 
 /// Stops `vm` for `signal`: the launcher first (bounded), then the status to exit with.
+/// Said on stderr as well as in the log (which may not be configured).
 pub fn stop(vm: &mut Instance, signal: i32) -> i32 {
-    vm.logger.info(
-        "main",
-        &format!("signal {signal}: stopping (exit status {})", 128 + signal),
-    );
+    let status = 128 + signal;
+    let why = format!("signal {signal}: stopping (exit status {status})");
+    eprintln!("bulkhead-firecracker: {why}");
+    vm.logger.info("main", &why);
     if let Some(launcher) = vm.launcher.as_mut() {
         let pid = launcher.pid();
         match launcher.stop(LAUNCHER_GRACE) {
@@ -85,8 +86,11 @@ pub fn stop(vm: &mut Instance, signal: i32) -> i32 {
                 "main",
                 &format!("the VM stopped: bulkhead run (pid {pid}) exited with {code}"),
             ),
-            Err(e) => vm.logger.error("main", &e),
+            Err(e) => {
+                eprintln!("bulkhead-firecracker: error: {e}");
+                vm.logger.error("main", &e);
+            }
         }
     }
-    128 + signal
+    status
 }
