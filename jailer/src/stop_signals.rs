@@ -8,7 +8,7 @@
 //! pipe: start-up looks at it between steps ([`StopSignals::stop_requested`]) and the
 //! supervisor handles it as soon as it runs.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The signals that stop the VM.
@@ -37,6 +37,12 @@ pub enum Caught {
 /// The read end of the self-pipe.
 pub struct StopSignals {
     read: OwnedFd,
+}
+
+impl AsFd for StopSignals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
 }
 
 impl StopSignals {

@@ -13,6 +13,10 @@ mod net_arg;
 #[allow(dead_code)]
 #[path = "../restart.rs"]
 mod restart;
+// The launcher's catching of SIGTERM, SIGINT and SIGHUP, for the orderly stop.
+#[allow(dead_code)]
+#[path = "../stop_signals.rs"]
+mod stop_signals;
 #[allow(dead_code)]
 #[path = "../tap.rs"]
 mod tap;

@@ -191,6 +191,10 @@ optional arguments:
   --http-api-max-payload-size <n>  Largest request body in bytes. [default: \"51200\"]
   --enable-pci                 The devices on virtio-pci instead of virtio-mmio.
   --help, --version
+
+Exit status: the VM's (bulkhead run's) when it stops by itself; 128 + the signal on
+SIGTERM, SIGINT or SIGHUP (143, 130, 129), once the VM is stopped and the API socket
+removed; 153 for a refused command line, 152 for a refused config file.
 ";
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use bulkhead_protocol::{ApiRequest, VmState};
 use super::launcher::Launcher;
 use super::log::{Logger, Metrics};
 use super::model::{self, FullConfig};
+use super::stop::Stop;
 
 /// Firecracker's refusal of a pre-boot request after boot.
 pub const POST_BOOT: &str = "The requested operation is not supported after starting the microVM.";
@@ -32,6 +33,8 @@ pub struct Instance {
     pub logger: Logger,
     /// The metrics.
     pub metrics: Metrics,
+    /// The stop signals (see [`super::stop`]).
+    pub stop: Stop,
 }
 
 impl Instance {
@@ -46,6 +49,7 @@ impl Instance {
             pci: false,
             logger: Logger::new(id),
             metrics: Metrics::default(),
+            stop: Stop::default(),
         }
     }
 
@@ -121,7 +125,7 @@ impl Instance {
         let args = super::run_args::run_args(&self.config, &self.ctl, self.pci)?;
         self.logger
             .info("instance", "InstanceStart: starting bulkhead run");
-        let launcher = Launcher::start(&args, &self.ctl)?;
+        let launcher = Launcher::start(&args, &self.ctl, &self.stop)?;
         self.logger.info(
             "instance",
             &format!("the VM runs: launcher pid {}", launcher.pid()),

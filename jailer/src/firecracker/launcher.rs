@@ -9,6 +9,10 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bulkhead_protocol::{ApiClientChannel, ApiReply, ApiRequest, VmState};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::stop::{Stop, LAUNCHER_GRACE};
 
 /// How long the launcher gets to build the VM (the vmm's `Ready`, seen as its API socket
 /// answering a status request).
@@ -23,8 +27,9 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    /// Starts `bulkhead run` with `args` and waits until the VM answers on `ctl`.
-    pub fn start(args: &[std::ffi::OsString], ctl: &Path) -> Result<Launcher, String> {
+    /// Starts `bulkhead run` with `args` and waits until the VM answers on `ctl`; a stop
+    /// signal caught meanwhile (left for the caller to handle) stops it and fails the start.
+    pub fn start(args: &[std::ffi::OsString], ctl: &Path, stop: &Stop) -> Result<Launcher, String> {
         let exe = std::env::current_exe()
             .map_err(|e| format!("Start microvm error: finding bulkhead: {e}"))?;
         let bulkhead = exe.with_file_name("bulkhead");
@@ -58,13 +63,17 @@ impl Launcher {
             if launcher.ask(ApiRequest::Status).is_ok() {
                 return Ok(launcher);
             }
+            if stop.caught() {
+                let _ = launcher.stop(LAUNCHER_GRACE);
+                return Err("Start microvm error: bulkhead-firecracker is stopping.".into());
+            }
             if Instant::now() > deadline {
-                launcher.kill();
+                let _ = launcher.stop(LAUNCHER_GRACE);
                 return Err(format!(
                     "Start microvm error: the VM was not up within {START_TIMEOUT:?}."
                 ));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            stop.wait(Duration::from_millis(20));
         }
     }
 
@@ -101,13 +110,33 @@ impl Launcher {
         }
     }
 
-    fn kill(&mut self) {
-        if self.exited().is_none() {
-            // SIGTERM: the launcher's own stop path removes the VM's processes.
-            // SAFETY: kill has no memory-safety preconditions; the pid is our child, not
-            // yet reaped (try_wait saw it running), so it names no other process.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            let _ = self.child.wait();
+    /// Stops the launcher: SIGTERM (its orderly stop removes the VM's processes), then
+    /// SIGKILL if it has not exited within `grace`; its exit status, or what went wrong.
+    pub fn stop(&mut self, grace: Duration) -> Result<i32, String> {
+        if let Some(code) = self.exited() {
+            return Ok(code);
         }
+        let pid = self.child.id();
+        // The child is not reaped yet (exited() saw it running), so the pid is still its.
+        let target = i32::try_from(pid).map(Pid::from_raw);
+        if let Ok(target) = target {
+            // ESRCH cannot happen for an unreaped child; any other error shows as the
+            // grace running out and SIGKILL.
+            let _ = kill(target, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(code) = self.exited() {
+                return Ok(code);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child
+            .kill()
+            .and_then(|()| self.child.wait())
+            .map_err(|e| format!("killing bulkhead run (pid {pid}): {e}"))?;
+        Err(format!(
+            "bulkhead run (pid {pid}) did not stop within {grace:?} of SIGTERM: killed"
+        ))
     }
 }

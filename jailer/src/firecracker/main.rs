@@ -1,6 +1,8 @@
 //! What `bulkhead-firecracker` does, in order: its command line, the logger, the config
 //! file (which starts the VM at once, as in Firecracker), the API socket and its loop.
-//! The process exits when the VM does, with `bulkhead run`'s status.
+//! The process exits when the VM does, with `bulkhead run`'s status, or on SIGTERM, SIGINT
+//! or SIGHUP with 128 + the signal once the VM is stopped (see [`super::stop`]); either way
+//! the API socket and the private directory are removed.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
@@ -9,9 +11,19 @@ use std::path::{Path, PathBuf};
 use super::cli::{self, EXIT_ARG_PARSING, EXIT_BAD_CONFIGURATION};
 use super::instance::Instance;
 use super::model::FullConfig;
+use super::stop::Stop;
 
 /// Runs the program; returns its exit status.
 pub fn main() -> i32 {
+    // First: a stop signal from here on waits its turn (see `stop`) instead of killing the
+    // process with its private directory and API socket left behind.
+    let stop = match Stop::catch() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bulkhead-firecracker: error: cannot catch termination signals: {e}");
+            return 1;
+        }
+    };
     let argv: Vec<String> = match std::env::args_os()
         .skip(1)
         .map(|a| a.into_string())
@@ -53,7 +65,7 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    let code = run(&args, &dir);
+    let code = run(&args, &dir, stop);
     let _ = std::fs::remove_dir_all(&dir.0);
     code
 }
@@ -80,8 +92,9 @@ fn private_dir(id: &str) -> Result<PrivateDir, String> {
     Ok(PrivateDir(dir))
 }
 
-fn run(args: &cli::FcArgs, dir: &PrivateDir) -> i32 {
+fn run(args: &cli::FcArgs, dir: &PrivateDir, stop: Stop) -> i32 {
     let mut vm = Instance::new(&args.id, dir.0.join("ctl.sock"));
+    vm.stop = stop;
     vm.pci = args.enable_pci;
     if args.log_path.is_some() || args.level.is_some() {
         if let Err(e) = vm.logger.configure(
@@ -126,6 +139,11 @@ fn run(args: &cli::FcArgs, dir: &PrivateDir) -> i32 {
             .and_then(|c| vm.configure(c))
             .and_then(|()| vm.start());
         if let Err(e) = started {
+            if let Some(signal) = vm.stop.requested() {
+                // Stopped while starting: the launcher is already stopped.
+                remove_socket(&args.api_sock, listener.is_some());
+                return super::stop::stop(&mut vm, signal);
+            }
             eprintln!(
                 "bulkhead-firecracker: error: config file {}: {e}",
                 file.display()
@@ -148,7 +166,10 @@ fn wait(vm: &mut Instance) -> i32 {
         if let Some(code) = vm.launcher.as_mut().and_then(|l| l.exited()) {
             return code;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        if let Some(signal) = vm.stop.requested() {
+            return super::stop::stop(vm, signal);
+        }
+        vm.stop.wait(std::time::Duration::from_millis(50));
     }
 }
 

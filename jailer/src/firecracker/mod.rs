@@ -13,3 +13,4 @@ pub mod model;
 pub mod routes;
 pub mod run_args;
 pub mod server;
+pub mod stop;

@@ -1,7 +1,8 @@
 //! The API server loop: one thread polling the listening socket and every connection
 //! (non-blocking), so a client that stalls half-way through a request only loses its own
 //! connection after [`STALL_TIMEOUT`]; connections stay open between requests (keep-alive,
-//! as the Go SDK's pooled clients expect). The loop ends when the VM's launcher exits.
+//! as the Go SDK's pooled clients expect). The loop ends when the VM's launcher exits, or
+//! on a stop signal (see [`super::stop`]).
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
@@ -28,7 +29,8 @@ struct Conn {
     continued: bool,
 }
 
-/// Serves `listener` for `vm` until its launcher exits; returns the launcher's status.
+/// Serves `listener` for `vm` until its launcher exits (its status) or a stop signal is
+/// caught (128 + the signal, once the VM is stopped).
 pub fn serve(listener: &UnixListener, vm: &mut Instance, max_body: usize) -> i32 {
     let _ = listener.set_nonblocking(true);
     let mut conns: Vec<Conn> = Vec::new();
@@ -40,8 +42,13 @@ pub fn serve(listener: &UnixListener, vm: &mut Instance, max_body: usize) -> i32
             );
             return code;
         }
+        if let Some(signal) = vm.stop.requested() {
+            return super::stop::stop(vm, signal);
+        }
+        // The stop signals' pipe last, so the connections keep their indices (i + 1).
         let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
             .chain(conns.iter().map(|c| c.stream.as_raw_fd()))
+            .chain(vm.stop.fd())
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -53,6 +60,7 @@ pub fn serve(listener: &UnixListener, vm: &mut Instance, max_body: usize) -> i32
         if n < 0 {
             continue;
         }
+        let polled = conns.len();
         if fds[0].revents != 0 {
             while let Ok((stream, _)) = listener.accept() {
                 if conns.len() >= MAX_CONNECTIONS || stream.set_nonblocking(true).is_err() {
@@ -71,7 +79,7 @@ pub fn serve(listener: &UnixListener, vm: &mut Instance, max_body: usize) -> i32
         let now = Instant::now();
         let mut keep = Vec::with_capacity(conns.len());
         for (i, mut c) in conns.into_iter().enumerate() {
-            let ready = fds.get(i + 1).is_some_and(|p| p.revents != 0);
+            let ready = i < polled && fds.get(i + 1).is_some_and(|p| p.revents != 0);
             let open = if ready {
                 serve_conn(&mut c, vm, max_body)
             } else {
