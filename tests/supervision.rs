@@ -54,6 +54,31 @@ fn kill_one(program: &str, device: &str) {
     assert_nothing_left(pid, &kids);
 }
 
+/// SIGTERM sent to the vmm itself (as an orchestrator that found it by pid would) stops
+/// the VM in order, whichever of its threads the kernel picks for the signal: the vmm is
+/// init of its PID namespace and has no handler, so a stop signal a thread did not block
+/// used to be dropped and the VM ran on.
+#[test]
+fn sigterm_to_the_vmm_stops_the_vm_in_order() {
+    require_kvm!();
+    let _serial = serial();
+    require_netns!();
+    let vm = Running::start("sigterm-vmm");
+    let kids = children(vm.pid());
+    let (vmm, _) = *kids
+        .iter()
+        .find(|(_, n)| n == "bulkhead-vmm")
+        .expect("bulkhead-vmm among the launcher's children");
+    // SAFETY: kill(2) of a child of the bulkhead process this test started.
+    assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGTERM) }, 0);
+    let pid = vm.pid();
+    // The guest serves for 60 s: a lost signal shows as "bulkhead did not stop".
+    let (code, stderr) = vm.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_nothing_left(pid, &kids);
+}
+
 #[test]
 fn killing_the_vmm_is_reported_by_name() {
     kill_one("bulkhead-vmm", "vmm");

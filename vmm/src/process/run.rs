@@ -10,7 +10,7 @@ use super::args::{DeviceSocket, VmmArgs};
 use super::control::{Control, StatusInfo};
 use super::fds::{check_socket, take_file, FdError};
 use super::outcome::{Outcome, EXIT_BULKHEAD_FAILED};
-use super::signals::stop_on_signals;
+use super::signals::{block_stop_signals, stop_on_signals};
 use crate::boot::KernelImage;
 use crate::builder;
 use crate::config::{Machine, SerialOutput, VirtioDeviceConfig, VmConfig};
@@ -19,6 +19,8 @@ use crate::virtio::vhost_user::BackendSocket;
 /// Runs `bulkhead-vmm` with `args`; returns the exit status.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     crate::trace::mark(crate::trace::Step::Main);
+    // Before any thread starts (the vhost-user watchdog does during set-up).
+    block_stop_signals();
     let args = match VmmArgs::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
