@@ -8,7 +8,7 @@
 //! pipe: start-up looks at it between steps ([`StopSignals::stop_requested`]) and the
 //! supervisor handles it as soon as it runs.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 
 use nix::fcntl::OFlag;
@@ -68,11 +68,6 @@ impl StopSignals {
             unsafe { sigaction(s, &action) }?;
         }
         Ok(StopSignals { read })
-    }
-
-    /// The fd to poll for readability.
-    pub fn fd(&self) -> RawFd {
-        self.read.as_raw_fd()
     }
 
     /// The next signal caught, if any (the pipe is non-blocking).
