@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -135,22 +135,13 @@ fn hugepages_fact(nr: io::Result<String>, size: Option<&str>) -> Fact {
 
 /// Creates (and drops) a sealable memfd: guest memory is a memfd shared with the backends.
 pub fn memfd() -> Fact {
-    let name = c"bulkhead-check";
-    // SAFETY: `name` is a NUL-terminated string that outlives the call; memfd_create only
-    // returns a new descriptor or -1.
-    let fd =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        return memfd_fact(Err(io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just returned by memfd_create, is valid, and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: `fd` is a valid memfd owned by this function; ftruncate only sets its size.
-    let ret = unsafe { libc::ftruncate(fd.as_raw_fd(), 1 << 20) };
-    if ret != 0 {
-        return memfd_fact(Err(io::Error::last_os_error()));
-    }
-    memfd_fact(Ok(()))
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let made = memfd_create(
+        c"bulkhead-check",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .and_then(|fd| nix::unistd::ftruncate(fd, 1 << 20));
+    memfd_fact(made.map_err(io::Error::from))
 }
 
 fn memfd_fact(result: io::Result<()>) -> Fact {

@@ -67,9 +67,8 @@ impl Stop {
     }
 
     /// The fd to poll with others, if signals are caught.
-    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
-        use std::os::fd::AsRawFd;
-        self.signals.as_ref().map(|s| s.as_fd().as_raw_fd())
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.signals.as_ref().map(StopSignals::as_fd)
     }
 }
 

@@ -43,8 +43,7 @@ fn chown(p: &Path, uid: u32) {
 }
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().as_raw() == 0;
     if !root {
         eprintln!("skipped: needs root (chown)");
     }

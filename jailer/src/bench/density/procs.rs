@@ -165,8 +165,7 @@ mod tests {
         let (pss, shmem) = pss_kib(me).unwrap();
         assert!(pss > 0 && shmem <= pss, "{pss} {shmem}");
         assert!(mem_available_kib().unwrap() > 0);
-        // SAFETY: getuid has no preconditions.
-        let real = unsafe { libc::getuid() };
+        let real = nix::unistd::getuid().as_raw();
         assert_eq!(uid(me), Some(real));
     }
 
