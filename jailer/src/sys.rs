@@ -1,6 +1,16 @@
 //! Where nix falls short: the raw system calls the launcher and `bulkhead-jailer` still
-//! make themselves outside the jail's clone child (whose calls are in `jail/clone.rs`).
-//! Everything else goes through nix's safe wrappers.
+//! make themselves outside the jail's clone child. Everything else goes through nix's safe
+//! wrappers.
+//!
+//! The jail's child, between `clone3` and `exec`, makes its calls raw in its own module
+//! (`jail/clone.rs`, with the fd placement of `jail/fds.rs` and the limits of
+//! `jail/rlimits.rs` it calls): it may not allocate or take a lock (the parent is
+//! multi-threaded), and `clone3`, `execveat`, `close_range` have no nix wrapper. The
+//! parent's side of that child (`jail/child.rs`, `jail/mod.rs`) keeps `waitid(P_PIDFD)`
+//! raw (nix's turns a real-time signal, such as the vmm's kick, into an error, where the
+//! exit status must be reported) and `pidfd_send_signal` (no wrapper). Ioctls (TUN,
+//! interface flags) and `flock` (nix 0.32 deprecates its `flock` for an owning `Flock`
+//! that would change who holds the lock) stay where they are used.
 //!
 //! | Call | Why not nix |
 //! |---|---|

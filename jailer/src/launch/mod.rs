@@ -421,8 +421,8 @@ impl DeviceProcess {
     }
 
     /// The launcher's end of its control socket, if it has one.
-    pub(crate) fn control_fd(&self) -> Option<RawFd> {
-        self.control.as_ref().map(|c| c.as_fd().as_raw_fd())
+    pub(crate) fn control_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.control.as_ref().map(|c| c.as_fd())
     }
 
     /// How it ended, if it already has.
