@@ -150,3 +150,46 @@ pub fn detach_and_tie_to_parent(signal: Signal) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    use nix::sys::signal::raise;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn sigtimedwait_takes_a_pending_signal_and_times_out_without_one() {
+        // On a thread of its own: the mask and the pending signal are that thread's.
+        std::thread::spawn(|| {
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGUSR2);
+            set.thread_block().expect("blocking SIGUSR2");
+            let none = sigtimedwait(&set, Duration::from_millis(20));
+            assert_eq!(none, None);
+            // raise(3) signals the calling thread.
+            raise(Signal::SIGUSR2).expect("raise");
+            let got = sigtimedwait(&set, Duration::from_secs(5));
+            assert_eq!(got, Some(Signal::SIGUSR2));
+        })
+        .join()
+        .expect("the signal thread");
+    }
+
+    #[test]
+    fn a_pidfd_becomes_readable_when_its_process_ends() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("starting sleep");
+        let pidfd = pidfd_open(child.id() as i32).expect("pidfd_open");
+        let readable = |ms: u16| {
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            nix::poll::poll(&mut fds, PollTimeout::from(ms)).expect("poll") == 1
+        };
+        assert!(!readable(0), "readable while the process runs");
+        child.kill().expect("killing sleep");
+        assert!(readable(5000), "not readable once the process ended");
+        child.wait().expect("reaping sleep");
+    }
+}
