@@ -10,6 +10,8 @@ use std::path::Path;
 
 use super::{describe_errno, read_trimmed, Fact, Status};
 
+nix::ioctl_read_bad!(tun_get_features, libc::TUNGETFEATURES, libc::c_uint);
+
 /// Opens `/dev/net/tun` and asks which TAP features the driver supports
 /// (`TUNGETFEATURES` needs no interface, so nothing is created).
 pub fn tap() -> Fact {
@@ -25,12 +27,9 @@ pub fn tap() -> Fact {
     let mut features: libc::c_uint = 0;
     // SAFETY: `tun` is an open /dev/net/tun descriptor owned by this function, and
     // TUNGETFEATURES writes one unsigned int through the pointer, which points at a live local.
-    let ret = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNGETFEATURES, &mut features) };
-    let features = if ret == 0 {
-        Ok(features)
-    } else {
-        Err(io::Error::last_os_error())
-    };
+    let features = unsafe { tun_get_features(tun.as_raw_fd(), &mut features) }
+        .map(|_| features)
+        .map_err(io::Error::from);
     tap_fact(Ok(()), Some(features))
 }
 
