@@ -2,7 +2,6 @@
 //! connection, `bulkhead ctl` being the client. The launcher serves it from its supervision
 //! loop; the socket file is created mode 0600 and removed when the VM ends.
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,8 +68,8 @@ impl ApiSocket {
     }
 
     /// The fd to poll for connections.
-    pub fn listener_fd(&self) -> RawFd {
-        self.listener.as_raw_fd()
+    pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
     }
 
     /// Accepts a waiting connection, if there is one.

@@ -4,9 +4,8 @@
 //! process. `bulkhead run --transport pci` (or `mmio`) alone is the demo on that transport;
 //! any other flag means the user describes the machine and gets exactly that.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::io;
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -34,17 +33,7 @@ pub struct Demo {
 /// A new directory `bulkhead-<pid>-XXXXXX` in the temporary directory, mode 0700.
 fn private_dir() -> io::Result<PathBuf> {
     let template = std::env::temp_dir().join(format!("bulkhead-{}-XXXXXX", std::process::id()));
-    let mut bytes = CString::new(template.into_os_string().into_vec())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
-        .into_bytes_with_nul();
-    // SAFETY: `bytes` is a writable, NUL-terminated buffer whose name ends in XXXXXX, as
-    // mkdtemp requires; it rewrites only those six bytes and returns the buffer or NULL.
-    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
-    if made.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    bytes.pop(); // the NUL
-    Ok(PathBuf::from(OsString::from_vec(bytes)))
+    Ok(nix::unistd::mkdtemp(&template)?)
 }
 
 /// `e` with what was being done to `path`.
@@ -191,7 +180,6 @@ mod tests {
     }
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        unsafe { libc::geteuid() == 0 }
+        nix::unistd::geteuid().is_root()
     }
 }

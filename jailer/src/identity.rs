@@ -253,26 +253,10 @@ impl Hint {
 
 /// Whether the user or the group database (files, LDAP, ... through NSS) knows `id`.
 fn known_to_the_database(id: u32) -> bool {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    loop {
-        // SAFETY: zeroed C structs that getpwuid_r/getgrgid_r fill in.
-        let (mut pw, mut gr) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
-        let mut pw_out: *mut libc::passwd = std::ptr::null_mut();
-        let mut gr_out: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: the record, buffer (with its true length) and result pointer are valid
-        // for the calls; the results point into them and are only compared to null.
-        let (user, group) = unsafe {
-            (
-                libc::getpwuid_r(id, &mut pw, buf.as_mut_ptr(), buf.len(), &mut pw_out),
-                libc::getgrgid_r(id, &mut gr, buf.as_mut_ptr(), buf.len(), &mut gr_out),
-            )
-        };
-        if (user == libc::ERANGE || group == libc::ERANGE) && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        return !pw_out.is_null() || !gr_out.is_null();
-    }
+    use nix::unistd::{Gid, Group, Uid, User};
+    // A lookup that fails (not only "no such entry") counts as unknown, as before.
+    let user = User::from_uid(Uid::from_raw(id)).ok().flatten();
+    user.is_some() || Group::from_gid(Gid::from_raw(id)).ok().flatten().is_some()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! starting a process each (4 `ip` runs cost 17–25 ms of a VM's start on the CI host).
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// `struct ifreq` with its flags member.
 #[repr(C)]
@@ -40,13 +40,13 @@ pub struct Ifconfig {
 impl Ifconfig {
     /// Opens the ioctl socket (an unbound UDP socket).
     pub fn new() -> std::io::Result<Ifconfig> {
-        // SAFETY: socket(2) with constant arguments; the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a new fd nothing else owns.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+        let socket = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
         Ok(Ifconfig { socket })
     }
 

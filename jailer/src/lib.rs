@@ -3,3 +3,6 @@
 
 /// Starting a program in namespaces, a cgroup, an empty root, with only the fds it is given.
 pub mod jail;
+
+/// The raw system calls nix cannot make (a table of reasons), outside the jail's clone child.
+pub mod sys;

@@ -127,9 +127,10 @@ fn start_time(pid: u32) -> Option<SystemTime> {
         .trim()
         .parse()
         .ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
+        .flatten()
+        .and_then(|hz| u64::try_from(hz).ok())
         .filter(|&hz| hz > 0)?;
     let since_boot = Duration::from_millis(ticks.checked_mul(1000)? / hz);
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(boot) + since_boot)

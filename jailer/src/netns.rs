@@ -3,11 +3,14 @@
 //! deleted when the VM ends. Made in this process (a thread's `unshare`, a bind mount,
 //! ioctls), as iproute2 makes them; [`ip`] remains for the benchmarks' own set-up.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::CStr;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Stdio};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::ifconfig::Ifconfig;
 use crate::tap;
@@ -126,10 +129,9 @@ impl NetNs {
                 let name = ns_name.clone();
                 move |source| NetNsError::Io { what, name, source }
             };
-            // SAFETY: unshare with a constant flag; affects only this thread.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(io_err("creating")(std::io::Error::last_os_error()));
-            }
+            // Affects only this thread.
+            unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io_err("creating")(std::io::Error::from(e)))?;
             bind(c"/proc/thread-self/ns/net", &file).map_err(io_err("bind-mounting"))?;
             let taps = tap::open(&tap, queues)?;
             let ifc = Ifconfig::new().map_err(io_err("opening an ioctl socket in"))?;
@@ -153,11 +155,9 @@ impl NetNs {
 /// the mount point removed (the kernel frees the namespace once nothing else holds it).
 pub fn delete(name: &str) -> std::io::Result<()> {
     let file = path(name);
-    let c = CString::new(file.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: a NUL-terminated path; MNT_DETACH; EINVAL (not mounted) is fine below.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        let e = std::io::Error::last_os_error();
+    // EINVAL: not mounted, which is fine.
+    if let Err(e) = umount2(&file, MntFlags::MNT_DETACH) {
+        let e = std::io::Error::from(e);
         if e.raw_os_error() != Some(libc::EINVAL) && e.kind() != std::io::ErrorKind::NotFound {
             return Err(e);
         }
@@ -172,58 +172,41 @@ fn shared_run_dir() -> std::io::Result<()> {
     let dir = c"/run/netns";
     let mut bound = false;
     loop {
-        // SAFETY: constant NUL-terminated strings; only propagation flags change.
-        let rc = unsafe {
-            libc::mount(
-                c"".as_ptr(),
-                dir.as_ptr(),
-                c"none".as_ptr(),
-                libc::MS_SHARED | libc::MS_REC,
-                std::ptr::null(),
-            )
+        // Only propagation flags change.
+        let e = match mount(
+            Some(c""),
+            dir,
+            Some(c"none"),
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&CStr>,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
         };
-        if rc == 0 {
-            return Ok(());
+        if e != Errno::EINVAL || bound {
+            return Err(e.into());
         }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINVAL) || bound {
-            return Err(e);
-        }
-        // Not a mount point yet.
-        // SAFETY: as above, a recursive bind mount of the directory onto itself.
-        let rc = unsafe {
-            libc::mount(
-                dir.as_ptr(),
-                dir.as_ptr(),
-                c"none".as_ptr(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // Not a mount point yet: a recursive bind mount of the directory onto itself.
+        mount(
+            Some(dir),
+            dir,
+            Some(c"none"),
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&CStr>,
+        )?;
         bound = true;
     }
 }
 
 /// Bind-mounts `source` on `target`.
-fn bind(source: &std::ffi::CStr, target: &std::path::Path) -> std::io::Result<()> {
-    let target = CString::new(target.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: NUL-terminated paths; a plain bind mount.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            c"none".as_ptr(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+fn bind(source: &CStr, target: &std::path::Path) -> std::io::Result<()> {
+    mount(
+        Some(source),
+        target,
+        Some(c"none"),
+        MsFlags::MS_BIND,
+        None::<&CStr>,
+    )?;
     Ok(())
 }
 
@@ -231,11 +214,8 @@ fn bind(source: &std::ffi::CStr, target: &std::path::Path) -> std::io::Result<()
 /// network namespace at `path` (e.g. /run/netns/NAME).
 pub fn enter_thread(path: &str) -> std::io::Result<()> {
     let ns = std::fs::File::open(path)?;
-    // SAFETY: setns on an fd we own, with CLONE_NEWNET, which changes only the calling
-    // thread's network namespace.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // CLONE_NEWNET changes only the calling thread's network namespace.
+    setns(&ns, CloneFlags::CLONE_NEWNET)?;
     Ok(())
 }
 

@@ -13,6 +13,8 @@
 use std::io;
 use std::sync::OnceLock;
 
+use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
+
 /// An identity to open paths as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -50,8 +52,7 @@ pub fn configure(identity: Identity) {
 pub fn opener_uid() -> u32 {
     match IDENTITY.get() {
         Some(id) => id.uid,
-        // SAFETY: geteuid has no preconditions.
-        None => unsafe { libc::geteuid() },
+        None => nix::unistd::geteuid().as_raw(),
     }
 }
 
@@ -75,22 +76,17 @@ pub fn run<T: Send>(f: impl FnOnce() -> T + Send) -> io::Result<T> {
 
 /// Takes `id` for file access on this thread only.
 fn take(id: Identity) -> io::Result<()> {
-    // SAFETY: raw system calls changing this thread's credentials only (the glibc
-    // wrappers would change every thread's); setgroups reads no memory with a count of 0.
-    if unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // setfsgid/setfsuid return the previous value whether or not they succeeded: asking
-    // again with an invalid id (-1, which changes nothing) tells what is in force.
-    // SAFETY: as above; these take integers only.
-    let (gid, uid) = unsafe {
-        libc::syscall(libc::SYS_setfsgid, id.gid);
-        let gid = libc::syscall(libc::SYS_setfsgid, u32::MAX);
-        libc::syscall(libc::SYS_setfsuid, id.uid);
-        let uid = libc::syscall(libc::SYS_setfsuid, u32::MAX);
-        (gid, uid)
-    };
-    if (gid, uid) != (i64::from(id.gid), i64::from(id.uid)) {
+    // The system call, changing this thread's groups only (glibc's wrapper would change
+    // every thread's).
+    bulkhead::sys::drop_groups_this_thread()?;
+    // setfsgid/setfsuid (per-thread by nature; glibc's wrappers are the bare system calls)
+    // return the previous value whether or not they succeeded: asking again with an invalid
+    // id (-1, which changes nothing) tells what is in force.
+    setfsgid(Gid::from_raw(id.gid));
+    let gid = setfsgid(Gid::from_raw(u32::MAX)).as_raw();
+    setfsuid(Uid::from_raw(id.uid));
+    let uid = setfsuid(Uid::from_raw(u32::MAX)).as_raw();
+    if (gid, uid) != (id.gid, id.uid) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!("could not take fsuid {} fsgid {}", id.uid, id.gid),
@@ -119,8 +115,7 @@ mod tests {
 
     #[test]
     fn a_thread_takes_the_identity_and_loses_root_s_reach() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: needs root");
             return;
         }

@@ -4,8 +4,12 @@
 //! (`bulkhead-vmm`) with the vmm's end of each backend's socket; waits for every backend's
 //! Ready in one loop, then for the vmm to report why the VM stopped.
 
+use std::io::IsTerminal;
+
 use bulkhead_vmm::config::{ConfigError, Machine, SerialOutput, VmConfig};
 pub use bulkhead_vmm::process::{chain, EXIT_BULKHEAD_FAILED};
+use nix::sys::resource::{getrusage, UsageWho};
+use nix::sys::time::TimeVal;
 
 use crate::api::ApiSocket;
 use crate::cli::RunArgs;
@@ -75,8 +79,7 @@ fn run(args: &RunArgs) -> i32 {
     }
     // Held until the VM is gone: it tells other launchers that what is named after this
     // one (bulkhead-<pid>-...) is in use. Taken before anything of the kind is made.
-    // SAFETY: geteuid has no preconditions.
-    let _alive = if unsafe { libc::geteuid() } == 0 {
+    let _alive = if nix::unistd::geteuid().is_root() {
         let lock = match crate::liveness::LauncherLock::take() {
             Ok(lock) => lock,
             Err(e) => return fail(&e),
@@ -165,8 +168,7 @@ fn run(args: &RunArgs) -> i32 {
         abandon(&mut vmm, &mut devices);
         return code;
     }
-    // SAFETY: isatty only inspects fd 0.
-    let terminal = unsafe { libc::isatty(0) } == 1;
+    let terminal = std::io::stdin().is_terminal();
     let resize = (console == Some(ConsoleStream::Stdio) && terminal).then(|| CONSOLE.into());
     let supervisor = Supervisor::new(vmm, channel, &mut devices, api, resize)
         .map(|s| s.restart_on_sigsys(args.restart_on_sigsys));
@@ -201,27 +203,19 @@ fn run(args: &RunArgs) -> i32 {
 
 /// Puts the calling thread in the SCHED_IDLE class (best effort).
 fn idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler on the calling thread (0) with a valid param.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        log::debug!(
-            "stale sweep at idle priority: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = bulkhead::sys::sched_idle() {
+        log::debug!("stale sweep at idle priority: {e}");
     }
 }
 
 /// For `bulkhead bench`: the launcher's own CPU time (user + system), its children's not
 /// included.
 fn report_own_cpu() {
-    // SAFETY: a zeroed rusage for getrusage to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF and a valid rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
-        let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    if let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) {
+        let us = |t: TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
         eprintln!(
             "bulkhead-stats: launcher_cpu_us={}",
-            us(usage.ru_utime) + us(usage.ru_stime)
+            us(usage.user_time()) + us(usage.system_time())
         );
     }
 }
@@ -246,8 +240,7 @@ fn stopped_while_starting(signals: &StopSignals) -> Option<i32> {
 /// identity the jailed processes run as (allocated unless `--uid/--gid` force one).
 fn confine(args: &RunArgs, config: &VmConfig) -> Result<Option<Identity>, String> {
     let identity = if args.jail {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             return Err(
                 "confining the VM's processes (namespaces, cgroups, an empty root, \
                         another uid) needs root; --jail off starts them unconfined"

@@ -60,8 +60,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), RunDirError> {
         Err(e) => return Err(io_err("creating")(e)),
     }
     let meta = std::fs::symlink_metadata(dir).map_err(io_err("inspecting"))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
         return Err(RunDirError::Unsafe {
             path: dir.to_path_buf(),

@@ -53,8 +53,7 @@ pub fn reap_own() -> Vec<String> {
 /// own are kept, since it holds its lock ([`crate::liveness`]).
 pub fn reap() -> Vec<String> {
     let mut removed = reap_names(crate::liveness::is_running);
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let owner = unsafe { libc::geteuid() };
+    let owner = nix::unistd::geteuid().as_raw();
     for dir in scratch::reap_in(&std::env::temp_dir(), owner, crate::liveness::is_running) {
         removed.push(format!("scratch disk directory {}", dir.display()));
     }

@@ -8,21 +8,25 @@
 //! pipe: start-up looks at it between steps ([`StopSignals::stop_requested`]) and the
 //! supervisor handles it as soon as it runs.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 /// The signals that stop the VM.
-const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
 
-/// Write end of the self-pipe the handler reports on (-1: none yet).
-static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+/// Write end of the self-pipe the handler reports on (unset: none yet). Reading a set
+/// `OnceLock` is an atomic load, safe in a signal handler.
+static SIGNAL_PIPE: OnceLock<OwnedFd> = OnceLock::new();
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
-    let byte = signal as u8;
-    // SAFETY: write(2) is async-signal-safe; one byte from a local to the pipe's write end,
-    // which stays open for the life of the process.
-    unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    if let Some(fd) = SIGNAL_PIPE.get() {
+        // write(2) is async-signal-safe; a full pipe drops the byte (it is non-blocking),
+        // and the signals already in it will stop the VM anyway.
+        let _ = nix::unistd::write(fd, &[signal as u8]);
+    }
 }
 
 /// One signal read from the pipe.
@@ -48,42 +52,29 @@ impl AsFd for StopSignals {
 impl StopSignals {
     /// Installs the handlers; call once, before the launcher makes anything.
     pub fn catch() -> std::io::Result<StopSignals> {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 writes two fds into the local array.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: both fds were just created and are owned by nothing else; the write end is
-        // deliberately kept open for the handler for the life of the process.
-        let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
-        SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
-        for s in STOP_SIGNALS.into_iter().chain([libc::SIGWINCH]) {
-            // SAFETY: installs a handler that only calls write(2); the sigaction struct is a
-            // zero-initialised local.
-            unsafe {
-                let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-                sa.sa_flags = libc::SA_RESTART;
-                libc::sigemptyset(&mut sa.sa_mask);
-                if libc::sigaction(s, &sa, std::ptr::null_mut()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // The write end is kept open for the handler for the life of the process.
+        SIGNAL_PIPE
+            .set(write)
+            .map_err(|_| std::io::Error::other("stop signals caught twice"))?;
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for s in STOP_SIGNALS.into_iter().chain([Signal::SIGWINCH]) {
+            // SAFETY: the handler only writes one byte to a pipe (async-signal-safe) and
+            // replaces the default action, no other handler.
+            unsafe { sigaction(s, &action) }?;
         }
         Ok(StopSignals { read })
     }
 
-    /// The fd to poll for readability.
-    pub fn fd(&self) -> RawFd {
-        self.read.as_raw_fd()
-    }
-
     /// The next signal caught, if any (the pipe is non-blocking).
     pub fn next(&self) -> Option<Caught> {
-        let mut byte = 0u8;
-        // SAFETY: reads one byte into a local from the pipe's read end (non-blocking).
-        let got = unsafe { libc::read(self.read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
-        (got == 1).then(|| match i32::from(byte) {
+        let mut byte = [0u8];
+        let got = nix::unistd::read(&self.read, &mut byte).ok();
+        (got == Some(1)).then(|| match i32::from(byte[0]) {
             libc::SIGWINCH => Caught::Resized,
             s => Caught::Stop(s),
         })
@@ -104,23 +95,18 @@ impl StopSignals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::signal::raise;
 
     #[test]
     fn a_signal_before_supervision_waits_in_the_pipe() {
         let signals = StopSignals::catch().expect("catching signals");
         assert_eq!(signals.next(), None);
-        // SAFETY: raise(2) to this process, whose handler for both was installed above.
-        unsafe {
-            libc::raise(libc::SIGWINCH);
-            libc::raise(libc::SIGHUP);
-        }
+        raise(Signal::SIGWINCH).expect("raise");
+        raise(Signal::SIGHUP).expect("raise");
         assert_eq!(signals.next(), Some(Caught::Resized));
         assert_eq!(signals.next(), Some(Caught::Stop(libc::SIGHUP)));
-        // SAFETY: as above.
-        unsafe {
-            libc::raise(libc::SIGWINCH);
-            libc::raise(libc::SIGTERM);
-        }
+        raise(Signal::SIGWINCH).expect("raise");
+        raise(Signal::SIGTERM).expect("raise");
         assert_eq!(signals.stop_requested(), Some(libc::SIGTERM));
         assert_eq!(signals.stop_requested(), None);
     }

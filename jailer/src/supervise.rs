@@ -13,7 +13,7 @@
 mod answer;
 mod restarts;
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,10 @@ use bulkhead_protocol::{
     ToProcess,
 };
 use bulkhead_vmm::process::EXIT_BULKHEAD_FAILED;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::api::ApiSocket;
 use crate::devices::Devices;
@@ -129,38 +133,38 @@ impl<'a> Supervisor<'a> {
         if self.channel_gone {
             return false;
         }
-        let mut fds = vec![pollin(self.channel_fd()), pollin(signals.fd())];
+        let mut fds = vec![Some(self.channel.as_fd()), Some(signals.as_fd())];
         if let Some(api) = &self.api {
-            fds.push(pollin(api.listener_fd()));
+            fds.push(Some(api.listener_fd()));
         }
         // Then each watched device process's pidfd: (index in fds, index of the process).
         let first_pidfd = fds.len();
         let mut watched = Vec::new();
         for (i, p) in self.devices.processes.iter().enumerate() {
             if let Some(fd) = p.pidfd().filter(|_| p.watched) {
-                fds.push(pollin(fd.as_raw_fd()));
+                fds.push(Some(fd));
                 watched.push(i);
             }
         }
-        let timeout = self.stop_deadline.map_or(-1, |d| {
-            d.saturating_duration_since(Instant::now()).as_millis() as i32
+        let timeout = self.stop_deadline.map_or(PollTimeout::NONE, |d| {
+            PollTimeout::try_from(d.saturating_duration_since(Instant::now()))
+                .unwrap_or(PollTimeout::MAX)
         });
-        // SAFETY: poll on valid fds in a local array of the length given.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            return std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
-        }
-        if n == 0 {
+        let ready = match poll_in(&fds, timeout) {
+            Ok(ready) => ready,
+            Err(e) => return e == Errno::EINTR,
+        };
+        drop(fds);
+        if !ready.contains(&true) {
             log::warn!("the vmm did not stop within {STOP_GRACE:?}; killing it");
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(self.vmm.pid() as libc::pid_t, libc::SIGKILL) };
+            self.kill_vmm();
             self.stop_deadline = None;
             return true;
         }
-        if fds[0].revents != 0 {
+        if ready[0] {
             return self.receive();
         }
-        if fds[1].revents != 0 {
+        if ready[1] {
             match signals.next() {
                 Some(Caught::Resized) => self.terminal_resized(),
                 Some(Caught::Stop(s)) if self.signal.is_none() => {
@@ -172,28 +176,28 @@ impl<'a> Supervisor<'a> {
             }
             return true;
         }
-        if self.api.is_some() && fds[2].revents != 0 {
+        if self.api.is_some() && ready[2] {
             self.serve_api();
             return true;
         }
         // The vmm's messages and stop signals first (a device ending as the VM ends is no
         // crash); a pidfd stays readable, so it is seen again on the next round.
-        if let Some(k) = fds[first_pidfd..].iter().position(|f| f.revents != 0) {
+        if let Some(k) = ready[first_pidfd..].iter().position(|&r| r) {
             self.device_ended(watched[k]);
         }
         true
     }
 
-    fn channel_fd(&self) -> RawFd {
-        self.channel.as_fd().as_raw_fd()
+    /// SIGKILL to the vmm, our own unreaped child (so its pid is still its).
+    fn kill_vmm(&self) {
+        let _ = kill(Pid::from_raw(self.vmm.pid() as i32), Signal::SIGKILL);
     }
 
     /// Asks the vmm to shut down, killing it if it has not ended within [`STOP_GRACE`].
     fn shut_down(&mut self) {
         if let Err(e) = self.channel.send(&ToProcess::Shutdown, &[]) {
             log::warn!("asking the vmm to stop: {e}; killing it");
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(self.vmm.pid() as libc::pid_t, libc::SIGKILL) };
+            self.kill_vmm();
         }
         self.stop_deadline
             .get_or_insert(Instant::now() + STOP_GRACE);
@@ -522,12 +526,23 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn pollin(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
+/// Polls each of `fds` for reading (a `None` is skipped); which are ready (readable, in
+/// error or hung up), in the order given; none on timeout.
+fn poll_in(fds: &[Option<BorrowedFd<'_>>], timeout: PollTimeout) -> nix::Result<Vec<bool>> {
+    let mut polls: Vec<PollFd> = fds
+        .iter()
+        .flatten()
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
+    nix::poll::poll(&mut polls, timeout)?;
+    // nix shows no flags when the kernel sets one it cannot name: ready all the same.
+    let mut ready = polls
+        .iter()
+        .map(|p| p.revents().is_none_or(|r| !r.is_empty()));
+    Ok(fds
+        .iter()
+        .map(|fd| fd.is_some() && ready.next().unwrap_or(false))
+        .collect())
 }
 
 /// Reports that the vmm process ended without a proper goodbye; returns the exit status.

@@ -7,6 +7,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+// TUNSETIFF is declared `_IOW('T', 202, int)` but takes a `struct ifreq`: the number as is.
+nix::ioctl_readwrite_bad!(tun_set_iff, TUNSETIFF, IfReq);
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -89,14 +92,14 @@ pub fn open(name: &str, queues: u16) -> Result<Vec<OwnedFd>, TapError> {
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads a `struct ifreq`; `req` is one (repr(C), 40 bytes, the
-        // size of ifreq on x86-64) and lives across the call; the fd is ours.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
-        if rc < 0 {
+        // SAFETY: TUNSETIFF reads (and writes back) a `struct ifreq`; `req` is one
+        // (repr(C), 40 bytes, the size of ifreq on x86-64) and lives across the call; the
+        // fd is ours.
+        if let Err(e) = unsafe { tun_set_iff(file.as_raw_fd(), &mut req) } {
             return Err(TapError::Attach {
                 name: name.to_owned(),
                 queue,
-                source: std::io::Error::last_os_error(),
+                source: e.into(),
             });
         }
         fds.push(OwnedFd::from(file));

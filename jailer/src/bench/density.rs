@@ -56,8 +56,7 @@ pub fn main(args: BenchArgs) -> i32 {
 }
 
 fn run(args: &BenchArgs) -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if nix::unistd::geteuid().as_raw() != 0 {
         return Err("bench density runs as root (jails, cgroups, --net auto namespaces)".into());
     }
     let exe = std::env::current_exe().map_err(|e| format!("finding the bulkhead binary: {e}"))?;

@@ -243,13 +243,10 @@ fn bench(args: &BenchArgs, exe: &Path, image: &Path, api: &Path) -> Result<(), S
                 exe_name.display()
             ));
         }
-        // SAFETY: kill(2) has no memory effects; the pid is this run's bulkhead-blk
-        // (checked by its executable just above).
-        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
-            return Err(format!(
-                "kill -9 {pid}: {}",
-                std::io::Error::last_os_error()
-            ));
+        // The pid is this run's bulkhead-blk (checked by its executable just above).
+        let target = nix::unistd::Pid::from_raw(pid as i32);
+        if let Err(e) = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL) {
+            return Err(format!("kill -9 {pid}: {}", std::io::Error::from(e)));
         }
         let at = Instant::now();
         vm.wait(&vm.stderr, REPORT_BOUND, "restart report", |l| {

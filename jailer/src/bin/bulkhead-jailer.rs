@@ -13,7 +13,7 @@
 //! `bulkhead-firecracker` in a chroot directory ([`fc_jailer`], the README's section).
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,12 @@ use bulkhead::jail::{
 use bulkhead_seccomp::jail::{finish_jail, JailArgs};
 use bulkhead_seccomp::landlock::LandlockMode;
 use clap::Parser;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::Mode;
 
 #[path = "../fc_jailer/mod.rs"]
 mod fc_jailer;
@@ -217,38 +223,28 @@ fn jailer_main() -> anyhow::Result<i32> {
 /// Waits for the child, forwarding signals; SIGKILL after [`GRACE`].
 fn supervise(
     child: &mut JailedChild,
-    signals: &OwnedFd,
+    signals: &SignalFd,
 ) -> anyhow::Result<std::process::ExitStatus> {
     let mut deadline: Option<Instant> = None;
     loop {
         let mut polls = [
-            libc::pollfd {
-                fd: child.pidfd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: signals.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            PollFd::new(child.pidfd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
         ];
-        let timeout = deadline.map_or(-1, |d| {
-            d.saturating_duration_since(Instant::now()).as_millis() as i32
+        let timeout = deadline.map_or(PollTimeout::NONE, |d| {
+            PollTimeout::try_from(d.saturating_duration_since(Instant::now()))
+                .unwrap_or(PollTimeout::MAX)
         });
-        // SAFETY: two valid pollfd entries for the length passed.
-        let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, timeout) };
-        if ready == -1 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-        {
-            bail!(
-                "polling the jailed process: {}",
-                std::io::Error::last_os_error()
-            );
+        match nix::poll::poll(&mut polls, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => bail!("polling the jailed process: {}", std::io::Error::from(e)),
         }
-        if polls[0].revents != 0 {
+        let ready = |p: &PollFd| p.revents().is_none_or(|r| !r.is_empty());
+        let (exited, signalled) = (ready(&polls[0]), ready(&polls[1]));
+        if exited {
             return Ok(child.wait()?);
         }
-        if polls[1].revents != 0 {
+        if signalled {
             let signal = read_signal(signals)?;
             log::info!("forwarding signal {signal} to pid {}", child.pid());
             child.kill(signal)?;
@@ -264,42 +260,23 @@ fn supervise(
     }
 }
 
-fn block_signals() -> std::io::Result<OwnedFd> {
-    // SAFETY: a sigset on the stack, filled by sigemptyset/sigaddset; blocking these signals
-    // in the (single-threaded) jailer so that the signalfd receives them.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, signal);
-        }
-        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
-        if fd == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
+/// Blocks SIGTERM, SIGINT and SIGHUP in the (single-threaded) jailer, so that the signalfd
+/// returned receives them.
+fn block_signals() -> std::io::Result<SignalFd> {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(signal);
     }
+    set.thread_block()?;
+    Ok(SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC)?)
 }
 
-fn read_signal(signals: &OwnedFd) -> anyhow::Result<i32> {
-    // SAFETY: signalfd_siginfo is plain data.
-    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::signalfd_siginfo>();
-    // SAFETY: a buffer of the size passed, from a signalfd owned by the caller.
-    let n = unsafe {
-        libc::read(
-            signals.as_raw_fd(),
-            (&mut info as *mut libc::signalfd_siginfo).cast(),
-            size,
-        )
-    };
-    if n != size as isize {
-        bail!("reading the signalfd: {}", std::io::Error::last_os_error());
+fn read_signal(signals: &SignalFd) -> anyhow::Result<i32> {
+    match signals.read_signal() {
+        Ok(Some(info)) => Ok(info.ssi_signo as i32),
+        Ok(None) => bail!("reading the signalfd: nothing to read"),
+        Err(e) => bail!("reading the signalfd: {}", std::io::Error::from(e)),
     }
-    Ok(info.ssi_signo as i32)
 }
 
 /// Opens /etc (as a directory fd) while it can, finishes the jail, then reports what
@@ -314,21 +291,14 @@ fn selftest_main() -> anyhow::Result<i32> {
         "path: {}",
         outcome(std::fs::File::open("/etc/passwd").map(drop))
     );
-    // SAFETY: a directory fd owned by `etc`, a NUL-terminated relative path.
-    let fd = unsafe {
-        libc::openat(
-            etc.as_raw_fd(),
-            c"passwd".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    let under_fd = if fd == -1 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        // SAFETY: openat returned a new fd that nothing else owns.
-        drop(unsafe { OwnedFd::from_raw_fd(fd) });
-        Ok(())
-    };
+    let under_fd = nix::fcntl::openat(
+        &etc,
+        c"passwd",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(drop)
+    .map_err(std::io::Error::from);
     println!("under-fd: {}", outcome(under_fd));
     std::thread::sleep(Duration::from_secs(cli.sleep));
     Ok(0)

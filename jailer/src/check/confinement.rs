@@ -9,9 +9,6 @@ use std::path::Path;
 
 use super::{describe_errno, read_trimmed, Fact, Status};
 
-/// `LANDLOCK_CREATE_RULESET_VERSION` from `<linux/landlock.h>`: ask for the ABI version.
-const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1 << 0;
-
 /// The seccomp return actions the filters may use, with the names they are printed under.
 const SECCOMP_ACTIONS: &[(&str, libc::c_uint)] = &[
     ("kill_process", libc::SECCOMP_RET_KILL_PROCESS),
@@ -19,26 +16,6 @@ const SECCOMP_ACTIONS: &[(&str, libc::c_uint)] = &[
     ("errno", libc::SECCOMP_RET_ERRNO),
     ("log", libc::SECCOMP_RET_LOG),
 ];
-
-/// Asks the kernel whether it knows a seccomp filter return action.
-fn seccomp_action_available(action: libc::c_uint) -> io::Result<()> {
-    let mut action = action;
-    // SAFETY: SECCOMP_GET_ACTION_AVAIL reads one u32 from the pointer, which points at a
-    // live local variable; the call changes no state of this process.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_GET_ACTION_AVAIL,
-            0,
-            &mut action as *mut libc::c_uint,
-        )
-    };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
 
 /// The `Seccomp:` field of `/proc/self/status`, if the kernel has one.
 fn status_field<'a>(status: &'a str, field: &str) -> Option<&'a str> {
@@ -74,7 +51,7 @@ pub fn seccomp() -> Fact {
         .map(|(name, action)| {
             (
                 *name,
-                seccomp_action_available(*action).map_err(|e| describe_errno(&e)),
+                bulkhead::sys::seccomp_action_available(*action).map_err(|e| describe_errno(&e)),
             )
         })
         .collect();
@@ -132,23 +109,12 @@ fn seccomp_fact(mode: Option<&str>, actions: &[(&str, Result<(), String>)]) -> F
     }
 }
 
-/// The landlock ABI version, from `landlock_create_ruleset(NULL, 0, VERSION)`.
+/// The landlock ABI version, from `landlock_create_ruleset(NULL, 0, VERSION)` (the query
+/// the jail itself makes, `bulkhead_seccomp::landlock::abi`).
 pub fn landlock() -> Fact {
-    // SAFETY: with LANDLOCK_CREATE_RULESET_VERSION the attribute pointer must be NULL and the
-    // size 0; the call only returns the ABI version and creates no file descriptor.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    let abi = if ret >= 0 {
-        Ok(ret)
-    } else {
-        Err(io::Error::last_os_error())
-    };
+    let abi = bulkhead_seccomp::landlock::abi()
+        .map(i64::from)
+        .map_err(|f| io::Error::from_raw_os_error(f.errno));
     landlock_fact(abi)
 }
 
@@ -263,8 +229,7 @@ pub fn user_namespaces() -> Fact {
         unprivileged_userns_clone: read_trimmed("/proc/sys/kernel/unprivileged_userns_clone").ok(),
         apparmor_restrict: read_trimmed("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
             .ok(),
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        euid: unsafe { libc::geteuid() },
+        euid: nix::unistd::geteuid().as_raw(),
     };
     user_namespaces_fact(&sysctls)
 }

@@ -4,11 +4,13 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::{describe_errno, read_trimmed, Fact, Status};
+
+nix::ioctl_read_bad!(tun_get_features, libc::TUNGETFEATURES, libc::c_uint);
 
 /// Opens `/dev/net/tun` and asks which TAP features the driver supports
 /// (`TUNGETFEATURES` needs no interface, so nothing is created).
@@ -25,12 +27,9 @@ pub fn tap() -> Fact {
     let mut features: libc::c_uint = 0;
     // SAFETY: `tun` is an open /dev/net/tun descriptor owned by this function, and
     // TUNGETFEATURES writes one unsigned int through the pointer, which points at a live local.
-    let ret = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNGETFEATURES, &mut features) };
-    let features = if ret == 0 {
-        Ok(features)
-    } else {
-        Err(io::Error::last_os_error())
-    };
+    let features = unsafe { tun_get_features(tun.as_raw_fd(), &mut features) }
+        .map(|_| features)
+        .map_err(io::Error::from);
     tap_fact(Ok(()), Some(features))
 }
 
@@ -135,22 +134,13 @@ fn hugepages_fact(nr: io::Result<String>, size: Option<&str>) -> Fact {
 
 /// Creates (and drops) a sealable memfd: guest memory is a memfd shared with the backends.
 pub fn memfd() -> Fact {
-    let name = c"bulkhead-check";
-    // SAFETY: `name` is a NUL-terminated string that outlives the call; memfd_create only
-    // returns a new descriptor or -1.
-    let fd =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        return memfd_fact(Err(io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just returned by memfd_create, is valid, and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: `fd` is a valid memfd owned by this function; ftruncate only sets its size.
-    let ret = unsafe { libc::ftruncate(fd.as_raw_fd(), 1 << 20) };
-    if ret != 0 {
-        return memfd_fact(Err(io::Error::last_os_error()));
-    }
-    memfd_fact(Ok(()))
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let made = memfd_create(
+        c"bulkhead-check",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .and_then(|fd| nix::unistd::ftruncate(fd, 1 << 20));
+    memfd_fact(made.map_err(io::Error::from))
 }
 
 fn memfd_fact(result: io::Result<()>) -> Fact {

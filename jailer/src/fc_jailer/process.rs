@@ -5,11 +5,15 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::unistd::Pid;
 
 use super::args::{JailerArgs, Rlimit, EXEC_NAME};
 use super::cgroup::FcCgroup;
@@ -128,39 +132,30 @@ fn start_and_wait(
         }
     }
     let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-    let limits: Vec<(libc::__rlimit_resource_t, u64)> = args
+    let limits: Vec<(Resource, u64)> = args
         .rlimits
         .iter()
         .map(|r| match *r {
-            Rlimit::Fsize(n) => (libc::RLIMIT_FSIZE, n),
-            Rlimit::NoFile(n) => (libc::RLIMIT_NOFILE, n),
+            Rlimit::Fsize(n) => (Resource::RLIMIT_FSIZE, n),
+            Rlimit::NoFile(n) => (Resource::RLIMIT_NOFILE, n),
         })
         .collect();
     // SAFETY: between fork and exec only async-signal-safe system calls run (prctl,
-    // sigprocmask, write, setrlimit) on fds and values prepared before the fork;
-    // nothing allocates.
+    // sigprocmask, write, setrlimit, through nix's allocation-free wrappers) on fds and
+    // values prepared before the fork; the cgroup files stay open until after the spawn,
+    // so the borrowed fds are valid; nothing allocates.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
             for &fd in &procs_fds {
                 // "0": the writing process itself joins the cgroup.
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
+                if nix::unistd::write(BorrowedFd::borrow_raw(fd), b"0")? != 1 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
                 }
             }
             for &(resource, n) in &limits {
-                let lim = libc::rlimit {
-                    rlim_cur: n,
-                    rlim_max: n,
-                };
-                if libc::setrlimit(resource, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                setrlimit(resource, n, n)?;
             }
             Ok(())
         })
@@ -196,13 +191,12 @@ fn scratch_dir(id: &str) -> Result<PathBuf, String> {
 fn join_netns(path: &Path) -> Result<(), String> {
     let ns =
         File::open(path).map_err(|e| format!("Failed to open netns {}: {e}", path.display()))?;
-    // SAFETY: setns on an fd we own; the jailer has a single thread, so the whole process
-    // moves.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+    // The jailer has a single thread, so the whole process moves.
+    if let Err(e) = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET) {
         return Err(format!(
             "Failed to join netns {}: {} (not a network namespace?)",
             path.display(),
-            std::io::Error::last_os_error()
+            std::io::Error::from(e)
         ));
     }
     Ok(())
@@ -210,50 +204,36 @@ fn join_netns(path: &Path) -> Result<(), String> {
 
 /// `--daemonize`: a new session, stdio on /dev/null.
 fn daemonize() -> Result<(), String> {
-    // SAFETY: setsid has no memory-safety preconditions.
-    if unsafe { libc::setsid() } < 0 {
-        return Err(format!("setsid: {}", std::io::Error::last_os_error()));
-    }
+    nix::unistd::setsid().map_err(|e| format!("setsid: {}", std::io::Error::from(e)))?;
     let null = File::options()
         .read(true)
         .write(true)
         .open("/dev/null")
         .map_err(|e| format!("opening /dev/null: {e}"))?;
-    for fd in 0..3 {
-        // SAFETY: dup2 onto the standard descriptors from an fd we own; nothing in this
-        // process holds 0-2 as an owned Rust object that would be closed twice.
-        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
-            return Err(format!(
-                "dup2 /dev/null: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+    for dup in [
+        nix::unistd::dup2_stdin,
+        nix::unistd::dup2_stdout,
+        nix::unistd::dup2_stderr,
+    ] {
+        dup(&null).map_err(|e| format!("dup2 /dev/null: {}", std::io::Error::from(e)))?;
     }
     Ok(())
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP (to be forwarded); the set, for `sigtimedwait`.
-fn block_signals() -> Result<libc::sigset_t, String> {
-    // SAFETY: the set is initialised by sigemptyset before use; sigprocmask changes only
-    // this thread's mask (the jailer's only thread).
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(format!(
-                "blocking signals: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(set)
+fn block_signals() -> Result<SigSet, String> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
     }
+    // Changes only this thread's mask (the jailer's only thread).
+    set.thread_block()
+        .map_err(|e| format!("blocking signals: {}", std::io::Error::from(e)))?;
+    Ok(set)
 }
 
 /// Waits for the child, forwarding the blocked signals; SIGKILL [`GRACE`] after one.
-fn supervise(child: &mut Child, signals: &libc::sigset_t) -> i32 {
+fn supervise(child: &mut Child, signals: &SigSet) -> i32 {
     let mut kill_at: Option<Instant> = None;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -261,16 +241,10 @@ fn supervise(child: &mut Child, signals: &libc::sigset_t) -> i32 {
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
         }
-        let timeout = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 50_000_000,
-        };
-        // SAFETY: `signals` is an initialised set; a null info pointer is allowed.
-        let sig = unsafe { libc::sigtimedwait(signals, std::ptr::null_mut(), &timeout) };
-        if sig > 0 {
-            // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet
-            // (try_wait saw it running), so its pid names no other process.
-            unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        if let Some(sig) = bulkhead::sys::sigtimedwait(signals, Duration::from_millis(50)) {
+            // The child is not reaped yet (try_wait saw it running), so its pid names no
+            // other process.
+            let _ = kill(child_pid(child), sig);
             kill_at.get_or_insert(Instant::now() + GRACE);
         }
         if kill_at.is_some_and(|t| Instant::now() > t) {
@@ -279,8 +253,13 @@ fn supervise(child: &mut Child, signals: &libc::sigset_t) -> i32 {
     }
 }
 
+/// Our child's pid, for kill(2).
+fn child_pid(child: &Child) -> Pid {
+    Pid::from_raw(child.id() as i32)
+}
+
 fn terminate(child: &mut Child) {
-    // SAFETY: as in `supervise`: our unreaped child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    // As in `supervise`: our unreaped child.
+    let _ = kill(child_pid(&*child), Signal::SIGTERM);
     let _ = child.wait();
 }

@@ -35,14 +35,13 @@ impl Launcher {
         let bulkhead = exe.with_file_name("bulkhead");
         let mut command = Command::new(&bulkhead);
         command.arg("run").args(args);
-        // SAFETY: between fork and exec only prctl, which is async-signal-safe, runs.
+        // SAFETY: between fork and exec only prctl (nix's wrapper, allocation-free), which
+        // is async-signal-safe, runs.
         unsafe {
             command.pre_exec(|| {
                 // The launcher is told to stop (its own orderly stop path) if this process
                 // dies, so no VM outlives the API that owns it.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
                 Ok(())
             })
         };

@@ -5,9 +5,11 @@
 //! on a stop signal (see [`super::stop`]).
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use super::http::{self, Parsed, Response};
 use super::instance::Instance;
@@ -18,7 +20,7 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more are closed on arrival.
 const MAX_CONNECTIONS: usize = 32;
 /// Poll interval (also how soon the launcher's exit is seen).
-const TICK_MS: i32 = 100;
+const TICK_MS: u16 = 100;
 
 struct Conn {
     stream: UnixStream,
@@ -46,22 +48,22 @@ pub fn serve(listener: &UnixListener, vm: &mut Instance, max_body: usize) -> i32
             return super::stop::stop(vm, signal);
         }
         // The stop signals' pipe last, so the connections keep their indices (i + 1).
-        let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
-            .chain(conns.iter().map(|c| c.stream.as_raw_fd()))
-            .chain(vm.stop.fd())
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds, alive for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, TICK_MS) };
-        if n < 0 {
-            continue;
-        }
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd> = std::iter::once(listener.as_fd())
+                .chain(conns.iter().map(|c| c.stream.as_fd()))
+                .chain(vm.stop.fd())
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+                .collect();
+            if nix::poll::poll(&mut fds, PollTimeout::from(TICK_MS)).is_err() {
+                continue;
+            }
+            // nix shows no flags when the kernel sets one it cannot name: ready all the same.
+            fds.iter()
+                .map(|p| p.revents().is_none_or(|r| !r.is_empty()))
+                .collect()
+        };
         let polled = conns.len();
-        if fds[0].revents != 0 {
+        if ready[0] {
             while let Ok((stream, _)) = listener.accept() {
                 if conns.len() >= MAX_CONNECTIONS || stream.set_nonblocking(true).is_err() {
                     vm.logger
@@ -79,8 +81,8 @@ pub fn serve(listener: &UnixListener, vm: &mut Instance, max_body: usize) -> i32
         let now = Instant::now();
         let mut keep = Vec::with_capacity(conns.len());
         for (i, mut c) in conns.into_iter().enumerate() {
-            let ready = i < polled && fds.get(i + 1).is_some_and(|p| p.revents != 0);
-            let open = if ready {
+            let readable = i < polled && ready.get(i + 1).is_some_and(|&r| r);
+            let open = if readable {
                 serve_conn(&mut c, vm, max_body)
             } else {
                 true

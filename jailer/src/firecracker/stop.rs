@@ -67,8 +67,8 @@ impl Stop {
     }
 
     /// The fd to poll with others, if signals are caught.
-    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
-        self.signals.as_ref().map(StopSignals::fd)
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.signals.as_ref().map(StopSignals::as_fd)
     }
 }
 

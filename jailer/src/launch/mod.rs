@@ -24,7 +24,7 @@ pub use vsock::start_vsock;
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 
 use bulkhead::jail::JailedChild;
 use bulkhead_protocol::{LauncherChannel, ToLauncher};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 pub use confine::{configure, confinement, Confinement, Needs};
 
@@ -228,7 +231,7 @@ impl DeviceProcess {
     /// Sends it SIGKILL (if not reaped yet).
     pub fn kill(&mut self) {
         if self.exited().is_none() {
-            self.signal(libc::SIGKILL);
+            self.signal(Signal::SIGKILL);
         }
     }
 
@@ -291,13 +294,9 @@ impl DeviceProcess {
         let Some(channel) = self.control.as_ref() else {
             return false;
         };
-        let mut fd = libc::pollfd {
-            fd: channel.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll on one valid fd in a local of the length given.
-        unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) > 0 }
+        let mut fds = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        nix::poll::poll(&mut fds, timeout).is_ok_and(|n| n > 0)
     }
 
     /// How it ended, for messages: the exit status or signal and, for a process seccomp
@@ -422,8 +421,8 @@ impl DeviceProcess {
     }
 
     /// The launcher's end of its control socket, if it has one.
-    pub(crate) fn control_fd(&self) -> Option<RawFd> {
-        self.control.as_ref().map(|c| c.as_fd().as_raw_fd())
+    pub(crate) fn control_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.control.as_ref().map(|c| c.as_fd())
     }
 
     /// How it ended, if it already has.
@@ -466,27 +465,12 @@ impl DeviceProcess {
         let Some(limit) = self.file_size_limit.filter(|&l| l < size) else {
             return Ok(());
         };
-        let new = libc::rlimit {
-            rlim_cur: size,
-            rlim_max: size,
-        };
-        // SAFETY: prlimit sets our own unreaped child's limit from `new`, a local; the old
-        // value is not asked for (null).
-        let set = unsafe {
-            libc::prlimit(
-                self.pid() as libc::pid_t,
-                libc::RLIMIT_FSIZE,
-                &new,
-                std::ptr::null_mut(),
-            )
-        };
-        if set != 0 {
+        // Our own unreaped child, so the pid is still its.
+        if let Err(e) = bulkhead::sys::set_file_size_limit(self.pid() as i32, size) {
             return Err(format!(
                 "{}: the new image is {size} bytes, larger than the {limit} bytes {} may \
                  write (RLIMIT_FSIZE), and raising that limit failed: {}",
-                self.name,
-                self.program,
-                std::io::Error::last_os_error()
+                self.name, self.program, e
             ));
         }
         self.file_size_limit = Some(size);
@@ -496,15 +480,15 @@ impl DeviceProcess {
         Ok(())
     }
 
-    fn signal(&self, signal: libc::c_int) {
+    fn signal(&self, signal: Signal) {
         match &self.child {
-            // SAFETY: kill(2) on the pid of our own child, not yet reaped (callers check
-            // `exited` first), so the pid cannot have been reused.
-            Child::Plain(c) => unsafe {
-                libc::kill(c.id() as libc::pid_t, signal);
-            },
+            // Our own child, not yet reaped (callers check `exited` first), so the pid
+            // cannot have been reused.
+            Child::Plain(c) => {
+                let _ = kill(Pid::from_raw(c.id() as i32), signal);
+            }
             Child::Jailed(c) => {
-                let _ = c.kill(signal);
+                let _ = c.kill(signal as i32);
             }
         }
     }
@@ -516,7 +500,7 @@ impl DeviceProcess {
         let mut how = "on its own";
         let status = self.exited().or_else(|| {
             how = "on SIGTERM";
-            self.signal(libc::SIGTERM);
+            self.signal(Signal::SIGTERM);
             let deadline = Instant::now() + STOP_GRACE;
             while Instant::now() < deadline {
                 if let Some(s) = self.exited() {
@@ -525,7 +509,7 @@ impl DeviceProcess {
                 std::thread::sleep(Duration::from_millis(5));
             }
             how = "on SIGKILL after the grace period";
-            self.signal(libc::SIGKILL);
+            self.signal(Signal::SIGKILL);
             match &mut self.child {
                 Child::Plain(c) => c.wait().ok(),
                 Child::Jailed(c) => c.wait().ok(),
@@ -809,21 +793,15 @@ fn spawn_plain(
     cmd.stderr(Stdio::from(errors.try_clone()?));
     cmd.arg("--landlock").arg(c.landlock.as_flag());
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (fcntl, dup2, setsid, prctl, getppid) on fds the parent keeps
-    // open until spawn returns.
+    // async-signal-safe, allocation-free calls (fcntl, dup2, setsid, prctl, getppid) on fds
+    // the parent keeps open until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
-            place_fds(&pairs)?;
+            bulkhead::sys::place_fds(&pairs)?;
             // A session of its own: terminal signals (Ctrl-C) reach only the launcher,
-            // which stops the processes in order.
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Die with the launcher; if it is already gone, do not run at all.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() == 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            // which stops the processes in order. Die with the launcher; if it is already
+            // gone, do not run at all.
+            bulkhead::sys::detach_and_tie_to_parent(Signal::SIGKILL)
         })
     };
     Ok(Child::Plain(cmd.spawn()?))
@@ -832,44 +810,17 @@ fn spawn_plain(
 /// A pidfd of our child `pid` (not reaped yet, so the pid is still its), `None` if the
 /// kernel has no pidfd_open.
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
-    if fd < 0 {
-        log::warn!(
-            "pidfd_open({pid}): {}; its end is noticed only through the vmm",
-            std::io::Error::last_os_error()
-        );
-        return None;
+    match bulkhead::sys::pidfd_open(pid as i32) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            log::warn!("pidfd_open({pid}): {e}; its end is noticed only through the vmm");
+            None
+        }
     }
-    // SAFETY: the fd was just returned by the kernel and is owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// In a forked child: makes each `(from, to)` fd available as `to`, inheritable. Goes
-/// through temporary copies so that a `from` equal to another pair's `to` is not clobbered.
-fn place_fds(pairs: &[(RawFd, RawFd)]) -> std::io::Result<()> {
-    const TEMP_BASE: RawFd = 100;
-    let mut temps = [0 as RawFd; MAX_PASSED_FDS];
-    if pairs.len() > temps.len() {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    for (i, (from, _)) in pairs.iter().enumerate() {
-        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an open fd; no memory is touched.
-        let t = unsafe { libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, TEMP_BASE) };
-        if t < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        temps[i] = t;
-    }
-    for (i, (_, to)) in pairs.iter().enumerate() {
-        // SAFETY: dup2 between open fds of this (child) process; the new fd does not have
-        // FD_CLOEXEC, so it survives exec.
-        if unsafe { libc::dup2(temps[i], *to) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
+// The plain child's fds are placed by `sys::place_fds`, which takes that many.
+const _: () = assert!(MAX_PASSED_FDS <= bulkhead::sys::MAX_PLACED_FDS);
 
 #[cfg(test)]
 mod tests {

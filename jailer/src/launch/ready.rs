@@ -6,6 +6,9 @@
 
 use std::time::Instant;
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
 use super::{DeviceProcess, LaunchError, READY_TIMEOUT};
 
 /// Waits until every process in `processes` is ready (those without a control socket
@@ -13,56 +16,55 @@ use super::{DeviceProcess, LaunchError, READY_TIMEOUT};
 pub fn wait_all(processes: &mut [DeviceProcess]) -> Result<(), LaunchError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let mut fds = Vec::new();
         let mut waiting = Vec::new();
         for (i, p) in processes.iter_mut().enumerate() {
             if p.ready {
                 continue;
             }
-            match p.control_fd() {
-                Some(fd) => {
-                    fds.push(libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    });
-                    waiting.push(i);
-                }
-                None => {
-                    p.executed()?;
-                    p.ready = true;
-                }
+            if p.control_fd().is_some() {
+                waiting.push(i);
+            } else {
+                p.executed()?;
+                p.ready = true;
             }
         }
         let Some(&first) = waiting.first() else {
             return Ok(());
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        // SAFETY: poll on valid fds (the processes' control sockets, alive while
-        // `processes` is borrowed) in a local array of the length given.
-        let n = unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                left.as_millis().min(i32::MAX as u128) as i32,
-            )
+        // The processes' control sockets, borrowed for the poll only.
+        let polled = {
+            let mut fds: Vec<PollFd> = waiting
+                .iter()
+                .filter_map(|&i| processes[i].control_fd())
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+                .collect();
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            nix::poll::poll(&mut fds, timeout).map(|_| {
+                // nix shows no flags when the kernel sets one it cannot name: ready all
+                // the same.
+                fds.iter()
+                    .map(|p| p.revents().is_none_or(|r| !r.is_empty()))
+                    .collect::<Vec<bool>>()
+            })
         };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        let ready = match polled {
+            Ok(ready) => ready,
+            Err(Errno::EINTR) => continue,
+            Err(_) => {
+                // Cannot poll: one at a time then, as before.
+                for &i in &waiting {
+                    processes[i].wait_ready()?;
+                }
+                return Ok(());
             }
-            // Cannot poll: one at a time then, as before.
-            for &i in &waiting {
-                processes[i].wait_ready()?;
-            }
-            return Ok(());
-        }
-        if n == 0 {
+        };
+        if !ready.contains(&true) {
             let how = format!("did not say it was ready within {READY_TIMEOUT:?}");
             return Err(processes[first].not_ready(how));
         }
-        for (fd, &i) in fds.iter().zip(&waiting) {
-            if fd.revents != 0 {
+        for (&r, &i) in ready.iter().zip(&waiting) {
+            if r {
                 processes[i].advance()?;
             }
         }

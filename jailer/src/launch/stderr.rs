@@ -7,7 +7,7 @@
 //! fill the user's screen or log.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -149,13 +149,7 @@ fn relay_into(
     output: impl Write + Send + 'static,
     limits: Limits,
 ) -> std::io::Result<(OwnedFd, Heard)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new fds into the local array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and nothing else owns them.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let heard = Heard::default();
     let keep = heard.clone();
     let name = name.to_owned();

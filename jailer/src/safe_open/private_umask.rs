@@ -9,19 +9,19 @@
 
 use std::io;
 
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::stat::{umask, Mode};
+
 /// Runs `f` on a thread whose umask is `mask` (and whose threads inherit it).
 pub fn run<T: Send>(mask: libc::mode_t, f: impl FnOnce() -> T + Send) -> io::Result<T> {
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("umask".into())
             .spawn_scoped(s, move || {
-                // SAFETY: unshare(CLONE_FS) gives this thread its own cwd/root/umask; it
-                // takes an integer and touches no memory.
-                if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: umask takes an integer; it now changes this thread's mask only.
-                unsafe { libc::umask(mask) };
+                // This thread's own cwd/root/umask from here on.
+                unshare(CloneFlags::CLONE_FS)?;
+                // Now this thread's mask only.
+                umask(Mode::from_bits_truncate(mask));
                 Ok(f())
             })?
             .join()
@@ -45,11 +45,10 @@ mod tests {
         let mode = |n: &str| std::fs::metadata(dir.join(n)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("a"), 0o600);
         // The process's own mask is untouched.
-        // SAFETY: umask takes an integer; read and put back at once.
-        let own = unsafe { libc::umask(0o022) };
-        // SAFETY: as above.
-        unsafe { libc::umask(own) };
-        assert_ne!(own, 0o077);
+        // Read and put back at once.
+        let own = umask(Mode::from_bits_truncate(0o022));
+        umask(own);
+        assert_ne!(own.bits(), 0o077);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

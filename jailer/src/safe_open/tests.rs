@@ -43,8 +43,7 @@ fn chown(p: &Path, uid: u32) {
 }
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().as_raw() == 0;
     if !root {
         eprintln!("skipped: needs root (chown)");
     }
@@ -306,9 +305,7 @@ fn a_fifo_is_refused_without_blocking() {
     let s = Scratch::new("fifo");
     let home = s.home("mallory", MALLORY);
     let fifo = home.join("serial.log");
-    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: mkfifo reads a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
     chown(&fifo, MALLORY);
     // On a thread: a regression would block in open(2) with no reader, not fail.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -328,8 +325,7 @@ fn a_fifo_is_refused_without_blocking() {
     let log = home.join("ok.log");
     write(&log, b"", MALLORY);
     let f = open(&log, Access::Append).unwrap();
-    // SAFETY: F_GETFL on an fd `f` owns.
-    let fl = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_GETFL) };
+    let fl = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL).unwrap();
     assert_eq!(fl & libc::O_NONBLOCK, 0);
     assert_ne!(fl & libc::O_APPEND, 0);
 }

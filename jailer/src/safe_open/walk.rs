@@ -5,9 +5,12 @@ use std::collections::VecDeque;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{fcntl, openat, readlinkat, FcntlArg, OFlag, AT_FDCWD};
+use nix::sys::stat::{fstat, Mode};
 
 use super::{Access, SafeOpenError, MAX_SYMLINKS};
 
@@ -41,7 +44,7 @@ impl Walk<'_> {
         let mut cur = if self.path.is_absolute() {
             self.root()?
         } else {
-            self.node(libc::AT_FDCWD, OsStr::new("."), PathBuf::from("."))?
+            self.node(AT_FDCWD, OsStr::new("."), PathBuf::from("."))?
         };
         // The directories above `cur`, for "..".
         let mut parents: Vec<Node> = Vec::new();
@@ -53,16 +56,14 @@ impl Walk<'_> {
             if name == ".." {
                 let up = match parents.pop() {
                     Some(p) => p,
-                    None => {
-                        self.node(cur.fd.as_raw_fd(), OsStr::new(".."), cur.shown.join(".."))?
-                    }
+                    None => self.node(cur.fd.as_fd(), OsStr::new(".."), cur.shown.join(".."))?,
                 };
                 self.check_step(&cur, &up)?;
                 cur = up;
                 continue;
             }
             let shown = cur.shown.join(&name);
-            let next = match self.node(cur.fd.as_raw_fd(), &name, shown.clone()) {
+            let next = match self.node(cur.fd.as_fd(), &name, shown.clone()) {
                 Ok(n) => n,
                 Err(e) if last && access == Access::Append && is_missing(&e) => {
                     return self.create(&cur, &name, shown);
@@ -162,13 +163,19 @@ impl Walk<'_> {
         }
         self.check_links(dir, seen)?;
         let flags = match access {
-            Access::Read => libc::O_RDONLY,
-            Access::ReadWrite => libc::O_RDWR,
-            _ => libc::O_WRONLY | libc::O_APPEND,
+            Access::Read => OFlag::O_RDONLY,
+            Access::ReadWrite => OFlag::O_RDWR,
+            _ => OFlag::O_WRONLY | OFlag::O_APPEND,
         };
         // O_NONBLOCK: a FIFO swapped in after the walk looked must not block the open either
         // (the fstat below then refuses it as another object); cleared once open.
-        let file = self.openat(dir, name, &seen.shown, flags | libc::O_NONBLOCK, 0)?;
+        let file = self.openat(
+            dir,
+            name,
+            &seen.shown,
+            flags | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )?;
         let st = self.fstat(&file, &seen.shown)?;
         if (st.st_dev, st.st_ino) != (seen.st.st_dev, seen.st.st_ino) {
             return Err(SafeOpenError::Swapped {
@@ -176,10 +183,8 @@ impl Walk<'_> {
                 component: seen.shown.clone(),
             });
         }
-        // SAFETY: F_SETFL on an fd this function owns; no memory is passed.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & libc::O_APPEND) } != 0 {
-            return Err(self.io("opening", &seen.shown, io::Error::last_os_error()));
-        }
+        fcntl(&file, FcntlArg::F_SETFL(flags & OFlag::O_APPEND))
+            .map_err(|e| self.io("opening", &seen.shown, e.into()))?;
         Ok(file)
     }
 
@@ -190,8 +195,8 @@ impl Walk<'_> {
             dir,
             name,
             &shown,
-            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_EXCL,
-            0o600,
+            OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_EXCL,
+            Mode::from_bits_truncate(0o600),
         )
     }
 
@@ -200,19 +205,14 @@ impl Walk<'_> {
         dir: &Node,
         name: &OsStr,
         shown: &Path,
-        flags: libc::c_int,
-        mode: libc::mode_t,
+        flags: OFlag,
+        mode: Mode,
     ) -> Result<File, SafeOpenError> {
         let c = self.cstring(name, shown)?;
-        let flags = flags | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC;
-        // SAFETY: `dir` is an open directory fd, `c` a NUL-terminated name; openat returns a
-        // new fd or -1 and touches no other memory.
-        let fd = unsafe { libc::openat(dir.fd.as_raw_fd(), c.as_ptr(), flags, mode) };
-        if fd < 0 {
-            return Err(self.io("opening", shown, io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh fd nothing else owns.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        openat(&dir.fd, c.as_c_str(), flags, mode)
+            .map(File::from)
+            .map_err(|e| self.io("opening", shown, e.into()))
     }
 
     /// Refuses a regular file with several links owned by someone other than the
@@ -248,57 +248,32 @@ impl Walk<'_> {
     }
 
     fn root(&self) -> Result<Node, SafeOpenError> {
-        self.node(libc::AT_FDCWD, OsStr::new("/"), PathBuf::from("/"))
+        self.node(AT_FDCWD, OsStr::new("/"), PathBuf::from("/"))
     }
 
     /// Looks up `name` in `dir` without following it.
-    fn node(&self, dir: RawFd, name: &OsStr, shown: PathBuf) -> Result<Node, SafeOpenError> {
+    fn node(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        shown: PathBuf,
+    ) -> Result<Node, SafeOpenError> {
         let c = self.cstring(name, &shown)?;
-        // SAFETY: `dir` is AT_FDCWD or an open directory fd, `c` NUL-terminated; openat
-        // returns a new fd or -1.
-        let fd = unsafe {
-            libc::openat(
-                dir,
-                c.as_ptr(),
-                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(self.io("resolving", &shown, io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh fd nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(dir, c.as_c_str(), flags, Mode::empty())
+            .map_err(|e| self.io("resolving", &shown, e.into()))?;
         let st = self.fstat(&fd, &shown)?;
         Ok(Node { fd, st, shown })
     }
 
-    fn fstat(&self, fd: &impl AsRawFd, shown: &Path) -> Result<libc::stat, SafeOpenError> {
-        // SAFETY: a zeroed stat is a valid value of the plain C struct.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat on an open fd (O_PATH fds are allowed) writes only `st`.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(self.io("examining", shown, io::Error::last_os_error()));
-        }
-        Ok(st)
+    fn fstat(&self, fd: impl AsFd, shown: &Path) -> Result<libc::stat, SafeOpenError> {
+        // O_PATH fds are allowed.
+        fstat(fd).map_err(|e| self.io("examining", shown, e.into()))
     }
 
     fn readlink(&self, link: &Node) -> Result<OsString, SafeOpenError> {
-        let mut buf = vec![0u8; libc::PATH_MAX as usize];
-        // SAFETY: readlinkat with an empty name reads the symlink `link.fd` (an O_PATH fd
-        // of it) into `buf`, at most `buf.len()` bytes.
-        let n = unsafe {
-            libc::readlinkat(
-                link.fd.as_raw_fd(),
-                c"".as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            return Err(self.io("reading symlink", &link.shown, io::Error::last_os_error()));
-        }
-        buf.truncate(n as usize);
-        Ok(OsString::from_vec(buf))
+        // An empty name: the symlink `link.fd` (an O_PATH fd of it) itself.
+        readlinkat(&link.fd, c"").map_err(|e| self.io("reading symlink", &link.shown, e.into()))
     }
 
     fn cstring(&self, name: &OsStr, shown: &Path) -> Result<CString, SafeOpenError> {

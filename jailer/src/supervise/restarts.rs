@@ -13,7 +13,7 @@
 //! the device up (`GiveUp`: the guest sees NEEDS_RESET) and the VM goes on. Nothing is
 //! restarted while the VM is stopping, nor before the vmm said it is ready.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -21,6 +21,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use bulkhead_protocol::{ToLauncher, ToProcess};
+use nix::poll::PollTimeout;
 
 use super::answer::{self, Heard};
 use super::Supervisor;
@@ -435,19 +436,16 @@ impl Supervisor<'_> {
                 };
             }
             let pidfd = match died {
-                None => self.devices.processes[i]
-                    .pidfd()
-                    .map_or(-1, |fd| fd.as_raw_fd()),
-                Some(_) => -1, // (poll skips a negative fd)
+                None => self.devices.processes[i].pidfd(),
+                Some(_) => None, // (not polled)
             };
-            let mut fds = [super::pollin(self.channel_fd()), super::pollin(pidfd)];
-            let ms = left.as_millis().clamp(1, 1000) as libc::c_int;
-            // SAFETY: poll on valid fds (or -1, skipped) in a local array of the length given.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            if n <= 0 {
-                continue;
-            }
-            if fds[1].revents != 0 {
+            let fds = [Some(self.channel.as_fd()), pidfd];
+            let ms = PollTimeout::from(left.as_millis().clamp(1, 1000) as u16);
+            let ready = match super::poll_in(&fds, ms) {
+                Ok(ready) if ready.contains(&true) => ready,
+                _ => continue,
+            };
+            if ready[1] {
                 if let Some(status) = self.devices.processes[i].exited() {
                     // The vmm sees the hang-up too and answers; if it does not soon, the
                     // death is handled without its answer.
@@ -456,7 +454,7 @@ impl Supervisor<'_> {
                     deadline = deadline.min(Instant::now() + ANSWER_AFTER_DEATH);
                 }
             }
-            if fds[0].revents == 0 {
+            if !ready[0] {
                 continue;
             }
             let msg = match self.channel.recv() {

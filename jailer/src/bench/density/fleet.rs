@@ -198,9 +198,10 @@ impl Fleet {
         for vm in &mut self.vms {
             if let Some(child) = &mut vm.child {
                 if matches!(child.try_wait(), Ok(None)) {
-                    // SAFETY: kill(2) on the pid of our own child that is not reaped yet
-                    // (we reap it), so the pid is still that process's.
-                    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                    // Our own child that is not reaped yet (we reap it), so the pid is
+                    // still that process's.
+                    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
                 }
             }
         }
@@ -262,15 +263,11 @@ fn reap(vm: &mut Vm, kill: bool) {
 /// which it does only once the VM's console closed or the bench died; an error if the
 /// bench is already gone.
 fn stop_with_this_thread(bench: u32) -> std::io::Result<()> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes only this process.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } as u32 != bench {
-        return Err(std::io::Error::other(
-            "the bench ended before the VM started",
-        ));
+    // nix's wrappers allocate nothing; neither does the error (ESRCH: the bench ended
+    // before the VM started), where `io::Error::other` would.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+    if nix::unistd::getppid().as_raw() as u32 != bench {
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(())
 }
@@ -285,8 +282,8 @@ fn run_vm(vm: usize, spec: Spec, ready_line: &str, barrier: &Barrier, tx: &Sende
         .map_err(|e| format!("creating {}: {e}", spec.stderr.display()))
         .and_then(|stderr| {
             let mut cmd = Command::new(&spec.exe);
-            // SAFETY: between fork and exec the closure calls only prctl and getppid,
-            // which are async-signal-safe, and allocates nothing.
+            // SAFETY: between fork and exec the closure calls only prctl and getppid
+            // (through nix), which are async-signal-safe, and allocates nothing.
             unsafe {
                 cmd.pre_exec(move || stop_with_this_thread(bench));
             }

@@ -136,15 +136,13 @@ pub fn with_uids(uids: &HashSet<u32>) -> Vec<(u32, u32)> {
 
 /// CPU time of this process's waited-for children (and theirs), in nanoseconds.
 pub fn children_cpu_ns() -> u64 {
-    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage; RUSAGE_CHILDREN only reads this process's
-    // accounting.
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let Ok(ru) = getrusage(UsageWho::RUSAGE_CHILDREN) else {
         return 0;
-    }
-    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-    ns(ru.ru_utime) + ns(ru.ru_stime)
+    };
+    let ns =
+        |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000_000 + t.tv_usec() as u64 * 1000;
+    ns(ru.user_time()) + ns(ru.system_time())
 }
 
 #[cfg(test)]
@@ -165,8 +163,7 @@ mod tests {
         let (pss, shmem) = pss_kib(me).unwrap();
         assert!(pss > 0 && shmem <= pss, "{pss} {shmem}");
         assert!(mem_available_kib().unwrap() > 0);
-        // SAFETY: getuid has no preconditions.
-        let real = unsafe { libc::getuid() };
+        let real = nix::unistd::getuid().as_raw();
         assert_eq!(uid(me), Some(real));
     }
 

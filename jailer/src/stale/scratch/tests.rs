@@ -7,8 +7,7 @@ const GONE: u32 = u32::MAX;
 const ALIVE: u32 = 4242;
 
 fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// A scratch directory as the demo makes it: `name` in `tmp`, mode 0700, with the image.
