@@ -1,0 +1,55 @@
+//! Where nix falls short: the raw system calls the device backends still make themselves,
+//! because nix cannot make them as the backends need them. Everything else goes through
+//! nix's wrappers (or std's); other `unsafe` in this crate is about memory (guest memory,
+//! shared mappings), not about calling the kernel.
+//!
+//! | Call | Why not nix |
+//! |---|---|
+//! | the `fstat` system call ([`fstat`]) | nix's `fstat` calls libc's, which glibc makes as `newfstatat` (and std's `metadata` as `statx`): the vhost-user seccomp role allows `fstat` only |
+//! | `close_range` ([`close_range`]) | nix 0.32 has no `close_range` |
+//! | `preadv64`/`pwritev64` on raw iovecs (`block::disk`) | the iovecs point into guest memory, which may change under us (another vCPU, the frontend): nix's `preadv`/`pwritev` take `IoSliceMut`/`IoSlice`, i.e. Rust slices, which must not alias memory changed behind Rust's back |
+//! | `statx` for `STATX_DIOALIGN` (`block::disk`) | nix 0.32 has no `statx` |
+//! | provoking seccomp kills (`daemon::thread_name` tests) | the test makes a system call its filter forbids, with arguments no wrapper would pass |
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::AsRawFd;
+
+/// The `stat` of `fd` by the `fstat` system call (not glibc's `newfstatat`, not std's
+/// `statx`): the only one the vhost-user seccomp role allows.
+pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: the fstat system call writes only `st`, a buffer of the kernel's `struct
+    // stat` for this architecture (libc::stat), and reads nothing but the fd number; it
+    // fully initialises `st` when it returns 0.
+    unsafe {
+        if libc::syscall(libc::SYS_fstat, fd.as_raw_fd(), st.as_mut_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st.assume_init())
+    }
+}
+
+/// Closes every descriptor from `first` to `last` (inclusive; `close_range` with no flags).
+pub fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: close_range reads no memory of ours; the caller owns (and gives up) every
+    // descriptor in the range.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstat_sees_a_file_and_refuses_a_closed_fd() {
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let st = fstat(&file).unwrap();
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFREG);
+        let e = fstat(&-1).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    }
+}
