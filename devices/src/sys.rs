@@ -40,6 +40,61 @@ pub fn close_range(first: u32, last: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// `preadv64`: reads into the memory `iovs` describe, at `offset` of `fd`; at most
+/// `UIO_MAXIOV` (1024) iovecs. Gives the byte count (0 at end of file).
+///
+/// # Safety
+/// Each iovec must describe memory valid for writes of `iov_len` bytes for the duration of
+/// the call, which nothing else reads or writes through a Rust reference meanwhile.
+pub unsafe fn preadv(fd: &impl AsRawFd, iovs: &[libc::iovec], offset: i64) -> io::Result<usize> {
+    let count = libc::c_int::try_from(iovs.len())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: the iovecs describe writable memory (the caller's contract) and the count
+    // is the slice's length.
+    let n = unsafe { libc::preadv64(fd.as_raw_fd(), iovs.as_ptr(), count, offset) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `pwritev64`: writes the memory `iovs` describe at `offset` of `fd`; at most `UIO_MAXIOV`
+/// (1024) iovecs. Gives the byte count.
+///
+/// # Safety
+/// Each iovec must describe memory valid for reads of `iov_len` bytes for the duration of
+/// the call.
+pub unsafe fn pwritev(fd: &impl AsRawFd, iovs: &[libc::iovec], offset: i64) -> io::Result<usize> {
+    let count = libc::c_int::try_from(iovs.len())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: the iovecs describe readable memory (the caller's contract) and the count is
+    // the slice's length.
+    let n = unsafe { libc::pwritev64(fd.as_raw_fd(), iovs.as_ptr(), count, offset) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// The alignments `(memory, offset)` direct I/O on `fd` needs, from `statx`'s
+/// `STATX_DIOALIGN` (Linux 6.1+); `None` when the kernel does not report them. Zeros mean
+/// the file system does not support direct I/O.
+pub fn statx_dio_align(fd: &impl AsRawFd) -> Option<(u32, u32)> {
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx with AT_EMPTY_PATH on the descriptor writes one `struct statx` into
+    // `stx`, which is sized for it; the path is a NUL-terminated empty string.
+    let ret = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            stx.as_mut_ptr(),
+        )
+    };
+    if ret != 0 {
+        return None;
+    }
+    // SAFETY: statx succeeded, so it filled the structure (and it was zeroed before).
+    let stx = unsafe { stx.assume_init() };
+    (stx.stx_mask & libc::STATX_DIOALIGN != 0)
+        .then_some((stx.stx_dio_mem_align, stx.stx_dio_offset_align))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
