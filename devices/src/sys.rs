@@ -7,6 +7,7 @@
 //! |---|---|
 //! | the `fstat` system call ([`fstat`]) | nix's `fstat` calls libc's, which glibc makes as `newfstatat` (and std's `metadata` as `statx`): the vhost-user seccomp role allows `fstat` only |
 //! | `close_range` ([`close_range`]) | nix 0.32 has no `close_range` |
+//! | `_exit` ([`exit_now`]) | nix 0.32 has no `_exit`; std's `exit` runs the atexit handlers and flushes stdio, which a forked child of a threaded process must not |
 //! | `preadv64`/`pwritev64` on raw iovecs (`block::disk`) | the iovecs point into guest memory, which may change under us (another vCPU, the frontend): nix's `preadv`/`pwritev` take `IoSliceMut`/`IoSlice`, i.e. Rust slices, which must not alias memory changed behind Rust's back |
 //! | `statx` for `STATX_DIOALIGN` (`block::disk`) | nix 0.32 has no `statx` |
 //! | provoking seccomp kills (`daemon::thread_name` tests) | the test makes a system call its filter forbids, with arguments no wrapper would pass |
@@ -38,6 +39,13 @@ pub fn close_range(first: u32, last: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Ends this process at once (`_exit`): no atexit handlers, no destructors, no stdio
+/// flush. For a forked child, which must not run the parent's.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit reads no memory of ours and does not return.
+    unsafe { libc::_exit(code) }
 }
 
 /// `preadv64`: reads into the memory `iovs` describe, at `offset` of `fd`; at most
