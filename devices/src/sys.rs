@@ -7,6 +7,8 @@
 //! |---|---|
 //! | the `fstat` system call ([`fstat`]) | nix's `fstat` calls libc's, which glibc makes as `newfstatat` (and std's `metadata` as `statx`): the vhost-user seccomp role allows `fstat` only |
 //! | `close_range` ([`close_range`]) | nix 0.32 has no `close_range` |
+//! | `getrandom` ([`getrandom`]) | nix 0.32 has no `getrandom` (and std exposes none) |
+//! | `POLLRDHUP` ([`POLLRDHUP`], [`peer_hung_up`]) | nix's `PollFlags` cannot name it, and `PollFd::revents` gives `None` when the kernel sets it |
 //! | `_exit` ([`exit_now`]) | nix 0.32 has no `_exit`; std's `exit` runs the atexit handlers and flushes stdio, which a forked child of a threaded process must not |
 //! | `preadv64`/`pwritev64` on raw iovecs (`block::disk`) | the iovecs point into guest memory, which may change under us (another vCPU, the frontend): nix's `preadv`/`pwritev` take `IoSliceMut`/`IoSlice`, i.e. Rust slices, which must not alias memory changed behind Rust's back |
 //! | `statx` for `STATX_DIOALIGN` (`block::disk`) | nix 0.32 has no `statx` |
@@ -15,6 +17,28 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
+
+use nix::poll::{PollFd, PollFlags};
+
+/// Poll for the peer's end of a stream socket (`POLLRDHUP`, which nix cannot name).
+pub const POLLRDHUP: PollFlags = PollFlags::from_bits_retain(libc::POLLRDHUP);
+
+/// Whether `p`, polled for [`POLLRDHUP`] alone, saw the peer hang up, or one of `also`
+/// (some of POLLHUP, POLLERR, POLLNVAL).
+///
+/// nix gives no flags when the kernel sets one it does not know; the kernel reports only
+/// the events asked and POLLERR/POLLHUP/POLLNVAL, so the only such flag is POLLRDHUP.
+pub fn peer_hung_up(p: &PollFd, also: PollFlags) -> bool {
+    p.revents().is_none_or(|r| r.intersects(also))
+}
+
+/// Fills `bytes` from the kernel's random pool (`getrandom`, may block until it is
+/// seeded); `false` when it could not fill all of them.
+pub fn getrandom(bytes: &mut [u8]) -> bool {
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    usize::try_from(n).is_ok_and(|n| n == bytes.len())
+}
 
 /// The `stat` of `fd` by the `fstat` system call (not glibc's `newfstatat`, not std's
 /// `statx`): the only one the vhost-user seccomp role allows.
@@ -114,5 +138,28 @@ mod tests {
         assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFREG);
         let e = fstat(&-1).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    }
+
+    #[test]
+    fn peer_hung_up_sees_the_peer_close() {
+        use nix::poll::{poll, PollTimeout};
+        use std::os::fd::AsFd;
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let also = PollFlags::POLLHUP | PollFlags::POLLERR;
+        let mut pfd = [PollFd::new(a.as_fd(), POLLRDHUP)];
+        assert_eq!(poll(&mut pfd, PollTimeout::ZERO).unwrap(), 0);
+        assert!(!peer_hung_up(&pfd[0], also), "peer still there");
+        drop(b);
+        let mut pfd = [PollFd::new(a.as_fd(), POLLRDHUP)];
+        assert_eq!(poll(&mut pfd, PollTimeout::ZERO).unwrap(), 1);
+        assert!(peer_hung_up(&pfd[0], also), "peer gone");
+    }
+
+    #[test]
+    fn getrandom_fills_the_buffer() {
+        let mut a = [0u8; 32];
+        let mut b = [0u8; 32];
+        assert!(getrandom(&mut a) && getrandom(&mut b));
+        assert_ne!(a, b);
     }
 }

@@ -29,19 +29,21 @@
 //! one accepted (a connection still queued on a closed listener is hung up).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use log::{debug, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vhost::vhost_user::message::{FrontendReq, VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::Listener;
 use vm_memory::ByteValued;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::inflight::{InflightSlot, INFLIGHT_SHMFD};
+use crate::sys;
 
 /// vhost-user message header: request, flags, body size (u32 each).
 const HEADER_SIZE: usize = 12;
@@ -427,20 +429,17 @@ fn send_raw(to: &UnixStream, buf: &[u8], raw: &[RawFd]) -> io::Result<()> {
 
 /// Whether the peer of `s` has gone (hung up or reset), without blocking.
 fn hung_up(s: &UnixStream) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: s.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
+    let mut pfd = [PollFd::new(s.as_fd(), sys::POLLRDHUP)];
     loop {
-        // SAFETY: poll reads and writes the one pollfd we pass, for a zero timeout.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        if n >= 0 {
-            return Ok(pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match poll(&mut pfd, PollTimeout::ZERO) {
+            Ok(_) => {
+                return Ok(sys::peer_hung_up(
+                    &pfd[0],
+                    PollFlags::POLLHUP | PollFlags::POLLERR,
+                ))
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -448,9 +447,7 @@ fn hung_up(s: &UnixStream) -> io::Result<bool> {
 /// A random number for the listener's name (so names don't collide between processes).
 fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
+    if !sys::getrandom(&mut bytes) {
         // Uniqueness, not secrecy, is what the name needs; the accept check guards the rest.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
