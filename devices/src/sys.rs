@@ -8,6 +8,7 @@
 //! | the `fstat` system call ([`fstat`]) | nix's `fstat` calls libc's, which glibc makes as `newfstatat` (and std's `metadata` as `statx`): the vhost-user seccomp role allows `fstat` only |
 //! | `close_range` ([`close_range`]) | nix 0.32 has no `close_range` |
 //! | `getrandom` ([`getrandom`]) | nix 0.32 has no `getrandom` (and std exposes none) |
+//! | `fcntl(F_GETFD)` on a number ([`check_open`]) | nix's `fcntl` takes a `BorrowedFd`, which an inherited fd number is not until it is checked open and adopted |
 //! | `POLLRDHUP` ([`POLLRDHUP`], [`peer_hung_up`]) | nix's `PollFlags` cannot name it, and `PollFd::revents` gives `None` when the kernel sets it |
 //! | `_exit` ([`exit_now`]) | nix 0.32 has no `_exit`; std's `exit` runs the atexit handlers and flushes stdio, which a forked child of a threaded process must not |
 //! | `preadv64`/`pwritev64` on raw iovecs (`block::disk`) | the iovecs point into guest memory, which may change under us (another vCPU, the frontend): nix's `preadv`/`pwritev` take `IoSliceMut`/`IoSlice`, i.e. Rust slices, which must not alias memory changed behind Rust's back |
@@ -32,12 +33,28 @@ pub fn peer_hung_up(p: &PollFd, also: PollFlags) -> bool {
     p.revents().is_none_or(|r| r.intersects(also))
 }
 
-/// Fills `bytes` from the kernel's random pool (`getrandom`, may block until it is
-/// seeded); `false` when it could not fill all of them.
-pub fn getrandom(bytes: &mut [u8]) -> bool {
+/// Fills `bytes` from the kernel's random pool (`getrandom`); with `nonblock`
+/// (`GRND_NONBLOCK`) fails rather than waits for the pool to be seeded. A short read is an
+/// error too.
+pub fn getrandom(bytes: &mut [u8], nonblock: bool) -> io::Result<()> {
+    let flags = if nonblock { libc::GRND_NONBLOCK } else { 0 };
     // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    usize::try_from(n).is_ok_and(|n| n == bytes.len())
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), flags) };
+    match usize::try_from(n) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        Ok(_) => Err(io::ErrorKind::UnexpectedEof.into()),
+        Err(_) => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Whether fd number `fd`, not yet owned by anything here (an inherited descriptor named on
+/// the command line), is open (`fcntl(F_GETFD)`).
+pub fn check_open(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFD only queries the descriptor's flags; no memory is passed.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The `stat` of `fd` by the `fstat` system call (not glibc's `newfstatat`, not std's
@@ -159,7 +176,8 @@ mod tests {
     fn getrandom_fills_the_buffer() {
         let mut a = [0u8; 32];
         let mut b = [0u8; 32];
-        assert!(getrandom(&mut a) && getrandom(&mut b));
+        getrandom(&mut a, false).unwrap();
+        getrandom(&mut b, true).unwrap();
         assert_ne!(a, b);
     }
 }

@@ -447,7 +447,7 @@ fn hung_up(s: &UnixStream) -> io::Result<bool> {
 /// A random number for the listener's name (so names don't collide between processes).
 fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
-    if !sys::getrandom(&mut bytes) {
+    if sys::getrandom(&mut bytes, false).is_err() {
         // Uniqueness, not secrecy, is what the name needs; the accept check guards the rest.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -16,13 +16,14 @@
 use crate::daemon::thread_name::confine_worker_thread;
 use bulkhead_seccomp::Role;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use bulkhead_ratelimit::{debug_limited, warn_limited};
 use log::error;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -346,14 +347,11 @@ fn reconcile_link(shared: &Shared, pair: &RxPair, rx: &Vring, tx: &Vring) {
 
 /// Whether the TAP descriptor reports an error or hang-up right now.
 fn tap_broken(fd: &OwnedFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: 0,
-        revents: 0,
-    };
-    // SAFETY: one pollfd valid for the call; zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+    let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+    poll(&mut pfd, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+        && pfd[0].revents().is_some_and(|r| {
+            r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)
+        })
 }
 
 /// The RX thread of one queue pair.
