@@ -12,14 +12,17 @@
 //! | `POLLRDHUP` ([`POLLRDHUP`], [`peer_hung_up`]) | nix's `PollFlags` cannot name it, and `PollFd::revents` gives `None` when the kernel sets it |
 //! | `_exit` ([`exit_now`]) | nix 0.32 has no `_exit`; std's `exit` runs the atexit handlers and flushes stdio, which a forked child of a threaded process must not |
 //! | `preadv64`/`pwritev64` on raw iovecs (`block::disk`) | the iovecs point into guest memory, which may change under us (another vCPU, the frontend): nix's `preadv`/`pwritev` take `IoSliceMut`/`IoSlice`, i.e. Rust slices, which must not alias memory changed behind Rust's back |
+//! | `readv`/`writev` on raw iovecs (`net::device`) | as `preadv`/`pwritev`: the iovecs point into guest memory |
+//! | borrowing an `EventFd`'s fd ([`event_fd`]) | vmm-sys-util's `EventFd` implements `AsRawFd` but not `AsFd`, which nix's `poll` wants |
 //! | `statx` for `STATX_DIOALIGN` (`block::disk`) | nix 0.32 has no `statx` |
 //! | provoking seccomp kills (`daemon::thread_name` tests) | the test makes a system call its filter forbids, with arguments no wrapper would pass |
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::poll::{PollFd, PollFlags};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Poll for the peer's end of a stream socket (`POLLRDHUP`, which nix cannot name).
 pub const POLLRDHUP: PollFlags = PollFlags::from_bits_retain(libc::POLLRDHUP);
@@ -117,6 +120,41 @@ pub unsafe fn pwritev(fd: &impl AsRawFd, iovs: &[libc::iovec], offset: i64) -> i
     // the slice's length.
     let n = unsafe { libc::pwritev64(fd.as_raw_fd(), iovs.as_ptr(), count, offset) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `readv`: reads from `fd` into the memory `iovs` describe; at most `UIO_MAXIOV` iovecs.
+///
+/// # Safety
+/// Each iovec must describe memory valid for writes of `iov_len` bytes for the duration of
+/// the call, which nothing else reads or writes through a Rust reference meanwhile.
+pub unsafe fn readv(fd: &impl AsRawFd, iovs: &[libc::iovec]) -> io::Result<usize> {
+    let count = libc::c_int::try_from(iovs.len())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: the iovecs describe writable memory (the caller's contract) and the count
+    // is the slice's length.
+    let n = unsafe { libc::readv(fd.as_raw_fd(), iovs.as_ptr(), count) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `writev`: writes the memory `iovs` describe to `fd`; at most `UIO_MAXIOV` iovecs.
+///
+/// # Safety
+/// Each iovec must describe memory valid for reads of `iov_len` bytes for the duration of
+/// the call.
+pub unsafe fn writev(fd: &impl AsRawFd, iovs: &[libc::iovec]) -> io::Result<usize> {
+    let count = libc::c_int::try_from(iovs.len())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: the iovecs describe readable memory (the caller's contract) and the count is
+    // the slice's length.
+    let n = unsafe { libc::writev(fd.as_raw_fd(), iovs.as_ptr(), count) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `event`'s fd, borrowed for as long as `event` is.
+pub fn event_fd(event: &EventFd) -> BorrowedFd<'_> {
+    // SAFETY: an EventFd owns its fd and closes it only when dropped, which the borrow of
+    // `event` (the returned lifetime) rules out.
+    unsafe { BorrowedFd::borrow_raw(event.as_raw_fd()) }
 }
 
 /// The alignments `(memory, offset)` direct I/O on `fd` needs, from `statx`'s

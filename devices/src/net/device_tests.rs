@@ -4,6 +4,7 @@
 use super::*;
 use crate::fuzz::net::fake_tap;
 use nix::sys::socket::MsgFlags;
+use std::os::fd::AsRawFd;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
