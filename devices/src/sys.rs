@@ -9,6 +9,7 @@
 //! | `close_range` ([`close_range`]) | nix 0.32 has no `close_range` |
 //! | `getrandom` ([`getrandom`]) | nix 0.32 has no `getrandom` (and std exposes none) |
 //! | `fcntl(F_GETFD)` on a number ([`check_open`]) | nix's `fcntl` takes a `BorrowedFd`, which an inherited fd number is not until it is checked open and adopted |
+//! | `getsockopt(SOL_SOCKET, SO_DOMAIN)` ([`socket_int_option`]) | nix 0.32 has no `SO_DOMAIN` option, and its `SockType` fails on a type it does not know where we want "not a stream" |
 //! | `POLLRDHUP` ([`POLLRDHUP`], [`peer_hung_up`]) | nix's `PollFlags` cannot name it, and `PollFd::revents` gives `None` when the kernel sets it |
 //! | `_exit` ([`exit_now`]) | nix 0.32 has no `_exit`; std's `exit` runs the atexit handlers and flushes stdio, which a forked child of a threaded process must not |
 //! | `preadv64`/`pwritev64` on raw iovecs (`block::disk`) | the iovecs point into guest memory, which may change under us (another vCPU, the frontend): nix's `preadv`/`pwritev` take `IoSliceMut`/`IoSlice`, i.e. Rust slices, which must not alias memory changed behind Rust's back |
@@ -90,6 +91,26 @@ pub fn close_range(first: u32, last: u32) -> io::Result<()> {
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit reads no memory of ours and does not return.
     unsafe { libc::_exit(code) }
+}
+
+/// The integer socket option `option` (`SOL_SOCKET` level) of `fd`.
+pub fn socket_int_option(fd: &impl AsRawFd, option: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`, which is that big.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
 }
 
 /// `preadv64`: reads into the memory `iovs` describe, at `offset` of `fd`; at most

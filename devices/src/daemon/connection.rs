@@ -114,23 +114,7 @@ pub fn take_fd(fd: RawFd) -> io::Result<OwnedFd> {
 }
 
 fn sockopt(fd: &OwnedFd, option: libc::c_int) -> io::Result<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`, which is that big.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(value)
-    }
+    crate::sys::socket_int_option(fd, option)
 }
 
 /// Classifies an inherited socket: listening (SO_ACCEPTCONN) or connected.
