@@ -16,7 +16,7 @@
 //! | `readv`/`writev` on raw iovecs (`net::device`) | as `preadv`/`pwritev`: the iovecs point into guest memory |
 //! | borrowing an `EventFd`'s fd ([`event_fd`]) | vmm-sys-util's `EventFd` implements `AsRawFd` but not `AsFd`, which nix's `poll` wants |
 //! | `statx` for `STATX_DIOALIGN` (`block::disk`) | nix 0.32 has no `statx` |
-//! | provoking seccomp kills (`daemon::thread_name` tests) | the test makes a system call its filter forbids, with arguments no wrapper would pass |
+//! | `accept4`/`ptrace` for `--seccomp-selftest` ([`provoke_accept4`], [`provoke_ptrace`], called by `daemon::thread_name`) | a self-test makes exactly the forbidden system call it names, with arguments that harm nothing when it is allowed (nix could make `accept4`, and `ptrace` only with its `ptrace` feature, which the workspace does not enable) |
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -111,6 +111,23 @@ pub fn socket_int_option(fd: &impl AsRawFd, option: libc::c_int) -> io::Result<l
         return Err(io::Error::last_os_error());
     }
     Ok(value)
+}
+
+/// For `--seccomp-selftest`: the `accept4` system call on fd -1, which only fails (EBADF)
+/// when the filter allows it (a narrowed queue thread's filter does not).
+pub fn provoke_accept4() {
+    // SAFETY: accept4 on fd -1 with null address pointers only fails (EBADF) when allowed.
+    unsafe { libc::syscall(libc::SYS_accept4, -1, 0, 0, 0) };
+}
+
+/// For `--seccomp-selftest`: a `ptrace` system call, which no allowlist has.
+///
+/// Not PTRACE_TRACEME: allowed (--seccomp log) on a thread other than the leader (a
+/// standalone backend's vu-conn), it made that thread the parent's tracee, and the process
+/// could not be reaped once it exited. PEEKDATA on pid 0 only fails (ESRCH).
+pub fn provoke_ptrace() {
+    // SAFETY: PTRACE_PEEKDATA of no process; the null address is never read.
+    unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_PEEKDATA, 0, 0, 0) };
 }
 
 /// `preadv64`: reads into the memory `iovs` describe, at `offset` of `fd`; at most
