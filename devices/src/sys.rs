@@ -12,7 +12,7 @@
 //! | `getsockopt(SOL_SOCKET, SO_DOMAIN)` ([`socket_int_option`]) | nix 0.32 has no `SO_DOMAIN` option, and its `SockType` fails on a type it does not know where we want "not a stream" |
 //! | `POLLRDHUP` ([`POLLRDHUP`], [`peer_hung_up`]) | nix's `PollFlags` cannot name it, and `PollFd::revents` gives `None` when the kernel sets it |
 //! | `_exit` ([`exit_now`]) | nix 0.32 has no `_exit`; std's `exit` runs the atexit handlers and flushes stdio, which a forked child of a threaded process must not |
-//! | `preadv64`/`pwritev64` on raw iovecs (`block::disk`) | the iovecs point into guest memory, which may change under us (another vCPU, the frontend): nix's `preadv`/`pwritev` take `IoSliceMut`/`IoSlice`, i.e. Rust slices, which must not alias memory changed behind Rust's back |
+//! | `preadv64`/`pwritev64` on raw iovecs (`block::disk`, `image::qcow2`) | the iovecs point into guest memory, which may change under us (another vCPU, the frontend): nix's `preadv`/`pwritev` take `IoSliceMut`/`IoSlice`, i.e. Rust slices, which must not alias memory changed behind Rust's back |
 //! | `readv`/`writev` on raw iovecs (`net::device`) | as `preadv`/`pwritev`: the iovecs point into guest memory |
 //! | borrowing an `EventFd`'s fd ([`event_fd`]) | vmm-sys-util's `EventFd` implements `AsRawFd` but not `AsFd`, which nix's `poll` wants |
 //! | `statx` for `STATX_DIOALIGN` (`block::disk`) | nix 0.32 has no `statx` |
