@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod fuzz;
 pub mod image;
 pub mod net;
+pub mod sys;
 pub mod vsock;

@@ -7,18 +7,19 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-use vmm_sys_util::ioctl::ioctl_with_mut_ref;
-use vmm_sys_util::ioctl_ior_nr;
+use nix::fcntl::{fcntl, FallocateFlags, FcntlArg, OFlag};
 
 use super::virtio::SECTOR_SIZE;
+use crate::sys;
 
 // BLKGETSIZE64: the size of a block device in bytes (<linux/fs.h>: _IOR(0x12, 114, size_t)).
-ioctl_ior_nr!(BLKGETSIZE64, 0x12, 114, u64);
+nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+// BLKSSZGET: a block device's logical sector size (<linux/fs.h>: _IO(0x12, 104), an int).
+nix::ioctl_read_bad!(blksszget, libc::BLKSSZGET, libc::c_int);
 
 /// Most iovecs one `preadv`/`pwritev` call takes (Linux's `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
@@ -152,27 +153,23 @@ impl Disk {
             name: name.clone(),
             source,
         };
-        // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
-        let mut fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-        if fl < 0 {
-            return Err(inspect(io::Error::last_os_error()));
-        }
-        if !options.read_only && fl & libc::O_ACCMODE == libc::O_RDONLY {
+        let mut fl = fcntl(&file, FcntlArg::F_GETFL)
+            .map(OFlag::from_bits_retain)
+            .map_err(|e| inspect(e.into()))?;
+        if !options.read_only && fl & OFlag::O_ACCMODE == OFlag::O_RDONLY {
             return Err(DiskError::FdReadOnly { name });
         }
         // Best effort, as in `open`: only the file's owner may set O_NOATIME.
-        // SAFETY: F_SETFL with an integer flag set on a descriptor we own.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_NOATIME) } == 0 {
-            fl |= libc::O_NOATIME;
+        if fcntl(&file, FcntlArg::F_SETFL(fl | OFlag::O_NOATIME)).is_ok() {
+            fl |= OFlag::O_NOATIME;
         }
-        if options.direct && fl & libc::O_DIRECT == 0 {
-            // SAFETY: F_SETFL with an integer flag set on a descriptor we own.
-            if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_DIRECT) } < 0 {
+        if options.direct && !fl.contains(OFlag::O_DIRECT) {
+            if let Err(e) = fcntl(&file, FcntlArg::F_SETFL(fl | OFlag::O_DIRECT)) {
                 return Err(DiskError::Direct {
                     name,
                     reason: format!(
                         "setting O_DIRECT: {} (the file system may not support direct I/O)",
-                        io::Error::last_os_error()
+                        io::Error::from(e)
                     ),
                 });
             }
@@ -221,8 +218,8 @@ impl Disk {
         } else if block_device {
             let mut size = 0u64;
             // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `size`.
-            if unsafe { ioctl_with_mut_ref(&file, BLKGETSIZE64(), &mut size) } < 0 {
-                return Err(inspect(io::Error::last_os_error()));
+            if let Err(e) = unsafe { blkgetsize64(file.as_raw_fd(), &mut size) } {
+                return Err(inspect(e.into()));
             }
             size
         } else {
@@ -342,31 +339,21 @@ impl Disk {
             let batch = &iovs[first..iovs.len().min(first + IOV_MAX)];
             let file_offset = libc::off64_t::try_from(offset)
                 .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-            // The batch is at most IOV_MAX long, so the count fits in a c_int.
-            let count = batch.len() as libc::c_int;
             let done = if write {
-                // SAFETY: the iovecs describe readable memory (caller's contract) and the
-                // count matches the slice; the descriptor is ours.
-                unsafe {
-                    libc::pwritev64(self.file.as_raw_fd(), batch.as_ptr(), count, file_offset)
-                }
+                // SAFETY: the iovecs describe readable memory (caller's contract).
+                unsafe { sys::pwritev(&self.file, batch, file_offset) }
             } else {
-                // SAFETY: the iovecs describe writable, unaliased memory (caller's contract)
-                // and the count matches the slice; the descriptor is ours.
-                unsafe { libc::preadv64(self.file.as_raw_fd(), batch.as_ptr(), count, file_offset) }
+                // SAFETY: the iovecs describe writable, unaliased memory (caller's contract).
+                unsafe { sys::preadv(&self.file, batch, file_offset) }
             };
-            if done < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            if done == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
+            let done = match done {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
             // `done` is positive and at most the batch's total length.
-            let mut left = done as usize;
+            let mut left = done;
             offset += left as u64;
             while left > 0 && first < iovs.len() {
                 let iov = &mut iovs[first];
@@ -415,7 +402,7 @@ impl Disk {
         if self.read_only {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
-        match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len) {
+        match self.fallocate(FallocateFlags::FALLOC_FL_PUNCH_HOLE, offset, len) {
             Err(e) if unsupported(&e) => Ok(()),
             other => other,
         }
@@ -429,18 +416,18 @@ impl Disk {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
         if unmap {
-            match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE, offset, len) {
+            match self.fallocate(FallocateFlags::FALLOC_FL_PUNCH_HOLE, offset, len) {
                 Err(e) if unsupported(&e) => {}
                 other => return other,
             }
         }
-        match self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len) {
+        match self.fallocate(FallocateFlags::FALLOC_FL_ZERO_RANGE, offset, len) {
             Err(e) if unsupported(&e) => self.write_zero_bytes(offset, len),
             other => other,
         }
     }
 
-    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    fn fallocate(&self, mode: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
         let (Ok(off), Ok(len)) = (
             libc::off64_t::try_from(offset),
             libc::off64_t::try_from(len),
@@ -448,21 +435,11 @@ impl Disk {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         };
         loop {
-            // SAFETY: fallocate on a descriptor we own, with integer arguments only.
-            let ret = unsafe {
-                libc::fallocate64(
-                    self.file.as_raw_fd(),
-                    mode | libc::FALLOC_FL_KEEP_SIZE,
-                    off,
-                    len,
-                )
-            };
-            if ret == 0 {
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
+            let mode = mode | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+            match nix::fcntl::fallocate(&self.file, mode, off, len) {
+                Ok(()) => return Ok(()),
+                Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -532,37 +509,19 @@ fn unsupported(e: &io::Error) -> bool {
 /// sector size of a block device (`BLKSSZGET`). When neither answers, `--direct` is refused
 /// rather than guessed, because a wrong guess fails every request with `EINVAL`.
 fn direct_alignment(file: &File, block_device: bool) -> Result<DirectAlignment, String> {
-    let mut stx = MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: statx with AT_EMPTY_PATH on our descriptor writes one `struct statx` into
-    // `stx`, which is sized for it; the path is a NUL-terminated empty string.
-    let ret = unsafe {
-        libc::statx(
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_DIOALIGN,
-            stx.as_mut_ptr(),
-        )
-    };
-    if ret == 0 {
-        // SAFETY: statx succeeded, so it filled the structure (and it was zeroed before).
-        let stx = unsafe { stx.assume_init() };
-        if stx.stx_mask & libc::STATX_DIOALIGN != 0 {
-            if stx.stx_dio_mem_align == 0 || stx.stx_dio_offset_align == 0 {
-                return Err("its file system does not support direct I/O".into());
-            }
-            return Ok(DirectAlignment {
-                memory: stx.stx_dio_mem_align as usize,
-                offset: u64::from(stx.stx_dio_offset_align),
-            });
+    if let Some((memory, offset)) = sys::statx_dio_align(file) {
+        if memory == 0 || offset == 0 {
+            return Err("its file system does not support direct I/O".into());
         }
+        return Ok(DirectAlignment {
+            memory: memory as usize,
+            offset: u64::from(offset),
+        });
     }
     if block_device {
         let mut sector: libc::c_int = 0;
         // SAFETY: BLKSSZGET writes one int through the pointer, which points at `sector`.
-        if unsafe { ioctl_with_mut_ref(file, libc::BLKSSZGET as libc::c_ulong, &mut sector) } == 0
-            && sector > 0
-        {
+        if unsafe { blksszget(file.as_raw_fd(), &mut sector) }.is_ok() && sector > 0 {
             return Ok(DirectAlignment {
                 memory: sector as usize,
                 offset: sector as u64,

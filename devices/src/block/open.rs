@@ -9,7 +9,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -147,13 +146,10 @@ fn open_backing(path: &Path) -> io::Result<File> {
 }
 
 fn opened_read_only(file: &File, name: &str) -> Result<bool, DiskError> {
-    // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
-    let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    if fl < 0 {
-        return Err(DiskError::Inspect {
+    let fl =
+        nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| DiskError::Inspect {
             name: name.to_owned(),
-            source: io::Error::last_os_error(),
-        });
-    }
+            source: e.into(),
+        })?;
     Ok(fl & libc::O_ACCMODE == libc::O_RDONLY)
 }

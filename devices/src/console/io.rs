@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,6 +16,7 @@ use bulkhead_seccomp::Role;
 use std::time::Duration;
 
 use log::{info, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::backend::ConsoleBackend;
 use super::device::RxEnd;
@@ -85,55 +86,49 @@ impl Loop {
         }
     }
 
-    fn watch(&self) -> (Watch, RawFd) {
+    fn watch(&self) -> (Watch, Option<BorrowedFd<'_>>) {
         match &self.source {
             Source::Listener {
                 listener,
                 client: None,
-            } => (Watch::Accept, listener.as_raw_fd()),
+            } => (Watch::Accept, Some(listener.as_fd())),
             Source::Listener {
                 client: Some(c), ..
-            } if self.want_input => (Watch::Input, c.as_raw_fd()),
-            Source::Fixed(Some(f)) if self.want_input => (Watch::Input, f.as_raw_fd()),
-            Source::Pty { master, .. } if self.want_input => (Watch::Input, master.as_raw_fd()),
-            _ => (Watch::Nothing, -1),
+            } if self.want_input => (Watch::Input, Some(c.as_fd())),
+            Source::Fixed(Some(f)) if self.want_input => (Watch::Input, Some(f.as_fd())),
+            Source::Pty { master, .. } if self.want_input => (Watch::Input, Some(master.as_fd())),
+            _ => (Watch::Nothing, None),
         }
     }
 
     fn run(mut self) {
         loop {
             let (watch, fd) = self.watch();
+            let wake = crate::sys::event_fd(&self.backend.wake);
             let mut fds = [
-                libc::pollfd {
-                    fd: self.backend.wake.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                PollFd::new(wake, PollFlags::POLLIN),
+                PollFd::new(fd.unwrap_or(wake), PollFlags::POLLIN),
             ];
-            let n = if watch == Watch::Nothing { 1 } else { 2 };
-            // SAFETY: poll reads and writes the `n` pollfds of the array we pass.
-            let ret = unsafe { libc::poll(fds.as_mut_ptr(), n, -1) };
-            if ret < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            let n = if fd.is_some() { 2 } else { 1 };
+            match poll(&mut fds[..n], PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    warn!("console I/O thread: poll: {e}; stopping console input");
+                    return;
                 }
-                warn!("console I/O thread: poll: {e}; stopping console input");
-                return;
             }
-            if fds[0].revents != 0 {
+            // Anything reported (a flag nix does not know reads as None) counts.
+            let woke = |p: &PollFd| p.revents().is_none_or(|r| !r.is_empty());
+            let (woken, ready) = (woke(&fds[0]), n == 2 && woke(&fds[1]));
+            if woken {
                 let _ = self.backend.wake.read();
                 if self.stop.load(Ordering::SeqCst) {
                     return;
                 }
                 self.want_input = true;
             }
-            if n == 2 && fds[1].revents != 0 {
+            if ready {
                 match watch {
                     Watch::Accept => self.accept(),
                     Watch::Input => self.input(),

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -13,6 +13,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bulkhead_protocol::capped::CappedFile;
 use log::warn;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{getsockopt, sockopt};
+use nix::sys::termios::{self, SetArg, Termios};
 
 use super::config::StreamSpec;
 use super::device::Output;
@@ -213,19 +216,13 @@ pub fn open(spec: &StreamSpec) -> Result<Opened, StreamError> {
             from_fd(owned, *fd)
         }
         StreamSpec::Stdio => {
-            let dup = |fd: RawFd, name: &str| {
-                // SAFETY: dup of a standard descriptor; the copy is owned by the File below.
-                let n = unsafe { libc::dup(fd) };
-                if n < 0 {
-                    return Err(open_error(format!("duplicating {name}"))(
-                        io::Error::last_os_error(),
-                    ));
-                }
-                // SAFETY: `n` is a fresh descriptor nothing else owns.
-                Ok(unsafe { File::from_raw_fd(n) })
+            let dup = |fd: std::os::fd::BorrowedFd<'_>, name: &str| {
+                nix::unistd::dup(fd)
+                    .map(File::from)
+                    .map_err(|e| open_error(format!("duplicating {name}"))(e.into()))
             };
-            let input = dup(0, "stdin")?;
-            let output = dup(1, "stdout")?;
+            let input = dup(io::stdin().as_fd(), "stdin")?;
+            let output = dup(io::stdout().as_fd(), "stdout")?;
             let raw = if is_tty(&input) {
                 Some(RawMode::enter(&input).map_err(open_error("putting stdin in raw mode"))?)
             } else {
@@ -267,11 +264,8 @@ fn from_fd(owned: OwnedFd, fd: RawFd) -> Result<Opened, StreamError> {
     let bad = |source| StreamError::BadFd { fd, source };
     let file = File::from(owned);
     let meta = file.metadata().map_err(bad)?;
-    // SAFETY: F_GETFL only queries the descriptor's status flags.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(bad(io::Error::last_os_error()));
-    }
+    let flags = fcntl(&file, FcntlArg::F_GETFL).map_err(|e| bad(e.into()))?;
+    let access = OFlag::from_bits_retain(flags) & OFlag::O_ACCMODE;
     let size = winsize(&file);
     // A terminal (the user's, or a pty either side) carries a console's bytes untouched:
     // raw mode, as for --stdio, restored on exit.
@@ -293,10 +287,10 @@ fn from_fd(owned: OwnedFd, fd: RawFd) -> Result<Opened, StreamError> {
             raw: None,
         });
     }
-    if meta.file_type().is_file() || flags & libc::O_ACCMODE == libc::O_WRONLY {
+    if meta.file_type().is_file() || access == OFlag::O_WRONLY {
         return Ok(fixed(None, Some(file), size, raw));
     }
-    if flags & libc::O_ACCMODE == libc::O_RDONLY {
+    if access == OFlag::O_RDONLY {
         return Ok(fixed(Some(file), None, size, raw));
     }
     let output = file.try_clone().map_err(bad)?;
@@ -308,19 +302,7 @@ fn from_fd(owned: OwnedFd, fd: RawFd) -> Result<Opened, StreamError> {
 
 /// Whether socket `file` is listening (SO_ACCEPTCONN).
 fn is_listening(file: &File) -> bool {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`, an int of that size.
-    let r = unsafe {
-        libc::getsockopt(
-            file.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    r == 0 && value != 0
+    getsockopt(file, sockopt::AcceptConn).unwrap_or(false)
 }
 
 fn listen(path: &PathBuf) -> Result<Opened, StreamError> {
@@ -348,27 +330,17 @@ fn listen(path: &PathBuf) -> Result<Opened, StreamError> {
 }
 
 fn open_pty() -> Result<Opened, StreamError> {
-    let err = |what: &str| open_error(format!("opening a pty: {what}"))(io::Error::last_os_error());
-    // SAFETY: posix_openpt returns a new descriptor or -1.
-    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(err("posix_openpt"));
+    fn err(what: &'static str) -> impl FnOnce(nix::Error) -> StreamError {
+        move |e| open_error(format!("opening a pty: {what}"))(io::Error::from(e))
     }
-    // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    let master = unsafe { File::from_raw_fd(fd) };
-    // SAFETY: grantpt/unlockpt on the master we own.
-    if unsafe { libc::grantpt(fd) } != 0 || unsafe { libc::unlockpt(fd) } != 0 {
-        return Err(err("unlockpt"));
-    }
-    let mut name = [0 as libc::c_char; 128];
-    // SAFETY: ptsname_r writes a NUL-terminated name of at most `name.len()` bytes.
-    if unsafe { libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) } != 0 {
-        return Err(err("ptsname_r"));
-    }
-    // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated string.
-    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
+    let pty = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(err("posix_openpt"))?;
+    nix::pty::grantpt(&pty).map_err(err("grantpt"))?;
+    nix::pty::unlockpt(&pty).map_err(err("unlockpt"))?;
+    let name = nix::pty::ptsname_r(&pty).map_err(err("ptsname_r"))?;
+    // SAFETY: into_raw_fd hands over the master's descriptor, which nothing else owns, so
+    // the File is its only owner (nix's PtyMaster converts into no OwnedFd).
+    let master = unsafe { File::from_raw_fd(pty.into_raw_fd()) };
     let slave = OpenOptions::new()
         .read(true)
         .write(true)
@@ -380,8 +352,7 @@ fn open_pty() -> Result<Opened, StreamError> {
     // Non-blocking master: with nobody reading the slave, guest output fills the pty's
     // buffer; then writes fail (EAGAIN: output dropped and counted) instead of blocking
     // the transmit queue.
-    // SAFETY: F_SETFL with an integer flag on the master we own.
-    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+    let _ = fcntl(&master, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
     let output = master
         .try_clone()
         .map_err(open_error("duplicating the pty master"))?;
@@ -401,37 +372,29 @@ fn open_pty() -> Result<Opened, StreamError> {
 use std::os::unix::fs::OpenOptionsExt;
 
 fn is_tty(f: &File) -> bool {
-    // SAFETY: isatty only queries the descriptor.
-    unsafe { libc::isatty(f.as_raw_fd()) == 1 }
+    nix::unistd::isatty(f).unwrap_or(false)
 }
 
+nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
+
 /// The terminal size (cols, rows) of `f`, if it is a terminal that knows it.
-pub fn winsize(f: &impl AsRawFd) -> Option<(u16, u16)> {
+pub fn winsize(f: &impl std::os::fd::AsRawFd) -> Option<(u16, u16)> {
     let mut ws = libc::winsize {
         ws_row: 0,
         ws_col: 0,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: TIOCGWINSZ writes one winsize into `ws`.
-    let ret = unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-    (ret == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
+    // SAFETY: TIOCGWINSZ writes one winsize into `ws` and reads nothing else of ours.
+    let ret = unsafe { tiocgwinsz(f.as_raw_fd(), &mut ws) };
+    (ret.is_ok() && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
 }
 
-fn set_raw(f: &File) -> io::Result<libc::termios> {
-    // SAFETY: termios is plain data; tcgetattr fills it.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: tcgetattr writes one termios.
-    if unsafe { libc::tcgetattr(f.as_raw_fd(), &mut t) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let saved = t;
-    // SAFETY: cfmakeraw edits the termios we own.
-    unsafe { libc::cfmakeraw(&mut t) };
-    // SAFETY: tcsetattr reads one termios.
-    if unsafe { libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+fn set_raw(f: &File) -> io::Result<Termios> {
+    let saved = termios::tcgetattr(f)?;
+    let mut t = saved.clone();
+    termios::cfmakeraw(&mut t);
+    termios::tcsetattr(f, SetArg::TCSANOW, &t)?;
     Ok(saved)
 }
 
@@ -440,7 +403,7 @@ fn set_raw(f: &File) -> io::Result<libc::termios> {
 #[derive(Debug)]
 pub struct RawMode {
     fd: File,
-    saved: libc::termios,
+    saved: Termios,
 }
 
 impl RawMode {
@@ -453,16 +416,15 @@ impl RawMode {
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // SAFETY: tcsetattr reads the termios saved when entering raw mode.
-        unsafe { libc::tcsetattr(self.fd.as_raw_fd(), libc::TCSANOW, &self.saved) };
+        let _ = termios::tcsetattr(&self.fd, SetArg::TCSANOW, &self.saved);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::poll::{poll, PollFd, PollFlags};
     use std::io::Read;
-    use std::os::fd::IntoRawFd;
 
     #[test]
     fn port_drops_and_counts_without_output_and_after_errors() {
@@ -537,13 +499,8 @@ mod tests {
             term.read_exact(&mut got).unwrap();
             assert_eq!(&got, b"out\n", "round {round}: raw, no echo, no CR added");
             term.write_all(b"in").unwrap();
-            let mut pfd = libc::pollfd {
-                fd: master.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one pollfd, 5 s timeout.
-            assert_eq!(unsafe { libc::poll(&mut pfd, 1, 5000) }, 1);
+            let mut pfd = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+            assert_eq!(poll(&mut pfd, 5000u16).unwrap(), 1);
             let mut got = [0u8; 2];
             master.read_exact(&mut got).unwrap();
             assert_eq!(&got, b"in");

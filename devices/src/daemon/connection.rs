@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use vhost::vhost_user::Listener;
 
 /// How to reach the frontend, from the command line.
@@ -102,38 +103,18 @@ pub fn take_fd(fd: RawFd) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
-    // SAFETY: F_GETFD only queries the descriptor's flags.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    crate::sys::check_open(fd)?;
     // SAFETY: the descriptor is open (checked above) and was handed to this process on the
     // command line for it to own; the caller takes each number once, so nothing else in the
     // process owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // Not for any child we might start.
-    // SAFETY: F_SETFD with an integer flag on a descriptor we now own.
-    unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    let _ = fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     Ok(owned)
 }
 
 fn sockopt(fd: &OwnedFd, option: libc::c_int) -> io::Result<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`, which is that big.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(value)
-    }
+    crate::sys::socket_int_option(fd, option)
 }
 
 /// Classifies an inherited socket: listening (SO_ACCEPTCONN) or connected.

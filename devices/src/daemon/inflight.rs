@@ -19,11 +19,16 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
 use vhost::vhost_user::message::VhostUserInflight;
 
 /// The protocol feature bit (`VhostUserProtocolFeatures::INFLIGHT_SHMFD`).
@@ -100,38 +105,20 @@ impl InflightSlot {
     pub fn new(num_queues: u16, max_queue_size: u16) -> io::Result<Arc<InflightSlot>> {
         let num_queues = num_queues.max(1);
         let size = u64::from(num_queues) * queue_region_size(max_queue_size);
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes one rlimit into `limit`.
-        if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) } == 0
-            && limit.rlim_cur != libc::RLIM_INFINITY
-            && limit.rlim_cur < size
-        {
-            return Err(io::Error::other(format!(
-                "the region needs {size} bytes, RLIMIT_FSIZE is {}",
-                limit.rlim_cur
-            )));
+        if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_FSIZE) {
+            if soft != RLIM_INFINITY && soft < size {
+                return Err(io::Error::other(format!(
+                    "the region needs {size} bytes, RLIMIT_FSIZE is {soft}"
+                )));
+            }
         }
-        // SAFETY: memfd_create with a NUL-terminated name; returns a new descriptor or -1.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"bulkhead-inflight".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        let memfd = unsafe { File::from_raw_fd(fd) };
+        let memfd = File::from(memfd_create(
+            c"bulkhead-inflight",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )?);
         memfd.set_len(size)?;
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        // SAFETY: F_ADD_SEALS with an integer argument on a descriptor we own.
-        if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals))?;
         Ok(Arc::new(InflightSlot {
             num_queues,
             max_queue_size,
@@ -231,28 +218,19 @@ impl InflightSlot {
 }
 
 fn page_size() -> u64 {
-    // SAFETY: sysconf only reads a system value.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    let n = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE);
+    n.ok()
+        .flatten()
+        .and_then(|n| u64::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4096)
 }
 
 /// A regular file (a memfd), holding `offset + len` bytes, that can't shrink.
 fn check_file(file: &File, offset: u64, len: u64) -> Result<(), InflightError> {
-    // SAFETY: all-zero is a valid `stat`.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // The plain fstat system call (std and glibc would use statx or newfstatat, which the
     // vhost-user role does not allow).
-    // SAFETY: fstat writes one `stat` into `st`, which is that big.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fstat,
-            file.as_raw_fd(),
-            &mut st as *mut libc::stat,
-        )
-    };
-    if r < 0 {
-        return Err(InflightError::Os("fstat", io::Error::last_os_error()));
-    }
+    let st = crate::sys::fstat(file).map_err(|e| InflightError::Os("fstat", e))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(InflightError::File(format!(
             "not a regular file (mode {:#o})",
@@ -265,9 +243,8 @@ fn check_file(file: &File, offset: u64, len: u64) -> Result<(), InflightError> {
             "{size} bytes long, short of offset {offset} + {len}"
         )));
     }
-    // SAFETY: F_GET_SEALS takes no argument and only reads the file's seals.
-    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+    let seals = fcntl(file, FcntlArg::F_GET_SEALS).map(SealFlag::from_bits_retain);
+    if !seals.is_ok_and(|s| s.contains(SealFlag::F_SEAL_SHRINK)) {
         return Err(InflightError::NotSealed);
     }
     Ok(())
@@ -292,7 +269,7 @@ impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: we mapped exactly `len` bytes at `ptr` and nothing refers to them any more
         // (a `QueueRegion` borrows the `Region`).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -311,23 +288,27 @@ impl Region {
         };
         let size = usize::try_from(len).map_err(|_| too_big())?;
         let off = libc::off_t::try_from(offset).map_err(|_| too_big())?;
+        // A length of 0 is what the kernel refuses with EINVAL.
+        let length = NonZeroUsize::new(size).ok_or(InflightError::Os(
+            "mmap",
+            io::Error::from_raw_os_error(libc::EINVAL),
+        ))?;
         // SAFETY: a new shared mapping of `size` bytes of `file` at a page-aligned offset,
         // placed by the kernel (no address given), so it overlaps nothing of ours. The
         // file was checked to hold those bytes and can't shrink (or it is our own memfd).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
+        let mapped = unsafe {
+            mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                file,
                 off,
             )
         };
-        if p == libc::MAP_FAILED {
-            return Err(InflightError::Os("mmap", io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(p.cast()).ok_or_else(too_big)?;
+        let ptr = mapped
+            .map_err(|e| InflightError::Os("mmap", e.into()))?
+            .cast();
         Ok(Region {
             ptr,
             len: size,

@@ -23,10 +23,11 @@ mod socket_keeper;
 mod standalone;
 pub mod thread_name;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use log::info;
+use nix::sys::socket::{shutdown, Shutdown};
 use vhost::vhost_user::Error as ProtocolError;
 use vhost_user_backend::bitmap::BitmapReplace;
 use vhost_user_backend::{Error as LibError, VhostUserBackend, VhostUserDaemon};
@@ -246,8 +247,7 @@ where
             info!("waiting for a frontend on {endpoint}");
             if let Some(wake) = wake {
                 termination.on_signal(move || {
-                    // SAFETY: shutdown on a descriptor we own; no memory is passed.
-                    unsafe { libc::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
+                    let _ = shutdown(wake.as_raw_fd(), Shutdown::Both);
                 });
             }
             confine_main(roles.main)?;
@@ -343,10 +343,10 @@ fn confine_main(role: bulkhead_seccomp::Role) -> Result<(), DaemonError> {
 /// A copy of `listener`'s descriptor, to shut down on SIGTERM (which wakes a blocked
 /// accept with an error).
 fn wake_copy(listener: &vhost::vhost_user::Listener) -> Option<OwnedFd> {
-    // SAFETY: dup of a descriptor the listener owns; the copy is owned by the OwnedFd.
-    let dup = unsafe { libc::dup(listener.as_raw_fd()) };
-    // SAFETY: `dup` is a fresh descriptor that nothing else owns.
-    (dup >= 0).then(|| unsafe { OwnedFd::from_raw_fd(dup) })
+    // SAFETY: the listener owns its descriptor until it is dropped, which the borrow of
+    // `listener` rules out for the call (vhost's Listener implements no AsFd).
+    let fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+    nix::unistd::dup(fd).ok()
 }
 
 /// Tells every queue thread to exit.

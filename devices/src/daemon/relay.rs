@@ -29,19 +29,21 @@
 //! one accepted (a connection still queued on a closed listener is hung up).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use log::{debug, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vhost::vhost_user::message::{FrontendReq, VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::Listener;
 use vm_memory::ByteValued;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::inflight::{InflightSlot, INFLIGHT_SHMFD};
+use crate::sys;
 
 /// vhost-user message header: request, flags, body size (u32 each).
 const HEADER_SIZE: usize = 12;
@@ -427,20 +429,17 @@ fn send_raw(to: &UnixStream, buf: &[u8], raw: &[RawFd]) -> io::Result<()> {
 
 /// Whether the peer of `s` has gone (hung up or reset), without blocking.
 fn hung_up(s: &UnixStream) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: s.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
+    let mut pfd = [PollFd::new(s.as_fd(), sys::POLLRDHUP)];
     loop {
-        // SAFETY: poll reads and writes the one pollfd we pass, for a zero timeout.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        if n >= 0 {
-            return Ok(pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match poll(&mut pfd, PollTimeout::ZERO) {
+            Ok(_) => {
+                return Ok(sys::peer_hung_up(
+                    &pfd[0],
+                    PollFlags::POLLHUP | PollFlags::POLLERR,
+                ))
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -448,9 +447,7 @@ fn hung_up(s: &UnixStream) -> io::Result<bool> {
 /// A random number for the listener's name (so names don't collide between processes).
 fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
+    if sys::getrandom(&mut bytes, false).is_err() {
         // Uniqueness, not secrecy, is what the name needs; the accept check guards the rest.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -475,6 +472,24 @@ mod tests {
         m
     }
 
+    /// Receives one message's header into `got`, with the descriptors that came with it.
+    fn recv_header(s: &UnixStream, got: &mut [u8; 12]) -> (usize, Vec<RawFd>) {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let mut iov = [std::io::IoSliceMut::new(got)];
+        let mut space = nix::cmsg_space!([RawFd; 4]);
+        let msg =
+            recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty()).unwrap();
+        let fds = msg
+            .cmsgs()
+            .unwrap()
+            .flat_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => fds,
+                _ => Vec::new(),
+            })
+            .collect();
+        (msg.bytes, fds)
+    }
+
     #[test]
     fn messages_and_descriptors_cross_whole() {
         let pending = prepare().unwrap();
@@ -493,23 +508,12 @@ mod tests {
         drop(probe_b);
 
         let mut got = [0u8; 12];
-        let mut raw = [-1; 4];
-        let mut iov = [libc::iovec {
-            iov_base: got.as_mut_ptr().cast(),
-            iov_len: 12,
-        }];
-        // SAFETY: iovec over `got`.
-        let (n, nfds) = unsafe { server.recv_with_fds(&mut iov, &mut raw) }.unwrap();
-        assert_eq!((n, nfds), (12, 0), "first header, no descriptor");
+        let (n, raw) = recv_header(&server, &mut got);
+        assert_eq!((n, raw.len()), (12, 0), "first header, no descriptor");
         assert_eq!(got[..], first[..]);
-        let mut iov = [libc::iovec {
-            iov_base: got.as_mut_ptr().cast(),
-            iov_len: 12,
-        }];
-        // SAFETY: iovec over `got`.
-        let (n, nfds) = unsafe { server.recv_with_fds(&mut iov, &mut raw) }.unwrap();
+        let (n, raw) = recv_header(&server, &mut got);
         assert_eq!(
-            (n, nfds),
+            (n, raw.len()),
             (12, 1),
             "the descriptor arrives with its own header"
         );

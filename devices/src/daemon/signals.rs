@@ -12,6 +12,7 @@ use bulkhead_seccomp::thread::spawn_confined;
 use bulkhead_seccomp::Role;
 
 use log::info;
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 
 type Action = Box<dyn FnOnce() + Send>;
 
@@ -39,15 +40,11 @@ impl std::fmt::Debug for Termination {
     }
 }
 
-fn termination_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set it is given; sigaddset adds valid signals.
-    unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        set
-    }
+fn termination_set() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
 }
 
 impl Termination {
@@ -65,11 +62,7 @@ impl Termination {
     /// for them. Until then the signals stay pending.
     pub fn block() -> io::Result<Termination> {
         let set = termination_set();
-        // SAFETY: pthread_sigmask reads the set we pass and changes this thread's mask.
-        let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        if ret != 0 {
-            return Err(io::Error::from_raw_os_error(ret));
-        }
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
         Ok(Termination {
             state: Arc::new(State {
                 watch: true,
@@ -88,10 +81,8 @@ impl Termination {
         let watcher = self.clone();
         // Confined like the vhost-user thread whose connection it shuts down.
         spawn_confined("signals", Role::VhostUser, process_mode(), move || loop {
-            let mut signal = 0;
-            // SAFETY: sigwait reads the set and writes the signal number to `signal`.
-            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
-                info!("signal {signal} received: shutting down");
+            if let Ok(signal) = set.wait() {
+                info!("signal {} received: shutting down", signal as i32);
                 watcher.trigger();
             }
         })?;

@@ -8,10 +8,15 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
+
+use nix::fcntl::OFlag;
+use nix::unistd::ForkResult;
+
+use crate::sys;
 
 /// The pipes' write ends, held for the process's life (one per keeper: a process may run
 /// several daemons, as the tests do).
@@ -22,23 +27,16 @@ pub(super) fn keep(path: &Path) -> io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let bound = identity(&c_path)?;
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two descriptors into `fds`, which has room for them.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both are fresh descriptors nothing else owns.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     // SAFETY: the process is single-threaded (the caller's contract, checked again by
     // finish_jail), so the child may run any code; it only makes the calls below and
     // leaves with _exit.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => {
             drop(write);
-            wait_and_remove(read.as_raw_fd(), &c_path, bound);
+            wait_and_remove(read, &c_path, bound);
         }
-        _ => {
+        ForkResult::Parent { .. } => {
             drop(read);
             HELD.lock().unwrap_or_else(|e| e.into_inner()).push(write);
             Ok(())
@@ -48,12 +46,7 @@ pub(super) fn keep(path: &Path) -> io::Result<()> {
 
 /// (device, inode) of the socket at `path`; an error if it is not a socket.
 fn identity(path: &CString) -> io::Result<(u64, u64)> {
-    // SAFETY: an all-zero stat is a valid value for lstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `st` is writable and of the right type.
-    if unsafe { libc::lstat(path.as_ptr(), &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let st = nix::sys::stat::lstat(path.as_c_str())?;
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(io::Error::from_raw_os_error(libc::ENOTSOCK));
     }
@@ -61,30 +54,20 @@ fn identity(path: &CString) -> io::Result<(u64, u64)> {
 }
 
 /// The keeper: closes everything but the pipe, waits for its end, removes the socket.
-fn wait_and_remove(read: RawFd, path: &CString, bound: (u64, u64)) -> ! {
-    // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"socket-keeper".as_ptr()) };
+fn wait_and_remove(read: OwnedFd, path: &CString, bound: (u64, u64)) -> ! {
+    let _ = nix::sys::prctl::set_name(c"socket-keeper");
     // Nothing of the backend's (its disk, the frontend's socket, its stderr: a reader of
-    // that pipe sees its end when the backend exits) stays open here.
-    // SAFETY: close_range on descriptor ranges; the pipe's end is outside both.
-    unsafe {
-        if read > 0 {
-            libc::syscall(libc::SYS_close_range, 0u32, (read - 1) as u32, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, (read + 1) as u32, u32::MAX, 0u32);
+    // that pipe sees its end when the backend exits) stays open here: close_range either
+    // side of the pipe's end.
+    let n = read.as_raw_fd() as u32;
+    if n > 0 {
+        let _ = sys::close_range(0, n - 1);
     }
-    let mut byte = 0u8;
-    loop {
-        // SAFETY: reads at most one byte into `byte`.
-        let n = unsafe { libc::read(read, (&mut byte as *mut u8).cast(), 1) };
-        if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
-    }
+    let _ = sys::close_range(n + 1, u32::MAX);
+    let mut byte = [0u8];
+    while let Err(nix::Error::EINTR) = nix::unistd::read(&read, &mut byte) {}
     if identity(path).is_ok_and(|now| now == bound) {
-        // SAFETY: `path` is NUL-terminated.
-        unsafe { libc::unlink(path.as_ptr()) };
+        let _ = nix::unistd::unlink(path.as_c_str());
     }
-    // SAFETY: ends this process without running the parent's atexit handlers or destructors.
-    unsafe { libc::_exit(0) }
+    sys::exit_now(0)
 }

@@ -173,7 +173,6 @@ where
 /// Shuts the listener's copy down (a blocked accept returns an error).
 fn shut(wake: Option<&OwnedFd>) {
     if let Some(wake) = wake {
-        // SAFETY: shutdown on a descriptor we own; no memory is passed.
-        unsafe { libc::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
+        let _ = nix::sys::socket::shutdown(wake.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 }

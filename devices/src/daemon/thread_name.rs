@@ -54,15 +54,10 @@ pub fn self_test(which: SelfTest) {
     };
     if armed == SelfTest::WorkerNarrowed && which == SelfTest::Worker {
         log::warn!("--seccomp-selftest: calling accept4");
-        // SAFETY: accept4 on fd -1 with null address pointers only fails (EBADF) when allowed.
-        unsafe { libc::syscall(libc::SYS_accept4, -1, 0, 0, 0) };
+        crate::sys::provoke_accept4();
     } else if armed == which {
         log::warn!("--seccomp-selftest: calling ptrace");
-        // Not PTRACE_TRACEME: allowed (--seccomp log) on a thread other than the leader (a
-        // standalone backend's vu-conn), it made that thread the parent's tracee, and the
-        // process could not be reaped once it exited. PEEKDATA on pid 0 only fails (ESRCH).
-        // SAFETY: PTRACE_PEEKDATA of no process; the null address is never read.
-        unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_PEEKDATA, 0, 0, 0) };
+        crate::sys::provoke_ptrace();
     }
 }
 

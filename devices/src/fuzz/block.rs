@@ -2,7 +2,7 @@
 //! against an in-memory image.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +16,9 @@ const FILL: u8 = 0xa5;
 
 /// An anonymous in-memory file of `size` bytes of [`FILL`].
 pub(crate) fn memfd(name: &std::ffi::CStr, size: usize) -> File {
-    // SAFETY: `name` is a valid C string for the call; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh descriptor owned by nothing else.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let fd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .expect("memfd_create");
+    let file = File::from(fd);
     file.write_all_at(&vec![FILL; size], 0)
         .expect("filling the image");
     file

@@ -1,8 +1,10 @@
 //! virtio-net chains: TX chains sent by the net device's TX worker into a socketpair
 //! standing in for the TAP, or frames from the "TAP" read by its RX worker into RX chains.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
+
+use nix::sys::socket;
 
 use super::input::Input;
 use super::ring::Ring;
@@ -12,24 +14,14 @@ use crate::net::{Counters, RxEnd, RxWorker, TxWorker, MAX_FRAME, NET_HDR_SIZE};
 /// device's "TAP", the far side the caller reads and writes; the net device's unit tests
 /// use it too.)
 pub(crate) fn fake_tap() -> (Arc<OwnedFd>, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two descriptors into `fds`, valid for the call.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors are fresh and owned by nothing else.
-    unsafe {
-        (
-            Arc::new(OwnedFd::from_raw_fd(fds[0])),
-            OwnedFd::from_raw_fd(fds[1]),
-        )
-    }
+    let (a, b) = socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::SeqPacket,
+        None,
+        socket::SockFlag::SOCK_NONBLOCK | socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair");
+    (Arc::new(a), b)
 }
 
 /// The lengths of the packets waiting on `fd`.
@@ -37,19 +29,11 @@ fn drain(fd: &OwnedFd) -> Vec<usize> {
     let mut buf = vec![0u8; MAX_FRAME + NET_HDR_SIZE + 1];
     let mut out = Vec::new();
     loop {
-        // SAFETY: `buf` is valid for writes of its length for the call.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        };
-        if n < 0 {
-            return out;
+        let flags = socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_TRUNC;
+        match socket::recv(fd.as_raw_fd(), &mut buf, flags) {
+            Ok(n) => out.push(n),
+            Err(_) => return out,
         }
-        out.push(n as usize);
     }
 }
 
@@ -119,9 +103,7 @@ fn rx(input: &mut Input, tap: Arc<OwnedFd>, far: &OwnedFd, counters: Arc<Counter
             continue;
         }
         let frame = vec![input.u8(); len];
-        // SAFETY: `frame` is valid for reads of its length for the call.
-        let n = unsafe { libc::send(far.as_raw_fd(), frame.as_ptr().cast(), len, 0) };
-        if n >= 0 {
+        if socket::send(far.as_raw_fd(), &frame, socket::MsgFlags::empty()).is_ok() {
             offered += len;
         }
     }

@@ -38,7 +38,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::{PoisonError, RwLock};
 
 use imago::file::File as ImagoFile;
@@ -257,18 +256,13 @@ impl Qcow2Image {
             // SAFETY: the iovec is guest memory the guard keeps mapped for this call, valid
             // for writes (guest RAM is mapped read-write) and aliased by no Rust reference;
             // preadv (the system call the blk role allows) writes only into it.
-            let n = unsafe { libc::preadv64(self.top.as_raw_fd(), &iov, 1, at) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            if n == 0 {
-                return Ok(false);
-            }
-            done += n as usize;
+            let n = match unsafe { crate::sys::preadv(&self.top, &[iov], at) } {
+                Ok(0) => return Ok(false),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            done += n;
         }
         Ok(true)
     }
@@ -364,14 +358,12 @@ pub fn metadata_bound(header: &Qcow2Header, top: bool) -> u64 {
 
 /// A backing file must be open read-only, so that the kernel refuses any write to it.
 fn check_read_only(layer: &Layer) -> Result<(), Qcow2Error> {
-    // SAFETY: F_GETFL on a descriptor the layer owns; no memory is passed.
-    let fl = unsafe { libc::fcntl(layer.file.as_raw_fd(), libc::F_GETFL) };
-    if fl < 0 {
-        return Err(Qcow2Error::Read {
+    let fl = nix::fcntl::fcntl(&layer.file, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| {
+        Qcow2Error::Read {
             name: layer.name.clone(),
-            source: io::Error::last_os_error(),
-        });
-    }
+            source: e.into(),
+        }
+    })?;
     if fl & libc::O_ACCMODE != libc::O_RDONLY {
         return Err(Qcow2Error::Chain {
             name: layer.name.clone(),

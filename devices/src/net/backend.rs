@@ -16,13 +16,14 @@
 use crate::daemon::thread_name::confine_worker_thread;
 use bulkhead_seccomp::Role;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use bulkhead_ratelimit::{debug_limited, warn_limited};
 use log::error;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -38,6 +39,7 @@ use super::tap::{offloads_for, set_offload, Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_T
 use super::virtio::*;
 use super::GuestRam;
 use crate::daemon::Termination;
+use crate::sys;
 
 /// Guest memory as `vhost-user-backend` shares it with us.
 pub type SharedMemory = GuestMemoryAtomic<GuestRam>;
@@ -346,14 +348,17 @@ fn reconcile_link(shared: &Shared, pair: &RxPair, rx: &Vring, tx: &Vring) {
 
 /// Whether the TAP descriptor reports an error or hang-up right now.
 fn tap_broken(fd: &OwnedFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: 0,
-        revents: 0,
-    };
-    // SAFETY: one pollfd valid for the call; zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+    let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+    poll(&mut pfd, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+        && pfd[0].revents().is_some_and(|r| {
+            r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)
+        })
+}
+
+/// What poll reported for `p`; a flag nix does not know (none was asked for) as all of
+/// them, which errs towards looking closer.
+fn revents(p: &PollFd) -> PollFlags {
+    p.revents().unwrap_or(PollFlags::all())
 }
 
 /// The RX thread of one queue pair.
@@ -366,35 +371,39 @@ fn rx_thread(shared: &Shared, pair: &RxPair) {
         // A detached queue polls as an error: don't watch it (a kick wakes us).
         let attached = pair.link.is_attached();
         let timeout = if pair.index > 0 && attached {
-            LINK_CHECK_MS
+            PollTimeout::from(LINK_CHECK_MS as u16)
         } else {
-            -1
+            PollTimeout::NONE
         };
-        let mut fds = [
-            libc::pollfd {
-                fd: if attached { pair.tap.as_raw_fd() } else { -1 },
-                events: if starved { 0 } else { libc::POLLIN },
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: pair.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+        let tap_events = if starved {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
+        // The wake eventfd first; the TAP second, only while attached.
+        let mut both = [
+            PollFd::new(sys::event_fd(&pair.wake), PollFlags::POLLIN),
+            PollFd::new(pair.tap.as_fd(), tap_events),
         ];
-        // SAFETY: `fds` is an array of two pollfds valid for the call.
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) } < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+        let watched = if attached { 2 } else { 1 };
+        match poll(&mut both[..watched], timeout) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                warn_limited!("RX thread {}: poll: {e}", pair.index);
+                return;
             }
-            warn_limited!("RX thread {}: poll: {e}", pair.index);
-            return;
         }
+        let wake_events = revents(&both[0]);
+        let tap_revents = if attached {
+            revents(&both[1])
+        } else {
+            PollFlags::empty()
+        };
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        if fds[1].revents & libc::POLLIN != 0 {
+        if wake_events.contains(PollFlags::POLLIN) {
             let _ = pair.wake.read();
             starved = false;
         }
@@ -411,11 +420,11 @@ fn rx_thread(shared: &Shared, pair: &RxPair) {
             reconcile_link(shared, pair, &vring, &tx_vring);
         }
         let link = pair.link.read();
-        if !*link || !attached || fds[0].revents == 0 && fds[1].revents == 0 {
+        if !*link || !attached || tap_revents.is_empty() && wake_events.is_empty() {
             // Detached, attached since we polled, or just the link timer.
             continue;
         }
-        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+        if tap_revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)
             && starved
             && tap_broken(&pair.tap)
         {

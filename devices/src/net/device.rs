@@ -17,7 +17,7 @@
 //! | TAP read/write error meaning it has gone | [`TapGone`]: the caller stops the backend |
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -371,20 +371,10 @@ impl TxWorker {
         }
         let result = loop {
             // SAFETY: the iovecs describe guest memory checked to be mapped (their guards
-            // are held until `clear`), valid for reads for the call; the descriptor is ours.
-            let n = unsafe {
-                libc::writev(
-                    self.tap.as_raw_fd(),
-                    self.iovs.iovs.as_ptr(),
-                    self.iovs.iovs.len() as libc::c_int,
-                )
-            };
-            if n >= 0 {
-                break Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                break Err(e);
+            // are held until `clear`), valid for reads for the call.
+            match unsafe { crate::sys::writev(&*self.tap, &self.iovs.iovs) } {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other,
             }
         };
         self.iovs.clear();
@@ -643,19 +633,9 @@ impl RxWorker {
         let result = loop {
             // SAFETY: the iovecs describe guest memory checked to be mapped (guards held
             // until `clear`) and `overflow`, which we own; all valid for writes for the call.
-            let n = unsafe {
-                libc::readv(
-                    self.tap.as_raw_fd(),
-                    self.iovs.iovs.as_ptr(),
-                    self.iovs.iovs.len() as libc::c_int,
-                )
-            };
-            if n >= 0 {
-                break Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                break Err(e);
+            match unsafe { crate::sys::readv(&*self.tap, &self.iovs.iovs) } {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other,
             }
         };
         let n = match result {

@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::fuzz::net::fake_tap;
+use nix::sys::socket::MsgFlags;
+use std::os::fd::AsRawFd;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -20,27 +22,16 @@ fn memory() -> GuestRam {
 }
 
 fn send(fd: &OwnedFd, frame: &[u8]) {
-    // SAFETY: `frame` is valid for reads of its length for the call.
-    let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-    assert_eq!(n, frame.len() as isize);
+    let n = nix::sys::socket::send(fd.as_raw_fd(), frame, MsgFlags::empty());
+    assert_eq!(n, Ok(frame.len()));
 }
 
 /// The next packet on `fd`, if any.
 fn recv(fd: &OwnedFd) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 70_000];
-    // SAFETY: `buf` is valid for writes of its length for the call.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    (n >= 0).then(|| {
-        buf.truncate(n as usize);
-        buf
-    })
+    let n = nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).ok()?;
+    buf.truncate(n);
+    Some(buf)
 }
 
 struct Harness<'a> {

@@ -109,11 +109,7 @@ where
 /// A random locally administered unicast MAC address.
 pub fn random_mac() -> std::io::Result<[u8; 6]> {
     let mut mac = [0u8; 6];
-    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`, valid for the call.
-    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
-    if n != mac.len() as isize {
-        return Err(std::io::Error::last_os_error());
-    }
+    crate::sys::getrandom(&mut mac, false)?;
     mac[0] = (mac[0] & 0xfe) | 0x02;
     Ok(mac)
 }

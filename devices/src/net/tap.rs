@@ -3,21 +3,31 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use super::virtio::NET_HDR_SIZE;
 
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-/// `_IOW('T', 208, unsigned int)`.
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `_IOR('T', 210, unsigned int)`.
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 /// `_IOW('T', 216, int)`.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 /// `_IOW('T', 217, int)`.
 const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+
+// The TUN ioctls, by number (nix's `_bad` macros: TUNSETIFF is declared as taking an int but
+// reads and writes a `struct ifreq`).
+nix::ioctl_readwrite_bad!(tunsetiff, TUNSETIFF, IfReq);
+// TUNSETOFFLOAD, `_IOW('T', 208, unsigned int)` = 0x4004_54d0, takes its flags by value (as an
+// unsigned long).
+nix::ioctl_write_int!(tunsetoffload, b'T', 208);
+nix::ioctl_read_bad!(tungetiff, TUNGETIFF, IfReq);
+nix::ioctl_write_ptr_bad!(tunsetvnethdrsz, TUNSETVNETHDRSZ, libc::c_int);
+nix::ioctl_write_ptr_bad!(tunsetqueue, TUNSETQUEUE, IfReq);
 
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
@@ -122,11 +132,11 @@ impl Tap {
             req.name[..len].copy_from_slice(&name.as_bytes()[..len]);
             // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `req` is laid out
             // as and outlives the call; the descriptor is ours.
-            if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+            if let Err(e) = unsafe { tunsetiff(file.as_raw_fd(), &mut req) } {
                 return Err(TapError::Ioctl {
                     what: "TUNSETIFF",
                     name: name.to_string(),
-                    source: io::Error::last_os_error(),
+                    source: e.into(),
                 });
             }
             fds.push(OwnedFd::from(file));
@@ -156,17 +166,17 @@ impl Tap {
                     });
                 }
             }
-            set_nonblocking(fd.as_raw_fd()).map_err(|source| TapError::Fd {
+            set_nonblocking(fd.as_fd()).map_err(|source| TapError::Fd {
                 fd: fd.as_raw_fd(),
                 source,
             })?;
             let size: libc::c_int = NET_HDR_SIZE as libc::c_int;
             // SAFETY: TUNSETVNETHDRSZ reads an int from a pointer valid for the call.
-            if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &size) } < 0 {
+            if let Err(e) = unsafe { tunsetvnethdrsz(fd.as_raw_fd(), &size) } {
                 return Err(TapError::Ioctl {
                     what: "TUNSETVNETHDRSZ 12",
                     name,
-                    source: io::Error::last_os_error(),
+                    source: e.into(),
                 });
             }
         }
@@ -230,9 +240,7 @@ impl Tap {
 /// Sets the offloads a TAP descriptor's interface may hand us (all its queues share them).
 pub fn set_offload(fd: RawFd, flags: u32) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
-    if unsafe { libc::ioctl(fd, TUNSETOFFLOAD, libc::c_ulong::from(flags)) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { tunsetoffload(fd, libc::c_ulong::from(flags)) }?;
     Ok(())
 }
 
@@ -242,7 +250,7 @@ pub fn set_offload(fd: RawFd, flags: u32) -> io::Result<()> {
 /// EBADFD; it needs no capability either way. EINVAL: already in that state, or not a
 /// multi-queue TAP.
 pub fn set_queue_attached(fd: RawFd, attached: bool) -> io::Result<()> {
-    let mut req = IfReq {
+    let req = IfReq {
         name: [0; libc::IFNAMSIZ],
         flags: if attached {
             IFF_ATTACH_QUEUE
@@ -253,9 +261,7 @@ pub fn set_queue_attached(fd: RawFd, attached: bool) -> io::Result<()> {
     };
     // SAFETY: TUNSETQUEUE reads a `struct ifreq`, which `req` is laid out as and outlives
     // the call; the descriptor is borrowed for the call only.
-    if unsafe { libc::ioctl(fd, TUNSETQUEUE, &mut req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { tunsetqueue(fd, &req) }?;
     Ok(())
 }
 
@@ -267,9 +273,7 @@ fn interface(fd: RawFd) -> Option<(String, libc::c_short)> {
         _pad: [0; 22],
     };
     // SAFETY: TUNGETIFF writes a `struct ifreq` into `req`, valid for the call.
-    if unsafe { libc::ioctl(fd, TUNGETIFF, &mut req) } < 0 {
-        return None;
-    }
+    unsafe { tungetiff(fd, &mut req) }.ok()?;
     let end = req
         .name
         .iter()
@@ -281,16 +285,9 @@ fn interface(fd: RawFd) -> Option<(String, libc::c_short)> {
     ))
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
@@ -335,6 +332,13 @@ mod tests {
     use crate::net::virtio::{
         VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     };
+
+    #[test]
+    fn tunsetoffload_has_the_kernels_number() {
+        // <linux/if_tun.h>: _IOW('T', 208, unsigned int).
+        let code = nix::request_code_write!(b'T', 208, std::mem::size_of::<libc::c_int>());
+        assert_eq!(code as u64, 0x4004_54d0);
+    }
 
     #[test]
     fn guest_offloads_need_guest_csum() {

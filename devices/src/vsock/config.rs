@@ -99,14 +99,7 @@ impl TryFrom<Args> for Config {
 impl Config {
     /// Takes the inherited listener and broker socket (call once).
     pub fn open(&self) -> std::io::Result<(Option<UnixListener>, Option<Broker>)> {
-        let check = |fd: RawFd| {
-            // SAFETY: F_GETFD only reads the descriptor's flags.
-            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(fd)
-            }
-        };
+        let check = |fd: RawFd| crate::sys::check_open(fd).map(|()| fd);
         let listener = match self.listen_fd {
             // SAFETY: an inherited descriptor the command line gives this process, open
             // (checked), taken once, owned by nothing else.

@@ -49,9 +49,7 @@ const HOST_PORT_SPREAD: u32 = 1 << 29;
 /// [`HOST_PORT_SPREAD`].
 fn first_host_port() -> u32 {
     let mut bytes = [0u8; 4];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_NONBLOCK) };
-    let offset = if n == 4 {
+    let offset = if crate::sys::getrandom(&mut bytes, true).is_ok() {
         u32::from_ne_bytes(bytes) % HOST_PORT_SPREAD
     } else {
         // Not secrecy, only a different start than the predecessor's: the pid differs.
