@@ -216,7 +216,7 @@ fn stock_kernel_boots_to_an_initramfs_shell() {
     let out = common::run(cmd, Duration::from_secs(120));
     let _ = std::fs::remove_file(&initrd);
     out.assert_no_panic();
-    out.assert_line(common::initramfs::READY_LINE);
+    out.assert_guest_line(common::initramfs::READY_LINE);
     assert_eq!(
         out.code(),
         0,
@@ -567,7 +567,7 @@ fn check_disk_run(
         transport.name,
         out.stderr
     );
-    out.assert_line(&format!(
+    out.assert_guest_line(&format!(
         "{} host wrote {HOST_TEXT}",
         initramfs::DISK_PREFIX
     ));
@@ -583,7 +583,7 @@ fn check_disk_run(
         "over {} /dev/vda is {at}, not under {sysfs}",
         transport.name,
     );
-    out.assert_line(initramfs::DISK_DONE_LINE);
+    out.assert_guest_line(initramfs::DISK_DONE_LINE);
     assert_eq!(out.code(), 0, "the VM did not power off cleanly: {out:#?}");
     assert_eq!(
         image.cat(initramfs::FROM_GUEST).unwrap(),

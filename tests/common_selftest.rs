@@ -7,6 +7,8 @@ mod common;
 mod debian_kernel;
 #[path = "common_selftest/initramfs.rs"]
 mod initramfs;
+#[path = "common_selftest/output.rs"]
+mod output;
 #[path = "common_selftest/skip.rs"]
 mod skip;
 #[path = "common_selftest/soak.rs"]

@@ -148,7 +148,7 @@ fn linux_takes_bulkheads_pci_tables_under_qemu() {
     let cmdline = format!("console=ttyS0 reboot=k panic=-1 rdinit=/init {MICROVM_TIMERS}");
     let cmd = qemu("microvm,acpi=on", &kernel.vmlinux, &initrd.0, &cmdline);
     let out = common::run(cmd, QEMU_DEADLINE);
-    out.assert_line(initramfs::READY_LINE);
+    out.assert_guest_line(initramfs::READY_LINE);
     let console = &out.stdout;
     let has = |needle: &str| console.lines().any(|l| l.contains(needle));
     for needle in [

@@ -106,6 +106,30 @@ impl Output {
         );
     }
 
+    /// Asserts that stdout has `line` as one of its lines, or as the start of one that a
+    /// kernel message cut into (a Linux guest's printk and its user-space output share the
+    /// serial console: `...mkfs.ext4 -d[    2.247391] tsc: Refined TSC ...`).
+    #[allow(dead_code)] // not every test binary boots Linux
+    pub fn assert_guest_line(&self, line: &str) {
+        let cut_by_kernel = |rest: &str| {
+            rest.strip_prefix('[')
+                .and_then(|r| r.split_once("] "))
+                .is_some_and(|(stamp, _)| {
+                    let stamp = stamp.trim_start();
+                    !stamp.is_empty() && stamp.chars().all(|c| c.is_ascii_digit() || c == '.')
+                })
+        };
+        assert!(
+            self.stdout.lines().any(|l| {
+                let l = l.trim_end();
+                l == line || l.strip_prefix(line).is_some_and(cut_by_kernel)
+            }),
+            "no line {line:?} in stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+
     /// Asserts that nothing panicked.
     pub fn assert_no_panic(&self) {
         assert!(
