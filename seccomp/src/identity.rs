@@ -2,17 +2,17 @@
 //! effective, saved), no capabilities in any set (bounding and ambient included), and
 //! `no_new_privs`, so that nothing executed later can gain privileges back.
 //!
-//! The set*id and capability calls are the raw ones of [`crate::pre_exec`] (libc's set*id
-//! wrappers signal every thread libc knows of, which after a raw clone are the parent's;
-//! nix has no capset): they change the calling thread only, and the caller must be
-//! single-threaded. `no_new_privs` and the read-back go through nix. Allocation-free, for
+//! The set*id and capability calls are the raw ones of [`crate::sys::pre_exec`] (libc's
+//! set*id wrappers signal every thread libc knows of, which after a raw clone are the
+//! parent's; nix has no capset): they change the calling thread only, and the caller must
+//! be single-threaded. `no_new_privs` and the read-back go through nix. Allocation-free, for
 //! a jailer's child as for a program.
 
 use nix::sys::prctl;
 use nix::unistd::{getresgid, getresuid};
 
 use crate::jail::{Failed, Step};
-use crate::pre_exec;
+use crate::sys::pre_exec;
 
 /// Drops the calling process to `uid`/`gid` with no capabilities and `no_new_privs`.
 /// Refuses uid or gid 0 (that would not be unprivileged). Needs CAP_SETUID, CAP_SETGID and

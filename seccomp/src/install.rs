@@ -32,6 +32,7 @@ use crate::mode::SeccompMode;
 use crate::report::Line;
 use crate::role::Role;
 use crate::rules::{self, Arg};
+use crate::sys::signal_handler;
 
 /// Why a filter could not be built or installed.
 #[derive(Debug, thiserror::Error)]
@@ -232,34 +233,18 @@ fn install_handler() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Offset of `si_syscall` in a SIGSYS `siginfo_t` on x86_64: after `si_signo`,
-/// `si_errno`, `si_code`, padding (16 bytes) and `si_call_addr` (8).
-const SI_SYSCALL_OFFSET: usize = 24;
-
 /// The SIGSYS handler: async-signal-safe (no allocation, no locks, only `write`,
-/// `prctl(PR_GET_NAME)`, `getpid`, `gettid`, `tgkill`, all in every allowlist).
+/// `prctl(PR_GET_NAME)`, `getpid`, `gettid`, `tgkill`, all in every allowlist; the raw
+/// ones are in [`crate::sys::signal_handler`]).
 extern "C" fn on_sigsys(
     _signal: libc::c_int,
     info: *mut libc::siginfo_t,
     _context: *mut libc::c_void,
 ) {
-    let nr = if info.is_null() {
-        -1
-    } else {
-        // SAFETY: for an SA_SIGINFO handler the kernel passes a valid siginfo_t (128
-        // bytes); a seccomp SIGSYS stores the call number as an int at this offset.
-        i64::from(unsafe {
-            info.cast::<u8>()
-                .add(SI_SYSCALL_OFFSET)
-                .cast::<i32>()
-                .read_unaligned()
-        })
-    };
+    // SAFETY: the kernel passes this SA_SIGINFO handler a valid SIGSYS siginfo_t.
+    let nr = unsafe { signal_handler::sigsys_syscall_nr(info) };
     let mut thread = [0u8; 17];
-    // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL included) into the buffer, which
-    // has 17.
-    unsafe { libc::prctl(libc::PR_GET_NAME, thread.as_mut_ptr()) };
-    let thread_len = thread.iter().position(|&b| b == 0).unwrap_or(16);
+    let thread_len = signal_handler::thread_name(&mut thread);
     let role = THREAD_ROLE
         .try_with(|r| r.get())
         .ok()
@@ -272,26 +257,14 @@ extern "C" fn on_sigsys(
     // Nothing to do if stderr is gone; std's stderr handle is a static, taken lock-free.
     let _ = nix::unistd::write(std::io::stderr(), bytes);
     // The kill filter answers this with SECCOMP_RET_KILL_PROCESS (by SIGSYS); outside a
-    // pid namespace's init the reset default action would do the same. Raw: nix has no
-    // tgkill (its pthread_kill goes through libc's thread bookkeeping).
-    let (pid, tid) = (nix::unistd::getpid(), nix::unistd::gettid());
-    // SAFETY: integer arguments only; tgkill signals this very thread.
-    unsafe { libc::syscall(libc::SYS_tgkill, pid.as_raw(), tid.as_raw(), libc::SIGSYS) };
+    // pid namespace's init the reset default action would do the same.
+    signal_handler::tgkill_self_sigsys();
 }
 
-/// The program's name, the last component of the path it was executed by (the
-/// auxiliary vector's `AT_EXECFN`), copied into `out` without allocating; returns its
-/// length.
+/// The program's name, the last component of the path it was executed by, copied into
+/// `out` without allocating; returns its length.
 fn program_name(out: &mut [u8; 17]) -> usize {
-    // SAFETY: getauxval reads the process's auxiliary vector.
-    let path = unsafe { libc::getauxval(libc::AT_EXECFN) } as *const libc::c_char;
-    if path.is_null() {
-        return 0;
-    }
-    // SAFETY: AT_EXECFN, when present, points at the NUL-terminated path the program was
-    // executed by, valid (and unchanged) for the process's life. CStr::from_ptr only
-    // measures it: no allocation.
-    let path = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
+    let path = signal_handler::exec_path();
     let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
     let n = name.len().min(out.len());
     out[..n].copy_from_slice(&name[..n]);

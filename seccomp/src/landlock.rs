@@ -7,7 +7,7 @@
 //! rights the kernel's ABI lacks are left out (as the kernel's own ABI would), but a kernel
 //! with no landlock at all, or one that enforced nothing, is refused. A jailer's child,
 //! between clone and exec where nothing may allocate, calls [`abi`] and [`deny_all`],
-//! the same ruleset made with bare system calls in [`crate::pre_exec`].
+//! the same ruleset made with bare system calls in [`crate::sys::pre_exec`].
 
 use std::os::fd::RawFd;
 
@@ -87,22 +87,22 @@ fn unavailable(errno: i32) -> LandlockError {
 }
 
 /// The kernel's landlock ABI version; fails (ENOSYS, EOPNOTSUPP) where landlock is absent
-/// or disabled. Allocation-free (see [`crate::pre_exec`]).
+/// or disabled. Allocation-free (see [`crate::sys::pre_exec`]).
 pub fn abi() -> Result<u32, Failed> {
-    crate::pre_exec::landlock_abi()
+    crate::sys::pre_exec::landlock_abi()
 }
 
 /// Every filesystem access right ABI `abi` knows, up to ABI 5.
 pub fn handled_fs(abi: u32) -> u64 {
-    crate::pre_exec::landlock_handled_fs(abi)
+    crate::sys::pre_exec::landlock_handled_fs(abi)
 }
 
 /// Enforces a ruleset that handles every filesystem right of `abi` and grants none, except
 /// execute and read on the file `exec_fd` when given (a jailer's foreign binary). Needs
 /// `no_new_privs` (or CAP_SYS_ADMIN). Allocation-free, for a jailer's child between clone
-/// and exec (see [`crate::pre_exec`]); a program confining itself uses [`deny_all_fs`].
+/// and exec (see [`crate::sys::pre_exec`]); a program confining itself uses [`deny_all_fs`].
 pub fn deny_all(abi: u32, exec_fd: Option<RawFd>) -> Result<(), Failed> {
-    crate::pre_exec::landlock_deny_all(abi, exec_fd)
+    crate::sys::pre_exec::landlock_deny_all(abi, exec_fd)
 }
 
 #[cfg(test)]

@@ -15,8 +15,6 @@ pub mod identity;
 pub mod jail;
 /// Landlock denying all filesystem access.
 pub mod landlock;
-/// The raw system calls kept for a jailer's child between clone and exec.
-mod pre_exec;
 /// An empty read-only root (pivot_root into a tmpfs).
 pub mod root;
 
@@ -34,6 +32,8 @@ pub mod report;
 pub mod role;
 /// Each role's allowlist as Rust data, with a reason per rule.
 pub mod rules;
+/// Every raw libc call of the crate, one submodule per reason (pre-exec, signal handler).
+mod sys;
 /// Starting named, confined threads; confining a library's thread at its first event.
 pub mod thread;
 
