@@ -59,3 +59,31 @@ pub fn wait(pidfd: BorrowedFd<'_>, options: i32) -> io::Result<Option<Ended>> {
         status,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_signalled_child_is_reaped_with_its_signal() {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("starting sleep");
+        let pidfd = crate::sys::pidfd_open(child.id() as i32).expect("pidfd_open");
+        let running = wait(pidfd.as_fd(), libc::WEXITED | libc::WNOHANG).expect("waitid");
+        assert_eq!(running, None, "sleep reported as ended while it runs");
+        send_signal(pidfd.as_fd(), libc::SIGKILL).expect("pidfd_send_signal");
+        let ended = wait(pidfd.as_fd(), libc::WEXITED).expect("waitid");
+        assert_eq!(
+            ended,
+            Some(Ended {
+                code: libc::CLD_KILLED,
+                status: libc::SIGKILL
+            })
+        );
+        // Reaped through the pidfd: std's handle has nothing left to wait for.
+        drop(child);
+    }
+}
