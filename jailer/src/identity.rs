@@ -20,7 +20,7 @@
 //! costs a longer search, never a shared uid.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -218,13 +218,11 @@ impl Hint {
     fn lock(path: &Path) -> Result<Hint, IdentityError> {
         let file = run_dir::open_lock(path)?;
         loop {
-            // SAFETY: flock on a descriptor `file` owns, for the call; blocking: the
-            // holder is another launcher's allocation, a few lock attempts long (the lock
-            // goes with the descriptor, closed on drop, or with the process).
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            // Blocking: the holder is another launcher's allocation, a few lock attempts
+            // long (the lock goes with the descriptor, closed on drop, or with the process).
+            let Err(source) = bulkhead::sys::files::flock(file.as_fd(), libc::LOCK_EX) else {
                 return Ok(Hint { file });
-            }
-            let source = std::io::Error::last_os_error();
+            };
             if source.kind() != std::io::ErrorKind::Interrupted {
                 return Err(IdentityError::RunDir(RunDirError::Io {
                     what: "locking",

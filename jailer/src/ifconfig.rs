@@ -4,7 +4,7 @@
 //! starting a process each (4 `ip` runs cost 17–25 ms of a VM's start on the CI host).
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// `struct ifreq` with its flags member.
 #[repr(C)]
@@ -102,11 +102,7 @@ impl Ifconfig {
     fn ioctl<T>(&self, request: libc::c_ulong, req: &mut T) -> std::io::Result<()> {
         // SAFETY: `req` is one of the `struct ifreq` layouts above (40 bytes, the kernel's
         // size), valid for reading and writing across the call; the socket is ours.
-        let rc = unsafe { libc::ioctl(self.socket.as_raw_fd(), request, req as *mut T) };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        unsafe { bulkhead::sys::files::ioctl_mut(self.socket.as_fd(), request, req) }
     }
 }
 

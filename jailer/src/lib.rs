@@ -4,5 +4,5 @@
 /// Starting a program in namespaces, a cgroup, an empty root, with only the fds it is given.
 pub mod jail;
 
-/// The raw system calls nix cannot make (a table of reasons), outside the jail's clone child.
+/// Every raw system call of the package (a table of reasons), the jail's clone child included.
 pub mod sys;

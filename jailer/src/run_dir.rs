@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -94,11 +94,10 @@ pub fn open_lock(path: &Path) -> Result<File, RunDirError> {
 /// lock lasts as long as the open file (std's `File::try_lock` is newer than our MSRV).
 pub fn try_lock(file: &File, path: &Path) -> Result<bool, RunDirError> {
     loop {
-        // SAFETY: flock on a descriptor `file` owns and keeps open for the call.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        let Err(source) = bulkhead::sys::files::flock(file.as_fd(), libc::LOCK_EX | libc::LOCK_NB)
+        else {
             return Ok(true);
-        }
-        let source = io::Error::last_os_error();
+        };
         match source.raw_os_error() {
             Some(libc::EWOULDBLOCK) => return Ok(false),
             Some(libc::EINTR) => continue,

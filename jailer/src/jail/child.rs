@@ -2,7 +2,7 @@
 //! races, and its cgroup, removed once it is reaped.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
@@ -123,22 +123,10 @@ impl JailedChild {
         if self.status.is_some() {
             return Ok(());
         }
-        // SAFETY: a pidfd owned by self; a null siginfo and flags 0.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0u32,
-            )
-        };
-        if ret == -1 {
+        if let Err(e) = crate::sys::pidfd::send_signal(self.pidfd.as_fd(), signal) {
             return Err(io::Error::other(format!(
-                "signalling jailed process {} ({}): {}",
-                self.pid,
-                self.id,
-                io::Error::last_os_error()
+                "signalling jailed process {} ({}): {e}",
+                self.pid, self.id
             )));
         }
         Ok(())
@@ -162,33 +150,19 @@ impl JailedChild {
         if let Some(status) = self.status {
             return Ok(Some(status));
         }
-        // SAFETY: siginfo_t is plain data; zeroed means "no child changed state".
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: a pidfd owned by self and a valid siginfo_t to fill.
-        let ret = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                self.pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED | flags,
-            )
-        };
-        if ret == -1 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(None);
+        let ended = match crate::sys::pidfd::wait(self.pidfd.as_fd(), libc::WEXITED | flags) {
+            Ok(Some(ended)) => ended,
+            Ok(None) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
+            Err(e) => {
+                return Err(io::Error::other(format!(
+                    "waiting for jailed process {} ({}): {e}",
+                    self.pid, self.id
+                )))
             }
-            return Err(io::Error::other(format!(
-                "waiting for jailed process {} ({}): {e}",
-                self.pid, self.id
-            )));
-        }
-        // SAFETY: waitid filled `info` for a child (si_pid 0 means none changed state).
-        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-        if pid == 0 {
-            return Ok(None);
-        }
-        let status = match info.si_code {
+        };
+        let status = ended.status;
+        let status = match ended.code {
             libc::CLD_EXITED => ExitStatus::from_raw((status & 0xff) << 8),
             libc::CLD_DUMPED => ExitStatus::from_raw((status & 0x7f) | 0x80),
             _ => ExitStatus::from_raw(status & 0x7f),

@@ -13,12 +13,13 @@
 use std::ffi::{c_char, CString};
 use std::fmt;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 use bulkhead_seccomp::jail::{Failed, Step};
 
 use super::fds::FdPlan;
 use super::rlimits::{self, Limit};
+use crate::sys::jail_child::{self as sys, Cloned};
 
 /// What the child executes.
 pub(crate) enum Exec {
@@ -192,58 +193,14 @@ impl ChildFailure {
     }
 }
 
-/// `struct clone_args` of clone3(2).
-#[repr(C, align(8))]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-/// `CLONE_INTO_CGROUP` (Linux 5.7), not in the libc crate.
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
 /// Clones the child with `plan.flags` and a pidfd (and into its v2 cgroup); the child runs the plan and never
 /// returns. Returns the child's pid (in the parent's namespace) and its pidfd.
 pub(crate) fn spawn(plan: &mut ChildPlan) -> io::Result<(i32, OwnedFd)> {
-    let mut pidfd: RawFd = -1;
-    let mut args = CloneArgs {
-        flags: plan.flags | libc::CLONE_PIDFD as u64,
-        pidfd: &mut pidfd as *mut RawFd as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..CloneArgs::default()
-    };
-    if let Some(cgroup) = plan.into_cgroup {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = cgroup as u64;
-    }
-    // SAFETY: a valid clone_args of the size passed; no CLONE_VM and no stack, so the child
-    // runs on a copy of this stack like after fork, and only runs `child`, which never
-    // returns and does not allocate.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    match ret {
-        -1 => Err(io::Error::last_os_error()),
-        0 => child(plan),
-        pid => {
-            // SAFETY: clone3 with CLONE_PIDFD stored a new pidfd that nothing else owns.
-            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-            Ok((pid as i32, pidfd))
-        }
+    // SAFETY: the child only runs `child`, which uses the prepared plan, does not allocate
+    // and never returns (it execs or leaves with `exit_now`).
+    match unsafe { sys::clone3(plan.flags, plan.into_cgroup) }? {
+        Cloned::Child => child(plan),
+        Cloned::Parent { pid, pidfd } => Ok((pid, pidfd)),
     }
 }
 
@@ -253,96 +210,53 @@ fn child(plan: &mut ChildPlan) -> ! {
         Err(failure) => failure,
     };
     let report = failure.encode();
-    // SAFETY: writing a stack buffer to the report pipe, then leaving without running any
-    // of the parent's atexit handlers or destructors.
-    unsafe {
-        libc::write(plan.report, report.as_ptr().cast(), report.len());
-        libc::_exit(127)
-    }
+    // The report is best effort: the parent reads end-of-file as an exec if it is lost.
+    let _ = sys::write(plan.report, &report);
+    sys::exit_now(127)
 }
 
 enum Never {}
 
+/// The errno of a failed `step` as a report.
+fn at(step: ChildStep) -> impl Fn(i32) -> ChildFailure {
+    move |errno| ChildFailure::Child { step, errno }
+}
+
 fn run(plan: &mut ChildPlan) -> Result<Never, ChildFailure> {
     use ChildStep as S;
-    // SAFETY: an empty set on the stack; the mask and SIGPIPE are reset because the jailer
-    // may block or ignore signals that the program expects to receive.
-    unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        sys(
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()),
-            S::Signals,
-        )?;
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-    // SAFETY: prctl with integer arguments only.
-    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    sys(ret, S::DeathSignal)?;
+    sys::reset_signals().map_err(at(S::Signals))?;
+    sys::die_with_parent().map_err(at(S::DeathSignal))?;
     for &tasks in &plan.cgroup_tasks {
-        // SAFETY: a `tasks` file the parent opened for writing; "0" is this thread, the
-        // only one of this process.
-        let n = unsafe { libc::write(tasks, c"0".as_ptr().cast(), 1) };
-        if n != 1 {
-            return Err(last(S::Cgroup));
+        // "0" is this thread, the only one of this process.
+        match sys::write(tasks, b"0") {
+            Ok(1) => {}
+            _ => return Err(at(S::Cgroup)(sys::errno())),
         }
     }
     wait_for_parent(plan)?;
     if let Some(netns) = plan.netns {
-        // SAFETY: `netns` is a namespace fd opened by the parent before clone.
-        let ret = unsafe { libc::setns(netns, libc::CLONE_NEWNET) };
-        sys(ret, S::JoinNetns)?;
+        sys::join_netns(netns).map_err(at(S::JoinNetns))?;
     }
-    // SAFETY: changes only the propagation of this (new) mount namespace; constant strings.
-    let ret = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    };
-    sys(ret, S::PrivateMounts)?;
-    let name = plan.hostname.as_bytes();
-    // SAFETY: a buffer of the length passed, in this (new) UTS namespace.
-    let ret = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    sys(ret, S::Hostname)?;
+    sys::make_mounts_private().map_err(at(S::PrivateMounts))?;
+    sys::set_hostname(plan.hostname.as_bytes()).map_err(at(S::Hostname))?;
     let mut extra = [plan.report, exec_fd(&plan.exec)];
     let keep = if extra[1] >= 0 { 2 } else { 1 };
-    plan.fds
-        .place(&mut extra[..keep])
-        .map_err(|errno| ChildFailure::Child {
-            step: S::Fds,
-            errno,
-        })?;
+    plan.fds.place(&mut extra[..keep]).map_err(at(S::Fds))?;
     plan.report = extra[0];
-    rlimits::apply(&plan.rlimits).map_err(|errno| ChildFailure::Child {
-        step: S::Rlimits,
-        errno,
-    })?;
+    rlimits::apply(&plan.rlimits).map_err(at(S::Rlimits))?;
     if let Some(jail) = plan.in_child {
         finish(jail, extra[1]).map_err(ChildFailure::Finish)?;
     }
-    match &plan.exec {
-        // SAFETY: NUL-terminated path; argv and envp are null-terminated arrays of pointers
-        // into `plan.strings`, alive until exec.
-        Exec::Path(path) => unsafe {
-            libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
-        },
-        // SAFETY: as above, with the moved binary fd and an empty path (AT_EMPTY_PATH).
+    let errno = match &plan.exec {
+        // SAFETY: argv and envp are null-terminated arrays of pointers into
+        // `plan._strings`, alive until exec.
+        Exec::Path(path) => unsafe { sys::execve(path, plan.argv.as_ptr(), plan.envp.as_ptr()) },
+        // SAFETY: as above, with the moved binary fd.
         Exec::Fd(_) => unsafe {
-            libc::syscall(
-                libc::SYS_execveat,
-                extra[1],
-                c"".as_ptr(),
-                plan.argv.as_ptr(),
-                plan.envp.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            );
+            sys::execveat_fd(extra[1], plan.argv.as_ptr(), plan.envp.as_ptr())
         },
-    }
-    Err(last(S::Exec))
+    };
+    Err(at(S::Exec)(errno))
 }
 
 fn exec_fd(exec: &Exec) -> RawFd {
@@ -354,22 +268,19 @@ fn exec_fd(exec: &Exec) -> RawFd {
 
 /// Blocks until the parent writes its byte; end-of-file means it is gone or gave up.
 fn wait_for_parent(plan: &ChildPlan) -> Result<(), ChildFailure> {
-    // SAFETY: the child's copy of the parent's end, closed once so that EOF can be seen.
-    unsafe { libc::close(plan.sync_write) };
-    let mut byte = 0u8;
+    // The child's copy of the parent's end, closed once so that end-of-file can be seen.
+    sys::close(plan.sync_write);
     loop {
-        // SAFETY: a one-byte stack buffer.
-        let n = unsafe { libc::read(plan.sync_read, (&mut byte as *mut u8).cast(), 1) };
-        match n {
-            1 => break,
-            // SAFETY: leaving quietly: the parent is gone or has given up on this child.
-            0 => unsafe { libc::_exit(127) },
-            _ if errno() == libc::EINTR => continue,
-            _ => return Err(last(ChildStep::Sync)),
+        match sys::read_byte(plan.sync_read) {
+            Ok(Some(_)) => break,
+            // Leaving quietly: the parent is gone or has given up on this child.
+            Ok(None) => sys::exit_now(127),
+            Err(libc::EINTR) => continue,
+            Err(errno) => return Err(at(ChildStep::Sync)(errno)),
         }
     }
-    // SAFETY: the child's read end, no longer needed.
-    unsafe { libc::close(plan.sync_read) };
+    // The child's read end, no longer needed.
+    sys::close(plan.sync_read);
     Ok(())
 }
 
@@ -382,25 +293,6 @@ fn finish(jail: InChild, exec_fd: RawFd) -> Result<(), Failed> {
         bulkhead_seccomp::landlock::deny_all(abi, Some(exec_fd))?;
     }
     Ok(())
-}
-
-fn sys(ret: i32, step: ChildStep) -> Result<(), ChildFailure> {
-    if ret == -1 {
-        Err(last(step))
-    } else {
-        Ok(())
-    }
-}
-
-fn last(step: ChildStep) -> ChildFailure {
-    ChildFailure::Child {
-        step,
-        errno: errno(),
-    }
-}
-
-fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 #[cfg(test)]

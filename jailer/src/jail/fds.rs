@@ -9,6 +9,8 @@
 
 use std::os::fd::RawFd;
 
+use crate::sys::jail_child as sys;
+
 /// Why a list of fd pairs was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FdPlanError {
@@ -69,52 +71,23 @@ impl FdPlan {
     /// close-on-exec copies. On failure, the errno.
     pub(crate) fn place(&mut self, extra: &mut [RawFd]) -> Result<(), i32> {
         for fd in extra.iter_mut() {
-            *fd = dup_high(*fd, self.base)?;
+            *fd = sys::dup_cloexec_above(*fd, self.base)?;
         }
         for (copy, &(from, _)) in self.copies.iter_mut().zip(&self.pairs) {
-            *copy = dup_high(from, self.base)?;
+            *copy = sys::dup_cloexec_above(from, self.base)?;
         }
         for (&copy, &(_, to)) in self.copies.iter().zip(&self.pairs) {
-            // SAFETY: both are fds of this process; dup2 leaves `to` without close-on-exec.
-            if unsafe { libc::dup2(copy, to) } == -1 {
-                return Err(errno());
-            }
+            sys::dup2(copy, to)?;
         }
         for fd in 0..=self.max_to {
             if !self.pairs.iter().any(|&(_, to)| to == fd) {
-                // SAFETY: closing a number this process does not keep; EBADF is harmless.
-                unsafe { libc::close(fd) };
+                sys::close(fd);
             }
         }
-        // SAFETY: integer arguments only; marks (does not close) every fd above the targets,
-        // so the copies and `extra` stay usable until exec.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                (self.max_to + 1) as u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            )
-        };
-        if ret == -1 {
-            return Err(errno());
-        }
-        Ok(())
+        // Marks (does not close) every fd above the targets, so the copies and `extra` stay
+        // usable until exec.
+        sys::cloexec_from((self.max_to + 1) as u32)
     }
-}
-
-fn dup_high(fd: RawFd, base: RawFd) -> Result<RawFd, i32> {
-    // SAFETY: F_DUPFD_CLOEXEC on an fd of this process creates a new fd at or above `base`.
-    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base) };
-    if copy == -1 {
-        Err(errno())
-    } else {
-        Ok(copy)
-    }
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 #[cfg(test)]

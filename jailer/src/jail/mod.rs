@@ -22,7 +22,7 @@ mod rlimits;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -387,23 +387,9 @@ impl Prepared {
         drop(self.sync_read);
         drop(self.report_write);
         let abort = |pidfd: &OwnedFd| {
-            // SAFETY: signalling and reaping our own child through its pidfd.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    libc::SIGKILL,
-                    0usize,
-                    0u32,
-                );
-                let mut info: libc::siginfo_t = std::mem::zeroed();
-                libc::waitid(
-                    libc::P_PIDFD,
-                    pidfd.as_raw_fd() as libc::id_t,
-                    &mut info,
-                    libc::WEXITED,
-                );
-            }
+            // Best effort: kill and reap our own child through its pidfd.
+            let _ = crate::sys::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
+            let _ = crate::sys::pidfd::wait(pidfd.as_fd(), libc::WEXITED);
         };
         if let Some(cgroup) = move_into {
             if let Err(e) = cgroup.add(pid) {

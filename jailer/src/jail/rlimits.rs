@@ -34,14 +34,7 @@ impl Rlimits {
 /// Sets each prepared limit (soft = hard). Allocation-free; on failure, the errno.
 pub(crate) fn apply(limits: &[Option<Limit>; 3]) -> Result<(), i32> {
     for limit in limits.iter().flatten() {
-        let value = libc::rlimit {
-            rlim_cur: limit.value,
-            rlim_max: limit.value,
-        };
-        // SAFETY: a valid rlimit struct for the duration of the call.
-        if unsafe { libc::setrlimit(limit.resource, &value) } == -1 {
-            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-        }
+        crate::sys::jail_child::set_rlimit(limit.resource, limit.value)?;
     }
     Ok(())
 }

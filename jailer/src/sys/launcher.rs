@@ -1,26 +1,5 @@
-//! Where nix falls short: the raw system calls the launcher and `bulkhead-jailer` still
-//! make themselves outside the jail's clone child. Everything else goes through nix's safe
-//! wrappers.
-//!
-//! The jail's child, between `clone3` and `exec`, makes its calls raw in its own module
-//! (`jail/clone.rs`, with the fd placement of `jail/fds.rs` and the limits of
-//! `jail/rlimits.rs` it calls): it may not allocate or take a lock (the parent is
-//! multi-threaded), and `clone3`, `execveat`, `close_range` have no nix wrapper. The
-//! parent's side of that child (`jail/child.rs`, `jail/mod.rs`) keeps `waitid(P_PIDFD)`
-//! raw (nix's turns a real-time signal, such as the vmm's kick, into an error, where the
-//! exit status must be reported) and `pidfd_send_signal` (no wrapper). Ioctls (TUN,
-//! interface flags) and `flock` (nix 0.32 deprecates its `flock` for an owning `Flock`
-//! that would change who holds the lock) stay where they are used.
-//!
-//! | Call | Why not nix |
-//! |---|---|
-//! | `sigtimedwait` | nix has `sigwait` only, with no timeout |
-//! | `prlimit` on another process | nix has `setrlimit` (own process) only |
-//! | `pidfd_open` | no wrapper in nix 0.32 |
-//! | `sched_setscheduler(SCHED_IDLE)` | nix's `sched` has affinity only |
-//! | `seccomp(SECCOMP_GET_ACTION_AVAIL)` | no wrapper in nix |
-//! | `setgroups(0, NULL)` as a system call | glibc's (and so nix's) applies it to every thread; `open_as` changes only the calling thread |
-//! | the pre-exec steps of a plain (not jailed) child: `fcntl(F_DUPFD_CLOEXEC)`, `dup2` onto fixed numbers, `setsid`, `PR_SET_PDEATHSIG`, `getppid` | run between fork and exec on fd numbers that no Rust object owns in the child; nix's `dup2` wants an `OwnedFd` target that it would close on drop |
+//! The launcher's own raw calls (outside any child): calls nix has no wrapper for, or
+//! whose nix wrapper makes a different system call or acts on every thread.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -99,54 +78,6 @@ pub fn drop_groups_this_thread() -> io::Result<()> {
     // SAFETY: setgroups with size 0 reads no memory.
     if unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) } != 0 {
         return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The most fds a plain child is given by [`place_fds`].
-pub const MAX_PLACED_FDS: usize = 64;
-
-/// In a forked child (allocation-free): makes each `(from, to)` fd available as `to`,
-/// inheritable. Goes through temporary copies so that a `from` equal to another pair's `to`
-/// is not clobbered.
-pub fn place_fds(pairs: &[(RawFd, RawFd)]) -> io::Result<()> {
-    const TEMP_BASE: RawFd = 100;
-    let mut temps = [0 as RawFd; MAX_PLACED_FDS];
-    if pairs.len() > temps.len() {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    for (i, (from, _)) in pairs.iter().enumerate() {
-        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an fd number; no memory is touched.
-        let t = unsafe { libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, TEMP_BASE) };
-        if t < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        temps[i] = t;
-    }
-    for (i, (_, to)) in pairs.iter().enumerate() {
-        // SAFETY: dup2 between fds of this (child) process; the new fd does not have
-        // FD_CLOEXEC, so it survives exec.
-        if unsafe { libc::dup2(temps[i], *to) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// In a forked child (allocation-free): a session of its own, and death with the parent
-/// (`signal`); fails if the parent is already gone.
-pub fn detach_and_tie_to_parent(signal: Signal) -> io::Result<()> {
-    // SAFETY: setsid, prctl(PR_SET_PDEATHSIG) and getppid touch no memory of ours.
-    unsafe {
-        if libc::setsid() < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_int) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::getppid() == 1 {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
-        }
     }
     Ok(())
 }
