@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use bulkhead_protocol::{LauncherChannel, ToLauncher, ToProcess};
@@ -57,45 +57,12 @@ fn child_backend() {
 /// `program` with `args` in a process of its own; `inherit` are descriptors it inherits
 /// (their numbers appear in `args`). Its stderr is piped (RUST_LOG=info).
 fn backend(program: &str, args: &str, inherit: &[RawFd]) -> Child {
-    for &fd in inherit {
-        // SAFETY: clears FD_CLOEXEC on a descriptor the caller owns, so the child has it.
-        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
-    }
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_backend",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, format!("{program} {args}"))
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    common::child::spawn(CHILD_ENV, &format!("{program} {args}"), inherit)
 }
 
 /// Waits (at most 10 s) for `child`; its status and stderr.
-fn finish(mut child: Child) -> (std::process::ExitStatus, String) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the backend did not exit within 10 s\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn finish(child: Child) -> (std::process::ExitStatus, String) {
+    common::child::finish(child, Duration::from_secs(10))
 }
 
 /// A console frontend: negotiated, memory shared, both queues running.

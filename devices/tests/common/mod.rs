@@ -5,6 +5,7 @@
 //! Each test binary compiles this module for itself and uses only part of it.
 #![allow(dead_code)]
 
+pub mod child;
 #[path = "../../../tests/common/skip.rs"]
 pub mod skip;
 

@@ -7,8 +7,8 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output};
+use std::time::Duration;
 
 use crate::common::{self, guest_memory, Mem, Ring, PROTOCOL_FEATURES_BIT};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -58,24 +58,7 @@ pub fn child_main() {
 /// `bulkhead-blk` with `args` in a process of its own, inheriting `inherit` (their numbers
 /// appear in `args`); stderr piped, RUST_LOG=info.
 pub fn backend(args: &str, inherit: &[RawFd]) -> Child {
-    for &fd in inherit {
-        // SAFETY: clears FD_CLOEXEC on a descriptor the caller owns, so the child has it.
-        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
-    }
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_backend",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    common::child::spawn(CHILD_ENV, args, inherit)
 }
 
 /// `bulkhead-blk` serving a connected socket (one frontend; it exits when that goes),
@@ -91,24 +74,8 @@ pub fn serve(args: &str, inherit: &[RawFd]) -> (Child, Blk) {
 }
 
 /// Waits (at most 20 s) for `child`; its status and stderr.
-pub fn finish(mut child: Child) -> (std::process::ExitStatus, String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the backend did not exit within 20 s\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+pub fn finish(child: Child) -> (std::process::ExitStatus, String) {
+    common::child::finish(child, Duration::from_secs(20))
 }
 
 /// The virtio-blk driver side: one queue, requests one at a time.
