@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use kvm_bindings::kvm_cpuid_entry2;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -96,6 +97,12 @@ pub enum BuildError {
     /// A vCPU could not be set up.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The KVM CPUID table the launcher handed over is unreadable or no table.
+    #[error("reading the KVM CPUID table the launcher handed over")]
+    CpuidTable(#[source] std::io::Error),
+    /// KVM could not say which CPUID it supports.
+    #[error("asking KVM which CPUID it supports (KVM_GET_SUPPORTED_CPUID)")]
+    SupportedCpuid(#[source] kvm_ioctls::Error),
     /// A virtio-pci function could not be made.
     #[error(transparent)]
     VirtioPci(#[from] crate::virtio::pci::VirtioPciError),
@@ -113,18 +120,20 @@ pub fn build(config: VmConfig) -> Result<Vm, BuildError> {
 /// [`Prepared::finish`].
 pub struct Prepared {
     config: VmConfig,
-    kvm: Kvm,
     memory: GuestMemory,
     vm_fd: VmFd,
     io: IoBuses,
     serial: Arc<Mutex<SerialDevice>>,
     keyboard: Arc<Mutex<I8042>>,
     max_file_size: Option<u64>,
+    vcpus: Vec<VcpuFd>,
 }
 
 /// The first half of building: opens the kernel and initrd if they are not open yet,
-/// opens /dev/kvm, creates guest memory and the KVM VM and the legacy devices, and connects
-/// backend sockets given by path (a connect sends no message). Everything here needs the host's filesystem or privileges; nothing parses
+/// opens /dev/kvm, creates guest memory, the KVM VM, its vCPUs (all but the boot vCPU's
+/// entry state, which needs the kernel) and the legacy devices, and connects backend
+/// sockets given by path (a connect sends no message). The vCPUs are made here, before the
+/// jail, because here the vmm waits anyway: for the launcher's handshake and the backends. Everything here needs the host's filesystem or privileges; nothing parses
 /// untrusted bytes.
 pub fn prepare(mut config: VmConfig) -> Result<Prepared, BuildError> {
     config.validate()?;
@@ -135,6 +144,11 @@ pub fn prepare(mut config: VmConfig) -> Result<Prepared, BuildError> {
     crate::trace::mark(crate::trace::Step::Memory);
     let vm_fd = kvm_vm::create(&kvm, &memory.mem)?;
     crate::trace::mark(crate::trace::Step::VmCreated);
+    let supported = supported_cpuid(&kvm, config.kvm_cpuid.as_deref())?;
+    let vcpus = (0..u32::from(config.cpus))
+        .map(|i| vcpu::create(&vm_fd, i, config.cpus.into(), &supported))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::trace::mark(crate::trace::Step::VcpusCreated);
     let LegacyDevices {
         io,
         serial,
@@ -147,14 +161,48 @@ pub fn prepare(mut config: VmConfig) -> Result<Prepared, BuildError> {
     }
     Ok(Prepared {
         config,
-        kvm,
         memory,
         vm_fd,
         io,
         serial,
         keyboard,
         max_file_size,
+        vcpus,
     })
+}
+
+/// KVM's supported CPUID: from the table the launcher handed over (`table`), else asked of
+/// KVM.
+fn supported_cpuid(
+    kvm: &Kvm,
+    table: Option<&std::fs::File>,
+) -> Result<Vec<kvm_cpuid_entry2>, BuildError> {
+    use crate::kvm::cpuid_table;
+    use std::os::unix::fs::FileExt;
+    let Some(file) = table else {
+        return cpuid_table::supported(kvm).map_err(BuildError::SupportedCpuid);
+    };
+    let mut buf = vec![0u8; cpuid_table::MAX_TEXT + 1];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(BuildError::CpuidTable(e)),
+        }
+    }
+    let invalid = |why: String| {
+        BuildError::CpuidTable(std::io::Error::new(std::io::ErrorKind::InvalidData, why))
+    };
+    if len > cpuid_table::MAX_TEXT {
+        return Err(invalid(format!(
+            "longer than {} bytes",
+            cpuid_table::MAX_TEXT
+        )));
+    }
+    let text = std::str::from_utf8(&buf[..len]).map_err(|_| invalid("not text".into()))?;
+    cpuid_table::decode(text).map_err(|e| invalid(e.to_string()))
 }
 
 impl Prepared {
@@ -173,13 +221,13 @@ impl Prepared {
     pub fn finish(self) -> Result<Vm, BuildError> {
         let Prepared {
             mut config,
-            kvm,
             memory,
             vm_fd,
             mut io,
             serial,
             keyboard,
             max_file_size,
+            vcpus,
         } = self;
         let devices = std::mem::take(&mut config.devices);
         let vm_fd = Arc::new(vm_fd);
@@ -202,7 +250,9 @@ impl Prepared {
             &virtio.slots,
             config.transport,
         )?;
-        let vcpus = create_vcpus(&kvm, &vm_fd, &memory, config.cpus, &boot)?;
+        if let Some(boot_vcpu) = vcpus.first() {
+            vcpu::enter_boot(boot_vcpu, 0, &memory.mem, &boot)?;
+        }
         Ok(Vm {
             vm_fd,
             memory,
@@ -363,16 +413,4 @@ fn create_legacy_devices(vm_fd: &VmFd, serial: &SerialOutput) -> Result<LegacyDe
         keyboard,
         max_file_size,
     })
-}
-
-fn create_vcpus(
-    kvm: &Kvm,
-    vm_fd: &VmFd,
-    memory: &GuestMemory,
-    cpus: u8,
-    boot: &BootEntry,
-) -> Result<Vec<VcpuFd>, BuildError> {
-    (0..u32::from(cpus))
-        .map(|i| vcpu::create(kvm, vm_fd, &memory.mem, i, cpus.into(), boot).map_err(Into::into))
-        .collect()
 }

@@ -155,6 +155,9 @@ pub struct VmConfig {
     pub devices: Vec<VirtioDeviceConfig>,
     /// How the guest reaches them.
     pub transport: Transport,
+    /// KVM's supported CPUID as the launcher keeps it (a [`crate::kvm::cpuid_table`]);
+    /// `None`: asked of KVM.
+    pub kvm_cpuid: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// Most virtio devices with `--transport pci`: bus 0 has 32 devices, the host bridge is
@@ -240,6 +243,7 @@ impl VmConfig {
             serial_input,
             devices,
             transport: machine.transport,
+            kvm_cpuid: None,
         };
         config.validate()?;
         Ok(config)
@@ -311,6 +315,7 @@ mod tests {
                 })
                 .collect(),
             transport,
+            kvm_cpuid: None,
         }
     }
 

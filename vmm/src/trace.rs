@@ -22,6 +22,8 @@ pub enum Step {
     Memory,
     /// The VM exists with its memory region (`KVM_SET_USER_MEMORY_REGION`).
     VmCreated,
+    /// The vCPUs exist (all but the boot vCPU's entry state).
+    VcpusCreated,
     /// The jail is finished (empty root, identity, landlock).
     Jailed,
     /// The launcher's handshake is done.
@@ -38,11 +40,12 @@ pub enum Step {
     FirstLine,
 }
 
-const STEPS: [(Step, &str); 11] = [
+const STEPS: [(Step, &str); 12] = [
     (Step::Main, "main"),
     (Step::KvmOpened, "kvm-opened"),
     (Step::Memory, "guest-memory"),
     (Step::VmCreated, "vm-created"),
+    (Step::VcpusCreated, "vcpus-created"),
     (Step::Jailed, "jailed"),
     (Step::Handshake, "launcher-handshake"),
     (Step::Built, "devices-connected+kernel-loaded"),

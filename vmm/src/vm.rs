@@ -103,22 +103,22 @@ impl Vm {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let pause = Arc::new(Pause::default());
-        let report = control(VmHandle {
-            stop: tx.clone(),
-            pause: pause.clone(),
-            transports: self.transports.clone(),
-            keyboard: self.keyboard.clone(),
-        });
-        if report.is_none() {
-            for link in &self.watched {
-                link.set_restartable(false);
-            }
-        }
-        if self.serial_stdin {
-            // Detached: a blocking read on stdin cannot be interrupted; it ends with the process.
-            serial_input::spawn(std::io::stdin(), self.serial.clone(), stop.clone())
-                .map_err(|e| RunError::Thread("serial-in".into(), e))?;
-        }
+        let monitor_exit =
+            EventFd::new(0).map_err(|e| RunError::Thread("vhost-monitor".into(), e))?;
+        let monitor_exit_for_thread = if self.watched.is_empty() {
+            None
+        } else {
+            Some(
+                monitor_exit
+                    .try_clone()
+                    .map_err(|e| RunError::Thread("vhost-monitor".into(), e))?,
+            )
+        };
+        // The vCPUs first: they are the way to the guest's first instruction; the threads
+        // that serve the launcher, the signals and the serial input follow while it runs
+        // (what they serve waits meanwhile: signals are blocked, requests queue on the
+        // socket). Until `control` has said whether anyone restarts backends, a vCPU may
+        // see a restartable device's last config space instead of zeros: harmless.
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (i, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let t = run_loop::spawn(
@@ -141,19 +141,37 @@ impl Vm {
                 }
             }
         }
-        let monitor_exit =
-            EventFd::new(0).map_err(|e| RunError::Thread("vhost-monitor".into(), e))?;
-        let monitor = if self.watched.is_empty() {
-            None
-        } else {
-            let exit = monitor_exit
-                .try_clone()
-                .map_err(|e| RunError::Thread("vhost-monitor".into(), e))?;
-            let watched = std::mem::take(&mut self.watched);
-            Some(
-                monitor::spawn(watched, exit, tx.clone(), report)
-                    .map_err(|e| RunError::Thread("vhost-monitor".into(), e))?,
-            )
+        let report = control(VmHandle {
+            stop: tx.clone(),
+            pause: pause.clone(),
+            transports: self.transports.clone(),
+            keyboard: self.keyboard.clone(),
+        });
+        if report.is_none() {
+            for link in &self.watched {
+                link.set_restartable(false);
+            }
+        }
+        if self.serial_stdin {
+            // Detached: a blocking read on stdin cannot be interrupted; it ends with the process.
+            if let Err(e) = serial_input::spawn(std::io::stdin(), self.serial.clone(), stop.clone())
+            {
+                stop_vcpus(&stop, &pause, threads);
+                return Err(RunError::Thread("serial-in".into(), e));
+            }
+        }
+        let monitor = match monitor_exit_for_thread {
+            Some(exit) => {
+                let watched = std::mem::take(&mut self.watched);
+                match monitor::spawn(watched, exit, tx.clone(), report) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        stop_vcpus(&stop, &pause, threads);
+                        return Err(RunError::Thread("vhost-monitor".into(), e));
+                    }
+                }
+            }
+            None => None,
         };
         drop(tx);
         // Every thread is started: from here the main thread only waits and tears down.

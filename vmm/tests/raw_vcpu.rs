@@ -138,6 +138,7 @@ fn boot_elf(code: &[u8], cpus: u8) -> VmStop {
         serial_input: false,
         devices: Vec::new(),
         transport: Default::default(),
+        kvm_cpuid: None,
     };
     let mut vm = builder::build(config).expect("building the VM");
     vm.run().expect("running the VM")

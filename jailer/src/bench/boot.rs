@@ -33,8 +33,11 @@ struct Sample {
     first_line_us: f64,
     exit_us: f64,
     cpu_us: f64,
-    /// The launcher's own CPU (whole run) and the vmm's until it said Ready.
+    /// The launcher's own CPU and the vmm's, each until the vmm said Ready.
     start_cpu_us: f64,
+    /// The launcher's own CPU over its whole run (supervising, stopping, the deferred
+    /// sweep of what gone launchers left).
+    launcher_run_cpu_us: f64,
     overhead_kib: u64,
     peak_kib: u64,
     /// (process, step) → microseconds after the spawn.
@@ -161,6 +164,10 @@ fn summarize(path: StartPath, samples: &[Sample], args: &BenchArgs) {
         } else {
             ""
         }
+    );
+    println!(
+        "  CPU of the launcher, whole run (start, supervision, stop): {}",
+        spread(samples, |s| s.launcher_run_cpu_us)
     );
     println!(
         "  CPU of all processes, whole run (the guest's own included): {}",
@@ -338,7 +345,8 @@ fn boot_once(
             .ok_or_else(|| format!("bulkhead run did not report {name}:\n{stderr}"))
     };
     let entry_ns = field("first_entry_monotonic_ns")?;
-    let start_cpu_us = (field("launcher_cpu_us")? + field("ready_cpu_us")?) as f64;
+    let start_cpu_us = (field("launcher_ready_cpu_us")? + field("ready_cpu_us")?) as f64;
+    let launcher_run_cpu_us = field("launcher_cpu_us")? as f64;
     let peak = field("vm_hwm_kib")?;
     let shmem = field("rss_shmem_kib")?;
     let us = |t: u64| t.saturating_sub(t0) as f64 / 1e3;
@@ -353,6 +361,7 @@ fn boot_once(
         exit_us: us(exit_ns),
         cpu_us,
         start_cpu_us,
+        launcher_run_cpu_us,
         overhead_kib: peak.saturating_sub(shmem),
         peak_kib: peak,
         steps,

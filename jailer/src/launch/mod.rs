@@ -6,6 +6,7 @@ mod blk;
 pub mod chain;
 pub mod confine;
 pub mod console;
+pub mod kvm_cpuid;
 mod net;
 pub mod ready;
 pub mod recipe;

@@ -69,6 +69,9 @@ pub fn start_vmm(
             format!("file={},max-size={max_size}", file.path.display())
         }
     });
+    if let Some(table) = super::kvm_cpuid::for_vmm() {
+        files.push(("--kvm-cpuid-fd", table));
+    }
     cmd.args(["--control-fd", &SOCKET_FD.to_string()]);
     if args.report_stats {
         cmd.arg("--report-stats");

@@ -5,7 +5,7 @@
 //! 0xb, 0x1f, 0x8000_0008), the hypervisor bit, and no thermal/power-management or
 //! performance-monitoring features (leaves 0x6, 0xa), which the VMM does not emulate.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 /// Leaf 0x1 ECX: running under a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
@@ -105,16 +105,15 @@ pub fn add_timing_leaf(entries: &mut Vec<kvm_cpuid_entry2>, tsc_khz: u32) {
     });
 }
 
-/// The CPUID of vCPU `index` of `cpus`, from KVM's supported set; with the timing leaf when
-/// the TSC frequency is known.
+/// The CPUID of vCPU `index` of `cpus`, from KVM's supported set (`supported`, asked once
+/// per VM: see [`super::cpuid_table`]); with the timing leaf when the TSC frequency is known.
 pub fn for_vcpu(
-    kvm: &kvm_ioctls::Kvm,
+    supported: &[kvm_cpuid_entry2],
     index: u32,
     cpus: u32,
     tsc_khz: Option<u32>,
 ) -> Result<CpuId, kvm_ioctls::Error> {
-    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
-    let mut entries = supported.as_slice().to_vec();
+    let mut entries = supported.to_vec();
     filter(&mut entries, index, cpus);
     if let Some(khz) = tsc_khz {
         add_timing_leaf(&mut entries, khz);

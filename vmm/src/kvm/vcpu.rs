@@ -1,8 +1,8 @@
 //! Setting up a vCPU before its first run: CPUID, MSRs, FPU, LAPIC, and for the boot vCPU
 //! the registers the boot protocol asks for.
 
-use kvm_bindings::{kvm_fpu, kvm_regs};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_fpu, kvm_regs};
+use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use super::{cpuid, msrs};
@@ -65,36 +65,29 @@ pub enum VcpuError {
     },
 }
 
-/// Creates and configures vCPU `index` of `cpus`. The boot vCPU (index 0) is set up to
-/// enter `boot`; the others wait for INIT/SIPI from the guest (the in-kernel LAPIC puts
-/// them in the wait-for-SIPI state).
+/// Creates and configures vCPU `index` of `cpus` with KVM's `supported` CPUID: everything
+/// but the boot state, which [`enter_boot`] adds to the boot vCPU (index 0) once the kernel
+/// is loaded. The others wait for INIT/SIPI from the guest (the in-kernel LAPIC puts them
+/// in the wait-for-SIPI state).
 pub fn create(
-    kvm: &Kvm,
     vm: &VmFd,
-    mem: &GuestMemoryMmap,
     index: u32,
     cpus: u32,
-    boot: &BootEntry,
+    supported: &[kvm_cpuid_entry2],
 ) -> Result<VcpuFd, VcpuError> {
-    let ioctl = |what| {
-        move |source| VcpuError::Ioctl {
-            index,
-            what,
-            source,
-        }
-    };
     let vcpu = vm
         .create_vcpu(u64::from(index))
-        .map_err(ioctl("creating the vCPU"))?;
+        .map_err(ioctl(index, "creating the vCPU"))?;
     let tsc_khz = match vcpu.get_tsc_khz() {
         Ok(khz) if khz > 0 => Some(khz),
         _ => None,
     };
-    let cpuid =
-        cpuid::for_vcpu(kvm, index, cpus, tsc_khz).map_err(ioctl("getting supported CPUID"))?;
-    vcpu.set_cpuid2(&cpuid).map_err(ioctl("setting CPUID"))?;
+    let cpuid = cpuid::for_vcpu(supported, index, cpus, tsc_khz)
+        .map_err(ioctl(index, "building its CPUID"))?;
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(ioctl(index, "setting CPUID"))?;
     let msrs = msrs::boot_msrs().map_err(|source| VcpuError::Fam { index, source })?;
-    let set = vcpu.set_msrs(&msrs).map_err(ioctl("setting MSRs"))?;
+    let set = vcpu.set_msrs(&msrs).map_err(ioctl(index, "setting MSRs"))?;
     let wanted = msrs.as_slice().len();
     if set != wanted {
         return Err(VcpuError::Msrs { index, set, wanted });
@@ -104,23 +97,44 @@ pub fn create(
         mxcsr: MXCSR_DEFAULT,
         ..Default::default()
     };
-    vcpu.set_fpu(&fpu).map_err(ioctl("setting the FPU"))?;
-    let mut lapic = vcpu.get_lapic().map_err(ioctl("reading the LAPIC"))?;
+    vcpu.set_fpu(&fpu)
+        .map_err(ioctl(index, "setting the FPU"))?;
+    let mut lapic = vcpu
+        .get_lapic()
+        .map_err(ioctl(index, "reading the LAPIC"))?;
     set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
     set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
-    vcpu.set_lapic(&lapic).map_err(ioctl("setting the LAPIC"))?;
-    if index == 0 {
-        let mut sregs = vcpu
-            .get_sregs()
-            .map_err(ioctl("reading segment registers"))?;
-        cpu_tables::setup(mem, boot.protocol, &mut sregs)
-            .map_err(|source| VcpuError::Boot { index, source })?;
-        vcpu.set_sregs(&sregs)
-            .map_err(ioctl("setting segment registers"))?;
-        vcpu.set_regs(&boot_regs(boot))
-            .map_err(ioctl("setting registers"))?;
-    }
+    vcpu.set_lapic(&lapic)
+        .map_err(ioctl(index, "setting the LAPIC"))?;
     Ok(vcpu)
+}
+
+/// Sets the boot vCPU (`index`) up to enter `boot`: its segments and page tables (written
+/// to `mem`) and its registers, as the boot protocol asks.
+pub fn enter_boot(
+    vcpu: &VcpuFd,
+    index: u32,
+    mem: &GuestMemoryMmap,
+    boot: &BootEntry,
+) -> Result<(), VcpuError> {
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(ioctl(index, "reading segment registers"))?;
+    cpu_tables::setup(mem, boot.protocol, &mut sregs)
+        .map_err(|source| VcpuError::Boot { index, source })?;
+    vcpu.set_sregs(&sregs)
+        .map_err(ioctl(index, "setting segment registers"))?;
+    vcpu.set_regs(&boot_regs(boot))
+        .map_err(ioctl(index, "setting registers"))
+}
+
+/// The error of vCPU `index`'s ioctl doing `what`.
+fn ioctl(index: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Ioctl {
+        index,
+        what,
+        source,
+    }
 }
 
 /// The general registers at entry: RIP at the entry point, the boot information in RSI

@@ -200,6 +200,7 @@ fn config(args: &VmmArgs) -> Result<VmConfig, Box<dyn std::error::Error>> {
     if let Some(f) = &mut config.boot.initrd {
         f.opened = adopt("initrd", args.initrd_fd)?;
     }
+    config.kvm_cpuid = adopt("KVM CPUID table", args.kvm_cpuid_fd)?;
     let serial = adopt("serial file", args.serial_fd)?;
     match (&mut config.serial, serial) {
         (SerialOutput::File { file, .. }, Some(opened)) => file.opened = Some(opened),
