@@ -20,9 +20,7 @@
 mod common;
 
 use common::report_line::restarted_as;
-use common::soak::{
-    check_blk_image, check_console_lines, stalls, Finished, Kind, SoakVm, AREA, GUEST_IP,
-};
+use common::soak::{check_blk_image, stalls, Finished, Kind, SoakVm, AREA, GUEST_IP};
 use common::transport::{assert_guest_used, Transport};
 use std::time::{Duration, Instant};
 
@@ -306,8 +304,8 @@ fn console_under(t: Transport, how: Blow) {
     let done = vm.finish(Duration::from_secs(120));
     assert_passed(t, &done, Kind::Console);
     let c = done.pass(Kind::Console);
-    let log = done.console.as_deref().unwrap_or_default();
-    let seen = check_console_lines(log, c["lines"])
+    let seen = done
+        .console_lines(c["lines"])
         .unwrap_or_else(|e| panic!("console output: {e}\n{}", done.dump()));
     eprintln!(
         "console-soak {t} {how:?} x{KILLS}: lines={} repeated={} max-stall-ms={}\n{}",

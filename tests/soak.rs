@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::soak::{check_blk_image, check_console_lines, stalls, Kind, SoakVm, AREA};
+use common::soak::{check_blk_image, stalls, Kind, SoakVm, AREA};
 use common::transport::{assert_guest_used, Transport};
 use std::time::Duration;
 
@@ -90,8 +90,9 @@ fn console_soak_lines_arrive_in_order(t: Transport) {
     assert_guest_used(t, &done.stdout);
     let c = done.pass(Kind::Console);
     assert!(c["lines"] > 0, "{}", done.dump());
-    let log = done.console.as_deref().unwrap_or_default();
-    let seen = check_console_lines(log, c["lines"]).unwrap_or_else(|e| panic!("{e}"));
+    let seen = done
+        .console_lines(c["lines"])
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(seen.repeated, 0, "nothing restarted, nothing repeats");
     eprintln!(
         "console-soak {t}: lines={} max-stall-ms={}",

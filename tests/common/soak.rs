@@ -56,6 +56,15 @@ impl Kind {
 pub const HOST_IP: &str = "10.0.2.1";
 pub const GUEST_IP: &str = "10.0.2.2";
 pub const SOAK_PORT: u16 = 7000;
+/// `max-size=` of `console-soak`'s file. The console file stops at its max-size (16 MiB by
+/// default), cut mid-line at exactly that byte, by design (`tests/output_limits.rs`); the
+/// soak writes about 20 bytes a line at over 100,000 lines a second here (1.5 to 1.9
+/// million lines, 32 to 40 MB, in the 15 s of `tests/restart.rs`), so under the default
+/// every such soak ended with a cut line (`console-soak 844416` whole, then `consol`).
+/// The file is removed when the test ends.
+pub const CONSOLE_MAX_SIZE: &str = "1G";
+/// What the console process says when its file reached its max-size.
+pub const CONSOLE_FULL: &str = "the console file reached its max-size";
 /// Sectors `blk-soak` writes over on the images here (min(capacity, 2048)).
 pub const AREA: u64 = 2048;
 /// The image: twice the area, so the half after it must stay untouched.
@@ -123,8 +132,10 @@ impl SoakVm {
             Kind::Console => {
                 let log = std::env::temp_dir().join(format!("bulkhead-{tag}.log"));
                 let _ = std::fs::remove_file(&log);
-                cmd.arg("--console")
-                    .arg(format!("file={}{device_extra}", log.display()));
+                cmd.arg("--console").arg(format!(
+                    "file={},max-size={CONSOLE_MAX_SIZE}{device_extra}",
+                    log.display()
+                ));
                 console_log = Some(log);
             }
         }
@@ -334,6 +345,18 @@ impl Finished {
         )
     }
 
+    /// Checks the console file after `console-soak` ([`check_console_lines`]), first that
+    /// it was not cut at its max-size (which would fail the check on a cut last line).
+    pub fn console_lines(&self, expected: u64) -> Result<ConsoleLines, String> {
+        if self.stderr.contains(CONSOLE_FULL) {
+            return Err(format!(
+                "{CONSOLE_FULL} ({CONSOLE_MAX_SIZE}): the soak wrote more than the test allows \
+                 for; raise CONSOLE_MAX_SIZE"
+            ));
+        }
+        check_console_lines(self.console.as_deref().unwrap_or_default(), expected)
+    }
+
     /// The counts of `PASS <scenario> k=v ...`; panics with the output if there is none.
     pub fn pass(&self, kind: Kind) -> HashMap<String, u64> {
         pass_counts(&self.stdout, kind.scenario())
@@ -439,12 +462,27 @@ pub const MAX_REPEAT: u64 = 64;
 /// Checks `console-soak`'s output: `console-soak <seq>` lines, seq 0..expected in order;
 /// after a line, the next is the one after it or (a repeat after a restart) an earlier one
 /// at most [`MAX_REPEAT`] back, from which the lines go on one by one again. A gap, a
-/// reordering, a line that is not one of them, or a missing end fails.
+/// reordering, a line that is not one of them, a last line without its newline (a cut
+/// line: `console-soak 12` cut from `console-soak 123` would otherwise pass as line 12),
+/// or a missing end fails.
 pub fn check_console_lines(log: &str, expected: u64) -> Result<ConsoleLines, String> {
     let mut next = 0u64; // the highest line seen + 1
     let mut last: Option<u64> = None;
     let mut repeated = 0u64;
-    for (i, line) in log.lines().enumerate() {
+    let whole = match log.rfind('\n') {
+        Some(end) => &log[..=end],
+        None => "",
+    };
+    let tail = &log[whole.len()..];
+    if !tail.is_empty() {
+        return Err(format!(
+            "the output ends mid-line: {tail:?} after {} whole lines ({} bytes in all: a \
+             write cut short, or the file's max-size reached)",
+            whole.lines().count(),
+            log.len()
+        ));
+    }
+    for (i, line) in whole.lines().enumerate() {
         let seq: u64 = line
             .strip_prefix("console-soak ")
             .and_then(|s| s.parse().ok())

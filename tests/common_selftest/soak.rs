@@ -30,6 +30,33 @@ fn console_check_allows_repeats_not_gaps() {
 }
 
 #[test]
+fn console_check_refuses_a_cut_last_line() {
+    // The console file's max-size cuts mid-line: `console-soak 12` of `console-soak 123`
+    // would pass as line 12 after 11, `consol` as no soak line; both are a cut.
+    let whole: String = (0..12).map(|s| format!("console-soak {s}\n")).collect();
+    assert!(check_console_lines(&whole, 12).is_ok());
+    for cut in ["console-soak 12", "consol"] {
+        let e = check_console_lines(&format!("{whole}{cut}"), 13).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "the output ends mid-line: {cut:?} after 12 whole lines"
+            )),
+            "{e}"
+        );
+    }
+    assert!(check_console_lines("console-soak 0", 1)
+        .unwrap_err()
+        .contains("mid-line"));
+    assert_eq!(
+        check_console_lines("", 0),
+        Ok(ConsoleLines {
+            lines: 0,
+            repeated: 0
+        })
+    );
+}
+
+#[test]
 fn blk_image_check_finds_a_missing_write() {
     let area = 4;
     let before = vec![0xeeu8; 8 * 512];
