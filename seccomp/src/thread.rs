@@ -13,7 +13,7 @@ use std::io;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
-use crate::install::{compile, Error};
+use crate::install::{compile, Error, Filter};
 use crate::mode::SeccompMode;
 use crate::role::Role;
 
@@ -111,6 +111,32 @@ pub fn confine_current_thread(
     let self_test = self_test_wanted(role);
     let filter = compile(role, mode)?;
     if let Some(filter) = filter {
+        if let Err(e) = filter.apply() {
+            CONFINED.with(|c| c.set(false));
+            return Err(e);
+        }
+    }
+    if self_test {
+        call_outside_every_list(role);
+    }
+    Ok(())
+}
+
+/// [`confine_current_thread`] with `role`'s filter compiled beforehand by [`compile`] in
+/// `mode` (`filter`: `None` when `mode` is `Off`), off the thread's way: a vCPU thread's
+/// is compiled while the vmm waits for its peers, so that the guest starts sooner.
+pub fn confine_current_thread_compiled(
+    name: impl FnOnce() -> String,
+    role: Role,
+    filter: Option<&Filter>,
+) -> Result<(), Error> {
+    if CONFINED.with(|c| c.replace(true)) {
+        return Ok(());
+    }
+    set_name(name());
+    let self_test = self_test_wanted(role);
+    if let Some(filter) = filter {
+        debug_assert_eq!(filter.role(), role);
         if let Err(e) = filter.apply() {
             CONFINED.with(|c| c.set(false));
             return Err(e);

@@ -40,6 +40,8 @@ pub struct Vm {
     pub serial_stdin: bool,
     /// Configured vCPUs, index order.
     pub vcpus: Vec<VcpuFd>,
+    /// The vCPU threads' seccomp filter, compiled (`None` with seccomp off).
+    pub vcpu_filter: Arc<Option<bulkhead_seccomp::Filter>>,
     /// How the guest was entered.
     pub boot: BootEntry,
     /// Backend connections to watch for hang-ups while the VM runs.
@@ -100,6 +102,9 @@ pub enum BuildError {
     /// The KVM CPUID table the launcher handed over is unreadable or no table.
     #[error("reading the KVM CPUID table the launcher handed over")]
     CpuidTable(#[source] std::io::Error),
+    /// The vCPU threads' seccomp filter could not be compiled.
+    #[error("compiling the vCPU threads' seccomp filter")]
+    VcpuFilter(#[source] bulkhead_seccomp::install::Error),
     /// KVM could not say which CPUID it supports.
     #[error("asking KVM which CPUID it supports (KVM_GET_SUPPORTED_CPUID)")]
     SupportedCpuid(#[source] kvm_ioctls::Error),
@@ -127,6 +132,7 @@ pub struct Prepared {
     keyboard: Arc<Mutex<I8042>>,
     max_file_size: Option<u64>,
     vcpus: Vec<VcpuFd>,
+    vcpu_filter: Arc<Option<bulkhead_seccomp::Filter>>,
 }
 
 /// The first half of building: opens the kernel and initrd if they are not open yet,
@@ -148,6 +154,13 @@ pub fn prepare(mut config: VmConfig) -> Result<Prepared, BuildError> {
     let vcpus = (0..u32::from(config.cpus))
         .map(|i| vcpu::create(&vm_fd, i, config.cpus.into(), &supported))
         .collect::<Result<Vec<_>, _>>()?;
+    // Compiled now, while the vmm waits for its peers, not on the vCPU thread's way to the
+    // guest (its filter is installed there).
+    let vcpu_filter = bulkhead_seccomp::compile(
+        bulkhead_seccomp::Role::Vcpu,
+        bulkhead_seccomp::mode::process_mode(),
+    )
+    .map_err(BuildError::VcpuFilter)?;
     crate::trace::mark(crate::trace::Step::VcpusCreated);
     let LegacyDevices {
         io,
@@ -168,6 +181,7 @@ pub fn prepare(mut config: VmConfig) -> Result<Prepared, BuildError> {
         keyboard,
         max_file_size,
         vcpus,
+        vcpu_filter: Arc::new(vcpu_filter),
     })
 }
 
@@ -228,6 +242,7 @@ impl Prepared {
             keyboard,
             max_file_size,
             vcpus,
+            vcpu_filter,
         } = self;
         let devices = std::mem::take(&mut config.devices);
         let vm_fd = Arc::new(vm_fd);
@@ -237,6 +252,7 @@ impl Prepared {
         };
         // The guest learns each device twice, from the same slots: on the command line
         // (minimal kernels) and in the ACPI DSDT (distribution kernels).
+        crate::trace::mark(crate::trace::Step::DevicesConnected);
         let mut boot_config = config.boot.clone();
         for slot in &virtio.slots {
             boot_config.cmdline.push(' ');
@@ -261,6 +277,7 @@ impl Prepared {
             keyboard,
             serial_stdin: config.serial == SerialOutput::Stdio && config.serial_input,
             vcpus,
+            vcpu_filter,
             boot,
             watched: virtio.watched,
             transports: virtio.transports,

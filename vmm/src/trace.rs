@@ -28,7 +28,9 @@ pub enum Step {
     Jailed,
     /// The launcher's handshake is done.
     Handshake,
-    /// The backends are set up over vhost-user and the kernel is loaded: ready to run.
+    /// Every backend answered the vhost-user handshake (the virtio devices exist).
+    DevicesConnected,
+    /// The kernel is loaded and the boot vCPU set to enter it: ready to run.
     Built,
     /// `Ready` was sent to the launcher.
     Ready,
@@ -40,7 +42,7 @@ pub enum Step {
     FirstLine,
 }
 
-const STEPS: [(Step, &str); 12] = [
+const STEPS: [(Step, &str); 13] = [
     (Step::Main, "main"),
     (Step::KvmOpened, "kvm-opened"),
     (Step::Memory, "guest-memory"),
@@ -48,7 +50,8 @@ const STEPS: [(Step, &str); 12] = [
     (Step::VcpusCreated, "vcpus-created"),
     (Step::Jailed, "jailed"),
     (Step::Handshake, "launcher-handshake"),
-    (Step::Built, "devices-connected+kernel-loaded"),
+    (Step::DevicesConnected, "devices-connected"),
+    (Step::Built, "kernel-loaded"),
     (Step::Ready, "ready"),
     (Step::VcpuThread, "vcpu-thread"),
     (Step::VcpuConfined, "vcpu-confined"),

@@ -124,6 +124,7 @@ impl Vm {
             let t = run_loop::spawn(
                 i as u32,
                 vcpu,
+                self.vcpu_filter.clone(),
                 self.io.clone(),
                 stop.clone(),
                 pause.clone(),

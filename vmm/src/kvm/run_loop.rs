@@ -175,11 +175,13 @@ pub fn install_kick_handler() -> io::Result<()> {
         .map_err(|e| io::Error::from_raw_os_error(e.errno()))
 }
 
-/// Starts vCPU `index` on a thread named `vcpu<index>`. The first [`VmStop`] it decides on
+/// Starts vCPU `index` on a thread named `vcpu<index>`, which installs `filter` (the vCPU
+/// role's, compiled) before it enters the guest. The first [`VmStop`] it decides on
 /// is sent on `events`; it parks before entering the guest while `pause` says so.
 pub fn spawn(
     index: u32,
     mut vcpu: VcpuFd,
+    filter: Arc<Option<bulkhead_seccomp::Filter>>,
     io: Arc<IoBuses>,
     stop: Arc<AtomicBool>,
     pause: Arc<Pause>,
@@ -190,10 +192,10 @@ pub fn spawn(
         .spawn(move || {
             crate::trace::mark(crate::trace::Step::VcpuThread);
             // Confined before the guest runs: every exit is guest-controlled input.
-            if let Err(e) = bulkhead_seccomp::thread::confine_current_thread(
+            if let Err(e) = bulkhead_seccomp::thread::confine_current_thread_compiled(
                 || format!("vcpu{index}"),
                 bulkhead_seccomp::Role::Vcpu,
-                bulkhead_seccomp::mode::process_mode(),
+                filter.as_ref().as_ref(),
             ) {
                 let _ = events.send(VmStop::Error {
                     vcpu: index,
