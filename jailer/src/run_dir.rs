@@ -4,6 +4,8 @@
 //! `flock(LOCK_EX)` on a file of that directory, taken without waiting; the kernel drops it
 //! when the launcher ends, however it ends, so a lock can never be left behind by a
 //! crash. The directory is root's alone (0700): only root may create, take or remove a lock.
+//! It also holds the launchers' copy of KVM's supported CPUID (`kvm-cpuid`, see
+//! `launch::kvm_cpuid`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
