@@ -104,22 +104,12 @@ pub fn confine_current_thread(
     role: Role,
     mode: SeccompMode,
 ) -> Result<(), Error> {
-    if CONFINED.with(|c| c.replace(true)) {
+    if CONFINED.with(|c| c.get()) {
         return Ok(());
     }
-    set_name(name());
-    let self_test = self_test_wanted(role);
+    // Compiled before the thread counts as confined: an error leaves it unconfined.
     let filter = compile(role, mode)?;
-    if let Some(filter) = filter {
-        if let Err(e) = filter.apply() {
-            CONFINED.with(|c| c.set(false));
-            return Err(e);
-        }
-    }
-    if self_test {
-        call_outside_every_list(role);
-    }
-    Ok(())
+    confine_current_thread_compiled(name, role, filter.as_ref())
 }
 
 /// [`confine_current_thread`] with `role`'s filter compiled beforehand by [`compile`] in
