@@ -238,7 +238,7 @@ impl<'a> Supervisor<'a> {
                 };
                 log::info!("{} (pid {pid}) ready{identity}", sanitize(&role));
                 crate::launch::trace::mark(VMM, "ready");
-                crate::run::note_ready_cpu();
+                crate::run::vm_ready();
                 crate::launch::trace::print();
                 self.report.ready = true;
                 self.vmm.ready = true;
