@@ -82,6 +82,17 @@ pub fn is_running(pid: u32, made: Option<SystemTime>) -> bool {
 }
 
 fn is_running_in(dir: &Path, pid: u32, made: Option<SystemTime>) -> bool {
+    lock_says_in(dir, pid).unwrap_or_else(|| without_lock(pid, made))
+}
+
+/// What launcher `pid`'s lock file says: running (`Some(true)`: held, or unreadable, so
+/// that what it made is kept) or gone (`Some(false)`); `None` when it has no lock file
+/// (then [`running_without_lock`] tells, resource by resource).
+pub fn lock_says(pid: u32) -> Option<bool> {
+    lock_says_in(Path::new(RUN_DIR), pid)
+}
+
+fn lock_says_in(dir: &Path, pid: u32) -> Option<bool> {
     let path = lock_path(dir, pid);
     match OpenOptions::new()
         .read(true)
@@ -90,14 +101,19 @@ fn is_running_in(dir: &Path, pid: u32, made: Option<SystemTime>) -> bool {
     {
         // Held by someone: the launcher is alive. Taken: it is gone (the lock drops with
         // the file here).
-        Ok(file) => !run_dir::try_lock(&file, &path).unwrap_or(false),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => without_lock(pid, made),
+        Ok(file) => Some(!run_dir::try_lock(&file, &path).unwrap_or(false)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         // Cannot tell: keep what it made.
         Err(e) => {
             log::warn!("{}: {e}", path.display());
-            true
+            Some(true)
         }
     }
+}
+
+/// Whether launcher `pid`, which has no lock file, may have made a resource made at `made`.
+pub fn running_without_lock(pid: u32, made: Option<SystemTime>) -> bool {
+    without_lock(pid, made)
 }
 
 /// A launcher with no lock file (one older than the lock, or whose file someone removed):
