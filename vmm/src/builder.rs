@@ -192,31 +192,10 @@ fn supported_cpuid(
     table: Option<&std::fs::File>,
 ) -> Result<Vec<kvm_cpuid_entry2>, BuildError> {
     use crate::kvm::cpuid_table;
-    use std::os::unix::fs::FileExt;
-    let Some(file) = table else {
-        return cpuid_table::supported(kvm).map_err(BuildError::SupportedCpuid);
-    };
-    let mut buf = vec![0u8; cpuid_table::MAX_TEXT + 1];
-    let mut len = 0;
-    while len < buf.len() {
-        match file.read_at(&mut buf[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(BuildError::CpuidTable(e)),
-        }
+    match table {
+        Some(file) => cpuid_table::read(file).map_err(BuildError::CpuidTable),
+        None => cpuid_table::supported(kvm).map_err(BuildError::SupportedCpuid),
     }
-    let invalid = |why: String| {
-        BuildError::CpuidTable(std::io::Error::new(std::io::ErrorKind::InvalidData, why))
-    };
-    if len > cpuid_table::MAX_TEXT {
-        return Err(invalid(format!(
-            "longer than {} bytes",
-            cpuid_table::MAX_TEXT
-        )));
-    }
-    let text = std::str::from_utf8(&buf[..len]).map_err(|_| invalid("not text".into()))?;
-    cpuid_table::decode(text).map_err(|e| invalid(e.to_string()))
 }
 
 impl Prepared {

@@ -61,6 +61,31 @@ pub fn supported(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, kvm_ioctls::Error> 
         .to_vec())
 }
 
+/// The entries of the table in `file`, read from offset 0 whatever the file's offset (the
+/// launcher's memfd is handed over with its offset at the end of what it wrote). Errors:
+/// the read's, or `InvalidData` for a file longer than [`MAX_TEXT`], not UTF-8, or not a
+/// table.
+pub fn read(file: &std::fs::File) -> std::io::Result<Vec<kvm_cpuid_entry2>> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; MAX_TEXT + 1];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let invalid = |why: String| Error::new(ErrorKind::InvalidData, why);
+    if len > MAX_TEXT {
+        return Err(invalid(format!("longer than {MAX_TEXT} bytes")));
+    }
+    let text = std::str::from_utf8(&buf[..len]).map_err(|_| invalid("not text".into()))?;
+    decode(text).map_err(|e| invalid(e.to_string()))
+}
+
 /// `entries` as a table.
 pub fn encode(entries: &[kvm_cpuid_entry2]) -> String {
     let mut text = String::with_capacity(HEADER.len() + 1 + entries.len() * 63);
@@ -169,6 +194,38 @@ mod tests {
         let text = encode(&entries);
         assert!(text.len() <= MAX_TEXT, "{} > {MAX_TEXT}", text.len());
         assert_eq!(decode(&text).map(|e| e.len()), Ok(KVM_MAX_CPUID_ENTRIES));
+    }
+
+    #[test]
+    fn a_file_is_read_from_its_start_and_bounded() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::FileExt;
+        let entries = vec![entry(0, 0, 0xd)];
+        let mut file = tempfile();
+        file.write_all(encode(&entries).as_bytes()).unwrap();
+        // The offset is at the end, as the launcher leaves its memfd.
+        assert_eq!(read(&file).unwrap(), entries);
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.write_all(&vec![b'0'; MAX_TEXT + 1]).unwrap();
+        let e = read(&file).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("longer than"), "{e}");
+        file.set_len(0).unwrap();
+        file.write_all_at(&[0xff, 0xfe], 0).unwrap();
+        assert!(read(&file).unwrap_err().to_string().contains("not text"));
+        file.set_len(0).unwrap();
+        assert!(read(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("not a KVM CPUID table"));
+    }
+
+    /// An anonymous file of this test's own.
+    fn tempfile() -> std::fs::File {
+        let fd =
+            nix::sys::memfd::memfd_create(c"cpuid-table-test", nix::sys::memfd::MFdFlags::empty())
+                .unwrap();
+        std::fs::File::from(fd)
     }
 
     #[test]
