@@ -87,7 +87,7 @@ fn is_running_in(dir: &Path, pid: u32, made: Option<SystemTime>) -> bool {
 
 /// What launcher `pid`'s lock file says: running (`Some(true)`: held, or unreadable, so
 /// that what it made is kept) or gone (`Some(false)`); `None` when it has no lock file
-/// (then [`running_without_lock`] tells, resource by resource).
+/// (then [`without_lock`] tells, resource by resource).
 pub fn lock_says(pid: u32) -> Option<bool> {
     lock_says_in(Path::new(RUN_DIR), pid)
 }
@@ -111,15 +111,10 @@ fn lock_says_in(dir: &Path, pid: u32) -> Option<bool> {
     }
 }
 
-/// Whether launcher `pid`, which has no lock file, may have made a resource made at `made`.
-pub fn running_without_lock(pid: u32, made: Option<SystemTime>) -> bool {
-    without_lock(pid, made)
-}
-
 /// A launcher with no lock file (one older than the lock, or whose file someone removed):
 /// running if its pid is, unless that process started after the resource was made (the
 /// pid was reused: it cannot be the maker).
-fn without_lock(pid: u32, made: Option<SystemTime>) -> bool {
+pub fn without_lock(pid: u32, made: Option<SystemTime>) -> bool {
     let Some(started) = start_time(pid) else {
         return false;
     };

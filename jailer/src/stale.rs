@@ -47,7 +47,7 @@ fn stale_in(dir: &Path, running: impl Fn(u32, Made) -> bool) -> Vec<PathBuf> {
 /// leaves a network namespace and a dozen cgroups (one per v1 controller) named after its
 /// launcher, so with 60 VMs running every start's sweep opened and tried some 3000 lock
 /// files, 4.5 ms of CPU. A launcher without a lock file is judged resource by resource, by
-/// the resource's time ([`crate::liveness::running_without_lock`]).
+/// the resource's time ([`crate::liveness::without_lock`]).
 struct Liveness<L: Fn(u32) -> Option<bool>> {
     /// What a launcher's lock says ([`crate::liveness::lock_says`]).
     lock_says: L,
@@ -68,7 +68,7 @@ impl<L: Fn(u32) -> Option<bool>> Liveness<L> {
             .borrow_mut()
             .entry(pid)
             .or_insert_with(|| (self.lock_says)(pid));
-        said.unwrap_or_else(|| crate::liveness::running_without_lock(pid, made()))
+        said.unwrap_or_else(|| crate::liveness::without_lock(pid, made()))
     }
 }
 

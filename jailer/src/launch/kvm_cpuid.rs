@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use bulkhead_vmm::kvm::cpuid_table;
 
 /// The file in the run directory.
-pub const FILE: &str = "kvm-cpuid";
+const FILE: &str = "kvm-cpuid";
 /// Where the boot id is.
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// Where the loaded modules are.
@@ -52,7 +52,7 @@ pub fn for_vmm() -> Option<OwnedFd> {
 }
 
 /// The table kept in `dir` if its key is this host's, else KVM's answer (then kept).
-pub fn table_in(dir: &Path) -> io::Result<String> {
+fn table_in(dir: &Path) -> io::Result<String> {
     let key = key(Path::new(BOOT_ID), Path::new(MODULES))?;
     let path = dir.join(FILE);
     match read_kept(&path, &key) {
