@@ -186,7 +186,8 @@ fn run(args: &RunArgs) -> i32 {
                 for what in crate::stale::reap() {
                     eprintln!("bulkhead: removed the {what} of a bulkhead that is gone");
                 }
-                SWEEP_CPU_US.store(thread_cpu_us(), std::sync::atomic::Ordering::Relaxed);
+                let cpu = bulkhead_vmm::trace::cpu_us(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID);
+                SWEEP_CPU_US.store(cpu.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
             })
             .ok()
     });
@@ -218,14 +219,6 @@ static READY_CPU_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 
 /// The stale sweep's CPU time in µs, once it is done (for `bulkhead bench`).
 static SWEEP_CPU_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// The calling thread's CPU time so far in µs.
-fn thread_cpu_us() -> u64 {
-    use nix::time::{clock_gettime, ClockId};
-    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(0, |t| {
-        t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000
-    })
-}
 
 /// The launcher's own CPU time so far in µs (user + system; its children's not included).
 fn own_cpu_us() -> u64 {

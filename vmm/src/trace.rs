@@ -74,11 +74,16 @@ pub static READY_CPU_US: AtomicU64 = AtomicU64::new(0);
 
 /// Records the process's CPU time so far as [`READY_CPU_US`].
 pub fn record_cpu() {
-    use nix::time::{clock_gettime, ClockId};
-    if let Ok(ts) = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID) {
-        let us = ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1000;
+    if let Some(us) = cpu_us(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID) {
         READY_CPU_US.store(us, Ordering::Relaxed);
     }
+}
+
+/// CPU time so far on `clock` (a process's or a thread's CPU-time clock) in µs.
+pub fn cpu_us(clock: nix::time::ClockId) -> Option<u64> {
+    nix::time::clock_gettime(clock)
+        .ok()
+        .map(|ts| ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1000)
 }
 
 /// Whether the environment asks for the trace.
