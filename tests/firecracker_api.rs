@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::fc_vm::HostTap;
 use common::running::children;
 use common::spawned::Spawned;
 
@@ -20,7 +21,7 @@ const BOOT: Duration = Duration::from_secs(60);
 /// A scratch directory with the guest's ELF, a root image and a TAP, removed on drop.
 struct Setup {
     dir: PathBuf,
-    tap: String,
+    tap: HostTap,
 }
 
 impl Setup {
@@ -28,20 +29,13 @@ impl Setup {
         let dir = std::env::temp_dir().join(format!("bulkhead-fc-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("guest.elf"), bulkhead_vmm::TEST_GUEST).unwrap();
-        let img = std::fs::File::create(dir.join("root.img")).unwrap();
-        img.set_len(16 << 20).unwrap();
+        common::fc_vm::write_guest_files(&dir);
         // A TAP made as an orchestrator makes it before starting Firecracker.
-        let tap = format!(
+        let tap = HostTap::add(format!(
             "fct{}{}",
             &tag[..tag.len().min(3)],
             std::process::id() % 100_000
-        );
-        let out = Command::new("ip")
-            .args(["tuntap", "add", &tap, "mode", "tap"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ip tuntap add: {out:?}");
+        ));
         Setup { dir, tap }
     }
 
@@ -74,7 +68,7 @@ impl Setup {
             "drives": [{"drive_id": "rootfs", "path_on_host": self.path("root.img"),
                         "is_root_device": true, "is_read_only": false}],
             "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": false},
-            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": self.tap,
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": self.tap.0,
                                     "guest_mac": "06:00:AC:10:00:02"}],
             "vsock": {"guest_cid": 3, "uds_path": self.path("v.sock")},
             "logger": {"log_path": self.path("log"), "level": "Info", "show_level": true},
@@ -85,7 +79,6 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.tap]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -313,7 +306,7 @@ fn the_go_sdk_sequence_boots_the_test_guest_confined() {
     );
     let (code, config) = curl(&sock, "GET", "/vm/config", None);
     assert!(
-        code == 200 && config.contains(&s.tap) && config.contains("\"drive_id\":\"rootfs\""),
+        code == 200 && config.contains(&s.tap.0) && config.contains("\"drive_id\":\"rootfs\""),
         "{config}"
     );
     ok(

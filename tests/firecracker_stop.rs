@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::fc_vm::HostTap;
 use common::running::{assert_gone, assert_nothing_left, children};
 use common::scratch::Dir;
 use common::spawned::Spawned;
@@ -82,21 +83,14 @@ fn a_stop_signal_before_boot_removes_the_socket_and_the_private_dir() {
 /// image and the orchestrator's TAP, removed on drop.
 struct Vm {
     dir: Dir,
-    tap: String,
+    tap: HostTap,
 }
 
 impl Vm {
     fn new(tag: &str) -> Vm {
         let dir = Dir::new("fcstop", tag);
-        std::fs::write(dir.0.join("guest.elf"), bulkhead_vmm::TEST_GUEST).unwrap();
-        let img = std::fs::File::create(dir.0.join("root.img")).unwrap();
-        img.set_len(16 << 20).unwrap();
-        let tap = format!("fcs{tag}{}", std::process::id() % 100_000);
-        let out = Command::new("ip")
-            .args(["tuntap", "add", &tap, "mode", "tap"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ip tuntap add: {out:?}");
+        common::fc_vm::write_guest_files(&dir.0);
+        let tap = HostTap::add(format!("fcs{tag}{}", std::process::id() % 100_000));
         Vm { dir, tap }
     }
 
@@ -112,7 +106,7 @@ impl Vm {
             "drives": [{"drive_id": "rootfs", "path_on_host": self.path("root.img"),
                         "is_root_device": true, "is_read_only": false}],
             "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": false},
-            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": self.tap}],
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": self.tap.0}],
         });
         let file = self.path("vm.json");
         std::fs::write(&file, config.to_string()).unwrap();
@@ -121,7 +115,7 @@ impl Vm {
 
     /// The processes with the orchestrator's TAP open (`iff:` in a tun fd's fdinfo).
     fn tap_holders(&self) -> Vec<String> {
-        let want = format!("iff:\t{}", self.tap);
+        let want = format!("iff:\t{}", self.tap.0);
         let mut holders = Vec::new();
         for proc in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let fdinfo = proc.path().join("fdinfo");
@@ -133,12 +127,6 @@ impl Vm {
             }
         }
         holders
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.tap]).output();
     }
 }
 

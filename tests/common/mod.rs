@@ -9,6 +9,7 @@ pub mod debian_kernel;
 pub mod disk;
 pub mod elf;
 pub mod fc_curl;
+pub mod fc_vm;
 pub mod initramfs;
 pub mod netns;
 #[path = "../../jailer/src/bench/qsd.rs"]
