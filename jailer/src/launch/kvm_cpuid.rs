@@ -54,6 +54,8 @@ pub fn for_vmm() -> Option<OwnedFd> {
 /// The table kept in `dir` if its key is this host's, else KVM's answer (then kept).
 fn table_in(dir: &Path) -> io::Result<String> {
     let key = key(Path::new(BOOT_ID), Path::new(MODULES))?;
+    // Read only from a directory that is root's alone, as written.
+    crate::run_dir::ensure_dir(dir).map_err(io::Error::other)?;
     let path = dir.join(FILE);
     match read_kept(&path, &key) {
         Ok(Some(table)) => return Ok(table),
@@ -64,7 +66,6 @@ fn table_in(dir: &Path) -> io::Result<String> {
     let entries =
         cpuid_table::supported(&kvm).map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
     let table = cpuid_table::encode(&entries);
-    crate::run_dir::ensure_dir(dir).map_err(io::Error::other)?;
     keep(dir, &path, &key, &table)?;
     Ok(table)
 }
@@ -98,15 +99,19 @@ fn key(boot_id: &Path, modules: &Path) -> io::Result<String> {
 /// The table kept at `path` under `key`: `None` when there is none or its key is another's;
 /// an error when it is not one we wrote.
 fn read_kept(path: &Path, key: &str) -> io::Result<Option<String>> {
+    // Not through a symlink, and never waiting on a FIFO put in its place.
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    if !file.metadata()?.is_file() {
+        return Err(invalid("not a regular file"));
+    }
     let limit = (MAX_KEY_LINE + 1 + cpuid_table::MAX_TEXT) as u64;
     let mut text = String::new();
     file.take(limit + 1).read_to_string(&mut text)?;
@@ -233,8 +238,16 @@ mod tests {
             let e = read_kept(&path, "key a").unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bad:.40}: {e}");
         }
-        // Never through a symlink.
+        // Neither a FIFO (whose open would wait for a writer) nor a directory.
         fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = read_kept(&path, "key a").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        assert!(read_kept(&path, "key a").is_err());
+        fs::remove_dir(&path).unwrap();
+        // Never through a symlink.
         fs::write(dir.join("elsewhere"), format!("key a\n{TABLE}")).unwrap();
         std::os::unix::fs::symlink(dir.join("elsewhere"), &path).unwrap();
         assert!(read_kept(&path, "key a").is_err());
