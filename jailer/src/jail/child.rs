@@ -161,12 +161,7 @@ impl JailedChild {
                 )))
             }
         };
-        let status = ended.status;
-        let status = match ended.code {
-            libc::CLD_EXITED => ExitStatus::from_raw((status & 0xff) << 8),
-            libc::CLD_DUMPED => ExitStatus::from_raw((status & 0x7f) | 0x80),
-            _ => ExitStatus::from_raw(status & 0x7f),
-        };
+        let status = ended.exit_status();
         self.status = Some(status);
         Ok(Some(status))
     }

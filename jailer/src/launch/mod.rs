@@ -8,6 +8,7 @@ pub mod confine;
 pub mod console;
 pub mod kvm_cpuid;
 mod net;
+mod plain;
 pub mod ready;
 pub mod recipe;
 mod spawn;
@@ -28,7 +29,7 @@ pub use vmm::{start_vmm, VMM};
 pub use vsock::start_vsock;
 
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -165,7 +166,7 @@ pub fn open_named(
 
 /// A started process: jailed, or plain with `--jail off`.
 enum Child {
-    Plain(std::process::Child),
+    Plain(plain::PlainChild),
     Jailed(JailedChild),
 }
 
@@ -195,8 +196,6 @@ pub struct DeviceProcess {
     file_size_limit: Option<u64>,
     /// How to start another copy (a device process bulkhead may restart).
     recipe: Option<Box<Recipe>>,
-    /// A pidfd of a plain (`--jail off`) child, to watch it end; a jailed one has its own.
-    pidfd: Option<OwnedFd>,
 }
 
 impl DeviceProcess {
@@ -226,7 +225,7 @@ impl DeviceProcess {
     /// A pidfd that becomes readable when the process ends (`None` if none could be made).
     pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
         match &self.child {
-            Child::Plain(_) => self.pidfd.as_ref().map(|f| f.as_fd()),
+            Child::Plain(c) => Some(c.pidfd()),
             Child::Jailed(c) => Some(c.pidfd()),
         }
     }
@@ -590,6 +589,7 @@ pub fn backend_program(name: &str, program: &str) -> Result<PathBuf, LaunchError
 mod tests {
     use super::spawn::spawn_with;
     use super::*;
+    use std::os::fd::OwnedFd;
     use std::process::Command;
 
     #[test]

@@ -6,13 +6,12 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use bulkhead_protocol::LauncherChannel;
-use nix::sys::signal::Signal;
 
+use super::plain::PlainChild;
 use super::{
     confine, confinement, stderr, trace, Child, Confinement, DeviceProcess, LaunchError, Needs,
     FIRST_EXTRA_FD, MAX_PASSED_FDS, READY_TIMEOUT, SOCKET_FD,
@@ -126,10 +125,6 @@ pub(super) fn spawn_as(
     };
     drop(theirs);
     drop(fds);
-    let pidfd = match &child {
-        Child::Plain(p) => pidfd_open(p.id()),
-        Child::Jailed(_) => None,
-    };
     let process = DeviceProcess {
         name: name.to_owned(),
         program,
@@ -143,7 +138,6 @@ pub(super) fn spawn_as(
         settled: false,
         file_size_limit: if c.jail { needs.max_file_size } else { None },
         recipe: None,
-        pidfd,
     };
     match &process.child {
         Child::Jailed(c) => trace::spawned(name, &c.timings()),
@@ -213,7 +207,8 @@ fn spawn_jailed(
     Ok(Child::Jailed(child))
 }
 
-/// Plainly (`--jail off`): the fds placed, a session of its own, the parent-death signal.
+/// Plainly (`--jail off`): the fds placed, a session of its own, the parent-death signal
+/// ([`PlainChild::start`]).
 fn spawn_plain(
     mut cmd: Command,
     pairs: &[(RawFd, RawFd)],
@@ -221,38 +216,21 @@ fn spawn_plain(
     errors: &OwnedFd,
     c: &Confinement,
 ) -> std::io::Result<Child> {
-    let pairs = pairs.to_vec();
-    if !inherit_stdin {
-        cmd.stdin(Stdio::null());
-    }
-    cmd.stderr(Stdio::from(errors.try_clone()?));
     cmd.arg("--landlock").arg(c.landlock.as_flag());
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe, allocation-free calls (fcntl, dup2, setsid, prctl, getppid) on fds
-    // the parent keeps open until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            bulkhead::sys::place_fds(&pairs)?;
-            // A session of its own: terminal signals (Ctrl-C) reach only the launcher,
-            // which stops the processes in order. Die with the launcher; if it is already
-            // gone, do not run at all.
-            bulkhead::sys::detach_and_tie_to_parent(Signal::SIGKILL)
-        })
+    let null = if inherit_stdin {
+        None
+    } else {
+        Some(File::open("/dev/null")?)
     };
-    Ok(Child::Plain(cmd.spawn()?))
-}
-
-/// A pidfd of our child `pid` (not reaped yet, so the pid is still its), `None` if the
-/// kernel has no pidfd_open.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    match bulkhead::sys::pidfd_open(pid as i32) {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            log::warn!("pidfd_open({pid}): {e}; its end is noticed only through the vmm");
-            None
-        }
+    let mut all = Vec::with_capacity(pairs.len() + 2);
+    if let Some(null) = &null {
+        all.push((null.as_raw_fd(), 0));
     }
+    all.push((errors.as_raw_fd(), 2));
+    all.extend_from_slice(pairs);
+    Ok(Child::Plain(PlainChild::start(&cmd, &all)?))
 }
 
-// The plain child's fds are placed by `sys::place_fds`, which takes that many.
-const _: () = assert!(MAX_PASSED_FDS <= bulkhead::sys::MAX_PLACED_FDS);
+// The plain child's fds (and its stdin and stderr) are placed by `sys::place_fds`, which
+// takes that many.
+const _: () = assert!(MAX_PASSED_FDS + 2 <= bulkhead::sys::MAX_PLACED_FDS);

@@ -12,7 +12,7 @@
 //! | [`launcher`] | `sched_setscheduler(SCHED_IDLE)` | nix's `sched` has affinity only |
 //! | [`launcher`] | `seccomp(SECCOMP_GET_ACTION_AVAIL)` | no wrapper in nix |
 //! | [`launcher`] | `setgroups(0, NULL)` as a system call | glibc's (and so nix's) applies it to every thread; `open_as` changes only the calling thread |
-//! | [`plain_child`] | `fcntl(F_DUPFD_CLOEXEC)`, `dup2` onto fixed numbers, `setsid`, `PR_SET_PDEATHSIG`, `getppid` | a plain child's pre-exec steps between fork and exec, on fd numbers no Rust object owns in the child; nix's `dup2` wants an `OwnedFd` target that it would close on drop |
+//! | [`plain_child`] | `clone(CLONE_VM \| CLONE_VFORK \| CLONE_PIDFD)`, and in the plain child until exec: `sigaction` (handlers back to default), `fcntl(F_DUPFD_CLOEXEC)`, `dup2` onto fixed numbers, `setsid`, `PR_SET_PDEATHSIG`, `getppid`, `sigprocmask`, `signal(SIGPIPE)`, `execve`, `_exit` | nix's `clone` takes a boxed closure and has no pidfd out-pointer; the child shares the launcher's memory, so it may not allocate, and its fd numbers are owned by no Rust object in it (nix's `dup2` wants an `OwnedFd` target that it would close on drop) |
 //! | [`files`] | `flock` | nix 0.32 deprecates its `flock` for an owning `Flock`, which would change who holds the lock |
 //! | [`files`] | `ioctl` with a `struct ifreq` (interface address, netmask, flags) | one generic call for several request numbers and layouts, kept as an `unsafe fn` whose caller names the layout |
 //!

@@ -4,6 +4,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 
 /// Sends `signal` to the process of `pidfd` (null siginfo, flags 0).
 pub fn send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
@@ -30,6 +32,17 @@ pub struct Ended {
     pub code: i32,
     /// `si_status`: the exit code or the signal.
     pub status: i32,
+}
+
+impl Ended {
+    /// The same end as the `ExitStatus` a `wait` status encodes.
+    pub fn exit_status(self) -> ExitStatus {
+        match self.code {
+            libc::CLD_EXITED => ExitStatus::from_raw((self.status & 0xff) << 8),
+            libc::CLD_DUMPED => ExitStatus::from_raw((self.status & 0x7f) | 0x80),
+            _ => ExitStatus::from_raw(self.status & 0x7f),
+        }
+    }
 }
 
 /// `waitid(P_PIDFD, pidfd, options)` (the caller includes `WEXITED`); `None` when no child
