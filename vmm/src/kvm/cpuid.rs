@@ -1,8 +1,8 @@
 //! CPUID for each vCPU: what KVM supports, filtered, with per-vCPU topology.
 //!
 //! Starting from `KVM_GET_SUPPORTED_CPUID`, each vCPU gets its APIC id (leaves 0x1, 0xb,
-//! 0x1f), a topology of one socket with one thread per core and `cpus` cores (leaves 0x4,
-//! 0xb, 0x1f, 0x8000_0008), the hypervisor bit, and no thermal/power-management or
+//! 0x1f, and AMD's 0x8000_001e), a topology of one socket with one thread per core and
+//! `cpus` cores (leaves 0x4, 0xb, 0x1f, 0x8000_0008, 0x8000_001e), the hypervisor bit, and no thermal/power-management or
 //! performance-monitoring features (leaves 0x6, 0xa), which the VMM does not emulate.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
@@ -77,6 +77,15 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], index: u32, cpus: u32) {
             0x8000_0008 => {
                 // AMD: number of cores - 1 and the APIC id size.
                 e.ecx = (e.ecx & !0xf0ff) | (core_shift << 12) | (cpus - 1).min(255);
+            }
+            0x8000_001e => {
+                // AMD (TOPOEXT): the extended APIC id; the core (compute unit) id in
+                // EBX 7:0 with one thread per core (15:8 = 0); node 0 of one (ECX 0).
+                // KVM's answer carries the host CPU's that ran the ioctl.
+                e.eax = apic_id;
+                e.ebx = apic_id & 0xff;
+                e.ecx = 0;
+                e.edx = 0;
             }
             _ => {}
         }
@@ -174,6 +183,14 @@ mod tests {
         assert_eq!((e[0].eax, e[0].ebx, e[0].ecx, e[0].edx), (0, 1, 0x100, 5));
         assert_eq!((e[1].eax, e[1].ebx, e[1].ecx, e[1].edx), (3, 6, 0x201, 5));
         assert_eq!((e[2].eax, e[2].ebx, e[2].ecx & 0xff00), (0, 0, 0));
+    }
+
+    #[test]
+    fn amd_extended_apic_id_is_the_vcpus() {
+        // As a host CPU 13 (of a two-thread core, node 1 of two) would have answered.
+        let mut e = vec![entry(0x8000_001e, 0, 13, 0x0106, 0x0101, 0)];
+        filter(&mut e, 2, 4);
+        assert_eq!((e[0].eax, e[0].ebx, e[0].ecx, e[0].edx), (2, 2, 0, 0));
     }
 
     #[test]

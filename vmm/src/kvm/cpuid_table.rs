@@ -4,8 +4,8 @@
 //! host is itself a guest each of those traps to its hypervisor, and the ioctl costs about
 //! 1 ms of CPU (measured on the development hosts: 0.95–1.19 ms), a sixth of a VM's start.
 //! The answer changes only with the kernel or the KVM modules (but for the APIC id of the
-//! host CPU that ran the ioctl, in leaves 0x1, 0xb and 0x1f, which [`super::cpuid::filter`]
-//! replaces per vCPU), so the launcher keeps it (its `launch::kvm_cpuid`) and hands it to
+//! host CPU that ran the ioctl, in leaves 0x1, 0xb, 0x1f and AMD's 0x8000_001e, which
+//! [`super::cpuid::filter`] replaces per vCPU), so the launcher keeps it (its `launch::kvm_cpuid`) and hands it to
 //! the vmm in this format:
 //!
 //! ```text
