@@ -1,7 +1,8 @@
 //! What a launcher that was killed (SIGKILL, a crash, the host's OOM killer) leaves behind:
 //! its `--net auto` network namespaces (`/run/netns/bulkhead-<pid>-<device>`), its
-//! processes' cgroups (`bulkhead/bulkhead-<pid>-<name>`) and the demo's scratch disk
-//! directory (`$TMPDIR/bulkhead-<pid>-XXXXXX`, [`scratch`]). Its processes died with it (the
+//! processes' cgroups (`bulkhead/bulkhead-<pid>-<name>`), the demo's scratch disk
+//! directory (`$TMPDIR/bulkhead-<pid>-XXXXXX`, [`scratch`]) and a CPUID table it was
+//! writing (`/run/bulkhead/bulkhead-<pid>-kvm-cpuid.new`). Its processes died with it (the
 //! parent-death signal), but these outlive them. Each `bulkhead run` removes those whose
 //! launcher is no longer running ([`crate::liveness`]: its lock is free), and says so.
 
@@ -90,6 +91,15 @@ pub fn reap() -> Vec<String> {
     for dir in scratch::reap_in(&std::env::temp_dir(), owner, crate::liveness::is_running) {
         removed.push(format!("scratch disk directory {}", dir.display()));
     }
+    // A kept CPUID table's unfinished write (`launch::kvm_cpuid`); nothing else in the
+    // run directory is named after a launcher.
+    for file in stale_in(Path::new(crate::run_dir::RUN_DIR), |pid, made| {
+        liveness.running(pid, made)
+    }) {
+        if std::fs::remove_file(&file).is_ok() {
+            removed.push(format!("unfinished file {}", file.display()));
+        }
+    }
     let locks = crate::liveness::remove_dead_locks();
     if locks > 0 {
         log::info!("removed {locks} lock file(s) of launchers that are gone");
@@ -137,6 +147,9 @@ mod tests {
         assert_eq!(launcher_pid("bulkhead-4242-"), None);
         assert_eq!(launcher_pid("bulkhead-x-net0"), None);
         assert_eq!(launcher_pid("other-4242-net0"), None);
+        // An unfinished CPUID table file is a launcher's too.
+        let unfinished = crate::launch::kvm_cpuid::temporary_name(4242);
+        assert_eq!(launcher_pid(&unfinished), Some(4242), "{unfinished}");
     }
 
     #[test]

@@ -129,10 +129,17 @@ fn read_kept(path: &Path, key: &str) -> io::Result<Option<String>> {
     Ok(Some(table.to_string()))
 }
 
+/// The file a table is written to before it is renamed into place: named after its
+/// launcher (`bulkhead-<pid>-...`), so that the stale sweep removes one that a launcher
+/// killed between the write and the rename left (`crate::stale::reap`).
+pub(crate) fn temporary_name(pid: u32) -> String {
+    format!("bulkhead-{pid}-{FILE}.new")
+}
+
 /// Writes `key` and `table` to `path` whole or not at all (a file of our own in `dir`,
 /// renamed over it), mode 0600.
 fn keep(dir: &Path, path: &Path, key: &str, table: &str) -> io::Result<()> {
-    let temporary: PathBuf = dir.join(format!(".{FILE}.{}", std::process::id()));
+    let temporary: PathBuf = dir.join(temporary_name(std::process::id()));
     let write = || -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
