@@ -38,8 +38,7 @@ use std::time::{Duration, Instant};
 use bulkhead::jail::JailedChild;
 use bulkhead_protocol::{LauncherChannel, ToLauncher};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 pub use confine::{configure, confinement, Confinement, Needs};
 
@@ -222,7 +221,8 @@ impl DeviceProcess {
         self.recipe.as_deref_mut()
     }
 
-    /// A pidfd that becomes readable when the process ends (`None` if none could be made).
+    /// A pidfd that becomes readable when the process ends (every process has one; kept an
+    /// `Option` for callers that watch any fd).
     pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
         match &self.child {
             Child::Plain(c) => Some(c.pidfd()),
@@ -484,10 +484,8 @@ impl DeviceProcess {
 
     fn signal(&self, signal: Signal) {
         match &self.child {
-            // Our own child, not yet reaped (callers check `exited` first), so the pid
-            // cannot have been reused.
             Child::Plain(c) => {
-                let _ = kill(Pid::from_raw(c.id() as i32), signal);
+                let _ = bulkhead::sys::pidfd::send_signal(c.pidfd(), signal as i32);
             }
             Child::Jailed(c) => {
                 let _ = c.kill(signal as i32);
@@ -611,7 +609,8 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args([
             "-c",
-            "test -S /proc/self/fd/3 && test -f /proc/self/fd/4 && ! test -e /proc/self/fd/5",
+            "test -S /proc/self/fd/3 && test -f /proc/self/fd/4 && ! test -e /proc/self/fd/5 \
+             && test \"$(readlink /proc/self/fd/0)\" = /dev/null",
         ]);
         let plain = Confinement {
             jail: false,

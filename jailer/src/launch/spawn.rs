@@ -231,6 +231,6 @@ fn spawn_plain(
     Ok(Child::Plain(PlainChild::start(&cmd, &all)?))
 }
 
-// The plain child's fds (and its stdin and stderr) are placed by `sys::place_fds`, which
-// takes that many.
-const _: () = assert!(MAX_PASSED_FDS + 2 <= bulkhead::sys::MAX_PLACED_FDS);
+// The plain child's fds (the passed ones, the socket, the control socket, stdin and
+// stderr) are placed by `sys::place_fds`, which takes that many.
+const _: () = assert!(MAX_PASSED_FDS + 4 <= bulkhead::sys::MAX_PLACED_FDS);

@@ -6,7 +6,7 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::io;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -44,8 +44,9 @@ pub fn place_fds(pairs: &[(RawFd, RawFd)]) -> io::Result<()> {
 }
 
 /// In the child (allocation-free): a session of its own, and death with the parent
-/// (`signal`); fails if the parent is already gone.
-pub fn detach_and_tie_to_parent(signal: Signal) -> io::Result<()> {
+/// (`signal`); fails if the parent, `parent` (its pid, read before the child was made), is
+/// already gone (the child was then given another parent: init or a subreaper).
+pub fn detach_and_tie_to_parent(signal: Signal, parent: libc::pid_t) -> io::Result<()> {
     // SAFETY: setsid, prctl(PR_SET_PDEATHSIG) and getppid touch no memory of ours.
     unsafe {
         if libc::setsid() < 0 {
@@ -54,7 +55,7 @@ pub fn detach_and_tie_to_parent(signal: Signal) -> io::Result<()> {
         if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_int) != 0 {
             return Err(io::Error::last_os_error());
         }
-        if libc::getppid() == 1 {
+        if libc::getppid() != parent {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
     }
@@ -64,8 +65,6 @@ pub fn detach_and_tie_to_parent(signal: Signal) -> io::Result<()> {
 /// Stack of a plain child until it executes (it runs only the few calls below), above a
 /// guard page.
 const CHILD_STACK: usize = 64 * 1024;
-/// Size of the guard page below the child's stack.
-const GUARD: usize = 4096;
 
 /// What [`spawn`] passes to its child, in the launcher's memory that the child shares.
 struct Shared<'a> {
@@ -74,6 +73,8 @@ struct Shared<'a> {
     envp: *const *const c_char,
     pairs: &'a [(RawFd, RawFd)],
     death_signal: Signal,
+    /// This process's pid, the child's parent while this process lives.
+    parent: libc::pid_t,
     /// The errno of the step that failed (0: none), written by the child before it exits.
     failure: AtomicI32,
 }
@@ -91,10 +92,11 @@ pub struct Spawned {
 /// fork would copy this process's page tables and turn its next writes into copy-on-write
 /// faults: about 0.3 ms of CPU per start on a PVM host. In the child: every caught signal
 /// back to its default action (a handler must not run on memory it shares with us), the
-/// `(from, to)` fds placed ([`place_fds`]), a session of its own, `death_signal` when this
-/// process dies ([`detach_and_tie_to_parent`]), an empty signal mask and the default
+/// `(from, to)` fds placed ([`place_fds`]), a session of its own, `death_signal` when the
+/// calling thread ends ([`detach_and_tie_to_parent`]), an empty signal mask and the default
 /// SIGPIPE action (as `std::process::Command` leaves them), then execve. A step that
-/// fails is this call's error (the child is reaped).
+/// fails is this call's error (the child is reaped). Needs Linux 5.4 (`CLONE_PIDFD` here,
+/// `waitid(P_PIDFD)` to reap), as the jailed path does.
 ///
 /// # Safety
 /// `argv` and `envp` must be null-terminated arrays of pointers to NUL-terminated strings,
@@ -112,22 +114,28 @@ pub unsafe fn spawn(
         envp,
         pairs,
         death_signal,
+        parent: nix::unistd::getpid().as_raw(),
         failure: AtomicI32::new(0),
     };
     let stack = ChildStack::new()?;
     let mut old = SigSet::empty();
     // No handler of ours may run in the child before it resets them: block every signal
-    // across the clone (the child starts with this mask).
+    // that can be blocked across the clone (the child starts with this mask). glibc keeps
+    // its two internal ones (SIGCANCEL, SIGSETXID) out of any mask; their handlers act only
+    // on signals this process sent itself, which none of its threads does to the child.
     pthread_sigmask(
         SigmaskHow::SIG_SETMASK,
         Some(&SigSet::all()),
         Some(&mut old),
     )?;
     let mut pidfd: libc::c_int = -1;
-    // SAFETY: `run_child` runs on `stack` (mapped, above a guard page, unused by anything
-    // else) and reads `shared` only while this thread is suspended (CLONE_VFORK: until the
-    // child executes or exits), so `shared`, `pairs` and the caller's argv/envp outlive
-    // its use; CLONE_PIDFD stores a new fd in `pidfd`.
+    // SAFETY: the child shares this process's memory and this thread's thread-local
+    // storage (errno among it) while other threads of ours go on running, so `run_child`
+    // and what it calls allocate nothing, take no lock, cannot panic and never return into
+    // Rust code (it execs or `_exit`s). It runs on `stack` (mapped, above a guard page,
+    // used by nothing else) and reads `shared` only while this thread is suspended
+    // (CLONE_VFORK: until the child executes or exits), so `shared`, `pairs` and the
+    // caller's argv/envp outlive its use. CLONE_PIDFD writes the new pidfd to `pidfd`.
     let pid = unsafe {
         libc::clone(
             run_child,
@@ -138,21 +146,51 @@ pub unsafe fn spawn(
         )
     };
     let clone_error = io::Error::last_os_error();
-    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    let restored = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     drop(stack);
     if pid == -1 {
         return Err(clone_error);
     }
-    // SAFETY: clone with CLONE_PIDFD stored a new pidfd that nothing else owns.
+    if pidfd < 0 {
+        // A kernel older than 5.2 ignores CLONE_PIDFD: reap the child by pid.
+        reap_by_pid(pid);
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel gives no pidfd for a new process (CLONE_PIDFD needs Linux 5.2)",
+        ));
+    }
+    // SAFETY: clone with CLONE_PIDFD stored a new pidfd (checked above) that nothing else
+    // owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    match shared.failure.load(Ordering::Acquire) {
-        0 => Ok(Spawned { pid, pidfd }),
-        errno => {
-            // It has exited (127): reap it, so that it is no zombie.
-            let _ = super::pidfd::wait(pidfd.as_fd(), libc::WEXITED);
-            Err(io::Error::from_raw_os_error(errno))
+    let failure = match shared.failure.load(Ordering::Acquire) {
+        0 => restored.err().map(io::Error::from),
+        errno => Some(io::Error::from_raw_os_error(errno)),
+    };
+    match failure {
+        None => Ok(Spawned { pid, pidfd }),
+        Some(e) => {
+            // Exited (127) or, if our mask could not be restored, killed: reap it, so
+            // that it is no zombie.
+            let _ = super::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
+            reap(pidfd.as_fd());
+            Err(e)
         }
     }
+}
+
+/// Waits for the child of `pidfd` to end and reaps it (again after EINTR).
+fn reap(pidfd: BorrowedFd<'_>) {
+    while let Err(e) = super::pidfd::wait(pidfd, libc::WEXITED) {
+        if e.kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+}
+
+/// As [`reap`], by pid (our own unreaped child, so the pid is still its).
+fn reap_by_pid(pid: libc::pid_t) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
 }
 
 /// The child of [`spawn`]: its steps, then execve; returns (exits) only on failure.
@@ -176,7 +214,7 @@ fn child_steps(shared: &Shared<'_>) -> i32 {
     if let Err(e) = place_fds(shared.pairs) {
         return os_errno(e);
     }
-    if let Err(e) = detach_and_tie_to_parent(shared.death_signal) {
+    if let Err(e) = detach_and_tie_to_parent(shared.death_signal, shared.parent) {
         return os_errno(e);
     }
     if let Err(e) = super::jail_child::reset_signals() {
@@ -214,11 +252,18 @@ fn default_handlers() -> Result<(), i32> {
 /// The child's stack: an anonymous mapping with a guard page at its low end.
 struct ChildStack {
     base: NonNull<c_void>,
+    /// The guard's size: one page.
+    guard: usize,
 }
 
 impl ChildStack {
     fn new() -> io::Result<ChildStack> {
-        let len = NonZeroUsize::new(CHILD_STACK + GUARD).ok_or(io::ErrorKind::InvalidInput)?;
+        let guard = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|size| usize::try_from(size).ok())
+            .unwrap_or(4096);
+        let len = NonZeroUsize::new(CHILD_STACK + guard).ok_or(io::ErrorKind::InvalidInput)?;
         // SAFETY: a new private anonymous mapping, aliasing nothing.
         let base = unsafe {
             mmap_anonymous(
@@ -228,19 +273,19 @@ impl ChildStack {
                 MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK | MapFlags::MAP_NORESERVE,
             )
         }?;
-        let stack = ChildStack { base };
+        let stack = ChildStack { base, guard };
         // SAFETY: the lowest page of our own new mapping, which nothing uses.
-        unsafe { mprotect(stack.base, GUARD, ProtFlags::PROT_NONE) }?;
+        unsafe { mprotect(stack.base, guard, ProtFlags::PROT_NONE) }?;
         Ok(stack)
     }
 
     /// The highest address, where the stack starts (16-byte aligned: the mapping is
-    /// page-aligned and its length a multiple of pages).
+    /// page-aligned and its length a multiple of 16).
     fn top(&self) -> *mut c_void {
         self.base
             .as_ptr()
             .cast::<u8>()
-            .wrapping_add(CHILD_STACK + GUARD)
+            .wrapping_add(CHILD_STACK + self.guard)
             .cast()
     }
 }
@@ -249,6 +294,6 @@ impl Drop for ChildStack {
     fn drop(&mut self) {
         // SAFETY: our own mapping of this length, no longer used (the child has executed
         // or exited by the time `spawn` drops it).
-        let _ = unsafe { munmap(self.base, CHILD_STACK + GUARD) };
+        let _ = unsafe { munmap(self.base, CHILD_STACK + self.guard) };
     }
 }
