@@ -18,7 +18,7 @@ pub struct JailedChild {
     pid: i32,
     pidfd: OwnedFd,
     cgroup: Option<Cgroup>,
-    status: Option<ExitStatus>,
+    reaped: crate::sys::pidfd::Reaped,
     timings: SpawnTimings,
     /// Its exec not yet confirmed ([`JailedChild::wait_exec`]).
     pending: Option<Pending>,
@@ -46,7 +46,7 @@ impl JailedChild {
             pid,
             pidfd,
             cgroup,
-            status: None,
+            reaped: Default::default(),
             timings,
             pending,
         }
@@ -120,7 +120,7 @@ impl JailedChild {
     /// Sends `signal` through the pidfd (no-op once reaped). Note that as pid 1 of its
     /// namespace the process receives only the signals it handles, and SIGKILL.
     pub fn kill(&self, signal: i32) -> io::Result<()> {
-        if self.status.is_some() {
+        if self.reaped.status().is_some() {
             return Ok(());
         }
         if let Err(e) = crate::sys::pidfd::send_signal(self.pidfd.as_fd(), signal) {
@@ -134,36 +134,22 @@ impl JailedChild {
 
     /// The exit status if the process has ended (reaping it), else `None`.
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        self.wait_flags(libc::WNOHANG)
+        self.wait_or_poll(false)
     }
 
     /// Waits for the process to end and reaps it.
     pub fn wait(&mut self) -> io::Result<ExitStatus> {
-        loop {
-            if let Some(status) = self.wait_flags(0)? {
-                return Ok(status);
-            }
-        }
+        self.wait_or_poll(true)?
+            .ok_or_else(|| io::Error::other("waitid gave no status"))
     }
 
-    fn wait_flags(&mut self, flags: i32) -> io::Result<Option<ExitStatus>> {
-        if let Some(status) = self.status {
-            return Ok(Some(status));
-        }
-        let ended = match crate::sys::pidfd::wait(self.pidfd.as_fd(), libc::WEXITED | flags) {
-            Ok(Some(ended)) => ended,
-            Ok(None) => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
-            Err(e) => {
-                return Err(io::Error::other(format!(
-                    "waiting for jailed process {} ({}): {e}",
-                    self.pid, self.id
-                )))
-            }
-        };
-        let status = ended.exit_status();
-        self.status = Some(status);
-        Ok(Some(status))
+    fn wait_or_poll(&mut self, block: bool) -> io::Result<Option<ExitStatus>> {
+        self.reaped.poll(self.pidfd.as_fd(), block).map_err(|e| {
+            io::Error::other(format!(
+                "waiting for jailed process {} ({}): {e}",
+                self.pid, self.id
+            ))
+        })
     }
 
     /// Removes the cgroup; call once the process is reaped (drop does it too).
@@ -185,7 +171,7 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 
 impl Drop for JailedChild {
     fn drop(&mut self) {
-        if self.status.is_none() {
+        if self.reaped.status().is_none() {
             let _ = self.kill(libc::SIGKILL);
             if let Err(e) = self.wait() {
                 log::error!("{e}");

@@ -10,6 +10,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
+use bulkhead::sys::pidfd::Reaped;
 use nix::sys::signal::Signal;
 
 /// A running plain child of ours. Dropping it neither kills nor reaps it (as with
@@ -18,7 +19,7 @@ use nix::sys::signal::Signal;
 pub(super) struct PlainChild {
     pid: u32,
     pidfd: OwnedFd,
-    status: Option<ExitStatus>,
+    reaped: Reaped,
 }
 
 impl PlainChild {
@@ -49,7 +50,7 @@ impl PlainChild {
         Ok(PlainChild {
             pid: spawned.pid as u32,
             pidfd: spawned.pidfd,
-            status: None,
+            reaped: Reaped::default(),
         })
     }
 
@@ -64,31 +65,14 @@ impl PlainChild {
 
     /// How it ended, reaping it, if it has.
     pub(super) fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        self.wait_flags(libc::WNOHANG)
+        self.reaped.poll(self.pidfd.as_fd(), false)
     }
 
     /// Waits for it to end and reaps it.
     pub(super) fn wait(&mut self) -> io::Result<ExitStatus> {
-        loop {
-            if let Some(status) = self.wait_flags(0)? {
-                return Ok(status);
-            }
-        }
-    }
-
-    fn wait_flags(&mut self, flags: i32) -> io::Result<Option<ExitStatus>> {
-        if let Some(status) = self.status {
-            return Ok(Some(status));
-        }
-        match bulkhead::sys::pidfd::wait(self.pidfd.as_fd(), libc::WEXITED | flags) {
-            Ok(Some(ended)) => {
-                self.status = Some(ended.exit_status());
-                Ok(self.status)
-            }
-            Ok(None) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.reaped
+            .poll(self.pidfd.as_fd(), true)?
+            .ok_or_else(|| io::Error::other("waitid gave no status"))
     }
 }
 

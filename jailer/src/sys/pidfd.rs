@@ -100,3 +100,34 @@ mod tests {
         drop(child);
     }
 }
+
+/// A child's exit status, reaped through its pidfd once and then remembered.
+#[derive(Debug, Default)]
+pub struct Reaped(Option<ExitStatus>);
+
+impl Reaped {
+    /// The status, if the child of `pidfd` has ended (reaping it the first time); with
+    /// `block`, waits for it to end (again after EINTR), else `None` while it runs.
+    pub fn poll(&mut self, pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.0 {
+            return Ok(Some(status));
+        }
+        let flags = libc::WEXITED | if block { 0 } else { libc::WNOHANG };
+        loop {
+            match wait(pidfd, flags) {
+                Ok(Some(ended)) => {
+                    self.0 = Some(ended.exit_status());
+                    return Ok(self.0);
+                }
+                Err(e) if e.kind() != io::ErrorKind::Interrupted => return Err(e),
+                _ if !block => return Ok(None),
+                _ => {}
+            }
+        }
+    }
+
+    /// The status, if it was reaped.
+    pub fn status(&self) -> Option<ExitStatus> {
+        self.0
+    }
+}
