@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod confined;
+pub mod ctl;
 pub mod debian_kernel;
 pub mod disk;
 pub mod elf;
