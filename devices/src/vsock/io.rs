@@ -104,6 +104,13 @@ fn pump(backend: &VsockBackend, muxer: &mut Muxer, scratch: &mut [u8]) -> u64 {
         let t = {
             let mut state = tx.get_mut();
             let r = queues::drain_tx(state.get_queue_mut(), &mem, |h, p| muxer.guest_packet(h, p));
+            if r.unusable {
+                warn_limited!(
+                    "vsock tx queue unusable: the driver's available index is more than the \
+                     queue size ahead, or its ring cannot be read; left until the driver \
+                     resets or kicks it again"
+                );
+            }
             if r.interrupt {
                 if let Err(e) = state.signal_used_queue() {
                     warn_limited!("vsock tx queue: signalling the call eventfd: {e}");

@@ -20,6 +20,9 @@ pub struct Round {
     pub bad: u64,
     /// rx: the guest gave too few buffers for everything there was to send.
     pub starved: bool,
+    /// tx: the driver's available index is further ahead than the queue has entries, so
+    /// nothing on it can be trusted; the queue is left alone until the driver fixes it.
+    pub unusable: bool,
 }
 
 /// The buffers of a chain, all in the direction `writable`, inside guest memory, the
@@ -61,7 +64,20 @@ pub fn drain_tx(
     let mut segs = Vec::new();
     let mut bytes = Vec::with_capacity(HEADER_SIZE + MAX_PAYLOAD);
     loop {
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        // At most a queue's worth of chains per pass; `iter` refuses an available index
+        // more than that ahead (`pop_descriptor_chain` only answered `None`, and with
+        // notifications re-enabled saying there is more, this loop never ended). A pass
+        // that takes nothing while the driver's index says there is more is the same.
+        let mut taken = 0;
+        for _ in 0..queue.size() {
+            let chain = match queue.iter(mem) {
+                Ok(mut chains) => chains.next(),
+                Err(_) => None,
+            };
+            let Some(chain) = chain else {
+                break;
+            };
+            taken += 1;
             let head = chain.head_index();
             bytes.clear();
             let ok =
@@ -75,6 +91,10 @@ pub fn drain_tx(
             }
         }
         if !queue.enable_notification(mem).unwrap_or(false) {
+            break;
+        }
+        if taken == 0 {
+            round.unusable = true;
             break;
         }
     }
@@ -163,4 +183,69 @@ fn write_in(mem: &GuestRam, segs: &[(GuestAddress, usize)], a: &[u8], b: &[u8]) 
         written += n;
     }
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::Address;
+
+    const QUEUE_SIZE: u16 = 16;
+
+    fn memory() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    /// Sets the driver's available index of `vq` to `idx`.
+    fn set_avail_idx(mem: &GuestRam, vq: &MockSplitQueue<'_, GuestRam>, idx: u16) {
+        mem.write_obj(idx, vq.avail_addr().unchecked_add(2))
+            .unwrap();
+    }
+
+    /// Runs `drain_tx` on another thread; its round, or `None` if it did not return within
+    /// 5 s (it spun).
+    fn drain_bounded(mem: GuestRam, mut queue: Queue) -> Option<(Round, usize)> {
+        let (done, rounds) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut packets = 0;
+            let r = drain_tx(&mut queue, &mem, |_, _| packets += 1);
+            let _ = done.send((r, packets));
+        });
+        rounds.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
+    #[test]
+    fn an_available_index_beyond_the_queue_size_makes_tx_unusable_not_a_spin() {
+        let mem = memory();
+        let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+        let queue = vq.create_queue::<Queue>().unwrap();
+        // 100 chains announced on a 16-entry queue.
+        set_avail_idx(&mem, &vq, 100);
+        let (round, packets) = drain_bounded(mem.clone(), queue).expect("drain_tx returned");
+        assert!(round.unusable, "{round:?}");
+        assert_eq!((packets, round.interrupt), (0, false), "{round:?}");
+    }
+
+    #[test]
+    fn a_packet_chain_is_delivered_and_completed() {
+        let mem = memory();
+        let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+        let queue = vq.create_queue::<Queue>().unwrap();
+        // One device-readable buffer holding a header of zeroes and no payload.
+        let buf = 0x8000u64;
+        let desc = RawDescriptor::from(SplitDescriptor::new(buf, HEADER_SIZE as u32, 0, 0));
+        mem.write_obj(desc, vq.desc_table_addr()).unwrap();
+        mem.write_obj(0u16, vq.avail_addr().unchecked_add(4))
+            .unwrap();
+        set_avail_idx(&mem, &vq, 1);
+        let (round, packets) = drain_bounded(mem.clone(), queue).expect("drain_tx returned");
+        assert!(!round.unusable, "{round:?}");
+        assert_eq!((packets, round.bad), (1, 0), "{round:?}");
+        let used_idx: u16 = mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used_idx, 1);
+    }
 }
