@@ -501,6 +501,11 @@ impl Muxer {
             .len()
             .min(MAX_PAYLOAD)
             .min(c.credit.peer_free() as usize);
+        if room == 0 {
+            // No room for data (a receive buffer of a header only, or no credit): reading
+            // nothing would look like the host's end-of-file.
+            return None;
+        }
         loop {
             match c.stream.read(&mut buf[..room]) {
                 Ok(0) => {

@@ -117,6 +117,22 @@ fn host_connect_then_data_both_ways() {
 }
 
 #[test]
+fn a_receive_buffer_without_data_room_is_no_end_of_file() {
+    let (mut m, path, _d) = with_listener();
+    let (mut client, _hp) = connected(&mut m, &path, 5000);
+    client.write_all(b"ping").unwrap();
+    poll(&mut m);
+    // The guest's buffer holds a header only: nothing to send yet, and no SHUTDOWN.
+    assert_eq!(m.next_packet(&mut []), None);
+    let p = drain(&mut m);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(
+        (p[0].0.op, p[0].0.len, &p[0].1[..]),
+        (op::RW, 4, &b"ping"[..])
+    );
+}
+
+#[test]
 fn a_refused_connect_closes_the_client() {
     let (mut m, path, _d) = with_listener();
     let mut client = UnixStream::connect(&path).unwrap();
