@@ -300,7 +300,9 @@ fn is_peer_gone(e: &io::Error) -> bool {
     )
 }
 
-/// `Read` over `recvmsg` that keeps every fd arriving while one frame is read.
+/// `Read` over `recvmsg` that keeps every fd arriving while one frame is read, at most
+/// [`MAX_FDS`] in all: a peer that sends a frame a byte at a time, each byte with fds,
+/// would otherwise fill this process's fd table before the frame ends.
 struct FdReader<'a> {
     sock: BorrowedFd<'a>,
     fds: Vec<OwnedFd>,
@@ -312,6 +314,12 @@ impl Read for FdReader<'_> {
         let got = scm::recv(self.sock, buf)?;
         self.fds.extend(got.fds);
         self.truncated |= got.truncated;
+        if self.fds.len() > MAX_FDS {
+            // Closed now, not once the frame is read; the channel fails as truncated.
+            self.fds.clear();
+            self.truncated = true;
+            return Err(io::Error::other("more fds than one message may carry"));
+        }
         Ok(got.bytes)
     }
 }
@@ -384,6 +392,35 @@ mod tests {
         assert_eq!(&buf, b"disk");
         drop(first);
         assert!(all_closed(&mut kept), "surplus fds were kept open");
+    }
+
+    #[test]
+    fn fds_spread_over_a_frame_s_bytes_are_counted_together() {
+        // The frame a byte at a time, each byte with MAX_FDS fds: the reader stops at the
+        // second byte, not at the frame's end.
+        let (mut ch, raw) = process_end();
+        let msg = ToProcess::Resources {
+            names: vec!["x".into(); 2],
+        };
+        let bytes = frame(&encode(&msg).unwrap()).unwrap();
+        let (mut kept, given): (Vec<_>, Vec<_>) = (0..MAX_FDS).map(|_| witness()).unzip();
+        let borrowed: Vec<_> = given.iter().map(|g| g.as_fd()).collect();
+        for byte in &bytes[..2] {
+            scm::send(raw.as_fd(), std::slice::from_ref(byte), &borrowed).unwrap();
+        }
+        drop(given);
+        let err = ch.recv().unwrap_err();
+        assert!(
+            matches!(
+                err.kind,
+                ChannelErrorKind::ControlTruncated { max: MAX_FDS }
+            ),
+            "{err}"
+        );
+        assert!(
+            all_closed(&mut kept),
+            "fds of a refused frame were kept open"
+        );
     }
 
     #[test]
