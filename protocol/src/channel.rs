@@ -394,6 +394,19 @@ mod tests {
         assert!(all_closed(&mut kept), "surplus fds were kept open");
     }
 
+    /// `ch`'s next receive fails as truncated, and every fd the peer sent is closed.
+    fn assert_truncated_and_closed(ch: &mut ProcessChannel, kept: &mut [UnixStream]) {
+        let err = ch.recv().unwrap_err();
+        assert!(
+            matches!(
+                err.kind,
+                ChannelErrorKind::ControlTruncated { max: MAX_FDS }
+            ),
+            "{err}"
+        );
+        assert!(all_closed(kept), "fds of a refused frame were kept open");
+    }
+
     #[test]
     fn fds_spread_over_a_frame_s_bytes_are_counted_together() {
         // The frame a byte at a time, each byte with MAX_FDS fds: the reader stops at the
@@ -409,18 +422,7 @@ mod tests {
             scm::send(raw.as_fd(), std::slice::from_ref(byte), &borrowed).unwrap();
         }
         drop(given);
-        let err = ch.recv().unwrap_err();
-        assert!(
-            matches!(
-                err.kind,
-                ChannelErrorKind::ControlTruncated { max: MAX_FDS }
-            ),
-            "{err}"
-        );
-        assert!(
-            all_closed(&mut kept),
-            "fds of a refused frame were kept open"
-        );
+        assert_truncated_and_closed(&mut ch, &mut kept);
     }
 
     #[test]
@@ -434,18 +436,7 @@ mod tests {
         let borrowed: Vec<_> = given.iter().map(|g| g.as_fd()).collect();
         scm::send(raw.as_fd(), &bytes, &borrowed).unwrap();
         drop(given);
-        let err = ch.recv().unwrap_err();
-        assert!(
-            matches!(
-                err.kind,
-                ChannelErrorKind::ControlTruncated { max: MAX_FDS }
-            ),
-            "{err}"
-        );
-        assert!(
-            all_closed(&mut kept),
-            "fds of a truncated frame were kept open"
-        );
+        assert_truncated_and_closed(&mut ch, &mut kept);
         assert!(matches!(
             ch.recv().unwrap_err().kind,
             ChannelErrorKind::Broken(_)
