@@ -1,7 +1,8 @@
 //! Fuzzing entry points for what a guest feeds the device backends: block request chains,
 //! block requests resubmitted from an inflight region (which a predecessor process left),
 //! net TX chains and RX frames, console transmit and receive chains, vsock packets and
-//! host peers against the vsock connection table.
+//! host peers against the vsock connection table, and vsock's own transmit and receive
+//! queue code.
 //!
 //! Each `fuzz_*` function takes arbitrary bytes, builds a split virtqueue from them in a
 //! fresh guest memory ([`ring`]), runs the device's own queue code on it and checks what
@@ -17,9 +18,11 @@ pub mod resubmit;
 pub mod ring;
 pub mod stable;
 pub mod vsock;
+pub mod vsock_queues;
 
 pub use block::fuzz_block;
 pub use console::fuzz_console;
 pub use net::fuzz_net;
 pub use resubmit::fuzz_resubmit;
 pub use vsock::fuzz_vsock;
+pub use vsock_queues::fuzz_vsock_queues;

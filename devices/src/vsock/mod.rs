@@ -35,7 +35,7 @@ pub mod hybrid;
 mod io;
 pub mod muxer;
 pub mod packet;
-mod queues;
+pub(crate) mod queues;
 mod virtio;
 
 use std::ffi::OsString;
