@@ -78,6 +78,13 @@ pub const RULES: &[Rule] = &[
         &[Arg::Eq32(2, SIGABRT as u32)],
         "abort() on a panic (release builds) ends the process with SIGABRT",
     ),
+    Rule::when(
+        SYS_rt_sigaction,
+        &[Arg::Eq32(0, SIGABRT as u32), Arg::Ne(0, SIGSYS as u64)],
+        "abort() resets SIGABRT when raising it did not end the process (a jailed process \
+         is its PID namespace's init, whose own default-action signals the kernel drops); \
+         its last resort then faults, which does",
+    ),
 ];
 
 /// What a thread needs to start another (glibc's clone fallback, the new thread's own
