@@ -8,8 +8,9 @@ use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{dup2_stderr, fork, pipe2, ForkResult};
+use std::os::fd::OwnedFd;
 
-use crate::install::compile;
+use crate::install::{compile, Filter};
 use crate::mode::SeccompMode;
 use crate::report;
 use crate::role::Role;
@@ -44,6 +45,18 @@ fn thread_exit(code: libc::c_long) -> ! {
     }
 }
 
+/// In the child: stderr to `w`, no core dump, `filter` installed, then `body`, whose
+/// return is the exit code (non-allocating throughout).
+fn in_child(w: &OwnedFd, filter: &Filter, body: fn() -> libc::c_long) -> ! {
+    if dup2_stderr(w).is_err() || setrlimit(Resource::RLIMIT_CORE, 0, 0).is_err() {
+        thread_exit(101);
+    }
+    if filter.apply().is_err() {
+        thread_exit(100);
+    }
+    thread_exit(body());
+}
+
 /// Runs `body` in a child under `role`'s filter in `mode`; `body` returns the exit code.
 fn run(role: Role, mode: SeccompMode, body: fn() -> libc::c_long) -> Outcome {
     let filter = compile(role, mode).unwrap().unwrap();
@@ -51,15 +64,7 @@ fn run(role: Role, mode: SeccompMode, body: fn() -> libc::c_long) -> Outcome {
     // SAFETY: the child only makes non-allocating calls (dup2, setrlimit, the
     // non-allocating Filter::apply, the body's raw calls) and ends with SYS_exit.
     let child = match unsafe { fork() }.unwrap() {
-        ForkResult::Child => {
-            if dup2_stderr(&w).is_err() || setrlimit(Resource::RLIMIT_CORE, 0, 0).is_err() {
-                thread_exit(101);
-            }
-            if filter.apply().is_err() {
-                thread_exit(100);
-            }
-            thread_exit(body());
-        }
+        ForkResult::Child => in_child(&w, &filter, body),
         ForkResult::Parent { child } => child,
     };
     drop(w);
@@ -259,5 +264,70 @@ fn opening_a_path_gets_enoent_in_every_role() {
             }
         });
         assert_eq!(out.exit_code(), Some(0), "{role}: {}", out.stderr);
+    }
+}
+
+/// Runs `body` under `role`'s filter as the init of a new PID namespace, as a jailed
+/// process runs (needs CAP_SYS_ADMIN); `None` without it.
+fn run_as_namespace_init(role: Role, body: fn() -> libc::c_long) -> Option<Outcome> {
+    let filter = compile(role, SeccompMode::Enforce).unwrap().unwrap();
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+    // SAFETY: a fork-style clone (no CLONE_VM, no stack); the child makes only
+    // non-allocating calls, as in `run`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_NEWPID | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    match pid {
+        -1 => {
+            eprintln!(
+                "skipped: a new PID namespace: {}",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        0 => in_child(&w, &filter, body),
+        _ => {}
+    }
+    drop(w);
+    let mut stderr = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut stderr).unwrap();
+    let status = waitpid(nix::unistd::Pid::from_raw(pid as i32), None).unwrap();
+    Some(Outcome {
+        status,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    })
+}
+
+#[test]
+fn abort_in_a_namespace_init_is_a_crash_not_a_seccomp_kill() {
+    // The kernel drops the SIGABRT that abort() raises in its PID namespace's init; glibc
+    // then resets SIGABRT and ends with a faulting instruction (SIGSEGV). Had seccomp
+    // refused the reset, the process would die by SIGSYS with a report, a "security
+    // event" to the launcher.
+    for role in Role::ALL {
+        let Some(out) = run_as_namespace_init(role, || {
+            // SAFETY: abort ends the process; nothing of ours runs after it.
+            unsafe { libc::abort() }
+        }) else {
+            return;
+        };
+        assert!(
+            matches!(out.killed_by(), Some(libc::SIGSEGV | libc::SIGABRT)),
+            "{role}: {:?}\n{}",
+            out.status,
+            out.stderr
+        );
+        assert!(
+            report::parse(&out.stderr).is_none(),
+            "{role}: {}",
+            out.stderr
+        );
     }
 }
