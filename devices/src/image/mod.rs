@@ -20,6 +20,7 @@ pub mod format;
 pub mod lock;
 pub mod qcow2;
 pub mod qcow2_header;
+mod qcow2_refcounts;
 #[cfg(test)]
 mod test_file;
 

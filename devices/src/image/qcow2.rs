@@ -141,6 +141,14 @@ impl Qcow2Image {
             let info = match layer.format {
                 ImageFormat::Qcow2 => {
                     let info = check_header(layer)?;
+                    if i == 0 && !options.read_only {
+                        super::qcow2_refcounts::check(&layer.file, &info).map_err(|problem| {
+                            Qcow2Error::Refcounts {
+                                name: layer.name.clone(),
+                                problem,
+                            }
+                        })?;
+                    }
                     bound = bound.saturating_add(metadata_bound(&info, i == 0));
                     Some(info)
                 }

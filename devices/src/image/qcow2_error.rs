@@ -34,6 +34,18 @@ pub enum Qcow2Error {
         /// What is wrong.
         problem: String,
     },
+    /// A cluster imago must never allocate over has no refcount (it would be taken as
+    /// free on the first write).
+    #[error(
+        "disk image {name} has corrupt qcow2 refcounts: {problem}; `qemu-img check -r all` \
+         repairs it, or serve it with readonly=on"
+    )]
+    Refcounts {
+        /// The file.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// A qcow2 feature bulkhead does not serve.
     #[error("disk image {name} uses a qcow2 feature bulkhead does not support: {feature}")]
     Unsupported {
