@@ -330,11 +330,6 @@ impl Prepared {
             var.push(value);
             strings.push(cstring(&var, "an environment variable")?);
         }
-        let pointers = |range: &[CString]| {
-            let mut list: Vec<_> = range.iter().map(|s| s.as_ptr()).collect();
-            list.push(std::ptr::null());
-            list
-        };
         let mut extra = vec![report_write.as_raw_fd()];
         extra.extend(program_file.as_ref().map(|f| f.as_raw_fd()));
         let plan = clone::ChildPlan {
@@ -358,8 +353,8 @@ impl Prepared {
                 gid: jail.gid,
                 landlock: jail.landlock == LandlockMode::Enforce,
             }),
-            argv: pointers(&strings[..argc]),
-            envp: pointers(&strings[argc..]),
+            argv: crate::sys::exec_pointers(&strings[..argc]),
+            envp: crate::sys::exec_pointers(&strings[argc..]),
             _strings: strings,
         };
         Ok(Prepared {

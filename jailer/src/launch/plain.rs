@@ -3,7 +3,7 @@
 //! pidfd it was born with.
 
 use std::collections::BTreeMap;
-use std::ffi::{c_char, CString, OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -34,8 +34,8 @@ impl PlainChild {
             argv_strings.push(c_string(arg)?);
         }
         let envp_strings = environment(cmd)?;
-        let argv = pointers(&argv_strings);
-        let envp = pointers(&envp_strings);
+        let argv = bulkhead::sys::exec_pointers(&argv_strings);
+        let envp = bulkhead::sys::exec_pointers(&envp_strings);
         // SAFETY: argv and envp are null-terminated arrays of pointers into
         // `argv_strings` and `envp_strings`, which live until the call returns.
         let spawned = unsafe {
@@ -142,15 +142,6 @@ fn nul_error() -> io::Error {
         io::ErrorKind::InvalidInput,
         "a program path, argument or environment variable contains a NUL byte",
     )
-}
-
-/// Null-terminated pointers to `strings`.
-fn pointers(strings: &[CString]) -> Vec<*const c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ pub(super) fn spawn_as(
             c,
         )?
     } else {
-        spawn_plain(cmd, &pairs, inherit_stdin, &errors, c).map_err(spawn_err)?
+        spawn_plain(name, cmd, &pairs, inherit_stdin, &errors, c, spawn_err)?
     };
     drop(errors);
     let control = match control {
@@ -177,20 +177,8 @@ fn spawn_jailed(
     let jail = confine::jail_for(jail_name, needs, c);
     let mut args: Vec<OsString> = cmd.get_args().map(OsString::from).collect();
     args.extend(jail.finish_flags().into_iter().map(OsString::from));
-    let null = if inherit_stdin {
-        None
-    } else {
-        Some(
-            File::open("/dev/null").map_err(|source| LaunchError::OpenDisk {
-                what: "standard input",
-                name: name.to_owned(),
-                path: "/dev/null".into(),
-                source,
-            })?,
-        )
-    };
-    let stdin = null.as_ref().map_or(0, |f| f.as_raw_fd());
-    let mut all = vec![(stdin, 0), (1, 1), (errors.as_raw_fd(), 2)];
+    let (_null, stdio) = standard_fds(name, inherit_stdin, errors)?;
+    let mut all = stdio.to_vec();
     all.extend_from_slice(pairs);
     let env: Vec<(OsString, OsString)> = PASSED_ENV
         .iter()
@@ -210,25 +198,49 @@ fn spawn_jailed(
 /// Plainly (`--jail off`): the fds placed, a session of its own, the parent-death signal
 /// ([`PlainChild::start`]).
 fn spawn_plain(
+    name: &str,
     mut cmd: Command,
     pairs: &[(RawFd, RawFd)],
     inherit_stdin: bool,
     errors: &OwnedFd,
     c: &Confinement,
-) -> std::io::Result<Child> {
+    spawn_err: impl Fn(std::io::Error) -> LaunchError,
+) -> Result<Child, LaunchError> {
     cmd.arg("--landlock").arg(c.landlock.as_flag());
+    let (_null, stdio) = standard_fds(name, inherit_stdin, errors)?;
+    // The launcher's own stdin (when inherited) and stdout stay as they are.
+    let mut all: Vec<_> = stdio.into_iter().filter(|(from, to)| from != to).collect();
+    all.extend_from_slice(pairs);
+    Ok(Child::Plain(
+        PlainChild::start(&cmd, &all).map_err(spawn_err)?,
+    ))
+}
+
+/// Stdin, stdout and stderr as `(from, to)` pairs.
+type StdioPairs = [(RawFd, RawFd); 3];
+
+/// A process's standard fds as `(from, to)` pairs: stdin from /dev/null (the file is
+/// returned, to be kept open until the process starts) unless `inherit_stdin`, stdout the
+/// launcher's, stderr `errors` (the relay).
+fn standard_fds(
+    name: &str,
+    inherit_stdin: bool,
+    errors: &OwnedFd,
+) -> Result<(Option<File>, StdioPairs), LaunchError> {
     let null = if inherit_stdin {
         None
     } else {
-        Some(File::open("/dev/null")?)
+        Some(
+            File::open("/dev/null").map_err(|source| LaunchError::OpenDisk {
+                what: "standard input",
+                name: name.to_owned(),
+                path: "/dev/null".into(),
+                source,
+            })?,
+        )
     };
-    let mut all = Vec::with_capacity(pairs.len() + 2);
-    if let Some(null) = &null {
-        all.push((null.as_raw_fd(), 0));
-    }
-    all.push((errors.as_raw_fd(), 2));
-    all.extend_from_slice(pairs);
-    Ok(Child::Plain(PlainChild::start(&cmd, &all)?))
+    let stdin = null.as_ref().map_or(0, |f| f.as_raw_fd());
+    Ok((null, [(stdin, 0), (1, 1), (errors.as_raw_fd(), 2)]))
 }
 
 // The plain child's fds (the passed ones, the socket, the control socket, stdin and

@@ -224,6 +224,16 @@ pub(crate) fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> Res
     check(unsafe { libc::setrlimit(resource, &limit) })
 }
 
+/// The null-terminated array of pointers to `strings` that execve takes as argv or envp
+/// (made before the clone: the child may not allocate; valid while `strings` lives).
+pub fn exec_pointers(strings: &[std::ffi::CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
 /// `execve(path, argv, envp)`; returns only on failure, with the errno.
 ///
 /// # Safety

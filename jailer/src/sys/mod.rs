@@ -27,6 +27,7 @@ pub mod launcher;
 pub mod pidfd;
 pub mod plain_child;
 
+pub use jail_child::exec_pointers;
 pub use launcher::{
     drop_groups_this_thread, pidfd_open, sched_idle, seccomp_action_available, set_file_size_limit,
     sigtimedwait,

@@ -6,7 +6,7 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::io;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -172,22 +172,14 @@ pub unsafe fn spawn(
             // Exited (127) or, if our mask could not be restored, killed: reap it, so
             // that it is no zombie.
             let _ = super::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
-            reap(pidfd.as_fd());
+            let _ = super::pidfd::Reaped::default().poll(pidfd.as_fd(), true);
             Err(e)
         }
     }
 }
 
-/// Waits for the child of `pidfd` to end and reaps it (again after EINTR).
-fn reap(pidfd: BorrowedFd<'_>) {
-    while let Err(e) = super::pidfd::wait(pidfd, libc::WEXITED) {
-        if e.kind() != io::ErrorKind::Interrupted {
-            break;
-        }
-    }
-}
-
-/// As [`reap`], by pid (our own unreaped child, so the pid is still its).
+/// Waits for child `pid` to end and reaps it, again after EINTR (our own unreaped child,
+/// so the pid is still its).
 fn reap_by_pid(pid: libc::pid_t) {
     let pid = nix::unistd::Pid::from_raw(pid);
     while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
